@@ -1,0 +1,24 @@
+"""Drift detection: PSI/KS per feature against bundle reference stats, Page–Hinkley on confidence."""
+
+from edge_agent.drift.detector import (
+    ConfidenceDrift,
+    DriftConfig,
+    DriftDetector,
+    DriftReport,
+    FeatureDrift,
+)
+from edge_agent.drift.page_hinkley import PageHinkley, PageHinkleyConfig
+from edge_agent.drift.statistics import ks_critical_value, ks_statistic, psi
+
+__all__ = [
+    "ConfidenceDrift",
+    "DriftConfig",
+    "DriftDetector",
+    "DriftReport",
+    "FeatureDrift",
+    "PageHinkley",
+    "PageHinkleyConfig",
+    "ks_critical_value",
+    "ks_statistic",
+    "psi",
+]

@@ -1,0 +1,44 @@
+"""Canonical encoding: the exact bytes that are hashed and signed.
+
+JSON with sorted keys, no insignificant whitespace, UTF-8, and no NaN/Infinity. Two sides that
+build the same value always produce the same bytes, so a signature made by the hub verifies
+on every agent regardless of key order or formatting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from shared.errors import MalformedMessageError, MessageTooLargeError
+
+__all__ = ["canonical_bytes", "parse_json_object", "sha256_hex"]
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """Encode ``value`` canonically. Raises ``ValueError`` for NaN/Infinity."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def parse_json_object(data: bytes | bytearray | memoryview, *, max_bytes: int) -> dict[str, Any]:
+    """Decode a JSON object from untrusted bytes, bounded by ``max_bytes``."""
+    if len(data) > max_bytes:
+        raise MessageTooLargeError(f"payload of {len(data)} bytes exceeds limit {max_bytes}")
+    try:
+        value = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedMessageError(f"payload is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise MalformedMessageError(f"payload must be a JSON object, got {type(value).__name__}")
+    return value

@@ -1,0 +1,115 @@
+"""The exception tree of the ``shared`` package.
+
+::
+
+    FedfleetError
+    ├── ConfigError                 local configuration is invalid
+    ├── ProtocolError               bad remote data on the wire
+    │   ├── MalformedMessageError   not decodable / fields missing or of the wrong type
+    │   ├── UnsupportedVersionError schema major version we do not speak
+    │   └── MessageTooLargeError    over the configured size limit
+    └── BundleError                 a bundle or manifest is refused
+        ├── MalformedBundleError    not a bundle / truncated / inconsistent container
+        └── VerificationError       well-formed but not trustworthy
+            ├── BadSignatureError   signature does not verify / threshold not met
+            ├── UnknownKeyError     signed by a key the trust root does not know
+            ├── RevokedKeyError     signed by a revoked key
+            ├── ExpiredError        manifest or keyring past its expiry
+            ├── RollbackError       version not newer than installed (rollback / freeze)
+            ├── HashMismatchError   artifact bytes do not match sha256 / size
+            ├── MixAndMatchError    artifact or chunk belongs to another manifest
+            └── WrongTargetError    bundle targets another device class
+
+``cloud_hub`` and ``edge_agent`` have their own roots and translate these at their edges.
+"""
+
+from __future__ import annotations
+
+
+class FedfleetError(Exception):
+    """Root of every error raised by ``shared``."""
+
+
+class ConfigError(FedfleetError):
+    """Local configuration is invalid (raised before any work starts)."""
+
+
+class ProtocolError(FedfleetError):
+    """Bad data received from a remote peer."""
+
+
+class MalformedMessageError(ProtocolError):
+    """A payload could not be decoded into a valid message."""
+
+
+class UnsupportedVersionError(ProtocolError):
+    """A payload carries a schema major version this side does not speak."""
+
+
+class MessageTooLargeError(ProtocolError):
+    """A payload exceeds the configured size limit."""
+
+
+class BundleError(FedfleetError):
+    """A bundle or manifest was refused."""
+
+
+class MalformedBundleError(BundleError):
+    """The bytes are not a well-formed bundle."""
+
+
+class VerificationError(BundleError):
+    """A well-formed bundle failed a trust check."""
+
+
+class BadSignatureError(VerificationError):
+    """A signature does not verify, or too few valid signatures."""
+
+
+class UnknownKeyError(VerificationError):
+    """Signed by a key the trust root does not delegate to."""
+
+
+class RevokedKeyError(VerificationError):
+    """Signed by a key that has been revoked."""
+
+
+class ExpiredError(VerificationError):
+    """Metadata is past its expiry time."""
+
+
+class RollbackError(VerificationError):
+    """The version is not newer than the installed one (rollback or freeze attack)."""
+
+
+class HashMismatchError(VerificationError):
+    """Artifact bytes do not match the manifest's sha256 or size."""
+
+
+class WrongTargetError(VerificationError):
+    """The bundle targets another device class or model."""
+
+
+class MixAndMatchError(VerificationError):
+    """An artifact or chunk does not belong to the manifest being installed."""
+
+
+__all__ = [
+    "BadSignatureError",
+    "BundleError",
+    "ConfigError",
+    "ExpiredError",
+    "FedfleetError",
+    "HashMismatchError",
+    "MalformedBundleError",
+    "MalformedMessageError",
+    "MessageTooLargeError",
+    "MixAndMatchError",
+    "ProtocolError",
+    "RevokedKeyError",
+    "RollbackError",
+    "UnknownKeyError",
+    "UnsupportedVersionError",
+    "VerificationError",
+    "WrongTargetError",
+]

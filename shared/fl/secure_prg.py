@@ -1,0 +1,146 @@
+"""A cryptographic mask generator for Flower's SecAgg+ (a hardening layer, not a rewrite).
+
+Why: in Flower 1.41 ``flwr.common.secure_aggregation.secaggplus_utils.pseudo_rand_gen``
+XOR-folds the shared secret to 32 bits and expands it with ``np.random.RandomState``
+(Mersenne Twister). A 32-bit seed can be brute-forced, and MT19937's output is predictable
+from its own output, so the masks do not hide the model updates they are added to (upstream
+report flwrlabs/flower #7522). It also draws from ``[0, num_range - 1)``, never
+``num_range - 1``.
+
+What: :func:`secure_pseudo_rand_gen` has the same signature and output semantics (a list of
+``int64`` arrays, uniform in ``[0, num_range)``), but derives a 256-bit ChaCha20 key from the
+*whole* seed with HKDF-SHA256 and reads the ChaCha20 keystream, with rejection sampling so that
+every value of the range is equally likely (no modulo bias, including ``num_range - 1``).
+
+How it is installed: Flower imports the function *by name* into
+``flwr.server.workflow.secure_aggregation.secaggplus_workflow`` (server side: unmasking) and
+``flwr.client.mod.secure_aggregation.secaggplus_mod`` (client side: masking). Both sides must
+use the same generator, or the masks do not cancel. :func:`secure_mask_generator` is a
+reference-counted, thread-safe context manager that swaps those module attributes (and the
+original in ``secaggplus_utils``) while at least one secure round is in progress in this
+process and restores Flower's function afterwards. fedfleet's SecAgg+ workflow (hub) and its
+client mod (agents) enter it around every secure round, so the hardening is scoped, explicit
+and present in every process that runs a round (Ray actors and SuperNode ClientApp processes
+included).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from numpy.typing import NDArray
+
+__all__ = [
+    "PATCHED_MODULES",
+    "is_secure_mask_generator_active",
+    "secure_mask_generator",
+    "secure_pseudo_rand_gen",
+]
+
+_KDF_INFO = b"fedfleet/secaggplus-mask/v1"
+_MAX_RANGE = 1 << 62
+
+# Modules whose ``pseudo_rand_gen`` attribute is swapped while a secure round runs.
+PATCHED_MODULES: tuple[str, ...] = (
+    "flwr.common.secure_aggregation.secaggplus_utils",
+    "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
+    "flwr.client.mod.secure_aggregation.secaggplus_mod",
+)
+
+
+class _KeyStream:
+    """The ChaCha20 keystream under a key derived from the full seed."""
+
+    def __init__(self, seed: bytes) -> None:
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KDF_INFO).derive(seed)
+        # A fresh key per seed, so a fixed all-zero nonce/counter block is safe.
+        self._encryptor = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
+
+    def words(self, count: int) -> NDArray[np.uint64]:
+        raw = self._encryptor.update(b"\x00" * (8 * count))
+        return np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+
+
+def _uniform(stream: _KeyStream, num_range: int, count: int) -> NDArray[np.int64]:
+    """``count`` integers uniform in ``[0, num_range)`` (rejection sampling, no bias)."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    if num_range & (num_range - 1) == 0:  # a power of two: masking is exact
+        return (stream.words(count) & np.uint64(num_range - 1)).astype(np.int64)
+    # Accept words below the largest multiple of num_range that fits in 64 bits.
+    limit = np.uint64(((1 << 64) // num_range) * num_range)
+    out = np.empty(count, dtype=np.int64)
+    filled = 0
+    while filled < count:
+        need = count - filled
+        words = stream.words(need + need // 8 + 8)
+        accepted = words[words < limit][:need]
+        out[filled : filled + accepted.size] = (accepted % np.uint64(num_range)).astype(np.int64)
+        filled += accepted.size
+    return out
+
+
+def secure_pseudo_rand_gen(
+    seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]
+) -> list[NDArray[np.int64]]:
+    """Drop-in for Flower's ``pseudo_rand_gen``: masks from a cryptographic PRG.
+
+    Returns one ``int64`` array per shape in ``dimensions_list`` (a 0-d array for ``()``),
+    every entry uniform in ``[0, num_range)``. The same ``seed`` always yields the same masks,
+    which is what lets the server remove them.
+    """
+    if not isinstance(seed, bytes | bytearray) or len(seed) == 0:
+        raise ValueError("the mask seed must be non-empty bytes")
+    if not 1 <= num_range <= _MAX_RANGE:
+        raise ValueError(f"num_range must be in [1, 2**62], got {num_range}")
+    stream = _KeyStream(bytes(seed))
+    output: list[NDArray[np.int64]] = []
+    for dimension in dimensions_list:
+        size = int(np.prod(dimension)) if len(dimension) else 1
+        output.append(_uniform(stream, num_range, size).reshape(dimension))
+    return output
+
+
+_lock = threading.Lock()
+_depth = 0
+_originals: dict[str, Callable[..., Any]] = {}
+
+
+def is_secure_mask_generator_active() -> bool:
+    """True while :func:`secure_mask_generator` is entered somewhere in this process."""
+    with _lock:
+        return _depth > 0
+
+
+@contextmanager
+def secure_mask_generator() -> Iterator[None]:
+    """Use :func:`secure_pseudo_rand_gen` in Flower's SecAgg+ code within this block.
+
+    Re-entrant and thread-safe: nested or concurrent rounds (server thread and in-process
+    clients) share one installation, removed when the last one leaves.
+    """
+    global _depth
+    with _lock:
+        if _depth == 0:
+            for name in PATCHED_MODULES:
+                module = importlib.import_module(name)
+                _originals[name] = module.pseudo_rand_gen
+                module.pseudo_rand_gen = secure_pseudo_rand_gen
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                for name, original in _originals.items():
+                    importlib.import_module(name).pseudo_rand_gen = original
+                _originals.clear()
