@@ -26,6 +26,7 @@ from shared._codec import from_plain, to_plain
 from shared.canonical import canonical_bytes, parse_json_object, sha256_hex
 from shared.errors import (
     ConfigError,
+    DeltaBaseError,
     ExpiredError,
     HashMismatchError,
     MalformedBundleError,
@@ -55,6 +56,7 @@ __all__ = [
     "ArtifactInfo",
     "BundleLimits",
     "BundleManifest",
+    "DeltaInfo",
     "ParsedBundle",
     "RollbackOrder",
     "VerifiedBundle",
@@ -64,12 +66,29 @@ __all__ = [
     "build_bundle",
     "bundle_id_of",
     "parse_bundle",
+    "resolve_deltas",
     "sign_rollback_order",
     "verify_artifacts",
     "verify_bundle",
     "verify_offer",
     "verify_rollback_order",
 ]
+
+
+@dataclass(frozen=True)
+class DeltaInfo:
+    """The artifact travels as a delta against a base the device already has.
+
+    ``sha256``/``size`` here are the delta's; the enclosing ``ArtifactInfo`` keeps the full
+    target's, so the reconstructed file is verified exactly like a full artifact.
+    """
+
+    base_version: int
+    base_sha256: str
+    method: str
+    sha256: str
+    size: int
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,7 +100,17 @@ class ArtifactInfo:
     size: int
     role: str = "model"  # model | preprocess | labels | reference_stats | metrics | other
     media_type: str = "application/octet-stream"
+    delta: DeltaInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def wire_size(self) -> int:
+        """Bytes this artifact occupies in the bundle (the delta's size for a delta)."""
+        return self.delta.size if self.delta is not None else self.size
+
+    @property
+    def wire_sha256(self) -> str:
+        return self.delta.sha256 if self.delta is not None else self.sha256
 
 
 @dataclass(frozen=True)
@@ -107,6 +136,10 @@ class BundleManifest:
             if a.name == name:
                 return a
         raise KeyError(name)
+
+    @property
+    def is_delta(self) -> bool:
+        return any(a.delta is not None for a in self.artifacts)
 
     def model_artifact(self) -> ArtifactInfo:
         for a in self.artifacts:
@@ -160,9 +193,12 @@ def _manifest_from_signed(signed: dict[str, Any], limits: BundleLimits) -> Bundl
             raise MalformedBundleError(f"unsafe artifact name {a.name!r}")
         if a.size < 0 or a.size > limits.max_artifact_bytes:
             raise MalformedBundleError(f"artifact {a.name!r} size {a.size} out of bounds")
-        if len(a.sha256) != 64 or any(c not in "0123456789abcdef" for c in a.sha256):
+        hashes = [a.sha256] + ([a.delta.sha256, a.delta.base_sha256] if a.delta else [])
+        if any(len(h) != 64 or any(c not in "0123456789abcdef" for c in h) for h in hashes):
             raise MalformedBundleError(f"artifact {a.name!r} has a malformed sha256")
-    if sum(a.size for a in manifest.artifacts) > limits.max_total_bytes:
+        if a.delta is not None and not 0 <= a.delta.size <= limits.max_artifact_bytes:
+            raise MalformedBundleError(f"artifact {a.name!r} delta size out of bounds")
+    if sum(a.wire_size for a in manifest.artifacts) > limits.max_total_bytes:
         raise MalformedBundleError("bundle larger than the configured limit")
     if manifest.version < 1:
         raise MalformedBundleError("manifest version must be >= 1")
@@ -181,7 +217,8 @@ def build_bundle(
         data = artifacts.get(info.name)
         if data is None:
             raise ConfigError(f"artifact {info.name!r} listed in the manifest but not given")
-        if len(data) != info.size or hashlib.sha256(data).hexdigest() != info.sha256:
+        # For a delta artifact, ``artifacts`` holds the delta bytes.
+        if len(data) != info.wire_size or hashlib.sha256(data).hexdigest() != info.wire_sha256:
             raise ConfigError(f"artifact {info.name!r} does not match its manifest entry")
     extra_names = set(artifacts) - {a.name for a in manifest.artifacts}
     if extra_names:
@@ -341,17 +378,56 @@ def verify_offer(
 
 
 def verify_artifacts(manifest: BundleManifest, payload: bytes) -> dict[str, bytes]:
-    """Split ``payload`` by the manifest and check every artifact's size and sha256."""
-    expected = sum(a.size for a in manifest.artifacts)
+    """Split ``payload`` by the manifest and check every artifact's size and sha256.
+
+    For a delta artifact the returned bytes are the (verified) delta; pass the result through
+    :func:`resolve_deltas` to get full artifacts.
+    """
+    expected = sum(a.wire_size for a in manifest.artifacts)
     if len(payload) != expected:
         raise HashMismatchError(f"payload is {len(payload)} bytes, manifest says {expected}")
     out: dict[str, bytes] = {}
     offset = 0
     for a in manifest.artifacts:
-        data = payload[offset : offset + a.size]
-        offset += a.size
-        if hashlib.sha256(data).hexdigest() != a.sha256:
+        data = payload[offset : offset + a.wire_size]
+        offset += a.wire_size
+        if hashlib.sha256(data).hexdigest() != a.wire_sha256:
             raise HashMismatchError(f"artifact {a.name!r}: sha256 mismatch")
+        out[a.name] = data
+    return out
+
+
+def resolve_deltas(
+    manifest: BundleManifest, wire: Mapping[str, bytes], base: Mapping[str, bytes]
+) -> dict[str, bytes]:
+    """Turn verified wire artifacts into full artifacts.
+
+    ``base`` maps artifact names to the bytes the device has installed. A delta is applied
+    only to a base whose sha256 is the one the signed manifest names (``DeltaBaseError``
+    otherwise); the result must match the full artifact's signed sha256 and size.
+    """
+    from shared.delta import apply_delta
+
+    out: dict[str, bytes] = {}
+    for a in manifest.artifacts:
+        data = wire[a.name]
+        if a.delta is not None:
+            have = base.get(a.name)
+            if have is None or hashlib.sha256(have).hexdigest() != a.delta.base_sha256:
+                raise DeltaBaseError(
+                    f"artifact {a.name!r}: delta needs base version {a.delta.base_version} "
+                    f"({a.delta.base_sha256[:12]}…), which this device does not have"
+                )
+            try:
+                data = apply_delta(have, data, max_target_bytes=a.size)
+            except MalformedBundleError as exc:
+                raise HashMismatchError(
+                    f"artifact {a.name!r}: delta does not apply: {exc}"
+                ) from exc
+        if len(data) != a.size or hashlib.sha256(data).hexdigest() != a.sha256:
+            raise HashMismatchError(
+                f"artifact {a.name!r}: reconstructed artifact does not match the manifest"
+            )
         out[a.name] = data
     return out
 

@@ -18,6 +18,7 @@
             ├── RollbackError       version not newer than installed (rollback / freeze)
             ├── HashMismatchError   artifact bytes do not match sha256 / size
             ├── MixAndMatchError    artifact or chunk belongs to another manifest
+            ├── DeltaBaseError      a delta's base is not what this device has
             └── WrongTargetError    bundle targets another device class
 
 ``cloud_hub`` and ``edge_agent`` have their own roots and translate these at their edges.
@@ -86,6 +87,10 @@ class HashMismatchError(VerificationError):
     """Artifact bytes do not match the manifest's sha256 or size."""
 
 
+class DeltaBaseError(VerificationError):
+    """A delta names a base artifact this device does not have (fetch the full bundle)."""
+
+
 class WrongTargetError(VerificationError):
     """The bundle targets another device class or model."""
 
@@ -98,6 +103,7 @@ __all__ = [
     "BadSignatureError",
     "BundleError",
     "ConfigError",
+    "DeltaBaseError",
     "ExpiredError",
     "FedfleetError",
     "HashMismatchError",
