@@ -8,11 +8,11 @@ with only the ``agent`` extra can apply it. Building the model-aware delta needs
 A model-aware delta is a list of operations that write the target file front to back:
 
 * ``copy``   — ``length`` bytes from the base at ``base_offset`` (unchanged tensor);
-* ``xor``    — a changed tensor: the base bytes at ``base_offset`` XOR a stored mask.
-  For float tensors, nearby values share sign/exponent/high mantissa bits, so the XOR mask
-  is mostly zero bytes and compresses very well;
-* ``sub``    — a changed integer (e.g. int8-quantised) tensor: stored ``target - base`` per
-  byte modulo 256; small integer moves become small, repetitive bytes;
+* ``subN``   — a changed tensor of N-byte elements: ``target - base`` per element, as
+  unsigned integers modulo 2**(8N), stored byte-plane shuffled (all lowest bytes, then all
+  next bytes, ...). For int8-quantised weights most differences are 0 or ±1; for floats a
+  small update leaves sign and exponent alone, so the bit-pattern difference is a small
+  integer and the high byte planes are runs of 0x00/0xFF that compress to almost nothing;
 * ``insert`` — literal bytes (graph structure, new tensors).
 
 All stored bytes are concatenated and compressed with zstandard. The generic method is
@@ -28,8 +28,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from shared.canonical import canonical_bytes, parse_json_object
 from shared.errors import MalformedBundleError, MalformedMessageError, MessageTooLargeError
@@ -39,6 +41,13 @@ METHOD_MODEL = 1
 METHOD_BSDIFF = 2
 METHOD_NAMES = {METHOD_MODEL: "model-aware", METHOD_BSDIFF: "bsdiff4"}
 _PREFIX = struct.Struct(">7sBI")
+# Element arithmetic is little-endian, as ONNX raw_data is.
+_DTYPES: dict[int, np.dtype[Any]] = {
+    1: np.dtype("<u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+    8: np.dtype("<u8"),
+}
 MAX_TARGET_BYTES = 2 * 1024**3
 
 __all__ = [
@@ -61,12 +70,13 @@ class TensorSpan:
     name: str
     offset: int
     length: int
-    integer: bool  # int8/uint8 and other integer tensors use ``sub``, floats ``xor``
+    integer: bool  # informational: integer (quantised) vs floating point tensor
+    itemsize: int = 1  # bytes per element: the granularity of the stored differences
 
 
 @dataclass(frozen=True)
 class DeltaOp:
-    op: str  # copy | xor | sub | insert
+    op: str  # copy | gap | subN | xorN
     length: int
     base_offset: int = 0
 
@@ -91,51 +101,84 @@ def _frame(method: int, header: dict[str, object], payload: bytes) -> bytes:
     return _PREFIX.pack(MAGIC, method, len(head)) + head + _zstd_compress(payload)
 
 
+def _gaps(size: int, spans: Sequence[TensorSpan]) -> list[tuple[int, int]]:
+    """The byte ranges of a file not covered by ``spans`` (sorted, non-overlapping)."""
+    out, pos = [], 0
+    for sp in sorted(spans, key=lambda x: x.offset):
+        if sp.offset > pos:
+            out.append((pos, sp.offset - pos))
+        pos = max(pos, sp.offset + sp.length)
+    if size > pos:
+        out.append((pos, size - pos))
+    return out
+
+
+def _gather(data: bytes, ranges: Sequence[tuple[int, int]]) -> bytes:
+    return b"".join(data[o : o + n] for o, n in ranges)
+
+
 def make_model_delta(
     base: bytes,
     target: bytes,
     base_spans: Sequence[TensorSpan],
     target_spans: Sequence[TensorSpan],
 ) -> bytes:
-    """Build a model-aware delta from the tensor locations in both files."""
-    by_name = {s.name: s for s in base_spans}
+    """Build a model-aware delta from the tensor locations in both files.
+
+    Tensors are diffed element-wise against the same-named base tensor; everything between
+    tensors (graph structure, small constants) is gathered into one stream and bsdiff'ed
+    against the base's gathered stream, whose ranges the header lists so the device can
+    rebuild it without parsing the model.
+    """
+    import bsdiff4
+
+    by_name = {sp.name: sp for sp in base_spans}
     ops: list[list[int | str]] = []
-    payload = bytearray()
+    tensor_payload = bytearray()
+    target_gap_stream = bytearray()
     pos = 0
 
-    def insert(upto: int) -> None:
+    def gap(upto: int) -> None:
         nonlocal pos
         if upto > pos:
-            ops.append(["insert", upto - pos, 0])
-            payload.extend(target[pos:upto])
+            ops.append(["gap", upto - pos, 0])
+            target_gap_stream.extend(target[pos:upto])
             pos = upto
 
-    for span in sorted(target_spans, key=lambda s: s.offset):
-        if span.offset < pos:  # overlapping spans (shouldn't happen): treat as literal
+    for span in sorted(target_spans, key=lambda x: x.offset):
+        if span.offset < pos:  # overlapping spans (shouldn't happen): leave it in the gap
             continue
-        insert(span.offset)
+        gap(span.offset)
         tdata = target[span.offset : span.offset + span.length]
         b = by_name.get(span.name)
         if b is None or b.length != span.length:
-            insert(span.offset + span.length)
+            gap(span.offset + span.length)
             continue
         bdata = base[b.offset : b.offset + b.length]
+        n = span.itemsize if span.itemsize in _DTYPES and span.length % span.itemsize == 0 else 1
         if bdata == tdata:
             ops.append(["copy", span.length, b.offset])
         elif span.integer:
-            diff = (np.frombuffer(tdata, np.uint8) - np.frombuffer(bdata, np.uint8)).astype(
-                np.uint8
-            )
-            ops.append(["sub", span.length, b.offset])
-            payload.extend(diff.tobytes())
+            dt = _DTYPES[n]  # integer tensors: element difference, wrapping
+            diff = np.frombuffer(tdata, dt) - np.frombuffer(bdata, dt)
+            ops.append([f"sub{n}", span.length, b.offset])
+            tensor_payload.extend(diff.view(np.uint8).reshape(-1, n).T.tobytes())
         else:
             mask = np.frombuffer(tdata, np.uint8) ^ np.frombuffer(bdata, np.uint8)
-            ops.append(["xor", span.length, b.offset])
-            payload.extend(mask.tobytes())
+            ops.append([f"xor{n}", span.length, b.offset])
+            tensor_payload.extend(mask.reshape(-1, n).T.tobytes())
         pos = span.offset + span.length
-    insert(len(target))
-    header = {"target_size": len(target), "base_size": len(base), "ops": ops}
-    return _frame(METHOD_MODEL, header, bytes(payload))
+    gap(len(target))
+    base_gap_ranges = _gaps(len(base), base_spans)
+    gap_patch = bsdiff4.diff(_gather(base, base_gap_ranges), bytes(target_gap_stream))
+    header = {
+        "target_size": len(target),
+        "base_size": len(base),
+        "ops": ops,
+        "base_gaps": [list(r) for r in base_gap_ranges],
+        "tensor_bytes": len(tensor_payload),
+    }
+    return _frame(METHOD_MODEL, header, bytes(tensor_payload) + gap_patch)
 
 
 def make_bsdiff_delta(base: bytes, target: bytes) -> bytes:
@@ -203,17 +246,54 @@ def apply_delta(base: bytes, delta: bytes, *, max_target_bytes: int = MAX_TARGET
         except Exception as exc:  # bsdiff4 raises bare ValueError/RuntimeError on garbage
             raise MalformedBundleError(f"bsdiff patch failed: {exc}") from exc
     else:
-        out = _apply_ops(base, header.get("ops"), payload)
+        out = _apply_model_delta(base, header, payload)
     if len(out) != target_size:
         raise MalformedBundleError(f"delta produced {len(out)} bytes, expected {target_size}")
     return out
 
 
-def _apply_ops(base: bytes, ops: object, payload: bytes) -> bytes:
-    if not isinstance(ops, list):
-        raise MalformedBundleError("delta ops missing")
+_SUB_SIZES = {"sub1": 1, "sub2": 2, "sub4": 4, "sub8": 8}
+_XOR_SIZES = {"xor1": 1, "xor2": 2, "xor4": 4, "xor8": 8}
+_READS_BASE = {"copy", *_SUB_SIZES, *_XOR_SIZES}
+
+
+def _unshuffle(planes: bytes, cursor: int, length: int, n: int) -> NDArray[np.uint8]:
+    p = np.frombuffer(planes, np.uint8, length, cursor).reshape(n, -1)
+    return np.ascontiguousarray(p.T).reshape(-1)
+
+
+def _apply_model_delta(base: bytes, header: dict[str, object], payload: bytes) -> bytes:
+    import bsdiff4
+
+    ops, base_gaps, tensor_bytes = (
+        header.get("ops"),
+        header.get("base_gaps"),
+        header.get("tensor_bytes"),
+    )
+    if (
+        not isinstance(ops, list)
+        or not isinstance(base_gaps, list)
+        or not isinstance(tensor_bytes, int)
+    ):
+        raise MalformedBundleError("model delta header incomplete")
+    if not 0 <= tensor_bytes <= len(payload):
+        raise MalformedBundleError("model delta tensor stream out of bounds")
+    ranges: list[tuple[int, int]] = []
+    for r in base_gaps:
+        if not (
+            isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) and v >= 0 for v in r)
+        ):
+            raise MalformedBundleError("malformed base gap range")
+        if r[0] + r[1] > len(base):
+            raise MalformedBundleError("base gap range past the end of the base")
+        ranges.append((r[0], r[1]))
+    tensors = payload[:tensor_bytes]
+    try:
+        gap_stream = bsdiff4.patch(_gather(base, ranges), payload[tensor_bytes:])
+    except Exception as exc:  # bsdiff4 raises bare ValueError/RuntimeError on garbage
+        raise MalformedBundleError(f"gap patch failed: {exc}") from exc
     out = bytearray()
-    cursor = 0
+    t_cursor = g_cursor = 0
     for entry in ops:
         if not (isinstance(entry, list) and len(entry) == 3):
             raise MalformedBundleError("malformed delta op")
@@ -224,27 +304,30 @@ def _apply_ops(base: bytes, ops: object, payload: bytes) -> bytes:
             or base_offset < 0
         ):
             raise MalformedBundleError("malformed delta op bounds")
-        if op in ("copy", "xor", "sub") and base_offset + length > len(base):
+        if op in _READS_BASE and base_offset + length > len(base):
             raise MalformedBundleError("delta op reads past the end of the base")
-        if op in ("insert", "xor", "sub") and cursor + length > len(payload):
-            raise MalformedBundleError("delta op reads past the end of the payload")
+        if op == "gap":
+            if g_cursor + length > len(gap_stream):
+                raise MalformedBundleError("delta op reads past the end of the gap stream")
+            out.extend(gap_stream[g_cursor : g_cursor + length])
+            g_cursor += length
+            continue
         if op == "copy":
             out.extend(base[base_offset : base_offset + length])
-        elif op == "insert":
-            out.extend(payload[cursor : cursor + length])
-            cursor += length
-        elif op == "xor":
-            b = np.frombuffer(base, np.uint8, length, base_offset)
-            m = np.frombuffer(payload, np.uint8, length, cursor)
-            out.extend((b ^ m).tobytes())
-            cursor += length
-        elif op == "sub":
-            b = np.frombuffer(base, np.uint8, length, base_offset)
-            d = np.frombuffer(payload, np.uint8, length, cursor)
-            out.extend((b + d).astype(np.uint8).tobytes())
-            cursor += length
-        else:
+            continue
+        n = _SUB_SIZES.get(op) or _XOR_SIZES.get(op)
+        if n is None:
             raise MalformedBundleError(f"unknown delta op {op!r}")
-    if cursor != len(payload):
-        raise MalformedBundleError("delta payload has trailing bytes")
+        if length % n or t_cursor + length > len(tensors):
+            raise MalformedBundleError("tensor op out of bounds")
+        diff = _unshuffle(tensors, t_cursor, length, n)
+        t_cursor += length
+        if op in _XOR_SIZES:
+            out.extend((np.frombuffer(base, np.uint8, length, base_offset) ^ diff).tobytes())
+        else:
+            dt = _DTYPES[n]
+            b = np.frombuffer(base, dt, length // n, base_offset)
+            out.extend((b + diff.view(dt)).tobytes())
+    if t_cursor != len(tensors) or g_cursor != len(gap_stream):
+        raise MalformedBundleError("delta streams have trailing bytes")
     return bytes(out)
