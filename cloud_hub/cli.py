@@ -14,6 +14,12 @@ from collections.abc import Sequence
 
 # One module per command group; add yours here.
 COMMAND_MODULES: tuple[str, ...] = (
+    "cloud_hub.commands.keys",
+    "cloud_hub.commands.bundle",
+    "cloud_hub.commands.publish",
+    "cloud_hub.commands.enroll",
+    "cloud_hub.commands.simulate",
+    "cloud_hub.commands.compress",
 )
 
 

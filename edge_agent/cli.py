@@ -14,6 +14,9 @@ from collections.abc import Sequence
 
 # One module per command group; add yours here.
 COMMAND_MODULES: tuple[str, ...] = (
+    "edge_agent.commands.infer",
+    "edge_agent.commands.install",
+    "edge_agent.commands.status",
 )
 
 

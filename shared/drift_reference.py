@@ -8,7 +8,7 @@ no torch — so ``fedfleet[agent]`` can import it.
 Features
     Tabular input ``(n, d)`` is compared column by column. Tensor input ``(n, C, ...)`` (NCHW
     images, sequences) would give far too many per-element features, so it is summarised per
-    sample into the mean and standard deviation of each channel (``c0_mean``, ``c0_std``, …);
+    sample into the mean and standard deviation of each channel (``c0_mean``, ``c0_std``, ...);
     ``feature_matrix`` is that one mapping, used on both sides.
 
 Per feature the JSON keeps: mean, std, quantile bin edges with the reference fraction in each
@@ -103,7 +103,7 @@ class FeatureStats:
     name: str
     mean: float
     std: float
-    bin_edges: tuple[float, ...]  # inner cut points; bins are (-inf, e0], (e0, e1], …, (ek, inf)
+    bin_edges: tuple[float, ...]  # inner cut points; bins are (-inf, e0], (e0, e1], ..., (ek, inf)
     bin_fractions: tuple[float, ...]  # len(bin_edges) + 1 values summing to 1
     quantiles: tuple[float, ...]  # evenly spaced quantiles (probabilities 0..1) for KS
 

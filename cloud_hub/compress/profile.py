@@ -87,7 +87,9 @@ class Budgets:
         for field_name in ("max_size_mb", "max_accuracy_drop_pts", "max_latency_ms"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise HubConfigError(f"budget {field_name} must be a positive number, got {value!r}")
+                raise HubConfigError(
+                    f"budget {field_name} must be a positive number, got {value!r}"
+                )
         if self.max_accuracy_drop_pts > 100:
             raise HubConfigError("budget max_accuracy_drop_pts must be <= 100 points")
 
@@ -179,7 +181,14 @@ class BuildProfile:
 
 
 _TOP_KEYS = {"name", "device_class", "description", "artifact", "budgets", "runtime"}
-_ARTIFACT_KEYS = {"format", "precision", "quantization", "calibration_size", "pruning_amount", "opset"}
+_ARTIFACT_KEYS = {
+    "format",
+    "precision",
+    "quantization",
+    "calibration_size",
+    "pruning_amount",
+    "opset",
+}
 _BUDGET_KEYS = {"max_size_mb", "max_accuracy_drop_pts", "max_latency_ms"}
 _RUNTIME_KEYS = {"providers"}
 

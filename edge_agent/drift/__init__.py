@@ -1,10 +1,10 @@
-"""Drift detection: PSI/KS per feature against bundle reference stats, Page–Hinkley on confidence."""
+"""Drift detection: PSI/KS per feature against bundle reference stats, Page-Hinkley on confidence."""
 
 from edge_agent.drift.detector import (
     ConfidenceDrift,
     DriftConfig,
     DriftDetector,
-    DriftReport,
+    DriftWindowReport,
     FeatureDrift,
 )
 from edge_agent.drift.page_hinkley import PageHinkley, PageHinkleyConfig
@@ -14,7 +14,7 @@ __all__ = [
     "ConfidenceDrift",
     "DriftConfig",
     "DriftDetector",
-    "DriftReport",
+    "DriftWindowReport",
     "FeatureDrift",
     "PageHinkley",
     "PageHinkleyConfig",

@@ -2,7 +2,7 @@
 
 ``DriftDetector.observe(x, confidences)`` buffers the drift features of each prediction; every
 ``window_size`` samples it compares the window with the reference (PSI and KS per feature)
-and returns a ``DriftReport``. A Page–Hinkley test on the top-class confidence runs per sample
+and returns a ``DriftWindowReport``. A Page-Hinkley test on the top-class confidence runs per sample
 and its alarms are attached to the window in which they fired. Pure: no clock, no I/O.
 """
 
@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
 from edge_agent.drift.page_hinkley import PageHinkley, PageHinkleyConfig
 from edge_agent.drift.statistics import ks_critical_value, ks_statistic, psi
 from edge_agent.errors import AgentConfigError, InferenceInputError
+from shared import messages
 from shared.drift_reference import ReferenceStats, feature_matrix
 
-__all__ = ["ConfidenceDrift", "DriftConfig", "DriftDetector", "DriftReport", "FeatureDrift"]
+__all__ = ["ConfidenceDrift", "DriftConfig", "DriftDetector", "DriftWindowReport", "FeatureDrift"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class ConfidenceDrift:
 
 
 @dataclass(frozen=True)
-class DriftReport:
+class DriftWindowReport:
     """The outcome of one window."""
 
     window_index: int
@@ -69,7 +70,7 @@ class DriftReport:
     drifted: bool
     features: tuple[FeatureDrift, ...]
     confidence: ConfidenceDrift | None
-    model_version: str | None = None
+    model_version: int | None = None
 
     @property
     def drifted_features(self) -> tuple[str, ...]:
@@ -78,6 +79,26 @@ class DriftReport:
     @property
     def max_psi(self) -> float:
         return max((f.psi for f in self.features), default=0.0)
+
+    def to_message(self, *, device_id: str, model_name: str) -> messages.DriftReport:
+        """The wire message the agent publishes on its ``drift`` topic."""
+        return messages.DriftReport(
+            device_id=device_id,
+            report_id=messages.new_id(),
+            model_name=model_name,
+            model_version=self.model_version or 0,
+            window_size=self.n_samples,
+            features={
+                f.name: messages.FeatureDrift(
+                    psi=f.psi, ks=f.ks, extra={"ks_critical": f.ks_critical, "drifted": f.drifted}
+                )
+                for f in self.features
+            },
+            drift_score=self.max_psi,
+            drifted=self.drifted,
+            confidence_drift=self.confidence is not None and self.confidence.alarm,
+            extra={"window_index": self.window_index, **self._confidence_extra()},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +121,14 @@ class DriftReport:
             },
         }
 
+    def _confidence_extra(self) -> dict[str, float]:
+        if self.confidence is None:
+            return {}
+        return {
+            "confidence_mean": self.confidence.mean,
+            "page_hinkley": self.confidence.page_hinkley,
+        }
+
 
 class DriftDetector:
     """Compares fixed-size windows of live inputs with the reference (one caller at a time)."""
@@ -109,7 +138,7 @@ class DriftDetector:
         reference: ReferenceStats,
         config: DriftConfig | None = None,
         *,
-        model_version: str | None = None,
+        model_version: int | None = None,
     ) -> None:
         self.reference = reference
         self.config = config or DriftConfig()
@@ -133,7 +162,9 @@ class DriftDetector:
             baseline_std=None if base is None else base.std,
         )
 
-    def observe(self, x: ArrayLike, confidences: ArrayLike | None = None) -> list[DriftReport]:
+    def observe(
+        self, x: ArrayLike, confidences: ArrayLike | None = None
+    ) -> list[DriftWindowReport]:
         """Add a batch ``(n, *input_shape)``; returns the reports of windows it completed."""
         arr = np.asarray(x)
         if tuple(arr.shape[1:]) != self.reference.input_shape:
@@ -142,7 +173,7 @@ class DriftDetector:
             )
         feats = feature_matrix(arr)
         conf = None if confidences is None else np.asarray(confidences, np.float64).ravel()
-        reports: list[DriftReport] = []
+        reports: list[DriftWindowReport] = []
         start = 0
         while start < feats.shape[0]:
             take = min(self.config.window_size - self._fill, feats.shape[0] - start)
@@ -158,7 +189,7 @@ class DriftDetector:
                 reports.append(self._close_window())
         return reports
 
-    def _close_window(self) -> DriftReport:
+    def _close_window(self) -> DriftWindowReport:
         window = self._buf[: self._fill]
         features = []
         for i, ref in enumerate(self.reference.features):
@@ -174,7 +205,7 @@ class DriftDetector:
                 page_hinkley=self._ph.statistic,
                 alarm=self._alarm,
             )
-        report = DriftReport(
+        report = DriftWindowReport(
             window_index=self._window_index,
             n_samples=self._fill,
             drifted=any(f.drifted for f in features) or self._alarm,

@@ -1,7 +1,7 @@
-"""Page–Hinkley test for a drop in the model's prediction confidence (streaming, O(1)/sample).
+"""Page-Hinkley test for a drop in the model's prediction confidence (streaming, O(1)/sample).
 
 Values are standardised against a baseline (the bundle's reference confidence, else the mean
-and std of the first ``warmup`` values), clipped to ``±clip`` so that a rare very unsure
+and std of the first ``warmup`` values), clipped to ``+-clip`` so that a rare very unsure
 prediction cannot trip the alarm alone, then accumulated as
 ``m_t = Σ (z_i + delta)``; an alarm fires when ``max(m) - m_t > threshold``. Both ``delta``
 and ``threshold`` are therefore in units of baseline standard deviations.

@@ -1,6 +1,6 @@
 """Pure two-sample drift statistics over one window of live feature values.
 
-PSI (population stability index) over the reference's quantile bins, and the Kolmogorov–Smirnov
+PSI (population stability index) over the reference's quantile bins, and the Kolmogorov-Smirnov
 statistic against the reference's quantile sketch. Values in, numbers out: no state, no I/O.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,12 @@ class OnnxRuntimeBackend(InferenceBackend):
         providers.append("CPUExecutionProvider")
         started = time.perf_counter()
         try:
-            self._session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=providers
-            )
+            with warnings.catch_warnings():
+                # "provider not available" warnings: the check below turns them into a report
+                warnings.simplefilter("ignore")
+                self._session = ort.InferenceSession(
+                    str(model_path), sess_options=options, providers=providers
+                )
         except Exception as exc:  # ORT raises its own (Fail, InvalidGraph, ...) and RuntimeError
             raise RuntimeBackendError(f"onnxruntime cannot load {model_path.name}: {exc}") from exc
         active = self._session.get_providers()

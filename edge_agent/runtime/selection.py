@@ -2,7 +2,7 @@
 
 Candidates are tried in the profile's order; each one that is unavailable or fails to load is
 recorded with its reason in the ``RuntimeReport``. Landing on anything but the first choice
-produces a warning (and a GPU → CPU fallback always does): telemetry carries it, so a GPU
+produces a warning (and a GPU -> CPU fallback always does): telemetry carries it, so a GPU
 device that silently runs on CPU cannot happen.
 """
 
@@ -218,5 +218,3 @@ def select_backend(
         return LoadedModel(backend=backend, report=report)
     tried = "; ".join(f"{a.candidate}: {a.reason}" for a in attempts)
     raise RuntimeBackendError(f"no inference backend could load the model ({tried})")
-
-

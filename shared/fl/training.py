@@ -112,7 +112,7 @@ def train_model(
             loss.backward()
             optimizer.step()
             steps += 1
-            total_loss += float(loss) * len(idx)
+            total_loss += float(loss.detach()) * len(idx)
             seen += len(idx)
             if time.monotonic() >= deadline:
                 out_of_time = True

@@ -64,6 +64,27 @@ class SensorMLP(nn.Module):
         return self.net(x)
 
 
+class EdgeCNN(nn.Module):
+    """An edge-sized CNN for 3x32x32 images (~30 M MACs): the compression benchmark's
+    latency model, where int8 has enough arithmetic to pay off (the digits CNN is too tiny)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *block(3, 32), *block(32, 32), nn.MaxPool2d(2),  # 32 -> 16
+            *block(32, 64), *block(64, 64), nn.MaxPool2d(2),  # 16 -> 8
+            *block(64, 128), nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 MODEL_SPECS: dict[str, ModelSpec] = {
     "digits-cnn": ModelSpec(
         name="digits-cnn",
@@ -78,6 +99,13 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         input_shape=(12,),
         num_classes=3,
         factory=SensorMLP,
+    ),
+    "edge-cnn": ModelSpec(
+        name="edge-cnn",
+        task="image-classification",
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        factory=EdgeCNN,
     ),
 }
 

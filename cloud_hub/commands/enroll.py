@@ -1,0 +1,128 @@
+"""``cloud-hub enroll-token`` and ``cloud-hub broker-config``: device identity on the hub.
+
+``enroll-token`` prints a single-use token once, with the CA fingerprint the device pins and
+a ready ``edge-agent install`` line. ``broker-config`` writes a Mosquitto mTLS setup (config,
+ACL, broker and hub certificates) signed by the same CA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import timedelta
+from pathlib import Path
+
+from cloud_hub.enrollment.acl import DEFAULT_HUB_USER
+from cloud_hub.enrollment.broker import write_broker_files
+from cloud_hub.enrollment.ca import CertificateAuthority
+from cloud_hub.enrollment.hubdir import open_enrollment
+from cloud_hub.errors import HubConfigError
+from shared.errors import ConfigError
+from shared.topics import TopicScheme
+
+__all__ = ["parse_labels", "parse_ttl", "register"]
+
+DEFAULT_HUB_DIR = Path.home() / ".fedfleet" / "hub"  # the same default as `cloud-hub keys`
+_TTL = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> timedelta:
+    """``90``, ``90s``, ``30m``, ``24h``, ``7d`` → a timedelta."""
+    m = _TTL.match(text.strip())
+    if not m:
+        raise HubConfigError(f"invalid --ttl {text!r}: use e.g. 30m, 24h or 7d")
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``["site=plant-3", "line=2"]`` → ``{"site": "plant-3", "line": "2"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HubConfigError(f"invalid label {item!r}: use key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _enroll_token(args: argparse.Namespace) -> int:
+    service = open_enrollment(args.dir, db_url=args.db_url)
+    secret, record = service.issue_token(
+        device_class=args.device_class,
+        labels=parse_labels(args.labels),
+        ttl=parse_ttl(args.ttl),
+        device_id=args.device_id,
+    )
+    expires = record.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"token           {secret}")
+    print(f"token id        {record.token_id}  (single use, expires {expires})")
+    print(f"device class    {record.device_class}")
+    if record.labels:
+        print(f"labels          {', '.join(f'{k}={v}' for k, v in record.labels.items())}")
+    if record.device_id:
+        print(f"device id       {record.device_id}")
+    print(f"ca fingerprint  {service.ca.fingerprint}")
+    print("install with:")
+    print(
+        f"  edge-agent install --hub {args.hub_url} --token {secret} "
+        f"--ca-fingerprint {service.ca.fingerprint} --class {record.device_class}"
+    )
+    return 0
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    try:
+        scheme = TopicScheme(args.prefix)
+    except ConfigError as exc:
+        raise HubConfigError(str(exc)) from exc
+    ca = CertificateAuthority.load_or_create(Path(args.dir) / "ca")
+    files = write_broker_files(
+        ca,
+        args.out,
+        scheme=scheme,
+        hostnames=args.hostname or ["localhost", "127.0.0.1"],
+        port=args.port,
+        bind=args.bind,
+        hub_user=args.hub_user,
+        broker_user=args.broker_user,
+    )
+    print(f"wrote {files.config}")
+    print(f"  acl          {files.acl}")
+    print(f"  broker cert  {files.server_cert} (key {files.server_key})")
+    print(f"  hub cert     {files.hub_cert} (key {files.hub_key}; the hub's MQTT identity)")
+    print(f"run: mosquitto -c {files.config}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tok = subparsers.add_parser("enroll-token", help="issue a single-use device enrollment token")
+    tok.add_argument("--class", dest="device_class", required=True, help="device class")
+    tok.add_argument(
+        "--labels", nargs="*", default=[], metavar="K=V", help="labels given to the device"
+    )
+    tok.add_argument("--ttl", default="24h", help="lifetime, e.g. 30m, 24h, 7d (default 24h)")
+    tok.add_argument("--device-id", default=None, help="bind the token to one device id")
+    tok.add_argument("--dir", type=Path, default=DEFAULT_HUB_DIR, help="hub data directory")
+    tok.add_argument("--db-url", default=None, help="SQLAlchemy URL (default: SQLite in --dir)")
+    tok.add_argument(
+        "--hub-url", default="https://HUB:8443", help="hub URL shown in the install line"
+    )
+    tok.set_defaults(func=_enroll_token)
+
+    broker = subparsers.add_parser(
+        "broker-config", help="write a Mosquitto mTLS config + ACL signed by the hub CA"
+    )
+    broker.add_argument("--out", type=Path, required=True, help="output directory")
+    broker.add_argument("--dir", type=Path, default=DEFAULT_HUB_DIR, help="hub data directory")
+    broker.add_argument("--port", type=int, default=8883)
+    broker.add_argument("--bind", default="0.0.0.0")
+    broker.add_argument(
+        "--hostname", action="append", default=[], help="broker host name/IP (repeatable)"
+    )
+    broker.add_argument("--prefix", default="fedfleet", help="topic prefix")
+    broker.add_argument("--hub-user", default=DEFAULT_HUB_USER, help="the hub's MQTT identity")
+    broker.add_argument(
+        "--broker-user", default=None, help="OS user Mosquitto runs as (must read server.key)"
+    )
+    broker.set_defaults(func=_broker_config)

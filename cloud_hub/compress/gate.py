@@ -1,0 +1,38 @@
+"""The accuracy/size/latency gate: a pure check of metrics against a profile's budgets."""
+
+from __future__ import annotations
+
+from cloud_hub.compress.evaluate import ArtifactMetrics
+from cloud_hub.compress.profile import Budgets
+from cloud_hub.errors import GateRefusedError
+
+__all__ = ["budget_violations", "enforce_budgets"]
+
+_MB = 1024 * 1024
+
+
+def budget_violations(metrics: ArtifactMetrics, budgets: Budgets) -> tuple[str, ...]:
+    """Every budget the metrics exceed, each as a sentence with both numbers."""
+    found: list[str] = []
+    size_mb = metrics.size_bytes / _MB
+    if size_mb > budgets.max_size_mb:
+        found.append(f"size {size_mb:.3f} MB > max {budgets.max_size_mb:.3f} MB")
+    drop = metrics.accuracy_drop_pts
+    if drop > budgets.max_accuracy_drop_pts:
+        found.append(
+            f"accuracy drop {drop:.2f} pts (fp32 {metrics.accuracy_fp32 * 100:.2f}% -> "
+            f"{metrics.accuracy * 100:.2f}%) > max {budgets.max_accuracy_drop_pts:.2f} pts"
+        )
+    latency = metrics.latency_ms.get("b1")
+    if latency is not None and latency > budgets.max_latency_ms:
+        found.append(f"batch-1 latency {latency:.3f} ms > max {budgets.max_latency_ms:.3f} ms")
+    return tuple(found)
+
+
+def enforce_budgets(profile_name: str, metrics: ArtifactMetrics, budgets: Budgets) -> None:
+    """Raise ``GateRefusedError`` naming every exceeded budget; return if all are met."""
+    violations = budget_violations(metrics, budgets)
+    if violations:
+        raise GateRefusedError(
+            f"artifact for profile {profile_name!r} refused: " + "; ".join(violations)
+        )

@@ -1,0 +1,26 @@
+"""Delivery of signed bundles and commands to the fleet over MQTT v5 (paho-mqtt 2.x)."""
+
+from cloud_hub.delivery.config import PublisherConfig, parse_mqtt_url
+from cloud_hub.delivery.progress import (
+    TERMINAL_STATES,
+    DeliveryState,
+    DeploymentResult,
+    DeviceProgress,
+    advance,
+    plan_repair,
+)
+from cloud_hub.delivery.publisher import Deployment, DeviceInfo, FleetPublisher
+
+__all__ = [
+    "TERMINAL_STATES",
+    "DeliveryState",
+    "Deployment",
+    "DeploymentResult",
+    "DeviceInfo",
+    "DeviceProgress",
+    "FleetPublisher",
+    "PublisherConfig",
+    "advance",
+    "parse_mqtt_url",
+    "plan_repair",
+]

@@ -1,0 +1,95 @@
+"""A private Mosquitto on a free loopback port, for demos, benchmarks and fault tests.
+
+It listens on 127.0.0.1 only and allows anonymous clients — never use it beyond loopback.
+``restart()`` stops and starts the broker on the same port (sessions are lost: persistence
+is off), which is how tests exercise a broker restart in the middle of a transfer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from cloud_hub.errors import DeliveryError
+
+__all__ = ["LocalMosquitto", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalMosquitto:
+    """``with LocalMosquitto() as broker: broker.url``."""
+
+    def __init__(self, *, port: int | None = None, extra_conf: str = "") -> None:
+        exe = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
+        if exe is None:
+            raise DeliveryError("mosquitto is not installed (apt-get install mosquitto)")
+        self.exe = exe
+        self.port = port or free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="fedfleet-mosquitto-"))
+        self.conf = self._dir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"max_queued_messages 10000\n{extra_conf}\n"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        log = open(self._dir / "mosquitto.log", "ab")  # noqa: SIM115 - owned by the process
+        self._proc = subprocess.Popen(
+            [self.exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise DeliveryError(
+                    f"mosquitto exited with {self._proc.returncode}: "
+                    + (self._dir / "mosquitto.log").read_text(errors="replace")[-500:]
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise DeliveryError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+    def __enter__(self) -> LocalMosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,479 @@
+"""The fleet publisher: deliver one signed bundle to many devices over MQTT.
+
+How a deployment flows::
+
+    hub                                   broker                        device
+    DeployCommand ──► devices/D/cmd ─────────────────────────────────► verify offer,
+                                                                        subscribe bundles/B/chunks
+    (wait for download_started or start_grace_s) ◄── devices/D/events ◄─ download_started
+    every chunk ONCE ──► bundles/B/chunks ──fan-out──────────────────► store chunks
+    ChunkRequest ◄── devices/+/chunk-req ◄─────────────────────────────── missing indices
+    exactly those ──► devices/D/chunks (rate-limited) ───────────────► store, verify, install
+    progress ◄── devices/+/events ◄──── verified/installed/committed | rolled_back | failed
+
+Devices that subscribe late, lose chunks on a flaky link, or restart ask for the gaps; the
+hub keeps the chunks of recent bundles in memory to answer them. Progress is tracked per
+device from its events (idempotent: duplicates are ignored).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloud_hub.delivery._session import MqttSession
+from cloud_hub.delivery.config import PublisherConfig
+from cloud_hub.delivery.progress import (
+    DeploymentResult,
+    DeviceProgress,
+    TokenBucket,
+    advance,
+    plan_repair,
+)
+from cloud_hub.errors import DeliveryError, HubConfigError
+from shared.bundle import bundle_id_of, parse_bundle
+from shared.chunks import encode_chunk, split_chunks
+from shared.errors import ConfigError, ProtocolError
+from shared.messages import (
+    ChunkRequest,
+    DeployCommand,
+    Event,
+    Hello,
+    PingCommand,
+    RollbackCommand,
+    Status,
+    decode_message,
+    new_id,
+)
+from shared.topics import validate_device_id
+
+__all__ = ["Deployment", "DeviceInfo", "FleetPublisher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the hub heard from a device (hello / retained status)."""
+
+    device_id: str
+    device_class: str | None = None
+    online: bool = False
+    installed_version: int | None = None
+
+
+@dataclass
+class _DeploymentState:
+    deployment_id: str
+    bundle_id: str
+    devices: dict[str, DeviceProgress]
+    started_at: float
+    chunks_published: int = 0
+    repairs_sent: int = 0
+
+
+@dataclass
+class _CachedBundle:
+    frames: list[bytes]
+    pending: dict[str, set[int]] = field(default_factory=dict)  # device -> queued indices
+
+
+class Deployment:
+    """A handle on one deployment: snapshot it, or wait until every device finished."""
+
+    def __init__(self, publisher: FleetPublisher, state: _DeploymentState) -> None:
+        self._publisher = publisher
+        self._state = state
+
+    @property
+    def deployment_id(self) -> str:
+        return self._state.deployment_id
+
+    @property
+    def bundle_id(self) -> str:
+        return self._state.bundle_id
+
+    @property
+    def device_ids(self) -> list[str]:
+        return sorted(self._state.devices)
+
+    def result(self) -> DeploymentResult:
+        return self._publisher._snapshot(self._state)
+
+    def wait(self, timeout: float | None = None) -> DeploymentResult:
+        """Block until every device is in a terminal state or ``timeout`` passes; return a
+        snapshot either way (check ``.done`` / ``.all_committed``)."""
+        return self._publisher._wait(self._state, timeout)
+
+
+class FleetPublisher:
+    """Publishes bundles and commands to the fleet. Use as a context manager."""
+
+    def __init__(self, config: PublisherConfig) -> None:
+        self.config = config
+        self.topics = config.topics
+        self._cond = threading.Condition()
+        self._deployments: dict[str, _DeploymentState] = {}
+        self._bundles: OrderedDict[str, _CachedBundle] = OrderedDict()
+        self._repairs: deque[tuple[str, str]] = deque()  # (device, bundle) with pending work
+        self._queued: set[tuple[str, str]] = set()
+        self._devices: dict[str, DeviceInfo] = {}
+        self._closed = False
+        self.rejected_messages = 0
+        self._session = MqttSession(
+            config,
+            subscriptions=[
+                self.topics.all_devices(ch) for ch in ("events", "chunk-req", "hello", "status")
+            ],
+            on_message=self._on_message,
+        )
+        self._bucket = TokenBucket(
+            rate=config.repair_rate_bytes_s, burst=max(config.repair_rate_bytes_s / 4, 1.0)
+        )
+        self._worker = threading.Thread(target=self._repair_loop, name="hub-repairs", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> FleetPublisher:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        self._session.connect()
+        self._worker.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5)
+        self._session.close()
+
+    @property
+    def reconnects(self) -> int:
+        return self._session.reconnects
+
+    # -- incoming (paho network thread) -----------------------------------------------------
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            where = self.topics.parse_device_topic(topic)
+            expected: dict[str, tuple[type[Any], ...]] = {
+                "events": (Event,),
+                "chunk-req": (ChunkRequest,),
+                "hello": (Hello,),
+                "status": (Status,),
+            }
+            msg = decode_message(payload, expected=expected[where.channel])
+            if getattr(msg, "device_id", where.device_id) != where.device_id:
+                raise ProtocolError(f"device_id does not match topic {topic}")
+        except (ProtocolError, KeyError) as exc:
+            with self._cond:
+                self.rejected_messages += 1
+            log.warning("dropped a message on %s: %s", topic, exc)
+            return
+        if isinstance(msg, Event):
+            self._on_event(msg)
+        elif isinstance(msg, ChunkRequest):
+            self._on_chunk_request(msg)
+        elif isinstance(msg, Hello):
+            self._remember(
+                msg.device_id,
+                device_class=msg.device_class,
+                online=True,
+                installed=msg.installed.version if msg.installed else None,
+            )
+        elif isinstance(msg, Status):
+            device_class = msg.extra.get("device_class")
+            self._remember(
+                msg.device_id,
+                device_class=device_class if isinstance(device_class, str) else None,
+                online=msg.online,
+                installed=msg.installed.version if msg.installed else None,
+            )
+
+    def _remember(
+        self, device_id: str, *, device_class: str | None, online: bool, installed: int | None
+    ) -> None:
+        with self._cond:
+            old = self._devices.get(device_id, DeviceInfo(device_id))
+            self._devices[device_id] = DeviceInfo(
+                device_id,
+                device_class=device_class or old.device_class,
+                online=online,
+                installed_version=installed if installed is not None else old.installed_version,
+            )
+            self._cond.notify_all()
+
+    def _on_event(self, event: Event) -> None:
+        with self._cond:
+            state = self._deployments.get(event.deployment_id or "")
+            if state is None or event.device_id not in state.devices:
+                return
+            before = state.devices[event.device_id]
+            after = advance(before, event, time.monotonic())
+            if after is not before:
+                state.devices[event.device_id] = after
+                self._cond.notify_all()
+        if after is not before and after.state is not before.state:
+            log.info(
+                "%s: %s → %s %s",
+                event.device_id,
+                before.state.value,
+                after.state.value,
+                after.detail,
+            )
+
+    def _on_chunk_request(self, req: ChunkRequest) -> None:
+        with self._cond:
+            cached = self._bundles.get(req.bundle_id)
+            if cached is None:
+                log.warning(
+                    "%s asked for chunks of unknown bundle %s", req.device_id, req.bundle_id[:12]
+                )
+                return
+            pending = cached.pending.setdefault(req.device_id, set())
+            total_pending = sum(len(p) for b in self._bundles.values() for p in b.pending.values())
+            budget = min(
+                self.config.max_repair_indices, self.config.max_pending_repairs - total_pending
+            )
+            indices = range(len(cached.frames)) if req.full and not req.indices else req.indices
+            plan = plan_repair(
+                indices,
+                chunk_count=len(cached.frames),
+                pending=frozenset(pending),
+                max_indices=max(budget, 0),
+            )
+            if not plan:
+                return
+            key = (req.device_id, req.bundle_id)
+            if key not in self._queued:
+                self._queued.add(key)
+                self._repairs.append(key)
+            pending.update(plan)
+            self._cond.notify_all()
+
+    # -- repairs (worker thread) ------------------------------------------------------------
+    def _next_repair(self) -> tuple[str, str, int, bytes] | None:
+        with self._cond:
+            while not self._closed:
+                while self._repairs:
+                    device_id, bundle_id = self._repairs[0]
+                    cached = self._bundles.get(bundle_id)
+                    pending = cached.pending.get(device_id) if cached else None
+                    if not pending or cached is None:
+                        self._queued.discard(self._repairs.popleft())
+                        continue
+                    index = min(pending)
+                    pending.discard(index)
+                    self._repairs.rotate(-1)  # round-robin between devices
+                    return device_id, bundle_id, index, cached.frames[index]
+                self._cond.wait(0.5)
+        return None
+
+    def _repair_loop(self) -> None:
+        while True:
+            item = self._next_repair()
+            if item is None:
+                return
+            device_id, bundle_id, _index, frame = item
+            delay = self._bucket.delay(len(frame), time.monotonic())
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                self._session.publish(self.topics.device(device_id, "chunks"), frame)
+            except DeliveryError as exc:
+                log.warning("repair for %s not sent: %s (it will ask again)", device_id, exc)
+                continue
+            with self._cond:
+                for state in self._deployments.values():
+                    if state.bundle_id == bundle_id and device_id in state.devices:
+                        state.repairs_sent += 1
+
+    # -- outgoing ----------------------------------------------------------------------------
+    def _targets(self, device_ids: Sequence[str]) -> list[str]:
+        ids = list(dict.fromkeys(device_ids))
+        if not ids:
+            raise HubConfigError("no target devices")
+        if len(ids) > self.config.max_devices:
+            raise HubConfigError(f"more than {self.config.max_devices} target devices")
+        try:
+            return [validate_device_id(d) for d in ids]
+        except ConfigError as exc:
+            raise HubConfigError(str(exc)) from exc
+
+    def _register(
+        self, deployment_id: str | None, bundle_id: str, ids: list[str]
+    ) -> _DeploymentState:
+        dep_id = deployment_id or f"dep-{new_id()[:16]}"
+        try:
+            validate_device_id(dep_id)
+        except ConfigError as exc:
+            raise HubConfigError(f"deployment id: {exc}") from exc
+        state = _DeploymentState(
+            deployment_id=dep_id,
+            bundle_id=bundle_id,
+            devices={d: DeviceProgress(d) for d in ids},
+            started_at=time.monotonic(),
+        )
+        with self._cond:
+            if dep_id in self._deployments:
+                raise HubConfigError(f"deployment {dep_id} already exists")
+            self._deployments[dep_id] = state
+        return state
+
+    def _cache(self, bundle_id: str, frames: list[bytes]) -> None:
+        with self._cond:
+            if bundle_id not in self._bundles:
+                self._bundles[bundle_id] = _CachedBundle(frames)
+            self._bundles.move_to_end(bundle_id)
+            while len(self._bundles) > self.config.max_cached_bundles:
+                self._bundles.popitem(last=False)
+
+    def deploy(
+        self,
+        bundle: bytes,
+        device_ids: Sequence[str],
+        *,
+        deployment_id: str | None = None,
+        rollback_order: Mapping[str, Any] | None = None,
+    ) -> Deployment:
+        """Offer ``bundle`` to ``device_ids`` and publish its chunks once on the fan-out topic.
+
+        Returns when every chunk is acknowledged by the broker; devices then finish on their
+        own (repairs are answered in the background): ``.wait(timeout)`` on the handle.
+        ``rollback_order`` (a signed envelope) lets devices accept an older version.
+        """
+        if len(bundle) > self.config.max_bundle_bytes:
+            raise HubConfigError(f"bundle of {len(bundle)} bytes over max_bundle_bytes")
+        ids = self._targets(device_ids)
+        parsed = parse_bundle(bundle)  # a malformed bundle never reaches the fleet
+        bundle_id = bundle_id_of(parsed.manifest_envelope)
+        chunks = split_chunks(bundle_id, bundle, self.config.chunk_size)
+        frames = [encode_chunk(c) for c in chunks]
+        self._cache(bundle_id, frames)
+        state = self._register(deployment_id, bundle_id, ids)
+        chunk_topic = self.topics.bundle_chunks(bundle_id)
+        for device_id in ids:
+            command = DeployCommand(
+                command_id=new_id(),
+                deployment_id=state.deployment_id,
+                bundle_id=bundle_id,
+                manifest=parsed.manifest_envelope,
+                keyring=parsed.keyring_envelope,
+                total_size=len(bundle),
+                chunk_size=self.config.chunk_size,
+                chunk_count=len(frames),
+                chunk_topic=chunk_topic,
+                rollback_order=dict(rollback_order) if rollback_order is not None else None,
+            )
+            self._session.publish(self.topics.device(device_id, "cmd"), command.encode())
+        self._await_start(state)
+        for frame in frames:  # each chunk once; the broker fans it out
+            self._session.publish(chunk_topic, frame)
+            with self._cond:
+                state.chunks_published += 1
+        self._session.drain()
+        return Deployment(self, state)
+
+    def _await_start(self, state: _DeploymentState) -> None:
+        """Wait (at most ``start_grace_s``) until every reachable target answered, i.e. has
+        subscribed to the chunk topic. Devices known to be offline are not waited for."""
+        deadline = time.monotonic() + self.config.start_grace_s
+        with self._cond:
+            while True:
+                waiting = [
+                    d
+                    for d, p in state.devices.items()
+                    if not p.started and self._devices.get(d, DeviceInfo(d, online=True)).online
+                ]
+                left = deadline - time.monotonic()
+                if not waiting or left <= 0:
+                    break
+                self._cond.wait(min(left, 0.5))
+        if waiting:
+            log.info(
+                "%d device(s) not started after the grace period; they will catch up", len(waiting)
+            )
+
+    def rollback(
+        self,
+        device_ids: Sequence[str],
+        order_envelope: Mapping[str, Any],
+        keyring_envelope: Mapping[str, Any],
+        *,
+        deployment_id: str | None = None,
+    ) -> Deployment:
+        """Send a signed rollback order; devices go back to the version it names."""
+        ids = self._targets(device_ids)
+        signed = order_envelope.get("signed")
+        target = signed.get("to_bundle_id") if isinstance(signed, dict) else None
+        if not isinstance(target, str):
+            raise HubConfigError("rollback order envelope has no signed to_bundle_id")
+        state = self._register(deployment_id, target, ids)
+        for device_id in ids:
+            command = RollbackCommand(
+                command_id=new_id(),
+                deployment_id=state.deployment_id,
+                order=dict(order_envelope),
+                keyring=dict(keyring_envelope),
+            )
+            self._session.publish(self.topics.device(device_id, "cmd"), command.encode())
+        self._session.drain()
+        return Deployment(self, state)
+
+    def discover(self, *, device_class: str | None = None, wait_s: float = 2.0) -> list[DeviceInfo]:
+        """Devices heard from (retained status, hello), pinged for a fresh hello; those online
+        and (when given) of ``device_class``."""
+        time.sleep(min(wait_s, 0.5))  # retained statuses arrive right after subscribing
+        with self._cond:
+            known = [d for d, info in self._devices.items() if info.online]
+        for device_id in known:
+            self._session.publish(
+                self.topics.device(device_id, "cmd"), PingCommand(command_id=new_id()).encode()
+            )
+        deadline = time.monotonic() + wait_s
+
+        def classified() -> bool:
+            return all(self._devices[d].device_class is not None for d in known)
+
+        with self._cond:
+            while not classified() and time.monotonic() < deadline:
+                self._cond.wait(0.2)
+            return sorted(
+                (
+                    i
+                    for i in self._devices.values()
+                    if i.online and (device_class is None or i.device_class == device_class)
+                ),
+                key=lambda i: i.device_id,
+            )
+
+    # -- progress ----------------------------------------------------------------------------
+    def _snapshot(self, state: _DeploymentState) -> DeploymentResult:
+        with self._cond:
+            return DeploymentResult(
+                deployment_id=state.deployment_id,
+                bundle_id=state.bundle_id,
+                devices=dict(state.devices),
+                started_at=state.started_at,
+                chunks_published=state.chunks_published,
+                repairs_sent=state.repairs_sent,
+            )
+
+    def _wait(self, state: _DeploymentState, timeout: float | None) -> DeploymentResult:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not all(p.terminal for p in state.devices.values()):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(0.5 if left is None else min(left, 0.5))
+        return self._snapshot(state)

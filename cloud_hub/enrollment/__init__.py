@@ -1,0 +1,73 @@
+"""Device identity on the hub side: CA, enrollment tokens, CSR signing, broker ACL, HTTP route.
+
+Typical use::
+
+    service = open_enrollment(data_dir, config=EnrollmentConfig(mqtt_url="mqtts://hub:8883"))
+    secret, record = service.issue_token(device_class="jetson-orin")
+    app.include_router(enrollment_router(service))
+"""
+
+from cloud_hub.enrollment.acl import DEFAULT_HUB_USER, render_acl
+from cloud_hub.enrollment.broker import (
+    BrokerFiles,
+    BrokerTlsConfig,
+    render_mosquitto_config,
+    write_broker_files,
+)
+from cloud_hub.enrollment.ca import CertificateAuthority, IssuedCertificate, cert_fingerprint
+from cloud_hub.enrollment.errors import (
+    CsrRejectedError,
+    EnrollmentConflictError,
+    EnrollmentRefusedError,
+    TokenExpiredError,
+    TokenRefusedError,
+    TokenUsedError,
+    UnknownTokenError,
+)
+from cloud_hub.enrollment.hubdir import open_enrollment, server_tls_files
+from cloud_hub.enrollment.router import enrollment_router
+from cloud_hub.enrollment.service import (
+    EnrollmentConfig,
+    EnrollmentRequest,
+    EnrollmentResult,
+    EnrollmentService,
+    MqttSettings,
+)
+from cloud_hub.enrollment.store import (
+    EnrollmentRepository,
+    InMemoryEnrollmentRepository,
+    SqlEnrollmentRepository,
+)
+from cloud_hub.enrollment.tokens import EnrolledDevice, TokenRecord
+
+__all__ = [
+    "DEFAULT_HUB_USER",
+    "BrokerFiles",
+    "BrokerTlsConfig",
+    "CertificateAuthority",
+    "CsrRejectedError",
+    "EnrolledDevice",
+    "EnrollmentConfig",
+    "EnrollmentConflictError",
+    "EnrollmentRefusedError",
+    "EnrollmentRepository",
+    "EnrollmentRequest",
+    "EnrollmentResult",
+    "EnrollmentService",
+    "InMemoryEnrollmentRepository",
+    "IssuedCertificate",
+    "MqttSettings",
+    "SqlEnrollmentRepository",
+    "TokenExpiredError",
+    "TokenRecord",
+    "TokenRefusedError",
+    "TokenUsedError",
+    "UnknownTokenError",
+    "cert_fingerprint",
+    "enrollment_router",
+    "open_enrollment",
+    "render_acl",
+    "render_mosquitto_config",
+    "server_tls_files",
+    "write_broker_files",
+]

@@ -1,0 +1,31 @@
+"""Fleet ingest: device hello/status/telemetry/drift/events from MQTT into the registry.
+
+- :mod:`.intake` — classify one received message (pure).
+- :mod:`.fairness` — token buckets and bounded per-device queues, drained round-robin.
+- :mod:`.batch` — fold messages into a batch; write it idempotently.
+- :mod:`.ingest` — the paho-mqtt shell and writer thread (:class:`FleetIngest`).
+"""
+
+from cloud_hub.fleet.batch import BatchCounts, IngestBatch, write_batch
+from cloud_hub.fleet.config import IngestConfig
+from cloud_hub.fleet.fairness import Admission, FairQueue, RecentKeys, TokenBucket
+from cloud_hub.fleet.ingest import FleetIngest, IngestStats, MqttSettings
+from cloud_hub.fleet.intake import INGEST_CHANNELS, Inbound, Rejected, classify
+
+__all__ = [
+    "INGEST_CHANNELS",
+    "Admission",
+    "BatchCounts",
+    "FairQueue",
+    "FleetIngest",
+    "Inbound",
+    "IngestBatch",
+    "IngestConfig",
+    "IngestStats",
+    "MqttSettings",
+    "RecentKeys",
+    "Rejected",
+    "TokenBucket",
+    "classify",
+    "write_batch",
+]

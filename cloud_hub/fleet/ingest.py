@@ -1,0 +1,340 @@
+"""The MQTT ingest: the I/O shell around :mod:`.intake`, :mod:`.fairness` and :mod:`.batch`.
+
+paho's network thread only classifies a message and offers it to the :class:`FairQueue`
+(under a lock); a writer thread drains the queue round-robin into an :class:`IngestBatch`
+and commits one transaction per batch. A batch whose commit fails is kept and written
+again (every write is idempotent), so a database hiccup loses nothing the queue accepted.
+
+The session is persistent (``clean_start=False`` with a session expiry), so the broker
+keeps QoS 1 messages for the hub while it restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud_hub.errors import DeliveryError
+from cloud_hub.fleet.batch import BatchCounts, IngestBatch, write_batch
+from cloud_hub.fleet.config import IngestConfig
+from cloud_hub.fleet.fairness import Admission, FairQueue, RecentKeys
+from cloud_hub.fleet.intake import INGEST_CHANNELS, Inbound, Rejected, classify
+from cloud_hub.registry import Registry
+from shared.messages import MAX_MESSAGE_BYTES, Telemetry
+from shared.topics import TopicScheme
+
+__all__ = ["FleetIngest", "IngestStats", "MqttSettings"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "fedfleet-hub-ingest"
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None  # path to a CA bundle; "" = system CAs; None = no TLS
+    keepalive_s: int = 30
+    session_expiry_s: int = 3600
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    """A snapshot of the ingest counters (for ``/metrics`` and tests)."""
+
+    received: int
+    accepted: int
+    queued: int
+    written: int
+    batches: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    write_errors: int = 0
+    events_new: int = 0
+    drift_new: int = 0
+    lag_p95_s: float = 0.0  # received → committed, over recent messages
+    connected: bool = False
+
+
+Listener = Callable[[BatchCounts], None]
+
+
+class FleetIngest:
+    """Subscribes to every device's uplink channels and keeps the registry current."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        scheme: TopicScheme,
+        mqtt_settings: MqttSettings,
+        config: IngestConfig = IngestConfig(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.scheme = scheme
+        self.settings = mqtt_settings
+        self.config = config
+        self._clock = clock
+        self._lock = threading.Condition()
+        self._queue: FairQueue[Inbound] = FairQueue(
+            capacity=config.per_device_queue,
+            rate_per_s=config.telemetry_rate_per_s,
+            burst=config.telemetry_burst,
+            max_devices=config.max_devices,
+        )
+        self._recent = RecentKeys(max_devices=config.max_devices)
+        self._counts: Counter[str] = Counter()
+        self._rejected: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._lags: deque[float] = deque(maxlen=10_000)
+        self._listeners: list[Listener] = []
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._connect_error = ""
+        self._client = self._make_client()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect, subscribe, and start the writer thread (raises ``DeliveryError``)."""
+        self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest", daemon=True)
+        self._writer.start()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        try:
+            self._client.connect(
+                self.settings.host,
+                self.settings.port,
+                keepalive=self.settings.keepalive_s,
+                clean_start=False,
+                properties=props,
+            )
+        except (OSError, ValueError) as exc:
+            self.stop()
+            raise DeliveryError(
+                f"ingest cannot reach broker {self.settings.host}:{self.settings.port}: {exc}"
+            ) from exc
+        self._client.loop_start()
+        if not self._connected.wait(self.settings.connect_timeout_s):
+            self.stop()
+            raise DeliveryError(
+                f"broker {self.settings.host}:{self.settings.port} did not accept the ingest: "
+                f"{self._connect_error or 'timeout'}"
+            )
+
+    def stop(self, *, flush: bool = True) -> None:
+        """Disconnect and (by default) write what is still queued."""
+        try:
+            self._client.disconnect()
+            self._client.loop_stop()
+        except Exception:  # already down: nothing to release
+            log.debug("ingest disconnect", exc_info=True)
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._writer is not None:
+            self._writer.join(timeout=30)
+            self._writer = None
+        if flush:
+            self._flush_all()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` (on the writer thread) after every committed batch, e.g. to wake
+        the rollout engine when new events arrived."""
+        self._listeners.append(listener)
+
+    # -- feeding (network thread, or tests directly) ----------------------------------------
+    def submit(self, topic: str, payload: bytes) -> Admission | Rejected | None:
+        """Classify and enqueue one message; returns what happened to it."""
+        now = self._clock()
+        result = classify(self.scheme, topic, payload, received_at=now, max_bytes=MAX_MESSAGE_BYTES)
+        with self._lock:
+            self._counts["received"] += 1
+            if result is None:
+                return None
+            if isinstance(result, Rejected):
+                self._rejected[result.kind] += 1
+                log.warning("rejected %s message on %s: %s", result.kind, topic, result.reason)
+                return result
+            msg = result.message
+            telemetry = isinstance(msg, Telemetry)
+            if isinstance(msg, Telemetry) and self._recent.seen_before(
+                result.device_id, (msg.seq, msg.ts)
+            ):
+                self._counts["duplicates"] += 1
+                return None
+            admission = self._queue.offer(result.device_id, result, droppable=telemetry, now=now)
+            if admission in (Admission.ACCEPTED, Admission.EVICTED_OLDEST):
+                self._counts["accepted"] += 1
+            if admission is not Admission.ACCEPTED:
+                self._dropped[admission.value] += 1
+            if len(self._queue) >= self.config.batch_max:
+                self._lock.notify_all()
+            return admission
+
+    # -- writing (writer thread) -------------------------------------------------------------
+    def _write_loop(self) -> None:
+        pending: IngestBatch | None = None
+        while not self._stop.is_set():
+            if pending is None:
+                pending = IngestBatch(max_metrics=self.config.max_metrics)
+            room = self.config.batch_max - len(pending)  # bounded even while the DB is down
+            with self._lock:
+                if len(self._queue) < self.config.batch_max and not len(pending):
+                    self._lock.wait(self.config.flush_interval_s)
+                items = self._queue.drain(room) if room > 0 else []
+            for _, inbound in items:
+                pending.apply(inbound)
+            if len(pending) and self._write(pending):
+                pending = None
+            elif len(pending):
+                self._stop.wait(self.config.retry_backoff_s)
+
+    def _flush_all(self) -> None:
+        while True:
+            with self._lock:
+                items = self._queue.drain(self.config.batch_max)
+            if not items:
+                return
+            batch = IngestBatch(max_metrics=self.config.max_metrics)
+            for _, inbound in items:
+                batch.apply(inbound)
+            if not self._write(batch):
+                return
+
+    def _write(self, batch: IngestBatch) -> bool:
+        try:
+            with self.registry.session() as session:
+                counts = write_batch(session, batch, now=self._clock())
+        except SQLAlchemyError as exc:
+            with self._lock:
+                self._counts["write_errors"] += 1
+            log.warning("ingest batch of %d not written (will retry): %s", len(batch), exc)
+            return False
+        done = self._clock()
+        with self._lock:
+            self._counts["written"] += counts.messages
+            self._counts["batches"] += 1
+            self._counts["events_new"] += counts.events_new
+            self._counts["drift_new"] += counts.drift_new
+            self._lags.extend(done - r for r in batch.received_at)
+        for listener in self._listeners:
+            try:
+                listener(counts)
+            except Exception:
+                log.exception("ingest listener failed")
+        return True
+
+    def stats(self) -> IngestStats:
+        with self._lock:
+            lags = sorted(self._lags)
+            p95 = lags[min(len(lags) - 1, int(0.95 * len(lags)))] if lags else 0.0
+            return IngestStats(
+                received=self._counts["received"],
+                accepted=self._counts["accepted"],
+                queued=len(self._queue),
+                written=self._counts["written"],
+                batches=self._counts["batches"],
+                rejected=dict(self._rejected),
+                dropped=dict(self._dropped),
+                duplicates=self._counts["duplicates"],
+                write_errors=self._counts["write_errors"],
+                events_new=self._counts["events_new"],
+                drift_new=self._counts["drift_new"],
+                lag_p95_s=p95,
+                connected=self._connected.is_set(),
+            )
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until everything accepted so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = self.stats()
+            if s.queued == 0 and s.written >= s.accepted - s.dropped.get("evicted_oldest", 0):
+                return True
+            time.sleep(0.02)
+        return False
+
+    # -- paho --------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.settings.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        if self.settings.username is not None:
+            client.username_pw_set(self.settings.username, self.settings.password)
+        if self.settings.tls_ca is not None:
+            client.tls_set(
+                ca_certs=self.settings.tls_ca or None, tls_version=ssl.PROTOCOL_TLS_CLIENT
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self._connect_error = str(reason)
+            return
+        # subscribe on every connect: the broker may have lost the session
+        client.subscribe([(self.scheme.all_devices(c), 1) for c in INGEST_CHANNELS])
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            self._connect_error = f"subscription refused: {', '.join(failed)}"
+            log.error("ingest %s", self._connect_error)
+            return
+        self._connected.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("ingest lost the broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.submit(msg.topic, bytes(msg.payload))
+        except Exception:  # never kill paho's network thread
+            log.exception("ingest failed on %s", msg.topic)

@@ -1,0 +1,67 @@
+"""Staged rollouts: a pure core (state table, config, planner, gates) and an engine.
+
+- :mod:`.state` — the lifecycle as one transition table.
+- :mod:`.config` — validated :class:`RolloutConfig`.
+- :mod:`.planner` — seeded random stage membership, continuous deployment.
+- :mod:`.gates` — promote / wait / fail from device reports.
+"""
+
+from cloud_hub.rollout.config import (
+    AbortRule,
+    GateThresholds,
+    RolloutConfig,
+    StageSpec,
+    TargetSelector,
+    parse_labels,
+)
+from cloud_hub.rollout.gates import (
+    Baseline,
+    DeviceReport,
+    GateResult,
+    GateVerdict,
+    InstallOutcome,
+    MetricCheck,
+    evaluate_gate,
+)
+from cloud_hub.rollout.planner import (
+    DeviceInfo,
+    RolloutPlan,
+    plan_stages,
+    select_target,
+    stage_for_newcomer,
+)
+from cloud_hub.rollout.state import (
+    TRANSITIONS,
+    RolloutAction,
+    RolloutPhase,
+    RolloutState,
+    apply_action,
+    stage_name,
+)
+
+__all__ = [
+    "TRANSITIONS",
+    "AbortRule",
+    "Baseline",
+    "DeviceInfo",
+    "DeviceReport",
+    "GateResult",
+    "GateThresholds",
+    "GateVerdict",
+    "InstallOutcome",
+    "MetricCheck",
+    "RolloutAction",
+    "RolloutConfig",
+    "RolloutPhase",
+    "RolloutPlan",
+    "RolloutState",
+    "StageSpec",
+    "TargetSelector",
+    "apply_action",
+    "evaluate_gate",
+    "parse_labels",
+    "plan_stages",
+    "select_target",
+    "stage_for_newcomer",
+    "stage_name",
+]

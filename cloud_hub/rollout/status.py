@@ -1,0 +1,130 @@
+"""Read-only views of a rollout for the REST API, the CLI and the dashboard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cloud_hub.registry.records import RolloutRecord
+from cloud_hub.registry.tables import RolloutTarget
+from cloud_hub.rollout.state import RolloutPhase, RolloutState
+
+__all__ = ["RolloutStatus", "StageStatus", "phase_of", "rollout_status"]
+
+
+def phase_of(record: RolloutRecord) -> RolloutPhase:
+    """The state-machine position stored in a rollout record."""
+    state = RolloutState(record.state)
+    return RolloutPhase(state, -1 if state is RolloutState.DRAFT else record.current_stage)
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    index: int
+    name: str
+    state: str
+    started_at: float | None
+    finished_at: float | None
+    devices: tuple[str, ...]
+    targets: dict[str, int]  # target state -> count
+    gate: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "state": self.state,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "devices": list(self.devices),
+            "targets": dict(self.targets),
+            "gate": self.gate,
+        }
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    rollout_id: str
+    name: str
+    state: str
+    phase: str
+    stage: int
+    bundle_id: str
+    previous_bundle_id: str | None
+    reason: str
+    created_by: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    revision: int
+    config: dict[str, Any]
+    stages: tuple[StageStatus, ...] = ()
+    targets: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rollout_id": self.rollout_id,
+            "name": self.name,
+            "state": self.state,
+            "phase": self.phase,
+            "stage": self.stage,
+            "bundle_id": self.bundle_id,
+            "previous_bundle_id": self.previous_bundle_id,
+            "reason": self.reason,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "revision": self.revision,
+            "config": self.config,
+            "stages": [s.to_dict() for s in self.stages],
+            "targets": dict(self.targets),
+        }
+
+
+def rollout_status(session: Session, record: RolloutRecord) -> RolloutStatus:
+    rows = session.execute(
+        select(RolloutTarget.stage_index, RolloutTarget.state, func.count())
+        .where(RolloutTarget.rollout_id == record.rollout_id)
+        .group_by(RolloutTarget.stage_index, RolloutTarget.state)
+    )
+    per_stage: dict[int, dict[str, int]] = {}
+    totals: dict[str, int] = {}
+    for index, state, n in rows:
+        per_stage.setdefault(int(index), {})[state] = int(n)
+        totals[state] = totals.get(state, 0) + int(n)
+    phase = phase_of(record)
+    stages = tuple(
+        StageStatus(
+            index=s.index,
+            name=s.name,
+            state=s.state,
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            devices=tuple(s.device_ids or ()),
+            targets=per_stage.get(s.index, {}),
+            gate=s.gate_results[-1] if s.gate_results else None,
+        )
+        for s in record.stages
+    )
+    return RolloutStatus(
+        rollout_id=record.rollout_id,
+        name=record.name,
+        state=record.state,
+        phase=phase.name,
+        stage=phase.stage,
+        bundle_id=record.bundle_id,
+        previous_bundle_id=record.previous_bundle_id,
+        reason=record.reason,
+        created_by=record.created_by,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        revision=record.revision,
+        config=dict(record.config),
+        stages=stages,
+        targets=totals,
+    )

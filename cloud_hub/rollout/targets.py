@@ -1,0 +1,111 @@
+"""Per-device rollout target states and how device reports resolve them (pure).
+
+::
+
+    pending ──(device online, stage reached)──► deploying ──(published)──► sent
+    deploying/sent ──(committed or runs the bundle)──► succeeded
+    deploying/sent/succeeded ──(health/verify failure, rejected, rolled back)──► failed
+    pending ──(rollout stopped first)──► skipped
+    deploying/sent/succeeded/failed ──(gate failed / operator rollback)──► rollback_pending
+    rollback_pending ──(published)──► rollback_sent ──(back on the previous bundle)──► rolled_back
+    rollback_pending ──(no previous bundle to go back to)──► stranded
+
+``deploying`` and ``rollback_pending`` are *intents*: written before the hub publishes, so a
+hub killed between the write and the publish publishes again after a restart (a duplicate
+command is harmless on the device: commands are idempotent by deployment id).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from shared.messages import EventKind
+
+__all__ = [
+    "DEPLOYED_STATES",
+    "FAILURE_EVENTS",
+    "InstallView",
+    "TargetState",
+    "resolve_install",
+    "rolled_back",
+]
+
+
+class TargetState(str, enum.Enum):
+    PENDING = "pending"
+    DEPLOYING = "deploying"
+    SENT = "sent"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    ROLLBACK_PENDING = "rollback_pending"
+    ROLLBACK_SENT = "rollback_sent"
+    ROLLED_BACK = "rolled_back"
+    STRANDED = "stranded"
+
+
+#: Targets that may have received the new bundle (so a rollback must reach them).
+DEPLOYED_STATES = frozenset(
+    {TargetState.DEPLOYING, TargetState.SENT, TargetState.SUCCEEDED, TargetState.FAILED}
+)
+#: Device events that mean the install of this deployment did not stick.
+FAILURE_EVENTS = frozenset(
+    {
+        EventKind.HEALTH_FAILED,
+        EventKind.VERIFY_FAILED,
+        EventKind.FAILED,
+        EventKind.REJECTED,
+        EventKind.ROLLED_BACK,
+    }
+)
+
+
+@dataclass(frozen=True)
+class InstallView:
+    """What the registry knows about one target device for one deployment."""
+
+    installed_bundle_id: str | None = None
+    status_ts: float | None = None
+    committed_ts: float | None = None  # first ``committed`` event of the deployment
+    failure_kind: str | None = None  # latest failure event of the deployment
+    failure_ts: float | None = None
+    failure_detail: str = ""
+
+
+def resolve_install(
+    state: TargetState, view: InstallView, *, bundle_id: str
+) -> tuple[TargetState, float | None, str] | None:
+    """The target's new ``(state, finished_at, detail)``, or ``None`` if it does not change.
+
+    Running the bundle wins over a failure event (a duplicate deploy to a device that
+    already committed is answered ``rejected``: that is still a success).
+    """
+    if state not in (TargetState.DEPLOYING, TargetState.SENT, TargetState.SUCCEEDED):
+        return None
+    runs_it = view.installed_bundle_id == bundle_id
+    if runs_it or view.committed_ts is not None:
+        if view.failure_kind is not None and not runs_it:
+            fail_after_commit = (view.failure_ts or 0.0) >= (view.committed_ts or 0.0)
+            if fail_after_commit:
+                return (
+                    TargetState.FAILED,
+                    view.failure_ts,
+                    f"{view.failure_kind}: {view.failure_detail}".strip(": "),
+                )
+        if state is TargetState.SUCCEEDED:
+            return None
+        finished = view.committed_ts if view.committed_ts is not None else view.status_ts
+        return TargetState.SUCCEEDED, finished, "installed"
+    if view.failure_kind is not None:
+        return (
+            TargetState.FAILED,
+            view.failure_ts,
+            f"{view.failure_kind}: {view.failure_detail}".strip(": "),
+        )
+    return None
+
+
+def rolled_back(view: InstallView, *, previous_bundle_id: str, rollback_event_seen: bool) -> bool:
+    """A rollback target is done once the device runs the previous bundle again (or said so)."""
+    return view.installed_bundle_id == previous_bundle_id or rollback_event_seen

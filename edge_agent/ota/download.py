@@ -1,0 +1,127 @@
+"""A resumable bundle download on disk: a preallocated file plus a received-chunk map.
+
+``downloads/{bundle_id}/``: ``bundle.part`` (chunks written at their offsets),
+``received.map`` (one byte per chunk, written after the chunk's data) and ``geometry.json``.
+A restarted agent reopens the same directory and asks only for what the map lacks. The map
+is only a hint of progress: the assembled bundle is verified against the signed manifest, so
+a chunk whose data did not reach the disk costs a failed verification, never a bad install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from edge_agent.errors import InstallError
+from edge_agent.ota.persist import atomic_write_json
+from shared.chunks import Chunk, ChunkAssembly
+
+__all__ = ["BundleDownload"]
+
+log = logging.getLogger(__name__)
+
+
+class BundleDownload:
+    """Chunks of one bundle being received. Not thread-safe (the updater serialises)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        bundle_id: str,
+        total_size: int,
+        chunk_size: int,
+        fsync_chunks: bool = True,
+    ) -> None:
+        self.directory = directory
+        self.fsync_chunks = fsync_chunks
+        geometry = {"bundle_id": bundle_id, "total_size": total_size, "chunk_size": chunk_size}
+        geo_path = directory / "geometry.json"
+        if directory.exists() and _read_json(geo_path) != geometry:
+            shutil.rmtree(directory)  # another transfer layout: start over
+        directory.mkdir(parents=True, exist_ok=True)
+        self.assembly = ChunkAssembly(
+            bundle_id=bundle_id, total_size=total_size, chunk_size=chunk_size
+        )
+        count = self.assembly.count
+        data_path, map_path = directory / "bundle.part", directory / "received.map"
+        self._data_fd = os.open(data_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._map_fd = os.open(map_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(self._data_fd).st_size != total_size:
+                os.ftruncate(self._data_fd, total_size)
+                if total_size and hasattr(os, "posix_fallocate"):
+                    try:
+                        os.posix_fallocate(self._data_fd, 0, total_size)
+                    except OSError as exc:  # e.g. tmpfs without fallocate
+                        log.debug("fallocate unsupported: %s", exc)
+            if os.fstat(self._map_fd).st_size != count:
+                os.ftruncate(self._map_fd, count)
+            if not geo_path.exists():
+                atomic_write_json(geo_path, geometry)
+            received = os.pread(self._map_fd, count, 0)
+        except OSError as exc:
+            self.close()
+            raise InstallError(f"cannot prepare download in {directory}: {exc}") from exc
+        self.assembly.received.update(i for i, b in enumerate(received) if b == 1)
+
+    @property
+    def bundle_id(self) -> str:
+        return self.assembly.bundle_id
+
+    @property
+    def complete(self) -> bool:
+        return self.assembly.complete
+
+    @property
+    def received_count(self) -> int:
+        return len(self.assembly.received)
+
+    def missing(self) -> list[int]:
+        return self.assembly.missing()
+
+    def store(self, chunk: Chunk) -> bool:
+        """Write ``chunk`` if new; returns whether it was. Raises ``ProtocolError`` /
+        ``MixAndMatchError`` for a chunk that does not fit this transfer."""
+        if not self.assembly.accept(chunk):
+            return False
+        try:
+            os.pwrite(self._data_fd, chunk.data, self.assembly.offset(chunk.index))
+            if self.fsync_chunks:
+                os.fdatasync(self._data_fd)
+            os.pwrite(self._map_fd, b"\x01", chunk.index)
+        except OSError as exc:
+            self.assembly.received.discard(chunk.index)
+            raise InstallError(f"cannot write chunk {chunk.index}: {exc}") from exc
+        return True
+
+    def read_all(self) -> bytes:
+        if self.fsync_chunks:
+            os.fsync(self._map_fd)
+        size = self.assembly.total_size
+        data = os.pread(self._data_fd, size, 0) if size else b""
+        if len(data) != size:
+            raise InstallError(f"download file is {len(data)} bytes, expected {size}")
+        return data
+
+    def close(self) -> None:
+        for fd in (getattr(self, "_data_fd", -1), getattr(self, "_map_fd", -1)):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._data_fd = self._map_fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,662 @@
+"""The OTA shell: drives :mod:`edge_agent.ota.machine` with real files, chunks and reports.
+
+Every call comes from the agent's single worker thread, so the updater needs no locks. Each
+transition is persisted before the side effect that follows it, every step reports an
+``Event``, and each deployment ends in exactly one terminal event: ``committed``,
+``rolled_back`` or ``failed`` (an offer refused before download gets ``rejected``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import AgentLimits, OtaTimeouts
+from edge_agent.errors import InstallError
+from edge_agent.ota.download import BundleDownload
+from edge_agent.ota.health import HealthCheck, OnnxSmokeCheck
+from edge_agent.ota.machine import (
+    Deployment,
+    Phase,
+    RecoveryAction,
+    Trigger,
+    new_deployment,
+    phase_timeouts,
+    recovery_action,
+    timed_out,
+    transition,
+)
+from edge_agent.ota.persist import OtaState, StateStore
+from edge_agent.ota.slots import InstalledSlot, SlotMeta, SlotStore
+from shared.bundle import (
+    BundleLimits,
+    VerifiedBundle,
+    VerifyPolicy,
+    verify_bundle,
+    verify_offer,
+    verify_rollback_order,
+)
+from shared.chunks import chunk_count, decode_chunk
+from shared.errors import BundleError, ConfigError, ProtocolError
+from shared.messages import (
+    ChunkRequest,
+    DeployCommand,
+    Event,
+    EventKind,
+    InstalledModel,
+    Message,
+    RollbackCommand,
+    new_id,
+)
+from shared.signing import TrustRoot
+from shared.topics import TopicScheme
+
+__all__ = ["OtaStatus", "OtaUpdater"]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Message], None]
+ActiveChanged = Callable[[InstalledSlot | None], None]
+
+_TERMINAL_EVENT = {
+    Phase.COMMITTED: EventKind.COMMITTED,
+    Phase.ROLLED_BACK: EventKind.ROLLED_BACK,
+    Phase.FAILED: EventKind.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class OtaStatus:
+    ota_state: str
+    deployment_id: str | None
+    installed: InstalledModel | None
+
+
+class OtaUpdater:
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        device_class: str,
+        state_dir: Path,
+        trust: TrustRoot,
+        topics: TopicScheme,
+        emit: Emit,
+        subscribe: Callable[[str], None],
+        unsubscribe: Callable[[str], None],
+        timeouts: OtaTimeouts | None = None,
+        limits: AgentLimits | None = None,
+        health_check: HealthCheck | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.device_id = device_id
+        self.device_class = device_class
+        self.trust = trust
+        self.topics = topics
+        self.timeouts = timeouts or OtaTimeouts()
+        self.limits = limits or AgentLimits()
+        self.health_check: HealthCheck = health_check or OnnxSmokeCheck()
+        self._emit, self._subscribe, self._unsubscribe = emit, subscribe, unsubscribe
+        self._clock = clock
+        self._phase_timeouts = phase_timeouts(
+            download_s=self.timeouts.download_s,
+            verify_s=self.timeouts.verify_s,
+            install_s=self.timeouts.install_s,
+            health_s=self.timeouts.health_s,
+            rollback_s=self.timeouts.rollback_s,
+        )
+        self.store = StateStore(state_dir)
+        self.slots = SlotStore(state_dir)
+        self.downloads_dir = state_dir / "downloads"
+        self.state: OtaState = self.store.load()
+        self.active_changed: list[ActiveChanged] = []
+        self._download: BundleDownload | None = None
+        self._last_progress = 0.0
+        self._last_request = 0.0
+        self._idle_requests = 0
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def deployment(self) -> Deployment | None:
+        return self.state.deployment
+
+    def status(self) -> OtaStatus:
+        dep = self.state.deployment
+        active = self.slots.active()
+        return OtaStatus(
+            ota_state=dep.phase.value if dep else Phase.IDLE.value,
+            deployment_id=dep.deployment_id if dep else None,
+            installed=active.meta.installed_model() if active else None,
+        )
+
+    def subscriptions(self) -> list[str]:
+        """Topics to (re)subscribe on connect besides the device's own."""
+        dep = self.state.deployment
+        if dep is not None and dep.phase == Phase.DOWNLOADING:
+            return [self.topics.bundle_chunks(dep.bundle_id)]
+        return []
+
+    # ------------------------------------------------------------------ lifecycle
+    def recover(self) -> None:
+        """Continue whatever a previous process left (call once, before receiving)."""
+        dep = self.state.deployment
+        self._sync_installed_versions()
+        action = recovery_action(
+            dep, active_slot=self.slots.active_name(), max_resumes=self.limits.max_resumes
+        )
+        if dep is None or action == RecoveryAction.NOTHING:
+            return
+        log.info("recovering deployment %s in %s: %s", dep.deployment_id, dep.phase.value, action)
+        now = self._clock()
+        if action in (RecoveryAction.FAIL, RecoveryAction.ROLL_BACK) and dep.phase not in (
+            Phase.ROLLING_BACK,
+        ):
+            reason = f"interrupted {dep.resumes + 1} times in {dep.phase.value}"
+            self._step(Trigger.ERROR, reason=reason)
+            if action == RecoveryAction.ROLL_BACK:
+                self._roll_back()
+            else:
+                self._finish()
+            return
+        if action == RecoveryAction.ROLL_BACK:
+            self._roll_back()
+            return
+        if action == RecoveryAction.FINISH_COMMIT:
+            self._commit(resume=True)
+            return
+        deadline = now + self._phase_timeouts[dep.phase]
+        self._save(replace(dep, resumes=dep.resumes + 1, deadline=deadline))
+        if action == RecoveryAction.RESUME_DOWNLOAD:
+            self._open_download()
+            if self._download is not None and self._download.complete:
+                self._verify_and_install()
+        elif action == RecoveryAction.VERIFY:
+            self._open_download()
+            self._verify_and_install()
+        elif action == RecoveryAction.INSTALL:
+            self._open_download()
+            try:
+                verified = self._reverify()
+            except (BundleError, InstallError) as exc:
+                self._step(Trigger.ERROR, reason=f"cannot resume install: {_reason(exc)}")
+                self._roll_back()
+                return
+            self._install(verified)
+        elif action == RecoveryAction.HEALTH_CHECK:
+            self._health_and_commit()
+
+    def close(self) -> None:
+        if self._download is not None:
+            self._download.close()
+            self._download = None
+
+    # ------------------------------------------------------------------ commands
+    def handle_deploy(self, cmd: DeployCommand) -> None:
+        if self._duplicate(cmd.deployment_id):
+            return
+        active = self.slots.active()
+        if active is not None and active.meta.bundle_id == cmd.bundle_id:
+            self._remember(cmd.deployment_id)
+            self._event(EventKind.COMMITTED, cmd.deployment_id, "already installed", active.meta)
+            return
+        try:
+            self._check_geometry(cmd)
+            policy = self._policy()
+            order = None
+            if cmd.rollback_order is not None:
+                order = verify_rollback_order(cmd.rollback_order, cmd.keyring, policy)
+            offer = verify_offer(cmd.manifest, cmd.keyring, policy, rollback_order=order)
+            if offer.bundle_id != cmd.bundle_id:
+                raise InstallError("offer names another bundle than its manifest")
+        except (BundleError, InstallError) as exc:
+            self._reject(cmd.deployment_id, exc, bundle_id=cmd.bundle_id)
+            return
+        self._supersede(cmd.deployment_id, keep_bundle=cmd.bundle_id)
+        now = self._clock()
+        dep = new_deployment(
+            cmd.deployment_id,
+            kind="deploy",
+            now=now,
+            bundle_id=cmd.bundle_id,
+            model_name=offer.manifest.model_name,
+            version=offer.manifest.version,
+            command=cmd.to_dict(),
+        )
+        self.state = replace(
+            self.state, keyring_version=max(self.state.keyring_version, offer.keyring.version)
+        ).remember(cmd.deployment_id)
+        self.state = replace(self.state, deployment=dep)
+        self._step(
+            Trigger.OFFER_ACCEPTED,
+            target_slot=self.slots.inactive_name(),
+            previous_slot=self.slots.active_name(),
+        )
+        self._event(EventKind.DOWNLOAD_STARTED, data={"chunks": cmd.chunk_count})
+        self._open_download()
+        if self._download is not None and self._download.complete:
+            self._verify_and_install()
+
+    def handle_rollback(self, cmd: RollbackCommand) -> None:
+        if self._duplicate(cmd.deployment_id):
+            return
+        try:
+            policy = self._policy()
+            order = verify_rollback_order(cmd.order, cmd.keyring, policy)
+        except BundleError as exc:
+            self._reject(cmd.deployment_id, exc)
+            return
+        active = self.slots.active()
+        if active is not None and active.meta.bundle_id == order.to_bundle_id:
+            self._remember(cmd.deployment_id)
+            self._event(EventKind.ROLLED_BACK, cmd.deployment_id, "already active", active.meta)
+            return
+        self._supersede(cmd.deployment_id, keep_bundle=None)
+        dep = new_deployment(
+            cmd.deployment_id,
+            kind="rollback",
+            now=self._clock(),
+            bundle_id=order.to_bundle_id,
+            model_name=order.model_name,
+            version=order.to_version,
+            command=cmd.to_dict(),
+        )
+        self.state = replace(self.state, deployment=dep).remember(cmd.deployment_id)
+        self._step(
+            Trigger.ROLLBACK_ORDERED,
+            target_slot=self.slots.inactive_name(),
+            previous_slot=self.slots.active_name(),
+        )
+        self._roll_back()
+
+    def handle_chunk(self, frame: bytes) -> None:
+        """A chunk frame from the fan-out or the device's repair topic (untrusted)."""
+        try:
+            chunk = decode_chunk(frame, max_chunk_size=self.limits.max_chunk_bytes)
+        except ProtocolError as exc:
+            log.warning("dropped chunk frame: %s", exc)
+            return
+        dl, dep = self._download, self.state.deployment
+        if dl is None or dep is None or dep.phase != Phase.DOWNLOADING:
+            log.debug("chunk %d of %s: no download in progress", chunk.index, chunk.bundle_id[:12])
+            return
+        if chunk.bundle_id != dl.bundle_id:
+            log.debug("chunk of another bundle %s dropped", chunk.bundle_id[:12])
+            return
+        try:
+            fresh = dl.store(chunk)
+        except ProtocolError as exc:
+            log.warning("dropped chunk %d: %s", chunk.index, exc)
+            return
+        except InstallError as exc:
+            self._step(Trigger.ERROR, reason=str(exc))
+            self._finish()
+            return
+        if fresh:
+            self._last_progress = self._clock()
+            self._idle_requests = 0
+        if dl.complete:
+            self._verify_and_install()
+
+    def tick(self) -> None:
+        """Enforce deadlines and ask for missing chunks; call about once a second."""
+        dep, now = self.state.deployment, self._clock()
+        if dep is None or dep.terminal:
+            return
+        if timed_out(dep, now):
+            self._step(Trigger.TIMEOUT, reason=f"{dep.phase.value} timed out")
+            if self.state.deployment and self.state.deployment.phase == Phase.ROLLING_BACK:
+                self._roll_back()
+            else:
+                self._finish()
+            return
+        dl = self._download
+        if dep.phase != Phase.DOWNLOADING or dl is None or dl.complete:
+            return
+        interval = self.timeouts.chunk_retry_s * min(8, 2**self._idle_requests)
+        if now - self._last_progress >= interval and now - self._last_request >= interval:
+            missing = dl.missing()[: self.limits.max_request_indices]
+            self._emit(
+                ChunkRequest(device_id=self.device_id, bundle_id=dl.bundle_id, indices=missing)
+            )
+            log.info("asked for %d missing chunks of %s", len(missing), dl.bundle_id[:12])
+            self._last_request = now
+            self._idle_requests += 1
+
+    # ------------------------------------------------------------------ steps
+    def _verify_and_install(self) -> None:
+        self._unsubscribe_current()
+        dep = self._dep()
+        if dep.phase == Phase.DOWNLOADING:
+            self._step(Trigger.DOWNLOAD_COMPLETE)
+            self._event(EventKind.DOWNLOAD_COMPLETE)
+        try:
+            verified = self._reverify()
+        except (BundleError, InstallError) as exc:
+            self._event(EventKind.VERIFY_FAILED, detail=_reason(exc))
+            self._step(Trigger.VERIFY_FAILED, reason=_reason(exc))
+            self._finish()
+            return
+        if self._overdue():
+            return
+        self._step(Trigger.VERIFIED)
+        self._event(EventKind.VERIFIED)
+        self._install(verified)
+
+    def _reverify(self) -> VerifiedBundle:
+        dep, dl = self._dep(), self._download
+        if dl is None or not dl.complete:
+            raise InstallError("download incomplete")
+        order = None
+        raw_order = dep.command.get("rollback_order")
+        if raw_order is not None:
+            order = verify_rollback_order(raw_order, dep.command.get("keyring"), self._policy())
+        return verify_bundle(
+            dl.read_all(), self._policy(), expected_bundle_id=dep.bundle_id, rollback_order=order
+        )
+
+    def _install(self, verified: VerifiedBundle) -> None:
+        dep = self._dep()
+        assert dep.target_slot is not None
+        manifest = verified.manifest
+        meta = SlotMeta(
+            model_name=manifest.model_name,
+            version=manifest.version,
+            bundle_id=dep.bundle_id,
+            deployment_id=dep.deployment_id,
+            installed_at=self._clock(),
+            artifacts=[
+                {
+                    "name": a.name,
+                    "sha256": a.sha256,
+                    "size": a.size,
+                    "role": a.role,
+                    "media_type": a.media_type,
+                }
+                for a in manifest.artifacts
+            ],
+        )
+        try:
+            self.slots.write(dep.target_slot, verified.artifacts, meta, dep.command["manifest"])
+        except (OSError, InstallError) as exc:
+            self._step(Trigger.INSTALL_FAILED, reason=f"install failed: {exc}")
+            self._roll_back()
+            return
+        if self._overdue():
+            return
+        self._step(Trigger.INSTALLED)
+        self._event(EventKind.INSTALLED, data={"slot": dep.target_slot})
+        self._health_and_commit()
+
+    def _health_and_commit(self) -> None:
+        dep = self._dep()
+        slot = self.slots.read(dep.target_slot)
+        try:
+            if slot is None or slot.meta.bundle_id != dep.bundle_id:
+                raise InstallError("installed slot is missing or incomplete")
+            self._check_health(slot)
+        except InstallError as exc:
+            self._event(EventKind.HEALTH_FAILED, detail=str(exc))
+            self._step(Trigger.HEALTH_FAILED, reason=f"health check failed: {exc}")
+            self._roll_back()
+            return
+        self._event(EventKind.HEALTH_OK)
+        assert dep.target_slot is not None
+        self.slots.switch(dep.target_slot)  # the commit point
+        self._commit(resume=False)
+
+    def _commit(self, *, resume: bool) -> None:
+        dep = self._dep()
+        versions = dict(self.state.installed_versions)
+        versions[dep.model_name] = dep.version
+        self.state = replace(self.state, installed_versions=versions)
+        if resume:
+            self._event(EventKind.HEALTH_OK, detail="commit completed after restart")
+        self._step(Trigger.HEALTH_OK)
+        self._finish()
+        self._notify_active()
+
+    def _roll_back(self) -> None:
+        """Phase RollingBack: make the right slot active, then RolledBack or Failed."""
+        dep = self._dep()
+        if dep.kind == "rollback":
+            slot = self.slots.read(dep.target_slot)
+            if slot is None or slot.meta.bundle_id != dep.bundle_id:
+                self._step(
+                    Trigger.ROLLBACK_FAILED,
+                    reason=f"previous slot does not hold version {dep.version} ({dep.bundle_id[:12]})",
+                )
+                self._finish()
+                return
+            try:
+                self._check_health(slot)
+            except InstallError as exc:
+                self._step(Trigger.ROLLBACK_FAILED, reason=f"previous model unhealthy: {exc}")
+                self._finish()
+                return
+            assert dep.target_slot is not None
+            self.slots.switch(dep.target_slot)
+            versions = dict(self.state.installed_versions)
+            versions[dep.model_name] = dep.version
+            self.state = replace(self.state, installed_versions=versions)
+            self._step(Trigger.ROLLBACK_DONE, reason="rolled back by signed order")
+            self._finish()
+            self._notify_active()
+            return
+        if self.slots.active_name() != dep.previous_slot:
+            self.slots.switch(dep.previous_slot)
+            self._notify_active()
+        self._sync_installed_versions()
+        self._step(Trigger.ROLLBACK_DONE, reason=dep.reason or "rolled back")
+        self._finish()
+
+    # ------------------------------------------------------------------ helpers
+    def _dep(self) -> Deployment:
+        dep = self.state.deployment
+        if dep is None:
+            raise InstallError("no deployment in progress")
+        return dep
+
+    def _save(self, dep: Deployment) -> None:
+        self.state = replace(self.state, deployment=dep)
+        self.store.save(self.state)
+
+    def _step(self, trigger: Trigger, *, reason: str = "", **changes: Any) -> None:
+        dep = transition(
+            self._dep(),
+            trigger,
+            now=self._clock(),
+            timeouts=self._phase_timeouts,
+            reason=reason,
+            **changes,
+        )
+        self._save(dep)
+        log.info(
+            "deployment %s: %s -> %s %s", dep.deployment_id, trigger.value, dep.phase.value, reason
+        )
+
+    def _finish(self) -> None:
+        """Report the terminal event and release the download."""
+        dep = self._dep()
+        self._event(_TERMINAL_EVENT[dep.phase], detail=dep.reason)
+        self._unsubscribe_current()
+        if self._download is not None:
+            self._download.remove()
+            self._download = None
+
+    def _overdue(self) -> bool:
+        dep = self._dep()
+        if not timed_out(dep, self._clock()):
+            return False
+        self._step(Trigger.TIMEOUT, reason=f"{dep.phase.value} timed out")
+        if self._dep().phase == Phase.ROLLING_BACK:
+            self._roll_back()
+        else:
+            self._finish()
+        return True
+
+    def _open_download(self) -> None:
+        dep = self._dep()
+        cmd = dep.command
+        if self._download is not None and self._download.bundle_id != dep.bundle_id:
+            self._download.remove()
+            self._download = None
+        if self._download is None:
+            self._download = BundleDownload(
+                self.downloads_dir / dep.bundle_id,
+                bundle_id=dep.bundle_id,
+                total_size=int(cmd["total_size"]),
+                chunk_size=int(cmd["chunk_size"]),
+                fsync_chunks=self.limits.fsync_chunks,
+            )
+        self._last_progress = self._clock()
+        self._last_request = 0.0
+        self._idle_requests = 0
+        if dep.phase == Phase.DOWNLOADING and not self._download.complete:
+            self._subscribe(self.topics.bundle_chunks(dep.bundle_id))
+
+    def _unsubscribe_current(self) -> None:
+        dep = self.state.deployment
+        if dep is not None and dep.kind == "deploy" and dep.bundle_id:
+            self._unsubscribe(self.topics.bundle_chunks(dep.bundle_id))
+
+    def _supersede(self, new_id_: str, *, keep_bundle: str | None) -> None:
+        dep = self.state.deployment
+        if dep is None or dep.terminal:
+            if self._download is not None and self._download.bundle_id != keep_bundle:
+                self._download.remove()
+                self._download = None
+            return
+        self._step(Trigger.SUPERSEDED, reason=f"superseded by {new_id_}")
+        self._event(_TERMINAL_EVENT[Phase.FAILED], detail=f"superseded by {new_id_}")
+        self._unsubscribe_current()
+        if self._download is not None and self._download.bundle_id != keep_bundle:
+            self._download.remove()
+            self._download = None
+
+    def _duplicate(self, deployment_id: str) -> bool:
+        if deployment_id in self.state.recent_deployments:
+            log.info("duplicate command for deployment %s ignored", deployment_id)
+            return True
+        return False
+
+    def _remember(self, deployment_id: str) -> None:
+        self.state = self.state.remember(deployment_id)
+        self.store.save(self.state)
+
+    def _reject(self, deployment_id: str, exc: Exception, *, bundle_id: str = "") -> None:
+        log.warning("deployment %s rejected: %s", deployment_id, _reason(exc))
+        self._remember(deployment_id)
+        self._emit(
+            Event(
+                device_id=self.device_id,
+                event_id=new_id(),
+                kind=EventKind.REJECTED,
+                deployment_id=deployment_id,
+                detail=_reason(exc),
+                data={"error": type(exc).__name__, "bundle_id": bundle_id},
+            )
+        )
+
+    def _check_geometry(self, cmd: DeployCommand) -> None:
+        lim = self.limits
+        if not 0 < cmd.total_size <= lim.max_bundle_bytes:
+            raise InstallError(f"bundle size {cmd.total_size} outside 1..{lim.max_bundle_bytes}")
+        if not 0 < cmd.chunk_size <= lim.max_chunk_bytes:
+            raise InstallError(f"chunk size {cmd.chunk_size} outside 1..{lim.max_chunk_bytes}")
+        if cmd.chunk_count != chunk_count(cmd.total_size, cmd.chunk_size):
+            raise InstallError("chunk count does not match size / chunk size")
+        try:
+            expected_topic = self.topics.bundle_chunks(cmd.bundle_id)
+        except ConfigError as exc:
+            raise InstallError(f"bad bundle id: {exc}") from exc
+        if cmd.chunk_topic != expected_topic:
+            raise InstallError(f"chunk topic {cmd.chunk_topic!r} is not {expected_topic!r}")
+
+    def _policy(self) -> VerifyPolicy:
+        lim = self.limits.max_bundle_bytes
+        return VerifyPolicy(
+            trust=self.trust,
+            device_class=self.device_class,
+            now=datetime.fromtimestamp(self._clock(), tz=timezone.utc),
+            installed_versions=dict(self.state.installed_versions),
+            min_keyring_version=self.state.keyring_version,
+            limits=BundleLimits(max_artifact_bytes=lim, max_total_bytes=lim),
+        )
+
+    def _sync_installed_versions(self) -> None:
+        """The active slot is the truth for its model's installed version."""
+        active = self.slots.active()
+        if active is None:
+            return
+        versions = dict(self.state.installed_versions)
+        if versions.get(active.meta.model_name) != active.meta.version:
+            versions[active.meta.model_name] = active.meta.version
+            self.state = replace(self.state, installed_versions=versions)
+            self.store.save(self.state)
+
+    def _notify_active(self) -> None:
+        active = self.slots.active()
+        for callback in list(self.active_changed):
+            try:
+                callback(active)
+            except Exception:  # a listener must not break the install lifecycle
+                log.exception("active-model listener failed")
+
+    def _event(
+        self,
+        kind: str,
+        deployment_id: str | None = None,
+        detail: str = "",
+        meta: SlotMeta | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        dep = self.state.deployment
+        body: dict[str, Any] = {}
+        if meta is not None:
+            body = {"bundle_id": meta.bundle_id, "version": meta.version, "model": meta.model_name}
+        elif dep is not None:
+            body = {"bundle_id": dep.bundle_id, "version": dep.version, "model": dep.model_name}
+        body.update(data or {})
+        self._emit(
+            Event(
+                device_id=self.device_id,
+                event_id=new_id(),
+                kind=kind,
+                deployment_id=deployment_id or (dep.deployment_id if dep else None),
+                detail=detail,
+                data=body,
+            )
+        )
+
+    def _check_health(self, slot: InstalledSlot) -> None:
+        """Run the health check in a daemon thread; ``InstallError`` if it fails or overruns
+        (a hung model load cannot wedge the agent)."""
+        errors: list[BaseException] = []
+        timeout = self.timeouts.health_s
+
+        def target() -> None:
+            try:
+                self.health_check(slot)
+            except BaseException as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=target, name="ota-health", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            raise InstallError(f"timed out after {timeout:.0f}s")
+        if errors:
+            exc = errors[0]
+            if isinstance(exc, InstallError):
+                raise exc
+            raise InstallError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,34 @@
+"""Serving: the hot-swappable model server, post-prediction observers, the local HTTP API."""
+
+from edge_agent.serving.http_api import HttpApiConfig, LocalApi
+from edge_agent.serving.observers import (
+    ObserverConfig,
+    ObserverStats,
+    PredictionBatch,
+    PredictionObservers,
+)
+from edge_agent.serving.server import (
+    ModelServer,
+    Prediction,
+    PredictionResult,
+    ServerStats,
+    ServingConfig,
+)
+from edge_agent.serving.validation import InputSpec, parse_request_inputs, validate_batch
+
+__all__ = [
+    "HttpApiConfig",
+    "InputSpec",
+    "LocalApi",
+    "ModelServer",
+    "ObserverConfig",
+    "ObserverStats",
+    "Prediction",
+    "PredictionBatch",
+    "PredictionObservers",
+    "PredictionResult",
+    "ServerStats",
+    "ServingConfig",
+    "parse_request_inputs",
+    "validate_batch",
+]

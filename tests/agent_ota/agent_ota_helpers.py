@@ -1,0 +1,278 @@
+"""Test helpers for the agent OTA tests: keys, keyrings, real ONNX models, bundles, chunks.
+
+Bundles are built with ``shared.bundle.build_bundle`` exactly as the hub does; chunks are
+framed with ``shared.chunks``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from shared.bundle import (
+    BundleManifest,
+    RollbackOrder,
+    artifact_info,
+    build_bundle,
+    bundle_id_of,
+    parse_bundle,
+    sign_rollback_order,
+)
+from shared.chunks import encode_chunk, split_chunks
+from shared.messages import DeployCommand, RollbackCommand, new_id
+from shared.signing import KeyEntry, Keyring, SigningKey, TrustRoot, format_time, sign_envelope
+from shared.topics import TopicScheme
+
+UTC = timezone.utc
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def utc(offset_s: float = 0.0) -> datetime:
+    return datetime.now(tz=UTC) + timedelta(seconds=offset_s)
+
+
+def onnx_model_bytes(in_dim: int = 4, out_dim: int = 3, seed: int = 0) -> bytes:
+    """A real linear ONNX model (input ``x`` [N, in_dim] -> ``y`` [N, out_dim])."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(size=(in_dim, out_dim)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(size=(out_dim,)).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", in_dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_dim])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@dataclass
+class Authority:
+    """The hub's keys as a test builds them: root, one online signing key, the keyring."""
+
+    root: SigningKey
+    signer: SigningKey
+    keyring_version: int = 1
+    keyring_expires: datetime = field(default_factory=lambda: utc(86400))
+    revoked: list[str] = field(default_factory=list)
+    extra_signers: list[SigningKey] = field(default_factory=list)
+
+    @property
+    def trust(self) -> TrustRoot:
+        return TrustRoot(root_keys={self.root.keyid: self.root.public_hex})
+
+    def keyring(self) -> dict[str, Any]:
+        keys = {
+            k.keyid: KeyEntry(public=k.public_hex, expires=format_time(utc(30 * 86400)))
+            for k in [self.signer, *self.extra_signers]
+        }
+        ring = Keyring(
+            version=self.keyring_version,
+            expires=format_time(self.keyring_expires),
+            signing_keys=keys,
+            revoked=list(self.revoked),
+        )
+        return sign_envelope(ring.to_signed(), [self.root])
+
+    def write_trust(self, path: Path) -> Path:
+        path.write_text(json.dumps(self.trust.to_dict()))
+        return path
+
+
+def make_authority() -> Authority:
+    return Authority(root=SigningKey.generate(), signer=SigningKey.generate())
+
+
+def make_bundle(
+    auth: Authority,
+    *,
+    version: int,
+    device_class: str = "x86-cpu",
+    model_name: str = "sensor-mlp",
+    model: bytes | None = None,
+    model_file: str = "model.onnx",
+    expires: datetime | None = None,
+    signer: SigningKey | None = None,
+    keyring: dict[str, Any] | None = None,
+    extra_artifacts: dict[str, tuple[bytes, str]] | None = None,
+) -> bytes:
+    model = model if model is not None else onnx_model_bytes(seed=version)
+    artifacts = {model_file: model}
+    media = "application/onnx" if model_file.endswith(".onnx") else "application/octet-stream"
+    infos = [artifact_info(model_file, model, "model", media)]
+    for name, (data, role) in (extra_artifacts or {}).items():
+        artifacts[name] = data
+        infos.append(artifact_info(name, data, role))
+    manifest = BundleManifest(
+        model_name=model_name,
+        version=version,
+        device_class=device_class,
+        created=format_time(utc()),
+        expires=format_time(expires or utc(86400)),
+        artifacts=infos,
+        lineage={"test": True},
+    )
+    return build_bundle(
+        manifest,
+        artifacts,
+        signing_keys=[signer or auth.signer],
+        keyring_envelope=keyring if keyring is not None else auth.keyring(),
+    )
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A deploy command and the chunk frames of its bundle."""
+
+    command: DeployCommand
+    frames: list[bytes]
+    bundle: bytes
+
+    @property
+    def bundle_id(self) -> str:
+        return self.command.bundle_id
+
+
+def make_offer(
+    bundle: bytes,
+    topics: TopicScheme,
+    *,
+    chunk_size: int = 4096,
+    deployment_id: str | None = None,
+    rollback_order: dict[str, Any] | None = None,
+) -> Offer:
+    parsed = parse_bundle(bundle)
+    bundle_id = bundle_id_of(parsed.manifest_envelope)
+    chunks = split_chunks(bundle_id, bundle, chunk_size)
+    cmd = DeployCommand(
+        command_id=new_id(),
+        deployment_id=deployment_id or new_id(),
+        bundle_id=bundle_id,
+        manifest=parsed.manifest_envelope,
+        keyring=parsed.keyring_envelope,
+        total_size=len(bundle),
+        chunk_size=chunk_size,
+        chunk_count=len(chunks),
+        chunk_topic=topics.bundle_chunks(bundle_id),
+        rollback_order=rollback_order,
+    )
+    return Offer(command=cmd, frames=[encode_chunk(c) for c in chunks], bundle=bundle)
+
+
+def with_command(offer: Offer, **changes: Any) -> Offer:
+    return replace(offer, command=replace(offer.command, **changes))
+
+
+def rollback_command(
+    auth: Authority,
+    *,
+    model_name: str,
+    to_version: int,
+    to_bundle_id: str,
+    device_class: str = "x86-cpu",
+) -> RollbackCommand:
+    order = RollbackOrder(
+        order_id=new_id(),
+        model_name=model_name,
+        device_class=device_class,
+        to_version=to_version,
+        to_bundle_id=to_bundle_id,
+        issued=format_time(utc()),
+        expires=format_time(utc(3600)),
+    )
+    return RollbackCommand(
+        command_id=new_id(),
+        deployment_id=new_id(),
+        order=sign_rollback_order(order, [auth.signer]),
+        keyring=auth.keyring(),
+    )
+
+
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def broker_available(host: str = "127.0.0.1", port: int = 1883) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def write_agent_config(
+    directory: Path,
+    *,
+    device_id: str,
+    prefix: str,
+    trust_path: Path,
+    port: int = 1883,
+    device_class: str = "x86-cpu",
+    chunk_retry_s: float = 0.5,
+    extra: str = "",
+) -> Path:
+    path = directory / f"{device_id}.toml"
+    path.write_text(
+        f"""device_id = "{device_id}"
+device_class = "{device_class}"
+state_dir = "{directory / device_id}"
+trust_root = "{trust_path}"
+status_interval_s = 5
+
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+topic_prefix = "{prefix}"
+session_expiry_s = 600
+reconnect_min_s = 0.2
+reconnect_max_s = 2.0
+
+[timeouts]
+chunk_retry_s = {chunk_retry_s}
+download_s = 120
+{extra}
+"""
+    )
+    return path
+
+
+def start_agent(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(
+        [PYTHON, "-m", "edge_agent.cli", "run", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,175 @@
+"""The install lifecycle's transition table and recovery rules (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_agent.ota.machine import (
+    TERMINAL,
+    TRANSITIONS,
+    Deployment,
+    InvalidTransitionError,
+    Phase,
+    RecoveryAction,
+    Trigger,
+    new_deployment,
+    phase_timeouts,
+    recovery_action,
+    timed_out,
+    transition,
+)
+
+TIMEOUTS = phase_timeouts(download_s=10, verify_s=20, install_s=30, health_s=40, rollback_s=50)
+
+
+def _dep(phase: Phase = Phase.IDLE, **kw: object) -> Deployment:
+    from dataclasses import replace
+
+    return replace(
+        new_deployment("d1", kind="deploy", now=0.0, bundle_id="b" * 64), phase=phase, **kw
+    )  # type: ignore[arg-type]
+
+
+def _run(dep: Deployment, *triggers: Trigger) -> Deployment:
+    t = 0.0
+    for trig in triggers:
+        t += 1
+        dep = transition(dep, trig, now=t, timeouts=TIMEOUTS)
+    return dep
+
+
+def test_happy_path_reaches_committed_with_deadlines() -> None:
+    dep = _run(_dep(), Trigger.OFFER_ACCEPTED)
+    assert dep.phase == Phase.DOWNLOADING and dep.deadline == 1 + 10
+    dep = _run(dep, Trigger.DOWNLOAD_COMPLETE)
+    assert dep.phase == Phase.VERIFYING and dep.deadline == 1 + 20
+    dep = _run(dep, Trigger.VERIFIED, Trigger.INSTALLED)
+    assert dep.phase == Phase.HEALTH_CHECK and dep.deadline == 2 + 40
+    dep = _run(dep, Trigger.HEALTH_OK)
+    assert dep.phase == Phase.COMMITTED and dep.terminal and dep.deadline is None
+
+
+@pytest.mark.parametrize(
+    ("triggers", "end"),
+    [
+        ((Trigger.OFFER_ACCEPTED, Trigger.TIMEOUT), Phase.FAILED),
+        ((Trigger.OFFER_ACCEPTED, Trigger.SUPERSEDED), Phase.FAILED),
+        ((Trigger.OFFER_ACCEPTED, Trigger.DOWNLOAD_COMPLETE, Trigger.VERIFY_FAILED), Phase.FAILED),
+        (
+            (
+                Trigger.OFFER_ACCEPTED,
+                Trigger.DOWNLOAD_COMPLETE,
+                Trigger.VERIFIED,
+                Trigger.INSTALL_FAILED,
+            ),
+            Phase.ROLLING_BACK,
+        ),
+        (
+            (
+                Trigger.OFFER_ACCEPTED,
+                Trigger.DOWNLOAD_COMPLETE,
+                Trigger.VERIFIED,
+                Trigger.INSTALLED,
+                Trigger.HEALTH_FAILED,
+                Trigger.ROLLBACK_DONE,
+            ),
+            Phase.ROLLED_BACK,
+        ),
+        ((Trigger.ROLLBACK_ORDERED, Trigger.ROLLBACK_FAILED), Phase.FAILED),
+        ((Trigger.ROLLBACK_ORDERED, Trigger.ROLLBACK_DONE), Phase.ROLLED_BACK),
+    ],
+)
+def test_failure_paths(triggers: tuple[Trigger, ...], end: Phase) -> None:
+    assert _run(_dep(), *triggers).phase == end
+
+
+def test_every_unlisted_pair_is_refused() -> None:
+    refused = 0
+    for phase in Phase:
+        for trig in Trigger:
+            if (phase, trig) in TRANSITIONS:
+                continue
+            refused += 1
+            with pytest.raises(InvalidTransitionError):
+                transition(_dep(phase), trig, now=0, timeouts=TIMEOUTS)
+    assert refused > 80  # the table is small and explicit
+
+
+def test_every_non_terminal_phase_can_end() -> None:
+    """No phase can wedge a deployment: from each, some path reaches a terminal phase."""
+    reach: dict[Phase, set[Phase]] = {p: set() for p in Phase}
+    for (src, _), dst in TRANSITIONS.items():
+        reach[src].add(dst)
+    for phase in Phase:
+        if phase == Phase.IDLE or phase in TERMINAL:
+            continue
+        seen, todo = set(), [phase]
+        while todo:
+            p = todo.pop()
+            for q in reach[p] - seen:
+                seen.add(q)
+                todo.append(q)
+        assert seen & TERMINAL, phase
+        # and a timeout is defined for every waiting phase
+        assert (phase, Trigger.TIMEOUT) in TRANSITIONS, phase
+
+
+def test_terminal_phases_accept_a_new_deployment() -> None:
+    for phase in TERMINAL:
+        assert (
+            transition(_dep(phase), Trigger.OFFER_ACCEPTED, now=0, timeouts=TIMEOUTS).phase
+            == Phase.DOWNLOADING
+        )
+        assert (
+            transition(_dep(phase), Trigger.ROLLBACK_ORDERED, now=0, timeouts=TIMEOUTS).phase
+            == Phase.ROLLING_BACK
+        )
+
+
+def test_reason_is_kept_into_terminal_phase_and_changes_apply() -> None:
+    dep = _run(_dep(), Trigger.OFFER_ACCEPTED, Trigger.DOWNLOAD_COMPLETE, Trigger.VERIFIED)
+    dep = transition(dep, Trigger.INSTALL_FAILED, now=9, timeouts=TIMEOUTS, reason="disk full")
+    dep = transition(dep, Trigger.ROLLBACK_DONE, now=10, timeouts=TIMEOUTS)
+    assert dep.phase == Phase.ROLLED_BACK and dep.reason == "disk full"
+    dep2 = transition(_dep(), Trigger.OFFER_ACCEPTED, now=0, timeouts=TIMEOUTS, target_slot="b")
+    assert dep2.target_slot == "b"
+
+
+def test_timed_out() -> None:
+    dep = _run(_dep(), Trigger.OFFER_ACCEPTED)
+    assert not timed_out(dep, 10.9)
+    assert timed_out(dep, 11.0)
+    assert not timed_out(_run(dep, Trigger.TIMEOUT), 1e12)
+
+
+def test_record_round_trips() -> None:
+    dep = _run(_dep(), Trigger.OFFER_ACCEPTED)
+    assert Deployment.from_dict(dep.to_dict()) == dep
+
+
+@pytest.mark.parametrize(
+    ("phase", "active", "resumes", "action"),
+    [
+        (Phase.IDLE, None, 0, RecoveryAction.NOTHING),
+        (Phase.COMMITTED, "b", 0, RecoveryAction.NOTHING),
+        (Phase.FAILED, "a", 0, RecoveryAction.NOTHING),
+        (Phase.DOWNLOADING, "a", 0, RecoveryAction.RESUME_DOWNLOAD),
+        (Phase.DOWNLOADING, "a", 5, RecoveryAction.FAIL),
+        (Phase.VERIFYING, "a", 1, RecoveryAction.VERIFY),
+        (Phase.INSTALLING, "a", 0, RecoveryAction.INSTALL),
+        (Phase.INSTALLING, "a", 5, RecoveryAction.ROLL_BACK),
+        (Phase.HEALTH_CHECK, "a", 0, RecoveryAction.HEALTH_CHECK),
+        (Phase.HEALTH_CHECK, "a", 5, RecoveryAction.ROLL_BACK),
+        (Phase.HEALTH_CHECK, "b", 5, RecoveryAction.FINISH_COMMIT),  # pointer already switched
+        (Phase.ROLLING_BACK, "b", 0, RecoveryAction.ROLL_BACK),
+    ],
+)
+def test_recovery_action(
+    phase: Phase, active: str | None, resumes: int, action: RecoveryAction
+) -> None:
+    dep = _dep(phase, target_slot="b", previous_slot="a", resumes=resumes)
+    assert recovery_action(dep, active_slot=active, max_resumes=5) == action
+
+
+def test_recovery_without_record() -> None:
+    assert recovery_action(None, active_slot=None, max_resumes=5) == RecoveryAction.NOTHING

@@ -1,0 +1,184 @@
+"""Gate evaluation: every metric, the abort rule and the offline timeout."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloud_hub.rollout.config import AbortRule, GateThresholds
+from cloud_hub.rollout.gates import (
+    Baseline,
+    DeviceReport,
+    GateVerdict,
+    InstallOutcome,
+    evaluate_gate,
+)
+
+OK = InstallOutcome.SUCCEEDED
+FAIL = InstallOutcome.FAILED
+PENDING = InstallOutcome.PENDING
+GATES = GateThresholds(
+    min_install_success=0.9,
+    max_error_rate=0.05,
+    max_p95_ratio=1.5,
+    max_drift_score=0.3,
+    max_accuracy_drop=0.05,
+    min_feedback=20,
+)
+BASE = Baseline(p95_ms=10.0, feedback_correct=90, feedback_total=100)
+
+
+def _good(i: int, **kw: object) -> DeviceReport:
+    base = DeviceReport(
+        device_id=f"d{i}",
+        install=OK,
+        finished_at=100.0,
+        requests=100,
+        error_rate=0.01,
+        p95_ms=11.0,
+        drift_score=0.1,
+        feedback_correct=9,
+        feedback_total=10,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def _eval(reports: list[DeviceReport], *, now: float = 200.0, **kw: object):  # type: ignore[no-untyped-def]
+    args: dict[str, object] = {
+        "thresholds": GATES,
+        "abort": AbortRule(failure_percent=50, min_finished=4),
+        "stage_started": 90.0,
+        "now": now,
+        "window_s": 30.0,
+        "offline_timeout_s": 60.0,
+    }
+    args.update(kw)
+    baseline = args.pop("baseline", BASE)
+    return evaluate_gate(reports, baseline, **args)  # type: ignore[arg-type]
+
+
+def test_good_stage_passes_with_every_metric_reported() -> None:
+    result = _eval([_good(i) for i in range(5)])
+    assert result.verdict is GateVerdict.PASS, result.reason
+    by_name = {c.name: c for c in result.checks}
+    assert set(by_name) == {
+        "install_success",
+        "error_rate",
+        "p95_ratio",
+        "drift_score",
+        "accuracy_drop",
+    }
+    assert all(c.passed for c in result.checks)
+    assert by_name["p95_ratio"].value == pytest.approx(1.1)
+    assert by_name["accuracy_drop"].value == pytest.approx(0.0)
+    assert result.to_dict()["verdict"] == "pass"
+
+
+def test_waits_for_window_after_last_install() -> None:
+    reports = [_good(i) for i in range(3)] + [_good(3, finished_at=150.0)]
+    assert _eval(reports, now=179.0).verdict is GateVerdict.WAIT
+    assert _eval(reports, now=180.0).verdict is GateVerdict.PASS
+
+
+@pytest.mark.parametrize(
+    ("change", "metric"),
+    [
+        ({"error_rate": 0.2}, "error_rate"),
+        ({"p95_ms": 20.0}, "p95_ratio"),
+        ({"drift_score": 0.9}, "drift_score"),
+        ({"feedback_correct": 5}, "accuracy_drop"),
+    ],
+)
+def test_each_metric_breach_fails(change: dict[str, object], metric: str) -> None:
+    result = _eval([_good(i, **change) for i in range(5)])
+    assert result.verdict is GateVerdict.FAIL
+    assert metric in result.reason
+    failing = [c.name for c in result.checks if c.passed is False]
+    assert failing == [metric]
+
+
+def test_install_failures_below_abort_minimum_fail_on_ratio() -> None:
+    reports = [_good(0), _good(1, install=FAIL)]
+    result = _eval(reports)
+    assert result.verdict is GateVerdict.FAIL
+    assert "install_success" in result.reason
+
+
+def test_abort_rule_fails_early_without_waiting() -> None:
+    reports = [_good(i, install=FAIL) for i in range(3)] + [_good(3)]
+    reports += [DeviceReport(f"p{i}") for i in range(6)]  # still installing
+    result = _eval(reports, now=95.0)
+    assert result.verdict is GateVerdict.FAIL
+    assert result.reason.startswith("abort rule")
+    assert (result.failed, result.pending) == (3, 6)
+    # below the minimum number finished: only waits
+    assert _eval(reports[2:], now=95.0).verdict is GateVerdict.WAIT
+
+
+def test_offline_device_waited_for_then_counted_after_timeout() -> None:
+    offline = DeviceReport("off", online=False, offline_since=100.0)
+    reports = [_good(i) for i in range(19)] + [offline]
+    waiting = _eval(reports, now=159.0)
+    assert waiting.verdict is GateVerdict.WAIT and waiting.pending == 1
+    after = _eval(reports, now=160.0)
+    assert after.timed_out == 1
+    assert after.verdict is GateVerdict.PASS  # 19/20 = 0.95 >= 0.9
+    two_off = [*reports[:18], offline, replace(offline, device_id="off2")]
+    assert _eval(two_off, now=160.0).verdict is GateVerdict.PASS  # 0.9 >= 0.9
+    three_off = [*two_off[1:], replace(offline, device_id="off3")]
+    assert _eval(three_off, now=160.0).verdict is GateVerdict.FAIL
+
+
+def test_online_but_silent_device_times_out_from_stage_start() -> None:
+    silent = DeviceReport("quiet")
+    reports = [_good(i) for i in range(9)] + [silent]
+    assert _eval(reports, now=149.0).verdict is GateVerdict.WAIT
+    assert _eval(reports, now=150.0).timed_out == 1
+
+
+def test_missing_data_is_not_judged() -> None:
+    bare = [DeviceReport(f"d{i}", install=OK, finished_at=100.0) for i in range(3)]
+    result = _eval(bare, baseline=Baseline())
+    assert result.verdict is GateVerdict.PASS
+    assert [c.passed for c in result.checks] == [True, None, None, None, None]
+
+
+def test_too_little_feedback_or_no_baseline_skips_accuracy() -> None:
+    few = [_good(0, feedback_correct=0, feedback_total=5)]
+    check = {c.name: c for c in _eval(few).checks}["accuracy_drop"]
+    assert check.passed is None and "labelled samples" in check.detail
+    nobase = _eval([_good(i, feedback_correct=0) for i in range(3)], baseline=Baseline(p95_ms=10))
+    assert {c.name: c for c in nobase.checks}["accuracy_drop"].passed is None
+
+
+def test_disabled_threshold_and_empty_stage() -> None:
+    result = _eval([_good(0, error_rate=0.9)], thresholds=replace(GATES, max_error_rate=None))
+    assert result.verdict is GateVerdict.PASS
+    assert _eval([]).verdict is GateVerdict.PASS
+
+
+def test_error_rate_weighted_by_requests() -> None:
+    reports = [_good(0, error_rate=0.5, requests=1), _good(1, error_rate=0.0, requests=99)]
+    check = {c.name: c for c in _eval(reports).checks}["error_rate"]
+    assert check.value == pytest.approx(0.005)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    outcomes=st.lists(st.sampled_from([OK, FAIL, PENDING]), min_size=1, max_size=40),
+    pct=st.floats(min_value=0, max_value=100),
+    min_finished=st.integers(min_value=1, max_value=20),
+)
+def test_abort_rule_property(outcomes: list[InstallOutcome], pct: float, min_finished: int) -> None:
+    reports = [_good(i, install=o) for i, o in enumerate(outcomes)]
+    result = _eval(reports, abort=AbortRule(pct, min_finished), now=95.0)
+    finished = sum(o is not PENDING for o in outcomes)
+    failed = outcomes.count(FAIL)
+    tripped = finished >= min_finished and 100.0 * failed / finished > pct
+    assert result.reason.startswith("abort rule") == tripped
+    if tripped:
+        assert result.verdict is GateVerdict.FAIL
+    assert result.succeeded + result.failed + result.timed_out + result.pending == len(outcomes)

@@ -1,0 +1,298 @@
+"""Bundle verification refusals at the pure level (bytes in, verdict out), with a jumped clock.
+
+Modelled on python-tuf's tests: every refusal has its own error class, and expiry/rollback
+are proved by moving ``now`` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.bundle import (
+    BundleManifest,
+    RollbackOrder,
+    VerifyPolicy,
+    artifact_info,
+    build_bundle,
+    bundle_id_of,
+    parse_bundle,
+    sign_rollback_order,
+    verify_bundle,
+    verify_offer,
+    verify_rollback_order,
+)
+from shared.errors import (
+    BadSignatureError,
+    BundleError,
+    ExpiredError,
+    HashMismatchError,
+    MalformedBundleError,
+    MixAndMatchError,
+    RevokedKeyError,
+    RollbackError,
+    UnknownKeyError,
+    WrongTargetError,
+)
+from shared.signing import KeyEntry, Keyring, SigningKey, TrustRoot, format_time, sign_envelope
+
+UTC = timezone.utc
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+ROOT = SigningKey.generate()
+K1 = SigningKey.generate()
+K2 = SigningKey.generate()
+OTHER = SigningKey.generate()
+TRUST = TrustRoot(root_keys={ROOT.keyid: ROOT.public_hex})
+
+
+def keyring(
+    version: int = 1,
+    keys: tuple[SigningKey, ...] = (K1,),
+    revoked: tuple[SigningKey, ...] = (),
+    days: int = 30,
+    signer: SigningKey = ROOT,
+) -> dict[str, Any]:
+    ring = Keyring(
+        version=version,
+        expires=format_time(T0 + timedelta(days=days)),
+        signing_keys={
+            k.keyid: KeyEntry(public=k.public_hex, expires=format_time(T0 + timedelta(days=365)))
+            for k in keys
+        },
+        revoked=[k.keyid for k in revoked],
+    )
+    return sign_envelope(ring.to_signed(), [signer])
+
+
+@dataclass(frozen=True)
+class Built:
+    data: bytes
+    bundle_id: str
+
+
+def make_bundle(
+    version: int = 2,
+    *,
+    model: bytes = b"onnx-model-bytes" * 8,
+    key: SigningKey = K1,
+    ring: dict[str, Any] | None = None,
+    device_class: str = "x86-cpu",
+    expires_days: int = 10,
+    model_name: str = "digits",
+) -> Built:
+    labels = b'["zero","one"]'
+    manifest = BundleManifest(
+        model_name=model_name,
+        version=version,
+        device_class=device_class,
+        created=format_time(T0),
+        expires=format_time(T0 + timedelta(days=expires_days)),
+        artifacts=[
+            artifact_info("model.onnx", model),
+            artifact_info("labels.json", labels, "labels"),
+        ],
+    )
+    data = build_bundle(
+        manifest,
+        {"model.onnx": model, "labels.json": labels},
+        signing_keys=[key],
+        keyring_envelope=ring or keyring(),
+    )
+    return Built(data, bundle_id_of(parse_bundle(data).manifest_envelope))
+
+
+def policy(now: datetime = T0, installed: int | None = 1, min_keyring: int = 0) -> VerifyPolicy:
+    return VerifyPolicy(
+        trust=TRUST,
+        device_class="x86-cpu",
+        now=now,
+        installed_versions={} if installed is None else {"digits": installed},
+        min_keyring_version=min_keyring,
+    )
+
+
+GOOD = make_bundle()
+
+
+def test_good_bundle_verifies() -> None:
+    verified = verify_bundle(GOOD.data, policy(), expected_bundle_id=GOOD.bundle_id)
+    assert verified.manifest.version == 2
+    assert verified.artifacts["model.onnx"] == b"onnx-model-bytes" * 8
+    assert verify_bundle(GOOD.data, policy(installed=None)).offer.bundle_id == GOOD.bundle_id
+
+
+def _swap_header(data: bytes, mutate: Any) -> bytes:
+    """Rebuild a bundle after ``mutate(header_dict)``; keeps the artifact payload."""
+    import json
+    import struct
+
+    parsed = parse_bundle(data)
+    header = {"manifest": parsed.manifest_envelope, "keyring": parsed.keyring_envelope}
+    mutate(header)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    return struct.pack(">8sBI", b"FFBUNDLE", 1, len(raw)) + raw + parsed.payload
+
+
+def test_bad_signature_refused() -> None:
+    def tamper(h: dict[str, Any]) -> None:
+        h["manifest"]["signed"]["metrics"] = {"accuracy": 1.0}  # changed after signing
+
+    with pytest.raises(BadSignatureError):
+        verify_bundle(_swap_header(GOOD.data, tamper), policy())
+
+    def flip_sig(h: dict[str, Any]) -> None:
+        sig = h["manifest"]["signatures"][0]["sig"]
+        h["manifest"]["signatures"][0]["sig"] = ("0" if sig[0] != "0" else "1") + sig[1:]
+
+    with pytest.raises(BadSignatureError):
+        verify_bundle(_swap_header(GOOD.data, flip_sig), policy())
+
+
+def test_unknown_key_refused() -> None:
+    with pytest.raises(UnknownKeyError):
+        verify_bundle(make_bundle(key=OTHER).data, policy())
+    # a keyring signed by someone other than the pinned root
+    with pytest.raises(UnknownKeyError):
+        verify_bundle(make_bundle(ring=keyring(signer=OTHER)).data, policy())
+
+
+def test_revoked_key_refused() -> None:
+    rotated = keyring(version=2, keys=(K2,), revoked=(K1,))
+    with pytest.raises(RevokedKeyError):
+        verify_bundle(make_bundle(key=K1, ring=rotated).data, policy())
+    # the same keyring accepts the new key
+    verify_bundle(make_bundle(key=K2, ring=rotated).data, policy())
+
+
+def test_expired_manifest_refused_when_clock_jumps() -> None:
+    verify_bundle(GOOD.data, policy(now=T0 + timedelta(days=9)))
+    with pytest.raises(ExpiredError, match="manifest"):
+        verify_bundle(GOOD.data, policy(now=T0 + timedelta(days=10, seconds=1)))
+
+
+def test_expired_keyring_refused_when_clock_jumps() -> None:
+    short = make_bundle(ring=keyring(days=3), expires_days=20)
+    verify_bundle(short.data, policy(now=T0 + timedelta(days=2)))
+    with pytest.raises(ExpiredError, match="keyring"):
+        verify_bundle(short.data, policy(now=T0 + timedelta(days=4)))
+
+
+def test_keyring_rollback_refused() -> None:
+    with pytest.raises(RollbackError, match="keyring"):
+        verify_bundle(GOOD.data, policy(min_keyring=2))
+
+
+@pytest.mark.parametrize("installed", [2, 3, 100])
+def test_version_not_newer_refused(installed: int) -> None:
+    with pytest.raises(RollbackError):
+        verify_bundle(GOOD.data, policy(installed=installed))
+
+
+def test_hash_and_size_mismatch_refused() -> None:
+    tampered = bytearray(GOOD.data)
+    tampered[-1] ^= 0xFF  # last byte of labels.json
+    with pytest.raises(HashMismatchError):
+        verify_bundle(bytes(tampered), policy())
+    with pytest.raises(HashMismatchError):
+        verify_bundle(GOOD.data[:-1], policy())
+    with pytest.raises(HashMismatchError):
+        verify_bundle(GOOD.data + b"x", policy())
+
+
+def test_mix_and_match_refused() -> None:
+    other = make_bundle(version=3, model=b"another-model!!!" * 8)
+    # header of one bundle, artifacts of another (same sizes): the hashes do not match
+    mixed = parse_bundle(GOOD.data)
+    header_len = len(GOOD.data) - len(mixed.payload)
+    frankenstein = GOOD.data[:header_len] + parse_bundle(other.data).payload
+    with pytest.raises(HashMismatchError):
+        verify_bundle(frankenstein, policy())
+    # a whole, valid bundle delivered where another one was offered
+    with pytest.raises(MixAndMatchError):
+        verify_bundle(other.data, policy(), expected_bundle_id=GOOD.bundle_id)
+
+
+def test_wrong_device_class_refused() -> None:
+    with pytest.raises(WrongTargetError):
+        verify_bundle(make_bundle(device_class="rpi4").data, policy())
+
+
+def _order(bundle: Built, version: int, **changes: Any) -> dict[str, Any]:
+    order = RollbackOrder(
+        order_id="o1",
+        model_name="digits",
+        device_class="x86-cpu",
+        to_version=version,
+        to_bundle_id=bundle.bundle_id,
+        issued=format_time(T0),
+        expires=format_time(T0 + timedelta(days=1)),
+    )
+    key = changes.pop("key", K1)
+    return sign_rollback_order(replace(order, **changes), [key])
+
+
+def test_signed_rollback_order_authorises_exactly_that_older_bundle() -> None:
+    old = make_bundle(version=2)
+    pol = policy(installed=5)
+    ring = keyring()
+    parsed = parse_bundle(old.data)
+    with pytest.raises(RollbackError):
+        verify_offer(parsed.manifest_envelope, parsed.keyring_envelope, pol)
+    order = verify_rollback_order(_order(old, 2), ring, pol)
+    verified = verify_bundle(old.data, pol, rollback_order=order)
+    assert verified.manifest.version == 2
+    # an order for another bundle id or another version does not authorise this one
+    wrong_id = verify_rollback_order(_order(GOOD, 2, to_bundle_id="f" * 64), ring, pol)
+    with pytest.raises(RollbackError):
+        verify_bundle(old.data, pol, rollback_order=wrong_id)
+    wrong_version = verify_rollback_order(_order(old, 1), ring, pol)
+    with pytest.raises(RollbackError):
+        verify_bundle(old.data, pol, rollback_order=wrong_version)
+
+
+def test_rollback_order_refusals() -> None:
+    pol = policy(installed=5)
+    with pytest.raises(UnknownKeyError):
+        verify_rollback_order(_order(GOOD, 2, key=OTHER), keyring(), pol)
+    with pytest.raises(ExpiredError):
+        verify_rollback_order(_order(GOOD, 2), keyring(), policy(now=T0 + timedelta(days=2)))
+    with pytest.raises(WrongTargetError):
+        verify_rollback_order(_order(GOOD, 2, device_class="rpi4"), keyring(), pol)
+    forged = _order(GOOD, 2)
+    forged["signed"]["to_version"] = 1
+    with pytest.raises(BadSignatureError):
+        verify_rollback_order(forged, keyring(), pol)
+    with pytest.raises(RevokedKeyError):
+        verify_rollback_order(
+            _order(GOOD, 2, key=K1), keyring(version=2, keys=(K2,), revoked=(K1,)), pol
+        )
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_byte_flip_is_refused_with_a_bundle_error(data: st.DataObject) -> None:
+    pos = data.draw(st.integers(min_value=0, max_value=len(GOOD.data) - 1))
+    mask = data.draw(st.integers(min_value=1, max_value=255))
+    original = GOOD.data[pos]
+    # bytes.fromhex is case-insensitive: flipping the case of a hex letter in a (unsigned)
+    # signature string re-encodes the same signature; that is not a modification of content.
+    if mask == 0x20 and original in b"abcdef":
+        mask = 0x01
+    tampered = bytearray(GOOD.data)
+    tampered[pos] ^= mask
+    with pytest.raises(BundleError):
+        verify_bundle(bytes(tampered), policy(), expected_bundle_id=GOOD.bundle_id)
+
+
+@given(st.binary(max_size=400))
+@settings(max_examples=200)
+def test_garbage_is_refused_as_malformed(blob: bytes) -> None:
+    with pytest.raises(BundleError):
+        verify_bundle(blob, policy())
+    with pytest.raises(MalformedBundleError):
+        verify_bundle(b"FFBUNDLE\x01\x00\x00\x00\x10" + blob[:15], policy())
