@@ -1,0 +1,1 @@
+"""The closed loop: drift-triggered federated retraining feeding staged rollouts."""
