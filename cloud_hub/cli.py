@@ -20,6 +20,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cloud_hub.commands.enroll",
     "cloud_hub.commands.simulate",
     "cloud_hub.commands.compress",
+    "cloud_hub.commands.serve",
+    "cloud_hub.commands.token",
+    "cloud_hub.commands.rollout",
 )
 
 

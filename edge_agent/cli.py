@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "edge_agent.commands.infer",
     "edge_agent.commands.install",
+    "edge_agent.commands.run",
     "edge_agent.commands.status",
 )
 

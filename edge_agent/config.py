@@ -33,6 +33,7 @@ Example::
     max_outbox_entries = 100000
     max_request_indices = 4096
     max_resumes = 5
+    max_repairs = 2
     fsync_chunks = true
 
 Nothing here reads the environment; the CLI passes the file path.
@@ -145,6 +146,7 @@ class AgentLimits:
     max_outbox_entries: int = 100_000
     max_request_indices: int = 4096
     max_resumes: int = 5  # restarts of one deployment before it is rolled back
+    max_repairs: int = 2  # re-fetches of chunks found corrupt by verification
     max_inbox_messages: int = 10_000
     fsync_chunks: bool = True  # durable chunks survive power loss, not only kill -9
 

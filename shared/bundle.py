@@ -65,7 +65,9 @@ __all__ = [
     "artifact_info",
     "build_bundle",
     "bundle_id_of",
+    "container_prefix",
     "parse_bundle",
+    "parse_manifest",
     "resolve_deltas",
     "sign_rollback_order",
     "verify_artifacts",
@@ -230,6 +232,19 @@ def build_bundle(
     return b"".join(parts)
 
 
+def container_prefix(
+    manifest_envelope: Mapping[str, Any], keyring_envelope: Mapping[str, Any]
+) -> bytes:
+    """The exact bytes a bundle with these envelopes starts with (its artifacts follow).
+
+    A receiver that knows the offer can tell which part of a failed download is corrupt.
+    """
+    header = canonical_bytes(
+        {"manifest": dict(manifest_envelope), "keyring": dict(keyring_envelope)}
+    )
+    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
+
+
 def artifact_info(
     name: str, data: bytes, role: str = "model", media_type: str = "application/octet-stream"
 ) -> ArtifactInfo:
@@ -375,6 +390,17 @@ def verify_offer(
                 f"version {manifest.version} of {manifest.model_name!r} is not newer than installed {installed}"
             )
     return VerifiedOffer(manifest=manifest, keyring=keyring, bundle_id=bundle_id)
+
+
+def parse_manifest(
+    manifest_envelope: Mapping[str, Any], limits: BundleLimits | None = None
+) -> BundleManifest:
+    """The typed manifest inside an envelope, shape-checked but NOT signature-verified
+    (for indexing bundles the hub itself built; devices use :func:`verify_offer`)."""
+    signed = manifest_envelope.get("signed")
+    if not isinstance(signed, dict):
+        raise MalformedBundleError("manifest envelope has no 'signed' object")
+    return _manifest_from_signed(signed, limits or BundleLimits())
 
 
 def verify_artifacts(manifest: BundleManifest, payload: bytes) -> dict[str, bytes]:

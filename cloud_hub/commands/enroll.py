@@ -1,4 +1,4 @@
-"""``cloud-hub enroll-token`` and ``cloud-hub broker-config``: device identity on the hub.
+"""``cloud-hub enroll-init|enroll-token|enroll-list|broker-config``: device identity.
 
 ``enroll-token`` prints a single-use token once, with the CA fingerprint the device pins and
 a ready ``edge-agent install`` line. ``broker-config`` writes a Mosquitto mTLS setup (config,
@@ -12,17 +12,17 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+from cloud_hub.config import HubConfig
 from cloud_hub.enrollment.acl import DEFAULT_HUB_USER
 from cloud_hub.enrollment.broker import write_broker_files
 from cloud_hub.enrollment.ca import CertificateAuthority
-from cloud_hub.enrollment.hubdir import open_enrollment
+from cloud_hub.enrollment.hubdir import open_enrollment, server_tls_files
 from cloud_hub.errors import HubConfigError
 from shared.errors import ConfigError
 from shared.topics import TopicScheme
 
 __all__ = ["parse_labels", "parse_ttl", "register"]
 
-DEFAULT_HUB_DIR = Path.home() / ".fedfleet" / "hub"  # the same default as `cloud-hub keys`
 _TTL = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -46,8 +46,15 @@ def parse_labels(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _hub_config(args: argparse.Namespace) -> HubConfig:
+    """The hub's settings: ``--config`` file, then the flags (same paths as ``serve``)."""
+    base = HubConfig.from_file(args.config) if args.config else HubConfig()
+    return base.with_overrides(data_dir=args.data_dir, db_url=args.db_url, keys_dir=args.keys_dir)
+
+
 def _enroll_token(args: argparse.Namespace) -> int:
-    service = open_enrollment(args.dir, db_url=args.db_url)
+    hub = _hub_config(args)
+    service = open_enrollment(hub.data_dir, db_url=hub.database_url, keys_dir=hub.keys_path)
     secret, record = service.issue_token(
         device_class=args.device_class,
         labels=parse_labels(args.labels),
@@ -71,12 +78,41 @@ def _enroll_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _enroll_init(args: argparse.Namespace) -> int:
+    hub = _hub_config(args)
+    ca = CertificateAuthority.load_or_create(hub.data_dir / "ca")
+    tls = server_tls_files(
+        hub.data_dir, args.hostname or ["localhost", "127.0.0.1"], renew=args.renew
+    )
+    print(f"hub CA          {tls.ca_file}")
+    print(f"ca fingerprint  {ca.fingerprint}")
+    print(f"https cert      {tls.certfile}")
+    print(f"https key       {tls.keyfile}")
+    print("serve the API with these (uvicorn --ssl-certfile/--ssl-keyfile); devices pin the")
+    print("fingerprint with `edge-agent install --ca-fingerprint`.")
+    return 0
+
+
+def _enroll_list(args: argparse.Namespace) -> int:
+    hub = _hub_config(args)
+    service = open_enrollment(hub.data_dir, db_url=hub.database_url, keys_dir=hub.keys_path)
+    print("tokens (id, class, expires, used by)")
+    for t in service.repository.list_tokens():
+        expires = t.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"  {t.token_id}  {t.device_class:16} {expires}  {t.used_by or '-'}")
+    print("enrolled devices (id, class, certificate valid until)")
+    for d in service.repository.list_devices():
+        until = d.cert_not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"  {d.device_id:24} {d.device_class:16} {until}")
+    return 0
+
+
 def _broker_config(args: argparse.Namespace) -> int:
     try:
         scheme = TopicScheme(args.prefix)
     except ConfigError as exc:
         raise HubConfigError(str(exc)) from exc
-    ca = CertificateAuthority.load_or_create(Path(args.dir) / "ca")
+    ca = CertificateAuthority.load_or_create(_hub_config(args).data_dir / "ca")
     files = write_broker_files(
         ca,
         args.out,
@@ -95,6 +131,15 @@ def _broker_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_hub_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="hub config TOML (as serve)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="hub data directory (default hub-data)"
+    )
+    parser.add_argument("--db-url", default=None, help="registry DB (default: DATA_DIR/hub.db)")
+    parser.add_argument("--keys-dir", type=Path, default=None, help="default: DATA_DIR/keys")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tok = subparsers.add_parser("enroll-token", help="issue a single-use device enrollment token")
     tok.add_argument("--class", dest="device_class", required=True, help="device class")
@@ -103,18 +148,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     tok.add_argument("--ttl", default="24h", help="lifetime, e.g. 30m, 24h, 7d (default 24h)")
     tok.add_argument("--device-id", default=None, help="bind the token to one device id")
-    tok.add_argument("--dir", type=Path, default=DEFAULT_HUB_DIR, help="hub data directory")
-    tok.add_argument("--db-url", default=None, help="SQLAlchemy URL (default: SQLite in --dir)")
+    _add_hub_arguments(tok)
     tok.add_argument(
         "--hub-url", default="https://HUB:8443", help="hub URL shown in the install line"
     )
     tok.set_defaults(func=_enroll_token)
 
+    init = subparsers.add_parser(
+        "enroll-init", help="create the hub CA and the API's HTTPS certificate"
+    )
+    _add_hub_arguments(init)
+    init.add_argument(
+        "--hostname", action="append", default=[], help="API host name/IP (repeatable)"
+    )
+    init.add_argument("--renew", action="store_true", help="re-issue the HTTPS certificate")
+    init.set_defaults(func=_enroll_init)
+
+    listing = subparsers.add_parser("enroll-list", help="list enrollment tokens and devices")
+    _add_hub_arguments(listing)
+    listing.set_defaults(func=_enroll_list)
+
     broker = subparsers.add_parser(
         "broker-config", help="write a Mosquitto mTLS config + ACL signed by the hub CA"
     )
     broker.add_argument("--out", type=Path, required=True, help="output directory")
-    broker.add_argument("--dir", type=Path, default=DEFAULT_HUB_DIR, help="hub data directory")
+    _add_hub_arguments(broker)
     broker.add_argument("--port", type=int, default=8883)
     broker.add_argument("--bind", default="0.0.0.0")
     broker.add_argument(

@@ -9,6 +9,7 @@ from cloud_hub.errors import GateRefusedError
 __all__ = ["budget_violations", "enforce_budgets"]
 
 _MB = 1024 * 1024
+_EPS = 1e-9  # accuracies are count/n fractions: a drop exactly at the budget must pass
 
 
 def budget_violations(metrics: ArtifactMetrics, budgets: Budgets) -> tuple[str, ...]:
@@ -18,7 +19,7 @@ def budget_violations(metrics: ArtifactMetrics, budgets: Budgets) -> tuple[str, 
     if size_mb > budgets.max_size_mb:
         found.append(f"size {size_mb:.3f} MB > max {budgets.max_size_mb:.3f} MB")
     drop = metrics.accuracy_drop_pts
-    if drop > budgets.max_accuracy_drop_pts:
+    if drop > budgets.max_accuracy_drop_pts + _EPS:
         found.append(
             f"accuracy drop {drop:.2f} pts (fp32 {metrics.accuracy_fp32 * 100:.2f}% -> "
             f"{metrics.accuracy * 100:.2f}%) > max {budgets.max_accuracy_drop_pts:.2f} pts"

@@ -57,6 +57,7 @@ from cloud_hub.compress.source import build_fp32_model
 from cloud_hub.compress.tflite import convert_tflite
 from cloud_hub.compress.tflite_env import find_toolchain
 from cloud_hub.errors import CompressionError
+from shared.drift_reference import MIN_SAMPLES as MIN_REFERENCE_SAMPLES
 from shared.drift_reference import ReferenceStats
 from shared.errors import FedfleetError
 from shared.models import get_spec
@@ -190,6 +191,11 @@ def compress_for_profile(
         shape = eval_set.sample_shape
     eval_set.require_shape(shape)
     calib_set.require_shape(shape)
+    if len(calib_set) < MIN_REFERENCE_SAMPLES:  # the drift reference needs a real sample
+        raise CompressionError(
+            f"the calibration set has {len(calib_set)} samples; at least "
+            f"{MIN_REFERENCE_SAMPLES} are needed for the drift reference statistics"
+        )
     if profile.format == "tflite":
         toolchain = find_toolchain(config.tflite_env)  # fail before any work if absent
     pruning = None

@@ -71,6 +71,7 @@ class DeviceProgress:
     downloaded_at: float | None = None
     finished: float | None = None
     event_ids: frozenset[str] = field(default_factory=frozenset)
+    history: tuple[str, ...] = ()  # event kinds in arrival order (duplicates removed)
 
     @property
     def terminal(self) -> bool:
@@ -91,6 +92,7 @@ def advance(progress: DeviceProgress, event: Event, at: float) -> DeviceProgress
     changed = replace(
         progress,
         event_ids=progress.event_ids | {event.event_id},
+        history=(*progress.history, event.kind),
         first_seen=progress.first_seen if progress.first_seen is not None else at,
     )
     if new_state is None:

@@ -55,6 +55,7 @@ from shared.topics import validate_device_id
 __all__ = ["Deployment", "DeviceInfo", "FleetPublisher"]
 
 log = logging.getLogger(__name__)
+_TERMINAL_PHASES = frozenset({"committed", "rolled_back", "failed"})
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class FleetPublisher:
                 installed=msg.installed.version if msg.installed else None,
             )
         elif isinstance(msg, Status):
+            self._on_status_state(msg)
             device_class = msg.extra.get("device_class")
             self._remember(
                 msg.device_id,
@@ -229,6 +231,21 @@ class FleetPublisher:
                 before.state.value,
                 after.state.value,
                 after.detail,
+            )
+
+    def _on_status_state(self, status: Status) -> None:
+        """A (retained) status naming a deployment in a terminal phase finishes it for that
+        device even if its events were lost (e.g. the broker restarted while the hub was
+        reconnecting)."""
+        if status.deployment_id and status.ota_state in _TERMINAL_PHASES:
+            self._on_event(
+                Event(
+                    device_id=status.device_id,
+                    event_id=f"status:{status.deployment_id}:{status.ota_state}",
+                    kind=status.ota_state,
+                    deployment_id=status.deployment_id,
+                    detail="(from status)",
+                )
             )
 
     def _on_chunk_request(self, req: ChunkRequest) -> None:
@@ -455,6 +472,22 @@ class FleetPublisher:
                 ),
                 key=lambda i: i.device_id,
             )
+
+    def devices(self) -> dict[str, DeviceInfo]:
+        """Every device heard from so far (hello / status)."""
+        with self._cond:
+            return dict(self._devices)
+
+    def wait_for_devices(self, device_ids: Sequence[str], *, timeout: float) -> list[str]:
+        """Wait until every one of ``device_ids`` announced itself online; return the missing."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                missing = [d for d in device_ids if not self._devices.get(d, DeviceInfo(d)).online]
+                left = deadline - time.monotonic()
+                if not missing or left <= 0:
+                    return missing
+                self._cond.wait(min(left, 0.5))
 
     # -- progress ----------------------------------------------------------------------------
     def _snapshot(self, state: _DeploymentState) -> DeploymentResult:

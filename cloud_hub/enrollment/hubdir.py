@@ -1,31 +1,45 @@
-"""Enrollment state inside the hub's data directory (the I/O shell used by CLI and app).
+"""Enrollment inside a hub's data directory and registry (the I/O shell of CLI and app).
 
 ::
 
     DATA_DIR/ca/ca.key, ca.crt      the hub CA (created on first use)
     DATA_DIR/tls/hub.crt, hub.key   the HTTPS server certificate of the hub API
-    DATA_DIR/enrollment.sqlite      tokens and enrolled devices (unless a DB URL is given)
-    DATA_DIR/trust_root.json ...    the delivery key store (``cloud-hub keys init --dir``
-                                    uses the same directory by default); its trust root
-                                    is handed to enrolling devices
+    DATA_DIR/hub.db                 the hub registry (default; PostgreSQL via db_url) which
+                                    also holds the enrollment_tokens / enrolled_devices tables
+    DATA_DIR/keys/                  the delivery key store (``HubConfig.keys_path``); its
+                                    trust root is handed to enrolling devices
+
+The paths follow :class:`cloud_hub.config.HubConfig`, so ``cloud-hub serve`` and
+``cloud-hub enroll-token`` agree on them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.enrollment.service import EnrollmentConfig, EnrollmentService
 from cloud_hub.enrollment.store import SqlEnrollmentRepository
-from cloud_hub.errors import HubError
+from cloud_hub.enrollment.tokens import EnrolledDevice
+from cloud_hub.errors import HubError, RegistryError
 from shared.signing import TrustRoot
 
-__all__ = ["HubTlsFiles", "keystore_trust_root", "open_enrollment", "server_tls_files"]
+if TYPE_CHECKING:
+    from cloud_hub.registry import Registry
+
+__all__ = [
+    "HubTlsFiles",
+    "keystore_trust_root",
+    "open_enrollment",
+    "register_in_fleet",
+    "server_tls_files",
+]
 
 
 def keystore_trust_root(keys_dir: Path) -> TrustRoot | None:
@@ -41,24 +55,54 @@ def keystore_trust_root(keys_dir: Path) -> TrustRoot | None:
         return None
 
 
+def register_in_fleet(registry: Registry) -> Callable[[EnrolledDevice], None]:
+    """An ``on_enrolled`` hook: the device appears in the fleet registry (class, labels)
+    before its first hello, so rollouts can target it right away."""
+    from cloud_hub.registry import devices
+
+    def hook(device: EnrolledDevice) -> None:
+        try:
+            with registry.session() as s:
+                devices.register_device(
+                    s,
+                    device.device_id,
+                    device_class=device.device_class,
+                    labels=dict(device.labels),
+                    now=device.enrolled_at.timestamp(),
+                )
+        except SQLAlchemyError as exc:
+            raise RegistryError(f"cannot register {device.device_id}: {exc}") from exc
+
+    return hook
+
+
 def open_enrollment(
     data_dir: str | os.PathLike[str],
     *,
     config: EnrollmentConfig | None = None,
+    registry: Registry | None = None,
     db_url: str | None = None,
     keys_dir: str | os.PathLike[str] | None = None,
 ) -> EnrollmentService:
-    """An :class:`EnrollmentService` over ``data_dir`` (CA created on first use)."""
+    """An :class:`EnrollmentService` over ``data_dir`` (CA created on first use).
+
+    Tokens and enrolled devices live in the hub registry's database: ``registry`` when the
+    caller has it open (``cloud-hub serve``), else the one at ``db_url`` (default
+    ``sqlite:///DATA_DIR/hub.db``), opened and migrated here."""
+    from cloud_hub.registry import open_registry
+
     d = Path(data_dir)
     d.mkdir(parents=True, exist_ok=True)
     ca = CertificateAuthority.load_or_create(d / "ca")
-    engine = create_engine(db_url or f"sqlite:///{(d / 'enrollment.sqlite').resolve()}")
-    keys = Path(keys_dir) if keys_dir is not None else d
+    if registry is None:
+        registry = open_registry(db_url or f"sqlite:///{(d / 'hub.db').resolve()}")
+    keys = Path(keys_dir) if keys_dir is not None else d / "keys"
     return EnrollmentService(
         ca=ca,
-        repository=SqlEnrollmentRepository(engine),
+        repository=SqlEnrollmentRepository(registry.engine),
         config=config,
         trust_root=lambda: keystore_trust_root(keys),
+        on_enrolled=register_in_fleet(registry),
     )
 
 

@@ -16,6 +16,7 @@ it. The rules:
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ __all__ = [
     "MqttSettings",
 ]
 
+log = logging.getLogger(__name__)
 UTC = timezone.utc
 MAX_TOKEN_CHARS = 256
 
@@ -146,12 +148,14 @@ class EnrollmentService:
         repository: EnrollmentRepository,
         config: EnrollmentConfig | None = None,
         trust_root: Callable[[], TrustRoot | None] = lambda: None,
+        on_enrolled: Callable[[EnrolledDevice], None] | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.ca = ca
         self.repository = repository
         self.config = config or EnrollmentConfig()
         self._trust_root = trust_root
+        self._on_enrolled = on_enrolled
         self._clock = clock
 
     def issue_token(
@@ -232,6 +236,11 @@ class EnrollmentService:
         self.repository.redeem(
             token_hash, device, now=now, replace_device=record.device_id is not None
         )
+        if self._on_enrolled is not None:
+            try:
+                self._on_enrolled(device)
+            except HubError:  # the certificate is issued; the device's hello registers it too
+                log.exception("enrolled device %s not pre-registered", device_id)
         return EnrollmentResult(
             device_id=device_id,
             device_class=record.device_class,

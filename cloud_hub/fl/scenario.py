@@ -68,7 +68,7 @@ class Scenario:
             raise HubConfigError(f"dataset {self.dataset!r} trains model {wanted!r}, not {self.training.model_name!r}")
 
     def dropout_schedule(self) -> Any:
-        from shared.fl.client import DropoutSchedule
+        from shared.fl.mods import DropoutSchedule
 
         if self.dropout_rate <= 0:
             return None

@@ -50,6 +50,7 @@ class MqttSettings:
     tls_ca: str | None = None  # path to a CA bundle; "" = system CAs; None = no TLS
     keepalive_s: int = 30
     session_expiry_s: int = 3600
+    receive_maximum: int = 65535
     connect_timeout_s: float = 10.0
 
 
@@ -118,6 +119,9 @@ class FleetIngest:
         self._writer.start()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
+        # let the broker keep many QoS 1 messages in flight to us (Mosquitto's queue for a
+        # slow subscriber is small and drops silently beyond it)
+        props.ReceiveMaximum = self.settings.receive_maximum
         try:
             self._client.connect(
                 self.settings.host,
@@ -141,12 +145,12 @@ class FleetIngest:
 
     def stop(self, *, flush: bool = True) -> None:
         """Disconnect and (by default) write what is still queued."""
+        self._stop.set()
         try:
             self._client.disconnect()
             self._client.loop_stop()
         except Exception:  # already down: nothing to release
             log.debug("ingest disconnect", exc_info=True)
-        self._stop.set()
         with self._lock:
             self._lock.notify_all()
         if self._writer is not None:

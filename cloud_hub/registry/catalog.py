@@ -107,9 +107,16 @@ def add_model_version(
             ModelVersion.model_name == model_name, ModelVersion.version == version
         )
     )
-    if existing is not None:
-        if metrics is not None and dict(metrics) != existing.metrics:
+    if existing is not None:  # fill in what a later, richer registration knows
+        if metrics:
             existing.metrics = {**existing.metrics, **metrics}
+        if lineage:
+            existing.lineage = {**existing.lineage, **lineage}
+        if parent_version is not None and existing.parent_version is None:
+            existing.parent_version = parent_version
+        if training_run_id is not None and existing.training_run_id is None:
+            existing.training_run_id = training_run_id
+        session.flush()
         return to_record(ModelVersionRecord, existing)
     row = ModelVersion(
         model_name=model_name,

@@ -108,6 +108,9 @@ def open_registry(url: str, *, migrate: bool = True) -> Registry:
     engine = _make_engine(url)
     if migrate:
         started = time.monotonic()
+        alembic_log = logging.getLogger("alembic")
+        level = alembic_log.level
+        alembic_log.setLevel(logging.WARNING)  # one line per open is noise in every CLI call
         try:
             with engine.begin() as conn:
                 cfg = alembic_config(url)
@@ -116,6 +119,8 @@ def open_registry(url: str, *, migrate: bool = True) -> Registry:
         except SQLAlchemyError as exc:
             engine.dispose()
             raise RegistryError(f"cannot migrate registry at {_redact(url)}: {exc}") from exc
+        finally:
+            alembic_log.setLevel(level)
         log.debug("registry migrated in %.2fs", time.monotonic() - started)
     factory = sessionmaker(engine, expire_on_commit=False)
     return Registry(url=url, engine=engine, _factory=factory)

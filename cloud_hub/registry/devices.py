@@ -201,15 +201,20 @@ def delete_device(session: Session, device_id: str) -> None:
     session.execute(delete(Device).where(Device.device_id == device_id))
 
 
+def _ensure_devices(session: Session, first_seen: Mapping[str, float]) -> None:
+    """Create the devices not known yet as stubs (class unknown until their hello)."""
+    stubs = [
+        {"device_id": d, "labels": {}, "runtimes": [], "first_seen": ts, "last_seen": ts}
+        for d, ts in first_seen.items()
+    ]
+    insert_ignore(session, _T, stubs, ["device_id"])
+
+
 def touch_devices(session: Session, last_seen: Mapping[str, float], *, now: float) -> None:
     """Create unknown devices as stubs and move ``last_seen`` forward (never back)."""
     if not last_seen:
         return
-    stubs = [
-        {"device_id": d, "labels": {}, "runtimes": [], "first_seen": now, "last_seen": ts}
-        for d, ts in last_seen.items()
-    ]
-    insert_ignore(session, _T, stubs, ["device_id"])
+    _ensure_devices(session, last_seen)
     session.execute(
         update(_T)
         .where(_T.c.device_id == bindparam("b_id"), _T.c.last_seen < bindparam("b_ts"))
@@ -256,7 +261,7 @@ def record_hellos(session: Session, hellos: Sequence[Hello], *, now: float) -> i
     if not hellos:
         return 0
     _ensure_classes(session, {h.device_class for h in hellos}, now)
-    touch_devices(session, {h.device_id: h.ts for h in hellos}, now=now)
+    _ensure_devices(session, {h.device_id: now for h in hellos})
     applied = 0
     for h in hellos:
         result = session.execute(
@@ -293,7 +298,7 @@ def record_statuses(session: Session, statuses: Sequence[Status], *, now: float)
     """Apply statuses (at most one per device), each only if newer than what is stored."""
     if not statuses:
         return
-    touch_devices(session, {s.device_id: s.ts for s in statuses}, now=now)
+    _ensure_devices(session, {s.device_id: now for s in statuses})
     session.execute(
         _INSTALLED_STMT,
         [{"b_id": s.device_id, "b_ts": s.ts, **_installed_values(s.installed)} for s in statuses],

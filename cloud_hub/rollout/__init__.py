@@ -4,6 +4,8 @@
 - :mod:`.config` — validated :class:`RolloutConfig`.
 - :mod:`.planner` — seeded random stage membership, continuous deployment.
 - :mod:`.gates` — promote / wait / fail from device reports.
+- :mod:`.engine` — :class:`~cloud_hub.rollout.engine.RolloutService`, persisted in the
+  registry, kill-safe; :class:`PublisherDelivery` connects it to the fleet over MQTT.
 """
 
 from cloud_hub.rollout.config import (
@@ -14,6 +16,7 @@ from cloud_hub.rollout.config import (
     TargetSelector,
     parse_labels,
 )
+from cloud_hub.rollout.delivery import PublisherDelivery, RollbackSigner, RolloutDelivery
 from cloud_hub.rollout.gates import (
     Baseline,
     DeviceReport,
@@ -50,8 +53,11 @@ __all__ = [
     "GateVerdict",
     "InstallOutcome",
     "MetricCheck",
+    "PublisherDelivery",
+    "RollbackSigner",
     "RolloutAction",
     "RolloutConfig",
+    "RolloutDelivery",
     "RolloutPhase",
     "RolloutPlan",
     "RolloutState",

@@ -11,7 +11,8 @@ Order of decisions:
    the stage started) counts as failed; before that it is only waited for (it is retried
    when it returns);
 2. the abort rule (more than ``failure_percent`` failed after ``min_finished`` finished)
-   fails the gate at once, without waiting for the window;
+   fails the gate at once, without waiting for the window; so does an install success
+   ratio that cannot be met any more even if every pending device succeeded;
 3. otherwise the gate waits until every device finished and the window (which starts when
    the last device finished installing) has passed;
 4. then each metric is checked; any breach fails the gate, else it passes.
@@ -226,6 +227,17 @@ def evaluate_gate(
             GateVerdict.FAIL,
             f"abort rule: {failed + timed_out} of {finished} finished devices failed "
             f"({pct:.0f}% > {abort.failure_percent:g}%)",
+        )
+    need = thresholds.min_install_success
+    if need is not None and (succeeded + pending) / len(reports) < need:
+        # even if every pending device succeeded the ratio stays too low: no need to wait
+        best = (succeeded + pending) / len(reports)
+        check = _check("install_success", succeeded / len(reports), need, ">=")
+        return result(
+            GateVerdict.FAIL,
+            f"gate failed: install_success {best:.4g} at best violates >= {need:g} "
+            f"({failed} failed, {timed_out} timed out)",
+            (check,),
         )
     if pending:
         return result(

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud_hub.registry import reports as report_repo
+from cloud_hub.registry.records import TelemetrySummary
 from cloud_hub.registry.tables import Device, EventRow
 from cloud_hub.rollout.gates import Baseline, DeviceReport, InstallOutcome
 from cloud_hub.rollout.targets import FAILURE_EVENTS, InstallView, TargetState
@@ -67,13 +68,17 @@ def device_states(session: Session, device_ids: Sequence[str]) -> dict[str, Devi
 
 
 def deployment_events(
-    session: Session, deployment_id: str, kinds: Sequence[str]
+    session: Session, deployment_prefix: str, kinds: Sequence[str]
 ) -> dict[str, list[EventRow]]:
-    """Events of one deployment by device, oldest first."""
+    """Events of the deployments whose id starts with ``deployment_prefix``, by device,
+    oldest first."""
     out: dict[str, list[EventRow]] = {}
     rows = session.scalars(
         select(EventRow)
-        .where(EventRow.deployment_id == deployment_id, EventRow.kind.in_(list(kinds)))
+        .where(
+            EventRow.deployment_id.startswith(deployment_prefix, autoescape=True),
+            EventRow.kind.in_(list(kinds)),
+        )
         .order_by(EventRow.ts, EventRow.id)
     )
     for row in rows:
@@ -82,19 +87,28 @@ def deployment_events(
 
 
 def install_views(
-    session: Session, deployment_id: str, devices: dict[str, DeviceState]
+    session: Session,
+    deployment_prefix: str,
+    devices: dict[str, DeviceState],
+    current: dict[str, str | None] | None = None,
 ) -> dict[str, InstallView]:
-    """One :class:`InstallView` per device in ``devices`` for this deployment."""
+    """One :class:`InstallView` per device in ``devices`` for the deployments whose id starts
+    with ``deployment_prefix`` (every offer of one rollout).
+
+    A commit under any offer counts; a failure only under the device's ``current`` offer
+    (an older offer that the device dropped for a newer one reports ``failed: superseded``).
+    """
     kinds = [EventKind.COMMITTED, *sorted(FAILURE_EVENTS)]
-    events = deployment_events(session, deployment_id, kinds)
+    events = deployment_events(session, deployment_prefix, kinds)
     views: dict[str, InstallView] = {}
     for device_id, dev in devices.items():
+        latest = (current or {}).get(device_id)
         committed = None
         failure: EventRow | None = None
         for ev in events.get(device_id, []):
             if ev.kind == EventKind.COMMITTED and committed is None:
                 committed = ev.ts
-            elif ev.kind in FAILURE_EVENTS:
+            elif ev.kind in FAILURE_EVENTS and (latest is None or ev.deployment_id == latest):
                 failure = ev
         views[device_id] = InstallView(
             installed_bundle_id=dev.installed_bundle_id,
@@ -117,7 +131,7 @@ class _Metrics:
 
 
 def _metrics(session: Session, ids: Sequence[str], version: int, since: float) -> _Metrics:
-    def summary(metric: str) -> dict[str, report_repo.TelemetrySummary]:
+    def summary(metric: str) -> dict[str, TelemetrySummary]:
         return report_repo.telemetry_summary(
             session, ids, metric, since=since, model_version=version
         )

@@ -5,6 +5,7 @@
     pending ──(device online, stage reached)──► deploying ──(published)──► sent
     deploying/sent ──(committed or runs the bundle)──► succeeded
     deploying/sent/succeeded ──(health/verify failure, rejected, rolled back)──► failed
+    failed ──(a later offer committed after all)──► succeeded
     pending ──(rollout stopped first)──► skipped
     deploying/sent/succeeded/failed ──(gate failed / operator rollback)──► rollback_pending
     rollback_pending ──(published)──► rollback_sent ──(back on the previous bundle)──► rolled_back
@@ -81,9 +82,22 @@ def resolve_install(
     Running the bundle wins over a failure event (a duplicate deploy to a device that
     already committed is answered ``rejected``: that is still a success).
     """
-    if state not in (TargetState.DEPLOYING, TargetState.SENT, TargetState.SUCCEEDED):
+    if state not in (
+        TargetState.DEPLOYING,
+        TargetState.SENT,
+        TargetState.SUCCEEDED,
+        TargetState.FAILED,
+    ):
         return None
     runs_it = view.installed_bundle_id == bundle_id
+    if state is TargetState.FAILED:
+        # a failure is final unless the device ends up running the bundle after all
+        # (e.g. a later offer of the same rollout committed)
+        if runs_it or (
+            view.committed_ts is not None and view.committed_ts > (view.failure_ts or 0.0)
+        ):
+            return TargetState.SUCCEEDED, view.committed_ts or view.status_ts, "installed"
+        return None
     if runs_it or view.committed_ts is not None:
         if view.failure_kind is not None and not runs_it:
             fail_after_commit = (view.failure_ts or 0.0) >= (view.committed_ts or 0.0)
@@ -106,6 +120,13 @@ def resolve_install(
     return None
 
 
-def rolled_back(view: InstallView, *, previous_bundle_id: str, rollback_event_seen: bool) -> bool:
-    """A rollback target is done once the device runs the previous bundle again (or said so)."""
-    return view.installed_bundle_id == previous_bundle_id or rollback_event_seen
+def rolled_back(
+    view: InstallView, *, previous_bundle_id: str, since: float | None, rollback_event_seen: bool
+) -> bool:
+    """A rollback target is done once the device said it rolled back (for the rollback or by
+    itself after a failed health check), or reports the previous bundle in a status newer
+    than the last command the hub sent it (``since``)."""
+    if rollback_event_seen or view.failure_kind == EventKind.ROLLED_BACK:
+        return True
+    fresh = since is None or (view.status_ts is not None and view.status_ts > since)
+    return view.installed_bundle_id == previous_bundle_id and fresh

@@ -22,10 +22,19 @@ def parse_labels(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _token(args: argparse.Namespace) -> str:
+    if args.token is not None:
+        return str(args.token)
+    try:
+        return str(args.token_file.read_text(encoding="utf-8")).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgentConfigError(f"cannot read --token-file {args.token_file}: {exc}") from exc
+
+
 def _install(args: argparse.Namespace) -> int:
     opts = InstallOptions(
         hub_url=args.hub,
-        token=args.token,
+        token=_token(args),
         layout=InstallLayout(Path(args.prefix).resolve()),
         device_class=args.device_class,
         device_id=args.device_id,
@@ -59,7 +68,11 @@ def _uninstall(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("install", help="enroll with the hub and install the agent")
     p.add_argument("--hub", required=True, help="hub URL, https://host:port")
-    p.add_argument("--token", required=True, help="single-use enrollment token")
+    tok = p.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--token", help="single-use enrollment token")
+    tok.add_argument(
+        "--token-file", type=Path, help="read the token from a file (keeps it out of `ps`)"
+    )
     trust = p.add_mutually_exclusive_group(required=True)
     trust.add_argument("--ca-fingerprint", help="sha256:... of the hub CA (from enroll-token)")
     trust.add_argument("--ca-cert", type=Path, help="the hub CA certificate (PEM)")

@@ -108,6 +108,12 @@ class BundleDownload:
             raise InstallError(f"download file is {len(data)} bytes, expected {size}")
         return data
 
+    def forget(self, indices: list[int]) -> None:
+        """Mark chunks missing again (verification found them corrupt)."""
+        for i in indices:
+            self.assembly.received.discard(i)
+            os.pwrite(self._map_fd, b"\x00", i)
+
     def close(self) -> None:
         for fd in (getattr(self, "_data_fd", -1), getattr(self, "_map_fd", -1)):
             if fd >= 0:

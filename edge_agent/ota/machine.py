@@ -13,7 +13,9 @@
                                  ▼                                                        Committed
                              RolledBack
 
-A signed rollback order enters ``RollingBack`` directly (``rollback_ordered``). Committed,
+When verification fails and the offer shows which chunks are corrupt, ``repair`` goes back
+to Downloading for exactly those (a bounded number of times). A signed rollback order
+enters ``RollingBack`` directly (``rollback_ordered``). Committed,
 RolledBack and Failed are terminal: the next offer starts a new deployment from them. A
 deployment record is persisted after every transition (see :mod:`edge_agent.ota.persist`);
 :func:`recovery_action` says what a restarted agent does with the record it finds.
@@ -71,6 +73,7 @@ class Trigger(str, enum.Enum):
     ERROR = "error"
     TIMEOUT = "timeout"
     SUPERSEDED = "superseded"
+    REPAIR = "repair"  # verification located corrupt chunks: fetch them again
 
 
 TERMINAL = frozenset({Phase.COMMITTED, Phase.ROLLED_BACK, Phase.FAILED})
@@ -90,6 +93,7 @@ TRANSITIONS: Mapping[tuple[Phase, Trigger], Phase] = {
     (P.VERIFYING, T.ERROR): P.FAILED,
     (P.VERIFYING, T.TIMEOUT): P.FAILED,
     (P.VERIFYING, T.SUPERSEDED): P.FAILED,
+    (P.VERIFYING, T.REPAIR): P.DOWNLOADING,
     (P.INSTALLING, T.INSTALLED): P.HEALTH_CHECK,
     (P.INSTALLING, T.INSTALL_FAILED): P.ROLLING_BACK,
     (P.INSTALLING, T.TIMEOUT): P.ROLLING_BACK,
@@ -131,6 +135,7 @@ class Deployment:
     phase_since: float = 0.0
     deadline: float | None = None
     resumes: int = 0
+    repairs: int = 0
     command: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -152,6 +157,7 @@ class Deployment:
             "phase_since": self.phase_since,
             "deadline": self.deadline,
             "resumes": self.resumes,
+            "repairs": self.repairs,
             "command": self.command,
         }
 
@@ -172,6 +178,7 @@ class Deployment:
                 phase_since=float(data.get("phase_since", 0.0)),
                 deadline=None if data.get("deadline") is None else float(data["deadline"]),
                 resumes=int(data.get("resumes", 0)),
+                repairs=int(data.get("repairs", 0)),
                 command=dict(data.get("command") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:

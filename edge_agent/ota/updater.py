@@ -8,6 +8,7 @@ transition is persisted before the side effect that follows it, every step repor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ from shared.bundle import (
     BundleLimits,
     VerifiedBundle,
     VerifyPolicy,
+    container_prefix,
     verify_bundle,
     verify_offer,
     verify_rollback_order,
@@ -64,6 +66,7 @@ log = logging.getLogger(__name__)
 Emit = Callable[[Message], None]
 ActiveChanged = Callable[[InstalledSlot | None], None]
 
+EVENT_CHUNKS_REPAIR = "chunks_repair"  # not terminal: corrupt chunks are fetched again
 _TERMINAL_EVENT = {
     Phase.COMMITTED: EventKind.COMMITTED,
     Phase.ROLLED_BACK: EventKind.ROLLED_BACK,
@@ -338,6 +341,8 @@ class OtaUpdater:
         try:
             verified = self._reverify()
         except (BundleError, InstallError) as exc:
+            if self._repair(exc):
+                return
             self._event(EventKind.VERIFY_FAILED, detail=_reason(exc))
             self._step(Trigger.VERIFY_FAILED, reason=_reason(exc))
             self._finish()
@@ -347,6 +352,57 @@ class OtaUpdater:
         self._step(Trigger.VERIFIED)
         self._event(EventKind.VERIFIED)
         self._install(verified)
+
+    def _repair(self, exc: Exception) -> bool:
+        """If the offer shows which chunks are corrupt, fetch exactly those again."""
+        dep, dl = self._dep(), self._download
+        if dl is None or not dl.complete or dep.repairs >= self.limits.max_repairs:
+            return False
+        suspects = self._corrupt_chunks(dl)
+        if not suspects:
+            return False
+        log.warning("bundle failed verification (%s): fetching chunks %s again", exc, suspects)
+        dl.forget(suspects)
+        self._step(Trigger.REPAIR, repairs=dep.repairs + 1)
+        self._event(EVENT_CHUNKS_REPAIR, detail=_reason(exc), data={"chunks": len(suspects)})
+        self._open_download()
+        self._idle_requests = 1
+        self._last_request = self._clock()
+        missing = suspects[: self.limits.max_request_indices]
+        self._emit(ChunkRequest(device_id=self.device_id, bundle_id=dl.bundle_id, indices=missing))
+        return True
+
+    def _corrupt_chunks(self, dl: BundleDownload) -> list[int]:
+        """Chunks overlapping the parts of the download that differ from the signed offer:
+        the container header (known exactly from the offer) and artifacts whose sha256 does
+        not match. Empty if the offer itself cannot be checked."""
+        cmd = self._dep().command
+        try:
+            policy = self._policy()
+            raw_order = cmd.get("rollback_order")
+            order = None
+            if raw_order is not None:
+                order = verify_rollback_order(raw_order, cmd.get("keyring"), policy)
+            offer = verify_offer(cmd["manifest"], cmd["keyring"], policy, rollback_order=order)
+        except (BundleError, KeyError):
+            return []
+        data = dl.read_all()
+        prefix = container_prefix(cmd["manifest"], cmd["keyring"])
+        if len(data) != len(prefix) + sum(a.size for a in offer.manifest.artifacts):
+            return []  # the offer's geometry itself is wrong: nothing to repair
+        ranges = []
+        if data[: len(prefix)] != prefix:
+            ranges.append((0, len(prefix)))
+        offset = len(prefix)
+        for a in offer.manifest.artifacts:
+            if hashlib.sha256(data[offset : offset + a.size]).hexdigest() != a.sha256:
+                ranges.append((offset, offset + a.size))
+            offset += a.size
+        size = dl.assembly.chunk_size
+        bad: set[int] = set()
+        for start, end in ranges:
+            bad.update(range(start // size, max(start, end - 1) // size + 1))
+        return sorted(bad)
 
     def _reverify(self) -> VerifiedBundle:
         dep, dl = self._dep(), self._download

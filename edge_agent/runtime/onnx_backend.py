@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.errors import RuntimeBackendError
+from edge_agent.runtime._memory import release_free_memory
 from edge_agent.runtime.base import InferenceBackend
 
 __all__ = ["ORT_DTYPES", "OnnxRuntimeBackend", "tensorrt_cache_key"]
@@ -136,3 +137,4 @@ class OnnxRuntimeBackend(InferenceBackend):
     def close(self) -> None:
         # the C++ session is freed with its last Python reference
         del self._session
+        release_free_memory()

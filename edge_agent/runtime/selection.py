@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.errors import AgentConfigError, RuntimeBackendError
+from edge_agent.runtime._memory import release_free_memory
 from edge_agent.runtime.base import BackendAttempt, InferenceBackend, ModelArtifacts, RuntimeReport
 from edge_agent.runtime.capabilities import DeviceCapabilities, detect_capabilities
 
@@ -198,6 +199,7 @@ def select_backend(
         except RuntimeBackendError as exc:
             attempts.append(BackendAttempt(candidate, "failed", str(exc)))
             continue
+        release_free_memory()
         attempts.append(BackendAttempt(candidate, "selected"))
         warnings = _warnings(candidate, attempts)
         for w in warnings:

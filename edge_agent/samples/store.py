@@ -54,8 +54,13 @@ class SampleStoreConfig:
             raise AgentConfigError("sample store max_samples must be in [1, 1e8]")
         if not 1.0 <= self.max_age_s <= 10 * 365 * 86400.0:
             raise AgentConfigError("sample store max_age_s must be in [1 s, 10 years]")
-        if not 1 <= self.max_sample_bytes <= self.max_bytes:
-            raise AgentConfigError("sample store max_sample_bytes must be in [1, max_bytes]")
+        if not 1 <= self.max_sample_bytes <= 1 << 32:
+            raise AgentConfigError("sample store max_sample_bytes must be in [1, 4 GiB]")
+
+    @property
+    def sample_limit(self) -> int:
+        """The largest storable sample (never more than the whole store)."""
+        return min(self.max_sample_bytes, self.max_bytes)
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ class SampleStore:
         arr = np.ascontiguousarray(x)
         if arr.dtype.name not in _DTYPES:
             raise InferenceInputError(f"cannot store samples of dtype {arr.dtype}")
-        if arr.nbytes > self.config.max_sample_bytes:
+        if arr.nbytes > self.config.sample_limit:
             raise InferenceInputError(f"sample of {arr.nbytes} bytes exceeds the store limit")
         ts = time.time() if now is None else now
         shape = ",".join(str(d) for d in arr.shape)

@@ -32,7 +32,13 @@ from edge_agent.config import load_config
 from edge_agent.errors import AgentError, EnrollmentError, InstallError
 from edge_agent.service import hub_client
 from edge_agent.service.identity import build_csr, check_issued_certificate, generate_device_key
-from edge_agent.service.jetson import GpuProbe, JetsonInfo, detect_jetson, probe_gpu_backend
+from edge_agent.service.jetson import (
+    GpuProbe,
+    JetsonInfo,
+    detect_jetson,
+    probe_gpu_backend,
+    wheels_for,
+)
 from edge_agent.service.layout import SERVICE_NAME, InstallLayout
 from edge_agent.service.render import AgentConfigValues, render_agent_config, render_unit
 
@@ -121,7 +127,8 @@ class _Created:
 
 
 def _remove(paths: Sequence[Path]) -> list[str]:
-    """Remove files, then directories deepest first (non-empty ones only if we made them)."""
+    """Remove what install created, deepest first; a created folder goes with whatever the
+    agent wrote into it at run time."""
     removed = []
     for p in sorted(paths, key=lambda x: len(x.parts), reverse=True):
         if p.is_symlink() or p.is_file():
@@ -153,21 +160,28 @@ def _preflight(
     messages.append(
         f"Jetson: L4T {jetson.l4t}, JetPack {jetson.jetpack or 'unknown'} ({jetson.source})"
     )
-    from edge_agent.service.jetson import wheels_for
-
     advice = wheels_for(jetson)
+    lines: list[str] = []
     if advice is not None:
-        messages.append(f"  python {advice.python}, CUDA {advice.cuda}")
-        messages.append(f"  onnxruntime-gpu: {advice.onnxruntime_gpu}")
-        messages.append(f"  torch: {advice.torch}")
-        messages.append(f"  {advice.notes}")
+        lines += [
+            f"  python {advice.python}, CUDA {advice.cuda}",
+            f"  onnxruntime-gpu: {advice.onnxruntime_gpu}",
+            f"  torch: {advice.torch}",
+        ]
+        if advice.index_url:
+            lines.append(f"  index: {advice.index_url}")
+        lines.append(f"  {advice.notes}")
+    else:
+        lines.append("  no wheel table for this JetPack (JetPack 5 and 6 are covered)")
+    messages += lines
     gpu = probe_gpu_backend()
     if gpu.ok:
         messages.append(f"GPU backend loads: {gpu.backend} ({gpu.detail})")
     elif opts.require_gpu:
         raise InstallError(
-            f"no GPU inference backend loads on this Jetson: {gpu.detail}. Install the matching "
-            "wheels above, or pass --allow-cpu to install anyway (inference will run on the CPU)"
+            f"no GPU inference backend loads on this Jetson: {gpu.detail}.\n"
+            "Matching builds:\n" + "\n".join(lines) + "\n"
+            "Install them, or pass --allow-cpu to install anyway (inference runs on the CPU)."
         )
     else:
         messages.append(f"WARNING: no GPU backend loads ({gpu.detail}); running on the CPU")
@@ -220,7 +234,7 @@ def install(opts: InstallOptions, *, systemctl: Systemctl = run_systemctl) -> In
         trust = _trust_root(opts, answer, messages)
         if trust is not None:
             created.write(layout.trust_root_path, trust)
-        _init_sample_store(layout, created)
+        _init_stores(layout, created)
         values = AgentConfigValues(
             device_id=answer.device_id,
             device_class=answer.device_class,
@@ -302,17 +316,18 @@ def _trust_root(
     return (json.dumps(answer.trust_root, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _init_sample_store(layout: InstallLayout, created: _Created) -> None:
+def _init_stores(layout: InstallLayout, created: _Created) -> None:
+    """Create the outbox and the sample store with their owners' code (schema, WAL mode)."""
     from edge_agent.samples.store import SampleStore, SampleStoreConfig
+    from edge_agent.transport.outbox import Outbox
 
-    store = SampleStore(SampleStoreConfig(path=layout.sample_store_path))
-    close = getattr(store, "close", None)
-    if callable(close):
-        close()
-    for suffix in ("", "-wal", "-shm"):
-        p = Path(str(layout.sample_store_path) + suffix)
-        if p.exists():
-            created.paths.append(p)
+    Outbox(layout.outbox_path).close()
+    SampleStore(SampleStoreConfig(path=layout.sample_store_path)).close()
+    for db in (layout.outbox_path, layout.sample_store_path):
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(db) + suffix)
+            if p.exists():
+                created.paths.append(p)
 
 
 def uninstall(

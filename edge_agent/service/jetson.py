@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,10 +130,12 @@ def wheels_for(info: JetsonInfo) -> WheelAdvice | None:
 def detect_jetson(release_file: Path = Path("/etc/nv_tegra_release")) -> JetsonInfo | None:
     """JetPack/L4T via jetson-stats, else the release file; None when this is no Jetson."""
     try:
-        from jtop import jtop  # jetson-stats (the `jetson` extra)
+        with warnings.catch_warnings():  # jetson-stats warns about `distro` internals
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from jtop import jtop  # jetson-stats (the `jetson` extra)
 
-        with jtop() as jet:
-            hw = dict(jet.board.get("hardware", {}))
+            with jtop() as jet:
+                hw = dict(jet.board.get("hardware", {}))
         l4t = str(hw.get("L4T", "")).strip()
         if l4t:
             return JetsonInfo(

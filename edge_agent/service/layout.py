@@ -9,8 +9,8 @@
     PREFIX/etc/fedfleet-agent/trust_root.json    pinned bundle-signing trust root
     PREFIX/etc/fedfleet-agent/identity.json      enrollment record (hub, CA pin, time)
     PREFIX/var/lib/fedfleet-agent/slots/{a,b}    A/B model slots (edge_agent.ota)
-    PREFIX/var/lib/fedfleet-agent/outbox/        reports kept while offline
-    PREFIX/var/lib/fedfleet-agent/samples.db     sample store for retraining
+    PREFIX/var/lib/fedfleet-agent/outbox.sqlite3 reports kept while offline (EdgeAgent's path)
+    PREFIX/var/lib/fedfleet-agent/samples.db     sample store for retraining (serving's path)
     PREFIX/etc/systemd/system/fedfleet-agent.service
 """
 
@@ -72,7 +72,11 @@ class InstallLayout:
     def state_subdirs(self) -> tuple[Path, ...]:
         """The folders ``install`` creates under the state directory."""
         s = self.state_dir
-        return (s / "slots" / "a", s / "slots" / "b", s / "outbox")
+        return (s / "slots" / "a", s / "slots" / "b")
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.state_dir / "outbox.sqlite3"
 
     @property
     def sample_store_path(self) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,9 +10,29 @@ from pathlib import Path
 __all__ = ["AgentConfigValues", "render_agent_config", "render_unit"]
 
 
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
 def _s(value: str | Path) -> str:
-    # A JSON string literal is a valid TOML basic string (same escapes, ASCII-only here).
-    return json.dumps(str(value), ensure_ascii=True)
+    """A TOML basic string. Not ``json.dumps``: JSON escapes astral characters as surrogate
+    pairs, which TOML refuses."""
+    out = []
+    for ch in str(value):
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 @dataclass(frozen=True)

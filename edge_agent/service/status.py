@@ -101,6 +101,15 @@ def _service_state() -> str | None:
     return out.stdout.strip() or None
 
 
+def _installed_with_systemd(config_dir: Path) -> bool:
+    """Whether ``install`` enabled a unit (``install.json``); ``--no-systemd`` installs and
+    hand-written configs are not expected to run as a service."""
+    try:
+        return bool(json.loads((config_dir / "install.json").read_text("utf-8")).get("systemd"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _model(config: AgentConfig) -> dict[str, Any]:
     from edge_agent.ota.persist import StateStore
     from edge_agent.ota.slots import SlotStore
@@ -192,8 +201,8 @@ def collect_status(
     except Exception as exc:  # a corrupt slot must not hide the rest of the status
         model = {}
         problems.append(f"model slots: {type(exc).__name__}: {exc}")
-    service = _service_state()
-    if service is not None and service != "active" and layout.unit_path.exists():
+    service = _service_state() if _installed_with_systemd(path.parent) else None
+    if service is not None and service != "active":
         problems.append(f"service {SERVICE_NAME} is {service}")
     return AgentStatus(
         installed=True,

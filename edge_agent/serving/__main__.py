@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     print(json.dumps({"url": stack.api_url, "runtime": report.to_dict()}), flush=True)
     while not stop.wait(args.telemetry_interval):
+        stack.release_memory()
         snap = stack.telemetry()
         log.info("telemetry %s warnings=%s", json.dumps(snap.metrics), list(snap.warnings))
         for drift in stack.drain_drift_reports():

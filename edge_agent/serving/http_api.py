@@ -1,6 +1,8 @@
 """The local prediction API: stdlib HTTP on loopback (and optionally a Unix socket).
 
-``POST /predict``   ``{"inputs": [...]}`` or ``{"inputs_b64", "shape", "dtype"}`` (batch ok)
+``POST /predict``   ``{"inputs": [...]}`` or ``{"inputs_b64", "shape", "dtype"}`` (batch ok),
+                    or a raw tensor: ``Content-Type: application/octet-stream`` with
+                    ``X-Shape: 4,3,96,96`` and ``X-Dtype: float32`` (the fast path)
 ``POST /feedback``  ``{"id": "...", "label": 2}`` or ``{"items": [{"id", "label"}, ...]}``
 ``GET  /health``    model version, backend/provider, fallback warnings, counters
 
@@ -67,6 +69,9 @@ def _make_handler(
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+        # client's delayed ACK add ~40 ms to every keep-alive response
+        disable_nagle_algorithm = True
         server_version = "fedfleet-agent"
 
         def address_string(self) -> str:  # Unix sockets have no client address
@@ -77,13 +82,19 @@ def _make_handler(
 
         def _send(self, status: HTTPStatus, body: dict[str, Any]) -> None:
             data = json.dumps(body, separators=(",", ":")).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.log_request(status.value)
+            head = (
+                f"{self.protocol_version} {status.value} {status.phrase}\r\n"
+                f"Server: {self.server_version}\r\n"
+                "Content-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n"
+                + ("Connection: close\r\n" if self.close_connection else "")
+                + "\r\n"
+            )
+            # one write: status, headers and body leave in a single segment
+            self.wfile.write(head.encode("latin-1") + data)
 
-        def _body(self) -> dict[str, Any]:
+        def _raw_body(self) -> bytes:
             try:
                 length = int(self.headers.get("Content-Length", ""))
             except ValueError:
@@ -98,7 +109,10 @@ def _make_handler(
                     "RequestTooLarge",
                     f"body of {length} bytes exceeds the limit of {config.max_body_bytes}",
                 )
-            raw = self.rfile.read(length)
+            return self.rfile.read(length)
+
+        def _body(self) -> dict[str, Any]:
+            raw = self._raw_body()
             try:
                 return parse_json_object(raw, max_bytes=config.max_body_bytes)
             except ProtocolError as exc:
@@ -124,9 +138,7 @@ def _make_handler(
 
         def do_POST(self) -> None:
             if self.path == "/predict":
-                self._handle(
-                    lambda: (HTTPStatus.OK, server.predict_request(self._body()).to_dict())
-                )
+                self._handle(self._predict)
             elif self.path == "/feedback":
                 self._handle(lambda: self._feedback(self._body()))
             else:
@@ -138,11 +150,21 @@ def _make_handler(
             else:
                 self._handle(self._not_found)
 
+        def _predict(self) -> tuple[HTTPStatus, dict[str, Any]]:
+            ctype = self.headers.get("Content-Type", "application/json").split(";")[0].strip()
+            if ctype == "application/octet-stream":
+                result = server.predict_binary(
+                    self._raw_body(), self.headers.get("X-Shape"), self.headers.get("X-Dtype")
+                )
+            else:
+                result = server.predict_request(self._body())
+            return HTTPStatus.OK, result.to_dict()
+
         def _not_found(self) -> tuple[HTTPStatus, dict[str, Any]]:
             if self.command == "POST":
                 # drain the body so the connection stays usable
                 with contextlib.suppress(_ApiError):
-                    self._body()
+                    self._raw_body()
             raise _ApiError(
                 HTTPStatus.NOT_FOUND, "NotFound", f"no route {self.command} {self.path}"
             )
@@ -221,7 +243,9 @@ class LocalApi:
         if sock is not None:
             if sock.exists():
                 sock.unlink()  # a stale socket from a crashed run
-            self._servers.append(_UnixHTTPServer(str(sock), handler))  # type: ignore[arg-type]
+            # TCP_NODELAY does not exist on Unix sockets
+            unix_handler = type("UnixHandler", (handler,), {"disable_nagle_algorithm": False})
+            self._servers.append(_UnixHTTPServer(str(sock), unix_handler))  # type: ignore[arg-type]
             os.chmod(sock, 0o660)
         for s in self._servers:
             s.daemon_threads = True

@@ -1,16 +1,20 @@
 """What happens to a prediction after it is answered: drift, sample store, audit log.
 
-The request path only enqueues a ``PredictionBatch`` (bounded queue, never blocks; overflow
-is counted and reported) and remembers recent inputs in memory so that ``POST /feedback``
-can attach a label to any recent prediction. A worker thread feeds the drift detector,
-stores a sampled fraction of inputs, and appends a sampled audit log (with model version).
+The request path only appends a ``PredictionBatch`` to a bounded buffer (never blocks;
+overflow is counted and reported) and remembers recent inputs in memory so that
+``POST /feedback`` can attach a label to any recent prediction. A worker thread wakes every
+``flush_interval_s`` (or when the buffer is half full), feeds the drift detector, stores a
+sampled fraction of inputs, and appends a sampled audit log (with model version).
+
+Why not wake the worker per request: waking a thread hands it the GIL, and on a busy device
+the request thread then waits for it - measured at several ms per request on 2 loaded cores.
+One wake-up per interval costs the same work without the per-request hand-off.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import random
 import threading
 from collections import OrderedDict, deque
@@ -46,18 +50,21 @@ class PredictionBatch:
 class ObserverConfig:
     """Rates and bounds of the post-prediction work."""
 
-    queue_size: int = 256
+    queue_size: int = 256  # answered batches buffered between worker runs
+    flush_interval_s: float = 0.1
     sample_rate: float = 0.05  # fraction of predictions stored (unlabelled) for retraining
     audit_sample_rate: float = 0.01
     audit_path: Path | None = None
     audit_max_bytes: int = 8 * 1024 * 1024  # then rotated to <path>.1
-    recent_bytes: int = 16 * 1024 * 1024  # recent inputs kept in memory for feedback
+    recent_bytes: int = 4 * 1024 * 1024  # recent inputs kept in memory for feedback
     max_drift_reports: int = 1000  # undrained reports beyond this are dropped (oldest first)
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= self.queue_size <= 100_000:
-            raise AgentConfigError("observer queue_size must be in [1, 1e5]")
+        if not 2 <= self.queue_size <= 100_000:
+            raise AgentConfigError("observer queue_size must be in [2, 1e5]")
+        if not 0.001 <= self.flush_interval_s <= 60.0:
+            raise AgentConfigError("observer flush_interval_s must be in [1 ms, 60 s]")
         if not (0.0 <= self.sample_rate <= 1.0 and 0.0 <= self.audit_sample_rate <= 1.0):
             raise AgentConfigError("sample rates must be in [0, 1]")
         if not 4096 <= self.audit_max_bytes <= 1 << 34:
@@ -93,7 +100,8 @@ class PredictionObservers:
         self.config = config or ObserverConfig()
         self._drift = drift
         self._store = store
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.config.queue_size)
+        self._pending: deque[Any] = deque()  # append/popleft are atomic: no lock needed
+        self._wake = threading.Event()
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, tuple[NDArray[Any], int]] = OrderedDict()
@@ -122,29 +130,38 @@ class PredictionObservers:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Process what is pending, then end the worker."""
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._pending.append(_STOP)
+            self._wake.set()
             self._thread.join(timeout)
             self._thread = None
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far has been processed."""
-        if self._thread is not None:
-            self._queue.join()
+        if self._thread is None:
+            return False
+        done = threading.Event()
+        self._pending.append(("flush", done))
+        self._wake.set()
+        return done.wait(timeout)
 
     # -- request path ------------------------------------------------------------------------
     def submit(self, batch: PredictionBatch) -> None:
         """Hand an answered batch over (never blocks the request)."""
         self._remember(batch)
-        try:
-            self._queue.put_nowait(batch)
-        except queue.Full:
+        pending = len(self._pending)
+        if pending >= self.config.queue_size:
             with self._lock:
                 self._counts["dropped"] += 1
+            return
+        self._pending.append(batch)
+        if pending + 1 == self.config.queue_size // 2:
+            self._wake.set()  # busy: do not wait for the interval
 
     def set_drift_detector(self, detector: DriftDetector | None) -> None:
         """Switch reference (after a model swap), in order with the submitted batches."""
-        self._queue.put(("drift", detector))
+        self._pending.append(("drift", detector))
 
     def _remember(self, batch: PredictionBatch) -> None:
         if self.config.recent_bytes == 0:
@@ -189,20 +206,23 @@ class PredictionObservers:
     # -- worker ------------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            try:
+            self._wake.wait(self.config.flush_interval_s)
+            self._wake.clear()
+            while self._pending:
+                item = self._pending.popleft()
                 if item is _STOP:
                     return
-                if isinstance(item, tuple):
-                    self._drift = item[1]
-                else:
-                    self._process(item)
-            except Exception:  # one bad batch must not stop drift/audit for the rest
-                log.exception("prediction observer failed")
-                with self._lock:
-                    self._counts["failures"] += 1
-            finally:
-                self._queue.task_done()
+                try:
+                    if isinstance(item, tuple) and item[0] == "flush":
+                        item[1].set()
+                    elif isinstance(item, tuple):
+                        self._drift = item[1]
+                    else:
+                        self._process(item)
+                except Exception:  # one bad batch must not stop drift/audit for the rest
+                    log.exception("prediction observer failed")
+                    with self._lock:
+                        self._counts["failures"] += 1
 
     def _process(self, batch: PredictionBatch) -> None:
         reports: list[DriftWindowReport] = []

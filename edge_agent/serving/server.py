@@ -21,7 +21,12 @@ from edge_agent.errors import AgentConfigError, InferenceInputError, RuntimeBack
 from edge_agent.runtime.base import RuntimeReport
 from edge_agent.runtime.selection import LoadedModel
 from edge_agent.serving.observers import PredictionBatch, PredictionObservers
-from edge_agent.serving.validation import InputSpec, parse_request_inputs, validate_batch
+from edge_agent.serving.validation import (
+    InputSpec,
+    parse_binary_inputs,
+    parse_request_inputs,
+    validate_batch,
+)
 
 __all__ = ["ModelServer", "Prediction", "PredictionResult", "ServerStats", "ServingConfig"]
 
@@ -189,6 +194,21 @@ class ModelServer:
         try:
             try:
                 batch = parse_request_inputs(body, active.spec)
+            except InferenceInputError:
+                self._count("input_errors")
+                raise
+            return self._infer(active, batch)
+        finally:
+            self._release(active)
+
+    def predict_binary(
+        self, raw: bytes, shape_header: str | None, dtype_header: str | None
+    ) -> PredictionResult:
+        """Infer a raw little-endian tensor body (see ``parse_binary_inputs``)."""
+        active = self._acquire()
+        try:
+            try:
+                batch = parse_binary_inputs(raw, shape_header, dtype_header, active.spec)
             except InferenceInputError:
                 self._count("input_errors")
                 raise

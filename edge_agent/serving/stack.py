@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.drift.detector import DriftConfig, DriftDetector, DriftWindowReport
+from edge_agent.runtime._memory import release_free_memory
 from edge_agent.runtime.base import ModelArtifacts, RuntimeReport
 from edge_agent.runtime.capabilities import DeviceCapabilities, detect_capabilities
 from edge_agent.runtime.selection import RuntimeConfig, RuntimeProfile, select_backend
@@ -95,6 +96,10 @@ class InferenceStack:
             runtime=self.server.report,
             observers=self.observers.stats(),
         )
+
+    def release_memory(self) -> None:
+        """Return freed heap to the OS (call from the agent's periodic tick)."""
+        release_free_memory()
 
     def drain_drift_reports(self) -> list[DriftWindowReport]:
         return self.observers.drain_drift_reports()

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from edge_agent.errors import InferenceInputError
 
-__all__ = ["InputSpec", "parse_request_inputs", "validate_batch"]
+__all__ = ["InputSpec", "parse_binary_inputs", "parse_request_inputs", "validate_batch"]
 
 _WIRE_DTYPES = frozenset({"float32", "float16", "float64", "uint8", "int8", "int32", "int64"})
 
@@ -81,24 +81,51 @@ def parse_request_inputs(body: Mapping[str, Any], spec: InputSpec) -> NDArray[An
             raise InferenceInputError(f"model expects {spec.dtype} inputs")
         return validate_batch(arr, spec)
     if "inputs_b64" in body:
-        shape, dtype, data = body.get("shape"), body.get("dtype", "float32"), body["inputs_b64"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise InferenceInputError("'shape' must be a list of non-negative integers")
-        if not isinstance(dtype, str) or dtype not in _WIRE_DTYPES:
-            raise InferenceInputError(f"'dtype' must be one of {sorted(_WIRE_DTYPES)}")
-        if np.dtype(dtype) != spec.dtype:
-            raise InferenceInputError(f"model expects dtype {spec.dtype}, got {dtype}")
+        data = body["inputs_b64"]
         if not isinstance(data, str):
             raise InferenceInputError("'inputs_b64' must be a base64 string")
-        if len(shape) >= 1 and shape[0] > spec.max_batch:
-            raise InferenceInputError(f"batch of {shape[0]} exceeds the limit of {spec.max_batch}")
+        shape, dtype = _check_shape_dtype(body.get("shape"), body.get("dtype", "float32"), spec)
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InferenceInputError(f"'inputs_b64' is not valid base64: {exc}") from exc
-        expected = int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize
-        if len(raw) != expected:
-            raise InferenceInputError(f"{len(raw)} bytes do not fill shape {shape} of {dtype}")
-        arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
-        return validate_batch(arr, spec)
+        return _from_raw(raw, shape, dtype, spec)
     raise InferenceInputError("request needs 'inputs' or 'inputs_b64'")
+
+
+def parse_binary_inputs(
+    raw: bytes, shape_header: str | None, dtype_header: str | None, spec: InputSpec
+) -> NDArray[Any]:
+    """Decode a raw tensor body (``application/octet-stream``, little-endian, C order).
+
+    ``X-Shape: 4,3,96,96`` and ``X-Dtype: float32`` headers describe it. The fast path for
+    large tensors: no JSON or base64 work at all.
+    """
+    if not shape_header:
+        raise InferenceInputError("binary requests need an X-Shape header, e.g. '1,3,96,96'")
+    try:
+        shape = [int(d) for d in shape_header.split(",")]
+    except ValueError:
+        raise InferenceInputError(f"bad X-Shape header {shape_header!r}") from None
+    checked_shape, dtype = _check_shape_dtype(shape, dtype_header or "float32", spec)
+    return _from_raw(raw, checked_shape, dtype, spec)
+
+
+def _check_shape_dtype(shape: Any, dtype: Any, spec: InputSpec) -> tuple[list[int], str]:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InferenceInputError("'shape' must be a list of non-negative integers")
+    if not isinstance(dtype, str) or dtype not in _WIRE_DTYPES:
+        raise InferenceInputError(f"'dtype' must be one of {sorted(_WIRE_DTYPES)}")
+    if np.dtype(dtype) != spec.dtype:
+        raise InferenceInputError(f"model expects dtype {spec.dtype}, got {dtype}")
+    if len(shape) >= 1 and shape[0] > spec.max_batch:
+        raise InferenceInputError(f"batch of {shape[0]} exceeds the limit of {spec.max_batch}")
+    return shape, dtype
+
+
+def _from_raw(raw: bytes, shape: list[int], dtype: str, spec: InputSpec) -> NDArray[Any]:
+    expected = int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize
+    if len(raw) != expected:
+        raise InferenceInputError(f"{len(raw)} bytes do not fill shape {shape} of {dtype}")
+    arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    return validate_batch(arr, spec)

@@ -8,6 +8,7 @@ Retained status messages are coalesced: only the newest per topic waits in the o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -61,9 +62,7 @@ class Outbox:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 if retain:
-                    self._db.execute(
-                        "DELETE FROM outbox WHERE topic = ? AND retain = 1", (topic,)
-                    )
+                    self._db.execute("DELETE FROM outbox WHERE topic = ? AND retain = 1", (topic,))
                 cur = self._db.execute(
                     "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)",
                     (topic, payload, qos, int(retain)),
@@ -96,8 +95,11 @@ class Outbox:
             return
         with self._lock:
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._rollback()
                 raise TransportError(f"outbox delete failed: {exc}") from exc
 
     def __len__(self) -> int:
@@ -109,7 +111,5 @@ class Outbox:
             self._db.close()
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass

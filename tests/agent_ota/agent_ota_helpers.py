@@ -22,6 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_agent.config import AgentLimits, OtaTimeouts
+from edge_agent.ota import OtaUpdater
+from edge_agent.ota.health import HealthCheck
 from shared.bundle import (
     BundleManifest,
     RollbackOrder,
@@ -32,7 +35,7 @@ from shared.bundle import (
     sign_rollback_order,
 )
 from shared.chunks import encode_chunk, split_chunks
-from shared.messages import DeployCommand, RollbackCommand, new_id
+from shared.messages import ChunkRequest, DeployCommand, Event, Message, RollbackCommand, new_id
 from shared.signing import KeyEntry, Keyring, SigningKey, TrustRoot, format_time, sign_envelope
 from shared.topics import TopicScheme
 
@@ -276,3 +279,187 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+class BundleSender:
+    """A minimal hub side for agent tests (plain paho): sends deploy commands, publishes each
+    chunk once on the fan-out topic, answers chunk requests, records what devices report."""
+
+    def __init__(
+        self, topics: TopicScheme, *, port: int = 1883, answer_requests: bool = True
+    ) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.topics = topics
+        self.answer_requests = answer_requests
+        self.offers: dict[str, Offer] = {}
+        self.messages: list[tuple[str, Any]] = []  # (device_id, decoded message)
+        self.raw: list[tuple[str, bytes]] = []
+        self.requests: list[Any] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"hub-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        for channel in ("hello", "status", "events", "chunk-req", "telemetry", "drift"):
+            self.client.subscribe(topics.all_devices(channel), qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        from shared.messages import ChunkRequest, decode_message
+
+        try:
+            dt = self.topics.parse_device_topic(msg.topic)
+            decoded = decode_message(msg.payload)
+        except Exception:
+            return
+        with self._lock:
+            self.raw.append((msg.topic, bytes(msg.payload)))
+            self.messages.append((dt.device_id, decoded))
+        if isinstance(decoded, ChunkRequest):
+            self.requests.append(decoded)
+            offer = self.offers.get(decoded.bundle_id)
+            if offer is not None and self.answer_requests:
+                topic = self.topics.device(dt.device_id, "chunks")
+                for i in decoded.indices:
+                    if 0 <= i < len(offer.frames):
+                        client.publish(topic, offer.frames[i], qos=1)
+
+    def deploy(
+        self,
+        offer: Offer,
+        devices: list[str],
+        *,
+        chunks: list[int] | None = None,
+        settle_s: float = 0.3,
+    ) -> None:
+        self.offers[offer.bundle_id] = offer
+        for d in devices:
+            self.client.publish(self.topics.device(d, "cmd"), offer.command.encode(), qos=1)
+        time.sleep(settle_s)  # let agents subscribe to the fan-out topic
+        self.fanout(offer, chunks)
+
+    def fanout(self, offer: Offer, chunks: list[int] | None = None) -> None:
+        topic = offer.command.chunk_topic
+        for i in range(len(offer.frames)) if chunks is None else chunks:
+            self.client.publish(topic, offer.frames[i], qos=1)
+
+    def send(self, device: str, message: Any) -> None:
+        self.client.publish(self.topics.device(device, "cmd"), message.encode(), qos=1)
+
+    def of(self, device: str, cls: type) -> list[Any]:
+        with self._lock:
+            return [m for d, m in self.messages if d == device and isinstance(m, cls)]
+
+    def kinds(self, device: str, deployment_id: str) -> list[str]:
+        from shared.messages import Event
+
+        return [e.kind for e in self.of(device, Event) if e.deployment_id == deployment_id]
+
+    def wait_kind(self, device: str, deployment_id: str, kind: str, timeout: float = 30.0) -> bool:
+        return wait_for(lambda: kind in self.kinds(device, deployment_id), timeout)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Clock:
+    """Wall-clock time that tests can jump forward (manifests carry real expiry times)."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@dataclass
+class Harness:
+    """An ``OtaUpdater`` whose reports and subscriptions are recorded; ``restart`` builds a
+    fresh updater over the same state directory, as a new process would."""
+
+    state_dir: Path
+    auth: Authority
+    clock: Clock
+    topics: TopicScheme = field(default_factory=lambda: TopicScheme("unit"))
+    sent: list[Message] = field(default_factory=list)
+    subscribed: set[str] = field(default_factory=set)
+    health_check: HealthCheck | None = None
+    limits: AgentLimits = field(default_factory=lambda: AgentLimits(fsync_chunks=False))
+    updater: OtaUpdater = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.updater = self._build()
+
+    def _build(self) -> OtaUpdater:
+        return OtaUpdater(
+            device_id="dev-1",
+            device_class="x86-cpu",
+            state_dir=self.state_dir,
+            trust=self.auth.trust,
+            topics=self.topics,
+            emit=self.sent.append,
+            subscribe=self.subscribed.add,
+            unsubscribe=self.subscribed.discard,
+            timeouts=OtaTimeouts(chunk_retry_s=1.0, download_s=60.0),
+            limits=self.limits,
+            health_check=self.health_check,
+            clock=self.clock,
+        )
+
+    def restart(self) -> OtaUpdater:
+        self.updater.close()
+        self.subscribed.clear()
+        self.updater = self._build()
+        self.updater.recover()
+        return self.updater
+
+    def offer(self, version: int, **kw: Any) -> Offer:
+        chunk_size = int(kw.pop("chunk_size", 256))
+        return make_offer(
+            make_bundle(self.auth, version=version, **kw), self.topics, chunk_size=chunk_size
+        )
+
+    def deliver(self, offer: Offer, indices: list[int] | None = None) -> None:
+        self.updater.handle_deploy(offer.command)
+        self.chunks(offer, indices)
+
+    def chunks(self, offer: Offer, indices: list[int] | None = None) -> None:
+        for i in range(len(offer.frames)) if indices is None else indices:
+            self.updater.handle_chunk(offer.frames[i])
+
+    def events(self, deployment_id: str | None = None) -> list[str]:
+        return [
+            m.kind
+            for m in self.sent
+            if isinstance(m, Event) and (deployment_id is None or m.deployment_id == deployment_id)
+        ]
+
+    def event(self, deployment_id: str, kind: str) -> Event:
+        for m in self.sent:
+            if isinstance(m, Event) and m.deployment_id == deployment_id and m.kind == kind:
+                return m
+        raise AssertionError(f"no {kind} event for {deployment_id}: {self.events(deployment_id)}")
+
+    def requests(self) -> list[ChunkRequest]:
+        return [m for m in self.sent if isinstance(m, ChunkRequest)]
+
+    def answer(self, frames: list[bytes]) -> None:
+        """Deliver ``frames`` at the indices of the latest chunk request (the hub's repair)."""
+        for i in self.requests()[-1].indices:
+            self.updater.handle_chunk(frames[i])
+
+    @property
+    def active_bundle(self) -> str | None:
+        slot = self.updater.slots.active()
+        return slot.meta.bundle_id if slot else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from edge_agent.ota.machine import (
@@ -22,12 +24,12 @@ from edge_agent.ota.machine import (
 TIMEOUTS = phase_timeouts(download_s=10, verify_s=20, install_s=30, health_s=40, rollback_s=50)
 
 
-def _dep(phase: Phase = Phase.IDLE, **kw: object) -> Deployment:
+def _dep(phase: Phase = Phase.IDLE, **kw: Any) -> Deployment:
     from dataclasses import replace
 
     return replace(
         new_deployment("d1", kind="deploy", now=0.0, bundle_id="b" * 64), phase=phase, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def _run(dep: Deployment, *triggers: Trigger) -> Deployment:
@@ -103,7 +105,8 @@ def test_every_non_terminal_phase_can_end() -> None:
     for phase in Phase:
         if phase == Phase.IDLE or phase in TERMINAL:
             continue
-        seen, todo = set(), [phase]
+        seen: set[Phase] = set()
+        todo: list[Phase] = [phase]
         while todo:
             p = todo.pop()
             for q in reach[p] - seen:

@@ -129,7 +129,9 @@ def test_reference_stats_json_round_trip_and_refusals() -> None:
     scale=st.floats(min_value=1e-3, max_value=1e3),
     discrete=st.booleans(),
 )
-def test_reference_stats_from_any_data_round_trip(n: int, d: int, scale: float, discrete: bool) -> None:
+def test_reference_stats_from_any_data_round_trip(
+    n: int, d: int, scale: float, discrete: bool
+) -> None:
     x = np.random.default_rng(n * d).normal(scale=scale, size=(n, d))
     if discrete:
         x = np.round(x / scale)  # ties in the quantiles must not break the bins

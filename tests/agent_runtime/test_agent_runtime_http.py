@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent.errors import AgentConfigError
 from edge_agent.runtime import RuntimeProfile
 from edge_agent.samples import SampleStoreConfig
 from edge_agent.serving import HttpApiConfig, ObserverConfig
 from edge_agent.serving.stack import InferenceStack, InferenceStackConfig
-from edge_agent.errors import AgentConfigError
 from shared.drift_reference import ReferenceStats
 
 
@@ -50,7 +50,9 @@ def _conn(stack) -> http.client.HTTPConnection:
     return http.client.HTTPConnection("127.0.0.1", stack.api.port, timeout=10)
 
 
-def test_predict_batch_then_bad_inputs_get_4xx_and_server_keeps_serving(stack, sensor_model) -> None:
+def test_predict_batch_then_bad_inputs_get_4xx_and_server_keeps_serving(
+    stack, sensor_model
+) -> None:
     conn = _conn(stack)  # one keep-alive connection through every error
     x = sensor_model.batch(4)
     status, body = _call(conn, "POST", "/predict", json.dumps({"inputs": x.tolist()}).encode())
@@ -69,8 +71,11 @@ def test_predict_batch_then_bad_inputs_get_4xx_and_server_keeps_serving(stack, s
         (json.dumps({"inputs": [[1.0] * 12, [1.0] * 11]}).encode(), 422, "InferenceInputError"),
         (
             json.dumps(
-                {"inputs_b64": base64.b64encode(x.astype(np.float64).tobytes()).decode(),
-                 "shape": [4, 12], "dtype": "float64"}
+                {
+                    "inputs_b64": base64.b64encode(x.astype(np.float64).tobytes()).decode(),
+                    "shape": [4, 12],
+                    "dtype": "float64",
+                }
             ).encode(),
             422,
             "InferenceInputError",
@@ -86,7 +91,11 @@ def test_predict_batch_then_bad_inputs_get_4xx_and_server_keeps_serving(stack, s
     status, body = _call(conn, "POST", "/predict", json.dumps({"inputs": x[0].tolist()}).encode())
     assert status == 200 and len(body["predictions"]) == 1  # a single sample is a batch of 1
 
-    b64 = {"inputs_b64": base64.b64encode(x.tobytes()).decode(), "shape": [4, 12], "dtype": "float32"}
+    b64 = {
+        "inputs_b64": base64.b64encode(x.tobytes()).decode(),
+        "shape": [4, 12],
+        "dtype": "float32",
+    }
     status, body = _call(conn, "POST", "/predict", json.dumps(b64).encode())
     assert status == 200 and len(body["predictions"]) == 4
 
@@ -105,7 +114,9 @@ def test_oversized_body_is_refused_with_413(stack) -> None:
     assert status == 200
 
 
-def test_feedback_labels_reach_the_sample_store_and_audit_log(stack, sensor_model, tmp_path) -> None:
+def test_feedback_labels_reach_the_sample_store_and_audit_log(
+    stack, sensor_model, tmp_path
+) -> None:
     conn = _conn(stack)
     x = sensor_model.batch(3, seed=9)
     _, body = _call(conn, "POST", "/predict", json.dumps({"inputs": x.tolist()}).encode())
@@ -137,7 +148,9 @@ def test_unix_socket_serves_the_same_api(stack, sensor_model, tmp_path) -> None:
             self.sock.connect(str(tmp_path / "agent.sock"))
 
     conn = UnixConnection("localhost", timeout=10)
-    status, body = _call(conn, "POST", "/predict", json.dumps({"inputs": sensor_model.batch(2).tolist()}).encode())
+    status, body = _call(
+        conn, "POST", "/predict", json.dumps({"inputs": sensor_model.batch(2).tolist()}).encode()
+    )
     assert status == 200 and len(body["predictions"]) == 2
 
 

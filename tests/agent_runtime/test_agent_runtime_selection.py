@@ -86,9 +86,7 @@ def test_broken_model_file_fails_over_to_next_candidate(sensor_model, tmp_path: 
     artifacts = ModelArtifacts(
         version=1, onnx=bad, state_dict=sensor_model.state_dict, model_name="sensor-mlp"
     )
-    r = select_backend(
-        artifacts, RuntimeProfile(preferred=("onnxruntime:cpu", "torch:cpu"))
-    ).report
+    r = select_backend(artifacts, RuntimeProfile(preferred=("onnxruntime:cpu", "torch:cpu"))).report
     assert r.backend == "torch" and r.provider == "cpu"
     assert r.attempts[0].outcome == "failed" and "cannot load bad.onnx" in r.attempts[0].reason
     assert r.warnings and r.warnings[0].startswith("runtime fallback to torch:cpu")
@@ -123,7 +121,9 @@ def test_profile_validation_and_aliases() -> None:
 def test_tensorrt_needs_cache_dir_and_cache_key_names_gpu_and_version(sensor_model) -> None:
     key = tensorrt_cache_key("NVIDIA Orin (nvgpu)", "10.3.0")
     assert key == "NVIDIA_Orin_nvgpu_-trt10.3.0"
-    assert tensorrt_cache_key("NVIDIA H200", "10.3.0") != tensorrt_cache_key("NVIDIA H200", "10.4.0")
+    assert tensorrt_cache_key("NVIDIA H200", "10.3.0") != tensorrt_cache_key(
+        "NVIDIA H200", "10.4.0"
+    )
     caps = DeviceCapabilities(
         ort_providers=("TensorrtExecutionProvider", "CPUExecutionProvider"), gpu_name="X"
     )
@@ -164,9 +164,7 @@ def test_runtime_package_does_not_import_torch() -> None:
 @pytest.mark.skipif(not HAS_CUDA_ORT, reason="needs onnxruntime with CUDA")
 def test_gpu_onnxruntime_cuda_selected_and_matches_cpu(sensor_model) -> None:
     x = sensor_model.batch(8)
-    gpu = select_backend(
-        sensor_model.artifacts(), RuntimeProfile(preferred=("onnxruntime:cuda",))
-    )
+    gpu = select_backend(sensor_model.artifacts(), RuntimeProfile(preferred=("onnxruntime:cuda",)))
     assert gpu.report.is_gpu and gpu.report.provider == "CUDAExecutionProvider"
     assert gpu.report.device == CAPS.gpu_name
     cpu = select_backend(sensor_model.artifacts(), RuntimeProfile(preferred=("onnxruntime:cpu",)))

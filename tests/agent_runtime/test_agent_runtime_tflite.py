@@ -31,9 +31,7 @@ def test_tflite_backend_matches_onnxruntime_on_the_same_weights(
             dynamic_axes={"input": {0: "batch"}},
         )
     tfl_path = tmp_path / "fc.tflite"
-    tfl_path.write_bytes(
-        make_fc_tflite(layer.weight.detach().numpy(), layer.bias.detach().numpy())
-    )
+    tfl_path.write_bytes(make_fc_tflite(layer.weight.detach().numpy(), layer.bias.detach().numpy()))
     artifacts = ModelArtifacts(version=2, onnx=onnx_path, tflite=tfl_path)
     tfl = select_backend(artifacts, RuntimeProfile(preferred=("tflite:cpu",)))
     assert (tfl.report.backend, tfl.report.provider) == ("tflite", "cpu")
@@ -48,7 +46,9 @@ def test_corrupt_tflite_fails_over_with_reason(tmp_path: Path, sensor_model) -> 
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"TFL3 garbage")
     artifacts = ModelArtifacts(version=1, onnx=sensor_model.onnx, tflite=bad)
-    r = select_backend(artifacts, RuntimeProfile(preferred=("tflite:cpu", "onnxruntime:cpu"))).report
+    r = select_backend(
+        artifacts, RuntimeProfile(preferred=("tflite:cpu", "onnxruntime:cpu"))
+    ).report
     assert r.attempts[0].outcome == "failed" and "bad.tflite" in r.attempts[0].reason
     assert r.backend == "onnxruntime"
     assert r.warnings and "tflite:cpu" in r.warnings[0]

@@ -1,4 +1,8 @@
-"""Fixtures for the compression tests: small models really trained on the hub-held data."""
+"""Fixtures for the compression tests: small models really trained on the hub-held data.
+
+Test modules use these only as fixtures (the suite runs with ``--import-mode=importlib``,
+where a test cannot import a sibling module).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ class Trained:
     eval: LabelledSet
 
 
-def _train(name: str, epochs: int, lr: float) -> Trained:
+def train(name: str, epochs: int, lr: float) -> Trained:
     calib, evaluation = hub_datasets(name)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 3x faster than 2 threads on the shared 2-core machine
@@ -43,19 +47,36 @@ def _train(name: str, epochs: int, lr: float) -> Trained:
     return Trained(name, model, state, calib, evaluation)
 
 
+class Eig(torch.nn.Module):
+    """A model whose operator (torch.linalg.eig) has no ONNX translation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.linear(x.reshape(x.shape[0], 8, 8))
+        return torch.linalg.eig(m)[0].real
+
+
 @pytest.fixture(scope="session")
 def digits() -> Trained:
     """The digits CNN trained for a few seconds (~97 % on the held-out 20 %)."""
-    return _train("digits-cnn", epochs=8, lr=3e-3)
+    return train("digits-cnn", epochs=8, lr=3e-3)
 
 
 @pytest.fixture(scope="session")
 def sensors() -> Trained:
     """The sensor MLP trained for about a second."""
-    return _train("sensor-mlp", epochs=10, lr=3e-3)
+    return train("sensor-mlp", epochs=10, lr=3e-3)
 
 
 @pytest.fixture()
 def fast_config() -> CompressionConfig:
     """Few latency repeats: the tests check the figures exist, the benchmark measures them."""
     return CompressionConfig(latency=LatencyConfig(warmup=1, repeats=3))
+
+
+@pytest.fixture()
+def unexportable_model() -> torch.nn.Module:
+    return Eig()

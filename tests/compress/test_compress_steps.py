@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import Trained
 from onnx import numpy_helper
 
 from cloud_hub.compress.calibration import ArrayCalibrationReader, LabelledSet
@@ -21,19 +21,7 @@ from cloud_hub.compress.quantize import gemm_to_matmul, plan_quantization, quant
 from cloud_hub.errors import CompressionError
 
 
-class Eig(torch.nn.Module):
-    """A model whose operator (torch.linalg.eig) has no ONNX translation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(8, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.linear(x.reshape(x.shape[0], 8, 8))
-        return torch.linalg.eig(m)[0].real
-
-
-def _export(trained: Trained, tmp_path: Path) -> tuple[Path, Path]:
+def _export(trained: Any, tmp_path: Path) -> tuple[Path, Path]:
     from shared.models import get_spec
 
     raw = tmp_path / "fp32.onnx"
@@ -45,7 +33,7 @@ def _logits(path: Path, x: np.ndarray) -> np.ndarray:
     return predict(onnx_predictor(path), x)
 
 
-def test_export_has_a_dynamic_batch_and_matches_torch(digits: Trained, tmp_path: Path) -> None:
+def test_export_has_a_dynamic_batch_and_matches_torch(digits: Any, tmp_path: Path) -> None:
     info = export_onnx(digits.model, (1, 8, 8), tmp_path / "m.onnx")
     assert info.input_shape == (None, 1, 8, 8) and {"Conv", "Gemm"} <= info.op_types
     assert not (tmp_path / "m.onnx.data").exists()  # one self-contained file
@@ -55,9 +43,11 @@ def test_export_has_a_dynamic_batch_and_matches_torch(digits: Trained, tmp_path:
         np.testing.assert_allclose(fn(digits.eval.x[:batch]), ref[:batch], atol=1e-4)
 
 
-def test_export_refuses_an_unsupported_operator(tmp_path: Path) -> None:
+def test_export_refuses_an_unsupported_operator(
+    unexportable_model: torch.nn.Module, tmp_path: Path
+) -> None:
     with pytest.raises(CompressionError, match="unsupported operator"):
-        export_onnx(Eig(), (1, 8, 8), tmp_path / "eig.onnx")
+        export_onnx(unexportable_model, (1, 8, 8), tmp_path / "eig.onnx")
 
 
 def test_check_refuses_a_file_that_is_not_onnx(tmp_path: Path) -> None:
@@ -67,16 +57,14 @@ def test_check_refuses_a_file_that_is_not_onnx(tmp_path: Path) -> None:
         check_onnx(bogus)
 
 
-def test_optimized_graph_computes_the_same(digits: Trained, tmp_path: Path) -> None:
+def test_optimized_graph_computes_the_same(digits: Any, tmp_path: Path) -> None:
     raw, optimized = _export(digits, tmp_path)
     np.testing.assert_allclose(
         _logits(optimized, digits.eval.x), _logits(raw, digits.eval.x), atol=1e-4
     )
 
 
-def test_static_int8_is_per_channel_qdq_and_agrees_with_fp32(
-    digits: Trained, tmp_path: Path
-) -> None:
+def test_static_int8_is_per_channel_qdq_and_agrees_with_fp32(digits: Any, tmp_path: Path) -> None:
     raw, optimized = _export(digits, tmp_path)
     out = tmp_path / "int8.onnx"
     plan = quantize_int8(
@@ -107,7 +95,7 @@ def test_static_int8_is_per_channel_qdq_and_agrees_with_fp32(
 
 
 def test_dynamic_int8_leaves_convs_alone_and_quantizes_dense_layers(
-    sensors: Trained, tmp_path: Path
+    sensors: Any, tmp_path: Path
 ) -> None:
     raw, optimized = _export(sensors, tmp_path)
     out = tmp_path / "dyn.onnx"
@@ -140,7 +128,7 @@ def test_plan_chooses_the_mode_per_layer_type() -> None:
         plan_quantization(cnn, "int4")
 
 
-def test_int8_refuses_an_empty_calibration_set(digits: Trained, tmp_path: Path) -> None:
+def test_int8_refuses_an_empty_calibration_set(digits: Any, tmp_path: Path) -> None:
     _, optimized = _export(digits, tmp_path)
     with pytest.raises(CompressionError, match="calibration set"):
         quantize_int8(
@@ -156,7 +144,7 @@ def test_int8_refuses_an_empty_calibration_set(digits: Trained, tmp_path: Path) 
         LabelledSet.of(np.zeros((0, 1, 8, 8)), np.zeros(0, dtype=np.int64), role="calibration")
 
 
-def test_gemm_rewrite_is_exact(sensors: Trained, tmp_path: Path) -> None:
+def test_gemm_rewrite_is_exact(sensors: Any, tmp_path: Path) -> None:
     _, optimized = _export(sensors, tmp_path)
     rewritten = gemm_to_matmul(optimized, tmp_path / "mm.onnx")
     ops = [n.op_type for n in onnx.load(str(rewritten)).graph.node]
@@ -166,7 +154,7 @@ def test_gemm_rewrite_is_exact(sensors: Trained, tmp_path: Path) -> None:
     )
 
 
-def test_fp16_halves_the_weights_and_keeps_float32_io(digits: Trained, tmp_path: Path) -> None:
+def test_fp16_halves_the_weights_and_keeps_float32_io(digits: Any, tmp_path: Path) -> None:
     raw, optimized = _export(digits, tmp_path)
     out = convert_fp16(optimized, tmp_path / "fp16.onnx")
     model = onnx.load(str(out))
@@ -177,7 +165,7 @@ def test_fp16_halves_the_weights_and_keeps_float32_io(digits: Trained, tmp_path:
     assert agreement >= 0.98
 
 
-def test_pruning_zeroes_the_smallest_weights_of_a_copy(digits: Trained) -> None:
+def test_pruning_zeroes_the_smallest_weights_of_a_copy(digits: Any) -> None:
     pruned, report = prune_magnitude(digits.model, 0.5)
     assert 0.49 <= report.sparsity <= 0.51
     assert all(not hasattr(m, "weight_orig") for m in pruned.modules())  # made permanent
@@ -198,3 +186,38 @@ def test_calibration_reader_yields_every_sample_and_rewinds() -> None:
     first = reader.get_next()
     assert first is not None
     np.testing.assert_array_equal(first["input"], x[:32])
+
+
+def _metrics(**changes: Any) -> Any:
+    from cloud_hub.compress.evaluate import ArtifactMetrics
+
+    base = {
+        "eval_samples": 100,
+        "accuracy_fp32": 0.97,
+        "accuracy": 0.96,
+        "top1_agreement": 0.99,
+        "size_bytes_fp32": 4_000_000,
+        "size_bytes": 1_048_576,
+        "latency_ms": {"b1": 2.0, "b32": 20.0},
+        "latency_ms_fp32_torch": {"b1": 5.0, "b32": 50.0},
+        "latency_threads": 1,
+    }
+    return ArtifactMetrics(**{**base, **changes})
+
+
+def test_gate_names_every_exceeded_budget_with_both_numbers() -> None:
+    from cloud_hub.compress.gate import budget_violations, enforce_budgets
+    from cloud_hub.compress.profile import Budgets
+    from cloud_hub.errors import GateRefusedError
+
+    budgets = Budgets(max_size_mb=1.0, max_accuracy_drop_pts=1.0, max_latency_ms=2.0)
+    assert budget_violations(_metrics(), budgets) == ()  # exactly at the limits passes
+    enforce_budgets("x", _metrics(), budgets)
+    bad = _metrics(accuracy=0.90, size_bytes=3 * 1_048_576, latency_ms={"b1": 9.5, "b32": 1.0})
+    assert len(budget_violations(bad, budgets)) == 3
+    with pytest.raises(GateRefusedError) as err:
+        enforce_budgets("x86-cpu", bad, budgets)
+    text = str(err.value)
+    assert "size 3.000 MB > max 1.000 MB" in text
+    assert "accuracy drop 7.00 pts (fp32 97.00% -> 90.00%) > max 1.00 pts" in text
+    assert "batch-1 latency 9.500 ms > max 2.000 ms" in text

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cloud_hub.fl import FederatedRunConfig, SecAggConfig, SecureRoundAbortedError, run_federated
-from shared.fl.client import DropoutSchedule
+from shared.fl.mods import DropoutSchedule
 
 # The packages re-export functions under the same names, so import the modules explicitly.
 client_module = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")

@@ -215,3 +215,57 @@ class ScriptedDevice:
         self._stop.set()
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def tiny_onnx_model(features: int = 4, classes: int = 3) -> bytes:
+    """A real ONNX model (MatMul + Add) built without torch, for fast end-to-end tests."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(features, classes)).astype(np.float32), "W")
+    b = numpy_helper.from_array(np.zeros(classes, dtype=np.float32), "B")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "W"], ["h"]),
+            helper.make_node("Add", ["h", "B"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def make_model_bundle(
+    keys: KeyStore,
+    *,
+    version: int,
+    padding: int = 0,
+    device_class: str = "x86-cpu",
+    name: str = "digits",
+    model: bytes | None = None,
+) -> BuiltFixture:
+    """A bundle with a real ONNX model (+ ``padding`` random bytes as an extra artifact)."""
+    import os
+
+    from cloud_hub.bundles import build_signed_bundle
+    from shared.bundle import artifact_info
+
+    onnx_bytes = model if model is not None else tiny_onnx_model()
+    arts = [(artifact_info("model.onnx", onnx_bytes, "model", "application/onnx"), onnx_bytes)]
+    if padding:
+        pad = os.urandom(padding)
+        arts.append((artifact_info("padding.bin", pad, "other"), pad))
+    built = build_signed_bundle(
+        keys,
+        default_store(keys),
+        BundleSpec(model_name=name, device_class=device_class, version=version),
+        arts,
+    )
+    return BuiltFixture(keys, built.data, built.bundle_id)

@@ -33,6 +33,14 @@ def test_lifecycle_to_commit_with_duplicates_and_stale_events() -> None:
         p = advance(p, ev(kind, f"k{i}"), 4.0 + i)
     assert p.terminal and p.state is DeliveryState.COMMITTED and p.finished == 7.0
     assert advance(p, ev("failed", "late"), 9.0) is p  # terminal is final
+    assert p.history == (
+        "download_started",
+        "download_complete",
+        "verified",
+        "installed",
+        "health_ok",
+        "committed",
+    )
 
 
 def test_failures_and_unknown_kinds() -> None:

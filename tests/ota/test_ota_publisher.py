@@ -9,13 +9,14 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from ota_support import ScriptedDevice, make_bundle
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
 from cloud_hub.errors import DeliveryError, HubConfigError
 from shared.errors import MalformedBundleError
 from shared.messages import new_id
+
+from .ota_support import ScriptedDevice, make_bundle
 
 pytestmark = pytest.mark.integration
 PORT = 1883

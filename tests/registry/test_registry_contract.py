@@ -64,7 +64,7 @@ def test_hello_creates_device_and_is_last_writer_wins(registry: Registry) -> Non
     assert d.agent_version == "0.1.0"
     assert d.labels == {"site": "p3"}
     assert d.free_disk_bytes == 8 * 1024**3
-    assert d.last_seen == T0 + 10
+    assert d.last_seen == T0  # the hub's clock, not the device's
     with registry.session() as s:
         assert [c.name for c in catalog.list_device_classes(s)] == ["rpi4"]
         with pytest.raises(NotFoundError):
@@ -106,6 +106,7 @@ def _fleet(registry: Registry, n: int = 30) -> None:
             s, [status(f"dev-{i:03d}", T0 + 100 + i, version=1 + i % 2) for i in range(n)], now=T0
         )
         devices.set_online(s, {f"dev-{i:03d}": i % 4 != 0 for i in range(n)})
+        devices.touch_devices(s, {f"dev-{i:03d}": T0 + 200 + i for i in range(n)}, now=T0)
 
 
 def test_device_listing_filters_paginates_and_sorts(registry: Registry) -> None:

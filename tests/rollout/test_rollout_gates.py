@@ -115,7 +115,18 @@ def test_abort_rule_fails_early_without_waiting() -> None:
     assert result.reason.startswith("abort rule")
     assert (result.failed, result.pending) == (3, 6)
     # below the minimum number finished: only waits
-    assert _eval(reports[2:], now=95.0).verdict is GateVerdict.WAIT
+    lenient = replace(GATES, min_install_success=0.5)
+    assert _eval(reports[2:], now=95.0, thresholds=lenient).verdict is GateVerdict.WAIT
+
+
+def test_unreachable_install_ratio_fails_without_waiting() -> None:
+    reports = [_good(0, install=FAIL)] + [DeviceReport(f"p{i}") for i in range(5)]
+    result = _eval(reports, now=95.0)  # 5/6 at best < 0.9
+    assert result.verdict is GateVerdict.FAIL
+    assert "install_success" in result.reason and result.pending == 5
+    assert _eval([*reports, *(DeviceReport(f"q{i}") for i in range(5))], now=95.0).verdict is (
+        GateVerdict.WAIT
+    )  # 10/11 could still pass
 
 
 def test_offline_device_waited_for_then_counted_after_timeout() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud_hub.errors import RolloutError
@@ -87,6 +87,7 @@ def test_table_targets_are_states_or_stage_targets() -> None:
         assert isinstance(target, RolloutState | Target)
 
 
+@settings(deadline=None)
 @given(
     actions=st.lists(st.sampled_from(list(RolloutAction)), max_size=30),
     n_stages=st.integers(min_value=1, max_value=6),

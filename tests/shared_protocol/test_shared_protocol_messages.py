@@ -155,7 +155,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
 
 
 @given(messages)
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 def test_message_round_trip(msg: Message) -> None:
     encoded = msg.encode()
     decoded = decode_message(encoded)
@@ -232,7 +232,7 @@ FIELD_NAMES = [
     st.sampled_from(["1.0", "1.7", "2.0", "0.9", "1", "x.y", "", "1.0.0"]) | texts,
     st.dictionaries(st.sampled_from(FIELD_NAMES) | texts, json_value, max_size=8),
 )
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 def test_typed_garbage_raises_only_protocol_errors(
     type_name: str, version: str, fields: dict[str, Any]
 ) -> None:
@@ -241,7 +241,7 @@ def test_typed_garbage_raises_only_protocol_errors(
 
 
 @given(messages, st.data())
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 def test_truncated_or_mutated_valid_messages(msg: Message, data: st.DataObject) -> None:
     encoded = msg.encode()
     cut = data.draw(st.integers(min_value=0, max_value=len(encoded)))

@@ -1,0 +1,364 @@
+"""Benchmark of the device-side inference stack against a bare onnxruntime session.
+
+Same run, same model (a MobileNet-v1-sized CNN at 96x96, exported to ONNX here), same thread
+count, interleaved rounds:
+
+* bare     - ``onnxruntime.InferenceSession.run`` on one batch-1 input
+* inproc   - ``ModelServer.predict`` with validation, softmax, ids, latency stats and the
+             observers (drift + sample store) running - what an in-process caller gets
+* http     - ``POST /predict`` to a real agent process (``python -m edge_agent.serving``:
+             serving + telemetry + drift + sample store) over keep-alive loopback HTTP, with
+             the tensor as base64 in JSON (nested JSON lists are measured too, for contrast)
+
+Also: the agent process's idle RSS, drift false-alarm rate over >= 500 stationary windows,
+windows until an injected shift is flagged, drift cost per sample, and - where onnxruntime
+has CUDA - the GPU backend's speedup over CPU. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.drift import DriftConfig, DriftDetector  # noqa: E402
+from edge_agent.runtime import ModelArtifacts, RuntimeConfig, RuntimeProfile  # noqa: E402
+from edge_agent.samples import SampleStoreConfig  # noqa: E402
+from edge_agent.serving import ObserverConfig  # noqa: E402
+from edge_agent.serving.stack import InferenceStack, InferenceStackConfig  # noqa: E402
+from shared.data import SensorDriftSpec, generate_sensor_data  # noqa: E402
+from shared.drift_reference import ReferenceStats  # noqa: E402
+
+INPUT_SHAPE = (3, 96, 96)
+
+
+def build_mobilenet96(width: float = 0.75, num_classes: int = 10) -> Any:
+    """MobileNet v1 at width 0.75 for 96x96 inputs (1.8 M parameters, ~0.2 GFLOP).
+
+    Small inputs keep more resolution: the stem has stride 1 (as in CIFAR-style MobileNets),
+    the 13 depthwise-separable blocks are the original ones.
+    """
+    from torch import nn
+
+    def c(n: int) -> int:
+        return int(n * width)
+
+    def block(cin: int, cout: int, stride: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
+
+    class MobileNet96(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            cfg = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)]
+            cfg += [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+            layers: list[nn.Module] = [
+                nn.Conv2d(3, c(32), 3, 1, 1, bias=False),
+                nn.BatchNorm2d(c(32)),
+                nn.ReLU6(inplace=True),
+            ]
+            cin = c(32)
+            for cout, stride in cfg:
+                layers.append(block(cin, c(cout), stride))
+                cin = c(cout)
+            self.features = nn.Sequential(*layers)
+            self.head = nn.Linear(cin, num_classes)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(self.features(x).mean((2, 3)))
+
+    return MobileNet96().eval()
+
+
+def export_onnx(path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = build_mobilenet96()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, *INPUT_SHAPE),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def timed(fn: Any, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000.0)
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    return float(psutil.Process(pid).memory_info().rss / 2**20)
+
+
+def start_agent(
+    model: Path, ref: Path, state: Path, threads: int
+) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.serving",
+            "--model",
+            str(model),
+            "--reference",
+            str(ref),
+            "--state-dir",
+            str(state),
+            "--port",
+            "0",
+            "--threads",
+            str(threads),
+            "--providers",
+            "cpu",
+            "--telemetry-interval",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit("agent process did not start")
+    return proc, json.loads(line)["url"]
+
+
+def bench_drift(quick: bool) -> dict[str, Any]:
+    """Stationary false alarms over >= 500 windows; windows until a shift is flagged."""
+    window = 500
+    n_windows = 520 if quick else 1000
+    x_ref, _ = generate_sensor_data(5000, seed=0, sample_seed=1)
+    rng = np.random.default_rng(0)
+    ref = ReferenceStats.from_samples(x_ref, confidences=rng.beta(8, 2, 5000))
+    det = DriftDetector(ref, DriftConfig(window_size=window))
+    x, _ = generate_sensor_data(n_windows * window, seed=0, sample_seed=2)
+    conf = rng.beta(8, 2, x.shape[0])
+    t = time.perf_counter()
+    reports = []
+    for s in range(0, x.shape[0], 64):  # request-sized batches
+        reports += det.observe(x[s : s + 64], conf[s : s + 64])
+    cost_us = (time.perf_counter() - t) / x.shape[0] * 1e6
+    false_alarm = sum(r.drifted for r in reports) / len(reports)
+    # shift injected mid-window: count windows (from the one it starts in) until flagged
+    det = DriftDetector(ref, DriftConfig(window_size=window))
+    det.observe(*(a[: 2 * window + 250] for a in (x, conf)))
+    shifted, _ = generate_sensor_data(
+        5 * window, seed=0, sample_seed=3, drift=SensorDriftSpec(shift=0.5)
+    )
+    detected = None
+    for i, r in enumerate(det.observe(shifted, rng.beta(8, 2, shifted.shape[0]))):
+        if r.drifted:
+            detected = i + 1
+            break
+    img = np.random.default_rng(1).random((2000, *INPUT_SHAPE), dtype=np.float32)
+    img_det = DriftDetector(ReferenceStats.from_samples(img[:1000]), DriftConfig(window_size=500))
+    t = time.perf_counter()
+    for s in range(1000, 2000):
+        img_det.observe(img[s : s + 1], None)
+    img_cost_us = (time.perf_counter() - t) / 1000 * 1e6
+    return {
+        "drift_false_alarm_rate": false_alarm,
+        "drift_windows_measured": len(reports),
+        "drift_detected_within_windows": detected,
+        "drift_cost_us_per_sample": cost_us,
+        "drift_cost_us_per_image_sample": img_cost_us,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="< 60 s")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    args = ap.parse_args()
+    rounds, per_round = (4, 25) if args.quick else (8, 60)
+
+    import onnxruntime as ort
+
+    tmp = Path(tempfile.mkdtemp(prefix="fedfleet-bench-agent-"))
+    model_path = tmp / "mobilenet96.onnx"
+    export_onnx(model_path)
+    rng = np.random.default_rng(0)
+    calib = rng.random((200, *INPUT_SHAPE), dtype=np.float32)
+    ref_path = tmp / "reference.json"
+    ref_path.write_bytes(ReferenceStats.from_samples(calib).to_json())
+    x = calib[:1]
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    bare = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+
+    def run_bare() -> None:
+        bare.run(None, {"input": x})
+
+    stack = InferenceStack(
+        InferenceStackConfig(
+            runtime=RuntimeConfig(intra_op_threads=args.threads),
+            observers=ObserverConfig(audit_path=tmp / "inproc" / "audit.jsonl"),
+            api=None,
+            samples=SampleStoreConfig(path=tmp / "inproc" / "samples.db"),
+        )
+    )
+    stack.install(
+        ModelArtifacts(version=1, onnx=model_path),
+        profile=RuntimeProfile(preferred=("onnxruntime:cpu",)),
+        reference=ReferenceStats.from_json(ref_path.read_bytes()),
+    )
+    stack.start()
+
+    def run_inproc() -> None:
+        stack.server.predict(x)
+
+    proc, url = start_agent(model_path, ref_path, tmp / "agent", args.threads)
+    time.sleep(1.0)
+    startup_rss = rss_mb(proc.pid)
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    list_body = json.dumps({"inputs": x.tolist()}).encode()
+
+    def post(body: bytes, headers: dict[str, str]) -> None:
+        conn.request("POST", "/predict", body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise SystemExit(f"agent answered {resp.status}: {data[:200]!r}")
+
+    binary_headers = {
+        "Content-Type": "application/octet-stream",
+        "X-Shape": ",".join(str(d) for d in x.shape),
+        "X-Dtype": "float32",
+    }
+    json_headers = {"Content-Type": "application/json"}
+
+    def run_http() -> None:  # the raw-tensor fast path
+        post(x.tobytes(), binary_headers)
+
+    def run_http_b64() -> None:  # JSON with base64, encoded per request as a client would
+        body = json.dumps(
+            {"inputs_b64": base64.b64encode(x.tobytes()).decode(), "shape": list(x.shape)}
+        ).encode()
+        post(body, json_headers)
+
+    methods = {
+        "bare": run_bare,
+        "inproc": run_inproc,
+        "http": run_http,
+        "http_b64": run_http_b64,
+        "http_lists": lambda: post(list_body, json_headers),
+    }
+    for fn in methods.values():  # warm-up (arena growth, caches, connection)
+        timed(fn, 5)
+    samples: dict[str, list[float]] = {k: [] for k in methods}
+    # interleaved request by request, in rotating order, so that load from other processes
+    # and cache effects of the previous request hit all methods alike
+    order = ("bare", "inproc", "http")
+    for i in range(rounds * per_round):
+        for name in order[i % 3 :] + order[: i % 3]:
+            samples[name] += timed(methods[name], 1)
+        if i % 4 == 0:
+            for name in ("http_b64", "http_lists"):
+                samples[name] += timed(methods[name], 1)
+    # The machine is shared: other processes' bursts inflate some samples of every method.
+    # Ratios use each method's 25th-percentile latency (its cost when it gets the CPU);
+    # median-based ratios are reported next to them.
+    med = {k: float(np.percentile(v, 25)) for k, v in samples.items()}
+    median = {k: statistics.median(v) for k, v in samples.items()}
+    time.sleep(2.5)  # idle again (a telemetry tick has passed): what it holds between requests
+    idle_rss = rss_mb(proc.pid)
+    conn.close()
+    proc.terminate()
+    proc.wait(10)
+    stack.stop()
+
+    gpu: dict[str, Any] = {"gpu": "skipped: onnxruntime has no CUDA provider on this machine"}
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        cuda = ort.InferenceSession(str(model_path), providers=["CUDAExecutionProvider"])
+        if cuda.get_providers()[0] == "CUDAExecutionProvider":
+            timed(lambda: cuda.run(None, {"input": x}), 20)
+            gpu_ms = statistics.median(timed(lambda: cuda.run(None, {"input": x}), 200))
+            gpu = {"gpu": "onnxruntime CUDA", "gpu_ms": gpu_ms, "gpu_speedup": med["bare"] / gpu_ms}
+        else:
+            gpu = {"gpu": "skipped: CUDA provider listed but the session fell back to CPU"}
+
+    drift = bench_drift(args.quick)
+    result = {
+        "http_overhead_ratio": med["http"] / med["bare"],
+        "inproc_overhead_ratio": med["inproc"] / med["bare"],
+        "idle_rss_mb": idle_rss,
+        "drift_false_alarm_rate": drift["drift_false_alarm_rate"],
+        "drift_detected_within_windows": drift["drift_detected_within_windows"],
+        "bare_ms": med["bare"],
+        "inproc_ms": med["inproc"],
+        "http_ms": med["http"],
+        "http_added_ms_per_request": med["http"] - med["bare"],
+        "inproc_added_ms_per_request": med["inproc"] - med["bare"],
+        "http_json_b64_overhead_ratio": med["http_b64"] / med["bare"],
+        "http_json_lists_overhead_ratio": med["http_lists"] / med["bare"],
+        "http_overhead_ratio_median": median["http"] / median["bare"],
+        "inproc_overhead_ratio_median": median["inproc"] / median["bare"],
+        "bare_ms_median": median["bare"],
+        "latency_statistic": "p25",
+        "load_average_1m": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
+        "startup_rss_mb": startup_rss,
+        "drift_cost_us_per_sample": drift["drift_cost_us_per_sample"],
+        "drift_cost_us_per_image_sample": drift["drift_cost_us_per_image_sample"],
+        "drift_windows_measured": drift["drift_windows_measured"],
+        "threads": args.threads,
+        "requests_per_method": len(samples["bare"]),
+        **gpu,
+    }
+    print(
+        f"bare {med['bare']:.2f} ms | in-process {med['inproc']:.2f} ms "
+        f"(x{result['inproc_overhead_ratio']:.3f}) | HTTP {med['http']:.2f} ms "
+        f"(x{result['http_overhead_ratio']:.3f}) | HTTP JSON+base64 {med['http_b64']:.2f} ms | "
+        f"HTTP JSON lists {med['http_lists']:.2f} ms"
+    )
+    print(f"agent RSS: startup {startup_rss:.1f} MB, idle after load {idle_rss:.1f} MB")
+    print(
+        f"drift: {drift['drift_windows_measured']} windows, false alarms "
+        f"{drift['drift_false_alarm_rate']:.4f}, shift flagged in window "
+        f"{drift['drift_detected_within_windows']}, {drift['drift_cost_us_per_sample']:.2f} us/sample"
+    )
+    print(gpu["gpu"])
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Compression benchmark: ORT int8 (static QDQ, per-channel) vs ORT fp32 vs torch eager fp32.
+
+Same run, same model, same inputs. The model is ``edge-cnn`` from the registry (3x32x32,
+~29 M MACs, 141 k parameters), trained here on the hub-held digits upscaled to 32x32 — the
+8x8 digits CNN is too small for int8 to pay off in latency (its figures are reported too,
+for accuracy). Steps are the pipeline's own (``cloud_hub.compress``): export -> graph
+optimization -> int8 plan per layer type -> evaluation on the held-out 20 %.
+
+Latency: median wall time per call on the CPU, one intra-op thread for every contender
+(``--threads``), batches of 1 and 32. Where a CUDA GPU is usable (onnxruntime's CUDA provider,
+else torch CUDA), the fp16 GPU path is measured too and its speedup over the CPU reported;
+otherwise the result says why it was skipped.
+
+The last line of output is one JSON object with (at least) ``size_ratio_int8``,
+``accuracy_fp32``, ``accuracy_int8``, ``accuracy_drop_pts``, ``speedup_int8_b1``,
+``speedup_int8_b32`` (ORT int8 vs torch eager fp32) and ``speedup_int8_vs_ort_fp32_b32``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from cloud_hub.compress.calibration import LabelledSet  # noqa: E402
+from cloud_hub.compress.datasets import hub_datasets  # noqa: E402
+from cloud_hub.compress.evaluate import (  # noqa: E402
+    LatencyConfig,
+    Predictor,
+    accuracy,
+    measure_latency_ms,
+    onnx_predictor,
+    predict,
+    top1_agreement,
+    torch_predictor,
+)
+from cloud_hub.compress.export import check_onnx, export_onnx  # noqa: E402
+from cloud_hub.compress.fp16 import convert_fp16  # noqa: E402
+from cloud_hub.compress.optimize import optimize_onnx  # noqa: E402
+from cloud_hub.compress.quantize import quantize_int8  # noqa: E402
+from shared.models import build_model, get_spec  # noqa: E402
+
+
+def train(name: str, calib: LabelledSet, epochs: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(name, seed=seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(calib.x), torch.from_numpy(calib.y)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), 64):
+            idx = order[start : start + 64]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def build_artifacts(
+    model: torch.nn.Module, name: str, calib: LabelledSet, work: Path
+) -> dict[str, Any]:
+    shape = get_spec(name).input_shape
+    export_onnx(model, shape, work / f"{name}.fp32.raw.onnx")
+    fp32 = optimize_onnx(work / f"{name}.fp32.raw.onnx", work / f"{name}.fp32.onnx")
+    int8 = work / f"{name}.int8.onnx"
+    plan = quantize_int8(
+        fp32,
+        int8,
+        op_types=check_onnx(fp32).op_types,
+        mode="auto",
+        input_name="input",
+        calib=calib.head(256),
+        work_dir=work,
+    )
+    fp16 = convert_fp16(fp32, work / f"{name}.fp16.onnx")
+    return {"fp32": fp32, "int8": int8, "fp16": fp16, "plan": plan.to_dict(), "shape": shape}
+
+
+def latencies(fn: Predictor, shape: tuple[int, ...], config: LatencyConfig) -> dict[str, float]:
+    return {f"b{b}": measure_latency_ms(fn, shape, b, config) for b in config.batch_sizes}
+
+
+def gpu_path(
+    fp16_model: Path, model: torch.nn.Module, shape: tuple[int, ...], config: LatencyConfig
+) -> dict[str, Any]:
+    """fp16 on a CUDA GPU: onnxruntime's CUDA provider if present, else torch CUDA."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        fn = onnx_predictor(fp16_model, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+        return {"backend": "onnxruntime-cuda-fp16", **latencies(fn, shape, config)}
+    if torch.cuda.is_available():
+        gpu_model = model.to("cuda").half().eval()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                out = gpu_model(torch.from_numpy(x).to("cuda").half())
+                return out.float().cpu().numpy()
+
+        return {"backend": "torch-cuda-fp16", **latencies(run, shape, config)}
+    return {"skipped": "no CUDA GPU (onnxruntime CUDA provider absent, torch.cuda unavailable)"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs/repeats (< 60 s)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads, all contenders")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    epochs = 3 if args.quick else 6
+    config = LatencyConfig(
+        threads=args.threads, warmup=2 if args.quick else 5, repeats=7 if args.quick else 30
+    )
+
+    calib, evaluation = hub_datasets("edge-cnn")
+    model = train("edge-cnn", calib, epochs)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        art = build_artifacts(model, "edge-cnn", calib, work)
+        shape = art["shape"]
+        torch_fn = torch_predictor(model)
+        fp32_fn = onnx_predictor(art["fp32"], threads=args.threads)
+        int8_fn = onnx_predictor(art["int8"], threads=args.threads)
+        logits = {
+            k: predict(fn, evaluation.x)
+            for k, fn in (("torch", torch_fn), ("ort_fp32", fp32_fn), ("int8", int8_fn))
+        }
+        lat = {
+            k: latencies(fn, shape, config)
+            for k, fn in (("torch_fp32", torch_fn), ("ort_fp32", fp32_fn), ("ort_int8", int8_fn))
+        }
+        size_fp32, size_int8 = art["fp32"].stat().st_size, art["int8"].stat().st_size
+        size_fp16 = art["fp16"].stat().st_size
+        gpu = gpu_path(art["fp16"], model, shape, config)
+
+        # The small digits CNN, trained properly: accuracy and size only (too tiny for latency).
+        d_calib, d_eval = hub_datasets("digits-cnn")
+        digits = train("digits-cnn", d_calib, 5 if args.quick else 8)
+        d_art = build_artifacts(digits, "digits-cnn", d_calib, work)
+        d_fp32 = predict(torch_predictor(digits), d_eval.x)
+        d_int8 = predict(onnx_predictor(d_art["int8"]), d_eval.x)
+        digits_figures = {
+            "accuracy_fp32": accuracy(d_fp32, d_eval.y),
+            "accuracy_int8": accuracy(d_int8, d_eval.y),
+            "top1_agreement": top1_agreement(d_int8, d_fp32),
+            "size_ratio_int8": d_art["int8"].stat().st_size / d_art["fp32"].stat().st_size,
+        }
+
+    acc_fp32 = accuracy(logits["torch"], evaluation.y)
+    acc_int8 = accuracy(logits["int8"], evaluation.y)
+    if "b32" in gpu:
+        gpu["speedup_vs_cpu_ort_int8_b32"] = lat["ort_int8"]["b32"] / gpu["b32"]
+        gpu["speedup_vs_cpu_ort_fp32_b32"] = lat["ort_fp32"]["b32"] / gpu["b32"]
+    print(
+        f"model edge-cnn {shape}, trained {epochs} epoch(s); eval {len(evaluation)} samples; threads {args.threads}"
+    )
+    print(f"int8 plan: {art['plan']}")
+    print(f"{'':12s} {'acc %':>7s} {'size B':>9s} {'b1 ms':>9s} {'b32 ms':>9s}")
+    print(
+        f"{'torch fp32':12s} {acc_fp32 * 100:7.2f} {'':>9s} {lat['torch_fp32']['b1']:9.3f} {lat['torch_fp32']['b32']:9.3f}"
+    )
+    print(
+        f"{'ORT fp32':12s} {accuracy(logits['ort_fp32'], evaluation.y) * 100:7.2f} {size_fp32:9d} {lat['ort_fp32']['b1']:9.3f} {lat['ort_fp32']['b32']:9.3f}"
+    )
+    print(
+        f"{'ORT int8':12s} {acc_int8 * 100:7.2f} {size_int8:9d} {lat['ort_int8']['b1']:9.3f} {lat['ort_int8']['b32']:9.3f}"
+    )
+    print(f"{'ONNX fp16':12s} {'':>7s} {size_fp16:9d}")
+    print(f"GPU fp16: {gpu}")
+    print(f"digits-cnn (8x8): {digits_figures}")
+    result = {
+        "model": "edge-cnn",
+        "quick": args.quick,
+        "threads": args.threads,
+        "epochs": epochs,
+        "eval_samples": len(evaluation),
+        "size_ratio_int8": size_int8 / size_fp32,
+        "size_ratio_fp16": size_fp16 / size_fp32,
+        "accuracy_fp32": acc_fp32,
+        "accuracy_int8": acc_int8,
+        "accuracy_drop_pts": (acc_fp32 - acc_int8) * 100,
+        "top1_agreement_int8": top1_agreement(logits["int8"], logits["torch"]),
+        "speedup_int8_b1": lat["torch_fp32"]["b1"] / lat["ort_int8"]["b1"],
+        "speedup_int8_b32": lat["torch_fp32"]["b32"] / lat["ort_int8"]["b32"],
+        "speedup_int8_vs_ort_fp32_b1": lat["ort_fp32"]["b1"] / lat["ort_int8"]["b1"],
+        "speedup_int8_vs_ort_fp32_b32": lat["ort_fp32"]["b32"] / lat["ort_int8"]["b32"],
+        "latency_ms": lat,
+        "quantization_plan": art["plan"],
+        "gpu_fp16": gpu,
+        "digits_cnn": digits_figures,
+        "wall_s": time.perf_counter() - started,
+    }
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

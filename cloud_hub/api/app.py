@@ -1,0 +1,54 @@
+"""The hub's FastAPI application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from cloud_hub.api import (
+    routes_admin,
+    routes_catalog,
+    routes_devices,
+    routes_reports,
+    routes_rollouts,
+)
+from cloud_hub.api.auth import install_audit
+from cloud_hub.api.context import ApiContext
+from cloud_hub.api.errors import install_error_handlers
+from cloud_hub.api.metrics import CONTENT_TYPE, render_metrics
+
+__all__ = ["create_app"]
+
+API_VERSION = "1.0"
+
+
+def create_app(context: ApiContext) -> FastAPI:
+    """Build the app. Mount more (the dashboard under ``/ui``, the enrollment router) on the
+    returned object; ``app.state.context`` holds ``context``."""
+    app = FastAPI(
+        title="fedfleet hub",
+        version=API_VERSION,
+        description=(
+            "Fleet registry, bundles, staged rollouts, reports. Authenticate with "
+            "`Authorization: Bearer <token>` (`cloud-hub token create --role viewer|operator|admin`)."
+        ),
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    install_audit(app)
+    for module in (routes_devices, routes_catalog, routes_rollouts, routes_reports, routes_admin):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["meta"], summary="Liveness and registry reachability")
+    async def healthz() -> dict[str, Any]:
+        db = await run_in_threadpool(context.registry.ping)
+        return {"ok": db, "registry": db}
+
+    @app.get("/metrics", tags=["meta"], summary="Prometheus metrics (text exposition format)")
+    async def metrics(request: Request) -> Response:
+        body = await run_in_threadpool(render_metrics, context)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    return app

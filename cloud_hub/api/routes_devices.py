@@ -1,0 +1,186 @@
+"""``/api/v1/devices`` and ``/api/v1/device-classes``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field, StringConstraints
+
+from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.params import (
+    ID_PATTERN,
+    LABEL_FILTER_PATTERN,
+    MAX_OFFSET,
+    TEXT_PATTERN,
+    parse_label_filters,
+)
+from cloud_hub.registry import (
+    DeviceClassRecord,
+    DeviceRecord,
+    DriftRecord,
+    EventRecord,
+    Page,
+    TargetRecord,
+    TelemetryAggregate,
+    catalog,
+    devices,
+    reports,
+    rollouts,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1", tags=["devices"])
+DeviceId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
+LabelFilter = Annotated[str, StringConstraints(pattern=LABEL_FILTER_PATTERN)]
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+@dataclass(frozen=True)
+class DeviceDetail:
+    device: DeviceRecord
+    rollouts: list[TargetRecord]
+    recent_events: list[EventRecord]
+    recent_drift: list[DriftRecord]
+
+
+class LabelsBody(BaseModel):
+    labels: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")],
+        Annotated[str, Field(max_length=128, pattern=TEXT_PATTERN)],
+    ] = Field(max_length=64)
+    replace: bool = False
+
+
+def _ctx(request: Request):  # type: ignore[no-untyped-def]
+    return request.app.state.context
+
+
+@router.get("/devices", response_model=Page[DeviceRecord], summary="List devices")
+async def list_devices(
+    request: Request,
+    _: Viewer,
+    device_class: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    label: Annotated[list[LabelFilter], Query(max_length=32)] = [],  # noqa: B006
+    online: bool | None = None,
+    model: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    version: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+    q: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN)] = None,
+    sort: Literal[
+        "device_id", "last_seen", "device_class", "installed_version", "first_seen"
+    ] = "device_id",
+    order: Literal["asc", "desc"] = "asc",
+    limit: Annotated[int, Query(ge=1, le=devices.MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> Page[DeviceRecord]:
+    """Server-side filtered, sorted and paginated; ``label=site=plant-3`` may repeat (AND)."""
+    query = devices.DeviceQuery(
+        device_class=device_class,
+        labels=parse_label_filters(label),
+        online=online,
+        installed_model=model,
+        installed_version=version,
+        search=q,
+        sort=sort,
+        descending=order == "desc",
+        limit=limit,
+        offset=offset,
+    )
+    ctx = _ctx(request)
+
+    def run() -> Page[DeviceRecord]:
+        with ctx.registry.session() as s:
+            return devices.list_devices(s, query)
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/devices/{device_id}", response_model=DeviceDetail, summary="One device")
+def get_device(request: Request, device_id: DeviceId, _: Viewer) -> DeviceDetail:
+    ctx = _ctx(request)
+    with ctx.registry.session() as s:
+        return DeviceDetail(
+            device=devices.get_device(s, device_id),
+            rollouts=rollouts.targets_of_device(s, device_id)[:20],
+            recent_events=reports.list_events(s, device_id=device_id, limit=20).items,
+            recent_drift=reports.list_drift(s, device_id=device_id, limit=20).items,
+        )
+
+
+@router.get(
+    "/devices/{device_id}/telemetry",
+    response_model=list[TelemetryAggregate],
+    summary="Per-minute telemetry aggregates of a device",
+)
+def device_telemetry(
+    request: Request,
+    device_id: DeviceId,
+    _: Viewer,
+    metric: Annotated[str | None, Query(max_length=64, pattern=TEXT_PATTERN)] = None,
+    since: Annotated[float | None, Query(allow_inf_nan=False, ge=0, le=1e11)] = None,
+    until: Annotated[float | None, Query(allow_inf_nan=False, ge=0, le=1e11)] = None,
+    limit: Annotated[int, Query(ge=1, le=20_000)] = 5000,
+) -> list[TelemetryAggregate]:
+    ctx = _ctx(request)
+    with ctx.registry.session() as s:
+        devices.get_device(s, device_id)
+        return reports.telemetry_series(
+            s, device_id, metric=metric, since=since, until=until, limit=limit
+        )
+
+
+@router.get("/devices/{device_id}/events", response_model=Page[EventRecord])
+def device_events(
+    request: Request,
+    device_id: DeviceId,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> Page[EventRecord]:
+    ctx = _ctx(request)
+    with ctx.registry.session() as s:
+        devices.get_device(s, device_id)
+        return reports.list_events(s, device_id=device_id, limit=limit, offset=offset)
+
+
+@router.get("/devices/{device_id}/drift", response_model=Page[DriftRecord])
+def device_drift(
+    request: Request,
+    device_id: DeviceId,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> Page[DriftRecord]:
+    ctx = _ctx(request)
+    with ctx.registry.session() as s:
+        devices.get_device(s, device_id)
+        return reports.list_drift(s, device_id=device_id, limit=limit, offset=offset)
+
+
+@router.patch("/devices/{device_id}", response_model=DeviceRecord, summary="Set labels")
+def patch_device(
+    request: Request, device_id: DeviceId, body: LabelsBody, _: Operator
+) -> DeviceRecord:
+    ctx = _ctx(request)
+    with ctx.registry.session() as s:
+        return devices.set_labels(s, device_id, body.labels, replace=body.replace)
+
+
+@router.delete("/devices/{device_id}", status_code=204, summary="Forget a device")
+def delete_device(request: Request, device_id: DeviceId, _: Admin) -> Response:
+    ctx = _ctx(request)
+    with ctx.registry.session() as s:
+        devices.delete_device(s, device_id)
+    return Response(status_code=204)
+
+
+@router.get("/device-classes", response_model=list[DeviceClassRecord])
+def list_device_classes(request: Request, _: Viewer) -> list[DeviceClassRecord]:
+    ctx = _ctx(request)
+    with ctx.registry.session() as s:
+        return catalog.list_device_classes(s)

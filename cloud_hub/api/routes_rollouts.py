@@ -1,0 +1,175 @@
+"""``/api/v1/rollouts``: reads from the registry, actions delegated to the rollout engine."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.context import ApiContext
+from cloud_hub.api.errors import ApiError
+from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN
+from cloud_hub.registry import Page, RolloutRecord, TargetRecord, rollouts
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1", tags=["rollouts"])
+RolloutId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+StateName = Literal[
+    "draft", "canary", "wave", "paused", "done", "rolling_back", "rolled_back", "aborted"
+]
+
+
+class RolloutCreateBody(BaseModel):
+    """``config`` is a rollout configuration (see ``cloud_hub.rollout.RolloutConfig``)::
+
+    {"bundle_id": "...", "target": {"device_class": "rpi4", "labels": {"site": "plant-3"}},
+     "stages": [{"count": 1}, {"percent": 10}, {"percent": 50}, {"percent": 100}],
+     "gates": {...}, "abort": {...}, "gate_window_s": 300}
+    """
+
+    config: dict[str, Any] = Field(max_length=64)
+    previous_bundle_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    rollout_id: str | None = Field(default=None, pattern=ID_PATTERN)
+
+
+class ReasonBody(BaseModel):
+    reason: str = Field(default="", max_length=500, pattern=TEXT_PATTERN)
+
+
+def _ctx(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.context
+    return ctx
+
+
+def _engine(ctx: ApiContext) -> Any:
+    if ctx.rollouts is None:
+        raise ApiError(409, "the rollout engine is not running in this hub process")
+    return ctx.rollouts
+
+
+@router.get("/rollouts", response_model=Page[RolloutRecord])
+def list_rollouts(
+    request: Request,
+    _: Viewer,
+    state: Annotated[list[StateName] | None, Query(max_length=8)] = None,
+    bundle_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> Page[RolloutRecord]:
+    with _ctx(request).registry.session() as s:
+        return rollouts.list_rollouts(
+            s, states=state, bundle_id=bundle_id, limit=limit, offset=offset
+        )
+
+
+@router.get("/rollouts/{rollout_id}", summary="Rollout status (stages, gate results, targets)")
+def get_rollout(request: Request, rollout_id: RolloutId, _: Viewer) -> dict[str, Any]:
+    ctx = _ctx(request)
+    if ctx.rollouts is not None:
+        with ctx.registry.session() as s:
+            rollouts.get_rollout(s, rollout_id)  # 404 before the engine's own error
+        status: dict[str, Any] = ctx.rollouts.status(rollout_id).to_dict()
+        return status
+    with ctx.registry.session() as s:
+        record = rollouts.get_rollout(s, rollout_id)
+        return {
+            "rollout_id": record.rollout_id,
+            "state": record.state,
+            "stage": record.current_stage,
+            "bundle_id": record.bundle_id,
+            "previous_bundle_id": record.previous_bundle_id,
+            "reason": record.reason,
+            "config": record.config,
+            "targets": rollouts.count_targets_by_state(s, rollout_id),
+        }
+
+
+@router.get("/rollouts/{rollout_id}/targets", response_model=list[TargetRecord])
+def rollout_targets(
+    request: Request,
+    rollout_id: RolloutId,
+    _: Viewer,
+    stage: Annotated[int | None, Query(ge=0, le=1000)] = None,
+) -> list[TargetRecord]:
+    with _ctx(request).registry.session() as s:
+        rollouts.get_rollout(s, rollout_id)
+        return rollouts.list_targets(s, rollout_id, stage_index=stage)
+
+
+@router.post("/rollouts", status_code=201, summary="Create a rollout (draft)")
+async def create_rollout(
+    request: Request, body: RolloutCreateBody, who: Operator
+) -> dict[str, Any]:
+    ctx = _ctx(request)
+    engine = _engine(ctx)
+    from cloud_hub.rollout.config import RolloutConfig
+
+    config = RolloutConfig.from_dict(body.config)  # HubConfigError → 422
+
+    def create() -> dict[str, Any]:
+        status = engine.create(
+            config,
+            previous_bundle_id=body.previous_bundle_id,
+            created_by=who.name,
+            rollout_id=body.rollout_id,
+        )
+        result: dict[str, Any] = status.to_dict()
+        return result
+
+    return await run_in_threadpool(create)
+
+
+async def _act(request: Request, rollout_id: str, action: str, reason: str) -> dict[str, Any]:
+    ctx = _ctx(request)
+    engine = _engine(ctx)
+
+    def act() -> dict[str, Any]:
+        with ctx.registry.session() as s:
+            rollouts.get_rollout(s, rollout_id)
+        method = getattr(engine, action)
+        status = (
+            method(rollout_id)
+            if action in ("start", "resume")
+            else method(rollout_id, reason=reason)
+        )
+        result: dict[str, Any] = status.to_dict()
+        return result
+
+    return await run_in_threadpool(act)
+
+
+@router.post("/rollouts/{rollout_id}/start")
+async def start_rollout(request: Request, rollout_id: RolloutId, _: Operator) -> dict[str, Any]:
+    return await _act(request, rollout_id, "start", "")
+
+
+@router.post("/rollouts/{rollout_id}/pause")
+async def pause_rollout(
+    request: Request, rollout_id: RolloutId, _: Operator, body: ReasonBody | None = None
+) -> dict[str, Any]:
+    return await _act(request, rollout_id, "pause", body.reason if body else "")
+
+
+@router.post("/rollouts/{rollout_id}/resume")
+async def resume_rollout(request: Request, rollout_id: RolloutId, _: Operator) -> dict[str, Any]:
+    return await _act(request, rollout_id, "resume", "")
+
+
+@router.post("/rollouts/{rollout_id}/abort")
+async def abort_rollout(
+    request: Request, rollout_id: RolloutId, _: Operator, body: ReasonBody | None = None
+) -> dict[str, Any]:
+    return await _act(request, rollout_id, "abort", body.reason if body else "")
+
+
+@router.post("/rollouts/{rollout_id}/rollback")
+async def rollback_rollout(
+    request: Request, rollout_id: RolloutId, _: Operator, body: ReasonBody | None = None
+) -> dict[str, Any]:
+    return await _act(request, rollout_id, "rollback", body.reason if body else "")

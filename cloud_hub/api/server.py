@@ -1,0 +1,210 @@
+"""A whole hub process: registry + MQTT ingest + rollout engine + API (+ dashboard).
+
+``cloud-hub serve`` is a thin wrapper around :class:`HubServer`; tests and benchmarks run
+one in-process the same way::
+
+    server = HubServer(HubConfig(db_url=..., mqtt=MqttEndpoint(port=1883)))
+    server.start()          # registry, ingest, engine loop
+    server.serve_forever()  # uvicorn until SIGINT/SIGTERM (or run server.app yourself)
+    server.stop()
+
+Optional parts are attached when their modules and state exist, and say so in the log when
+they do not: the rollout engine needs a key store (``cloud-hub keys init``) and
+``cloud_hub.rollout.PublisherDelivery``; enrollment needs ``cloud_hub.enrollment``; the
+dashboard is mounted when ``cloud_hub.dashboard`` exposes ``mount(app, context)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from typing import Any
+
+from fastapi import FastAPI
+
+from cloud_hub.api.app import create_app
+from cloud_hub.api.context import ApiContext
+from cloud_hub.config import HubConfig
+from cloud_hub.errors import HubError
+from cloud_hub.fleet import FleetIngest, MqttSettings
+from cloud_hub.registry import Registry, open_registry
+from cloud_hub.registry.bundle_index import register_bundle_bytes
+from shared.errors import FedfleetError
+from shared.topics import TopicScheme
+
+__all__ = ["HubServer"]
+
+log = logging.getLogger(__name__)
+
+
+class HubServer:
+    """Owns every long-lived part of one hub process."""
+
+    def __init__(self, config: HubConfig, *, rollout_engine: bool = True) -> None:
+        self.config = config
+        self.want_engine = rollout_engine
+        self.registry: Registry | None = None
+        self.ingest: FleetIngest | None = None
+        self.engine: Any = None
+        self.publisher: Any = None
+        self.context: ApiContext | None = None
+        self._app: FastAPI | None = None
+        self._stop = threading.Event()
+        self._engine_thread: threading.Thread | None = None
+
+    @property
+    def app(self) -> FastAPI:
+        if self._app is None:
+            raise HubError("HubServer.start() first")
+        return self._app
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = open_registry(cfg.database_url)
+        self._index_bundle_store()
+        if cfg.enable_ingest:
+            self.ingest = FleetIngest(
+                self.registry,
+                scheme=TopicScheme(cfg.topic_prefix),
+                mqtt_settings=MqttSettings(
+                    host=cfg.mqtt.host,
+                    port=cfg.mqtt.port,
+                    client_id=cfg.ingest_client_id,
+                    username=cfg.mqtt.username,
+                    password=cfg.mqtt.password,
+                    tls_ca="" if cfg.mqtt.tls else None,
+                ),
+                config=cfg.ingest,
+            )
+            self.ingest.start()
+            log.info("ingest subscribed on %s under %s/", cfg.mqtt.url, cfg.topic_prefix)
+        if self.want_engine:
+            self.engine = self._build_engine()
+        self.context = ApiContext(
+            registry=self.registry,
+            rollouts=self.engine,
+            enrollment=self._build_enrollment(),
+            ingest_stats=self.ingest.stats if self.ingest is not None else None,
+            bundle_dir=cfg.keys_path / "bundles",
+        )
+        self._app = create_app(self.context)
+        self._mount_optional(self._app, self.context)
+        if self.engine is not None:
+            if self.ingest is not None:
+                engine = self.engine
+                self.ingest.add_listener(lambda c: engine.wake() if c.events_new else None)
+            self._engine_thread = threading.Thread(
+                target=self.engine.run, args=(self._stop,), name="rollout-engine", daemon=True
+            )
+            self._engine_thread.start()
+            log.info("rollout engine running")
+
+    def serve_forever(self) -> None:
+        """Run the API with uvicorn until SIGINT/SIGTERM."""
+        import uvicorn
+
+        server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host=self.config.api_host,
+                port=self.config.api_port,
+                log_level="info",
+                access_log=False,
+            )
+        )
+        server.run()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.engine is not None:
+            self.engine.wake()
+        if self._engine_thread is not None:
+            self._engine_thread.join(timeout=10)
+        if self.ingest is not None:
+            self.ingest.stop()
+        if self.publisher is not None:
+            try:
+                self.publisher.close()
+            except Exception:
+                log.debug("publisher close", exc_info=True)
+        if self.registry is not None:
+            self.registry.close()
+
+    # -- optional parts ----------------------------------------------------------------------
+    def _index_bundle_store(self) -> None:
+        """Register bundles built by ``cloud-hub bundle build`` (idempotent)."""
+        assert self.registry is not None
+        directory = self.config.keys_path / "bundles"
+        if not directory.is_dir():
+            return
+        count = 0
+        for path in sorted(directory.glob("*.ffb")):
+            try:
+                with self.registry.session() as s:
+                    register_bundle_bytes(s, path.read_bytes(), path=str(path), now=time.time())
+                count += 1
+            except (HubError, FedfleetError, OSError) as exc:
+                log.warning("bundle %s not indexed: %s", path.name, exc)
+        log.info("%d bundle(s) indexed from %s", count, directory)
+
+    def _build_engine(self) -> Any:
+        try:
+            from cloud_hub.keys import KeyStore
+            from cloud_hub.rollout.engine import RolloutService
+
+            rollout_pkg = importlib.import_module("cloud_hub.rollout")
+        except ImportError as exc:
+            log.warning("rollout engine disabled: %s", exc)
+            return None
+        keys = KeyStore(self.config.keys_path)
+        if not keys.exists():
+            log.warning(
+                "rollout engine disabled: no key store at %s (cloud-hub keys init)",
+                self.config.keys_path,
+            )
+            return None
+        factory = getattr(rollout_pkg, "PublisherDelivery", None)
+        if factory is None:
+            log.warning("rollout engine disabled: cloud_hub.rollout has no PublisherDelivery yet")
+            return None
+        try:
+            delivery = factory.from_hub_config(self.config, keys)
+        except (HubError, FedfleetError, AttributeError) as exc:
+            log.warning("rollout engine disabled: delivery not available: %s", exc)
+            return None
+        self.publisher = delivery
+        assert self.registry is not None
+        return RolloutService(self.registry, delivery, keys)
+
+    def _build_enrollment(self) -> Any:
+        try:
+            from cloud_hub.enrollment.hubdir import open_enrollment
+
+            return open_enrollment(self.config.data_dir, keys_dir=self.config.keys_path)
+        except ImportError as exc:
+            log.info("enrollment disabled: %s", exc)
+        except (HubError, FedfleetError, OSError) as exc:
+            log.warning("enrollment disabled: %s", exc)
+        return None
+
+    @staticmethod
+    def _mount_optional(app: FastAPI, context: ApiContext) -> None:
+        if context.enrollment is not None:
+            try:
+                from cloud_hub.enrollment.router import enrollment_router
+
+                app.include_router(enrollment_router(context.enrollment))
+            except ImportError as exc:
+                log.info("enrollment router not mounted: %s", exc)
+        try:
+            dashboard = importlib.import_module("cloud_hub.dashboard")
+        except ImportError:
+            return
+        mount = getattr(dashboard, "mount", None)
+        if callable(mount):
+            mount(app, context)
+            log.info("dashboard mounted under /ui")

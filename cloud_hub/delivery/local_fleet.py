@@ -1,0 +1,179 @@
+"""A fleet of real ``edge-agent run`` processes on this machine, for demos, tests and benchmarks.
+
+Each agent gets its own state directory and TOML config (written here) pinning the hub's
+trust root. Nothing is imported from ``edge_agent``: the agents are separate processes,
+exactly as on devices. ``stop()`` terminates them (SIGTERM, then SIGKILL after a grace) so no
+process is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.delivery.config import parse_mqtt_url
+from cloud_hub.errors import HubConfigError
+
+__all__ = ["AgentProcess", "LocalAgentFleet", "agent_config_toml"]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    raise HubConfigError(f"cannot write {value!r} to TOML")
+
+
+def agent_config_toml(
+    *,
+    device_id: str,
+    device_class: str,
+    state_dir: Path,
+    trust_root: Path,
+    mqtt_url: str,
+    prefix: str,
+    tables: Mapping[str, Mapping[str, Any]] | None = None,
+    top: Mapping[str, Any] | None = None,
+) -> str:
+    """An agent config (see ``edge_agent.config``); ``tables`` adds [timeouts]/[limits]/...
+    keys, ``top`` top-level keys such as ``status_interval_s``."""
+    lines = [
+        f"device_id = {_toml_value(device_id)}",
+        f"device_class = {_toml_value(device_class)}",
+        f"state_dir = {_toml_value(str(state_dir))}",
+        f"trust_root = {_toml_value(str(trust_root))}",
+    ]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in (top or {}).items()]
+    mqtt_table = {"url": mqtt_url, "topic_prefix": prefix, **dict((tables or {}).get("mqtt", {}))}
+    all_tables = {**dict(tables or {}), "mqtt": mqtt_table}
+    for name, table in all_tables.items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class AgentProcess:
+    device_id: str
+    config_path: Path
+    state_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class LocalAgentFleet:
+    """``with LocalAgentFleet(root, n=5, ...) as fleet:`` — N agent processes."""
+
+    root: Path
+    trust_root: Mapping[str, Any]
+    mqtt_url: str
+    prefix: str
+    n: int = 5
+    device_class: str = "x86-cpu"
+    id_prefix: str = "dev"
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    top: Mapping[str, Any] = field(default_factory=dict)
+    verbose: bool = False
+    agents: list[AgentProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        parse_mqtt_url(self.mqtt_url)
+        if not 1 <= self.n <= 1000:
+            raise HubConfigError("a local fleet has 1..1000 agents")
+        self.root.mkdir(parents=True, exist_ok=True)
+        trust_path = self.root / "trust_root.json"
+        trust_path.write_text(json.dumps(dict(self.trust_root)), encoding="utf-8")
+        for i in range(self.n):
+            device_id = f"{self.id_prefix}-{i:03d}"
+            state = self.root / device_id
+            state.mkdir(exist_ok=True)
+            cfg = state / "agent.toml"
+            cfg.write_text(
+                agent_config_toml(
+                    device_id=device_id,
+                    device_class=self.device_class,
+                    state_dir=state / "state",
+                    trust_root=trust_path,
+                    mqtt_url=self.mqtt_url,
+                    prefix=self.prefix,
+                    tables=self.tables,
+                    top=self.top,
+                ),
+                encoding="utf-8",
+            )
+            self.agents.append(AgentProcess(device_id, cfg, state / "state", state / "agent.log"))
+
+    @property
+    def device_ids(self) -> list[str]:
+        return [a.device_id for a in self.agents]
+
+    def agent(self, device_id: str) -> AgentProcess:
+        for a in self.agents:
+            if a.device_id == device_id:
+                return a
+        raise KeyError(device_id)
+
+    def start(self, device_id: str | None = None) -> None:
+        """Start every agent (or one) as ``python -m edge_agent.cli run --config FILE``."""
+        for a in self.agents:
+            if (device_id is not None and a.device_id != device_id) or a.running:
+                continue
+            cmd = [sys.executable, "-m", "edge_agent.cli"]
+            if self.verbose:
+                cmd.append("-v")
+            cmd += ["run", "--config", str(a.config_path)]
+            with open(a.log_path, "ab") as log:
+                a.proc = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+
+    def kill(self, device_id: str) -> None:
+        """SIGKILL one agent (power loss)."""
+        a = self.agent(device_id)
+        if a.proc is not None and a.running:
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait()
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for a in self.agents:
+            if a.running and a.proc is not None:
+                a.proc.terminate()
+        for a in self.agents:
+            if a.proc is None:
+                continue
+            try:
+                a.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                a.proc.kill()
+                a.proc.wait()
+
+    def logs(self, device_id: str, tail: int = 4000) -> str:
+        try:
+            return self.agent(device_id).log_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> LocalAgentFleet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

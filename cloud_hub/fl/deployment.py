@@ -1,0 +1,134 @@
+"""The hub's ServerApp for Flower's Deployment Engine (SuperLink + SuperNodes).
+
+The SuperLink starts this ServerApp (from the FAB in ``cloud_hub/fl/fab``) for each run
+submitted with ``flwr run``. Its run config names files on the hub:
+
+- ``config-path``: a TOML file whose ``[training]`` table is a
+  :class:`~cloud_hub.fl.config.FederatedRunConfig` (``num_clients`` = SuperNodes to wait for),
+- ``validation-path``: the hub-held validation set (``.npz`` with ``x`` and ``y``),
+- ``results-dir``: where ``rounds.json`` / ``summary.json`` are written,
+- ``model-store`` (optional): the :class:`~cloud_hub.fl.model_store.ModelStore` root,
+- ``run-name`` (optional): the candidate's run id.
+
+Training, SecAgg+ and evaluation are exactly those of the simulation path
+(:func:`cloud_hub.fl.server_app.build_server_app`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from cloud_hub.errors import HubConfigError, TrainingError
+from cloud_hub.fl.config import FederatedRunConfig
+from cloud_hub.fl.recorder import RunRecorder
+from cloud_hub.fl.server_app import ValidationEvaluator, build_server_app
+
+__all__ = ["DeploymentRunSettings", "app", "client_run_config"]
+
+
+@dataclass(frozen=True)
+class DeploymentRunSettings:
+    """Where a deployment run finds its inputs and puts its outputs."""
+
+    config_path: Path
+    validation_path: Path
+    results_dir: Path
+    model_store: Path | None = None
+    run_name: str = ""
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> DeploymentRunSettings:
+        def path(key: str) -> Path:
+            value = run_config.get(key)
+            if not isinstance(value, str) or not value:
+                raise HubConfigError(f"run config {key!r} must name a file or folder")
+            return Path(value)
+
+        store = run_config.get("model-store")
+        return cls(
+            config_path=path("config-path"),
+            validation_path=path("validation-path"),
+            results_dir=path("results-dir"),
+            model_store=Path(store) if isinstance(store, str) and store else None,
+            run_name=str(run_config.get("run-name", "")),
+        )
+
+    def training_config(self) -> FederatedRunConfig:
+        try:
+            data = tomllib.loads(self.config_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise HubConfigError(f"cannot read {self.config_path}: {exc}") from exc
+        return FederatedRunConfig.from_mapping(data.get("training", {}))
+
+
+def client_run_config(config: FederatedRunConfig) -> dict[str, Any]:
+    """The run-config entries the agents' ClientApp reads (must match the server)."""
+    return {
+        "model-name": config.model_name,
+        "secure-aggregation": config.secagg.enabled,
+        "dp-clipping": config.dp.enabled,
+    }
+
+
+def _write(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    import numpy as np
+
+    from cloud_hub.fl.model_store import ModelStore
+    from shared.fl.training import get_weights
+    from shared.models import build_model
+
+    settings = DeploymentRunSettings.from_run_config(dict(context.run_config))
+    config = settings.training_config()
+    with np.load(settings.validation_path, allow_pickle=False) as data:
+        x_val, y_val = data["x"], data["y"]
+    recorder = RunRecorder(
+        on_round=lambda m: _write(settings.results_dir / "rounds.json", [r.to_dict() for r in recorder.rounds])
+    )
+    evaluator = ValidationEvaluator(config.model_name, x_val, y_val, recorder)
+    initial = get_weights(build_model(config.model_name, seed=config.seed))
+    server_app = build_server_app(config, initial_weights=initial, evaluator=evaluator, recorder=recorder)
+    run_id = settings.run_name or f"deploy-{context.run_id}"
+    try:
+        server_app(grid, context)
+    except TrainingError as exc:
+        _write(settings.results_dir / "summary.json", {"status": "failed", "run_id": run_id, "error": str(exc)})
+        raise
+    if recorder.global_weights is None:
+        raise TrainingError("the deployment run produced no global model")
+    summary: dict[str, Any] = {
+        "status": "ok",
+        "run_id": run_id,
+        "flower_run_id": context.run_id,
+        "final_accuracy": recorder.rounds[-1].accuracy,
+        "rounds": [r.to_dict() for r in recorder.rounds],
+        "lineage": config.lineage(),
+    }
+    if settings.model_store is not None:
+        ModelStore(settings.model_store).save_candidate(
+            run_id=run_id,
+            model_name=config.model_name,
+            weights=recorder.global_weights,
+            lineage={**config.lineage(), "run_id": run_id, "engine": "deployment"},
+            metrics={"accuracy": recorder.rounds[-1].accuracy, "loss": recorder.rounds[-1].loss},
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+    _write(settings.results_dir / "summary.json", summary)

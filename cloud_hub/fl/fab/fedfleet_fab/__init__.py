@@ -1,0 +1,1 @@
+"""fedfleet's Flower App: thin entry points into the installed package."""

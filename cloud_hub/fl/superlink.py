@@ -1,0 +1,194 @@
+"""Start/stop the hub's Flower SuperLink and submit training runs to it.
+
+Deployment path: the hub runs ``flower-superlink`` (or connects to an existing one), agents
+run SuperNodes (:mod:`edge_agent.fl.supernode`), and :meth:`SuperLinkProcess.submit_run`
+submits fedfleet's Flower App (``cloud_hub/fl/fab``) with ``flwr run``; the ServerApp
+(:mod:`cloud_hub.fl.deployment`) writes ``summary.json`` when the run ends.
+
+TLS (the default): give the SuperLink ``ssl_certfile``/``ssl_keyfile``/``ssl_ca_certfile``
+(``flower-superlink --ssl-certfile ... --ssl-keyfile ... --ssl-ca-certfile ...``); give each
+SuperNode the CA as ``--root-certificates`` (``SuperNodeConfig.root_certificates``) and the
+``flwr`` CLI connection ``root-certificates``. The server certificate must name the address
+the SuperNodes dial (SAN, e.g. ``IP:10.0.0.5`` or ``DNS:hub.example``). Plain HTTP needs an
+explicit ``insecure=True`` (``--insecure``), meant for loopback tests only.
+
+The SuperLink always runs with ``--disable-runtime-dependency-installation``: the FAB's
+components are fedfleet's installed modules and nothing is fetched at run time. It is
+stopped with SIGINT (it ignores SIGTERM for several seconds). Its state lives in a database
+file (``:memory:`` breaks runs in Flower 1.41).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.errors import HubConfigError, TrainingError
+
+__all__ = ["FAB_DIR", "SuperLinkConfig", "SuperLinkProcess", "wait_for_summary"]
+
+FAB_DIR = Path(__file__).resolve().parent / "fab"
+
+
+def _bin(name: str) -> str:
+    path = Path(sys.executable).with_name(name)
+    if not path.exists():
+        raise HubConfigError(f"{name} not found next to {sys.executable} (install fedfleet[hub])")
+    return str(path)
+
+
+@dataclass(frozen=True)
+class SuperLinkConfig:
+    """The hub's SuperLink."""
+
+    database: Path
+    host: str = "127.0.0.1"
+    port: int = 9092
+    insecure: bool = False
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_ca_certfile: Path | None = None
+
+    def __post_init__(self) -> None:
+        if str(self.database) == ":memory:":
+            raise HubConfigError("the SuperLink database must be a file (':memory:' breaks runs)")
+        if not 0 < self.port < 65536:
+            raise HubConfigError("port must be a TCP port")
+        tls = (self.ssl_certfile, self.ssl_keyfile, self.ssl_ca_certfile)
+        if self.insecure and any(tls):
+            raise HubConfigError("insecure=True cannot be combined with TLS files")
+        if not self.insecure and not all(tls):
+            raise HubConfigError(
+                "TLS needs ssl_certfile, ssl_keyfile and ssl_ca_certfile; set insecure=True "
+                "explicitly for plain text"
+            )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def argv(self) -> list[str]:
+        argv = [
+            _bin("flower-superlink"),
+            "--database",
+            str(self.database),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
+        if self.insecure:
+            argv.append("--insecure")
+        else:
+            argv += [
+                "--ssl-certfile", str(self.ssl_certfile),
+                "--ssl-keyfile", str(self.ssl_keyfile),
+                "--ssl-ca-certfile", str(self.ssl_ca_certfile),
+            ]  # fmt: skip
+        return argv
+
+
+class SuperLinkProcess:
+    """A ``flower-superlink`` child process of the hub."""
+
+    def __init__(self, config: SuperLinkConfig, *, workdir: Path) -> None:
+        self.config = config
+        self.workdir = Path(workdir)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = self.workdir / "superlink.log"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start the SuperLink and wait until its port accepts connections."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self._log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self._process = subprocess.Popen(
+            self.config.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=self._env()
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise TrainingError(f"flower-superlink exited early: {self.log_tail()}")
+            try:
+                with socket.create_connection((self.config.host, self.config.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise TrainingError(f"flower-superlink did not listen on {self.config.address}")
+
+    def _env(self) -> dict[str, str]:
+        # FLWR_HOME keeps the flwr CLI's connection file (and app cache) inside workdir; the
+        # SuperLink spawns ``flower-superexec`` by name, so our interpreter's bin goes first.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        return {
+            **os.environ,
+            "PATH": path,
+            "FLWR_HOME": str(self.workdir / "flwr-home"),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self._log.read_text(errors="replace")[-chars:] if self._log.exists() else ""
+
+    def submit_run(self, run_config: dict[str, Any], *, fab_dir: Path = FAB_DIR, timeout_s: float = 60.0) -> int:
+        """Submit fedfleet's Flower App with ``run_config``; returns Flower's run id."""
+        home = self.workdir / "flwr-home"
+        home.mkdir(parents=True, exist_ok=True)
+        connection = [f'address = "{self.config.address}"']
+        if self.config.insecure:
+            connection.append("insecure = true")
+        else:
+            connection.append(f'root-certificates = "{self.config.ssl_ca_certfile}"')
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "fedfleet"\n\n[superlink.fedfleet]\n' + "\n".join(connection) + "\n"
+        )
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        argv = [_bin("flwr"), "run", str(fab_dir), "fedfleet", "--format", "json", "--run-config", overrides]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=self._env(), cwd=self.workdir)
+        try:
+            payload = json.loads(done.stdout[done.stdout.index("{") :])
+            return int(payload["run-id"])
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            raise TrainingError(f"flwr run failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}") from exc
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGINT, then SIGKILL after ``timeout_s``."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def __enter__(self) -> SuperLinkProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for_summary(results_dir: Path, timeout_s: float, *, poll_s: float = 0.5) -> dict[str, Any]:
+    """Wait for the deployment ServerApp's ``summary.json``; raise on failure or timeout."""
+    path = Path(results_dir) / "summary.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            summary: dict[str, Any] = json.loads(path.read_text())
+            if summary.get("status") != "ok":
+                raise TrainingError(f"deployment run failed: {summary.get('error')}")
+            return summary
+        time.sleep(poll_s)
+    raise TrainingError(f"no result in {results_dir} after {timeout_s:.0f} s")

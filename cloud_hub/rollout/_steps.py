@@ -1,0 +1,378 @@
+"""The steps of one engine tick for one rollout (private to :mod:`cloud_hub.rollout.engine`).
+
+Each step is its own transaction. Steps that publish first commit an intent, then publish
+outside any transaction, then confirm — so a crash anywhere leaves either nothing done or an
+intent that the next tick (of this or a restarted hub) completes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloud_hub.errors import HubError
+from cloud_hub.registry import Registry, rollouts
+from cloud_hub.registry import devices as device_repo
+from cloud_hub.registry.records import RolloutRecord
+from cloud_hub.registry.tables import Rollout, RolloutTarget
+from cloud_hub.rollout import _store as store
+from cloud_hub.rollout.config import RolloutConfig
+from cloud_hub.rollout.delivery import RollbackSigner, RolloutDelivery
+from cloud_hub.rollout.gates import GateVerdict, evaluate_gate
+from cloud_hub.rollout.observe import (
+    DeviceState,
+    baseline_for,
+    deployment_events,
+    device_states,
+    gate_reports,
+    install_views,
+)
+from cloud_hub.rollout.planner import stage_for_newcomer
+from cloud_hub.rollout.state import (
+    RolloutAction,
+    RolloutPhase,
+    RolloutState,
+    apply_action,
+    stage_name,
+)
+from cloud_hub.rollout.targets import TargetState, resolve_install, rolled_back
+from shared.errors import FedfleetError
+from shared.messages import EventKind
+
+if TYPE_CHECKING:
+    from cloud_hub.rollout.engine import EngineConfig
+
+__all__ = ["RolloutSteps"]
+
+log = logging.getLogger("cloud_hub.rollout.engine")
+
+S = RolloutState
+T = TargetState
+
+
+@dataclass
+class RolloutSteps:
+    registry: Registry
+    delivery: RolloutDelivery
+    signer: RollbackSigner
+    config: EngineConfig
+    clock: Callable[[], float]
+    wake: Callable[[], None]
+
+    def tick_one(self, rollout_id: str) -> None:
+        with self.registry.session() as s:
+            record, cfg, phase = store.load(s, rollout_id)
+        if phase.state in (S.CANARY, S.WAVE, S.PAUSED, S.DONE):
+            self.adopt_newcomers(record, cfg, phase)
+            self.refresh_outcomes(record)
+        if phase.state in (S.CANARY, S.WAVE, S.DONE):
+            self.deploy_due(record)
+        if phase.state in (S.CANARY, S.WAVE):
+            self.judge(record, cfg)
+        if phase.state in (S.ROLLING_BACK, S.ROLLED_BACK):
+            self.roll_back(record, cfg)
+
+    def adopt_newcomers(
+        self, record: RolloutRecord, cfg: RolloutConfig, phase: RolloutPhase
+    ) -> None:
+        """Continuous deployment: devices that joined the target get a stage."""
+        now = self.clock()
+        rid = record.rollout_id
+        with self.registry.session() as s:
+            if phase.state is S.DONE and _superseded(s, record):
+                return
+            ids = device_repo.select_device_ids(
+                s, device_class=cfg.target.device_class, labels=cfg.target.labels
+            )
+            known = set(
+                s.scalars(select(RolloutTarget.device_id).where(RolloutTarget.rollout_id == rid))
+            )
+            listed = cfg.target.device_ids
+            fresh = [d for d in ids if d not in known and (not listed or d in listed)]
+            if not fresh:
+                return
+            states = device_states(s, fresh)
+            placement = {
+                d: stage_for_newcomer(cfg, phase, d, states[d].labels if d in states else {})
+                for d in fresh
+            }
+            added = rollouts.add_targets(s, rid, placement, now=now)
+            if added:
+                log.info("rollout %s: %d device(s) joined the target", rid, added)
+
+    def refresh_outcomes(self, record: RolloutRecord) -> None:
+        """Turn what devices reported into target outcomes; re-offer to devices that
+        reconnected without one."""
+        now = self.clock()
+        rid = record.rollout_id
+        with self.registry.session() as s:
+            rows = store.target_rows(s, rid, [T.DEPLOYING, T.SENT, T.SUCCEEDED, T.FAILED])
+            if not rows:
+                return
+            devs = device_states(s, [r.device_id for r in rows])
+            current = {r.device_id: r.deployment_id for r in rows}
+            views = install_views(s, store.deploy_prefix(rid), devs, current)
+            for row in rows:
+                change = (
+                    resolve_install(T(row.state), views[row.device_id], bundle_id=record.bundle_id)
+                    if row.device_id in views
+                    else None
+                )
+                if change is not None:
+                    state, finished, detail = change
+                    rollouts.update_target(
+                        s,
+                        rid,
+                        row.device_id,
+                        now=now,
+                        state=state.value,
+                        finished_at=finished or now,
+                        detail=detail,
+                    )
+                    continue
+                dev = devs.get(row.device_id)
+                came_back = (
+                    row.state == T.SENT.value
+                    and dev is not None
+                    and dev.online
+                    and dev.hello_ts is not None
+                    and row.last_attempt_at is not None
+                    and dev.hello_ts > row.last_attempt_at
+                )
+                if came_back:
+                    rollouts.update_target(s, rid, row.device_id, now=now, state=T.DEPLOYING.value)
+
+    def deploy_due(self, record: RolloutRecord) -> None:
+        """Offer the bundle to the online targets whose stage has come (and re-offer open
+        intents); offline ones wait until they return."""
+        now = self.clock()
+        rid = record.rollout_id
+        limit = self.config.max_attempts
+        with self.registry.session() as s:
+            _current, _cfg, phase = store.load(s, rid)
+            if phase.state not in (S.CANARY, S.WAVE, S.DONE):
+                return
+            rows = store.target_rows(s, rid, [T.PENDING, T.DEPLOYING], max_stage=phase.stage)
+            devs = device_states(s, [r.device_id for r in rows])
+            online = [r for r in rows if (d := devs.get(r.device_id)) is not None and d.online]
+            exhausted = [r.device_id for r in online if r.attempts >= limit]
+            store.set_targets(
+                s,
+                rid,
+                exhausted,
+                now=now,
+                state=T.FAILED.value,
+                finished_at=now,
+                detail=f"no outcome after {limit} offers",
+            )
+            due = [r.device_id for r in online if r.attempts < limit]
+            if not due:
+                return
+            dep_id = store.new_deployment_id(store.deploy_prefix(rid))
+            store.set_targets(  # the intent, committed before anything is published
+                s,
+                rid,
+                due,
+                now=now,
+                bump_attempts=True,
+                state=T.DEPLOYING.value,
+                deployment_id=dep_id,
+                last_attempt_at=now,
+            )
+        try:
+            self.delivery.deploy(record.bundle_id, due, deployment_id=dep_id)
+        except (HubError, FedfleetError) as exc:
+            log.warning("rollout %s: deploy to %d device(s) failed: %s", rid, len(due), exc)
+            return
+        with self.registry.session() as s:
+            store.set_targets(
+                s, rid, due, now=self.clock(), only_states=[T.DEPLOYING], state=T.SENT.value
+            )
+        log.info("rollout %s: offered %s to %d device(s)", rid, record.bundle_id, len(due))
+
+    def judge(self, record: RolloutRecord, cfg: RolloutConfig) -> None:
+        """Evaluate the current stage's gate; promote, or stop and roll the stage back."""
+        now = self.clock()
+        rid = record.rollout_id
+        with self.registry.session() as s:
+            current, _cfg, phase = store.load(s, rid)
+            if phase.state not in (S.CANARY, S.WAVE):
+                return
+            stage = current.stages[phase.stage]
+            started = stage.started_at or current.started_at or now
+            targets = [
+                t
+                for t in rollouts.list_targets(s, rid, stage_index=phase.stage)
+                if t.state != T.SKIPPED.value
+            ]
+            devs = device_states(s, [t.device_id for t in targets])
+            version, prev_version, _model = store.versions(s, current)
+            reports = gate_reports(
+                s,
+                [(t.device_id, T(t.state), t.finished_at) for t in targets],
+                devs,
+                version=version,
+                since=started,
+            )
+            all_ids = list(
+                s.scalars(select(RolloutTarget.device_id).where(RolloutTarget.rollout_id == rid))
+            )
+            baseline = baseline_for(
+                s, all_ids, version=prev_version, since=started - max(cfg.gate_window_s, 60.0)
+            )
+            result = evaluate_gate(
+                reports,
+                baseline,
+                thresholds=cfg.gates,
+                abort=cfg.abort,
+                stage_started=started,
+                now=now,
+                window_s=cfg.gate_window_s,
+                offline_timeout_s=cfg.offline_timeout_s,
+            )
+            entry = {**result.to_dict(), "stage": stage_name(phase.stage), "ts": now}
+            if result.verdict is GateVerdict.WAIT:
+                rollouts.update_stage(s, rid, phase.stage, gate_results=[entry])
+                return
+            if result.verdict is GateVerdict.PASS:
+                new = apply_action(phase, RolloutAction.PROMOTE, n_stages=cfg.n_stages)
+                rollouts.update_stage(
+                    s, rid, phase.stage, state="passed", finished_at=now, gate_results=[entry]
+                )
+                if new.state is not S.DONE:
+                    rollouts.update_stage(s, rid, new.stage, state="active", started_at=now)
+                store.write_phase(s, current, new, now=now, reason="")
+                log.info("rollout %s: %s passed -> %s", rid, stage_name(phase.stage), new.name)
+            else:
+                new = apply_action(phase, RolloutAction.GATE_FAILED, n_stages=cfg.n_stages)
+                rollouts.update_stage(
+                    s, rid, phase.stage, state="failed", finished_at=now, gate_results=[entry]
+                )
+                store.stop_pending(s, rid, now=now)
+                store.mark_for_rollback(s, rid, phase.stage, now=now)
+                reason = f"{stage_name(phase.stage)}: {result.reason}"
+                store.write_phase(s, current, new, now=now, reason=reason)
+                log.warning("rollout %s: rolling back: %s", rid, reason)
+        self.wake()
+
+    def roll_back(self, record: RolloutRecord, cfg: RolloutConfig) -> None:
+        """Send signed rollback orders to the marked targets, confirm them from what devices
+        report, and finish the rollback once all are back (or the offline timeout passed)."""
+        now = self.clock()
+        rid = record.rollout_id
+        prev = record.previous_bundle_id
+        with self.registry.session() as s:
+            current, _cfg, phase = store.load(s, rid)
+            rows = store.target_rows(s, rid, [T.ROLLBACK_PENDING, T.ROLLBACK_SENT])
+            if not rows and phase.state is S.ROLLED_BACK:
+                return
+            devs = device_states(s, [r.device_id for r in rows])
+            current = {r.device_id: r.deployment_id for r in rows}
+            views = install_views(s, store.deploy_prefix(rid), devs, current)
+            confirmed = set(
+                deployment_events(s, store.rollback_prefix(rid), [EventKind.ROLLED_BACK])
+            )
+            _version, prev_version, model = store.versions(s, current)
+            if prev is None or prev_version is None:
+                store.set_targets(
+                    s,
+                    rid,
+                    [r.device_id for r in rows],
+                    now=now,
+                    state=T.STRANDED.value,
+                    detail="no previous bundle to roll back to",
+                )
+                rows = []
+            done = {
+                r.device_id
+                for r in rows
+                if prev is not None
+                and r.device_id in views
+                and rolled_back(
+                    views[r.device_id],
+                    previous_bundle_id=prev,
+                    since=r.last_attempt_at,
+                    rollback_event_seen=r.device_id in confirmed,
+                )
+            }
+            store.set_targets(
+                s, rid, done, now=now, state=T.ROLLED_BACK.value, finished_at=now, detail=""
+            )
+            remaining = [r for r in rows if r.device_id not in done]
+            due = [r.device_id for r in remaining if _rollback_due(r, devs)]
+            if due:
+                store.set_targets(
+                    s,
+                    rid,
+                    due,
+                    now=now,
+                    bump_attempts=True,
+                    state=T.ROLLBACK_PENDING.value,
+                    last_attempt_at=now,
+                )
+            elif phase.state is S.ROLLING_BACK:
+                overdue = now - current.updated_at >= cfg.offline_timeout_s
+                if not remaining or overdue:
+                    new = apply_action(
+                        phase, RolloutAction.ROLLBACK_COMPLETE, n_stages=cfg.n_stages
+                    )
+                    note = f"; {len(remaining)} device(s) not confirmed back" if remaining else ""
+                    store.write_phase(s, current, new, now=now, reason=current.reason + note)
+                    log.info("rollout %s: rolled back%s", rid, note)
+        if not due or prev is None or prev_version is None:
+            return
+        dep_id = store.new_deployment_id(store.rollback_prefix(rid))
+        try:
+            order = self.signer.sign_rollback_order(
+                model_name=model,
+                device_class=record.device_class,
+                to_version=prev_version,
+                to_bundle_id=prev,
+                valid_hours=self.config.rollback_valid_hours,
+                now=datetime.fromtimestamp(now, tz=timezone.utc),
+            )
+            self.delivery.rollback(order, due, deployment_id=dep_id)
+        except (HubError, FedfleetError) as exc:
+            log.warning("rollout %s: rollback to %d device(s) failed: %s", rid, len(due), exc)
+            return
+        with self.registry.session() as s:
+            store.set_targets(
+                s,
+                rid,
+                due,
+                now=self.clock(),
+                only_states=[T.ROLLBACK_PENDING],
+                state=T.ROLLBACK_SENT.value,
+            )
+        log.info("rollout %s: rollback order sent to %d device(s)", rid, len(due))
+
+
+def _rollback_due(row: RolloutTarget, devs: dict[str, DeviceState]) -> bool:
+    """Online, and either not sent yet or reconnected since it was sent."""
+    dev = devs.get(row.device_id)
+    if dev is None or not dev.online:
+        return False  # retried when it returns
+    if row.state == T.ROLLBACK_PENDING.value:
+        return True
+    hello = dev.hello_ts
+    return hello is not None and row.last_attempt_at is not None and hello > row.last_attempt_at
+
+
+def _superseded(s: Session, record: RolloutRecord) -> bool:
+    """A done rollout stops adopting devices once a newer rollout for its class started."""
+    newer = s.scalar(
+        select(Rollout.rollout_id)
+        .where(
+            Rollout.device_class == record.device_class,
+            Rollout.created_at > record.created_at,
+            Rollout.state != S.DRAFT.value,
+        )
+        .limit(1)
+    )
+    return newer is not None

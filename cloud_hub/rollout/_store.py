@@ -1,0 +1,169 @@
+"""Private registry helpers of the engine: bulk target updates, loading and writing the
+state-machine position, deployment ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from cloud_hub.errors import HubConfigError, RolloutError
+from cloud_hub.registry import catalog, rollouts
+from cloud_hub.registry.errors import NotFoundError
+from cloud_hub.registry.records import RolloutRecord
+from cloud_hub.registry.tables import RolloutTarget
+from cloud_hub.rollout.config import RolloutConfig
+from cloud_hub.rollout.state import RolloutPhase, RolloutState
+from cloud_hub.rollout.status import phase_of
+from cloud_hub.rollout.targets import DEPLOYED_STATES, TargetState
+
+__all__ = [
+    "deploy_prefix",
+    "load",
+    "mark_for_rollback",
+    "new_deployment_id",
+    "rollback_prefix",
+    "set_targets",
+    "stop_pending",
+    "target_rows",
+    "validate_rollout_id",
+    "versions",
+    "write_phase",
+]
+
+_ROLLOUT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_BATCH = 500
+
+
+def validate_rollout_id(rollout_id: str) -> str:
+    """Rollout ids prefix deployment ids (``{id}.d…``), so they carry no dots."""
+    if not _ROLLOUT_ID_RE.match(rollout_id):
+        raise HubConfigError(f"invalid rollout id {rollout_id!r}: use 1-64 of [A-Za-z0-9_-]")
+    return rollout_id
+
+
+def deploy_prefix(rollout_id: str) -> str:
+    """Every deploy command of a rollout has a deployment id starting with this."""
+    return f"{rollout_id}.d"
+
+
+def rollback_prefix(rollout_id: str) -> str:
+    """Every rollback command of a rollout has a deployment id starting with this."""
+    return f"{rollout_id}.r"
+
+
+def new_deployment_id(prefix: str) -> str:
+    """A fresh id per publish: devices ignore a repeated id, and a re-offer must be seen."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def load(s: Session, rollout_id: str) -> tuple[RolloutRecord, RolloutConfig, RolloutPhase]:
+    try:
+        record = rollouts.get_rollout(s, rollout_id)
+    except NotFoundError as exc:
+        raise RolloutError(f"rollout {rollout_id!r} not found") from exc
+    return record, RolloutConfig.from_dict(record.config), phase_of(record)
+
+
+def write_phase(
+    s: Session, record: RolloutRecord, phase: RolloutPhase, *, now: float, **changes: object
+) -> RolloutRecord:
+    """Store the new position, only if nobody changed the rollout since ``record`` was read."""
+    if phase.state in (RolloutState.DONE, RolloutState.ABORTED, RolloutState.ROLLED_BACK):
+        changes.setdefault("finished_at", now)
+    return rollouts.update_rollout(
+        s,
+        record.rollout_id,
+        now=now,
+        expected_revision=record.revision,
+        state=phase.state.value,
+        current_stage=max(phase.stage, 0),
+        **changes,
+    )
+
+
+def versions(s: Session, record: RolloutRecord) -> tuple[int, int | None, str]:
+    """``(new version, previous version or None, model name)``."""
+    bundle = catalog.get_bundle(s, record.bundle_id)
+    prev = catalog.find_bundle(s, record.previous_bundle_id) if record.previous_bundle_id else None
+    return bundle.version, prev.version if prev is not None else None, bundle.model_name
+
+
+def set_targets(
+    s: Session,
+    rollout_id: str,
+    device_ids: Iterable[str],
+    *,
+    now: float,
+    only_states: Sequence[TargetState] | None = None,
+    bump_attempts: bool = False,
+    **values: object,
+) -> None:
+    """Bulk update of targets (optionally only those still in ``only_states``)."""
+    ids = list(device_ids)
+    for i in range(0, len(ids), _BATCH):
+        conds = [
+            RolloutTarget.rollout_id == rollout_id,
+            RolloutTarget.device_id.in_(ids[i : i + _BATCH]),
+        ]
+        if only_states is not None:
+            conds.append(RolloutTarget.state.in_([st.value for st in only_states]))
+        extra: dict[str, object] = {}
+        if bump_attempts:
+            extra["attempts"] = RolloutTarget.attempts + 1
+        s.execute(
+            update(RolloutTarget)
+            .where(*conds)
+            .values(**values, **extra, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def target_rows(
+    s: Session,
+    rollout_id: str,
+    states: Sequence[TargetState],
+    *,
+    max_stage: int | None = None,
+) -> list[RolloutTarget]:
+    conds = [
+        RolloutTarget.rollout_id == rollout_id,
+        RolloutTarget.state.in_([st.value for st in states]),
+    ]
+    if max_stage is not None:
+        conds.append(RolloutTarget.stage_index <= max_stage)
+    return list(s.scalars(select(RolloutTarget).where(*conds).order_by(RolloutTarget.device_id)))
+
+
+def stop_pending(s: Session, rollout_id: str, *, now: float) -> None:
+    """Targets not yet offered will never be: ``skipped``."""
+    rows = target_rows(s, rollout_id, [TargetState.PENDING])
+    set_targets(
+        s,
+        rollout_id,
+        [r.device_id for r in rows],
+        now=now,
+        only_states=[TargetState.PENDING],
+        state=TargetState.SKIPPED.value,
+        detail="rollout stopped before this device's turn",
+    )
+
+
+def mark_for_rollback(s: Session, rollout_id: str, stage: int | None, *, now: float) -> None:
+    """Record the intent to roll back every target of ``stage`` (all stages if ``None``) that
+    may have received the bundle."""
+    deployed = sorted(DEPLOYED_STATES)
+    rows = target_rows(s, rollout_id, deployed)
+    ids = [r.device_id for r in rows if stage is None or r.stage_index == stage]
+    set_targets(
+        s,
+        rollout_id,
+        ids,
+        now=now,
+        only_states=deployed,
+        state=TargetState.ROLLBACK_PENDING.value,
+        attempts=0,
+    )

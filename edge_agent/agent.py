@@ -1,0 +1,340 @@
+"""The agent's main loop: one worker thread that owns all state, fed by the MQTT link.
+
+Threads: paho's network thread (receives, reconnects), the outbox flusher (sends), and the
+worker (everything else). Inbound messages, timer ticks and connection events are handled
+in the worker one at a time, so OTA state needs no locks; an inbound message is
+acknowledged to the broker only after it was handled.
+
+Plug-in points for the other agent packages:
+
+- :meth:`EdgeAgent.add_reporter` — a periodic producer of ``Telemetry``/``DriftReport``/…
+  messages (telemetry, drift);
+- :meth:`EdgeAgent.on_model_changed` — called with the new active slot after a commit or a
+  rollback, and once at start (the model server hot-swaps);
+- :meth:`EdgeAgent.add_command_handler` — e.g. ``TrainCommand`` for federated training;
+- :meth:`EdgeAgent.add_status_fields` — runtime/provider/health fields of the status;
+- ``health_check=`` — a backend-aware replacement for the ONNX smoke inference.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.config import AgentConfig
+from edge_agent.ota import InstalledSlot, OtaUpdater
+from edge_agent.ota.health import HealthCheck
+from edge_agent.transport import InboundMessage, MqttLink, Outbox
+from shared.errors import ProtocolError
+from shared.messages import (
+    ChunkRequest,
+    DeployCommand,
+    DriftReport,
+    Event,
+    Hello,
+    Message,
+    PingCommand,
+    RollbackCommand,
+    Status,
+    Telemetry,
+    TrainCommand,
+    decode_message,
+)
+
+__all__ = ["EdgeAgent", "Reporter"]
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[], Iterable[Message]]
+_CONNECTED = object()
+_CHUNK_FRAME_SLACK = 8 * 1024  # frame header on top of a chunk's data
+_UPLINK: dict[type[Message], tuple[str, bool]] = {
+    Hello: ("hello", False),
+    Status: ("status", True),
+    Telemetry: ("telemetry", False),
+    DriftReport: ("drift", False),
+    Event: ("events", False),
+    ChunkRequest: ("chunk-req", False),
+}
+
+
+@dataclass
+class _Periodic:
+    interval_s: float
+    produce: Reporter
+    next_at: float = 0.0
+
+
+def _agent_version() -> str:
+    try:
+        return importlib.metadata.version("fedfleet")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _ort_runtimes() -> list[str]:
+    try:
+        import onnxruntime as ort
+
+        return [f"onnxruntime:{p}" for p in ort.get_available_providers()]
+    except Exception as exc:  # a device without onnxruntime still reports itself
+        log.warning("onnxruntime unavailable: %s", exc)
+        return []
+
+
+class EdgeAgent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        health_check: HealthCheck | None = None,
+        runtimes: Sequence[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.topics = config.mqtt.topics
+        self._clock = clock
+        self.runtimes = list(runtimes) if runtimes is not None else _ort_runtimes()
+        did = config.device_id
+        self._cmd_topic = self.topics.device(did, "cmd")
+        self._repair_topic = self.topics.device(did, "chunks")
+        self._bundle_prefix = f"{self.topics.root}/bundles/"
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(
+            config.state_dir / "outbox.sqlite3", max_entries=config.limits.max_outbox_entries
+        )
+        self.link = MqttLink(
+            settings=config.mqtt,
+            client_id=config.client_id,
+            outbox=self.outbox,
+            on_message=self._receive,
+            on_connect=lambda: self._put(_CONNECTED),
+            will=(self.topics.device(did, "status"), Status(device_id=did, online=False).encode()),
+            max_inbound_bytes=max(config.limits.max_chunk_bytes, config.limits.max_message_bytes),
+        )
+        self.updater = OtaUpdater(
+            device_id=did,
+            device_class=config.device_class,
+            state_dir=config.state_dir,
+            trust=config.load_trust_root(),
+            topics=self.topics,
+            emit=self.report,
+            subscribe=self.link.subscribe,
+            unsubscribe=self.link.unsubscribe,
+            timeouts=config.timeouts,
+            limits=config.limits,
+            health_check=health_check,
+            clock=clock,
+        )
+        self.updater.active_changed.append(lambda _slot: self.publish_status())
+        self._inbox: queue.Queue[object] = queue.Queue(maxsize=config.limits.max_inbox_messages)
+        self._periodic: list[_Periodic] = []
+        self._handlers: dict[type[Message], Callable[[Any], None]] = {
+            DeployCommand: self.updater.handle_deploy,
+            RollbackCommand: self.updater.handle_rollback,
+            PingCommand: lambda _cmd: self._announce(),
+        }
+        self._status_fields: list[Callable[[], Mapping[str, Any]]] = []
+        self._running = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._next_tick = 0.0
+        self._next_status = 0.0
+
+    # ------------------------------------------------------------------ plug-in points
+    def add_reporter(self, interval_s: float, produce: Reporter) -> None:
+        """Call ``produce`` every ``interval_s`` on the worker thread; send what it returns."""
+        self._periodic.append(_Periodic(interval_s, produce, self._clock() + interval_s))
+
+    def on_model_changed(self, callback: Callable[[InstalledSlot | None], None]) -> None:
+        """``callback(slot)`` after every change of the active model (and once at start)."""
+        self.updater.active_changed.append(callback)
+
+    def add_command_handler(self, cls: type[Message], handler: Callable[[Any], None]) -> None:
+        self._handlers[cls] = handler
+
+    def add_status_fields(self, provide: Callable[[], Mapping[str, Any]]) -> None:
+        """Extra ``Status`` fields (``runtime``, ``provider``, ``healthy``, ``extra``)."""
+        self._status_fields.append(provide)
+
+    @property
+    def active_model(self) -> InstalledSlot | None:
+        return self.updater.slots.active()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Recover OTA state from disk, then connect and serve (returns at once)."""
+        self.updater.recover()
+        for topic in (self._cmd_topic, self._repair_topic, *self.updater.subscriptions()):
+            self.link.subscribe(topic)
+        self._running.set()
+        self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
+        self._worker.start()
+        self.link.start()
+        active = self.active_model
+        for callback in list(self.updater.active_changed):
+            try:
+                callback(active)
+            except Exception:
+                log.exception("active-model listener failed at start")
+
+    def stop(self, *, drain_s: float = 2.0) -> None:
+        """Report offline, flush what can be flushed within ``drain_s``, disconnect."""
+        self._running.clear()
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+        self.report(self._status(online=False))
+        if self.link.connected:
+            self.link.drain(drain_s)
+        self.link.stop()
+        self.updater.close()
+        self.outbox.close()
+
+    def run_forever(self, stop: threading.Event) -> None:
+        self.start()
+        try:
+            stop.wait()
+        finally:
+            self.stop()
+
+    # ------------------------------------------------------------------ outbound
+    def report(self, message: Message) -> None:
+        """Send a device → hub message through the outbox (survives disconnects)."""
+        channel, retain = _UPLINK[type(message)]
+        topic = self.topics.device(self.config.device_id, channel)
+        self.link.publish(topic, message.encode(), qos=1, retain=retain)
+
+    def publish_status(self) -> None:
+        self.report(self._status(online=True))
+
+    def _status(self, *, online: bool) -> Status:
+        st = self.updater.status()
+        fields: dict[str, Any] = {}
+        for provide in self._status_fields:
+            try:
+                fields.update(provide())
+            except Exception:
+                log.exception("status field provider failed")
+        return Status(
+            device_id=self.config.device_id,
+            online=online,
+            installed=st.installed,
+            ota_state=st.ota_state,
+            deployment_id=st.deployment_id,
+            **{k: v for k, v in fields.items() if k in ("runtime", "provider", "healthy", "extra")},
+        )
+
+    def _announce(self) -> None:
+        import psutil
+
+        try:
+            free_disk = psutil.disk_usage(str(self.config.state_dir)).free
+        except OSError:
+            free_disk = 0
+        self.report(
+            Hello(
+                device_id=self.config.device_id,
+                device_class=self.config.device_class,
+                agent_version=_agent_version(),
+                runtimes=self.runtimes,
+                free_disk_bytes=int(free_disk),
+                free_mem_bytes=int(psutil.virtual_memory().available),
+                installed=self.updater.status().installed,
+                labels=dict(self.config.labels),
+            )
+        )
+        self.publish_status()
+
+    # ------------------------------------------------------------------ inbound
+    def _put(self, item: object) -> None:
+        try:
+            self._inbox.put(item, timeout=1.0)
+        except queue.Full:
+            log.warning("inbox full: dropped %s", getattr(item, "topic", "event"))
+            if isinstance(item, InboundMessage):
+                self.link.ack(item)
+
+    def _receive(self, message: InboundMessage) -> None:
+        self._put(message)
+
+    def handle(self, message: InboundMessage) -> None:
+        """Handle one inbound message (untrusted). Never raises for bad input."""
+        topic, payload = message.topic, message.payload
+        limits = self.config.limits
+        if topic == self._cmd_topic:
+            try:
+                cmd = decode_message(
+                    payload,
+                    expected=(DeployCommand, RollbackCommand, PingCommand, TrainCommand),
+                    max_bytes=limits.max_message_bytes,
+                )
+            except ProtocolError as exc:
+                log.warning("dropped command on %s: %s", topic, exc)
+                return
+            handler = self._handlers.get(type(cmd))
+            if handler is None:
+                log.warning("no handler for %s; dropped", cmd.TYPE)
+                return
+            handler(cmd)
+            self.publish_status()
+        elif topic == self._repair_topic or (
+            topic.startswith(self._bundle_prefix) and topic.endswith("/chunks")
+        ):
+            if len(payload) > limits.max_chunk_bytes + _CHUNK_FRAME_SLACK:
+                log.warning("dropped oversized chunk frame (%d bytes) on %s", len(payload), topic)
+                return
+            before = self._ota_state()
+            self.updater.handle_chunk(payload)
+            if self._ota_state() != before:
+                self.publish_status()
+        else:
+            log.warning("dropped message on unexpected topic %s", topic)
+
+    def _ota_state(self) -> tuple[str, str]:
+        dep = self.updater.deployment
+        return ("idle", "") if dep is None else (dep.phase.value, dep.deployment_id)
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while self._running.is_set():
+            try:
+                item = self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                item = None
+            try:
+                if item is _CONNECTED:
+                    self._announce()
+                elif isinstance(item, InboundMessage):
+                    try:
+                        self.handle(item)
+                    finally:
+                        self.link.ack(item)
+                self._timers()
+            except Exception:  # keep serving; the persisted OTA state stays consistent
+                log.exception("agent worker: unexpected error")
+
+    def _timers(self) -> None:
+        now = self._clock()
+        if now >= self._next_tick:
+            self._next_tick = now + 0.25
+            before = self._ota_state()
+            self.updater.tick()
+            if self._ota_state() != before:
+                self.publish_status()
+        if now >= self._next_status:
+            self._next_status = now + self.config.status_interval_s
+            if self.link.connected:
+                self.publish_status()
+        for p in self._periodic:
+            if now >= p.next_at:
+                p.next_at = now + p.interval_s
+                try:
+                    for message in p.produce():
+                        self.report(message)
+                except Exception:
+                    log.exception("reporter failed")

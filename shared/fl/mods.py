@@ -1,0 +1,91 @@
+"""Flower client mods fedfleet adds around its ClientApp (torch-free).
+
+- :func:`hardened_secaggplus_mod` is Flower's ``secaggplus_mod`` run inside
+  :func:`shared.fl.secure_prg.secure_mask_generator` (masks from ChaCha20, see there).
+- :class:`DropoutSchedule` makes chosen clients fail at a chosen SecAgg+ stage (simulated
+  device loss, for fault scenarios and tests).
+
+Kept apart from :mod:`shared.fl.client` so that a SuperNode's ClientApp process can run
+the key-exchange and unmask stages of SecAgg+ without importing torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from flwr.app import Context, Message
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+from shared.errors import ConfigError
+from shared.fl.secure_prg import secure_mask_generator
+
+__all__ = ["DropoutSchedule", "SimulatedDropoutError", "hardened_secaggplus_mod"]
+
+
+def _partition_id(context: Context) -> int:
+    try:
+        return int(context.node_config["partition-id"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError("node config has no integer 'partition-id'") from exc
+
+
+class SimulatedDropoutError(RuntimeError):
+    """Raised inside a ClientApp to simulate a device that disappears mid-round."""
+
+
+@dataclass(frozen=True)
+class DropoutSchedule:
+    """Which clients vanish, and when (fault injection for simulations and tests).
+
+    A client drops in a round when its partition id is listed in ``partitions`` or, for
+    the others, with probability ``rate`` (decided by a hash of seed, round and partition,
+    so runs are reproducible and all processes agree). ``stage`` is the SecAgg+ stage at
+    which it stops answering (``"collect_masked_vectors"``: after sharing its keys — the
+    case where the server must reconstruct its masks); plain rounds drop at training.
+    """
+
+    rate: float = 0.0
+    seed: int = 0
+    stage: str = "collect_masked_vectors"
+    partitions: tuple[int, ...] = ()
+    rounds: tuple[int, ...] = ()  # empty: every round
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate < 1.0:
+            raise ConfigError(f"dropout rate must be in [0, 1), got {self.rate}")
+        stages = ("setup", "share_keys", "collect_masked_vectors", "unmask")
+        if self.stage not in stages:
+            raise ConfigError(f"dropout stage must be one of {stages}, got {self.stage!r}")
+
+    def drops(self, server_round: int, partition_id: int) -> bool:
+        if self.rounds and server_round not in self.rounds:
+            return False
+        if partition_id in self.partitions:
+            return True
+        if self.rate <= 0:
+            return False
+        digest = hashlib.sha256(f"{self.seed}/{server_round}/{partition_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") / 2**64 < self.rate
+
+    def mod(self, message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        """A Flower ``Mod`` raising :class:`SimulatedDropoutError` when this client drops."""
+        if message.metadata.message_type == "train" and "partition-id" in context.node_config:
+            configs = message.content.config_records.get(RECORD_KEY_CONFIGS)
+            stage = str(configs[Key.STAGE]) if configs is not None else self.stage
+            server_round = int(message.metadata.group_id or 0)
+            if stage == self.stage and self.drops(server_round, _partition_id(context)):
+                raise SimulatedDropoutError(
+                    f"partition {_partition_id(context)} dropped at {stage}, round {server_round}"
+                )
+        return call_next(message, context)
+
+
+def hardened_secaggplus_mod(
+    message: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """Flower's ``secaggplus_mod`` with masks from fedfleet's cryptographic generator."""
+    with secure_mask_generator():
+        return secaggplus_mod(message, context, call_next)

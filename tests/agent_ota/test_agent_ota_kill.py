@@ -1,0 +1,124 @@
+"""SIGKILL at random points during download and install (slow: ``pytest -m slow``).
+
+One agent process is killed once per trial while it receives version k+1 over version k,
+then restarted. After every kill the disk must hold a working model (the active slot is
+intact: version k or k+1) and a readable state; after the restart the deployment must
+commit. The broker keeps the agent's session, so chunks published while it is dead wait
+for it; the rest come back through chunk requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from edge_agent.ota.slots import SlotStore
+from shared.messages import EventKind, Hello
+from shared.topics import TopicScheme
+from tests.agent_ota.agent_ota_helpers import (
+    BundleSender,
+    broker_available,
+    make_authority,
+    make_bundle,
+    make_offer,
+    onnx_model_bytes,
+    start_agent,
+    unique_prefix,
+    wait_for,
+    write_agent_config,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.skipif(not broker_available(), reason="needs Mosquitto on 127.0.0.1:1883"),
+]
+
+TRIALS = int(os.environ.get("OTA_KILL_TRIALS", "20"))
+
+
+def _consistent(state_dir: Path, allowed: set[str]) -> str:
+    """The on-disk invariant after a SIGKILL; returns the persisted phase."""
+    slots = SlotStore(state_dir)
+    active = slots.active()
+    assert active is not None, "no active model after kill"
+    assert active.meta.bundle_id in allowed, active.meta
+    assert slots.check(active.name), "active slot damaged"
+    state = json.loads((state_dir / "ota_state.json").read_text())
+    dep = state["deployment"]
+    return "none" if dep is None else str(dep["phase"])
+
+
+def test_sigkill_at_random_points_always_recovers(tmp_path: Path) -> None:
+    rng = random.Random(int(os.environ.get("OTA_KILL_SEED", "1234")))
+    prefix = unique_prefix()
+    topics = TopicScheme(prefix)
+    auth = make_authority()
+    hub = BundleSender(topics)
+    dev = f"dev-{prefix}"
+    cfg = write_agent_config(
+        tmp_path,
+        device_id=dev,
+        prefix=prefix,
+        trust_path=auth.write_trust(tmp_path / "trust.json"),
+        chunk_retry_s=0.3,
+    )
+    state_dir = tmp_path / dev
+    model_size = (256, 1024)  # ~1 MiB of weights: download, install and load all take time
+    proc = start_agent(cfg, tmp_path / "agent.log")
+    phases: Counter[str] = Counter()
+    try:
+        assert wait_for(lambda: hub.of(dev, Hello), 20)
+        first = make_offer(
+            make_bundle(auth, version=1, model=onnx_model_bytes(*model_size, seed=1)),
+            topics,
+            chunk_size=32 * 1024,
+        )
+        t0 = time.monotonic()
+        hub.deploy(first, [dev], settle_s=0.2)
+        assert hub.wait_kind(dev, first.command.deployment_id, EventKind.COMMITTED, 60)
+        span = time.monotonic() - t0  # how long one deployment takes here
+        previous = first
+        for trial in range(TRIALS):
+            version = trial + 2
+            offer = make_offer(
+                make_bundle(
+                    auth, version=version, model=onnx_model_bytes(*model_size, seed=version)
+                ),
+                topics,
+                chunk_size=32 * 1024,
+            )
+            dep = offer.command.deployment_id
+            hub.deploy(offer, [dev], settle_s=0.0)
+            time.sleep(rng.uniform(0.0, span * 1.1))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            phases[_consistent(state_dir, {previous.bundle_id, offer.bundle_id})] += 1
+            proc = start_agent(cfg, tmp_path / "agent.log")
+            assert hub.wait_kind(dev, dep, EventKind.COMMITTED, 60), (
+                trial,
+                hub.kinds(dev, dep),
+                (tmp_path / "agent.log").read_text()[-3000:],
+            )
+            assert wait_for(
+                lambda: (
+                    json.loads((state_dir / "ota_state.json").read_text())["deployment"]["phase"]
+                    == "committed"
+                ),
+                10,
+            )
+            _consistent(state_dir, {offer.bundle_id})
+            previous = offer
+    finally:
+        proc.kill()
+        proc.wait(10)
+        hub.close()
+    print(f"persisted phase at kill time over {TRIALS} trials: {dict(phases)}")
+    assert sum(phases.values()) == TRIALS

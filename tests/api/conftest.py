@@ -1,0 +1,71 @@
+"""A real registry (SQLite), tokens of every role, and the app over an in-process client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cloud_hub.api import ApiContext, create_app
+from cloud_hub.registry import Registry, admin, open_registry
+
+T0 = 1_800_000_000.0
+
+
+@dataclass
+class Clock:
+    now: float = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class RecordingDelivery:
+    """Implements ``cloud_hub.rollout.delivery.RolloutDelivery``; records every call."""
+
+    deployed: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
+    rolled_back: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
+
+    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
+        self.deployed.append((bundle_id, tuple(device_ids), deployment_id))
+
+    def rollback(
+        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
+    ) -> None:
+        self.rolled_back.append((tuple(device_ids), deployment_id))
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def tokens(registry: Registry) -> dict[str, str]:
+    out = {}
+    with registry.session() as s:
+        for role in admin.ROLES:
+            _, out[role] = admin.create_token(s, name=f"{role}-bot", role=role, now=T0)
+    return out
+
+
+@pytest.fixture
+def context(registry: Registry, tmp_path: Path) -> ApiContext:
+    return ApiContext(registry=registry, bundle_dir=tmp_path / "bundles", clock=Clock())
+
+
+@pytest.fixture
+def client(context: ApiContext) -> Iterator[TestClient]:
+    with TestClient(create_app(context), raise_server_exceptions=False) as c:
+        yield c
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,134 @@
+"""Fuzz every operation of the OpenAPI document: no request may make the server answer 5xx,
+and every error is JSON with a message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+
+from cloud_hub.api import ApiContext, create_app
+from cloud_hub.enrollment.hubdir import open_enrollment
+from cloud_hub.keys import KeyStore
+from cloud_hub.registry import admin, catalog, devices, open_registry, reports
+from cloud_hub.rollout.engine import RolloutService
+from shared.messages import Event, Hello
+
+T0 = 1_800_000_000.0
+ADMIN_TOKEN: dict[str, str] = {}
+
+
+class _Delivery:
+    def deploy(self, bundle_id: str, device_ids: Any, *, deployment_id: str) -> None:
+        pass
+
+    def rollback(self, order: Any, device_ids: Any, *, deployment_id: str) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("fuzz")
+    registry = open_registry(f"sqlite:///{root / 'hub.db'}")
+    with registry.session() as s:
+        _, ADMIN_TOKEN["token"] = admin.create_token(s, name="fuzzer", role="admin", now=T0)
+        hellos = [
+            Hello(
+                device_id=f"dev-{i}",
+                device_class="rpi4",
+                agent_version="1",
+                runtimes=["onnx-cpu"],
+                free_disk_bytes=1,
+                free_mem_bytes=1,
+                labels={"site": "a"},
+                ts=T0,
+            )
+            for i in range(5)
+        ]
+        devices.record_hellos(s, hellos, now=T0)
+        reports.record_events(
+            s, [Event(device_id="dev-1", event_id="e1", kind="installed")], now=T0
+        )
+        for v in (1, 2):
+            catalog.register_bundle(
+                s,
+                bundle_id=f"b-v{v}",
+                model_name="m",
+                version=v,
+                device_class="rpi4",
+                size=10,
+                now=T0,
+            )
+    keys = KeyStore.init(root / "keys")
+    engine = RolloutService(registry, _Delivery(), keys)
+    enrollment = open_enrollment(root / "hub", keys_dir=root / "keys")
+    app = create_app(
+        ApiContext(
+            registry=registry,
+            rollouts=engine,
+            enrollment=enrollment,
+            bundle_dir=root / "bundles",
+        )
+    )
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+def _fuzz(api_schema: Any, examples: int) -> None:
+    """Every operation, with generated (valid and invalid) inputs, as an admin."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN['token']}"}
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 30
+
+    for operation in operations:
+
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(
+            case=operation.as_strategy(GenerationMode.POSITIVE)
+            | operation.as_strategy(GenerationMode.NEGATIVE)
+        )
+        def check(case: Any) -> None:
+            response = case.call(headers=headers)
+            case.validate_response(response, checks=[not_a_server_error])
+            if response.status_code >= 400:
+                body = response.json()
+                assert isinstance(body.get("message"), str) and body["message"], body
+
+        check()
+
+
+def test_no_request_makes_a_server_error(api_schema: Any) -> None:
+    _fuzz(api_schema, examples=6)
+
+
+@pytest.mark.slow
+def test_no_request_makes_a_server_error_deep(api_schema: Any) -> None:
+    _fuzz(api_schema, examples=150)
+
+
+def test_openapi_document_lists_the_resources(api_schema: Any) -> None:
+    paths = set(api_schema.raw_schema["paths"])
+    for expected in (
+        "/api/v1/devices",
+        "/api/v1/devices/{device_id}",
+        "/api/v1/models",
+        "/api/v1/bundles",
+        "/api/v1/bundles/upload",
+        "/api/v1/rollouts",
+        "/api/v1/rollouts/{rollout_id}/rollback",
+        "/api/v1/events",
+        "/api/v1/drift",
+        "/api/v1/training-runs",
+        "/api/v1/enrollment-tokens",
+        "/metrics",
+    ):
+        assert expected in paths, expected
