@@ -11,7 +11,8 @@ Per profile, ``OUT/<profile>/`` holds::
                                  "artifact": {"file", "sha256", "size"}}
     preprocess.json             {"type": "preprocess", "schema_version": 1, "model_name",
                                  "task", "format", "input_name", "output_name",
-                                 "input_shape": [null|1, ...] (null = any batch), "dtype",
+                                 "input_shape": per-sample shape without the batch
+                                 dimension, "batch_size": null (any) | 1, "dtype",
                                  "layout", "normalisation": {"mean", "std"}, "labels": [...],
                                  "output": "logits"}
     reference_stats.json        ``shared.drift_reference.ReferenceStats`` (its docstring

@@ -306,7 +306,8 @@ def _write_sidecars(
         "format": profile.format,
         "input_name": "input",
         "output_name": "logits",
-        "input_shape": [None if profile.format == "onnx" else 1, *shape],
+        "input_shape": list(shape),  # per sample, no batch dimension (the agent reads this)
+        "batch_size": None if profile.format == "onnx" else 1,  # None = any batch
         "dtype": "float32",
         "layout": "NCHW" if len(shape) == 3 else "NC",
         "normalisation": {"mean": 0.0, "std": 1.0},  # inputs arrive scaled as in shared.data

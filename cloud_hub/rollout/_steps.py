@@ -116,8 +116,8 @@ class RolloutSteps:
             if not rows:
                 return
             devs = device_states(s, [r.device_id for r in rows])
-            current = {r.device_id: r.deployment_id for r in rows}
-            views = install_views(s, store.deploy_prefix(rid), devs, current)
+            offers = {r.device_id: r.deployment_id for r in rows}
+            views = install_views(s, store.deploy_prefix(rid), devs, offers)
             for row in rows:
                 change = (
                     resolve_install(T(row.state), views[row.device_id], bundle_id=record.bundle_id)
@@ -273,8 +273,8 @@ class RolloutSteps:
             if not rows and phase.state is S.ROLLED_BACK:
                 return
             devs = device_states(s, [r.device_id for r in rows])
-            current = {r.device_id: r.deployment_id for r in rows}
-            views = install_views(s, store.deploy_prefix(rid), devs, current)
+            offers = {r.device_id: r.deployment_id for r in rows}
+            views = install_views(s, store.deploy_prefix(rid), devs, offers)
             confirmed = set(
                 deployment_events(s, store.rollback_prefix(rid), [EventKind.ROLLED_BACK])
             )

@@ -97,7 +97,16 @@ def test_sigkill_at_random_points_always_recovers(tmp_path: Path) -> None:
             )
             dep = offer.command.deployment_id
             hub.deploy(offer, [dev], settle_s=0.0)
-            time.sleep(rng.uniform(0.0, span * 1.1))
+            # a quarter of the kills at a random time, the rest just after a step was
+            # reported, so verification, install and health check get killed too
+            step = [None, EventKind.DOWNLOAD_COMPLETE, EventKind.VERIFIED, EventKind.INSTALLED][
+                trial % 4
+            ]
+            if step is None:
+                time.sleep(rng.uniform(0.0, span * 1.1))
+            else:
+                wait_for(lambda: step in hub.kinds(dev, dep), 30, interval=0.002)
+                time.sleep(rng.uniform(0.0, 0.03))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             phases[_consistent(state_dir, {previous.bundle_id, offer.bundle_id})] += 1

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -22,22 +21,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass
-class RecordingDelivery:
-    """Implements ``cloud_hub.rollout.delivery.RolloutDelivery``; records every call."""
-
-    deployed: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
-    rolled_back: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
-
-    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
-        self.deployed.append((bundle_id, tuple(device_ids), deployment_id))
-
-    def rollback(
-        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
-    ) -> None:
-        self.rolled_back.append((tuple(device_ids), deployment_id))
 
 
 @pytest.fixture

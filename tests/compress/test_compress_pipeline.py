@@ -56,7 +56,8 @@ def test_x86_profile_writes_the_bundle_builder_layout(
     assert metrics["metrics"]["accuracy"] == m.accuracy
     assert metrics["quantization"]["static_qdq"] == ["Conv", "Gemm"]
     preprocess = json.loads((artifact.directory / "preprocess.json").read_text())
-    assert preprocess["input_shape"] == [None, 1, 8, 8] and preprocess["dtype"] == "float32"
+    assert preprocess["input_shape"] == [1, 8, 8] and preprocess["batch_size"] is None
+    assert preprocess["dtype"] == "float32"
     assert preprocess["labels"] == [str(i) for i in range(10)]
     stats = ReferenceStats.from_json((artifact.directory / "reference_stats.json").read_bytes())
     assert stats.names == ("c0_mean", "c0_std") and stats.n_samples == len(digits.calib)

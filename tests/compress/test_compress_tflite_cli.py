@@ -51,7 +51,8 @@ def _check_rpi4(artifact: Any, trained: Any) -> None:
     logits = predict(tflite_predictor(artifact.artifact_path), trained.eval.x)
     assert float(np.mean(logits.argmax(axis=1) == trained.eval.y)) == m.accuracy
     preprocess = json.loads((artifact.directory / "preprocess.json").read_text())
-    assert preprocess["format"] == "tflite" and preprocess["input_shape"] == [1, 1, 8, 8]
+    assert preprocess["format"] == "tflite" and preprocess["input_shape"] == [1, 8, 8]
+    assert preprocess["batch_size"] == 1
 
 
 def test_rpi4_tflite_int8_for_real(

@@ -248,3 +248,44 @@ def test_cli_parsers() -> None:
     assert parse_labels(["a=1", "b = x=y"]) == {"a": "1", "b": "x=y"}
     with pytest.raises(HubConfigError):
         parse_labels(["novalue"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_release_parser_never_raises(text: str) -> None:
+    result = parse_nv_tegra_release(text)
+    assert result is None or result.count(".") == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["device_id", "device_class", "certificate", "ca_certificate", "mqtt", "topic_prefix"]
+        ),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=5),
+            st.dictionaries(st.text(max_size=3), st.text(max_size=3)),
+        ),
+    )
+)
+def test_malformed_enrollment_answers_are_refused_cleanly(data: dict[str, object]) -> None:
+    from edge_agent.service.hub_client import EnrollmentAnswer
+
+    try:
+        answer = EnrollmentAnswer.from_dict(data)
+    except EnrollmentError:  # the only error a malformed answer may cause
+        return
+    # Only a complete answer parses.
+    assert set(data) == {
+        "device_id",
+        "device_class",
+        "certificate",
+        "ca_certificate",
+        "mqtt",
+        "topic_prefix",
+    }
+    assert isinstance(data["mqtt"], dict) and "url" in data["mqtt"]
+    assert answer.device_id == str(data["device_id"])
