@@ -7,7 +7,8 @@ for accuracy). Steps are the pipeline's own (``cloud_hub.compress``): export -> 
 optimization -> int8 plan per layer type -> evaluation on the held-out 20 %.
 
 Latency: median wall time per call on the CPU, one intra-op thread for every contender
-(``--threads``), batches of 1 and 32. Where a CUDA GPU is usable (onnxruntime's CUDA provider,
+(``--threads``), batches of 1 and 32, contenders timed in alternation (a loaded machine
+slows all of them alike). Where a CUDA GPU is usable (onnxruntime's CUDA provider,
 else torch CUDA), the fp16 GPU path is measured too and its speedup over the CPU reported;
 otherwise the result says why it was skipped.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -93,6 +95,26 @@ def latencies(fn: Predictor, shape: tuple[int, ...], config: LatencyConfig) -> d
     return {f"b{b}": measure_latency_ms(fn, shape, b, config) for b in config.batch_sizes}
 
 
+def interleaved_latencies(
+    fns: dict[str, Predictor], shape: tuple[int, ...], config: LatencyConfig
+) -> dict[str, dict[str, float]]:
+    """Median ms per call, contenders timed in alternation so machine load hits all alike."""
+    rng = np.random.default_rng(0)
+    result: dict[str, dict[str, float]] = {name: {} for name in fns}
+    for batch in config.batch_sizes:
+        x = rng.random((batch, *shape), dtype=np.float32)
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for round_ in range(config.warmup + config.repeats):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn(x)
+                if round_ >= config.warmup:
+                    times[name].append((time.perf_counter() - start) * 1000.0)
+        for name in fns:
+            result[name][f"b{batch}"] = statistics.median(times[name])
+    return result
+
+
 def gpu_path(
     fp16_model: Path, model: torch.nn.Module, shape: tuple[int, ...], config: LatencyConfig
 ) -> dict[str, Any]:
@@ -125,11 +147,12 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     epochs = 3 if args.quick else 6
     config = LatencyConfig(
-        threads=args.threads, warmup=2 if args.quick else 5, repeats=7 if args.quick else 30
+        threads=args.threads, warmup=2 if args.quick else 5, repeats=7 if args.quick else 40
     )
 
     calib, evaluation = hub_datasets("edge-cnn")
     model = train("edge-cnn", calib, epochs)
+    print(f"trained edge-cnn in {time.perf_counter() - started:.1f} s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         art = build_artifacts(model, "edge-cnn", calib, work)
@@ -141,17 +164,16 @@ def main() -> int:
             k: predict(fn, evaluation.x)
             for k, fn in (("torch", torch_fn), ("ort_fp32", fp32_fn), ("int8", int8_fn))
         }
-        lat = {
-            k: latencies(fn, shape, config)
-            for k, fn in (("torch_fp32", torch_fn), ("ort_fp32", fp32_fn), ("ort_int8", int8_fn))
-        }
+        lat = interleaved_latencies(
+            {"torch_fp32": torch_fn, "ort_fp32": fp32_fn, "ort_int8": int8_fn}, shape, config
+        )
         size_fp32, size_int8 = art["fp32"].stat().st_size, art["int8"].stat().st_size
         size_fp16 = art["fp16"].stat().st_size
         gpu = gpu_path(art["fp16"], model, shape, config)
 
         # The small digits CNN, trained properly: accuracy and size only (too tiny for latency).
         d_calib, d_eval = hub_datasets("digits-cnn")
-        digits = train("digits-cnn", d_calib, 5 if args.quick else 8)
+        digits = train("digits-cnn", d_calib, 3 if args.quick else 8)
         d_art = build_artifacts(digits, "digits-cnn", d_calib, work)
         d_fp32 = predict(torch_predictor(digits), d_eval.x)
         d_int8 = predict(onnx_predictor(d_art["int8"]), d_eval.x)

@@ -15,6 +15,7 @@ measured the same way for fedfleet and for plain Flower.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import subprocess
@@ -114,7 +115,9 @@ def child_flower(num_clients: int, rounds: int) -> dict[str, Any]:
             logits = eval_model(torch.from_numpy(x_val))
         acc = float((logits.argmax(1).numpy() == y_val).mean())
         holder["accuracy"] = acc
-        return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y_val))), {"accuracy": acc}
+        return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y_val))), {
+            "accuracy": acc
+        }
 
     def server_fn(context: Context) -> ServerAppComponents:
         strategy = FedAvg(
@@ -134,18 +137,36 @@ def child_flower(num_clients: int, rounds: int) -> dict[str, Any]:
         num_supernodes=num_clients,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2, "include_dashboard": False, "logging_level": logging.ERROR},
+            "init_args": {
+                "num_cpus": 2,
+                "include_dashboard": False,
+                "logging_level": logging.ERROR,
+            },
         },
     )
-    return {"wall_s": time.perf_counter() - started, "accuracy": holder.get("accuracy", float("nan"))}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "accuracy": holder.get("accuracy", float("nan")),
+    }
 
 
 def _measure_child(kind: str, num_clients: int, rounds: int) -> dict[str, Any]:
     """Run a scale child; return its JSON result plus the tree's peak RSS."""
     import psutil
 
-    argv = [sys.executable, __file__, "--child", kind, "--clients", str(num_clients), "--rounds", str(rounds)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    argv = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--clients",
+        str(num_clients),
+        "--rounds",
+        str(rounds),
+    ]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -155,10 +176,8 @@ def _measure_child(kind: str, num_clients: int, rounds: int) -> dict[str, Any]:
         except psutil.NoSuchProcess:
             break
         for member in members:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += member.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         peak = max(peak, total)
         time.sleep(0.2)
     out, _ = proc.communicate()
@@ -170,17 +189,30 @@ def _measure_child(kind: str, num_clients: int, rounds: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
-def accuracy_pair(clients: int, rounds: int, threshold: float, local_epochs: int = 5) -> dict[str, Any]:
+def accuracy_pair(
+    clients: int, rounds: int, threshold: float, local_epochs: int = 5
+) -> dict[str, Any]:
     """The same digits run with and without SecAgg+ (in-process engine, same seeds)."""
-    from cloud_hub.fl import FederatedRunConfig, PartitionSpec, SecAggConfig, partition_arrays, run_federated
+    from cloud_hub.fl import (
+        FederatedRunConfig,
+        PartitionSpec,
+        SecAggConfig,
+        partition_arrays,
+        run_federated,
+    )
     from cloud_hub.fl.partition import split_holdout
     from shared.data import load_digits_dataset
 
     x, y = load_digits_dataset()
     train, holdout = split_holdout(x, y, 0.2, seed=0)
-    sources = partition_arrays(train[0], train[1], clients, PartitionSpec(kind="dirichlet", alpha=0.5))
+    sources = partition_arrays(
+        train[0], train[1], clients, PartitionSpec(kind="dirichlet", alpha=0.5)
+    )
     out: dict[str, Any] = {}
-    for label, secagg in (("plain", SecAggConfig(enabled=False)), ("secagg", SecAggConfig(reconstruction_threshold=threshold))):
+    for label, secagg in (
+        ("plain", SecAggConfig(enabled=False)),
+        ("secagg", SecAggConfig(reconstruction_threshold=threshold)),
+    ):
         cfg = FederatedRunConfig(
             model_name="digits-cnn",
             num_clients=clients,
@@ -205,7 +237,13 @@ def accuracy_pair(clients: int, rounds: int, threshold: float, local_epochs: int
 
 def overhead_pair(clients: int, rounds: int) -> float:
     """Mean fit-round time with SecAgg+ / without, same cohort, light local work."""
-    from cloud_hub.fl import FederatedRunConfig, PartitionSpec, SecAggConfig, partition_arrays, run_federated
+    from cloud_hub.fl import (
+        FederatedRunConfig,
+        PartitionSpec,
+        SecAggConfig,
+        partition_arrays,
+        run_federated,
+    )
     from cloud_hub.fl.partition import split_holdout
     from shared.data import load_digits_dataset
 
@@ -247,7 +285,10 @@ def main() -> None:
         scale_clients, scale_rounds = 10, 1
     else:
         acc = accuracy_pair(clients=20, rounds=20, threshold=0.6)
-        ratios = {20: acc["secagg"]["round_s"] / acc["plain"]["round_s"], 100: overhead_pair(100, 2)}
+        ratios = {
+            20: acc["secagg"]["round_s"] / acc["plain"]["round_s"],
+            100: overhead_pair(100, 2),
+        }
         scale_clients, scale_rounds = 1000, 3
     print(f"accuracy: {json.dumps(acc)}", file=sys.stderr)
     print(f"secagg overhead ratios: {ratios}", file=sys.stderr)
@@ -259,7 +300,9 @@ def main() -> None:
         "mode": "quick" if args.quick else "full",
         "accuracy_secagg": round(acc["secagg"]["accuracy"], 4),
         "accuracy_plain": round(acc["plain"]["accuracy"], 4),
-        "accuracy_gap_points": round(100 * (acc["plain"]["accuracy"] - acc["secagg"]["accuracy"]), 2),
+        "accuracy_gap_points": round(
+            100 * (acc["plain"]["accuracy"] - acc["secagg"]["accuracy"]), 2
+        ),
         "rounds_to_090_secagg": acc["secagg"]["rounds_to_090"],
         "secagg_overhead_ratio": round(ratios[first_clients], 3),
         "secagg_overhead_ratio_by_clients": {str(k): round(v, 3) for k, v in ratios.items()},

@@ -90,6 +90,7 @@ class HubConfig:
     ingest_client_id: str = "fedfleet-hub-ingest"
     ingest: IngestConfig = field(default_factory=IngestConfig)
     enable_ingest: bool = True
+    offline_after_s: float = 900.0  # silent this long → marked offline (0 = never)
 
     def __post_init__(self) -> None:
         if not 0 <= self.api_port < 65536:
@@ -98,6 +99,8 @@ class HubConfig:
             raise HubConfigError(f"invalid topic_prefix {self.topic_prefix!r}")
         if self.db_url and not self.db_url.startswith(("sqlite", "postgresql")):
             raise HubConfigError("db_url must be sqlite:///PATH or postgresql+psycopg://...")
+        if self.offline_after_s != 0 and not 10 <= self.offline_after_s <= 30 * 86400:
+            raise HubConfigError("offline_after_s must be 0 (off) or within [10, 2592000]")
         if not self.ingest_client_id or len(self.ingest_client_id) > 128:
             raise HubConfigError("ingest_client_id must be 1-128 characters")
 

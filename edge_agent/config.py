@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from edge_agent.errors import AgentConfigError
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FedfleetError
 from shared.signing import TrustRoot
 from shared.topics import TopicScheme, validate_device_id
 
@@ -196,7 +196,7 @@ class AgentConfig:
         try:
             root = TrustRoot.from_dict(data)
             root.publics()  # key ids must match their keys
-        except (ConfigError, ValueError) as exc:
+        except (FedfleetError, ValueError) as exc:
             raise AgentConfigError(f"trust root {self.trust_root}: {exc}") from exc
         return root
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from shared.errors import ConfigError, MalformedMessageError
 
-__all__ = ["DEVICE_CHANNELS", "DeviceTopic", "TopicScheme", "validate_device_id"]
+__all__ = ["DEVICE_CHANNELS", "UPLINK_CHANNELS", "DeviceTopic", "TopicScheme", "validate_device_id"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEVICE_CHANNELS = ("hello", "status", "telemetry", "drift", "events", "chunk-req", "cmd", "chunks")

@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import threading
 import time
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.api.app import create_app
 from cloud_hub.api.context import ApiContext
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
 from cloud_hub.fleet import FleetIngest, MqttSettings
-from cloud_hub.registry import Registry, open_registry
+from cloud_hub.registry import Registry, devices, open_registry
 from cloud_hub.registry.bundle_index import register_bundle_bytes
 from shared.errors import FedfleetError
 from shared.topics import TopicScheme
@@ -53,6 +55,7 @@ class HubServer:
         self._app: FastAPI | None = None
         self._stop = threading.Event()
         self._engine_thread: threading.Thread | None = None
+        self._housekeeping: threading.Thread | None = None
 
     @property
     def app(self) -> FastAPI:
@@ -102,11 +105,26 @@ class HubServer:
             )
             self._engine_thread.start()
             log.info("rollout engine running")
+        if cfg.offline_after_s:
+            self._housekeeping = threading.Thread(
+                target=self._mark_silent_offline, name="hub-housekeeping", daemon=True
+            )
+            self._housekeeping.start()
 
     def serve_forever(self) -> None:
-        """Run the API with uvicorn until SIGINT/SIGTERM."""
+        """Run the API with uvicorn until SIGINT/SIGTERM, then return (call :meth:`stop`).
+
+        uvicorn re-raises the signal it caught once it has shut down; our handler turns that
+        into a normal return so the ingest can still write what it holds."""
         import uvicorn
 
+        class _Shutdown(Exception):
+            pass
+
+        def on_signal(signum: int, frame: object) -> None:
+            raise _Shutdown(signum)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         server = uvicorn.Server(
             uvicorn.Config(
                 self.app,
@@ -116,7 +134,13 @@ class HubServer:
                 access_log=False,
             )
         )
-        server.run()
+        try:
+            server.run()
+        except _Shutdown:
+            log.info("hub shutting down")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def stop(self) -> None:
         self._stop.set()
@@ -124,6 +148,8 @@ class HubServer:
             self.engine.wake()
         if self._engine_thread is not None:
             self._engine_thread.join(timeout=10)
+        if self._housekeeping is not None:
+            self._housekeeping.join(timeout=5)
         if self.ingest is not None:
             self.ingest.stop()
         if self.publisher is not None:
@@ -133,6 +159,22 @@ class HubServer:
                 log.debug("publisher close", exc_info=True)
         if self.registry is not None:
             self.registry.close()
+
+    def _mark_silent_offline(self) -> None:
+        """Devices whose last will never arrived (broker restart, lost session) go offline
+        once silent for ``offline_after_s``."""
+        assert self.registry is not None
+        period = min(60.0, self.config.offline_after_s / 4)
+        while not self._stop.wait(period):
+            try:
+                with self.registry.session() as s:
+                    n = devices.mark_silent_offline(
+                        s, silent_since=time.time() - self.config.offline_after_s
+                    )
+                if n:
+                    log.info("%d silent device(s) marked offline", n)
+            except SQLAlchemyError as exc:
+                log.warning("housekeeping skipped: %s", exc)
 
     # -- optional parts ----------------------------------------------------------------------
     def _index_bundle_store(self) -> None:

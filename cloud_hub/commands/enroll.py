@@ -1,4 +1,4 @@
-"""``cloud-hub enroll-init|enroll-token|enroll-list|broker-config``: device identity.
+"""``cloud-hub enroll-init|enroll-token|enroll-list|enroll-revoke|broker-config``.
 
 ``enroll-token`` prints a single-use token once, with the CA fingerprint the device pins and
 a ready ``edge-agent install`` line. ``broker-config`` writes a Mosquitto mTLS setup (config,
@@ -103,7 +103,8 @@ def _enroll_list(args: argparse.Namespace) -> int:
     print("enrolled devices (id, class, certificate valid until)")
     for d in service.repository.list_devices():
         until = d.cert_not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
-        print(f"  {d.device_id:24} {d.device_class:16} {until}")
+        state = "  REVOKED" if d.revoked_at is not None else ""
+        print(f"  {d.device_id:24} {d.device_class:16} {until}{state}")
     return 0
 
 
@@ -112,9 +113,10 @@ def _broker_config(args: argparse.Namespace) -> int:
         scheme = TopicScheme(args.prefix)
     except ConfigError as exc:
         raise HubConfigError(str(exc)) from exc
-    ca = CertificateAuthority.load_or_create(_hub_config(args).data_dir / "ca")
+    hub = _hub_config(args)
+    service = open_enrollment(hub.data_dir, db_url=hub.database_url, keys_dir=hub.keys_path)
     files = write_broker_files(
-        ca,
+        service.ca,
         args.out,
         scheme=scheme,
         hostnames=args.hostname or ["localhost", "127.0.0.1"],
@@ -122,12 +124,31 @@ def _broker_config(args: argparse.Namespace) -> int:
         bind=args.bind,
         hub_user=args.hub_user,
         broker_user=args.broker_user,
+        crl_pem=service.crl_pem(),
     )
     print(f"wrote {files.config}")
     print(f"  acl          {files.acl}")
     print(f"  broker cert  {files.server_cert} (key {files.server_key})")
     print(f"  hub cert     {files.hub_cert} (key {files.hub_key}; the hub's MQTT identity)")
+    print(f"  crl          {files.crl} (refresh with `cloud-hub enroll-revoke`)")
     print(f"run: mosquitto -c {files.config}")
+    return 0
+
+
+def _enroll_revoke(args: argparse.Namespace) -> int:
+    hub = _hub_config(args)
+    service = open_enrollment(hub.data_dir, db_url=hub.database_url, keys_dir=hub.keys_path)
+    device = service.revoke(args.device_id)
+    print(f"revoked the certificate of {device.device_id} (serial {device.cert_serial:x})")
+    crl = service.crl_pem()
+    if args.broker_dir is not None:
+        path = Path(args.broker_dir) / "crl.pem"
+        tmp = path.with_name("crl.pem.tmp")
+        tmp.write_bytes(crl)
+        tmp.replace(path)
+        print(f"wrote {path}; now `kill -HUP` Mosquitto (or restart it to drop open sessions)")
+    else:
+        print("no --broker-dir: copy the CRL from `cloud-hub broker-config` output again")
     return 0
 
 
@@ -167,6 +188,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = subparsers.add_parser("enroll-list", help="list enrollment tokens and devices")
     _add_hub_arguments(listing)
     listing.set_defaults(func=_enroll_list)
+
+    revoke = subparsers.add_parser(
+        "enroll-revoke", help="revoke a device certificate and refresh the broker's CRL"
+    )
+    revoke.add_argument("device_id")
+    revoke.add_argument("--broker-dir", type=Path, default=None, help="broker-config --out DIR")
+    _add_hub_arguments(revoke)
+    revoke.set_defaults(func=_enroll_revoke)
 
     broker = subparsers.add_parser(
         "broker-config", help="write a Mosquitto mTLS config + ACL signed by the hub CA"

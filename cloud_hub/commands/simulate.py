@@ -19,13 +19,21 @@ __all__ = ["register", "run_simulate"]
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("simulate", help="run a federated simulation scenario (TOML)")
-    parser.add_argument("scenario", type=Path, help="scenario file, e.g. simulations/digits_iid.toml")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/<name>-<time>)")
+    parser.add_argument(
+        "scenario", type=Path, help="scenario file, e.g. simulations/digits_iid.toml"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: results/<name>-<time>)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     parser.add_argument("--clients", type=int, default=None, help="override the number of clients")
     parser.add_argument("--engine", choices=("auto", "inprocess", "ray"), default=None)
-    parser.add_argument("--no-secagg", action="store_true", help="turn SecAgg+ off (it is on by default)")
-    parser.add_argument("--model-store", type=Path, default=None, help="store the trained model here")
+    parser.add_argument(
+        "--no-secagg", action="store_true", help="turn SecAgg+ off (it is on by default)"
+    )
+    parser.add_argument(
+        "--model-store", type=Path, default=None, help="store the trained model here"
+    )
     parser.set_defaults(func=run_simulate)
 
 
@@ -68,7 +76,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     store = ModelStore(args.model_store) if args.model_store else None
     try:
         result = run_federated(
-            cfg, sources, validation, model_store=store, dropout=scenario.dropout_schedule(), on_round=progress
+            cfg,
+            sources,
+            validation,
+            model_store=store,
+            dropout=scenario.dropout_schedule(),
+            on_round=progress,
         )
     except SecureRoundAbortedError as exc:
         rounds = list(getattr(exc, "rounds", ()))

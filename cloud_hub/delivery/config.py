@@ -54,6 +54,7 @@ class PublisherConfig:
     max_cached_bundles: int = 4
     max_bundle_bytes: int = 2 * 1024**3
     max_devices: int = 100_000
+    max_deployments: int = 10_000  # tracked in memory; the oldest finished ones are dropped
 
     def __post_init__(self) -> None:
         TopicScheme(self.prefix)  # validates
@@ -72,6 +73,7 @@ class PublisherConfig:
             "max_cached_bundles",
             "max_bundle_bytes",
             "max_devices",
+            "max_deployments",
         )
         for name in positive:
             if getattr(self, name) <= 0:

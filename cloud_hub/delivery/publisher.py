@@ -334,17 +334,35 @@ class FleetPublisher:
             validate_device_id(dep_id)
         except ConfigError as exc:
             raise HubConfigError(f"deployment id: {exc}") from exc
-        state = _DeploymentState(
-            deployment_id=dep_id,
-            bundle_id=bundle_id,
-            devices={d: DeviceProgress(d) for d in ids},
-            started_at=time.monotonic(),
-        )
         with self._cond:
-            if dep_id in self._deployments:
-                raise HubConfigError(f"deployment {dep_id} already exists")
+            state = self._deployments.get(dep_id)
+            if state is not None:  # a retry (QoS 1 semantics): same bundle, maybe more devices
+                if state.bundle_id != bundle_id:
+                    raise HubConfigError(
+                        f"deployment {dep_id} already exists for another bundle/order"
+                    )
+                for d in ids:
+                    state.devices.setdefault(d, DeviceProgress(d))
+                return state
+            state = _DeploymentState(
+                deployment_id=dep_id,
+                bundle_id=bundle_id,
+                devices={d: DeviceProgress(d) for d in ids},
+                started_at=time.monotonic(),
+            )
             self._deployments[dep_id] = state
+            self._prune()
         return state
+
+    def _prune(self) -> None:
+        """Forget the oldest finished deployments beyond ``max_deployments`` (caller locks)."""
+        excess = len(self._deployments) - self.config.max_deployments
+        if excess <= 0:
+            return
+        for dep_id in [
+            d for d, st in self._deployments.items() if all(p.terminal for p in st.devices.values())
+        ][:excess]:
+            del self._deployments[dep_id]
 
     def _cache(self, bundle_id: str, frames: list[bytes]) -> None:
         with self._cond:
@@ -363,6 +381,10 @@ class FleetPublisher:
         rollback_order: Mapping[str, Any] | None = None,
     ) -> Deployment:
         """Offer ``bundle`` to ``device_ids`` and publish its chunks once on the fan-out topic.
+
+        Safe to repeat: the same ``deployment_id`` with the same bundle offers it again (to
+        the devices given, which are added to the tracking); agents ignore a deployment they
+        already handled, and devices still missing chunks get them again.
 
         Returns when every chunk is acknowledged by the broker; devices then finish on their
         own (repairs are answered in the background): ``.wait(timeout)`` on the handle.
@@ -472,6 +494,14 @@ class FleetPublisher:
                 ),
                 key=lambda i: i.device_id,
             )
+
+    def deployment(self, deployment_id: str) -> Deployment:
+        """The handle of a deployment this publisher started (also while ``deploy`` runs)."""
+        with self._cond:
+            state = self._deployments.get(deployment_id)
+        if state is None:
+            raise HubConfigError(f"unknown deployment {deployment_id}")
+        return Deployment(self, state)
 
     def devices(self) -> dict[str, DeviceInfo]:
         """Every device heard from so far (hello / status)."""

@@ -4,10 +4,13 @@
 issues the broker's server certificate and the hub's MQTT client certificate and writes::
 
     DIR/ca.crt  DIR/server.crt  DIR/server.key  DIR/hub.crt  DIR/hub.key
-    DIR/acl     DIR/mosquitto.conf
+    DIR/acl     DIR/mosquitto.conf   DIR/crl.pem (when a CRL is given)
 
-Revocation is not configured: a compromised device is removed by letting its certificate
-expire early (short validity) or by adding a ``crlfile`` line to the generated config.
+Revocation: with a CRL (``EnrollmentService.crl_pem()``) the listener checks every client
+certificate against ``crl.pem``; ``cloud-hub enroll-revoke`` rewrites that file. Then send
+Mosquitto SIGHUP (checked with 2.0.11: new connections are verified against the new CRL) or
+restart it (which also drops a connection the revoked device still holds). The CRL is
+long-lived on purpose: OpenSSL refuses every client once a CRL is past its next update.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class BrokerTlsConfig:
     certfile: Path
     keyfile: Path
     acl_file: Path
+    crlfile: Path | None = None  # revoked device certificates (`cloud-hub enroll-revoke`)
     tls_version: str = "tlsv1.2"  # the minimum accepted; 1.3 is negotiated when possible
     max_packet_size: int = 1024 * 1024  # bundle chunks are ~128 KiB
     persistence_dir: Path | None = None
@@ -80,6 +84,7 @@ def render_mosquitto_config(cfg: BrokerTlsConfig) -> str:
         f"cafile {cfg.cafile}",
         f"certfile {cfg.certfile}",
         f"keyfile {cfg.keyfile}",
+        *([f"crlfile {cfg.crlfile}"] if cfg.crlfile is not None else []),
         f"tls_version {cfg.tls_version}",
         "require_certificate true",
         "use_identity_as_username true",
@@ -98,6 +103,7 @@ class BrokerFiles:
     server_key: Path
     hub_cert: Path
     hub_key: Path
+    crl: Path | None = None
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -120,6 +126,7 @@ def write_broker_files(
     hub_user: str = DEFAULT_HUB_USER,
     persistence_dir: Path | None = None,
     broker_user: str | None = None,
+    crl_pem: bytes | None = None,
 ) -> BrokerFiles:
     """Issue the broker and hub certificates and write a complete mTLS broker setup."""
     d = Path(directory).resolve()
@@ -134,6 +141,7 @@ def write_broker_files(
         server_key=d / "server.key",
         hub_cert=d / "hub.crt",
         hub_key=d / "hub.key",
+        crl=None if crl_pem is None else d / "crl.pem",
     )
     _write(files.ca_cert, ca.cert_pem, 0o644)
     _write(files.server_cert, server.cert_pem, 0o644)
@@ -142,6 +150,8 @@ def write_broker_files(
     _write(files.hub_cert, hub.cert_pem, 0o644)
     _write(files.hub_key, hub.key_pem, 0o600)
     _write(files.acl, render_acl(scheme, hub_user=hub_user).encode(), 0o644)
+    if files.crl is not None and crl_pem is not None:
+        _write(files.crl, crl_pem, 0o644)
     cfg = BrokerTlsConfig(
         port=port,
         bind=bind,
@@ -149,6 +159,7 @@ def write_broker_files(
         certfile=files.server_cert,
         keyfile=files.server_key,
         acl_file=files.acl,
+        crlfile=files.crl,
         persistence_dir=persistence_dir,
         user=broker_user,
     )

@@ -283,6 +283,34 @@ class CertificateAuthority:
             now=now,
         )
 
+    def build_crl(
+        self,
+        revoked: Sequence[tuple[int, datetime]],
+        *,
+        days: int = 365,
+        now: datetime | None = None,
+    ) -> bytes:
+        """A PEM CRL listing ``(serial, revoked_at)``. OpenSSL refuses *every* client once the
+        CRL is past its next-update time, so it is long-lived and re-issued on each change."""
+        if not 1 <= days <= 3650:
+            raise HubConfigError("CRL validity must be between 1 and 3650 days")
+        now = now or datetime.now(UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(now - _CLOCK_SKEW)
+            .next_update(now + timedelta(days=days))
+        )
+        for serial, when in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(min(when, now))
+                .build()
+            )
+        crl = builder.sign(self._key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.PEM)
+
     def issue_client(
         self, common_name: str, *, days: int = 365, now: datetime | None = None
     ) -> ServerCredentials:

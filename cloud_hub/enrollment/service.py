@@ -11,7 +11,9 @@ it. The rules:
   token issued for that id (re-installing a device), and the hub's MQTT user name is
   reserved (a device named like it would get the hub's broker rights);
 - labels set on the token win over labels the device reports about itself;
-- the certificate's CN/SAN is the device id whatever the CSR asked for.
+- the certificate's CN/SAN is the device id whatever the CSR asked for;
+- :meth:`EnrollmentService.revoke` puts a device's certificate on the CRL that the broker
+  checks (``crlfile``); re-enrolling an id revokes its previous certificate.
 """
 
 from __future__ import annotations
@@ -251,4 +253,14 @@ class EnrollmentService:
             mqtt=MqttSettings(url=self.config.mqtt_url, username=device_id, client_id=device_id),
             topic_prefix=self.config.topic_prefix,
             trust_root=self._trust_root(),
+        )
+
+    def revoke(self, device_id: str) -> EnrolledDevice:
+        """Revoke the device's certificate; publish :meth:`crl_pem` to the broker after this."""
+        return self.repository.revoke(device_id, now=self._clock())
+
+    def crl_pem(self, *, days: int = 365) -> bytes:
+        """The current CRL (every revoked or superseded device certificate)."""
+        return self.ca.build_crl(
+            self.repository.revoked_certificates(), days=days, now=self._clock()
         )

@@ -8,6 +8,9 @@ against each. Redeeming a token and registering the device is one atomic step, s
 consumed only by an enrollment that succeeded, and two concurrent enrollments with the same
 token cannot both win.
 
+Revocation keeps serials, not devices: when a device id is re-enrolled its previous
+certificate is revoked, so a stolen old key stays locked out after the device is re-imaged.
+
 Times are stored as UNIX epoch seconds (``float``), like the hub registry.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -62,6 +66,17 @@ class EnrollmentRepository(Protocol):
 
     def list_devices(self) -> list[EnrolledDevice]: ...
 
+    def revoke(self, device_id: str, *, now: datetime) -> EnrolledDevice:
+        """Revoke the device's current certificate (idempotent); raises ``RegistryError`` for
+        an unknown device. Re-enrolling the id issues a new certificate; the old one stays
+        revoked."""
+        ...
+
+    def revoked_certificates(self) -> list[tuple[int, datetime]]:
+        """``(serial, revoked_at)`` of every revoked certificate, for the CRL. A certificate
+        replaced by a re-enrollment is revoked automatically."""
+        ...
+
 
 class InMemoryEnrollmentRepository:
     """A dict-backed repository (thread-safe)."""
@@ -69,6 +84,7 @@ class InMemoryEnrollmentRepository:
     def __init__(self) -> None:
         self._tokens: dict[str, TokenRecord] = {}
         self._devices: dict[str, EnrolledDevice] = {}
+        self._revoked: dict[int, datetime] = {}
         self._lock = threading.Lock()
 
     def add_token(self, record: TokenRecord) -> None:
@@ -95,6 +111,9 @@ class InMemoryEnrollmentRepository:
                 raise EnrollmentConflictError(f"device id {device.device_id!r} is already enrolled")
             used = record.redeemed(device.device_id, now)
             self._tokens[token_hash] = used
+            previous = self._devices.get(device.device_id)
+            if previous is not None:
+                self._revoked.setdefault(previous.cert_serial, now)
             self._devices[device.device_id] = device
             return used
 
@@ -103,6 +122,20 @@ class InMemoryEnrollmentRepository:
 
     def list_devices(self) -> list[EnrolledDevice]:
         return [self._devices[k] for k in sorted(self._devices)]
+
+    def revoke(self, device_id: str, *, now: datetime) -> EnrolledDevice:
+        with self._lock:
+            device = self._devices.get(device_id)
+            if device is None:
+                raise RegistryError(f"device {device_id!r} is not enrolled")
+            if device.revoked_at is None:
+                device = replace(device, revoked_at=now)
+                self._devices[device_id] = device
+            self._revoked.setdefault(device.cert_serial, now)
+            return device
+
+    def revoked_certificates(self) -> list[tuple[int, datetime]]:
+        return sorted(self._revoked.items())
 
 
 # -- SQL backend -----------------------------------------------------------------------------
@@ -137,7 +170,16 @@ class _DeviceRow(_Base):
     cert_not_after: Mapped[float] = mapped_column(Float)
     enrolled_at: Mapped[float] = mapped_column(Float)
     token_id: Mapped[str] = mapped_column(String(16), default="")
+    revoked_at: Mapped[float | None] = mapped_column(Float)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class _RevokedRow(_Base):
+    __tablename__ = "revoked_certificates"
+
+    cert_serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[float] = mapped_column(Float)
 
 
 def _ts(t: datetime) -> float:
@@ -175,6 +217,7 @@ def _device(row: _DeviceRow) -> EnrolledDevice:
         enrolled_at=enrolled,
         labels=dict(row.labels or {}),
         token_id=row.token_id,
+        revoked_at=_dt(row.revoked_at),
     )
 
 
@@ -187,6 +230,7 @@ def _device_values(device: EnrolledDevice) -> Mapping[str, Any]:
         "cert_not_after": _ts(device.cert_not_after),
         "enrolled_at": _ts(device.enrolled_at),
         "token_id": device.token_id,
+        "revoked_at": None if device.revoked_at is None else _ts(device.revoked_at),
     }
 
 
@@ -254,6 +298,14 @@ class SqlEnrollmentRepository:
                 if existing is None:
                     s.add(_DeviceRow(device_id=device.device_id, revision=0, **values))
                 else:
+                    if s.get(_RevokedRow, existing.cert_serial) is None:
+                        s.add(
+                            _RevokedRow(
+                                cert_serial=existing.cert_serial,
+                                device_id=existing.device_id,
+                                revoked_at=_ts(now),
+                            )
+                        )
                     for key, value in values.items():
                         setattr(existing, key, value)
                     existing.revision += 1
@@ -276,3 +328,32 @@ class SqlEnrollmentRepository:
         with Session(self._engine) as s:
             rows = s.scalars(select(_DeviceRow).order_by(_DeviceRow.device_id)).all()
             return [_device(r) for r in rows]
+
+    def revoke(self, device_id: str, *, now: datetime) -> EnrolledDevice:
+        try:
+            with Session(self._engine) as s, s.begin():
+                row = s.get(_DeviceRow, device_id)
+                if row is None:
+                    raise RegistryError(f"device {device_id!r} is not enrolled")
+                if row.revoked_at is None:
+                    row.revoked_at = _ts(now)
+                    row.revision += 1
+                if s.get(_RevokedRow, row.cert_serial) is None:
+                    s.add(
+                        _RevokedRow(
+                            cert_serial=row.cert_serial, device_id=device_id, revoked_at=_ts(now)
+                        )
+                    )
+                return _device(row)
+        except SQLAlchemyError as exc:
+            raise RegistryError(f"enrollment storage failed: {exc}") from exc
+
+    def revoked_certificates(self) -> list[tuple[int, datetime]]:
+        with Session(self._engine) as s:
+            rows = s.scalars(select(_RevokedRow)).all()
+            out = []
+            for r in rows:
+                when = _dt(r.revoked_at)
+                assert when is not None
+                out.append((int(r.cert_serial), when))
+            return sorted(out)

@@ -131,3 +131,4 @@ class EnrolledDevice:
     enrolled_at: datetime
     labels: Mapping[str, str] = field(default_factory=dict)
     token_id: str = ""
+    revoked_at: datetime | None = None  # its certificate is on the CRL from then on

@@ -65,7 +65,9 @@ class SecAggConfig:
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        _need(self.clipping_range > 0, f"secagg clipping_range must be > 0, got {self.clipping_range}")
+        _need(
+            self.clipping_range > 0, f"secagg clipping_range must be > 0, got {self.clipping_range}"
+        )
         _need(
             isinstance(self.quantization_range, int) and self.quantization_range > 1,
             f"secagg quantization_range must be an integer > 1, got {self.quantization_range}",
@@ -108,7 +110,9 @@ class SecAggConfig:
         """Refuse settings that cannot work with this many clients per round."""
         if not self.enabled:
             return
-        _need(clients_per_round >= 3, f"SecAgg+ needs >= 3 clients per round, got {clients_per_round}")
+        _need(
+            clients_per_round >= 3, f"SecAgg+ needs >= 3 clients per round, got {clients_per_round}"
+        )
         shares, threshold = self.resolved(clients_per_round)
         _need(
             shares <= clients_per_round,
@@ -205,8 +209,13 @@ class FederatedRunConfig:
         _need(1 <= self.batch_size <= 65_536, "batch_size must be in [1, 65536]")
         _need(0 < self.learning_rate <= 10, "learning_rate must be in (0, 10]")
         _need(0 < self.time_budget_s <= 86_400, "time_budget_s must be in (0, 86400]")
-        _need(self.on_round_failure in ("abort", "skip"), "on_round_failure must be 'abort' or 'skip'")
-        _need(self.engine in ("auto", "inprocess", "ray"), "engine must be 'auto', 'inprocess' or 'ray'")
+        _need(
+            self.on_round_failure in ("abort", "skip"), "on_round_failure must be 'abort' or 'skip'"
+        )
+        _need(
+            self.engine in ("auto", "inprocess", "ray"),
+            "engine must be 'auto', 'inprocess' or 'ray'",
+        )
         if self.secagg.enabled:
             _need(
                 self.strategy.name not in ROBUST_STRATEGIES,
@@ -227,7 +236,11 @@ class FederatedRunConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> FederatedRunConfig:
         """Build from a plain mapping (a TOML table); unknown keys are refused."""
-        nested = {"strategy": StrategyConfig, "secagg": SecAggConfig, "dp": DifferentialPrivacyConfig}
+        nested = {
+            "strategy": StrategyConfig,
+            "secagg": SecAggConfig,
+            "dp": DifferentialPrivacyConfig,
+        }
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         _need(not unknown, f"unknown training settings: {', '.join(unknown)}")

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -101,16 +101,23 @@ def main(grid: Grid, context: Context) -> None:
     with np.load(settings.validation_path, allow_pickle=False) as data:
         x_val, y_val = data["x"], data["y"]
     recorder = RunRecorder(
-        on_round=lambda m: _write(settings.results_dir / "rounds.json", [r.to_dict() for r in recorder.rounds])
+        on_round=lambda m: _write(
+            settings.results_dir / "rounds.json", [r.to_dict() for r in recorder.rounds]
+        )
     )
     evaluator = ValidationEvaluator(config.model_name, x_val, y_val, recorder)
     initial = get_weights(build_model(config.model_name, seed=config.seed))
-    server_app = build_server_app(config, initial_weights=initial, evaluator=evaluator, recorder=recorder)
+    server_app = build_server_app(
+        config, initial_weights=initial, evaluator=evaluator, recorder=recorder
+    )
     run_id = settings.run_name or f"deploy-{context.run_id}"
     try:
         server_app(grid, context)
     except TrainingError as exc:
-        _write(settings.results_dir / "summary.json", {"status": "failed", "run_id": run_id, "error": str(exc)})
+        _write(
+            settings.results_dir / "summary.json",
+            {"status": "failed", "run_id": run_id, "error": str(exc)},
+        )
         raise
     if recorder.global_weights is None:
         raise TrainingError("the deployment run produced no global model")

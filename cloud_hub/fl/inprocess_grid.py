@@ -126,5 +126,3 @@ class InProcessGrid(Grid):
         except Exception as exc:  # a client failure is a reply, not a server crash
             reason = f"{type(exc).__name__}: {exc}"
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
-
-

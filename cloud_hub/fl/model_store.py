@@ -92,7 +92,9 @@ class ModelStore:
         staging = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=self.root))
         try:
             torch.save(model.state_dict(), staging / "model.pt")
-            (staging / "candidate.json").write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True))
+            (staging / "candidate.json").write_text(
+                json.dumps(record.to_dict(), indent=2, sort_keys=True)
+            )
             os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

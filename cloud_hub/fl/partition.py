@@ -1,7 +1,7 @@
 """Split local arrays across virtual clients with Flower Datasets' partitioners.
 
 No download: the arrays become a ``datasets.Dataset`` of row indices and labels, a Flower
-Datasets partitioner assigns the rows (IID, Dirichlet(α) label skew, pathological label
+Datasets partitioner assigns the rows (IID, Dirichlet(alpha) label skew, pathological label
 shards), and each partition is sliced back out of the numpy arrays.
 """
 
@@ -85,7 +85,10 @@ def partition_arrays(
     partitioner = _partitioner(spec, num_partitions, len(y))
     partitioner.dataset = table
     try:
-        parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(num_partitions)]
+        parts = [
+            np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)
+            for i in range(num_partitions)
+        ]
     except ValueError as exc:
         raise HubConfigError(f"cannot partition: {exc}") from exc
     return [ArrayDataSource(x[idx], y[idx]) for idx in parts]
@@ -98,7 +101,7 @@ def split_holdout(
     if not 0 < fraction < 1:
         raise HubConfigError(f"holdout fraction must be in (0, 1), got {fraction}")
     order = np.random.default_rng(seed).permutation(len(y))
-    cut = int(round(len(y) * (1 - fraction)))
+    cut = round(len(y) * (1 - fraction))
     train, hold = order[:cut], order[cut:]
     return (x[train], y[train]), (x[hold], y[hold])
 

@@ -48,7 +48,9 @@ class RunRecorder:
             if failure:
                 self._failures[server_round] = failure
 
-    def evaluated(self, server_round: int, weights: list[NDArray], loss: float, accuracy: float) -> None:
+    def evaluated(
+        self, server_round: int, weights: list[NDArray], loss: float, accuracy: float
+    ) -> None:
         with self._lock:
             failure = self._failures.get(server_round, "")
             metrics = RoundMetrics(

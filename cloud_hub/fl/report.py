@@ -29,7 +29,9 @@ def format_summary_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join([line, *body, line])
 
 
-def write_results(out_dir: Path, name: str, summary: dict[str, Any], rounds: list[RoundMetrics]) -> dict[str, Path]:
+def write_results(
+    out_dir: Path, name: str, summary: dict[str, Any], rounds: list[RoundMetrics]
+) -> dict[str, Path]:
     """Write ``rounds.json`` (one object per round), ``summary.json`` and ``metrics.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {

@@ -80,7 +80,9 @@ class FederatedRunResult:
         }
 
 
-def _initial_weights(config: FederatedRunConfig, initial_state: Mapping[str, Any] | None) -> list[NDArray]:
+def _initial_weights(
+    config: FederatedRunConfig, initial_state: Mapping[str, Any] | None
+) -> list[NDArray]:
     from shared.fl.training import get_weights
     from shared.models import build_model
 
@@ -95,11 +97,10 @@ def _initial_weights(config: FederatedRunConfig, initial_state: Mapping[str, Any
 
 def _run_inprocess(server_app: Any, client_app: Any, config: FederatedRunConfig) -> None:
     from flwr.app import Context, RecordDict
-
-    from cloud_hub.fl.inprocess_grid import InProcessGrid
-
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
+
+    from cloud_hub.fl.inprocess_grid import InProcessGrid
 
     grid = InProcessGrid(client_app, config.num_clients, seed=config.seed)
     # Messages take their run/task identity from this process-wide record, exactly as
@@ -116,7 +117,9 @@ def _run_inprocess(server_app: Any, client_app: Any, config: FederatedRunConfig)
         grid.close()
 
 
-def _run_ray(server_app: Any, client_app: Any, config: FederatedRunConfig, ray_cpus: int | None) -> None:
+def _run_ray(
+    server_app: Any, client_app: Any, config: FederatedRunConfig, ray_cpus: int | None
+) -> None:
     from flwr.simulation import run_simulation
 
     init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
@@ -169,7 +172,9 @@ def run_federated(
     run_id = run_id or f"fl-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     fingerprint = data_fingerprint(client_data)
     recorder = RunRecorder(on_round)
-    evaluator = ValidationEvaluator(config.model_name, np.asarray(x_val), np.asarray(y_val), recorder)
+    evaluator = ValidationEvaluator(
+        config.model_name, np.asarray(x_val), np.asarray(y_val), recorder
+    )
     server_app = build_server_app(
         config,
         initial_weights=_initial_weights(config, initial_state),
@@ -213,7 +218,9 @@ def run_federated(
         except Exception as exc:  # Flower / Ray failures, translated at the boundary
             raise TrainingError(f"federated run {run_id} failed: {exc}") from exc
     wall = time.perf_counter() - started
-    if recorder.global_weights is None or recorder.global_round < config.num_rounds and config.on_round_failure == "abort":
+    if recorder.global_weights is None or (
+        recorder.global_round < config.num_rounds and config.on_round_failure == "abort"
+    ):
         raise TrainingError(
             f"federated run {run_id} ended after round {recorder.global_round} of {config.num_rounds}"
         )
@@ -228,7 +235,12 @@ def run_federated(
         data_fingerprint=fingerprint,
     )
     if model_store is not None:
-        lineage = {**config.lineage(), "run_id": run_id, "engine": engine, "data_fingerprint": fingerprint}
+        lineage = {
+            **config.lineage(),
+            "run_id": run_id,
+            "engine": engine,
+            "data_fingerprint": fingerprint,
+        }
         metrics = {
             "accuracy": result.final_accuracy,
             "loss": result.final_loss,

@@ -21,11 +21,11 @@ Example (``simulations/digits_dirichlet_secagg.toml``)::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from numpy.typing import NDArray
 
 from cloud_hub.errors import HubConfigError
@@ -65,7 +65,9 @@ class Scenario:
             raise HubConfigError("dropout_rate must be in [0, 1)")
         wanted = {"digits": "digits-cnn", "sensors": "sensor-mlp"}[self.dataset]
         if self.training.model_name != wanted:
-            raise HubConfigError(f"dataset {self.dataset!r} trains model {wanted!r}, not {self.training.model_name!r}")
+            raise HubConfigError(
+                f"dataset {self.dataset!r} trains model {wanted!r}, not {self.training.model_name!r}"
+            )
 
     def dropout_schedule(self) -> Any:
         from shared.fl.mods import DropoutSchedule
@@ -87,7 +89,9 @@ class Scenario:
 
             n_hold = max(int(self.samples * self.holdout), 1)
             drift = SensorDriftSpec(shift=self.drift_shift) if self.drift_shift else None
-            train = generate_sensor_data(self.samples - n_hold, seed=self.seed, drift=drift, sample_seed=self.seed + 1)
+            train = generate_sensor_data(
+                self.samples - n_hold, seed=self.seed, drift=drift, sample_seed=self.seed + 1
+            )
             holdout = generate_sensor_data(n_hold, seed=self.seed, sample_seed=self.seed + 2)
         sources = partition_arrays(train[0], train[1], self.training.num_clients, self.partition)
         return sources, holdout

@@ -27,9 +27,7 @@ __all__ = ["ValidationEvaluator", "build_server_app"]
 class ValidationEvaluator:
     """Server-side evaluation of the global model on a hub-held validation set."""
 
-    def __init__(
-        self, model_name: str, x: NDArray, y: NDArray, recorder: RunRecorder
-    ) -> None:
+    def __init__(self, model_name: str, x: NDArray, y: NDArray, recorder: RunRecorder) -> None:
         from shared.models import build_model
 
         self._model = build_model(model_name)

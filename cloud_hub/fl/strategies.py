@@ -53,11 +53,17 @@ def build_strategy(
     elif name == "fedprox":
         built = fl_strategy.FedProx(**common, proximal_mu=s.proximal_mu)
     elif name == "fedadam":
-        built = fl_strategy.FedAdam(**common, eta=s.server_learning_rate, eta_l=config.learning_rate)
+        built = fl_strategy.FedAdam(
+            **common, eta=s.server_learning_rate, eta_l=config.learning_rate
+        )
     elif name == "fedyogi":
-        built = fl_strategy.FedYogi(**common, eta=s.server_learning_rate, eta_l=config.learning_rate)
+        built = fl_strategy.FedYogi(
+            **common, eta=s.server_learning_rate, eta_l=config.learning_rate
+        )
     elif name == "fedadagrad":
-        built = fl_strategy.FedAdagrad(**common, eta=s.server_learning_rate, eta_l=config.learning_rate)
+        built = fl_strategy.FedAdagrad(
+            **common, eta=s.server_learning_rate, eta_l=config.learning_rate
+        )
     elif name == "fedavgm":
         built = fl_strategy.FedAvgM(
             **common, server_learning_rate=s.server_learning_rate, server_momentum=s.server_momentum

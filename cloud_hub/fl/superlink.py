@@ -111,7 +111,11 @@ class SuperLinkProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self._log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self._process = subprocess.Popen(
-            self.config.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=self._env()
+            self.config.argv(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self._env(),
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -139,7 +143,9 @@ class SuperLinkProcess:
     def log_tail(self, chars: int = 2000) -> str:
         return self._log.read_text(errors="replace")[-chars:] if self._log.exists() else ""
 
-    def submit_run(self, run_config: dict[str, Any], *, fab_dir: Path = FAB_DIR, timeout_s: float = 60.0) -> int:
+    def submit_run(
+        self, run_config: dict[str, Any], *, fab_dir: Path = FAB_DIR, timeout_s: float = 60.0
+    ) -> int:
         """Submit fedfleet's Flower App with ``run_config``; returns Flower's run id."""
         home = self.workdir / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
@@ -149,16 +155,36 @@ class SuperLinkProcess:
         else:
             connection.append(f'root-certificates = "{self.config.ssl_ca_certfile}"')
         (home / "config.toml").write_text(
-            '[superlink]\ndefault = "fedfleet"\n\n[superlink.fedfleet]\n' + "\n".join(connection) + "\n"
+            '[superlink]\ndefault = "fedfleet"\n\n[superlink.fedfleet]\n'
+            + "\n".join(connection)
+            + "\n"
         )
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        argv = [_bin("flwr"), "run", str(fab_dir), "fedfleet", "--format", "json", "--run-config", overrides]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=self._env(), cwd=self.workdir)
+        argv = [
+            _bin("flwr"),
+            "run",
+            str(fab_dir),
+            "fedfleet",
+            "--format",
+            "json",
+            "--run-config",
+            overrides,
+        ]
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=self._env(),
+            cwd=self.workdir,
+        )
         try:
             payload = json.loads(done.stdout[done.stdout.index("{") :])
             return int(payload["run-id"])
         except (IndexError, KeyError, TypeError, ValueError) as exc:
-            raise TrainingError(f"flwr run failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}") from exc
+            raise TrainingError(
+                f"flwr run failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}"
+            ) from exc
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGINT, then SIGKILL after ``timeout_s``."""

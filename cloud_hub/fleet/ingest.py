@@ -106,6 +106,7 @@ class FleetIngest:
         self._dropped: Counter[str] = Counter()
         self._lags: deque[float] = deque(maxlen=10_000)
         self._listeners: list[Listener] = []
+        self._pending = IngestBatch(max_metrics=config.max_metrics)  # the writer thread's
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._connected = threading.Event()
@@ -195,10 +196,8 @@ class FleetIngest:
 
     # -- writing (writer thread) -------------------------------------------------------------
     def _write_loop(self) -> None:
-        pending: IngestBatch | None = None
         while not self._stop.is_set():
-            if pending is None:
-                pending = IngestBatch(max_metrics=self.config.max_metrics)
+            pending = self._pending
             room = self.config.batch_max - len(pending)  # bounded even while the DB is down
             with self._lock:
                 if len(self._queue) < self.config.batch_max and not len(pending):
@@ -206,22 +205,26 @@ class FleetIngest:
                 items = self._queue.drain(room) if room > 0 else []
             for _, inbound in items:
                 pending.apply(inbound)
-            if len(pending) and self._write(pending):
-                pending = None
-            elif len(pending):
+            if not len(pending):
+                continue
+            if self._write(pending):
+                self._pending = IngestBatch(max_metrics=self.config.max_metrics)
+            else:
                 self._stop.wait(self.config.retry_backoff_s)
 
     def _flush_all(self) -> None:
+        """Write the held batch and everything still queued (after the writer stopped)."""
         while True:
+            if len(self._pending):
+                if not self._write(self._pending):
+                    return  # the database is down: nothing more can be done here
+                self._pending = IngestBatch(max_metrics=self.config.max_metrics)
             with self._lock:
                 items = self._queue.drain(self.config.batch_max)
             if not items:
                 return
-            batch = IngestBatch(max_metrics=self.config.max_metrics)
             for _, inbound in items:
-                batch.apply(inbound)
-            if not self._write(batch):
-                return
+                self._pending.apply(inbound)
 
     def _write(self, batch: IngestBatch) -> bool:
         try:

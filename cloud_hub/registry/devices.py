@@ -12,7 +12,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cloud_hub.registry._rows import insert_ignore, table_of, to_record
@@ -245,7 +256,7 @@ _INSTALLED_STMT = (
     update(_T)
     .where(
         _T.c.device_id == bindparam("b_id"),
-        or_(_T.c.status_ts.is_(None), _T.c.status_ts < bindparam("b_ts")),
+        or_(_T.c.status_ts.is_(None), _T.c.status_ts <= bindparam("b_ts")),
     )
     .values(
         installed_model=bindparam("b_model"),
@@ -257,41 +268,74 @@ _INSTALLED_STMT = (
 
 
 def record_hellos(session: Session, hellos: Sequence[Hello], *, now: float) -> int:
-    """Apply hellos (at most one per device); returns how many were newer than stored."""
+    """Apply hellos (at most one per device), each only if newer than the stored one;
+    returns how many won. Set-based: a reconnect storm of thousands is a few statements."""
+    newest: dict[str, Hello] = {}
+    for h in hellos:
+        if h.device_id not in newest or h.ts > newest[h.device_id].ts:
+            newest[h.device_id] = h
+    hellos = list(newest.values())
     if not hellos:
         return 0
     _ensure_classes(session, {h.device_class for h in hellos}, now)
     _ensure_devices(session, {h.device_id: now for h in hellos})
-    applied = 0
-    for h in hellos:
-        result = session.execute(
-            update(_T)
-            .where(
-                _T.c.device_id == h.device_id,
-                or_(_T.c.hello_ts.is_(None), _T.c.hello_ts < h.ts),
-            )
-            .values(
-                device_class=h.device_class,
-                agent_version=h.agent_version,
-                runtimes=list(h.runtimes),
-                free_disk_bytes=h.free_disk_bytes,
-                free_mem_bytes=h.free_mem_bytes,
-                hello_ts=h.ts,
+    stored: dict[str, tuple[float | None, dict[str, str]]] = {}
+    ids = [h.device_id for h in hellos]
+    for i in range(0, len(ids), 500):
+        rows = session.execute(
+            select(_T.c.device_id, _T.c.hello_ts, _T.c.labels).where(
+                _T.c.device_id.in_(ids[i : i + 500])
             )
         )
-        if result.rowcount:  # type: ignore[attr-defined]
-            applied += 1
-            if h.labels:
-                row = session.get(Device, h.device_id)
-                if row is not None:
-                    row.labels = {**(row.labels or {}), **h.labels}
-                    _write_labels(session, h.device_id, h.labels)
+        stored.update({d: (ts, dict(labels or {})) for d, ts, labels in rows})
+    winners = [h for h in hellos if (stored[h.device_id][0] or float("-inf")) < h.ts]
+    if winners:
+        session.execute(
+            update(_T)
+            .where(
+                _T.c.device_id == bindparam("b_id"),
+                or_(_T.c.hello_ts.is_(None), _T.c.hello_ts < bindparam("b_ts")),
+            )
+            .values(
+                device_class=bindparam("b_class"),
+                agent_version=bindparam("b_agent"),
+                runtimes=bindparam("b_runtimes"),
+                free_disk_bytes=bindparam("b_disk"),
+                free_mem_bytes=bindparam("b_mem"),
+                labels=bindparam("b_labels"),
+                hello_ts=bindparam("b_ts"),
+            ),
+            [
+                {
+                    "b_id": h.device_id,
+                    "b_ts": h.ts,
+                    "b_class": h.device_class,
+                    "b_agent": h.agent_version,
+                    "b_runtimes": list(h.runtimes),
+                    "b_disk": h.free_disk_bytes,
+                    "b_mem": h.free_mem_bytes,
+                    "b_labels": {**stored[h.device_id][1], **h.labels},
+                }
+                for h in winners
+            ],
+        )
+        pairs = [(h.device_id, k, str(v)) for h in winners for k, v in h.labels.items()]
+        if pairs:
+            lt = table_of(DeviceLabel)
+            session.execute(
+                delete(lt).where(
+                    lt.c.device_id == bindparam("b_id"), lt.c.key == bindparam("b_key")
+                ),
+                [{"b_id": d, "b_key": k} for d, k, _ in pairs],
+            )
+            session.execute(
+                insert(lt), [{"device_id": d, "key": k, "value": v} for d, k, v in pairs]
+            )
     session.execute(
         _INSTALLED_STMT,
         [{"b_id": h.device_id, "b_ts": h.ts, **_installed_values(h.installed)} for h in hellos],
     )
-    session.flush()
-    return applied
+    return len(winners)
 
 
 def record_statuses(session: Session, statuses: Sequence[Status], *, now: float) -> None:

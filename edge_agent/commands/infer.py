@@ -76,9 +76,7 @@ def _via_model(model: Path, providers: str, body: dict[str, Any]) -> dict[str, A
     if not model.is_file():
         raise AgentConfigError(f"model file {model} not found")
     tflite = model.suffix.lower() == ".tflite"
-    artifacts = ModelArtifacts(
-        version=0, onnx=None if tflite else model, tflite=model if tflite else None
-    )
+    artifacts = ModelArtifacts.from_model_file(model, version=0)
     profile = RuntimeProfile.from_providers(["tflite:cpu"] if tflite else providers.split(","))
     server = ModelServer()
     loaded = select_backend(artifacts, profile)

@@ -8,7 +8,7 @@ from edge_agent.drift.detector import (
     FeatureDrift,
 )
 from edge_agent.drift.page_hinkley import PageHinkley, PageHinkleyConfig
-from edge_agent.drift.statistics import ks_critical_value, ks_statistic, psi
+from edge_agent.drift.statistics import ks_critical_value, ks_statistic, psi, psi_noise_floor
 
 __all__ = [
     "ConfidenceDrift",
@@ -21,4 +21,5 @@ __all__ = [
     "ks_critical_value",
     "ks_statistic",
     "psi",
+    "psi_noise_floor",
 ]

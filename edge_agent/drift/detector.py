@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from edge_agent.drift.page_hinkley import PageHinkley, PageHinkleyConfig
-from edge_agent.drift.statistics import ks_critical_value, ks_statistic, psi
+from edge_agent.drift.statistics import ks_critical_value, ks_statistic, psi, psi_noise_floor
 from edge_agent.errors import AgentConfigError, InferenceInputError
 from shared import messages
 from shared.drift_reference import ReferenceStats, feature_matrix
@@ -28,7 +28,7 @@ class DriftConfig:
     """Thresholds of the drift detector; defaults give < 1% false alarms per window."""
 
     window_size: int = 500
-    psi_threshold: float = 0.25  # conventional "major shift"
+    psi_threshold: float = 0.25  # conventional "major shift"; raised for small windows
     ks_alpha: float = 0.001  # family-wise per window (Bonferroni over features)
     confidence: PageHinkleyConfig = field(default_factory=PageHinkleyConfig)
 
@@ -50,6 +50,7 @@ class FeatureDrift:
     ks: float
     ks_critical: float
     drifted: bool
+    psi_critical: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,13 @@ class DriftWindowReport:
             window_size=self.n_samples,
             features={
                 f.name: messages.FeatureDrift(
-                    psi=f.psi, ks=f.ks, extra={"ks_critical": f.ks_critical, "drifted": f.drifted}
+                    psi=f.psi,
+                    ks=f.ks,
+                    extra={
+                        "psi_critical": f.psi_critical,
+                        "ks_critical": f.ks_critical,
+                        "drifted": f.drifted,
+                    },
                 )
                 for f in self.features
             },
@@ -109,7 +116,12 @@ class DriftWindowReport:
             "max_psi": self.max_psi,
             "drifted_features": list(self.drifted_features),
             "features": {
-                f.name: {"psi": f.psi, "ks": f.ks, "ks_critical": f.ks_critical}
+                f.name: {
+                    "psi": f.psi,
+                    "ks": f.ks,
+                    "psi_critical": f.psi_critical,
+                    "ks_critical": f.ks_critical,
+                }
                 for f in self.features
             },
             "confidence": None
@@ -155,6 +167,19 @@ class DriftDetector:
         self._ks_crit = ks_critical_value(
             self.config.window_size, reference.n_samples, per_feature_alpha, sketch
         )
+        # per feature: max(configured threshold, what noise alone reaches at ks_alpha / d)
+        self._psi_crit = [
+            max(
+                self.config.psi_threshold,
+                psi_noise_floor(
+                    self.config.window_size,
+                    reference.n_samples,
+                    len(f.bin_fractions),
+                    per_feature_alpha,
+                ),
+            )
+            for f in reference.features
+        ]
         base = reference.confidence
         self._ph = PageHinkley(
             self.config.confidence,
@@ -196,8 +221,8 @@ class DriftDetector:
             col = window[:, i]
             p = psi(ref, col)
             k = ks_statistic(ref, col)
-            drifted = p > self.config.psi_threshold or k > self._ks_crit
-            features.append(FeatureDrift(ref.name, p, k, self._ks_crit, drifted))
+            drifted = p > self._psi_crit[i] or k > self._ks_crit
+            features.append(FeatureDrift(ref.name, p, k, self._ks_crit, drifted, self._psi_crit[i]))
         confidence = None
         if self._conf_n:
             confidence = ConfidenceDrift(

@@ -7,13 +7,14 @@ statistic against the reference's quantile sketch. Values in, numbers out: no st
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 from numpy.typing import NDArray
 
 from shared.drift_reference import FeatureStats
 
-__all__ = ["ks_critical_value", "ks_statistic", "psi"]
+__all__ = ["ks_critical_value", "ks_statistic", "psi", "psi_noise_floor"]
 
 _FRACTION_FLOOR = 1e-4
 
@@ -56,3 +57,17 @@ def ks_critical_value(n: int, n_ref: int, alpha: float, sketch_points: int) -> f
     """
     c_alpha = math.sqrt(-0.5 * math.log(alpha / 2.0))
     return c_alpha * math.sqrt((n + n_ref) / (n * n_ref)) + 1.0 / (sketch_points - 1)
+
+
+def psi_noise_floor(n: int, n_ref: int, bins: int, alpha: float) -> float:
+    """The PSI that sampling noise alone exceeds with probability ``alpha``.
+
+    Between two samples of one distribution, PSI is approximately
+    ``(1/n + 1/n_ref) * chi2(bins - 1)``; the quantile uses the Wilson-Hilferty
+    approximation. Small windows need a higher PSI threshold than the conventional 0.25.
+    """
+    k = max(bins - 1, 1)
+    z = NormalDist().inv_cdf(1.0 - alpha)
+    h = 2.0 / (9.0 * k)
+    chi2 = k * (1.0 - h + z * math.sqrt(h)) ** 3
+    return chi2 * (1.0 / n + 1.0 / n_ref)

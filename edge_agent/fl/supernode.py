@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-
 from dataclasses import dataclass, field
 from pathlib import Path
 

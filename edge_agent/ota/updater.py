@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -150,6 +151,11 @@ class OtaUpdater:
         """Continue whatever a previous process left (call once, before receiving)."""
         dep = self.state.deployment
         self._sync_installed_versions()
+        keep = dep.bundle_id if dep is not None and not dep.terminal else None
+        if self.downloads_dir.is_dir():  # left by a kill between a terminal save and cleanup
+            for stale in self.downloads_dir.iterdir():
+                if stale.name != keep:
+                    shutil.rmtree(stale, ignore_errors=True)
         action = recovery_action(
             dep, active_slot=self.slots.active_name(), max_resumes=self.limits.max_resumes
         )
@@ -205,8 +211,8 @@ class OtaUpdater:
             return
         active = self.slots.active()
         if active is not None and active.meta.bundle_id == cmd.bundle_id:
-            self._remember(cmd.deployment_id)
             self._event(EventKind.COMMITTED, cmd.deployment_id, "already installed", active.meta)
+            self._remember(cmd.deployment_id)
             return
         try:
             self._check_geometry(cmd)
@@ -237,10 +243,11 @@ class OtaUpdater:
         self.state = replace(self.state, deployment=dep)
         self._step(
             Trigger.OFFER_ACCEPTED,
+            event=EventKind.DOWNLOAD_STARTED,
+            data={"chunks": cmd.chunk_count},
             target_slot=self.slots.inactive_name(),
             previous_slot=self.slots.active_name(),
         )
-        self._event(EventKind.DOWNLOAD_STARTED, data={"chunks": cmd.chunk_count})
         self._open_download()
         if self._download is not None and self._download.complete:
             self._verify_and_install()
@@ -256,8 +263,8 @@ class OtaUpdater:
             return
         active = self.slots.active()
         if active is not None and active.meta.bundle_id == order.to_bundle_id:
-            self._remember(cmd.deployment_id)
             self._event(EventKind.ROLLED_BACK, cmd.deployment_id, "already active", active.meta)
+            self._remember(cmd.deployment_id)
             return
         self._supersede(cmd.deployment_id, keep_bundle=None)
         dep = new_deployment(
@@ -336,21 +343,18 @@ class OtaUpdater:
         self._unsubscribe_current()
         dep = self._dep()
         if dep.phase == Phase.DOWNLOADING:
-            self._step(Trigger.DOWNLOAD_COMPLETE)
-            self._event(EventKind.DOWNLOAD_COMPLETE)
+            self._step(Trigger.DOWNLOAD_COMPLETE, event=EventKind.DOWNLOAD_COMPLETE)
         try:
             verified = self._reverify()
         except (BundleError, InstallError) as exc:
             if self._repair(exc):
                 return
-            self._event(EventKind.VERIFY_FAILED, detail=_reason(exc))
-            self._step(Trigger.VERIFY_FAILED, reason=_reason(exc))
+            self._step(Trigger.VERIFY_FAILED, reason=_reason(exc), event=EventKind.VERIFY_FAILED)
             self._finish()
             return
         if self._overdue():
             return
-        self._step(Trigger.VERIFIED)
-        self._event(EventKind.VERIFIED)
+        self._step(Trigger.VERIFIED, event=EventKind.VERIFIED)
         self._install(verified)
 
     def _repair(self, exc: Exception) -> bool:
@@ -363,8 +367,13 @@ class OtaUpdater:
             return False
         log.warning("bundle failed verification (%s): fetching chunks %s again", exc, suspects)
         dl.forget(suspects)
-        self._step(Trigger.REPAIR, repairs=dep.repairs + 1)
-        self._event(EVENT_CHUNKS_REPAIR, detail=_reason(exc), data={"chunks": len(suspects)})
+        self._step(
+            Trigger.REPAIR,
+            event=EVENT_CHUNKS_REPAIR,
+            detail=_reason(exc),
+            data={"chunks": len(suspects)},
+            repairs=dep.repairs + 1,
+        )
         self._open_download()
         self._idle_requests = 1
         self._last_request = self._clock()
@@ -445,8 +454,7 @@ class OtaUpdater:
             return
         if self._overdue():
             return
-        self._step(Trigger.INSTALLED)
-        self._event(EventKind.INSTALLED, data={"slot": dep.target_slot})
+        self._step(Trigger.INSTALLED, event=EventKind.INSTALLED, data={"slot": dep.target_slot})
         self._health_and_commit()
 
     def _health_and_commit(self) -> None:
@@ -457,11 +465,14 @@ class OtaUpdater:
                 raise InstallError("installed slot is missing or incomplete")
             self._check_health(slot)
         except InstallError as exc:
-            self._event(EventKind.HEALTH_FAILED, detail=str(exc))
-            self._step(Trigger.HEALTH_FAILED, reason=f"health check failed: {exc}")
+            self._step(
+                Trigger.HEALTH_FAILED,
+                reason=f"health check failed: {exc}",
+                event=EventKind.HEALTH_FAILED,
+                detail=str(exc),
+            )
             self._roll_back()
             return
-        self._event(EventKind.HEALTH_OK)
         assert dep.target_slot is not None
         self.slots.switch(dep.target_slot)  # the commit point
         self._commit(resume=False)
@@ -471,9 +482,8 @@ class OtaUpdater:
         versions = dict(self.state.installed_versions)
         versions[dep.model_name] = dep.version
         self.state = replace(self.state, installed_versions=versions)
-        if resume:
-            self._event(EventKind.HEALTH_OK, detail="commit completed after restart")
-        self._step(Trigger.HEALTH_OK)
+        detail = "commit completed after restart" if resume else ""
+        self._step(Trigger.HEALTH_OK, event=EventKind.HEALTH_OK, detail=detail)
         self._finish()
         self._notify_active()
 
@@ -522,7 +532,19 @@ class OtaUpdater:
         self.state = replace(self.state, deployment=dep)
         self.store.save(self.state)
 
-    def _step(self, trigger: Trigger, *, reason: str = "", **changes: Any) -> None:
+    def _step(
+        self,
+        trigger: Trigger,
+        *,
+        reason: str = "",
+        event: str | None = None,
+        detail: str = "",
+        data: dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> None:
+        """Apply ``trigger`` and persist. The step's event (and the terminal event, if the
+        new phase is terminal) go to the outbox *before* the new state is saved: a kill in
+        between repeats the step after restart and reports it again (at least once)."""
         dep = transition(
             self._dep(),
             trigger,
@@ -531,15 +553,17 @@ class OtaUpdater:
             reason=reason,
             **changes,
         )
+        if event is not None:
+            self._event(event, dep=dep, detail=detail, data=data)
+        if dep.terminal:
+            self._event(_TERMINAL_EVENT[dep.phase], dep=dep, detail=dep.reason)
         self._save(dep)
         log.info(
             "deployment %s: %s -> %s %s", dep.deployment_id, trigger.value, dep.phase.value, reason
         )
 
     def _finish(self) -> None:
-        """Report the terminal event and release the download."""
-        dep = self._dep()
-        self._event(_TERMINAL_EVENT[dep.phase], detail=dep.reason)
+        """Release the download of a deployment that reached a terminal phase."""
         self._unsubscribe_current()
         if self._download is not None:
             self._download.remove()
@@ -589,7 +613,6 @@ class OtaUpdater:
                 self._download = None
             return
         self._step(Trigger.SUPERSEDED, reason=f"superseded by {new_id_}")
-        self._event(_TERMINAL_EVENT[Phase.FAILED], detail=f"superseded by {new_id_}")
         self._unsubscribe_current()
         if self._download is not None and self._download.bundle_id != keep_bundle:
             self._download.remove()
@@ -607,7 +630,6 @@ class OtaUpdater:
 
     def _reject(self, deployment_id: str, exc: Exception, *, bundle_id: str = "") -> None:
         log.warning("deployment %s rejected: %s", deployment_id, _reason(exc))
-        self._remember(deployment_id)
         self._emit(
             Event(
                 device_id=self.device_id,
@@ -618,6 +640,7 @@ class OtaUpdater:
                 data={"error": type(exc).__name__, "bundle_id": bundle_id},
             )
         )
+        self._remember(deployment_id)
 
     def _check_geometry(self, cmd: DeployCommand) -> None:
         lim = self.limits
@@ -671,8 +694,9 @@ class OtaUpdater:
         detail: str = "",
         meta: SlotMeta | None = None,
         data: dict[str, Any] | None = None,
+        dep: Deployment | None = None,
     ) -> None:
-        dep = self.state.deployment
+        dep = dep or self.state.deployment
         body: dict[str, Any] = {}
         if meta is not None:
             body = {"bundle_id": meta.bundle_id, "version": meta.version, "model": meta.model_name}

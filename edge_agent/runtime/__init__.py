@@ -14,6 +14,7 @@ from edge_agent.runtime.selection import (
     RuntimeProfile,
     load_backend,
     select_backend,
+    smoke_check,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "detect_capabilities",
     "load_backend",
     "select_backend",
+    "smoke_check",
 ]

@@ -41,6 +41,25 @@ class ModelArtifacts:
             raise AgentConfigError("a state_dict artifact needs the model_name that defines it")
 
     @classmethod
+    def from_model_file(
+        cls,
+        path: Path,
+        *,
+        version: int,
+        state_dict: Path | None = None,
+        model_name: str | None = None,
+    ) -> ModelArtifacts:
+        """One model file; ``.tflite`` is a TFLite model, anything else ONNX."""
+        tflite = path.suffix.lower() == ".tflite"
+        return cls(
+            version=version,
+            onnx=None if tflite else path,
+            tflite=path if tflite else None,
+            state_dict=state_dict,
+            model_name=model_name,
+        )
+
+    @classmethod
     def from_directory(
         cls, directory: Path, *, version: int, model_name: str | None = None
     ) -> ModelArtifacts:

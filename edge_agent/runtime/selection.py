@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from edge_agent.errors import AgentConfigError, RuntimeBackendError
 from edge_agent.runtime._memory import release_free_memory
@@ -27,6 +30,7 @@ __all__ = [
     "RuntimeProfile",
     "load_backend",
     "select_backend",
+    "smoke_check",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,9 @@ _ALIASES = {
     "cuda": "onnxruntime:cuda",
     "cpu": "onnxruntime:cpu",
     "tflite": "tflite:cpu",
+    "TFLite": "tflite:cpu",
+    "LiteRT": "tflite:cpu",
+    "litert": "tflite:cpu",
     "torch": "torch:cuda",
 }
 
@@ -78,6 +85,18 @@ class RuntimeProfile:
             if candidate not in preferred:
                 preferred.append(candidate)
         return cls(preferred=tuple(preferred), trt_fp16=trt_fp16)
+
+    @classmethod
+    def from_build_profile(cls, profile: Mapping[str, Any]) -> RuntimeProfile:
+        """From a parsed ``firmware_bundles/<class>.toml``: ``[runtime] providers`` in order;
+        TensorRT builds fp16 engines when ``[artifact] precision = "fp16"``."""
+        runtime = profile.get("runtime", {})
+        providers = runtime.get("providers") if isinstance(runtime, Mapping) else None
+        if not isinstance(providers, list) or not all(isinstance(p, str) for p in providers):
+            raise AgentConfigError("build profile needs [runtime] providers = [...]")
+        artifact = profile.get("artifact", {})
+        fp16 = isinstance(artifact, Mapping) and artifact.get("precision") == "fp16"
+        return cls.from_providers(providers, trt_fp16=fp16)
 
 
 @dataclass(frozen=True)
@@ -220,3 +239,30 @@ def select_backend(
         return LoadedModel(backend=backend, report=report)
     tried = "; ".join(f"{a.candidate}: {a.reason}" for a in attempts)
     raise RuntimeBackendError(f"no inference backend could load the model ({tried})")
+
+
+def smoke_check(
+    artifacts: ModelArtifacts,
+    profile: RuntimeProfile | None = None,
+    *,
+    capabilities: DeviceCapabilities | None = None,
+    config: RuntimeConfig | None = None,
+) -> RuntimeReport:
+    """Load the model the way serving will and run one zero input (an OTA health check).
+
+    Raises ``RuntimeBackendError`` if nothing loads or the inference fails; the returned
+    report says which backend passed (and carries any GPU fallback warning).
+    """
+    loaded = select_backend(artifacts, profile, capabilities=capabilities, config=config)
+    backend = loaded.backend
+    try:
+        out = backend.run(np.zeros((1, *backend.input_shape), dtype=backend.input_dtype))
+    except Exception as exc:  # native runtimes raise their own types
+        raise RuntimeBackendError(
+            f"smoke inference failed on {loaded.report.candidate}: {exc}"
+        ) from exc
+    finally:
+        backend.close()
+    if out.shape[0] != 1 or not np.all(np.isfinite(out)):
+        raise RuntimeBackendError(f"smoke inference on {loaded.report.candidate} gave {out.shape}")
+    return loaded.report

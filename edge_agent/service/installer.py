@@ -29,9 +29,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_agent.config import load_config
-from edge_agent.errors import AgentError, EnrollmentError, InstallError
+from edge_agent.errors import EnrollmentError, InstallError
 from edge_agent.service import hub_client
-from edge_agent.service.identity import build_csr, check_issued_certificate, generate_device_key
+from edge_agent.service.identity import (
+    build_csr,
+    check_issued_certificate,
+    fingerprint,
+    generate_device_key,
+)
 from edge_agent.service.jetson import (
     GpuProbe,
     JetsonInfo,
@@ -206,6 +211,7 @@ def install(opts: InstallOptions, *, systemctl: Systemctl = run_systemctl) -> In
     ca_pem = _ca_pem(opts, hub)  # before any file exists: a wrong pin leaves nothing behind
     layout = opts.layout
     created = _Created()
+    enrolled: str | None = None
     try:
         created.mkdir(layout.config_dir)
         os.chmod(layout.config_dir, 0o750)
@@ -224,6 +230,7 @@ def install(opts: InstallOptions, *, systemctl: Systemctl = run_systemctl) -> In
             device_id=opts.device_id,
             labels=opts.labels,
         )
+        enrolled = answer.device_id
         if answer.ca_certificate_pem.strip() != ca_pem.strip():
             raise EnrollmentError("the hub answered with a CA other than the one we trust")
         cert = check_issued_certificate(
@@ -254,7 +261,7 @@ def install(opts: InstallOptions, *, systemctl: Systemctl = run_systemctl) -> In
             "device_id": answer.device_id,
             "device_class": answer.device_class,
             "hub": opts.hub_url,
-            "ca_fingerprint": hub_client.fingerprint(ca_pem),
+            "ca_fingerprint": fingerprint(ca_pem),
             "cert_fingerprint": cert.fingerprint,
             "cert_not_after": cert.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "enrolled_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -279,11 +286,17 @@ def install(opts: InstallOptions, *, systemctl: Systemctl = run_systemctl) -> In
             messages.append(f"systemd unit {SERVICE_NAME}.service enabled and started")
         else:
             messages.append(f"unit written to {layout.unit_path} (not enabled: --no-systemd)")
-    except (AgentError, OSError) as exc:
+    except BaseException as exc:
         _remove(created.paths)
-        if isinstance(exc, AgentError):
-            raise
-        raise InstallError(f"install failed: {exc}") from exc
+        if enrolled is not None:  # the token is spent: say how to retry
+            raise InstallError(
+                f"install failed after enrolling as {enrolled} ({exc}); everything written was "
+                f"removed. Retry with a token bound to the id: "
+                f"`cloud-hub enroll-token --device-id {enrolled} ...`"
+            ) from exc
+        if isinstance(exc, OSError):
+            raise InstallError(f"install failed: {exc}") from exc
+        raise
     messages.append(f"enrolled as {answer.device_id} (class {answer.device_class})")
     return InstallReport(
         device_id=answer.device_id,

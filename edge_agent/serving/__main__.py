@@ -52,12 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         api=HttpApiConfig(port=args.port, unix_socket=args.unix_socket),
         samples=None if state is None else InferenceStack.default_sample_store(state),
     )
+    artifacts = ModelArtifacts.from_model_file(args.model, version=args.version)
     suffix = args.model.suffix.lower()
-    artifacts = ModelArtifacts(
-        version=args.version,
-        onnx=args.model if suffix == ".onnx" else None,
-        tflite=args.model if suffix == ".tflite" else None,
-    )
     providers = ["tflite:cpu"] if suffix == ".tflite" else args.providers.split(",")
     profile = RuntimeProfile.from_providers(providers)
     reference = (

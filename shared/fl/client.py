@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from flwr.app import Context
 from flwr.client import NumPyClient
 from flwr.client.mod import fixedclipping_mod
@@ -120,7 +119,10 @@ class LocalTrainingClient(NumPyClient):
 
     def _limits_for(self, config: dict[str, Any]) -> LocalTrainingLimits:
         # The hub asks; the device caps: never more epochs/batch than the device allows.
-        epochs = min(int(config.get(FIT_KEY_EPOCHS, self.limits.max_local_epochs)), self.limits.max_local_epochs)
+        epochs = min(
+            int(config.get(FIT_KEY_EPOCHS, self.limits.max_local_epochs)),
+            self.limits.max_local_epochs,
+        )
         batch = min(int(config.get(FIT_KEY_BATCH, self.limits.batch_size)), self.limits.batch_size)
         lr = float(config.get(FIT_KEY_LR, self.limits.learning_rate))
         return LocalTrainingLimits(
@@ -184,7 +186,9 @@ class ClientAppSpec:
             torch.set_num_threads(self.torch_threads)
         partition = context.node_config.get("partition-id", 0)
         seed = self.seed * 100_003 + int(partition) if isinstance(partition, int) else self.seed
-        return LocalTrainingClient(self.model_name, self.data(context), self.limits, seed=seed).to_client()
+        return LocalTrainingClient(
+            self.model_name, self.data(context), self.limits, seed=seed
+        ).to_client()
 
     def mods(self) -> list[Mod]:
         # Order matters: the outermost mod comes first. Dropout fires before anything else;
@@ -203,5 +207,3 @@ class ClientAppSpec:
 def build_client_app(spec: ClientAppSpec) -> ClientApp:
     """The Flower ``ClientApp`` for ``spec``."""
     return ClientApp(client_fn=spec.client_fn, mods=spec.mods())
-
-

@@ -132,8 +132,8 @@ def secure_mask_generator() -> Iterator[None]:
         if _depth == 0:
             for name in PATCHED_MODULES:
                 module = importlib.import_module(name)
-                _originals[name] = module.pseudo_rand_gen
-                module.pseudo_rand_gen = secure_pseudo_rand_gen
+                _originals[name] = getattr(module, "pseudo_rand_gen")  # noqa: B009
+                setattr(module, "pseudo_rand_gen", secure_pseudo_rand_gen)  # noqa: B010
         _depth += 1
     try:
         yield
@@ -142,5 +142,5 @@ def secure_mask_generator() -> Iterator[None]:
             _depth -= 1
             if _depth == 0:
                 for name, original in _originals.items():
-                    importlib.import_module(name).pseudo_rand_gen = original
+                    setattr(importlib.import_module(name), "pseudo_rand_gen", original)  # noqa: B010
                 _originals.clear()

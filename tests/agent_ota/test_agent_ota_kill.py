@@ -105,7 +105,7 @@ def test_sigkill_at_random_points_always_recovers(tmp_path: Path) -> None:
             if step is None:
                 time.sleep(rng.uniform(0.0, span * 1.1))
             else:
-                wait_for(lambda: step in hub.kinds(dev, dep), 30, interval=0.002)
+                wait_for(lambda step=step, dep=dep: step in hub.kinds(dev, dep), 30, interval=0.002)
                 time.sleep(rng.uniform(0.0, 0.03))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

@@ -148,3 +148,15 @@ def test_config_limits() -> None:
         DriftConfig(window_size=10)
     with pytest.raises(AgentConfigError):
         DriftConfig(ks_alpha=0.0)
+
+
+def test_small_windows_raise_the_psi_threshold_to_stay_under_one_percent() -> None:
+    x_ref, _ = generate_sensor_data(5000, seed=0, sample_seed=1)
+    detector = DriftDetector(ReferenceStats.from_samples(x_ref), DriftConfig(window_size=100))
+    x, _ = generate_sensor_data(500 * 100, seed=0, sample_seed=7)
+    reports = detector.observe(x)
+    assert len(reports) == 500
+    assert sum(r.drifted for r in reports) <= 5
+    assert reports[0].features[0].psi_critical > DriftConfig().psi_threshold
+    shifted, _ = generate_sensor_data(100, seed=0, sample_seed=8, drift=SensorDriftSpec(shift=1.0))
+    assert detector.observe(shifted)[0].drifted

@@ -157,3 +157,54 @@ def test_unix_socket_serves_the_same_api(stack, sensor_model, tmp_path) -> None:
 def test_api_refuses_non_loopback_host() -> None:
     with pytest.raises(AgentConfigError):
         HttpApiConfig(host="0.0.0.0")
+
+
+def test_raw_tensor_fast_path(stack, sensor_model) -> None:
+    conn = _conn(stack)
+    x = sensor_model.batch(5)
+    headers = {"Content-Type": "application/octet-stream", "X-Shape": "5,12", "X-Dtype": "float32"}
+    conn.request("POST", "/predict", body=x.tobytes(), headers=headers)
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    assert resp.status == 200 and len(body["predictions"]) == 5
+    # the same answer as the JSON path
+    _, as_json = _call(conn, "POST", "/predict", json.dumps({"inputs": x.tolist()}).encode())
+    assert [p["label"] for p in body["predictions"]] == [p["label"] for p in as_json["predictions"]]
+    for bad_headers, data in [
+        ({**headers, "X-Shape": "5,13"}, x.tobytes()),  # bytes do not fill the shape
+        ({**headers, "X-Shape": "five"}, x.tobytes()),
+        ({k: v for k, v in headers.items() if k != "X-Shape"}, x.tobytes()),
+        ({**headers, "X-Dtype": "float64"}, x.astype(np.float64).tobytes()),
+        ({**headers, "X-Shape": "1,12"}, np.full(12, np.nan, np.float32).tobytes()),
+    ]:
+        conn.request("POST", "/predict", body=data, headers=bad_headers)
+        resp = conn.getresponse()
+        err = json.loads(resp.read())
+        assert resp.status == 422 and err["error"]["type"] == "InferenceInputError", bad_headers
+
+
+def test_drift_reports_come_out_of_the_running_stack(tmp_path: Path, sensor_model) -> None:
+    from edge_agent.drift import DriftConfig
+
+    stack = InferenceStack(InferenceStackConfig(api=None, drift=DriftConfig(window_size=100)))
+    ref = ReferenceStats.from_samples(sensor_model.batch(2000, seed=1))
+    stack.install(
+        sensor_model.artifacts(version=5),
+        profile=RuntimeProfile(preferred=("onnxruntime:cpu",)),
+        reference=ref,
+    )
+    stack.start()
+    try:
+        for seed in range(10):  # 100 in-distribution samples
+            stack.server.predict(sensor_model.batch(10, seed=100 + seed))
+        for seed in range(10):  # then 100 shifted ones
+            stack.server.predict(sensor_model.batch(10, seed=200 + seed) + 1.5)
+        assert stack.observers.flush()
+        reports = stack.drain_drift_reports()
+        assert [r.drifted for r in reports] == [False, True]
+        assert reports[1].model_version == 5 and len(reports[1].drifted_features) >= 6
+        snap = stack.telemetry()
+        assert snap.metrics["drift_windows"] == 2 and snap.metrics["drift_alarms"] == 1
+        assert snap.metrics["inference_count"] == 200
+    finally:
+        stack.stop()

@@ -177,3 +177,38 @@ def test_gpu_torch_cuda_selected(sensor_model) -> None:
     loaded = select_backend(sensor_model.artifacts(), RuntimeProfile(preferred=("torch:cuda",)))
     assert loaded.report.is_gpu and loaded.report.provider == "cuda"
     assert loaded.backend.run(sensor_model.batch(4)).shape == (4, 3)
+
+
+def test_profiles_from_the_repository_build_profiles() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2] / "firmware_bundles"
+    loaded = {
+        p.stem: RuntimeProfile.from_build_profile(tomllib.loads(p.read_text()))
+        for p in sorted(root.glob("*.toml"))
+    }
+    if "jetson-orin" in loaded:
+        assert loaded["jetson-orin"].preferred[:2] == ("onnxruntime:tensorrt", "onnxruntime:cuda")
+        assert loaded["jetson-orin"].trt_fp16
+    if "rpi4" in loaded:
+        assert loaded["rpi4"].preferred == ("tflite:cpu",)
+    if "x86-cpu" in loaded:
+        assert loaded["x86-cpu"].preferred == ("onnxruntime:cpu",)
+    with pytest.raises(AgentConfigError):
+        RuntimeProfile.from_build_profile({"runtime": {}})
+
+
+def test_smoke_check_passes_a_good_model_and_refuses_a_broken_one(
+    sensor_model, tmp_path: Path
+) -> None:
+    from edge_agent.runtime import smoke_check
+
+    report = smoke_check(
+        ModelArtifacts.from_model_file(sensor_model.onnx, version=2),
+        RuntimeProfile(preferred=("onnxruntime:cpu",)),
+    )
+    assert report.provider == "CPUExecutionProvider" and report.model_version == 2
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(sensor_model.onnx.read_bytes()[:200])  # truncated download
+    with pytest.raises(RuntimeBackendError):
+        smoke_check(ModelArtifacts.from_model_file(bad, version=3))

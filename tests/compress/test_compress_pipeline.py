@@ -84,6 +84,12 @@ def test_the_agents_runtime_gives_the_hubs_top1(
     )
     np.testing.assert_array_equal(agent_top1, hub_top1)
     assert float(np.mean(agent_top1 == digits.eval.y)) == artifact.metrics.accuracy
+    # ... and the agent's own onnxruntime backend, on whole batches.
+    from edge_agent.runtime.onnx_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(artifact.artifact_path, provider="CPUExecutionProvider")
+    assert backend.input_shape == (1, 8, 8)
+    np.testing.assert_array_equal(backend.run(digits.eval.x).argmax(axis=1), hub_top1)
 
 
 def test_fp16_and_pruned_profiles(

@@ -50,6 +50,12 @@ def _check_rpi4(artifact: Any, trained: Any) -> None:
     # LiteRT (what an rpi4 agent runs) reproduces the hub's accuracy on the same inputs.
     logits = predict(tflite_predictor(artifact.artifact_path), trained.eval.x)
     assert float(np.mean(logits.argmax(axis=1) == trained.eval.y)) == m.accuracy
+    # The agent's TFLite backend, fed one sample at a time (the artifact's batch is 1).
+    from edge_agent.runtime.tflite_backend import TFLiteBackend
+
+    backend = TFLiteBackend(artifact.artifact_path, module="ai_edge_litert")
+    agent_top1 = [int(backend.run(x[None]).argmax()) for x in trained.eval.x]
+    np.testing.assert_array_equal(agent_top1, logits.argmax(axis=1))
     preprocess = json.loads((artifact.directory / "preprocess.json").read_text())
     assert preprocess["format"] == "tflite" and preprocess["input_shape"] == [1, 8, 8]
     assert preprocess["batch_size"] == 1

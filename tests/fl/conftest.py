@@ -18,6 +18,8 @@ def _quiet_flower() -> None:
 @pytest.fixture
 def sensor_cohort() -> tuple[list[ArrayDataSource], tuple]:
     """Five clients with 60 sensor samples each, and a 300-sample hub validation set."""
-    sources = [ArrayDataSource(*generate_sensor_data(60, seed=3, sample_seed=100 + i)) for i in range(5)]
+    sources = [
+        ArrayDataSource(*generate_sensor_data(60, seed=3, sample_seed=100 + i)) for i in range(5)
+    ]
     validation = generate_sensor_data(300, seed=3, sample_seed=99)
     return sources, validation

@@ -18,8 +18,18 @@ def test_defaults_are_valid_with_secagg_on() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"secagg": SecAggConfig(num_shares=5, reconstruction_threshold=4), "num_clients": 3, "min_fit_clients": 3}, "exceeds the clients per round"),
-        ({"secagg": SecAggConfig(reconstruction_threshold=12), "num_clients": 10}, "reconstruction_threshold (12) exceeds the clients per round (10)"),
+        (
+            {
+                "secagg": SecAggConfig(num_shares=5, reconstruction_threshold=4),
+                "num_clients": 3,
+                "min_fit_clients": 3,
+            },
+            "exceeds the clients per round",
+        ),
+        (
+            {"secagg": SecAggConfig(reconstruction_threshold=12), "num_clients": 10},
+            "reconstruction_threshold (12) exceeds the clients per round (10)",
+        ),
         ({"strategy": StrategyConfig(name="krum")}, "SecAgg+"),
         ({"num_clients": 2}, "needs >= 3 clients"),
         ({"model_name": "resnet-9000"}, "unknown model"),
@@ -27,7 +37,9 @@ def test_defaults_are_valid_with_secagg_on() -> None:
     ],
 )
 def test_bad_run_settings(changes: dict, message: str) -> None:
-    with pytest.raises(HubConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+    with pytest.raises(
+        HubConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")
+    ):
         FederatedRunConfig(**changes)
 
 
@@ -48,7 +60,9 @@ def test_bad_secagg_settings(kwargs: dict, message: str) -> None:
 
 
 def test_unknown_strategy_is_named() -> None:
-    with pytest.raises(HubConfigError, match=r"unknown strategy 'fedfoo'; known strategies: fedavg"):
+    with pytest.raises(
+        HubConfigError, match=r"unknown strategy 'fedfoo'; known strategies: fedavg"
+    ):
         StrategyConfig(name="fedfoo")
 
 
@@ -63,7 +77,9 @@ def test_from_mapping_refuses_unknown_keys_and_builds_nested() -> None:
         FederatedRunConfig.from_mapping({"secagg": {"shares": 3}})
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"])
+@pytest.mark.parametrize(
+    "name", ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"]
+)
 def test_every_secagg_compatible_strategy_builds(name: str) -> None:
     from flwr.server.strategy import Strategy
 
@@ -76,7 +92,9 @@ def test_every_secagg_compatible_strategy_builds(name: str) -> None:
 @pytest.mark.parametrize("name", ["fedmedian", "fedtrimmedavg", "krum", "bulyan"])
 def test_robust_strategies_build_without_secagg(name: str) -> None:
     cfg = FederatedRunConfig(
-        model_name="sensor-mlp", strategy=StrategyConfig(name=name), secagg=SecAggConfig(enabled=False)
+        model_name="sensor-mlp",
+        strategy=StrategyConfig(name=name),
+        secagg=SecAggConfig(enabled=False),
     )
     assert type(build_strategy(cfg, initial_weights=[], evaluate_fn=None)).__name__.lower() == name
 

@@ -72,7 +72,7 @@ def test_shipped_scenarios_are_valid() -> None:
 
 def test_bad_scenarios_are_refused_before_running(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[training]\nnum_clients = 4\n[training.secagg]\nreconstruction_threshold = 9\n')
+    bad.write_text("[training]\nnum_clients = 4\n[training.secagg]\nreconstruction_threshold = 9\n")
     with pytest.raises(HubConfigError, match="exceeds the clients per round"):
         load_scenario(bad)
     bad.write_text('[training.strategy]\nname = "fedsomething"\n')
@@ -85,9 +85,24 @@ def test_bad_scenarios_are_refused_before_running(tmp_path: Path) -> None:
 
 
 def test_simulate_command_writes_rounds_plot_and_summary(tmp_path: Path, capsys) -> None:
+    scenario = tmp_path / "sensors.toml"
+    scenario.write_text(
+        '[scenario]\nname = "cli-test"\ndataset = "sensors"\nsamples = 500\n'
+        '[partition]\nkind = "dirichlet"\nalpha = 1.0\n'
+        "[training]\nnum_clients = 4\nnum_rounds = 5\nlocal_epochs = 2\nbatch_size = 16\n"
+    )
     out = tmp_path / "out"
     code = hub_main(
-        ["simulate", str(SIMULATIONS / "digits_quick.toml"), "--rounds", "2", "--out", str(out), "--model-store", str(tmp_path / "store")]
+        [
+            "simulate",
+            str(scenario),
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+            "--model-store",
+            str(tmp_path / "store"),
+        ]
     )
     assert code == 0
     rounds = json.loads((out / "rounds.json").read_text())

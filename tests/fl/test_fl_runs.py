@@ -23,7 +23,12 @@ from shared.models import build_model
 
 def _cfg(**changes: object) -> FederatedRunConfig:
     base: dict[str, object] = dict(
-        model_name="sensor-mlp", num_clients=5, num_rounds=3, local_epochs=2, batch_size=16, engine="inprocess"
+        model_name="sensor-mlp",
+        num_clients=5,
+        num_rounds=3,
+        local_epochs=2,
+        batch_size=16,
+        engine="inprocess",
     )
     base.update(changes)
     return FederatedRunConfig(**base)  # type: ignore[arg-type]
@@ -32,14 +37,18 @@ def _cfg(**changes: object) -> FederatedRunConfig:
 def test_secagg_run_learns_and_is_stored_with_lineage(tmp_path, sensor_cohort) -> None:
     sources, validation = sensor_cohort
     store = ModelStore(tmp_path / "models")
-    result = run_federated(_cfg(num_rounds=4), sources, validation, model_store=store, run_id="run-1")
+    result = run_federated(
+        _cfg(num_rounds=4), sources, validation, model_store=store, run_id="run-1"
+    )
     assert [r.round for r in result.rounds] == [0, 1, 2, 3, 4]
     assert result.final_accuracy > result.rounds[0].accuracy + 0.2
     record = store.get("run-1")
     assert record.lineage["secagg"]["enabled"] is True
     assert record.lineage["secagg"]["reconstruction_threshold"] == 3
     assert record.lineage["strategy"] == "fedavg" and record.lineage["rounds"] == 4
-    assert record.lineage["clients"] == 5 and record.lineage["data_fingerprint"].startswith("sha256:")
+    assert record.lineage["clients"] == 5 and record.lineage["data_fingerprint"].startswith(
+        "sha256:"
+    )
     assert record.metrics["accuracy"] == pytest.approx(result.final_accuracy)
     # The compression step's path: registry model + stored state_dict reproduce the accuracy.
     model = build_model(record.model_name)
@@ -47,7 +56,10 @@ def test_secagg_run_learns_and_is_stored_with_lineage(tmp_path, sensor_cohort) -
     with torch.no_grad():
         predicted = model(torch.from_numpy(validation[0])).argmax(1).numpy()
     assert np.mean(predicted == validation[1]) == pytest.approx(result.final_accuracy)
-    assert json.loads((tmp_path / "models" / "run-1" / "candidate.json").read_text())["run_id"] == "run-1"
+    assert (
+        json.loads((tmp_path / "models" / "run-1" / "candidate.json").read_text())["run_id"]
+        == "run-1"
+    )
     with pytest.raises(RegistryError, match="already exists"):
         run_federated(_cfg(num_rounds=1), sources, validation, model_store=store, run_id="run-1")
 
@@ -58,7 +70,10 @@ def test_secagg_run_learns_and_is_stored_with_lineage(tmp_path, sensor_cohort) -
         _cfg(strategy=StrategyConfig(name="fedprox", proximal_mu=0.1)),
         _cfg(strategy=StrategyConfig(name="fedadam", server_learning_rate=0.05)),
         _cfg(strategy=StrategyConfig(name="fedtrimmedavg"), secagg=SecAggConfig(enabled=False)),
-        _cfg(strategy=StrategyConfig(name="krum", num_malicious_clients=1), secagg=SecAggConfig(enabled=False)),
+        _cfg(
+            strategy=StrategyConfig(name="krum", num_malicious_clients=1),
+            secagg=SecAggConfig(enabled=False),
+        ),
         _cfg(dp=DifferentialPrivacyConfig(enabled=True, noise_multiplier=0.01, clipping_norm=50.0)),
     ],
     ids=["fedprox-secagg", "fedadam-secagg", "trimmedavg-plain", "krum-plain", "dp-secagg"],
@@ -80,7 +95,9 @@ def test_initial_state_is_used_and_checked(sensor_cohort) -> None:
     again = run_federated(_cfg(num_rounds=1), sources, validation, initial_state=model.state_dict())
     assert again.rounds[0].accuracy == pytest.approx(first.final_accuracy)
     with pytest.raises(HubConfigError, match="does not fit"):
-        run_federated(_cfg(), sources, validation, initial_state=build_model("digits-cnn").state_dict())
+        run_federated(
+            _cfg(), sources, validation, initial_state=build_model("digits-cnn").state_dict()
+        )
 
 
 def test_cohort_size_must_match(sensor_cohort) -> None:
@@ -96,7 +113,9 @@ def test_local_training_respects_epochs_and_time_budget() -> None:
     model = build_model("sensor-mlp", seed=0)
     report = train_model(model, x, y, LocalTrainingLimits(batch_size=10, max_local_epochs=3))
     assert report.epochs_done == 3 and report.steps == 120 and not report.stopped_by_budget
-    budget = train_model(model, x, y, LocalTrainingLimits(batch_size=1, max_local_epochs=1000, time_budget_s=0.05))
+    budget = train_model(
+        model, x, y, LocalTrainingLimits(batch_size=1, max_local_epochs=1000, time_budget_s=0.05)
+    )
     assert budget.stopped_by_budget and budget.duration_s < 1.0 and budget.epochs_done < 1000
 
 
@@ -106,7 +125,9 @@ def test_client_caps_what_the_hub_asks_for() -> None:
     from shared.fl.client import LocalTrainingClient
 
     client = LocalTrainingClient(
-        "sensor-mlp", ArrayDataSource(*generate_sensor_data(50, seed=1)), LocalTrainingLimits(batch_size=8, max_local_epochs=2)
+        "sensor-mlp",
+        ArrayDataSource(*generate_sensor_data(50, seed=1)),
+        LocalTrainingLimits(batch_size=8, max_local_epochs=2),
     )
     limits = client._limits_for({"local-epochs": 50, "batch-size": 512})
     assert limits.max_local_epochs == 2 and limits.batch_size == 8

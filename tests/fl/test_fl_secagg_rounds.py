@@ -13,7 +13,9 @@ from shared.fl.mods import DropoutSchedule
 
 # The packages re-export functions under the same names, so import the modules explicitly.
 client_module = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
-server_module = importlib.import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow")
+server_module = importlib.import_module(
+    "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
+)
 
 
 def _config(**changes: object) -> FederatedRunConfig:
@@ -95,9 +97,9 @@ def test_round_completes_when_dropouts_leave_the_threshold(monkeypatch, sensor_c
     assert result.rounds[-1].status == "ok"
     assert len(capture.client_vectors) == 3  # only survivors uploaded
     _assert_exact(capture, 1 << 32)  # the dropped clients' masks were reconstructed away
-    assert not all(
-        np.array_equal(a, b) for a, b in zip(result.weights, _initial(), strict=True)
-    ), "the round must have changed the model"
+    assert not all(np.array_equal(a, b) for a, b in zip(result.weights, _initial(), strict=True)), (
+        "the round must have changed the model"
+    )
 
 
 def test_round_below_threshold_fails_clearly_and_keeps_the_model(sensor_cohort) -> None:

@@ -53,7 +53,10 @@ def test_seeds_equal_under_a_32_bit_fold_give_different_masks() -> None:
     assert a != b
     flower_a, flower_b = FLOWER_PRG(a, 1 << 32, [(64,)])[0], FLOWER_PRG(b, 1 << 32, [(64,)])[0]
     np.testing.assert_array_equal(flower_a, flower_b)  # the weakness
-    ours_a, ours_b = secure_pseudo_rand_gen(a, 1 << 32, [(64,)])[0], secure_pseudo_rand_gen(b, 1 << 32, [(64,)])[0]
+    ours_a, ours_b = (
+        secure_pseudo_rand_gen(a, 1 << 32, [(64,)])[0],
+        secure_pseudo_rand_gen(b, 1 << 32, [(64,)])[0],
+    )
     assert not np.array_equal(ours_a, ours_b)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -150,12 +151,25 @@ class Broker:
     files: BrokerFiles
     scheme: TopicScheme
     log: Path
+    process: subprocess.Popen[bytes]
+
+    def reload(self, timeout: float = 5.0) -> None:
+        """SIGHUP (re-reads config, ACL and CRL) and wait until the broker logged it."""
+        before = self.log.read_text(errors="replace").count("Reloading config")
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log.read_text(errors="replace").count("Reloading config") == before:
+            if time.monotonic() > deadline:
+                raise TimeoutError("mosquitto did not reload")
+            time.sleep(0.02)
 
 
 @contextmanager
 def running_mosquitto(ca: CertificateAuthority, tmp: Path, *, prefix: str) -> Iterator[Broker]:
     """A private Mosquitto on a free loopback port: mTLS required, the rendered ACL enforced."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     port = free_port()
     scheme = TopicScheme(prefix)
     user = getpass.getuser()
@@ -166,13 +180,14 @@ def running_mosquitto(ca: CertificateAuthority, tmp: Path, *, prefix: str) -> It
         port=port,
         bind="127.0.0.1",
         broker_user=user if user == "root" else None,
+        crl_pem=ca.build_crl([]),
     )
     log = tmp / "broker" / "mosquitto.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([exe, "-c", str(files.config)], stdout=out, stderr=out)
     try:
         wait_port(port)
-        yield Broker(port=port, files=files, scheme=scheme, log=log)
+        yield Broker(port=port, files=files, scheme=scheme, log=log, process=proc)
     finally:
         proc.terminate()
         try:
@@ -277,10 +292,14 @@ class DeviceCreds:
 
 
 def enroll_over_https(
-    hub: Hub, directory: Path, device_id: str, device_class: str = "x86-cpu"
+    hub: Hub,
+    directory: Path,
+    device_id: str,
+    device_class: str = "x86-cpu",
+    token: str | None = None,
 ) -> DeviceCreds:
     """A real enrollment over HTTPS, as the agent does it; writes key and certificate."""
-    secret, _ = hub.service.issue_token(device_class=device_class)
+    secret = token or hub.service.issue_token(device_class=device_class)[0]
     endpoint = hub_client.HubEndpoint(hub.url, timeout_s=10)
     ca_pem = hub_client.fetch_pinned_ca(endpoint, hub.service.ca.fingerprint)
     key_pem = generate_device_key()
@@ -294,10 +313,11 @@ def enroll_over_https(
         labels={},
     )
     directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{device_id}-{uuid.uuid4().hex[:6]}"  # a re-enrolled id gets new files
     creds = DeviceCreds(
         device_id=answer.device_id,
-        key=directory / f"{device_id}.key",
-        cert=directory / f"{device_id}.crt",
+        key=directory / f"{stem}.key",
+        cert=directory / f"{stem}.crt",
         ca=directory / "ca.crt",
     )
     creds.key.write_bytes(key_pem)
@@ -339,8 +359,10 @@ def broker(hub_and_broker: tuple[Hub, Broker]) -> Broker:
 def enroll_device(hub: Hub, tmp_path: Path) -> Any:
     """``enroll_device(device_id, device_class="x86-cpu") -> DeviceCreds`` over HTTPS."""
 
-    def _enroll(device_id: str, device_class: str = "x86-cpu") -> DeviceCreds:
-        return enroll_over_https(hub, tmp_path / "devices", device_id, device_class)
+    def _enroll(
+        device_id: str, device_class: str = "x86-cpu", token: str | None = None
+    ) -> DeviceCreds:
+        return enroll_over_https(hub, tmp_path / "devices", device_id, device_class, token)
 
     return _enroll
 

@@ -103,6 +103,7 @@ def test_broker_config_cli_writes_a_complete_setup(
         "server.key",
         "hub.crt",
         "hub.key",
+        "crl.pem",
     }
     conf = (out_dir / "mosquitto.conf").read_text()
     assert "require_certificate true" in conf and "listener 18883 0.0.0.0" in conf
@@ -129,3 +130,32 @@ def test_enroll_init_issues_the_https_certificate(
     assert hub_main([*args, "--renew"]) == 0
     assert (data / "tls" / "hub.crt").read_bytes() != first
     assert "ca fingerprint  sha256:" in capsys.readouterr().out
+
+
+def test_enroll_revoke_refreshes_the_broker_crl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography import x509
+
+    data, broker_dir = tmp_path / "hub-data", tmp_path / "broker"
+    common = ["--data-dir", str(data)]
+    assert hub_main(["broker-config", "--out", str(broker_dir), *common]) == 0
+    assert f"crlfile {broker_dir / 'crl.pem'}" in (broker_dir / "mosquitto.conf").read_text()
+    empty = x509.load_pem_x509_crl((broker_dir / "crl.pem").read_bytes())
+    assert len(list(empty)) == 0
+
+    service = open_enrollment(data)
+    secret, _ = service.issue_token(device_class="rpi4")
+    result = service.enroll(
+        EnrollmentRequest(token=secret, csr_pem=build_csr(generate_device_key(), "x"))
+    )
+    serial = x509.load_pem_x509_certificate(result.certificate_pem).serial_number
+    rc = hub_main(["enroll-revoke", result.device_id, "--broker-dir", str(broker_dir), *common])
+    assert rc == 0
+    crl = x509.load_pem_x509_crl((broker_dir / "crl.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate(service.ca.cert_pem)
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert hub_main(["enroll-revoke", "no-such-device", *common]) == 2
+    assert hub_main(["enroll-list", *common]) == 0
+    assert "REVOKED" in capsys.readouterr().out

@@ -269,3 +269,28 @@ def test_installed_agent_reaches_the_hub_over_mtls(
         ), hub_client.messages
     finally:
         agent.stop(drain_s=1.0)
+
+
+def test_failure_after_enrollment_cleans_up_and_says_how_to_retry(
+    hub: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemctl is a plain function parameter: one that fails on ``enable`` stands in for a
+    host whose systemd refuses the unit."""
+    calls: list[list[str]] = []
+
+    def systemctl(args: Any) -> None:
+        calls.append(list(args))
+        if args[0] == "enable":
+            raise InstallError("systemctl enable failed: unit is masked")
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    layout = InstallLayout(tmp_path / "root")
+    secret, _ = hub.service.issue_token(device_class="x86-cpu")
+    with pytest.raises(InstallError, match=r"after enrolling as (\S+) .*--device-id") as info:
+        install(
+            InstallOptions(hub_url=hub.url, token=secret, layout=layout, ca_cert=hub.ca_file),
+            systemctl=systemctl,
+        )
+    assert calls == [["daemon-reload"], ["enable", "--now", str(layout.unit_path)]]
+    assert _files(layout.prefix) == set()
+    assert "unit is masked" in str(info.value)

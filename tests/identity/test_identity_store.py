@@ -22,7 +22,7 @@ from cloud_hub.enrollment import (
     UnknownTokenError,
 )
 from cloud_hub.enrollment.tokens import hash_token, issue_token
-from cloud_hub.errors import HubConfigError
+from cloud_hub.errors import HubConfigError, RegistryError
 
 UTC = timezone.utc
 T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
@@ -161,3 +161,23 @@ def test_token_issue_validation() -> None:
     b, rb = issue_token(device_class="x", ttl=timedelta(hours=1), now=T0)
     assert a != b and ra.token_hash != rb.token_hash and len(a) >= 43
     assert ra.token_hash == hash_token(a) and a not in repr(ra)
+
+
+def test_revocation_keeps_serials_across_re_enrollment(repo: Any) -> None:
+    _, first = _token(repo)
+    repo.redeem(first.token_hash, _device("dev-1", serial=11), now=T0, replace_device=False)
+    with pytest.raises(RegistryError):
+        repo.revoke("nobody", now=T0)
+    later = T0 + timedelta(hours=1)
+    assert repo.revoke("dev-1", now=later).revoked_at == later
+    assert repo.revoke("dev-1", now=later + timedelta(hours=1)).revoked_at == later  # idempotent
+    assert repo.revoked_certificates() == [(11, later)]
+    # Re-enrolled: a fresh, unrevoked certificate; the old serial stays on the list.
+    _, again = _token(repo, device_id="dev-1", ttl=timedelta(hours=3))
+    repo.redeem(again.token_hash, _device("dev-1", serial=12), now=later, replace_device=True)
+    assert repo.get_device("dev-1").revoked_at is None
+    assert repo.revoked_certificates() == [(11, later)]
+    # Re-enrolling a device that was not revoked revokes the certificate it replaces.
+    _, third = _token(repo, device_id="dev-1", ttl=timedelta(hours=3))
+    repo.redeem(third.token_hash, _device("dev-1", serial=13), now=later, replace_device=True)
+    assert [s for s, _ in repo.revoked_certificates()] == [11, 12]

@@ -157,7 +157,7 @@ class ScriptedDevice:
             else:
                 self._sub_mid = client.subscribe(cmd.chunk_topic, qos=1)[1]
             return
-        chunk = decode_chunk(msg.payload)
+        chunk = decode_chunk(bytes(msg.payload))
         fanout = "/bundles/" in msg.topic
         with self._lock:
             self._last_chunk = time.monotonic()

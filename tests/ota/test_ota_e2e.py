@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,10 @@ from .ota_support import make_model_bundle
 
 pytestmark = pytest.mark.integration
 URL = "mqtt://127.0.0.1:1883"
-FAST = {"timeouts": {"chunk_retry_s": 0.5}, "limits": {"fsync_chunks": False}}
+FAST: dict[str, dict[str, Any]] = {
+    "timeouts": {"chunk_retry_s": 0.5},
+    "limits": {"fsync_chunks": False},
+}
 
 
 @pytest.fixture()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cloud_hub.delivery import FleetPublisher, PublisherConfig
+from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
 from cloud_hub.delivery.local_broker import LocalMosquitto
 from cloud_hub.delivery.local_fleet import LocalAgentFleet
+from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
 from shared.messages import new_id
 
@@ -24,7 +26,14 @@ from .ota_support import make_model_bundle
 
 pytestmark = pytest.mark.integration
 STEPS = ("download_started", "download_complete", "verified", "installed", "health_ok", "committed")
-AGENT_TABLES = {
+DOWNLOADED_OR_LATER = (
+    DeliveryState.DOWNLOADED,
+    DeliveryState.VERIFIED,
+    DeliveryState.INSTALLED,
+    DeliveryState.HEALTHY,
+    DeliveryState.COMMITTED,
+)
+AGENT_TABLES: dict[str, dict[str, Any]] = {
     "timeouts": {"chunk_retry_s": 0.5},
     "limits": {"fsync_chunks": False},
     "mqtt": {"reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "keepalive_s": 5},
@@ -91,23 +100,31 @@ def test_broker_restarted_mid_transfer(tmp_path: Path) -> None:
         )
         with FleetPublisher(cfg) as pub:
             assert not pub.wait_for_devices(fleet.device_ids, timeout=60), _report(fleet, "offline")
-            box: dict[str, object] = {}
+            box: dict[str, BaseException] = {}
 
             def deploy() -> None:
                 try:
-                    box["dep"] = pub.deploy(bundle.data, fleet.device_ids)
-                except Exception as exc:  # surfaced below
+                    pub.deploy(bundle.data, fleet.device_ids, deployment_id="dep-restart")
+                except BaseException as exc:  # surfaced below
                     box["error"] = exc
 
             thread = threading.Thread(target=deploy)
             thread.start()
-            time.sleep(0.6)
+            deadline = time.monotonic() + 30
+            while True:  # restart as soon as chunks are flowing, before anyone has them all
+                try:
+                    snapshot = pub.deployment("dep-restart").result()
+                except HubConfigError:
+                    snapshot = None
+                if snapshot is not None and snapshot.chunks_published > 0:
+                    break
+                assert time.monotonic() < deadline, "transfer never started"
+                time.sleep(0.01)
+            assert not snapshot.in_state(*DOWNLOADED_OR_LATER), snapshot.summary()
             broker.restart(down_s=1.0)
             thread.join(timeout=120)
             assert "error" not in box, box
-            dep = box["dep"]
-            assert isinstance(dep, type(dep)) and hasattr(dep, "wait")
-            result = dep.wait(timeout=90)  # type: ignore[attr-defined]
+            result = pub.deployment("dep-restart").wait(timeout=90)
             assert result.all_committed, _report(fleet, result.summary())
             assert pub.reconnects >= 1
             # the restart hit the transfer: chunks were lost and asked for again

@@ -162,3 +162,20 @@ def test_cli_publish_to_devices(
     assert summary["chunks_published"] == -(-len(fx.data) // 16384)
     # the bundle's class must match --class
     assert hub_main(["publish", str(path), "--class", "rpi4", "--prefix", prefix]) == 2
+
+
+def test_deploy_is_safe_to_repeat(tmp_path: Path, prefix: str, publisher: FleetPublisher) -> None:
+    fx = make_bundle(tmp_path, size=40_000)
+    other = make_bundle(tmp_path / "o", size=40_000)
+    devs = [ScriptedDevice(d, port=PORT, prefix=prefix, keys=fx.keys) for d in ("r0", "r1")]
+    try:
+        first = publisher.deploy(fx.data, ["r0"], deployment_id="dep-r")
+        again = publisher.deploy(fx.data, ["r0", "r1"], deployment_id="dep-r")  # retry + a wave
+        result = again.wait(timeout=20)
+    finally:
+        for d in devs:
+            d.close()
+    assert first.deployment_id == again.deployment_id
+    assert result.all_committed and sorted(result.devices) == ["r0", "r1"]
+    with pytest.raises(HubConfigError, match="another bundle"):
+        publisher.deploy(other.data, ["r0"], deployment_id="dep-r")

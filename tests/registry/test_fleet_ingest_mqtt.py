@@ -10,6 +10,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy.exc import OperationalError
 
 from cloud_hub.fleet import FleetIngest, IngestConfig, MqttSettings
 from cloud_hub.registry import Registry, devices, open_registry, reports
@@ -173,10 +174,76 @@ def test_flooding_device_does_not_starve_others(
                 "events",
             )
     pub.flush()
-    wait_for(lambda: ingest.stats().received >= 3060 and ingest.wait_idle(5), timeout=30, ingest=ingest)
+    wait_for(
+        lambda: ingest.stats().received >= 3060 and ingest.wait_idle(5), timeout=30, ingest=ingest
+    )
     with registry.session() as s:
         for d in range(20):  # every well-behaved device got all of its events in
             assert reports.list_events(s, device_id=f"dev-{d}").total == 3
         spam = reports.list_events(s, device_id="spammer").total
     stats = ingest.stats()
     assert spam + stats.dropped.get("overflow", 0) == 3000
+
+
+def test_messages_sent_while_the_hub_is_down_arrive_after_restart(tmp_path: Path) -> None:
+    scheme = TopicScheme(f"ingest-restart-{uuid.uuid4().hex[:8]}")
+    registry = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
+    settings = MqttSettings(client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=30)
+    config = IngestConfig(flush_interval_s=0.05)
+    first = FleetIngest(registry, scheme=scheme, mqtt_settings=settings, config=config)
+    first.start()  # establishes the persistent session and its subscriptions
+    first.stop()
+    pub = Publisher(scheme)
+    t0 = time.time()
+    for i in range(50):  # the hub is down: the broker keeps these for its session
+        pub.send(
+            Event(device_id=f"dev-{i % 5}", event_id=f"down-{i}", kind="installed", ts=t0), "events"
+        )
+    pub.flush()
+    pub.close()
+    second = FleetIngest(registry, scheme=scheme, mqtt_settings=settings, config=config)
+    second.start()
+    try:
+        wait_for(lambda: second.stats().events_new >= 50, ingest=second)
+        with registry.session() as s:
+            assert reports.list_events(s).total == 50
+    finally:
+        second.stop()
+        registry.close()
+
+
+class FlakyRegistry(Registry):
+    """The real registry, except that the first ``failures`` transactions fail to open (as
+    while a database restarts)."""
+
+    failures = 2
+
+    def session(self):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("BEGIN", {}, Exception("database restarting"))
+        return super().session()
+
+
+def test_batches_survive_database_outages(tmp_path: Path) -> None:
+    real = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
+    flaky = FlakyRegistry(url=real.url, engine=real.engine, _factory=real._factory)
+    scheme = TopicScheme(f"ingest-flaky-{uuid.uuid4().hex[:8]}")
+    ingest = FleetIngest(
+        flaky,
+        scheme=scheme,
+        mqtt_settings=MqttSettings(client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=0),
+        config=IngestConfig(flush_interval_s=0.05, retry_backoff_s=0.1),
+    )
+    ingest.start()
+    pub = Publisher(scheme)
+    try:
+        for i in range(20):
+            pub.send(Event(device_id="d", event_id=f"x-{i}", kind="installed"), "events")
+        pub.flush()
+        wait_for(lambda: ingest.stats().events_new == 20, ingest=ingest)
+        assert ingest.stats().write_errors == 2
+    finally:
+        pub.close()
+        ingest.stop()
+        real.close()

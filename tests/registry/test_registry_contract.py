@@ -113,7 +113,7 @@ def test_device_listing_filters_paginates_and_sorts(registry: Registry) -> None:
     _fleet(registry)
     with registry.session() as s:
         page = devices.list_devices(s, devices.DeviceQuery(limit=7, offset=7))
-        assert page.total == 30 and [d.device_id for d in page.items][0] == "dev-007"
+        assert page.total == 30 and next(d.device_id for d in page.items) == "dev-007"
         assert len(page.items) == 7
         jet = devices.list_devices(s, devices.DeviceQuery(device_class="jetson", limit=100))
         assert jet.total == 10 and all(d.device_class == "jetson" for d in jet.items)

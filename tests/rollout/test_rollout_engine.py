@@ -23,6 +23,8 @@ from shared.bundle import RollbackOrder
 from shared.messages import EventKind
 
 WINDOW = 10.0
+# the PostgreSQL backend runs the main paths; these edge cases run on SQLite only
+SQLITE_ONLY = pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
 
 
 def _config(**kw: object) -> RolloutConfig:
@@ -161,8 +163,8 @@ def test_health_check_failure_halts_at_canary(sim, fleet, registry, clock, deliv
     canary = delivery.deployed_to()
     assert len(canary) == 2
     # the agent refuses the model: health check fails and it rolls itself back
-    sim.event(registry, canary, EventKind.HEALTH_FAILED, f"{rid}.dtest", ts=clock.now)
-    sim.event(registry, canary, EventKind.ROLLED_BACK, f"{rid}.dtest", ts=clock.now)
+    sim.event(registry, canary, EventKind.HEALTH_FAILED, delivery.deploys[-1][2], ts=clock.now)
+    sim.event(registry, canary, EventKind.ROLLED_BACK, delivery.deploys[-1][2], ts=clock.now)
     clock.advance(1)
     service.tick()
     st = service.status(rid)
@@ -174,6 +176,7 @@ def test_health_check_failure_halts_at_canary(sim, fleet, registry, clock, deliv
     assert delivery.deployed_to() == canary
 
 
+@SQLITE_ONLY
 def test_abort_rule_stops_before_window(sim, registry, clock, keystore, delivery) -> None:  # type: ignore[no-untyped-def]
     sim.register_bundles(registry, clock.now)
     ids = [f"d{i}" for i in range(10)]
@@ -187,7 +190,7 @@ def test_abort_rule_stops_before_window(sim, registry, clock, keystore, delivery
     rid = service.start(service.create(cfg).rollout_id).rollout_id
     service.tick()
     canary = delivery.deployed_to()
-    sim.event(registry, canary[:2], EventKind.FAILED, f"{rid}.dtest", ts=clock.now)
+    sim.event(registry, canary[:2], EventKind.FAILED, delivery.deploys[-1][2], ts=clock.now)
     _install(sim, registry, rid, canary[2:3], clock)
     clock.advance(1)
     service.tick()
@@ -195,6 +198,7 @@ def test_abort_rule_stops_before_window(sim, registry, clock, keystore, delivery
     assert st.state == "rolling_back" and "abort rule" in st.reason
 
 
+@SQLITE_ONLY
 def test_offline_device_retried_when_back_then_timeout(
     sim, fleet, registry, clock, delivery
 ) -> None:  # type: ignore[no-untyped-def]
@@ -226,6 +230,7 @@ def test_offline_device_retried_when_back_then_timeout(
     assert st.stages[0].gate is not None and st.stages[0].gate["timed_out"] == 1
 
 
+@SQLITE_ONLY
 def test_newcomer_joins_next_stage(sim, fleet, registry, clock, delivery) -> None:  # type: ignore[no-untyped-def]
     service, _ = fleet
     rid = service.start(service.create(_config()).rollout_id).rollout_id
@@ -244,6 +249,7 @@ def test_newcomer_joins_next_stage(sim, fleet, registry, clock, delivery) -> Non
     assert delivery.deployed_to()[-1] == "late-2"
 
 
+@SQLITE_ONLY
 def test_operator_actions_and_illegal_transitions(sim, fleet, registry, clock, delivery) -> None:  # type: ignore[no-untyped-def]
     service, _ = fleet
     rid = service.create(_config()).rollout_id
@@ -268,6 +274,7 @@ def test_operator_actions_and_illegal_transitions(sim, fleet, registry, clock, d
         service.status("r-missing")
 
 
+@SQLITE_ONLY
 def test_create_validates_bundle(sim, fleet, registry) -> None:  # type: ignore[no-untyped-def]
     service, _ = fleet
     with pytest.raises(RolloutError, match="not registered"):
@@ -299,3 +306,24 @@ def test_restart_resumes_open_intents(sim, fleet, registry, clock, delivery, key
     final = _drive(restarted, registry, clock, rid)
     assert final.state == "done"
     assert sorted(delivery.deployed_to()) == sorted(set(delivery.deployed_to()))
+
+
+@SQLITE_ONLY
+def test_superseded_offer_is_not_a_failure(sim, fleet, registry, clock, delivery) -> None:  # type: ignore[no-untyped-def]
+    """A device that drops an older offer for a re-offer (``failed: superseded``) and then
+    commits counts as a success."""
+    service, _ = fleet
+    rid = service.start(service.create(_config()).rollout_id).rollout_id
+    delivery.fail = True
+    service.tick()  # intent recorded, publish failed: re-offered next tick with a new id
+    delivery.fail = False
+    service.tick()
+    first = service.status(rid).stages[0].devices
+    sim.event(registry, first, EventKind.FAILED, f"{rid}.dold", ts=clock.now)
+    clock.advance(1)
+    service.tick()
+    assert service.status(rid).targets.get("failed") is None
+    _install(sim, registry, rid, first, clock)
+    clock.advance(1)
+    service.tick()
+    assert service.status(rid).stages[0].targets == {"succeeded": 2}

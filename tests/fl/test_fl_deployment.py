@@ -1,0 +1,163 @@
+"""Flower's Deployment Engine on loopback: a real SuperLink and SuperNodes as processes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_hub.errors import HubConfigError
+from cloud_hub.fl.model_store import ModelStore
+from cloud_hub.fl.superlink import SuperLinkConfig, SuperLinkProcess, wait_for_summary
+from edge_agent.errors import AgentConfigError
+from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
+from shared.data import generate_sensor_data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_supernode_argv_and_tls_rules(tmp_path: Path) -> None:
+    cfg = SuperNodeConfig(
+        superlink="hub.example:9092",
+        data_path=tmp_path / "samples.npz",
+        clientappio_port=9094,
+        root_certificates=tmp_path / "ca.pem",
+        batch_size=8,
+        max_local_epochs=2,
+    )
+    argv = cfg.argv()
+    assert argv[0].endswith("flower-supernode")
+    assert "--insecure" not in argv
+    assert argv[argv.index("--root-certificates") + 1] == str(tmp_path / "ca.pem")
+    node_config = argv[argv.index("--node-config") + 1]
+    assert (
+        f'data-path="{tmp_path / "samples.npz"}"' in node_config
+        and "max-local-epochs=2" in node_config
+    )
+    with pytest.raises(AgentConfigError, match="set insecure=True explicitly"):
+        SuperNodeConfig(superlink="h:1", data_path=tmp_path, clientappio_port=1)
+    with pytest.raises(AgentConfigError, match="cannot be combined"):
+        SuperNodeConfig(
+            superlink="h:1",
+            data_path=tmp_path,
+            clientappio_port=1,
+            insecure=True,
+            root_certificates=tmp_path,
+        )
+    with pytest.raises(AgentConfigError, match="host:port"):
+        SuperNodeConfig(superlink="nohost", data_path=tmp_path, clientappio_port=1, insecure=True)
+
+
+def test_superlink_tls_rules_and_argv(tmp_path: Path) -> None:
+    with pytest.raises(HubConfigError, match="insecure=True"):
+        SuperLinkConfig(database=tmp_path / "s.db")
+    with pytest.raises(HubConfigError, match="must be a file"):
+        SuperLinkConfig(database=Path(":memory:"), insecure=True)
+    tls = SuperLinkConfig(
+        database=tmp_path / "s.db",
+        ssl_certfile=tmp_path / "c",
+        ssl_keyfile=tmp_path / "k",
+        ssl_ca_certfile=tmp_path / "ca",
+    )
+    argv = tls.argv()
+    assert "--insecure" not in argv and "--ssl-certfile" in argv
+    assert "--disable-runtime-dependency-installation" in argv
+
+
+@pytest.mark.integration
+def test_supervisor_restarts_a_dead_supernode_and_stops_it(tmp_path: Path) -> None:
+    # No SuperLink listens: the SuperNode gives up after its retry budget and exits; the
+    # supervisor must bring it back, then stop it cleanly on request.
+    cfg = SuperNodeConfig(
+        superlink=f"127.0.0.1:{_free_port()}",
+        data_path=tmp_path / "none.npz",
+        clientappio_port=_free_port(),
+        insecure=True,
+        max_retries=0,
+        max_wait_time_s=0.5,
+    )
+    supervisor = SuperNodeSupervisor(cfg, log_path=tmp_path / "node.log", restart_backoff_s=0.2)
+    supervisor.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 45
+        while supervisor.restarts < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert supervisor.restarts >= 1, (tmp_path / "node.log").read_text()[-2000:]
+    finally:
+        supervisor.stop()
+    assert not supervisor.is_running()
+
+
+@pytest.mark.integration
+def test_superlink_starts_and_stops_with_sigint(tmp_path: Path) -> None:
+    link = SuperLinkProcess(
+        SuperLinkConfig(database=tmp_path / "state.db", port=_free_port(), insecure=True),
+        workdir=tmp_path / "link",
+    )
+    link.start()
+    code = link.stop()
+    assert code is not None and code in (0, -2, 130), link.log_tail()
+    assert (tmp_path / "state.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
+    for i in range(3):
+        x, y = generate_sensor_data(80, seed=3, sample_seed=10 + i)
+        np.savez(tmp_path / f"device-{i}.npz", x=x, y=y)
+    x, y = generate_sensor_data(300, seed=3, sample_seed=99)
+    np.savez(tmp_path / "validation.npz", x=x, y=y)
+    (tmp_path / "train.toml").write_text(
+        '[training]\nmodel_name = "sensor-mlp"\nnum_clients = 3\nmin_fit_clients = 3\nnum_rounds = 1\n'
+        "local_epochs = 2\n[training.secagg]\nreconstruction_threshold = 2\n"
+    )
+    port = _free_port()
+    link = SuperLinkProcess(
+        SuperLinkConfig(database=tmp_path / "state.db", port=port, insecure=True),
+        workdir=tmp_path / "link",
+    )
+    nodes = [
+        SuperNodeSupervisor(
+            SuperNodeConfig(
+                superlink=f"127.0.0.1:{port}",
+                data_path=tmp_path / f"device-{i}.npz",
+                clientappio_port=_free_port(),
+                insecure=True,
+            ),
+            log_path=tmp_path / f"node-{i}.log",
+        )
+        for i in range(3)
+    ]
+    with link:
+        for node in nodes:
+            node.start()
+        try:
+            link.submit_run(
+                {
+                    "config-path": str(tmp_path / "train.toml"),
+                    "validation-path": str(tmp_path / "validation.npz"),
+                    "results-dir": str(tmp_path / "results"),
+                    "model-store": str(tmp_path / "models"),
+                    "run-name": "deploy-test",
+                    "model-name": "sensor-mlp",
+                }
+            )
+            summary = wait_for_summary(tmp_path / "results", timeout_s=300)
+        finally:
+            for node in nodes:
+                node.stop()
+    assert summary["lineage"]["secagg"]["enabled"] is True
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    assert summary["rounds"][1]["accuracy"] > summary["rounds"][0]["accuracy"]
+    record = ModelStore(tmp_path / "models").get("deploy-test")
+    assert record.lineage["engine"] == "deployment" and record.lineage["clients"] == 3

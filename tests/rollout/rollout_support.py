@@ -1,0 +1,329 @@
+"""Integration support of the rollout tests: a real hub process (``cloud-hub serve``), real
+agents (``edge-agent run``), real Mosquitto; bundles built with the hub's key store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import select
+
+from cloud_hub.delivery.local_fleet import LocalAgentFleet
+from cloud_hub.keys import KeyStore
+from cloud_hub.registry import Registry, devices, open_registry
+from cloud_hub.registry.tables import EventRow
+from shared.messages import Telemetry, new_id
+from shared.topics import TopicScheme
+
+MODEL = "sensor-mlp"
+CLASS = "x86-cpu"
+
+MQTT_URL = "mqtt://127.0.0.1:1883"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tiny_onnx_model(features: int = 4, classes: int = 3) -> bytes:
+    """A real, loadable ONNX model (MatMul + Add), built without torch."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(features, classes)).astype(np.float32), "W")
+    b = numpy_helper.from_array(np.zeros(classes, dtype=np.float32), "B")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "W"], ["h"]),
+            helper.make_node("Add", ["h", "B"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def build_model_bundle(keys: KeyStore, *, version: int, loadable: bool = True) -> str:
+    """Build and store a signed bundle (``KEYDIR/bundles/ID.ffb``); returns its id.
+    ``loadable=False`` ships bytes that are not an ONNX model: the device health check fails."""
+    import os
+
+    from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
+    from shared.bundle import artifact_info
+
+    model = tiny_onnx_model() if loadable else os.urandom(2048)
+    built = build_signed_bundle(
+        keys,
+        default_store(keys),
+        BundleSpec(model_name=MODEL, device_class=CLASS, version=version),
+        [(artifact_info("model.onnx", model, "model", "application/onnx"), model)],
+    )
+    return str(built.bundle_id)
+
+
+class HubProcess:
+    """``cloud-hub serve`` as a child process (API + ingest + rollout engine) that a test can
+    SIGKILL and start again on the same data directory."""
+
+    def __init__(self, root: Path, prefix: str, keys: KeyStore) -> None:
+        import time as _time
+
+        self.root = root
+        self.prefix = prefix
+        self.keys = keys
+        self.port = free_port()
+        self.db_url = f"sqlite:///{root / 'hub.db'}"
+        self.log_path = root / "hub.log"
+        self.config_path = root / "hub.toml"
+        self.proc: Any = None
+        self.starts = 0
+        root.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(
+            "\n".join(
+                [
+                    f'data_dir = "{root}"',
+                    f'db_url = "{self.db_url}"',
+                    f'mqtt_url = "{MQTT_URL}"',
+                    f'topic_prefix = "{prefix}"',
+                    f"api_port = {self.port}",
+                    f'keys_dir = "{keys.directory}"',
+                    f'ingest_client_id = "hub-{prefix}"',
+                ]
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+        from cloud_hub.registry import admin
+
+        reg = open_registry(self.db_url)
+        with reg.session() as s:
+            _rec, self.token = admin.create_token(
+                s, name="rollout-test", role="operator", now=_time.time()
+            )
+        reg.close()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        import os
+        import subprocess
+        import sys
+        import time as _time
+        import urllib.request
+
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cloud_hub.cli", "serve", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = _time.monotonic() + timeout
+        while _time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"hub exited:\n{self.logs()}"
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=2):
+                    return
+            except OSError:
+                _time.sleep(0.3)
+        raise AssertionError(f"hub did not come up:\n{self.logs()}")
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def logs(self, tail: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return ""
+
+    def api(self) -> Any:
+        from cloud_hub.commands.rollout import ApiClient
+
+        return ApiClient(self.api_url, self.token)
+
+    def registry(self) -> Registry:
+        return open_registry(self.db_url, migrate=False)
+
+
+AGENT_TABLES: dict[str, dict[str, Any]] = {
+    "timeouts": {"chunk_retry_s": 0.5, "health_s": 30},
+    "limits": {"fsync_chunks": False},
+    "labels": {"site": "plant-3"},
+}
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str, diag: Callable[[], str]) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout:.0f} s\n{diag()}")
+        time.sleep(0.25)
+
+
+@dataclass
+class World:
+    keys: KeyStore
+    hub: HubProcess
+    fleet: LocalAgentFleet
+    prefix: str
+    bundles: dict[int, str]
+    telemetry_seq: int = 0
+
+    def diag(self) -> str:
+        agents = "\n".join(f"--- {d}\n{self.fleet.logs(d, 800)}" for d in self.fleet.device_ids[:3])
+        return f"--- hub\n{self.hub.logs(4000)}\n{agents}"
+
+    def installed(self) -> dict[str, str | None]:
+        reg = self.hub.registry()
+        try:
+            with reg.session() as s:
+                page = devices.list_devices(s, devices.DeviceQuery(limit=1000))
+                return {d.device_id: d.installed_bundle_id for d in page.items}
+        finally:
+            reg.close()
+
+    def events(self, prefix: str) -> list[tuple[str, str]]:
+        reg = self.hub.registry()
+        try:
+            with reg.session() as s:
+                rows = s.execute(
+                    select(EventRow.device_id, EventRow.kind).where(
+                        EventRow.deployment_id.startswith(prefix, autoescape=True)
+                    )
+                )
+                return [(d, k) for d, k in rows]
+        finally:
+            reg.close()
+
+    def all_on(self, version: int) -> bool:
+        got = self.installed()
+        return all(got.get(d) == self.bundles[version] for d in self.fleet.device_ids)
+
+    def rollout(self, version: int, stages: list[dict[str, Any]], **extra: Any) -> str:
+        config = {
+            "bundle_id": self.bundles[version],
+            "target": {"device_class": "x86-cpu", "labels": {"site": "plant-3"}},
+            "stages": stages,
+            "gate_window_s": extra.pop("window", 2.0),
+            "offline_timeout_s": 60.0,
+            "seed": version,
+        }
+        config.update(extra.pop("config", {}))
+        body: dict[str, Any] = {"config": config, **extra}
+        api = self.hub.api()
+        rid = str(api.request("POST", "/api/v1/rollouts", body)["rollout_id"])
+        api.request("POST", f"/api/v1/rollouts/{rid}/start")
+        return rid
+
+    def status(self, rid: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.hub.api().request("GET", f"/api/v1/rollouts/{rid}")
+        return status
+
+    def wait_state(self, rid: str, states: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        return eventually(  # type: ignore[no-any-return]
+            lambda: (st := self.status(rid))["state"] in states and st,
+            timeout,
+            f"rollout {rid} in {states}",
+            lambda: f"{self.status(rid)}\n{self.diag()}",
+        )
+
+    def publish_telemetry(self, device_ids: list[str], version: int, **metrics: float) -> None:
+        """What a device's runtime would report: real Telemetry messages over MQTT."""
+        topics = TopicScheme(self.prefix)
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"t-{new_id()[:10]}",
+            protocol=mqtt.MQTTv5,
+        )
+        client.connect("127.0.0.1", 1883)
+        client.loop_start()
+        try:
+            for d in device_ids:
+                self.telemetry_seq += 1
+                msg = Telemetry(
+                    device_id=d,
+                    seq=self.telemetry_seq,
+                    metrics=dict(metrics),
+                    model_version=version,
+                )
+                client.publish(topics.device(d, "telemetry"), msg.encode(), qos=1).wait_for_publish(
+                    5
+                )
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+
+@contextmanager
+def running_world(root: Path, *, n: int, bundles: dict[int, bool]) -> Iterator[World]:
+    """Key store, bundles (``{version: loadable}``, built before the hub starts: it indexes its
+    bundle store at start), a hub process and ``n`` agents, with v1 installed everywhere."""
+    keys = KeyStore.init(root / "keys")
+    built = {v: build_model_bundle(keys, version=v, loadable=ok) for v, ok in bundles.items()}
+    prefix = f"ro-{new_id()[:10]}"
+    hub = HubProcess(root / "hub", prefix, keys)
+    hub.start()
+    fleet = LocalAgentFleet(
+        root=root / "fleet",
+        trust_root=keys.trust_root().to_dict(),
+        mqtt_url=MQTT_URL,
+        prefix=prefix,
+        n=n,
+        tables=AGENT_TABLES,
+    )
+    fleet.start()
+    w = World(keys, hub, fleet, prefix, built)
+    try:
+        eventually(
+            lambda: set(w.installed()) >= set(fleet.device_ids),
+            30 + 3 * n,
+            "every agent registered",
+            w.diag,
+        )
+        rid = w.rollout(1, [{"percent": 100}], window=0.5)
+        w.wait_state(rid, ("done",), 60 + 2 * n)
+        eventually(lambda: w.all_on(1), 30, "v1 everywhere", w.diag)
+        yield w
+    finally:
+        fleet.stop()
+        hub.stop()
