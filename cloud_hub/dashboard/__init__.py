@@ -6,6 +6,6 @@ server-sent-events stream (``/ui/stream``) that announces every change of the fl
 and reports, after which the open view re-reads what it shows.
 """
 
-from cloud_hub.dashboard.routes import mount_dashboard
+from cloud_hub.dashboard.routes import mount, mount_dashboard
 
-__all__ = ["mount_dashboard"]
+__all__ = ["mount", "mount_dashboard"]

@@ -20,16 +20,20 @@ from cloud_hub.api.errors import ApiError
 from cloud_hub.dashboard.summary import change_marker, fleet_summary
 from cloud_hub.registry import admin
 
-__all__ = ["mount_dashboard"]
+__all__ = ["mount", "mount_dashboard"]
 
 STATIC = Path(__file__).parent / "static"
 STREAM_INTERVAL_S = 1.0
 STREAM_MAX_S = 3600.0  # clients reconnect on their own (EventSource)
 
 
-def mount_dashboard(app: FastAPI) -> None:
+def mount(app: FastAPI, context: ApiContext) -> None:
+    """The hook ``HubServer`` calls: serve the dashboard under ``/ui``."""
+    mount_dashboard(app, context)
+
+
+def mount_dashboard(app: FastAPI, context: ApiContext) -> None:
     """Serve the dashboard under ``/ui`` of the hub's API app."""
-    context: ApiContext = app.state.context
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
 
     @app.get("/", include_in_schema=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, cast, func, select
 from sqlalchemy.orm import Session
 
 from cloud_hub.registry.tables import Device, DriftRow, EventRow, Rollout, TrainingRun
@@ -43,7 +43,7 @@ def fleet_summary(session: Session) -> FleetSummary:
     fallback = (
         session.scalar(
             select(func.count()).where(
-                Device.provider.like("%CPU%"), Device.runtimes.like("%cuda%")
+                Device.provider.like("%CPU%"), cast(Device.runtimes, String).like("%cuda%")
             )
         )
         or 0

@@ -21,7 +21,7 @@ async function api(path, opts = {}) {
   const text = await res.text();
   let body = null; try { body = text ? JSON.parse(text) : null; } catch { body = { detail: text }; }
   if (res.status === 401) { logout(); throw new Error("session expired: log in again"); }
-  if (!res.ok) throw new Error((body && (body.detail || body.error || body.message)) || `HTTP ${res.status}`);
+  if (!res.ok) throw new Error((body && (body.message || body.detail || body.error)) || `HTTP ${res.status}`);
   return body;
 }
 
