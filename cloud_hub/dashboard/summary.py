@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, cast, func, select
+from sqlalchemy import String, case, cast, func, select
 from sqlalchemy.orm import Session
 
 from cloud_hub.registry.tables import Device, DriftRow, EventRow, Rollout, TrainingRun
@@ -58,11 +58,10 @@ def change_marker(session: Session) -> dict[str, Any]:
             session.execute(
                 select(
                     func.count(),
+                    func.sum(case((Device.online.is_(True), 1), else_=0)),
                     func.max(Device.last_seen),
                     func.sum(func.coalesce(Device.installed_version, 0)),
-                )
-                .select_from(Device)
-                .where(Device.online.is_(True))
+                ).select_from(Device)
             ).one()
         ),
         "rollouts": list(
