@@ -199,72 +199,92 @@ def measure_raw(frames: list[bytes], n: int, procs: int, port: int, prefix: str)
     return max(done) - t0
 
 
-def measure_ours(
-    bundle: bytes,
-    keys: Any,
-    n: int,
-    procs: int,
-    port: int,
-    prefix: str,
-    chunk_size: int,
-    work: Path,
-    no_fsync: bool,
-) -> dict[str, float]:
-    from cloud_hub.delivery import FleetPublisher, PublisherConfig
+class OursFleet:
+    """The hub (FleetPublisher) and N EdgeAgents in worker processes, kept across rounds."""
 
-    trust = work / "trust_root.json"
-    trust.write_text(json.dumps(keys.trust_root().to_dict()))
-    ids = [f"agent-{i:03d}" for i in range(n)]
-    extra = [
-        "--port",
-        str(port),
-        "--prefix",
-        prefix,
-        "--root",
-        str(work / "agents"),
-        "--trust",
-        str(trust),
-    ] + (["--no-fsync"] if no_fsync else [])
-    cfg = PublisherConfig(port=port, prefix=prefix, chunk_size=chunk_size, start_grace_s=30)
-    with FleetPublisher(cfg) as pub, Workers("agents", split(ids, procs), extra) as w:
-        w.expect("READY", 120)
-        missing = pub.wait_for_devices(ids, timeout=60)
+    def __init__(
+        self,
+        keys: Any,
+        n: int,
+        procs: int,
+        port: int,
+        prefix: str,
+        chunk_size: int,
+        work: Path,
+        no_fsync: bool,
+    ) -> None:
+        from cloud_hub.delivery import FleetPublisher, PublisherConfig
+
+        trust = work / "trust_root.json"
+        trust.write_text(json.dumps(keys.trust_root().to_dict()))
+        self.ids = [f"agent-{i:03d}" for i in range(n)]
+        extra = [
+            "--port",
+            str(port),
+            "--prefix",
+            prefix,
+            "--root",
+            str(work / "agents"),
+            "--trust",
+            str(trust),
+        ] + (["--no-fsync"] if no_fsync else [])
+        cfg = PublisherConfig(port=port, prefix=prefix, chunk_size=chunk_size, start_grace_s=30)
+        self.stack = contextlib.ExitStack()
+        self.pub = self.stack.enter_context(FleetPublisher(cfg))
+        workers = self.stack.enter_context(Workers("agents", split(self.ids, procs), extra))
+        workers.expect("READY", 120)
+        missing = self.pub.wait_for_devices(self.ids, timeout=60)
         if missing:
+            self.stack.close()
             raise RuntimeError(f"agents never announced themselves: {missing[:5]}")
+
+    def round(self, bundle: bytes) -> dict[str, float]:
         t0 = time.monotonic()
-        dep = pub.deploy(bundle, ids)
+        dep = self.pub.deploy(bundle, self.ids)
         published = time.monotonic() - t0
         result = dep.wait(timeout=600)
-    if not result.all_committed:
-        raise RuntimeError(f"not all agents committed: {result.summary()}")
-    downloaded = [p.downloaded_at for p in result.devices.values() if p.downloaded_at]
-    finished = [p.finished for p in result.devices.values() if p.finished]
-    return {
-        "download_s": max(downloaded) - t0 if len(downloaded) == n else float("nan"),
-        "committed_s": max(finished) - t0,
-        "publish_s": published,
-        "handshake_s": max(p.first_seen or t0 for p in result.devices.values()) - t0,
-        "repairs": float(result.repairs_sent),
-        "chunks": float(result.chunks_published),
-    }
+        if not result.all_committed:
+            raise RuntimeError(f"not all agents committed: {result.summary()}")
+        devices = list(result.devices.values())
+        return {
+            "download_s": max(p.downloaded_at or float("inf") for p in devices) - t0,
+            "committed_s": max(p.finished or float("inf") for p in devices) - t0,
+            "publish_s": published,
+            "handshake_s": max(p.first_seen or t0 for p in devices) - t0,
+            "repairs": float(result.repairs_sent),
+            "chunks": float(result.chunks_published),
+        }
+
+    def close(self) -> None:
+        self.stack.close()
 
 
-def build_bundle(work: Path, mb: float) -> tuple[Any, bytes]:
+def make_keys(work: Path) -> Any:
+    from cloud_hub.keys import KeyStore
+
+    return KeyStore.init(work / "hub")
+
+
+def build_bundle(keys: Any, mb: float, version: int) -> bytes:
     from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
     from cloud_hub.bundles.sample import export_onnx, preprocess_json
-    from cloud_hub.keys import KeyStore
     from shared.bundle import artifact_info
 
-    keys = KeyStore.init(work / "hub")
-    model, pre = export_onnx("sensor-mlp"), preprocess_json("sensor-mlp")
+    model, pre = export_onnx("sensor-mlp", seed=version), preprocess_json("sensor-mlp")
     pad = os.urandom(max(0, int(mb * 1e6) - len(model) - len(pre)))
     arts = [
         (artifact_info("model.onnx", model, "model", "application/onnx"), model),
         (artifact_info("preprocess.json", pre, "preprocess", "application/json"), pre),
         (artifact_info("payload.bin", pad, "other"), pad),
     ]
-    spec = BundleSpec(model_name="sensor-mlp", device_class="x86-cpu", version=1)
-    return keys, build_signed_bundle(keys, default_store(keys), spec, arts).data
+    spec = BundleSpec(model_name="sensor-mlp", device_class="x86-cpu", version=version)
+    return build_signed_bundle(keys, default_store(keys), spec, arts).data
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def main() -> None:
@@ -272,10 +292,11 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=50)
     ap.add_argument("--bundle-mb", type=float, default=20.0)
     ap.add_argument("--procs", type=int, default=5, help="worker processes per side")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (raw then ours); medians")
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--mqtt-url", default=None, help="external broker (default: a private one)")
     ap.add_argument("--no-fsync", action="store_true", help="agents skip fdatasync per chunk")
-    ap.add_argument("--quick", action="store_true", help="10 agents, 5 MB (< 60 s)")
+    ap.add_argument("--quick", action="store_true", help="10 agents, 5 MB, 1 round (< 60 s)")
     # worker mode (internal)
     ap.add_argument("--worker", choices=["raw", "agents"], help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
@@ -303,8 +324,11 @@ def main() -> None:
 
     if args.quick:
         args.agents, args.bundle_mb = min(args.agents, 10), min(args.bundle_mb, 5.0)
+        args.repeat = 1
     chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
     procs = max(1, min(args.procs, args.agents))
+    raw_times: list[float] = []
+    rounds: list[dict[str, float]] = []
     with (
         tempfile.TemporaryDirectory(prefix="fedfleet-bench-ota-") as tmp,
         contextlib.ExitStack() as stack,
@@ -316,35 +340,45 @@ def main() -> None:
         else:
             port = stack.enter_context(LocalMosquitto()).port
             broker = f"private mosquitto on 127.0.0.1:{port}"
-        keys, bundle = build_bundle(work, args.bundle_mb)
-        bundle_mb = len(bundle) / 1e6
-        bundle_id = bundle_id_of(parse_bundle(bundle).manifest_envelope)
-        frames = [encode_chunk(c) for c in split_chunks(bundle_id, bundle, chunk_size)]
-        print(
-            f"bundle {bundle_mb:.2f} MB in {len(frames)} chunks of {chunk_size} B; "
-            f"{args.agents} receivers in {procs} processes; {broker}",
-            flush=True,
-        )
+        keys = make_keys(work)
         prefix = f"bench-{new_id()[:8]}"
-        raw_s = measure_raw(frames, args.agents, procs, port, prefix)
-        raw_mb_s = bundle_mb / raw_s
-        print(
-            f"raw fan-out  : every subscriber had all bytes after {raw_s:.2f} s "
-            f"→ {raw_mb_s:.1f} MB/s per receiver ({raw_mb_s * args.agents:.0f} MB/s total)",
-            flush=True,
-        )
-        ours = measure_ours(
-            bundle, keys, args.agents, procs, port, prefix, chunk_size, work, args.no_fsync
-        )
-    goodput = bundle_mb / ours["download_s"]
+        fleet = OursFleet(keys, args.agents, procs, port, prefix, chunk_size, work, args.no_fsync)
+        stack.callback(fleet.close)
+        for r in range(args.repeat):
+            bundle = build_bundle(keys, args.bundle_mb, version=r + 1)
+            bundle_mb = len(bundle) / 1e6
+            bundle_id = bundle_id_of(parse_bundle(bundle).manifest_envelope)
+            frames = [encode_chunk(c) for c in split_chunks(bundle_id, bundle, chunk_size)]
+            if r == 0:
+                print(
+                    f"bundle {bundle_mb:.2f} MB in {len(frames)} chunks of {chunk_size} B; "
+                    f"{args.agents} receivers in {procs} processes; {broker}; "
+                    f"{args.repeat} round(s)",
+                    flush=True,
+                )
+            raw_s = measure_raw(frames, args.agents, procs, port, f"{prefix}-r{r}")
+            ours = fleet.round(bundle)
+            raw_times.append(raw_s)
+            rounds.append(ours)
+            print(
+                f"round {r + 1}: raw {bundle_mb / raw_s:6.2f} MB/s ({raw_s:.2f} s) | ours "
+                f"{bundle_mb / ours['download_s']:6.2f} MB/s (downloaded {ours['download_s']:.2f} s,"
+                f" committed {ours['committed_s']:.2f} s, subscribed {ours['handshake_s']:.2f} s, "
+                f"{int(ours['chunks'])} chunks once, {int(ours['repairs'])} repairs) | ratio "
+                f"{raw_s / ours['download_s']:.2f}",
+                flush=True,
+            )
+    raw_mb_s = bundle_mb / median(raw_times)
+    goodput = bundle_mb / median([o["download_s"] for o in rounds])
+    committed = median([o["committed_s"] for o in rounds])
     ratio = goodput / raw_mb_s
     print(
-        f"fedfleet OTA : every agent downloaded after {ours['download_s']:.2f} s "
-        f"→ {goodput:.1f} MB/s per agent ({goodput * args.agents:.0f} MB/s total); "
-        f"all committed after {ours['committed_s']:.2f} s; "
-        f"{int(ours['chunks'])} chunks published once, {int(ours['repairs'])} repairs; "
-        f"all agents subscribed after {ours['handshake_s']:.2f} s, "
-        f"deploy() returned after {ours['publish_s']:.2f} s"
+        f"raw fan-out  : {raw_mb_s:.2f} MB/s per subscriber ({raw_mb_s * args.agents:.0f} MB/s "
+        f"through the broker), median of {len(raw_times)}"
+    )
+    print(
+        f"fedfleet OTA : {goodput:.2f} MB/s per agent ({goodput * args.agents:.0f} MB/s), all "
+        f"{args.agents} committed after {committed:.2f} s (median)"
     )
     print(f"goodput ratio ours/raw = {ratio:.2f} (target >= 0.8)")
     print(
@@ -354,16 +388,19 @@ def main() -> None:
                 "bundle_mb": round(bundle_mb, 3),
                 "chunk_size": chunk_size,
                 "procs": procs,
+                "rounds": len(rounds),
                 "agents_as": "EdgeAgent threads in worker processes",
                 "fsync_chunks": not args.no_fsync,
                 "goodput_mb_s": round(goodput, 3),
                 "raw_mb_s": round(raw_mb_s, 3),
                 "goodput_ratio": round(ratio, 3),
-                "time_to_all_downloaded_s": round(ours["download_s"], 3),
-                "time_to_all_committed_s": round(ours["committed_s"], 3),
-                "raw_time_s": round(raw_s, 3),
-                "repairs": int(ours["repairs"]),
-                "handshake_s": round(ours["handshake_s"], 3),
+                "paired_ratios": [
+                    round(r / o["download_s"], 3) for r, o in zip(raw_times, rounds, strict=True)
+                ],
+                "time_to_all_downloaded_s": round(median([o["download_s"] for o in rounds]), 3),
+                "time_to_all_committed_s": round(committed, 3),
+                "raw_time_s": round(median(raw_times), 3),
+                "repairs": int(sum(o["repairs"] for o in rounds)),
             }
         )
     )

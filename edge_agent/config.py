@@ -88,7 +88,7 @@ class MqttSettings:
     host: str = "127.0.0.1"
     port: int = 1883
     topic_prefix: str = "fedfleet"
-    client_id: str | None = None  # defaults to the device id
+    client_id: str | None = None  # defaults to "{device_id}@{topic_prefix}"
     keepalive_s: int = 30
     session_expiry_s: int = 3600  # QoS1 messages queue at the broker while briefly offline
     reconnect_min_s: float = 0.5
@@ -183,7 +183,10 @@ class AgentConfig:
 
     @property
     def client_id(self) -> str:
-        return self.mqtt.client_id or self.device_id
+        """The MQTT client id (the broker keys the persistent session by it). Defaults to
+        ``device@prefix`` so fleets under different prefixes on one broker never take over
+        each other's sessions; ACLs should match the user name, not the client id."""
+        return self.mqtt.client_id or f"{self.device_id}@{self.mqtt.topic_prefix}"
 
     def load_trust_root(self) -> TrustRoot:
         """Read the pinned trust root (JSON written by ``TrustRoot.to_dict``)."""

@@ -1,8 +1,8 @@
 """``cloud-hub simulate SCENARIO``: run a federated simulation from a TOML scenario.
 
 Shows one progress line per round, writes ``rounds.json``, ``summary.json`` and
-``metrics.png`` into the results folder, stores the model as a candidate (with
-``--model-store``) and prints a summary table.
+``metrics.png`` into the results folder, stores the trained model as a candidate in the hub
+model store (``--model-store``, default ``results/model-store``) and prints a summary table.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def register(subparsers: Any) -> None:
         "--no-secagg", action="store_true", help="turn SecAgg+ off (it is on by default)"
     )
     parser.add_argument(
-        "--model-store", type=Path, default=None, help="store the trained model here"
+        "--model-store",
+        type=Path,
+        default=Path("results") / "model-store",
+        help="the hub model store receiving the trained model (default: results/model-store)",
     )
     parser.set_defaults(func=run_simulate)
 
@@ -73,7 +76,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     def progress(metrics: Any) -> None:
         print(format_progress(metrics, cfg.num_rounds), file=sys.stderr, flush=True)
 
-    store = ModelStore(args.model_store) if args.model_store else None
+    store = ModelStore(args.model_store)
     try:
         result = run_federated(
             cfg,
@@ -106,7 +109,6 @@ def run_simulate(args: argparse.Namespace) -> int:
         ("results", str(out)),
         ("plot", str(paths["plot"])),
     ]
-    if result.candidate is not None:
-        rows.append(("model candidate", f"{store.root / result.run_id if store else ''}"))
+    rows.append(("model candidate", str(store.root / result.run_id)))
     print(format_summary_table(rows))
     return 0

@@ -54,7 +54,14 @@ def agent_config_toml(
         f"trust_root = {_toml_value(str(trust_root))}",
     ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in (top or {}).items()]
-    mqtt_table = {"url": mqtt_url, "topic_prefix": prefix, **dict((tables or {}).get("mqtt", {}))}
+    # the client id includes the topic prefix: fleets of different tests (or demos) sharing
+    # a broker would otherwise take over each other's sessions (same device ids)
+    mqtt_table = {
+        "url": mqtt_url,
+        "topic_prefix": prefix,
+        "client_id": f"{device_id}@{prefix}"[:128],
+        **dict((tables or {}).get("mqtt", {})),
+    }
     all_tables = {**dict(tables or {}), "mqtt": mqtt_table}
     for name, table in all_tables.items():
         lines.append(f"\n[{name}]")

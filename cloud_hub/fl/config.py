@@ -152,7 +152,7 @@ class StrategyConfig:
 
     name: str = "fedavg"
     proximal_mu: float = 0.01  # fedprox
-    server_learning_rate: float = 0.1  # fedadam / fedyogi / fedadagrad / fedavgm
+    server_learning_rate: float | None = None  # fedadam/fedyogi/fedadagrad/fedavgm; None: Flower's
     server_momentum: float = 0.9  # fedavgm
     trim_beta: float = 0.2  # fedtrimmedavg
     num_malicious_clients: int = 0  # krum / bulyan
@@ -163,7 +163,10 @@ class StrategyConfig:
             f"unknown strategy {self.name!r}; known strategies: {', '.join(STRATEGIES)}",
         )
         _need(self.proximal_mu >= 0, "proximal_mu must be >= 0")
-        _need(0 < self.server_learning_rate <= 10, "server_learning_rate must be in (0, 10]")
+        _need(
+            self.server_learning_rate is None or 0 < self.server_learning_rate <= 10,
+            "server_learning_rate must be in (0, 10]",
+        )
         _need(0 <= self.server_momentum < 1, "server_momentum must be in [0, 1)")
         _need(0 <= self.trim_beta < 0.5, "trim_beta must be in [0, 0.5)")
         _need(self.num_malicious_clients >= 0, "num_malicious_clients must be >= 0")

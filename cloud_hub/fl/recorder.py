@@ -24,6 +24,9 @@ class RoundMetrics:
     elapsed_s: float
     status: str = "ok"  # "ok" | "failed" (the global model was kept)
     detail: str = ""
+    clients: int = 0  # clients whose update was aggregated
+    train_loss: float = float("nan")  # example-weighted mean of the clients' local loss
+    stopped_by_budget: int = 0  # clients that hit their time budget
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +41,7 @@ class RunRecorder:
         self._started = time.monotonic()
         self._fit_times: dict[int, float] = {}
         self._failures: dict[int, str] = {}
+        self._fit_metrics: dict[str, float] = {}
         self.rounds: list[RoundMetrics] = []
         self.global_weights: list[NDArray] | None = None
         self.global_round: int = -1
@@ -48,11 +52,30 @@ class RunRecorder:
             if failure:
                 self._failures[server_round] = failure
 
+    def aggregate_fit_metrics(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        """Flower ``fit_metrics_aggregation_fn``: the clients' reports of the current round."""
+        total = sum(n for n, _ in results)
+        loss = (
+            sum(n * float(m.get("train_loss", 0.0)) for n, m in results) / total
+            if total
+            else float("nan")
+        )
+        merged = {
+            "clients": len(results),
+            "train_loss": loss,
+            "stopped_by_budget": sum(int(m.get("stopped_by_budget", 0)) for _, m in results),
+        }
+        with self._lock:
+            self._fit_metrics = dict(merged)
+        return merged
+
     def evaluated(
         self, server_round: int, weights: list[NDArray], loss: float, accuracy: float
     ) -> None:
         with self._lock:
             failure = self._failures.get(server_round, "")
+            fit = self._fit_metrics if server_round > 0 and not failure else {}
+            self._fit_metrics = {}
             metrics = RoundMetrics(
                 round=server_round,
                 accuracy=accuracy,
@@ -61,6 +84,9 @@ class RunRecorder:
                 elapsed_s=time.monotonic() - self._started,
                 status="failed" if failure else "ok",
                 detail=failure,
+                clients=int(fit.get("clients", 0)),
+                train_loss=float(fit.get("train_loss", float("nan"))),
+                stopped_by_budget=int(fit.get("stopped_by_budget", 0)),
             )
             self.rounds.append(metrics)
             if not failure:

@@ -18,7 +18,8 @@ def format_progress(metrics: RoundMetrics, total_rounds: int, width: int = 24) -
     flag = "" if metrics.status == "ok" else f"  FAILED: {metrics.detail}"
     return (
         f"[{bar}] round {metrics.round:>3}/{total_rounds}  acc={metrics.accuracy:.4f}  "
-        f"loss={metrics.loss:.4f}  fit={metrics.fit_time_s:.2f}s  t={metrics.elapsed_s:.1f}s{flag}"
+        f"loss={metrics.loss:.4f}  clients={metrics.clients}  fit={metrics.fit_time_s:.2f}s  "
+        f"t={metrics.elapsed_s:.1f}s{flag}"
     )
 
 

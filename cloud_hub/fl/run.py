@@ -23,9 +23,9 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +38,9 @@ from cloud_hub.fl.recorder import RoundMetrics, RunRecorder
 from cloud_hub.fl.server_app import ValidationEvaluator, build_server_app
 from cloud_hub.fl.workflow import SecureRoundAbortedError
 from shared.fl import LocalDataSource, PartitionDirectory
+
+if TYPE_CHECKING:
+    from shared.fl.mods import DropoutSchedule
 
 __all__ = ["INPROCESS_MAX_CLIENTS", "FederatedRunResult", "run_federated"]
 
@@ -144,7 +147,7 @@ def run_federated(
     initial_state: Mapping[str, Any] | None = None,
     model_store: ModelStore | None = None,
     run_id: str | None = None,
-    dropout: Any = None,
+    dropout: DropoutSchedule | None = None,
     on_round: Callable[[RoundMetrics], None] | None = None,
     ray_cpus: int | None = None,
 ) -> FederatedRunResult:
@@ -154,7 +157,7 @@ def run_federated(
     (if given) and returns the run's result. A SecAgg+ round that loses too many clients
     raises :class:`~cloud_hub.fl.workflow.SecureRoundAbortedError` (a ``TrainingError``)
     carrying ``kept_round`` and ``kept_weights``: the last good global model.
-    ``dropout`` is a :class:`shared.fl.client.DropoutSchedule` for fault scenarios.
+    ``dropout`` makes chosen clients vanish mid-round (fault scenarios and tests).
     """
     from shared.fl.client import ClientAppSpec, InMemoryPartitions, PartitionFiles, build_client_app
     from shared.fl.training import LocalTrainingLimits
@@ -209,9 +212,9 @@ def run_federated(
             else:
                 _run_inprocess(server_app, client_app, config)
         except SecureRoundAbortedError as exc:
-            exc.kept_round = recorder.global_round  # type: ignore[attr-defined]
-            exc.kept_weights = recorder.global_weights  # type: ignore[attr-defined]
-            exc.rounds = tuple(recorder.rounds)  # type: ignore[attr-defined]
+            exc.kept_round = recorder.global_round
+            exc.kept_weights = recorder.global_weights
+            exc.rounds = tuple(recorder.rounds)
             raise
         except (TrainingError, HubConfigError):
             raise
@@ -255,5 +258,5 @@ def run_federated(
             metrics=metrics,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
-        result = FederatedRunResult(**{**result.__dict__, "candidate": candidate})
+        result = replace(result, candidate=candidate)
     return result

@@ -57,7 +57,12 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = build_strategy(config, initial_weights=initial_weights, evaluate_fn=evaluator)
+        strategy = build_strategy(
+            config,
+            initial_weights=initial_weights,
+            evaluate_fn=evaluator,
+            fit_metrics_fn=recorder.aggregate_fit_metrics,
+        )
         legacy = LegacyContext(
             context=context,
             config=ServerConfig(num_rounds=config.num_rounds),

@@ -22,6 +22,7 @@ def build_strategy(
     *,
     initial_weights: NDArrays,
     evaluate_fn: EvaluateFn | None,
+    fit_metrics_fn: Callable[[list[tuple[int, dict[str, Any]]]], dict[str, Any]] | None = None,
 ) -> Strategy:
     """The configured Flower strategy, wrapped for DP if asked, evaluating on the hub."""
     initial: Parameters = ndarrays_to_parameters(initial_weights)
@@ -43,31 +44,30 @@ def build_strategy(
         "min_available_clients": min(config.num_clients, max(config.min_fit_clients, 1)),
         "evaluate_fn": evaluate_fn,
         "on_fit_config_fn": fit_config,
+        "fit_metrics_aggregation_fn": fit_metrics_fn,
         "initial_parameters": initial,
     }
     s = config.strategy
     name = s.name
+    # The server learning rate is passed only when configured, else Flower's default applies.
+    eta: dict[str, Any] = {}
+    server_lr: dict[str, Any] = {}
+    if s.server_learning_rate is not None:
+        eta = {"eta": s.server_learning_rate}
+        server_lr = {"server_learning_rate": s.server_learning_rate}
     built: Strategy
     if name == "fedavg":
         built = fl_strategy.FedAvg(**common)
     elif name == "fedprox":
         built = fl_strategy.FedProx(**common, proximal_mu=s.proximal_mu)
     elif name == "fedadam":
-        built = fl_strategy.FedAdam(
-            **common, eta=s.server_learning_rate, eta_l=config.learning_rate
-        )
+        built = fl_strategy.FedAdam(**common, **eta, eta_l=config.learning_rate)
     elif name == "fedyogi":
-        built = fl_strategy.FedYogi(
-            **common, eta=s.server_learning_rate, eta_l=config.learning_rate
-        )
+        built = fl_strategy.FedYogi(**common, **eta, eta_l=config.learning_rate)
     elif name == "fedadagrad":
-        built = fl_strategy.FedAdagrad(
-            **common, eta=s.server_learning_rate, eta_l=config.learning_rate
-        )
+        built = fl_strategy.FedAdagrad(**common, **eta, eta_l=config.learning_rate)
     elif name == "fedavgm":
-        built = fl_strategy.FedAvgM(
-            **common, server_learning_rate=s.server_learning_rate, server_momentum=s.server_momentum
-        )
+        built = fl_strategy.FedAvgM(**common, **server_lr, server_momentum=s.server_momentum)
     elif name == "fedmedian":
         built = fl_strategy.FedMedian(**common)
     elif name == "fedtrimmedavg":

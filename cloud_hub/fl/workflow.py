@@ -25,9 +25,10 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp.grid import Grid
+from numpy.typing import NDArray
 
 from cloud_hub.errors import TrainingError
-from cloud_hub.fl.recorder import RunRecorder
+from cloud_hub.fl.recorder import RoundMetrics, RunRecorder
 from shared.fl.secure_prg import secure_mask_generator
 
 __all__ = ["GuardedSecAggPlusWorkflow", "SecureRoundAbortedError", "TimedFitWorkflow"]
@@ -36,9 +37,21 @@ log = logging.getLogger(__name__)
 
 
 class SecureRoundAbortedError(TrainingError):
-    """A SecAgg+ round lost too many clients to reconstruct; nothing was aggregated."""
+    """A SecAgg+ round lost too many clients to reconstruct; nothing was aggregated.
+
+    :func:`cloud_hub.fl.run_federated` fills in what was kept: ``kept_round`` (the last
+    completed round, 0 = the initial model), ``kept_weights`` (that global model) and
+    ``rounds`` (the metrics recorded so far).
+    """
+
+    kept_round: int
+    kept_weights: list[NDArray] | None
+    rounds: tuple[RoundMetrics, ...]
 
     def __init__(self, server_round: int, stage: str, remaining: int, sampled: int, threshold: int):
+        self.kept_round = -1
+        self.kept_weights = None
+        self.rounds = ()
         self.server_round = server_round
         self.stage = stage
         self.remaining = remaining

@@ -21,6 +21,7 @@ from shared.messages import DriftReport, Event, Hello, Status, Telemetry
 
 __all__ = ["BatchCounts", "IngestBatch", "write_batch"]
 
+MAX_TS = 1e11  # year 5138: beyond it a device clock is broken
 _AggKey = tuple[str, int, int, str]  # device, minute, model version, metric
 
 
@@ -60,6 +61,7 @@ class IngestBatch:
     events: dict[str, Event] = field(default_factory=dict)
     drift: dict[str, DriftReport] = field(default_factory=dict)
     telemetry: dict[_AggKey, _Acc] = field(default_factory=dict)
+    items: list[Inbound] = field(default_factory=list)  # to isolate an unstorable message
     received_at: list[float] = field(default_factory=list)  # per message, for lag metrics
     sent_at: list[float] = field(default_factory=list)
 
@@ -70,6 +72,7 @@ class IngestBatch:
         """Fold one decoded message into the batch."""
         msg = item.message
         self.messages += 1
+        self.items.append(item)
         self.received_at.append(item.received_at)
         self.sent_at.append(float(getattr(msg, "ts", item.received_at)))
         seen = self.last_seen.get(item.device_id, 0.0)
@@ -92,14 +95,15 @@ class IngestBatch:
             self._fold_telemetry(msg)
 
     def _fold_telemetry(self, msg: Telemetry) -> None:
-        if not math.isfinite(msg.ts):
+        if not 0 <= msg.ts <= MAX_TS:  # a minute index must fit the column
             self.skipped_values += len(msg.metrics)
             return
         minute = int(msg.ts // 60)
         version = msg.model_version if msg.model_version is not None else 0
         for i, (name, raw) in enumerate(msg.metrics.items()):
             value = float(raw) if isinstance(raw, int | float) else math.nan
-            if i >= self.max_metrics or len(name) > 64 or not math.isfinite(value):
+            bad_name = len(name) > 64 or "\x00" in name
+            if i >= self.max_metrics or bad_name or not math.isfinite(value):
                 self.skipped_values += 1
                 continue
             key = (msg.device_id, minute, version, name)

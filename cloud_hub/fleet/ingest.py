@@ -11,6 +11,7 @@ keeps QoS 1 messages for the hub while it restarts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 import threading
@@ -24,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from cloud_hub.errors import DeliveryError
 from cloud_hub.fleet.batch import BatchCounts, IngestBatch, write_batch
@@ -176,7 +177,15 @@ class FleetIngest:
                 return None
             if isinstance(result, Rejected):
                 self._rejected[result.kind] += 1
-                log.warning("rejected %s message on %s: %s", result.kind, topic, result.reason)
+                seen = self._rejected[result.kind]
+                if seen <= 10 or seen & (seen - 1) == 0:  # a flood of garbage: log sparsely
+                    log.warning(
+                        "rejected %s message on %s (%d so far): %s",
+                        result.kind,
+                        topic,
+                        seen,
+                        result.reason,
+                    )
                 return result
             msg = result.message
             telemetry = isinstance(msg, Telemetry)
@@ -227,17 +236,27 @@ class FleetIngest:
                 self._pending.apply(inbound)
 
     def _write(self, batch: IngestBatch) -> bool:
+        """Commit ``batch``; ``False`` (keep it, retry later) when the database is away.
+
+        A batch the database refuses for its content (a value intake did not foresee) is
+        written message by message instead, so only the offending message is dropped."""
         try:
             with self.registry.session() as session:
                 counts = write_batch(session, batch, now=self._clock())
-        except SQLAlchemyError as exc:
+        except (OperationalError, InterfaceError) as exc:
             with self._lock:
                 self._counts["write_errors"] += 1
             log.warning("ingest batch of %d not written (will retry): %s", len(batch), exc)
             return False
+        except SQLAlchemyError as exc:
+            log.warning("ingest batch of %d refused (%s); writing one by one", len(batch), exc)
+            return self._write_singly(batch)
+        return self._account(batch, counts)
+
+    def _account(self, batch: IngestBatch, counts: BatchCounts) -> bool:
         done = self._clock()
         with self._lock:
-            self._counts["written"] += counts.messages
+            self._counts["written"] += batch.messages
             self._counts["batches"] += 1
             self._counts["events_new"] += counts.events_new
             self._counts["drift_new"] += counts.drift_new
@@ -248,6 +267,26 @@ class FleetIngest:
             except Exception:
                 log.exception("ingest listener failed")
         return True
+
+    def _write_singly(self, batch: IngestBatch) -> bool:
+        total = Counter[str]()
+        for item in batch.items:
+            single = IngestBatch(max_metrics=self.config.max_metrics)
+            single.apply(item)
+            try:
+                with self.registry.session() as session:
+                    counts = write_batch(session, single, now=self._clock())
+                total.update(dataclasses.asdict(counts))
+            except (OperationalError, InterfaceError):
+                return False  # the database went away meanwhile: retry the whole batch
+            except SQLAlchemyError as exc:
+                with self._lock:
+                    self._rejected["unstorable"] += 1
+                log.warning(
+                    "dropped an unstorable %s from %s: %s", item.channel, item.device_id, exc
+                )
+        merged = BatchCounts(**{f.name: total[f.name] for f in dataclasses.fields(BatchCounts)})
+        return self._account(batch, merged)
 
     def stats(self) -> IngestStats:
         with self._lock:

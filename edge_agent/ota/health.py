@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from edge_agent.errors import InstallError
 from edge_agent.ota.slots import InstalledSlot
 
-__all__ = ["HealthCheck", "OnnxSmokeCheck", "declared_input_shape"]
+__all__ = ["HealthCheck", "OnnxSmokeCheck", "declared_input_shape", "run_health_check"]
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +111,26 @@ def _shape(onnx_shape: list[Any], declared: tuple[int, ...] | None) -> tuple[int
     if declared is not None and len(declared) == len(onnx_shape):
         return declared
     return tuple(d if isinstance(d, int) and d > 0 else 1 for d in onnx_shape)
+
+
+def run_health_check(check: HealthCheck, slot: InstalledSlot, *, timeout_s: float) -> None:
+    """Run ``check`` in a daemon thread; ``InstallError`` if it fails or overruns, so a hung
+    model load cannot wedge the agent (the thread is abandoned, it only reads the slot)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            check(slot)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=target, name="ota-health", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise InstallError(f"health check timed out after {timeout_s:.0f}s")
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, InstallError):
+            raise exc
+        raise InstallError(f"{type(exc).__name__}: {exc}") from exc

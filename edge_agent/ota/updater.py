@@ -8,10 +8,8 @@ transition is persisted before the side effect that follows it, every step repor
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,7 +20,7 @@ from typing import Any
 from edge_agent.config import AgentLimits, OtaTimeouts
 from edge_agent.errors import InstallError
 from edge_agent.ota.download import BundleDownload
-from edge_agent.ota.health import HealthCheck, OnnxSmokeCheck
+from edge_agent.ota.health import HealthCheck, OnnxSmokeCheck, run_health_check
 from edge_agent.ota.machine import (
     Deployment,
     Phase,
@@ -34,19 +32,18 @@ from edge_agent.ota.machine import (
     timed_out,
     transition,
 )
+from edge_agent.ota.offer import check_geometry, corrupt_chunks, verify_command, verify_download
 from edge_agent.ota.persist import OtaState, StateStore
 from edge_agent.ota.slots import InstalledSlot, SlotMeta, SlotStore
 from shared.bundle import (
     BundleLimits,
     VerifiedBundle,
     VerifyPolicy,
-    container_prefix,
-    verify_bundle,
-    verify_offer,
+    resolve_deltas,
     verify_rollback_order,
 )
-from shared.chunks import chunk_count, decode_chunk
-from shared.errors import BundleError, ConfigError, ProtocolError
+from shared.chunks import decode_chunk
+from shared.errors import BundleError, ProtocolError
 from shared.messages import (
     ChunkRequest,
     DeployCommand,
@@ -192,11 +189,12 @@ class OtaUpdater:
             self._open_download()
             try:
                 verified = self._reverify()
-            except (BundleError, InstallError) as exc:
+                artifacts = self._full_artifacts(verified)
+            except (BundleError, InstallError, OSError) as exc:
                 self._step(Trigger.ERROR, reason=f"cannot resume install: {_reason(exc)}")
                 self._roll_back()
                 return
-            self._install(verified)
+            self._install(verified, artifacts)
         elif action == RecoveryAction.HEALTH_CHECK:
             self._health_and_commit()
 
@@ -215,12 +213,8 @@ class OtaUpdater:
             self._remember(cmd.deployment_id)
             return
         try:
-            self._check_geometry(cmd)
-            policy = self._policy()
-            order = None
-            if cmd.rollback_order is not None:
-                order = verify_rollback_order(cmd.rollback_order, cmd.keyring, policy)
-            offer = verify_offer(cmd.manifest, cmd.keyring, policy, rollback_order=order)
+            check_geometry(cmd, limits=self.limits, topics=self.topics)
+            offer = verify_command(cmd.to_dict(), self._policy())
             if offer.bundle_id != cmd.bundle_id:
                 raise InstallError("offer names another bundle than its manifest")
         except (BundleError, InstallError) as exc:
@@ -241,6 +235,9 @@ class OtaUpdater:
             self.state, keyring_version=max(self.state.keyring_version, offer.keyring.version)
         ).remember(cmd.deployment_id)
         self.state = replace(self.state, deployment=dep)
+        # subscribe before download_started is queued: the broker handles our SUBSCRIBE
+        # before that event, so a hub that waits for it loses no fan-out chunk
+        self._subscribe(self.topics.bundle_chunks(cmd.bundle_id))
         self._step(
             Trigger.OFFER_ACCEPTED,
             event=EventKind.DOWNLOAD_STARTED,
@@ -346,6 +343,7 @@ class OtaUpdater:
             self._step(Trigger.DOWNLOAD_COMPLETE, event=EventKind.DOWNLOAD_COMPLETE)
         try:
             verified = self._reverify()
+            artifacts = self._full_artifacts(verified)
         except (BundleError, InstallError) as exc:
             if self._repair(exc):
                 return
@@ -355,7 +353,7 @@ class OtaUpdater:
         if self._overdue():
             return
         self._step(Trigger.VERIFIED, event=EventKind.VERIFIED)
-        self._install(verified)
+        self._install(verified, artifacts)
 
     def _repair(self, exc: Exception) -> bool:
         """If the offer shows which chunks are corrupt, fetch exactly those again."""
@@ -382,50 +380,35 @@ class OtaUpdater:
         return True
 
     def _corrupt_chunks(self, dl: BundleDownload) -> list[int]:
-        """Chunks overlapping the parts of the download that differ from the signed offer:
-        the container header (known exactly from the offer) and artifacts whose sha256 does
-        not match. Empty if the offer itself cannot be checked."""
         cmd = self._dep().command
         try:
-            policy = self._policy()
-            raw_order = cmd.get("rollback_order")
-            order = None
-            if raw_order is not None:
-                order = verify_rollback_order(raw_order, cmd.get("keyring"), policy)
-            offer = verify_offer(cmd["manifest"], cmd["keyring"], policy, rollback_order=order)
-        except (BundleError, KeyError):
-            return []
-        data = dl.read_all()
-        prefix = container_prefix(cmd["manifest"], cmd["keyring"])
-        if len(data) != len(prefix) + sum(a.size for a in offer.manifest.artifacts):
-            return []  # the offer's geometry itself is wrong: nothing to repair
-        ranges = []
-        if data[: len(prefix)] != prefix:
-            ranges.append((0, len(prefix)))
-        offset = len(prefix)
-        for a in offer.manifest.artifacts:
-            if hashlib.sha256(data[offset : offset + a.size]).hexdigest() != a.sha256:
-                ranges.append((offset, offset + a.size))
-            offset += a.size
-        size = dl.assembly.chunk_size
-        bad: set[int] = set()
-        for start, end in ranges:
-            bad.update(range(start // size, max(start, end - 1) // size + 1))
-        return sorted(bad)
+            offer = verify_command(cmd, self._policy())
+        except BundleError:
+            return []  # the offer itself no longer verifies: nothing to repair against
+        return corrupt_chunks(dl.read_all(), cmd, offer.manifest, dl.assembly.chunk_size)
 
     def _reverify(self) -> VerifiedBundle:
         dep, dl = self._dep(), self._download
         if dl is None or not dl.complete:
             raise InstallError("download incomplete")
-        order = None
-        raw_order = dep.command.get("rollback_order")
-        if raw_order is not None:
-            order = verify_rollback_order(raw_order, dep.command.get("keyring"), self._policy())
-        return verify_bundle(
-            dl.read_all(), self._policy(), expected_bundle_id=dep.bundle_id, rollback_order=order
-        )
+        return verify_download(dl.read_all(), dep.command, self._policy(), dep.bundle_id)
 
-    def _install(self, verified: VerifiedBundle) -> None:
+    def _full_artifacts(self, verified: VerifiedBundle) -> dict[str, bytes]:
+        """The artifacts to install; a delta bundle is applied to the active slot's files
+        (``DeltaBaseError`` if this device does not have the base it names)."""
+        if not verified.manifest.is_delta:
+            return verified.artifacts
+        base: dict[str, bytes] = {}
+        active = self.slots.active()
+        if active is not None:
+            for a in active.meta.artifacts:
+                try:
+                    base[str(a["name"])] = (active.path / str(a["name"])).read_bytes()
+                except OSError:
+                    continue
+        return resolve_deltas(verified.manifest, verified.artifacts, base)
+
+    def _install(self, verified: VerifiedBundle, artifacts: dict[str, bytes]) -> None:
         dep = self._dep()
         assert dep.target_slot is not None
         manifest = verified.manifest
@@ -447,7 +430,7 @@ class OtaUpdater:
             ],
         )
         try:
-            self.slots.write(dep.target_slot, verified.artifacts, meta, dep.command["manifest"])
+            self.slots.write(dep.target_slot, artifacts, meta, dep.command["manifest"])
         except (OSError, InstallError) as exc:
             self._step(Trigger.INSTALL_FAILED, reason=f"install failed: {exc}")
             self._roll_back()
@@ -642,21 +625,6 @@ class OtaUpdater:
         )
         self._remember(deployment_id)
 
-    def _check_geometry(self, cmd: DeployCommand) -> None:
-        lim = self.limits
-        if not 0 < cmd.total_size <= lim.max_bundle_bytes:
-            raise InstallError(f"bundle size {cmd.total_size} outside 1..{lim.max_bundle_bytes}")
-        if not 0 < cmd.chunk_size <= lim.max_chunk_bytes:
-            raise InstallError(f"chunk size {cmd.chunk_size} outside 1..{lim.max_chunk_bytes}")
-        if cmd.chunk_count != chunk_count(cmd.total_size, cmd.chunk_size):
-            raise InstallError("chunk count does not match size / chunk size")
-        try:
-            expected_topic = self.topics.bundle_chunks(cmd.bundle_id)
-        except ConfigError as exc:
-            raise InstallError(f"bad bundle id: {exc}") from exc
-        if cmd.chunk_topic != expected_topic:
-            raise InstallError(f"chunk topic {cmd.chunk_topic!r} is not {expected_topic!r}")
-
     def _policy(self) -> VerifyPolicy:
         lim = self.limits.max_bundle_bytes
         return VerifyPolicy(
@@ -715,27 +683,7 @@ class OtaUpdater:
         )
 
     def _check_health(self, slot: InstalledSlot) -> None:
-        """Run the health check in a daemon thread; ``InstallError`` if it fails or overruns
-        (a hung model load cannot wedge the agent)."""
-        errors: list[BaseException] = []
-        timeout = self.timeouts.health_s
-
-        def target() -> None:
-            try:
-                self.health_check(slot)
-            except BaseException as exc:
-                errors.append(exc)
-
-        worker = threading.Thread(target=target, name="ota-health", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():
-            raise InstallError(f"timed out after {timeout:.0f}s")
-        if errors:
-            exc = errors[0]
-            if isinstance(exc, InstallError):
-                raise exc
-            raise InstallError(f"{type(exc).__name__}: {exc}") from exc
+        run_health_check(self.health_check, slot, timeout_s=self.timeouts.health_s)
 
 
 def _reason(exc: Exception) -> str:

@@ -2,8 +2,9 @@
 
 Import-light on purpose: this package imports neither torch nor Flower. The training
 client (``shared.fl.client``, torch + Flower), the training loop (``shared.fl.training``,
-torch) and the SecAgg+ hardening (``shared.fl.secure_prg``, Flower) are imported by
-training paths only.
+torch), the client mods (``shared.fl.mods``: hardened SecAgg+, dropout injection; Flower)
+and the SecAgg+ mask generator (``shared.fl.secure_prg``) are imported by training paths
+only.
 """
 
 from shared.fl.data_source import (

@@ -48,7 +48,7 @@ fsync_chunks = false
 """
     )
     cfg = load_config(tmp_path / "c.toml")
-    assert cfg.device_id == "cam-017" and cfg.client_id == "cam-017"
+    assert cfg.device_id == "cam-017" and cfg.client_id == "cam-017@acme"
     assert cfg.state_dir == tmp_path / "var" / "agent"
     assert cfg.trust_root == Path("/etc/fedfleet/trust.json")
     assert cfg.labels == {"site": "lab", "row": "3"}

@@ -98,3 +98,20 @@ def test_errors_are_json_with_a_message(client: TestClient, tokens: dict[str, st
     assert client.get("/api/v1/nowhere", headers=v).json()["error"] == "not_found"
     r = client.put("/api/v1/devices", headers=v)
     assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+
+
+def test_oversized_bodies_are_refused_and_audited(
+    client: TestClient, tokens: dict[str, str], registry: Registry
+) -> None:
+    big = (
+        b'{"run_id": "r", "model_name": "m", "config": {"x": "' + b"a" * (2 * 1024 * 1024) + b'"}}'
+    )
+    r = client.post(
+        "/api/v1/training-runs",
+        content=big,
+        headers={**bearer(tokens["operator"]), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    with registry.session() as s:
+        (entry,) = admin.list_audit(s).items
+    assert (entry.action, entry.resource, entry.status) == ("POST", "/api/v1/training-runs", 413)

@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from cloud_hub.compress.calibration import ArrayCalibrationReader, LabelledSet
@@ -221,3 +223,60 @@ def test_gate_names_every_exceeded_budget_with_both_numbers() -> None:
     assert "size 3.000 MB > max 1.000 MB" in text
     assert "accuracy drop 7.00 pts (fp32 97.00% -> 90.00%) > max 1.00 pts" in text
     assert "batch-1 latency 9.500 ms > max 2.000 ms" in text
+
+
+class _SequenceModel(torch.nn.Module):
+    """LSTM + dense head: the layer mix where the plan uses both static and dynamic int8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(6, 32, batch_first=True)
+        self.head = torch.nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
+def test_auto_int8_mixes_static_dense_and_dynamic_lstm(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _SequenceModel().eval()
+    export_onnx(model, (10, 6), tmp_path / "seq.onnx")
+    optimized = optimize_onnx(tmp_path / "seq.onnx", tmp_path / "seq.opt.onnx")
+    x = np.random.default_rng(0).normal(size=(200, 10, 6)).astype(np.float32)
+    calib = LabelledSet.of(x, np.zeros(200, dtype=np.int64), role="calibration")
+    out = tmp_path / "seq.int8.onnx"
+    plan = quantize_int8(
+        optimized,
+        out,
+        op_types=check_onnx(optimized).op_types,
+        mode="auto",
+        input_name="input",
+        calib=calib,
+        work_dir=tmp_path,
+    )
+    assert (plan.static_ops, plan.dynamic_ops) == ({"Gemm"}, {"LSTM"})
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"DynamicQuantizeLSTM", "QuantizeLinear", "DequantizeLinear"} <= ops
+    assert top1_agreement(_logits(out, x), _logits(optimized, x)) >= 0.98
+
+
+_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "Attention", "Gather", "Relu", "Add"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.frozensets(st.sampled_from(_OPS)), mode=st.sampled_from(["auto", "static", "dynamic"])
+)
+def test_plan_invariants(ops: frozenset[str], mode: str) -> None:
+    plan = plan_quantization(ops, mode)
+    assert not plan.static_ops & plan.dynamic_ops
+    assert "Conv" not in plan.dynamic_ops  # dynamic int8 convs are 6-8x slower than fp32
+    assert plan.static_ops <= ops
+    if mode == "dynamic":
+        assert not plan.static_ops  # no calibration in this mode
+        assert (
+            not {"Conv", "ConvTranspose"} & ops or plan.float_ops >= {"Conv", "ConvTranspose"} & ops
+        )
+    else:
+        assert plan.static_ops == ops & {"Conv", "ConvTranspose", "Gemm", "MatMul"}

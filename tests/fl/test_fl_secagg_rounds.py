@@ -96,6 +96,7 @@ def test_round_completes_when_dropouts_leave_the_threshold(monkeypatch, sensor_c
     result = run_federated(_config(), sources, validation, dropout=dropout)
     assert result.rounds[-1].status == "ok"
     assert len(capture.client_vectors) == 3  # only survivors uploaded
+    assert result.rounds[-1].clients == 3
     _assert_exact(capture, 1 << 32)  # the dropped clients' masks were reconstructed away
     assert not all(np.array_equal(a, b) for a, b in zip(result.weights, _initial(), strict=True)), (
         "the round must have changed the model"

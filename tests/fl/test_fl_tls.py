@@ -49,14 +49,21 @@ def _write_chain(folder: Path) -> tuple[Path, Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
     return ca_path, cert_path, key_path
 
@@ -66,7 +73,13 @@ def test_supernode_registers_over_tls(tmp_path: Path) -> None:
     ca, cert, key = _write_chain(tmp_path)
     port = _free_port()
     link = SuperLinkProcess(
-        SuperLinkConfig(database=tmp_path / "state.db", port=port, ssl_certfile=cert, ssl_keyfile=key, ssl_ca_certfile=ca),
+        SuperLinkConfig(
+            database=tmp_path / "state.db",
+            port=port,
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            ssl_ca_certfile=ca,
+        ),
         workdir=tmp_path / "link",
     )
     node = SuperNodeSupervisor(

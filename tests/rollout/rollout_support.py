@@ -310,6 +310,7 @@ def running_world(root: Path, *, n: int, bundles: dict[int, bool]) -> Iterator[W
         prefix=prefix,
         n=n,
         tables=AGENT_TABLES,
+        id_prefix=prefix,  # MQTT client ids are device ids: unique on the shared broker
     )
     fleet.start()
     w = World(keys, hub, fleet, prefix, built)

@@ -1,0 +1,597 @@
+"""Benchmark of the hub: MQTT ingest under a fleet's telemetry, and rollback time.
+
+One run, one real ``cloud-hub serve`` process (API + ingest + rollout engine, SQLite registry)
+on the real Mosquitto at 127.0.0.1:1883 (unique topic prefix):
+
+1. steady  - N simulated agents (lightweight paho clients, many per process, one select loop
+             per process) each send hello + one Telemetry per second for D seconds, QoS 1.
+             Measured: end-to-end ingest lag p95 (a probe device's telemetry from publish to
+             visible in the registry, once per second), messages lost (sent - stored), the hub
+             process's CPU (% of one core) and peak RSS, the hub's own receive-to-commit lag.
+2. blast   - the same clients publish K telemetry messages each as fast as they can; a bare
+             paho subscriber on the same topics measures the broker's raw delivery rate (the
+             ceiling) while the registry is polled for the ingest's rate: side by side.
+3. rollback - real ``edge-agent run`` processes get v1, then v2 whose canary reports a high
+             inference error rate (real Telemetry messages): time from the failed canary gate
+             to every canary device confirmed back on v1 (the rollout's ``rolled_back``).
+
+``--quick`` (< 60 s): 200 agents for 10 s. The last line is one JSON object with
+``agents, ingest_lag_p95_s, lost, raw_msgs_s, ingest_msgs_s, rollback_s`` and more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+import psutil  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from sqlalchemy import func  # noqa: E402
+from sqlalchemy import select as sql_select  # noqa: E402
+
+from cloud_hub.commands.rollout import ApiClient  # noqa: E402
+from cloud_hub.delivery.local_fleet import LocalAgentFleet  # noqa: E402
+from cloud_hub.keys import KeyStore  # noqa: E402
+from cloud_hub.registry import admin, open_registry  # noqa: E402
+from cloud_hub.registry.tables import Device, TelemetryMinute  # noqa: E402
+from shared.messages import Hello, Status, Telemetry, new_id  # noqa: E402
+from shared.topics import TopicScheme  # noqa: E402
+
+HOST, PORT = "127.0.0.1", 1883
+SIM_CLASS = "bench-sim"
+REAL_CLASS = "x86-cpu"
+MODEL = "bench-model"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---- simulated agents (worker processes) -----------------------------------------------------
+
+
+def _client(client_id: str) -> mqtt.Client:
+    c = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    c.max_inflight_messages_set(100)
+    c.max_queued_messages_set(0)
+    return c
+
+
+def sim_worker(
+    ids: list[str], prefix: str, duration: float, blast: int, ctl: Any, out: Any
+) -> None:
+    """Run ``ids`` as MQTT clients in one select loop: hello/status, then steady telemetry
+    (1 Hz each), then a blast of ``blast`` messages each when told."""
+    topics = TopicScheme(prefix)
+    clients = {d: _client(d) for d in ids}
+    for c in clients.values():
+        c.connect(HOST, PORT, keepalive=120)
+    seq = dict.fromkeys(ids, 0)
+
+    def pump(timeout: float) -> None:
+        socks = {c.socket(): c for c in clients.values() if c.socket() is not None}
+        want = [s for s, c in socks.items() if c.want_write()]
+        readable, writable, _ = select.select(list(socks), want, [], timeout)
+        for s in readable:
+            socks[s].loop_read()
+        for s in writable:
+            socks[s].loop_write()
+
+    def flush(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pump(0.02)
+            if not any(c.want_write() for c in clients.values()):
+                break
+
+    def telemetry(d: str, metric: str) -> None:
+        seq[d] += 1
+        msg = Telemetry(device_id=d, seq=seq[d], metrics={metric: 1.0}, ts=time.time())
+        clients[d].publish(topics.device(d, "telemetry"), msg.encode(), qos=1)
+
+    flush(3.0)
+    for d, c in clients.items():
+        hello = Hello(
+            device_id=d,
+            device_class=SIM_CLASS,
+            agent_version="bench",
+            runtimes=["onnxruntime"],
+            free_disk_bytes=1 << 30,
+            free_mem_bytes=1 << 30,
+            labels={"bench": "1"},
+        )
+        c.publish(topics.device(d, "hello"), hello.encode(), qos=1)
+        status = Status(device_id=d, online=True)
+        c.publish(topics.device(d, "status"), status.encode(), qos=1, retain=True)
+    flush(10.0)
+    out.put(("ready", len(ids)))
+    ctl["steady"].wait()
+    t0 = time.monotonic()
+    offsets = {d: (i / max(len(ids), 1)) for i, d in enumerate(ids)}  # spread over the second
+    next_due = {d: t0 + offsets[d] for d in ids}
+    sent = 0
+    while time.monotonic() - t0 < duration:
+        now = time.monotonic()
+        for d in ids:
+            if next_due[d] <= now:
+                telemetry(d, "steady")
+                sent += 1
+                next_due[d] += 1.0
+        for c in clients.values():
+            c.loop_misc()
+        pump(0.01)
+    flush(10.0)
+    out.put(("steady", sent))
+    ctl["blast"].wait()
+    sent = 0
+    for _round in range(blast):
+        for d in ids:
+            telemetry(d, "blast")
+            sent += 1
+        pump(0.0)
+    flush(30.0)
+    out.put(("blast", sent))
+    ctl["stop"].wait()
+    for c in clients.values():
+        c.disconnect()
+    flush(2.0)
+
+
+# ---- the hub process ---------------------------------------------------------------------------
+
+
+class Hub:
+    def __init__(self, root: Path, prefix: str, keys: KeyStore) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        with socket_port() as port:
+            self.port = port
+        self.db_url = f"sqlite:///{root / 'hub.db'}"
+        config = root / "hub.toml"
+        config.write_text(
+            f'data_dir = "{root}"\ndb_url = "{self.db_url}"\nmqtt_url = "mqtt://{HOST}:{PORT}"\n'
+            f'topic_prefix = "{prefix}"\napi_port = {self.port}\nkeys_dir = "{keys.directory}"\n'
+            f'ingest_client_id = "hub-{prefix}"\n\n[ingest]\nper_device_queue = 1024\n'
+            "telemetry_burst = 200.0\n",
+            encoding="utf-8",
+        )
+        registry = open_registry(self.db_url)
+        with registry.session() as s:
+            _rec, self.token = admin.create_token(s, name="bench", role="operator", now=time.time())
+        registry.close()
+        self.log_file = open(root / "hub.log", "ab")  # noqa: SIM115 - lives as long as the hub
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cloud_hub.cli", "serve", "--config", str(config)],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise SystemExit("hub did not start; see hub.log")
+        self.api = ApiClient(f"http://127.0.0.1:{self.port}", self.token)
+        self.registry = open_registry(self.db_url, migrate=False)
+
+    def metric(self, name: str) -> float | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def stored(self, metric: str, device_class: str = SIM_CLASS) -> int:
+        with self.registry.session() as s:
+            total = s.scalar(
+                sql_select(func.coalesce(func.sum(TelemetryMinute.count), 0))
+                .join(Device, Device.device_id == TelemetryMinute.device_id)
+                .where(TelemetryMinute.metric == metric, Device.device_class == device_class)
+            )
+            return int(total or 0)
+
+    def devices(self, device_class: str) -> int:
+        with self.registry.session() as s:
+            n = s.scalar(
+                sql_select(func.count())
+                .select_from(Device)
+                .where(Device.device_class == device_class)
+            )
+            return int(n or 0)
+
+    def stop(self) -> None:
+        self.registry.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log_file.close()
+
+
+class socket_port:
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+# ---- measurements --------------------------------------------------------------------------
+
+
+class RawSubscriber:
+    """A bare paho subscriber on the same telemetry stream: the broker's delivery ceiling."""
+
+    def __init__(self, prefix: str) -> None:
+        self.counts: dict[bytes, int] = {b"steady": 0, b"blast": 0}
+        self.first: dict[bytes, float] = {}
+        self.last: dict[bytes, float] = {}
+        self.client = _client(f"raw-{new_id()[:10]}")
+        self.client.on_message = self._on_message
+        self.client.connect(HOST, PORT)
+        self.client.subscribe(TopicScheme(prefix).all_devices("telemetry"), qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        kind = (
+            b"blast"
+            if b'"blast"' in msg.payload
+            else b"steady"
+            if b'"steady"' in msg.payload
+            else b""
+        )
+        if not kind:
+            return
+        now = time.monotonic()
+        self.counts[kind] += 1
+        self.first.setdefault(kind, now)
+        self.last[kind] = now
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def probe_lag(hub: Hub, prefix: str, stop: threading.Event, lags: list[float]) -> None:
+    """Once per second: publish a probe telemetry and time until the registry has it."""
+    topics = TopicScheme(prefix)
+    device = f"{prefix}-probe"
+    c = _client(device)
+    c.connect(HOST, PORT)
+    c.loop_start()
+    k = 0
+    while not stop.is_set():
+        k += 1
+        msg = Telemetry(device_id=device, seq=k, metrics={"probe": float(k)}, ts=time.time())
+        start = time.monotonic()
+        c.publish(topics.device(device, "telemetry"), msg.encode(), qos=1)
+        while time.monotonic() - start < 10:
+            with hub.registry.session() as s:
+                got = s.scalar(
+                    sql_select(func.max(TelemetryMinute.last)).where(
+                        TelemetryMinute.device_id == device, TelemetryMinute.metric == "probe"
+                    )
+                )
+            if got is not None and got >= k:
+                lags.append(time.monotonic() - start)
+                break
+            time.sleep(0.01)
+        stop.wait(max(0.0, 1.0 - (time.monotonic() - start)))
+    c.loop_stop()
+    c.disconnect()
+
+
+def p95(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * (len(ordered) - 1) + 0.5))]
+
+
+def tiny_onnx() -> bytes:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["logits"])],
+        "bench",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def build_bundles(keys: KeyStore) -> dict[int, str]:
+    from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
+    from shared.bundle import artifact_info
+
+    out = {}
+    for version in (1, 2):
+        model = tiny_onnx()
+        built = build_signed_bundle(
+            keys,
+            default_store(keys),
+            BundleSpec(model_name=MODEL, device_class=REAL_CLASS, version=version),
+            [(artifact_info("model.onnx", model, "model", "application/onnx"), model)],
+        )
+        out[version] = built.bundle_id
+    return out
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def rollback_phase(
+    hub: Hub, root: Path, prefix: str, keys: KeyStore, bundles: dict[int, str], n: int
+) -> dict[str, Any]:
+    """Real agents: v1 everywhere, then v2 whose canary reports errors → rolled back."""
+    fleet = LocalAgentFleet(
+        root=root / "fleet",
+        trust_root=keys.trust_root().to_dict(),
+        mqtt_url=f"mqtt://{HOST}:{PORT}",
+        prefix=prefix,
+        n=n,
+        id_prefix=f"{prefix}-real",
+        tables={"timeouts": {"chunk_retry_s": 0.5}, "limits": {"fsync_chunks": False}},
+    )
+    fleet.start()
+    try:
+        wait_for(lambda: hub.devices(REAL_CLASS) >= n, 60 + 3 * n, "real agents to register")
+
+        def rollout(version: int, stages: list[dict[str, Any]], window: float, **extra: Any) -> str:
+            body = {
+                "config": {
+                    "bundle_id": bundles[version],
+                    "target": {"device_class": REAL_CLASS},
+                    "stages": stages,
+                    "gate_window_s": window,
+                    "offline_timeout_s": 60.0,
+                },
+                **extra,
+            }
+            rid = str(hub.api.request("POST", "/api/v1/rollouts", body)["rollout_id"])
+            hub.api.request("POST", f"/api/v1/rollouts/{rid}/start")
+            return rid
+
+        def state(rid: str) -> dict[str, Any]:
+            status: dict[str, Any] = hub.api.request("GET", f"/api/v1/rollouts/{rid}")
+            return status
+
+        r1 = rollout(1, [{"percent": 100}], 0.5)
+        wait_for(lambda: state(r1)["state"] == "done", 90, "v1 installed")
+        canary_n = max(1, n // 2)
+        r2 = rollout(2, [{"count": canary_n}, {"percent": 100}], 3.0, previous_bundle_id=bundles[1])
+        canary = wait_for(
+            lambda: (
+                [
+                    t["device_id"]
+                    for t in hub.api.request("GET", f"/api/v1/rollouts/{r2}/targets")
+                    if t["stage_index"] == 0 and t["state"] == "succeeded"
+                ]
+                if len(
+                    [
+                        t
+                        for t in hub.api.request("GET", f"/api/v1/rollouts/{r2}/targets")
+                        if t["stage_index"] == 0 and t["state"] == "succeeded"
+                    ]
+                )
+                == canary_n
+                else None
+            ),
+            90,
+            "canary installed",
+        )
+        topics = TopicScheme(prefix)
+        c = _client(f"bad-{new_id()[:8]}")
+        c.connect(HOST, PORT)
+        c.loop_start()
+        for i, d in enumerate(canary):
+            msg = Telemetry(
+                device_id=d,
+                seq=10_000 + i,
+                model_version=2,
+                metrics={"request_count": 100.0, "error_count": 40.0},
+            )
+            c.publish(topics.device(d, "telemetry"), msg.encode(), qos=1).wait_for_publish(5)
+        c.loop_stop()
+        c.disconnect()
+        final = wait_for(
+            lambda: (st := state(r2))["state"] == "rolled_back" and st, 120, "rollback"
+        )
+        gate_ts = float(final["stages"][0]["gate"]["ts"])
+        return {
+            "rollback_s": round(float(final["finished_at"]) - gate_ts, 3),
+            "rollback_devices": len(canary),
+            "rollback_reason": final["reason"],
+        }
+    finally:
+        fleet.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--duration", type=float, default=60.0, help="steady phase seconds")
+    parser.add_argument("--procs", type=int, default=4, help="simulator processes")
+    parser.add_argument("--blast", type=int, default=20, help="blast messages per agent")
+    parser.add_argument("--real-agents", type=int, default=4, help="agents of the rollback phase")
+    parser.add_argument("--quick", action="store_true", help="200 agents, 10 s (< 60 s)")
+    args = parser.parse_args()
+    if args.quick:
+        args.agents, args.duration, args.blast, args.real_agents, args.procs = 200, 10.0, 10, 2, 2
+    root = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+    prefix = f"bench{new_id()[:8]}"
+    keys = KeyStore.init(root / "keys")
+    bundles = build_bundles(keys)
+
+    ctx = mp.get_context("fork")
+    ctl = {name: ctx.Event() for name in ("steady", "blast", "stop")}
+    out: Any = ctx.Queue()
+    ids = [f"{prefix}-{i:05d}" for i in range(args.agents)]
+    shards = [ids[i :: args.procs] for i in range(args.procs)]
+    workers = [
+        ctx.Process(
+            target=sim_worker,
+            args=(shard, prefix, args.duration, args.blast, ctl, out),
+            daemon=True,
+        )
+        for shard in shards
+        if shard
+    ]
+    started = time.monotonic()
+    hub = Hub(root / "hub", prefix, keys)
+    log(f"hub up (pid {hub.proc.pid}); {args.agents} simulated agents in {len(workers)} processes")
+    for w in workers:
+        w.start()
+    raw = RawSubscriber(prefix)
+    results: dict[str, Any] = {"agents": args.agents, "duration_s": args.duration}
+    try:
+        for _ in workers:
+            out.get(timeout=120)
+        wait_for(
+            lambda: hub.devices(SIM_CLASS) >= args.agents, 60, "every simulated agent registered"
+        )
+        log("all simulated agents registered; steady phase")
+
+        lags: list[float] = []
+        probe_stop = threading.Event()
+        prober = threading.Thread(
+            target=probe_lag, args=(hub, prefix, probe_stop, lags), daemon=True
+        )
+        cpu0 = hub.ps.cpu_times()
+        t0 = time.monotonic()
+        rss_peak = 0
+        ctl["steady"].set()
+        prober.start()
+        sent_steady = 0
+        hub_lag: list[float] = []
+        done = 0
+        while done < len(workers):
+            rss_peak = max(rss_peak, hub.ps.memory_info().rss)
+            lag = hub.metric("fedfleet_ingest_lag_p95_seconds")
+            if lag is not None:
+                hub_lag.append(lag)
+            try:
+                _kind, n = out.get(timeout=1.0)
+                sent_steady += n
+                done += 1
+            except Exception:  # queue.Empty: keep sampling
+                continue
+        steady_s = time.monotonic() - t0
+        cpu1 = hub.ps.cpu_times()
+        probe_stop.set()
+        prober.join(timeout=15)
+        deadline = time.monotonic() + 30
+        while hub.stored("steady") < sent_steady and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stored = hub.stored("steady")
+        results.update(
+            {
+                "sent": sent_steady,
+                "stored": stored,
+                "lost": sent_steady - stored,
+                "ingest_lag_p95_s": round(p95(lags), 4),
+                "ingest_lag_p50_s": round(statistics.median(lags), 4) if lags else None,
+                "hub_lag_p95_s": round(max(hub_lag), 4) if hub_lag else None,
+                "steady_msgs_s": round(stored / steady_s, 1),
+                "hub_cpu_percent": round(
+                    100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / steady_s, 1
+                ),
+                "hub_rss_mb": round(rss_peak / 2**20, 1),
+                "raw_steady_received": raw.counts[b"steady"],
+            }
+        )
+        log(f"steady: {results}")
+
+        base = hub.stored("blast")
+        t_blast = time.monotonic()
+        ctl["blast"].set()
+        sent_blast = sum(out.get(timeout=120)[1] for _ in workers)
+        deadline = time.monotonic() + 60
+        while hub.stored("blast") - base < sent_blast and time.monotonic() < deadline:
+            rss_peak = max(rss_peak, hub.ps.memory_info().rss)
+            time.sleep(0.05)
+        t_ingested = time.monotonic()
+        ingested = hub.stored("blast") - base
+        raw_n = raw.counts[b"blast"]
+        raw_s = raw.last.get(b"blast", t_blast) - t_blast
+        results.update(
+            {
+                "blast_sent": sent_blast,
+                "raw_msgs_s": round(raw_n / raw_s, 1) if raw_s > 0 else None,
+                "ingest_msgs_s": round(ingested / (t_ingested - t_blast), 1),
+                "blast_lost_raw": sent_blast - raw_n,
+                "blast_lost_ingest": sent_blast - ingested,
+                "hub_rss_mb": round(rss_peak / 2**20, 1),
+            }
+        )
+        if results["raw_msgs_s"]:
+            results["ingest_vs_raw"] = round(results["ingest_msgs_s"] / results["raw_msgs_s"], 3)
+        log(f"blast: raw {results['raw_msgs_s']} msg/s, ingest {results['ingest_msgs_s']} msg/s")
+        ctl["stop"].set()
+        for w in workers:
+            w.join(timeout=15)
+        raw.close()
+
+        results.update(rollback_phase(hub, root, prefix, keys, bundles, args.real_agents))
+        log(
+            f"rollback: {results['rollback_s']} s for {results['rollback_devices']} canary device(s)"
+        )
+    finally:
+        ctl["stop"].set()
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+        hub.stop()
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(results, sort_keys=True))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,69 @@
+"""Configuration of the retraining controller (one validated frozen dataclass)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloud_hub.errors import HubConfigError
+from cloud_hub.loop.policy import RetrainPolicy
+
+__all__ = ["LoopConfig"]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the closed loop trains, how, and how it rolls the result out.
+
+    ``rollout_stages`` are the rollout's stages as the API takes them (canary first);
+    ``rollout_gates`` its gate thresholds (``None`` disables a check).
+    """
+
+    model_name: str = "sensor-mlp"
+    work_dir: Path = Path("hub-data/loop")  # model store, compression outputs
+    policy: RetrainPolicy = field(default_factory=lambda: RetrainPolicy(min_devices=3))
+    num_rounds: int = 3
+    local_epochs: int = 2
+    learning_rate: float = 0.05
+    batch_size: int = 32
+    secagg: bool = True
+    max_samples_per_device: int = 400  # newest labelled samples each client trains on
+    min_samples_per_device: int = 20  # a device with fewer labelled samples is left out
+    min_improvement: float = 0.0  # candidate accuracy must beat the champion's by this
+    profiles_dir: Path | None = None  # default: the repository's firmware_bundles/
+    rollout_stages: tuple[dict[str, object], ...] = (
+        {"count": 1},
+        {"percent": 50.0},
+        {"percent": 100.0},
+    )
+    rollout_gate_window_s: float = 2.0
+    rollout_offline_timeout_s: float = 60.0
+    rollout_gates: dict[str, object] = field(
+        default_factory=lambda: {
+            "min_install_success": 1.0,
+            "max_error_rate": 0.05,
+            "max_p95_ratio": None,
+            "max_drift_score": None,
+            "max_accuracy_drop": None,
+        }
+    )
+    build_deltas: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_rounds <= 100:
+            raise HubConfigError("num_rounds must be in [1, 100]")
+        if not 1 <= self.local_epochs <= 50:
+            raise HubConfigError("local_epochs must be in [1, 50]")
+        if not 0 < self.learning_rate <= 10:
+            raise HubConfigError("learning_rate must be in (0, 10]")
+        if not 1 <= self.batch_size <= 4096:
+            raise HubConfigError("batch_size must be in [1, 4096]")
+        if not 1 <= self.min_samples_per_device <= self.max_samples_per_device <= 1_000_000:
+            raise HubConfigError("need 1 <= min_samples_per_device <= max_samples_per_device")
+        if not -1 < self.min_improvement < 1:
+            raise HubConfigError("min_improvement must be in (-1, 1)")
+        if not self.rollout_stages:
+            raise HubConfigError("a rollout needs at least one stage")
+        if self.secagg and self.policy.min_devices < 3:
+            raise HubConfigError("SecAgg+ needs cohorts of >= 3 devices (policy.min_devices)")
