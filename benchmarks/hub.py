@@ -6,8 +6,10 @@ on the real Mosquitto at 127.0.0.1:1883 (unique topic prefix):
 1. steady  - N simulated agents (lightweight paho clients, many per process, one select loop
              per process) each send hello + one Telemetry per second for D seconds, QoS 1.
              Measured: end-to-end ingest lag p95 (a probe device's telemetry from publish to
-             visible in the registry, once per second), messages lost (sent - stored), the hub
-             process's CPU (% of one core) and peak RSS, the hub's own receive-to-commit lag.
+             visible in the registry, once per second), messages lost (acknowledged by the
+             broker - stored, after the ingest drained), the hub process's CPU (% of one core)
+             and peak RSS, the hub's own receive-to-commit lag and counters, the load average
+             (this machine is shared: read the figures against it).
 2. blast   - the same clients publish K telemetry messages each as fast as they can; a bare
              paho subscriber on the same topics measures the broker's raw delivery rate (the
              ceiling) while the registry is polled for the ingest's rate: side by side.
@@ -15,7 +17,7 @@ on the real Mosquitto at 127.0.0.1:1883 (unique topic prefix):
              inference error rate (real Telemetry messages): time from the failed canary gate
              to every canary device confirmed back on v1 (the rollout's ``rolled_back``).
 
-``--quick`` (< 60 s): 200 agents for 10 s. The last line is one JSON object with
+``--quick`` (< 60 s): 200 agents for 8 s. The last line is one JSON object with
 ``agents, ingest_lag_p95_s, lost, raw_msgs_s, ingest_msgs_s, rollback_s`` and more.
 """
 
@@ -47,6 +49,7 @@ from sqlalchemy import func  # noqa: E402
 from sqlalchemy import select as sql_select  # noqa: E402
 
 from cloud_hub.commands.rollout import ApiClient  # noqa: E402
+from cloud_hub.delivery.local_broker import LocalMosquitto  # noqa: E402
 from cloud_hub.delivery.local_fleet import LocalAgentFleet  # noqa: E402
 from cloud_hub.keys import KeyStore  # noqa: E402
 from cloud_hub.registry import admin, open_registry  # noqa: E402
@@ -82,15 +85,25 @@ def sim_worker(
     ids: list[str], prefix: str, duration: float, blast: int, ctl: Any, out: Any
 ) -> None:
     """Run ``ids`` as MQTT clients in one select loop: hello/status, then steady telemetry
-    (1 Hz each), then a blast of ``blast`` messages each when told."""
+    (1 Hz each), then a blast of ``blast`` messages each when told. Reports how many messages
+    of each phase the broker acknowledged (PUBACK): those are the ones that must be stored."""
     topics = TopicScheme(prefix)
     clients = {d: _client(d) for d in ids}
+    acked = {"steady": 0, "blast": 0, "other": 0}
+    phase_of: dict[tuple[int, int], str] = {}
+
+    def on_publish(client: Any, _u: object, mid: int, _rc: object, _p: object) -> None:
+        acked[phase_of.pop((id(client), mid), "other")] += 1
+
     for c in clients.values():
+        c.on_publish = on_publish
         c.connect(HOST, PORT, keepalive=120)
     seq = dict.fromkeys(ids, 0)
 
     def pump(timeout: float) -> None:
-        socks = {c.socket(): c for c in clients.values() if c.socket() is not None}
+        socks: dict[Any, mqtt.Client] = {
+            sock: c for c in clients.values() if (sock := c.socket()) is not None
+        }
         want = [s for s, c in socks.items() if c.want_write()]
         readable, writable, _ = select.select(list(socks), want, [], timeout)
         for s in readable:
@@ -98,19 +111,27 @@ def sim_worker(
         for s in writable:
             socks[s].loop_write()
 
-    def flush(seconds: float) -> None:
+    def idle_until(event: Any) -> None:
+        last_misc = 0.0
+        while not event.is_set():
+            pump(0.05)
+            if time.monotonic() - last_misc > 1.0:
+                last_misc = time.monotonic()
+                for c in clients.values():
+                    c.loop_misc()
+
+    def settle(phase: str, expected: int, seconds: float) -> None:
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        while time.monotonic() < end and acked[phase] < expected:
             pump(0.02)
-            if not any(c.want_write() for c in clients.values()):
-                break
 
     def telemetry(d: str, metric: str) -> None:
         seq[d] += 1
         msg = Telemetry(device_id=d, seq=seq[d], metrics={metric: 1.0}, ts=time.time())
-        clients[d].publish(topics.device(d, "telemetry"), msg.encode(), qos=1)
+        info = clients[d].publish(topics.device(d, "telemetry"), msg.encode(), qos=1)
+        phase_of[(id(clients[d]), info.mid)] = metric
 
-    flush(3.0)
+    settle("other", 1, 3.0)
     for d, c in clients.items():
         hello = Hello(
             device_id=d,
@@ -124,38 +145,66 @@ def sim_worker(
         c.publish(topics.device(d, "hello"), hello.encode(), qos=1)
         status = Status(device_id=d, online=True)
         c.publish(topics.device(d, "status"), status.encode(), qos=1, retain=True)
-    flush(10.0)
+    settle("other", 2 * len(ids), 30.0)
     out.put(("ready", len(ids)))
-    ctl["steady"].wait()
+    idle_until(ctl["steady"])
     t0 = time.monotonic()
     offsets = {d: (i / max(len(ids), 1)) for i, d in enumerate(ids)}  # spread over the second
     next_due = {d: t0 + offsets[d] for d in ids}
-    sent = 0
+    published = 0
     while time.monotonic() - t0 < duration:
         now = time.monotonic()
         for d in ids:
             if next_due[d] <= now:
                 telemetry(d, "steady")
-                sent += 1
+                published += 1
                 next_due[d] += 1.0
         for c in clients.values():
             c.loop_misc()
         pump(0.01)
-    flush(10.0)
-    out.put(("steady", sent))
-    ctl["blast"].wait()
-    sent = 0
+    settle("steady", published, 30.0)
+    out.put(("steady", acked["steady"]))
+    idle_until(ctl["blast"])
+    published = 0
     for _round in range(blast):
         for d in ids:
             telemetry(d, "blast")
-            sent += 1
+            published += 1
         pump(0.0)
-    flush(30.0)
-    out.put(("blast", sent))
-    ctl["stop"].wait()
+    settle("blast", published, 60.0)
+    out.put(("blast", acked["blast"]))
+    idle_until(ctl["stop"])
     for c in clients.values():
         c.disconnect()
-    flush(2.0)
+    settle("other", 10**9, 1.0)
+
+
+def raw_worker(prefix: str, ready: Any, stop: Any, out: Any) -> None:
+    """A bare paho subscriber on the same telemetry stream (own process): the broker's
+    delivery ceiling. Reports counts and first/last arrival (wall clock) per phase."""
+    counts = {"steady": 0, "blast": 0}
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        payload = msg.payload
+        kind = "blast" if b'"blast"' in payload else "steady" if b'"steady"' in payload else ""
+        if kind:
+            now = time.time()
+            counts[kind] += 1
+            first.setdefault(kind, now)
+            last[kind] = now
+
+    client = _client(f"raw-{new_id()[:10]}")
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: ready.set()
+    client.connect(HOST, PORT)
+    client.subscribe(TopicScheme(prefix).all_devices("telemetry"), qos=1)
+    client.loop_start()
+    stop.wait()
+    client.loop_stop()
+    client.disconnect()
+    out.put({"counts": counts, "first": first, "last": last})
 
 
 # ---- the hub process ---------------------------------------------------------------------------
@@ -207,6 +256,16 @@ class Hub:
                     return float(line.rsplit(" ", 1)[1])
         return None
 
+    def counters(self) -> dict[str, float]:
+        """The ingest's own counters from ``/metrics`` (received, written, dropped, ...)."""
+        out: dict[str, float] = {}
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("fedfleet_ingest_") and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    out[name.removeprefix("fedfleet_ingest_")] = float(value)
+        return out
+
     def stored(self, metric: str, device_class: str = SIM_CLASS) -> int:
         with self.registry.session() as s:
             total = s.scalar(
@@ -251,64 +310,42 @@ class socket_port:
 # ---- measurements --------------------------------------------------------------------------
 
 
-class RawSubscriber:
-    """A bare paho subscriber on the same telemetry stream: the broker's delivery ceiling."""
-
-    def __init__(self, prefix: str) -> None:
-        self.counts: dict[bytes, int] = {b"steady": 0, b"blast": 0}
-        self.first: dict[bytes, float] = {}
-        self.last: dict[bytes, float] = {}
-        self.client = _client(f"raw-{new_id()[:10]}")
-        self.client.on_message = self._on_message
-        self.client.connect(HOST, PORT)
-        self.client.subscribe(TopicScheme(prefix).all_devices("telemetry"), qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        kind = (
-            b"blast"
-            if b'"blast"' in msg.payload
-            else b"steady"
-            if b'"steady"' in msg.payload
-            else b""
-        )
-        if not kind:
-            return
-        now = time.monotonic()
-        self.counts[kind] += 1
-        self.first.setdefault(kind, now)
-        self.last[kind] = now
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 def probe_lag(hub: Hub, prefix: str, stop: threading.Event, lags: list[float]) -> None:
-    """Once per second: publish a probe telemetry and time until the registry has it."""
+    """Publish a probe telemetry once per second (in the same stream) and time each one until
+    the registry has it; after ``stop`` keep waiting (up to 180 s) for the outstanding ones,
+    so a backlog shows up as lag instead of being left out."""
     topics = TopicScheme(prefix)
     device = f"{prefix}-probe"
     c = _client(device)
     c.connect(HOST, PORT)
     c.loop_start()
-    k = 0
-    while not stop.is_set():
-        k += 1
-        msg = Telemetry(device_id=device, seq=k, metrics={"probe": float(k)}, ts=time.time())
-        start = time.monotonic()
-        c.publish(topics.device(device, "telemetry"), msg.encode(), qos=1)
-        while time.monotonic() - start < 10:
-            with hub.registry.session() as s:
-                got = s.scalar(
-                    sql_select(func.max(TelemetryMinute.last)).where(
-                        TelemetryMinute.device_id == device, TelemetryMinute.metric == "probe"
-                    )
-                )
-            if got is not None and got >= k:
-                lags.append(time.monotonic() - start)
+    sent: dict[int, float] = {}
+    k = seen = 0
+    next_pub = time.monotonic()
+    give_up: float | None = None
+    while True:
+        now = time.monotonic()
+        if stop.is_set():
+            give_up = give_up or now + 180.0
+            if seen >= k or now > give_up:
                 break
-            time.sleep(0.01)
-        stop.wait(max(0.0, 1.0 - (time.monotonic() - start)))
+        elif now >= next_pub:
+            k += 1
+            msg = Telemetry(device_id=device, seq=k, metrics={"probe": float(k)}, ts=time.time())
+            c.publish(topics.device(device, "telemetry"), msg.encode(), qos=1)
+            sent[k] = now
+            next_pub += 1.0
+        with hub.registry.session() as s:
+            got = s.scalar(
+                sql_select(func.max(TelemetryMinute.last)).where(
+                    TelemetryMinute.device_id == device, TelemetryMinute.metric == "probe"
+                )
+            )
+        now = time.monotonic()
+        for j in range(seen + 1, int(got or 0) + 1):
+            lags.append(now - sent[j])
+        seen = max(seen, int(got or 0))
+        time.sleep(0.025)
     c.loop_stop()
     c.disconnect()
 
@@ -460,15 +497,28 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=4, help="simulator processes")
     parser.add_argument("--blast", type=int, default=20, help="blast messages per agent")
     parser.add_argument("--real-agents", type=int, default=4, help="agents of the rollback phase")
-    parser.add_argument("--quick", action="store_true", help="200 agents, 10 s (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="200 agents, 8 s (< 60 s)")
+    parser.add_argument(
+        "--shared-broker",
+        action="store_true",
+        help="use the Mosquitto on 127.0.0.1:1883 instead of a private one (other traffic, "
+        "max_queued_messages 1000 per client)",
+    )
     args = parser.parse_args()
     if args.quick:
-        args.agents, args.duration, args.blast, args.real_agents, args.procs = 200, 10.0, 10, 2, 2
+        args.agents, args.duration, args.blast, args.real_agents, args.procs = 200, 8.0, 10, 2, 2
     root = Path(tempfile.mkdtemp(prefix="bench-hub-"))
     prefix = f"bench{new_id()[:8]}"
     keys = KeyStore.init(root / "keys")
     bundles = build_bundles(keys)
 
+    global PORT
+    broker = None
+    if not args.shared_broker:
+        # a private broker: no other traffic, and subscriber queues sized for a fleet
+        broker = LocalMosquitto(extra_conf="max_queued_messages 100000\nmax_inflight_messages 200")
+        broker.start()
+        PORT = broker.port
     ctx = mp.get_context("fork")
     ctl = {name: ctx.Event() for name in ("steady", "blast", "stop")}
     out: Any = ctx.Queue()
@@ -486,10 +536,17 @@ def main() -> None:
     started = time.monotonic()
     hub = Hub(root / "hub", prefix, keys)
     log(f"hub up (pid {hub.proc.pid}); {args.agents} simulated agents in {len(workers)} processes")
+    raw_ready, raw_stop, raw_out = ctx.Event(), ctx.Event(), ctx.Queue()
+    raw = ctx.Process(target=raw_worker, args=(prefix, raw_ready, raw_stop, raw_out), daemon=True)
+    raw.start()
+    raw_ready.wait(30)
     for w in workers:
         w.start()
-    raw = RawSubscriber(prefix)
-    results: dict[str, Any] = {"agents": args.agents, "duration_s": args.duration}
+    results: dict[str, Any] = {
+        "agents": args.agents,
+        "duration_s": args.duration,
+        "broker": "shared 127.0.0.1:1883" if broker is None else "private mosquitto",
+    }
     try:
         for _ in workers:
             out.get(timeout=120)
@@ -523,13 +580,21 @@ def main() -> None:
             except Exception:  # queue.Empty: keep sampling
                 continue
         steady_s = time.monotonic() - t0
-        cpu1 = hub.ps.cpu_times()
         probe_stop.set()
-        prober.join(timeout=15)
-        deadline = time.monotonic() + 30
-        while hub.stored("steady") < sent_steady and time.monotonic() < deadline:
-            time.sleep(0.2)
-        stored = hub.stored("steady")
+        # the ingest may run behind: wait until it stored everything or stops making progress
+        stored, last_change = hub.stored("steady"), time.monotonic()
+        drain_deadline = time.monotonic() + 300
+        while stored < sent_steady and time.monotonic() - last_change < 15:
+            if time.monotonic() > drain_deadline:
+                break
+            time.sleep(0.5)
+            now_stored = hub.stored("steady")
+            if now_stored != stored:
+                stored, last_change = now_stored, time.monotonic()
+        drained_s = time.monotonic() - t0 - steady_s
+        busy_s = time.monotonic() - t0
+        cpu1 = hub.ps.cpu_times()
+        prober.join(timeout=200)
         results.update(
             {
                 "sent": sent_steady,
@@ -539,17 +604,21 @@ def main() -> None:
                 "ingest_lag_p50_s": round(statistics.median(lags), 4) if lags else None,
                 "hub_lag_p95_s": round(max(hub_lag), 4) if hub_lag else None,
                 "steady_msgs_s": round(stored / steady_s, 1),
+                "drain_after_s": round(drained_s, 1),
+                "lag_samples": len(lags),
                 "hub_cpu_percent": round(
-                    100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / steady_s, 1
+                    100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / busy_s, 1
                 ),
+                "loadavg_1m": round(os.getloadavg()[0], 1),
+                "ingest_counters": hub.counters(),
                 "hub_rss_mb": round(rss_peak / 2**20, 1),
-                "raw_steady_received": raw.counts[b"steady"],
             }
         )
         log(f"steady: {results}")
 
         base = hub.stored("blast")
         t_blast = time.monotonic()
+        t_blast_wall = time.time()
         ctl["blast"].set()
         sent_blast = sum(out.get(timeout=120)[1] for _ in workers)
         deadline = time.monotonic() + 60
@@ -558,8 +627,11 @@ def main() -> None:
             time.sleep(0.05)
         t_ingested = time.monotonic()
         ingested = hub.stored("blast") - base
-        raw_n = raw.counts[b"blast"]
-        raw_s = raw.last.get(b"blast", t_blast) - t_blast
+        raw_stop.set()
+        raw_report = raw_out.get(timeout=30)
+        raw_n = raw_report["counts"]["blast"]
+        raw_s = raw_report["last"].get("blast", t_blast_wall) - t_blast_wall
+        results["raw_steady_received"] = raw_report["counts"]["steady"]
         results.update(
             {
                 "blast_sent": sent_blast,
@@ -576,7 +648,7 @@ def main() -> None:
         ctl["stop"].set()
         for w in workers:
             w.join(timeout=15)
-        raw.close()
+        raw.join(timeout=15)
 
         results.update(rollback_phase(hub, root, prefix, keys, bundles, args.real_agents))
         log(
@@ -587,7 +659,10 @@ def main() -> None:
         for w in workers:
             if w.is_alive():
                 w.terminate()
+        raw_stop.set()
         hub.stop()
+        if broker is not None:
+            broker.stop()
     results["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(results, sort_keys=True))
 

@@ -23,6 +23,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cloud_hub.commands.serve",
     "cloud_hub.commands.token",
     "cloud_hub.commands.rollout",
+    "cloud_hub.commands.demo",
+    "cloud_hub.commands.retrain",
 )
 
 

@@ -4,7 +4,8 @@ Read from a TOML file (every key optional)::
 
     data_dir = "/var/lib/fedfleet-hub"
     db_url = "postgresql+psycopg://hub@db:5432/hub"   # default: sqlite in data_dir
-    mqtt_url = "mqtt://127.0.0.1:1883"
+    mqtt_url = "mqtt://127.0.0.1:1883"   # mqtts:// for TLS; then optionally
+    # mqtt_ca_file / mqtt_cert_file / mqtt_key_file (mutual TLS with the hub CA)
     topic_prefix = "fedfleet"
     api_host = "127.0.0.1"
     api_port = 8080
@@ -35,6 +36,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 __all__ = ["HubConfig", "MqttEndpoint", "parse_mqtt_url"]
 
 DEFAULT_DATA_DIR = Path("hub-data")
+_TLS_FILES = ("ca_file", "cert_file", "key_file")
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,13 @@ class MqttEndpoint:
     tls: bool = False
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = None  # CA bundle for mqtts:// (None: the system CAs)
+    cert_file: str | None = None  # client certificate for mutual TLS (cloud-hub enroll)
+    key_file: str | None = None
 
     def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise HubConfigError("mqtt cert_file and key_file go together")
         if not self.host:
             raise HubConfigError("mqtt host must not be empty")
         if not 0 < self.port < 65536:
@@ -115,8 +122,16 @@ class HubConfig:
     def with_overrides(self, **changes: Any) -> HubConfig:
         """A copy with the non-``None`` ``changes`` applied (``mqtt_url`` accepted)."""
         values = {k: v for k, v in changes.items() if v is not None}
+        mqtt = values.pop("mqtt", self.mqtt)
         if "mqtt_url" in values:
-            values["mqtt"] = parse_mqtt_url(values.pop("mqtt_url"))
+            mqtt = parse_mqtt_url(values.pop("mqtt_url"))
+        tls_files = {
+            name: values.pop(f"mqtt_{name}") for name in _TLS_FILES if f"mqtt_{name}" in values
+        }
+        try:
+            values["mqtt"] = dataclasses.replace(mqtt, **tls_files) if tls_files else mqtt
+        except TypeError as exc:
+            raise HubConfigError(f"bad mqtt setting: {exc}") from exc
         for key in ("data_dir", "keys_dir"):
             if key in values:
                 values[key] = Path(values[key])

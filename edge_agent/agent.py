@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.config import AgentConfig
+from edge_agent.errors import AgentError
 from edge_agent.ota import InstalledSlot, OtaUpdater
 from edge_agent.ota.health import HealthCheck
 from edge_agent.transport import InboundMessage, MqttLink, Outbox
@@ -205,7 +206,10 @@ class EdgeAgent:
     # ------------------------------------------------------------------ outbound
     def report(self, message: Message) -> None:
         """Send a device → hub message through the outbox (survives disconnects)."""
-        channel, retain = _UPLINK[type(message)]
+        try:
+            channel, retain = _UPLINK[type(message)]
+        except KeyError:
+            raise AgentError(f"{type(message).__name__} is not a device-to-hub message") from None
         topic = self.topics.device(self.config.device_id, channel)
         self.link.publish(topic, message.encode(), qos=1, retain=retain)
 

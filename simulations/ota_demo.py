@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="fedfleet-demo-"))
         )
         work.mkdir(parents=True, exist_ok=True)
+        for old in ("hub", "fleet"):  # a kept folder from an earlier run starts over
+            shutil.rmtree(work / old, ignore_errors=True)
         if args.mqtt_url:
             url = args.mqtt_url
             print(f"broker: {url} (external)")
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         host, port, _tls = parse_mqtt_url(url)
         prefix = f"demo-{new_id()[:8]}"
 
-        keys = KeyStore.init(work / "hub", force=True)
+        keys = KeyStore.init(work / "hub")
         print(f"keys:   root + signing key in {keys.directory} (keyring v{keys.keyring().version})")
         print(f"model:  exporting {args.model} to ONNX with torch ...", flush=True)
         model, pre = export_onnx(args.model), preprocess_json(args.model)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -47,6 +47,11 @@ class DeviceDetail:
     rollouts: list[TargetRecord]
     recent_events: list[EventRecord]
     recent_drift: list[DriftRecord]
+
+
+class DeviceClassBody(BaseModel):
+    description: str = Field(default="", max_length=500, pattern=TEXT_PATTERN)
+    profile: dict[str, Any] = Field(default_factory=dict, max_length=256)
 
 
 class LabelsBody(BaseModel):
@@ -184,3 +189,15 @@ def list_device_classes(request: Request, _: Viewer) -> list[DeviceClassRecord]:
     ctx = _ctx(request)
     with ctx.registry.session() as s:
         return catalog.list_device_classes(s)
+
+
+@router.put("/device-classes/{name}", response_model=DeviceClassRecord)
+def put_device_class(
+    request: Request, name: DeviceId, body: DeviceClassBody, _: Operator
+) -> DeviceClassRecord:
+    """Create or describe a device class (its build profile, e.g. from ``firmware_bundles``)."""
+    ctx = _ctx(request)
+    with ctx.registry.session() as s:
+        return catalog.upsert_device_class(
+            s, name, description=body.description, profile=body.profile, now=ctx.clock()
+        )

@@ -79,7 +79,9 @@ class HubServer:
                     client_id=cfg.ingest_client_id,
                     username=cfg.mqtt.username,
                     password=cfg.mqtt.password,
-                    tls_ca="" if cfg.mqtt.tls else None,
+                    tls_ca=(cfg.mqtt.ca_file or "") if cfg.mqtt.tls else None,
+                    tls_cert=cfg.mqtt.cert_file,
+                    tls_key=cfg.mqtt.key_file,
                 ),
                 config=cfg.ingest,
             )

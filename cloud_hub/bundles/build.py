@@ -188,6 +188,25 @@ def _profile_dir(directory: Path, spec: BundleSpec) -> Path:
     )
 
 
+def _manifest_metrics(doc: dict[str, Any], spec: BundleSpec, path: Path) -> dict[str, Any]:
+    """What of a ``metrics.json`` goes into the manifest. The compression pipeline's document
+    (``type: compression-metrics``) contributes its figures, profile, quantization and pruning;
+    it must have been built for the bundle's device class. Any other object is copied whole."""
+    if doc.get("type") != "compression-metrics":
+        return doc
+    built_for = doc.get("device_class")
+    if isinstance(built_for, str) and built_for != spec.device_class:
+        raise HubConfigError(
+            f"{path} was built for device class {built_for!r}, not {spec.device_class!r}"
+        )
+    figures = doc.get("metrics")
+    out: dict[str, Any] = dict(figures) if isinstance(figures, dict) else {}
+    for key in ("profile", "quantization", "pruning"):
+        if doc.get(key) is not None:
+            out[key] = doc[key]
+    return out
+
+
 def build_bundle_from_dir(
     keys: KeyStore,
     store: BundleStore,
@@ -217,7 +236,7 @@ def build_bundle_from_dir(
         if role == "metrics":
             if not isinstance(parsed, dict):
                 raise HubConfigError(f"{path} must hold a JSON object")
-            metrics = parsed
+            metrics = _manifest_metrics(parsed, spec, path)
         artifacts.append((artifact_info(name, blob, role, "application/json"), blob))
     merged = BundleSpec(
         model_name=spec.model_name,

@@ -152,6 +152,17 @@ class LocalAgentFleet:
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
 
+    def stop_one(self, device_id: str, grace_s: float = 5.0) -> None:
+        """Stop one agent cleanly (SIGTERM): it reports offline and keeps its session."""
+        a = self.agent(device_id)
+        if a.proc is not None and a.running:
+            a.proc.terminate()
+            try:
+                a.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                a.proc.kill()
+                a.proc.wait()
+
     def kill(self, device_id: str) -> None:
         """SIGKILL one agent (power loss)."""
         a = self.agent(device_id)

@@ -49,6 +49,8 @@ class MqttSettings:
     username: str | None = None
     password: str | None = None
     tls_ca: str | None = None  # path to a CA bundle; "" = system CAs; None = no TLS
+    tls_cert: str | None = None  # client certificate + key for mutual TLS
+    tls_key: str | None = None
     keepalive_s: int = 30
     session_expiry_s: int = 3600
     receive_maximum: int = 65535
@@ -330,7 +332,10 @@ class FleetIngest:
             client.username_pw_set(self.settings.username, self.settings.password)
         if self.settings.tls_ca is not None:
             client.tls_set(
-                ca_certs=self.settings.tls_ca or None, tls_version=ssl.PROTOCOL_TLS_CLIENT
+                ca_certs=self.settings.tls_ca or None,
+                certfile=self.settings.tls_cert,
+                keyfile=self.settings.tls_key,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

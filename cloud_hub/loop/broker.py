@@ -102,6 +102,8 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         self.impl.stop()
+        if isinstance(self.impl, LocalMosquitto):  # its config/log folder goes too
+            shutil.rmtree(self.impl.conf.parent, ignore_errors=True)
 
 
 def start_embedded_broker(*, amqtt_venv: Path, prefer: str = "auto") -> EmbeddedBroker:

@@ -29,6 +29,7 @@ class LoopConfig:
     secagg: bool = True
     max_samples_per_device: int = 400  # newest labelled samples each client trains on
     min_samples_per_device: int = 20  # a device with fewer labelled samples is left out
+    train_with_class_peers: bool = True  # the class's other online devices join the cohort
     min_improvement: float = 0.0  # candidate accuracy must beat the champion's by this
     profiles_dir: Path | None = None  # default: the repository's firmware_bundles/
     rollout_stages: tuple[dict[str, object], ...] = (

@@ -95,7 +95,9 @@ class DemoDevice:
             )
         if self.stack.server.report is not None:
             self._seq += 1
-            out.append(self.stack.telemetry().to_message(device_id=self.config.device_id, seq=self._seq))
+            out.append(
+                self.stack.telemetry().to_message(device_id=self.config.device_id, seq=self._seq)
+            )
         return out
 
     def _status_fields(self) -> Mapping[str, Any]:

@@ -16,7 +16,7 @@ from cloud_hub.registry import devices as device_repo
 
 __all__ = ["class_health", "class_runs"]
 
-_MAX_DEVICES = 10_000
+_MAX_DEVICES = 1000
 _REPORTS_PER_DEVICE = 50
 
 

@@ -218,7 +218,7 @@ class RolloutConfig:
     abort: AbortRule = field(default_factory=AbortRule)
     gate_window_s: float = 300.0
     offline_timeout_s: float = 900.0
-    seed: int = 0
+    seed: int | None = None  # None: the engine draws one at create time and records it
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -235,7 +235,9 @@ class RolloutConfig:
                 last = stage.percent
         _finite(self.gate_window_s, "gate_window_s", 0.0, 7 * 86400.0)
         _finite(self.offline_timeout_s, "offline_timeout_s", 0.0, 30 * 86400.0)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
             raise _fail("seed must be an integer")
         if len(self.name) > 200:
             raise _fail("name longer than 200 characters")

@@ -20,7 +20,9 @@ stage's gate and promote, or roll the stage back with a signed rollback order.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -121,6 +123,8 @@ class RolloutService:
         defaults to the newest registered bundle of the same model and device class with a
         lower version."""
         now = self.clock()
+        if config.seed is None:  # recorded, so the draw can be replayed and audited
+            config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
         rid = store.validate_rollout_id(rollout_id or f"r-{uuid.uuid4().hex[:12]}")
         with self.registry.session() as s:
             bundle = catalog.find_bundle(s, config.bundle_id)

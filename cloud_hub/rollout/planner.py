@@ -82,7 +82,8 @@ def plan_stages(config: RolloutConfig, devices: Sequence[DeviceInfo]) -> Rollout
             claimed[i] = members
             taken.update(members)
     pool = [d for d in target if d not in taken]
-    random.Random(config.seed).shuffle(pool)
+    seed = config.seed if config.seed is not None else 0
+    random.Random(seed).shuffle(pool)
     stages: list[tuple[str, ...]] = []
     assigned = 0
     for i, stage in enumerate(config.stages):
@@ -96,7 +97,7 @@ def plan_stages(config: RolloutConfig, devices: Sequence[DeviceInfo]) -> Rollout
             members, pool = pool[:want], pool[want:]
         stages.append(tuple(sorted(members)))
         assigned += len(members)
-    return RolloutPlan(stages=tuple(stages), seed=config.seed)
+    return RolloutPlan(stages=tuple(stages), seed=seed)
 
 
 def stage_for_newcomer(

@@ -20,12 +20,13 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from edge_agent.errors import AgentConfigError
 from shared.errors import ConfigError
+from shared.fl.data_source import DataResolver, NodeConfigDataPath
 from shared.fl.mods import hardened_secaggplus_mod
 
 if TYPE_CHECKING:
     from shared.fl.training import LocalTrainingLimits
 
-__all__ = ["app", "limits_from_node_config"]
+__all__ = ["app", "build_agent_client_app", "limits_from_node_config"]
 
 # torch is imported only when a client actually trains: SuperNodes start a fresh ClientApp
 # process per message, and SecAgg+'s key-exchange and unmask stages need no torch.
@@ -45,18 +46,6 @@ def limits_from_node_config(node_config: dict[str, Any]) -> LocalTrainingLimits:
         raise AgentConfigError(f"bad training limits in node config: {exc}") from exc
 
 
-def _client_fn(context: Context) -> Any:
-    import torch
-
-    from shared.fl.client import LocalTrainingClient, NodeConfigDataPath
-
-    torch.set_num_threads(1)
-    model_name = str(context.run_config.get("model-name", "digits-cnn"))
-    source = NodeConfigDataPath()(context)
-    limits = limits_from_node_config(dict(context.node_config))
-    return LocalTrainingClient(model_name, source, limits).to_client()
-
-
 def _secure_aggregation(
     message: Message, context: Context, call_next: ClientAppCallable
 ) -> Message:
@@ -72,4 +61,25 @@ def _dp_clipping(message: Message, context: Context, call_next: ClientAppCallabl
     return call_next(message, context)
 
 
-app = ClientApp(client_fn=_client_fn, mods=[_secure_aggregation, _dp_clipping])
+def build_agent_client_app(data: DataResolver | None = None) -> ClientApp:
+    """The agent's ClientApp training on ``data`` (default: the node config's ``data-path``).
+
+    The edge agent's sample store plugs in as ``data``: a picklable callable from the Flower
+    ``Context`` to a :class:`shared.fl.LocalDataSource`.
+    """
+    resolver: DataResolver = data if data is not None else NodeConfigDataPath()
+
+    def client_fn(context: Context) -> Any:
+        import torch
+
+        from shared.fl.client import LocalTrainingClient
+
+        torch.set_num_threads(1)
+        model_name = str(context.run_config.get("model-name", "digits-cnn"))
+        limits = limits_from_node_config(dict(context.node_config))
+        return LocalTrainingClient(model_name, resolver(context), limits).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=[_secure_aggregation, _dp_clipping])
+
+
+app = build_agent_client_app()

@@ -9,7 +9,6 @@ transition is persisted before the side effect that follows it, every step repor
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,7 +18,6 @@ from typing import Any
 
 from edge_agent.config import AgentLimits, OtaTimeouts
 from edge_agent.errors import InstallError
-from edge_agent.ota.download import BundleDownload
 from edge_agent.ota.health import HealthCheck, OnnxSmokeCheck, run_health_check
 from edge_agent.ota.machine import (
     Deployment,
@@ -35,6 +33,7 @@ from edge_agent.ota.machine import (
 from edge_agent.ota.offer import check_geometry, corrupt_chunks, verify_command, verify_download
 from edge_agent.ota.persist import OtaState, StateStore
 from edge_agent.ota.slots import InstalledSlot, SlotMeta, SlotStore
+from edge_agent.ota.transfer import ChunkTransfer
 from shared.bundle import (
     BundleLimits,
     VerifiedBundle,
@@ -45,7 +44,6 @@ from shared.bundle import (
 from shared.chunks import decode_chunk
 from shared.errors import BundleError, ProtocolError
 from shared.messages import (
-    ChunkRequest,
     DeployCommand,
     Event,
     EventKind,
@@ -103,7 +101,7 @@ class OtaUpdater:
         self.timeouts = timeouts or OtaTimeouts()
         self.limits = limits or AgentLimits()
         self.health_check: HealthCheck = health_check or OnnxSmokeCheck()
-        self._emit, self._subscribe, self._unsubscribe = emit, subscribe, unsubscribe
+        self._emit = emit
         self._clock = clock
         self._phase_timeouts = phase_timeouts(
             download_s=self.timeouts.download_s,
@@ -114,13 +112,19 @@ class OtaUpdater:
         )
         self.store = StateStore(state_dir)
         self.slots = SlotStore(state_dir)
-        self.downloads_dir = state_dir / "downloads"
         self.state: OtaState = self.store.load()
         self.active_changed: list[ActiveChanged] = []
-        self._download: BundleDownload | None = None
-        self._last_progress = 0.0
-        self._last_request = 0.0
-        self._idle_requests = 0
+        self.transfer = ChunkTransfer(
+            device_id=device_id,
+            root=state_dir / "downloads",
+            topics=topics,
+            limits=self.limits,
+            retry_s=self.timeouts.chunk_retry_s,
+            emit=emit,
+            subscribe=subscribe,
+            unsubscribe=unsubscribe,
+            clock=clock,
+        )
 
     # ------------------------------------------------------------------ queries
     @property
@@ -148,11 +152,7 @@ class OtaUpdater:
         """Continue whatever a previous process left (call once, before receiving)."""
         dep = self.state.deployment
         self._sync_installed_versions()
-        keep = dep.bundle_id if dep is not None and not dep.terminal else None
-        if self.downloads_dir.is_dir():  # left by a kill between a terminal save and cleanup
-            for stale in self.downloads_dir.iterdir():
-                if stale.name != keep:
-                    shutil.rmtree(stale, ignore_errors=True)
+        self.transfer.remove_stale(dep.bundle_id if dep is not None and not dep.terminal else None)
         action = recovery_action(
             dep, active_slot=self.slots.active_name(), max_resumes=self.limits.max_resumes
         )
@@ -164,11 +164,7 @@ class OtaUpdater:
             Phase.ROLLING_BACK,
         ):
             reason = f"interrupted {dep.resumes + 1} times in {dep.phase.value}"
-            self._step(Trigger.ERROR, reason=reason)
-            if action == RecoveryAction.ROLL_BACK:
-                self._roll_back()
-            else:
-                self._finish()
+            self._abort(Trigger.ERROR, reason)
             return
         if action == RecoveryAction.ROLL_BACK:
             self._roll_back()
@@ -179,14 +175,14 @@ class OtaUpdater:
         deadline = now + self._phase_timeouts[dep.phase]
         self._save(replace(dep, resumes=dep.resumes + 1, deadline=deadline))
         if action == RecoveryAction.RESUME_DOWNLOAD:
-            self._open_download()
-            if self._download is not None and self._download.complete:
+            if self._open_download() and self.transfer.complete:
                 self._verify_and_install()
         elif action == RecoveryAction.VERIFY:
-            self._open_download()
-            self._verify_and_install()
+            if self._open_download():
+                self._verify_and_install()
         elif action == RecoveryAction.INSTALL:
-            self._open_download()
+            if not self._open_download():
+                return
             try:
                 verified = self._reverify()
                 artifacts = self._full_artifacts(verified)
@@ -199,9 +195,7 @@ class OtaUpdater:
             self._health_and_commit()
 
     def close(self) -> None:
-        if self._download is not None:
-            self._download.close()
-            self._download = None
+        self.transfer.close()
 
     # ------------------------------------------------------------------ commands
     def handle_deploy(self, cmd: DeployCommand) -> None:
@@ -237,7 +231,7 @@ class OtaUpdater:
         self.state = replace(self.state, deployment=dep)
         # subscribe before download_started is queued: the broker handles our SUBSCRIBE
         # before that event, so a hub that waits for it loses no fan-out chunk
-        self._subscribe(self.topics.bundle_chunks(cmd.bundle_id))
+        self.transfer.listen(cmd.bundle_id)
         self._step(
             Trigger.OFFER_ACCEPTED,
             event=EventKind.DOWNLOAD_STARTED,
@@ -245,8 +239,7 @@ class OtaUpdater:
             target_slot=self.slots.inactive_name(),
             previous_slot=self.slots.active_name(),
         )
-        self._open_download()
-        if self._download is not None and self._download.complete:
+        if self._open_download() and self.transfer.complete:
             self._verify_and_install()
 
     def handle_rollback(self, cmd: RollbackCommand) -> None:
@@ -288,26 +281,22 @@ class OtaUpdater:
         except ProtocolError as exc:
             log.warning("dropped chunk frame: %s", exc)
             return
-        dl, dep = self._download, self.state.deployment
-        if dl is None or dep is None or dep.phase != Phase.DOWNLOADING:
+        dep = self.state.deployment
+        if dep is None or dep.phase != Phase.DOWNLOADING or self.transfer.bundle_id is None:
             log.debug("chunk %d of %s: no download in progress", chunk.index, chunk.bundle_id[:12])
             return
-        if chunk.bundle_id != dl.bundle_id:
+        if chunk.bundle_id != self.transfer.bundle_id:
             log.debug("chunk of another bundle %s dropped", chunk.bundle_id[:12])
             return
         try:
-            fresh = dl.store(chunk)
+            self.transfer.accept(chunk)
         except ProtocolError as exc:
             log.warning("dropped chunk %d: %s", chunk.index, exc)
             return
         except InstallError as exc:
-            self._step(Trigger.ERROR, reason=str(exc))
-            self._finish()
+            self._abort(Trigger.ERROR, str(exc))
             return
-        if fresh:
-            self._last_progress = self._clock()
-            self._idle_requests = 0
-        if dl.complete:
+        if self.transfer.complete:
             self._verify_and_install()
 
     def tick(self) -> None:
@@ -316,28 +305,14 @@ class OtaUpdater:
         if dep is None or dep.terminal:
             return
         if timed_out(dep, now):
-            self._step(Trigger.TIMEOUT, reason=f"{dep.phase.value} timed out")
-            if self.state.deployment and self.state.deployment.phase == Phase.ROLLING_BACK:
-                self._roll_back()
-            else:
-                self._finish()
+            self._abort(Trigger.TIMEOUT, f"{dep.phase.value} timed out")
             return
-        dl = self._download
-        if dep.phase != Phase.DOWNLOADING or dl is None or dl.complete:
-            return
-        interval = self.timeouts.chunk_retry_s * min(8, 2**self._idle_requests)
-        if now - self._last_progress >= interval and now - self._last_request >= interval:
-            missing = dl.missing()[: self.limits.max_request_indices]
-            self._emit(
-                ChunkRequest(device_id=self.device_id, bundle_id=dl.bundle_id, indices=missing)
-            )
-            log.info("asked for %d missing chunks of %s", len(missing), dl.bundle_id[:12])
-            self._last_request = now
-            self._idle_requests += 1
+        if dep.phase == Phase.DOWNLOADING:
+            self.transfer.tick()
 
     # ------------------------------------------------------------------ steps
     def _verify_and_install(self) -> None:
-        self._unsubscribe_current()
+        self.transfer.stop_listening()
         dep = self._dep()
         if dep.phase == Phase.DOWNLOADING:
             self._step(Trigger.DOWNLOAD_COMPLETE, event=EventKind.DOWNLOAD_COMPLETE)
@@ -357,14 +332,13 @@ class OtaUpdater:
 
     def _repair(self, exc: Exception) -> bool:
         """If the offer shows which chunks are corrupt, fetch exactly those again."""
-        dep, dl = self._dep(), self._download
-        if dl is None or not dl.complete or dep.repairs >= self.limits.max_repairs:
+        dep = self._dep()
+        if not self.transfer.complete or dep.repairs >= self.limits.max_repairs:
             return False
-        suspects = self._corrupt_chunks(dl)
+        suspects = self._corrupt_chunks()
         if not suspects:
             return False
         log.warning("bundle failed verification (%s): fetching chunks %s again", exc, suspects)
-        dl.forget(suspects)
         self._step(
             Trigger.REPAIR,
             event=EVENT_CHUNKS_REPAIR,
@@ -372,26 +346,23 @@ class OtaUpdater:
             data={"chunks": len(suspects)},
             repairs=dep.repairs + 1,
         )
-        self._open_download()
-        self._idle_requests = 1
-        self._last_request = self._clock()
-        missing = suspects[: self.limits.max_request_indices]
-        self._emit(ChunkRequest(device_id=self.device_id, bundle_id=dl.bundle_id, indices=missing))
+        self.transfer.refetch(suspects)
         return True
 
-    def _corrupt_chunks(self, dl: BundleDownload) -> list[int]:
+    def _corrupt_chunks(self) -> list[int]:
         cmd = self._dep().command
         try:
             offer = verify_command(cmd, self._policy())
         except BundleError:
             return []  # the offer itself no longer verifies: nothing to repair against
-        return corrupt_chunks(dl.read_all(), cmd, offer.manifest, dl.assembly.chunk_size)
+        chunk_size = int(cmd["chunk_size"])
+        return corrupt_chunks(self.transfer.read_all(), cmd, offer.manifest, chunk_size)
 
     def _reverify(self) -> VerifiedBundle:
-        dep, dl = self._dep(), self._download
-        if dl is None or not dl.complete:
+        dep = self._dep()
+        if not self.transfer.complete or self.transfer.bundle_id != dep.bundle_id:
             raise InstallError("download incomplete")
-        return verify_download(dl.read_all(), dep.command, self._policy(), dep.bundle_id)
+        return verify_download(self.transfer.read_all(), dep.command, self._policy(), dep.bundle_id)
 
     def _full_artifacts(self, verified: VerifiedBundle) -> dict[str, bytes]:
         """The artifacts to install; a delta bundle is applied to the active slot's files
@@ -547,59 +518,41 @@ class OtaUpdater:
 
     def _finish(self) -> None:
         """Release the download of a deployment that reached a terminal phase."""
-        self._unsubscribe_current()
-        if self._download is not None:
-            self._download.remove()
-            self._download = None
+        self.transfer.release()
 
     def _overdue(self) -> bool:
         dep = self._dep()
         if not timed_out(dep, self._clock()):
             return False
-        self._step(Trigger.TIMEOUT, reason=f"{dep.phase.value} timed out")
+        self._abort(Trigger.TIMEOUT, f"{dep.phase.value} timed out")
+        return True
+
+    def _open_download(self) -> bool:
+        dep = self._dep()
+        try:
+            self.transfer.open(
+                dep.bundle_id,
+                total_size=int(dep.command["total_size"]),
+                chunk_size=int(dep.command["chunk_size"]),
+            )
+        except InstallError as exc:  # e.g. disk full: the deployment ends, the agent does not
+            self._abort(Trigger.ERROR, str(exc))
+            return False
+        return True
+
+    def _abort(self, trigger: Trigger, reason: str) -> None:
+        """End the deployment through ``trigger``: roll back if something was installed."""
+        self._step(trigger, reason=reason)
         if self._dep().phase == Phase.ROLLING_BACK:
             self._roll_back()
         else:
             self._finish()
-        return True
-
-    def _open_download(self) -> None:
-        dep = self._dep()
-        cmd = dep.command
-        if self._download is not None and self._download.bundle_id != dep.bundle_id:
-            self._download.remove()
-            self._download = None
-        if self._download is None:
-            self._download = BundleDownload(
-                self.downloads_dir / dep.bundle_id,
-                bundle_id=dep.bundle_id,
-                total_size=int(cmd["total_size"]),
-                chunk_size=int(cmd["chunk_size"]),
-                fsync_chunks=self.limits.fsync_chunks,
-            )
-        self._last_progress = self._clock()
-        self._last_request = 0.0
-        self._idle_requests = 0
-        if dep.phase == Phase.DOWNLOADING and not self._download.complete:
-            self._subscribe(self.topics.bundle_chunks(dep.bundle_id))
-
-    def _unsubscribe_current(self) -> None:
-        dep = self.state.deployment
-        if dep is not None and dep.kind == "deploy" and dep.bundle_id:
-            self._unsubscribe(self.topics.bundle_chunks(dep.bundle_id))
 
     def _supersede(self, new_id_: str, *, keep_bundle: str | None) -> None:
         dep = self.state.deployment
-        if dep is None or dep.terminal:
-            if self._download is not None and self._download.bundle_id != keep_bundle:
-                self._download.remove()
-                self._download = None
-            return
-        self._step(Trigger.SUPERSEDED, reason=f"superseded by {new_id_}")
-        self._unsubscribe_current()
-        if self._download is not None and self._download.bundle_id != keep_bundle:
-            self._download.remove()
-            self._download = None
+        if dep is not None and not dep.terminal:
+            self._step(Trigger.SUPERSEDED, reason=f"superseded by {new_id_}")
+        self.transfer.release(keep=keep_bundle)
 
     def _duplicate(self, deployment_id: str) -> bool:
         if deployment_id in self.state.recent_deployments:

@@ -12,9 +12,7 @@ build their ClientApp here, so a simulated client and a real device train identi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -24,8 +22,13 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from numpy.typing import NDArray
 
-from shared.errors import ConfigError
-from shared.fl.data_source import LocalDataSource, PartitionDirectory
+from shared.fl.data_source import (
+    DataResolver,
+    InMemoryPartitions,
+    LocalDataSource,
+    NodeConfigDataPath,
+    PartitionFiles,
+)
 from shared.fl.mods import DropoutSchedule, hardened_secaggplus_mod
 from shared.fl.training import (
     LocalTrainingLimits,
@@ -43,60 +46,12 @@ __all__ = [
     "NodeConfigDataPath",
     "PartitionFiles",
     "build_client_app",
-]
+]  # the resolvers are re-exported from shared.fl.data_source
 
 # Fit-config keys the hub may send; the client caps them by its own limits.
 FIT_KEY_EPOCHS = "local-epochs"
 FIT_KEY_BATCH = "batch-size"
 FIT_KEY_LR = "learning-rate"
-
-DataResolver = Callable[[Context], LocalDataSource]
-"""Finds the client's data from its Flower ``Context`` (node config / partition id)."""
-
-
-def _partition_id(context: Context) -> int:
-    try:
-        return int(context.node_config["partition-id"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError("node config has no integer 'partition-id'") from exc
-
-
-@dataclass(frozen=True)
-class PartitionFiles:
-    """Data of simulated client ``partition-id`` from a :class:`PartitionDirectory`."""
-
-    directory: PartitionDirectory
-
-    def __call__(self, context: Context) -> LocalDataSource:
-        return self.directory.source(_partition_id(context))
-
-
-@dataclass(frozen=True, eq=False)
-class InMemoryPartitions:
-    """Data of simulated client ``partition-id`` from a list held in memory (in-process runs)."""
-
-    sources: tuple[LocalDataSource, ...]
-
-    def __call__(self, context: Context) -> LocalDataSource:
-        index = _partition_id(context)
-        if not 0 <= index < len(self.sources):
-            raise ConfigError(f"partition-id {index} out of range [0, {len(self.sources)})")
-        return self.sources[index]
-
-
-@dataclass(frozen=True)
-class NodeConfigDataPath:
-    """A SuperNode's data: the ``.npz`` named by its node config key ``data-path``."""
-
-    key: str = "data-path"
-
-    def __call__(self, context: Context) -> LocalDataSource:
-        from shared.fl.data_source import NpzDataSource
-
-        value = context.node_config.get(self.key)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"node config has no {self.key!r}")
-        return NpzDataSource(Path(value))
 
 
 class LocalTrainingClient(NumPyClient):

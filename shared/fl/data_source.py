@@ -8,9 +8,10 @@ training code. Raw samples never leave the process that loads them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,9 +20,13 @@ from shared.errors import ConfigError
 
 __all__ = [
     "ArrayDataSource",
+    "DataResolver",
+    "InMemoryPartitions",
     "LocalDataSource",
+    "NodeConfigDataPath",
     "NpzDataSource",
     "PartitionDirectory",
+    "PartitionFiles",
     "save_partition",
 ]
 
@@ -108,3 +113,61 @@ class PartitionDirectory:
         for index, source in enumerate(sources):
             save_partition(directory.path_of(index), source)
         return directory
+
+
+class _HasNodeConfig(Protocol):
+    """What resolvers read from a Flower ``Context`` (kept structural: no Flower import)."""
+
+    @property
+    def node_config(self) -> Mapping[str, Any]: ...
+
+
+DataResolver = Callable[[Any], LocalDataSource]
+"""Finds a client's data from its Flower ``Context`` (node config / partition id).
+
+The edge agent plugs its sample store in here: any picklable callable taking the
+``Context`` and returning a :class:`LocalDataSource`.
+"""
+
+
+def _partition_id(context: _HasNodeConfig) -> int:
+    try:
+        return int(context.node_config["partition-id"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError("node config has no integer 'partition-id'") from exc
+
+
+@dataclass(frozen=True)
+class PartitionFiles:
+    """Data of simulated client ``partition-id`` from a :class:`PartitionDirectory`."""
+
+    directory: PartitionDirectory
+
+    def __call__(self, context: _HasNodeConfig) -> LocalDataSource:
+        return self.directory.source(_partition_id(context))
+
+
+@dataclass(frozen=True, eq=False)
+class InMemoryPartitions:
+    """Data of simulated client ``partition-id`` from a list held in memory (in-process runs)."""
+
+    sources: tuple[LocalDataSource, ...]
+
+    def __call__(self, context: _HasNodeConfig) -> LocalDataSource:
+        index = _partition_id(context)
+        if not 0 <= index < len(self.sources):
+            raise ConfigError(f"partition-id {index} out of range [0, {len(self.sources)})")
+        return self.sources[index]
+
+
+@dataclass(frozen=True)
+class NodeConfigDataPath:
+    """A SuperNode's data: the ``.npz`` named by its node config key ``data-path``."""
+
+    key: str = "data-path"
+
+    def __call__(self, context: _HasNodeConfig) -> LocalDataSource:
+        value = context.node_config.get(self.key)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"node config has no {self.key!r}")
+        return NpzDataSource(Path(value))

@@ -342,7 +342,10 @@ class BundleSender:
         self.offers[offer.bundle_id] = offer
         for d in devices:
             self.client.publish(self.topics.device(d, "cmd"), offer.command.encode(), qos=1)
-        time.sleep(settle_s)  # let agents subscribe to the fan-out topic
+        # like the hub: agents report download_started once subscribed to the fan-out
+        dep = offer.command.deployment_id
+        wait_for(lambda: all("download_started" in self.kinds(d, dep) for d in devices), 30)
+        time.sleep(settle_s)
         self.fanout(offer, chunks)
 
     def fanout(self, offer: Offer, chunks: list[int] | None = None) -> None:

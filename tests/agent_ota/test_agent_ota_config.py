@@ -116,3 +116,18 @@ def test_trust_root_file(tmp_path: Path) -> None:
     (tmp_path / "trust.json").write_text('{"root_keys": {"abc": "00"}, "threshold": 1}')
     with pytest.raises(AgentConfigError, match="trust root"):
         cfg.load_trust_root()
+
+
+def test_agent_stays_lean() -> None:
+    """``fedfleet[agent]`` has no torch/Flower: the agent and its CLI must not import them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from edge_agent.cli import build_parser; build_parser();"
+        "import edge_agent.agent, edge_agent.commands.run;"
+        "print(sorted(m for m in ('torch', 'flwr', 'onnx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +43,8 @@ json_values = st.recursive(
 class FuzzTarget:
     """An agent that is not connected: handlers run in-process, reports go to its outbox."""
 
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="ota-fuzz-"))
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
         self.auth = make_authority()
         prefix = unique_prefix()
         self.topics = TopicScheme(prefix)
@@ -109,8 +108,8 @@ class FuzzTarget:
 
 
 @pytest.fixture(scope="module")
-def target() -> FuzzTarget:
-    return FuzzTarget()
+def target(tmp_path_factory: pytest.TempPathFactory) -> FuzzTarget:
+    return FuzzTarget(tmp_path_factory.mktemp("ota-fuzz"))
 
 
 def _mutations(draw: Any, valid: dict[str, Any]) -> bytes:

@@ -151,3 +151,23 @@ def test_five_agents_one_fanout(env) -> None:  # type: ignore[no-untyped-def]
         hub.kinds(d, dep) for d in devs
     ]
     assert not hub.requests  # every chunk arrived once through the fan-out
+
+
+def test_cli_refuses_a_bad_config_with_one_clear_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.agent_ota.agent_ota_helpers import REPO
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('device_id = "x/y"\ndevice_class = "c"\nstate_dir = "s"\ntrust_root = "t"\n')
+    for config in (bad, tmp_path / "missing.toml"):
+        out = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, out
+        assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr

@@ -258,7 +258,10 @@ def test_chunk_of_another_bundle_is_ignored(harness: Harness) -> None:
     other = harness.offer(2)
     harness.updater.handle_deploy(v1.command)
     harness.chunks(other)  # foreign chunks: dropped, nothing stored
-    assert harness.updater._download is not None and harness.updater._download.received_count == 0
+    assert (
+        harness.updater.transfer.download is not None
+        and harness.updater.transfer.download.received_count == 0
+    )
     harness.chunks(v1)
     assert harness.event(v1.command.deployment_id, EventKind.COMMITTED)
 
@@ -561,3 +564,26 @@ def test_corrupt_state_file_does_not_brick_the_agent(harness: Harness, tmp_path:
     assert harness.active_bundle == v1
     assert harness.updater.state.installed_versions == {"sensor-mlp": 1}  # re-derived from slot
     assert (harness.state_dir / "ota_state.json.corrupt").exists()
+
+
+def test_crash_during_ordered_rollback_completes_after_restart(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1 = _install_v1(harness)
+    v2 = harness.offer(2)
+    harness.deliver(v2)
+    original = harness.updater.slots.switch
+
+    def switch_then_crash(name: str | None) -> None:
+        original(name)
+        raise Crash
+
+    monkeypatch.setattr(harness.updater.slots, "switch", switch_then_crash)
+    cmd = rollback_command(harness.auth, model_name="sensor-mlp", to_version=1, to_bundle_id=v1)
+    with pytest.raises(Crash):
+        harness.updater.handle_rollback(cmd)
+    harness.restart()
+    assert harness.events(cmd.deployment_id) == [EventKind.ROLLED_BACK]
+    assert harness.active_bundle == v1
+    assert harness.updater.state.installed_versions == {"sensor-mlp": 1}
+    _assert_consistent(harness)

@@ -208,3 +208,23 @@ def test_drift_reports_come_out_of_the_running_stack(tmp_path: Path, sensor_mode
         assert snap.metrics["inference_count"] == 200
     finally:
         stack.stop()
+
+
+def test_no_model_yet_answers_503_and_recovers_after_install(sensor_model) -> None:
+    stack = InferenceStack(InferenceStackConfig(api=HttpApiConfig(port=0)))
+    stack.start()
+    try:
+        conn = _conn(stack)
+        status, body = _call(conn, "GET", "/health")
+        assert status == 503 and body["status"] == "no-model"
+        status, body = _call(conn, "POST", "/predict", b'{"inputs": [[0]]}')
+        assert status == 503 and body["error"]["type"] == "RuntimeBackendError"
+        stack.install(
+            sensor_model.artifacts(version=1),
+            profile=RuntimeProfile(preferred=("onnxruntime:cpu",)),
+        )
+        x = sensor_model.batch(1).tolist()
+        status, body = _call(conn, "POST", "/predict", json.dumps({"inputs": x}).encode())
+        assert status == 200 and body["model_version"] == 1
+    finally:
+        stack.stop()

@@ -42,12 +42,14 @@ def test_infer_against_a_running_agent_process(sensor_model, tmp_path: Path, cap
             str(tmp_path / "state"),
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "agent.log").open("w"),
         text=True,
     )
     try:
         assert proc.stdout is not None
-        ready = json.loads(proc.stdout.readline())
+        line = proc.stdout.readline()
+        assert line, (tmp_path / "agent.log").read_text()
+        ready = json.loads(line)
         assert ready["runtime"]["provider"] == "CPUExecutionProvider"
         inp = tmp_path / "in.json"
         inp.write_text(json.dumps(sensor_model.batch(2).tolist()))
@@ -60,8 +62,8 @@ def test_infer_against_a_running_agent_process(sensor_model, tmp_path: Path, cap
         assert "NaN or infinity" in capsys.readouterr().err
     finally:
         proc.terminate()
-        proc.wait(10)
-    assert proc.returncode == 0
+        proc.wait(30)
+    assert proc.returncode == 0, (tmp_path / "agent.log").read_text()
 
 
 def test_infer_reports_unreachable_agent(tmp_path: Path, capsys) -> None:

@@ -166,6 +166,10 @@ def test_device_detail_and_reports(
     assert client.get("/api/v1/drift?drifted=true", headers=v).json()["total"] == 1
     assert client.get("/api/v1/devices/dev-99999/telemetry", headers=v).status_code == 404
     assert client.get("/api/v1/device-classes", headers=v).json()[0]["name"] == "jetson-orin"
+    body = {"description": "Raspberry Pi 4", "profile": {"precision": "int8"}}
+    op = bearer(tokens["operator"])
+    put = client.put("/api/v1/device-classes/rpi4", json=body, headers=op)
+    assert put.status_code == 200 and put.json()["profile"] == {"precision": "int8"}
 
 
 def test_bundle_upload_and_registration(
@@ -289,9 +293,9 @@ def test_rollout_lifecycle_through_the_engine(
         aborted = c.post("/api/v1/rollouts/r-api/abort", headers=op).json()
         assert aborted["state"] == "aborted"
         assert c.post("/api/v1/rollouts/nope/start", headers=op).status_code == 404
-        v = bearer(tokens["viewer"])
-        assert c.get("/api/v1/rollouts?state=aborted", headers=v).json()["total"] == 1
-        assert len(c.get("/api/v1/rollouts/r-api/targets", headers=v).json()) == 10
+        viewer = bearer(tokens["viewer"])
+        assert c.get("/api/v1/rollouts?state=aborted", headers=viewer).json()["total"] == 1
+        assert len(c.get("/api/v1/rollouts/r-api/targets", headers=viewer).json()) == 10
         metrics = c.get("/metrics").text
     assert 'fedfleet_rollouts{state="aborted"} 1.0' in metrics
     assert "fedfleet_devices_online 10.0" in metrics

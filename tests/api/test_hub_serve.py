@@ -59,6 +59,15 @@ def test_hub_config_from_file_and_overrides(tmp_path: Path) -> None:
             HubConfig.from_file(path)
     with pytest.raises(HubConfigError):
         parse_mqtt_url("http://x:1")
+    tls = HubConfig().with_overrides(
+        mqtt_url="mqtts://broker",
+        mqtt_ca_file="ca.crt",
+        mqtt_cert_file="hub.crt",
+        mqtt_key_file="hub.key",
+    )
+    assert (tls.mqtt.port, tls.mqtt.ca_file, tls.mqtt.cert_file) == (8883, "ca.crt", "hub.crt")
+    with pytest.raises(HubConfigError):
+        HubConfig().with_overrides(mqtt_cert_file="hub.crt")
 
 
 @pytest.mark.integration

@@ -92,7 +92,7 @@ def test_supernode_registers_over_tls(tmp_path: Path) -> None:
         log_path=tmp_path / "node.log",
     )
     with link, node:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 150
         while "Activated node_id" not in link.log_tail(50_000) and time.monotonic() < deadline:
             time.sleep(0.3)
         log = link.log_tail(50_000)

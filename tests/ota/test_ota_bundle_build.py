@@ -150,3 +150,36 @@ def test_cli_bundle_build(
     cdir = _compress_output(tmp_path / "c")
     assert hub_main([*base, "--from-dir", str(cdir), "--version", "2"]) == 0
     assert len(verify_bundle(out.read_bytes(), _policy(keys)).artifacts) == 4
+
+
+def test_compression_pipeline_metrics_document(keys: KeyStore, tmp_path: Path) -> None:
+    prof = _compress_output(tmp_path / "c") / "x86-cpu"
+    doc = {
+        "type": "compression-metrics",
+        "schema_version": 1,
+        "model_name": "digits",
+        "profile": "x86-cpu",
+        "device_class": "x86-cpu",
+        "build_profile": {"format": "onnx"},
+        "metrics": {"accuracy_fp32": 0.98, "accuracy": 0.97, "size_bytes": 400},
+        "quantization": {"mode": "static"},
+        "pruning": None,
+        "artifact": {"file": "model.onnx", "sha256": "0" * 64, "size": 400},
+    }
+    (prof / "metrics.json").write_text(json.dumps(doc))
+    store = default_store(keys)
+    built = build_bundle_from_dir(
+        keys, store, BundleSpec(model_name="digits", device_class="x86-cpu"), directory=prof
+    )
+    assert built.manifest.metrics == {
+        "accuracy_fp32": 0.98,
+        "accuracy": 0.97,
+        "size_bytes": 400,
+        "profile": "x86-cpu",
+        "quantization": {"mode": "static"},
+    }
+    assert built.manifest.profile == "x86-cpu"
+    with pytest.raises(HubConfigError, match="built for device class"):
+        build_bundle_from_dir(
+            keys, store, BundleSpec(model_name="digits", device_class="rpi4"), directory=prof
+        )

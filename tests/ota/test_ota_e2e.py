@@ -25,20 +25,27 @@ FAST: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture()
+# One fleet of 5 agent processes for the module (starting one costs seconds); each test
+# deploys a newer version than the last.
+@pytest.fixture(scope="module")
 def prefix() -> str:
     return f"e2e-{new_id()[:10]}"
 
 
-@pytest.fixture()
-def keys(tmp_path: Path) -> KeyStore:
-    return KeyStore.init(tmp_path / "hub")
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
 
 
-@pytest.fixture()
-def fleet(tmp_path: Path, keys: KeyStore, prefix: str) -> Iterator[LocalAgentFleet]:
+@pytest.fixture(scope="module")
+def keys(workdir: Path) -> KeyStore:
+    return KeyStore.init(workdir / "hub")
+
+
+@pytest.fixture(scope="module")
+def fleet(workdir: Path, keys: KeyStore, prefix: str) -> Iterator[LocalAgentFleet]:
     with LocalAgentFleet(
-        root=tmp_path / "fleet",
+        root=workdir / "fleet",
         trust_root=keys.trust_root().to_dict(),
         mqtt_url=URL,
         prefix=prefix,
@@ -93,8 +100,8 @@ def test_cli_publish_by_class_discovers_agents(
 
     from cloud_hub.cli import main as hub_main
 
-    path = tmp_path / "v1.ffb"
-    path.write_bytes(make_model_bundle(keys, version=1).data)
+    path = tmp_path / "next.ffb"
+    path.write_bytes(make_model_bundle(keys, version=10).data)
     with FleetPublisher(PublisherConfig(port=1883, prefix=prefix)) as pub:
         assert not pub.wait_for_devices(fleet.device_ids, timeout=60)
     rc = hub_main(

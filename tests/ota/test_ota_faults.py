@@ -70,7 +70,7 @@ def test_flapping_link_cut_and_delay_transfer_resumes(tmp_path: Path) -> None:
             assert not pub.wait_for_devices(fleet.device_ids, timeout=60), _report(fleet, "offline")
             connections_before = proxy.accepted
             dep = pub.deploy(bundle.data, fleet.device_ids)
-            proxy.flap(times=5, down_s=0.4, up_s=0.8, wait=True)  # each flap cuts every link
+            proxy.flap(times=5, down_s=0.3, up_s=0.6, wait=True)  # each flap cuts every link
             result = dep.wait(timeout=90)
             assert result.all_committed, _report(fleet, result.summary())
     assert proxy.cuts >= 5

@@ -179,3 +179,49 @@ def test_deploy_is_safe_to_repeat(tmp_path: Path, prefix: str, publisher: FleetP
     assert result.all_committed and sorted(result.devices) == ["r0", "r1"]
     with pytest.raises(HubConfigError, match="another bundle"):
         publisher.deploy(other.data, ["r0"], deployment_id="dep-r")
+
+
+def test_cli_publish_by_class_from_registry(
+    tmp_path: Path, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import time
+
+    from cloud_hub.cli import main as hub_main
+    from cloud_hub.registry import devices, open_registry
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    registry = open_registry(url)
+    with registry.session() as s:
+        for name in ("g0", "g1"):
+            devices.register_device(s, name, device_class="x86-cpu", now=time.time())
+        devices.register_device(s, "other", device_class="rpi4", now=time.time())
+    registry.close()
+    fx = make_bundle(tmp_path, size=30_000)
+    path = tmp_path / "b.ffb"
+    path.write_bytes(fx.data)
+    devs = [ScriptedDevice(d, port=PORT, prefix=prefix, keys=fx.keys) for d in ("g0", "g1")]
+    try:
+        rc = hub_main(
+            [
+                "publish",
+                str(path),
+                "--class",
+                "x86-cpu",
+                "--registry-url",
+                url,
+                "--prefix",
+                prefix,
+                "--wait",
+                "20",
+            ]
+        )
+    finally:
+        for d in devs:
+            d.close()
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert json.loads(out.strip().splitlines()[-1])["devices"] == {
+        "g0": "committed",
+        "g1": "committed",
+    }

@@ -18,7 +18,7 @@ from cloud_hub.fleet import (
     write_batch,
 )
 from cloud_hub.registry import devices, open_registry, reports
-from shared.messages import Event, Hello, InstalledModel, Status, Telemetry
+from shared.messages import Event, Hello, InstalledModel, Message, Status, Telemetry
 from shared.topics import TopicScheme
 
 SCHEME = TopicScheme("core-test")
@@ -178,3 +178,25 @@ def test_ingest_config_is_validated(bad: dict[str, float]) -> None:
             IngestConfig(per_device_queue=int(bad["capacity"]))
         else:
             IngestConfig(telemetry_rate_per_s=bad["rate"])
+
+
+def test_values_the_registry_cannot_store_are_rejected_at_intake() -> None:
+    def kind(channel: str, msg: Message) -> str | None:
+        payload = msg.encode()
+        result = classify(SCHEME, topic("d1", channel), payload, received_at=T0, max_bytes=1 << 20)
+        return result.kind if isinstance(result, Rejected) else None
+
+    assert kind("events", Event(device_id="d1", event_id="e" * 129, kind="x")) == "out_of_range"
+    assert kind("events", Event(device_id="d1", event_id="e", kind="x\x00")) == "out_of_range"
+    hello = Hello(
+        device_id="d1",
+        device_class="c",
+        agent_version="1",
+        runtimes=[],
+        free_disk_bytes=2**64,
+        free_mem_bytes=1,
+    )
+    assert kind("hello", hello) == "out_of_range"
+    tele = Telemetry(device_id="d1", seq=1, metrics={}, model_version=2**40)
+    assert kind("telemetry", tele) == "out_of_range"
+    assert kind("events", Event(device_id="d1", event_id="e" * 128, kind="x")) is None

@@ -247,3 +247,43 @@ def test_batches_survive_database_outages(tmp_path: Path) -> None:
         pub.close()
         ingest.stop()
         real.close()
+
+
+def test_an_unstorable_message_does_not_poison_its_batch(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With intake's length check switched off, PostgreSQL itself refuses an over-long event
+    id: only that message is dropped, the rest of its batch is stored."""
+    import cloud_hub.fleet.intake as intake
+
+    monkeypatch.setattr(intake, "storage_problem", lambda message: None)
+    registry = open_registry(pg_url)
+    with registry.engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE events")
+    scheme = TopicScheme(f"ingest-poison-{uuid.uuid4().hex[:8]}")
+    ingest = FleetIngest(
+        registry,
+        scheme=scheme,
+        mqtt_settings=MqttSettings(client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=0),
+        config=IngestConfig(flush_interval_s=0.3),
+    )
+    ingest.start()
+    try:
+        for i in range(5):
+            ingest.submit(
+                scheme.device("d", "events"),
+                Event(device_id="d", event_id=f"ok-{i}", kind="x").encode(),
+            )
+        ingest.submit(
+            scheme.device("d", "events"),
+            Event(device_id="d", event_id="x" * 300, kind="x").encode(),
+        )
+        wait_for(
+            lambda: ingest.stats().rejected.get("unstorable") == 1 and ingest.wait_idle(1),
+            ingest=ingest,
+        )
+        with registry.session() as s:
+            assert reports.list_events(s).total == 5
+    finally:
+        ingest.stop()
+        registry.close()

@@ -376,3 +376,17 @@ def test_failed_transaction_rolls_back(registry: Registry) -> None:
         raise RuntimeError("boom")
     with registry.session() as s:
         assert devices.find_device(s, "ghost") is None
+
+
+def test_migrations_match_the_models(registry: Registry) -> None:
+    """The shipped migrations create exactly the schema the models describe."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from cloud_hub.registry.tables import Base
+
+    with registry.engine.connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
+    assert diff == []

@@ -14,6 +14,7 @@ The 20-agent variant is ``test_rollout_agents_20.py`` (slow).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -125,3 +126,50 @@ def test_accuracy_drop_on_feedback_halts_at_canary_and_rolls_back(world: World) 
     assert "accuracy_drop" in final["reason"], final["reason"]
     checks = {c["name"]: c for c in final["stages"][0]["gate"]["checks"]}
     assert checks["accuracy_drop"]["value"] == pytest.approx(0.5)
+
+
+def test_cli_drives_the_hub_over_the_api(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    from cloud_hub.cli import main
+
+    hub = world.hub
+    auth = ["--api", hub.api_url, "--token", hub.token]
+    assert (
+        main(
+            [
+                "rollout",
+                "create",
+                *auth,
+                "--bundle",
+                world.bundles[2],
+                "--device-class",
+                "x86-cpu",
+                "--label",
+                "site=plant-3",
+                "--canary",
+                "1",
+                "--waves",
+                "100",
+                "--window",
+                "60",
+                "--start",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    created = json.loads(capsys.readouterr().out)
+    rid = created["rollout_id"]
+    assert created["phase"] == "canary"
+    assert main(["rollout", "pause", rid, *auth, "--reason", "lunch"]) == 0
+    assert "paused (canary)" in capsys.readouterr().out
+    assert main(["rollout", "resume", rid, *auth]) == 0
+    assert rid in capsys.readouterr().out
+    assert main(["rollout", "abort", rid, *auth, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "aborted"
+    assert main(["rollout", "status", *auth]) == 0
+    assert rid in capsys.readouterr().out
+    # refused: a wrong token, and an illegal transition, each one clear line
+    assert main(["rollout", "status", rid, "--api", hub.api_url, "--token", "nope"]) == 2
+    assert "401" in capsys.readouterr().err
+    assert main(["rollout", "resume", rid, *auth]) == 2
+    assert "cannot resume in state aborted" in capsys.readouterr().err

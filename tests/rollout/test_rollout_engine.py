@@ -327,3 +327,18 @@ def test_superseded_offer_is_not_a_failure(sim, fleet, registry, clock, delivery
     clock.advance(1)
     service.tick()
     assert service.status(rid).stages[0].targets == {"succeeded": 2}
+
+
+@SQLITE_ONLY
+def test_seed_drawn_and_recorded_when_not_given(sim, fleet, registry) -> None:  # type: ignore[no-untyped-def]
+    service, _ = fleet
+    a = service.create(_config(seed=None))
+    b = service.create(_config(seed=None))
+    assert isinstance(a.config["seed"], int) and a.config["seed"] != b.config["seed"]
+    started = service.start(a.rollout_id)
+    again = RolloutConfig.from_dict(started.config)
+    from cloud_hub.rollout.planner import DeviceInfo, plan_stages
+
+    infos = [DeviceInfo(f"dev-{i:02d}", "x86-cpu", {"site": "plant-3"}) for i in range(10)]
+    replay = plan_stages(again, infos)  # the recorded seed reproduces the recorded draw
+    assert [list(s) for s in replay.stages] == [list(s.devices) for s in started.stages]

@@ -1,0 +1,134 @@
+"""``cloud-hub retrain``: trigger a retraining run by hand, or approve one waiting for it.
+
+Works directly on the registry and the hub's data directory (not over the REST API):
+training needs the hub-side model store, key store and the cohort's training data, which
+live there, not behind the API. The rollout it creates is written to the registry; the
+running ``cloud-hub serve`` (its rollout engine reads the registry every tick) delivers it.
+
+    cloud-hub retrain --class x86-cpu --samples FLEET_DIR --validation val.npz [--require-approval]
+    cloud-hub retrain --approve RUN_ID
+    cloud-hub retrain --list
+
+The manual trigger goes through the retraining policy: cooldown and the daily budget still
+apply (``--cooldown`` sets the cooldown). ``--samples`` is a folder of
+``DEVICE_ID/state/samples.db`` sample stores (the local fleet layout of ``cloud-hub demo``);
+``--validation``/``--calibration`` are ``.npz`` files with arrays ``x`` and ``y``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.commands.serve import add_config_arguments, load_config
+from cloud_hub.errors import HubConfigError, HubError
+
+__all__ = ["register"]
+
+
+class _RegistryOnlyDelivery:
+    """Creating and starting a rollout publishes nothing; the serving hub's engine does."""
+
+    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
+        raise HubError("cloud-hub retrain does not deliver; cloud-hub serve does")
+
+    def rollback(
+        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
+    ) -> None:
+        raise HubError("cloud-hub retrain does not deliver; cloud-hub serve does")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "retrain", help="trigger federated retraining of a device class, or approve a run"
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--keys-dir", help="key store directory (default DATA_DIR/keys)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--class", dest="device_class", help="device class to retrain")
+    what.add_argument("--approve", metavar="RUN_ID", help="start the rollout of a waiting run")
+    what.add_argument("--list", action="store_true", help="list training runs (JSON)")
+    parser.add_argument("--model", default="sensor-mlp", help="model name (default sensor-mlp)")
+    parser.add_argument("--samples", type=Path, help="folder of DEVICE/state/samples.db")
+    parser.add_argument("--validation", type=Path, help="hub validation set (.npz: x, y)")
+    parser.add_argument("--calibration", type=Path, help="calibration set (default: validation)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cooldown", type=float, default=600.0, help="policy cooldown seconds")
+    parser.add_argument(
+        "--require-approval", action="store_true", help="create the rollout but do not start it"
+    )
+    parser.set_defaults(func=_retrain)
+
+
+def _arrays(path: Path) -> tuple[Any, Any]:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["x"], data["y"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise HubConfigError(f"{path}: need an .npz with arrays x and y ({exc})") from exc
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from cloud_hub.keys import KeyStore
+    from cloud_hub.loop.cohort import DeviceSampleStores
+    from cloud_hub.loop.config import LoopConfig
+    from cloud_hub.loop.controller import RetrainController
+    from cloud_hub.loop.pipeline import RetrainPipeline
+    from cloud_hub.loop.policy import RetrainPolicy
+    from cloud_hub.registry import admin, open_registry
+    from cloud_hub.rollout.engine import RolloutService
+
+    config = load_config(args)
+    registry = open_registry(config.database_url)
+    try:
+        if args.list:
+            with registry.session() as s:
+                runs = admin.list_training_runs(s, limit=100).items
+            print(json.dumps([r.__dict__ for r in runs], indent=2, default=str))
+            return 0
+        keys = KeyStore(config.keys_path)
+        if not keys.exists():
+            raise HubConfigError(f"no key store at {config.keys_path} (cloud-hub keys init)")
+        service = RolloutService(registry, _RegistryOnlyDelivery(), keys)
+        if args.approve is None and (args.samples is None or args.validation is None):
+            raise HubConfigError("--class needs --samples and --validation")
+        validation = _arrays(args.validation) if args.validation else None
+        calibration = _arrays(args.calibration) if args.calibration else validation
+        loop = LoopConfig(
+            model_name=args.model,
+            work_dir=config.data_dir / "loop",
+            num_rounds=args.rounds,
+            policy=RetrainPolicy(
+                cooldown_s=args.cooldown, require_approval=args.require_approval, min_devices=3
+            ),
+        )
+        pipeline = RetrainPipeline(
+            registry=registry,
+            keys=keys,
+            rollouts=service,
+            cohort_data=DeviceSampleStores.under(args.samples or Path(".")),
+            validation=validation or ((), ()),  # type: ignore[arg-type]
+            calibration=calibration or ((), ()),  # type: ignore[arg-type]
+            config=loop,
+        )
+        controller = RetrainController(pipeline, [args.device_class or "-"])
+        if args.approve:
+            rollout_id = controller.approve(args.approve)
+            print(json.dumps({"run_id": args.approve, "rollout_id": rollout_id}))
+            return 0
+        decision = controller.assess(args.device_class, manual=True)
+        if not decision.retrain:
+            print(json.dumps({"retrain": False, "reason": decision.reason}))
+            return 1
+        outcome = pipeline.run(
+            args.device_class, decision.cohort, trigger=decision.trigger, reason=decision.reason
+        )
+        print(json.dumps(outcome.__dict__, default=str, indent=2))
+        return 0 if outcome.state in ("rolling_out", "awaiting_approval") else 1
+    finally:
+        registry.close()

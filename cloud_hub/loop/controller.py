@@ -1,0 +1,139 @@
+"""The retraining controller: watches the registry, applies the policy, runs the pipeline.
+
+:meth:`RetrainController.tick` looks at every watched device class once: it builds the
+class's health from the registry (online devices, drift reports for the versions they run,
+earlier runs), asks :func:`~cloud_hub.loop.policy.decide_retraining`, and runs a
+:class:`~cloud_hub.loop.pipeline.RetrainPipeline` for a positive decision. The last decision
+per class is kept for display (``decisions``). :meth:`run` ticks until a stop event.
+Manual requests (``cloud-hub retrain``) go through the same policy (cooldown and budget
+still apply) via :meth:`request`; :meth:`approve` starts a rollout that waits for approval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from cloud_hub.errors import HubError
+from cloud_hub.loop.health import class_health
+from cloud_hub.loop.pipeline import RetrainOutcome, RetrainPipeline
+from cloud_hub.loop.policy import RetrainDecision, decide_retraining
+from cloud_hub.registry import admin
+
+__all__ = ["RetrainController"]
+
+log = logging.getLogger(__name__)
+
+
+class RetrainController:
+    """Drift/accuracy/schedule/manual triggers → retraining runs, one at a time."""
+
+    def __init__(
+        self,
+        pipeline: RetrainPipeline,
+        device_classes: Sequence[str],
+        *,
+        interval_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        on_outcome: Callable[[RetrainOutcome], None] | None = None,
+    ) -> None:
+        if not device_classes:
+            raise HubError("the controller needs at least one device class to watch")
+        self.pipeline = pipeline
+        self.device_classes = tuple(device_classes)
+        self.interval_s = interval_s
+        self.clock = clock
+        self.on_outcome = on_outcome
+        self.decisions: dict[str, RetrainDecision] = {}
+        self.outcomes: list[RetrainOutcome] = []
+        self._manual: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self):  # type: ignore[no-untyped-def]
+        return self.pipeline.registry
+
+    def assess(self, device_class: str, *, manual: bool = False) -> RetrainDecision:
+        """The policy's decision for ``device_class`` now (pure read of the registry).
+
+        With ``LoopConfig.train_with_class_peers`` the cohort of a positive decision also
+        gets the class's other online devices: the new model is rolled out to the whole
+        class, so it must keep serving the distribution the others still see (trained on
+        the drifted devices alone it forgets it).
+        """
+        policy = self.pipeline.config.policy
+        with self.registry.session() as s:
+            health = class_health(
+                s,
+                device_class=device_class,
+                model_name=self.pipeline.config.model_name,
+                policy=policy,
+                manual=manual,
+            )
+        decision = decide_retraining(policy, health, self.clock())
+        if decision.retrain and self.pipeline.config.train_with_class_peers:
+            peers = tuple(d for d in sorted(health.online_devices) if d not in decision.cohort)
+            decision = dataclasses.replace(decision, cohort=(*decision.cohort, *peers))
+        return decision
+
+    def request(self, device_class: str) -> None:
+        """Ask for a manual run of ``device_class`` at the next tick."""
+        with self._lock:
+            self._manual.add(device_class)
+
+    def tick(self) -> list[RetrainOutcome]:
+        """One pass over the watched classes; returns the runs it made."""
+        made: list[RetrainOutcome] = []
+        for device_class in self.device_classes:
+            with self._lock:
+                manual = device_class in self._manual
+                self._manual.discard(device_class)
+            decision = self.assess(device_class, manual=manual)
+            previous = self.decisions.get(device_class)
+            self.decisions[device_class] = decision
+            if previous is None or previous.reason != decision.reason:
+                log.info("retrain %s: %s", device_class, decision.reason)
+            if not decision.retrain:
+                continue
+            outcome = self.pipeline.run(
+                device_class, decision.cohort, trigger=decision.trigger, reason=decision.reason
+            )
+            made.append(outcome)
+            self.outcomes.append(outcome)
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
+        return made
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the loop keeps watching; the failure is in the log
+                log.exception("retraining controller tick failed")
+            stop.wait(self.interval_s)
+
+    def approve(self, run_id: str) -> str:
+        """Start the rollout of a run that waits for approval; returns the rollout id."""
+        if self.pipeline.rollouts is None:
+            raise HubError("no rollout service to start the rollout with")
+        with self.registry.session() as s:
+            run = admin.get_training_run(s, run_id)
+        if run.state != "awaiting_approval":
+            raise HubError(f"training run {run_id} is {run.state}, not awaiting approval")
+        rollout_id = str(run.config.get("rollout_id") or "")
+        if not rollout_id:
+            raise HubError(f"training run {run_id} has no rollout")
+        self.pipeline.rollouts.start(rollout_id)
+        with self.registry.session() as s:
+            admin.update_training_run(
+                s,
+                run_id,
+                state="rolling_out",
+                detail=f"{run.detail}; approved",
+                finished_at=self.clock(),
+                now=self.clock(),
+            )
+        return rollout_id

@@ -1,0 +1,228 @@
+"""The demo's local fleet: device processes with their own non-IID data, and the client that
+streams inputs to their local prediction APIs.
+
+Every device is ``python -m cloud_hub.loop.device`` (agent + inference stack) in its own
+process group, so that stopping the fleet also ends anything a device started. A device's
+sample store is seeded with a labelled history drawn from its own class mix (a Dirichlet
+skew per device: non-IID); devices labelled ``site=plant-3`` later see drifted inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cloud_hub.delivery.local_broker import free_port
+from cloud_hub.delivery.local_fleet import agent_config_toml
+from cloud_hub.errors import HubError
+from shared.data.sensors import SensorDriftSpec, generate_sensor_data
+
+__all__ = ["DRIFT", "PROBLEM_SEED", "DemoFleet", "DeviceHandle", "stop_process_group"]
+
+PROBLEM_SEED = 7
+DRIFT = SensorDriftSpec(shift=5.0, scale=1.0, features=tuple(range(8)))
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = 8.0) -> None:
+    """SIGTERM the process group, then SIGKILL it after ``grace_s``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+    if proc.poll() is None:
+        proc.wait(timeout=5)
+
+
+@dataclass
+class DeviceHandle:
+    device_id: str
+    drifted: bool
+    api_port: int
+    state_dir: Path
+    config_path: Path
+    log_path: Path
+    class_weights: tuple[float, ...]
+    proc: subprocess.Popen[bytes] | None = None
+    sample_seq: int = 0
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def draw(self, n: int, *, drift: bool) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """``n`` fresh inputs from this device's distribution (drifted when asked)."""
+        self.sample_seq += 1
+        seed = abs(hash((self.device_id, self.sample_seq))) % (2**31)
+        return generate_sensor_data(
+            n,
+            seed=PROBLEM_SEED,
+            sample_seed=seed,
+            class_weights=self.class_weights,
+            drift=DRIFT if drift else None,
+        )
+
+
+def _post(url: str, body: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        out: dict[str, Any] = json.loads(resp.read())
+        return out
+
+
+def _get(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        out: dict[str, Any] = json.loads(resp.read())
+        return out
+
+
+@dataclass
+class DemoFleet:
+    """N device processes on this machine; ``drifted`` of them at ``site=plant-3``."""
+
+    root: Path
+    trust_root: dict[str, Any]
+    mqtt_url: str
+    prefix: str
+    n: int
+    drifted: int
+    device_class: str = "x86-cpu"
+    history: int = 300  # labelled samples each device holds before the demo starts
+    drift_window: int = 200  # inputs per drift report
+    seed: int = 0
+    devices: list[DeviceHandle] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n <= 64 or not 0 <= self.drifted <= self.n:
+            raise HubError("the demo fleet has 1..64 devices, 0..n of them drifted")
+        self.root.mkdir(parents=True, exist_ok=True)
+        trust = self.root / "trust_root.json"
+        trust.write_text(json.dumps(self.trust_root), encoding="utf-8")
+        rng = np.random.default_rng(self.seed)
+        for i in range(self.n):
+            device_id = f"dev-{i:02d}"
+            drifted = i >= self.n - self.drifted
+            home = self.root / device_id
+            home.mkdir(exist_ok=True)
+            weights = tuple(float(w) for w in rng.dirichlet([0.7] * 3) + 0.05)
+            cfg = home / "agent.toml"
+            cfg.write_text(
+                agent_config_toml(
+                    device_id=device_id,
+                    device_class=self.device_class,
+                    state_dir=home / "state",
+                    trust_root=trust,
+                    mqtt_url=self.mqtt_url,
+                    prefix=self.prefix,
+                    tables={
+                        "labels": {"site": "plant-3" if drifted else f"plant-{1 + i % 2}"},
+                        "timeouts": {"chunk_retry_s": 0.5, "health_s": 30.0},
+                        "limits": {"fsync_chunks": False},
+                    },
+                    top={"status_interval_s": 5.0},
+                ),
+                encoding="utf-8",
+            )
+            handle = DeviceHandle(
+                device_id, drifted, free_port(), home / "state", cfg, home / "device.log", weights
+            )
+            self._seed_history(handle)
+            self.devices.append(handle)
+
+    def _seed_history(self, device: DeviceHandle) -> None:
+        from edge_agent.samples.store import SampleStore, SampleStoreConfig
+
+        device.state_dir.mkdir(parents=True, exist_ok=True)
+        x, y = device.draw(self.history, drift=False)
+        store = SampleStore(SampleStoreConfig(path=device.state_dir / "samples.db"))
+        try:
+            now = time.time() - 3600.0  # history: older than anything the demo adds
+            for i in range(len(y)):
+                store.add(f"h-{i}", x[i], model_version=0, label=int(y[i]), now=now + i * 0.001)
+        finally:
+            store.close()
+
+    @property
+    def device_ids(self) -> list[str]:
+        return [d.device_id for d in self.devices]
+
+    def start(self) -> None:
+        for d in self.devices:
+            with open(d.log_path, "ab") as log:
+                d.proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cloud_hub.loop.device",
+                        "--config",
+                        str(d.config_path),
+                        "--api-port",
+                        str(d.api_port),
+                        "--drift-window",
+                        str(self.drift_window),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                    start_new_session=True,  # its own process group: stop() ends all of it
+                )
+
+    def stop(self) -> None:
+        for d in self.devices:
+            if d.proc is not None and d.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(d.proc.pid, signal.SIGTERM)
+        for d in self.devices:
+            if d.proc is not None:
+                stop_process_group(d.proc)
+
+    def pids(self) -> list[int]:
+        return [d.proc.pid for d in self.devices if d.proc is not None]
+
+    def logs(self, device_id: str, tail: int = 3000) -> str:
+        for d in self.devices:
+            if d.device_id == device_id:
+                with contextlib.suppress(OSError):
+                    return d.log_path.read_text(errors="replace")[-tail:]
+        return ""
+
+    # -- the prediction stream ----------------------------------------------------------------
+    def serving_version(self, device: DeviceHandle) -> int | None:
+        try:
+            health = _get(f"{device.api_url}/health")
+        except OSError:
+            return None
+        v = (health.get("stats") or {}).get("model_version")
+        return int(v) if isinstance(v, int) else None
+
+    def predict_and_label(self, device: DeviceHandle, n: int, *, drift: bool) -> tuple[float, int]:
+        """Send ``n`` inputs to the device's ``/predict``, label them via ``/feedback``;
+        returns (accuracy, model version that answered)."""
+        x, y = device.draw(n, drift=drift)
+        out = _post(f"{device.api_url}/predict", {"inputs": x.tolist()})
+        preds = out["predictions"]
+        labels = np.asarray([p["label"] for p in preds])
+        items = [{"id": p["id"], "label": int(t)} for p, t in zip(preds, y, strict=True)]
+        _post(f"{device.api_url}/feedback", {"items": items})
+        return float((labels == y).mean()), int(out["model_version"])
+
+    @staticmethod
+    def new_prefix() -> str:
+        return f"demo-{uuid.uuid4().hex[:8]}"

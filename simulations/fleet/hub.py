@@ -1,0 +1,312 @@
+"""The hub side of a fleet simulation, in-process: a private Mosquitto, the hub's key store
+and signed bundles, :class:`~cloud_hub.api.server.HubServer` (registry + MQTT ingest), and
+the rollout engine driving a :class:`~cloud_hub.delivery.FleetPublisher`.
+
+The engine is assembled here rather than by ``HubServer`` because the simulation needs a
+smaller chunk size (transfers that span many chunks, so that faults hit them mid-way) and a
+delivery wrapper that counts what was shipped. Everything else is the hub's own code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud_hub.api.server import HubServer
+from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
+from cloud_hub.bundles.sample import preprocess_json
+from cloud_hub.config import HubConfig, MqttEndpoint
+from cloud_hub.delivery import FleetPublisher, PublisherConfig
+from cloud_hub.delivery.local_broker import LocalMosquitto
+from cloud_hub.keys import KeyStore
+from cloud_hub.registry import Registry
+from cloud_hub.registry.bundle_index import register_bundle_bytes
+from cloud_hub.rollout import (
+    GateThresholds,
+    PublisherDelivery,
+    RolloutConfig,
+    StageSpec,
+    TargetSelector,
+)
+from cloud_hub.rollout.engine import EngineConfig, RolloutService
+from cloud_hub.rollout.status import RolloutStatus
+from shared.bundle import artifact_info
+from shared.data.sensors import NUM_CLASSES, NUM_FEATURES, generate_sensor_data
+from shared.drift_reference import ReferenceStats
+
+__all__ = ["CountingDelivery", "SimHub", "build_model_artifacts"]
+
+log = logging.getLogger(__name__)
+
+MODEL = "sensor-mlp"
+_TERMINAL = ("done", "rolled_back", "aborted")
+
+
+def sensor_mlp_onnx(seed: int) -> bytes:
+    """The ``sensor-mlp`` architecture (12 -> 64 -> 64 -> 3, ReLU) as an ONNX graph with
+    seeded weights, built with ``onnx.helper``: the same model file the compression step ships,
+    without importing torch into a process that hosts hundreds of agents."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    sizes = [NUM_FEATURES, 64, 64, NUM_CLASSES]
+    nodes, inits, last = [], [], "input"
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        w = rng.normal(0, (2 / n_in) ** 0.5, size=(n_in, n_out)).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"W{i}"),
+            numpy_helper.from_array(np.zeros(n_out, np.float32), f"B{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [last, f"W{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"]),
+        ]
+        last = f"a{i}"
+        if i < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [last], [f"r{i}"]))
+            last = f"r{i}"
+    nodes.append(helper.make_node("Identity", [last], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        MODEL,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def build_model_artifacts(
+    *, healthy: bool, version: int, padding_kb: int, problem_seed: int = 0
+) -> list[tuple[Any, bytes]]:
+    """The artifacts of one bundle: the ONNX sensor model (or, when not ``healthy``, bytes
+    that fail the device health check), its input spec, the drift reference statistics of
+    its training distribution, and opaque padding so the transfer spans many chunks."""
+    rng = np.random.default_rng(version)
+    model = sensor_mlp_onnx(version) if healthy else rng.bytes(4096)
+    x_ref, _ = generate_sensor_data(4000, seed=problem_seed, sample_seed=10_000 + version)
+    reference = ReferenceStats.from_samples(x_ref).to_json()
+    pre = preprocess_json(MODEL)
+    arts = [
+        (artifact_info("model.onnx", model, "model", "application/onnx"), model),
+        (artifact_info("preprocess.json", pre, "preprocess"), pre),
+        (artifact_info("reference_stats.json", reference, "reference_stats"), reference),
+    ]
+    if padding_kb:
+        padding = rng.bytes(padding_kb * 1024)
+        arts.append((artifact_info("padding.bin", padding, "other"), padding))
+    return arts
+
+
+@dataclass
+class CountingDelivery:
+    """The rollout engine's delivery (MQTT fleet publisher) plus a record of what it sent."""
+
+    inner: PublisherDelivery
+    deployments: list[tuple[str, str, int]] = field(default_factory=list)  # id, bundle, devices
+    rollbacks: list[tuple[str, int]] = field(default_factory=list)
+    bundle_bytes: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
+        with self._lock:
+            self.deployments.append((deployment_id, bundle_id, len(device_ids)))
+        self.inner.deploy(bundle_id, device_ids, deployment_id=deployment_id)
+
+    def rollback(
+        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
+    ) -> None:
+        with self._lock:
+            self.rollbacks.append((deployment_id, len(device_ids)))
+        self.inner.rollback(order, device_ids, deployment_id=deployment_id)
+
+    def shipped(self) -> dict[str, int]:
+        """Bytes the hub published: each chunk once on the fan-out topic, plus repairs."""
+        fanout = repairs = chunks = repair_chunks = 0
+        with self._lock:
+            deps = list(self.deployments)
+        publisher = self.inner.publisher
+        for dep_id, bundle_id, _n in deps:
+            try:
+                result = publisher.deployment(dep_id).result()
+            except Exception:  # pruned or never registered (deploy failed)
+                continue
+            size = self.bundle_bytes.get(bundle_id, 0)
+            per_chunk = size / max(1, _chunk_count(size, publisher.config.chunk_size))
+            chunks += result.chunks_published
+            repair_chunks += result.repairs_sent
+            fanout += int(result.chunks_published * per_chunk)
+            repairs += int(result.repairs_sent * per_chunk)
+        return {
+            "fanout_bytes": fanout,
+            "repair_bytes": repairs,
+            "chunks_published": chunks,
+            "repair_chunks": repair_chunks,
+        }
+
+
+def _chunk_count(size: int, chunk: int) -> int:
+    return max(1, -(-size // chunk))
+
+
+class SimHub:
+    """Broker + hub (registry, ingest, rollout engine) for one simulation run."""
+
+    def __init__(self, root: Path, *, prefix: str = "fleetsim", chunk_kb: int = 16) -> None:
+        self.root = root
+        self.prefix = prefix
+        self.chunk_size = chunk_kb * 1024
+        root.mkdir(parents=True, exist_ok=True)
+        self.broker = LocalMosquitto(extra_conf="max_inflight_messages 100\n")
+        self.keys = KeyStore.init(root / "keys")
+        self.bundles: dict[tuple[str, int], str] = {}  # (class, version) -> bundle id
+        self.server: HubServer | None = None
+        self.delivery: CountingDelivery | None = None
+        self.engine: RolloutService | None = None
+        self._stop = threading.Event()
+        self._engine_thread: threading.Thread | None = None
+        self.broker_restarts: list[float] = []
+
+    @property
+    def registry(self) -> Registry:
+        assert self.server is not None and self.server.registry is not None
+        return self.server.registry
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.broker.start()
+        config = HubConfig(
+            data_dir=self.root / "hub",
+            mqtt=MqttEndpoint(port=self.broker.port),
+            topic_prefix=self.prefix,
+            api_port=0,
+            keys_dir=self.keys.directory,
+            ingest_client_id=f"{self.prefix}-ingest",
+            offline_after_s=0,
+        )
+        self.server = HubServer(config, rollout_engine=False)
+        self.server.start()
+        publisher = FleetPublisher(
+            PublisherConfig(
+                port=self.broker.port,
+                prefix=self.prefix,
+                client_id=f"{self.prefix}-publisher",
+                chunk_size=self.chunk_size,
+                start_grace_s=2.0,
+                publish_timeout_s=30.0,
+            )
+        )
+        publisher.connect()
+        self.delivery = CountingDelivery(
+            PublisherDelivery(publisher, self.keys, self.keys.directory / "bundles")
+        )
+        self.engine = RolloutService(
+            self.registry, self.delivery, self.keys, config=EngineConfig(tick_interval_s=0.5)
+        )
+        assert self.server.ingest is not None
+        engine = self.engine
+        self.server.ingest.add_listener(lambda c: engine.wake() if c.events_new else None)
+        self._engine_thread = threading.Thread(
+            target=engine.run, args=(self._stop,), name="sim-rollout-engine", daemon=True
+        )
+        self._engine_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.engine is not None:
+            self.engine.wake()
+        if self._engine_thread is not None:
+            self._engine_thread.join(timeout=15)
+        if self.delivery is not None:
+            self.delivery.inner.close()
+        if self.server is not None:
+            self.server.stop()
+        self.broker.stop()
+
+    def restart_broker(self, down_s: float) -> None:
+        """Stop Mosquitto and start it again on the same port (sessions are lost)."""
+        log.warning("restarting the broker (down %.1f s)", down_s)
+        self.broker_restarts.append(time.time())
+        self.broker.restart(down_s=down_s)
+
+    # -- bundles and rollouts ----------------------------------------------------------------
+    def build_bundle(
+        self, device_class: str, version: int, *, healthy: bool, padding_kb: int
+    ) -> str:
+        """Sign a bundle for ``device_class`` and register it with the hub."""
+        built = build_signed_bundle(
+            self.keys,
+            default_store(self.keys),
+            BundleSpec(
+                model_name=MODEL,
+                device_class=device_class,
+                version=version,
+                lineage={"source": "fleet-simulation"},
+                metrics={"healthy": healthy},
+            ),
+            build_model_artifacts(healthy=healthy, version=version, padding_kb=padding_kb),
+        )
+        with self.registry.session() as s:
+            register_bundle_bytes(
+                s,
+                built.data,
+                path=str(self.keys.directory / "bundles" / built.stored.file),
+                now=time.time(),
+            )
+        self.bundles[(device_class, version)] = built.bundle_id
+        if self.delivery is not None:
+            self.delivery.bundle_bytes[built.bundle_id] = len(built.data)
+        return built.bundle_id
+
+    def start_rollout(
+        self,
+        device_class: str,
+        version: int,
+        *,
+        stages: Sequence[Mapping[str, Any]],
+        gate_window_s: float,
+        seed: int,
+    ) -> str:
+        assert self.engine is not None
+        config = RolloutConfig(
+            bundle_id=self.bundles[(device_class, version)],
+            target=TargetSelector(device_class=device_class),
+            stages=tuple(StageSpec(count=s.get("count"), percent=s.get("percent")) for s in stages),
+            # drift in one site is the data's doing, not the new model's; latency on two
+            # shared cores is too noisy to compare: the gates judge installs and errors
+            gates=GateThresholds(max_drift_score=None, max_p95_ratio=None),
+            gate_window_s=gate_window_s,
+            offline_timeout_s=60.0,
+            seed=seed,
+            name=f"sim {device_class} v{version}",
+        )
+        status = self.engine.create(config, created_by="fleet-sim")
+        self.engine.start(status.rollout_id)
+        return status.rollout_id
+
+    def rollout_status(self, rollout_id: str) -> RolloutStatus:
+        assert self.engine is not None
+        return self.engine.status(rollout_id)
+
+    def wait_rollouts(self, rollout_ids: Sequence[str], timeout: float) -> dict[str, RolloutStatus]:
+        """Block until every rollout is terminal (or ``timeout``); their last statuses."""
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = {rid: self.rollout_status(rid) for rid in rollout_ids}
+            if all(s.state in _TERMINAL for s in statuses.values()):
+                return statuses
+            if time.monotonic() > deadline:
+                return statuses
+            time.sleep(0.5)
