@@ -173,7 +173,8 @@ async function viewRollouts() {
   $("#view").innerHTML = `<h1>Rollouts</h1>
     ${canOperate() ? `<details class="card" id="create"><summary><b>Create a rollout</b></summary>
       <div class="filters" style="margin-top:10px"><select id="r-bundle"></select><input id="r-class" placeholder="device class">
-      <input id="r-labels" placeholder="labels k=v,k=v"><input id="r-stages" value="1,50,100" title="canary count, then wave percentages" size="10">
+      <input id="r-labels" placeholder="labels k=v,k=v"><input id="r-stages" value="1,50,100" title="canary device count, then wave percentages" size="10">
+      <input id="r-window" type="number" value="60" min="1" title="gate window (s)" size="5"> s gate
       <button class="primary" id="r-create">Create</button></div></details>` : ""}
     <table id="rollouts"><thead><tr><th>rollout</th><th>state</th><th>stage</th><th>class</th><th>bundle</th><th>reason</th><th>updated</th></tr></thead><tbody>${rows}</tbody></table>`;
   if (canOperate()) {
@@ -185,7 +186,7 @@ async function viewRollouts() {
       const [canary, ...waves] = $("#r-stages").value.split(",").map((s) => +s.trim()).filter((n) => n > 0);
       const labels = Object.fromEntries($("#r-labels").value.split(",").map((s) => s.trim()).filter(Boolean).map((kv) => kv.split("=")));
       const config = { bundle_id: $("#r-bundle").value, target: { device_class: $("#r-class").value, labels },
-        stages: [{ count: canary || 1 }, ...waves.map((p) => ({ percent: p }))] };
+        stages: [{ count: canary || 1 }, ...waves.map((p) => ({ percent: p }))], gate_window_s: +$("#r-window").value || 60 };
       try { const r = await api("/api/v1/rollouts", { method: "POST", body: JSON.stringify({ config }) }); toast(`created ${r.rollout_id}`); location.hash = `#/rollout/${encodeURIComponent(r.rollout_id)}`; }
       catch (e) { toast(e.message, true); }
     };
@@ -197,13 +198,17 @@ async function viewRollout(id) {
   const stages = (r.stages || []).map((s) => {
     const t = s.targets || {}; const total = (s.devices || []).length || Object.values(t).reduce((a, b) => a + b, 0);
     const done = (t.committed || 0) + (t.succeeded || 0); const failed = (t.failed || 0) + (t.rolled_back || 0);
-    const gate = s.gate ? Object.entries(s.gate.metrics || s.gate.checks || {}).map(([k, v]) =>
-      `<tr><td>${esc(k)}</td><td>${esc(typeof v === "object" ? (v.value ?? v.observed ?? JSON.stringify(v)) : v)}</td><td>${esc(typeof v === "object" ? (v.threshold ?? v.limit ?? "") : "")}</td><td>${typeof v === "object" && "passed" in v ? pill(v.passed ? "pass" : "fail") : ""}</td></tr>`).join("") : "";
+    const fmt = (v) => (v === null || v === undefined ? "—" : typeof v === "number" ? (+v.toFixed(4)).toString() : esc(v));
+    const checks = s.gate && Array.isArray(s.gate.checks) ? s.gate.checks : [];
+    const gate = checks.map((c) => `<tr><td>${esc(c.name)}</td><td>${fmt(c.value)}</td><td>${esc(c.op || "")} ${fmt(c.threshold)}</td>
+      <td>${c.passed === true ? pill("pass") : c.passed === false ? pill("fail") : pill(c.detail || "n/a", "")}</td></tr>`).join("");
+    const verdict = s.gate ? s.gate.verdict : undefined;
     return `<div class="card stage" data-stage="${s.index}"><b>${esc(s.name)}</b> ${pill(s.state)} <span class="muted">${total} devices · ${Object.entries(t).map(([k, v]) => `${k}: ${v}`).join(", ")}</span>
       <div class="progress" title="${done}/${total} committed"><div style="width:${total ? (100 * done) / total : 0}%"></div></div>
       ${failed ? `<div class="progress"><div class="fail" style="width:${total ? (100 * failed) / total : 0}%"></div></div>` : ""}
-      ${s.gate ? `<h2>Gate ${s.gate.passed === undefined ? "" : pill(s.gate.passed ? "pass" : "fail")}</h2><div class="muted">${esc(s.gate.reason || "")}</div>
-        <table><thead><tr><th>metric</th><th>observed</th><th>threshold</th><th></th></tr></thead><tbody>${gate}</tbody></table>` : ""}</div>`;
+      ${s.gate ? `<h2>Gate ${verdict ? pill(verdict, verdict === "passed" || verdict === "pass" ? "pass" : verdict === "failed" || verdict === "fail" ? "fail" : "") : ""}</h2>
+        <div class="muted">${esc(s.gate.reason || "")} · ${s.gate.succeeded ?? 0} succeeded, ${s.gate.failed ?? 0} failed, ${s.gate.timed_out ?? 0} timed out, ${s.gate.pending ?? 0} pending</div>
+        <table class="gate"><thead><tr><th>metric</th><th>observed</th><th>threshold</th><th></th></tr></thead><tbody>${gate}</tbody></table>` : ""}</div>`;
   }).join("");
   const targets = await api(`/api/v1/rollouts/${encodeURIComponent(id)}/targets`);
   const trows = targets.map((t) => `<tr><td><a href="#/device/${encodeURIComponent(t.device_id)}">${esc(t.device_id)}</a></td><td>${t.stage_index}</td><td>${pill(t.state)}</td><td>${t.attempts}</td><td>${esc(t.detail)}</td></tr>`).join("");
@@ -214,7 +219,7 @@ async function viewRollout(id) {
     <div class="muted">bundle ${esc(r.bundle_id)} · previous ${esc(r.previous_bundle_id || "—")} · by ${esc(r.created_by)}</div>
     ${r.reason ? `<div class="card" id="reason"><b>Reason:</b> ${esc(r.reason)}</div>` : ""}
     <div class="actions">${button("start", "Start", "primary", r.state === "draft")}${button("pause", "Pause", "", active)}${button("resume", "Resume", "", r.state === "paused")}
-      ${button("abort", "Abort", "danger", active || r.state === "paused")}${button("rollback", "Roll back", "danger", !["rolled_back", "rolling_back", "draft"].includes(r.state))}</div>
+      ${button("abort", "Abort", "danger", active || ["paused", "draft"].includes(r.state))}${button("rollback", "Roll back", "danger", !["rolled_back", "rolling_back", "draft"].includes(r.state))}</div>
     ${stages}<h2>Devices</h2><table id="targets"><thead><tr><th>device</th><th>stage</th><th>state</th><th>attempts</th><th>detail</th></tr></thead><tbody>${trows}</tbody></table>`;
   document.querySelectorAll("[data-action]").forEach((b) => (b.onclick = async () => {
     const action = b.dataset.action;
