@@ -609,6 +609,10 @@ def main() -> None:
                 "hub_cpu_percent": round(
                     100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / busy_s, 1
                 ),
+                "hub_cpu_us_per_msg": round(
+                    1e6 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / max(stored, 1),
+                    1,
+                ),
                 "loadavg_1m": round(os.getloadavg()[0], 1),
                 "ingest_counters": hub.counters(),
                 "hub_rss_mb": round(rss_peak / 2**20, 1),

@@ -44,6 +44,8 @@ def main() -> None:
             steps_after_retrain=3 if args.quick else 6,
             drift_window=100 if args.quick else 200,
             num_rounds=2 if args.quick else 3,
+            rollout_stages=({"count": 1}, {"percent": 100.0}) if args.quick else DemoConfig.rollout_stages,
+            gate_window_s=1.0 if args.quick else 2.0,
             plots=args.out is not None,
         )
         s = run_demo(config).summary

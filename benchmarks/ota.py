@@ -296,6 +296,12 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--mqtt-url", default=None, help="external broker (default: a private one)")
     ap.add_argument("--no-fsync", action="store_true", help="agents skip fdatasync per chunk")
+    ap.add_argument(
+        "--state-dir",
+        default=None,
+        help="where agents keep their state (default: the system temp dir, i.e. the disk all "
+        "agents share here; /dev/shm models devices that each have their own storage)",
+    )
     ap.add_argument("--quick", action="store_true", help="10 agents, 5 MB, 1 round (< 60 s)")
     # worker mode (internal)
     ap.add_argument("--worker", choices=["raw", "agents"], help=argparse.SUPPRESS)
@@ -330,7 +336,7 @@ def main() -> None:
     raw_times: list[float] = []
     rounds: list[dict[str, float]] = []
     with (
-        tempfile.TemporaryDirectory(prefix="fedfleet-bench-ota-") as tmp,
+        tempfile.TemporaryDirectory(prefix="fedfleet-bench-ota-", dir=args.state_dir) as tmp,
         contextlib.ExitStack() as stack,
     ):
         work = Path(tmp)
@@ -391,6 +397,7 @@ def main() -> None:
                 "rounds": len(rounds),
                 "agents_as": "EdgeAgent threads in worker processes",
                 "fsync_chunks": not args.no_fsync,
+                "state_dir": args.state_dir or tempfile.gettempdir(),
                 "goodput_mb_s": round(goodput, 3),
                 "raw_mb_s": round(raw_mb_s, 3),
                 "goodput_ratio": round(ratio, 3),

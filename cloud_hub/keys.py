@@ -28,7 +28,7 @@ from typing import Any
 
 from cloud_hub.errors import HubConfigError
 from shared.bundle import RollbackOrder, sign_rollback_order
-from shared.errors import FedfleetError
+from shared.errors import ExpiredError, FedfleetError
 from shared.messages import new_id
 from shared.signing import (
     KeyEntry,
@@ -182,6 +182,10 @@ class KeyStore:
         """The current keyring, verified against our own trust root (catches a stale file)."""
         try:
             return verify_keyring(self.keyring_envelope(), self.trust_root(), now=now or _now())
+        except ExpiredError as exc:
+            raise HubConfigError(
+                f"{exc}; run `cloud-hub keys rotate --dir {self.directory}` to issue a new one"
+            ) from exc
         except FedfleetError as exc:
             raise HubConfigError(f"the key store's keyring does not verify: {exc}") from exc
 

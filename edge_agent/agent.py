@@ -65,6 +65,12 @@ _UPLINK: dict[type[Message], tuple[str, bool]] = {
 }
 
 
+@dataclass(frozen=True)
+class _Received:
+    message: InboundMessage
+    acked: bool  # chunks are acknowledged on arrival while the inbox has room
+
+
 @dataclass
 class _Periodic:
     interval_s: float
@@ -135,6 +141,8 @@ class EdgeAgent:
         )
         self.updater.active_changed.append(lambda _slot: self.publish_status())
         self._inbox: queue.Queue[object] = queue.Queue(maxsize=config.limits.max_inbox_messages)
+        self._inbox_lock = threading.Lock()
+        self._inbox_bytes = 0
         self._periodic: list[_Periodic] = []
         self._handlers: dict[type[Message], Callable[[Any], None]] = {
             DeployCommand: self.updater.handle_deploy,
@@ -259,12 +267,32 @@ class EdgeAgent:
         try:
             self._inbox.put(item, timeout=1.0)
         except queue.Full:
-            log.warning("inbox full: dropped %s", getattr(item, "topic", "event"))
-            if isinstance(item, InboundMessage):
-                self.link.ack(item)
+            log.warning("inbox full: dropped an inbound item")
+            if isinstance(item, _Received):
+                self._done(item)
 
     def _receive(self, message: InboundMessage) -> None:
-        self._put(message)
+        """paho's thread. A command is acknowledged only after it was handled (a crash makes
+        the broker deliver it again). A chunk is acknowledged at once while the inbox holds
+        less than ``max_inbox_bytes`` — the broker keeps streaming instead of waiting for
+        each chunk's disk write; a chunk lost to a crash is simply requested again."""
+        early = False
+        if message.topic != self._cmd_topic:
+            with self._inbox_lock:
+                size = len(message.payload)
+                if self._inbox_bytes + size <= self.config.limits.max_inbox_bytes:
+                    self._inbox_bytes += size
+                    early = True
+        if early:
+            self.link.ack(message)
+        self._put(_Received(message, acked=early))
+
+    def _done(self, item: _Received) -> None:
+        if item.acked:
+            with self._inbox_lock:
+                self._inbox_bytes -= len(item.message.payload)
+        else:
+            self.link.ack(item.message)
 
     def handle(self, message: InboundMessage) -> None:
         """Handle one inbound message (untrusted). Never raises for bad input."""
@@ -313,11 +341,11 @@ class EdgeAgent:
             try:
                 if item is _CONNECTED:
                     self._announce()
-                elif isinstance(item, InboundMessage):
+                elif isinstance(item, _Received):
                     try:
-                        self.handle(item)
+                        self.handle(item.message)
                     finally:
-                        self.link.ack(item)
+                        self._done(item)
                 self._timers()
             except Exception:  # keep serving; the persisted OTA state stays consistent
                 log.exception("agent worker: unexpected error")

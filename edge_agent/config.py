@@ -34,6 +34,7 @@ Example::
     max_request_indices = 4096
     max_resumes = 5
     max_repairs = 2
+    max_inbox_bytes = 67108864
     fsync_chunks = true
 
 Nothing here reads the environment; the CLI passes the file path.
@@ -148,6 +149,7 @@ class AgentLimits:
     max_resumes: int = 5  # restarts of one deployment before it is rolled back
     max_repairs: int = 2  # re-fetches of chunks found corrupt by verification
     max_inbox_messages: int = 10_000
+    max_inbox_bytes: int = 64 * 1024 * 1024  # chunks buffered ahead of the disk writer
     fsync_chunks: bool = True  # durable chunks survive power loss, not only kill -9
 
     def __post_init__(self) -> None:

@@ -55,6 +55,12 @@ class DemoConfig:
     steps_after_retrain: int = 6
     drift_window: int = 200
     num_rounds: int = 3
+    rollout_stages: tuple[dict[str, object], ...] = (
+        {"count": 1},
+        {"percent": 50.0},
+        {"percent": 100.0},
+    )
+    gate_window_s: float = 2.0
     max_wait_s: float = 200.0  # for the retraining to be rolled out to the drifted devices
     plots: bool = True
     quiet: bool = False
@@ -250,6 +256,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 model_name=MODEL,
                 work_dir=run_dir / "hub" / "loop",
                 num_rounds=config.num_rounds,
+                rollout_stages=config.rollout_stages,
+                rollout_gate_window_s=config.gate_window_s,
                 policy=RetrainPolicy(
                     # PSI of a whole window: non-IID class mixes alone reach ~0.8 here,
                     # the plant-3 sensor shift ~7
@@ -361,6 +369,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             say(f"output: {run_dir}")
             return result
         finally:
+            say("stopping: controller, devices, hub, broker")
             stop.set()
             if controller_thread is not None:
                 controller_thread.join(timeout=60)
@@ -370,6 +379,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 hub.stop()
             if broker is not None:
                 broker.stop()
+            say("stopped")
 
 
 def _registered(registry: Any, device_ids: list[str]) -> bool:

@@ -371,7 +371,9 @@ class RetrainPipeline:
                 state,
                 profile,
                 calib=self.calibration,
-                eval=self.validation,
+                # the int8-vs-fp32 gate is judged on the distribution the reference
+                # statistics describe; candidate-vs-champion used the validation set
+                eval=self.calibration,
                 out_dir=Path(self.config.work_dir) / "compressed" / run_id,
             )
         except GateRefusedError as exc:

@@ -257,7 +257,7 @@ class RolloutService:
                 s.scalars(
                     select(Rollout.rollout_id)
                     .where(Rollout.state.in_([st.value for st in _LIVE]))
-                    .order_by(Rollout.created_at)
+                    .order_by(Rollout.created_at.desc())  # newest first: never starved
                     .limit(self.config.max_live_rollouts)
                 )
             )

@@ -1,10 +1,15 @@
 """A resumable bundle download on disk: a preallocated file plus a received-chunk map.
 
 ``downloads/{bundle_id}/``: ``bundle.part`` (chunks written at their offsets),
-``received.map`` (one byte per chunk, written after the chunk's data) and ``geometry.json``.
-A restarted agent reopens the same directory and asks only for what the map lacks. The map
-is only a hint of progress: the assembled bundle is verified against the signed manifest, so
-a chunk whose data did not reach the disk costs a failed verification, never a bad install.
+``received.map`` (one byte per chunk) and ``geometry.json``. A restarted agent reopens the
+same directory and asks only for what the map lacks.
+
+With ``fsync_chunks`` a chunk is marked in the map only after its data was fsynced, in
+batches of ``sync_every`` chunks (and whenever the transfer goes idle): a power cut loses at
+most the last unsynced batch, which is simply requested again, and one fsync per batch
+instead of per chunk keeps 50 agents on one disk fast. Without it the map is written at once
+(safe against a killed process, not against power loss). Either way the map is only a
+progress hint: the assembled bundle is verified against the signed manifest.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ class BundleDownload:
         total_size: int,
         chunk_size: int,
         fsync_chunks: bool = True,
+        sync_every: int = 16,
     ) -> None:
         self.directory = directory
         self.fsync_chunks = fsync_chunks
+        self.sync_every = max(1, sync_every)
+        self._unsynced: list[int] = []
         geometry = {"bundle_id": bundle_id, "total_size": total_size, "chunk_size": chunk_size}
         geo_path = directory / "geometry.json"
         if directory.exists() and _read_json(geo_path) != geometry:
@@ -92,16 +100,30 @@ class BundleDownload:
         try:
             os.pwrite(self._data_fd, chunk.data, self.assembly.offset(chunk.index))
             if self.fsync_chunks:
-                os.fdatasync(self._data_fd)
-            os.pwrite(self._map_fd, b"\x01", chunk.index)
+                self._unsynced.append(chunk.index)
+                if len(self._unsynced) >= self.sync_every:
+                    self.sync()
+            else:
+                os.pwrite(self._map_fd, b"\x01", chunk.index)
         except OSError as exc:
             self.assembly.received.discard(chunk.index)
             raise InstallError(f"cannot write chunk {chunk.index}: {exc}") from exc
         return True
 
+    def sync(self) -> None:
+        """Make the chunks written so far durable, then record them in the map."""
+        if not self._unsynced:
+            return
+        try:
+            os.fdatasync(self._data_fd)
+            for i in self._unsynced:
+                os.pwrite(self._map_fd, b"\x01", i)
+        except OSError as exc:
+            raise InstallError(f"cannot sync download: {exc}") from exc
+        self._unsynced.clear()
+
     def read_all(self) -> bytes:
-        if self.fsync_chunks:
-            os.fsync(self._map_fd)
+        self.sync()
         size = self.assembly.total_size
         data = os.pread(self._data_fd, size, 0) if size else b""
         if len(data) != size:
@@ -110,11 +132,15 @@ class BundleDownload:
 
     def forget(self, indices: list[int]) -> None:
         """Mark chunks missing again (verification found them corrupt)."""
+        self.sync()
         for i in indices:
             self.assembly.received.discard(i)
             os.pwrite(self._map_fd, b"\x00", i)
 
     def close(self) -> None:
+        if getattr(self, "_data_fd", -1) >= 0:
+            with contextlib.suppress(InstallError):
+                self.sync()
         for fd in (getattr(self, "_data_fd", -1), getattr(self, "_map_fd", -1)):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -122,6 +148,7 @@ class BundleDownload:
         self._data_fd = self._map_fd = -1
 
     def remove(self) -> None:
+        self._unsynced.clear()
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -110,6 +110,8 @@ class ChunkTransfer:
         dl, now = self.download, self._clock()
         if dl is None or dl.complete:
             return
+        if now - self._last_progress >= 0.2:  # the flow paused: make progress durable
+            dl.sync()
         interval = self.retry_s * min(8, 2**self._idle_requests)
         if now - self._last_progress >= interval and now - self._last_request >= interval:
             self._request(dl.missing())

@@ -308,7 +308,10 @@ class OtaUpdater:
             self._abort(Trigger.TIMEOUT, f"{dep.phase.value} timed out")
             return
         if dep.phase == Phase.DOWNLOADING:
-            self.transfer.tick()
+            try:
+                self.transfer.tick()
+            except InstallError as exc:  # the download could not be synced to disk
+                self._abort(Trigger.ERROR, str(exc))
 
     # ------------------------------------------------------------------ steps
     def _verify_and_install(self) -> None:

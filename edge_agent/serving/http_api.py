@@ -187,11 +187,13 @@ def _make_handler(
                     not isinstance(pid, str)
                     or not isinstance(label, int)
                     or isinstance(label, bool)
+                    or not 0 <= label < 1 << 31
+                    or len(pid) > 128
                 ):
                     raise _ApiError(
                         HTTPStatus.BAD_REQUEST,
                         "MalformedRequest",
-                        "feedback needs 'id' (str) and 'label' (int)",
+                        "feedback needs 'id' (str, <= 128 chars) and 'label' (int >= 0)",
                     )
                 if observers is not None and observers.feedback(pid, label):
                     accepted += 1

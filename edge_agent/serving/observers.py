@@ -227,8 +227,20 @@ class PredictionObservers:
     def _process(self, batch: PredictionBatch) -> None:
         reports: list[DriftWindowReport] = []
         drift = self._drift
-        if drift is not None and drift.model_version in (None, batch.model_version):
-            reports = drift.observe(batch.inputs, batch.confidences)
+        current = drift is not None and drift.model_version in (None, batch.model_version)
+        if current and drift is not None:
+            if drift.reference.input_shape != tuple(batch.inputs.shape[1:]):
+                # a bundle whose reference does not fit its model: say so once, not per batch
+                log.warning(
+                    "drift detection off: reference shape %s, model input %s",
+                    drift.reference.input_shape,
+                    tuple(batch.inputs.shape[1:]),
+                )
+                self._drift = None
+                with self._lock:
+                    self._counts["failures"] += 1
+            else:
+                reports = drift.observe(batch.inputs, batch.confidences)
         stored = 0
         if self._store is not None and self.config.sample_rate > 0:
             for i, pid in enumerate(batch.ids):

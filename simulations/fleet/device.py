@@ -207,6 +207,7 @@ class SimDevice:
         self.predictions = 0
         self.inference_errors = 0
         self.restarts = 0
+        self._bytes_before = 0  # chunk bytes received by agents replaced after a crash
         self.agent = self._new_agent()
 
     @property
@@ -261,12 +262,18 @@ class SimDevice:
     def restart(self) -> None:
         """A fresh agent on the same state directory (after :meth:`crash`)."""
         self.restarts += 1
+        self._bytes_before += self.agent.chunk_bytes
         self.agent = self._new_agent()
         self.agent.start()
 
     def stop(self) -> None:
         self.agent.stop()
         self.stack.stop()
+
+    @property
+    def bytes_received(self) -> int:
+        """Chunk bytes received by this device, across agent restarts."""
+        return self._bytes_before + self.agent.chunk_bytes
 
     def pending_reports(self) -> int:
         return len(self.agent.outbox)

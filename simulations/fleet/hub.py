@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -164,12 +166,27 @@ def _chunk_count(size: int, chunk: int) -> int:
 class SimHub:
     """Broker + hub (registry, ingest, rollout engine) for one simulation run."""
 
-    def __init__(self, root: Path, *, prefix: str = "fleetsim", chunk_kb: int = 16) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        prefix: str = "fleetsim",
+        chunk_kb: int = 16,
+        broker_persistence: bool = True,
+    ) -> None:
         self.root = root
         self.prefix = prefix
         self.chunk_size = chunk_kb * 1024
         root.mkdir(parents=True, exist_ok=True)
-        self.broker = LocalMosquitto(extra_conf="max_inflight_messages 100\n")
+        extra = "max_inflight_messages 100\n"
+        self._persist_dir: Path | None = None
+        if broker_persistence:
+            # sessions and subscriptions survive a restart (Mosquitto drops root and writes
+            # as its own user, hence a world-writable directory of our own)
+            self._persist_dir = Path(tempfile.mkdtemp(prefix="fleetsim-mosquitto-db-"))
+            self._persist_dir.chmod(0o777)
+            extra += f"persistence true\npersistence_location {self._persist_dir}/\n"
+        self.broker = LocalMosquitto(extra_conf=extra)
         self.keys = KeyStore.init(root / "keys")
         self.bundles: dict[tuple[str, int], str] = {}  # (class, version) -> bundle id
         self.server: HubServer | None = None
@@ -234,6 +251,8 @@ class SimHub:
         if self.server is not None:
             self.server.stop()
         self.broker.stop()
+        if self._persist_dir is not None:
+            shutil.rmtree(self._persist_dir, ignore_errors=True)
 
     def restart_broker(self, down_s: float) -> None:
         """Stop Mosquitto and start it again on the same port (sessions are lost)."""

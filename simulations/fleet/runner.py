@@ -77,7 +77,11 @@ class _Run:
         self.work = Path(tempfile.mkdtemp(prefix=f"fleetsim-{scenario.name}-", dir=base))
         self.t0 = time.time()
         self.members = plan_population(scenario)
-        self.hub = SimHub(self.work / "hub", chunk_kb=scenario.bundle.chunk_kb)
+        self.hub = SimHub(
+            self.work / "hub",
+            chunk_kb=scenario.bundle.chunk_kb,
+            broker_persistence=scenario.faults.broker_persistence,
+        )
         self.link: FlakyLink | None = None
         self.devices: dict[str, _InProc] = {}
         self.procs: ProcessSupervisor | None = None
@@ -305,7 +309,7 @@ class _Run:
         if self.procs is not None:
             self.procs.stop()
         if self.hub.server is not None and self.hub.server.ingest is not None:
-            self.hub.server.ingest.wait_idle(30.0)
+            _settle(self.hub.server.ingest)
 
     def expected_versions(self) -> dict[str, int]:
         expected = dict.fromkeys(self.sc.device_classes, 1)
@@ -342,7 +346,7 @@ class _Run:
                     d.sim.ledger.entries(),
                     len(d.killed_at),
                 )
-                received, predictions = d.sim.agent.chunk_bytes, d.sim.predictions
+                received, predictions = d.sim.bytes_received, d.sim.predictions
             missing = tuple(
                 f"{e.id[:12]}({e.kind}@{_t(e)})"
                 for e in entries
@@ -372,12 +376,30 @@ class _Run:
             )
         return result
 
-    def cleanup(self) -> None:
+    def cleanup(self, *, keep: bool = False) -> None:
         if self.link is not None:
             self.link.stop()
         with contextlib.suppress(Exception):
             self.hub.stop()
-        shutil.rmtree(self.work, ignore_errors=True)
+        if keep:
+            log.warning("kept the work directory %s", self.work)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _settle(ingest: Any, quiet_s: float = 2.0, timeout: float = 60.0) -> None:
+    """Wait until the ingest has heard nothing new for ``quiet_s`` and wrote what it holds
+    (messages the broker acknowledged to the agents may still be on their way to the hub)."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        received = ingest.stats().received
+        if received != last:
+            last, since = received, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+        time.sleep(0.2)
+    ingest.wait_idle(max(1.0, deadline - time.monotonic()))
 
 
 def _t(entry: Any) -> str:
@@ -404,8 +426,9 @@ def _outbox_left(state_dir: Path) -> int:
         return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
-def run_scenario(scenario: FleetScenario, out_dir: Path) -> FleetResult:
-    """Run ``scenario``; write results into ``out_dir``; never leaves a process behind."""
+def run_scenario(scenario: FleetScenario, out_dir: Path, *, keep_work: bool = False) -> FleetResult:
+    """Run ``scenario``; write results into ``out_dir``; never leaves a process behind.
+    ``keep_work`` keeps the state directories, hub database and broker (debugging)."""
     run = _Run(scenario, out_dir)
     deadline = time.monotonic() + scenario.timeout_s
     error = ""
@@ -433,7 +456,7 @@ def run_scenario(scenario: FleetScenario, out_dir: Path) -> FleetResult:
         summary, invariants = _judge(run, devices, error)
         files = write_results(out_dir, summary, devices, run.timeline, run.markers)
     finally:
-        run.cleanup()
+        run.cleanup(keep=keep_work)
     return FleetResult(
         ok=all(i.ok for i in invariants),
         summary=summary,

@@ -22,6 +22,7 @@ Example (``simulations/fleet/scenarios/rollout_faults.toml``)::
     kill_in_process = 6               # agents stopped abruptly mid-transfer, then restarted
     kill_subprocess = 2               # agent processes SIGKILLed mid-transfer, then restarted
     broker_restart_at = 0.3           # restart Mosquitto once this share runs the new version
+    broker_persistence = true         # sessions survive the restart (see FaultSettings)
 
     [drift]
     site = "site-c"
@@ -122,6 +123,9 @@ class FaultSettings:
     restart_after_kill_s: float = 1.0
     broker_restart_at: float | None = None
     broker_down_s: float = 1.0
+    # Mosquitto keeps sessions across the restart. Off, the hub's ingest loses whatever
+    # devices publish between their reconnect and its resubscription (the broker has acked it)
+    broker_persistence: bool = True
 
     def __post_init__(self) -> None:
         _number(self.flaky_fraction, "faults.flaky_fraction", 0.0, 1.0)

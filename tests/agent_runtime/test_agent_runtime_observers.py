@@ -103,3 +103,21 @@ def test_agent_process_idle_rss_is_small_and_torch_free(sensor_model, tmp_path: 
         proc.wait(10)
     assert rss_mb < 150, rss_mb
     assert "libtorch" not in maps
+
+
+def test_a_reference_that_does_not_fit_the_model_turns_drift_off_once(sensor_model) -> None:
+    from edge_agent.drift import DriftDetector
+    from shared.drift_reference import ReferenceStats
+
+    wrong = ReferenceStats.from_samples(np.zeros((50, 3)) + np.arange(50)[:, None])
+    obs = PredictionObservers(
+        ObserverConfig(sample_rate=0.0),
+        drift=DriftDetector(wrong, model_version=1),
+    )
+    obs.start()
+    for i in range(5):
+        obs.submit(_batch(i))
+    assert obs.flush()
+    stats = obs.stats()
+    assert stats.failures == 1 and stats.processed == 5 and stats.drift_windows == 0
+    obs.stop()

@@ -118,3 +118,12 @@ def test_cli_keys_init_rotate_trust_root(
     trust = TrustRoot.from_dict(json.loads(capsys.readouterr().out))
     assert trust == KeyStore(d).trust_root()
     assert KeyStore(d).keyring().version == 2
+
+
+def test_expired_keyring_blocks_signing_until_rotated(tmp_path: Path) -> None:
+    past = datetime.now(UTC) - timedelta(days=10)
+    store = KeyStore.init(tmp_path, config=KeyStoreConfig(keyring_days=2), now=past)
+    with pytest.raises(HubConfigError, match="keys rotate"):
+        store.signing_keys()
+    store.rotate()
+    assert store.keyring().version == 2 and len(store.signing_keys()) == 1
