@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloud_hub.loop.demo import DemoConfig, run_demo  # noqa: E402
-from cloud_hub.loop.report import summary_table  # noqa: E402
+from cloud_hub.loop.demo import DemoConfig, run_demo
+from cloud_hub.loop.report import summary_table
 
 
 def main() -> None:
@@ -44,7 +44,9 @@ def main() -> None:
             steps_after_retrain=3 if args.quick else 6,
             drift_window=100 if args.quick else 200,
             num_rounds=2 if args.quick else 3,
-            rollout_stages=({"count": 1}, {"percent": 100.0}) if args.quick else DemoConfig.rollout_stages,
+            rollout_stages=({"count": 1}, {"percent": 100.0})
+            if args.quick
+            else DemoConfig.rollout_stages,
             gate_window_s=1.0 if args.quick else 2.0,
             plots=args.out is not None,
         )

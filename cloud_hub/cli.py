@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cloud_hub.commands.rollout",
     "cloud_hub.commands.demo",
     "cloud_hub.commands.retrain",
+    "cloud_hub.commands.fleet_sim",
 )
 
 

@@ -98,6 +98,12 @@ class HubConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     enable_ingest: bool = True
     offline_after_s: float = 900.0  # silent this long → marked offline (0 = never)
+    # What enrolling devices are told to connect to (default: the hub's own broker URL).
+    device_mqtt_url: str = ""
+    # Serve the API over HTTPS with a server certificate from the hub CA (``edge-agent
+    # install`` requires HTTPS); the names are the certificate's subject alternative names.
+    api_tls: bool = False
+    api_tls_hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")
 
     def __post_init__(self) -> None:
         if not 0 <= self.api_port < 65536:
@@ -135,6 +141,8 @@ class HubConfig:
         for key in ("data_dir", "keys_dir"):
             if key in values:
                 values[key] = Path(values[key])
+        if "api_tls_hostnames" in values:
+            values["api_tls_hostnames"] = tuple(str(h) for h in values["api_tls_hostnames"])
         try:
             return dataclasses.replace(self, **values)
         except TypeError as exc:

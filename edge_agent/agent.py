@@ -181,6 +181,9 @@ class EdgeAgent:
         self.updater.recover()
         for topic in (self._cmd_topic, self._repair_topic, *self.updater.subscriptions()):
             self.link.subscribe(topic)
+        last = self.updater.deployment
+        if last is not None and last.kind == "deploy" and last.bundle_id:
+            self.link.forget_on_connect(self.topics.bundle_chunks(last.bundle_id))
         self._running.set()
         self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
         self._worker.start()

@@ -31,7 +31,7 @@ from cloud_hub.api.context import ApiContext
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
 from cloud_hub.fleet import FleetIngest, MqttSettings
-from cloud_hub.registry import Registry, devices, open_registry
+from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.bundle_index import register_bundle_bytes
 from shared.errors import FedfleetError
 from shared.topics import TopicScheme
@@ -127,6 +127,12 @@ class HubServer:
             raise _Shutdown(signum)
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        tls: dict[str, Any] = {}
+        if self.config.api_tls:
+            from cloud_hub.enrollment.hubdir import server_tls_files
+
+            files = server_tls_files(self.config.data_dir, self.config.api_tls_hostnames)
+            tls = {"ssl_certfile": str(files.certfile), "ssl_keyfile": str(files.keyfile)}
         server = uvicorn.Server(
             uvicorn.Config(
                 self.app,
@@ -134,6 +140,7 @@ class HubServer:
                 port=self.config.api_port,
                 log_level="info",
                 access_log=False,
+                **tls,
             )
         )
         try:
@@ -189,11 +196,14 @@ class HubServer:
         for path in sorted(directory.glob("*.ffb")):
             try:
                 with self.registry.session() as s:
+                    if catalog.find_bundle(s, path.stem) is not None:
+                        continue  # files are named by bundle id: known, skip reading it
                     register_bundle_bytes(s, path.read_bytes(), path=str(path), now=time.time())
                 count += 1
             except (HubError, FedfleetError, OSError) as exc:
                 log.warning("bundle %s not indexed: %s", path.name, exc)
-        log.info("%d bundle(s) indexed from %s", count, directory)
+        if count:
+            log.info("%d new bundle(s) indexed from %s", count, directory)
 
     def _build_engine(self) -> Any:
         try:
@@ -227,8 +237,17 @@ class HubServer:
     def _build_enrollment(self) -> Any:
         try:
             from cloud_hub.enrollment.hubdir import open_enrollment
+            from cloud_hub.enrollment.service import EnrollmentConfig
 
-            return open_enrollment(self.config.data_dir, keys_dir=self.config.keys_path)
+            cfg = self.config
+            return open_enrollment(
+                cfg.data_dir,
+                registry=self.registry,
+                keys_dir=cfg.keys_path,
+                config=EnrollmentConfig(
+                    mqtt_url=cfg.device_mqtt_url or cfg.mqtt.url, topic_prefix=cfg.topic_prefix
+                ),
+            )
         except ImportError as exc:
             log.info("enrollment disabled: %s", exc)
         except (HubError, FedfleetError, OSError) as exc:

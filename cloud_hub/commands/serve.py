@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--keys-dir", help="key store directory (default DATA_DIR/keys)")
     parser.add_argument("--no-ingest", action="store_true", help="do not subscribe to MQTT")
     parser.add_argument("--no-engine", action="store_true", help="do not run the rollout engine")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve the API over HTTPS with a certificate from the hub CA (for edge-agent install)",
+    )
     parser.set_defaults(func=_serve)
 
 
@@ -51,11 +56,14 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args)
     if args.no_ingest:
         config = config.with_overrides(enable_ingest=False)
+    if args.tls:
+        config = config.with_overrides(api_tls=True)
     server = HubServer(config, rollout_engine=not args.no_engine)
     try:
         server.start()
         log.info(
-            "hub API on http://%s:%d (registry %s)",
+            "hub API on %s://%s:%d (registry %s)",
+            "https" if config.api_tls else "http",
             config.api_host,
             config.api_port,
             config.database_url.split("@")[-1],

@@ -1,6 +1,7 @@
 """Delivery of signed bundles and commands to the fleet over MQTT v5 (paho-mqtt 2.x)."""
 
 from cloud_hub.delivery.config import PublisherConfig, parse_mqtt_url
+from cloud_hub.delivery.deployment import Deployment
 from cloud_hub.delivery.progress import (
     TERMINAL_STATES,
     DeliveryState,
@@ -9,7 +10,7 @@ from cloud_hub.delivery.progress import (
     advance,
     plan_repair,
 )
-from cloud_hub.delivery.publisher import Deployment, DeviceInfo, FleetPublisher
+from cloud_hub.delivery.publisher import DeviceInfo, FleetPublisher
 
 __all__ = [
     "TERMINAL_STATES",

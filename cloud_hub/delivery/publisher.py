@@ -21,20 +21,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cloud_hub.delivery._session import MqttSession
 from cloud_hub.delivery.config import PublisherConfig
-from cloud_hub.delivery.progress import (
-    DeploymentResult,
-    DeviceProgress,
-    TokenBucket,
-    advance,
-    plan_repair,
-)
+from cloud_hub.delivery.deployment import Deployment, DeploymentState
+from cloud_hub.delivery.progress import DeviceProgress, TokenBucket, advance
+from cloud_hub.delivery.repairs import RepairQueue
 from cloud_hub.errors import DeliveryError, HubConfigError
 from shared.bundle import bundle_id_of, parse_bundle
 from shared.chunks import encode_chunk, split_chunks
@@ -52,7 +47,7 @@ from shared.messages import (
 )
 from shared.topics import validate_device_id
 
-__all__ = ["Deployment", "DeviceInfo", "FleetPublisher"]
+__all__ = ["DeviceInfo", "FleetPublisher"]
 
 log = logging.getLogger(__name__)
 _TERMINAL_PHASES = frozenset({"committed", "rolled_back", "failed"})
@@ -68,50 +63,6 @@ class DeviceInfo:
     installed_version: int | None = None
 
 
-@dataclass
-class _DeploymentState:
-    deployment_id: str
-    bundle_id: str
-    devices: dict[str, DeviceProgress]
-    started_at: float
-    chunks_published: int = 0
-    repairs_sent: int = 0
-
-
-@dataclass
-class _CachedBundle:
-    frames: list[bytes]
-    pending: dict[str, set[int]] = field(default_factory=dict)  # device -> queued indices
-
-
-class Deployment:
-    """A handle on one deployment: snapshot it, or wait until every device finished."""
-
-    def __init__(self, publisher: FleetPublisher, state: _DeploymentState) -> None:
-        self._publisher = publisher
-        self._state = state
-
-    @property
-    def deployment_id(self) -> str:
-        return self._state.deployment_id
-
-    @property
-    def bundle_id(self) -> str:
-        return self._state.bundle_id
-
-    @property
-    def device_ids(self) -> list[str]:
-        return sorted(self._state.devices)
-
-    def result(self) -> DeploymentResult:
-        return self._publisher._snapshot(self._state)
-
-    def wait(self, timeout: float | None = None) -> DeploymentResult:
-        """Block until every device is in a terminal state or ``timeout`` passes; return a
-        snapshot either way (check ``.done`` / ``.all_committed``)."""
-        return self._publisher._wait(self._state, timeout)
-
-
 class FleetPublisher:
     """Publishes bundles and commands to the fleet. Use as a context manager."""
 
@@ -119,12 +70,13 @@ class FleetPublisher:
         self.config = config
         self.topics = config.topics
         self._cond = threading.Condition()
-        self._deployments: dict[str, _DeploymentState] = {}
-        self._bundles: OrderedDict[str, _CachedBundle] = OrderedDict()
-        self._repairs: deque[tuple[str, str]] = deque()  # (device, bundle) with pending work
-        self._queued: set[tuple[str, str]] = set()
+        self._deployments: dict[str, DeploymentState] = {}
+        self._repairs = RepairQueue(
+            max_cached_bundles=config.max_cached_bundles,
+            max_indices=config.max_repair_indices,
+            max_pending=config.max_pending_repairs,
+        )
         self._devices: dict[str, DeviceInfo] = {}
-        self._closed = False
         self.rejected_messages = 0
         self._session = MqttSession(
             config,
@@ -151,9 +103,7 @@ class FleetPublisher:
         self._worker.start()
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._repairs.close()
         if self._worker.is_alive():
             self._worker.join(timeout=5)
         self._session.close()
@@ -249,69 +199,29 @@ class FleetPublisher:
             )
 
     def _on_chunk_request(self, req: ChunkRequest) -> None:
-        with self._cond:
-            cached = self._bundles.get(req.bundle_id)
-            if cached is None:
-                log.warning(
-                    "%s asked for chunks of unknown bundle %s", req.device_id, req.bundle_id[:12]
-                )
-                return
-            pending = cached.pending.setdefault(req.device_id, set())
-            total_pending = sum(len(p) for b in self._bundles.values() for p in b.pending.values())
-            budget = min(
-                self.config.max_repair_indices, self.config.max_pending_repairs - total_pending
+        queued = self._repairs.request(req.device_id, req.bundle_id, req.indices, full=req.full)
+        if queued is None:
+            log.warning(
+                "%s asked for chunks of unknown bundle %s", req.device_id, req.bundle_id[:12]
             )
-            indices = range(len(cached.frames)) if req.full and not req.indices else req.indices
-            plan = plan_repair(
-                indices,
-                chunk_count=len(cached.frames),
-                pending=frozenset(pending),
-                max_indices=max(budget, 0),
-            )
-            if not plan:
-                return
-            key = (req.device_id, req.bundle_id)
-            if key not in self._queued:
-                self._queued.add(key)
-                self._repairs.append(key)
-            pending.update(plan)
-            self._cond.notify_all()
 
     # -- repairs (worker thread) ------------------------------------------------------------
-    def _next_repair(self) -> tuple[str, str, int, bytes] | None:
-        with self._cond:
-            while not self._closed:
-                while self._repairs:
-                    device_id, bundle_id = self._repairs[0]
-                    cached = self._bundles.get(bundle_id)
-                    pending = cached.pending.get(device_id) if cached else None
-                    if not pending or cached is None:
-                        self._queued.discard(self._repairs.popleft())
-                        continue
-                    index = min(pending)
-                    pending.discard(index)
-                    self._repairs.rotate(-1)  # round-robin between devices
-                    return device_id, bundle_id, index, cached.frames[index]
-                self._cond.wait(0.5)
-        return None
-
     def _repair_loop(self) -> None:
-        while True:
-            item = self._next_repair()
+        while not self._repairs.closed:
+            item = self._repairs.next(timeout=0.5)
             if item is None:
-                return
-            device_id, bundle_id, _index, frame = item
-            delay = self._bucket.delay(len(frame), time.monotonic())
+                continue
+            delay = self._bucket.delay(len(item.frame), time.monotonic())
             if delay > 0:
                 time.sleep(delay)
             try:
-                self._session.publish(self.topics.device(device_id, "chunks"), frame)
+                self._session.publish(self.topics.device(item.device_id, "chunks"), item.frame)
             except DeliveryError as exc:
-                log.warning("repair for %s not sent: %s (it will ask again)", device_id, exc)
+                log.warning("repair for %s not sent: %s (it will ask again)", item.device_id, exc)
                 continue
             with self._cond:
                 for state in self._deployments.values():
-                    if state.bundle_id == bundle_id and device_id in state.devices:
+                    if state.bundle_id == item.bundle_id and item.device_id in state.devices:
                         state.repairs_sent += 1
 
     # -- outgoing ----------------------------------------------------------------------------
@@ -328,7 +238,7 @@ class FleetPublisher:
 
     def _register(
         self, deployment_id: str | None, bundle_id: str, ids: list[str]
-    ) -> _DeploymentState:
+    ) -> DeploymentState:
         dep_id = deployment_id or f"dep-{new_id()[:16]}"
         try:
             validate_device_id(dep_id)
@@ -344,7 +254,7 @@ class FleetPublisher:
                 for d in ids:
                     state.devices.setdefault(d, DeviceProgress(d))
                 return state
-            state = _DeploymentState(
+            state = DeploymentState(
                 deployment_id=dep_id,
                 bundle_id=bundle_id,
                 devices={d: DeviceProgress(d) for d in ids},
@@ -363,14 +273,6 @@ class FleetPublisher:
             d for d, st in self._deployments.items() if all(p.terminal for p in st.devices.values())
         ][:excess]:
             del self._deployments[dep_id]
-
-    def _cache(self, bundle_id: str, frames: list[bytes]) -> None:
-        with self._cond:
-            if bundle_id not in self._bundles:
-                self._bundles[bundle_id] = _CachedBundle(frames)
-            self._bundles.move_to_end(bundle_id)
-            while len(self._bundles) > self.config.max_cached_bundles:
-                self._bundles.popitem(last=False)
 
     def deploy(
         self,
@@ -397,7 +299,7 @@ class FleetPublisher:
         bundle_id = bundle_id_of(parsed.manifest_envelope)
         chunks = split_chunks(bundle_id, bundle, self.config.chunk_size)
         frames = [encode_chunk(c) for c in chunks]
-        self._cache(bundle_id, frames)
+        self._repairs.cache(bundle_id, frames)
         state = self._register(deployment_id, bundle_id, ids)
         chunk_topic = self.topics.bundle_chunks(bundle_id)
         for device_id in ids:
@@ -420,9 +322,9 @@ class FleetPublisher:
             with self._cond:
                 state.chunks_published += 1
         self._session.drain()
-        return Deployment(self, state)
+        return Deployment(state, self._cond)
 
-    def _await_start(self, state: _DeploymentState) -> None:
+    def _await_start(self, state: DeploymentState) -> None:
         """Wait (at most ``start_grace_s``) until every reachable target answered, i.e. has
         subscribed to the chunk topic. Devices known to be offline are not waited for."""
         deadline = time.monotonic() + self.config.start_grace_s
@@ -466,7 +368,7 @@ class FleetPublisher:
             )
             self._session.publish(self.topics.device(device_id, "cmd"), command.encode())
         self._session.drain()
-        return Deployment(self, state)
+        return Deployment(state, self._cond)
 
     def discover(self, *, device_class: str | None = None, wait_s: float = 2.0) -> list[DeviceInfo]:
         """Devices heard from (retained status, hello), pinged for a fresh hello; those online
@@ -501,7 +403,7 @@ class FleetPublisher:
             state = self._deployments.get(deployment_id)
         if state is None:
             raise HubConfigError(f"unknown deployment {deployment_id}")
-        return Deployment(self, state)
+        return Deployment(state, self._cond)
 
     def devices(self) -> dict[str, DeviceInfo]:
         """Every device heard from so far (hello / status)."""
@@ -518,25 +420,3 @@ class FleetPublisher:
                 if not missing or left <= 0:
                     return missing
                 self._cond.wait(min(left, 0.5))
-
-    # -- progress ----------------------------------------------------------------------------
-    def _snapshot(self, state: _DeploymentState) -> DeploymentResult:
-        with self._cond:
-            return DeploymentResult(
-                deployment_id=state.deployment_id,
-                bundle_id=state.bundle_id,
-                devices=dict(state.devices),
-                started_at=state.started_at,
-                chunks_published=state.chunks_published,
-                repairs_sent=state.repairs_sent,
-            )
-
-    def _wait(self, state: _DeploymentState, timeout: float | None) -> DeploymentResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not all(p.terminal for p in state.devices.values()):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._cond.wait(0.5 if left is None else min(left, 0.5))
-        return self._snapshot(state)

@@ -52,7 +52,9 @@ class SecAggConfig:
     """Flower SecAgg+ parameters (see ``flwr.server.workflow.SecAggPlusWorkflow``).
 
     ``num_shares`` and ``reconstruction_threshold`` are absolute counts (int) or fractions
-    (float in (0, 1]) of the clients sampled per round, as in Flower.
+    (float in (0, 1]) of the clients sampled per round, as in Flower. ``num_shares=1.0``
+    (default) is the complete graph; for cohorts beyond a few dozen clients use a fraction
+    such as 0.2, since the hub's Shamir reconstruction grows as clients x shares^2.
     """
 
     enabled: bool = True

@@ -67,6 +67,11 @@ class ModelStore:
             raise HubConfigError(f"invalid run id {run_id!r}")
         return self.root / run_id
 
+    def check_available(self, run_id: str) -> None:
+        """Refuse a run id that is invalid or already taken (call before training)."""
+        if self._dir(run_id).exists():
+            raise RegistryError(f"candidate {run_id!r} already exists")
+
     def save_candidate(
         self,
         *,
@@ -83,9 +88,8 @@ class ModelStore:
         from shared.fl.training import set_weights
         from shared.models import build_model
 
+        self.check_available(run_id)
         target = self._dir(run_id)
-        if target.exists():
-            raise RegistryError(f"candidate {run_id!r} already exists")
         model = build_model(model_name)
         set_weights(model, weights)
         record = CandidateRecord(run_id, model_name, created_at, dict(lineage), dict(metrics))

@@ -37,7 +37,7 @@ from cloud_hub.fl.partition import data_fingerprint
 from cloud_hub.fl.recorder import RoundMetrics, RunRecorder
 from cloud_hub.fl.server_app import ValidationEvaluator, build_server_app
 from cloud_hub.fl.workflow import SecureRoundAbortedError
-from shared.fl import LocalDataSource, PartitionDirectory
+from shared.fl import InMemoryPartitions, LocalDataSource, PartitionDirectory, PartitionFiles
 
 if TYPE_CHECKING:
     from shared.fl.mods import DropoutSchedule
@@ -159,7 +159,7 @@ def run_federated(
     carrying ``kept_round`` and ``kept_weights``: the last good global model.
     ``dropout`` makes chosen clients vanish mid-round (fault scenarios and tests).
     """
-    from shared.fl.client import ClientAppSpec, InMemoryPartitions, PartitionFiles, build_client_app
+    from shared.fl.client import ClientAppSpec, build_client_app
     from shared.fl.training import LocalTrainingLimits
 
     if len(client_data) != config.num_clients:
@@ -173,6 +173,8 @@ def run_federated(
     if engine == "auto":
         engine = "inprocess" if config.num_clients <= INPROCESS_MAX_CLIENTS else "ray"
     run_id = run_id or f"fl-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    if model_store is not None:
+        model_store.check_available(run_id)  # before any round, not after the training
     fingerprint = data_fingerprint(client_data)
     recorder = RunRecorder(on_round)
     evaluator = ValidationEvaluator(

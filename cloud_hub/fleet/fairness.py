@@ -78,8 +78,16 @@ class FairQueue(Generic[T]):
     def queued(self, device_id: str) -> int:
         return len(self._queues.get(device_id, ()))
 
-    def offer(self, device_id: str, item: T, *, droppable: bool, now: float) -> Admission:
-        if droppable and not self._bucket(device_id, now).take(now):
+    def take_token(self, device_id: str, now: float) -> bool:
+        """Spend one of the device's droppable-message tokens (``False``: over its rate)."""
+        return self._bucket(device_id, now).take(now)
+
+    def offer(
+        self, device_id: str, item: T, *, droppable: bool, now: float, rate_checked: bool = False
+    ) -> Admission:
+        """Queue ``item``. ``rate_checked``: the caller already spent a token
+        (:meth:`take_token`), e.g. before paying for decoding the message."""
+        if droppable and not rate_checked and not self.take_token(device_id, now):
             return Admission.RATE_LIMITED
         queue = self._queues.get(device_id)
         if queue is None:

@@ -33,6 +33,7 @@ from cloud_hub.fleet.config import IngestConfig
 from cloud_hub.fleet.fairness import Admission, FairQueue, RecentKeys
 from cloud_hub.fleet.intake import INGEST_CHANNELS, Inbound, Rejected, classify
 from cloud_hub.registry import Registry
+from shared.errors import MalformedMessageError
 from shared.messages import MAX_MESSAGE_BYTES, Telemetry
 from shared.topics import TopicScheme
 
@@ -172,6 +173,19 @@ class FleetIngest:
     def submit(self, topic: str, payload: bytes) -> Admission | Rejected | None:
         """Classify and enqueue one message; returns what happened to it."""
         now = self._clock()
+        if topic.endswith("/telemetry"):
+            # spend the device's telemetry token before paying for the decode: a flood is
+            # dropped at the cost of a topic split
+            try:
+                sender = self.scheme.parse_device_topic(topic).device_id
+            except MalformedMessageError:
+                sender = None
+            if sender is not None:
+                with self._lock:
+                    if not self._queue.take_token(sender, now):
+                        self._counts["received"] += 1
+                        self._dropped[Admission.RATE_LIMITED.value] += 1
+                        return Admission.RATE_LIMITED
         result = classify(self.scheme, topic, payload, received_at=now, max_bytes=MAX_MESSAGE_BYTES)
         with self._lock:
             self._counts["received"] += 1
@@ -196,7 +210,9 @@ class FleetIngest:
             ):
                 self._counts["duplicates"] += 1
                 return None
-            admission = self._queue.offer(result.device_id, result, droppable=telemetry, now=now)
+            admission = self._queue.offer(
+                result.device_id, result, droppable=telemetry, now=now, rate_checked=telemetry
+            )
             if admission in (Admission.ACCEPTED, Admission.EVICTED_OLDEST):
                 self._counts["accepted"] += 1
             if admission is not Admission.ACCEPTED:

@@ -21,11 +21,12 @@ from cloud_hub.errors import HubError
 from cloud_hub.loop.health import class_health
 from cloud_hub.loop.pipeline import RetrainOutcome, RetrainPipeline
 from cloud_hub.loop.policy import RetrainDecision, decide_retraining
-from cloud_hub.registry import admin
+from cloud_hub.registry import admin, rollouts
 
 __all__ = ["RetrainController"]
 
 log = logging.getLogger(__name__)
+_ROLLOUT_END = ("done", "rolled_back", "aborted", "failed")
 
 
 class RetrainController:
@@ -84,8 +85,31 @@ class RetrainController:
         with self._lock:
             self._manual.add(device_class)
 
+    def sync_runs(self) -> int:
+        """Close the runs whose rollout ended: ``deployed`` when it finished, else
+        ``rollout_<state>``; returns how many changed."""
+        changed = 0
+        with self.registry.session() as s:
+            runs = admin.list_training_runs(
+                s, model_name=self.pipeline.config.model_name, limit=100
+            ).items
+            for run in runs:
+                rid = run.config.get("rollout_id")
+                if run.state != "rolling_out" or not rid:
+                    continue
+                found = rollouts.find_rollout(s, str(rid))
+                if found is None or found.state not in _ROLLOUT_END:
+                    continue
+                state = "deployed" if found.state == "done" else f"rollout_{found.state}"
+                admin.update_training_run(
+                    s, run.run_id, state=state, finished_at=self.clock(), now=self.clock()
+                )
+                changed += 1
+        return changed
+
     def tick(self) -> list[RetrainOutcome]:
         """One pass over the watched classes; returns the runs it made."""
+        self.sync_runs()
         made: list[RetrainOutcome] = []
         for device_class in self.device_classes:
             with self._lock:

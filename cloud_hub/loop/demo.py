@@ -352,6 +352,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
             v2_rollout = _wait_rollout(hub.server.engine, retrain_rollout, say, 60)
             controller_thread.join(timeout=30)
 
+            controller.sync_runs()  # the runs' rollouts are done: mark them deployed
+            api_runs = _api_get(url, tokens["viewer"], "/api/v1/training-runs?limit=20")
             summary = _summary(
                 config=config,
                 registry=registry,
@@ -364,6 +366,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 dashboard=f"{url}/ui",
                 drift_to_rollout_s=time.monotonic() - drift_t0,
             )
+            summary["api_training_runs"] = [
+                {k: r.get(k) for k in ("run_id", "state", "trigger", "result_version")}
+                for r in api_runs.get("items", [])
+            ]
             result = DemoResult(summary, timeline)
             _write(run_dir, result, plots=config.plots)
             say(f"output: {run_dir}")
@@ -380,6 +386,17 @@ def run_demo(config: DemoConfig) -> DemoResult:
             if broker is not None:
                 broker.stop()
             say("stopped")
+
+
+def _api_get(base: str, token: str, path: str) -> dict[str, Any]:
+    """What an operator sees: the REST API with a viewer token."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        out: dict[str, Any] = json.loads(resp.read())
+        return out
 
 
 def _registered(registry: Any, device_ids: list[str]) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,11 +46,13 @@ class DemoDevice:
         from edge_agent.agent import EdgeAgent
         from edge_agent.config import load_config
         from edge_agent.drift.detector import DriftConfig
+        from edge_agent.fl.train_command import TrainCommandHandler, TrainingLimits
         from edge_agent.samples.store import SampleStoreConfig
         from edge_agent.serving.http_api import HttpApiConfig
         from edge_agent.serving.observers import ObserverConfig
         from edge_agent.serving.stack import InferenceStack, InferenceStackConfig
         from edge_agent.telemetry.collector import TelemetryConfig
+        from shared.messages import TrainCommand
 
         self.config = load_config(config_path)
         self.agent = EdgeAgent(self.config)
@@ -65,9 +68,23 @@ class DemoDevice:
         )
         self._model_name = ""
         self._seq = 0
+        # Flower's Deployment Engine path: a TrainCommand starts a SuperNode on this
+        # device's sample store (loopback demo: plain-text SuperLink allowed)
+        self.trainer = TrainCommandHandler(
+            state_dir=state,
+            load_samples=self._training_arrays,
+            limits=TrainingLimits(allow_insecure=True),
+        )
+        self.agent.add_command_handler(TrainCommand, self.trainer)
         self.agent.on_model_changed(self._install)
         self.agent.add_reporter(report_interval_s, self._reports)
         self.agent.add_status_fields(self._status_fields)
+
+    def _training_arrays(self, limit: int) -> tuple[Any, Any]:
+        store = self.stack.store
+        if store is None:
+            raise RuntimeError("no sample store")
+        return store.load_training_arrays(limit=limit)
 
     def _install(self, slot: Any) -> None:
         from edge_agent.runtime.base import ModelArtifacts
@@ -112,6 +129,7 @@ class DemoDevice:
         return self.stack.api_url or ""
 
     def stop(self) -> None:
+        self.trainer.stop()
         self.agent.stop()
         self.stack.stop()
 
@@ -135,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the demo was killed (SIGKILL): do not outlive it
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                log.warning("parent process %d gone: stopping", parent)
+                stop.set()
+
+    threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
     url = device.start()
     print(json.dumps({"api_url": url, "device_id": device.config.device_id}), flush=True)
     try:

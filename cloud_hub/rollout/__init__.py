@@ -17,6 +17,7 @@ from cloud_hub.rollout.config import (
     parse_labels,
 )
 from cloud_hub.rollout.delivery import PublisherDelivery, RollbackSigner, RolloutDelivery
+from cloud_hub.rollout.engine import EngineConfig, RolloutService
 from cloud_hub.rollout.gates import (
     Baseline,
     DeviceReport,
@@ -41,6 +42,7 @@ from cloud_hub.rollout.state import (
     apply_action,
     stage_name,
 )
+from cloud_hub.rollout.status import RolloutStatus
 
 __all__ = [
     "TRANSITIONS",
@@ -48,6 +50,7 @@ __all__ = [
     "Baseline",
     "DeviceInfo",
     "DeviceReport",
+    "EngineConfig",
     "GateResult",
     "GateThresholds",
     "GateVerdict",
@@ -60,7 +63,9 @@ __all__ = [
     "RolloutDelivery",
     "RolloutPhase",
     "RolloutPlan",
+    "RolloutService",
     "RolloutState",
+    "RolloutStatus",
     "StageSpec",
     "TargetSelector",
     "apply_action",

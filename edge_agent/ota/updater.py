@@ -1,9 +1,17 @@
 """The OTA shell: drives :mod:`edge_agent.ota.machine` with real files, chunks and reports.
 
-Every call comes from the agent's single worker thread, so the updater needs no locks. Each
-transition is persisted before the side effect that follows it, every step reports an
-``Event``, and each deployment ends in exactly one terminal event: ``committed``,
-``rolled_back`` or ``failed`` (an offer refused before download gets ``rejected``).
+Every call comes from the agent's single worker thread, so the updater needs no locks.
+
+Crash safety rests on three rules: each transition is persisted (atomically) before the
+side effect that follows it; a step's event goes to the outbox *before* the transition that
+records it, so a kill in between repeats the step and reports it again (at least once, never
+lost); and the ``active`` slot pointer is the commit point. Each deployment ends in a
+terminal event: ``committed``, ``rolled_back`` or ``failed`` (an offer refused before
+download gets ``rejected``).
+
+Parts: :mod:`~edge_agent.ota.offer` (checks of offers and downloads),
+:mod:`~edge_agent.ota.transfer` (chunks), :mod:`~edge_agent.ota.slots` (A/B install),
+:mod:`~edge_agent.ota.health` (smoke test), :mod:`~edge_agent.ota.events` (reports).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 
 from edge_agent.config import AgentLimits, OtaTimeouts
 from edge_agent.errors import InstallError
+from edge_agent.ota.events import EVENT_CHUNKS_REPAIR, DeploymentEvents, describe
 from edge_agent.ota.health import HealthCheck, OnnxSmokeCheck, run_health_check
 from edge_agent.ota.machine import (
     Deployment,
@@ -45,12 +54,10 @@ from shared.chunks import decode_chunk
 from shared.errors import BundleError, ProtocolError
 from shared.messages import (
     DeployCommand,
-    Event,
     EventKind,
     InstalledModel,
     Message,
     RollbackCommand,
-    new_id,
 )
 from shared.signing import TrustRoot
 from shared.topics import TopicScheme
@@ -61,13 +68,6 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[Message], None]
 ActiveChanged = Callable[[InstalledSlot | None], None]
-
-EVENT_CHUNKS_REPAIR = "chunks_repair"  # not terminal: corrupt chunks are fetched again
-_TERMINAL_EVENT = {
-    Phase.COMMITTED: EventKind.COMMITTED,
-    Phase.ROLLED_BACK: EventKind.ROLLED_BACK,
-    Phase.FAILED: EventKind.FAILED,
-}
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class OtaUpdater:
         self.timeouts = timeouts or OtaTimeouts()
         self.limits = limits or AgentLimits()
         self.health_check: HealthCheck = health_check or OnnxSmokeCheck()
-        self._emit = emit
+        self.events = DeploymentEvents(device_id, emit)
         self._clock = clock
         self._phase_timeouts = phase_timeouts(
             download_s=self.timeouts.download_s,
@@ -187,7 +187,7 @@ class OtaUpdater:
                 verified = self._reverify()
                 artifacts = self._full_artifacts(verified)
             except (BundleError, InstallError, OSError) as exc:
-                self._step(Trigger.ERROR, reason=f"cannot resume install: {_reason(exc)}")
+                self._step(Trigger.ERROR, reason=f"cannot resume install: {describe(exc)}")
                 self._roll_back()
                 return
             self._install(verified, artifacts)
@@ -203,7 +203,9 @@ class OtaUpdater:
             return
         active = self.slots.active()
         if active is not None and active.meta.bundle_id == cmd.bundle_id:
-            self._event(EventKind.COMMITTED, cmd.deployment_id, "already installed", active.meta)
+            self.events.already(
+                EventKind.COMMITTED, cmd.deployment_id, active.meta, "already installed"
+            )
             self._remember(cmd.deployment_id)
             return
         try:
@@ -212,7 +214,8 @@ class OtaUpdater:
             if offer.bundle_id != cmd.bundle_id:
                 raise InstallError("offer names another bundle than its manifest")
         except (BundleError, InstallError) as exc:
-            self._reject(cmd.deployment_id, exc, bundle_id=cmd.bundle_id)
+            self.events.rejected(cmd.deployment_id, exc, bundle_id=cmd.bundle_id)
+            self._remember(cmd.deployment_id)
             return
         self._supersede(cmd.deployment_id, keep_bundle=cmd.bundle_id)
         now = self._clock()
@@ -249,11 +252,14 @@ class OtaUpdater:
             policy = self._policy()
             order = verify_rollback_order(cmd.order, cmd.keyring, policy)
         except BundleError as exc:
-            self._reject(cmd.deployment_id, exc)
+            self.events.rejected(cmd.deployment_id, exc)
+            self._remember(cmd.deployment_id)
             return
         active = self.slots.active()
         if active is not None and active.meta.bundle_id == order.to_bundle_id:
-            self._event(EventKind.ROLLED_BACK, cmd.deployment_id, "already active", active.meta)
+            self.events.already(
+                EventKind.ROLLED_BACK, cmd.deployment_id, active.meta, "already active"
+            )
             self._remember(cmd.deployment_id)
             return
         self._supersede(cmd.deployment_id, keep_bundle=None)
@@ -325,7 +331,7 @@ class OtaUpdater:
         except (BundleError, InstallError) as exc:
             if self._repair(exc):
                 return
-            self._step(Trigger.VERIFY_FAILED, reason=_reason(exc), event=EventKind.VERIFY_FAILED)
+            self._step(Trigger.VERIFY_FAILED, reason=describe(exc), event=EventKind.VERIFY_FAILED)
             self._finish()
             return
         if self._overdue():
@@ -345,7 +351,7 @@ class OtaUpdater:
         self._step(
             Trigger.REPAIR,
             event=EVENT_CHUNKS_REPAIR,
-            detail=_reason(exc),
+            detail=describe(exc),
             data={"chunks": len(suspects)},
             repairs=dep.repairs + 1,
         )
@@ -511,9 +517,9 @@ class OtaUpdater:
             **changes,
         )
         if event is not None:
-            self._event(event, dep=dep, detail=detail, data=data)
+            self.events.step(event, dep, detail=detail, data=data)
         if dep.terminal:
-            self._event(_TERMINAL_EVENT[dep.phase], dep=dep, detail=dep.reason)
+            self.events.terminal(dep)
         self._save(dep)
         log.info(
             "deployment %s: %s -> %s %s", dep.deployment_id, trigger.value, dep.phase.value, reason
@@ -567,20 +573,6 @@ class OtaUpdater:
         self.state = self.state.remember(deployment_id)
         self.store.save(self.state)
 
-    def _reject(self, deployment_id: str, exc: Exception, *, bundle_id: str = "") -> None:
-        log.warning("deployment %s rejected: %s", deployment_id, _reason(exc))
-        self._emit(
-            Event(
-                device_id=self.device_id,
-                event_id=new_id(),
-                kind=EventKind.REJECTED,
-                deployment_id=deployment_id,
-                detail=_reason(exc),
-                data={"error": type(exc).__name__, "bundle_id": bundle_id},
-            )
-        )
-        self._remember(deployment_id)
-
     def _policy(self) -> VerifyPolicy:
         lim = self.limits.max_bundle_bytes
         return VerifyPolicy(
@@ -611,36 +603,5 @@ class OtaUpdater:
             except Exception:  # a listener must not break the install lifecycle
                 log.exception("active-model listener failed")
 
-    def _event(
-        self,
-        kind: str,
-        deployment_id: str | None = None,
-        detail: str = "",
-        meta: SlotMeta | None = None,
-        data: dict[str, Any] | None = None,
-        dep: Deployment | None = None,
-    ) -> None:
-        dep = dep or self.state.deployment
-        body: dict[str, Any] = {}
-        if meta is not None:
-            body = {"bundle_id": meta.bundle_id, "version": meta.version, "model": meta.model_name}
-        elif dep is not None:
-            body = {"bundle_id": dep.bundle_id, "version": dep.version, "model": dep.model_name}
-        body.update(data or {})
-        self._emit(
-            Event(
-                device_id=self.device_id,
-                event_id=new_id(),
-                kind=kind,
-                deployment_id=deployment_id or (dep.deployment_id if dep else None),
-                detail=detail,
-                data=body,
-            )
-        )
-
     def _check_health(self, slot: InstalledSlot) -> None:
         run_health_check(self.health_check, slot, timeout_s=self.timeouts.health_s)
-
-
-def _reason(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"

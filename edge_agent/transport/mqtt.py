@@ -73,6 +73,7 @@ class MqttLink:
         self._connected = False
         self._generation = 0
         self._desired: set[str] = set()
+        self._stale: set[str] = set()  # may linger in the broker's session from a past run
         self._cursor = 0  # highest outbox id handed to paho on this connection
         self._inflight: list[tuple[int, mqtt.MQTTMessageInfo]] = []
         self._flusher: threading.Thread | None = None
@@ -163,6 +164,12 @@ class MqttLink:
         if self._connected:
             self._client.subscribe(topic, qos=1)
 
+    def forget_on_connect(self, topic: str) -> None:
+        """Unsubscribe ``topic`` on the next connect unless it is wanted by then: the
+        persistent session may still hold a subscription a killed process did not drop."""
+        with self._lock:
+            self._stale.add(topic)
+
     def unsubscribe(self, topic: str) -> None:
         with self._lock:
             if topic not in self._desired:
@@ -193,8 +200,12 @@ class MqttLink:
             self._cursor = 0
             self._inflight = []
             topics = sorted(self._desired)
+            stale = sorted(self._stale - self._desired)
+            self._stale.clear()
         if topics:
             client.subscribe([(t, 1) for t in topics])
+        if stale and flags.session_present:
+            client.unsubscribe(stale)
         log.info(
             "connected to %s:%s (session present: %s)",
             self.settings.host,

@@ -9,16 +9,24 @@ only.
 
 from shared.fl.data_source import (
     ArrayDataSource,
+    DataResolver,
+    InMemoryPartitions,
     LocalDataSource,
+    NodeConfigDataPath,
     NpzDataSource,
     PartitionDirectory,
+    PartitionFiles,
     save_partition,
 )
 
 __all__ = [
     "ArrayDataSource",
+    "DataResolver",
+    "InMemoryPartitions",
     "LocalDataSource",
+    "NodeConfigDataPath",
     "NpzDataSource",
     "PartitionDirectory",
+    "PartitionFiles",
     "save_partition",
 ]

@@ -22,13 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from numpy.typing import NDArray
 
-from shared.fl.data_source import (
-    DataResolver,
-    InMemoryPartitions,
-    LocalDataSource,
-    NodeConfigDataPath,
-    PartitionFiles,
-)
+from shared.fl.data_source import DataResolver, LocalDataSource
 from shared.fl.mods import DropoutSchedule, hardened_secaggplus_mod
 from shared.fl.training import (
     LocalTrainingLimits,
@@ -38,15 +32,7 @@ from shared.fl.training import (
     train_model,
 )
 
-__all__ = [
-    "ClientAppSpec",
-    "DataResolver",
-    "InMemoryPartitions",
-    "LocalTrainingClient",
-    "NodeConfigDataPath",
-    "PartitionFiles",
-    "build_client_app",
-]  # the resolvers are re-exported from shared.fl.data_source
+__all__ = ["ClientAppSpec", "LocalTrainingClient", "build_client_app"]
 
 # Fit-config keys the hub may send; the client caps them by its own limits.
 FIT_KEY_EPOCHS = "local-epochs"

@@ -47,6 +47,7 @@ from simulations.fleet.population import Member, agent_config, plan_population
 from simulations.fleet.processes import ProcessSupervisor
 from simulations.fleet.report import TimelinePoint, write_results
 from simulations.fleet.scenario import FleetScenario, RolloutPlanSpec
+from simulations.fleet.shard import ShardProcess
 
 __all__ = ["FleetResult", "run_scenario"]
 
@@ -85,6 +86,7 @@ class _Run:
         self.link: FlakyLink | None = None
         self.devices: dict[str, _InProc] = {}
         self.procs: ProcessSupervisor | None = None
+        self.shards: list[ShardProcess] = []
         self.arm_file = self.work / "faults.armed"
         self.armed = False
         self.fault_version: int | None = None
@@ -128,10 +130,34 @@ class _Run:
             )
             self.link.start()
             self.link.set_cutting(False)
+        threaded = [m for m in self.members if m.link != "process"]
+        per = self.sc.agents_per_process
+        local, rest = threaded[:per], threaded[per:]
+        for i in range(0, len(rest), per):  # started first: they load slower
+            shard = ShardProcess(self.work / f"shard-{len(self.shards)}", rest[i : i + per])
+            shard.start(
+                urls={
+                    m.device_id: f"mqtt://127.0.0.1:{self.link.port}"
+                    if m.link == "flaky" and self.link
+                    else self.hub.broker.url
+                    for m in shard.members
+                },
+                prefix=self.hub.prefix,
+                trust_root=trust,
+                settings={
+                    "arm_file": str(self.arm_file),
+                    "kill_at_chunk": self.sc.faults.kill_at_chunk,
+                    "restart_after_s": self.sc.faults.restart_after_kill_s,
+                    "drift_window": self.sc.drift.window,
+                    "telemetry_interval_s": self.sc.telemetry_interval_s,
+                    "batch": self.sc.drift.batch,
+                    "interval_s": self.sc.drift.interval_s,
+                    "seed": self.sc.seed + 1 + len(self.shards),
+                },
+            )
+            self.shards.append(shard)
         caps = detect_capabilities()
-        for m in self.members:
-            if m.link == "process":
-                continue
+        for m in local:
             config = agent_config(
                 m,
                 state_dir=self.work / "devices" / m.device_id,
@@ -303,11 +329,15 @@ class _Run:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=10)
+        for shard in self.shards:  # they stop their agents while we stop ours
+            shard.terminate()
         for d in self.devices.values():
             d.sim.agent.stop(drain_s=10.0)
             d.sim.stack.stop()
         if self.procs is not None:
             self.procs.stop()
+        for shard in self.shards:
+            shard.wait(timeout=180.0)
         if self.hub.server is not None and self.hub.server.ingest is not None:
             _settle(self.hub.server.ingest)
 
@@ -332,21 +362,26 @@ class _Run:
             w = windows.setdefault(d, [0, 0])
             w[0] += 1
             w[1] += int(bool(drifted))
+        sharded = {m.device_id: sh for sh in self.shards for m in sh.members}
+        shard_stats = {sh.root.name: sh.stats() for sh in self.shards}
         result = []
         for m in self.members:
-            if m.link == "process":
+            if m.device_id in sharded:
+                sh = sharded[m.device_id]
+                st = shard_stats[sh.root.name].get(m.device_id, {})
+                state, entries = sh.state_dir(m.device_id), Ledger.read(sh.ledger(m.device_id))
+                kills = len(st.get("kills", []))
+                received, predictions = st.get("bytes_received", 0), st.get("predictions", 0)
+            elif m.link == "process":
                 assert self.procs is not None
                 dp = next(p for p in self.procs.devices if p.member.device_id == m.device_id)
                 state, entries, kills = dp.state_dir, Ledger.read(dp.ledger), dp.killed
                 received = predictions = 0
             else:
-                d = self.devices[m.device_id]
-                state, entries, kills = (
-                    d.sim.config.state_dir,
-                    d.sim.ledger.entries(),
-                    len(d.killed_at),
-                )
-                received, predictions = d.sim.bytes_received, d.sim.predictions
+                local = self.devices[m.device_id]
+                state, entries = local.sim.config.state_dir, local.sim.ledger.entries()
+                kills = len(local.killed_at)
+                received, predictions = local.sim.bytes_received, local.sim.predictions
             missing = tuple(
                 f"{e.id[:12]}({e.kind}@{_t(e)})"
                 for e in entries
@@ -471,12 +506,28 @@ def _judge(
 ) -> tuple[dict[str, Any], list[Invariant]]:
     sc = run.sc
     proc_kills = sum(p.killed for p in run.procs.devices) if run.procs else 0
-    inproc_kills = sum(len(d.killed_at) for d in run.devices.values())
+    thread_kills = [
+        {"device": d.member.device_id, "t": round(t - run.t0, 2), "phase": ph}
+        for d in run.devices.values()
+        for t, ph in d.killed_at
+    ] + [
+        {"device": device_id, "t": round(t - run.t0, 2), "phase": ph, "shard": sh.root.name}
+        for sh in run.shards
+        for device_id, st in sh.stats().items()
+        for t, ph in st.get("kills", [])
+    ]
+    run.markers.extend((k["t"], "kill") for k in thread_kills if "shard" in k)
+    run.markers.extend(
+        (round(t - run.t0, 2), "sigkill")
+        for p in (run.procs.devices if run.procs else [])
+        for t, rc in p.exits
+        if rc == -9
+    )
     link_stats = run.link.stats() if run.link is not None else None
     faulted = any(p.faults for p in sc.rollouts)
     counts = FaultCounts(
         kills_wanted=sum(m.kill for m in run.members) if faulted else 0,
-        kills_done=inproc_kills + proc_kills,
+        kills_done=len(thread_kills) + proc_kills,
         broker_restarts_wanted=int(faulted and sc.faults.broker_restart_at is not None),
         broker_restarts_done=len(run.hub.broker_restarts),
         flaky_agents=sum(m.link == "flaky" for m in run.members) if faulted else 0,
@@ -501,6 +552,7 @@ def _judge(
             "total": len(run.members),
             "in_process": sc.agents,
             "processes": sc.subprocess_agents,
+            "shards": [len(sh.members) for sh in run.shards],
             "flaky": sum(m.link == "flaky" for m in run.members),
             "by_class": {
                 c: sum(m.device_class == c for m in run.members) for c in sc.device_classes
@@ -515,11 +567,7 @@ def _judge(
             "flaky_link_down_bytes": link_stats.bytes_down if link_stats else 0,
         },
         "faults": {
-            "in_process_kills": [
-                {"device": d.member.device_id, "t": round(t - run.t0, 2), "phase": ph}
-                for d in run.devices.values()
-                for t, ph in d.killed_at
-            ],
+            "in_process_kills": thread_kills,
             "process_sigkills": proc_kills,
             "broker_restarts": [round(t - run.t0, 2) for t in run.hub.broker_restarts],
             "link_cuts": counts.link_cuts,

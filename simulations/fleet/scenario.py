@@ -197,6 +197,7 @@ class FleetScenario:
     timeout_s: float = 300.0
     telemetry_interval_s: float = 2.0
     state_on_tmpfs: bool = True
+    agents_per_process: int = 100  # threads per process; more go to shard processes
     bundle: BundleSettings = field(default_factory=BundleSettings)
     faults: FaultSettings = field(default_factory=FaultSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
@@ -206,6 +207,8 @@ class FleetScenario:
         _need(bool(_NAME_RE.match(self.name)), f"scenario.name {self.name!r} is not a name")
         _number(self.agents, "scenario.agents", 1, MAX_AGENTS)
         _number(self.subprocess_agents, "scenario.subprocess_agents", 0, 100)
+        # paho's select() cannot watch descriptors >= 1024: ~150 agents per process at most
+        _number(self.agents_per_process, "scenario.agents_per_process", 1, 120)
         _need(bool(self.device_classes), "scenario.device_classes must not be empty")
         for cls, weight in self.device_classes.items():
             _need(bool(_NAME_RE.match(cls)), f"device class {cls!r} is not a name")

@@ -197,3 +197,57 @@ def test_transfer_completes_across_broker_restart(tmp_path: Path, broker: Privat
     finally:
         agent.stop()
         hub.close()
+
+
+@pytest.mark.integration
+def test_persistent_session_keeps_subscriptions_and_stale_ones_are_dropped(tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_agent.config import MqttSettings
+    from edge_agent.transport import InboundMessage, MqttLink
+    from tests.agent_ota.agent_ota_helpers import broker_available
+
+    if not broker_available():
+        pytest.skip("needs Mosquitto on 127.0.0.1:1883")
+    prefix = unique_prefix()
+    topic = f"{prefix}/v1/bundles/x/chunks"
+    settings = MqttSettings(topic_prefix=prefix, reconnect_min_s=0.2, reconnect_max_s=1.0)
+    client_id = f"sess-{prefix}"
+    got: list[InboundMessage] = []
+
+    def link(forget: bool) -> MqttLink:
+        lk = MqttLink(
+            settings=settings,
+            client_id=client_id,
+            outbox=Outbox(tmp_path / f"o{len(got)}{forget}.db"),
+            on_message=lambda m: (got.append(m), lk.ack(m)),
+        )
+        if forget:
+            lk.forget_on_connect(topic)
+        lk.start()
+        assert lk.connected_event.wait(10)
+        return lk
+
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", 1883)
+    pub.loop_start()
+    try:
+        first = link(False)
+        first.subscribe(topic)
+        time.sleep(0.3)
+        first.stop()  # a process that never unsubscribed: the session keeps the subscription
+        second = link(False)
+        time.sleep(0.3)
+        pub.publish(topic, b"kept", qos=1)
+        assert wait_for(lambda: [m.payload for m in got] == [b"kept"], 5)
+        second.stop()
+        third = link(True)  # this run knows the topic is stale
+        time.sleep(0.5)
+        pub.publish(topic, b"dropped", qos=1)
+        time.sleep(0.5)
+        assert [m.payload for m in got] == [b"kept"]
+        third.stop()
+    finally:
+        pub.loop_stop()
+        pub.disconnect()

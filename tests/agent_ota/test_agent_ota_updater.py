@@ -587,3 +587,31 @@ def test_crash_during_ordered_rollback_completes_after_restart(
     assert harness.active_bundle == v1
     assert harness.updater.state.installed_versions == {"sensor-mlp": 1}
     _assert_consistent(harness)
+
+
+def test_download_map_records_only_synced_chunks(tmp_path: Path) -> None:
+    from edge_agent.ota.download import BundleDownload
+    from shared.chunks import split_chunks
+
+    data = bytes(range(256)) * 40
+    chunks = split_chunks("b" * 64, data, 1000)
+    dl = BundleDownload(
+        tmp_path / "d", bundle_id="b" * 64, total_size=len(data), chunk_size=1000, sync_every=4
+    )
+    for c in chunks[:3]:
+        assert dl.store(c)
+    assert not dl.store(chunks[0])  # duplicate
+    assert (tmp_path / "d" / "received.map").read_bytes().count(1) == 0  # not durable yet
+    assert dl.store(chunks[3])  # fourth chunk: one fsync, four map entries
+    assert (tmp_path / "d" / "received.map").read_bytes().count(1) == 4
+    dl._data_fd, dl._map_fd = -1, -1  # a kill: nothing else reaches the disk
+    again = BundleDownload(
+        tmp_path / "d", bundle_id="b" * 64, total_size=len(data), chunk_size=1000
+    )
+    assert again.missing() == list(range(4, len(chunks)))
+    for c in chunks[4:]:
+        again.store(c)
+    assert again.complete and again.read_all() == data
+    # another geometry for the same directory starts over
+    other = BundleDownload(tmp_path / "d", bundle_id="b" * 64, total_size=len(data), chunk_size=500)
+    assert other.received_count == 0

@@ -154,3 +154,48 @@ def test_serve_runs_api_ingest_and_engine(tmp_path: Path) -> None:
                 proc.kill()
             log.close()
     assert code == 0, (tmp_path / "serve.log").read_text()
+
+
+def test_hub_server_indexes_built_bundles(tmp_path: Path) -> None:
+    from cloud_hub.api.server import HubServer
+    from cloud_hub.registry import catalog
+    from shared.bundle import (
+        BundleManifest,
+        artifact_info,
+        build_bundle,
+        bundle_id_of,
+        parse_bundle,
+    )
+
+    keys = KeyStore.init(tmp_path / "hub" / "keys")
+    model = b"model-bytes" * 10
+    manifest = BundleManifest(
+        model_name="sensor-mlp",
+        version=1,
+        device_class="rpi4",
+        created="2026-11-24T00:00:00Z",
+        expires="2027-11-24T00:00:00Z",
+        artifacts=[artifact_info("model.onnx", model, "model")],
+    )
+    data = build_bundle(
+        manifest,
+        {"model.onnx": model},
+        signing_keys=keys.signing_keys(),
+        keyring_envelope=keys.keyring_envelope(),
+    )
+    bundle_id = bundle_id_of(parse_bundle(data).manifest_envelope)
+    store = tmp_path / "hub" / "keys" / "bundles"
+    store.mkdir()
+    (store / f"{bundle_id}.ffb").write_bytes(data)
+    (store / "broken.ffb").write_bytes(b"not a bundle")  # logged and skipped
+    server = HubServer(
+        HubConfig(data_dir=tmp_path / "hub", enable_ingest=False, offline_after_s=0),
+        rollout_engine=False,
+    )
+    server.start()
+    try:
+        assert server.registry is not None
+        with server.registry.session() as s:
+            assert [b.bundle_id for b in catalog.list_bundles(s).items] == [bundle_id]
+    finally:
+        server.stop()

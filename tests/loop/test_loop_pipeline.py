@@ -92,7 +92,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         work_dir=root / "loop",
         num_rounds=1,
         local_epochs=3,
-        policy=RetrainPolicy(min_devices=3, cooldown_s=0, require_approval=True),
+        policy=RetrainPolicy(
+            min_devices=3, cooldown_s=0, drift_duration_s=5, require_approval=True
+        ),
         rollout_stages=({"count": 1}, {"percent": 100.0}),
     )
     pipeline = RetrainPipeline(

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
+from cloud_hub.delivery.deployment import DeploymentState
 from cloud_hub.delivery.progress import DeviceProgress
-from cloud_hub.delivery.publisher import _DeploymentState
 from shared.messages import ChunkRequest, Event, Hello, Status, new_id
 
 CHANNELS = ["events", "chunk-req", "hello", "status"]
@@ -61,7 +61,7 @@ def test_hub_inbound_never_raises(channel: str, payload: bytes, device: str) -> 
 
 def test_hub_keeps_tracking_after_garbage() -> None:
     pub = _publisher()
-    state = _DeploymentState(
+    state = DeploymentState(
         deployment_id="dep", bundle_id="b", devices={"d1": DeviceProgress("d1")}, started_at=0.0
     )
     pub._deployments["dep"] = state

@@ -87,3 +87,23 @@ def test_token_bucket_limits_rate() -> None:
     assert bucket.delay(500, now=0.0) == 0.0  # the burst
     assert bucket.delay(1000, now=0.0) == 1.0  # then the rate
     assert bucket.delay(100, now=2.0) == 0.0
+
+
+def test_repair_queue_dedupes_bounds_and_round_robins() -> None:
+    from cloud_hub.delivery.repairs import RepairQueue
+
+    q = RepairQueue(max_cached_bundles=2, max_indices=3, max_pending=5)
+    frames = [bytes([i]) for i in range(10)]
+    q.cache("b1", frames)
+    assert q.request("a", "unknown", [1]) is None
+    assert q.request("a", "b1", [9, 1, 1, 42, -1, 2, 3]) == 3  # valid, unique, at most 3
+    assert q.request("a", "b1", [1, 2]) == 0  # already queued
+    assert q.request("b", "b1", [5, 6, 7]) == 2  # only 5 pending in total
+    served = [(i.device_id, i.index) for i in iter(lambda: q.next(timeout=0.01), None)]
+    assert served == [("a", 1), ("b", 5), ("a", 2), ("b", 6), ("a", 9)]
+    assert q.request("c", "b1", [], full=True) == 3  # "everything", bounded
+    q.cache("b2", frames)
+    q.cache("b3", frames)  # b1 is evicted (least recently deployed)
+    assert q.request("c", "b1", [0]) is None
+    q.close()
+    assert q.next(timeout=0.01) is None

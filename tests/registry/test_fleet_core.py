@@ -200,3 +200,31 @@ def test_values_the_registry_cannot_store_are_rejected_at_intake() -> None:
     tele = Telemetry(device_id="d1", seq=1, metrics={}, model_version=2**40)
     assert kind("telemetry", tele) == "out_of_range"
     assert kind("events", Event(device_id="d1", event_id="e" * 128, kind="x")) is None
+
+
+def test_telemetry_flood_is_shed_before_decoding(tmp_path: Path) -> None:
+    from cloud_hub.fleet import FleetIngest, IngestConfig, MqttSettings
+
+    reg = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
+    ingest = FleetIngest(
+        reg,
+        scheme=SCHEME,
+        mqtt_settings=MqttSettings(),
+        config=IngestConfig(telemetry_rate_per_s=1, telemetry_burst=5),
+        clock=lambda: T0,  # no refill: exactly the burst gets through
+    )
+    results = [
+        ingest.submit(
+            topic("spammer", "telemetry"),
+            Telemetry(device_id="spammer", seq=i, metrics={"cpu": 1.0}, ts=T0).encode(),
+        )
+        for i in range(50)
+    ]
+    assert results.count(Admission.ACCEPTED) == 5
+    # over its rate, even garbage is shed before anyone parses it
+    assert ingest.submit(topic("spammer", "telemetry"), b"{garbage") is Admission.RATE_LIMITED
+    quiet = Telemetry(device_id="quiet", seq=1, metrics={"cpu": 1.0}, ts=T0).encode()
+    assert ingest.submit(topic("quiet", "telemetry"), quiet) is Admission.ACCEPTED
+    stats = ingest.stats()
+    assert stats.dropped == {"rate_limited": 46} and stats.rejected == {}
+    reg.close()

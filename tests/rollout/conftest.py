@@ -229,6 +229,30 @@ class FleetSim:
                 ],
             )
 
+    @staticmethod
+    def drift(reg: Registry, ids: Iterable[str], *, version: int, ts: float, score: float) -> None:
+        from shared.messages import DriftReport, FeatureDrift
+
+        with reg.session() as s:
+            reports.record_drift(
+                s,
+                [
+                    DriftReport(
+                        device_id=d,
+                        report_id=new_id(),
+                        model_name=MODEL,
+                        model_version=version,
+                        window_size=500,
+                        features={"x": FeatureDrift(psi=score, ks=score)},
+                        drift_score=score,
+                        drifted=score > 0.25,
+                        ts=ts,
+                    )
+                    for d in ids
+                ],
+                now=ts,
+            )
+
 
 @pytest.fixture
 def sim() -> type[FleetSim]:

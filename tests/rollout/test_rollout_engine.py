@@ -57,8 +57,9 @@ def fleet(sim, registry: Registry, clock, keystore: KeyStore, delivery):  # type
     return service, ids
 
 
-def _install(sim, reg, rid, ids, clock, *, error_count=0.0, p95=11.0, correct=45.0):  # type: ignore[no-untyped-def]
+def _install(sim, reg, rid, ids, clock, *, error_count=0.0, p95=11.0, correct=45.0, drift=0.1):  # type: ignore[no-untyped-def]
     sim.event(reg, ids, EventKind.COMMITTED, f"{rid}.dtest", ts=clock.now)
+    sim.drift(reg, ids, version=2, ts=clock.now, score=drift)
     sim.status(reg, ids, version=2, ts=clock.now)
     sim.telemetry(
         reg,
@@ -111,12 +112,15 @@ def test_good_bundle_promotes_through_every_wave(sim, fleet, registry, clock, de
 
 
 @pytest.mark.parametrize(
-    ("report", "metric"),
+    ("registry", "report", "metric"),
     [
-        ({"error_count": 40.0}, "error_rate"),
-        ({"correct": 20.0}, "accuracy_drop"),
-        ({"p95": 40.0}, "p95_ratio"),
+        ("sqlite", {"error_count": 40.0}, "error_rate"),
+        ("postgresql", {"error_count": 40.0}, "error_rate"),
+        ("sqlite", {"correct": 20.0}, "accuracy_drop"),
+        ("sqlite", {"p95": 40.0}, "p95_ratio"),
+        ("sqlite", {"drift": 0.9}, "drift_score"),
     ],
+    indirect=["registry"],
 )
 def test_bad_canary_rolls_back_canary_only(
     sim,  # type: ignore[no-untyped-def]
