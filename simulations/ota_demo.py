@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agents", type=int, default=5)
     ap.add_argument("--model", default="sensor-mlp", help="a shared.models model name")
     ap.add_argument("--mqtt-url", default=None, help="use this broker instead of a private one")
-    ap.add_argument("--chunk-size", type=int, default=32 * 1024)
+    ap.add_argument("--chunk-size", type=int, default=4096, help="small: shows the chunking")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per step")
     ap.add_argument("--out", type=Path, default=Path("results/ota_demo.json"))
     ap.add_argument("--keep", type=Path, default=None, help="keep keys/agents under this folder")

@@ -442,13 +442,19 @@ class RetrainPipeline:
             dest = bundle_dir / f"{delta_id}.ffb"
             dest.write_bytes(data)
             with self.registry.session() as s:
-                rec = register_bundle_bytes(s, data, path=str(dest), now=self.clock())
-                if rec.base_bundle_id is None:
-                    from cloud_hub.registry.tables import Bundle
-
-                    row = s.get(Bundle, delta_id)
-                    if row is not None:
-                        row.base_bundle_id = base_id
+                catalog.register_bundle(
+                    s,
+                    bundle_id=delta_id,
+                    model_name=manifest.model_name,
+                    version=manifest.version,
+                    device_class=manifest.device_class,
+                    size=len(data),
+                    path=str(dest),
+                    manifest=manifest.to_signed(),
+                    kind="delta",
+                    base_bundle_id=base_id,
+                    now=self.clock(),
+                )
             out[delta_id] = len(data)
         return out
 

@@ -57,6 +57,7 @@ class ObserverConfig:
     audit_path: Path | None = None
     audit_max_bytes: int = 8 * 1024 * 1024  # then rotated to <path>.1
     recent_bytes: int = 4 * 1024 * 1024  # recent inputs kept in memory for feedback
+    max_predictions_remembered: int = 100_000  # predicted labels kept for feedback accuracy
     max_drift_reports: int = 1000  # undrained reports beyond this are dropped (oldest first)
     seed: int | None = None
 
@@ -82,6 +83,9 @@ class ObserverStats:
     drift_alarms: int
     audited: int
     stored: int
+    # Labelled feedback on the current model version: what the accuracy gate reads.
+    feedback_count: int = 0
+    feedback_correct: int = 0
 
 
 _STOP = object()
@@ -106,6 +110,9 @@ class PredictionObservers:
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, tuple[NDArray[Any], int]] = OrderedDict()
         self._recent_bytes = 0
+        # prediction id -> (predicted label, model version), for feedback accuracy
+        self._predicted: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._feedback: dict[int, list[int]] = {}  # model version -> [count, correct]
         self._reports: deque[DriftWindowReport] = deque(maxlen=self.config.max_drift_reports)
         self._counts = dict.fromkeys(
             (
@@ -164,6 +171,11 @@ class PredictionObservers:
         self._pending.append(("drift", detector))
 
     def _remember(self, batch: PredictionBatch) -> None:
+        with self._lock:
+            for i, pid in enumerate(batch.ids):
+                self._predicted[pid] = (int(batch.labels[i]), batch.model_version)
+            while len(self._predicted) > self.config.max_predictions_remembered:
+                self._predicted.popitem(last=False)
         if self.config.recent_bytes == 0:
             return
         row_bytes = batch.inputs[0].nbytes if len(batch.ids) else 0
@@ -176,7 +188,16 @@ class PredictionObservers:
                 self._recent_bytes -= row.nbytes
 
     def feedback(self, prediction_id: str, label: int) -> bool:
-        """Label an earlier prediction; False if it is neither stored nor recent."""
+        """Label an earlier prediction; False if it is neither stored nor recent.
+
+        Whether the prediction was right is counted per model version (the rollout gate's
+        accuracy-on-feedback metric), also when no sample store is configured."""
+        with self._lock:
+            known = self._predicted.pop(prediction_id, None)
+            if known is not None:
+                counts = self._feedback.setdefault(known[1], [0, 0])
+                counts[0] += 1
+                counts[1] += int(known[0] == label)
         if self._store is None:
             return False
         if self._store.set_label(prediction_id, label):
@@ -199,9 +220,13 @@ class PredictionObservers:
             self._reports.clear()
         return out
 
-    def stats(self) -> ObserverStats:
+    def stats(self, model_version: int | None = None) -> ObserverStats:
+        """Counters; feedback counts are those of ``model_version`` (0 when ``None``)."""
         with self._lock:
-            return ObserverStats(**self._counts)
+            count, correct = (
+                self._feedback.get(model_version, (0, 0)) if model_version is not None else (0, 0)
+            )
+            return ObserverStats(**self._counts, feedback_count=count, feedback_correct=correct)
 
     # -- worker ------------------------------------------------------------------------------
     def _work(self) -> None:

@@ -91,10 +91,11 @@ class InferenceStack:
         return loaded.report
 
     def telemetry(self) -> TelemetrySnapshot:
+        server = self.server.stats()
         return self.telemetry_collector.collect(
-            server=self.server.stats(),
+            server=server,
             runtime=self.server.report,
-            observers=self.observers.stats(),
+            observers=self.observers.stats(server.model_version),
         )
 
     def release_memory(self) -> None:

@@ -154,6 +154,8 @@ class TelemetryCollector:
             metrics["observer_dropped"] = float(observers.dropped)
             metrics["drift_windows"] = float(observers.drift_windows)
             metrics["drift_alarms"] = float(observers.drift_alarms)
+            metrics["feedback_count"] = float(observers.feedback_count)
+            metrics["feedback_correct"] = float(observers.feedback_correct)
         warnings: tuple[str, ...] = ()
         extra: dict[str, Any] = {}
         if runtime is not None:

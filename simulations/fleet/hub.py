@@ -43,6 +43,7 @@ from cloud_hub.rollout.status import RolloutStatus
 from shared.bundle import artifact_info
 from shared.data.sensors import NUM_CLASSES, NUM_FEATURES, generate_sensor_data
 from shared.drift_reference import ReferenceStats
+from simulations.fleet.training import TrainedModel
 
 __all__ = ["CountingDelivery", "SimHub", "build_model_artifacts"]
 
@@ -52,10 +53,10 @@ MODEL = "sensor-mlp"
 _TERMINAL = ("done", "rolled_back", "aborted")
 
 
-def sensor_mlp_onnx(seed: int) -> bytes:
-    """The ``sensor-mlp`` architecture (12 -> 64 -> 64 -> 3, ReLU) as an ONNX graph with
-    seeded weights, built with ``onnx.helper``: the same model file the compression step ships,
-    without importing torch into a process that hosts hundreds of agents."""
+def sensor_mlp_onnx(seed: int, weights: Sequence[Any] | None = None) -> bytes:
+    """The ``sensor-mlp`` architecture (12 -> 64 -> 64 -> 3, ReLU) as an ONNX graph, built with
+    ``onnx.helper``: seeded weights, or ``weights`` in the torch ``state_dict`` order (weight
+    ``(out, in)``, bias, per layer) as a federated run returns them."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -63,11 +64,15 @@ def sensor_mlp_onnx(seed: int) -> bytes:
     sizes = [NUM_FEATURES, 64, 64, NUM_CLASSES]
     nodes, inits, last = [], [], "input"
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        w = rng.normal(0, (2 / n_in) ** 0.5, size=(n_in, n_out)).astype(np.float32)
-        inits += [
-            numpy_helper.from_array(w, f"W{i}"),
-            numpy_helper.from_array(np.zeros(n_out, np.float32), f"B{i}"),
-        ]
+        if weights is not None:
+            w = np.asarray(weights[2 * i], np.float32).T
+            b = np.asarray(weights[2 * i + 1], np.float32)
+            if w.shape != (n_in, n_out) or b.shape != (n_out,):
+                raise ValueError(f"layer {i}: weights {w.shape}/{b.shape} are not sensor-mlp's")
+        else:
+            w = rng.normal(0, (2 / n_in) ** 0.5, size=(n_in, n_out)).astype(np.float32)
+            b = np.zeros(n_out, np.float32)
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
         nodes += [
             helper.make_node("MatMul", [last, f"W{i}"], [f"m{i}"]),
             helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"]),
@@ -91,14 +96,26 @@ def sensor_mlp_onnx(seed: int) -> bytes:
 
 
 def build_model_artifacts(
-    *, healthy: bool, version: int, padding_kb: int, problem_seed: int = 0
+    *,
+    healthy: bool,
+    version: int,
+    padding_kb: int,
+    trained: TrainedModel | None = None,
+    problem_seed: int = 0,
 ) -> list[tuple[Any, bytes]]:
-    """The artifacts of one bundle: the ONNX sensor model (or, when not ``healthy``, bytes
-    that fail the device health check), its input spec, the drift reference statistics of
-    its training distribution, and opaque padding so the transfer spans many chunks."""
+    """The artifacts of one bundle: the ONNX sensor model (federated-trained when ``trained``
+    is given; when not ``healthy``, bytes that fail the device health check), its input spec,
+    the drift reference statistics of its training data, and opaque padding so the transfer
+    spans many chunks."""
     rng = np.random.default_rng(version)
-    model = sensor_mlp_onnx(version) if healthy else rng.bytes(4096)
-    x_ref, _ = generate_sensor_data(4000, seed=problem_seed, sample_seed=10_000 + version)
+    if not healthy:
+        model = rng.bytes(4096)
+    else:
+        model = sensor_mlp_onnx(version, trained.weights if trained else None)
+    if trained is not None:
+        x_ref = trained.reference_x
+    else:
+        x_ref, _ = generate_sensor_data(4000, seed=problem_seed, sample_seed=10_000 + version)
     reference = ReferenceStats.from_samples(x_ref).to_json()
     pre = preprocess_json(MODEL)
     arts = [
@@ -262,7 +279,13 @@ class SimHub:
 
     # -- bundles and rollouts ----------------------------------------------------------------
     def build_bundle(
-        self, device_class: str, version: int, *, healthy: bool, padding_kb: int
+        self,
+        device_class: str,
+        version: int,
+        *,
+        healthy: bool,
+        padding_kb: int,
+        trained: TrainedModel | None = None,
     ) -> str:
         """Sign a bundle for ``device_class`` and register it with the hub."""
         built = build_signed_bundle(
@@ -272,10 +295,12 @@ class SimHub:
                 model_name=MODEL,
                 device_class=device_class,
                 version=version,
-                lineage={"source": "fleet-simulation"},
-                metrics={"healthy": healthy},
+                lineage={"source": "fleet-simulation", **(trained.lineage if trained else {})},
+                metrics={"healthy": healthy, **(trained.metrics if trained else {})},
             ),
-            build_model_artifacts(healthy=healthy, version=version, padding_kb=padding_kb),
+            build_model_artifacts(
+                healthy=healthy, version=version, padding_kb=padding_kb, trained=trained
+            ),
         )
         with self.registry.session() as s:
             register_bundle_bytes(

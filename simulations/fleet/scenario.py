@@ -67,6 +67,7 @@ __all__ = [
     "FleetScenario",
     "RolloutPlanSpec",
     "ScenarioError",
+    "TrainingSettings",
     "load_scenario",
     "parse_scenario",
 ]
@@ -158,6 +159,24 @@ class DriftSettings:
 
 
 @dataclass(frozen=True)
+class TrainingSettings:
+    """The training plane: a federated run (SecAgg+) over ``clients`` devices outside the
+    drifting site, alongside v1's provisioning; its model ships as the first healthy
+    rollout's version."""
+
+    enabled: bool = False
+    clients: int = 8
+    rounds: int = 3
+    samples: int = 300
+    secagg: bool = True
+
+    def __post_init__(self) -> None:
+        _number(self.clients, "training.clients", 2, 100)
+        _number(self.rounds, "training.rounds", 1, 100)
+        _number(self.samples, "training.samples", 20, 100_000)
+
+
+@dataclass(frozen=True)
 class RolloutPlanSpec:
     """One staged rollout of a new version to ``classes`` (empty: every class)."""
 
@@ -201,6 +220,7 @@ class FleetScenario:
     bundle: BundleSettings = field(default_factory=BundleSettings)
     faults: FaultSettings = field(default_factory=FaultSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
     rollouts: tuple[RolloutPlanSpec, ...] = ()
 
     def __post_init__(self) -> None:
@@ -235,6 +255,11 @@ class FleetScenario:
             unknown = set(r.classes) - set(self.device_classes)
             _need(not unknown, f"rollout v{r.version} names unknown classes {sorted(unknown)}")
         _need(sum(r.faults for r in self.rollouts) <= 1, "at most one rollout has faults = true")
+        if self.training.enabled:
+            _need(
+                any(r.healthy for r in self.rollouts),
+                "training needs a healthy rollout to ship its model",
+            )
 
     @property
     def total_agents(self) -> int:
@@ -267,7 +292,7 @@ def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
 
 def parse_scenario(raw: Mapping[str, Any]) -> FleetScenario:
     """Validate a parsed TOML document."""
-    unknown = set(raw) - {"scenario", "bundle", "faults", "drift", "rollouts"}
+    unknown = set(raw) - {"scenario", "bundle", "faults", "drift", "training", "rollouts"}
     _need(not unknown, f"unknown tables: {sorted(unknown)}")
     top = _table(raw, "scenario")
     _need("name" in top, "[scenario] needs a name")
@@ -294,6 +319,7 @@ def parse_scenario(raw: Mapping[str, Any]) -> FleetScenario:
             "bundle": _build(BundleSettings, _table(raw, "bundle"), "bundle"),
             "faults": _build(FaultSettings, _table(raw, "faults"), "faults"),
             "drift": _build(DriftSettings, _table(raw, "drift"), "drift"),
+            "training": _build(TrainingSettings, _table(raw, "training"), "training"),
             "rollouts": tuple(plans),
         },
         "scenario",

@@ -217,11 +217,15 @@ def test_persistent_session_keeps_subscriptions_and_stale_ones_are_dropped(tmp_p
     got: list[InboundMessage] = []
 
     def link(forget: bool) -> MqttLink:
+        def on_message(m: InboundMessage) -> None:
+            got.append(m)
+            lk.ack(m)
+
         lk = MqttLink(
             settings=settings,
             client_id=client_id,
             outbox=Outbox(tmp_path / f"o{len(got)}{forget}.db"),
-            on_message=lambda m: (got.append(m), lk.ack(m)),
+            on_message=on_message,
         )
         if forget:
             lk.forget_on_connect(topic)

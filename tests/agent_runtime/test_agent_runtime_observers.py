@@ -71,6 +71,22 @@ def test_feedback_only_for_recent_predictions(tmp_path: Path) -> None:
         ObserverConfig(sample_rate=2.0)
 
 
+def test_feedback_accuracy_is_counted_per_model_version() -> None:
+    obs = PredictionObservers(ObserverConfig(recent_bytes=0))  # no sample store: still counted
+    obs.submit(_batch(0))  # v1 predicts class 0 for p0-*
+    v2 = _batch(1)
+    obs.submit(PredictionBatch(v2.ids, v2.inputs, np.ones(4, np.int64), v2.confidences, 2, v2.ts))
+    for k, label in enumerate([0, 0, 1, 2]):
+        obs.feedback(f"p0-{k}", label)
+    obs.feedback("p1-0", 1)
+    obs.feedback("p1-1", 0)
+    obs.feedback("p1-0", 1)  # a duplicate label for the same prediction counts once
+    s1, s2 = obs.stats(1), obs.stats(2)
+    assert (s1.feedback_count, s1.feedback_correct) == (4, 2)
+    assert (s2.feedback_count, s2.feedback_correct) == (2, 1)
+    assert obs.stats().feedback_count == 0 and obs.stats(3).feedback_count == 0
+
+
 @pytest.mark.integration
 def test_agent_process_idle_rss_is_small_and_torch_free(sensor_model, tmp_path: Path) -> None:
     proc = subprocess.Popen(

@@ -165,8 +165,10 @@ def test_drift_triggers_a_better_candidate_with_deltas(world: Any) -> None:
     assert out.delta_bundles and min(out.delta_bundles.values()) < out.bundle_bytes
     with registry.session() as s:
         assert catalog.get_model_version(s, "sensor-mlp", 2).parent_version == 1
-        kinds = {b.kind for b in catalog.list_bundles(s, model_name="sensor-mlp").items}
-        assert kinds == {"full", "delta"}
+        bundles = catalog.list_bundles(s, model_name="sensor-mlp").items
+        assert {b.kind for b in bundles} == {"full", "delta"}
+        v1 = next(b for b in bundles if b.version == 1)
+        assert {b.base_bundle_id for b in bundles if b.kind == "delta"} == {v1.bundle_id}
 
 
 def test_a_candidate_that_does_not_beat_the_champion_is_refused(world: Any) -> None:

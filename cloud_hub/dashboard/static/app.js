@@ -158,10 +158,10 @@ async function viewDevice(id) {
         ${latest ? `<table><thead><tr><th>feature</th><th>PSI</th><th>KS</th></tr></thead><tbody>${featureRows}</tbody></table>` : '<span class="muted">no drift reports</span>'}</div></div>
     <h2>Install history</h2><table><thead><tr><th>rollout</th><th>stage</th><th>state</th><th>attempts</th><th>detail</th></tr></thead><tbody>${installs}</tbody></table>
     <h2>Events</h2><table><thead><tr><th>when</th><th>kind</th><th>deployment</th><th>detail</th></tr></thead><tbody>${events}</tbody></table>`;
-  chart($("#c-lat"), "latency (ms)", series(["p50_ms", "p95_ms", "latency_p50_ms", "latency_p95_ms"]));
-  chart($("#c-cpu"), "CPU / GPU (%)", series(["cpu_percent", "gpu_util_percent", "gpu_percent"]));
-  chart($("#c-mem"), "memory (%)", series(["mem_percent", "memory_percent", "gpu_mem_percent"]));
-  chart($("#c-temp"), "temperature (°C)", series(["temperature_c", "temp_c", "cpu_temp_c"]));
+  chart($("#c-lat"), "latency (ms)", series(["p50_ms", "p95_ms"]));
+  chart($("#c-cpu"), "CPU / GPU (%)", series(["cpu_percent", "gpu_util_percent"]));
+  chart($("#c-mem"), "memory / disk (%)", series(["memory_percent", "disk_percent"]));
+  chart($("#c-temp"), "temperature (°C)", series(["temperature_c", "gpu_temperature_c"]));
   chart($("#c-drift"), "drift score", [{ label: "drift", points: drift.items.map((r) => [r.ts, r.drift_score]).reverse() }]);
 }
 
