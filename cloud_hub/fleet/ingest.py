@@ -111,6 +111,11 @@ class FleetIngest:
         self._lags: deque[float] = deque(maxlen=10_000)
         self._listeners: list[Listener] = []
         self._pending = IngestBatch(max_metrics=config.max_metrics)  # the writer thread's
+        # QoS 1 acknowledgements held until the message is committed: a hub killed between
+        # receipt and commit gets it again from the broker (persistent session) instead of
+        # losing it. Keyed by the queued item's identity while it waits in the fair queue.
+        self._held_acks: dict[int, Callable[[], None]] = {}
+        self._pending_acks: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._connected = threading.Event()
@@ -170,8 +175,26 @@ class FleetIngest:
         self._listeners.append(listener)
 
     # -- feeding (network thread, or tests directly) ----------------------------------------
-    def submit(self, topic: str, payload: bytes) -> Admission | Rejected | None:
-        """Classify and enqueue one message; returns what happened to it."""
+    def submit(
+        self, topic: str, payload: bytes, *, on_commit: Callable[[], None] | None = None
+    ) -> Admission | Rejected | None:
+        """Classify and enqueue one message; returns what happened to it.
+
+        ``on_commit`` (the broker acknowledgement) runs once the message is committed, or at
+        once when it will never be (rejected, duplicate, rate limited, dropped) or is
+        telemetry, which is droppable by design and would only hold broker flight slots."""
+        outcome = self._admit(topic, payload, hold=on_commit)
+        if on_commit is not None and not (
+            isinstance(outcome, tuple) and outcome[0] is Admission.ACCEPTED
+        ):
+            on_commit()
+        return outcome[0] if isinstance(outcome, tuple) else outcome
+
+    def _admit(
+        self, topic: str, payload: bytes, *, hold: Callable[[], None] | None
+    ) -> tuple[Admission, bool] | Admission | Rejected | None:
+        """``(admission, held)`` when the message reached the queue; ``held`` means its
+        acknowledgement now waits for the commit."""
         now = self._clock()
         if topic.endswith("/telemetry"):
             # spend the device's telemetry token before paying for the decode: a flood is
@@ -217,9 +240,13 @@ class FleetIngest:
                 self._counts["accepted"] += 1
             if admission is not Admission.ACCEPTED:
                 self._dropped[admission.value] += 1
+            held = admission is Admission.ACCEPTED and not telemetry and hold is not None
+            if held:
+                assert hold is not None
+                self._held_acks[id(result)] = hold
             if len(self._queue) >= self.config.batch_max:
                 self._lock.notify_all()
-            return admission
+            return (admission, True) if held else admission
 
     # -- writing (writer thread) -------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -230,12 +257,16 @@ class FleetIngest:
                 if len(self._queue) < self.config.batch_max and not len(pending):
                     self._lock.wait(self.config.flush_interval_s)
                 items = self._queue.drain(room) if room > 0 else []
+                self._pending_acks.extend(
+                    ack for _, inbound in items if (ack := self._held_acks.pop(id(inbound), None))
+                )
             for _, inbound in items:
                 pending.apply(inbound)
             if not len(pending):
                 continue
             if self._write(pending):
                 self._pending = IngestBatch(max_metrics=self.config.max_metrics)
+                self._release_acks()
             else:
                 self._stop.wait(self.config.retry_backoff_s)
 
@@ -244,14 +275,26 @@ class FleetIngest:
         while True:
             if len(self._pending):
                 if not self._write(self._pending):
-                    return  # the database is down: nothing more can be done here
+                    return  # the database is down: the broker redelivers what was not acked
                 self._pending = IngestBatch(max_metrics=self.config.max_metrics)
+                self._release_acks()
             with self._lock:
                 items = self._queue.drain(self.config.batch_max)
+                self._pending_acks.extend(
+                    ack for _, inbound in items if (ack := self._held_acks.pop(id(inbound), None))
+                )
             if not items:
                 return
             for _, inbound in items:
                 self._pending.apply(inbound)
+
+    def _release_acks(self) -> None:
+        acks, self._pending_acks = self._pending_acks, []
+        for ack in acks:
+            try:
+                ack()
+            except Exception:  # disconnected meanwhile: the broker will redeliver (idempotent)
+                log.debug("ack after commit failed", exc_info=True)
 
     def _write(self, batch: IngestBatch) -> bool:
         """Commit ``batch``; ``False`` (keep it, retry later) when the database is away.
@@ -342,6 +385,7 @@ class FleetIngest:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.settings.client_id,
             protocol=mqtt.MQTTv5,
+            manual_ack=True,  # acknowledge after the commit (see submit)
         )
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         if self.settings.username is not None:
@@ -401,7 +445,16 @@ class FleetIngest:
             log.warning("ingest lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        ack = None
+        if msg.qos > 0:
+            mid, qos = msg.mid, msg.qos
+
+            def ack() -> None:
+                client.ack(mid, qos)
+
         try:
-            self.submit(msg.topic, bytes(msg.payload))
+            self.submit(msg.topic, bytes(msg.payload), on_commit=ack)
         except Exception:  # never kill paho's network thread
             log.exception("ingest failed on %s", msg.topic)
+            if ack is not None:
+                ack()

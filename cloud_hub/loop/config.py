@@ -27,6 +27,9 @@ class LoopConfig:
     learning_rate: float = 0.05
     batch_size: int = 32
     secagg: bool = True
+    # "inprocess": run_federated fed by the cohort's sample stores (demo, tests);
+    # "deployment": Flower's Deployment Engine, devices train as SuperNodes (see cohort.py)
+    training_engine: str = "inprocess"
     max_samples_per_device: int = 400  # newest labelled samples each client trains on
     min_samples_per_device: int = 20  # a device with fewer labelled samples is left out
     train_with_class_peers: bool = True  # the class's other online devices join the cohort
@@ -52,6 +55,8 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.training_engine not in ("inprocess", "deployment"):
+            raise HubConfigError("training_engine must be 'inprocess' or 'deployment'")
         if not 1 <= self.num_rounds <= 100:
             raise HubConfigError("num_rounds must be in [1, 100]")
         if not 1 <= self.local_epochs <= 50:

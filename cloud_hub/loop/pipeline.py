@@ -32,6 +32,7 @@ from cloud_hub.errors import GateRefusedError, HubError
 from cloud_hub.keys import KeyStore
 from cloud_hub.loop.cohort import CohortData
 from cloud_hub.loop.config import LoopConfig
+from cloud_hub.loop.deployment import DeploymentTraining
 from cloud_hub.registry import Registry, admin, catalog
 from cloud_hub.registry import devices as device_repo
 from cloud_hub.registry.bundle_index import register_bundle_bytes
@@ -77,6 +78,16 @@ class RetrainOutcome:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Trained:
+    clients: tuple[str, ...]
+    summary: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    wall_s: float
+    data_fingerprint: str
+    fl_lineage: dict[str, Any]
+
+
 def torch_accuracy(model_name: str, state: dict[str, Any], data: Arrays) -> float:
     import torch
 
@@ -103,6 +114,7 @@ class RetrainPipeline:
         validation: Arrays,
         calibration: Arrays,
         config: LoopConfig,
+        deployment: DeploymentTraining | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         from cloud_hub.fl import ModelStore
@@ -114,6 +126,7 @@ class RetrainPipeline:
         self.validation = validation
         self.calibration = calibration
         self.config = config
+        self.deployment = deployment
         self.clock = clock
         self.model_store = ModelStore(Path(config.work_dir) / "models")
 
@@ -177,7 +190,7 @@ class RetrainPipeline:
             "num_rounds": cfg.num_rounds,
             "local_epochs": cfg.local_epochs,
             "secagg": cfg.secagg,
-            "engine": "run_federated/inprocess",
+            "engine": cfg.training_engine,
         }
         with self.registry.session() as s:
             admin.create_training_run(
@@ -207,8 +220,6 @@ class RetrainPipeline:
         record: dict[str, Any],
         timings: dict[str, float],
     ) -> RetrainOutcome:
-        from cloud_hub.fl import FederatedRunConfig, SecAggConfig, run_federated
-
         cfg = self.config
         t0 = time.perf_counter()
         champion = self.champion(device_class)
@@ -218,45 +229,11 @@ class RetrainPipeline:
                 champion_state = self.model_store.load_state_dict(champion.training_run_id)
             except HubError:
                 champion_state = None
-        sources = self.cohort_data.sources(
-            cohort, limit=cfg.max_samples_per_device, minimum=cfg.min_samples_per_device
-        )
-        need = cfg.policy.min_devices
-        if len(sources) < need:
-            raise HubError(
-                f"only {len(sources)} of the cohort's {len(cohort)} devices hold >= "
-                f"{cfg.min_samples_per_device} labelled samples; need {need}"
-            )
-        record = {
-            **record,
-            "clients": sorted(sources),
-            "parent_version": None if champion is None else champion.version,
-        }
-        self._update(run_id, config=record)
-        fl_config = FederatedRunConfig(
-            model_name=cfg.model_name,
-            num_clients=len(sources),
-            num_rounds=cfg.num_rounds,
-            min_fit_clients=len(sources),
-            local_epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
-            secagg=SecAggConfig(enabled=cfg.secagg),
-            engine="inprocess",
-            seed=cfg.seed,
-        )
-        result = run_federated(
-            fl_config,
-            list(sources.values()),
-            self.validation,
-            initial_state=champion_state,
-            model_store=self.model_store,
-            run_id=run_id,
-        )
+        trained = self._train(run_id, cohort, champion_state, record, champion)
         timings["train"] = time.perf_counter() - t0
 
         # -- evaluate: candidate vs champion on the hub's validation set
-        self._update(run_id, state="evaluating", metrics={"fl": result.summary()})
+        self._update(run_id, state="evaluating", metrics={"fl": trained.summary})
         state = self.model_store.load_state_dict(run_id)
         cand_acc = torch_accuracy(cfg.model_name, state, self.validation)
         champ_acc = (
@@ -268,8 +245,9 @@ class RetrainPipeline:
             "candidate_accuracy": cand_acc,
             "champion_accuracy": champ_acc,
             "champion_version": None if champion is None else champion.version,
-            "rounds": [r.to_dict() for r in result.rounds],
-            "fl_wall_s": result.wall_s,
+            "rounds": trained.rounds,
+            "fl_wall_s": trained.wall_s,
+            "engine": cfg.training_engine,
         }
         if champ_acc is not None and cand_acc < champ_acc + cfg.min_improvement:
             detail = (
@@ -300,9 +278,9 @@ class RetrainPipeline:
             "training_run_id": run_id,
             "parent_version": None if champion is None else champion.version,
             "trigger": record.get("reason", ""),
-            "cohort": sorted(sources),
-            "data_fingerprint": result.data_fingerprint,
-            "federated": fl_config.lineage(),
+            "cohort": list(trained.clients),
+            "data_fingerprint": trained.data_fingerprint,
+            "federated": trained.fl_lineage,
             "profile": artifact.profile.name,
         }
         with self.registry.session() as s:
@@ -361,6 +339,85 @@ class RetrainPipeline:
         )
 
     # -- steps ------------------------------------------------------------------------------
+    def _train(
+        self,
+        run_id: str,
+        cohort: list[str],
+        champion_state: dict[str, Any] | None,
+        record: dict[str, Any],
+        champion: Champion | None,
+    ) -> _Trained:
+        """Federated training with SecAgg+; the candidate lands in the model store."""
+        from cloud_hub.fl import FederatedRunConfig, SecAggConfig, run_federated
+
+        cfg = self.config
+        need = cfg.policy.min_devices
+        sources: dict[str, Any] = {}
+        if cfg.training_engine == "inprocess":
+            sources = self.cohort_data.sources(
+                cohort, limit=cfg.max_samples_per_device, minimum=cfg.min_samples_per_device
+            )
+            clients = sorted(sources)
+        else:  # the devices check their own data; the hub never reads it
+            clients = sorted(cohort)
+        if len(clients) < need:
+            raise HubError(
+                f"only {len(clients)} of the cohort's {len(cohort)} devices can train "
+                f"(>= {cfg.min_samples_per_device} labelled samples); need {need}"
+            )
+        self._update(
+            run_id,
+            config={
+                **record,
+                "clients": clients,
+                "engine": cfg.training_engine,
+                "parent_version": None if champion is None else champion.version,
+            },
+        )
+        fl_config = FederatedRunConfig(
+            model_name=cfg.model_name,
+            num_clients=len(clients),
+            num_rounds=cfg.num_rounds,
+            min_fit_clients=len(clients),
+            local_epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            secagg=SecAggConfig(enabled=cfg.secagg),
+            engine="inprocess",
+            seed=cfg.seed,
+        )
+        if cfg.training_engine == "deployment":
+            if self.deployment is None:
+                raise HubError("training_engine 'deployment' needs a DeploymentTraining")
+            started = time.perf_counter()
+            summary = self.deployment.train(
+                run_id, clients, fl_config, self.validation, self.model_store.root
+            )
+            return _Trained(
+                clients=tuple(clients),
+                summary=summary,
+                rounds=list(summary.get("rounds", [])),
+                wall_s=time.perf_counter() - started,
+                data_fingerprint="on-device",
+                fl_lineage=fl_config.lineage(),
+            )
+        result = run_federated(
+            fl_config,
+            [sources[c] for c in clients],
+            self.validation,
+            initial_state=champion_state,
+            model_store=self.model_store,
+            run_id=run_id,
+        )
+        return _Trained(
+            clients=tuple(clients),
+            summary=result.summary(),
+            rounds=[r.to_dict() for r in result.rounds],
+            wall_s=result.wall_s,
+            data_fingerprint=result.data_fingerprint,
+            fl_lineage=fl_config.lineage(),
+        )
+
     def _compress(self, run_id: str, device_class: str, state: dict[str, Any]) -> Any:
         from cloud_hub.compress import compress_for_profile, load_profile
 

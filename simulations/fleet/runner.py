@@ -48,6 +48,7 @@ from simulations.fleet.processes import ProcessSupervisor
 from simulations.fleet.report import TimelinePoint, write_results
 from simulations.fleet.scenario import FleetScenario, RolloutPlanSpec
 from simulations.fleet.shard import ShardProcess
+from simulations.fleet.training import TrainedModel, TrainingJob
 
 __all__ = ["FleetResult", "run_scenario"]
 
@@ -87,6 +88,8 @@ class _Run:
         self.devices: dict[str, _InProc] = {}
         self.procs: ProcessSupervisor | None = None
         self.shards: list[ShardProcess] = []
+        self.training: TrainingJob | None = None
+        self.trained: TrainedModel | None = None
         self.arm_file = self.work / "faults.armed"
         self.armed = False
         self.fault_version: int | None = None
@@ -268,6 +271,8 @@ class _Run:
             (p.version, p.stages, p.gate_window_s, p.faults, p.expect, p) for p in self.sc.rollouts
         ]
         for version, stages, window, faults, expect, plan in steps:
+            if plan is not None and version == self.trained_version:
+                self.build_bundles(plan, trained=self.finish_training(deadline))
             started = time.time()
             if faults:
                 self._arm(version)
@@ -310,6 +315,45 @@ class _Run:
                         received=received,
                     )
                 )
+
+    # ------------------------------------------------------------------ training plane
+    @property
+    def trained_version(self) -> int | None:
+        if not self.sc.training.enabled:
+            return None
+        return next(r.version for r in self.sc.rollouts if r.healthy)
+
+    def start_training(self) -> None:
+        """A federated run over devices outside the drifting site, in the background."""
+        t = self.sc.training
+        if not t.enabled:
+            return
+        import random
+
+        pool = [m.device_id for m in self.members if m.site != self.sc.drift.site]
+        cohort = sorted(random.Random(self.sc.seed).sample(pool, min(t.clients, len(pool))))
+        self.training = TrainingJob(
+            cohort, rounds=t.rounds, samples=t.samples, secagg=t.secagg, seed=self.sc.seed
+        )
+        self.training.start()
+
+    def finish_training(self, deadline: float) -> TrainedModel:
+        assert self.training is not None
+        started = time.time()
+        model = self.training.result(max(5.0, deadline - time.monotonic()))
+        self.phases["training_wait"] = round(time.time() - started, 2)
+        self.trained = model
+        return model
+
+    def build_bundles(self, plan: RolloutPlanSpec, trained: TrainedModel | None = None) -> None:
+        for cls in self._classes(plan):
+            self.hub.build_bundle(
+                cls,
+                plan.version,
+                healthy=plan.healthy,
+                padding_kb=self.sc.bundle.padding_kb,
+                trained=trained,
+            )
 
     def _arm(self, version: int) -> None:
         self.fault_version = version
@@ -469,13 +513,12 @@ def run_scenario(scenario: FleetScenario, out_dir: Path, *, keep_work: bool = Fa
     error = ""
     try:
         run.hub.start()
+        run.start_training()
         for cls in scenario.device_classes:
             run.hub.build_bundle(cls, 1, healthy=True, padding_kb=scenario.bundle.padding_kb)
         for plan in scenario.rollouts:
-            for cls in run._classes(plan):
-                run.hub.build_bundle(
-                    cls, plan.version, healthy=plan.healthy, padding_kb=scenario.bundle.padding_kb
-                )
+            if plan.version != run.trained_version:  # that one waits for the federated run
+                run.build_bundles(plan)
         run.phases["setup"] = round(time.time() - run.t0, 2)
         run.start_fleet()
         run.wait_registered(min(120.0, scenario.timeout_s))
@@ -579,6 +622,12 @@ def _judge(
         },
         "invariants": [i.to_dict() for i in invariants],
     }
+    if run.trained is not None:
+        summary["training"] = {
+            "version": run.trained_version,
+            **run.trained.lineage,
+            **run.trained.metrics,
+        }
     if run.hub.server is not None and run.hub.server.ingest is not None:
         st = run.hub.server.ingest.stats()
         summary["ingest"] = {

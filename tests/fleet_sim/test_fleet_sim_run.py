@@ -77,6 +77,10 @@ def test_bad_model_halts_at_canary_while_another_class_finishes(tmp_path: Path) 
     assert [st["state"] for st in bad["stages"]] == ["failed", "pending"]
     assert bad["devices_that_received_it"] == bad["stages"][0]["devices"] == 3
     assert rollouts[("rpi4", 2)]["state"] == "done"
+    # the good version is the federated model trained (SecAgg+) alongside v1's provisioning
+    training = result.summary["training"]
+    assert training["version"] == 2 and training["clients"] == 8 and training["secagg"]
+    assert training["accuracy"] > 0.8, training
 
 
 @pytest.mark.slow
