@@ -75,6 +75,12 @@ def get_rollout(request: Request, rollout_id: RolloutId, _: Viewer) -> dict[str,
         with ctx.registry.session() as s:
             rollouts.get_rollout(s, rollout_id)  # 404 before the engine's own error
         status: dict[str, Any] = ctx.rollouts.status(rollout_id).to_dict()
+        totals = getattr(getattr(ctx.rollouts, "delivery", None), "shipped", {}).get(rollout_id)
+        if totals is not None:  # bytes devices downloaded vs what full bundles would cost
+            status["delivery"] = {
+                "bytes_shipped": totals.bytes_shipped,
+                "bytes_full": totals.bytes_full,
+            }
         return status
     with ctx.registry.session() as s:
         record = rollouts.get_rollout(s, rollout_id)

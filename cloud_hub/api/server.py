@@ -232,6 +232,15 @@ class HubServer:
             return None
         self.publisher = delivery
         assert self.registry is not None
+        registry = self.registry
+
+        def installed(device_ids: Any) -> dict[str, str | None]:
+            with registry.session() as s:
+                found = {d: devices.find_device(s, d) for d in device_ids}
+            return {d: (r.installed_bundle_id if r is not None else None) for d, r in found.items()}
+
+        if hasattr(delivery, "installed_lookup"):
+            delivery.installed_lookup = installed  # deltas against what devices run
         return RolloutService(self.registry, delivery, keys)
 
     def _build_enrollment(self) -> Any:

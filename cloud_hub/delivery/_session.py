@@ -67,7 +67,10 @@ class MqttSession:
             self._client.username_pw_set(config.username, config.password)
         if config.tls_ca is not None:
             self._client.tls_set(
-                ca_certs=config.tls_ca or None, tls_version=ssl.PROTOCOL_TLS_CLIENT
+                ca_certs=config.tls_ca or None,
+                certfile=config.tls_cert,
+                keyfile=config.tls_key,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

@@ -41,7 +41,9 @@ class PublisherConfig:
     client_id: str = ""
     username: str | None = None
     password: str | None = None
-    tls_ca: str | None = None
+    tls_ca: str | None = None  # "" = system CAs; None = no TLS
+    tls_cert: str | None = None  # client certificate for mutual TLS (the hub's own)
+    tls_key: str | None = None
     keepalive_s: int = 30
     connect_timeout_s: float = 10.0
     chunk_size: int = DEFAULT_CHUNK_SIZE

@@ -77,6 +77,9 @@ class FleetPublisher:
             max_pending=config.max_pending_repairs,
         )
         self._devices: dict[str, DeviceInfo] = {}
+        # delta bundle id -> (full bundle, deployment id): what a device gets when it cannot
+        # apply the delta (it asks with ``ChunkRequest(full=True)``)
+        self._full_for: dict[str, tuple[bytes, str]] = {}
         self.rejected_messages = 0
         self._session = MqttSession(
             config,
@@ -199,11 +202,33 @@ class FleetPublisher:
             )
 
     def _on_chunk_request(self, req: ChunkRequest) -> None:
+        with self._cond:
+            fallback = self._full_for.get(req.bundle_id) if req.full else None
+        if fallback is not None:
+            full, deployment_id = fallback
+            # the device cannot use the delta: offer it the full bundle, on a worker thread
+            # (deploy blocks; this is paho's network thread)
+            threading.Thread(
+                target=self._deploy_full_fallback,
+                args=(full, req.device_id, f"{deployment_id}-full"),
+                name="hub-full-fallback",
+                daemon=True,
+            ).start()
+            return
         queued = self._repairs.request(req.device_id, req.bundle_id, req.indices, full=req.full)
         if queued is None:
             log.warning(
                 "%s asked for chunks of unknown bundle %s", req.device_id, req.bundle_id[:12]
             )
+
+    def _deploy_full_fallback(self, full: bytes, device_id: str, deployment_id: str) -> None:
+        log.info(
+            "%s cannot apply the delta: sending the full bundle (%s)", device_id, deployment_id
+        )
+        try:
+            self.deploy(full, [device_id], deployment_id=deployment_id)
+        except (DeliveryError, HubConfigError) as exc:
+            log.warning("full-bundle fallback for %s failed: %s", device_id, exc)
 
     # -- repairs (worker thread) ------------------------------------------------------------
     def _repair_loop(self) -> None:
@@ -281,8 +306,12 @@ class FleetPublisher:
         *,
         deployment_id: str | None = None,
         rollback_order: Mapping[str, Any] | None = None,
+        full_bundle: bytes | None = None,
     ) -> Deployment:
         """Offer ``bundle`` to ``device_ids`` and publish its chunks once on the fan-out topic.
+
+        ``full_bundle``: ``bundle`` is a delta and this is its full counterpart, sent to any
+        device that asks for it because it cannot apply the delta.
 
         Safe to repeat: the same ``deployment_id`` with the same bundle offers it again (to
         the devices given, which are added to the tracking); agents ignore a deployment they
@@ -301,6 +330,11 @@ class FleetPublisher:
         frames = [encode_chunk(c) for c in chunks]
         self._repairs.cache(bundle_id, frames)
         state = self._register(deployment_id, bundle_id, ids)
+        if full_bundle is not None:
+            with self._cond:
+                self._full_for[bundle_id] = (full_bundle, state.deployment_id)
+                while len(self._full_for) > self.config.max_cached_bundles:
+                    self._full_for.pop(next(iter(self._full_for)))
         chunk_topic = self.topics.bundle_chunks(bundle_id)
         for device_id in ids:
             command = DeployCommand(

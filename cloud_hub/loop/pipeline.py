@@ -230,6 +230,11 @@ class RetrainPipeline:
             except HubError:
                 champion_state = None
         trained = self._train(run_id, cohort, champion_state, record, champion)
+        record = {
+            **record,
+            "clients": list(trained.clients),
+            "parent_version": None if champion is None else champion.version,
+        }
         timings["train"] = time.perf_counter() - t0
 
         # -- evaluate: candidate vs champion on the hub's validation set

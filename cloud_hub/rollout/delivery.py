@@ -7,7 +7,9 @@ rollback orders through a :class:`RollbackSigner` (:class:`cloud_hub.keys.KeySto
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,7 +23,15 @@ if TYPE_CHECKING:
     from cloud_hub.delivery import FleetPublisher
     from cloud_hub.keys import KeyStore
 
-__all__ = ["PublisherDelivery", "RollbackSigner", "RolloutDelivery"]
+__all__ = ["DeliveryTotals", "PublisherDelivery", "RollbackSigner", "RolloutDelivery"]
+
+
+@dataclass
+class DeliveryTotals:
+    """Bytes devices downloaded for a rollout, and what full bundles would have cost."""
+
+    bytes_shipped: int = 0
+    bytes_full: int = 0
 
 
 class RolloutDelivery(Protocol):
@@ -60,10 +70,22 @@ class PublisherDelivery:
     and bundle uploads put them); rollback commands carry the key store's current keyring.
     """
 
-    def __init__(self, publisher: FleetPublisher, keys: KeyStore, bundle_dir: Path) -> None:
+    def __init__(
+        self,
+        publisher: FleetPublisher,
+        keys: KeyStore,
+        bundle_dir: Path,
+        *,
+        installed_lookup: Callable[[Sequence[str]], Mapping[str, str | None]] | None = None,
+    ) -> None:
         self.publisher = publisher
         self.keys = keys
         self.bundle_dir = Path(bundle_dir)
+        # device -> installed bundle id (from the registry): with it, each device gets a delta
+        # against what it runs when that is smaller than the full bundle
+        self.installed_lookup = installed_lookup
+        self._lock = threading.Lock()
+        self.shipped: dict[str, DeliveryTotals] = {}  # per rollout (deployment id prefix)
 
     @classmethod
     def from_hub_config(cls, config: HubConfig, keys: KeyStore) -> PublisherDelivery:
@@ -80,7 +102,9 @@ class PublisherDelivery:
                 client_id=f"{config.ingest_client_id}-rollout"[:128],
                 username=mqtt.username,
                 password=mqtt.password,
-                tls_ca="" if mqtt.tls else None,
+                tls_ca=(mqtt.ca_file or "") if mqtt.tls else None,
+                tls_cert=mqtt.cert_file,
+                tls_key=mqtt.key_file,
             )
         )
         publisher.connect()
@@ -100,9 +124,37 @@ class PublisherDelivery:
             ) from exc
 
     def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
-        self.publisher.deploy(
-            self.read_bundle(bundle_id), list(device_ids), deployment_id=deployment_id
+        if self.installed_lookup is None:
+            full = self.read_bundle(bundle_id)
+            self.publisher.deploy(full, list(device_ids), deployment_id=deployment_id)
+            self._account(deployment_id, len(full) * len(device_ids), len(full) * len(device_ids))
+            return
+        from cloud_hub.delta import DeltaCache, plan_delivery
+
+        plan = plan_delivery(
+            DeltaCache(self.bundle_dir, self.keys),
+            bundle_id,
+            self.installed_lookup(device_ids),
+            list(device_ids),
         )
+        full = self.read_bundle(bundle_id)
+        for index, group in enumerate(plan.groups):
+            # one deployment id per group: each group is its own fan-out of its own bundle
+            dep = deployment_id if group.base_bundle_id is None else f"{deployment_id}-x{index}"
+            self.publisher.deploy(
+                group.bundle,
+                list(group.device_ids),
+                deployment_id=dep,
+                full_bundle=full if group.base_bundle_id is not None else None,
+            )
+        self._account(deployment_id, plan.bytes_shipped, plan.bytes_full)
+
+    def _account(self, deployment_id: str, shipped: int, full: int) -> None:
+        rollout = deployment_id.split(".", 1)[0]
+        with self._lock:
+            totals = self.shipped.setdefault(rollout, DeliveryTotals())
+            totals.bytes_shipped += shipped
+            totals.bytes_full += full
 
     def rollback(
         self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str

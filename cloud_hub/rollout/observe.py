@@ -108,7 +108,12 @@ def install_views(
         for ev in events.get(device_id, []):
             if ev.kind == EventKind.COMMITTED and committed is None:
                 committed = ev.ts
-            elif ev.kind in FAILURE_EVENTS and (latest is None or ev.deployment_id == latest):
+            elif ev.kind in FAILURE_EVENTS and (
+                latest is None
+                or ev.deployment_id == latest
+                # the same offer split by delivery into a delta group / full fallback
+                or (ev.deployment_id or "").startswith(f"{latest}-")
+            ):
                 failure = ev
         views[device_id] = InstallView(
             installed_bundle_id=dev.installed_bundle_id,

@@ -267,7 +267,7 @@ class SimHub:
             self.delivery.inner.close()
         if self.server is not None:
             self.server.stop()
-        self.broker.stop()
+        self.broker.__exit__(None, None, None)  # stops it and removes its config and log
         if self._persist_dir is not None:
             shutil.rmtree(self._persist_dir, ignore_errors=True)
 

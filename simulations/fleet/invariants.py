@@ -175,8 +175,11 @@ def _rollout_problems(r: RolloutOutcome) -> list[str]:
     return problems
 
 
-def check_rollouts(rollouts: Sequence[RolloutOutcome]) -> Invariant:
+def check_rollouts(rollouts: Sequence[RolloutOutcome], *, planned: int | None = None) -> Invariant:
+    """``planned``: how many rollouts the scenario meant to run (all must have run)."""
     problems = [p for r in rollouts for p in _rollout_problems(r)]
+    if planned is not None and len(rollouts) < planned:
+        problems.append(f"only {len(rollouts)} of {planned} planned rollouts ran")
     ok = not problems and bool(rollouts)
     summary = ", ".join(f"{r.device_class} v{r.version}: {r.state}" for r in rollouts)
     return Invariant("rollouts ended as expected", ok, summary if ok else "; ".join(problems))

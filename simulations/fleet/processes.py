@@ -136,7 +136,8 @@ class ProcessSupervisor:
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM every process (the agent stops cleanly and drains), SIGKILL stragglers."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         for d in self.devices:
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.terminate()

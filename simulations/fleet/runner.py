@@ -273,6 +273,9 @@ class _Run:
         for version, stages, window, faults, expect, plan in steps:
             if plan is not None and version == self.trained_version:
                 self.build_bundles(plan, trained=self.finish_training(deadline))
+                for later in self.sc.rollouts:  # versions are built in increasing order
+                    if later.version > version:
+                        self.build_bundles(later)
             started = time.time()
             if faults:
                 self._arm(version)
@@ -516,8 +519,9 @@ def run_scenario(scenario: FleetScenario, out_dir: Path, *, keep_work: bool = Fa
         run.start_training()
         for cls in scenario.device_classes:
             run.hub.build_bundle(cls, 1, healthy=True, padding_kb=scenario.bundle.padding_kb)
-        for plan in scenario.rollouts:
-            if plan.version != run.trained_version:  # that one waits for the federated run
+        trained_v = run.trained_version
+        for plan in scenario.rollouts:  # the trained version and later wait for the training
+            if trained_v is None or plan.version < trained_v:
                 run.build_bundles(plan)
         run.phases["setup"] = round(time.time() - run.t0, 2)
         run.start_fleet()
@@ -579,7 +583,10 @@ def _judge(
     invariants = [
         check_models(devices),
         check_reports(devices),
-        check_rollouts(run.outcomes),
+        check_rollouts(
+            run.outcomes,
+            planned=len(sc.device_classes) + sum(len(run._classes(p)) for p in sc.rollouts),
+        ),
         check_faults(counts),
     ]
     drift = check_drift(devices, sc.drift.site)

@@ -57,6 +57,11 @@ def _raw(**changes: object) -> dict[str, object]:
         ({"rollouts": [{"version": 2, "expect": "maybe"}]}, "expect"),
         ({"rollouts": [{"version": 2, "classes": ["toaster"]}]}, "unknown classes"),
         ({"bogus": {}}, "unknown tables"),
+        ({"training": {"enabled": True, "clients": 1}}, "training.clients"),
+        (
+            {"training": {"enabled": True}, "rollouts": [{"version": 2, "healthy": False}]},
+            "needs a healthy rollout",
+        ),
     ],
 )
 def test_bad_scenarios_are_refused_with_the_field_named(
@@ -144,6 +149,7 @@ def test_rollout_check_requires_a_halt_at_the_canary() -> None:
     assert not check_rollouts([_rollout(state="done")]).ok
     done = _rollout(expected="done", state="done", stage_states=("passed", "passed"))
     assert check_rollouts([done]).ok
+    assert not check_rollouts([done], planned=2).ok
 
 
 def test_drift_and_fault_checks() -> None:
