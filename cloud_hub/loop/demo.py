@@ -61,6 +61,9 @@ class DemoConfig:
         {"percent": 100.0},
     )
     gate_window_s: float = 2.0
+    # "inprocess" (default: run_federated fed by the devices' sample stores) or
+    # "deployment" (SuperLink + TrainCommands, the devices train as SuperNodes; slower)
+    training_engine: str = "inprocess"
     max_wait_s: float = 200.0  # for the retraining to be rolled out to the drifted devices
     plots: bool = True
     quiet: bool = False
@@ -258,6 +261,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 num_rounds=config.num_rounds,
                 rollout_stages=config.rollout_stages,
                 rollout_gate_window_s=config.gate_window_s,
+                training_engine=config.training_engine,
                 policy=RetrainPolicy(
                     # PSI of a whole window: non-IID class mixes alone reach ~0.8 here,
                     # the plant-3 sensor shift ~7
@@ -270,6 +274,17 @@ def run_demo(config: DemoConfig) -> DemoResult:
                     min_devices=3,
                 ),
             )
+            deployment = None
+            if config.training_engine == "deployment":
+                from cloud_hub.config import parse_mqtt_url
+                from cloud_hub.loop.deployment import DeploymentTraining
+                from shared.topics import TopicScheme
+
+                deployment = DeploymentTraining(
+                    mqtt=parse_mqtt_url(mqtt_url),
+                    topics=TopicScheme(prefix),
+                    workdir=run_dir / "hub" / "flower",
+                )
             pipeline = RetrainPipeline(
                 registry=registry,
                 keys=keys,
@@ -278,10 +293,14 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 validation=validation,
                 calibration=calibration,
                 config=loop_config,
+                deployment=deployment,
             )
 
             # -- 3. initial model
-            say("train: initial model, Flower + SecAgg+ over every device's sample store")
+            say(
+                f"train: initial model, Flower + SecAgg+ ({config.training_engine} engine) "
+                "over every device's sample store"
+            )
             first = pipeline.run(CLASS, fleet.device_ids, trigger="manual", reason="initial model")
             if first.state != "rolling_out" or first.rollout_id is None:
                 raise HubError(f"initial training run {first.run_id}: {first.state} {first.detail}")
@@ -316,7 +335,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
             controller_thread.start()
             say("drift: site=plant-3 sensors shifted; streaming until the hub has retrained")
             drift_t0 = time.monotonic()
-            deadline = drift_t0 + config.max_wait_s
+            # a Deployment Engine run alone takes minutes on 2 cores (it polls)
+            wait_s = config.max_wait_s * (3 if config.training_engine == "deployment" else 1)
+            deadline = drift_t0 + wait_s
             target_version: int | None = None
             detected_at: float | None = None
             retrain_rollout: str | None = None
@@ -341,9 +362,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                     stop.set()  # one retraining is the demo's story; no second run
                     break
             else:
-                raise HubError(
-                    f"no retrained model reached the drifted devices in {config.max_wait_s:.0f}s"
-                )
+                raise HubError(f"no retrained model reached the drifted devices in {wait_s:.0f}s")
             say(f"fleet: plant-3 devices serve v{target_version}")
             acc_after_drift = _phase_acc(timeline, "after_drift", drifted=True)
             stream("after_retrain", config.steps_after_retrain, True)

@@ -137,6 +137,10 @@ class ChunkTransfer:
         self._last_request = self._clock()
         log.info("asked for %d chunks of %s", len(wanted), self.download.bundle_id[:12])
 
+    def sync(self) -> None:
+        if self.download is not None:
+            self.download.sync()
+
     def read_all(self) -> bytes:
         assert self.download is not None
         return self.download.read_all()

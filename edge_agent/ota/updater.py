@@ -324,6 +324,11 @@ class OtaUpdater:
         self.transfer.stop_listening()
         dep = self._dep()
         if dep.phase == Phase.DOWNLOADING:
+            try:
+                self.transfer.sync()  # completeness must be on disk before Verifying is
+            except InstallError as exc:
+                self._abort(Trigger.ERROR, str(exc))
+                return
             self._step(Trigger.DOWNLOAD_COMPLETE, event=EventKind.DOWNLOAD_COMPLETE)
         try:
             verified = self._reverify()
@@ -340,11 +345,13 @@ class OtaUpdater:
         self._install(verified, artifacts)
 
     def _repair(self, exc: Exception) -> bool:
-        """If the offer shows which chunks are corrupt, fetch exactly those again."""
+        """Fetch again exactly the chunks that are missing or corrupt, if that can be told."""
         dep = self._dep()
-        if not self.transfer.complete or dep.repairs >= self.limits.max_repairs:
+        if self.transfer.download is None or dep.repairs >= self.limits.max_repairs:
             return False
-        suspects = self._corrupt_chunks()
+        # a power cut can lose the map's last entries: fetch what it lacks; otherwise find
+        # the chunks whose bytes do not match the signed offer
+        suspects = self.transfer.download.missing() or self._corrupt_chunks()
         if not suspects:
             return False
         log.warning("bundle failed verification (%s): fetching chunks %s again", exc, suspects)

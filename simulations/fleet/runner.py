@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -26,23 +25,16 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from cloud_hub.registry.tables import Device, DriftRow, EventRow
-from edge_agent.ota import OnnxSmokeCheck, SlotStore
+from cloud_hub.registry.tables import Device, EventRow
 from edge_agent.runtime.capabilities import detect_capabilities
-from simulations.fleet.device import Ledger, LedgerAgent, SimDevice
+from simulations.fleet.device import LedgerAgent, SimDevice
 from simulations.fleet.hub import SimHub
 from simulations.fleet.invariants import (
-    DeviceOutcome,
-    FaultCounts,
     Invariant,
     RolloutOutcome,
-    check_drift,
-    check_faults,
-    check_models,
-    check_reports,
-    check_rollouts,
 )
 from simulations.fleet.links import FlakyLink
+from simulations.fleet.outcome import collect_devices, settle_ingest, summarize
 from simulations.fleet.population import Member, agent_config, plan_population
 from simulations.fleet.processes import ProcessSupervisor
 from simulations.fleet.report import TimelinePoint, write_results
@@ -71,7 +63,9 @@ class _InProc:
     killed_at: list[tuple[float, str]] = field(default_factory=list)
 
 
-class _Run:
+class FleetRun:
+    """The state of one run: the hub, the fleet, the faults' bookkeeping, the timeline."""
+
     def __init__(self, scenario: FleetScenario, out: Path) -> None:
         self.sc = scenario
         self.out = out
@@ -261,7 +255,7 @@ class _Run:
             self._threads.append(t)
 
     # ------------------------------------------------------------------ rollouts
-    def _classes(self, plan: RolloutPlanSpec | None) -> list[str]:
+    def classes_of(self, plan: RolloutPlanSpec | None) -> list[str]:
         return sorted(plan.classes if plan and plan.classes else self.sc.device_classes)
 
     def run_rollouts(self, deadline: float) -> None:
@@ -283,7 +277,7 @@ class _Run:
                 cls: self.hub.start_rollout(
                     cls, version, stages=stages, gate_window_s=window, seed=self.sc.seed + version
                 )
-                for cls in self._classes(plan)
+                for cls in self.classes_of(plan)
             }
             statuses = self.hub.wait_rollouts(
                 list(ids.values()), max(5.0, deadline - time.monotonic())
@@ -349,7 +343,7 @@ class _Run:
         return model
 
     def build_bundles(self, plan: RolloutPlanSpec, trained: TrainedModel | None = None) -> None:
-        for cls in self._classes(plan):
+        for cls in self.classes_of(plan):
             self.hub.build_bundle(
                 cls,
                 plan.version,
@@ -386,77 +380,7 @@ class _Run:
         for shard in self.shards:
             shard.wait(timeout=180.0)
         if self.hub.server is not None and self.hub.server.ingest is not None:
-            _settle(self.hub.server.ingest)
-
-    def expected_versions(self) -> dict[str, int]:
-        expected = dict.fromkeys(self.sc.device_classes, 1)
-        for plan in self.sc.rollouts:
-            if plan.expect == "done":
-                for cls in self._classes(plan):
-                    expected[cls] = plan.version
-        return expected
-
-    def outcomes_of_devices(self) -> list[DeviceOutcome]:
-        expected = self.expected_versions()
-        with self.hub.registry.session() as s:
-            events = {(d, e) for d, e in s.execute(select(EventRow.device_id, EventRow.event_id))}
-            drift_rows = s.execute(
-                select(DriftRow.device_id, DriftRow.report_id, DriftRow.drifted)
-            ).all()
-        drift_ids = {(d, r) for d, r, _ in drift_rows}
-        windows: dict[str, list[int]] = {}
-        for d, _r, drifted in drift_rows:
-            w = windows.setdefault(d, [0, 0])
-            w[0] += 1
-            w[1] += int(bool(drifted))
-        sharded = {m.device_id: sh for sh in self.shards for m in sh.members}
-        shard_stats = {sh.root.name: sh.stats() for sh in self.shards}
-        result = []
-        for m in self.members:
-            if m.device_id in sharded:
-                sh = sharded[m.device_id]
-                st = shard_stats[sh.root.name].get(m.device_id, {})
-                state, entries = sh.state_dir(m.device_id), Ledger.read(sh.ledger(m.device_id))
-                kills = len(st.get("kills", []))
-                received, predictions = st.get("bytes_received", 0), st.get("predictions", 0)
-            elif m.link == "process":
-                assert self.procs is not None
-                dp = next(p for p in self.procs.devices if p.member.device_id == m.device_id)
-                state, entries, kills = dp.state_dir, Ledger.read(dp.ledger), dp.killed
-                received = predictions = 0
-            else:
-                local = self.devices[m.device_id]
-                state, entries = local.sim.config.state_dir, local.sim.ledger.entries()
-                kills = len(local.killed_at)
-                received, predictions = local.sim.bytes_received, local.sim.predictions
-            missing = tuple(
-                f"{e.id[:12]}({e.kind}@{_t(e)})"
-                for e in entries
-                if (m.device_id, e.id) not in (events if e.channel == "events" else drift_ids)
-            )
-            smoke_ok, detail, version = _smoke(state)
-            w = windows.get(m.device_id, [0, 0])
-            result.append(
-                DeviceOutcome(
-                    device_id=m.device_id,
-                    device_class=m.device_class,
-                    site=m.site,
-                    link=m.link,
-                    expected_version=expected[m.device_class],
-                    active_version=version,
-                    smoke_ok=smoke_ok,
-                    smoke_detail=detail,
-                    reports_emitted=len(entries),
-                    reports_missing=missing,
-                    outbox_left=_outbox_left(state),
-                    drift_windows=w[0],
-                    drifted_windows=w[1],
-                    bytes_received=received,
-                    kills=kills,
-                    predictions=predictions,
-                )
-            )
-        return result
+            settle_ingest(self.hub.server.ingest)
 
     def cleanup(self, *, keep: bool = False) -> None:
         if self.link is not None:
@@ -469,49 +393,10 @@ class _Run:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-def _settle(ingest: Any, quiet_s: float = 2.0, timeout: float = 60.0) -> None:
-    """Wait until the ingest has heard nothing new for ``quiet_s`` and wrote what it holds
-    (messages the broker acknowledged to the agents may still be on their way to the hub)."""
-    deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        received = ingest.stats().received
-        if received != last:
-            last, since = received, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            break
-        time.sleep(0.2)
-    ingest.wait_idle(max(1.0, deadline - time.monotonic()))
-
-
-def _t(entry: Any) -> str:
-    return str(entry.deployment_id or entry.channel)
-
-
-def _smoke(state_dir: Path) -> tuple[bool, str, int | None]:
-    """Does the device's active slot load and answer one inference?"""
-    slot = SlotStore(state_dir).active()
-    if slot is None:
-        return False, "no active slot", None
-    try:
-        OnnxSmokeCheck()(slot)
-    except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}", slot.meta.version
-    return True, "ok", slot.meta.version
-
-
-def _outbox_left(state_dir: Path) -> int:
-    path = state_dir / "outbox.sqlite3"
-    if not path.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(str(path))) as db:
-        return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-
-
 def run_scenario(scenario: FleetScenario, out_dir: Path, *, keep_work: bool = False) -> FleetResult:
     """Run ``scenario``; write results into ``out_dir``; never leaves a process behind.
     ``keep_work`` keeps the state directories, hub database and broker (debugging)."""
-    run = _Run(scenario, out_dir)
+    run = FleetRun(scenario, out_dir)
     deadline = time.monotonic() + scenario.timeout_s
     error = ""
     try:
@@ -534,8 +419,8 @@ def run_scenario(scenario: FleetScenario, out_dir: Path, *, keep_work: bool = Fa
         error = f"{type(exc).__name__}: {exc}"
     try:
         run.stop_fleet()
-        devices = run.outcomes_of_devices()
-        summary, invariants = _judge(run, devices, error)
+        devices = collect_devices(run)
+        summary, invariants = summarize(run, devices, error)
         files = write_results(out_dir, summary, devices, run.timeline, run.markers)
     finally:
         run.cleanup(keep=keep_work)
@@ -546,103 +431,3 @@ def run_scenario(scenario: FleetScenario, out_dir: Path, *, keep_work: bool = Fa
         out_dir=out_dir,
         files=files,
     )
-
-
-def _judge(
-    run: _Run, devices: list[DeviceOutcome], error: str
-) -> tuple[dict[str, Any], list[Invariant]]:
-    sc = run.sc
-    proc_kills = sum(p.killed for p in run.procs.devices) if run.procs else 0
-    thread_kills = [
-        {"device": d.member.device_id, "t": round(t - run.t0, 2), "phase": ph}
-        for d in run.devices.values()
-        for t, ph in d.killed_at
-    ] + [
-        {"device": device_id, "t": round(t - run.t0, 2), "phase": ph, "shard": sh.root.name}
-        for sh in run.shards
-        for device_id, st in sh.stats().items()
-        for t, ph in st.get("kills", [])
-    ]
-    run.markers.extend((k["t"], "kill") for k in thread_kills if "shard" in k)
-    run.markers.extend(
-        (round(t - run.t0, 2), "sigkill")
-        for p in (run.procs.devices if run.procs else [])
-        for t, rc in p.exits
-        if rc == -9
-    )
-    link_stats = run.link.stats() if run.link is not None else None
-    faulted = any(p.faults for p in sc.rollouts)
-    counts = FaultCounts(
-        kills_wanted=sum(m.kill for m in run.members) if faulted else 0,
-        kills_done=len(thread_kills) + proc_kills,
-        broker_restarts_wanted=int(faulted and sc.faults.broker_restart_at is not None),
-        broker_restarts_done=len(run.hub.broker_restarts),
-        flaky_agents=sum(m.link == "flaky" for m in run.members) if faulted else 0,
-        link_cuts=link_stats.cuts if link_stats else 0,
-    )
-    invariants = [
-        check_models(devices),
-        check_reports(devices),
-        check_rollouts(
-            run.outcomes,
-            planned=len(sc.device_classes) + sum(len(run._classes(p)) for p in sc.rollouts),
-        ),
-        check_faults(counts),
-    ]
-    drift = check_drift(devices, sc.drift.site)
-    if drift is not None:
-        invariants.append(drift)
-    if error:
-        invariants.append(Invariant("the scenario ran to its end", False, error))
-    shipped = run.hub.delivery.shipped() if run.hub.delivery else {}
-    summary: dict[str, Any] = {
-        "scenario": sc.name,
-        "ok": all(i.ok for i in invariants),
-        "agents": {
-            "total": len(run.members),
-            "in_process": sc.agents,
-            "processes": sc.subprocess_agents,
-            "shards": [len(sh.members) for sh in run.shards],
-            "flaky": sum(m.link == "flaky" for m in run.members),
-            "by_class": {
-                c: sum(m.device_class == c for m in run.members) for c in sc.device_classes
-            },
-        },
-        "wall_s": round(time.time() - run.t0, 2),
-        "phases_s": run.phases,
-        "rollouts": [o.to_dict() for o in run.outcomes],
-        "bytes": {
-            **shipped,
-            "received_by_in_process_agents": sum(d.bytes_received for d in devices),
-            "flaky_link_down_bytes": link_stats.bytes_down if link_stats else 0,
-        },
-        "faults": {
-            "in_process_kills": thread_kills,
-            "process_sigkills": proc_kills,
-            "broker_restarts": [round(t - run.t0, 2) for t in run.hub.broker_restarts],
-            "link_cuts": counts.link_cuts,
-        },
-        "reports": {
-            "emitted": sum(d.reports_emitted for d in devices),
-            "missing": sum(len(d.reports_missing) for d in devices),
-            "drift_windows": sum(d.drift_windows for d in devices),
-        },
-        "invariants": [i.to_dict() for i in invariants],
-    }
-    if run.trained is not None:
-        summary["training"] = {
-            "version": run.trained_version,
-            **run.trained.lineage,
-            **run.trained.metrics,
-        }
-    if run.hub.server is not None and run.hub.server.ingest is not None:
-        st = run.hub.server.ingest.stats()
-        summary["ingest"] = {
-            "received": st.received,
-            "written": st.written,
-            "duplicates": st.duplicates,
-            "dropped": st.dropped,
-            "rejected": st.rejected,
-            "lag_p95_s": round(st.lag_p95_s, 3),
-        }
-    return summary, invariants

@@ -71,7 +71,7 @@ def test_sigkill_at_random_points_always_recovers(tmp_path: Path) -> None:
         chunk_retry_s=0.3,
     )
     state_dir = tmp_path / dev
-    model_size = (256, 1024)  # ~1 MiB of weights: download, install and load all take time
+    model_size = (512, 2048)  # ~4 MiB of weights: download, install and load all take time
     proc = start_agent(cfg, tmp_path / "agent.log")
     phases: Counter[str] = Counter()
     try:
@@ -98,10 +98,13 @@ def test_sigkill_at_random_points_always_recovers(tmp_path: Path) -> None:
             dep = offer.command.deployment_id
             hub.deploy(offer, [dev], settle_s=0.0)
             # a quarter of the kills at a random time, the rest just after a step was
-            # reported, so verification, install and health check get killed too
-            step = [None, EventKind.DOWNLOAD_COMPLETE, EventKind.VERIFIED, EventKind.INSTALLED][
-                trial % 4
-            ]
+            # reported, so the download, verification, install and health check all get hit
+            step = [
+                None,
+                EventKind.DOWNLOAD_STARTED,
+                EventKind.DOWNLOAD_COMPLETE,
+                EventKind.INSTALLED,
+            ][trial % 4]
             if step is None:
                 time.sleep(rng.uniform(0.0, span * 1.1))
             else:

@@ -615,3 +615,31 @@ def test_download_map_records_only_synced_chunks(tmp_path: Path) -> None:
     # another geometry for the same directory starts over
     other = BundleDownload(tmp_path / "d", bundle_id="b" * 64, total_size=len(data), chunk_size=500)
     assert other.received_count == 0
+
+
+def test_restart_in_verifying_with_lost_map_entries_fetches_them_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut can leave Verifying persisted while the map lost its last entries: the
+    restarted agent goes back to downloading exactly those chunks."""
+    offer = harness.offer(1, chunk_size=128)
+
+    def crash() -> None:
+        raise Crash
+
+    monkeypatch.setattr(harness.updater, "_reverify", crash)
+    with pytest.raises(Crash):
+        harness.deliver(offer)
+    state = json.loads((harness.state_dir / "ota_state.json").read_text())
+    assert state["deployment"]["phase"] == "verifying"
+    map_path = harness.state_dir / "downloads" / offer.bundle_id / "received.map"
+    raw = bytearray(map_path.read_bytes())
+    assert all(raw)
+    raw[2] = raw[5] = 0
+    map_path.write_bytes(bytes(raw))
+    harness.restart()
+    dep = offer.command.deployment_id
+    assert harness.events(dep)[-1] == "chunks_repair"
+    assert harness.requests()[-1].indices == [2, 5]
+    harness.answer(offer.frames)
+    assert harness.events(dep)[-1] == EventKind.COMMITTED
