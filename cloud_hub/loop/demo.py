@@ -206,6 +206,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     fleet: DemoFleet | None = None
     stop = threading.Event()
     controller_thread: threading.Thread | None = None
+    deployment: Any = None
     timeline: list[dict[str, Any]] = []
     with _signals_raise():
         try:
@@ -396,6 +397,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         finally:
             say("stopping: controller, devices, hub, broker")
             stop.set()
+            if deployment is not None:
+                deployment.abort()  # a Deployment Engine run in progress ends now
             if controller_thread is not None:
                 controller_thread.join(timeout=60)
             if fleet is not None:

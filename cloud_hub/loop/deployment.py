@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +55,44 @@ def _toml(config: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
 class DeploymentTraining:
-    """Where the hub's broker and SuperLink are; one instance serves many runs."""
+    """Where the hub's broker and SuperLink are; one instance serves many runs, one at a
+    time. :meth:`abort` (from another thread) ends a run in progress: the SuperLink stops
+    and :meth:`train` raises ``TrainingError``."""
 
-    mqtt: MqttEndpoint
-    topics: TopicScheme
-    workdir: Path
-    superlink_host: str = "127.0.0.1"
-    insecure: bool = True  # loopback demo; production passes TLS files to the SuperLink
-    timeout_s: float = 600.0
+    def __init__(
+        self,
+        *,
+        mqtt: MqttEndpoint,
+        topics: TopicScheme,
+        workdir: Path,
+        superlink_host: str = "127.0.0.1",
+        insecure: bool = True,  # loopback demo; production gives the SuperLink TLS files
+        timeout_s: float = 600.0,
+    ) -> None:
+        if not 1 <= timeout_s <= 86_400:
+            raise TrainingError("timeout_s must be in [1, 86400]")
+        self.mqtt = mqtt
+        self.topics = topics
+        self.workdir = Path(workdir)
+        self.superlink_host = superlink_host
+        self.insecure = insecure
+        self.timeout_s = timeout_s
+        self._abort = threading.Event()
+
+    def abort(self) -> None:
+        self._abort.set()
+
+    def _wait(self, results: Path) -> dict[str, Any]:
+        from cloud_hub.fl.superlink import wait_for_summary
+
+        deadline = time.monotonic() + self.timeout_s
+        while not (results / "summary.json").exists():
+            if self._abort.wait(0.5):
+                raise TrainingError("deployment run aborted")
+            if time.monotonic() > deadline:
+                raise TrainingError(f"no result in {results} after {self.timeout_s:.0f} s")
+        return wait_for_summary(results, timeout_s=5.0)  # parses it; raises if it failed
 
     def _publish(self, device_ids: Sequence[str], command_for: Any) -> None:
         import paho.mqtt.client as mqtt
@@ -102,7 +131,10 @@ class DeploymentTraining:
     ) -> dict[str, Any]:
         """Run ``fl_config`` with the devices as SuperNodes; returns the run's summary."""
         from cloud_hub.delivery.local_broker import free_port
-        from cloud_hub.fl.superlink import SuperLinkConfig, SuperLinkProcess, wait_for_summary
+        from cloud_hub.fl.superlink import SuperLinkConfig, SuperLinkProcess
+
+        if self._abort.is_set():
+            raise TrainingError("deployment training was aborted")
 
         work = Path(self.workdir) / run_id
         work.mkdir(parents=True, exist_ok=True)
@@ -142,7 +174,7 @@ class DeploymentTraining:
                     "secure-aggregation": fl_config.secagg.enabled,
                 }
             )
-            summary = wait_for_summary(work / "results", timeout_s=self.timeout_s)
+            summary = self._wait(work / "results")
             log.info("deployment run %s: %s", run_id, summary.get("final_accuracy"))
             return summary
         finally:

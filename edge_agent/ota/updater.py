@@ -53,6 +53,7 @@ from shared.bundle import (
 from shared.chunks import decode_chunk
 from shared.errors import BundleError, ProtocolError
 from shared.messages import (
+    ChunkRequest,
     DeployCommand,
     EventKind,
     InstalledModel,
@@ -102,6 +103,7 @@ class OtaUpdater:
         self.limits = limits or AgentLimits()
         self.health_check: HealthCheck = health_check or OnnxSmokeCheck()
         self.events = DeploymentEvents(device_id, emit)
+        self._emit = emit
         self._clock = clock
         self._phase_timeouts = phase_timeouts(
             download_s=self.timeouts.download_s,
@@ -332,17 +334,40 @@ class OtaUpdater:
             self._step(Trigger.DOWNLOAD_COMPLETE, event=EventKind.DOWNLOAD_COMPLETE)
         try:
             verified = self._reverify()
-            artifacts = self._full_artifacts(verified)
         except (BundleError, InstallError) as exc:
             if self._repair(exc):
                 return
             self._step(Trigger.VERIFY_FAILED, reason=describe(exc), event=EventKind.VERIFY_FAILED)
             self._finish()
             return
+        try:
+            artifacts = self._full_artifacts(verified)
+        except BundleError as exc:
+            # a signed, intact delta that does not apply to what this device has (another
+            # base, a base changed on disk): nothing is installed; ask for the full bundle
+            self._delta_fallback(exc)
+            return
         if self._overdue():
             return
         self._step(Trigger.VERIFIED, event=EventKind.VERIFIED)
         self._install(verified, artifacts)
+
+    def _delta_fallback(self, exc: Exception) -> None:
+        dep = self._dep()
+        log.warning(
+            "delta of %s not applicable (%s): asking for the full bundle", dep.bundle_id[:12], exc
+        )
+        self._emit(
+            ChunkRequest(device_id=self.device_id, bundle_id=dep.bundle_id, indices=[], full=True)
+        )
+        self._step(
+            Trigger.VERIFY_FAILED,
+            reason=f"delta not applicable, full bundle requested: {describe(exc)}",
+            event=EventKind.DELTA_FALLBACK,
+            detail=describe(exc),
+            terminal_event=False,
+        )
+        self._finish()
 
     def _repair(self, exc: Exception) -> bool:
         """Fetch again exactly the chunks that are missing or corrupt, if that can be told."""
@@ -510,9 +535,11 @@ class OtaUpdater:
         event: str | None = None,
         detail: str = "",
         data: dict[str, Any] | None = None,
+        terminal_event: bool = True,
         **changes: Any,
     ) -> None:
-        """Apply ``trigger`` and persist. The step's event (and the terminal event, if the
+        """Apply ``trigger`` and persist. ``terminal_event=False``: the step's own event is the
+        only report of a terminal phase (a delta fallback is no failure of the rollout). The step's event (and the terminal event, if the
         new phase is terminal) go to the outbox *before* the new state is saved: a kill in
         between repeats the step after restart and reports it again (at least once)."""
         dep = transition(
@@ -525,7 +552,7 @@ class OtaUpdater:
         )
         if event is not None:
             self.events.step(event, dep, detail=detail, data=data)
-        if dep.terminal:
+        if dep.terminal and terminal_event:
             self.events.terminal(dep)
         self._save(dep)
         log.info(

@@ -401,6 +401,8 @@ def run_scenario(scenario: FleetScenario, out_dir: Path, *, keep_work: bool = Fa
     error = ""
     try:
         run.hub.start()
+        run.phases["hub_up"] = round(time.time() - run.t0, 2)
+        run.start_fleet()  # agents come up (processes import) while the hub signs bundles
         run.start_training()
         for cls in scenario.device_classes:
             run.hub.build_bundle(cls, 1, healthy=True, padding_kb=scenario.bundle.padding_kb)
@@ -408,8 +410,7 @@ def run_scenario(scenario: FleetScenario, out_dir: Path, *, keep_work: bool = Fa
         for plan in scenario.rollouts:  # the trained version and later wait for the training
             if trained_v is None or plan.version < trained_v:
                 run.build_bundles(plan)
-        run.phases["setup"] = round(time.time() - run.t0, 2)
-        run.start_fleet()
+        run.phases["bundles"] = round(time.time() - run.t0, 2)
         run.wait_registered(min(120.0, scenario.timeout_s))
         run.phases["fleet_up"] = round(time.time() - run.t0, 2)
         run._background()

@@ -143,7 +143,7 @@ def _mutations(draw: Any, valid: dict[str, Any]) -> bytes:
     return json.dumps(data).encode()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_fuzzed_commands_never_crash(target: FuzzTarget, data: Any) -> None:
     valid = data.draw(st.sampled_from(target.commands))
@@ -179,7 +179,7 @@ def _apply(fault: tuple[str, Any], offer: Offer, which: int) -> bytes:
     return frame + b"\x00" * int(arg)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(fault=chunk_faults, which=st.integers(0, 100), repair_topic=st.booleans())
 def test_fuzzed_chunks_never_crash_and_download_still_completes(
     target: FuzzTarget, fault: tuple[str, Any], which: int, repair_topic: bool

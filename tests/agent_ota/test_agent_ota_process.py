@@ -135,9 +135,11 @@ def test_missing_chunks_requested_over_broker_and_restart_resumes(env) -> None: 
     assert state["deployment"]["phase"] == "committed" and state["deployment"]["resumes"] == 1
 
 
-def test_five_agents_one_fanout(env) -> None:  # type: ignore[no-untyped-def]
+def test_agents_share_one_fanout_without_repairs(env) -> None:  # type: ignore[no-untyped-def]
+    """Every chunk is published once; agents subscribed before reporting download_started,
+    so none misses a chunk (the 5-agent end-to-end run is the hub's test)."""
     tmp, prefix, topics, auth, trust, hub, procs = env
-    devs = [f"dev{i}-{prefix}" for i in range(5)]
+    devs = [f"dev{i}-{prefix}" for i in range(3)]
     for d in devs:
         cfg = write_agent_config(tmp, device_id=d, prefix=prefix, trust_path=trust)
         procs.append(start_agent(cfg, tmp / f"{d}.log"))

@@ -96,18 +96,6 @@ def test_supervisor_restarts_a_dead_supernode_and_stops_it(tmp_path: Path) -> No
     assert not supervisor.is_running()
 
 
-@pytest.mark.integration
-def test_superlink_starts_and_stops_with_sigint(tmp_path: Path) -> None:
-    link = SuperLinkProcess(
-        SuperLinkConfig(database=tmp_path / "state.db", port=_free_port(), insecure=True),
-        workdir=tmp_path / "link",
-    )
-    link.start()
-    code = link.stop()
-    assert code is not None and code in (0, -2, 130), link.log_tail()
-    assert (tmp_path / "state.db").exists()
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(400)

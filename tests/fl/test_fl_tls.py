@@ -91,10 +91,16 @@ def test_supernode_registers_over_tls(tmp_path: Path) -> None:
         ),
         log_path=tmp_path / "node.log",
     )
-    with link, node:
-        deadline = time.monotonic() + 150
-        while "Activated node_id" not in link.log_tail(50_000) and time.monotonic() < deadline:
-            time.sleep(0.3)
-        log = link.log_tail(50_000)
+    link.start()
+    try:
+        with node:
+            deadline = time.monotonic() + 150
+            while "Activated node_id" not in link.log_tail(50_000) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            log = link.log_tail(50_000)
+    finally:
+        code = link.stop()  # SIGINT: a clean shutdown, state kept in the database file
     assert "Activated node_id" in log, (tmp_path / "node.log").read_text()[-2000:]
-    assert "--insecure" not in log and "TLS disabled" not in log
+    assert "TLS disabled" not in log
+    assert code in (0, -2, 130), link.log_tail()
+    assert (tmp_path / "state.db").exists()

@@ -89,6 +89,7 @@ def test_bad_model_halts_at_canary_while_another_class_finishes(tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", ["rollout_faults", "canary_halt"])
 def test_full_size_scenario(name: str, tmp_path: Path) -> None:
     result = run_scenario(load_scenario(SCENARIOS / f"{name}.toml"), tmp_path / "out")
