@@ -350,9 +350,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 if target_version is None and controller.outcomes:
                     o = controller.outcomes[-1]
                     say(
-                        f"retrain: run {o.run_id} ({o.state}) cohort v{o.version}: candidate "
-                        f"{o.candidate_accuracy} vs champion {o.champion_accuracy}; "
-                        f"bundle {o.bundle_bytes} B, deltas {list(o.delta_bundles.values())} B"
+                        f"retrain: drift triggered run {o.run_id} ({o.state}): "
+                        f"v{o.version} validation accuracy {o.candidate_accuracy or 0:.3f} vs "
+                        f"champion {o.champion_accuracy or 0:.3f}; bundle {o.bundle_bytes} B, "
+                        f"delta {min(o.delta_bundles.values(), default=0)} B"
                     )
                     if o.state != "rolling_out":
                         raise HubError(f"retraining run {o.run_id} ended {o.state}: {o.detail}")
