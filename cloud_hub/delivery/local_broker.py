@@ -1,8 +1,11 @@
 """A private Mosquitto on a free loopback port, for demos, benchmarks and fault tests.
 
 It listens on 127.0.0.1 only and allows anonymous clients — never use it beyond loopback.
-``restart()`` stops and starts the broker on the same port (sessions are lost: persistence
-is off), which is how tests exercise a broker restart in the middle of a transfer.
+``restart()`` stops and starts the broker on the same port, which is how tests exercise a
+broker restart in the middle of a transfer. Persistence is on by default (in the broker's temp
+folder), as it must be in production: without it, persistent sessions and their queued QoS 1
+messages vanish on a restart, and reports that agents flush right after reconnecting — before
+the hub's ingest has subscribed again — are acknowledged by the broker and dropped.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ def free_port() -> int:
 class LocalMosquitto:
     """``with LocalMosquitto() as broker: broker.url``."""
 
-    def __init__(self, *, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self, *, port: int | None = None, extra_conf: str = "", persistence: bool = True
+    ) -> None:
         exe = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
         )
@@ -39,8 +44,13 @@ class LocalMosquitto:
         self.port = port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="fedfleet-mosquitto-"))
         self.conf = self._dir / "mosquitto.conf"
+        persist = (
+            f"persistence true\npersistence_location {self._dir}/\n"
+            if persistence
+            else "persistence false\n"
+        )
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persist}"
             f"max_queued_messages 10000\n{extra_conf}\n"
         )
         self._proc: subprocess.Popen[bytes] | None = None
