@@ -6,11 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from cloud_hub.config import DEFAULT_DATA_DIR
 from cloud_hub.keys import KeyStore, KeyStoreConfig
 
 __all__ = ["DEFAULT_HUB_DIR", "add_dir_argument", "register"]
 
-DEFAULT_HUB_DIR = Path.home() / ".fedfleet" / "hub"
+# Where ``cloud-hub serve`` looks by default (HubConfig: DATA_DIR/keys), so the two agree.
+DEFAULT_HUB_DIR = DEFAULT_DATA_DIR / "keys"
 
 
 def add_dir_argument(parser: argparse.ArgumentParser) -> None:
