@@ -59,8 +59,13 @@ def main() -> None:
         "accuracy_after_retrain": round(s["accuracy_after_retrain"], 4),
         "accuracy_recovered_pts": round(s["accuracy_recovered_pts"], 2),
         "bytes_shipped": b["full_bytes_shipped"],
+        # what devices really downloaded (deltas where they ran the base) vs full bundles
+        "device_bytes_shipped": b.get("device_bytes_shipped"),
+        "device_bytes_if_full": b["full_bytes_received_by_devices"],
         "delta_to_full_ratio": round(
-            b["delta_bytes_if_devices_took_deltas"] / max(1, b["full_bytes_received_by_devices"]), 4
+            (b.get("device_bytes_shipped") or b["delta_bytes_if_devices_took_deltas"])
+            / max(1, b["full_bytes_received_by_devices"]),
+            4,
         ),
         "drift_to_recovered_s": round(s["drift_to_recovered_s"], 1),
         "wall_s": round(s["wall_s"], 1),

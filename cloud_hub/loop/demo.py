@@ -386,6 +386,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 wall_s=time.monotonic() - started,
                 dashboard=f"{url}/ui",
                 drift_to_rollout_s=time.monotonic() - drift_t0,
+                delivered=getattr(getattr(hub.server.engine, "delivery", None), "shipped", None),
             )
             summary["api_training_runs"] = [
                 {k: r.get(k) for k in ("run_id", "state", "trigger", "result_version")}
@@ -486,11 +487,12 @@ def _summary(
     wall_s: float,
     dashboard: str,
     drift_to_rollout_s: float,
+    delivered: Any = None,
 ) -> dict[str, Any]:
     from cloud_hub.loop.report import bytes_shipped
 
     retrain = controller.outcomes[-1]
-    shipped = bytes_shipped(registry, [r.rollout_id for r in rollouts.values()])
+    shipped = bytes_shipped(registry, [r.rollout_id for r in rollouts.values()], delivered)
     return {
         "agents": config.agents,
         "drifted_devices": config.drifted,

@@ -1,7 +1,7 @@
 """The demo's local fleet: device processes with their own non-IID data, and the client that
 streams inputs to their local prediction APIs.
 
-Every device is ``python -m cloud_hub.loop.device`` (agent + inference stack) in its own
+Every device is ``edge-agent run --serve`` (agent + inference stack) in its own
 process group, so that stopping the fleet also ends anything a device started. A device's
 sample store is seeded with a labelled history drawn from its own class mix (a Dirichlet
 skew per device: non-IID); devices labelled ``site=plant-3`` later see drifted inputs.
@@ -170,13 +170,19 @@ class DemoFleet:
                     [
                         sys.executable,
                         "-m",
-                        "cloud_hub.loop.device",
+                        "edge_agent.cli",
+                        "run",
+                        "--serve",
                         "--config",
                         str(d.config_path),
                         "--api-port",
                         str(d.api_port),
                         "--drift-window",
                         str(self.drift_window),
+                        "--report-interval",
+                        "1",
+                        "--allow-insecure-training",  # loopback SuperLink in the demo
+                        "--exit-with-parent",
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,

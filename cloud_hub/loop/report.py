@@ -4,7 +4,7 @@ and plots (matplotlib, Agg backend)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,16 @@ from cloud_hub.registry import catalog, rollouts
 __all__ = ["bytes_shipped", "summary_table", "write_plots"]
 
 
-def bytes_shipped(registry: Any, rollout_ids: Sequence[str]) -> dict[str, Any]:
+def bytes_shipped(
+    registry: Any, rollout_ids: Sequence[str], delivered: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Per rollout: the bundle's size, how often it was published (each deployment publishes
     every chunk once on the bundle's fan-out topic), how many devices downloaded it, and the
-    smallest delta bundle registered for it (what a delta-capable delivery would have sent)."""
+    smallest delta bundle registered for it. ``delivered`` (the rollout delivery's totals:
+    ``bytes_shipped``/``bytes_full`` per rollout) gives what devices really downloaded —
+    deltas where a device ran their base — against what full bundles would have cost."""
     per: dict[str, Any] = {}
-    full_hub = full_dev = delta_dev = 0
+    full_hub = full_dev = delta_dev = actual_dev = 0
     with registry.session() as s:
         for rid in rollout_ids:
             record = rollouts.get_rollout(s, rid)
@@ -41,6 +45,11 @@ def bytes_shipped(registry: Any, rollout_ids: Sequence[str]) -> dict[str, Any]:
                 "publications": len(deployments),
                 "devices": devices,
             }
+            totals = (delivered or {}).get(rid)
+            if totals is not None:
+                per[rid]["device_bytes_shipped"] = totals.bytes_shipped
+                per[rid]["device_bytes_if_full"] = totals.bytes_full
+                actual_dev += totals.bytes_shipped
             full_hub += bundle.size * len(deployments)
             full_dev += bundle.size * devices
             delta_dev += (delta if delta is not None else bundle.size) * devices
@@ -49,6 +58,7 @@ def bytes_shipped(registry: Any, rollout_ids: Sequence[str]) -> dict[str, Any]:
         "full_bytes_shipped": full_hub,
         "full_bytes_received_by_devices": full_dev,
         "delta_bytes_if_devices_took_deltas": delta_dev,
+        "device_bytes_shipped": actual_dev if delivered is not None else None,
     }
 
 
@@ -82,11 +92,12 @@ def summary_table(summary: dict[str, Any]) -> str:
             )
         )
     rows.append(("bytes shipped (hub, full bundles)", summary["bytes"]["full_bytes_shipped"]))
+    actual = summary["bytes"].get("device_bytes_shipped")
     rows.append(
         (
-            "bytes received by devices full / with deltas",
+            "bytes received by devices: full-bundle cost / shipped (deltas)",
             f"{summary['bytes']['full_bytes_received_by_devices']} / "
-            f"{summary['bytes']['delta_bytes_if_devices_took_deltas']}",
+            f"{actual if actual is not None else summary['bytes']['delta_bytes_if_devices_took_deltas']}",
         )
     )
     for name, info in summary["rollouts"].items():

@@ -1,8 +1,8 @@
-"""A whole device for the demo: ``EdgeAgent`` (OTA, reports) + ``InferenceStack`` (local API).
+"""A whole device: ``EdgeAgent`` (OTA, reports) + ``InferenceStack`` (local prediction API).
 
-``edge-agent run`` runs the agent's OTA/report loop only; the inference stack
-(``edge_agent.serving``) is not wired into it yet. The demo needs both in one process, so
-this module composes them through the agent's documented plug-in points and nothing else:
+``edge-agent run --serve`` runs this; plain ``edge-agent run`` runs the OTA/report loop alone
+(e.g. a device whose applications embed their own runtime). The parts are composed through
+the agent's documented plug-in points and nothing else:
 
 - :meth:`EdgeAgent.on_model_changed` → load the committed slot's ONNX model and its drift
   reference (``reference_stats`` artifact) into the stack (hot swap);
@@ -10,8 +10,12 @@ this module composes them through the agent's documented plug-in points and noth
   its telemetry as ``Telemetry`` (the rollout gates read them);
 - :meth:`EdgeAgent.add_status_fields` → runtime/provider of the loaded backend.
 
-Run as ``python -m cloud_hub.loop.device --config agent.toml --api-port N``; prints one JSON
-line ``{"api_url": ...}`` once serving. SIGTERM/SIGINT stop it cleanly.
+- a ``TrainCommand`` starts a Flower SuperNode on this device's sample store
+  (``edge_agent.fl.train_command``).
+
+Run as ``edge-agent run --serve --config agent.toml [--api-port N]`` (or
+``python -m edge_agent.device``); prints one JSON line ``{"api_url": ...}`` once serving.
+SIGTERM/SIGINT stop it cleanly, and it stops when its parent dies (``--exit-with-parent``).
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoDevice", "main"]
+__all__ = ["EdgeDevice", "main", "run_device"]
 
 log = logging.getLogger(__name__)
 
 
-class DemoDevice:
+class EdgeDevice:
     """One agent plus its inference stack, sharing the agent's state directory."""
 
     def __init__(
@@ -42,6 +46,7 @@ class DemoDevice:
         api_port: int = 0,
         drift_window: int = 200,
         report_interval_s: float = 1.0,
+        allow_insecure_training: bool = False,
     ) -> None:
         from edge_agent.agent import EdgeAgent
         from edge_agent.config import load_config
@@ -69,11 +74,11 @@ class DemoDevice:
         self._model_name = ""
         self._seq = 0
         # Flower's Deployment Engine path: a TrainCommand starts a SuperNode on this
-        # device's sample store (loopback demo: plain-text SuperLink allowed)
+        # device's sample store (a plain-text SuperLink only when explicitly allowed)
         self.trainer = TrainCommandHandler(
             state_dir=state,
             load_samples=self._training_arrays,
-            limits=TrainingLimits(allow_insecure=True),
+            limits=TrainingLimits(allow_insecure=allow_insecure_training),
         )
         self.agent.add_command_handler(TrainCommand, self.trainer)
         self.agent.on_model_changed(self._install)
@@ -134,34 +139,36 @@ class DemoDevice:
         self.stack.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cloud_hub.loop.device")
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--api-port", type=int, default=0)
-    p.add_argument("--drift-window", type=int, default=200)
-    p.add_argument("--report-interval", type=float, default=1.0)
-    args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    device = DemoDevice(
-        args.config,
-        api_port=args.api_port,
-        drift_window=args.drift_window,
-        report_interval_s=args.report_interval,
+def run_device(
+    config: Path,
+    *,
+    api_port: int = 0,
+    drift_window: int = 200,
+    report_interval_s: float = 1.0,
+    allow_insecure_training: bool = False,
+    exit_with_parent: bool = False,
+) -> int:
+    """Run one device until SIGTERM/SIGINT (or its parent's death, if asked)."""
+    device = EdgeDevice(
+        config,
+        api_port=api_port,
+        drift_window=drift_window,
+        report_interval_s=report_interval_s,
+        allow_insecure_training=allow_insecure_training,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     parent = os.getppid()
 
-    def orphaned() -> None:  # the demo was killed (SIGKILL): do not outlive it
+    def orphaned() -> None:  # a demo/test harness was killed (SIGKILL): do not outlive it
         while not stop.wait(1.0):
             if os.getppid() != parent:
                 log.warning("parent process %d gone: stopping", parent)
                 stop.set()
 
-    threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
+    if exit_with_parent:
+        threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
     url = device.start()
     print(json.dumps({"api_url": url, "device_id": device.config.device_id}), flush=True)
     try:
@@ -169,6 +176,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         device.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edge_agent.device")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--api-port", type=int, default=0)
+    p.add_argument("--drift-window", type=int, default=200)
+    p.add_argument("--report-interval", type=float, default=1.0)
+    p.add_argument("--allow-insecure-training", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run_device(
+        args.config,
+        api_port=args.api_port,
+        drift_window=args.drift_window,
+        report_interval_s=args.report_interval,
+        allow_insecure_training=args.allow_insecure_training,
+        exit_with_parent=True,
+    )
 
 
 if __name__ == "__main__":
