@@ -51,6 +51,7 @@ class MqttEndpoint:
     ca_file: str | None = None  # CA bundle for mqtts:// (None: the system CAs)
     cert_file: str | None = None  # client certificate for mutual TLS (cloud-hub enroll)
     key_file: str | None = None
+    protocol: str = "5"  # MQTT protocol version: "5" or "3.1.1" (brokers such as amqtt)
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):

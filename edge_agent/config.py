@@ -97,10 +97,15 @@ class MqttSettings:
     username: str | None = None
     password: str | None = None
     tls: TlsSettings | None = None
+    # "5" (default) or "3.1.1" for brokers that speak only 3.1.1 (e.g. amqtt in the demo);
+    # 3.1.1 keeps the persistent session (clean_session=False) but has no session expiry.
+    protocol: str = "5"
 
     def __post_init__(self) -> None:
         if not self.host:
             raise AgentConfigError("mqtt.host must not be empty")
+        if self.protocol not in ("5", "3.1.1"):
+            raise AgentConfigError('mqtt.protocol must be "5" or "3.1.1"')
         if not 1 <= self.port <= 65535:
             raise AgentConfigError(f"mqtt.port {self.port} out of range")
         if not 5 <= self.keepalive_s <= 3600:
@@ -284,6 +289,7 @@ def _mqtt(table: dict[str, Any], base: Path) -> MqttSettings:
         ("client_id", str),
         ("username", str),
         ("password", str),
+        ("protocol", str),
     ):
         if key in table and not isinstance(table[key], typ):
             raise AgentConfigError(f"mqtt.{key} must be a string")

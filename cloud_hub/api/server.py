@@ -82,6 +82,7 @@ class HubServer:
                     tls_ca=(cfg.mqtt.ca_file or "") if cfg.mqtt.tls else None,
                     tls_cert=cfg.mqtt.cert_file,
                     tls_key=cfg.mqtt.key_file,
+                    protocol=cfg.mqtt.protocol,
                 ),
                 config=cfg.ingest,
             )

@@ -24,6 +24,13 @@ def register(subparsers: Any) -> None:
         "--drifted", type=int, default=3, help="devices at site=plant-3 that drift (>= 3)"
     )
     parser.add_argument("--mqtt-url", help="use this broker instead of an embedded one")
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "amqtt"),
+        default="auto",
+        help="embedded broker: Mosquitto when installed (auto), or amqtt (pure Python, "
+        "MQTT 3.1.1, in its own virtual environment)",
+    )
     parser.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     parser.add_argument("--port", type=int, default=0, help="hub API port (default: a free one)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -56,6 +63,7 @@ def _demo(args: argparse.Namespace) -> int:
         agents=args.agents,
         drifted=args.drifted,
         mqtt_url=args.mqtt_url,
+        broker=args.broker,
         port=args.port,
         plots=not args.no_plots,
         training_engine=args.training_engine,

@@ -58,7 +58,7 @@ class MqttSession:
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if config.mqtt_protocol == "5" else mqtt.MQTTv311,
         )
         # our own window bounds what is in flight; paho's inflight limit must not be lower
         self._client.max_inflight_messages_set(config.max_inflight)
@@ -161,7 +161,12 @@ class MqttSession:
         """Connect, start the network thread, and wait until subscriptions are acknowledged."""
         cfg = self.config
         try:
-            self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
+            if cfg.mqtt_protocol == "5":
+                self._client.connect(
+                    cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True
+                )
+            else:
+                self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         except (OSError, ValueError) as exc:
             raise DeliveryError(
                 f"cannot connect to MQTT broker {cfg.host}:{cfg.port}: {exc}"

@@ -42,6 +42,7 @@ class PublisherConfig:
     username: str | None = None
     password: str | None = None
     tls_ca: str | None = None  # "" = system CAs; None = no TLS
+    mqtt_protocol: str = "5"  # or "3.1.1" (brokers such as amqtt)
     tls_cert: str | None = None  # client certificate for mutual TLS (the hub's own)
     tls_key: str | None = None
     keepalive_s: int = 30

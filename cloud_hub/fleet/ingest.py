@@ -56,6 +56,7 @@ class MqttSettings:
     session_expiry_s: int = 3600
     receive_maximum: int = 65535
     connect_timeout_s: float = 10.0
+    protocol: str = "5"  # or "3.1.1" (e.g. amqtt)
 
 
 @dataclass(frozen=True)
@@ -133,13 +134,18 @@ class FleetIngest:
         # slow subscriber is small and drops silently beyond it)
         props.ReceiveMaximum = self.settings.receive_maximum
         try:
-            self._client.connect(
-                self.settings.host,
-                self.settings.port,
-                keepalive=self.settings.keepalive_s,
-                clean_start=False,
-                properties=props,
-            )
+            if self.settings.protocol == "5":
+                self._client.connect(
+                    self.settings.host,
+                    self.settings.port,
+                    keepalive=self.settings.keepalive_s,
+                    clean_start=False,
+                    properties=props,
+                )
+            else:  # 3.1.1: persistent session via clean_session=False (set on the client)
+                self._client.connect(
+                    self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s
+                )
         except (OSError, ValueError) as exc:
             self.stop()
             raise DeliveryError(
@@ -384,7 +390,8 @@ class FleetIngest:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.settings.client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if self.settings.protocol == "5" else mqtt.MQTTv311,
+            clean_session=None if self.settings.protocol == "5" else False,
             manual_ack=True,  # acknowledge after the commit (see submit)
         )
         client.reconnect_delay_set(min_delay=1, max_delay=5)

@@ -21,6 +21,7 @@ and on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import statistics
@@ -49,6 +50,7 @@ class DemoConfig:
     agents: int = 6
     drifted: int = 3  # devices at site=plant-3 (>= 3: SecAgg+ needs three clients)
     mqtt_url: str | None = None  # None: start an embedded broker
+    broker: str = "auto"  # embedded broker: auto (Mosquitto if installed) | amqtt
     port: int = 0  # hub API port; 0 = a free one
     batch: int = 50  # inputs per request
     steps_before_drift: int = 6  # request rounds (one batch per device) before the drift
@@ -120,7 +122,9 @@ def _signals_raise() -> Iterator[None]:
 class _Hub:
     """The hub in this process: HubServer (registry, ingest, engine) + uvicorn thread."""
 
-    def __init__(self, data_dir: Path, mqtt_url: str, prefix: str, port: int) -> None:
+    def __init__(
+        self, data_dir: Path, mqtt_url: str, prefix: str, port: int, protocol: str = "5"
+    ) -> None:
         from cloud_hub.api.server import HubServer
         from cloud_hub.config import HubConfig
         from cloud_hub.delivery.local_broker import free_port
@@ -133,6 +137,9 @@ class _Hub:
             ingest_client_id=f"hub-{prefix}",
             offline_after_s=0,
         ).with_overrides(mqtt_url=mqtt_url)
+        self.config = dataclasses.replace(
+            self.config, mqtt=dataclasses.replace(self.config.mqtt, protocol=protocol)
+        )
         self.server = HubServer(self.config)
         self._uvicorn: Any = None
         self._thread: threading.Thread | None = None
@@ -212,18 +219,15 @@ def run_demo(config: DemoConfig) -> DemoResult:
         try:
             # -- 1. infrastructure
             mqtt_url = config.mqtt_url
+            protocol = "5"
             if mqtt_url is None:
-                broker = start_embedded_broker(amqtt_venv=out / ".amqtt-venv")
+                broker = start_embedded_broker(amqtt_venv=out / ".amqtt-venv", prefer=config.broker)
                 mqtt_url = broker.url
-                if broker.mqtt_version != "5":
-                    raise HubError(
-                        f"the embedded broker is {broker.kind} (MQTT {broker.mqtt_version}); "
-                        "the agents speak MQTT v5: install Mosquitto or pass --mqtt-url"
-                    )
-                say(f"broker: {broker.kind} on {mqtt_url}")
+                protocol = broker.mqtt_version  # amqtt speaks 3.1.1 only
+                say(f"broker: {broker.kind} (MQTT {protocol}) on {mqtt_url}")
             keys = KeyStore.init(run_dir / "hub" / "keys")
             prefix = DemoFleet.new_prefix()
-            hub = _Hub(run_dir / "hub", mqtt_url, prefix, config.port)
+            hub = _Hub(run_dir / "hub", mqtt_url, prefix, config.port, protocol)
             hub.start()
             registry = hub.server.registry
             assert registry is not None
@@ -244,6 +248,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 n=config.agents,
                 drifted=config.drifted,
                 drift_window=config.drift_window,
+                mqtt_protocol=protocol,
             )
             fleet.start()
             drifted = [d for d in fleet.devices if d.drifted]

@@ -107,6 +107,7 @@ class DemoFleet:
     history: int = 300  # labelled samples each device holds before the demo starts
     drift_window: int = 200  # inputs per drift report
     seed: int = 0
+    mqtt_protocol: str = "5"  # "3.1.1" with amqtt
     devices: list[DeviceHandle] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -135,6 +136,7 @@ class DemoFleet:
                         "labels": {"site": "plant-3" if drifted else f"plant-{1 + i % 2}"},
                         "timeouts": {"chunk_retry_s": 0.5, "health_s": 30.0},
                         "limits": {"fsync_chunks": False},
+                        "mqtt": {"protocol": self.mqtt_protocol},
                     },
                     top={"status_interval_s": 5.0},
                 ),

@@ -105,6 +105,7 @@ class PublisherDelivery:
                 tls_ca=(mqtt.ca_file or "") if mqtt.tls else None,
                 tls_cert=mqtt.cert_file,
                 tls_key=mqtt.key_file,
+                mqtt_protocol=mqtt.protocol,
             )
         )
         publisher.connect()

@@ -79,10 +79,12 @@ class MqttLink:
         self._flusher: threading.Thread | None = None
         self.connected_event = threading.Event()
 
+        self._v5 = settings.protocol == "5"
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else False,  # 3.1.1: a persistent session
             manual_ack=True,
         )
         client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
@@ -119,13 +121,18 @@ class MqttLink:
     def start(self) -> None:
         """Connect in the background; reconnects forever until :meth:`stop`."""
         self._running = True
-        self._client.connect_async(
-            self.settings.host,
-            self.settings.port,
-            keepalive=self.settings.keepalive_s,
-            clean_start=False,
-            properties=self._connect_props,
-        )
+        if self._v5:
+            self._client.connect_async(
+                self.settings.host,
+                self.settings.port,
+                keepalive=self.settings.keepalive_s,
+                clean_start=False,
+                properties=self._connect_props,
+            )
+        else:
+            self._client.connect_async(
+                self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s
+            )
         self._client.loop_start()
         self._flusher = threading.Thread(target=self._flush_loop, name="mqtt-outbox", daemon=True)
         self._flusher.start()
