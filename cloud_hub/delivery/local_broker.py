@@ -44,11 +44,15 @@ class LocalMosquitto:
         self.port = port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="fedfleet-mosquitto-"))
         self.conf = self._dir / "mosquitto.conf"
-        persist = (
-            f"persistence true\npersistence_location {self._dir}/\n"
-            if persistence
-            else "persistence false\n"
-        )
+        persist = "persistence false\n"
+        if persistence:
+            # Mosquitto drops root privileges before writing its database: a directory of
+            # its own that its user may write to
+            db = self._dir / "db"
+            db.mkdir()
+            self._dir.chmod(0o711)  # it may traverse our folder...
+            db.chmod(0o777)  # ...and write in its own
+            persist = f"persistence true\npersistence_location {db}/\n"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persist}"
             f"max_queued_messages 10000\n{extra_conf}\n"

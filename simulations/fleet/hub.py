@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -195,15 +193,10 @@ class SimHub:
         self.prefix = prefix
         self.chunk_size = chunk_kb * 1024
         root.mkdir(parents=True, exist_ok=True)
-        extra = "max_inflight_messages 100\n"
-        self._persist_dir: Path | None = None
-        if broker_persistence:
-            # sessions and subscriptions survive a restart (Mosquitto drops root and writes
-            # as its own user, hence a world-writable directory of our own)
-            self._persist_dir = Path(tempfile.mkdtemp(prefix="fleetsim-mosquitto-db-"))
-            self._persist_dir.chmod(0o777)
-            extra += f"persistence true\npersistence_location {self._persist_dir}/\n"
-        self.broker = LocalMosquitto(extra_conf=extra)
+        # persistence (LocalMosquitto's default): sessions and queued reports survive restarts
+        self.broker = LocalMosquitto(
+            extra_conf="max_inflight_messages 100\n", persistence=broker_persistence
+        )
         self.keys = KeyStore.init(root / "keys")
         self.bundles: dict[tuple[str, int], str] = {}  # (class, version) -> bundle id
         self.server: HubServer | None = None
@@ -267,12 +260,10 @@ class SimHub:
             self.delivery.inner.close()
         if self.server is not None:
             self.server.stop()
-        self.broker.__exit__(None, None, None)  # stops it and removes its config and log
-        if self._persist_dir is not None:
-            shutil.rmtree(self._persist_dir, ignore_errors=True)
+        self.broker.__exit__(None, None, None)  # stops it and removes its folder
 
     def restart_broker(self, down_s: float) -> None:
-        """Stop Mosquitto and start it again on the same port (sessions are lost)."""
+        """Stop Mosquitto and start it again on the same port (persistent sessions survive)."""
         log.warning("restarting the broker (down %.1f s)", down_s)
         self.broker_restarts.append(time.time())
         self.broker.restart(down_s=down_s)
