@@ -16,13 +16,19 @@ Training, SecAgg+ and evaluation are exactly those of the simulation path
 
 from __future__ import annotations
 
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
 import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 

@@ -21,11 +21,17 @@ Example (``simulations/digits_dirichlet_secagg.toml``)::
 
 from __future__ import annotations
 
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from numpy.typing import NDArray
 
 from cloud_hub.errors import HubConfigError

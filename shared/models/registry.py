@@ -75,9 +75,14 @@ class EdgeCNN(nn.Module):
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
         self.features = nn.Sequential(
-            *block(3, 32), *block(32, 32), nn.MaxPool2d(2),  # 32 -> 16
-            *block(32, 64), *block(64, 64), nn.MaxPool2d(2),  # 16 -> 8
-            *block(64, 128), nn.AdaptiveAvgPool2d(1),
+            *block(3, 32),
+            *block(32, 32),
+            nn.MaxPool2d(2),  # 32 -> 16
+            *block(32, 64),
+            *block(64, 64),
+            nn.MaxPool2d(2),  # 16 -> 8
+            *block(64, 128),
+            nn.AdaptiveAvgPool2d(1),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128, num_classes))
 
