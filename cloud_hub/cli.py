@@ -7,10 +7,11 @@ Each command group lives in its own module under ``cloud_hub.commands``; a modul
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import sys
 from collections.abc import Sequence
+
+from shared.cli import build_parser as _build_parser
+from shared.cli import run_cli
 
 # One module per command group; add yours here.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -30,31 +31,14 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloud-hub")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
-    return parser
+    return _build_parser("cloud-hub", COMMAND_MODULES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.func(args))
-    except Exception as exc:  # the CLI boundary: one clear line, no traceback
-        from cloud_hub.errors import HubError
-        from shared.errors import FedfleetError
+    from cloud_hub.errors import HubError
+    from shared.errors import FedfleetError
 
-        if isinstance(exc, HubError | FedfleetError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    return run_cli("cloud-hub", COMMAND_MODULES, (HubError, FedfleetError), argv)
 
 
 if __name__ == "__main__":

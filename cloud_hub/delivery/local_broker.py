@@ -20,13 +20,47 @@ from pathlib import Path
 
 from cloud_hub.errors import DeliveryError
 
-__all__ = ["LocalMosquitto", "free_port"]
+__all__ = ["LocalMosquitto", "free_port", "spawn_listening", "stop_process"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def spawn_listening(
+    argv: list[str], *, port: int, log_path: Path, name: str, timeout: float
+) -> subprocess.Popen[bytes]:
+    """Start a broker process and wait until it accepts connections on ``port``."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DeliveryError(
+                f"{name} exited with {proc.returncode}: "
+                + log_path.read_text(errors="replace")[-500:]
+            )
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.2),
+        ):
+            return proc
+        time.sleep(0.05)
+    stop_process(proc)
+    raise DeliveryError(f"{name} did not listen on port {port} within {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """Terminate, then kill after 5 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class LocalMosquitto:
@@ -64,35 +98,16 @@ class LocalMosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        log = open(self._dir / "mosquitto.log", "ab")  # noqa: SIM115 - owned by the process
-        self._proc = subprocess.Popen(
-            [self.exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+        self._proc = spawn_listening(
+            [self.exe, "-c", str(self.conf)],
+            port=self.port,
+            log_path=self._dir / "mosquitto.log",
+            name="mosquitto",
+            timeout=timeout,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise DeliveryError(
-                    f"mosquitto exited with {self._proc.returncode}: "
-                    + (self._dir / "mosquitto.log").read_text(errors="replace")[-500:]
-                )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise DeliveryError(f"mosquitto did not listen on port {self.port} within {timeout}s")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
         self._proc = None
 
     def restart(self, down_s: float = 0.0) -> None:

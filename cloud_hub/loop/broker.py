@@ -8,17 +8,18 @@ process from its own small virtual environment, created on first use. amqtt spea
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from cloud_hub.delivery.local_broker import LocalMosquitto, free_port
-from cloud_hub.errors import DeliveryError
+from cloud_hub.delivery.local_broker import (
+    LocalMosquitto,
+    free_port,
+    spawn_listening,
+    stop_process,
+)
 
 __all__ = ["AmqttBroker", "EmbeddedBroker", "start_embedded_broker"]
 
@@ -59,32 +60,17 @@ class AmqttBroker:
             "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
             "    allow_anonymous: true\n"
         )
-        log = open(self._dir / "amqtt.log", "ab")  # noqa: SIM115 - owned by the process
-        self._proc = subprocess.Popen(
-            [str(exe), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+        self._proc = spawn_listening(
+            [str(exe), "-c", str(conf)],
+            port=self.port,
+            log_path=self._dir / "amqtt.log",
+            name="amqtt",
+            timeout=timeout,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise DeliveryError(f"amqtt exited with {self._proc.returncode}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise DeliveryError(f"amqtt did not listen on port {self.port} within {timeout}s")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
+        self._proc = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
