@@ -53,8 +53,8 @@ class DemoConfig:
     broker: str = "auto"  # embedded broker: auto (Mosquitto if installed) | amqtt
     port: int = 0  # hub API port; 0 = a free one
     batch: int = 50  # inputs per request
-    steps_before_drift: int = 6  # request rounds (one batch per device) before the drift
-    steps_after_retrain: int = 6
+    steps_before_drift: int = 20  # request rounds (one batch per device) before the drift
+    steps_after_retrain: int = 40  # long enough to see the recovery in the plot
     drift_window: int = 200
     num_rounds: int = 3
     rollout_stages: tuple[dict[str, object], ...] = (
