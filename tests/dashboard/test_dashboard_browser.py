@@ -145,6 +145,8 @@ def test_operator_watches_fleet_and_drives_rollouts(browser: Any, hub: Any, tmp_
         create_and_start(page, proc.api_url, bundles[1], "1,100", 1)
         assert wait_state(page, ("done",), 120) == "done"
         page.wait_for_function("document.querySelectorAll('.stage').length === 2")
+        page.wait_for_selector("#delivery")  # bytes shipped vs what full bundles would cost
+        assert "KiB" in page.inner_text("#delivery")
         shot(page, "03-rollout-done")
 
         # the fleet page now counts the installed version
