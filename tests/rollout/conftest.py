@@ -1,60 +1,22 @@
-"""Fixtures of the rollout tests: a real registry (SQLite and PostgreSQL), a real key store,
+"""Fixtures of the rollout tests: a real registry (SQLite and PostgreSQL, tests/conftest.py), a real key store,
 a clock the test moves, and a delivery that records what the engine published."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from cloud_hub.keys import KeyStore
-from cloud_hub.registry import Registry, catalog, devices, open_registry, reports
+from cloud_hub.registry import Registry, catalog, devices, reports
 from cloud_hub.registry.records import TelemetryAggregate
-from cloud_hub.registry.tables import Base
 from shared.messages import Event, Hello, InstalledModel, Status, new_id
 
 MODEL = "sensor-mlp"
 CLASS = "x86-cpu"
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(scope="session")
-def rollout_pg_url() -> Iterator[str]:
-    name = f"fedfleet_rollout_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}")
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
-    if request.param == "sqlite":
-        reg = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
-    else:
-        reg = open_registry(request.getfixturevalue("rollout_pg_url"))
-        with reg.engine.begin() as conn:
-            names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-            conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    try:
-        yield reg
-    finally:
-        reg.close()
+# ``registry`` (SQLite and PostgreSQL) comes from tests/conftest.py.
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Backends for the registry contract suite: every test runs on SQLite and PostgreSQL.
+"""Registry backends shared by the suites: ``registry`` runs a test on SQLite and PostgreSQL.
 
 PostgreSQL gets one fresh database per test session (dropped at the end); tables are
 emptied between tests. Without a reachable server the PostgreSQL cases are skipped with
