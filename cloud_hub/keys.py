@@ -29,6 +29,7 @@ from typing import Any
 from cloud_hub.errors import HubConfigError
 from shared.bundle import RollbackOrder, sign_rollback_order
 from shared.errors import ExpiredError, FedfleetError
+from shared.files import atomic_write
 from shared.messages import new_id
 from shared.signing import (
     KeyEntry,
@@ -68,20 +69,11 @@ def _write_private(path: Path, data: bytes, *, force: bool) -> None:
     """Write a secret file with mode 0600 from the start (never world-readable, not even briefly)."""
     if path.exists() and not force:
         raise HubConfigError(f"{path} exists; pass --force to overwrite")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o600)
 
 
 def _write_public(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 class KeyStore:

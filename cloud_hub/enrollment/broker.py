@@ -24,6 +24,7 @@ from pathlib import Path
 from cloud_hub.enrollment.acl import DEFAULT_HUB_USER, render_acl
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.errors import HubConfigError
+from shared.files import atomic_write
 from shared.topics import TopicScheme
 
 __all__ = ["BrokerFiles", "BrokerTlsConfig", "render_mosquitto_config", "write_broker_files"]
@@ -106,15 +107,6 @@ class BrokerFiles:
     crl: Path | None = None
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def write_broker_files(
     ca: CertificateAuthority,
     directory: str | os.PathLike[str],
@@ -143,15 +135,15 @@ def write_broker_files(
         hub_key=d / "hub.key",
         crl=None if crl_pem is None else d / "crl.pem",
     )
-    _write(files.ca_cert, ca.cert_pem, 0o644)
-    _write(files.server_cert, server.cert_pem, 0o644)
+    atomic_write(files.ca_cert, ca.cert_pem, mode=0o644)
+    atomic_write(files.server_cert, server.cert_pem, mode=0o644)
     # Mosquitto often runs as its own user: the operator may need to chown server.key.
-    _write(files.server_key, server.key_pem, 0o600)
-    _write(files.hub_cert, hub.cert_pem, 0o644)
-    _write(files.hub_key, hub.key_pem, 0o600)
-    _write(files.acl, render_acl(scheme, hub_user=hub_user).encode(), 0o644)
+    atomic_write(files.server_key, server.key_pem, mode=0o600)
+    atomic_write(files.hub_cert, hub.cert_pem, mode=0o644)
+    atomic_write(files.hub_key, hub.key_pem, mode=0o600)
+    atomic_write(files.acl, render_acl(scheme, hub_user=hub_user).encode(), mode=0o644)
     if files.crl is not None and crl_pem is not None:
-        _write(files.crl, crl_pem, 0o644)
+        atomic_write(files.crl, crl_pem, mode=0o644)
     cfg = BrokerTlsConfig(
         port=port,
         bind=bind,
@@ -163,5 +155,5 @@ def write_broker_files(
         persistence_dir=persistence_dir,
         user=broker_user,
     )
-    _write(files.config, render_mosquitto_config(cfg).encode(), 0o644)
+    atomic_write(files.config, render_mosquitto_config(cfg).encode(), mode=0o644)
     return files

@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cloud_hub.enrollment.errors import CsrRejectedError
 from cloud_hub.errors import HubConfigError
+from shared.files import atomic_write
 
 __all__ = [
     "CertificateAuthority",
@@ -83,17 +84,6 @@ class ServerCredentials:
 
     key_pem: bytes
     cert_pem: bytes
-
-
-def _write_secret(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _san_entries(names: Sequence[str]) -> list[x509.GeneralName]:
@@ -175,7 +165,7 @@ class CertificateAuthority:
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
         ca = cls.create()
-        _write_secret(d / "ca.key", ca.key_pem())
+        atomic_write(d / "ca.key", ca.key_pem(), mode=0o600)
         (d / "ca.crt").write_bytes(ca.cert_pem)
         return ca
 

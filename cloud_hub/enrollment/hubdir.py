@@ -28,6 +28,7 @@ from cloud_hub.enrollment.service import EnrollmentConfig, EnrollmentService
 from cloud_hub.enrollment.store import SqlEnrollmentRepository
 from cloud_hub.enrollment.tokens import EnrolledDevice
 from cloud_hub.errors import HubError, RegistryError
+from shared.files import atomic_write
 from shared.signing import TrustRoot
 
 if TYPE_CHECKING:
@@ -131,8 +132,6 @@ def server_tls_files(
     if renew or not (files.certfile.exists() and files.keyfile.exists()):
         tls.mkdir(parents=True, exist_ok=True)
         creds = ca.issue_server(list(hostnames))
-        fd = os.open(files.keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(creds.key_pem)
-        files.certfile.write_bytes(creds.cert_pem)
+        atomic_write(files.keyfile, creds.key_pem, mode=0o600)
+        atomic_write(files.certfile, creds.cert_pem)
     return files

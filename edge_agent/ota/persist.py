@@ -16,38 +16,16 @@ from typing import Any
 
 from edge_agent.errors import InstallError
 from edge_agent.ota.machine import Deployment
+from shared.files import atomic_write
 
-__all__ = ["OtaState", "StateStore", "atomic_write_bytes", "atomic_write_json", "fsync_dir"]
+__all__ = ["OtaState", "StateStore", "atomic_write_json"]
 
 log = logging.getLogger(__name__)
 _RECENT = 64  # deployment ids remembered to make duplicate commands harmless
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, json.dumps(value, sort_keys=True, indent=1).encode("utf-8"))
+    atomic_write(path, json.dumps(value, sort_keys=True, indent=1).encode("utf-8"))
 
 
 @dataclass(frozen=True)

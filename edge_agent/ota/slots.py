@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import InstallError
-from edge_agent.ota.persist import atomic_write_bytes, atomic_write_json, fsync_dir
+from edge_agent.ota.persist import atomic_write_json
+from shared.files import atomic_write, fsync_dir
 from shared.messages import InstalledModel
 
 __all__ = ["SLOT_NAMES", "InstalledSlot", "SlotMeta", "SlotStore"]
@@ -160,7 +161,7 @@ class SlotStore:
                 fsync_dir(self.root)
             return
         self.path(name)
-        atomic_write_bytes(self.pointer, name.encode("ascii"))
+        atomic_write(self.pointer, name.encode("ascii"))
 
     def check(self, name: str) -> bool:
         """Whether every artifact of slot ``name`` matches its recorded sha256 and size."""

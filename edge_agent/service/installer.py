@@ -46,6 +46,7 @@ from edge_agent.service.jetson import (
 )
 from edge_agent.service.layout import SERVICE_NAME, InstallLayout
 from edge_agent.service.render import AgentConfigValues, render_agent_config, render_unit
+from shared.files import atomic_write
 
 __all__ = ["InstallOptions", "InstallReport", "Systemctl", "install", "uninstall"]
 
@@ -120,14 +121,7 @@ class _Created:
             self.paths.append(d)
 
     def write(self, path: Path, data: bytes, mode: int = 0o644) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data, mode=mode)
         self.paths.append(path)
 
 
