@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.config import AgentLimits, OtaTimeouts
 from edge_agent.ota import OtaUpdater
@@ -38,6 +36,7 @@ from shared.chunks import encode_chunk, split_chunks
 from shared.messages import ChunkRequest, DeployCommand, Event, Message, RollbackCommand, new_id
 from shared.signing import KeyEntry, Keyring, SigningKey, TrustRoot, format_time, sign_envelope
 from shared.topics import TopicScheme
+from tests.onnx_models import linear_onnx
 
 UTC = timezone.utc
 REPO = Path(__file__).resolve().parents[2]
@@ -51,22 +50,9 @@ def utc(offset_s: float = 0.0) -> datetime:
 def onnx_model_bytes(in_dim: int = 4, out_dim: int = 3, seed: int = 0) -> bytes:
     """A real linear ONNX model (input ``x`` [N, in_dim] -> ``y`` [N, out_dim])."""
     rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(size=(in_dim, out_dim)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.normal(size=(out_dim,)).astype(np.float32), "b")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w"], ["xw"]),
-            helper.make_node("Add", ["xw", "b"], ["y"]),
-        ],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", in_dim])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_dim])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    w = rng.normal(size=(in_dim, out_dim)).astype(np.float32)
+    b = rng.normal(size=(out_dim,)).astype(np.float32)
+    return linear_onnx(w, b, input_name="x", output_name="y")
 
 
 @dataclass

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from cloud_hub.delta import make_delta_bundle
 from edge_agent.ota.slots import SlotStore
@@ -37,6 +36,7 @@ from tests.agent_ota.agent_ota_helpers import (
     wait_for,
     write_agent_config,
 )
+from tests.onnx_models import linear_onnx
 
 pytestmark = [
     pytest.mark.slow,
@@ -56,19 +56,6 @@ class _Signer:
 
     def keyring_envelope(self) -> dict[str, Any]:
         return self.auth.keyring()
-
-
-def _model(w: np.ndarray) -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", w.shape[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", w.shape[1]])],
-        initializer=[numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
 
 
 def test_sigkill_while_applying_deltas_always_recovers(tmp_path: Path) -> None:
@@ -91,7 +78,9 @@ def test_sigkill_while_applying_deltas_always_recovers(tmp_path: Path) -> None:
     proc = start_agent(cfg, tmp_path / "agent.log")
     try:
         assert wait_for(lambda: hub.of(dev, Hello), 20)
-        full = make_bundle(auth, version=1, model=_model(weights))
+        full = make_bundle(
+            auth, version=1, model=linear_onnx(weights, input_name="x", output_name="y")
+        )
         first = make_offer(full, topics, chunk_size=32 * 1024)
         hub.deploy(first, [dev], settle_s=0.2)
         assert hub.wait_kind(dev, first.command.deployment_id, EventKind.COMMITTED, 60)
@@ -100,7 +89,7 @@ def test_sigkill_while_applying_deltas_always_recovers(tmp_path: Path) -> None:
             version = trial + 2
             weights = weights.copy()
             weights[trial * 4 : trial * 4 + 4] += 0.01
-            model = _model(weights)
+            model = linear_onnx(weights, input_name="x", output_name="y")
             next_full = make_bundle(auth, version=version, model=model)
             delta = make_delta_bundle(next_full, full, signer)
             assert delta is not None and len(delta) < len(next_full) // 4

@@ -30,6 +30,7 @@ from shared.messages import (
     new_id,
 )
 from shared.topics import TopicScheme
+from tests.onnx_models import tiny_onnx_model
 
 __all__ = ["BuiltFixture", "ScriptedDevice", "make_bundle"]
 
@@ -215,31 +216,6 @@ class ScriptedDevice:
         self._stop.set()
         self._client.disconnect()
         self._client.loop_stop()
-
-
-def tiny_onnx_model(features: int = 4, classes: int = 3) -> bytes:
-    """A real ONNX model (MatMul + Add) built without torch, for fast end-to-end tests."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(features, classes)).astype(np.float32), "W")
-    b = numpy_helper.from_array(np.zeros(classes, dtype=np.float32), "B")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "W"], ["h"]),
-            helper.make_node("Add", ["h", "B"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def make_model_bundle(

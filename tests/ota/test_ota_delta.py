@@ -20,6 +20,7 @@ from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.delta import make_delta_bundle
 from cloud_hub.keys import KeyStore
 from shared.messages import new_id
+from tests.onnx_models import linear_onnx
 
 from .ota_support import make_model_bundle
 
@@ -29,24 +30,6 @@ FAST: dict[str, dict[str, Any]] = {
     "timeouts": {"chunk_retry_s": 0.5},
     "limits": {"fsync_chunks": False},
 }
-
-
-def linear_model(weights: np.ndarray) -> bytes:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    features, classes = weights.shape
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["logits"])],
-        "linear",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        initializer=[numpy_helper.from_array(weights.astype(np.float32), "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def eventually(check: Callable[[], bool], timeout: float, diag: Callable[[], str]) -> None:
@@ -84,9 +67,9 @@ def test_delta_applies_and_wrong_base_falls_back_to_full(
     w2[:8] += 0.01  # a fine-tune touching a few rows
     w3 = w2.copy()
     w3[8:16] -= 0.01
-    v1 = make_model_bundle(keys, version=1, model=linear_model(w1))
-    v2 = make_model_bundle(keys, version=2, model=linear_model(w2))
-    v3 = make_model_bundle(keys, version=3, model=linear_model(w3))
+    v1 = make_model_bundle(keys, version=1, model=linear_onnx(w1))
+    v2 = make_model_bundle(keys, version=2, model=linear_onnx(w2))
+    v3 = make_model_bundle(keys, version=3, model=linear_onnx(w3))
     delta_1_2 = make_delta_bundle(v2.data, v1.data, keys)
     delta_1_3 = make_delta_bundle(v3.data, v1.data, keys)  # the devices will have v2, not v1
     assert delta_1_2 is not None and delta_1_3 is not None

@@ -19,8 +19,9 @@ from cloud_hub.keys import KeyStore
 from shared.bundle import BundleManifest, artifact_info, build_bundle, parse_bundle
 from shared.messages import new_id
 from shared.signing import SigningKey, format_time
+from tests.onnx_models import tiny_onnx_model
 
-from .ota_support import make_model_bundle, tiny_onnx_model
+from .ota_support import make_model_bundle
 
 pytestmark = pytest.mark.integration
 UTC = timezone.utc

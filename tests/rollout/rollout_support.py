@@ -20,6 +20,7 @@ from cloud_hub.registry import Registry, devices, open_registry
 from cloud_hub.registry.tables import EventRow
 from shared.messages import Telemetry, new_id
 from shared.topics import TopicScheme
+from tests.onnx_models import tiny_onnx_model
 
 MODEL = "sensor-mlp"
 CLASS = "x86-cpu"
@@ -33,31 +34,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def tiny_onnx_model(features: int = 4, classes: int = 3) -> bytes:
-    """A real, loadable ONNX model (MatMul + Add), built without torch."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(features, classes)).astype(np.float32), "W")
-    b = numpy_helper.from_array(np.zeros(classes, dtype=np.float32), "B")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "W"], ["h"]),
-            helper.make_node("Add", ["h", "B"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def build_model_bundle(keys: KeyStore, *, version: int, loadable: bool = True) -> str:
