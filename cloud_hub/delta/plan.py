@@ -75,7 +75,9 @@ class DeltaCache:
         except (ConfigError, OSError) as exc:
             raise DeliveryError(f"bundle {bundle_id[:16]} not in {self.bundle_dir}: {exc}") from exc
 
-    def delta(self, target_id: str, base_id: str) -> bytes | None:
+    def delta(self, target_id: str, base_id: str, *, full: bytes | None = None) -> bytes | None:
+        """The delta bundle ``base_id`` → ``target_id`` (``full``: the target's bytes, if the
+        caller already read them)."""
         path = self.bundle_dir / "deltas" / target_id / f"{base_id}.ffb"
         none_marker = path.with_suffix(".none")
         if path.exists():
@@ -87,7 +89,7 @@ class DeltaCache:
         except DeliveryError:
             return None  # the device runs something this hub never stored: full bundle
         try:
-            delta = make_delta_bundle(self.full(target_id), base, self.signer)
+            delta = make_delta_bundle(full or self.full(target_id), base, self.signer)
         except (BundleError, CompressionError) as exc:
             log.warning("delta %s -> %s not built: %s", base_id[:12], target_id[:12], exc)
             delta = None
@@ -111,8 +113,12 @@ class DeliveryGroup:
 @dataclass(frozen=True)
 class DeliveryPlan:
     target_bundle_id: str
-    full_size: int
+    full_bundle: bytes  # what a device that cannot use a delta gets (and asks for)
     groups: tuple[DeliveryGroup, ...] = field(default_factory=tuple)
+
+    @property
+    def full_size(self) -> int:
+        return len(self.full_bundle)
 
     @property
     def bytes_shipped(self) -> int:
@@ -141,13 +147,11 @@ def plan_delivery(
     full_devices = list(by_base.pop(None, []))
     for base, devices in sorted(by_base.items(), key=lambda kv: str(kv[0])):
         assert base is not None
-        delta = cache.delta(target_bundle_id, base)
+        delta = cache.delta(target_bundle_id, base, full=full)
         if delta is None or len(delta) >= len(full):
             full_devices.extend(devices)
         else:
             groups.append(DeliveryGroup(delta, tuple(devices), base))
     if full_devices:
         groups.append(DeliveryGroup(full, tuple(full_devices), None))
-    return DeliveryPlan(
-        target_bundle_id=target_bundle_id, full_size=len(full), groups=tuple(groups)
-    )
+    return DeliveryPlan(target_bundle_id=target_bundle_id, full_bundle=full, groups=tuple(groups))

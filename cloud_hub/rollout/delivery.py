@@ -138,7 +138,6 @@ class PublisherDelivery:
             self.installed_lookup(device_ids),
             list(device_ids),
         )
-        full = self.read_bundle(bundle_id)
         for index, group in enumerate(plan.groups):
             # one deployment id per group: each group is its own fan-out of its own bundle
             dep = deployment_id if group.base_bundle_id is None else f"{deployment_id}-x{index}"
@@ -146,7 +145,7 @@ class PublisherDelivery:
                 group.bundle,
                 list(group.device_ids),
                 deployment_id=dep,
-                full_bundle=full if group.base_bundle_id is not None else None,
+                full_bundle=plan.full_bundle if group.base_bundle_id is not None else None,
             )
         self._account(deployment_id, plan.bytes_shipped, plan.bytes_full)
 
