@@ -189,18 +189,16 @@ class FleetIngest:
         ``on_commit`` (the broker acknowledgement) runs once the message is committed, or at
         once when it will never be (rejected, duplicate, rate limited, dropped) or is
         telemetry, which is droppable by design and would only hold broker flight slots."""
-        outcome = self._admit(topic, payload, hold=on_commit)
-        if on_commit is not None and not (
-            isinstance(outcome, tuple) and outcome[0] is Admission.ACCEPTED
-        ):
+        outcome, held = self._admit(topic, payload, hold=on_commit)
+        if on_commit is not None and not held:
             on_commit()
-        return outcome[0] if isinstance(outcome, tuple) else outcome
+        return outcome
 
     def _admit(
         self, topic: str, payload: bytes, *, hold: Callable[[], None] | None
-    ) -> tuple[Admission, bool] | Admission | Rejected | None:
-        """``(admission, held)`` when the message reached the queue; ``held`` means its
-        acknowledgement now waits for the commit."""
+    ) -> tuple[Admission | Rejected | None, bool]:
+        """What happened to the message, and whether its acknowledgement (``hold``) now
+        waits for the commit."""
         now = self._clock()
         if topic.endswith("/telemetry"):
             # spend the device's telemetry token before paying for the decode: a flood is
@@ -214,12 +212,12 @@ class FleetIngest:
                     if not self._queue.take_token(sender, now):
                         self._counts["received"] += 1
                         self._dropped[Admission.RATE_LIMITED.value] += 1
-                        return Admission.RATE_LIMITED
+                        return Admission.RATE_LIMITED, False
         result = classify(self.scheme, topic, payload, received_at=now, max_bytes=MAX_MESSAGE_BYTES)
         with self._lock:
             self._counts["received"] += 1
             if result is None:
-                return None
+                return None, False
             if isinstance(result, Rejected):
                 self._rejected[result.kind] += 1
                 seen = self._rejected[result.kind]
@@ -231,14 +229,14 @@ class FleetIngest:
                         seen,
                         result.reason,
                     )
-                return result
+                return result, False
             msg = result.message
             telemetry = isinstance(msg, Telemetry)
             if isinstance(msg, Telemetry) and self._recent.seen_before(
                 result.device_id, (msg.seq, msg.ts)
             ):
                 self._counts["duplicates"] += 1
-                return None
+                return None, False
             admission = self._queue.offer(
                 result.device_id, result, droppable=telemetry, now=now, rate_checked=telemetry
             )
@@ -252,7 +250,7 @@ class FleetIngest:
                 self._held_acks[id(result)] = hold
             if len(self._queue) >= self.config.batch_max:
                 self._lock.notify_all()
-            return (admission, True) if held else admission
+            return admission, held
 
     # -- writing (writer thread) -------------------------------------------------------------
     def _write_loop(self) -> None:
