@@ -10,12 +10,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from cloud_hub.registry import Registry, open_registry
 from cloud_hub.registry.tables import Base
+from tests.skip_policy import ALLOWED_SKIP_PREFIXES, judge_skips
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -53,3 +55,41 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registr
         yield reg
     finally:
         reg.close()
+
+
+# --- skip policy: a run with a non-hardware skip fails (see tests/skip_policy.py) ----------
+
+
+def _skip_reports(terminalreporter: Any) -> list[tuple[str, str]]:
+    pairs = []
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        pairs.append((rep.nodeid, reason))
+    return pairs
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    verdict = judge_skips(_skip_reports(terminalreporter))
+    if verdict.allowed:
+        terminalreporter.write_sep("-", f"allowed hardware skips: {len(verdict.allowed)}")
+        for nodeid, reason in verdict.allowed:
+            terminalreporter.write_line(f"{nodeid}: {reason}")
+    if verdict.refused:
+        terminalreporter.write_sep("=", f"REFUSED SKIPS: {len(verdict.refused)}", red=True)
+        for nodeid, reason in verdict.refused:
+            terminalreporter.write_line(f"{nodeid}: {reason}")
+        terminalreporter.write_line(
+            "only skips whose reason starts with one of "
+            f"{', '.join(repr(p) for p in ALLOWED_SKIP_PREFIXES)} are allowed: "
+            "install or start what these tests need"
+        )
+        config._fedfleet_refused_skips = len(verdict.refused)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    if judge_skips(_skip_reports(reporter)).refused and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

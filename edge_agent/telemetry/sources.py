@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,21 +33,28 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _jtop_client() -> Any:
+    from jtop import jtop  # jetson-stats: imports anywhere, raises off-Jetson
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # jtop's use of distro
+        return jtop()
+
+
 class JtopSource:
     """Jetson boards via the jtop service (CPU, GPU, RAM, temperatures, power rails)."""
 
     name = "jtop"
     provides_gpu = True
 
-    def __init__(self) -> None:
+    def __init__(self, open_handle: Callable[[], Any] | None = None) -> None:
+        # ``open_handle`` returns an object with jtop's interface (start/stats/close);
+        # the default is jetson-stats' own ``jtop`` client.
+        self._open_handle = open_handle or _jtop_client
         self._jtop: Any = None
 
     def open(self) -> None:
-        from jtop import jtop  # jetson-stats: imports anywhere, raises off-Jetson
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # jtop's use of distro
-            handle = jtop()
+        handle = self._open_handle()
         handle.start()  # raises JtopException when the jtop service is not running
         self._jtop = handle
 

@@ -44,7 +44,7 @@ def test_cpu_profile_selects_ort_cpu_without_warning(sensor_model) -> None:
     assert loaded.backend.run(sensor_model.batch(5)).shape == (5, 3)
 
 
-@pytest.mark.skipif(HAS_CUDA_ORT, reason="this device really has CUDA")
+@pytest.mark.skipif(HAS_CUDA_ORT, reason="hardware present: this device really has CUDA")
 def test_gpu_profile_on_cpu_device_reports_fallback_warning(sensor_model) -> None:
     loaded = select_backend(sensor_model.artifacts(), RuntimeProfile())
     r = loaded.report
@@ -54,7 +54,7 @@ def test_gpu_profile_on_cpu_device_reports_fallback_warning(sensor_model) -> Non
     assert "CUDAExecutionProvider not available" in r.warnings[0]
 
 
-@pytest.mark.skipif(HAS_CUDA_ORT, reason="this device really has CUDA")
+@pytest.mark.skipif(HAS_CUDA_ORT, reason="hardware present: this device really has CUDA")
 def test_ort_silently_dropping_cuda_is_caught_and_reported(sensor_model) -> None:
     # Claim CUDA is there: onnxruntime itself then falls back to CPU without raising; the
     # backend must notice from the session's active providers, not trust the request.
@@ -161,7 +161,7 @@ def test_runtime_package_does_not_import_torch() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA_ORT, reason="needs onnxruntime with CUDA")
+@pytest.mark.skipif(not HAS_CUDA_ORT, reason="no GPU: needs onnxruntime with CUDA")
 def test_gpu_onnxruntime_cuda_selected_and_matches_cpu(sensor_model) -> None:
     x = sensor_model.batch(8)
     gpu = select_backend(sensor_model.artifacts(), RuntimeProfile(preferred=("onnxruntime:cuda",)))
@@ -172,7 +172,7 @@ def test_gpu_onnxruntime_cuda_selected_and_matches_cpu(sensor_model) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_TORCH_CUDA, reason="needs torch with CUDA")
+@pytest.mark.skipif(not HAS_TORCH_CUDA, reason="no GPU: needs torch with CUDA")
 def test_gpu_torch_cuda_selected(sensor_model) -> None:
     loaded = select_backend(sensor_model.artifacts(), RuntimeProfile(preferred=("torch:cuda",)))
     assert loaded.report.is_gpu and loaded.report.provider == "cuda"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -24,8 +23,9 @@ ON_JETSON = Path("/etc/nv_tegra_release").exists()
 HAS_NVML = gpu_name_from_nvml()[0] is not None
 
 
-@pytest.mark.skipif(ON_JETSON or HAS_NVML, reason="this machine has the hardware")
-@pytest.mark.skipif(importlib.util.find_spec("jtop") is None, reason="jetson-stats not installed")
+@pytest.mark.skipif(
+    ON_JETSON or HAS_NVML, reason="hardware present: this machine has a Jetson or NVML"
+)
 def test_off_jetson_real_jtop_and_nvml_fail_and_psutil_reports() -> None:
     collector = TelemetryCollector()  # the real sources, in the default order
     assert collector.active_sources == ("psutil",)
@@ -105,3 +105,73 @@ def test_config_refuses_unknown_sources() -> None:
     with pytest.raises(AgentConfigError):
         TelemetryConfig(sources=("jtop", "snmp"))
     assert JtopSource.name == "jtop"
+
+
+class JetsonBoard:
+    """jetson-stats' ``jtop`` client interface (start / stats / close) with Orin-like readings.
+
+    jtop needs the jtop service of a real Jetson; this object answers exactly what the
+    client answers there, so the source's mapping runs in the default suite.
+    """
+
+    def __init__(self) -> None:
+        self.started = self.closed = False
+
+    def start(self) -> None:
+        self.started = True
+
+    @property
+    def stats(self) -> dict[str, object]:
+        assert self.started, "read before start()"
+        return {
+            "time": "2026-12-04 12:00:00",
+            "uptime": "1 day",
+            "CPU1": 20,
+            "CPU2": 40,
+            "CPU3": "OFF",
+            "CPU4": 60,
+            "RAM": 0.25,
+            "SWAP": 0.0,
+            "GPU": 73.0,
+            "Fan pwmfan0": 30.0,
+            "Temp CPU": 48.5,
+            "Temp GPU": 51.25,
+            "Temp tj": 52.0,
+            "Power TOT": 9350,
+            "nvp model": "MAXN",
+        }
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_jtop_source_maps_the_jtop_interface_and_wins_over_nvml() -> None:
+    board = JetsonBoard()
+    collector = TelemetryCollector(
+        sources=[JtopSource(open_handle=lambda: board), NvmlSource(), PsutilSource()]
+    )
+    # a working jtop is the board's GPU source: NVML is not even opened
+    assert collector.active_sources == ("jtop", "psutil")
+    snap = collector.collect()
+    assert snap.metrics["cpu_percent"] == pytest.approx(40.0)  # mean of online cores only
+    assert snap.metrics["gpu_util_percent"] == 73.0
+    assert snap.metrics["memory_percent"] == pytest.approx(25.0)  # jtop gives a fraction
+    assert snap.metrics["temperature_c"] == 52.0  # the hottest sensor
+    assert snap.metrics["power_w"] == pytest.approx(9.35)  # jtop reports mW
+    assert snap.sources[0] == "jtop" and snap.source_errors == ()
+    collector.close()
+    assert board.closed
+
+
+def test_jtop_service_down_is_reported_and_the_next_source_used() -> None:
+    from jtop import JtopException
+
+    class ServiceDown(JetsonBoard):
+        def start(self) -> None:
+            raise JtopException("The jtop.service is not active.\nPlease run: ...")
+
+    collector = TelemetryCollector(sources=[JtopSource(open_handle=ServiceDown), PsutilSource()])
+    assert collector.active_sources == ("psutil",)
+    assert collector.source_errors == (
+        "jtop: JtopException: The jtop.service is not active. Please run: ...",
+    )
