@@ -2,12 +2,13 @@
 SQLite registry), real ``edge-agent run`` processes and the real Mosquitto on 127.0.0.1:1883
 (unique topic prefix). Driven through the REST API with an operator token.
 
-One fleet serves the whole module, in order: v1 everywhere; v2 (good) promoted through every
+One fleet serves the whole module: v1 everywhere; v2 (good) promoted through every
 wave to done while the hub is SIGKILLed and restarted mid-rollout; then three bad bundles —
 v3 fails the device health check (not an ONNX model), v4 has a high inference error rate,
 v5 loses accuracy on labelled feedback (for these two the test publishes the devices'
 telemetry as real MQTT messages, since inference traffic comes from the runtime stack) —
-each halts at the canary, the canary goes back to v2 and no other device receives it.
+each halts at the canary, the canary goes back to v2 and no other device receives it. Each
+test brings the fleet to the version it starts from, so any one of them runs alone.
 
 The 20-agent variant is ``test_rollout_agents_20.py`` (slow).
 """
@@ -61,11 +62,18 @@ def test_good_bundle_promotes_to_done_across_a_hub_kill(world: World) -> None:
     assert world.hub.starts == 2
 
 
+def _bring_fleet_to(world: World, version: int) -> None:
+    if world.all_on(version):
+        return
+    rid = world.rollout(version, [{"percent": 100}], window=1.0, previous_bundle_id=None)
+    world.wait_state(rid, ("done",), 90)
+    eventually(lambda: world.all_on(version), 30, f"v{version} everywhere", world.diag)
+
+
 def _bad_rollout(
     world: World, version: int, publish: Callable[[list[str]], None] | None
 ) -> dict[str, Any]:
-    if not world.all_on(2):
-        pytest.skip("needs the fleet on v2 (run the module in order)")
+    _bring_fleet_to(world, 2)  # independent of test order: the first test may not have run
     # the previous version's baseline on every device
     world.publish_telemetry(
         world.fleet.device_ids,
