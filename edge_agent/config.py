@@ -30,6 +30,7 @@ Example::
     max_bundle_bytes = 1073741824
     max_message_bytes = 262144
     max_chunk_bytes = 16777216
+    max_chunk_count = 65536                    # chunks per download (received map, requests)
     max_outbox_entries = 100000
     max_request_indices = 4096
     max_resumes = 5
@@ -149,6 +150,8 @@ class AgentLimits:
     max_bundle_bytes: int = 1024**3
     max_message_bytes: int = 256 * 1024
     max_chunk_bytes: int = 16 * 1024 * 1024
+    # R7: an unsigned chunk_size of 1 would make millions of map entries and requests
+    max_chunk_count: int = 65_536
     max_outbox_entries: int = 100_000
     max_request_indices: int = 4096
     max_resumes: int = 5  # restarts of one deployment before it is rolled back

@@ -48,7 +48,10 @@ class RepairQueue:
     def cache(self, bundle_id: str, frames: list[bytes]) -> None:
         """Keep ``frames`` to answer requests; the least recently deployed bundle goes first."""
         with self._cond:
-            if bundle_id not in self._bundles:
+            cached = self._bundles.get(bundle_id)
+            if cached is None or not _same_split(cached.frames, frames):
+                # new, or the same bundle split with another chunk size: pending indices
+                # named the old chunks, so they go (devices ask again under the new offer)
                 self._bundles[bundle_id] = _CachedBundle(frames)
             self._bundles.move_to_end(bundle_id)
             while len(self._bundles) > self.max_cached_bundles:
@@ -110,3 +113,9 @@ class RepairQueue:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _same_split(old: list[bytes], new: list[bytes]) -> bool:
+    """Whether two chunk lists of one bundle use the same chunk size (the first frame holds
+    the first chunk's bytes, so equal first frames mean an equal split)."""
+    return len(old) == len(new) and (not old or old[0] == new[0])

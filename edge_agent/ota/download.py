@@ -2,7 +2,8 @@
 
 ``downloads/{bundle_id}/``: ``bundle.part`` (chunks written at their offsets),
 ``received.map`` (one byte per chunk) and ``geometry.json``. A restarted agent reopens the
-same directory and asks only for what the map lacks.
+same directory and asks only for what the map lacks. The same bundle offered again with
+another chunk size keeps the bytes it has: the map is redrawn for the new chunks.
 
 With ``fsync_chunks`` a chunk is marked in the map only after its data was fsynced, in
 batches of ``sync_every`` chunks (and whenever the transfer goes idle): a power cut loses at
@@ -20,12 +21,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from edge_agent.errors import InstallError
 from edge_agent.ota.persist import atomic_write_json
-from shared.chunks import Chunk, ChunkAssembly
+from shared.chunks import Chunk, ChunkAssembly, chunk_count
 
-__all__ = ["BundleDownload"]
+__all__ = ["BundleDownload", "regrid"]
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +51,17 @@ class BundleDownload:
         self._unsynced: list[int] = []
         geometry = {"bundle_id": bundle_id, "total_size": total_size, "chunk_size": chunk_size}
         geo_path = directory / "geometry.json"
-        if directory.exists() and _read_json(geo_path) != geometry:
-            shutil.rmtree(directory)  # another transfer layout: start over
+        data_path, map_path = directory / "bundle.part", directory / "received.map"
+        carried: set[int] = set()
+        if directory.exists():
+            previous = _read_json(geo_path)
+            if previous != geometry:
+                carried = _carry_over(directory, previous, geometry)
         directory.mkdir(parents=True, exist_ok=True)
         self.assembly = ChunkAssembly(
             bundle_id=bundle_id, total_size=total_size, chunk_size=chunk_size
         )
         count = self.assembly.count
-        data_path, map_path = directory / "bundle.part", directory / "received.map"
         self._data_fd = os.open(data_path, os.O_RDWR | os.O_CREAT, 0o644)
         self._map_fd = os.open(map_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -69,6 +74,8 @@ class BundleDownload:
                         log.debug("fallocate unsupported: %s", exc)
             if os.fstat(self._map_fd).st_size != count:
                 os.ftruncate(self._map_fd, count)
+            for i in carried:
+                os.pwrite(self._map_fd, b"\x01", i)
             if not geo_path.exists():
                 atomic_write_json(geo_path, geometry)
             received = os.pread(self._map_fd, count, 0)
@@ -84,6 +91,11 @@ class BundleDownload:
     @property
     def complete(self) -> bool:
         return self.assembly.complete
+
+    @property
+    def geometry(self) -> tuple[int, int]:
+        """``(total_size, chunk_size)`` of this transfer."""
+        return self.assembly.total_size, self.assembly.chunk_size
 
     @property
     def received_count(self) -> int:
@@ -158,3 +170,52 @@ def _read_json(path: Path) -> object:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def regrid(received: set[int], total_size: int, old_chunk: int, new_chunk: int) -> set[int]:
+    """The chunks of a ``new_chunk``-sized split of the same bytes that lie wholly within
+    chunks ``received`` under the ``old_chunk``-sized split (pure)."""
+    out: set[int] = set()
+    for j in range(chunk_count(total_size, new_chunk)):
+        start, end = j * new_chunk, min((j + 1) * new_chunk, total_size)
+        first, last = start // old_chunk, max(start, end - 1) // old_chunk
+        if all(i in received for i in range(first, last + 1)):
+            out.add(j)
+    return out
+
+
+def _carry_over(directory: Path, previous: object, geometry: dict[str, Any]) -> set[int]:
+    """Prepare ``directory`` for a new layout of the same download: the same bundle offered
+    again with another chunk size keeps the bytes already received (they sit at the same
+    offsets) and returns the new chunks they fill; any other change starts over."""
+    same_bytes = (
+        isinstance(previous, dict)
+        and previous.get("bundle_id") == geometry["bundle_id"]
+        and previous.get("total_size") == geometry["total_size"]
+        and isinstance(previous.get("chunk_size"), int)
+        and previous["chunk_size"] > 0
+    )
+    if not same_bytes:
+        shutil.rmtree(directory)
+        return set()
+    assert isinstance(previous, dict)
+    total, old_chunk = int(geometry["total_size"]), int(previous["chunk_size"])
+    map_path = directory / "received.map"
+    try:
+        old_map = map_path.read_bytes()[: chunk_count(total, old_chunk)]
+        # geometry.json goes first: a kill in between leaves a directory that starts over
+        (directory / "geometry.json").unlink()
+        map_path.unlink()
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+        return set()
+    received = {i for i, b in enumerate(old_map) if b == 1}
+    carried = regrid(received, total, old_chunk, int(geometry["chunk_size"]))
+    log.info(
+        "download of %s re-offered with chunk size %d (was %d): %d chunks kept",
+        str(geometry["bundle_id"])[:12],
+        geometry["chunk_size"],
+        old_chunk,
+        len(carried),
+    )
+    return carried

@@ -49,12 +49,18 @@ class DeploymentEvents:
         body = {"bundle_id": meta.bundle_id, "version": meta.version, "model": meta.model_name}
         self._send(kind, deployment_id, detail, body)
 
-    def rejected(self, deployment_id: str, exc: Exception, *, bundle_id: str = "") -> None:
+    def rejected(
+        self, deployment_id: str | None, exc: Exception, *, bundle_id: str = ""
+    ) -> None:
+        """An offer refused before download; ``deployment_id`` is ``None`` when the offer's
+        own ids were refused (they are never echoed)."""
         log.warning("deployment %s rejected: %s", deployment_id, describe(exc))
         data = {"error": type(exc).__name__, "bundle_id": bundle_id}
         self._send(EventKind.REJECTED, deployment_id, describe(exc), data)
 
-    def _send(self, kind: str, deployment_id: str, detail: str, data: dict[str, Any]) -> None:
+    def _send(
+        self, kind: str, deployment_id: str | None, detail: str, data: dict[str, Any]
+    ) -> None:
         self._emit(
             Event(
                 device_id=self.device_id,

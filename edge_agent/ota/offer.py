@@ -1,14 +1,15 @@
 """Checks of a deploy offer and of what was downloaded for it (pure: values in, verdicts out).
 
 Trust decisions are ``shared.bundle``'s; this module adds what only the receiving agent can
-judge: whether a command's transfer geometry is sane for this device, and — when a
-downloaded bundle fails verification — which chunks are corrupt, so exactly those are
-fetched again.
+judge: whether the unsigned parts of a command (ids, transfer geometry) are sane for this
+device and consistent with the signed manifest, and — when a downloaded bundle fails
+verification — which chunks are corrupt, so exactly those are fetched again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,23 +30,81 @@ from shared.errors import ConfigError
 from shared.messages import DeployCommand
 from shared.topics import TopicScheme
 
-__all__ = ["check_geometry", "corrupt_chunks", "verify_command", "verify_download"]
+__all__ = [
+    "MAX_ID_CHARS",
+    "GeometryError",
+    "OfferFieldError",
+    "check_geometry",
+    "check_offer_ids",
+    "corrupt_chunks",
+    "expected_bundle_size",
+    "verify_command",
+    "verify_download",
+]
+
+MAX_ID_CHARS = 128
+_ID_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_CHARS}}}")
 
 
-def check_geometry(cmd: DeployCommand, *, limits: AgentLimits, topics: TopicScheme) -> None:
-    """Refuse transfer parameters this device will not accept (``InstallError``)."""
-    if not 0 < cmd.total_size <= limits.max_bundle_bytes:
-        raise InstallError(f"bundle size {cmd.total_size} outside 1..{limits.max_bundle_bytes}")
+class OfferFieldError(InstallError):
+    """An unsigned field of an offer is malformed or too long."""
+
+
+class GeometryError(InstallError):
+    """An offer's transfer geometry does not fit its signed manifest or this device."""
+
+
+def check_offer_ids(cmd: DeployCommand) -> None:
+    """Refuse unsigned ids that are not short topic-safe names (``OfferFieldError``): they are
+    persisted and echoed in every report, so a 100,000-character id must go no further."""
+    for name in ("deployment_id", "bundle_id", "command_id"):
+        value = getattr(cmd, name)
+        if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+            size = len(value) if isinstance(value, str) else 0
+            raise OfferFieldError(
+                f"{name} must be 1-{MAX_ID_CHARS} of [A-Za-z0-9._-] (got {size} characters)"
+            )
+
+
+def expected_bundle_size(cmd: Mapping[str, Any], manifest: BundleManifest) -> int:
+    """The size in bytes of the bundle the signed manifest describes: its container header
+    (determined by the two envelopes) followed by every artifact as it travels."""
+    prefix = container_prefix(cmd["manifest"], cmd["keyring"])
+    return len(prefix) + sum(a.wire_size for a in manifest.artifacts)
+
+
+def check_geometry(
+    cmd: DeployCommand, manifest: BundleManifest, *, limits: AgentLimits, topics: TopicScheme
+) -> None:
+    """Refuse transfer parameters this device will not accept (``GeometryError``).
+
+    Runs after the offer's signature checked out and before anything is allocated: the
+    unsigned ``total_size`` must be the signed manifest's, and ``chunk_size`` may not split it
+    into more chunks than ``limits.max_chunk_count``.
+    """
+    # R7: geometry must match the signed manifest before we allocate
+    expected = expected_bundle_size(cmd.to_dict(), manifest)
+    if cmd.total_size != expected:
+        raise GeometryError(
+            f"total_size {cmd.total_size} is not the signed manifest's {expected} bytes"
+        )
+    if not 0 < expected <= limits.max_bundle_bytes:
+        raise GeometryError(f"bundle size {expected} outside 1..{limits.max_bundle_bytes}")
     if not 0 < cmd.chunk_size <= limits.max_chunk_bytes:
-        raise InstallError(f"chunk size {cmd.chunk_size} outside 1..{limits.max_chunk_bytes}")
-    if cmd.chunk_count != chunk_count(cmd.total_size, cmd.chunk_size):
-        raise InstallError("chunk count does not match size / chunk size")
+        raise GeometryError(f"chunk size {cmd.chunk_size} outside 1..{limits.max_chunk_bytes}")
+    count = chunk_count(expected, cmd.chunk_size)
+    if count > limits.max_chunk_count:  # R7: bound the received map and the request lists
+        raise GeometryError(
+            f"chunk size {cmd.chunk_size} makes {count} chunks (limit {limits.max_chunk_count})"
+        )
+    if cmd.chunk_count != count:
+        raise GeometryError("chunk count does not match size / chunk size")
     try:
         expected_topic = topics.bundle_chunks(cmd.bundle_id)
     except ConfigError as exc:
-        raise InstallError(f"bad bundle id: {exc}") from exc
+        raise GeometryError(f"bad bundle id: {exc}") from exc
     if cmd.chunk_topic != expected_topic:  # never subscribe where an offer says
-        raise InstallError(f"chunk topic {cmd.chunk_topic!r} is not {expected_topic!r}")
+        raise GeometryError(f"chunk topic {cmd.chunk_topic[:200]!r} is not {expected_topic!r}")
 
 
 def _order(command: Mapping[str, Any], policy: VerifyPolicy) -> Any:
@@ -81,7 +140,7 @@ def corrupt_chunks(
     container header, which the offer determines exactly, and every artifact whose bytes do
     not match their signed sha256. Empty if the offer's geometry itself is inconsistent."""
     prefix = container_prefix(command["manifest"], command["keyring"])
-    if len(data) != len(prefix) + sum(a.wire_size for a in manifest.artifacts):
+    if len(data) != expected_bundle_size(command, manifest):
         return []
     ranges = []
     if data[: len(prefix)] != prefix:

@@ -81,6 +81,11 @@ class ChunkTransfer:
         """Start or resume the download of ``bundle_id`` from what is on disk."""
         if self.download is not None and self.download.bundle_id != bundle_id:
             self.release()
+        elif self.download is not None and self.download.geometry != (total_size, chunk_size):
+            # the same bundle re-offered with another chunk size: reopen under the new
+            # geometry (the bytes on disk are kept; see BundleDownload)
+            self.download.close()
+            self.download = None
         if self.download is None:
             self.download = BundleDownload(
                 self.root / bundle_id,
@@ -151,6 +156,12 @@ class ChunkTransfer:
         if self.download is not None and self.download.bundle_id != keep:
             self.download.remove()
             self.download = None
+
+    def clear(self) -> None:
+        """Stop listening and delete every download, open or left on disk by an earlier
+        process (nothing downloaded is needed any more)."""
+        self.release()
+        self.remove_stale(None)
 
     def close(self) -> None:
         """Release file handles, keep everything on disk (process stop)."""

@@ -27,6 +27,7 @@ from typing import Any
 from edge_agent.config import AgentLimits, OtaTimeouts
 from edge_agent.errors import InstallError
 from edge_agent.ota.events import EVENT_CHUNKS_REPAIR, DeploymentEvents, describe
+from edge_agent.ota.floor import AntiRollbackFloor, FloorStore
 from edge_agent.ota.health import HealthCheck, OnnxSmokeCheck, run_health_check
 from edge_agent.ota.machine import (
     Deployment,
@@ -39,14 +40,23 @@ from edge_agent.ota.machine import (
     timed_out,
     transition,
 )
-from edge_agent.ota.offer import check_geometry, corrupt_chunks, verify_command, verify_download
+from edge_agent.ota.offer import (
+    OfferFieldError,
+    check_geometry,
+    check_offer_ids,
+    corrupt_chunks,
+    verify_command,
+    verify_download,
+)
 from edge_agent.ota.persist import OtaState, StateStore
 from edge_agent.ota.slots import InstalledSlot, SlotMeta, SlotStore
 from edge_agent.ota.transfer import ChunkTransfer
 from shared.bundle import (
     BundleLimits,
+    RollbackOrder,
     VerifiedBundle,
     VerifyPolicy,
+    parse_rollback_order,
     resolve_deltas,
     verify_rollback_order,
 )
@@ -60,7 +70,7 @@ from shared.messages import (
     Message,
     RollbackCommand,
 )
-from shared.signing import TrustRoot
+from shared.signing import TrustRoot, parse_time
 from shared.topics import TopicScheme
 
 __all__ = ["OtaStatus", "OtaUpdater"]
@@ -115,6 +125,8 @@ class OtaUpdater:
         self.store = StateStore(state_dir)
         self.slots = SlotStore(state_dir)
         self.state: OtaState = self.store.load()
+        self.floor_store = FloorStore(state_dir)
+        self.floor: AntiRollbackFloor = self.floor_store.load(fallback=self._derived_floor())
         self.active_changed: list[ActiveChanged] = []
         self.transfer = ChunkTransfer(
             device_id=device_id,
@@ -154,7 +166,7 @@ class OtaUpdater:
         """Continue whatever a previous process left (call once, before receiving)."""
         dep = self.state.deployment
         self._sync_installed_versions()
-        self.transfer.remove_stale(dep.bundle_id if dep is not None and not dep.terminal else None)
+        self.transfer.remove_stale(dep.bundle_id if _needs_download(dep) else None)
         action = recovery_action(
             dep, active_slot=self.slots.active_name(), max_resumes=self.limits.max_resumes
         )
@@ -201,6 +213,11 @@ class OtaUpdater:
 
     # ------------------------------------------------------------------ commands
     def handle_deploy(self, cmd: DeployCommand) -> None:
+        try:
+            check_offer_ids(cmd)
+        except OfferFieldError as exc:
+            self.events.rejected(None, exc)
+            return
         if self._duplicate(cmd.deployment_id):
             return
         active = self.slots.active()
@@ -211,10 +228,14 @@ class OtaUpdater:
             self._remember(cmd.deployment_id)
             return
         try:
-            check_geometry(cmd, limits=self.limits, topics=self.topics)
             offer = verify_command(cmd.to_dict(), self._policy())
             if offer.bundle_id != cmd.bundle_id:
                 raise InstallError("offer names another bundle than its manifest")
+            check_geometry(cmd, offer.manifest, limits=self.limits, topics=self.topics)
+            if cmd.rollback_order is not None:  # R5: an order works once
+                self._use_order(
+                    verify_rollback_order(cmd.rollback_order, cmd.keyring, self._policy())
+                )
         except (BundleError, InstallError) as exc:
             self.events.rejected(cmd.deployment_id, exc, bundle_id=cmd.bundle_id)
             self._remember(cmd.deployment_id)
@@ -251,14 +272,14 @@ class OtaUpdater:
         if self._duplicate(cmd.deployment_id):
             return
         try:
-            policy = self._policy()
-            order = verify_rollback_order(cmd.order, cmd.keyring, policy)
+            order = verify_rollback_order(cmd.order, cmd.keyring, self._policy())
+            self._use_order(order)  # R5: remembered (durably) before anything else happens
         except BundleError as exc:
             self.events.rejected(cmd.deployment_id, exc)
             self._remember(cmd.deployment_id)
             return
         active = self.slots.active()
-        if active is not None and active.meta.bundle_id == order.to_bundle_id:
+        if active is not None and _holds(active, order):
             self.events.already(
                 EventKind.ROLLED_BACK, cmd.deployment_id, active.meta, "already active"
             )
@@ -450,6 +471,9 @@ class OtaUpdater:
         if self._overdue():
             return
         self._step(Trigger.INSTALLED, event=EventKind.INSTALLED, data={"slot": dep.target_slot})
+        # the slot holds the artifacts now and no later step reads the download: free the
+        # disk before the health check (a kill during it must not leave the bundle behind)
+        self.transfer.clear()
         self._health_and_commit()
 
     def _health_and_commit(self) -> None:
@@ -474,6 +498,7 @@ class OtaUpdater:
 
     def _commit(self, *, resume: bool) -> None:
         dep = self._dep()
+        self._save_floor(self.floor.committed(dep.model_name, dep.version))
         versions = dict(self.state.installed_versions)
         versions[dep.model_name] = dep.version
         self.state = replace(self.state, installed_versions=versions)
@@ -487,10 +512,13 @@ class OtaUpdater:
         dep = self._dep()
         if dep.kind == "rollback":
             slot = self.slots.read(dep.target_slot)
-            if slot is None or slot.meta.bundle_id != dep.bundle_id:
+            order = parse_rollback_order(dep.command.get("order"))
+            if slot is None or not _holds(slot, order):
+                held = "nothing" if slot is None else f"version {slot.meta.version}"
                 self._step(
                     Trigger.ROLLBACK_FAILED,
-                    reason=f"previous slot does not hold version {dep.version} ({dep.bundle_id[:12]})",
+                    reason=f"previous slot holds {held}, not version {dep.version} "
+                    f"({dep.bundle_id[:12]})",
                 )
                 self._finish()
                 return
@@ -502,6 +530,7 @@ class OtaUpdater:
                 return
             assert dep.target_slot is not None
             self.slots.switch(dep.target_slot)
+            self._save_floor(self.floor.rolled_back_to(dep.model_name, dep.version))
             versions = dict(self.state.installed_versions)
             versions[dep.model_name] = dep.version
             self.state = replace(self.state, installed_versions=versions)
@@ -560,8 +589,9 @@ class OtaUpdater:
         )
 
     def _finish(self) -> None:
-        """Release the download of a deployment that reached a terminal phase."""
-        self.transfer.release()
+        """Delete the download of a deployment that reached a terminal phase (also one left
+        on disk by an earlier process)."""
+        self.transfer.clear()
 
     def _overdue(self) -> bool:
         dep = self._dep()
@@ -613,10 +643,36 @@ class OtaUpdater:
             trust=self.trust,
             device_class=self.device_class,
             now=datetime.fromtimestamp(self._clock(), tz=timezone.utc),
-            installed_versions=dict(self.state.installed_versions),
+            installed_versions=self.floor.offer_floor(),  # R5: the class's high-water mark
             min_keyring_version=self.state.keyring_version,
             limits=BundleLimits(max_artifact_bytes=lim, max_total_bytes=lim),
+            device_id=self.device_id,
+            active_bundle_id=active.meta.bundle_id if (active := self.slots.active()) else None,
         )
+
+    # ------------------------------------------------------------------ R5 floor and orders
+    def _derived_floor(self) -> AntiRollbackFloor:
+        """The floor when its record is missing (first start, older agent) or unreadable:
+        what the active slot runs, at least the version the deployment record last knew."""
+        active = self.slots.active()
+        if active is None:
+            return AntiRollbackFloor()
+        model, version = active.meta.model_name, active.meta.version
+        known = self.state.installed_versions.get(model, 0)
+        return AntiRollbackFloor(model_name=model, version=max(version, known))
+
+    def _save_floor(self, floor: AntiRollbackFloor) -> None:
+        if floor != self.floor:
+            self.floor_store.save(floor)
+            self.floor = floor
+
+    def _use_order(self, order: RollbackOrder) -> None:
+        """R5: refuse an order this device already used (``ReplayError``); else remember it
+        until it expires, durably, before it takes effect."""
+        now = self._clock()
+        self.floor.check_unused(order.order_id, now=now)
+        expires = parse_time(order.expires, "rollback order expires").timestamp()
+        self._save_floor(self.floor.use(order.order_id, expires=expires, now=now))
 
     def _sync_installed_versions(self) -> None:
         """The active slot is the truth for its model's installed version."""
@@ -639,3 +695,20 @@ class OtaUpdater:
 
     def _check_health(self, slot: InstalledSlot) -> None:
         run_health_check(self.health_check, slot, timeout_s=self.timeouts.health_s)
+
+
+def _holds(slot: InstalledSlot, order: RollbackOrder) -> bool:
+    """Whether ``slot`` holds the version ``order`` leads to (by bundle id, or by content
+    whichever bundle delivered it)."""
+    model = next((a for a in slot.meta.artifacts if a.get("role") == "model"), {})
+    return order.names_target(
+        model_name=slot.meta.model_name,
+        version=slot.meta.version,
+        bundle_id=slot.meta.bundle_id,
+        sha256=str(model.get("sha256", "")),
+    )
+
+
+def _needs_download(dep: Deployment | None) -> bool:
+    """Whether a deployment's next steps still read its download (until it is installed)."""
+    return dep is not None and dep.phase in (Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING)

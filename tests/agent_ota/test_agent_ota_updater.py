@@ -431,21 +431,34 @@ def test_signed_rollback_order_switches_to_previous_slot(harness: Harness) -> No
     harness.deliver(v2)
     changes: list[object] = []
     harness.updater.active_changed.append(lambda slot: changes.append(slot and slot.meta.version))
-    cmd = rollback_command(harness.auth, model_name="sensor-mlp", to_version=1, to_bundle_id=v1)
+    cmd = rollback_command(
+        harness.auth,
+        model_name="sensor-mlp",
+        to_version=1,
+        to_bundle_id=v1,
+        from_bundle_id=v2.bundle_id,
+    )
     harness.updater.handle_rollback(cmd)
     assert harness.events(cmd.deployment_id) == [EventKind.ROLLED_BACK]
     assert harness.active_bundle == v1 and changes == [1]
     assert harness.updater.state.installed_versions == {"sensor-mlp": 1}
-    # v2 is newer than the rolled-back version again: a fixed v2 may be deployed
+    # R5: the rollback does not lower the high-water mark: a (fixed) model ships as v3
     v2b = harness.offer(2, model=onnx_model_bytes(seed=21))
     harness.deliver(v2b)
-    assert harness.events(v2b.command.deployment_id)[-1] == EventKind.COMMITTED
+    assert harness.events(v2b.command.deployment_id) == [EventKind.REJECTED]
+    v3 = harness.offer(3)
+    harness.deliver(v3)
+    assert harness.events(v3.command.deployment_id)[-1] == EventKind.COMMITTED
 
 
 def test_rollback_order_for_absent_version_fails(harness: Harness) -> None:
     v1 = _install_v1(harness)
     cmd = rollback_command(
-        harness.auth, model_name="sensor-mlp", to_version=0 + 7, to_bundle_id="f" * 64
+        harness.auth,
+        model_name="sensor-mlp",
+        to_version=0 + 7,
+        to_bundle_id="f" * 64,
+        from_bundle_id=v1,
     )
     harness.updater.handle_rollback(cmd)
     assert harness.events(cmd.deployment_id) == [EventKind.FAILED]
@@ -458,7 +471,13 @@ def test_unsigned_rollback_order_is_rejected(harness: Harness) -> None:
     v1 = _install_v1(harness)
     v2 = harness.offer(2)
     harness.deliver(v2)
-    cmd = rollback_command(make_authority(), model_name="sensor-mlp", to_version=1, to_bundle_id=v1)
+    cmd = rollback_command(
+        make_authority(),
+        model_name="sensor-mlp",
+        to_version=1,
+        to_bundle_id=v1,
+        from_bundle_id=v2.bundle_id,
+    )
     harness.updater.handle_rollback(cmd)
     assert harness.events(cmd.deployment_id) == [EventKind.REJECTED]
     assert harness.active_bundle == v2.bundle_id
@@ -471,7 +490,11 @@ def test_older_bundle_accepted_with_signed_rollback_order(harness: Harness) -> N
     v1b_bytes = make_bundle(harness.auth, version=1, model=onnx_model_bytes(seed=33))
     v1b = make_offer(v1b_bytes, harness.topics)
     order = rollback_command(
-        harness.auth, model_name="sensor-mlp", to_version=1, to_bundle_id=v1b.bundle_id
+        harness.auth,
+        model_name="sensor-mlp",
+        to_version=1,
+        to_bundle_id=v1b.bundle_id,
+        from_bundle_id=v2.bundle_id,
     ).order
     offer = with_command(v1b, rollback_order=order)
     harness.deliver(offer)
@@ -579,7 +602,13 @@ def test_crash_during_ordered_rollback_completes_after_restart(
         raise Crash
 
     monkeypatch.setattr(harness.updater.slots, "switch", switch_then_crash)
-    cmd = rollback_command(harness.auth, model_name="sensor-mlp", to_version=1, to_bundle_id=v1)
+    cmd = rollback_command(
+        harness.auth,
+        model_name="sensor-mlp",
+        to_version=1,
+        to_bundle_id=v1,
+        from_bundle_id=v2.bundle_id,
+    )
     with pytest.raises(Crash):
         harness.updater.handle_rollback(cmd)
     harness.restart()
@@ -612,8 +641,11 @@ def test_download_map_records_only_synced_chunks(tmp_path: Path) -> None:
     for c in chunks[4:]:
         again.store(c)
     assert again.complete and again.read_all() == data
-    # another geometry for the same directory starts over
-    other = BundleDownload(tmp_path / "d", bundle_id="b" * 64, total_size=len(data), chunk_size=500)
+    again.close()
+    # another size for the same directory starts over (other bytes)
+    other = BundleDownload(
+        tmp_path / "d", bundle_id="b" * 64, total_size=len(data) - 1, chunk_size=1000
+    )
     assert other.received_count == 0
 
 
