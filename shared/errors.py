@@ -6,6 +6,7 @@
     ├── ConfigError                 local configuration is invalid
     ├── ProtocolError               bad remote data on the wire
     │   ├── MalformedMessageError   not decodable / fields missing or of the wrong type
+    │   │   └── NonFiniteNumberError  a number that is NaN or overflows to infinity
     │   ├── UnsupportedVersionError schema major version we do not speak
     │   └── MessageTooLargeError    over the configured size limit
     └── BundleError                 a bundle or manifest is refused
@@ -41,6 +42,10 @@ class ProtocolError(FedfleetError):
 
 class MalformedMessageError(ProtocolError):
     """A payload could not be decoded into a valid message."""
+
+
+class NonFiniteNumberError(MalformedMessageError):
+    """A JSON number is NaN or infinite (``NaN``, ``Infinity``, ``1e999``): refused (R14)."""
 
 
 class UnsupportedVersionError(ProtocolError):
@@ -111,6 +116,7 @@ __all__ = [
     "MalformedMessageError",
     "MessageTooLargeError",
     "MixAndMatchError",
+    "NonFiniteNumberError",
     "ProtocolError",
     "RevokedKeyError",
     "RollbackError",

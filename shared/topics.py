@@ -11,6 +11,8 @@
     {p}/v1/devices/{device_id}/cmd         hub → device   QoS1
     {p}/v1/devices/{device_id}/chunks      hub → device   QoS1 (repairs for one device)
     {p}/v1/bundles/{bundle_id}/chunks      hub → devices  QoS1 (fan-out: published once)
+    {p}/v1/trust/keyring                   hub → devices  QoS1 retained (root-signed keyring)
+    {p}/v1/trust/freshness                 hub → devices  QoS1 retained (signed freshness document)
 
 ``prefix`` defaults to ``fedfleet``; tests use a unique prefix each.
 """
@@ -22,16 +24,25 @@ from dataclasses import dataclass
 
 from shared.errors import ConfigError, MalformedMessageError
 
-__all__ = ["DEVICE_CHANNELS", "UPLINK_CHANNELS", "DeviceTopic", "TopicScheme", "validate_device_id"]
+__all__ = [
+    "DEVICE_CHANNELS",
+    "TRUST_CHANNELS",
+    "UPLINK_CHANNELS",
+    "DeviceTopic",
+    "TopicScheme",
+    "validate_device_id",
+]
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# R11: always used with fullmatch: ``$`` alone also matches before a trailing newline
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEVICE_CHANNELS = ("hello", "status", "telemetry", "drift", "events", "chunk-req", "cmd", "chunks")
 UPLINK_CHANNELS = ("hello", "status", "telemetry", "drift", "events", "chunk-req")
+TRUST_CHANNELS = ("keyring", "freshness")  # fleet-wide, retained, written by the hub only
 
 
 def validate_device_id(device_id: str) -> str:
     """Device and bundle ids are topic levels: no wildcards, separators or odd characters."""
-    if not _ID_RE.match(device_id):
+    if not isinstance(device_id, str) or not _ID_RE.fullmatch(device_id):
         raise ConfigError(f"invalid id {device_id!r}: use 1-128 of [A-Za-z0-9._-]")
     return device_id
 
@@ -64,6 +75,12 @@ class TopicScheme:
     def bundle_chunks(self, bundle_id: str) -> str:
         return f"{self.root}/bundles/{validate_device_id(bundle_id)}/chunks"
 
+    def trust(self, channel: str) -> str:
+        """A fleet-wide trust topic (retained; every device reads it, only the hub writes)."""
+        if channel not in TRUST_CHANNELS:
+            raise ConfigError(f"unknown trust channel {channel!r}")
+        return f"{self.root}/trust/{channel}"
+
     def all_devices(self, channel: str) -> str:
         """Subscription filter for one uplink channel of every device (hub side)."""
         return f"{self.root}/devices/+/{channel}"
@@ -74,6 +91,6 @@ class TopicScheme:
         if not topic.startswith(head):
             raise MalformedMessageError(f"not a device topic: {topic!r}")
         parts = topic[len(head) :].split("/")
-        if len(parts) != 2 or parts[1] not in DEVICE_CHANNELS or not _ID_RE.match(parts[0]):
+        if len(parts) != 2 or parts[1] not in DEVICE_CHANNELS or not _ID_RE.fullmatch(parts[0]):
             raise MalformedMessageError(f"not a device topic: {topic!r}")
         return DeviceTopic(device_id=parts[0], channel=parts[1])

@@ -15,8 +15,9 @@ from cloud_hub.api import (
     routes_rollouts,
 )
 from cloud_hub.api.auth import install_audit
+from cloud_hub.api.body_gate import BodyLimits, RequestBodyGate
 from cloud_hub.api.context import ApiContext
-from cloud_hub.api.errors import error_response, install_error_handlers
+from cloud_hub.api.errors import install_error_handlers
 from cloud_hub.api.metrics import CONTENT_TYPE, render_metrics
 
 __all__ = ["create_app"]
@@ -39,16 +40,9 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        # JSON bodies are small; only the bundle upload streams large bodies (own limit)
-        size = request.headers.get("content-length", "")
-        limit = context.max_upload_bytes if request.url.path.endswith("/upload") else MAX_JSON
-        if size.isdigit() and int(size) > limit:
-            return error_response(413, f"request body over {limit} bytes")
-        response: Response = await call_next(request)
-        return response
-
+    # R9: bodies are counted as they arrive and authenticated before anyone parses them
+    limits = BodyLimits(json_bytes=MAX_JSON, upload_bytes=context.max_upload_bytes)
+    app.add_middleware(RequestBodyGate, context=context, limits=limits)
     install_audit(app)  # added last = outermost: it also sees refused calls
 
     for module in (routes_devices, routes_catalog, routes_rollouts, routes_reports, routes_admin):

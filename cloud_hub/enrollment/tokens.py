@@ -46,7 +46,7 @@ def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
         raise HubConfigError(f"at most {MAX_LABELS} labels")
     out: dict[str, str] = {}
     for key, value in labels.items():
-        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
             raise HubConfigError(f"invalid label key {key!r}")
         if not isinstance(value, str) or len(value) > _MAX_LABEL_VALUE:
             raise HubConfigError(f"invalid value for label {key!r}")

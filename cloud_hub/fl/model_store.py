@@ -63,7 +63,7 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _dir(self, run_id: str) -> Path:
-        if not _RUN_ID.match(run_id):
+        if not _RUN_ID.fullmatch(run_id):
             raise HubConfigError(f"invalid run id {run_id!r}")
         return self.root / run_id
 

@@ -40,7 +40,7 @@ _BATCH = 500
 
 def validate_rollout_id(rollout_id: str) -> str:
     """Rollout ids prefix deployment ids (``{id}.d…``), so they carry no dots."""
-    if not _ROLLOUT_ID_RE.match(rollout_id):
+    if not _ROLLOUT_ID_RE.fullmatch(rollout_id):
         raise HubConfigError(f"invalid rollout id {rollout_id!r}: use 1-64 of [A-Za-z0-9_-]")
     return rollout_id
 

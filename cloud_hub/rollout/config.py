@@ -40,7 +40,7 @@ def _check_ids(ids: tuple[str, ...], where: str) -> None:
     if len(ids) > MAX_DEVICES_PER_LIST:
         raise _fail(f"{where}: more than {MAX_DEVICES_PER_LIST} devices")
     for d in ids:
-        if not isinstance(d, str) or not _ID_RE.match(d):
+        if not isinstance(d, str) or not _ID_RE.fullmatch(d):
             raise _fail(f"{where}: invalid device id {d!r}")
     if len(set(ids)) != len(ids):
         raise _fail(f"{where}: duplicate device ids")
@@ -50,9 +50,9 @@ def _check_labels(labels: Mapping[str, str], where: str) -> None:
     if len(labels) > 32:
         raise _fail(f"{where}: at most 32 label selectors")
     for k, v in labels.items():
-        if not (isinstance(k, str) and _LABEL_RE.match(k)):
+        if not (isinstance(k, str) and _LABEL_RE.fullmatch(k)):
             raise _fail(f"{where}: invalid label key {k!r}")
-        if not (isinstance(v, str) and _LABEL_RE.match(v)):
+        if not (isinstance(v, str) and _LABEL_RE.fullmatch(v)):
             raise _fail(f"{where}: invalid label value {v!r} for {k!r}")
 
 
@@ -88,7 +88,7 @@ class TargetSelector:
     device_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.device_class, str) or not _ID_RE.match(self.device_class):
+        if not isinstance(self.device_class, str) or not _ID_RE.fullmatch(self.device_class):
             raise _fail(f"invalid device class {self.device_class!r}")
         _check_labels(self.labels, "target.labels")
         _check_ids(tuple(self.device_ids), "target.device_ids")
@@ -222,7 +222,7 @@ class RolloutConfig:
     name: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bundle_id, str) or not _ID_RE.match(self.bundle_id):
+        if not isinstance(self.bundle_id, str) or not _ID_RE.fullmatch(self.bundle_id):
             raise _fail(f"invalid bundle id {self.bundle_id!r}")
         object.__setattr__(self, "stages", tuple(self.stages))
         if not 1 <= len(self.stages) <= MAX_STAGES:

@@ -224,19 +224,19 @@ class FleetScenario:
     rollouts: tuple[RolloutPlanSpec, ...] = ()
 
     def __post_init__(self) -> None:
-        _need(bool(_NAME_RE.match(self.name)), f"scenario.name {self.name!r} is not a name")
+        _need(bool(_NAME_RE.fullmatch(self.name)), f"scenario.name {self.name!r} is not a name")
         _number(self.agents, "scenario.agents", 1, MAX_AGENTS)
         _number(self.subprocess_agents, "scenario.subprocess_agents", 0, 100)
         # paho's select() cannot watch descriptors >= 1024: ~150 agents per process at most
         _number(self.agents_per_process, "scenario.agents_per_process", 1, 120)
         _need(bool(self.device_classes), "scenario.device_classes must not be empty")
         for cls, weight in self.device_classes.items():
-            _need(bool(_NAME_RE.match(cls)), f"device class {cls!r} is not a name")
+            _need(bool(_NAME_RE.fullmatch(cls)), f"device class {cls!r} is not a name")
             _number(weight, f"device_classes.{cls}", 0.0, 1e6)
         _need(sum(self.device_classes.values()) > 0, "device class weights sum to 0")
         _need(bool(self.sites), "scenario.sites must not be empty")
         for site in self.sites:
-            _need(bool(_NAME_RE.match(site)), f"site {site!r} is not a name")
+            _need(bool(_NAME_RE.fullmatch(site)), f"site {site!r} is not a name")
         _number(self.timeout_s, "scenario.timeout_s", 5.0, 24 * 3600.0)
         _number(self.telemetry_interval_s, "scenario.telemetry_interval_s", 1.0, 3600.0)
         if self.drift.site is not None:
