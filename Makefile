@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo test lint typecheck unit slow
+.PHONY: env demo test lint typecheck unit slow mutation
 
 env:
 	scripts/bootstrap.sh $(VENV)
@@ -24,3 +24,7 @@ test: lint typecheck unit
 
 slow: env
 	$(PY) -m pytest -q -m slow
+
+# Mutation testing of the trust core (not in the default suite): score per module.
+mutation: env
+	$(PY) benchmarks/mutation.py --survivors
