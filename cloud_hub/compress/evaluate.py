@@ -53,12 +53,24 @@ class LatencyConfig:
 
 
 def onnx_predictor(
-    path: Path, *, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 1
+    path: Path,
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int = 1,
+    exact_qdq: bool = False,
 ) -> Predictor:
-    """A predictor over an ONNX file (CPU provider unless told otherwise)."""
+    """A predictor over an ONNX file (CPU provider unless told otherwise).
+
+    ``exact_qdq``: run with graph optimizations off, so a Q/DQ graph is computed as written
+    (DequantizeLinear -> float op -> QuantizeLinear) instead of by the fused int8 kernels of
+    this CPU: the integer result every exact kernel (VNNI, NEON, TensorRT) computes, without
+    the int16 saturation of U8S8 kernels on x86 CPUs without VNNI.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if exact_qdq:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as exc:  # onnxruntime's own exception types are not importable

@@ -18,6 +18,12 @@ Per profile, ``OUT/<profile>/`` holds::
     reference_stats.json        ``shared.drift_reference.ReferenceStats`` (its docstring
                                  has the schema: per-feature mean, std, PSI bin edges and
                                  fractions, a quantile sketch for KS, top-1 confidence)
+    golden.json                 ``shared.golden.GoldenBatch``: inputs, the artifact's
+                                 logits and top-1 as the hub measured them, a tolerance
+                                 (the bundle builder puts it inside the signed manifest)
+
+``metrics.json`` also carries ``"targets"`` and ``"build_report"`` (hub CPU model, ISA
+flags, onnxruntime version, int8 recipe, per target whether the hub ran its kernels).
 
 Everything is written in a hidden staging folder next to the target and renamed into place
 only when complete; on any error the staging folder is removed, so a failed run leaves
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "GOLDEN_FILE",
     "METRICS_FILE",
     "PREPROCESS_FILE",
     "REFERENCE_STATS_FILE",
@@ -42,6 +49,7 @@ __all__ = [
     "write_json",
 ]
 
+GOLDEN_FILE = "golden.json"
 METRICS_FILE = "metrics.json"
 PREPROCESS_FILE = "preprocess.json"
 REFERENCE_STATS_FILE = "reference_stats.json"

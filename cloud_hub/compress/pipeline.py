@@ -1,10 +1,13 @@
 """The compression pipeline: fp32 torch model -> gated artifact folder, per build profile.
 
 ``compress_for_profile`` runs: (optional) magnitude pruning -> ONNX export (checked) ->
-onnxruntime graph optimization -> int8 (plan per layer type) or fp16 or fp32 -> evaluation
-(fp32 torch vs artifact on the same eval set, size, CPU latency at batch 1 and 32) -> gate
--> ``metrics.json`` / ``preprocess.json`` / ``reference_stats.json``; TFLite profiles take
-the litert-torch subprocess instead of the ONNX steps. Output layout: ``layout.py``.
+onnxruntime graph optimization -> int8 (plan per layer type, recipe per target) or fp16 or
+fp32 -> evaluation (fp32 torch vs artifact on the same eval set, size, CPU latency at batch 1
+and 32; for a target whose kernels the hub does not run, also the exact Q/DQ numerics, and
+the gate takes the worse) -> gate (drop, floor, champion, size, latency) -> ``metrics.json``
+(with the build report) / ``preprocess.json`` / ``reference_stats.json`` / ``golden.json``;
+TFLite profiles take the litert-torch subprocess instead of the ONNX steps. Output layout:
+``layout.py``.
 
 ``model`` may also be an ``nn.Module`` not in the registry (tests use this for a model with
 an operator ONNX cannot express); its ``model_name`` is then only a label.
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
+from cloud_hub.compress.build_report import BuildReport, plan_build_report
 from cloud_hub.compress.calibration import LabelledSet
 from cloud_hub.compress.evaluate import (
     ArtifactMetrics,
@@ -42,7 +46,9 @@ from cloud_hub.compress.evaluate import (
 from cloud_hub.compress.export import check_onnx, export_onnx
 from cloud_hub.compress.fp16 import convert_fp16
 from cloud_hub.compress.gate import enforce_budgets
+from cloud_hub.compress.golden import GoldenConfig, select_golden_batch
 from cloud_hub.compress.layout import (
+    GOLDEN_FILE,
     METRICS_FILE,
     PREPROCESS_FILE,
     REFERENCE_STATS_FILE,
@@ -53,10 +59,12 @@ from cloud_hub.compress.optimize import optimize_onnx
 from cloud_hub.compress.profile import BuildProfile
 from cloud_hub.compress.prune import PruningReport, prune_magnitude
 from cloud_hub.compress.quantize import QuantizationPlan, quantize_int8
+from cloud_hub.compress.recipes import recipe_for_targets
 from cloud_hub.compress.source import build_fp32_model
 from cloud_hub.compress.tflite import convert_tflite
 from cloud_hub.compress.tflite_env import find_toolchain
 from cloud_hub.errors import CompressionError
+from shared.device_facts import DeviceFacts
 from shared.drift_reference import MIN_SAMPLES as MIN_REFERENCE_SAMPLES
 from shared.drift_reference import ReferenceStats
 from shared.errors import FedfleetError
@@ -84,6 +92,8 @@ class CompressionConfig:
     eval_batch_size: int = 256
     tflite_env: Path | None = None  # default: tflite_env.default_env_dir()
     tflite_timeout_s: float = 900.0
+    golden: GoldenConfig = field(default_factory=GoldenConfig)
+    hub_facts: DeviceFacts | None = None  # default: this machine's (build_report.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.eval_batch_size <= 65_536 or self.tflite_timeout_s <= 0:
@@ -101,6 +111,7 @@ class CompressedArtifact:
     metrics: ArtifactMetrics
     quantization: QuantizationPlan | None
     pruning: PruningReport | None
+    build_report: BuildReport | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,7 @@ def _build_onnx(
             input_name=info.input_name,
             calib=calib.head(profile.calibration_size),
             work_dir=work,
+            recipe=recipe_for_targets(profile.targets),
         )
     elif profile.precision == "fp16":
         convert_fp16(optimized, dst)
@@ -172,8 +184,12 @@ def compress_for_profile(
     out_dir: Path,
     config: CompressionConfig | None = None,
     model: torch.nn.Module | None = None,
+    champion_accuracy: float | None = None,
 ) -> CompressedArtifact:
     """Build, evaluate, gate and commit ``out_dir/<profile.name>/``; see the module docstring.
+
+    ``champion_accuracy``: the deployed champion's accuracy on the same evaluation set; the
+    artifact must not be worse (the retraining pipeline's rule, applied to the artifact).
 
     Raises ``CompressionError`` (bad input or a failed step) or ``GateRefusedError`` (over a
     budget); either way nothing is left in ``out_dir`` for this profile.
@@ -229,7 +245,8 @@ def compress_for_profile(
             shutil.copyfile(out.model_path, artifact)
             baseline = out.fp32_path
             fn = tflite_predictor(artifact, threads=config.latency.threads)
-        logits = predict(fn, eval_set.x, batch_size=config.eval_batch_size)
+        report = plan_build_report(profile.targets, profile.int8_recipe, config.hub_facts)
+        logits, report = _judged_logits(fn, artifact, profile, report, eval_set, config)
         metrics = ArtifactMetrics(
             eval_samples=len(eval_set),
             accuracy_fp32=accuracy(fp32_logits, eval_set.y),
@@ -242,10 +259,14 @@ def compress_for_profile(
             latency_threads=config.latency.threads,
         )
         log.info("%s/%s: %s", model_name, profile.name, metrics.to_dict())
-        enforce_budgets(profile.name, metrics, profile.budgets)
+        enforce_budgets(profile.name, metrics, profile.budgets, champion_accuracy=champion_accuracy)
         _write_sidecars(
-            stage, model_name, profile, shape, metrics, plan, pruning, calib_set, logits
+            stage, model_name, profile, shape, metrics, plan, pruning, calib_set, logits, report
         )
+        golden = select_golden_batch(
+            eval_set.x, logits, evaluated_with=_evaluated_with(report), config=config.golden
+        )
+        write_json(stage / GOLDEN_FILE, golden.to_dict())
     final = out_dir / profile.name
     return CompressedArtifact(
         model_name=model_name,
@@ -255,7 +276,35 @@ def compress_for_profile(
         metrics=metrics,
         quantization=plan,
         pruning=pruning,
+        build_report=report,
     )
+
+
+def _judged_logits(
+    hub_fn: Predictor,
+    artifact: Path,
+    profile: BuildProfile,
+    report: BuildReport,
+    eval_set: LabelledSet,
+    config: CompressionConfig,
+) -> tuple[NDArray[np.float32], BuildReport]:
+    """The logits the gate judges: the hub's kernels where they are a target's, the exact
+    Q/DQ numerics for targets whose kernels the hub does not run; the less accurate wins."""
+    candidates = {"hub_kernels": predict(hub_fn, eval_set.x, batch_size=config.eval_batch_size)}
+    if profile.int8_recipe is not None and report.needs_exact_numerics:
+        exact_fn = onnx_predictor(artifact, threads=config.latency.threads, exact_qdq=True)
+        candidates["exact_qdq"] = predict(exact_fn, eval_set.x, batch_size=config.eval_batch_size)
+        if not report.hub_runs_a_target:
+            del candidates["hub_kernels"]  # the hub's own int8 kernels are no target's
+    accuracies = {k: accuracy(v, eval_set.y) for k, v in candidates.items()}
+    worst = min(accuracies, key=lambda k: accuracies[k])
+    return candidates[worst], report.with_accuracies(accuracies)
+
+
+def _evaluated_with(report: BuildReport) -> str:
+    where = "hub kernels" if report.hub_runs_a_target else "exact Q/DQ numerics"
+    hub = ",".join(report.hub.targets()) or report.hub.arch or "unknown"
+    return f"onnxruntime {report.onnxruntime_version}, {where} on {hub} ({report.hub.cpu_model})"
 
 
 def _softmax_max(logits: NDArray[np.float32]) -> NDArray[np.float64]:
@@ -274,6 +323,7 @@ def _write_sidecars(
     pruning: PruningReport | None,
     calib: LabelledSet,
     logits: NDArray[np.float32],
+    report: BuildReport,
 ) -> None:
     artifact = stage / profile.artifact_filename
     data = artifact.read_bytes()
@@ -289,6 +339,8 @@ def _write_sidecars(
             "metrics": metrics.to_dict(),
             "quantization": None if plan is None else plan.to_dict(),
             "pruning": None if pruning is None else asdict(pruning),
+            "targets": list(profile.targets),
+            "build_report": report.to_dict(),
             "artifact": {
                 "file": artifact.name,
                 "sha256": hashlib.sha256(data).hexdigest(),

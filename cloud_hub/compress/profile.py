@@ -6,6 +6,7 @@ class, e.g. ``x86-cpu.toml``)::
     name = "x86-cpu"
     device_class = "x86-cpu"
     description = "..."
+    targets = ["x86-avx2", "x86-vnni"]  # the int8 kernels the artifact must serve
 
     [artifact]
     format = "onnx"          # onnx | tflite
@@ -19,11 +20,14 @@ class, e.g. ``x86-cpu.toml``)::
     max_size_mb = 5.0
     max_accuracy_drop_pts = 1.0
     max_latency_ms = 20.0    # batch-1 latency on the hub's CPU
+    min_accuracy_pct = 90.0  # absolute floor on the artifact's accuracy, in percent
 
     [runtime]
     providers = ["CPUExecutionProvider"]
 
-Unknown keys are refused (a typo must not silently drop a budget).
+Unknown keys are refused (a typo must not silently drop a budget). ``targets`` (see
+``shared.device_facts``) picks the int8 recipe (``recipes.py``) and is recorded in the
+manifest, so a rollout can say which devices an artifact was not built for.
 
 Where profiles are found (one way): ``load_profile(NAME)`` looks in ``default_profiles_dir()``,
 the ``firmware_bundles/`` folder of the source tree this package was imported from (an
@@ -39,7 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.compress.recipes import Int8Recipe, recipe_for_targets
 from cloud_hub.errors import HubConfigError
+from shared.device_facts import TARGETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -82,8 +88,12 @@ class Budgets:
     max_size_mb: float
     max_accuracy_drop_pts: float
     max_latency_ms: float
+    min_accuracy_pct: float  # the floor: a chance-level model's artifact must not pass
 
     def __post_init__(self) -> None:
+        floor = self.min_accuracy_pct
+        if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0 < floor <= 100:
+            raise HubConfigError(f"budget min_accuracy_pct must be in (0, 100], got {floor!r}")
         for field_name in ("max_size_mb", "max_accuracy_drop_pts", "max_latency_ms"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -104,6 +114,7 @@ class BuildProfile:
     precision: str
     budgets: Budgets
     providers: tuple[str, ...]
+    targets: tuple[str, ...]
     quantization: str = "auto"
     calibration_size: int = 256
     pruning_amount: float = 0.0
@@ -115,6 +126,13 @@ class BuildProfile:
             raise HubConfigError(f"profile name {self.name!r} must be non-empty [A-Za-z0-9._-]")
         if not self.device_class:
             raise HubConfigError(f"profile {self.name}: device_class is empty")
+        if not self.targets or any(t not in TARGETS for t in self.targets):
+            raise HubConfigError(
+                f"profile {self.name}: targets {list(self.targets)} must be a non-empty list "
+                f"from {list(TARGETS)}"
+            )
+        if self.format == "onnx" and self.precision == "int8":
+            recipe_for_targets(self.targets)  # refuses targets that need different recipes
         if self.format not in FORMATS:
             raise HubConfigError(f"profile {self.name}: format {self.format!r} not in {FORMATS}")
         if self.precision not in PRECISIONS:
@@ -157,6 +175,13 @@ class BuildProfile:
         return self.format == "tflite" or self.quantization in ("auto", "static")
 
     @property
+    def int8_recipe(self) -> Int8Recipe | None:
+        """The onnxruntime int8 recipe for this profile's targets (ONNX int8 only)."""
+        if self.format != "onnx" or self.precision != "int8":
+            return None
+        return recipe_for_targets(self.targets)
+
+    @property
     def artifact_filename(self) -> str:
         return "model.tflite" if self.format == "tflite" else "model.onnx"
 
@@ -172,15 +197,17 @@ class BuildProfile:
             "pruning_amount": self.pruning_amount,
             "opset": self.opset,
             "providers": list(self.providers),
+            "targets": list(self.targets),
             "budgets": {
                 "max_size_mb": self.budgets.max_size_mb,
                 "max_accuracy_drop_pts": self.budgets.max_accuracy_drop_pts,
                 "max_latency_ms": self.budgets.max_latency_ms,
+                "min_accuracy_pct": self.budgets.min_accuracy_pct,
             },
         }
 
 
-_TOP_KEYS = {"name", "device_class", "description", "artifact", "budgets", "runtime"}
+_TOP_KEYS = {"name", "device_class", "description", "targets", "artifact", "budgets", "runtime"}
 _ARTIFACT_KEYS = {
     "format",
     "precision",
@@ -189,7 +216,7 @@ _ARTIFACT_KEYS = {
     "pruning_amount",
     "opset",
 }
-_BUDGET_KEYS = {"max_size_mb", "max_accuracy_drop_pts", "max_latency_ms"}
+_BUDGET_KEYS = {"max_size_mb", "max_accuracy_drop_pts", "max_latency_ms", "min_accuracy_pct"}
 _RUNTIME_KEYS = {"providers"}
 
 
@@ -220,6 +247,9 @@ def parse_profile(data: Mapping[str, Any], *, source: str = "<profile>") -> Buil
     providers = runtime.get("providers")
     if not isinstance(providers, list) or not all(isinstance(p, str) for p in providers):
         raise HubConfigError(f"{source}: [runtime] providers must be a list of strings")
+    targets = data.get("targets")
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise HubConfigError(f"{source}: targets must be a list of strings from {list(TARGETS)}")
     try:
         return BuildProfile(
             name=str(data.get("name", "")),
@@ -233,6 +263,7 @@ def parse_profile(data: Mapping[str, Any], *, source: str = "<profile>") -> Buil
             opset=_int(artifact.get("opset", 17), "opset"),
             budgets=Budgets(**{k: budgets[k] for k in _BUDGET_KEYS}),
             providers=tuple(providers),
+            targets=tuple(targets),
         )
     except HubConfigError as exc:
         raise HubConfigError(f"{source}: {exc}") from None

@@ -1,4 +1,5 @@
-"""Step 3: int8 quantization with onnxruntime, the mode chosen per layer type.
+"""Step 3: int8 quantization with onnxruntime, the mode chosen per layer type, the data
+types and ``reduce_range`` per target (``recipes.py``).
 
 Measured on this project's CPUs (see DEPENDENCIES.md): static int8 QDQ with per-channel
 weights makes a small CNN 3.6x smaller and 1.2-1.4x faster than ORT fp32, while *dynamic*
@@ -31,6 +32,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from cloud_hub.compress.calibration import ArrayCalibrationReader, LabelledSet
+from cloud_hub.compress.recipes import Int8Recipe
 from cloud_hub.errors import CompressionError
 
 __all__ = [
@@ -137,24 +139,45 @@ def gemm_to_matmul(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _static(src: Path, dst: Path, ops: frozenset[str], calib: LabelledSet, input_name: str) -> None:
+_QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+
+
+def _static(
+    src: Path,
+    dst: Path,
+    ops: frozenset[str],
+    calib: LabelledSet,
+    input_name: str,
+    recipe: Int8Recipe,
+) -> None:
     reader = ArrayCalibrationReader(input_name, calib.x)
     quantize_static(
         str(src),
         str(dst),
         reader,
         quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=sorted(ops | {"Relu", "MaxPool", "Flatten", "Reshape", "AveragePool"}),
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        op_types_to_quantize=recipe.op_types(ops),
+        per_channel=recipe.per_channel,
+        reduce_range=recipe.reduce_range,
+        activation_type=_QUANT_TYPES[recipe.activation_type],
+        weight_type=_QUANT_TYPES[recipe.weight_type],
         calibrate_method=CalibrationMethod.MinMax,
+        extra_options={
+            "ActivationSymmetric": recipe.symmetric_activations,
+            "WeightSymmetric": recipe.symmetric_weights,
+        },
     )
 
 
-def _dynamic(src: Path, dst: Path, ops: frozenset[str]) -> None:
+def _dynamic(src: Path, dst: Path, ops: frozenset[str], recipe: Int8Recipe) -> None:
+    # dynamic int8 quantizes activations to uint8 at run time: the U8S8 kernels again
     quantize_dynamic(
-        str(src), str(dst), op_types_to_quantize=sorted(ops), weight_type=QuantType.QInt8
+        str(src),
+        str(dst),
+        op_types_to_quantize=sorted(ops),
+        weight_type=_QUANT_TYPES[recipe.weight_type],
+        reduce_range=recipe.reduce_range,
+        per_channel=False,
     )
 
 
@@ -167,8 +190,10 @@ def quantize_int8(
     input_name: str,
     calib: LabelledSet | None,
     work_dir: Path,
+    recipe: Int8Recipe,
 ) -> QuantizationPlan:
-    """Quantize ``src`` to ``dst`` following ``plan_quantization``; returns the plan used."""
+    """Quantize ``src`` to ``dst`` following ``plan_quantization`` with the target's
+    ``recipe`` (``recipes.py``); returns the plan used."""
     plan = plan_quantization(op_types, mode)
     if plan.is_empty:
         raise CompressionError(
@@ -183,15 +208,15 @@ def quantize_int8(
         if plan.static_ops:
             assert calib is not None
             static_out = work_dir / "static.onnx" if plan.dynamic_ops else dst
-            _static(current, static_out, plan.static_ops, calib, input_name)
+            _static(current, static_out, plan.static_ops, calib, input_name, recipe)
             current = static_out
         if plan.dynamic_ops:
             if "MatMul" in plan.dynamic_ops and "Gemm" in op_types:
                 current = gemm_to_matmul(current, work_dir / "matmul.onnx")
-            _dynamic(current, dst, plan.dynamic_ops)
+            _dynamic(current, dst, plan.dynamic_ops, recipe)
     except CompressionError:
         raise
     except Exception as exc:  # the quantizer raises bare Exceptions/ValueErrors
         raise CompressionError(f"int8 quantization failed: {exc}") from exc
-    log.info("int8 plan: %s", plan.to_dict())
+    log.info("int8 plan: %s, recipe %s", plan.to_dict(), recipe.name)
     return plan

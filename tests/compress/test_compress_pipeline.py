@@ -24,7 +24,7 @@ from cloud_hub.compress.source import build_fp32_model, load_state_dict_file
 from cloud_hub.errors import CompressionError, GateRefusedError
 from shared.drift_reference import ReferenceStats
 
-LAYOUT = {"model.onnx", "metrics.json", "preprocess.json", "reference_stats.json"}
+LAYOUT = {"model.onnx", "metrics.json", "preprocess.json", "reference_stats.json", "golden.json"}
 
 
 def _listing(folder: Path) -> list[str]:
@@ -128,7 +128,9 @@ def test_impossible_budget_is_refused_with_the_numbers_and_nothing_written(
 ) -> None:
     tight = dataclasses.replace(
         load_profile("x86-cpu"),
-        budgets=Budgets(max_size_mb=0.001, max_accuracy_drop_pts=1.0, max_latency_ms=1e-6),
+        budgets=Budgets(
+            max_size_mb=0.001, max_accuracy_drop_pts=1.0, max_latency_ms=1e-6, min_accuracy_pct=50.0
+        ),
     )
     with pytest.raises(GateRefusedError) as err:
         compress_for_profile(
@@ -159,7 +161,10 @@ def test_a_refused_rebuild_keeps_the_previous_good_output(
     first = compress_for_profile("digits-cnn", digits.state_dict, profile, **kwargs)  # type: ignore[arg-type]
     before = first.artifact_path.read_bytes()
     tight = dataclasses.replace(
-        profile, budgets=Budgets(max_size_mb=1e-4, max_accuracy_drop_pts=1.0, max_latency_ms=1e3)
+        profile,
+        budgets=Budgets(
+            max_size_mb=1e-4, max_accuracy_drop_pts=1.0, max_latency_ms=1e3, min_accuracy_pct=50.0
+        ),
     )
     with pytest.raises(GateRefusedError):
         compress_for_profile("digits-cnn", digits.state_dict, tight, **kwargs)  # type: ignore[arg-type]
@@ -241,7 +246,9 @@ def test_compress_all_reports_each_profile(
     refused = dataclasses.replace(
         good,
         name="tiny",
-        budgets=Budgets(max_size_mb=1e-5, max_accuracy_drop_pts=1, max_latency_ms=1e3),
+        budgets=Budgets(
+            max_size_mb=1e-5, max_accuracy_drop_pts=1, max_latency_ms=1e3, min_accuracy_pct=50.0
+        ),
     )
     outcomes = compress_all(
         "sensor-mlp",

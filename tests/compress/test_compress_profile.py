@@ -17,6 +17,7 @@ from cloud_hub.errors import HubConfigError
 GOOD = """
 name = "{name}"
 device_class = "test"
+targets = ["x86-avx2", "x86-vnni"]
 
 [artifact]
 format = "onnx"
@@ -27,6 +28,7 @@ calibration_size = 64
 max_size_mb = 1.0
 max_accuracy_drop_pts = 1.0
 max_latency_ms = 10.0
+min_accuracy_pct = 50.0
 
 [runtime]
 providers = ["CPUExecutionProvider"]
@@ -56,6 +58,13 @@ def test_shipped_profiles_state_what_each_device_class_gets() -> None:
     x86 = load_profile("x86-cpu")
     assert (x86.format, x86.precision, x86.providers) == ("onnx", "int8", ("CPUExecutionProvider",))
     assert x86.budgets.max_accuracy_drop_pts == 1.0
+    # every profile names its targets and has an absolute accuracy floor
+    assert x86.targets == ("x86-avx2", "x86-vnni") and jetson.targets == ("tensorrt",)
+    assert rpi.targets == ("arm64-neon",)
+    assert all(p.budgets.min_accuracy_pct >= 50 for p in load_all_profiles())
+    # one x86 artifact serves both: the recipe that cannot saturate U8S8 kernels
+    recipe = x86.int8_recipe
+    assert recipe is not None and recipe.reduce_range and recipe.activation_type == "uint8"
     assert [p.name for p in load_all_profiles()] == list(names)
 
 
@@ -78,6 +87,11 @@ def test_a_profile_loads_from_a_path(tmp_path: Path) -> None:
         ("calibration_size = 64", "calibration_size = 64\npruning_amount = 1.5", "pruning_amount"),
         ("calibration_size = 64", 'calibration_size = "many"', "must be an integer"),
         ("[budgets]", "[budget]", "unknown keys"),
+        ("min_accuracy_pct = 50.0\n", "", "missing budgets ['min_accuracy_pct']"),
+        ("min_accuracy_pct = 50.0", "min_accuracy_pct = 0", "min_accuracy_pct must be in"),
+        ('targets = ["x86-avx2", "x86-vnni"]\n', "", "targets must be a list"),
+        ('"x86-vnni"]', '"x86-sse2"]', "targets ['x86-avx2', 'x86-sse2'] must be"),
+        ('"x86-vnni"]', '"tensorrt"]', "need different int8 recipes: split the profile"),
     ],
 )
 def test_bad_profiles_are_refused_with_the_reason(

@@ -20,6 +20,7 @@ from cloud_hub.compress.fp16 import convert_fp16
 from cloud_hub.compress.optimize import optimize_onnx
 from cloud_hub.compress.prune import prune_magnitude
 from cloud_hub.compress.quantize import gemm_to_matmul, plan_quantization, quantize_int8
+from cloud_hub.compress.recipes import recipe_for
 from cloud_hub.errors import CompressionError
 
 
@@ -77,6 +78,7 @@ def test_static_int8_is_per_channel_qdq_and_agrees_with_fp32(digits: Any, tmp_pa
         input_name="input",
         calib=digits.calib.head(256),
         work_dir=tmp_path,
+        recipe=recipe_for("x86-avx2"),
     )
     assert plan.static_ops == {"Conv", "Gemm"} and not plan.dynamic_ops
     graph = onnx.load(str(out)).graph
@@ -109,6 +111,7 @@ def test_dynamic_int8_leaves_convs_alone_and_quantizes_dense_layers(
         input_name="input",
         calib=None,
         work_dir=tmp_path,
+        recipe=recipe_for("x86-avx2"),
     )
     assert plan.dynamic_ops == {"MatMul"} and not plan.static_ops
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
@@ -141,6 +144,7 @@ def test_int8_refuses_an_empty_calibration_set(digits: Any, tmp_path: Path) -> N
             input_name="input",
             calib=None,
             work_dir=tmp_path,
+            recipe=recipe_for("x86-avx2"),
         )
     with pytest.raises(CompressionError, match="calibration set is empty"):
         LabelledSet.of(np.zeros((0, 1, 8, 8)), np.zeros(0, dtype=np.int64), role="calibration")
@@ -212,7 +216,9 @@ def test_gate_names_every_exceeded_budget_with_both_numbers() -> None:
     from cloud_hub.compress.profile import Budgets
     from cloud_hub.errors import GateRefusedError
 
-    budgets = Budgets(max_size_mb=1.0, max_accuracy_drop_pts=1.0, max_latency_ms=2.0)
+    budgets = Budgets(
+        max_size_mb=1.0, max_accuracy_drop_pts=1.0, max_latency_ms=2.0, min_accuracy_pct=50.0
+    )
     assert budget_violations(_metrics(), budgets) == ()  # exactly at the limits passes
     enforce_budgets("x", _metrics(), budgets)
     bad = _metrics(accuracy=0.90, size_bytes=3 * 1_048_576, latency_ms={"b1": 9.5, "b32": 1.0})
@@ -223,6 +229,26 @@ def test_gate_names_every_exceeded_budget_with_both_numbers() -> None:
     assert "size 3.000 MB > max 1.000 MB" in text
     assert "accuracy drop 7.00 pts (fp32 97.00% -> 90.00%) > max 1.00 pts" in text
     assert "batch-1 latency 9.500 ms > max 2.000 ms" in text
+
+
+def test_gate_floor_and_champion_refuse_what_the_drop_rule_passes() -> None:
+    """A chance-level model's artifact loses nothing against its own fp32 model: only the
+    floor refuses it; the champion comparison refuses an artifact worse than the champion."""
+    from cloud_hub.compress.gate import budget_violations
+    from cloud_hub.compress.profile import Budgets
+
+    budgets = Budgets(
+        max_size_mb=1.0, max_accuracy_drop_pts=1.0, max_latency_ms=2.0, min_accuracy_pct=60.0
+    )
+    chance = _metrics(accuracy_fp32=0.32, accuracy=0.32)
+    assert budget_violations(chance, budgets) == ("accuracy 32.00% < floor 60.00%",)
+    assert budget_violations(_metrics(accuracy=0.60, accuracy_fp32=0.60), budgets) == ()
+    good = _metrics()  # 96 % artifact
+    assert budget_violations(good, budgets, champion_accuracy=0.96) == ()
+    assert budget_violations(good, budgets, champion_accuracy=0.97) == (
+        "accuracy 96.00% < champion 97.00% - 0.00 pts",
+    )
+    assert budget_violations(good, budgets, champion_accuracy=0.97, champion_margin_pts=1.0) == ()
 
 
 class _SequenceModel(torch.nn.Module):
@@ -254,6 +280,7 @@ def test_auto_int8_mixes_static_dense_and_dynamic_lstm(tmp_path: Path) -> None:
         input_name="input",
         calib=calib,
         work_dir=tmp_path,
+        recipe=recipe_for("x86-avx2"),
     )
     assert (plan.static_ops, plan.dynamic_ops) == ({"Gemm"}, {"LSTM"})
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
