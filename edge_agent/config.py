@@ -38,6 +38,11 @@ Example::
     max_inbox_bytes = 67108864
     fsync_chunks = true
 
+    [training]                                 # optional (federated training, R4)
+    superlink_ca = "ca.pem"                    # default: mqtt.tls.ca, the hub CA pinned at
+                                               # enrollment (verifies the hub's SuperLink)
+    require_secure_aggregation = false         # true: refuse any round without SecAgg+
+
 Nothing here reads the environment; the CLI passes the file path.
 """
 
@@ -67,6 +72,7 @@ __all__ = [
     "MqttSettings",
     "OtaTimeouts",
     "TlsSettings",
+    "TrainingSettings",
     "load_config",
     "parse_config",
 ]
@@ -170,6 +176,14 @@ class AgentLimits:
 
 
 @dataclass(frozen=True)
+class TrainingSettings:
+    """Federated training on this device (R4): whom to trust, what to insist on."""
+
+    superlink_ca: Path | None = None  # None: the MQTT CA (the hub CA pinned at enrollment)
+    require_secure_aggregation: bool = False  # a device class that never trains without SecAgg+
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     device_id: str
     device_class: str
@@ -180,6 +194,15 @@ class AgentConfig:
     timeouts: OtaTimeouts = field(default_factory=OtaTimeouts)
     limits: AgentLimits = field(default_factory=AgentLimits)
     status_interval_s: float = 60.0
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    @property
+    def superlink_ca(self) -> Path | None:
+        """The CA that verifies the hub's SuperLink (R4): ``[training] superlink_ca``, else
+        the hub CA pinned at enrollment (``mqtt.tls.ca``)."""
+        if self.training.superlink_ca is not None:
+            return self.training.superlink_ca
+        return self.mqtt.tls.ca if self.mqtt.tls is not None else None
 
     def __post_init__(self) -> None:
         try:
@@ -224,6 +247,7 @@ _TOP_KEYS = {
     "timeouts",
     "limits",
     "status_interval_s",
+    "training",
 }
 _MQTT_KEYS = {f.name for f in fields(MqttSettings)} | {"url"}
 
@@ -307,6 +331,20 @@ def _mqtt(table: dict[str, Any], base: Path) -> MqttSettings:
     return MqttSettings(**table, tls=tls)
 
 
+def _training(table: dict[str, Any], base: Path) -> TrainingSettings:
+    unknown = set(table) - {"superlink_ca", "require_secure_aggregation"}
+    if unknown:
+        raise AgentConfigError(f"[training] unknown keys: {sorted(unknown)}")
+    required = table.get("require_secure_aggregation", False)
+    if not isinstance(required, bool):
+        raise AgentConfigError("training.require_secure_aggregation must be true/false")
+    ca = table.get("superlink_ca")
+    return TrainingSettings(
+        superlink_ca=None if ca is None else _path(ca, base, "training.superlink_ca"),
+        require_secure_aggregation=required,
+    )
+
+
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> AgentConfig:
     """Validate a parsed TOML document; relative paths are resolved against ``base_dir``."""
     unknown = set(raw) - _TOP_KEYS
@@ -335,6 +373,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> AgentConfig:
         timeouts=_numbers(OtaTimeouts, _table(raw, "timeouts"), "timeouts"),
         limits=_numbers(AgentLimits, _table(raw, "limits"), "limits"),
         status_interval_s=float(status_interval),
+        training=_training(_table(raw, "training"), base_dir),
     )
 
 

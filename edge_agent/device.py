@@ -51,7 +51,7 @@ class EdgeDevice:
         from edge_agent.agent import EdgeAgent
         from edge_agent.config import load_config
         from edge_agent.drift.detector import DriftConfig
-        from edge_agent.fl.train_command import TrainCommandHandler, TrainingLimits
+        from edge_agent.fl.train_command import OrderTrust, TrainCommandHandler, TrainingLimits
         from edge_agent.samples.store import SampleStoreConfig
         from edge_agent.serving.http_api import HttpApiConfig
         from edge_agent.serving.observers import ObserverConfig
@@ -73,12 +73,24 @@ class EdgeDevice:
         )
         self._model_name = ""
         self._seq = 0
-        # Flower's Deployment Engine path: a TrainCommand starts a SuperNode on this
-        # device's sample store (a plain-text SuperLink only when explicitly allowed)
+        # Flower's Deployment Engine path: a signed training order starts a SuperNode on
+        # this device's sample store, over TLS verified against the hub CA pinned at
+        # enrollment (a plain-text SuperLink only when explicitly allowed) (R4)
+        updater = self.agent.updater
         self.trainer = TrainCommandHandler(
             state_dir=state,
             load_samples=self._training_arrays,
-            limits=TrainingLimits(allow_insecure=allow_insecure_training),
+            trust=OrderTrust(
+                device_id=self.config.device_id,
+                trust=self.config.load_trust_root(),
+                keyring_floor=lambda: updater.state.keyring_version,
+            ),
+            limits=TrainingLimits(
+                allow_insecure=allow_insecure_training,
+                root_certificates=self.config.superlink_ca,
+                require_secure_aggregation=self.config.training.require_secure_aggregation,
+            ),
+            report=self.agent.report,
         )
         self.agent.add_command_handler(TrainCommand, self.trainer)
         self.agent.on_model_changed(self._install)

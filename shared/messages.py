@@ -240,7 +240,13 @@ class RollbackCommand(Message):
 @_register
 @dataclass(frozen=True)
 class TrainCommand(Message):
-    """Hub → device: join a federated training run as a Flower client."""
+    """Hub → device: join a federated training run as a Flower client.
+
+    ``order`` is the signed training order (:mod:`shared.fl.order`) and ``keyring`` the
+    root-signed keyring that delegates to its signer; the device acts only on the order's
+    signed fields (R4) and refuses a command without one. ``run_id``, ``superlink`` and
+    ``model_name`` repeat them for logs and must agree with the order.
+    """
 
     TYPE: ClassVar[str] = "cmd.train"
     command_id: str
@@ -248,6 +254,8 @@ class TrainCommand(Message):
     superlink: str
     model_name: str
     config: dict[str, Any] = field(default_factory=dict)
+    order: dict[str, Any] | None = None
+    keyring: dict[str, Any] | None = None
     ts: float = field(default_factory=now)
     extra: dict[str, Any] = field(default_factory=dict)
 

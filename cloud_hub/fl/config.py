@@ -129,6 +129,22 @@ class SecAggConfig:
             threshold < shares or isinstance(self.reconstruction_threshold, float),
             f"secagg reconstruction_threshold ({threshold}) must be below num_shares ({shares})",
         )
+        self.check_range(clients_per_round)
+
+    def max_clients(self) -> int:
+        """The most clients a round can sum before the aggregate wraps modulo the range."""
+        return (self.modulus_range - 1) // self.quantization_range
+
+    def check_range(self, clients: int) -> None:
+        """R13: each client adds a value below ``quantization_range``; the sum of ``clients``
+        of them must stay below ``modulus_range`` or the unmasked aggregate silently wraps."""
+        _need(
+            clients * self.quantization_range < self.modulus_range,
+            f"secagg: {clients} clients x quantization_range {self.quantization_range} >= "
+            f"modulus_range {self.modulus_range}: the aggregate would wrap; at most "
+            f"{self.max_clients()} clients per round (lower quantization_range or raise "
+            "modulus_range)",
+        )
 
 
 @dataclass(frozen=True)

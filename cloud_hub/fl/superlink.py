@@ -33,7 +33,14 @@ from typing import Any
 
 from cloud_hub.errors import HubConfigError, TrainingError
 
-__all__ = ["FAB_DIR", "SuperLinkConfig", "SuperLinkProcess", "wait_for_summary"]
+__all__ = [
+    "FAB_DIR",
+    "SuperLinkConfig",
+    "SuperLinkProcess",
+    "fab_sha256",
+    "issue_superlink_tls",
+    "wait_for_summary",
+]
 
 FAB_DIR = Path(__file__).resolve().parent / "fab"
 
@@ -43,6 +50,37 @@ def _bin(name: str) -> str:
     if not path.exists():
         raise HubConfigError(f"{name} not found next to {sys.executable} (install fedfleet[hub])")
     return str(path)
+
+
+def fab_sha256(fab_dir: Path = FAB_DIR) -> str:
+    """The sha256 of the FAB ``flwr run fab_dir`` submits (Flower builds it reproducibly).
+
+    Signed training orders name this hash; devices run no other FAB (R4)."""
+    import hashlib
+
+    from flwr.cli.build import build_fab_from_disk
+
+    try:
+        return hashlib.sha256(build_fab_from_disk(Path(fab_dir))).hexdigest()
+    except Exception as exc:  # flwr raises click/typer and OS errors alike
+        raise HubConfigError(f"cannot build the Flower App in {fab_dir}: {exc}") from exc
+
+
+def issue_superlink_tls(ca_dir: Path, host: str, out_dir: Path) -> tuple[Path, Path, Path]:
+    """A server certificate for ``host`` signed by the hub CA in ``ca_dir`` (the CA devices
+    pinned at enrollment), written to ``out_dir``: ``(certfile, keyfile, ca_certfile)``."""
+    from cloud_hub.enrollment.ca import CertificateAuthority
+    from shared.files import atomic_write
+
+    ca = CertificateAuthority.load(ca_dir)
+    credentials = ca.issue_server([host], days=2)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "superlink.crt", out / "superlink.key", out / "ca.crt")
+    atomic_write(paths[0], credentials.cert_pem)
+    atomic_write(paths[1], credentials.key_pem, mode=0o600)
+    atomic_write(paths[2], ca.cert_pem)
+    return paths
 
 
 @dataclass(frozen=True)
@@ -144,9 +182,17 @@ class SuperLinkProcess:
         return self._log.read_text(errors="replace")[-chars:] if self._log.exists() else ""
 
     def submit_run(
-        self, run_config: dict[str, Any], *, fab_dir: Path = FAB_DIR, timeout_s: float = 60.0
+        self,
+        run_config: dict[str, Any],
+        *,
+        fab_dir: Path = FAB_DIR,
+        timeout_s: float = 60.0,
+        expected_fab_sha256: str | None = None,
     ) -> int:
-        """Submit fedfleet's Flower App with ``run_config``; returns Flower's run id."""
+        """Submit fedfleet's Flower App with ``run_config``; returns Flower's run id.
+
+        ``expected_fab_sha256``: the hash the signed training orders name; a FAB that
+        ``flwr run`` built differently (the app folder changed) raises ``TrainingError``."""
         home = self.workdir / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
         connection = [f'address = "{self.config.address}"']
@@ -180,11 +226,19 @@ class SuperLinkProcess:
         )
         try:
             payload = json.loads(done.stdout[done.stdout.index("{") :])
-            return int(payload["run-id"])
+            run_id = int(payload["run-id"])
         except (IndexError, KeyError, TypeError, ValueError) as exc:
             raise TrainingError(
                 f"flwr run failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}"
             ) from exc
+        submitted = str(payload.get("fab-hash", ""))
+        if expected_fab_sha256 is not None and not (
+            submitted and expected_fab_sha256.startswith(submitted)
+        ):
+            raise TrainingError(
+                f"the SuperLink got FAB {submitted!r}, the orders name {expected_fab_sha256[:12]}"
+            )
+        return run_id
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGINT, then SIGKILL after ``timeout_s``."""

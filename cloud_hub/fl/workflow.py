@@ -6,7 +6,10 @@
   uses the same cryptographic mask generator as fedfleet's clients;
 - a round that Flower would silently halt (too few clients left to reconstruct the masks)
   raises :class:`SecureRoundAbortedError`, naming the stage, survivors and threshold.
-  Nothing is aggregated, so the global model of the previous round stays as it was.
+  Nothing is aggregated, so the global model of the previous round stays as it was;
+- R13: a round that sampled so many clients that their quantized sum would wrap modulo
+  ``modulus_range`` is aborted after the setup stage (only public keys have moved) with
+  :class:`SecAggRangeError`; the config check catches it earlier when the cohort is known.
 
 :class:`TimedFitWorkflow` times each fit round, records it and applies the run's failure
 policy: ``"abort"`` re-raises (the run stops with the last good model), ``"skip"`` keeps the
@@ -31,7 +34,12 @@ from cloud_hub.errors import TrainingError
 from cloud_hub.fl.recorder import RoundMetrics, RunRecorder
 from shared.fl.secure_prg import secure_mask_generator
 
-__all__ = ["GuardedSecAggPlusWorkflow", "SecureRoundAbortedError", "TimedFitWorkflow"]
+__all__ = [
+    "GuardedSecAggPlusWorkflow",
+    "SecAggRangeError",
+    "SecureRoundAbortedError",
+    "TimedFitWorkflow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,10 @@ class SecureRoundAbortedError(TrainingError):
         )
 
 
+class SecAggRangeError(TrainingError):
+    """R13: the sampled clients' quantized updates would wrap modulo the SecAgg+ range."""
+
+
 def _current_round(context: Context) -> int:
     return cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
 
@@ -88,6 +100,13 @@ class GuardedSecAggPlusWorkflow(SecAggPlusWorkflow):
                         remaining=len(state.active_node_ids),
                         sampled=len(state.sampled_node_ids) or len(state.nid_to_proxies),
                         threshold=state.threshold,
+                    )
+                sampled = len(state.sampled_node_ids)
+                if stage == "setup" and sampled * self.quantization_range >= self.modulus_range:
+                    raise SecAggRangeError(  # R13: the unmasked sum would silently wrap
+                        f"SecAgg+ round {_current_round(context)}: {sampled} clients x "
+                        f"quantization_range {self.quantization_range} >= modulus_range "
+                        f"{self.modulus_range}; nothing was aggregated"
                     )
 
 

@@ -134,7 +134,7 @@ class _Hub:
             data_dir=data_dir,
             topic_prefix=prefix,
             api_port=self.port,
-            ingest_client_id=f"hub-{prefix}",
+            instance_id=prefix,
             offline_after_s=0,
         ).with_overrides(mqtt_url=mqtt_url)
         self.config = dataclasses.replace(
@@ -290,6 +290,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
                     mqtt=parse_mqtt_url(mqtt_url),
                     topics=TopicScheme(prefix),
                     workdir=run_dir / "hub" / "flower",
+                    keys=keys,
+                    insecure=True,  # loopback demo; its devices run --allow-insecure-training
                 )
             pipeline = RetrainPipeline(
                 registry=registry,

@@ -7,6 +7,12 @@ the run's settings, waits for the ServerApp's ``summary.json`` and sends the dev
 ``stop``. The global model lands in the hub's model store under the run id, exactly where
 ``run_federated`` puts it. Select it with ``LoopConfig.training_engine = "deployment"``.
 
+R4: every command carries a training order signed by the hub's online signing key (with the
+root-signed keyring): SuperLink address, run id, the sha256 of the FAB submitted, SecAgg+
+on or off, the device, an expiry. By default the SuperLink speaks TLS with a server
+certificate issued by the hub CA (``ca_dir``), the CA devices pinned at enrollment;
+``insecure=True`` (plain text, which devices refuse unless allowed locally) must be asked for.
+
 Costs (measured, see :mod:`cloud_hub.loop.cohort`): the Deployment Engine polls, so a run
 takes tens of seconds to minutes on loopback; the ServerApp (``cloud_hub.fl.deployment``)
 starts from fresh weights, not the champion's.
@@ -18,8 +24,8 @@ import json
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +33,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cloud_hub.config import MqttEndpoint
-from cloud_hub.errors import TrainingError
-from shared.messages import TrainCommand
+from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
+from cloud_hub.errors import DeliveryError, HubConfigError, TrainingError
+from cloud_hub.keys import KeyStore
+from shared.files import atomic_write
+from shared.fl.order import MAX_ORDER_VALIDITY, TrainingOrder, sign_training_order
+from shared.messages import TrainCommand, new_id
+from shared.signing import format_time
 from shared.topics import TopicScheme
 
 __all__ = ["DeploymentTraining"]
 
 log = logging.getLogger(__name__)
+_ORDER_MARGIN = timedelta(minutes=5)  # the order outlives the run's timeout by this much
 
 
 def _toml(config: Any) -> str:
@@ -56,9 +68,9 @@ def _toml(config: Any) -> str:
 
 
 class DeploymentTraining:
-    """Where the hub's broker and SuperLink are; one instance serves many runs, one at a
-    time. :meth:`abort` (from another thread) ends a run in progress: the SuperLink stops
-    and :meth:`train` raises ``TrainingError``."""
+    """Where the hub's broker, keys, CA and SuperLink are; one instance serves many runs, one
+    at a time. :meth:`abort` (from another thread) ends a run in progress: the SuperLink
+    stops and :meth:`train` raises ``TrainingError``."""
 
     def __init__(
         self,
@@ -66,18 +78,29 @@ class DeploymentTraining:
         mqtt: MqttEndpoint,
         topics: TopicScheme,
         workdir: Path,
+        keys: KeyStore,
+        ca_dir: Path | None = None,
         superlink_host: str = "127.0.0.1",
-        insecure: bool = True,  # loopback demo; production gives the SuperLink TLS files
+        insecure: bool = False,
         timeout_s: float = 600.0,
+        client_id: str | None = None,
     ) -> None:
         if not 1 <= timeout_s <= 86_400:
             raise TrainingError("timeout_s must be in [1, 86400]")
+        if insecure == (ca_dir is not None):
+            raise HubConfigError(
+                "the SuperLink needs TLS from the hub CA (ca_dir) or an explicit insecure=True, "
+                "not both"
+            )
         self.mqtt = mqtt
         self.topics = topics
         self.workdir = Path(workdir)
+        self.keys = keys
+        self.ca_dir = ca_dir
         self.superlink_host = superlink_host
         self.insecure = insecure
         self.timeout_s = timeout_s
+        self.client_id = client_id or f"{DEFAULT_HUB_USER}:training:{new_id()[:12]}"
         self._abort = threading.Event()
 
     def abort(self) -> None:
@@ -94,32 +117,85 @@ class DeploymentTraining:
                 raise TrainingError(f"no result in {results} after {self.timeout_s:.0f} s")
         return wait_for_summary(results, timeout_s=5.0)  # parses it; raises if it failed
 
-    def _publish(self, device_ids: Sequence[str], command_for: Any) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+    def _publish(self, commands: Mapping[str, TrainCommand]) -> None:
+        """Send the commands with the hub's broker settings (protocol, TLS, its certificate)."""
+        from cloud_hub.broker_client import connect_client, create_client
 
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"hub-train-{uuid.uuid4().hex[:10]}",
-            protocol=mqtt.MQTTv5,
-        )
-        if self.mqtt.username:
-            client.username_pw_set(self.mqtt.username, self.mqtt.password)
-        if self.mqtt.tls:
-            client.tls_set()
         try:
-            client.connect(self.mqtt.host, self.mqtt.port)
-            client.loop_start()
-            for device_id in device_ids:
-                info = client.publish(
-                    self.topics.device(device_id, "cmd"), command_for(device_id).encode(), qos=1
-                )
+            client = create_client(self.mqtt, client_id=self.client_id)
+            connect_client(client, self.mqtt, keepalive_s=30)
+        except DeliveryError as exc:
+            raise TrainingError(f"cannot send train commands: {exc}") from exc
+        client.loop_start()
+        try:
+            for device_id, command in commands.items():
+                info = client.publish(self.topics.device(device_id, "cmd"), command.encode(), qos=1)
                 info.wait_for_publish(10)
         except (OSError, RuntimeError, ValueError) as exc:
             raise TrainingError(f"cannot send train commands: {exc}") from exc
         finally:
             client.loop_stop()
             client.disconnect()
+
+    def _orders(
+        self, run_id: str, device_ids: Sequence[str], address: str, fab: str, fl_config: Any
+    ) -> dict[str, dict[str, Any]]:
+        """One signed training order per device (R4)."""
+        now = datetime.now(timezone.utc)
+        expires = now + min(timedelta(seconds=self.timeout_s) + _ORDER_MARGIN, MAX_ORDER_VALIDITY)
+        signers = self.keys.signing_keys(now=now)
+        return {
+            device_id: sign_training_order(
+                TrainingOrder(
+                    order_id=new_id(),
+                    run_id=run_id,
+                    device_id=device_id,
+                    superlink=address,
+                    fab_sha256=fab,
+                    model_name=fl_config.model_name,
+                    secure_aggregation=bool(fl_config.secagg.enabled),
+                    insecure=self.insecure,
+                    issued=format_time(now),
+                    expires=format_time(expires),
+                ),
+                signers,
+            )
+            for device_id in device_ids
+        }
+
+    def _commands(
+        self, orders: Mapping[str, dict[str, Any]], config: dict[str, Any]
+    ) -> dict[str, TrainCommand]:
+        keyring = self.keys.keyring_envelope()
+        out = {}
+        for device_id, order in orders.items():
+            signed = order["signed"]
+            out[device_id] = TrainCommand(
+                command_id=new_id(),
+                run_id=signed["run_id"],
+                superlink=signed["superlink"],
+                model_name=signed["model_name"],
+                config=dict(config),
+                order=order,
+                keyring=keyring,
+            )
+        return out
+
+    def _superlink(self, work: Path, port: int) -> Any:
+        from cloud_hub.fl.superlink import SuperLinkConfig, SuperLinkProcess, issue_superlink_tls
+
+        tls: dict[str, Path] = {}
+        if self.ca_dir is not None:
+            cert, key, ca = issue_superlink_tls(self.ca_dir, self.superlink_host, work / "tls")
+            tls = {"ssl_certfile": cert, "ssl_keyfile": key, "ssl_ca_certfile": ca}
+        config = SuperLinkConfig(
+            database=work / "superlink.db",
+            host=self.superlink_host,
+            port=port,
+            insecure=self.insecure,
+            **tls,
+        )
+        return SuperLinkProcess(config, workdir=work / "superlink")
 
     def train(
         self,
@@ -131,38 +207,23 @@ class DeploymentTraining:
     ) -> dict[str, Any]:
         """Run ``fl_config`` with the devices as SuperNodes; returns the run's summary."""
         from cloud_hub.delivery.local_broker import free_port
-        from cloud_hub.fl.superlink import SuperLinkConfig, SuperLinkProcess
+        from cloud_hub.fl.superlink import fab_sha256
 
         if self._abort.is_set():
             raise TrainingError("deployment training was aborted")
 
         work = Path(self.workdir) / run_id
         work.mkdir(parents=True, exist_ok=True)
-        (work / "train.toml").write_text(_toml(fl_config))
+        atomic_write(work / "train.toml", _toml(fl_config).encode("utf-8"))  # R15
         np.savez(work / "validation.npz", x=validation[0], y=validation[1])
+        fab = fab_sha256()
         port = free_port()
         address = f"{self.superlink_host}:{port}"
-        link = SuperLinkProcess(
-            SuperLinkConfig(
-                database=work / "superlink.db",
-                host=self.superlink_host,
-                port=port,
-                insecure=self.insecure,
-            ),
-            workdir=work / "superlink",
-        )
+        orders = self._orders(run_id, device_ids, address, fab, fl_config)
+        link = self._superlink(work, port)
         link.start()
         try:
-            self._publish(
-                device_ids,
-                lambda d: TrainCommand(
-                    command_id=uuid.uuid4().hex,
-                    run_id=run_id,
-                    superlink=address,
-                    model_name=fl_config.model_name,
-                    config={"insecure": self.insecure, "duration_s": self.timeout_s},
-                ),
-            )
+            self._publish(self._commands(orders, {"duration_s": self.timeout_s}))
             link.submit_run(
                 {
                     "config-path": str(work / "train.toml"),
@@ -172,23 +233,15 @@ class DeploymentTraining:
                     "run-name": run_id,
                     "model-name": fl_config.model_name,
                     "secure-aggregation": fl_config.secagg.enabled,
-                }
+                },
+                expected_fab_sha256=fab,
             )
             summary = self._wait(work / "results")
             log.info("deployment run %s: %s", run_id, summary.get("final_accuracy"))
             return summary
         finally:
-            try:
-                self._publish(
-                    device_ids,
-                    lambda d: TrainCommand(
-                        command_id=uuid.uuid4().hex,
-                        run_id=run_id,
-                        superlink=address,
-                        model_name=fl_config.model_name,
-                        config={"stop": True},
-                    ),
-                )
+            try:  # the same signed orders, as stops: a device stops only its current run
+                self._publish(self._commands(orders, {"stop": True}))
             except TrainingError as exc:
                 log.warning("stop commands not sent (SuperNodes stop at their deadline): %s", exc)
             link.stop()

@@ -2,8 +2,14 @@
 
 Node config (set by :class:`~edge_agent.fl.supernode.SuperNodeSupervisor`, i.e. by the
 device): ``data-path`` (the device's labelled samples, ``.npz`` with ``x``/``y``),
-``batch-size``, ``max-local-epochs``, ``time-budget-s``. Run config (set by the hub for the
-run): ``model-name``, ``secure-aggregation`` (default true), ``dp-clipping``.
+``batch-size``, ``max-local-epochs``, ``time-budget-s``, and from the signed training order
+``order-run-id`` and ``require-secure-aggregation``. Run config (set by the hub for the run):
+``run-name``, ``model-name``, ``secure-aggregation`` (default true), ``dp-clipping``.
+
+R4: the device, not the server, decides whether its update may leave unmasked. A round of
+another run than the order's, or one without SecAgg+ when the order or the device requires
+it, or a SecAgg+ setup whose aggregate would wrap (R13), is refused with
+:class:`RoundRefusedError`; Flower returns it to the server as this node's error reply.
 
 The hub may ask for more local work than the device allows; the device's limits win.
 Replies carry model weights (masked under SecAgg+), counts and losses — never samples.
@@ -17,8 +23,9 @@ from flwr.app import Context, Message
 from flwr.client.mod import fixedclipping_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
-from edge_agent.errors import AgentConfigError
+from edge_agent.errors import AgentConfigError, AgentError
 from shared.errors import ConfigError
 from shared.fl.data_source import DataResolver, NodeConfigDataPath
 from shared.fl.mods import hardened_secaggplus_mod
@@ -26,7 +33,25 @@ from shared.fl.mods import hardened_secaggplus_mod
 if TYPE_CHECKING:
     from shared.fl.training import LocalTrainingLimits
 
-__all__ = ["app", "build_agent_client_app", "limits_from_node_config"]
+__all__ = [
+    "NODE_ORDER_RUN_ID",
+    "NODE_REQUIRE_SECAGG",
+    "RoundRefusedError",
+    "app",
+    "build_agent_client_app",
+    "limits_from_node_config",
+]
+
+# Node-config keys the device sets from the signed order (edge_agent.fl.train_command).
+NODE_ORDER_RUN_ID = "order-run-id"
+NODE_REQUIRE_SECAGG = "require-secure-aggregation"
+RUN_NAME = "run-name"  # the hub's run id in the run config (cloud_hub.loop.deployment)
+RUN_SECAGG = "secure-aggregation"
+
+
+class RoundRefusedError(AgentError):
+    """This device refuses to take part in the round (R4, R13); nothing was trained."""
+
 
 # torch is imported only when a client actually trains: SuperNodes start a fresh ClientApp
 # process per message, and SecAgg+'s key-exchange and unmask stages need no torch.
@@ -46,11 +71,47 @@ def limits_from_node_config(node_config: dict[str, Any]) -> LocalTrainingLimits:
         raise AgentConfigError(f"bad training limits in node config: {exc}") from exc
 
 
+def check_round(message: Message, context: Context) -> None:
+    """Refuse a round the signed order does not cover (pure: raises or returns)."""
+    ordered_run = context.node_config.get(NODE_ORDER_RUN_ID)
+    if ordered_run is not None and context.run_config.get(RUN_NAME) != ordered_run:
+        raise RoundRefusedError(
+            f"R4: round of run {context.run_config.get(RUN_NAME)!r}, the order is for "
+            f"{ordered_run!r}"
+        )
+    if not context.node_config.get(NODE_REQUIRE_SECAGG, False):
+        return
+    if not context.run_config.get(RUN_SECAGG, True):
+        raise RoundRefusedError("R4: SecAgg+ is required here and the run turned it off")
+    if message.metadata.message_type != "train":
+        return  # evaluation sends the global model in; only metrics come back
+    configs = message.content.config_records.get(RECORD_KEY_CONFIGS)
+    if configs is None or Key.STAGE not in configs:
+        raise RoundRefusedError("R4: SecAgg+ is required here; this train message has no stage")
+    if configs[Key.STAGE] == Stage.SETUP:
+        samples, target, modulus = (
+            configs.get(Key.SAMPLE_NUMBER),
+            configs.get(Key.TARGET_RANGE),
+            configs.get(Key.MOD_RANGE),
+        )
+        if not all(isinstance(v, int) for v in (samples, target, modulus)):
+            raise RoundRefusedError("R4: SecAgg+ setup without integer ranges")
+        if samples * target >= modulus:  # type: ignore[operator]
+            raise RoundRefusedError(  # R13: the sum of masked updates would wrap
+                f"R13: {samples} clients x quantization range {target} >= modulus {modulus}"
+            )
+
+
+def _order_guard(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    check_round(message, context)
+    return call_next(message, context)
+
+
 def _secure_aggregation(
     message: Message, context: Context, call_next: ClientAppCallable
 ) -> Message:
     # On unless the hub's run explicitly turns it off (must match the hub's workflow).
-    if context.run_config.get("secure-aggregation", True):
+    if context.run_config.get(RUN_SECAGG, True):
         return hardened_secaggplus_mod(message, context, call_next)
     return call_next(message, context)
 
@@ -79,7 +140,7 @@ def build_agent_client_app(data: DataResolver | None = None) -> ClientApp:
         limits = limits_from_node_config(dict(context.node_config))
         return LocalTrainingClient(model_name, resolver(context), limits).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[_secure_aggregation, _dp_clipping])
+    return ClientApp(client_fn=client_fn, mods=[_order_guard, _secure_aggregation, _dp_clipping])
 
 
 app = build_agent_client_app()

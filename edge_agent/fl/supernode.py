@@ -6,13 +6,18 @@ the command line from a validated :class:`SuperNodeConfig`, restarts the process
 exponential backoff when it dies, and stops it with SIGINT (then SIGTERM, then SIGKILL).
 
 TLS: by default the connection is verified TLS; pass ``root_certificates`` (the CA that
-signed the SuperLink's certificate, PEM). ``insecure=True`` (plain HTTP) must be asked for
-explicitly and cannot be combined with certificates.
+signed the SuperLink's certificate, PEM: on a device, the hub CA pinned at enrollment).
+``insecure=True`` (plain HTTP) must be asked for explicitly and cannot be combined with
+certificates.
+
+``fab_sha256`` (R4): the SuperNode then runs as :mod:`edge_agent.fl.pinned_supernode` and
+accepts only the Flower App Bundle with that hash (the one the signed training order names).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +39,12 @@ def _flower_bin(name: str) -> str:
     return found
 
 
-def _quote(value: str) -> str:
+def _toml_value(value: str | int | float | bool) -> str:
+    """One ``--node-config`` value as Flower parses it (TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if not isinstance(value, str):
+        return str(value)
     if any(c in value for c in "\"'\n"):
         raise AgentConfigError(f"node config value {value!r} contains quotes")
     return f'"{value}"'
@@ -52,11 +62,14 @@ class SuperNodeConfig:
     batch_size: int = 32
     max_local_epochs: int = 1
     time_budget_s: float = 60.0
-    extra_node_config: dict[str, str | int | float] = field(default_factory=dict)
+    extra_node_config: dict[str, str | int | float | bool] = field(default_factory=dict)
     max_retries: int | None = None
     max_wait_time_s: float | None = None
+    fab_sha256: str | None = None  # R4: the only FAB this SuperNode may run
 
     def __post_init__(self) -> None:
+        if self.fab_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.fab_sha256):
+            raise AgentConfigError("fab_sha256 must be 64 lowercase hex digits")
         host, _, port = self.superlink.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise AgentConfigError(f"superlink must be host:port, got {self.superlink!r}")
@@ -73,18 +86,23 @@ class SuperNodeConfig:
             raise AgentConfigError("training limits must be positive")
 
     def node_config(self) -> str:
-        items: dict[str, str | int | float] = {
+        items: dict[str, str | int | float | bool] = {
             "data-path": str(self.data_path),
             "batch-size": self.batch_size,
             "max-local-epochs": self.max_local_epochs,
             "time-budget-s": float(self.time_budget_s),
             **self.extra_node_config,
         }
-        return " ".join(f"{k}={_quote(v) if isinstance(v, str) else v}" for k, v in items.items())
+        return " ".join(f"{k}={_toml_value(v)}" for k, v in items.items())
 
     def argv(self) -> list[str]:
-        """The ``flower-supernode`` command line."""
-        argv = [_flower_bin("flower-supernode"), "--superlink", self.superlink]
+        """The ``flower-supernode`` command line (pinned to ``fab_sha256`` when set)."""
+        if self.fab_sha256 is not None:
+            _flower_bin("flower-supernode")  # the same installation check
+            argv = [sys.executable, "-m", "edge_agent.fl.pinned_supernode"]
+            argv += ["--fab-sha256", self.fab_sha256, "--superlink", self.superlink]
+        else:
+            argv = [_flower_bin("flower-supernode"), "--superlink", self.superlink]
         if self.insecure:
             argv.append("--insecure")
         else:

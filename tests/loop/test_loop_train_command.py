@@ -1,6 +1,6 @@
-"""The agent's TrainCommand handler: exports its labelled samples, starts a real
-``flower-supernode`` for the hub's SuperLink, stops it on request; refuses what the device
-does not allow."""
+"""The agent's TrainCommand handler: on a signed training order it exports its labelled
+samples and starts a real ``flower-supernode`` (TLS against the pinned hub CA, pinned to the
+order's FAB), stops it on the signed stop; refuses what the device does not allow."""
 
 from __future__ import annotations
 
@@ -10,24 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.fl.train_command import TrainCommandHandler, TrainingLimits
-from shared.messages import TrainCommand, new_id
+from edge_agent.fl.train_command import OrderTrust, TrainCommandHandler, TrainingLimits
+from tests.security._support_training import OrderIssuer, write_ca
 
 
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _cmd(**config: object) -> TrainCommand:
-    return TrainCommand(
-        command_id=new_id(),
-        run_id="rt-1",
-        superlink=f"127.0.0.1:{_port()}",
-        model_name="sensor-mlp",
-        config=dict(config),
-    )
 
 
 def _samples(n: int):  # type: ignore[no-untyped-def]
@@ -38,35 +28,53 @@ def _samples(n: int):  # type: ignore[no-untyped-def]
     return load
 
 
-def test_train_command_starts_and_stops_a_supernode(tmp_path: Path) -> None:
-    handler = TrainCommandHandler(
-        state_dir=tmp_path, load_samples=_samples(50), limits=TrainingLimits(allow_insecure=True)
+@pytest.fixture
+def hub(tmp_path: Path) -> OrderIssuer:
+    return OrderIssuer(tmp_path / "keys")
+
+
+def _handler(tmp_path: Path, hub: OrderIssuer, limits: TrainingLimits, samples: int = 50):  # type: ignore[no-untyped-def]
+    return TrainCommandHandler(
+        state_dir=tmp_path / "state",
+        load_samples=_samples(samples),
+        trust=OrderTrust(device_id="dev-1", trust=hub.keys.trust_root()),
+        limits=limits,
     )
-    handler(_cmd(insecure=True, max_samples=30, duration_s=60))
+
+
+def test_train_command_starts_and_stops_a_supernode(tmp_path: Path, hub: OrderIssuer) -> None:
+    _, ca = write_ca(tmp_path / "ca")
+    handler = _handler(tmp_path, hub, TrainingLimits(root_certificates=ca))
+    order = hub.order("dev-1", superlink=f"127.0.0.1:{_port()}")
+    handler(hub.command(order, config={"max_samples": 30, "duration_s": 60}))
     try:
         assert handler.supervisor is not None and handler.supervisor.is_running()
-        with np.load(tmp_path / "fl" / "train.npz") as data:
+        with np.load(tmp_path / "state" / "fl" / "train.npz") as data:
             assert data["x"].shape == (30, 12)
         argv = handler.supervisor.config.argv()
-        assert "--insecure" in argv and str(tmp_path / "fl" / "train.npz") in " ".join(argv)
+        assert "--insecure" not in argv and argv[argv.index("--root-certificates") + 1] == str(ca)
+        assert argv[argv.index("--fab-sha256") + 1] == order.fab_sha256
+        assert 'order-run-id="run-1"' in argv[argv.index("--node-config") + 1]
     finally:
         supervisor = handler.supervisor
-        handler(_cmd(stop=True))
+        handler(hub.command(order, config={"stop": True}))
     assert handler.supervisor is None and supervisor is not None
     assert not supervisor.is_running()
+    assert handler.refusals == []
 
 
 @pytest.mark.parametrize(
-    ("limits", "samples", "config"),
+    ("limits", "samples", "insecure"),
     [
-        (TrainingLimits(), 50, {"insecure": True}),  # plain text not allowed by the device
-        (TrainingLimits(allow_insecure=True, min_samples=20), 5, {"insecure": True}),
+        (TrainingLimits(), 50, True),  # plain text not allowed by the device
+        (TrainingLimits(), 50, False),  # TLS, but no hub CA pinned to verify it
+        (TrainingLimits(allow_insecure=True, min_samples=20), 5, True),  # too few samples
     ],
 )
 def test_train_command_refusals_start_nothing(
-    tmp_path: Path, limits: TrainingLimits, samples: int, config: dict[str, object]
+    tmp_path: Path, hub: OrderIssuer, limits: TrainingLimits, samples: int, insecure: bool
 ) -> None:
-    handler = TrainCommandHandler(state_dir=tmp_path, load_samples=_samples(samples), limits=limits)
-    handler(_cmd(**config))  # never raises: the agent's worker keeps going
-    assert handler.supervisor is None
-    assert not (tmp_path / "fl" / "supernode.log").exists()
+    handler = _handler(tmp_path, hub, limits, samples)
+    handler(hub.command(hub.order("dev-1", insecure=insecure)))  # never raises
+    assert handler.supervisor is None and len(handler.refusals) == 1
+    assert not (tmp_path / "state" / "fl" / "supernode.log").exists()

@@ -1,0 +1,96 @@
+"""``flower-supernode`` that runs only the FAB a signed training order names (R4).
+
+Flower's own FAB check (``flower-supernode --trusted-entities``) accepts only FABs that
+carry verification records from Flower's hosted app platform (``valid_license``); a
+self-hosted SuperLink running a local FAB sends none, so that option refuses every fedfleet
+run (Flower 1.41, ``flwr/supernode/start_client_internal.py``). Without it the SuperNode runs
+whatever FAB its SuperLink sends: code execution on the device, next to its sample store.
+
+This entry point runs Flower's SuperNode unchanged except where it receives a FAB
+(``_pull_and_store_message``): the FAB counts as verified only if the sha256 of its bytes,
+and the hash the SuperLink claims for it, equal ``--fab-sha256`` (the hash in the signed
+order). Any other FAB takes Flower's own refusal path: it is neither stored nor run, and the
+SuperLink gets a ``FAB_VERIFICATION_ERROR`` reply for that node, so the run fails loudly.
+
+Usage (what :class:`edge_agent.fl.supernode.SuperNodeConfig` builds)::
+
+    python -m edge_agent.fl.pinned_supernode --fab-sha256 HEX <flower-supernode arguments>
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["fab_matches", "main", "pin_fab"]
+
+log = logging.getLogger(__name__)
+
+# The name under which the order's hash stands in Flower's trusted-entities slot.
+TRUSTED_ENTITY = "fedfleet-training-order"
+
+
+def fab_matches(content: bytes, claimed_hash: str, expected_sha256: str) -> bool:
+    """True when a FAB's bytes and its claimed hash both equal the order's hash."""
+    return hashlib.sha256(content).hexdigest() == expected_sha256 == claimed_hash
+
+
+def pin_fab(expected_sha256: str) -> None:
+    """Make this process's Flower SuperNode accept only the FAB ``expected_sha256``."""
+    from flwr.supercore.fab import Fab
+    from flwr.supernode import start_client_internal as supernode
+
+    if not hasattr(supernode, "_pull_and_store_message") or not hasattr(
+        supernode, "_verify_fab"
+    ):  # a Flower other than 1.41: refuse to run unpinned
+        raise SystemExit("pinned_supernode: this Flower SuperNode has no FAB check to pin")
+    original_pull: Callable[..., int | None] = supernode._pull_and_store_message
+
+    def verify(fab: Any, _trusted: dict[str, str]) -> bool:
+        # R4: the SuperNode runs only the FAB whose hash the signed training order names
+        if fab_matches(fab.content, fab.hash_str, expected_sha256):
+            return True
+        log.error(
+            "R4: FAB %s refused: the signed training order names FAB %s",
+            hashlib.sha256(fab.content).hexdigest(),
+            expected_sha256,
+        )
+        return False
+
+    def pull(**kwargs: Any) -> int | None:
+        get_fab: Callable[[str, int], Any] = kwargs["get_fab"]
+
+        def fetch(fab_hash: str, run_id: int) -> Any:
+            fab = get_fab(fab_hash, run_id)
+            # a self-hosted SuperLink sends no platform record; the order's hash is the check
+            return Fab(fab.hash_str, fab.content, {"valid_license": TRUSTED_ENTITY})
+
+        kwargs["get_fab"] = fetch
+        kwargs["trusted_entities"] = {TRUSTED_ENTITY: expected_sha256}
+        return original_pull(**kwargs)
+
+    supernode._pull_and_store_message = pull
+    supernode._verify_fab = verify
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m edge_agent.fl.pinned_supernode")
+    parser.add_argument("--fab-sha256", required=True)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not re.fullmatch(r"[0-9a-f]{64}", args.fab_sha256):
+        parser.error("--fab-sha256 must be 64 lowercase hex digits")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    pin_fab(args.fab_sha256)
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = ["flower-supernode", *rest]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()
