@@ -24,6 +24,7 @@ from typing import Any
 
 from shared._codec import from_plain, to_plain
 from shared.canonical import canonical_bytes, parse_json_object, sha256_hex
+from shared.device_facts import TARGETS
 from shared.errors import (
     ConfigError,
     DeltaBaseError,
@@ -36,6 +37,7 @@ from shared.errors import (
     RollbackError,
     WrongTargetError,
 )
+from shared.golden import GoldenBatch
 from shared.signing import (
     SPEC_VERSION,
     Keyring,
@@ -53,6 +55,7 @@ FORMAT_VERSION = 1
 _PREFIX = struct.Struct(">8sBI")
 
 __all__ = [
+    "MAX_ORDER_DEVICES",
     "ArtifactInfo",
     "BundleLimits",
     "BundleManifest",
@@ -68,6 +71,7 @@ __all__ = [
     "container_prefix",
     "parse_bundle",
     "parse_manifest",
+    "parse_rollback_order",
     "resolve_deltas",
     "sign_rollback_order",
     "verify_artifacts",
@@ -126,6 +130,10 @@ class BundleManifest:
     lineage: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     profile: str = ""
+    # the int8/GPU targets the artifact was built and gated for (shared.device_facts)
+    targets: list[str] = field(default_factory=list)
+    # checked on the device before commit (shared.golden); None for bundles built by hand
+    golden: GoldenBatch | None = None
     type: str = "bundle-manifest"
     spec_version: str = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -170,6 +178,8 @@ class VerifyPolicy:
     installed_versions: Mapping[str, int] = field(default_factory=dict)
     min_keyring_version: int = 0
     limits: BundleLimits = field(default_factory=BundleLimits)
+    device_id: str = ""  # rollback orders must name this device (R5)
+    active_bundle_id: str | None = None  # ... and the bundle it runs now (R5)
 
 
 def bundle_id_of(manifest_envelope: Mapping[str, Any]) -> str:
@@ -204,6 +214,9 @@ def _manifest_from_signed(signed: dict[str, Any], limits: BundleLimits) -> Bundl
         raise MalformedBundleError("bundle larger than the configured limit")
     if manifest.version < 1:
         raise MalformedBundleError("manifest version must be >= 1")
+    unknown_targets = [t for t in manifest.targets if t not in TARGETS]
+    if unknown_targets:
+        raise MalformedBundleError(f"manifest names unknown targets {unknown_targets}")
     return manifest
 
 
@@ -291,9 +304,18 @@ def parse_bundle(data: bytes, limits: BundleLimits | None = None) -> ParsedBundl
     return ParsedBundle(manifest_env, keyring_env, bytes(data[end:]))
 
 
+MAX_ORDER_DEVICES = 1000
+
+
 @dataclass(frozen=True)
 class RollbackOrder:
-    """A signed permission to install an older version of a model."""
+    """A signed, one-time permission for the named devices to leave ``from_bundle_id`` (what
+    they run now) for an older version of a model, or for another model (R5).
+
+    The target is ``to_version`` held either by bundle ``to_bundle_id`` or, whichever bundle
+    (full or delta) delivered it, by a model artifact with sha256 ``to_sha256``. Devices
+    remember ``order_id`` until ``expires``: an order works once per device.
+    """
 
     order_id: str
     model_name: str
@@ -302,13 +324,35 @@ class RollbackOrder:
     to_bundle_id: str
     issued: str
     expires: str
+    device_ids: list[str] = field(default_factory=list)
+    from_bundle_id: str = ""
+    to_sha256: str = ""
     type: str = "rollback-order"
     spec_version: str = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def names_target(self, *, model_name: str, version: int, bundle_id: str, sha256: str) -> bool:
+        """Whether a bundle (or an installed slot) is the one this order leads to."""
+        if model_name != self.model_name or version != self.to_version:
+            return False
+        return bundle_id == self.to_bundle_id or (bool(self.to_sha256) and sha256 == self.to_sha256)
+
 
 def sign_rollback_order(order: RollbackOrder, keys: list[SigningKey]) -> dict[str, Any]:
     return sign_envelope(to_plain(order), keys)
+
+
+def parse_rollback_order(envelope: Any) -> RollbackOrder:
+    """The typed order inside an envelope, NOT verified (to re-read an order that
+    :func:`verify_rollback_order` accepted earlier, e.g. from a persisted deployment)."""
+    signed = envelope.get("signed") if isinstance(envelope, dict) else None
+    if not isinstance(signed, dict):
+        raise MalformedBundleError("rollback order envelope has no 'signed' object")
+    try:
+        order: RollbackOrder = from_plain(RollbackOrder, signed, "rollback order")
+    except MalformedMessageError as exc:
+        raise MalformedBundleError(str(exc)) from exc
+    return order
 
 
 def verify_rollback_order(
@@ -333,6 +377,18 @@ def verify_rollback_order(
         raise ExpiredError(f"rollback order expired at {order.expires}")
     if order.device_class != policy.device_class:
         raise WrongTargetError(f"rollback order targets class {order.device_class!r}")
+    # R5: an order is bound to devices and to what they run now, so it cannot be replayed
+    # to another device, nor to this one once it has moved on
+    if not order.device_ids or len(order.device_ids) > MAX_ORDER_DEVICES:
+        raise WrongTargetError("rollback order names no devices (or too many)")
+    if not policy.device_id or policy.device_id not in order.device_ids:
+        raise WrongTargetError(f"rollback order is not addressed to device {policy.device_id!r}")
+    if not order.from_bundle_id or order.from_bundle_id != policy.active_bundle_id:
+        running = (policy.active_bundle_id or "nothing")[:12]
+        raise WrongTargetError(
+            f"rollback order is for devices running {order.from_bundle_id[:12]!r}, "
+            f"this device runs {running!r}"
+        )
     return order
 
 
@@ -377,19 +433,33 @@ def verify_offer(
         raise WrongTargetError(
             f"bundle targets device class {manifest.device_class!r}, this device is {policy.device_class!r}"
         )
+    authorised = rollback_order is not None and rollback_order.names_target(
+        model_name=manifest.model_name,
+        version=manifest.version,
+        bundle_id=bundle_id,
+        sha256=_model_sha256(manifest),
+    )
     installed = policy.installed_versions.get(manifest.model_name)
-    if installed is not None and manifest.version <= installed:
-        authorised = (
-            rollback_order is not None
-            and rollback_order.model_name == manifest.model_name
-            and rollback_order.to_version == manifest.version
-            and rollback_order.to_bundle_id == bundle_id
+    if installed is not None and manifest.version <= installed and not authorised:
+        raise RollbackError(
+            f"version {manifest.version} of {manifest.model_name!r} is not newer than installed {installed}"
         )
-        if not authorised:
-            raise RollbackError(
-                f"version {manifest.version} of {manifest.model_name!r} is not newer than installed {installed}"
-            )
+    if installed is None and policy.installed_versions and not authorised:
+        # R5: the floor is per device class; another model replaces the current one only
+        # by a signed order (an old, unexpired bundle of another model is no way around it)
+        current = ", ".join(sorted(policy.installed_versions))
+        raise RollbackError(
+            f"model {manifest.model_name!r} would replace {current!r}: a signed order is needed"
+        )
     return VerifiedOffer(manifest=manifest, keyring=keyring, bundle_id=bundle_id)
+
+
+def _model_sha256(manifest: BundleManifest) -> str:
+    """The full model artifact's sha256 (the same in a full bundle and in its deltas)."""
+    try:
+        return manifest.model_artifact().sha256
+    except MalformedBundleError:
+        return ""
 
 
 def parse_manifest(

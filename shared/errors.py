@@ -17,6 +17,7 @@
             ├── RevokedKeyError     signed by a revoked key
             ├── ExpiredError        manifest or keyring past its expiry
             ├── RollbackError       version not newer than installed (rollback / freeze)
+            ├── ReplayError         a one-time signed order that was already used
             ├── HashMismatchError   artifact bytes do not match sha256 / size
             ├── MixAndMatchError    artifact or chunk belongs to another manifest
             ├── DeltaBaseError      a delta's base is not what this device has
@@ -88,6 +89,10 @@ class RollbackError(VerificationError):
     """The version is not newer than the installed one (rollback or freeze attack)."""
 
 
+class ReplayError(VerificationError):
+    """A signed one-time order (e.g. a rollback order) that this device already used (R5)."""
+
+
 class HashMismatchError(VerificationError):
     """Artifact bytes do not match the manifest's sha256 or size."""
 
@@ -118,6 +123,7 @@ __all__ = [
     "MixAndMatchError",
     "NonFiniteNumberError",
     "ProtocolError",
+    "ReplayError",
     "RevokedKeyError",
     "RollbackError",
     "UnknownKeyError",

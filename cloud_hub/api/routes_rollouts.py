@@ -21,7 +21,16 @@ RolloutId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 StateName = Literal[
-    "draft", "canary", "wave", "paused", "done", "rolling_back", "rolled_back", "aborted"
+    "draft",
+    "canary",
+    "wave",
+    "paused",
+    "done",
+    "rolling_back",
+    "rolled_back",
+    "rollback_failed",
+    "resolved",
+    "aborted",
 ]
 
 
@@ -178,4 +187,15 @@ async def abort_rollout(
 async def rollback_rollout(
     request: Request, rollout_id: RolloutId, _: Operator, body: ReasonBody | None = None
 ) -> dict[str, Any]:
+    """Roll the devices back to what each ran before; after ``rollback_failed``, try the
+    devices that did not go back again."""
     return await _act(request, rollout_id, "rollback", body.reason if body else "")
+
+
+@router.post("/rollouts/{rollout_id}/resolve")
+async def resolve_rollout(
+    request: Request, rollout_id: RolloutId, _: Operator, body: ReasonBody | None = None
+) -> dict[str, Any]:
+    """Close a rollout in ``rollback_failed`` (the operator took care of the devices listed in
+    its targets): it stops holding its devices. 409 in any other state."""
+    return await _act(request, rollout_id, "resolve", body.reason if body else "")

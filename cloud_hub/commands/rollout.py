@@ -1,4 +1,4 @@
-"""``cloud-hub rollout create|start|status|pause|resume|abort|rollback`` over the hub's REST API.
+"""``cloud-hub rollout create|start|status|pause|resume|abort|rollback|resolve`` over the hub's REST API.
 
 The hub URL and API token come from ``--api``/``--token`` or, at this CLI boundary only,
 ``FEDFLEET_API`` / ``FEDFLEET_TOKEN``. ``create`` validates the configuration locally
@@ -35,7 +35,7 @@ from cloud_hub.rollout.config import (
 
 __all__ = ["ApiClient", "build_config", "register"]
 
-TERMINAL = ("done", "aborted", "rolled_back")
+TERMINAL = ("done", "aborted", "rolled_back", "rollback_failed", "resolved")
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 
@@ -276,12 +276,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ("pause", "stop deploying (in-flight devices finish)"),
         ("resume", "continue a paused rollout"),
         ("abort", "stop for good; devices stay where they are"),
-        ("rollback", "roll every device that got the bundle back"),
+        ("rollback", "roll every device that got the bundle back (again, after a failure)"),
+        ("resolve", "close a rollout whose rollback failed (you took care of its devices)"),
     ):
         p = sub.add_parser(action, help=text)
         _common(p)
         p.add_argument("rollout_id")
-        if action in ("pause", "abort", "rollback"):
+        if action in ("pause", "abort", "rollback", "resolve"):
             p.add_argument("--reason", default="")
         p.set_defaults(func=_action, action=action)
 

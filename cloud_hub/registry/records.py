@@ -160,6 +160,9 @@ class TargetRecord:
     updated_at: float
     last_attempt_at: float | None
     finished_at: float | None
+    from_bundle_id: str | None = None  # what the device ran before (its rollback target)
+    from_version: int | None = None
+    from_sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,9 @@ _TARGET_FIELDS = {
     "last_attempt_at",
     "finished_at",
     "stage_index",
+    "from_bundle_id",
+    "from_version",
+    "from_sha256",
 }
 
 

@@ -206,6 +206,10 @@ class RolloutTarget(Base):
     updated_at: Mapped[float] = mapped_column(Float)
     last_attempt_at: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
+    # what the device ran when first offered the rollout's bundle: its rollback target
+    from_bundle_id: Mapped[str | None] = mapped_column(String(ID))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    from_sha256: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         UniqueConstraint("rollout_id", "device_id"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -22,13 +21,13 @@ from cloud_hub.registry import devices as device_repo
 from cloud_hub.registry.records import RolloutRecord
 from cloud_hub.registry.tables import Rollout, RolloutTarget
 from cloud_hub.rollout import _store as store
+from cloud_hub.rollout._rollback import RollbackStep, model_sha256
 from cloud_hub.rollout.config import RolloutConfig
 from cloud_hub.rollout.delivery import RollbackSigner, RolloutDelivery
 from cloud_hub.rollout.gates import GateVerdict, evaluate_gate
 from cloud_hub.rollout.observe import (
     DeviceState,
     baseline_for,
-    deployment_events,
     device_states,
     gate_reports,
     install_views,
@@ -41,9 +40,8 @@ from cloud_hub.rollout.state import (
     apply_action,
     stage_name,
 )
-from cloud_hub.rollout.targets import TargetState, resolve_install, rolled_back
+from cloud_hub.rollout.targets import TargetState, resolve_install
 from shared.errors import FedfleetError
-from shared.messages import EventKind
 
 if TYPE_CHECKING:
     from cloud_hub.rollout.engine import EngineConfig
@@ -95,6 +93,8 @@ class RolloutSteps:
             )
             listed = cfg.target.device_ids
             fresh = [d for d in ids if d not in known and (not listed or d in listed)]
+            held = store.held_devices(s, fresh, exclude=rid)
+            fresh = [d for d in fresh if d not in held]  # they join once released
             if not fresh:
                 return
             states = device_states(s, fresh)
@@ -174,6 +174,7 @@ class RolloutSteps:
             due = [r.device_id for r in online if r.attempts < limit]
             if not due:
                 return
+            self._record_previous(s, record, [r for r in online if r.attempts < limit], devs)
             dep_id = store.new_deployment_id(store.deploy_prefix(rid))
             store.set_targets(  # the intent, committed before anything is published
                 s,
@@ -195,6 +196,37 @@ class RolloutSteps:
                 s, rid, due, now=self.clock(), only_states=[T.DEPLOYING], state=T.SENT.value
             )
         log.info("rollout %s: offered %s to %d device(s)", rid, record.bundle_id, len(due))
+
+    def _record_previous(
+        self,
+        s: Session,
+        record: RolloutRecord,
+        rows: list[RolloutTarget],
+        devs: dict[str, DeviceState],
+    ) -> None:
+        """Remember, at the first offer, what each device runs: its rollback target (by
+        bundle id, version and model content hash, whichever bundle delivered it)."""
+        version, _prev, model = store.versions(s, record)
+        now = self.clock()
+        for row in rows:
+            dev = devs[row.device_id]
+            ran, ran_version = dev.installed_bundle_id, dev.installed_version
+            if row.from_bundle_id or not ran or ran_version is None:
+                continue
+            if ran == record.bundle_id or ran_version >= version:
+                continue  # already on (or past) the new version: nothing earlier is known
+            sha = model_sha256(
+                s, ran, model=model, version=ran_version, device_class=record.device_class
+            )
+            rollouts.update_target(
+                s,
+                record.rollout_id,
+                row.device_id,
+                now=now,
+                from_bundle_id=ran,
+                from_version=ran_version,
+                from_sha256=sha or None,
+            )
 
     def judge(self, record: RolloutRecord, cfg: RolloutConfig) -> None:
         """Evaluate the current stage's gate; promote, or stop and roll the stage back."""
@@ -263,105 +295,10 @@ class RolloutSteps:
 
     def roll_back(self, record: RolloutRecord, cfg: RolloutConfig) -> None:
         """Send signed rollback orders to the marked targets, confirm them from what devices
-        report, and finish the rollback once all are back (or the offline timeout passed)."""
-        now = self.clock()
-        rid = record.rollout_id
-        prev = record.previous_bundle_id
-        with self.registry.session() as s:
-            current, _cfg, phase = store.load(s, rid)
-            rows = store.target_rows(s, rid, [T.ROLLBACK_PENDING, T.ROLLBACK_SENT])
-            if not rows and phase.state is S.ROLLED_BACK:
-                return
-            devs = device_states(s, [r.device_id for r in rows])
-            offers = {r.device_id: r.deployment_id for r in rows}
-            views = install_views(s, store.deploy_prefix(rid), devs, offers)
-            confirmed = set(
-                deployment_events(s, store.rollback_prefix(rid), [EventKind.ROLLED_BACK])
-            )
-            _version, prev_version, model = store.versions(s, current)
-            if prev is None or prev_version is None:
-                store.set_targets(
-                    s,
-                    rid,
-                    [r.device_id for r in rows],
-                    now=now,
-                    state=T.STRANDED.value,
-                    detail="no previous bundle to roll back to",
-                )
-                rows = []
-            done = {
-                r.device_id
-                for r in rows
-                if prev is not None
-                and r.device_id in views
-                and rolled_back(
-                    views[r.device_id],
-                    previous_bundle_id=prev,
-                    since=r.last_attempt_at,
-                    rollback_event_seen=r.device_id in confirmed,
-                )
-            }
-            store.set_targets(
-                s, rid, done, now=now, state=T.ROLLED_BACK.value, finished_at=now, detail=""
-            )
-            remaining = [r for r in rows if r.device_id not in done]
-            due = [r.device_id for r in remaining if _rollback_due(r, devs)]
-            if due:
-                store.set_targets(
-                    s,
-                    rid,
-                    due,
-                    now=now,
-                    bump_attempts=True,
-                    state=T.ROLLBACK_PENDING.value,
-                    last_attempt_at=now,
-                )
-            elif phase.state is S.ROLLING_BACK:
-                overdue = now - current.updated_at >= cfg.offline_timeout_s
-                if not remaining or overdue:
-                    new = apply_action(
-                        phase, RolloutAction.ROLLBACK_COMPLETE, n_stages=cfg.n_stages
-                    )
-                    note = f"; {len(remaining)} device(s) not confirmed back" if remaining else ""
-                    store.write_phase(s, current, new, now=now, reason=current.reason + note)
-                    log.info("rollout %s: rolled back%s", rid, note)
-        if not due or prev is None or prev_version is None:
-            return
-        dep_id = store.new_deployment_id(store.rollback_prefix(rid))
-        try:
-            order = self.signer.sign_rollback_order(
-                model_name=model,
-                device_class=record.device_class,
-                to_version=prev_version,
-                to_bundle_id=prev,
-                valid_hours=self.config.rollback_valid_hours,
-                now=datetime.fromtimestamp(now, tz=timezone.utc),
-            )
-            self.delivery.rollback(order, due, deployment_id=dep_id)
-        except (HubError, FedfleetError) as exc:
-            log.warning("rollout %s: rollback to %d device(s) failed: %s", rid, len(due), exc)
-            return
-        with self.registry.session() as s:
-            store.set_targets(
-                s,
-                rid,
-                due,
-                now=self.clock(),
-                only_states=[T.ROLLBACK_PENDING],
-                state=T.ROLLBACK_SENT.value,
-            )
-        log.info("rollout %s: rollback order sent to %d device(s)", rid, len(due))
-
-
-def _rollback_due(row: RolloutTarget, devs: dict[str, DeviceState]) -> bool:
-    """Online, and either not sent yet or reconnected since it was sent."""
-    dev = devs.get(row.device_id)
-    if dev is None or not dev.online:
-        return False  # retried when it returns
-    if row.state == T.ROLLBACK_PENDING.value:
-        return True
-    hello = dev.hello_ts
-    return hello is not None and row.last_attempt_at is not None and hello > row.last_attempt_at
+        report, and finish the rollback (see :mod:`cloud_hub.rollout._rollback`)."""
+        RollbackStep(self.registry, self.delivery, self.signer, self.config, self.clock).run(
+            record, cfg
+        )
 
 
 def _superseded(s: Session, record: RolloutRecord) -> bool:

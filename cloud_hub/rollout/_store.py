@@ -14,14 +14,21 @@ from cloud_hub.errors import HubConfigError, RolloutError
 from cloud_hub.registry import catalog, rollouts
 from cloud_hub.registry.errors import NotFoundError
 from cloud_hub.registry.records import RolloutRecord
-from cloud_hub.registry.tables import RolloutTarget
+from cloud_hub.registry.tables import Rollout, RolloutTarget
 from cloud_hub.rollout.config import RolloutConfig
-from cloud_hub.rollout.state import RolloutPhase, RolloutState
+from cloud_hub.rollout.state import HOLDING_STATES, RolloutPhase, RolloutState
 from cloud_hub.rollout.status import phase_of
-from cloud_hub.rollout.targets import DEPLOYED_STATES, TargetState
+from cloud_hub.rollout.targets import (
+    DEPLOYED_STATES,
+    RELEASED_STATES,
+    UNRECOVERED_STATES,
+    TargetState,
+)
 
 __all__ = [
+    "abandon_rollback",
     "deploy_prefix",
+    "held_devices",
     "load",
     "mark_for_rollback",
     "new_deployment_id",
@@ -152,10 +159,50 @@ def stop_pending(s: Session, rollout_id: str, *, now: float) -> None:
     )
 
 
+def held_devices(
+    s: Session, device_ids: Sequence[str], *, exclude: str | None = None
+) -> dict[str, tuple[str, str]]:
+    """``{device_id: (rollout_id, state)}`` for the devices an unfinished rollout (other than
+    ``exclude``) still holds: a rollout in progress, rolling back or with a failed rollback."""
+    held: dict[str, tuple[str, str]] = {}
+    ids = list(dict.fromkeys(device_ids))
+    for i in range(0, len(ids), _BATCH):
+        rows = s.execute(
+            select(RolloutTarget.device_id, Rollout.rollout_id, Rollout.state)
+            .join(Rollout, Rollout.rollout_id == RolloutTarget.rollout_id)
+            .where(
+                RolloutTarget.device_id.in_(ids[i : i + _BATCH]),
+                RolloutTarget.state.not_in([st.value for st in RELEASED_STATES]),
+                Rollout.state.in_([st.value for st in HOLDING_STATES]),
+                Rollout.rollout_id != (exclude or ""),
+            )
+            .order_by(Rollout.created_at)
+        )
+        for device_id, rollout_id, state in rows:
+            held.setdefault(device_id, (rollout_id, state))
+    return held
+
+
+def abandon_rollback(s: Session, rollout_id: str, *, now: float, reason: str) -> None:
+    """The operator aborted a rollback: targets not yet back will not be (``rollback_failed``)."""
+    states = [TargetState.ROLLBACK_PENDING, TargetState.ROLLBACK_SENT]
+    rows = target_rows(s, rollout_id, states)
+    set_targets(
+        s,
+        rollout_id,
+        [r.device_id for r in rows],
+        now=now,
+        only_states=states,
+        state=TargetState.ROLLBACK_FAILED.value,
+        finished_at=now,
+        detail=f"rollback aborted: {reason}",
+    )
+
+
 def mark_for_rollback(s: Session, rollout_id: str, stage: int | None, *, now: float) -> None:
     """Record the intent to roll back every target of ``stage`` (all stages if ``None``) that
-    may have received the bundle."""
-    deployed = sorted(DEPLOYED_STATES)
+    may have received the bundle, or that an earlier rollback could not bring back."""
+    deployed = sorted(DEPLOYED_STATES | UNRECOVERED_STATES)
     rows = target_rows(s, rollout_id, deployed)
     ids = [r.device_id for r in rows if stage is None or r.stage_index == stage]
     set_targets(

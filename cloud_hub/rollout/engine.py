@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cloud_hub.errors import HubConfigError, HubError, RolloutError
 from cloud_hub.registry import catalog, rollouts
@@ -85,6 +86,27 @@ class EngineConfig:
             raise HubConfigError("engine rollback_valid_hours must be within (0, 720]")
         if not 1 <= self.max_live_rollouts <= 100_000:
             raise HubConfigError("engine max_live_rollouts must be within [1, 100000]")
+
+
+def _refuse_held(
+    s: Session, config: RolloutConfig, rollout_id: str, device_ids: Sequence[str] | None = None
+) -> None:
+    """Refuse (409) a rollout whose target includes devices an unfinished rollout holds."""
+    if device_ids is None:
+        device_ids = device_repo.select_device_ids(
+            s, device_class=config.target.device_class, labels=config.target.labels
+        )
+        if config.target.device_ids:
+            device_ids = [d for d in device_ids if d in config.target.device_ids]
+    held = store.held_devices(s, device_ids, exclude=rollout_id)
+    if not held:
+        return
+    shown = ", ".join(f"{d} ({r}: {st})" for d, (r, st) in sorted(held.items())[:5])
+    more = f" and {len(held) - 5} more" if len(held) > 5 else ""
+    raise RolloutError(
+        f"{len(held)} target device(s) are held by unfinished rollouts: {shown}{more}; "
+        "let them finish, or abort / resolve them first"
+    )
 
 
 class RolloutService:
@@ -157,6 +179,7 @@ class RolloutService:
                 ]
                 if older:
                     previous_bundle_id = max(older, key=lambda b: b.version).bundle_id
+            _refuse_held(s, config, rid)
             stages = [
                 StoredStage(
                     name=stage_name(i),
@@ -203,6 +226,7 @@ class RolloutService:
             ]
             if not infos:
                 raise RolloutError(f"rollout {rollout_id}: the target matches no registered device")
+            _refuse_held(s, cfg, rollout_id, [i.device_id for i in infos])
             plan = plan_stages(cfg, infos)
             rollouts.add_targets(
                 s,
@@ -233,10 +257,16 @@ class RolloutService:
         return self._operator(rollout_id, RolloutAction.ABORT, reason or "aborted by operator")
 
     def rollback(self, rollout_id: str, *, reason: str = "") -> RolloutStatus:
-        """Roll every device that received the bundle back to the previous version."""
+        """Roll every device that received the bundle back to what it ran before (after a
+        failed rollback: try again the devices that did not go back)."""
         return self._operator(
             rollout_id, RolloutAction.ROLLBACK, reason or "rollback requested by operator"
         )
+
+    def resolve(self, rollout_id: str, *, reason: str = "") -> RolloutStatus:
+        """Close a rollout whose rollback failed: the operator has taken care of the devices
+        it could not bring back (they are released for other rollouts)."""
+        return self._operator(rollout_id, RolloutAction.RESOLVE, reason or "resolved by operator")
 
     def status(self, rollout_id: str) -> RolloutStatus:
         with self.registry.session() as s:
@@ -297,7 +327,9 @@ class RolloutService:
             if action is RolloutAction.ROLLBACK:
                 store.mark_for_rollback(s, rollout_id, None, now=now)
                 changes["finished_at"] = None
-            if action is RolloutAction.ABORT and phase.stage >= 0:
+            if action is RolloutAction.ABORT and phase.state is S.ROLLING_BACK:
+                store.abandon_rollback(s, rollout_id, now=now, reason=reason)
+            elif action is RolloutAction.ABORT and phase.stage >= 0:
                 rollouts.update_stage(s, rollout_id, phase.stage, state="stopped", finished_at=now)
             record = store.write_phase(s, record, new, now=now, **changes)
             log.info("rollout %s: %s -> %s (%s)", rollout_id, phase.name, new.name, reason)

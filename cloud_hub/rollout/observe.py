@@ -47,6 +47,8 @@ class DeviceState:
     hello_ts: float | None = None
     installed_bundle_id: str | None = None
     status_ts: float | None = None
+    installed_model: str | None = None
+    installed_version: int | None = None
 
 
 def device_states(session: Session, device_ids: Sequence[str]) -> dict[str, DeviceState]:
@@ -63,6 +65,8 @@ def device_states(session: Session, device_ids: Sequence[str]) -> dict[str, Devi
                 hello_ts=row.hello_ts,
                 installed_bundle_id=row.installed_bundle_id,
                 status_ts=row.status_ts,
+                installed_model=row.installed_model,
+                installed_version=row.installed_version,
             )
     return out
 

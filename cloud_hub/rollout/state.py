@@ -10,6 +10,14 @@
     draft/canary/wave/paused ──abort──► aborted            (stop; devices stay where they are)
     canary/wave/paused ──gate_failed──► rolling_back ──rollback_complete──► rolled_back
     canary/wave/paused/done/aborted ──rollback──► rolling_back   (operator-requested)
+    rolling_back ──rollback_incomplete──► rollback_failed   (some devices could not go back;
+                                                            each target says why)
+    rollback_failed ──rollback──► rolling_back              (try those devices again)
+    rollback_failed ──resolve──► resolved                   (the operator took over)
+    rolling_back ──abort──► aborted                         (stop sending rollback orders)
+
+A rollout in one of :data:`HOLDING_STATES` holds its devices: no other rollout may target
+them until it is done, aborted, rolled back or resolved.
 
 A rollout's position is a :class:`RolloutPhase`: the state plus the index of its stage
 (0 = canary, i = ``wave_i``). ``promote`` goes to the next stage, or to ``done`` after the last.
@@ -26,6 +34,7 @@ from cloud_hub.errors import RolloutError
 
 __all__ = [
     "ACTIVE_STATES",
+    "HOLDING_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "RolloutAction",
@@ -46,6 +55,8 @@ class RolloutState(str, enum.Enum):
     ABORTED = "aborted"
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    RESOLVED = "resolved"
 
 
 class RolloutAction(str, enum.Enum):
@@ -57,6 +68,8 @@ class RolloutAction(str, enum.Enum):
     GATE_FAILED = "gate_failed"
     ROLLBACK = "rollback"
     ROLLBACK_COMPLETE = "rollback_complete"
+    ROLLBACK_INCOMPLETE = "rollback_incomplete"
+    RESOLVE = "resolve"
 
 
 class Target(str, enum.Enum):
@@ -89,13 +102,29 @@ TRANSITIONS: dict[tuple[RolloutState, RolloutAction], RolloutState | Target] = {
     (S.DONE, A.ROLLBACK): S.ROLLING_BACK,
     (S.ABORTED, A.ROLLBACK): S.ROLLING_BACK,
     (S.ROLLING_BACK, A.ROLLBACK_COMPLETE): S.ROLLED_BACK,
+    (S.ROLLING_BACK, A.ROLLBACK_INCOMPLETE): S.ROLLBACK_FAILED,
+    (S.ROLLING_BACK, A.ABORT): S.ABORTED,
+    (S.ROLLBACK_FAILED, A.ROLLBACK): S.ROLLING_BACK,
+    (S.ROLLBACK_FAILED, A.RESOLVE): S.RESOLVED,
 }
 del S, A
 
 #: States in which the engine deploys to the current stage and evaluates its gate.
 ACTIVE_STATES = frozenset({RolloutState.CANARY, RolloutState.WAVE})
 #: States nothing leaves except an operator rollback.
-TERMINAL_STATES = frozenset({RolloutState.DONE, RolloutState.ABORTED, RolloutState.ROLLED_BACK})
+TERMINAL_STATES = frozenset(
+    {RolloutState.DONE, RolloutState.ABORTED, RolloutState.ROLLED_BACK, RolloutState.RESOLVED}
+)
+#: States in which a rollout holds its target devices (another rollout may not target them).
+HOLDING_STATES = frozenset(
+    {
+        RolloutState.CANARY,
+        RolloutState.WAVE,
+        RolloutState.PAUSED,
+        RolloutState.ROLLING_BACK,
+        RolloutState.ROLLBACK_FAILED,
+    }
+)
 
 
 def stage_name(index: int) -> str:

@@ -10,6 +10,12 @@
     deploying/sent/succeeded/failed ──(gate failed / operator rollback)──► rollback_pending
     rollback_pending ──(published)──► rollback_sent ──(back on the previous bundle)──► rolled_back
     rollback_pending ──(no previous bundle to go back to)──► stranded
+    rollback_pending/sent ──(device refused or failed the order, no answer in time,
+                             rollback aborted)──► rollback_failed ──(operator retries)──► rollback_pending
+
+The previous bundle is per device: what the device ran when the rollout first offered it the
+new bundle (``from_bundle_id``/``from_version``/``from_sha256``, by whichever bundle — full or
+delta — delivered it), else the rollout's ``previous_bundle_id``.
 
 ``deploying`` and ``rollback_pending`` are *intents*: written before the hub publishes, so a
 hub killed between the write and the publish publishes again after a restart (a duplicate
@@ -26,6 +32,9 @@ from shared.messages import EventKind
 __all__ = [
     "DEPLOYED_STATES",
     "FAILURE_EVENTS",
+    "RELEASED_STATES",
+    "ROLLBACK_FAILURE_EVENTS",
+    "UNRECOVERED_STATES",
     "InstallView",
     "TargetState",
     "resolve_install",
@@ -44,12 +53,19 @@ class TargetState(str, enum.Enum):
     ROLLBACK_SENT = "rollback_sent"
     ROLLED_BACK = "rolled_back"
     STRANDED = "stranded"
+    ROLLBACK_FAILED = "rollback_failed"
 
 
 #: Targets that may have received the new bundle (so a rollback must reach them).
 DEPLOYED_STATES = frozenset(
     {TargetState.DEPLOYING, TargetState.SENT, TargetState.SUCCEEDED, TargetState.FAILED}
 )
+#: Targets a rollback could not bring back (the rollout ends ``rollback_failed``).
+UNRECOVERED_STATES = frozenset({TargetState.STRANDED, TargetState.ROLLBACK_FAILED})
+#: Targets that no longer tie their device to the rollout.
+RELEASED_STATES = frozenset({TargetState.SKIPPED, TargetState.ROLLED_BACK})
+#: Device events that mean a rollback order did not take effect.
+ROLLBACK_FAILURE_EVENTS = frozenset({EventKind.FAILED, EventKind.REJECTED})
 #: Device events that mean the install of this deployment did not stick.
 FAILURE_EVENTS = frozenset(
     {
@@ -126,7 +142,11 @@ def rolled_back(
     """A rollback target is done once the device said it rolled back (for the rollback or by
     itself after a failed health check), or reports the previous bundle in a status newer
     than the last command the hub sent it (``since``)."""
-    if rollback_event_seen or view.failure_kind == EventKind.ROLLED_BACK:
+    if rollback_event_seen:
         return True
+    if view.failure_kind == EventKind.ROLLED_BACK and (view.failure_ts or 0.0) >= (
+        view.committed_ts or 0.0
+    ):
+        return True  # went back by itself, after any commit of the rollout's bundle
     fresh = since is None or (view.status_ts is not None and view.status_ts > since)
     return view.installed_bundle_id == previous_bundle_id and fresh

@@ -178,16 +178,26 @@ def rollback_command(
     model_name: str,
     to_version: int,
     to_bundle_id: str,
+    from_bundle_id: str,
     device_class: str = "x86-cpu",
+    device_ids: tuple[str, ...] = ("dev-1",),
+    to_sha256: str = "",
+    order_id: str | None = None,
+    valid_s: float = 3600,
 ) -> RollbackCommand:
+    """A signed rollback order (bound to ``device_ids`` running ``from_bundle_id``) in a
+    command with a fresh deployment id."""
     order = RollbackOrder(
-        order_id=new_id(),
+        order_id=order_id or new_id(),
         model_name=model_name,
         device_class=device_class,
         to_version=to_version,
         to_bundle_id=to_bundle_id,
         issued=format_time(utc()),
-        expires=format_time(utc(3600)),
+        expires=format_time(utc(valid_s)),
+        device_ids=list(device_ids),
+        from_bundle_id=from_bundle_id,
+        to_sha256=to_sha256,
     )
     return RollbackCommand(
         command_id=new_id(),

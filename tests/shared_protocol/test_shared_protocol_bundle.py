@@ -6,6 +6,7 @@ are proved by moving ``now`` instead of sleeping.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -106,6 +107,9 @@ def make_bundle(
     return Built(data, bundle_id_of(parse_bundle(data).manifest_envelope))
 
 
+RUNNING = "c" * 64  # the bundle the verifying device runs
+
+
 def policy(now: datetime = T0, installed: int | None = 1, min_keyring: int = 0) -> VerifyPolicy:
     return VerifyPolicy(
         trust=TRUST,
@@ -113,6 +117,8 @@ def policy(now: datetime = T0, installed: int | None = 1, min_keyring: int = 0) 
         now=now,
         installed_versions={} if installed is None else {"digits": installed},
         min_keyring_version=min_keyring,
+        device_id="dev-1",
+        active_bundle_id=RUNNING,
     )
 
 
@@ -231,6 +237,8 @@ def _order(bundle: Built, version: int, **changes: Any) -> dict[str, Any]:
         to_bundle_id=bundle.bundle_id,
         issued=format_time(T0),
         expires=format_time(T0 + timedelta(days=1)),
+        device_ids=["dev-1"],
+        from_bundle_id=RUNNING,
     )
     key = changes.pop("key", K1)
     return sign_rollback_order(replace(order, **changes), [key])
@@ -271,6 +279,53 @@ def test_rollback_order_refusals() -> None:
         verify_rollback_order(
             _order(GOOD, 2, key=K1), keyring(version=2, keys=(K2,), revoked=(K1,)), pol
         )
+
+
+def test_rollback_order_is_bound_to_device_and_to_what_it_runs() -> None:
+    """R5: an order for other devices, or for devices running another bundle, is refused."""
+    pol = policy(installed=5)
+    assert verify_rollback_order(_order(GOOD, 2), keyring(), pol).device_ids == ["dev-1"]
+    for changes in (
+        {"device_ids": ["dev-2"]},
+        {"device_ids": []},
+        {"from_bundle_id": "d" * 64},
+        {"from_bundle_id": ""},
+    ):
+        with pytest.raises(WrongTargetError):
+            verify_rollback_order(_order(GOOD, 2, **changes), keyring(), pol)
+    with pytest.raises(WrongTargetError, match="not addressed"):
+        verify_rollback_order(_order(GOOD, 2), keyring(), replace(pol, device_id="dev-2"))
+
+
+def test_another_model_replaces_the_current_one_only_by_signed_order() -> None:
+    """R5: the floor is per device class: a signed, unexpired bundle of another model is
+    refused unless a signed order names exactly it; the content hash names it too."""
+    other = make_bundle(model_name="other-model", version=9)
+    pol = policy(installed=5)
+    parsed = parse_bundle(other.data)
+    with pytest.raises(RollbackError, match="signed order"):
+        verify_offer(parsed.manifest_envelope, parsed.keyring_envelope, pol)
+    order = verify_rollback_order(_order(other, 9, model_name="other-model"), keyring(), pol)
+    assert (
+        verify_offer(
+            parsed.manifest_envelope, parsed.keyring_envelope, pol, rollback_order=order
+        ).manifest.model_name
+        == "other-model"
+    )
+    by_content = verify_rollback_order(
+        _order(
+            other,
+            9,
+            model_name="other-model",
+            to_bundle_id="e" * 64,
+            to_sha256=hashlib.sha256(b"onnx-model-bytes" * 8).hexdigest(),
+        ),
+        keyring(),
+        pol,
+    )
+    verify_offer(parsed.manifest_envelope, parsed.keyring_envelope, pol, rollback_order=by_content)
+    # a first install (nothing installed) needs no order
+    verify_offer(parsed.manifest_envelope, parsed.keyring_envelope, policy(installed=None))
 
 
 @given(st.data())

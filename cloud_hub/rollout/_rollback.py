@@ -1,0 +1,286 @@
+"""The rollback step of an engine tick (private to :mod:`cloud_hub.rollout.engine`).
+
+Each device goes back to what *it* ran before the rollout — recorded on its target when the
+rollout first offered it the new bundle, by bundle id, version and model content hash, so a
+version that reached the device as a delta is found as well as one that came in full — else
+to the rollout's ``previous_bundle_id``. Orders are signed per group of devices that run the
+same bundle and go back to the same one, and bound to those devices and to that bundle (R5).
+
+A target ends ``rolled_back`` (the device said so, or reports the bundle it goes back to),
+``rollback_failed`` (the device refused or failed the order, or gave no answer within the
+offline timeout; the device's reason is kept) or ``stranded`` (nothing to go back to). Once
+no target is open the rollout is ``rolled_back``, or ``rollback_failed`` with the devices and
+their reasons in its ``reason``: the operator retries (``rollback``) or ``resolve``s it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from cloud_hub.errors import HubError
+from cloud_hub.registry import Registry, catalog
+from cloud_hub.registry.records import RolloutRecord
+from cloud_hub.registry.tables import RolloutTarget
+from cloud_hub.rollout import _store as store
+from cloud_hub.rollout.config import RolloutConfig
+from cloud_hub.rollout.delivery import RollbackSigner, RolloutDelivery
+from cloud_hub.rollout.observe import DeviceState, deployment_events, device_states, install_views
+from cloud_hub.rollout.state import RolloutAction, RolloutState, apply_action
+from cloud_hub.rollout.targets import (
+    ROLLBACK_FAILURE_EVENTS,
+    UNRECOVERED_STATES,
+    TargetState,
+    rolled_back,
+)
+from shared.bundle import MAX_ORDER_DEVICES
+from shared.errors import FedfleetError
+from shared.messages import EventKind
+
+if TYPE_CHECKING:
+    from cloud_hub.rollout.engine import EngineConfig
+
+__all__ = ["BackTo", "RollbackStep", "back_to", "model_sha256"]
+
+log = logging.getLogger("cloud_hub.rollout.engine")
+
+S = RolloutState
+T = TargetState
+_REASONS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class BackTo:
+    """Where one device goes back to."""
+
+    bundle_id: str
+    version: int
+    sha256: str  # the model artifact's; "" if unknown
+
+
+def back_to(row: RolloutTarget, fallback: BackTo | None) -> BackTo | None:
+    """The device's own previous bundle if recorded, else the rollout's (pure)."""
+    if row.from_bundle_id and row.from_version is not None:
+        return BackTo(row.from_bundle_id, row.from_version, row.from_sha256 or "")
+    return fallback
+
+
+def model_sha256(s: Session, bundle_id: str, *, model: str, version: int, device_class: str) -> str:
+    """The model artifact's sha256 of ``bundle_id``; for a bundle the catalog does not know (a
+    delta built for one device), that of the one full bundle of the same model and version."""
+    record = catalog.find_bundle(s, bundle_id)
+    if record is None:
+        same = [
+            b
+            for b in catalog.list_bundles(
+                s, model_name=model, device_class=device_class, limit=1000
+            ).items
+            if b.version == version and b.kind == "full"
+        ]
+        record = same[0] if len(same) == 1 else None
+    if record is None:
+        return ""
+    for artifact in record.manifest.get("artifacts", []):
+        if isinstance(artifact, dict) and artifact.get("role") == "model":
+            return str(artifact.get("sha256", ""))
+    return ""
+
+
+def _refusal(events: Sequence[Any], since: float | None) -> str | None:
+    """The reason of the latest refusal/failure of a rollback order sent at ``since``."""
+    for ev in reversed(events):
+        if ev.kind in ROLLBACK_FAILURE_EVENTS and (since is None or ev.received_at >= since):
+            return f"{ev.kind}: {ev.detail}".strip(": ")
+    return None
+
+
+@dataclass
+class RollbackStep:
+    registry: Registry
+    delivery: RolloutDelivery
+    signer: RollbackSigner
+    config: EngineConfig
+    clock: Callable[[], float]
+
+    def run(self, record: RolloutRecord, cfg: RolloutConfig) -> None:
+        """Resolve what devices reported, finish the rollback when nothing is open, and send
+        signed orders to the targets that are due."""
+        now = self.clock()
+        rid = record.rollout_id
+        with self.registry.session() as s:
+            current, _cfg, phase = store.load(s, rid)
+            rows = store.target_rows(s, rid, [T.ROLLBACK_PENDING, T.ROLLBACK_SENT])
+            if not rows and phase.state is S.ROLLED_BACK:
+                return
+            devs = device_states(s, [r.device_id for r in rows])
+            _version, prev_version, model = store.versions(s, current)
+            fallback = None
+            if current.previous_bundle_id and prev_version is not None:
+                sha = model_sha256(
+                    s,
+                    current.previous_bundle_id,
+                    model=model,
+                    version=prev_version,
+                    device_class=current.device_class,
+                )
+                fallback = BackTo(current.previous_bundle_id, prev_version, sha)
+            rows = self._resolve(s, current, rows, devs, fallback, now=now, cfg=cfg)
+            due = [r for r in rows if _rollback_due(r, devs)]
+            if due:
+                store.set_targets(
+                    s,
+                    rid,
+                    [r.device_id for r in due],
+                    now=now,
+                    bump_attempts=True,
+                    state=T.ROLLBACK_PENDING.value,
+                    last_attempt_at=now,
+                )
+            elif phase.state is S.ROLLING_BACK and not rows:
+                self._finish(s, current, cfg, now=now)
+            groups: dict[tuple[BackTo, str], list[str]] = {}
+            for r in due:
+                target = back_to(r, fallback)
+                running = devs[r.device_id].installed_bundle_id
+                assert target is not None and running is not None  # _resolve kept only these
+                groups.setdefault((target, running), []).append(r.device_id)
+        for (target, running), ids in groups.items():
+            for i in range(0, len(ids), MAX_ORDER_DEVICES):
+                self._send(current, model, target, running, ids[i : i + MAX_ORDER_DEVICES], now)
+
+    def _resolve(
+        self,
+        s: Session,
+        record: RolloutRecord,
+        rows: list[RolloutTarget],
+        devs: Mapping[str, DeviceState],
+        fallback: BackTo | None,
+        *,
+        now: float,
+        cfg: RolloutConfig,
+    ) -> list[RolloutTarget]:
+        """Settle the targets whose outcome is known; return those still open."""
+        rid = record.rollout_id
+        offers = {r.device_id: r.deployment_id for r in rows}
+        views = install_views(s, store.deploy_prefix(rid), dict(devs), offers)
+        confirmed = set(deployment_events(s, store.rollback_prefix(rid), [EventKind.ROLLED_BACK]))
+        refused = deployment_events(s, store.rollback_prefix(rid), sorted(ROLLBACK_FAILURE_EVENTS))
+        open_rows = []
+        for r in rows:
+            target = back_to(r, fallback)
+            dev = devs.get(r.device_id)
+            waited = now - max(r.last_attempt_at or 0.0, record.updated_at)
+            if target is None:
+                outcome = (T.STRANDED, "no previous bundle to roll back to")
+            elif r.device_id in views and rolled_back(
+                views[r.device_id],
+                previous_bundle_id=target.bundle_id,
+                since=r.last_attempt_at,
+                rollback_event_seen=r.device_id in confirmed,
+            ):
+                outcome = (T.ROLLED_BACK, "")
+            elif r.state == T.ROLLBACK_SENT.value and (
+                reason := _refusal(refused.get(r.device_id, []), r.last_attempt_at)
+            ):
+                outcome = (T.ROLLBACK_FAILED, reason)
+            elif dev is not None and dev.online and not dev.installed_bundle_id:
+                outcome = (T.ROLLBACK_FAILED, "the device reports no installed model")
+            elif waited >= cfg.offline_timeout_s:
+                where = "online" if dev is not None and dev.online else "offline"
+                outcome = (T.ROLLBACK_FAILED, f"not back after {waited:.0f} s ({where})")
+            else:
+                open_rows.append(r)
+                continue
+            state, detail = outcome
+            finished = now if state is not T.STRANDED else None
+            store.set_targets(
+                s,
+                rid,
+                [r.device_id],
+                now=now,
+                state=state.value,
+                finished_at=finished,
+                detail=detail,
+            )
+        return open_rows
+
+    def _finish(self, s: Session, record: RolloutRecord, cfg: RolloutConfig, *, now: float) -> None:
+        """No target is open: ``rolled_back``, or ``rollback_failed`` naming the devices."""
+        rid = record.rollout_id
+        _current, _cfg, phase = store.load(s, rid)
+        unrecovered = store.target_rows(s, rid, sorted(UNRECOVERED_STATES))
+        if not unrecovered:
+            new = apply_action(phase, RolloutAction.ROLLBACK_COMPLETE, n_stages=cfg.n_stages)
+            store.write_phase(s, record, new, now=now, reason=record.reason)
+            log.info("rollout %s: rolled back", rid)
+            return
+        shown = "; ".join(f"{r.device_id}: {r.detail}" for r in unrecovered[:_REASONS_SHOWN])
+        more = len(unrecovered) - _REASONS_SHOWN
+        note = f"{len(unrecovered)} device(s) not rolled back: {shown}" + (
+            f"; and {more} more" if more > 0 else ""
+        )
+        new = apply_action(phase, RolloutAction.ROLLBACK_INCOMPLETE, n_stages=cfg.n_stages)
+        reason = f"{record.reason} | {note}" if record.reason else note
+        store.write_phase(s, record, new, now=now, reason=reason)
+        log.warning("rollout %s: rollback failed: %s", rid, note)
+
+    def _send(
+        self,
+        record: RolloutRecord,
+        model: str,
+        target: BackTo,
+        running: str,
+        device_ids: list[str],
+        now: float,
+    ) -> None:
+        rid = record.rollout_id
+        dep_id = store.new_deployment_id(store.rollback_prefix(rid))
+        try:
+            order = self.signer.sign_rollback_order(
+                model_name=model,
+                device_class=record.device_class,
+                to_version=target.version,
+                to_bundle_id=target.bundle_id,
+                to_sha256=target.sha256,
+                device_ids=device_ids,
+                from_bundle_id=running,
+                valid_hours=self.config.rollback_valid_hours,
+                now=datetime.fromtimestamp(now, tz=timezone.utc),
+            )
+            self.delivery.rollback(order, device_ids, deployment_id=dep_id)
+        except (HubError, FedfleetError) as exc:
+            log.warning(
+                "rollout %s: rollback to %d device(s) failed: %s", rid, len(device_ids), exc
+            )
+            return
+        with self.registry.session() as s:
+            store.set_targets(
+                s,
+                rid,
+                device_ids,
+                now=self.clock(),
+                only_states=[T.ROLLBACK_PENDING],
+                state=T.ROLLBACK_SENT.value,
+            )
+        log.info(
+            "rollout %s: rollback order to v%d sent to %d device(s)",
+            rid,
+            target.version,
+            len(device_ids),
+        )
+
+
+def _rollback_due(row: RolloutTarget, devs: Mapping[str, DeviceState]) -> bool:
+    """Online, and either not sent yet or reconnected since it was sent."""
+    dev = devs.get(row.device_id)
+    if dev is None or not dev.online or not dev.installed_bundle_id:
+        return False  # retried when it returns
+    if row.state == T.ROLLBACK_PENDING.value:
+        return True
+    hello = dev.hello_ts
+    return hello is not None and row.last_attempt_at is not None and hello > row.last_attempt_at
