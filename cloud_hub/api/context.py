@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud_hub.registry import Registry
 
 if TYPE_CHECKING:
+    from cloud_hub.bundles.store import BundleStore
     from cloud_hub.enrollment.service import EnrollmentService
     from cloud_hub.fleet.ingest import IngestStats
     from cloud_hub.rollout.engine import RolloutService
@@ -25,13 +25,14 @@ class ApiContext:
     - ``rollouts``: the rollout engine (create/start/pause/resume/abort/rollback).
     - ``enrollment``: issues enrollment tokens (``POST /api/v1/enrollment-tokens``).
     - ``ingest_stats``: counters of the MQTT ingest for ``/metrics``.
-    - ``bundle_dir``: where uploaded bundles are stored (uploads refused without it).
+    - ``bundles``: the hub's bundle store; uploads and registrations are verified against
+      its keys and kept there (refused without it).
     """
 
     registry: Registry
     rollouts: RolloutService | None = None
     enrollment: EnrollmentService | None = None
     ingest_stats: Callable[[], IngestStats] | None = None
-    bundle_dir: Path | None = None
+    bundles: BundleStore | None = None
     clock: Callable[[], float] = time.time
     max_upload_bytes: int = 512 * 1024 * 1024

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from typing import Annotated, Any
+import logging
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.context import ApiContext
 from cloud_hub.api.errors import ApiError
 from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN
+from cloud_hub.errors import RegistryError
 from cloud_hub.registry import (
     BundleRecord,
     ModelRecord,
@@ -20,9 +23,14 @@ from cloud_hub.registry import (
     catalog,
 )
 from cloud_hub.registry.bundle_index import register_bundle_bytes
-from shared.bundle import bundle_id_of, parse_bundle
+from shared.errors import BundleError
+
+if TYPE_CHECKING:
+    from cloud_hub.bundles.store import BundleStore
 
 __all__ = ["router"]
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["models and bundles"])
 Name = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
@@ -39,7 +47,7 @@ class ModelVersionBody(BaseModel):
 
 
 class BundleBody(BaseModel):
-    """Register a bundle by its metadata (the file lives in the hub's bundle store)."""
+    """Register a bundle the hub's bundle store holds, by id and what it claims to be."""
 
     bundle_id: str = Field(pattern=ID_PATTERN)
     model_name: str = Field(pattern=ID_PATTERN)
@@ -117,9 +125,29 @@ def get_bundle(request: Request, bundle_id: Name, _: Viewer) -> BundleRecord:
 
 @router.post("/bundles", response_model=BundleRecord, status_code=201)
 def register_bundle(request: Request, body: BundleBody, _: Operator) -> BundleRecord:
+    """Register a bundle the hub's bundle store holds; it must verify (R1) and the body must
+    describe it (``kind``, ``path`` and ``manifest`` come from the bundle itself)."""
     ctx = request.app.state.context
+    bundles = _bundle_store(ctx)
+    now = ctx.clock()
+    try:
+        trusted = bundles.read_verified(body.bundle_id, now=_instant(now))
+    except (BundleError, RegistryError) as exc:
+        log.warning("bundle registration refused (R1): %s", exc)
+        raise ApiError(422, f"bundle {body.bundle_id} refused: {exc}") from exc
+    m = trusted.verified.manifest
+    claimed = (body.model_name, body.version, body.device_class, body.size)
+    actual = (m.model_name, m.version, m.device_class, len(trusted.data))
+    if claimed != actual:
+        raise ApiError(422, f"the body says {claimed}, the signed bundle says {actual}")
     with ctx.registry.session() as s:
-        return catalog.register_bundle(s, **body.model_dump(), now=ctx.clock())
+        return register_bundle_bytes(
+            s,
+            trusted.data,
+            trust=bundles.trust(),
+            path=str(bundles.path_of(trusted.bundle_id)),
+            now=now,
+        )
 
 
 @router.post(
@@ -136,10 +164,10 @@ def register_bundle(request: Request, body: BundleBody, _: Operator) -> BundleRe
     },
 )
 async def upload_bundle(request: Request, _: Operator) -> BundleRecord:
-    """Upload a signed bundle file (body: the raw bytes); its hashes are checked."""
+    """Upload a signed bundle file (body: the raw bytes). It must verify against the hub's own
+    trust root and keyring (R1): anything else is refused with 422 and the reason."""
     ctx = request.app.state.context
-    if ctx.bundle_dir is None:
-        raise ApiError(409, "this hub has no bundle directory configured for uploads")
+    bundles = _bundle_store(ctx)
     data = bytearray()
     async for chunk in request.stream():
         data.extend(chunk)
@@ -147,18 +175,31 @@ async def upload_bundle(request: Request, _: Operator) -> BundleRecord:
             raise ApiError(413, f"bundle larger than {ctx.max_upload_bytes} bytes")
     if not data:
         raise ApiError(422, "empty body: send the bundle bytes")
-    bundle_dir = ctx.bundle_dir
 
-    def store() -> BundleRecord:
-        bundle_id = bundle_id_of(parse_bundle(bytes(data)).manifest_envelope)
-        bundle_dir.mkdir(parents=True, exist_ok=True)
-        target = bundle_dir / f"{bundle_id}.ffb"
+    def keep() -> BundleRecord:
+        now = ctx.clock()
+        try:
+            stored = bundles.add(bytes(data), require_newer=False, now=_instant(now))
+        except BundleError as exc:
+            log.warning("bundle upload refused (R1): %s", exc)
+            raise ApiError(422, f"bundle refused: {exc}") from exc
         with ctx.registry.session() as s:
-            record = register_bundle_bytes(s, bytes(data), path=str(target), now=ctx.clock())
-            if not target.exists():
-                tmp = target.with_suffix(".tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
-            return record
+            return register_bundle_bytes(
+                s,
+                bytes(data),
+                trust=bundles.trust(),
+                path=str(bundles.path_of(stored.bundle_id)),
+                now=now,
+            )
 
-    return await run_in_threadpool(store)
+    return await run_in_threadpool(keep)
+
+
+def _bundle_store(ctx: ApiContext) -> BundleStore:
+    if ctx.bundles is None:
+        raise ApiError(409, "this hub has no key store, so it cannot verify or keep bundles")
+    return ctx.bundles
+
+
+def _instant(now: float) -> datetime:
+    return datetime.fromtimestamp(now, tz=timezone.utc)

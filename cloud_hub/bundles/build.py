@@ -8,6 +8,10 @@ A compression output folder (written by ``cloud_hub.compress``) holds, per build
     preprocess.json             input pre-processing          role "preprocess"
     reference_stats.json        drift reference statistics    role "reference_stats"
     labels.json (optional)      class names                   role "labels"
+    golden.json                 the golden batch              inside the signed manifest
+                                                               (``manifest.golden``)
+
+The manifest also names the ``targets`` the artifact was built for (from ``metrics.json``).
 
 ``directory`` may be that profile folder itself, or its parent holding one sub-folder per
 profile (then the one named after ``profile`` or the device class is used).
@@ -26,10 +30,10 @@ from typing import Any
 from cloud_hub.bundles.store import BundleStore, StoredBundle
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
-from shared.bundle import ArtifactInfo, BundleManifest, artifact_info, build_bundle, parse_bundle
-from shared.bundle import bundle_id_of as _bundle_id_of
+from shared.bundle import ArtifactInfo, BundleManifest, artifact_info, build_bundle
 from shared.canonical import canonical_bytes
-from shared.errors import FedfleetError
+from shared.errors import BundleError, FedfleetError
+from shared.golden import GoldenBatch
 from shared.signing import format_time
 
 __all__ = [
@@ -38,7 +42,6 @@ __all__ = [
     "build_bundle_from_dir",
     "build_bundle_from_file",
     "build_signed_bundle",
-    "default_store",
 ]
 
 UTC = timezone.utc
@@ -47,6 +50,7 @@ MAX_EXPIRES_DAYS = 3650
 MAX_METADATA_BYTES = 64 * 1024
 
 _MODEL_FILES = {"model.onnx": "application/onnx", "model.tflite": "application/vnd.tflite"}
+GOLDEN_FILE = "golden.json"
 _SIDE_FILES = {
     "metrics.json": "metrics",
     "preprocess.json": "preprocess",
@@ -66,10 +70,12 @@ class BundleSpec:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     lineage: Mapping[str, Any] = field(default_factory=dict)
     profile: str = ""
+    targets: tuple[str, ...] = ()
+    golden: GoldenBatch | None = None
 
     def __post_init__(self) -> None:
         for name in ("model_name", "device_class"):
-            if not _NAME_RE.match(getattr(self, name)):
+            if not _NAME_RE.fullmatch(getattr(self, name)):
                 raise HubConfigError(f"{name} must be 1-128 of [A-Za-z0-9._-]")
         if self.version is not None and self.version < 1:
             raise HubConfigError("version must be >= 1")
@@ -92,11 +98,6 @@ class BuiltBundle:
     bundle_id: str
     manifest: BundleManifest
     stored: StoredBundle
-
-
-def default_store(keys: KeyStore) -> BundleStore:
-    """The bundle store that lives next to the keys (``KEYDIR/bundles``)."""
-    return BundleStore(keys.directory / "bundles")
 
 
 def build_signed_bundle(
@@ -127,6 +128,8 @@ def build_signed_bundle(
         lineage=dict(spec.lineage),
         metrics=dict(spec.metrics),
         profile=spec.profile,
+        targets=list(spec.targets),
+        golden=spec.golden,
     )
     try:
         data = build_bundle(
@@ -135,17 +138,14 @@ def build_signed_bundle(
             signing_keys=keys.signing_keys(now=now),
             keyring_envelope=keys.keyring_envelope(),
         )
-        bundle_id = _bundle_id_of(parse_bundle(data).manifest_envelope)
     except FedfleetError as exc:
         raise HubConfigError(f"cannot build bundle: {exc}") from exc
-    stored = store.add(
-        model_name=spec.model_name,
-        device_class=spec.device_class,
-        version=version,
-        bundle_id=bundle_id,
-        data=data,
-        created=manifest.created,
-    )
+    try:
+        # the store re-verifies what we just signed (R1) and re-checks the version under its lock
+        stored = store.add(data, now=now)
+    except BundleError as exc:
+        raise HubConfigError(f"the bundle just signed does not verify: {exc}") from exc
+    bundle_id = stored.bundle_id
     return BuiltBundle(data=data, bundle_id=bundle_id, manifest=manifest, stored=stored)
 
 
@@ -224,6 +224,7 @@ def build_bundle_from_dir(
     data = _read(folder / models[0])
     artifacts.append((artifact_info(models[0], data, "model", _MODEL_FILES[models[0]]), data))
     metrics: dict[str, Any] = {}
+    targets: tuple[str, ...] = ()
     for name, role in _SIDE_FILES.items():
         path = folder / name
         if not path.is_file():
@@ -237,7 +238,11 @@ def build_bundle_from_dir(
             if not isinstance(parsed, dict):
                 raise HubConfigError(f"{path} must hold a JSON object")
             metrics = _manifest_metrics(parsed, spec, path)
+            found = parsed.get("targets")
+            if isinstance(found, list) and all(isinstance(t, str) for t in found):
+                targets = tuple(found)
         artifacts.append((artifact_info(name, blob, role, "application/json"), blob))
+    golden = spec.golden or _read_golden(folder / GOLDEN_FILE)
     merged = BundleSpec(
         model_name=spec.model_name,
         device_class=spec.device_class,
@@ -246,5 +251,20 @@ def build_bundle_from_dir(
         metrics={**metrics, **spec.metrics},
         lineage=spec.lineage,
         profile=spec.profile or str(metrics.get("profile", "")),
+        targets=spec.targets or targets,
+        golden=golden,
     )
     return build_signed_bundle(keys, store, merged, artifacts, now=now)
+
+
+def _read_golden(path: Path) -> GoldenBatch | None:
+    """The compression output's golden batch (absent for a folder built by hand)."""
+    if not path.is_file():
+        return None
+    try:
+        parsed = json.loads(_read(path, max_bytes=4 * 1024 * 1024))
+        if not isinstance(parsed, dict):
+            raise HubConfigError(f"{path} must hold a JSON object")
+        return GoldenBatch.from_dict(parsed)
+    except (ValueError, FedfleetError) as exc:
+        raise HubConfigError(f"{path} is not a valid golden batch: {exc}") from exc

@@ -16,6 +16,7 @@ from cloud_hub.bundles import (
 from cloud_hub.commands.keys import add_dir_argument
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
+from shared.files import atomic_write
 
 __all__ = ["register"]
 
@@ -41,6 +42,11 @@ def _build(args: argparse.Namespace) -> int:
     if (args.model is None) == (args.from_dir is None):
         raise HubConfigError("give exactly one of --model FILE or --from-dir DIR")
     keys = KeyStore(args.dir)
+    if args.output.resolve().is_relative_to(keys.directory.resolve()):
+        raise HubConfigError(
+            f"-o {args.output} is inside the key folder {keys.directory}, which holds secrets "
+            "only; write the bundle elsewhere"
+        )
     store = default_store(keys)
     spec = BundleSpec(
         model_name=args.name,
@@ -57,14 +63,12 @@ def _build(args: argparse.Namespace) -> int:
         built = build_bundle_from_dir(keys, store, spec, directory=args.from_dir)
     out: Path = args.output
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(built.data)
-    tmp.replace(out)
+    atomic_write(out, built.data)  # R15
     m = built.manifest
     print(
         f"built {out} ({len(built.data)} bytes): {m.model_name} v{m.version} for "
         f"{m.device_class}, {len(m.artifacts)} artifact(s), expires {m.expires}, "
-        f"bundle id {built.bundle_id}"
+        f"bundle id {built.bundle_id}; kept in {store.directory}"
     )
     return 0
 

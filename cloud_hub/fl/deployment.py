@@ -36,6 +36,7 @@ from cloud_hub.errors import HubConfigError, TrainingError
 from cloud_hub.fl.config import FederatedRunConfig
 from cloud_hub.fl.recorder import RunRecorder
 from cloud_hub.fl.server_app import ValidationEvaluator, build_server_app
+from shared.files import atomic_write
 
 __all__ = ["DeploymentRunSettings", "app", "client_run_config"]
 
@@ -86,9 +87,7 @@ def client_run_config(config: FederatedRunConfig) -> dict[str, Any]:
 
 def _write(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(payload, indent=2, default=str).encode("utf-8"))  # R15
 
 
 app = ServerApp()

@@ -451,9 +451,10 @@ class RetrainPipeline:
     ) -> tuple[str, int]:
         from cloud_hub.bundles import BundleSpec, build_bundle_from_dir, default_store
 
+        store = default_store(self.keys)
         built = build_bundle_from_dir(
             self.keys,
-            default_store(self.keys),
+            store,
             BundleSpec(
                 model_name=self.config.model_name,
                 device_class=device_class,
@@ -463,61 +464,45 @@ class RetrainPipeline:
             ),
             directory=directory,
         )
-        path = default_store(self.keys).directory / built.stored.file
         with self.registry.session() as s:
-            register_bundle_bytes(s, built.data, path=str(path), now=self.clock())
+            register_bundle_bytes(
+                s,
+                built.data,
+                trust=store.trust(),
+                path=str(store.path_of(built.bundle_id)),
+                now=self.clock(),
+            )
         return built.bundle_id, len(built.data)
 
     def _deltas(self, device_class: str, bundle_id: str) -> dict[str, int]:
-        """Delta bundles from each full bundle devices of the class run to ``bundle_id``."""
-        from cloud_hub.delta import delta_manifest
-        from shared.bundle import build_bundle, bundle_id_of, parse_bundle, parse_manifest
-        from shared.bundle import verify_artifacts as unpack
+        """Delta bundles from each bundle devices of the class run to ``bundle_id``, from the
+        bundle store's delta cache (built there, verified first: R1), registered as deltas."""
+        from cloud_hub.bundles import default_store
+        from cloud_hub.delta import DeltaCache
 
-        bundle_dir = self.keys.directory / "bundles"
-        target = (bundle_dir / f"{bundle_id}.ffb").read_bytes()
-        t_parsed = parse_bundle(target)
-        t_manifest = parse_manifest(t_parsed.manifest_envelope)
-        t_artifacts = unpack(t_manifest, t_parsed.payload)
+        store = default_store(self.keys)
+
+        def indexed(candidate: str) -> bool:
+            with self.registry.session() as s:
+                return catalog.find_bundle(s, candidate) is not None
+
+        cache = DeltaCache(store, indexed=indexed)
+        target = cache.target(bundle_id)
         out: dict[str, int] = {}
         for base_id in sorted(self._installed_bundles(device_class) - {bundle_id}):
-            path = bundle_dir / f"{base_id}.ffb"
-            if not path.is_file():
+            data = cache.delta(bundle_id, base_id, target=target)
+            if data is None:
                 continue
-            b_parsed = parse_bundle(path.read_bytes())
-            b_manifest = parse_manifest(b_parsed.manifest_envelope)
-            if b_manifest.is_delta or b_manifest.version >= t_manifest.version:
-                continue
-            built = delta_manifest(
-                t_manifest, t_artifacts, b_manifest, unpack(b_manifest, b_parsed.payload)
-            )
-            if built is None:
-                continue
-            manifest, wire = built
-            data = build_bundle(
-                manifest,
-                wire,
-                signing_keys=self.keys.signing_keys(),
-                keyring_envelope=self.keys.keyring_envelope(),
-            )
-            delta_id = bundle_id_of(parse_bundle(data).manifest_envelope)
-            dest = bundle_dir / f"{delta_id}.ffb"
-            dest.write_bytes(data)
             with self.registry.session() as s:
-                catalog.register_bundle(
+                record = register_bundle_bytes(
                     s,
-                    bundle_id=delta_id,
-                    model_name=manifest.model_name,
-                    version=manifest.version,
-                    device_class=manifest.device_class,
-                    size=len(data),
-                    path=str(dest),
-                    manifest=manifest.to_signed(),
-                    kind="delta",
+                    data,
+                    trust=store.trust(),
+                    path=str(store.delta_path(bundle_id, base_id)),
                     base_bundle_id=base_id,
                     now=self.clock(),
                 )
-            out[delta_id] = len(data)
+            out[record.bundle_id] = len(data)
         return out
 
     def _create_rollout(self, bundle_id: str, device_class: str, run_id: str) -> str:

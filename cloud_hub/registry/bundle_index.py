@@ -1,31 +1,46 @@
-"""Registering signed bundle files in the registry (manifest → bundle row + model version)."""
+"""Registering signed bundles in the registry (manifest → bundle row + model version).
+
+The registry is the hub's only index of bundles, and only bundles that verify against the
+hub's own trust root and keyring enter it (R1): the rollout engine and the delta builder take
+their targets and bases from here.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from sqlalchemy.orm import Session
 
+from cloud_hub.bundles.trust import HubTrust, Purpose, verify_hub_bundle
 from cloud_hub.registry import catalog
 from cloud_hub.registry.records import BundleRecord
-from shared.bundle import bundle_id_of, parse_bundle, parse_manifest, verify_artifacts
 
 __all__ = ["register_bundle_bytes"]
 
 
 def register_bundle_bytes(
-    session: Session, data: bytes, *, path: str = "", now: float
+    session: Session,
+    data: bytes,
+    *,
+    trust: HubTrust,
+    path: str = "",
+    now: float,
+    purpose: Purpose = Purpose.DELIVER,
+    base_bundle_id: str | None = None,
 ) -> BundleRecord:
-    """Parse a bundle, check its artifacts against the manifest hashes, and register it.
+    """Verify a bundle against ``trust`` (signatures, expiry, keyring, artifact hashes) and
+    register it.
 
-    Signatures are not checked here (devices verify them against their pinned trust root);
-    the hash check refuses truncated or corrupted files. Raises ``shared.errors.BundleError``
-    subclasses for bad bytes, ``ConflictError`` for an id registered with other content.
+    Raises ``shared.errors.BundleError`` subclasses, with the reason, for a bundle that does
+    not verify (nothing is registered); ``ConflictError`` for an id registered with other
+    content. ``purpose``: ``HISTORY`` for bundles this hub signed earlier (adopting a store).
     """
-    parsed = parse_bundle(data)
-    manifest = parse_manifest(parsed.manifest_envelope)
-    verify_artifacts(manifest, parsed.payload)
+    at = datetime.fromtimestamp(now, tz=timezone.utc)
+    verified = verify_hub_bundle(data, trust, now=at, purpose=purpose)
+    manifest = verified.manifest
     record = catalog.register_bundle(
         session,
-        bundle_id=bundle_id_of(parsed.manifest_envelope),
+        bundle_id=verified.offer.bundle_id,
         model_name=manifest.model_name,
         version=manifest.version,
         device_class=manifest.device_class,
@@ -33,6 +48,7 @@ def register_bundle_bytes(
         path=path,
         manifest=manifest.to_signed(),
         kind="delta" if manifest.is_delta else "full",
+        base_bundle_id=base_bundle_id,
         now=now,
     )
     if manifest.metrics or manifest.lineage:

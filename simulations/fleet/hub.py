@@ -220,14 +220,14 @@ class SimHub:
             topic_prefix=self.prefix,
             api_port=0,
             keys_dir=self.keys.directory,
-            ingest_client_id=f"{self.prefix}-ingest",
+            instance_id=self.prefix,
             offline_after_s=0,
         )
         self.server = HubServer(config, rollout_engine=False)
         self.server.start()
         publisher = FleetPublisher(
             PublisherConfig(
-                port=self.broker.port,
+                broker=config.mqtt,
                 prefix=self.prefix,
                 client_id=f"{self.prefix}-publisher",
                 chunk_size=self.chunk_size,
@@ -237,7 +237,7 @@ class SimHub:
         )
         publisher.connect()
         self.delivery = CountingDelivery(
-            PublisherDelivery(publisher, self.keys, self.keys.directory / "bundles")
+            PublisherDelivery(publisher, self.keys, default_store(self.keys))
         )
         self.engine = RolloutService(
             self.registry, self.delivery, self.keys, config=EngineConfig(tick_interval_s=0.5)
@@ -293,11 +293,13 @@ class SimHub:
                 healthy=healthy, version=version, padding_kb=padding_kb, trained=trained
             ),
         )
+        store = default_store(self.keys)
         with self.registry.session() as s:
             register_bundle_bytes(
                 s,
                 built.data,
-                path=str(self.keys.directory / "bundles" / built.stored.file),
+                trust=store.trust(),
+                path=str(store.path_of(built.bundle_id)),
                 now=time.time(),
             )
         self.bundles[(device_class, version)] = built.bundle_id

@@ -22,7 +22,7 @@ import pytest
 from cloud_hub.delta import make_delta_bundle
 from edge_agent.ota.slots import SlotStore
 from shared.messages import EventKind, Hello
-from shared.signing import SigningKey
+from shared.signing import SigningKey, TrustRoot
 from shared.topics import TopicScheme
 from tests.agent_ota.agent_ota_helpers import (
     Authority,
@@ -56,6 +56,9 @@ class _Signer:
 
     def keyring_envelope(self) -> dict[str, Any]:
         return self.auth.keyring()
+
+    def trust_root(self) -> TrustRoot:  # the hub verifies what it derives a delta from (R1)
+        return self.auth.trust
 
 
 def test_sigkill_while_applying_deltas_always_recovers(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def tokens(registry: Registry) -> dict[str, str]:
 
 @pytest.fixture
 def context(registry: Registry, tmp_path: Path) -> ApiContext:
-    return ApiContext(registry=registry, bundle_dir=tmp_path / "bundles", clock=Clock())
+    return ApiContext(registry=registry, clock=Clock())
 
 
 @pytest.fixture

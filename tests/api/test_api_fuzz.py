@@ -12,6 +12,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from cloud_hub.api import ApiContext, create_app
+from cloud_hub.bundles import default_store
 from cloud_hub.enrollment.hubdir import open_enrollment
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import admin, catalog, devices, open_registry, reports
@@ -71,7 +72,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Any:
             registry=registry,
             rollouts=engine,
             enrollment=enrollment,
-            bundle_dir=root / "bundles",
+            bundles=default_store(keys),
         )
     )
     return schemathesis.openapi.from_asgi("/openapi.json", app)

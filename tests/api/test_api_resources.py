@@ -3,9 +3,11 @@ through the real engine, reports and metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api import ApiContext, create_app
+from cloud_hub.bundles import default_store
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, reports, rollouts
 from cloud_hub.registry.records import TelemetryAggregate
@@ -176,6 +179,8 @@ def test_bundle_upload_and_registration(
     client: TestClient, tokens: dict[str, str], context: ApiContext, tmp_path: Path
 ) -> None:
     keys = KeyStore.init(tmp_path / "keys")
+    # the hub verifies uploads against its own keys (R1): these are the hub's keys
+    context.bundles = default_store(keys)
     model = b"\x00onnx-bytes" * 100
     manifest = BundleManifest(
         model_name="sensor-mlp",
@@ -220,15 +225,27 @@ def test_bundle_upload_and_registration(
         "flower_run": "run-7"
     }
     assert client.get(f"/api/v1/bundles/{bundle['bundle_id']}", headers=v).status_code == 200
+    # registration by id: only a bundle the store holds and that verifies, as it describes itself
+    v4 = dataclasses.replace(manifest, version=4)
+    data4 = build_bundle(
+        v4,
+        {"model.onnx": model},
+        signing_keys=keys.signing_keys(),
+        keyring_envelope=keys.keyring_envelope(),
+    )
+    stored = context.bundles.add(data4, now=datetime.fromtimestamp(T0, timezone.utc))
     body = {
-        "bundle_id": "b-x",
+        "bundle_id": stored.bundle_id,
         "model_name": "sensor-mlp",
         "version": 4,
         "device_class": "rpi4",
-        "size": 5,
+        "size": len(data4),
     }
+    wrong = client.post("/api/v1/bundles", json={**body, "size": 6}, headers=op)
+    assert wrong.status_code == 422 and "signed bundle says" in wrong.json()["message"]
+    unknown = client.post("/api/v1/bundles", json={**body, "bundle_id": "b-x"}, headers=op)
+    assert unknown.status_code == 422
     assert client.post("/api/v1/bundles", json=body, headers=op).status_code == 201
-    assert client.post("/api/v1/bundles", json={**body, "size": 6}, headers=op).status_code == 409
 
 
 def test_rollout_actions_without_engine_are_refused_cleanly(
