@@ -11,16 +11,21 @@ Layout of a key store directory::
                           orders, and can be rotated without touching any device.
       keyring.json        the current root-signed keyring envelope (public)
       trust_root.json     what devices pin at enrollment (public)
+      freshness.json      the last signed freshness document (public; re-signed every few
+                          hours by the online key, see :mod:`shared.freshness`)
 
 Rotation (``rotate``) adds a new signing key, revokes the current one and re-signs the keyring
 with version + 1; devices accept it because the pinned root signed it, and from then on refuse
-anything signed by the revoked key.
+anything signed by the revoked key. The running hub publishes the keyring retained on
+``trust/keyring`` (R10: rotation reaches idle devices, not only those that get a deployment)
+and re-signs the short-lived freshness document on ``trust/freshness``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,6 +35,12 @@ from cloud_hub.errors import HubConfigError
 from shared.bundle import RollbackOrder, sign_rollback_order
 from shared.errors import ExpiredError, FedfleetError
 from shared.files import atomic_write
+from shared.freshness import (
+    MAX_FRESHNESS_LIFETIME,
+    FreshnessDocument,
+    ReleasedBundle,
+    sign_freshness,
+)
 from shared.messages import new_id
 from shared.signing import (
     KeyEntry,
@@ -57,12 +68,16 @@ class KeyStoreConfig:
 
     keyring_days: int = 365
     signing_key_days: int = 365
+    freshness_hours: float = 6.0  # R10: a withheld update shows within hours, not a year
 
     def __post_init__(self) -> None:
         for name in ("keyring_days", "signing_key_days"):
             value = getattr(self, name)
             if not 1 <= value <= MAX_DAYS:
                 raise HubConfigError(f"{name} must be between 1 and {MAX_DAYS}, got {value}")
+        limit = MAX_FRESHNESS_LIFETIME / timedelta(hours=1)
+        if not 0 < self.freshness_hours <= limit:
+            raise HubConfigError(f"freshness_hours must be in (0, {limit:g}]")
 
 
 def _write_private(path: Path, data: bytes, *, force: bool) -> None:
@@ -94,6 +109,10 @@ class KeyStore:
     @property
     def trust_root_path(self) -> Path:
         return self.directory / "trust_root.json"
+
+    @property
+    def freshness_path(self) -> Path:
+        return self.directory / "freshness.json"
 
     @property
     def signing_dir(self) -> Path:
@@ -239,6 +258,39 @@ class KeyStore:
         )
         _write_public(self.keyring_path, sign_envelope(keyring.to_signed(), [root]))
         return new
+
+    def sign_freshness(
+        self,
+        released: Mapping[str, ReleasedBundle],
+        *,
+        config: KeyStoreConfig | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Sign a new freshness document naming the current keyring and ``released`` (device
+        class -> newest bundle released to the whole class); keep it in ``freshness.json``.
+
+        The version grows with every document (at least the Unix time of ``now``), so a device
+        refuses an older one even across a hub restart that lost ``freshness.json``."""
+        config = config or KeyStoreConfig()
+        now = now or _now()
+        keyring = self.keyring(now=now)
+        doc = FreshnessDocument(
+            version=max(self._last_freshness_version() + 1, int(now.timestamp())),
+            issued=format_time(now),
+            expires=format_time(now + timedelta(hours=config.freshness_hours)),
+            keyring_version=keyring.version,
+            released=dict(released),
+        )
+        envelope = sign_freshness(doc, self.signing_keys(now=now))
+        _write_public(self.freshness_path, envelope)
+        return envelope
+
+    def _last_freshness_version(self) -> int:
+        try:
+            version = json.loads(self.freshness_path.read_text("utf-8"))["signed"]["version"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0  # none yet, or unreadable: the clock-based floor still applies
+        return version if isinstance(version, int) else 0
 
     def sign_rollback_order(
         self,

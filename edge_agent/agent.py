@@ -30,6 +30,7 @@ from typing import Any
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError
 from edge_agent.ota import InstalledSlot, OtaUpdater
+from edge_agent.ota.freshness import TrustUpdates
 from edge_agent.ota.health import HealthCheck
 from edge_agent.transport import InboundMessage, MqttLink, Outbox
 from shared.errors import ProtocolError
@@ -140,6 +141,20 @@ class EdgeAgent:
             clock=clock,
         )
         self.updater.active_changed.append(lambda _slot: self.publish_status())
+        # R10: the retained keyring and freshness topics, applied on receipt (no deploy needed)
+        self.trust_updates = TrustUpdates(
+            device_id=did,
+            device_class=config.device_class,
+            trust=self.updater.trust,
+            store=self.updater.trusted,
+            installed=lambda: self.updater.status().installed,
+            emit=self.report,
+            clock=clock,
+        )
+        self._trust_handlers: dict[str, Callable[[bytes], None]] = {
+            self.topics.trust("keyring"): self.trust_updates.handle_keyring,
+            self.topics.trust("freshness"): self.trust_updates.handle_freshness,
+        }
         self._inbox: queue.Queue[object] = queue.Queue(maxsize=config.limits.max_inbox_messages)
         self._inbox_lock = threading.Lock()
         self._inbox_bytes = 0
@@ -154,6 +169,8 @@ class EdgeAgent:
         self._worker: threading.Thread | None = None
         self._next_tick = 0.0
         self._next_status = 0.0
+        self.add_reporter(self.trust_updates.policy.check_interval_s, self.trust_updates.check)
+        self.add_status_fields(self.trust_updates.status_fields)
 
     # ------------------------------------------------------------------ plug-in points
     def add_reporter(self, interval_s: float, produce: Reporter) -> None:
@@ -179,7 +196,12 @@ class EdgeAgent:
     def start(self) -> None:
         """Recover OTA state from disk, then connect and serve (returns at once)."""
         self.updater.recover()
-        for topic in (self._cmd_topic, self._repair_topic, *self.updater.subscriptions()):
+        for topic in (
+            self._cmd_topic,
+            self._repair_topic,
+            *self._trust_handlers,
+            *self.updater.subscriptions(),
+        ):
             self.link.subscribe(topic)
         last = self.updater.deployment
         if last is not None and last.kind == "deploy" and last.bundle_id:
@@ -327,6 +349,8 @@ class EdgeAgent:
             self.updater.handle_chunk(payload)
             if self._ota_state() != before:
                 self.publish_status()
+        elif topic in self._trust_handlers:
+            self._trust_handlers[topic](payload)
         else:
             log.warning("dropped message on unexpected topic %s", topic)
 

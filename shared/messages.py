@@ -32,8 +32,10 @@ __all__ = [
     "Event",
     "EventKind",
     "FeatureDrift",
+    "FreshnessAnnouncement",
     "Hello",
     "InstalledModel",
+    "KeyringAnnouncement",
     "Message",
     "PingCommand",
     "RollbackCommand",
@@ -181,6 +183,13 @@ class EventKind:
     DELTA_FALLBACK = "delta_fallback"
     REJECTED = "rejected"
     RUNTIME_FALLBACK = "runtime_fallback"
+    # R10: trust updates and freshness (no deployment id)
+    KEYRING_APPLIED = "keyring_applied"
+    TRUST_REJECTED = "trust_rejected"
+    TRUST_STATE_LOST = "trust_state_lost"
+    FRESHNESS_OK = "freshness_ok"
+    FRESHNESS_STALE = "freshness_stale"
+    FRESHNESS_BEHIND = "freshness_behind"
 
 
 @_register
@@ -282,6 +291,31 @@ class ChunkRequest(Message):
     bundle_id: str
     indices: list[int]
     full: bool = False
+    ts: float = field(default_factory=now)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@_register
+@dataclass(frozen=True)
+class KeyringAnnouncement(Message):
+    """Hub → every device, retained: the current root-signed keyring (rotation reaches idle
+    devices without waiting for a deployment)."""
+
+    TYPE: ClassVar[str] = "trust.keyring"
+    keyring: dict[str, Any]
+    ts: float = field(default_factory=now)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@_register
+@dataclass(frozen=True)
+class FreshnessAnnouncement(Message):
+    """Hub → every device, retained, re-signed every few hours: the signed freshness
+    document (:mod:`shared.freshness`) with the keyring that verifies it."""
+
+    TYPE: ClassVar[str] = "trust.freshness"
+    freshness: dict[str, Any]
+    keyring: dict[str, Any]
     ts: float = field(default_factory=now)
     extra: dict[str, Any] = field(default_factory=dict)
 

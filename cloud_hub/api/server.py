@@ -56,6 +56,7 @@ class HubServer:
         self._stop = threading.Event()
         self._engine_thread: threading.Thread | None = None
         self._housekeeping: threading.Thread | None = None
+        self._trust_thread: threading.Thread | None = None
 
     @property
     def app(self) -> FastAPI:
@@ -108,6 +109,7 @@ class HubServer:
             )
             self._engine_thread.start()
             log.info("rollout engine running")
+        self._start_trust_publisher()
         if cfg.offline_after_s:
             self._housekeeping = threading.Thread(
                 target=self._mark_silent_offline, name="hub-housekeeping", daemon=True
@@ -160,6 +162,8 @@ class HubServer:
             self._engine_thread.join(timeout=10)
         if self._housekeeping is not None:
             self._housekeeping.join(timeout=5)
+        if self._trust_thread is not None:
+            self._trust_thread.join(timeout=10)
         if self.ingest is not None:
             self.ingest.stop()
         if self.publisher is not None:
@@ -243,6 +247,28 @@ class HubServer:
         if hasattr(delivery, "installed_lookup"):
             delivery.installed_lookup = installed  # deltas against what devices run
         return RolloutService(self.registry, delivery, keys)
+
+    def _start_trust_publisher(self) -> None:
+        """R10: keep the retained keyring and freshness topics current, over the rollout
+        publisher's broker connection (so it needs the key store and the engine)."""
+        delivery = self.publisher
+        fleet = getattr(delivery, "publisher", None)
+        if fleet is None or self.registry is None:
+            log.warning("trust topics not published (no rollout publisher): devices report stale")
+            return
+        from cloud_hub.trust_publisher import TrustPublisher, released_from_registry
+
+        trust = TrustPublisher(
+            delivery.keys,
+            topics=TopicScheme(self.config.topic_prefix),
+            publish=fleet.publish_retained,
+            released=released_from_registry(self.registry),
+        )
+        self._trust_thread = threading.Thread(
+            target=trust.run, args=(self._stop,), name="trust-publisher", daemon=True
+        )
+        self._trust_thread.start()
+        log.info("keyring and freshness published on %s/trust/ (retained)", trust.topics.root)
 
     def _build_enrollment(self) -> Any:
         try:

@@ -404,6 +404,12 @@ class FleetPublisher:
         self._session.drain()
         return Deployment(state, self._cond)
 
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """A retained QoS 1 publish, acknowledged by the broker when this returns (the fleet's
+        trust topics, R10: :class:`cloud_hub.trust_publisher.TrustPublisher`)."""
+        self._session.publish(topic, payload, retain=True)
+        self._session.drain()
+
     def discover(self, *, device_class: str | None = None, wait_s: float = 2.0) -> list[DeviceInfo]:
         """Devices heard from (retained status, hello), pinged for a fresh hello; those online
         and (when given) of ``device_class``."""

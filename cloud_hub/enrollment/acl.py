@@ -41,4 +41,6 @@ def render_acl(scheme: TopicScheme, *, hub_user: str = DEFAULT_HUB_USER) -> str:
     lines += [f"pattern write {root}/devices/%u/{ch}" for ch in DEVICE_WRITE_CHANNELS]
     lines += [f"pattern read {root}/devices/%u/{ch}" for ch in DEVICE_READ_CHANNELS]
     lines.append(f"pattern read {root}/bundles/+/chunks")
+    # R10: the retained keyring and freshness document (written by the hub only)
+    lines.append(f"pattern read {root}/trust/+")
     return "\n".join(lines) + "\n"

@@ -32,13 +32,13 @@ def atomic_write_json(path: Path, value: Any) -> None:
 class OtaState:
     """Everything the updater persists besides the slots themselves.
 
-    ``keyring_version`` is the highest keyring version ever accepted (a replayed older keyring
-    is refused); ``installed_versions`` the version per model that the active slot runs (an
-    offer must be newer unless a signed rollback order says otherwise).
+    The keyring floor is not here (R10): it lives in :mod:`edge_agent.ota.trusted`, so that a
+    corrupt copy of this file cannot lower it. ``installed_versions``: the version per model
+    that the active slot runs (an offer must be newer unless a signed rollback order says
+    otherwise).
     """
 
     deployment: Deployment | None = None
-    keyring_version: int = 0
     installed_versions: dict[str, int] = field(default_factory=dict)
     recent_deployments: tuple[str, ...] = ()
 
@@ -49,7 +49,6 @@ class OtaState:
     def to_dict(self) -> dict[str, Any]:
         return {
             "deployment": None if self.deployment is None else self.deployment.to_dict(),
-            "keyring_version": self.keyring_version,
             "installed_versions": dict(self.installed_versions),
             "recent_deployments": list(self.recent_deployments),
         }
@@ -60,7 +59,6 @@ class OtaState:
         try:
             return cls(
                 deployment=None if dep is None else Deployment.from_dict(dep),
-                keyring_version=int(data.get("keyring_version", 0)),
                 installed_versions={
                     str(k): int(v) for k, v in dict(data.get("installed_versions", {})).items()
                 },

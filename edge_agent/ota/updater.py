@@ -51,6 +51,7 @@ from edge_agent.ota.offer import (
 from edge_agent.ota.persist import OtaState, StateStore
 from edge_agent.ota.slots import InstalledSlot, SlotMeta, SlotStore
 from edge_agent.ota.transfer import ChunkTransfer
+from edge_agent.ota.trusted import TrustedStore
 from shared.bundle import (
     BundleLimits,
     RollbackOrder,
@@ -123,6 +124,8 @@ class OtaUpdater:
             rollback_s=self.timeouts.rollback_s,
         )
         self.store = StateStore(state_dir)
+        # R10: the keyring floor lives in its own record; a corrupt ota_state.json cannot lower it
+        self.trusted = TrustedStore(state_dir)
         self.slots = SlotStore(state_dir)
         self.state: OtaState = self.store.load()
         self.floor_store = FloorStore(state_dir)
@@ -251,9 +254,8 @@ class OtaUpdater:
             version=offer.manifest.version,
             command=cmd.to_dict(),
         )
-        self.state = replace(
-            self.state, keyring_version=max(self.state.keyring_version, offer.keyring.version)
-        ).remember(cmd.deployment_id)
+        self.trusted.accept_keyring(offer.keyring, cmd.keyring)  # R10: the floor only rises
+        self.state = self.state.remember(cmd.deployment_id)
         self.state = replace(self.state, deployment=dep)
         # subscribe before download_started is queued: the broker handles our SUBSCRIBE
         # before that event, so a hub that waits for it loses no fan-out chunk
@@ -644,7 +646,7 @@ class OtaUpdater:
             device_class=self.device_class,
             now=datetime.fromtimestamp(self._clock(), tz=timezone.utc),
             installed_versions=self.floor.offer_floor(),  # R5: the class's high-water mark
-            min_keyring_version=self.state.keyring_version,
+            min_keyring_version=self.trusted.keyring_floor,
             limits=BundleLimits(max_artifact_bytes=lim, max_total_bytes=lim),
             device_id=self.device_id,
             active_bundle_id=active.meta.bundle_id if (active := self.slots.active()) else None,

@@ -113,6 +113,7 @@ def _installed_with_systemd(config_dir: Path) -> bool:
 def _model(config: AgentConfig) -> dict[str, Any]:
     from edge_agent.ota.persist import StateStore
     from edge_agent.ota.slots import SlotStore
+    from edge_agent.ota.trusted import TrustedStore
 
     slots = SlotStore(config.state_dir)
     active = slots.active()
@@ -125,7 +126,10 @@ def _model(config: AgentConfig) -> dict[str, Any]:
             bundle_id=active.meta.bundle_id,
         )
     out["deployment_in_progress"] = state.deployment is not None
-    out["keyring_version"] = state.keyring_version
+    try:  # R10: the floor is kept in the trusted-state record, not in ota_state.json
+        out["keyring_version"] = TrustedStore(config.state_dir).keyring_floor
+    except OSError:
+        out["keyring_version"] = None
     return out
 
 

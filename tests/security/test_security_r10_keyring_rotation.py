@@ -1,0 +1,203 @@
+"""R10: key rotation reaches devices at once, and the keyring floor cannot be lowered.
+
+Attacks, against a real Mosquitto running the generated mTLS configuration and ACLs, the
+hub's :class:`TrustPublisher` over its own certificate, and real ``EdgeAgent`` devices:
+
+- a leaked signing key is revoked by ``keys rotate``: an *idle* device (no deployment) must
+  learn the new keyring from the retained topic and refuse the old key's offers from then on;
+- whoever controls the broker replays the old keyring, forges one under another root, or
+  tampers with the real one: refused, reported with the reason, floor unchanged;
+- a device certificate cannot write the trust topics (ACL);
+- a corrupt ``ota_state.json`` (and one damaged copy of the trusted record) after a restart
+  does not lower the floor: the revoked key's offer is still refused, the model still runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.keys import KeyStore
+from cloud_hub.trust_publisher import TrustPublisher
+from shared.messages import EventKind, KeyringAnnouncement
+from shared.signing import KeyEntry, Keyring, SigningKey, format_time, sign_envelope
+from tests.agent_ota.agent_ota_helpers import utc, wait_for
+from tests.security._support_freshness import (
+    Device,
+    MqttPeer,
+    TrustBroker,
+    deploy,
+    device_peer,
+    hub_peer,
+    make_device,
+    running_broker,
+    signed_offer,
+)
+
+pytestmark = pytest.mark.integration
+NOT_AUTHORIZED = 0x87
+
+
+@dataclass
+class World:
+    tmp: Path
+    broker: TrustBroker
+    keys: KeyStore
+    hub: MqttPeer
+    publisher: TrustPublisher
+    devices: list[Device]
+
+    def device(self, device_id: str) -> Device:
+        dev = make_device(self.broker, self.tmp, device_id, self.keys)
+        self.devices.append(dev)
+        return dev
+
+    def install(self, device_id: str, version: int) -> None:
+        offer = signed_offer(self.keys, self.broker.scheme, version=version)
+        deploy(self.hub, offer, device_id)
+        self.hub.wait_deployment(offer.command.deployment_id, EventKind.COMMITTED)
+
+    def rotate(self, device_id: str) -> tuple[dict, list[SigningKey]]:
+        """Rotate the hub's signing key; the device applies keyring v2 from the topic.
+        Returns the old keyring and signing keys (what an attacker could replay)."""
+        old = (self.keys.keyring_envelope(), self.keys.signing_keys())
+        self.keys.rotate()
+        assert self.publisher.step()
+        assert wait_for(
+            lambda: any(
+                e.data["keyring_version"] == 2
+                for e in self.hub.events_of(device_id, EventKind.KEYRING_APPLIED)
+            ),
+            30,
+        ), f"{device_id} did not apply keyring v2: {self.hub.kinds(device_id)}"
+        return old
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with running_broker(tmp_path) as broker:
+        keys = KeyStore.init(tmp_path / "keys")
+        hub = hub_peer(broker)
+        publisher = TrustPublisher(
+            keys, topics=broker.scheme, publish=hub.publish_retained, released=dict
+        )
+        w = World(tmp_path, broker, keys, hub, publisher, [])
+        try:
+            assert publisher.step()  # keyring v1 and the first freshness document, retained
+            yield w
+        finally:
+            for dev in w.devices:
+                dev.stop()
+            hub.close()
+
+
+def test_rotation_reaches_an_idle_device_and_the_revoked_key_is_refused(world: World) -> None:
+    dev = world.device("idle-1")
+    agent = dev.start_online(world.hub)
+    world.install("idle-1", version=1)
+    assert agent.updater.trusted.keyring_floor == 1
+
+    old_keyring, old_signers = world.rotate("idle-1")  # no deployment involved
+    assert agent.updater.trusted.keyring_floor == 2
+    assert agent.updater.trusted.record.keyring == world.keys.keyring_envelope()
+
+    # The leaked key's offer, with the keyring that still trusted it (unexpired): refused.
+    replay = signed_offer(
+        world.keys, world.broker.scheme, version=2, keyring=old_keyring, signing_keys=old_signers
+    )
+    deploy(world.hub, replay, "idle-1")
+    rejected = world.hub.wait_deployment(replay.command.deployment_id, EventKind.REJECTED)
+    assert "RollbackError" in rejected.detail and "keyring version 1" in rejected.detail
+    assert "download_started" not in world.hub.deployment_kinds(replay.command.deployment_id)
+    active = agent.active_model
+    assert active is not None and active.meta.version == 1  # nothing lost
+
+    # The new key's offer installs: rotation did not lock the device out.
+    world.install("idle-1", version=2)
+    active = agent.active_model
+    assert active is not None and active.meta.version == 2
+
+
+def test_replayed_forged_and_tampered_keyrings_are_refused(world: World) -> None:
+    dev = world.device("idle-2")
+    agent = dev.start_online(world.hub)
+    old_keyring, _ = world.rotate("idle-2")
+    current = world.keys.keyring_envelope()
+    topic = world.broker.scheme.trust("keyring")
+
+    attacker = SigningKey.generate()
+    forged = sign_envelope(
+        Keyring(
+            version=9,
+            expires=format_time(utc(86400)),
+            signing_keys={
+                attacker.keyid: KeyEntry(
+                    public=attacker.public_hex, expires=format_time(utc(86400))
+                )
+            },
+        ).to_signed(),
+        [attacker],
+    )
+    tampered = copy.deepcopy(current)
+    tampered["signed"]["signing_keys"][attacker.keyid] = {
+        "public": attacker.public_hex,
+        "expires": format_time(utc(86400)),
+    }
+    attacks = [
+        (old_keyring, "RollbackError"),
+        (forged, "UnknownKeyError"),
+        (tampered, "BadSignatureError"),
+    ]
+    for envelope, reason in attacks:
+        before = len(world.hub.events_of("idle-2", EventKind.TRUST_REJECTED))
+        world.hub.publish_retained(topic, KeyringAnnouncement(keyring=envelope).encode())
+        assert wait_for(
+            lambda n=before: len(world.hub.events_of("idle-2", EventKind.TRUST_REJECTED)) > n, 20
+        ), f"no refusal reported for the {reason} keyring"
+        refusal = world.hub.events_of("idle-2", EventKind.TRUST_REJECTED)[-1]
+        assert refusal.data["error"] == reason, refusal.detail
+        assert agent.updater.trusted.keyring_floor == 2
+        assert agent.updater.trusted.record.keyring == current  # nothing replaced
+
+    # A device certificate may read the trust topics but never write them.
+    rogue = device_peer(world.broker, world.tmp, "idle-3")
+    try:
+        rc = rogue.publish(topic, KeyringAnnouncement(keyring=forged).encode(), retain=True)
+        assert rc.value == NOT_AUTHORIZED
+    finally:
+        rogue.close()
+
+
+def test_corrupt_ota_state_does_not_lower_the_keyring_floor(world: World) -> None:
+    dev = world.device("idle-4")
+    dev.start_online(world.hub)
+    world.install("idle-4", version=1)
+    old_keyring, old_signers = world.rotate("idle-4")
+    dev.stop()
+
+    (dev.state_dir / "ota_state.json").write_bytes(b"\x00not json")
+    (dev.state_dir / "trust" / "record-a.json").write_bytes(b'{"keyring_version": ')
+    # the broker no longer hands out the current keyring: the floor must come from disk
+    for channel in ("keyring", "freshness"):
+        world.hub.publish_retained(world.broker.scheme.trust(channel), b"")
+
+    agent = dev.start_online(world.hub)
+    assert agent.updater.trusted.keyring_floor == 2
+    assert (dev.state_dir / "ota_state.json.corrupt").exists()  # evidence kept
+    replay = signed_offer(
+        world.keys, world.broker.scheme, version=2, keyring=old_keyring, signing_keys=old_signers
+    )
+    deploy(world.hub, replay, "idle-4")
+    rejected = world.hub.wait_deployment(replay.command.deployment_id, EventKind.REJECTED)
+    assert "RollbackError" in rejected.detail
+    active = agent.active_model
+    assert active is not None and active.meta.version == 1  # the installed model is intact
+    # the damaged copy was repaired from the intact one
+    assert wait_for(
+        lambda: b'"keyring_version": 2' in (dev.state_dir / "trust" / "record-a.json").read_bytes(),
+        5,
+    )
