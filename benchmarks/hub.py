@@ -221,7 +221,7 @@ class Hub:
         config.write_text(
             f'data_dir = "{root}"\ndb_url = "{self.db_url}"\nmqtt_url = "mqtt://{HOST}:{PORT}"\n'
             f'topic_prefix = "{prefix}"\napi_port = {self.port}\nkeys_dir = "{keys.directory}"\n'
-            f'ingest_client_id = "hub-{prefix}"\n\n[ingest]\nper_device_queue = 1024\n'
+            f'instance_id = "{prefix}"\n\n[ingest]\nper_device_queue = 1024\n'
             "telemetry_burst = 200.0\n",
             encoding="utf-8",
         )

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.broker_endpoint import BrokerEndpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
@@ -228,7 +230,9 @@ class OursFleet:
             "--trust",
             str(trust),
         ] + (["--no-fsync"] if no_fsync else [])
-        cfg = PublisherConfig(port=port, prefix=prefix, chunk_size=chunk_size, start_grace_s=30)
+        cfg = PublisherConfig(
+            broker=BrokerEndpoint(port=port), prefix=prefix, chunk_size=chunk_size, start_grace_s=30
+        )
         self.stack = contextlib.ExitStack()
         self.pub = self.stack.enter_context(FleetPublisher(cfg))
         workers = self.stack.enter_context(Workers("agents", split(self.ids, procs), extra))
@@ -322,7 +326,7 @@ def main() -> None:
         logging.basicConfig(level=logging.ERROR)
         return worker_agents(args)
 
-    from cloud_hub.delivery.config import parse_mqtt_url
+    from cloud_hub.config import parse_mqtt_url
     from cloud_hub.delivery.local_broker import LocalMosquitto
     from shared.bundle import bundle_id_of, parse_bundle
     from shared.chunks import DEFAULT_CHUNK_SIZE, encode_chunk, split_chunks
@@ -341,7 +345,7 @@ def main() -> None:
     ):
         work = Path(tmp)
         if args.mqtt_url:
-            _host, port, _tls = parse_mqtt_url(args.mqtt_url)
+            port = parse_mqtt_url(args.mqtt_url).port
             broker = "external " + args.mqtt_url
         else:
             port = stack.enter_context(LocalMosquitto()).port

@@ -5,7 +5,9 @@ Read from a TOML file (every key optional)::
     data_dir = "/var/lib/fedfleet-hub"
     db_url = "postgresql+psycopg://hub@db:5432/hub"   # default: sqlite in data_dir
     mqtt_url = "mqtt://127.0.0.1:1883"   # mqtts:// for TLS; then optionally
-    # mqtt_ca_file / mqtt_cert_file / mqtt_key_file (mutual TLS with the hub CA)
+    # mqtt_ca_file / mqtt_cert_file / mqtt_key_file (mutual TLS: `cloud-hub broker-config`
+    # prints them), mqtt_protocol = "5" | "3.1.1"
+    instance_id = "hub-a"                # default: DATA_DIR/instance-id (made once)
     topic_prefix = "fedfleet"
     api_host = "127.0.0.1"
     api_port = 8080
@@ -20,68 +22,45 @@ Command-line flags override the file (:meth:`HubConfig.with_overrides`).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cloud_hub.errors import HubConfigError
 from cloud_hub.fleet.config import IngestConfig
+from shared.broker_endpoint import BrokerEndpoint
+from shared.errors import ConfigError
 
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["HubConfig", "MqttEndpoint", "parse_mqtt_url"]
+__all__ = ["HubConfig", "MqttEndpoint", "parse_mqtt_url", "validate_instance_id"]
 
 DEFAULT_DATA_DIR = Path("hub-data")
-_TLS_FILES = ("ca_file", "cert_file", "key_file")
+_ENDPOINT_KEYS = ("ca_file", "cert_file", "key_file", "protocol")
+_INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-@dataclass(frozen=True)
-class MqttEndpoint:
-    """Where the broker is: ``mqtt://host:port`` (or ``mqtts://`` for TLS)."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None  # CA bundle for mqtts:// (None: the system CAs)
-    cert_file: str | None = None  # client certificate for mutual TLS (cloud-hub enroll)
-    key_file: str | None = None
-    protocol: str = "5"  # MQTT protocol version: "5" or "3.1.1" (brokers such as amqtt)
-
-    def __post_init__(self) -> None:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise HubConfigError("mqtt cert_file and key_file go together")
-        if not self.host:
-            raise HubConfigError("mqtt host must not be empty")
-        if not 0 < self.port < 65536:
-            raise HubConfigError(f"mqtt port {self.port} out of range")
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+def validate_instance_id(instance: str) -> str:
+    """A hub instance id: part of the hub's MQTT client ids (#15)."""
+    if not isinstance(instance, str) or not _INSTANCE_RE.fullmatch(instance):
+        raise HubConfigError(f"invalid hub instance id {instance!r}: use 1-64 of [A-Za-z0-9._-]")
+    return instance
 
 
-def parse_mqtt_url(url: str) -> MqttEndpoint:
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise HubConfigError(f"mqtt url {url!r}: scheme must be mqtt:// or mqtts://")
-    tls = parts.scheme in ("mqtts", "ssl")
+# The hub's broker endpoint is the shared type (the agent parses the same one).
+MqttEndpoint = BrokerEndpoint
+
+
+def parse_mqtt_url(url: str) -> BrokerEndpoint:
+    """``mqtt[s]://[user[:password]@]host[:port]`` → the broker endpoint."""
     try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise HubConfigError(f"mqtt url {url!r}: bad port") from exc
-    return MqttEndpoint(
-        host=parts.hostname or "",
-        port=port,
-        tls=tls,
-        username=parts.username,
-        password=parts.password,
-    )
+        return BrokerEndpoint.from_url(url)
+    except ConfigError as exc:
+        raise HubConfigError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -90,12 +69,14 @@ class HubConfig:
 
     data_dir: Path = DEFAULT_DATA_DIR
     db_url: str = ""  # empty: sqlite:///{data_dir}/hub.db
-    mqtt: MqttEndpoint = field(default_factory=MqttEndpoint)
+    mqtt: BrokerEndpoint = field(default_factory=BrokerEndpoint)
     topic_prefix: str = "fedfleet"
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     keys_dir: Path | None = None  # default: {data_dir}/keys
-    ingest_client_id: str = "fedfleet-hub-ingest"
+    # Which hub process this is (#15): part of every MQTT client id, so hubs and replicas
+    # sharing a broker keep their own sessions. Empty: DATA_DIR/instance-id (made once).
+    instance_id: str = ""
     ingest: IngestConfig = field(default_factory=IngestConfig)
     enable_ingest: bool = True
     offline_after_s: float = 900.0  # silent this long → marked offline (0 = never)
@@ -115,8 +96,8 @@ class HubConfig:
             raise HubConfigError("db_url must be sqlite:///PATH or postgresql+psycopg://...")
         if self.offline_after_s != 0 and not 10 <= self.offline_after_s <= 30 * 86400:
             raise HubConfigError("offline_after_s must be 0 (off) or within [10, 2592000]")
-        if not self.ingest_client_id or len(self.ingest_client_id) > 128:
-            raise HubConfigError("ingest_client_id must be 1-128 characters")
+        if self.instance_id:
+            validate_instance_id(self.instance_id)
 
     @property
     def database_url(self) -> str:
@@ -132,12 +113,12 @@ class HubConfig:
         mqtt = values.pop("mqtt", self.mqtt)
         if "mqtt_url" in values:
             mqtt = parse_mqtt_url(values.pop("mqtt_url"))
-        tls_files = {
-            name: values.pop(f"mqtt_{name}") for name in _TLS_FILES if f"mqtt_{name}" in values
+        endpoint_changes = {
+            name: values.pop(f"mqtt_{name}") for name in _ENDPOINT_KEYS if f"mqtt_{name}" in values
         }
         try:
-            values["mqtt"] = dataclasses.replace(mqtt, **tls_files) if tls_files else mqtt
-        except TypeError as exc:
+            values["mqtt"] = mqtt.replace(**endpoint_changes) if endpoint_changes else mqtt
+        except ConfigError as exc:
             raise HubConfigError(f"bad mqtt setting: {exc}") from exc
         for key in ("data_dir", "keys_dir"):
             if key in values:

@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
     from cloud_hub.bundles.sample import export_onnx, preprocess_json
+    from cloud_hub.config import parse_mqtt_url
     from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
-    from cloud_hub.delivery.config import parse_mqtt_url
     from cloud_hub.delivery.local_broker import LocalMosquitto
     from cloud_hub.delivery.local_fleet import LocalAgentFleet
     from cloud_hub.keys import KeyStore
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             url = stack.enter_context(LocalMosquitto()).url
             print(f"broker: private mosquitto at {url}")
-        host, port, _tls = parse_mqtt_url(url)
+        broker = parse_mqtt_url(url)
         prefix = f"demo-{new_id()[:8]}"
 
         keys = KeyStore.init(work / "hub")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         print(f"agents: {args.agents} edge-agent processes starting ...", flush=True)
-        config = PublisherConfig(host=host, port=port, prefix=prefix, chunk_size=args.chunk_size)
+        config = PublisherConfig(broker=broker, prefix=prefix, chunk_size=args.chunk_size)
         pub = stack.enter_context(FleetPublisher(config))
         missing = pub.wait_for_devices(fleet.device_ids, timeout=90)
         if missing:

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.api.app import create_app
 from cloud_hub.api.context import ApiContext
+from cloud_hub.broker_client import HubRole, hub_client_id_for
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
 from cloud_hub.fleet import FleetIngest, MqttSettings
@@ -75,20 +76,17 @@ class HubServer:
                 self.registry,
                 scheme=TopicScheme(cfg.topic_prefix),
                 mqtt_settings=MqttSettings(
-                    host=cfg.mqtt.host,
-                    port=cfg.mqtt.port,
-                    client_id=cfg.ingest_client_id,
-                    username=cfg.mqtt.username,
-                    password=cfg.mqtt.password,
-                    tls_ca=(cfg.mqtt.ca_file or "") if cfg.mqtt.tls else None,
-                    tls_cert=cfg.mqtt.cert_file,
-                    tls_key=cfg.mqtt.key_file,
-                    protocol=cfg.mqtt.protocol,
+                    endpoint=cfg.mqtt, client_id=hub_client_id_for(cfg, HubRole.INGEST)
                 ),
                 config=cfg.ingest,
             )
             self.ingest.start()
-            log.info("ingest subscribed on %s under %s/", cfg.mqtt.url, cfg.topic_prefix)
+            log.info(
+                "ingest %s subscribed on %s under %s/",
+                self.ingest.settings.client_id,
+                cfg.mqtt.url,
+                cfg.topic_prefix,
+            )
         if self.want_engine:
             self.engine = self._build_engine()
         self.context = ApiContext(

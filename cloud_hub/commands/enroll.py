@@ -13,12 +13,20 @@ from datetime import timedelta
 from pathlib import Path
 
 from cloud_hub.config import HubConfig
-from cloud_hub.enrollment.acl import DEFAULT_HUB_USER
 from cloud_hub.enrollment.broker import write_broker_files
 from cloud_hub.enrollment.ca import CertificateAuthority
+from cloud_hub.enrollment.hub_identity import (
+    DEFAULT_HUB_USER,
+    HubIdentity,
+    configure_hub_identity,
+    hub_client_ca,
+    load_hub_identity,
+)
 from cloud_hub.enrollment.hubdir import open_enrollment, server_tls_files
+from cloud_hub.enrollment.service import EnrollmentService
 from cloud_hub.errors import HubConfigError
 from shared.errors import ConfigError
+from shared.files import atomic_write
 from shared.topics import TopicScheme
 
 __all__ = ["parse_labels", "parse_ttl", "register"]
@@ -29,7 +37,7 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_ttl(text: str) -> timedelta:
     """``90``, ``90s``, ``30m``, ``24h``, ``7d`` → a timedelta."""
-    m = _TTL.match(text.strip())
+    m = _TTL.fullmatch(text.strip())
     if not m:
         raise HubConfigError(f"invalid --ttl {text!r}: use e.g. 30m, 24h or 7d")
     return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
@@ -108,6 +116,23 @@ def _enroll_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reserve_hub_identity(
+    service: EnrollmentService, data_dir: Path, name: str | None
+) -> HubIdentity:
+    """R2: the hub's MQTT identity, persisted on first use; refused when a device holds it."""
+    current = load_hub_identity(data_dir)
+    if current is not None and name is not None and name != current.name:
+        return configure_hub_identity(data_dir, name)  # raises: it is set once
+    candidate = current or HubIdentity(name=name or DEFAULT_HUB_USER)
+    for device in service.repository.list_devices():
+        if candidate.reserves(device.device_id) and device.revoked_at is None:
+            raise HubConfigError(
+                f"device {device.device_id!r} is enrolled under the hub's MQTT identity; "
+                f"revoke it (`cloud-hub enroll-revoke {device.device_id}`) or pick another name"
+            )
+    return configure_hub_identity(data_dir, candidate.name)
+
+
 def _broker_config(args: argparse.Namespace) -> int:
     try:
         scheme = TopicScheme(args.prefix)
@@ -115,23 +140,35 @@ def _broker_config(args: argparse.Namespace) -> int:
         raise HubConfigError(str(exc)) from exc
     hub = _hub_config(args)
     service = open_enrollment(hub.data_dir, db_url=hub.database_url, keys_dir=hub.keys_path)
+    identity = _reserve_hub_identity(service, hub.data_dir, args.hub_user)
     files = write_broker_files(
         service.ca,
         args.out,
+        hub_ca=hub_client_ca(hub.data_dir),
+        hub_user=identity.name,
         scheme=scheme,
         hostnames=args.hostname or ["localhost", "127.0.0.1"],
         port=args.port,
+        hub_port=args.hub_port,
         bind=args.bind,
-        hub_user=args.hub_user,
         broker_user=args.broker_user,
         crl_pem=service.crl_pem(),
     )
+    host = (args.hostname or ["localhost"])[0]
     print(f"wrote {files.config}")
-    print(f"  acl          {files.acl}")
+    print(f"  device port  {files.port} (devices; client certificates from {files.ca_cert})")
+    print(f"  hub port     {files.hub_port} (the hub only; certificates from {files.hub_ca_cert})")
+    print(f"  acls         {files.acl} (devices), {files.hub_acl} (hub)")
     print(f"  broker cert  {files.server_cert} (key {files.server_key})")
-    print(f"  hub cert     {files.hub_cert} (key {files.hub_key}; the hub's MQTT identity)")
+    print(f"  hub cert     {files.hub_cert} (key {files.hub_key}; MQTT identity {identity.name})")
     print(f"  crl          {files.crl} (refresh with `cloud-hub enroll-revoke`)")
     print(f"run: mosquitto -c {files.config}")
+    print("hub config (cloud-hub serve --config FILE):")
+    print(f'  mqtt_url = "mqtts://{host}:{files.hub_port}"')
+    print(f'  mqtt_ca_file = "{files.ca_cert}"')
+    print(f'  mqtt_cert_file = "{files.hub_cert}"')
+    print(f'  mqtt_key_file = "{files.hub_key}"')
+    print(f'  device_mqtt_url = "mqtts://{host}:{files.port}"')
     return 0
 
 
@@ -143,9 +180,7 @@ def _enroll_revoke(args: argparse.Namespace) -> int:
     crl = service.crl_pem()
     if args.broker_dir is not None:
         path = Path(args.broker_dir) / "crl.pem"
-        tmp = path.with_name("crl.pem.tmp")
-        tmp.write_bytes(crl)
-        tmp.replace(path)
+        atomic_write(path, crl, mode=0o644)  # R15: the broker never reads half a CRL
         print(f"wrote {path}; now `kill -HUP` Mosquitto (or restart it to drop open sessions)")
     else:
         print("no --broker-dir: copy the CRL from `cloud-hub broker-config` output again")
@@ -202,13 +237,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     broker.add_argument("--out", type=Path, required=True, help="output directory")
     _add_hub_arguments(broker)
-    broker.add_argument("--port", type=int, default=8883)
+    broker.add_argument("--port", type=int, default=8883, help="device listener port")
+    broker.add_argument(
+        "--hub-port", type=int, default=8884, help="hub listener port (hub client CA only)"
+    )
     broker.add_argument("--bind", default="0.0.0.0")
     broker.add_argument(
         "--hostname", action="append", default=[], help="broker host name/IP (repeatable)"
     )
     broker.add_argument("--prefix", default="fedfleet", help="topic prefix")
-    broker.add_argument("--hub-user", default=DEFAULT_HUB_USER, help="the hub's MQTT identity")
+    broker.add_argument(
+        "--hub-user",
+        default=None,
+        help=f"the hub's MQTT identity, set once (default {DEFAULT_HUB_USER}); reserved: "
+        "no device can enroll with it",
+    )
     broker.add_argument(
         "--broker-user", default=None, help="OS user Mosquitto runs as (must read server.key)"
     )

@@ -1,6 +1,6 @@
 """Delivery of signed bundles and commands to the fleet over MQTT v5 (paho-mqtt 2.x)."""
 
-from cloud_hub.delivery.config import PublisherConfig, parse_mqtt_url
+from cloud_hub.delivery.config import PublisherConfig
 from cloud_hub.delivery.deployment import Deployment
 from cloud_hub.delivery.progress import (
     TERMINAL_STATES,
@@ -22,6 +22,5 @@ __all__ = [
     "FleetPublisher",
     "PublisherConfig",
     "advance",
-    "parse_mqtt_url",
     "plan_repair",
 ]

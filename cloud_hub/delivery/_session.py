@@ -1,7 +1,8 @@
-"""A thin paho-mqtt 2.x (MQTT v5) session for the hub: connect, subscribe, and QoS1 publishes
-with a bounded window of unacknowledged messages.
+"""A thin paho-mqtt 2.x session for the hub: connect, subscribe, and QoS1 publishes with a
+bounded window of unacknowledged messages. The client comes from
+:mod:`cloud_hub.broker_client` (endpoint, TLS, protocol, client id).
 
-paho errors are translated into ``DeliveryError`` here and nowhere else. Publishes made while
+paho errors are translated into ``DeliveryError`` here and in the client factory. Publishes made while
 the connection is down stay queued in paho and are sent again after the automatic reconnect;
 the window waits for their PUBACKs, so a broker restart slows a transfer down without losing
 anything the broker acknowledged.
@@ -11,19 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cloud_hub.broker_client import (
+    HubRole,
+    connect_client,
+    create_client,
+    hub_client_id,
+    new_instance_id,
+)
 from cloud_hub.delivery.config import PublisherConfig
+from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError
-from shared.messages import new_id
 
 __all__ = ["MessageHandler", "MqttSession"]
 
@@ -54,24 +60,13 @@ class MqttSession:
         self._connect_error = ""
         self._closed = False
         self.reconnects = 0
-        client_id = config.client_id or f"fedfleet-hub-{new_id()[:12]}"
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5 if config.mqtt_protocol == "5" else mqtt.MQTTv311,
+        client_id = config.client_id or hub_client_id(
+            DEFAULT_HUB_USER, HubRole.PUBLISH, new_instance_id()
         )
+        self._client = create_client(config.broker, client_id=client_id)
         # our own window bounds what is in flight; paho's inflight limit must not be lower
         self._client.max_inflight_messages_set(config.max_inflight)
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)
-        if config.username is not None:
-            self._client.username_pw_set(config.username, config.password)
-        if config.tls_ca is not None:
-            self._client.tls_set(
-                ca_certs=config.tls_ca or None,
-                certfile=config.tls_cert,
-                keyfile=config.tls_key,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
@@ -160,17 +155,7 @@ class MqttSession:
     def connect(self) -> None:
         """Connect, start the network thread, and wait until subscriptions are acknowledged."""
         cfg = self.config
-        try:
-            if cfg.mqtt_protocol == "5":
-                self._client.connect(
-                    cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True
-                )
-            else:
-                self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-        except (OSError, ValueError) as exc:
-            raise DeliveryError(
-                f"cannot connect to MQTT broker {cfg.host}:{cfg.port}: {exc}"
-            ) from exc
+        connect_client(self._client, cfg.broker, keepalive_s=cfg.keepalive_s)
         self._client.loop_start()
         deadline = time.monotonic() + cfg.connect_timeout_s
         with self._cond:
@@ -183,7 +168,7 @@ class MqttSession:
         if not ok:
             self.close()
             raise DeliveryError(
-                f"broker {cfg.host}:{cfg.port} refused or did not answer: {error or 'timeout'}"
+                f"broker {cfg.broker.url} refused or did not answer: {error or 'timeout'}"
             )
 
     @property

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.delivery.config import parse_mqtt_url
+from cloud_hub.config import parse_mqtt_url
 from cloud_hub.errors import HubConfigError
 
 __all__ = ["AgentProcess", "LocalAgentFleet", "agent_config_toml"]

@@ -7,7 +7,7 @@ Typical use::
     app.include_router(enrollment_router(service))
 """
 
-from cloud_hub.enrollment.acl import DEFAULT_HUB_USER, render_acl
+from cloud_hub.enrollment.acl import render_device_acl, render_hub_acl
 from cloud_hub.enrollment.broker import (
     BrokerFiles,
     BrokerTlsConfig,
@@ -23,6 +23,13 @@ from cloud_hub.enrollment.errors import (
     TokenRefusedError,
     TokenUsedError,
     UnknownTokenError,
+)
+from cloud_hub.enrollment.hub_identity import (
+    DEFAULT_HUB_USER,
+    HubIdentity,
+    configure_hub_identity,
+    hub_client_ca,
+    load_hub_identity,
 )
 from cloud_hub.enrollment.hubdir import open_enrollment, server_tls_files
 from cloud_hub.enrollment.router import enrollment_router
@@ -54,6 +61,7 @@ __all__ = [
     "EnrollmentRequest",
     "EnrollmentResult",
     "EnrollmentService",
+    "HubIdentity",
     "InMemoryEnrollmentRepository",
     "IssuedCertificate",
     "MqttSettings",
@@ -64,9 +72,13 @@ __all__ = [
     "TokenUsedError",
     "UnknownTokenError",
     "cert_fingerprint",
+    "configure_hub_identity",
     "enrollment_router",
+    "hub_client_ca",
+    "load_hub_identity",
     "open_enrollment",
-    "render_acl",
+    "render_device_acl",
+    "render_hub_acl",
     "render_mosquitto_config",
     "server_tls_files",
     "write_broker_files",

@@ -96,6 +96,40 @@ def _san_entries(names: Sequence[str]) -> list[x509.GeneralName]:
     return out
 
 
+def _self_signed(
+    key: ec.EllipticCurvePrivateKey, *, common_name: str, days: int, now: datetime | None
+) -> x509.Certificate:
+    """A CA certificate for ``key`` (self-signed, path length 0: it signs only leaves)."""
+    now = now or datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
 class CertificateAuthority:
     """A loaded CA (key + certificate). Create or load one with :meth:`load_or_create`."""
 
@@ -109,37 +143,8 @@ class CertificateAuthority:
         cls, *, common_name: str = "fedfleet hub CA", days: int = 3650, now: datetime | None = None
     ) -> CertificateAuthority:
         """A new in-memory CA (self-signed, path length 0: it signs only leaves)."""
-        now = now or datetime.now(UTC)
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CLOCK_SKEW)
-            .not_valid_after(now + timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(ski, critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key, cert)
+        return cls(key, _self_signed(key, common_name=common_name, days=days, now=now))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> CertificateAuthority:
@@ -157,16 +162,39 @@ class CertificateAuthority:
         return cls(key, cert)
 
     @classmethod
-    def load_or_create(cls, directory: str | os.PathLike[str]) -> CertificateAuthority:
-        """Load the CA in ``directory``, creating it (mode 0700 dir, 0600 key) on first use."""
+    def load_or_create(
+        cls, directory: str | os.PathLike[str], *, common_name: str = "fedfleet hub CA"
+    ) -> CertificateAuthority:
+        """Load the CA in ``directory``, creating it (mode 0700 dir, 0600 key) on first use.
+
+        R15: both files are written atomically, the key first. A crash between the two
+        leaves a key without a certificate: nothing was ever issued or pinned then, so the
+        certificate is re-made from that key. A certificate without its key is refused
+        (never silently replaced: devices may pin it)."""
         d = Path(directory)
-        if (d / "ca.key").exists() or (d / "ca.crt").exists():
+        key_path, cert_path = d / "ca.key", d / "ca.crt"
+        if cert_path.exists():
             return cls.load(d)
+        if key_path.exists():
+            return cls._finish_creation(d, common_name)
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
-        ca = cls.create()
-        atomic_write(d / "ca.key", ca.key_pem(), mode=0o600)
-        (d / "ca.crt").write_bytes(ca.cert_pem)
+        ca = cls.create(common_name=common_name)
+        atomic_write(key_path, ca.key_pem(), mode=0o600)
+        atomic_write(cert_path, ca.cert_pem, mode=0o644)
+        return ca
+
+    @classmethod
+    def _finish_creation(cls, d: Path, common_name: str) -> CertificateAuthority:
+        """A creation interrupted after ``ca.key``: self-sign that key and write ``ca.crt``."""
+        try:
+            key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise HubConfigError(f"cannot load the hub CA key in {d}: {exc}") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise HubConfigError(f"{d / 'ca.key'} is not an EC key")
+        ca = cls(key, _self_signed(key, common_name=common_name, days=3650, now=None))
+        atomic_write(d / "ca.crt", ca.cert_pem, mode=0o644)
         return ca
 
     # -- accessors ---------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 ::
 
-    DATA_DIR/ca/ca.key, ca.crt      the hub CA (created on first use)
+    DATA_DIR/ca/ca.key, ca.crt      the device CA (created on first use)
+    DATA_DIR/hub-ca/                the hub client CA and the hub's MQTT identity (R2)
     DATA_DIR/tls/hub.crt, hub.key   the HTTPS server certificate of the hub API
     DATA_DIR/hub.db                 the hub registry (default; PostgreSQL via db_url) which
                                     also holds the enrollment_tokens / enrolled_devices tables
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.enrollment.ca import CertificateAuthority
+from cloud_hub.enrollment.hub_identity import load_hub_identity
 from cloud_hub.enrollment.service import EnrollmentConfig, EnrollmentService
 from cloud_hub.enrollment.store import SqlEnrollmentRepository
 from cloud_hub.enrollment.tokens import EnrolledDevice
@@ -104,6 +106,7 @@ def open_enrollment(
         config=config,
         trust_root=lambda: keystore_trust_root(keys),
         on_enrolled=register_in_fleet(registry),
+        hub_identity=lambda: load_hub_identity(d),
     )
 
 

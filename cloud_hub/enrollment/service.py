@@ -8,8 +8,8 @@ it. The rules:
 - the device class is the token's (a request naming another class is refused);
 - the device id is the one the token was issued for, else the one the device asks for, else
   a generated ``{class}-{8 hex}``; an id already enrolled can be taken over only with a
-  token issued for that id (re-installing a device), and the hub's MQTT user name is
-  reserved (a device named like it would get the hub's broker rights);
+  token issued for that id (re-installing a device), and the hub's MQTT identity, whatever
+  name was configured, is reserved (R2; case-insensitively);
 - labels set on the token win over labels the device reports about itself;
 - the certificate's CN/SAN is the device id whatever the CSR asked for;
 - :meth:`EnrollmentService.revoke` puts a device's certificate on the CRL that the broker
@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from cloud_hub.enrollment.acl import DEFAULT_HUB_USER
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.enrollment.errors import (
     EnrollmentConflictError,
     EnrollmentRefusedError,
     UnknownTokenError,
 )
+from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER, HubIdentity
 from cloud_hub.enrollment.store import EnrollmentRepository
 from cloud_hub.enrollment.tokens import (
     EnrolledDevice,
@@ -152,6 +152,7 @@ class EnrollmentService:
         trust_root: Callable[[], TrustRoot | None] = lambda: None,
         on_enrolled: Callable[[EnrolledDevice], None] | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        hub_identity: Callable[[], HubIdentity | None] = lambda: None,
     ) -> None:
         self.ca = ca
         self.repository = repository
@@ -159,6 +160,15 @@ class EnrollmentService:
         self._trust_root = trust_root
         self._on_enrolled = on_enrolled
         self._clock = clock
+        self._hub_identity = hub_identity  # read on every use: broker-config may set it later
+
+    def _reserved(self, device_id: str) -> bool:
+        """R2: the hub's MQTT identity (configured or default) is never a device id."""
+        names = [HubIdentity(name=self.config.hub_user)]
+        configured = self._hub_identity()
+        if configured is not None:
+            names.append(configured)
+        return any(identity.reserves(device_id) for identity in names)
 
     def issue_token(
         self,
@@ -169,8 +179,8 @@ class EnrollmentService:
         device_id: str | None = None,
     ) -> tuple[str, TokenRecord]:
         """A new single-use token; the secret is returned once and never stored."""
-        if device_id == self.config.hub_user:
-            raise HubConfigError(f"{device_id!r} is the hub's broker user name")
+        if device_id is not None and self._reserved(device_id):
+            raise HubConfigError(f"{device_id!r} is reserved: it is the hub's MQTT identity")
         secret, record = issue_token(
             device_class=device_class,
             ttl=ttl or self.config.default_token_ttl,
@@ -187,14 +197,20 @@ class EnrollmentService:
                 raise EnrollmentConflictError(
                     f"this token is for device {record.device_id!r}, not {requested!r}"
                 )
+            if self._reserved(record.device_id):  # configured after the token was issued
+                raise EnrollmentConflictError(
+                    f"device id {record.device_id!r} is reserved (the hub's MQTT identity)"
+                )
             return record.device_id
         device_id = requested or f"{record.device_class}-{secrets.token_hex(4)}"
         try:
             validate_device_id(device_id)
         except ConfigError as exc:
             raise EnrollmentRefusedError(f"device id: {exc}") from exc
-        if device_id == self.config.hub_user:
-            raise EnrollmentConflictError(f"device id {device_id!r} is reserved")
+        if self._reserved(device_id):
+            raise EnrollmentConflictError(
+                f"device id {device_id!r} is reserved (the hub's MQTT identity)"
+            )
         if self.repository.get_device(device_id) is not None:
             raise EnrollmentConflictError(
                 f"device id {device_id!r} is already enrolled; issue a token with "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -21,18 +20,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from cloud_hub.broker_client import HubRole, connect_client, create_client
+from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError
 from cloud_hub.fleet.batch import BatchCounts, IngestBatch, write_batch
 from cloud_hub.fleet.config import IngestConfig
 from cloud_hub.fleet.fairness import Admission, FairQueue, RecentKeys
 from cloud_hub.fleet.intake import INGEST_CHANNELS, Inbound, Rejected, classify
 from cloud_hub.registry import Registry
+from shared.broker_endpoint import BrokerEndpoint
 from shared.errors import MalformedMessageError
 from shared.messages import MAX_MESSAGE_BYTES, Telemetry
 from shared.topics import TopicScheme
@@ -44,19 +44,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MqttSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    client_id: str = "fedfleet-hub-ingest"
-    username: str | None = None
-    password: str | None = None
-    tls_ca: str | None = None  # path to a CA bundle; "" = system CAs; None = no TLS
-    tls_cert: str | None = None  # client certificate + key for mutual TLS
-    tls_key: str | None = None
+    """The ingest's broker connection (built by :mod:`cloud_hub.broker_client`)."""
+
+    endpoint: BrokerEndpoint = field(default_factory=BrokerEndpoint)
+    # IDENTITY:ROLE:INSTANCE, see cloud_hub.broker_client.hub_client_id (#15)
+    client_id: str = f"{DEFAULT_HUB_USER}:{HubRole.INGEST.value}:default"
     keepalive_s: int = 30
     session_expiry_s: int = 3600
     receive_maximum: int = 65535
     connect_timeout_s: float = 10.0
-    protocol: str = "5"  # or "3.1.1" (e.g. amqtt)
 
 
 @dataclass(frozen=True)
@@ -128,35 +124,26 @@ class FleetIngest:
         """Connect, subscribe, and start the writer thread (raises ``DeliveryError``)."""
         self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest", daemon=True)
         self._writer.start()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.settings.session_expiry_s
-        # let the broker keep many QoS 1 messages in flight to us (Mosquitto's queue for a
-        # slow subscriber is small and drops silently beyond it)
-        props.ReceiveMaximum = self.settings.receive_maximum
+        # persistent session; let the broker keep many QoS 1 messages in flight to us
+        # (Mosquitto's queue for a slow subscriber is small and drops silently beyond it)
         try:
-            if self.settings.protocol == "5":
-                self._client.connect(
-                    self.settings.host,
-                    self.settings.port,
-                    keepalive=self.settings.keepalive_s,
-                    clean_start=False,
-                    properties=props,
-                )
-            else:  # 3.1.1: persistent session via clean_session=False (set on the client)
-                self._client.connect(
-                    self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s
-                )
-        except (OSError, ValueError) as exc:
+            connect_client(
+                self._client,
+                self.settings.endpoint,
+                keepalive_s=self.settings.keepalive_s,
+                persistent=True,
+                session_expiry_s=self.settings.session_expiry_s,
+                receive_maximum=self.settings.receive_maximum,
+            )
+        except DeliveryError:
             self.stop()
-            raise DeliveryError(
-                f"ingest cannot reach broker {self.settings.host}:{self.settings.port}: {exc}"
-            ) from exc
+            raise
         self._client.loop_start()
         if not self._connected.wait(self.settings.connect_timeout_s):
             self.stop()
             raise DeliveryError(
-                f"broker {self.settings.host}:{self.settings.port} did not accept the ingest: "
-                f"{self._connect_error or 'timeout'}"
+                f"broker {self.settings.endpoint.url} did not accept the ingest "
+                f"({self.settings.client_id}): {self._connect_error or 'timeout'}"
             )
 
     def stop(self, *, flush: bool = True) -> None:
@@ -385,23 +372,13 @@ class FleetIngest:
 
     # -- paho --------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
+        client = create_client(
+            self.settings.endpoint,
             client_id=self.settings.client_id,
-            protocol=mqtt.MQTTv5 if self.settings.protocol == "5" else mqtt.MQTTv311,
-            clean_session=None if self.settings.protocol == "5" else False,
+            persistent=True,
             manual_ack=True,  # acknowledge after the commit (see submit)
         )
         client.reconnect_delay_set(min_delay=1, max_delay=5)
-        if self.settings.username is not None:
-            client.username_pw_set(self.settings.username, self.settings.password)
-        if self.settings.tls_ca is not None:
-            client.tls_set(
-                ca_certs=self.settings.tls_ca or None,
-                certfile=self.settings.tls_cert,
-                keyfile=self.settings.tls_key,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

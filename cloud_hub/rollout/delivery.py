@@ -90,22 +90,15 @@ class PublisherDelivery:
     @classmethod
     def from_hub_config(cls, config: HubConfig, keys: KeyStore) -> PublisherDelivery:
         """Connect a publisher to the hub's broker (what ``cloud-hub serve`` uses)."""
+        from cloud_hub.broker_client import HubRole, hub_client_id_for
         from cloud_hub.delivery import FleetPublisher
         from cloud_hub.delivery.config import PublisherConfig
 
-        mqtt = config.mqtt
         publisher = FleetPublisher(
             PublisherConfig(
-                host=mqtt.host,
-                port=mqtt.port,
+                broker=config.mqtt,
                 prefix=config.topic_prefix,
-                client_id=f"{config.ingest_client_id}-rollout"[:128],
-                username=mqtt.username,
-                password=mqtt.password,
-                tls_ca=(mqtt.ca_file or "") if mqtt.tls else None,
-                tls_cert=mqtt.cert_file,
-                tls_key=mqtt.key_file,
-                mqtt_protocol=mqtt.protocol,
+                client_id=hub_client_id_for(config, HubRole.ROLLOUT),
             )
         )
         publisher.connect()

@@ -29,11 +29,13 @@ from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.enrollment import (
+    DEFAULT_HUB_USER,
     CertificateAuthority,
     EnrollmentConfig,
     EnrollmentService,
     SqlEnrollmentRepository,
     enrollment_router,
+    hub_client_ca,
     server_tls_files,
     write_broker_files,
 )
@@ -147,7 +149,8 @@ def running_hub(tmp: Path, *, mqtt_url: str, prefix: str) -> Iterator[Hub]:
 
 @dataclass
 class Broker:
-    port: int
+    port: int  # the device listener
+    hub_port: int  # the hub listener (hub client CA only)
     files: BrokerFiles
     scheme: TopicScheme
     log: Path
@@ -165,19 +168,25 @@ class Broker:
 
 
 @contextmanager
-def running_mosquitto(ca: CertificateAuthority, tmp: Path, *, prefix: str) -> Iterator[Broker]:
-    """A private Mosquitto on a free loopback port: mTLS required, the rendered ACL enforced."""
+def running_mosquitto(
+    ca: CertificateAuthority, tmp: Path, *, prefix: str, hub_user: str = DEFAULT_HUB_USER
+) -> Iterator[Broker]:
+    """A private Mosquitto on free loopback ports (device and hub listeners): mTLS required,
+    the rendered ACLs enforced. The hub client CA lives in ``tmp/hub-ca``."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    port = free_port()
+    port, hub_port = free_port(), free_port()
     scheme = TopicScheme(prefix)
     user = getpass.getuser()
     files = write_broker_files(
         ca,
         tmp / "broker",
+        hub_ca=hub_client_ca(tmp),
+        hub_user=hub_user,
         scheme=scheme,
         port=port,
+        hub_port=hub_port,
         bind="127.0.0.1",
         broker_user=user if user == "root" else None,
         crl_pem=ca.build_crl([]),
@@ -187,7 +196,10 @@ def running_mosquitto(ca: CertificateAuthority, tmp: Path, *, prefix: str) -> It
         proc = subprocess.Popen([exe, "-c", str(files.config)], stdout=out, stderr=out)
     try:
         wait_port(port)
-        yield Broker(port=port, files=files, scheme=scheme, log=log, process=proc)
+        wait_port(hub_port)
+        yield Broker(
+            port=port, hub_port=hub_port, files=files, scheme=scheme, log=log, process=proc
+        )
     finally:
         proc.terminate()
         try:
@@ -369,11 +381,14 @@ def enroll_device(hub: Hub, tmp_path: Path) -> Any:
 
 @pytest.fixture
 def mqtt_client(broker: Broker) -> Iterator[Any]:
-    """``mqtt_client(client_id, ca, cert, key) -> MqttProbe`` (closed after the test)."""
+    """``mqtt_client(client_id, ca, cert, key, port=None) -> MqttProbe`` (closed after the
+    test); ``port`` defaults to the device listener."""
     made: list[MqttProbe] = []
 
-    def _make(client_id: str, *, ca: Path, cert: Path | None, key: Path | None) -> MqttProbe:
-        probe = MqttProbe(broker.port, client_id=client_id, ca=ca, cert=cert, key=key)
+    def _make(
+        client_id: str, *, ca: Path, cert: Path | None, key: Path | None, port: int | None = None
+    ) -> MqttProbe:
+        probe = MqttProbe(port or broker.port, client_id=client_id, ca=ca, cert=cert, key=key)
         made.append(probe)
         return probe
 

@@ -20,7 +20,8 @@ from cloud_hub.enrollment import (
     BrokerTlsConfig,
     CertificateAuthority,
     CsrRejectedError,
-    render_acl,
+    render_device_acl,
+    render_hub_acl,
     render_mosquitto_config,
 )
 from cloud_hub.errors import HubConfigError
@@ -120,10 +121,9 @@ def test_tampered_csr_signature_is_refused(ca: CertificateAuthority) -> None:
 
 
 def test_acl_confines_devices_to_their_own_topics() -> None:
-    acl = render_acl(TopicScheme("plant"), hub_user="hub-1")
-    lines = [ln for ln in acl.splitlines() if ln and not ln.startswith("#")]
-    assert lines[:2] == ["user hub-1", "topic readwrite plant/v1/#"]
-    patterns = lines[2:]
+    acl = render_device_acl(TopicScheme("plant"))
+    patterns = [ln for ln in acl.splitlines() if ln and not ln.startswith("#")]
+    # R2: the device listener's ACL grants nobody by name, so no device name reaches more
     assert all(p.startswith("pattern ") for p in patterns)
     assert "pattern write plant/v1/devices/%u/telemetry" in patterns
     assert "pattern read plant/v1/devices/%u/cmd" in patterns
@@ -134,32 +134,46 @@ def test_acl_confines_devices_to_their_own_topics() -> None:
         p.startswith("pattern write") and p.endswith(("/cmd", "/chunks")) for p in patterns
     )
     assert "%c" not in acl
+    hub = [ln for ln in render_hub_acl(TopicScheme("plant"), hub_user="hub-1").splitlines()]
+    assert [ln for ln in hub if ln and not ln.startswith("#")] == [
+        "user hub-1",
+        "topic readwrite plant/v1/#",
+    ]
     with pytest.raises(Exception, match="invalid id"):
-        render_acl(TopicScheme("plant"), hub_user="bad/user")
+        render_hub_acl(TopicScheme("plant"), hub_user="bad/user")
 
 
 def test_mosquitto_config_requires_client_certificates(tmp_path: Path) -> None:
     cfg = BrokerTlsConfig(
         port=18883,
+        hub_port=18884,
         bind="127.0.0.1",
         cafile=tmp_path / "ca.crt",
+        hub_cafile=tmp_path / "hub-ca.crt",
         certfile=tmp_path / "s.crt",
         keyfile=tmp_path / "s.key",
         acl_file=tmp_path / "acl",
+        hub_acl_file=tmp_path / "acl-hub",
     )
-    text = render_mosquitto_config(cfg)
-    for line in (
-        "listener 18883 127.0.0.1",
-        "require_certificate true",
-        "use_identity_as_username true",
-        "allow_anonymous false",
-        f"acl_file {tmp_path / 'acl'}",
-    ):
-        assert line in text.splitlines()
-    with pytest.raises(HubConfigError):
-        BrokerTlsConfig(
-            port=0, cafile=Path("a"), certfile=Path("b"), keyfile=Path("c"), acl_file=Path("d")
-        )
+    text = render_mosquitto_config(cfg).splitlines()
+    assert "per_listener_settings true" in text
+    device = text[text.index("listener 18883 127.0.0.1") : text.index("listener 18884 127.0.0.1")]
+    hub = text[text.index("listener 18884 127.0.0.1") :]
+    for listener, cafile, acl in ((device, "ca.crt", "acl"), (hub, "hub-ca.crt", "acl-hub")):
+        for line in (
+            f"cafile {tmp_path / cafile}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+            f"acl_file {tmp_path / acl}",
+        ):
+            assert line in listener
+    # R3: on the device listener the client id is the certificate's identity
+    assert "use_username_as_clientid true" in device
+    assert "use_username_as_clientid true" not in hub
+    for bad in ({"port": 0}, {"hub_port": 18883}):
+        with pytest.raises(HubConfigError):
+            BrokerTlsConfig(**{**cfg.__dict__, **bad})
 
 
 _label_keys = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,15}", fullmatch=True)

@@ -98,7 +98,9 @@ def test_broker_config_cli_writes_a_complete_setup(
     assert names == {
         "mosquitto.conf",
         "acl",
+        "acl-hub",
         "ca.crt",
+        "hub-ca.crt",
         "server.crt",
         "server.key",
         "hub.crt",
@@ -108,6 +110,9 @@ def test_broker_config_cli_writes_a_complete_setup(
     conf = (out_dir / "mosquitto.conf").read_text()
     assert "require_certificate true" in conf and "listener 18883 0.0.0.0" in conf
     assert "plant/v1/devices/%u/status" in (out_dir / "acl").read_text()
+    assert (
+        "listener 8884 0.0.0.0" in conf and "user fedfleet-hub" in (out_dir / "acl-hub").read_text()
+    )
     assert (out_dir / "server.key").stat().st_mode & 0o077 == 0
 
 

@@ -246,7 +246,9 @@ def test_installed_agent_reaches_the_hub_over_mtls(
     from edge_agent.agent import EdgeAgent
 
     files = broker.files
-    hub_client = mqtt_client("hub-e2e", ca=files.ca_cert, cert=files.hub_cert, key=files.hub_key)
+    hub_client = mqtt_client(
+        "hub-e2e", ca=files.ca_cert, cert=files.hub_cert, key=files.hub_key, port=broker.hub_port
+    )
     hub_client.connect()
     hub_client.subscribe(broker.scheme.all_devices("status"))
     hub_client.subscribe(broker.scheme.all_devices("hello"))

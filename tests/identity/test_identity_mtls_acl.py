@@ -31,7 +31,9 @@ def _broker_logged(broker: Any, text: str, timeout: float = 3.0) -> bool:
 
 def _hub_client(broker: Any, mqtt_client: Any, name: str = "hub") -> Any:
     files = broker.files
-    client = mqtt_client(name, ca=files.ca_cert, cert=files.hub_cert, key=files.hub_key)
+    client = mqtt_client(
+        name, ca=files.ca_cert, cert=files.hub_cert, key=files.hub_key, port=broker.hub_port
+    )
     client.connect()
     assert not client.connack.is_failure
     return client

@@ -19,6 +19,7 @@ from cloud_hub.delivery import FleetPublisher, PublisherConfig
 from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.delta import make_delta_bundle
 from cloud_hub.keys import KeyStore
+from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import new_id
 from tests.onnx_models import linear_onnx
 
@@ -78,7 +79,7 @@ def test_delta_applies_and_wrong_base_falls_back_to_full(
     def diag() -> str:
         return "\n".join(f"--- {d}\n{fleet.logs(d, 2500)}" for d in fleet.device_ids)
 
-    cfg = PublisherConfig(port=1883, prefix=prefix, chunk_size=32 * 1024)
+    cfg = PublisherConfig(broker=BrokerEndpoint(port=1883), prefix=prefix, chunk_size=32 * 1024)
     with FleetPublisher(cfg) as pub:
         assert not pub.wait_for_devices(fleet.device_ids, timeout=60), diag()
         assert pub.deploy(v1.data, fleet.device_ids).wait(timeout=60).all_committed, diag()

@@ -13,6 +13,7 @@ import pytest
 from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
 from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.keys import KeyStore
+from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import new_id
 
 from .ota_support import make_model_bundle
@@ -70,7 +71,7 @@ def test_bundle_delivered_and_committed_on_five_agent_processes(
     keys: KeyStore, fleet: LocalAgentFleet, prefix: str
 ) -> None:
     v1 = make_model_bundle(keys, version=1, padding=400_000)
-    cfg = PublisherConfig(port=1883, prefix=prefix, chunk_size=64 * 1024)
+    cfg = PublisherConfig(broker=BrokerEndpoint(port=1883), prefix=prefix, chunk_size=64 * 1024)
     with FleetPublisher(cfg) as pub:
         missing = pub.wait_for_devices(fleet.device_ids, timeout=60)
         assert not missing, _diagnose(fleet, missing)
@@ -102,7 +103,7 @@ def test_cli_publish_by_class_discovers_agents(
 
     path = tmp_path / "next.ffb"
     path.write_bytes(make_model_bundle(keys, version=10).data)
-    with FleetPublisher(PublisherConfig(port=1883, prefix=prefix)) as pub:
+    with FleetPublisher(PublisherConfig(broker=BrokerEndpoint(port=1883), prefix=prefix)) as pub:
         assert not pub.wait_for_devices(fleet.device_ids, timeout=60)
     rc = hub_main(
         [

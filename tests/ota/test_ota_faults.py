@@ -19,6 +19,7 @@ from cloud_hub.delivery.local_broker import LocalMosquitto
 from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
+from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import new_id
 
 from .faultproxy import FaultProxy
@@ -65,7 +66,9 @@ def test_flapping_link_cut_and_delay_transfer_resumes(tmp_path: Path) -> None:
         FaultProxy("127.0.0.1", 1883, delay_s=0.03) as proxy,
         _fleet(tmp_path, keys, proxy.port, prefix) as fleet,
     ):
-        cfg = PublisherConfig(port=1883, prefix=prefix, chunk_size=32 * 1024, start_grace_s=10)
+        cfg = PublisherConfig(
+            broker=BrokerEndpoint(port=1883), prefix=prefix, chunk_size=32 * 1024, start_grace_s=10
+        )
         with FleetPublisher(cfg) as pub:
             assert not pub.wait_for_devices(fleet.device_ids, timeout=60), _report(fleet, "offline")
             connections_before = proxy.accepted
@@ -96,7 +99,10 @@ def test_broker_restarted_mid_transfer(tmp_path: Path) -> None:
         _fleet(tmp_path, keys, proxy.port, prefix) as fleet,
     ):
         cfg = PublisherConfig(
-            port=proxy.port, prefix=prefix, chunk_size=32 * 1024, start_grace_s=10
+            broker=BrokerEndpoint(port=proxy.port),
+            prefix=prefix,
+            chunk_size=32 * 1024,
+            start_grace_s=10,
         )
         with FleetPublisher(cfg) as pub:
             assert not pub.wait_for_devices(fleet.device_ids, timeout=60), _report(fleet, "offline")

@@ -13,6 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
 from cloud_hub.errors import DeliveryError, HubConfigError
+from shared.broker_endpoint import BrokerEndpoint
 from shared.errors import MalformedBundleError
 from shared.messages import new_id
 
@@ -29,7 +30,9 @@ def prefix() -> str:
 
 @pytest.fixture()
 def publisher(prefix: str) -> Iterator[FleetPublisher]:
-    cfg = PublisherConfig(port=PORT, prefix=prefix, chunk_size=16 * 1024, start_grace_s=3.0)
+    cfg = PublisherConfig(
+        broker=BrokerEndpoint(port=PORT), prefix=prefix, chunk_size=16 * 1024, start_grace_s=3.0
+    )
     with FleetPublisher(cfg) as pub:
         yield pub
 
@@ -104,7 +107,7 @@ def test_rollback_command_and_progress(
 
 def test_offline_device_times_out_without_blocking(tmp_path: Path, prefix: str) -> None:
     fx = make_bundle(tmp_path, size=10_000)
-    cfg = PublisherConfig(port=PORT, prefix=prefix, start_grace_s=0.3)
+    cfg = PublisherConfig(broker=BrokerEndpoint(port=PORT), prefix=prefix, start_grace_s=0.3)
     with FleetPublisher(cfg) as pub:
         result = pub.deploy(fx.data, ["nobody"]).wait(timeout=0.5)
     assert not result.done and result.unfinished == ["nobody"]
@@ -115,7 +118,9 @@ def test_errors_are_translated(tmp_path: Path, prefix: str, publisher: FleetPubl
     from cloud_hub.delivery.local_broker import free_port
 
     with pytest.raises(DeliveryError):
-        FleetPublisher(PublisherConfig(port=free_port(), connect_timeout_s=1)).connect()
+        FleetPublisher(
+            PublisherConfig(broker=BrokerEndpoint(port=free_port()), connect_timeout_s=1)
+        ).connect()
     with pytest.raises(MalformedBundleError):
         publisher.deploy(b"not a bundle at all", ["d0"])
     with pytest.raises(HubConfigError):

@@ -16,6 +16,7 @@ import pytest
 from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
 from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.keys import KeyStore
+from shared.broker_endpoint import BrokerEndpoint
 from shared.bundle import BundleManifest, artifact_info, build_bundle, parse_bundle
 from shared.messages import new_id
 from shared.signing import SigningKey, format_time
@@ -76,7 +77,9 @@ def test_agent_refuses_every_bad_bundle_and_keeps_its_model(tmp_path: Path) -> N
             n=1,
             tables={"timeouts": {"chunk_retry_s": 0.5}, "limits": {"fsync_chunks": False}},
         ) as fleet,
-        FleetPublisher(PublisherConfig(port=1883, prefix=prefix, start_grace_s=2)) as pub,
+        FleetPublisher(
+            PublisherConfig(broker=BrokerEndpoint(port=1883), prefix=prefix, start_grace_s=2)
+        ) as pub,
     ):
         (dev,) = fleet.device_ids
         assert not pub.wait_for_devices([dev], timeout=60), fleet.logs(dev)

@@ -13,6 +13,7 @@ import pytest
 from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
 from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.keys import KeyStore
+from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import new_id
 
 from .faultproxy import FaultProxy
@@ -43,7 +44,9 @@ def test_late_joiner_and_killed_agent_complete(tmp_path: Path) -> None:
         ) as fleet,
     ):
         late, killed, steady = fleet.device_ids
-        cfg = PublisherConfig(port=1883, prefix=prefix, chunk_size=CHUNK, start_grace_s=10)
+        cfg = PublisherConfig(
+            broker=BrokerEndpoint(port=1883), prefix=prefix, chunk_size=CHUNK, start_grace_s=10
+        )
         with FleetPublisher(cfg) as pub:
             assert not pub.wait_for_devices(fleet.device_ids, timeout=60)
             fleet.stop_one(late)  # offline (its persistent session keeps the command)

@@ -80,7 +80,7 @@ class HubProcess:
                     f'topic_prefix = "{prefix}"',
                     f"api_port = {self.port}",
                     f'keys_dir = "{keys.directory}"',
-                    f'ingest_client_id = "hub-{prefix}"',
+                    f'instance_id = "{prefix}"',
                 ]
             )
             + "\n",
