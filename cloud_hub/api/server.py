@@ -29,9 +29,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloud_hub.api.app import create_app
 from cloud_hub.api.context import ApiContext
 from cloud_hub.broker_client import HubRole, hub_client_id_for
+from cloud_hub.bundles import BundleStore, default_store
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
 from cloud_hub.fleet import FleetIngest, MqttSettings
+from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.bundle_index import register_bundle_bytes
 from shared.errors import FedfleetError
@@ -53,6 +55,7 @@ class HubServer:
         self.engine: Any = None
         self.publisher: Any = None
         self.context: ApiContext | None = None
+        self.bundles: BundleStore | None = None
         self._app: FastAPI | None = None
         self._stop = threading.Event()
         self._engine_thread: threading.Thread | None = None
@@ -70,7 +73,7 @@ class HubServer:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = open_registry(cfg.database_url)
-        self._index_bundle_store()
+        self.bundles = self._open_bundle_store()
         if cfg.enable_ingest:
             self.ingest = FleetIngest(
                 self.registry,
@@ -94,7 +97,7 @@ class HubServer:
             rollouts=self.engine,
             enrollment=self._build_enrollment(),
             ingest_stats=self.ingest.stats if self.ingest is not None else None,
-            bundle_dir=cfg.keys_path / "bundles",
+            bundles=self.bundles,
         )
         self._app = create_app(self.context)
         self._mount_optional(self._app, self.context)
@@ -189,24 +192,35 @@ class HubServer:
                 log.warning("housekeeping skipped: %s", exc)
 
     # -- optional parts ----------------------------------------------------------------------
-    def _index_bundle_store(self) -> None:
-        """Register bundles built by ``cloud-hub bundle build`` (idempotent)."""
+    def _open_bundle_store(self) -> BundleStore | None:
+        """The bundle store beside the key folder; registers the bundles in it that the
+        registry does not know yet (built by ``cloud-hub bundle build``, or dropped there),
+        each only if it verifies against the hub's own keys (R1)."""
         assert self.registry is not None
-        directory = self.config.keys_path / "bundles"
-        if not directory.is_dir():
-            return
+        keys = KeyStore(self.config.keys_path)
+        if not keys.exists():
+            log.warning("no key store at %s: bundle uploads and deltas are off", keys.directory)
+            return None
+        store = default_store(keys)
         count = 0
-        for path in sorted(directory.glob("*.ffb")):
+        for bundle_id in store.ids():
             try:
                 with self.registry.session() as s:
-                    if catalog.find_bundle(s, path.stem) is not None:
-                        continue  # files are named by bundle id: known, skip reading it
-                    register_bundle_bytes(s, path.read_bytes(), path=str(path), now=time.time())
+                    if catalog.find_bundle(s, bundle_id) is not None:
+                        continue
+                    register_bundle_bytes(
+                        s,
+                        store.read(bundle_id),
+                        trust=store.trust(),
+                        path=str(store.path_of(bundle_id)),
+                        now=time.time(),
+                    )
                 count += 1
             except (HubError, FedfleetError, OSError) as exc:
-                log.warning("bundle %s not indexed: %s", path.name, exc)
+                log.warning("bundle %s not indexed (R1: not trusted): %s", bundle_id, exc)
         if count:
-            log.info("%d new bundle(s) indexed from %s", count, directory)
+            log.info("%d new bundle(s) indexed from %s", count, store.directory)
+        return store
 
     def _build_engine(self) -> Any:
         try:
@@ -242,8 +256,13 @@ class HubServer:
                 found = {d: devices.find_device(s, d) for d in device_ids}
             return {d: (r.installed_bundle_id if r is not None else None) for d, r in found.items()}
 
+        def indexed(bundle_id: str) -> bool:
+            with registry.session() as s:
+                return catalog.find_bundle(s, bundle_id) is not None
+
         if hasattr(delivery, "installed_lookup"):
             delivery.installed_lookup = installed  # deltas against what devices run
+            delivery.indexed_lookup = indexed  # R1: ... and only between indexed bundles
         return RolloutService(self.registry, delivery, keys)
 
     def _start_trust_publisher(self) -> None:

@@ -11,14 +11,11 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cloud_hub.errors import DeliveryError
-from shared.errors import ConfigError
-from shared.topics import validate_device_id
 
 if TYPE_CHECKING:
+    from cloud_hub.bundles import BundleStore
     from cloud_hub.config import HubConfig
     from cloud_hub.delivery import FleetPublisher
     from cloud_hub.keys import KeyStore
@@ -66,24 +63,30 @@ class RollbackSigner(Protocol):
 class PublisherDelivery:
     """:class:`RolloutDelivery` over MQTT with :class:`cloud_hub.delivery.FleetPublisher`.
 
-    Bundle bytes are read from ``bundle_dir/BUNDLE_ID.ffb`` (where ``cloud-hub bundle build``
-    and bundle uploads put them); rollback commands carry the key store's current keyring.
+    Bundle bytes come from the hub's bundle store, verified against the hub's own trust
+    before they are shipped (R1); rollback commands carry the key store's current keyring.
     """
 
     def __init__(
         self,
         publisher: FleetPublisher,
         keys: KeyStore,
-        bundle_dir: Path,
+        bundles: BundleStore,
         *,
         installed_lookup: Callable[[Sequence[str]], Mapping[str, str | None]] | None = None,
+        indexed_lookup: Callable[[str], bool] | None = None,
     ) -> None:
+        from cloud_hub.delta import DeltaCache
+
         self.publisher = publisher
         self.keys = keys
-        self.bundle_dir = Path(bundle_dir)
+        self.bundles = bundles
         # device -> installed bundle id (from the registry): with it, each device gets a delta
         # against what it runs when that is smaller than the full bundle
         self.installed_lookup = installed_lookup
+        # bundle id -> registered? (R1: deltas only between bundles of the verified index)
+        self.indexed_lookup = indexed_lookup
+        self.deltas = DeltaCache(bundles, indexed=self._indexed)
         self._lock = threading.Lock()
         self.shipped: dict[str, DeliveryTotals] = {}  # per rollout (deployment id prefix)
 
@@ -102,20 +105,16 @@ class PublisherDelivery:
             )
         )
         publisher.connect()
-        return cls(publisher, keys, keys.directory / "bundles")
+        from cloud_hub.bundles import default_store
+
+        return cls(publisher, keys, default_store(keys))
+
+    def _indexed(self, bundle_id: str) -> bool:
+        return self.indexed_lookup is None or self.indexed_lookup(bundle_id)
 
     def read_bundle(self, bundle_id: str) -> bytes:
-        try:
-            validate_device_id(bundle_id)
-        except ConfigError as exc:
-            raise DeliveryError(f"invalid bundle id: {exc}") from exc
-        path = self.bundle_dir / f"{bundle_id}.ffb"
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise DeliveryError(
-                f"bundle {bundle_id} not found in {self.bundle_dir}: {exc}"
-            ) from exc
+        """The bundle's bytes, verified now against the hub's own trust (R1)."""
+        return self.deltas.target(bundle_id).data
 
     def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
         if self.installed_lookup is None:
@@ -123,10 +122,10 @@ class PublisherDelivery:
             self.publisher.deploy(full, list(device_ids), deployment_id=deployment_id)
             self._account(deployment_id, len(full) * len(device_ids), len(full) * len(device_ids))
             return
-        from cloud_hub.delta import DeltaCache, plan_delivery
+        from cloud_hub.delta import plan_delivery
 
         plan = plan_delivery(
-            DeltaCache(self.bundle_dir, self.keys),
+            self.deltas,
             bundle_id,
             self.installed_lookup(device_ids),
             list(device_ids),
