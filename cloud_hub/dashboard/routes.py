@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
@@ -18,13 +19,17 @@ from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.context import ApiContext
 from cloud_hub.api.errors import ApiError
 from cloud_hub.dashboard.summary import change_marker, fleet_summary
+from cloud_hub.dashboard.tickets import StreamTickets
 from cloud_hub.registry import admin
 
 __all__ = ["mount", "mount_dashboard"]
 
+log = logging.getLogger(__name__)
+
 STATIC = Path(__file__).parent / "static"
 STREAM_INTERVAL_S = 1.0
-STREAM_MAX_S = 3600.0  # clients reconnect on their own (EventSource)
+STREAM_MAX_S = 3600.0  # the page opens a new stream (with a new ticket) when one ends
+TOKEN_RECHECK_S = 10.0  # how soon a revoked token loses its open stream
 
 
 def mount(app: FastAPI, context: ApiContext) -> None:
@@ -32,8 +37,22 @@ def mount(app: FastAPI, context: ApiContext) -> None:
     mount_dashboard(app, context)
 
 
-def mount_dashboard(app: FastAPI, context: ApiContext) -> None:
-    """Serve the dashboard under ``/ui`` of the hub's API app."""
+def mount_dashboard(
+    app: FastAPI,
+    context: ApiContext,
+    *,
+    tickets: StreamTickets | None = None,
+    recheck_s: float = TOKEN_RECHECK_S,
+) -> None:
+    """Serve the dashboard under ``/ui`` of the hub's API app. The live stream is opened
+    with a ticket from ``POST /api/v1/stream-tickets`` and closes when the API token that
+    asked for the ticket is revoked (checked every ``recheck_s``)."""
+    tickets = tickets or StreamTickets()
+
+    def token_is_live(token_id: str) -> bool:
+        with context.registry.session() as s:
+            return admin.find_live_token(s, token_id) is not None
+
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
 
     @app.get("/", include_in_schema=False)
@@ -50,17 +69,24 @@ def mount_dashboard(app: FastAPI, context: ApiContext) -> None:
         with context.registry.session() as s:
             return asdict(fleet_summary(s))
 
+    @app.post(
+        "/api/v1/stream-tickets",
+        tags=["meta"],
+        summary="A single-use ticket (valid seconds) that opens the live stream /ui/stream",
+    )
+    def stream_ticket(who: Annotated[Principal, Depends(require("viewer"))]) -> dict[str, Any]:
+        # R14: EventSource cannot send headers; a ticket in the URL is worthless once used
+        ticket = tickets.issue(who.token_id, now=context.clock())
+        return {"ticket": ticket.secret, "expires_in": tickets.ttl_s}
+
     @app.get("/ui/stream", include_in_schema=False)
     async def stream(
-        request: Request, access_token: Annotated[str, Query(min_length=8, max_length=256)]
+        request: Request, ticket: Annotated[str, Query(min_length=8, max_length=128)]
     ) -> StreamingResponse:
-        # EventSource cannot send headers: the token comes as a query parameter, checked once.
-        def check() -> bool:
-            with context.registry.session() as s:
-                return admin.authenticate_token(s, access_token, now=context.clock()) is not None
-
-        if not await run_in_threadpool(check):
-            raise ApiError(401, "invalid or revoked token")
+        token_id = tickets.redeem(ticket, now=context.clock())
+        if token_id is None or not await run_in_threadpool(token_is_live, token_id):
+            log.warning("live stream refused: unknown, used or expired ticket")
+            raise ApiError(401, "invalid, used or expired stream ticket")
 
         def marker() -> str:
             with context.registry.session() as s:
@@ -70,8 +96,16 @@ def mount_dashboard(app: FastAPI, context: ApiContext) -> None:
             last = ""
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STREAM_MAX_S
+            next_check = loop.time() + recheck_s
             yield b"retry: 2000\n\n"
             while loop.time() < deadline and not await request.is_disconnected():
+                if loop.time() >= next_check:
+                    next_check = loop.time() + recheck_s
+                    if not await run_in_threadpool(token_is_live, token_id):
+                        # R14: a revoked token loses the stream it opened, not just new calls
+                        log.warning("live stream closed: token %s was revoked", token_id)
+                        yield b"event: revoked\ndata: {}\n\n"
+                        return
                 current = await run_in_threadpool(marker)
                 if current != last:
                     last = current

@@ -25,6 +25,7 @@ __all__ = [
     "authenticate_token",
     "create_token",
     "create_training_run",
+    "find_live_token",
     "get_training_run",
     "list_audit",
     "list_tokens",
@@ -80,6 +81,15 @@ def authenticate_token(session: Session, token: str, *, now: float) -> ApiTokenR
         return None
     if row.last_used_at is None or now - row.last_used_at > 60:  # spare a write per request
         row.last_used_at = now
+    return to_record(ApiTokenRecord, row)
+
+
+def find_live_token(session: Session, token_id: str) -> ApiTokenRecord | None:
+    """The token ``token_id`` unless it is unknown or revoked (long-lived streams re-check
+    the token they were opened with)."""
+    row = session.get(ApiToken, token_id)
+    if row is None or row.revoked_at is not None:
+        return None
     return to_record(ApiTokenRecord, row)
 
 

@@ -33,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state-dir", type=Path, help="sample store / audit log folder")
     p.add_argument("--port", type=int, default=8787)
     p.add_argument("--unix-socket", type=Path)
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name callers may use in the Host header besides loopback (repeatable)",
+    )
     p.add_argument("--providers", default="onnxruntime:tensorrt,onnxruntime:cuda,onnxruntime:cpu")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
     p.add_argument("--telemetry-interval", type=float, default=30.0)
@@ -49,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         observers=ObserverConfig(audit_path=None if state is None else state / "audit.jsonl"),
         telemetry=TelemetryConfig(interval_s=args.telemetry_interval),
-        api=HttpApiConfig(port=args.port, unix_socket=args.unix_socket),
+        api=HttpApiConfig(
+            port=args.port, unix_socket=args.unix_socket, allowed_hosts=tuple(args.allow_host)
+        ),
         samples=None if state is None else InferenceStack.default_sample_store(state),
     )
     artifacts = ModelArtifacts.from_model_file(args.model, version=args.version)

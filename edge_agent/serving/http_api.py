@@ -7,7 +7,8 @@
 ``GET  /health``    model version, backend/provider, fallback warnings, counters
 
 Errors are JSON ``{"error": {"type", "message"}}`` with a 4xx status for the caller's
-mistakes (400 malformed, 404 unknown, 413 too large, 422 invalid input) and 503 when no
+mistakes (400 malformed, 403 a Host or Origin that is not this device, 404 unknown,
+413 too large, 422 invalid input, NaN or infinite numbers included) and 503 when no
 model is loaded; a bad request never stops the server. The stdlib server keeps the agent's
 memory small (no web framework).
 """
@@ -27,11 +28,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from edge_agent.errors import AgentConfigError, InferenceInputError, RuntimeBackendError
 from edge_agent.serving.server import ModelServer
 from shared.canonical import parse_json_object
-from shared.errors import ProtocolError
+from shared.errors import NonFiniteNumberError, ProtocolError
 
 __all__ = ["HttpApiConfig", "LocalApi"]
 
@@ -48,6 +50,14 @@ class HttpApiConfig:
     unix_socket: Path | None = None  # additionally serve on this socket path
     max_body_bytes: int = 16 * 1024 * 1024
     allow_remote: bool = False  # the API is for applications on the device
+    # names callers may use in the Host header besides loopback and ``host`` (R14)
+    allowed_hosts: tuple[str, ...] = ()
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """What the Host (and a browser's Origin) may name: anything else is a DNS-rebinding
+        or cross-site page talking to the device's API."""
+        return frozenset(h.lower() for h in (*_LOOPBACK, self.host, *self.allowed_hosts))
 
     def __post_init__(self) -> None:
         if self.host not in _LOOPBACK and not self.allow_remote:
@@ -67,12 +77,15 @@ class _ApiError(Exception):
 def _make_handler(
     server: ModelServer, config: HttpApiConfig, health_extra: Callable[[], dict[str, Any]] | None
 ) -> type[BaseHTTPRequestHandler]:
+    allowed = config.host_names
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
         # client's delayed ACK add ~40 ms to every keep-alive response
         disable_nagle_algorithm = True
         server_version = "fedfleet-agent"
+        check_host = True
 
         def address_string(self) -> str:  # Unix sockets have no client address
             return str(self.client_address[0]) if self.client_address else "unix"
@@ -115,6 +128,8 @@ def _make_handler(
             raw = self._raw_body()
             try:
                 return parse_json_object(raw, max_bytes=config.max_body_bytes)
+            except NonFiniteNumberError as exc:  # R14: 1e999 is not a number we accept
+                raise _ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "InvalidNumber", str(exc)) from exc
             except ProtocolError as exc:
                 raise _ApiError(HTTPStatus.BAD_REQUEST, "MalformedRequest", str(exc)) from exc
 
@@ -136,7 +151,36 @@ def _make_handler(
             with contextlib.suppress(OSError):  # the client went away
                 self._send(status, body)
 
+        def _refused_origin(self) -> str | None:
+            """Why this request may not be served (R14), or ``None``: the Host header must
+            name the device itself (a DNS-rebinding page sends its own name), and a browser's
+            Origin, when sent, too (a cross-site page posting to 127.0.0.1)."""
+            if not self.check_host:
+                return None  # a Unix socket: no browser reaches it
+            host = _host_name(self.headers.get("Host", ""))
+            if host not in allowed:
+                return f"Host {self.headers.get('Host', '')[:100]!r} is not this device"
+            origin = self.headers.get("Origin")
+            if origin is not None and _host_name(origin, url=True) not in allowed:
+                return f"Origin {origin[:100]!r} is not this device"
+            return None
+
+        def _admitted(self) -> bool:
+            problem = self._refused_origin()
+            if problem is None:
+                return True
+            log.warning("refused %s %s: %s", self.command, self.path, problem)
+            self.close_connection = True  # the body is not read
+            self._handle_error(HTTPStatus.FORBIDDEN, "HostNotAllowed", problem)
+            return False
+
+        def _handle_error(self, status: HTTPStatus, kind: str, message: str) -> None:
+            with contextlib.suppress(OSError):
+                self._send(status, {"error": {"type": kind, "message": message}})
+
         def do_POST(self) -> None:
+            if not self._admitted():
+                return
             if self.path == "/predict":
                 self._handle(self._predict)
             elif self.path == "/feedback":
@@ -145,6 +189,8 @@ def _make_handler(
                 self._handle(self._not_found)
 
         def do_GET(self) -> None:
+            if not self._admitted():
+                return
             if self.path == "/health":
                 self._handle(self._health)
             else:
@@ -218,6 +264,16 @@ def _make_handler(
     return Handler
 
 
+def _host_name(value: str, *, url: bool = False) -> str:
+    """The host part of a Host header (``name[:port]``, ``[v6]:port``) or of an Origin URL,
+    lower-case; ``""`` when there is none."""
+    try:
+        host = urlsplit(value if url else f"//{value}").hostname
+    except ValueError:
+        return ""
+    return host or ""
+
+
 class _UnixHTTPServer(ThreadingHTTPServer):
     address_family = socket.AF_UNIX
 
@@ -246,7 +302,9 @@ class LocalApi:
             if sock.exists():
                 sock.unlink()  # a stale socket from a crashed run
             # TCP_NODELAY does not exist on Unix sockets
-            unix_handler = type("UnixHandler", (handler,), {"disable_nagle_algorithm": False})
+            unix_handler = type(
+                "UnixHandler", (handler,), {"disable_nagle_algorithm": False, "check_host": False}
+            )
             self._servers.append(_UnixHTTPServer(str(sock), unix_handler))  # type: ignore[arg-type]
             os.chmod(sock, 0o660)
         for s in self._servers:

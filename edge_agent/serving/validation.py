@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,9 @@ from edge_agent.errors import InferenceInputError
 
 __all__ = ["InputSpec", "parse_binary_inputs", "parse_request_inputs", "validate_batch"]
 
+MAX_DIMS = 16  # dimensions of one request's tensor, batch included
+MAX_DIM = 2**31 - 1  # one dimension; a tensor's byte size is checked against the body too
+_DIM_RE = re.compile(r"[0-9]{1,10}")
 _WIRE_DTYPES = frozenset({"float32", "float16", "float64", "uint8", "int8", "int32", "int64"})
 
 
@@ -103,17 +108,28 @@ def parse_binary_inputs(
     """
     if not shape_header:
         raise InferenceInputError("binary requests need an X-Shape header, e.g. '1,3,96,96'")
-    try:
-        shape = [int(d) for d in shape_header.split(",")]
-    except ValueError:
-        raise InferenceInputError(f"bad X-Shape header {shape_header!r}") from None
+    dims = [d.strip() for d in shape_header.split(",")]
+    if len(dims) > MAX_DIMS or not all(_DIM_RE.fullmatch(d) for d in dims):
+        raise InferenceInputError(
+            f"bad X-Shape header {shape_header[:80]!r}: up to {MAX_DIMS} comma-separated "
+            "non-negative integers"
+        )
+    shape = [int(d) for d in dims]
     checked_shape, dtype = _check_shape_dtype(shape, dtype_header or "float32", spec)
     return _from_raw(raw, checked_shape, dtype, spec)
 
 
 def _check_shape_dtype(shape: Any, dtype: Any, spec: InputSpec) -> tuple[list[int], str]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InferenceInputError("'shape' must be a list of non-negative integers")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
+        )
+    ):
+        raise InferenceInputError(
+            f"'shape' must be a list of at most {MAX_DIMS} integers in [0, {MAX_DIM}]"
+        )
     if not isinstance(dtype, str) or dtype not in _WIRE_DTYPES:
         raise InferenceInputError(f"'dtype' must be one of {sorted(_WIRE_DTYPES)}")
     if np.dtype(dtype) != spec.dtype:
@@ -124,7 +140,8 @@ def _check_shape_dtype(shape: Any, dtype: Any, spec: InputSpec) -> tuple[list[in
 
 
 def _from_raw(raw: bytes, shape: list[int], dtype: str, spec: InputSpec) -> NDArray[Any]:
-    expected = int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize
+    # R14: exact integer product: numpy's int64 product wraps (or overflows) on huge shapes
+    expected = math.prod(shape) * spec.dtype.itemsize
     if len(raw) != expected:
         raise InferenceInputError(f"{len(raw)} bytes do not fill shape {shape} of {dtype}")
     arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)

@@ -92,10 +92,13 @@ def test_summary_needs_a_token_and_counts_by_class_and_version(
     assert body["cpu_fallback"] == 1  # dev-1 has a CUDA runtime but reports the CPU provider
 
 
-def test_stream_refuses_bad_tokens(client: TestClient) -> None:
-    r = client.get("/ui/stream", params={"access_token": "not-a-real-token"})
-    assert r.status_code == 401 and "token" in r.json()["message"]
+def test_stream_refuses_bad_tickets(client: TestClient, viewer: str) -> None:
+    # the stream opens with a single-use ticket, never the API token (R14)
+    r = client.get("/ui/stream", params={"ticket": "not-a-real-ticket"})
+    assert r.status_code == 401 and "ticket" in r.json()["message"]
+    assert client.get("/ui/stream", params={"access_token": viewer}).status_code in (401, 422)
     assert client.get("/ui/stream").status_code in (401, 422)
+    assert client.post("/api/v1/stream-tickets").status_code == 401
 
 
 def test_change_marker_moves_when_the_fleet_changes(registry: Registry) -> None:

@@ -20,7 +20,7 @@ import uvicorn
 
 from cloud_hub.api import ApiContext, create_app
 from cloud_hub.bundles import default_store
-from cloud_hub.dashboard import mount
+from cloud_hub.dashboard import mount_dashboard
 from cloud_hub.enrollment.hubdir import open_enrollment
 from cloud_hub.enrollment.router import enrollment_router
 from cloud_hub.enrollment.service import EnrollmentService
@@ -46,8 +46,11 @@ class RunningApi:
 
 
 @contextmanager
-def running_api(tmp: Path, **context_kw: Any) -> Iterator[RunningApi]:
-    """The hub API on a free loopback port, with one token per role in ``tokens``."""
+def running_api(
+    tmp: Path, *, stream_recheck_s: float = 10.0, **context_kw: Any
+) -> Iterator[RunningApi]:
+    """The hub API on a free loopback port, with one token per role in ``tokens``; the
+    dashboard's live stream re-checks its token every ``stream_recheck_s``."""
     registry = open_registry(f"sqlite:///{tmp / 'hub.db'}")
     enrollment = open_enrollment(tmp / "hub-data", registry=registry)
     if "bundles" not in context_kw:  # the hub's bundle store, verifying against its own keys
@@ -55,7 +58,7 @@ def running_api(tmp: Path, **context_kw: Any) -> Iterator[RunningApi]:
     context = ApiContext(registry=registry, enrollment=enrollment, **context_kw)
     app = create_app(context)
     app.include_router(enrollment_router(enrollment))
-    mount(app, context)
+    mount_dashboard(app, context, recheck_s=stream_recheck_s)
     tokens: dict[str, str] = {}
     with registry.session() as s:
         for role in admin.ROLES:

@@ -48,16 +48,32 @@ async function login() {
 
 function logout() {
   sessionStorage.removeItem("fedfleet.token"); state.token = ""; state.who = null;
+  clearTimeout(connectStream.timer);
   if (state.source) state.source.close(); state.source = null; $("#live").className = "live off";
   renderLogin();
 }
 
-function connectStream() {
+/* The stream is opened with a single-use ticket, never the API token (URLs end up in logs).
+ * A spent ticket cannot reconnect, so on any error the page asks for a new one; the server
+ * closes the stream with a "revoked" event when the token is revoked. */
+async function connectStream() {
   if (state.source) state.source.close();
-  const src = new EventSource(`/ui/stream?access_token=${encodeURIComponent(state.token)}`);
+  state.source = null;
+  clearTimeout(connectStream.timer);
+  if (!state.token) return;
+  let ticket;
+  try { ticket = (await api("/api/v1/stream-tickets", { method: "POST" })).ticket; }
+  catch (e) { if (state.token) connectStream.timer = setTimeout(connectStream, 5000); return; }
+  const src = new EventSource(`/ui/stream?ticket=${encodeURIComponent(ticket)}`);
   src.addEventListener("change", () => { if (state.refresh) state.refresh().catch((e) => console.warn(e)); });
+  src.addEventListener("revoked", () => { logout(); renderLogin("the API token was revoked"); });
   src.onopen = () => ($("#live").className = "live on");
-  src.onerror = () => ($("#live").className = "live off");
+  src.onerror = () => {
+    $("#live").className = "live off";
+    if (state.source !== src) return;
+    src.close(); state.source = null;
+    connectStream.timer = setTimeout(connectStream, 2000);
+  };
   state.source = src;
 }
 
@@ -147,6 +163,17 @@ async function viewDevice(id) {
   const latest = drift.items[0];
   const featureRows = latest ? Object.entries(latest.features).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${(+v.psi).toFixed(3)}</td><td>${(+v.ks).toFixed(3)}</td></tr>`).join("") : "";
   const events = detail.recent_events.map((e) => `<tr><td>${ago(e.ts)}</td><td>${pill(e.kind, e.kind)}</td><td>${esc(e.deployment_id || "")}</td><td>${esc(e.detail)}</td></tr>`).join("");
+  const f = d.facts || {};
+  const facts = d.facts ? `<table id="facts"><tbody>
+      <tr><th>int8 target</th><td>${esc(d.target || "unknown")}</td></tr>
+      <tr><th>CPU</th><td>${esc(f.cpu_model || "—")} <span class="muted">${esc(f.arch || "")}</span></td></tr>
+      <tr><th>ISA flags</th><td>${(f.isa_flags || []).map((x) => pill(x, "")).join(" ") || "—"}</td></tr>
+      <tr><th>GPU</th><td>${esc(f.gpu_model || "none")}${f.compute_capability ? ` <span class="muted">compute ${esc(f.compute_capability)}</span>` : ""}</td></tr>
+      <tr><th>TensorRT</th><td>${esc(f.tensorrt_version || "—")}</td></tr></tbody></table>` : '<span class="muted">this device has not reported its CPU/GPU facts</span>';
+  const num = (v, n) => (v === null || v === undefined ? "—" : (+v).toFixed(n));
+  const golden = (detail.golden_refusals || []).map((e) => `<tr><td>${ago(e.ts)}</td><td>${esc(e.deployment_id || "")}</td><td>${esc(e.data.runtime || "")}</td>
+      <td>${num(e.data.top1_agreement, 3)} <span class="muted">min ${num(e.data.min_top1_agreement, 3)}</span></td>
+      <td>${num(e.data.max_abs_logit_error, 4)} <span class="muted">max ${num(e.data.max_abs_logit_error_allowed, 4)}</span></td><td>${e.data.samples ?? "—"}</td></tr>`).join("");
   const installs = detail.rollouts.map((t) => `<tr><td><a href="#/rollout/${encodeURIComponent(t.rollout_id)}">${esc(t.rollout_id)}</a></td><td>${t.stage_index}</td><td>${pill(t.state)}</td><td>${t.attempts}</td><td>${esc(t.detail)}</td></tr>`).join("");
   $("#view").innerHTML = `<h1>${esc(d.device_id)} ${d.online ? pill("online") : pill("offline")}</h1>
     <div class="stats"><div class="stat"><b>${esc(d.device_class)}</b><span>class</span></div>
@@ -156,6 +183,8 @@ async function viewDevice(id) {
     <div class="grid2"><div class="card" id="c-lat"></div><div class="card" id="c-cpu"></div><div class="card" id="c-mem"></div><div class="card" id="c-temp"></div><div class="card" id="c-drift"></div>
       <div class="card"><h2>Drift per feature ${latest ? `<span class="muted">(v${latest.model_version}, ${ago(latest.ts)}, score ${(+latest.drift_score).toFixed(3)})</span>` : ""}</h2>
         ${latest ? `<table><thead><tr><th>feature</th><th>PSI</th><th>KS</th></tr></thead><tbody>${featureRows}</tbody></table>` : '<span class="muted">no drift reports</span>'}</div></div>
+    <div class="grid2"><div class="card"><h2>Platform</h2>${facts}</div>
+      <div class="card"><h2>Golden-batch refusals</h2>${golden ? `<table id="golden"><thead><tr><th>when</th><th>deployment</th><th>runtime</th><th>top-1 agreement</th><th>max |logit error|</th><th>samples</th></tr></thead><tbody>${golden}</tbody></table>` : '<span class="muted">none: every install agreed with its golden batch</span>'}</div></div>
     <h2>Install history</h2><table><thead><tr><th>rollout</th><th>stage</th><th>state</th><th>attempts</th><th>detail</th></tr></thead><tbody>${installs}</tbody></table>
     <h2>Events</h2><table><thead><tr><th>when</th><th>kind</th><th>deployment</th><th>detail</th></tr></thead><tbody>${events}</tbody></table>`;
   chart($("#c-lat"), "latency (ms)", series(["p50_ms", "p95_ms"]));
