@@ -1,0 +1,156 @@
+"""R3: a device certificate cannot take another client's id: not a device's, not the hub
+ingest's. It neither kicks them off nor steals their persistent session, and the QoS 1
+messages queued for them while they were away are delivered, not lost.
+
+Real pieces: the Mosquitto config that ``cloud-hub broker-config`` writes, devices enrolled
+over HTTPS, the hub's real ``FleetIngest`` connected with the hub certificate through the
+hub client factory, with its client id derived from the hub identity and instance (#15).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.broker_client import HubRole, hub_client_id_for
+from cloud_hub.config import HubConfig
+from cloud_hub.fleet import FleetIngest, MqttSettings
+from cloud_hub.registry import Registry, open_registry
+from shared.broker_endpoint import BrokerEndpoint
+from shared.messages import Telemetry
+from tests.security._support_identity import (
+    BrokerSetup,
+    DeviceCreds,
+    Probe,
+    broker_config,
+    enroll,
+    running_broker,
+    serving_enrollment,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _hub_endpoint(setup: BrokerSetup) -> BrokerEndpoint:
+    return BrokerEndpoint.from_url(
+        f"mqtts://127.0.0.1:{setup.hub_port}",
+        ca_file=str(setup.out / "ca.crt"),
+        cert_file=str(setup.out / "hub.crt"),
+        key_file=str(setup.out / "hub.key"),
+    )
+
+
+@contextmanager
+def _ingest(registry: Registry, setup: BrokerSetup, client_id: str) -> Iterator[FleetIngest]:
+    ingest = FleetIngest(
+        registry,
+        scheme=setup.scheme,
+        mqtt_settings=MqttSettings(endpoint=_hub_endpoint(setup), client_id=client_id),
+    )
+    ingest.start()
+    try:
+        yield ingest
+    finally:
+        ingest.stop()
+
+
+def _device(setup: BrokerSetup, creds: DeviceCreds, client_id: str, *, persistent: bool) -> Probe:
+    return Probe(
+        setup.port,
+        client_id=client_id,
+        ca=creds.ca,
+        cert=creds.cert,
+        key=creds.key,
+        persistent=persistent,
+    )
+
+
+def _telemetry(device_id: str, seq: int) -> bytes:
+    return Telemetry(device_id=device_id, seq=seq, metrics={"cpu": float(seq)}).encode()
+
+
+def _eventually(predicate: object, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_device_cannot_take_another_clients_id_or_session(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "hub"
+    setup = broker_config(data)
+    registry = open_registry(f"sqlite:///{data / 'hub.db'}")
+    hub_config = HubConfig(data_dir=data, mqtt=_hub_endpoint(setup))
+    ingest_id = hub_client_id_for(hub_config, HubRole.INGEST)
+    probes: list[Probe] = []
+    with running_broker(setup), serving_enrollment(data) as hub:
+        dev_a = enroll(hub, tmp_path / "devices", "dev-a")
+        dev_b = enroll(hub, tmp_path / "devices", "dev-b")
+        try:
+            with caplog.at_level(logging.WARNING), _ingest(registry, setup, ingest_id) as ingest:
+                victim = _device(setup, dev_b, "dev-b", persistent=True)
+                probes.append(victim)
+                assert not victim.connect()[0].is_failure
+                cmd_b = setup.scheme.device("dev-b", "cmd")
+                victim.subscribe(cmd_b)
+                # the attacker connects with the victim's id, then with the hub ingest's
+                for stolen_id in ("dev-b", ingest_id):
+                    attacker = _device(setup, dev_a, stolen_id, persistent=False)
+                    probes.append(attacker)
+                    assert not attacker.connect()[0].is_failure
+                # the broker named both connections after the certificate, and says so
+                assert _eventually(lambda: setup.log_text().count(" as dev-a ") >= 2)
+                time.sleep(1.0)  # a takeover would have dropped the victims by now
+                assert victim.disconnects == []
+                assert ingest.stats().connected
+                assert not any("lost the broker" in r.getMessage() for r in caplog.records)
+
+            # -- persistent sessions: queued QoS 1 messages survive an impostor --------------
+            # The hub is away (restart): dev-b's reports queue in the ingest's session ...
+            for seq in range(1, 6):
+                assert (
+                    victim.publish(
+                        setup.scheme.device("dev-b", "telemetry"), _telemetry("dev-b", seq)
+                    ).value
+                    == 0
+                )
+            # ... and dev-b goes offline while an order is queued for it.
+            victim.close()
+            hub_probe = Probe(
+                setup.hub_port,
+                client_id=hub_client_id_for(hub_config, HubRole.ROLLOUT),
+                ca=setup.out / "ca.crt",
+                cert=setup.out / "hub.crt",
+                key=setup.out / "hub.key",
+            )
+            probes.append(hub_probe)
+            hub_probe.connect()
+            assert hub_probe.publish(cmd_b, b"rollback-order").value == 0
+            # The impostor asks for a clean start under both ids (which would discard them).
+            for stolen_id in (ingest_id, "dev-b"):
+                impostor = _device(setup, dev_a, stolen_id, persistent=False)
+                probes.append(impostor)
+                assert not impostor.connect()[0].is_failure
+                impostor.close()
+            # The hub comes back: every queued report arrives ...
+            with _ingest(registry, setup, ingest_id) as ingest:
+                assert _eventually(lambda: ingest.stats().received >= 5), ingest.stats()
+            # ... and dev-b gets its order from its own, untouched session.
+            again = _device(setup, dev_b, "dev-b", persistent=True)
+            probes.append(again)
+            _reason, session_present = again.connect()
+            assert session_present
+            assert again.wait_for(lambda: (cmd_b, b"rollback-order") in again.messages)
+        finally:
+            for p in probes:
+                p.close()
+            registry.close()
