@@ -33,6 +33,7 @@ from edge_agent.ota import InstalledSlot, OtaUpdater
 from edge_agent.ota.freshness import TrustUpdates
 from edge_agent.ota.health import HealthCheck
 from edge_agent.transport import InboundMessage, MqttLink, Outbox
+from shared.device_facts import detect_device_facts
 from shared.errors import ProtocolError
 from shared.messages import (
     ChunkRequest,
@@ -109,6 +110,7 @@ class EdgeAgent:
         self.topics = config.mqtt.topics
         self._clock = clock
         self.runtimes = list(runtimes) if runtimes is not None else _ort_runtimes()
+        self.facts = detect_device_facts()  # CPU model, ISA flags, GPU: sent in every hello
         did = config.device_id
         self._cmd_topic = self.topics.device(did, "cmd")
         self._repair_topic = self.topics.device(did, "chunks")
@@ -283,6 +285,7 @@ class EdgeAgent:
                 free_mem_bytes=int(psutil.virtual_memory().available),
                 installed=self.updater.status().installed,
                 labels=dict(self.config.labels),
+                facts=self.facts,
             )
         )
         self.publish_status()

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 from shared._codec import from_plain, to_plain
 from shared.canonical import canonical_bytes, parse_json_object
+from shared.device_facts import DeviceFacts
 from shared.errors import MalformedMessageError, UnsupportedVersionError
 
 SCHEMA_VERSION = "1.0"
@@ -102,6 +103,8 @@ class Hello(Message):
     free_mem_bytes: int
     installed: InstalledModel | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # CPU model, ISA flags, GPU, TensorRT: which int8 artifact this device runs exactly
+    facts: DeviceFacts | None = None
     ts: float = field(default_factory=now)
     extra: dict[str, Any] = field(default_factory=dict)
 

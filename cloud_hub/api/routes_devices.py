@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -30,6 +30,8 @@ from cloud_hub.registry import (
     reports,
     rollouts,
 )
+from shared.golden import GOLDEN_CHECK
+from shared.messages import EventKind
 
 __all__ = ["router"]
 
@@ -47,6 +49,8 @@ class DeviceDetail:
     rollouts: list[TargetRecord]
     recent_events: list[EventRecord]
     recent_drift: list[DriftRecord]
+    # installs this device's golden-batch check refused (measured figures in ``data``)
+    golden_refusals: list[EventRecord] = field(default_factory=list)
 
 
 class DeviceClassBody(BaseModel):
@@ -114,6 +118,13 @@ def get_device(request: Request, device_id: DeviceId, _: Viewer) -> DeviceDetail
             rollouts=rollouts.targets_of_device(s, device_id)[:20],
             recent_events=reports.list_events(s, device_id=device_id, limit=20).items,
             recent_drift=reports.list_drift(s, device_id=device_id, limit=20).items,
+            golden_refusals=[
+                e
+                for e in reports.list_events(
+                    s, device_id=device_id, kinds=[EventKind.HEALTH_FAILED], limit=200
+                ).items
+                if e.data.get("check") == GOLDEN_CHECK
+            ][:20],
         )
 
 

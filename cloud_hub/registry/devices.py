@@ -30,6 +30,7 @@ from cloud_hub.registry._rows import insert_ignore, table_of, to_record
 from cloud_hub.registry.errors import NotFoundError, RegistryInputError
 from cloud_hub.registry.records import DeviceRecord, Page
 from cloud_hub.registry.tables import Device, DeviceClass, DeviceLabel
+from shared.device_facts import target_of
 from shared.messages import Hello, Status
 
 __all__ = [
@@ -304,6 +305,8 @@ def record_hellos(session: Session, hellos: Sequence[Hello], *, now: float) -> i
                 free_mem_bytes=bindparam("b_mem"),
                 labels=bindparam("b_labels"),
                 hello_ts=bindparam("b_ts"),
+                facts=bindparam("b_facts"),
+                target=bindparam("b_target"),
             ),
             [
                 {
@@ -315,6 +318,8 @@ def record_hellos(session: Session, hellos: Sequence[Hello], *, now: float) -> i
                     "b_disk": h.free_disk_bytes,
                     "b_mem": h.free_mem_bytes,
                     "b_labels": {**stored[h.device_id][1], **h.labels},
+                    "b_facts": None if h.facts is None else h.facts.to_dict(),
+                    "b_target": None if h.facts is None else target_of(h.facts),
                 }
                 for h in winners
             ],

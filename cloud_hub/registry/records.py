@@ -58,6 +58,8 @@ class DeviceRecord:
     free_mem_bytes: int | None
     first_seen: float
     last_seen: float
+    facts: dict[str, Any] | None = None  # CPU model, ISA flags, GPU, TensorRT (from hello)
+    target: str | None = None  # the int8 target those facts imply
 
 
 @dataclass(frozen=True)

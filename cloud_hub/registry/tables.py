@@ -93,6 +93,9 @@ class Device(Base):
     free_mem_bytes: Mapped[int | None] = mapped_column(BigInteger)
     hello_ts: Mapped[float | None] = mapped_column(Float)
     status_ts: Mapped[float | None] = mapped_column(Float)
+    # from hello: shared.device_facts.DeviceFacts, and the int8 target it implies (migration 0003)
+    facts: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    target: Mapped[str | None] = mapped_column(String(32), index=True)
     first_seen: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float, index=True)
 

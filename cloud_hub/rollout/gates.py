@@ -69,6 +69,7 @@ class DeviceReport:
     drift_score: float | None = None
     feedback_correct: int = 0
     feedback_total: int = 0
+    golden_refused: bool = False  # the device's golden-batch check refused the install
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class GateResult:
     failed: int = 0
     timed_out: int = 0
     pending: int = 0
+    golden_batch_refusals: int = 0  # failed installs the device's golden batch refused
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +127,7 @@ class GateResult:
             "failed": self.failed,
             "timed_out": self.timed_out,
             "pending": self.pending,
+            "golden_batch_refusals": self.golden_batch_refusals,
         }
 
 
@@ -214,11 +217,14 @@ def evaluate_gate(
         for r in reports
     )
     pending = len(reports) - succeeded - failed - timed_out
+    golden = sum(r.golden_refused and r.install is InstallOutcome.FAILED for r in reports)
 
     def result(
         verdict: GateVerdict, reason: str, checks: tuple[MetricCheck, ...] = ()
     ) -> GateResult:
-        return GateResult(verdict, reason, checks, succeeded, failed, timed_out, pending)
+        if golden and verdict is GateVerdict.FAIL:
+            reason += f" ({golden} refused by the device's golden-batch check)"
+        return GateResult(verdict, reason, checks, succeeded, failed, timed_out, pending, golden)
 
     finished = succeeded + failed + timed_out
     if finished and abort.tripped(finished, failed + timed_out):

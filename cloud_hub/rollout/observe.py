@@ -28,6 +28,7 @@ from cloud_hub.registry.records import TelemetrySummary
 from cloud_hub.registry.tables import Device, EventRow
 from cloud_hub.rollout.gates import Baseline, DeviceReport, InstallOutcome
 from cloud_hub.rollout.targets import FAILURE_EVENTS, InstallView, TargetState
+from shared.golden import GOLDEN_CHECK
 from shared.messages import EventKind
 
 __all__ = ["DeviceState", "baseline_for", "device_states", "gate_reports", "install_views"]
@@ -181,6 +182,7 @@ def gate_reports(
         )
         for rec in page.items:
             drift.setdefault(rec.device_id, []).append(rec.drift_score)
+    golden = _golden_refusals(session, ids, since)
     out = []
     for device_id, state, finished_at in targets:
         dev = devices.get(device_id)
@@ -204,9 +206,25 @@ def gate_reports(
                 drift_score=statistics.fmean(drift[device_id]) if device_id in drift else None,
                 feedback_correct=m.correct.get(device_id, 0),
                 feedback_total=m.labelled.get(device_id, 0),
+                golden_refused=device_id in golden,
             )
         )
     return out
+
+
+def _golden_refusals(session: Session, ids: Sequence[str], since: float) -> set[str]:
+    """Devices whose golden-batch check refused an install since ``since``."""
+    found: set[str] = set()
+    for i in range(0, len(ids), _BATCH):
+        rows = session.scalars(
+            select(EventRow).where(
+                EventRow.device_id.in_(list(ids[i : i + _BATCH])),
+                EventRow.kind == EventKind.HEALTH_FAILED,
+                EventRow.ts >= since,
+            )
+        )
+        found.update(r.device_id for r in rows if (r.data or {}).get("check") == GOLDEN_CHECK)
+    return found
 
 
 def baseline_for(

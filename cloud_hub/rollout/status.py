@@ -8,8 +8,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from cloud_hub.registry.devices import select_device_ids
 from cloud_hub.registry.records import RolloutRecord
-from cloud_hub.registry.tables import RolloutTarget
+from cloud_hub.registry.tables import Bundle, Device, RolloutTarget
+from cloud_hub.rollout.compat import target_warnings
 from cloud_hub.rollout.state import RolloutPhase, RolloutState
 
 __all__ = ["RolloutStatus", "StageStatus", "phase_of", "rollout_status"]
@@ -63,6 +65,8 @@ class RolloutStatus:
     config: dict[str, Any]
     stages: tuple[StageStatus, ...] = ()
     targets: dict[str, int] = field(default_factory=dict)
+    # before start: target devices the artifact was not built for (compat.py)
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +86,7 @@ class RolloutStatus:
             "config": self.config,
             "stages": [s.to_dict() for s in self.stages],
             "targets": dict(self.targets),
+            "warnings": list(self.warnings),
         }
 
 
@@ -127,4 +132,23 @@ def rollout_status(session: Session, record: RolloutRecord) -> RolloutStatus:
         config=dict(record.config),
         stages=stages,
         targets=totals,
+        warnings=_draft_warnings(session, record) if record.state == "draft" else (),
     )
+
+
+def _draft_warnings(session: Session, record: RolloutRecord) -> tuple[str, ...]:
+    """Devices of the rollout's target the bundle's artifact was not built for."""
+    bundle = session.get(Bundle, record.bundle_id)
+    targets = (bundle.manifest or {}).get("targets") if bundle is not None else None
+    if not isinstance(targets, list) or not targets:
+        return ()
+    ids = select_device_ids(
+        session, device_class=record.device_class, labels=record.target_labels or {}
+    )
+    found: dict[str, str | None] = {}
+    for i in range(0, len(ids), 500):
+        rows = session.execute(
+            select(Device.device_id, Device.target).where(Device.device_id.in_(ids[i : i + 500]))
+        )
+        found.update({d: t for d, t in rows})
+    return target_warnings([str(t) for t in targets], found)

@@ -1,9 +1,11 @@
 """Health check of a freshly installed slot before it becomes active.
 
 A :data:`HealthCheck` is any callable taking the installed slot and raising
-``InstallError`` if the model is not fit to serve. The default, :class:`OnnxSmokeCheck`,
-loads an ONNX model with onnxruntime on CPU and runs one inference on zeros; the runtime
-package can pass its own backend-aware check to the agent instead.
+``InstallError`` if the model is not fit to serve. The default, :func:`default_health_check`,
+is :class:`OnnxSmokeCheck` (load an ONNX model with onnxruntime on CPU, one inference on
+zeros) followed by the golden-batch check (``edge_agent.runtime.golden``: the manifest's
+golden batch on the runtime serving will use, refused outside its tolerance); the agent can
+be given its own backend-aware check instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import numpy as np
 from edge_agent.errors import InstallError
 from edge_agent.ota.slots import InstalledSlot
 
-__all__ = ["HealthCheck", "OnnxSmokeCheck", "declared_input_shape", "run_health_check"]
+__all__ = [
+    "HealthCheck",
+    "OnnxSmokeCheck",
+    "declared_input_shape",
+    "default_health_check",
+    "run_health_check",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +111,19 @@ class OnnxSmokeCheck:
             arr = np.asarray(out)
             if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                 raise InstallError("smoke inference produced non-finite outputs")
+
+
+def default_health_check() -> HealthCheck:
+    """The smoke inference, then the golden batch on the serving runtime."""
+    from edge_agent.runtime.golden import GoldenBatchCheck
+
+    smoke, golden = OnnxSmokeCheck(), GoldenBatchCheck()
+
+    def check(slot: InstalledSlot) -> None:
+        smoke(slot)
+        golden(slot)
+
+    return check
 
 
 def _shape(onnx_shape: list[Any], declared: tuple[int, ...] | None) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from edge_agent.config import AgentLimits, OtaTimeouts
 from edge_agent.errors import InstallError
 from edge_agent.ota.events import EVENT_CHUNKS_REPAIR, DeploymentEvents, describe
 from edge_agent.ota.floor import AntiRollbackFloor, FloorStore
-from edge_agent.ota.health import HealthCheck, OnnxSmokeCheck, run_health_check
+from edge_agent.ota.health import HealthCheck, default_health_check, run_health_check
 from edge_agent.ota.machine import (
     Deployment,
     Phase,
@@ -112,7 +112,7 @@ class OtaUpdater:
         self.topics = topics
         self.timeouts = timeouts or OtaTimeouts()
         self.limits = limits or AgentLimits()
-        self.health_check: HealthCheck = health_check or OnnxSmokeCheck()
+        self.health_check: HealthCheck = health_check or default_health_check()
         self.events = DeploymentEvents(device_id, emit)
         self._emit = emit
         self._clock = clock
@@ -494,6 +494,8 @@ class OtaUpdater:
             )
             self._roll_back()
             return
+                # e.g. the golden batch's measured agreement and logit error
+                data=dict(getattr(exc, "figures", None) or {}),
         assert dep.target_slot is not None
         self.slots.switch(dep.target_slot)  # the commit point
         self._commit(resume=False)

@@ -247,6 +247,7 @@ async function viewRollout(id) {
   $("#view").innerHTML = `<h1>Rollout ${esc(r.name || r.rollout_id)} <span id="rollout-state">${pill(r.state)}</span></h1>
     <div class="muted">bundle ${esc(r.bundle_id)} · previous ${esc(r.previous_bundle_id || "—")} · by ${esc(r.created_by)}</div>
     ${r.reason ? `<div class="card" id="reason"><b>Reason:</b> ${esc(r.reason)}</div>` : ""}
+    ${(r.warnings || []).length ? `<div class="card" id="warnings"><b>Before you start:</b><ul>${r.warnings.map((w) => `<li>${esc(w)}</li>`).join("")}</ul></div>` : ""}
     ${r.delivery ? `<div class="card" id="delivery"><b>Bytes shipped:</b> ${(r.delivery.bytes_shipped / 1024).toFixed(1)} KiB of ${(r.delivery.bytes_full / 1024).toFixed(1)} KiB that full bundles would have cost
       (${r.delivery.bytes_full ? Math.round((100 * r.delivery.bytes_shipped) / r.delivery.bytes_full) : 100} %, deltas against what devices run)</div>` : ""}
     <div class="actions">${button("start", "Start", "primary", r.state === "draft")}${button("pause", "Pause", "", active)}${button("resume", "Resume", "", r.state === "paused")}
