@@ -180,7 +180,13 @@ def _enroll_revoke(args: argparse.Namespace) -> int:
     crl = service.crl_pem()
     if args.broker_dir is not None:
         path = Path(args.broker_dir) / "crl.pem"
-        atomic_write(path, crl, mode=0o644)  # R15: the broker never reads half a CRL
+        try:
+            atomic_write(path, crl, mode=0o644)  # R15: the broker never reads half a CRL
+        except OSError as exc:
+            raise HubConfigError(
+                f"{device.device_id} is revoked, but {path} could not be replaced ({exc}); "
+                "the old CRL is intact: run this command again"
+            ) from exc
         print(f"wrote {path}; now `kill -HUP` Mosquitto (or restart it to drop open sessions)")
     else:
         print("no --broker-dir: copy the CRL from `cloud-hub broker-config` output again")
