@@ -26,6 +26,7 @@ from shared._codec import from_plain, to_plain
 from shared.errors import MalformedBundleError, MalformedMessageError
 
 __all__ = [
+    "GOLDEN_CHECK",
     "GOLDEN_TYPE",
     "MAX_GOLDEN_BYTES",
     "MAX_GOLDEN_SAMPLES",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 GOLDEN_TYPE = "golden-batch"
+#: ``data["check"]`` of the ``health_failed`` event a golden-batch refusal reports
+GOLDEN_CHECK = "golden_batch"
 GOLDEN_SCHEMA = 1
 MAX_GOLDEN_SAMPLES = 64
 MAX_GOLDEN_BYTES = 96 * 1024  # decoded inputs + logits
