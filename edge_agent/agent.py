@@ -334,7 +334,7 @@ class EdgeAgent:
                     max_bytes=limits.max_message_bytes,
                 )
             except ProtocolError as exc:
-                log.warning("dropped command on %s: %s", topic, exc)
+                self.updater.refusals.warn("bad-command", "dropped command on %s: %s", topic, exc)
                 return
             handler = self._handlers.get(type(cmd))
             if handler is None:
@@ -346,7 +346,12 @@ class EdgeAgent:
             topic.startswith(self._bundle_prefix) and topic.endswith("/chunks")
         ):
             if len(payload) > limits.max_chunk_bytes + _CHUNK_FRAME_SLACK:
-                log.warning("dropped oversized chunk frame (%d bytes) on %s", len(payload), topic)
+                self.updater.refusals.warn(
+                    "oversized-chunk",
+                    "dropped oversized chunk frame (%d bytes) on %s",
+                    len(payload),
+                    topic,
+                )
                 return
             before = self._ota_state()
             self.updater.handle_chunk(payload)
@@ -355,7 +360,9 @@ class EdgeAgent:
         elif topic in self._trust_handlers:
             self._trust_handlers[topic](payload)
         else:
-            log.warning("dropped message on unexpected topic %s", topic)
+            self.updater.refusals.warn(
+                "unexpected-topic", "dropped message on unexpected topic %s", topic
+            )
 
     def _ota_state(self) -> tuple[str, str]:
         dep = self.updater.deployment

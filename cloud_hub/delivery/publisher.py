@@ -22,12 +22,14 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from cloud_hub.delivery._session import MqttSession
 from cloud_hub.delivery.config import PublisherConfig
 from cloud_hub.delivery.deployment import Deployment, DeploymentState
+from cloud_hub.delivery.fallback import FallbackDecision, FullFallbacks
 from cloud_hub.delivery.progress import DeviceProgress, TokenBucket, advance
 from cloud_hub.delivery.repairs import RepairQueue
 from cloud_hub.errors import DeliveryError, HubConfigError
@@ -45,6 +47,7 @@ from shared.messages import (
     decode_message,
     new_id,
 )
+from shared.refusal_log import RefusalLog
 from shared.topics import validate_device_id
 
 __all__ = ["DeviceInfo", "FleetPublisher"]
@@ -77,9 +80,18 @@ class FleetPublisher:
             max_pending=config.max_pending_repairs,
         )
         self._devices: dict[str, DeviceInfo] = {}
-        # delta bundle id -> (full bundle, deployment id): what a device gets when it cannot
-        # apply the delta (it asks with ``ChunkRequest(full=True)``)
-        self._full_for: dict[str, tuple[bytes, str]] = {}
+        # bundle id -> devices it was offered to: the only ones served chunks of it (R8)
+        self._bundle_targets: dict[str, set[str]] = {}
+        # what a device gets when it cannot apply a delta (``ChunkRequest(full=True)``)
+        self._fallbacks = FullFallbacks(
+            max_deltas=config.max_cached_bundles,
+            max_pending=config.max_pending_fallbacks,
+            min_interval_s=config.fallback_interval_s,
+        )
+        self._fallback_pool = ThreadPoolExecutor(
+            max_workers=config.max_fallback_workers, thread_name_prefix="hub-full-fallback"
+        )
+        self.refusals = RefusalLog(log)
         self.rejected_messages = 0
         self._session = MqttSession(
             config,
@@ -107,6 +119,7 @@ class FleetPublisher:
 
     def close(self) -> None:
         self._repairs.close()
+        self._fallback_pool.shutdown(wait=False, cancel_futures=True)
         if self._worker.is_alive():
             self._worker.join(timeout=5)
         self._session.close()
@@ -131,7 +144,7 @@ class FleetPublisher:
         except (ProtocolError, KeyError) as exc:
             with self._cond:
                 self.rejected_messages += 1
-            log.warning("dropped a message on %s: %s", topic, exc)
+            self.refusals.warn("bad-message", "dropped a message on %s: %s", topic, exc)
             return
         if isinstance(msg, Event):
             self._on_event(msg)
@@ -202,33 +215,54 @@ class FleetPublisher:
             )
 
     def _on_chunk_request(self, req: ChunkRequest) -> None:
+        self.refusals.flush()
+        who, bundle = req.device_id, req.bundle_id[:12]
         with self._cond:
-            fallback = self._full_for.get(req.bundle_id) if req.full else None
-        if fallback is not None:
-            full, deployment_id = fallback
-            # the device cannot use the delta: offer it the full bundle, on a worker thread
-            # (deploy blocks; this is paho's network thread)
-            threading.Thread(
-                target=self._deploy_full_fallback,
-                args=(full, req.device_id, f"{deployment_id}-full"),
-                name="hub-full-fallback",
-                daemon=True,
-            ).start()
+            target = who in self._bundle_targets.get(req.bundle_id, ())
+        if not target:  # R8: only devices the bundle was offered to are served
+            self.refusals.warn(
+                "chunks-not-target", "refused chunks of %s to %s: not a target", bundle, who
+            )
             return
-        queued = self._repairs.request(req.device_id, req.bundle_id, req.indices, full=req.full)
+        if req.full:
+            decision = self._fallbacks.request(who, req.bundle_id, time.monotonic())
+            if decision == FallbackDecision.QUEUED:
+                log.info("%s cannot apply delta %s: the full bundle is queued", who, bundle)
+                if self._fallbacks.needs_batch(req.bundle_id):
+                    self._fallback_pool.submit(self._send_full_fallbacks, req.bundle_id)
+                return
+            if decision != FallbackDecision.UNKNOWN:  # R8: no dedup-less re-publishing
+                self.refusals.warn(
+                    f"fallback-{decision.value}",
+                    "refused the full bundle of delta %s to %s: %s",
+                    bundle,
+                    who,
+                    decision.value,
+                )
+                return
+        queued = self._repairs.request(who, req.bundle_id, req.indices, full=req.full)
         if queued is None:
-            log.warning(
-                "%s asked for chunks of unknown bundle %s", req.device_id, req.bundle_id[:12]
+            self.refusals.warn(
+                "chunks-unknown", "%s asked for chunks of unknown bundle %s", who, bundle
             )
 
-    def _deploy_full_fallback(self, full: bytes, device_id: str, deployment_id: str) -> None:
-        log.info(
-            "%s cannot apply the delta: sending the full bundle (%s)", device_id, deployment_id
-        )
-        try:
-            self.deploy(full, [device_id], deployment_id=deployment_id)
-        except (DeliveryError, HubConfigError) as exc:
-            log.warning("full-bundle fallback for %s failed: %s", device_id, exc)
+    def _send_full_fallbacks(self, delta_id: str) -> None:
+        """Worker: send the full bundle to every device waiting for it, batch by batch."""
+        while (batch := self._fallbacks.take(delta_id)) is not None:
+            log.info(
+                "sending the full bundle to %d device(s) that cannot apply delta %s (%s-full)",
+                len(batch.device_ids),
+                delta_id[:12],
+                batch.deployment_id,
+            )
+            try:
+                self.deploy(
+                    batch.full, list(batch.device_ids), deployment_id=f"{batch.deployment_id}-full"
+                )
+            except (DeliveryError, HubConfigError) as exc:
+                log.warning("full-bundle fallback for %s failed: %s", batch.device_ids, exc)
+            finally:
+                self._fallbacks.done(batch, time.monotonic())
 
     # -- repairs (worker thread) ------------------------------------------------------------
     def _repair_loop(self) -> None:
@@ -289,6 +323,10 @@ class FleetPublisher:
             self._prune()
         return state
 
+    def _add_targets(self, bundle_id: str, ids: list[str]) -> None:
+        with self._cond:
+            self._bundle_targets.setdefault(bundle_id, set()).update(ids)
+
     def _prune(self) -> None:
         """Forget the oldest finished deployments beyond ``max_deployments`` (caller locks)."""
         excess = len(self._deployments) - self.config.max_deployments
@@ -298,6 +336,9 @@ class FleetPublisher:
             d for d, st in self._deployments.items() if all(p.terminal for p in st.devices.values())
         ][:excess]:
             del self._deployments[dep_id]
+        live = {st.bundle_id for st in self._deployments.values()}
+        for bundle_id in set(self._bundle_targets) - live:
+            del self._bundle_targets[bundle_id]
 
     def deploy(
         self,
@@ -330,11 +371,9 @@ class FleetPublisher:
         frames = [encode_chunk(c) for c in chunks]
         self._repairs.cache(bundle_id, frames)
         state = self._register(deployment_id, bundle_id, ids)
+        self._add_targets(bundle_id, ids)
         if full_bundle is not None:
-            with self._cond:
-                self._full_for[bundle_id] = (full_bundle, state.deployment_id)
-                while len(self._full_for) > self.config.max_cached_bundles:
-                    self._full_for.pop(next(iter(self._full_for)))
+            self._fallbacks.offer(bundle_id, full_bundle, state.deployment_id, ids)
         chunk_topic = self.topics.bundle_chunks(bundle_id)
         for device_id in ids:
             command = DeployCommand(

@@ -49,9 +49,7 @@ class DeploymentEvents:
         body = {"bundle_id": meta.bundle_id, "version": meta.version, "model": meta.model_name}
         self._send(kind, deployment_id, detail, body)
 
-    def rejected(
-        self, deployment_id: str | None, exc: Exception, *, bundle_id: str = ""
-    ) -> None:
+    def rejected(self, deployment_id: str | None, exc: Exception, *, bundle_id: str = "") -> None:
         """An offer refused before download; ``deployment_id`` is ``None`` when the offer's
         own ids were refused (they are never echoed)."""
         log.warning("deployment %s rejected: %s", deployment_id, describe(exc))

@@ -71,6 +71,7 @@ from shared.messages import (
     Message,
     RollbackCommand,
 )
+from shared.refusal_log import RefusalLog
 from shared.signing import TrustRoot, parse_time
 from shared.topics import TopicScheme
 
@@ -114,6 +115,7 @@ class OtaUpdater:
         self.limits = limits or AgentLimits()
         self.health_check: HealthCheck = health_check or default_health_check()
         self.events = DeploymentEvents(device_id, emit)
+        self.refusals = RefusalLog(log)  # chunk frames from the broker are untrusted
         self._emit = emit
         self._clock = clock
         self._phase_timeouts = phase_timeouts(
@@ -169,7 +171,7 @@ class OtaUpdater:
         """Continue whatever a previous process left (call once, before receiving)."""
         dep = self.state.deployment
         self._sync_installed_versions()
-        self.transfer.remove_stale(dep.bundle_id if _needs_download(dep) else None)
+        self.transfer.remove_stale(dep.bundle_id if dep and _needs_download(dep) else None)
         action = recovery_action(
             dep, active_slot=self.slots.active_name(), max_resumes=self.limits.max_resumes
         )
@@ -310,7 +312,7 @@ class OtaUpdater:
         try:
             chunk = decode_chunk(frame, max_chunk_size=self.limits.max_chunk_bytes)
         except ProtocolError as exc:
-            log.warning("dropped chunk frame: %s", exc)
+            self.refusals.warn("bad-chunk-frame", "dropped chunk frame: %s", exc)
             return
         dep = self.state.deployment
         if dep is None or dep.phase != Phase.DOWNLOADING or self.transfer.bundle_id is None:
@@ -322,7 +324,7 @@ class OtaUpdater:
         try:
             self.transfer.accept(chunk)
         except ProtocolError as exc:
-            log.warning("dropped chunk %d: %s", chunk.index, exc)
+            self.refusals.warn("unfitting-chunk", "dropped chunk %d: %s", chunk.index, exc)
             return
         except InstallError as exc:
             self._abort(Trigger.ERROR, str(exc))
@@ -332,6 +334,7 @@ class OtaUpdater:
 
     def tick(self) -> None:
         """Enforce deadlines and ask for missing chunks; call about once a second."""
+        self.refusals.flush()
         dep, now = self.state.deployment, self._clock()
         if dep is None or dep.terminal:
             return
@@ -713,6 +716,6 @@ def _holds(slot: InstalledSlot, order: RollbackOrder) -> bool:
     )
 
 
-def _needs_download(dep: Deployment | None) -> bool:
+def _needs_download(dep: Deployment) -> bool:
     """Whether a deployment's next steps still read its download (until it is installed)."""
-    return dep is not None and dep.phase in (Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING)
+    return dep.phase in (Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING)
