@@ -30,11 +30,13 @@ from cloud_hub.delivery.local_broker import free_port
 from cloud_hub.enrollment import CertificateAuthority, write_broker_files
 from cloud_hub.enrollment.broker import BrokerFiles
 from cloud_hub.keys import KeyStore
+from cloud_hub.trust_publisher import TrustPublisher
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import load_config
 from shared.bundle import BundleManifest, artifact_info, build_bundle
-from shared.messages import Event, decode_message
-from shared.signing import format_time
+from shared.freshness import ReleasedBundle
+from shared.messages import Event, EventKind, decode_message
+from shared.signing import SigningKey, format_time
 from shared.topics import TopicScheme
 from tests.agent_ota.agent_ota_helpers import Offer, make_offer, onnx_model_bytes, utc, wait_for
 
@@ -353,3 +355,79 @@ def deploy(hub: MqttPeer, offer: Offer, device_id: str) -> None:
     if "rejected" not in hub.deployment_kinds(dep):
         for frame in offer.frames:
             hub.publish(offer.command.chunk_topic, frame)
+
+
+@dataclass
+class World:
+    """One broker, the hub's key store and trust publisher, and the devices of a test.
+
+    ``clock`` is shared by the hub's publisher and every device: jumping it moves the whole
+    fleet forward in time. ``released`` is what the registry would report as released.
+    """
+
+    tmp: Path
+    broker: TrustBroker
+    keys: KeyStore
+    hub: MqttPeer
+    clock: Clock
+    released: dict[str, ReleasedBundle] = field(default_factory=dict)
+    devices: list[Device] = field(default_factory=list)
+    publisher: TrustPublisher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.publisher = TrustPublisher(
+            self.keys,
+            topics=self.broker.scheme,
+            publish=self.hub.publish_retained,
+            released=lambda: dict(self.released),
+            clock=self.clock,
+        )
+
+    def device(self, device_id: str) -> Device:
+        dev = make_device(self.broker, self.tmp, device_id, self.keys)
+        dev.clock = self.clock
+        self.devices.append(dev)
+        return dev
+
+    def install_offer(self, *, version: int) -> Offer:
+        """An offer the hub built and signed (not sent to anyone yet)."""
+        return signed_offer(self.keys, self.broker.scheme, version=version)
+
+    def deploy_offer(self, offer: Offer, device_id: str) -> None:
+        deploy(self.hub, offer, device_id)
+        self.hub.wait_deployment(offer.command.deployment_id, EventKind.COMMITTED)
+
+    def install(self, device_id: str, version: int) -> Offer:
+        offer = self.install_offer(version=version)
+        self.deploy_offer(offer, device_id)
+        return offer
+
+    def rotate(self, device_id: str) -> tuple[dict[str, Any], list[SigningKey]]:
+        """Rotate the hub's signing key; the device applies keyring v2 from the topic.
+        Returns the old keyring and signing keys (what an attacker could replay)."""
+        old = (self.keys.keyring_envelope(), self.keys.signing_keys())
+        self.keys.rotate()
+        assert self.publisher.step()
+        assert wait_for(
+            lambda: any(
+                e.data["keyring_version"] == 2
+                for e in self.hub.events_of(device_id, EventKind.KEYRING_APPLIED)
+            ),
+            30,
+        ), f"{device_id} did not apply keyring v2: {self.hub.kinds(device_id)}"
+        return old
+
+
+@contextmanager
+def running_world(tmp: Path) -> Iterator[World]:
+    with running_broker(tmp) as broker:
+        keys = KeyStore.init(tmp / "keys")
+        hub = hub_peer(broker)
+        w = World(tmp, broker, keys, hub, Clock())
+        try:
+            assert w.publisher.step()  # keyring v1 and the first freshness document, retained
+            yield w
+        finally:
+            for dev in w.devices:
+                dev.stop()
+            hub.close()

@@ -16,25 +16,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cloud_hub.keys import KeyStore
-from cloud_hub.trust_publisher import TrustPublisher
 from shared.messages import EventKind, KeyringAnnouncement
 from shared.signing import KeyEntry, Keyring, SigningKey, format_time, sign_envelope
 from tests.agent_ota.agent_ota_helpers import utc, wait_for
 from tests.security._support_freshness import (
-    Device,
-    MqttPeer,
-    TrustBroker,
+    World,
     deploy,
     device_peer,
-    hub_peer,
-    make_device,
-    running_broker,
+    running_world,
     signed_offer,
 )
 
@@ -42,57 +35,10 @@ pytestmark = pytest.mark.integration
 NOT_AUTHORIZED = 0x87
 
 
-@dataclass
-class World:
-    tmp: Path
-    broker: TrustBroker
-    keys: KeyStore
-    hub: MqttPeer
-    publisher: TrustPublisher
-    devices: list[Device]
-
-    def device(self, device_id: str) -> Device:
-        dev = make_device(self.broker, self.tmp, device_id, self.keys)
-        self.devices.append(dev)
-        return dev
-
-    def install(self, device_id: str, version: int) -> None:
-        offer = signed_offer(self.keys, self.broker.scheme, version=version)
-        deploy(self.hub, offer, device_id)
-        self.hub.wait_deployment(offer.command.deployment_id, EventKind.COMMITTED)
-
-    def rotate(self, device_id: str) -> tuple[dict, list[SigningKey]]:
-        """Rotate the hub's signing key; the device applies keyring v2 from the topic.
-        Returns the old keyring and signing keys (what an attacker could replay)."""
-        old = (self.keys.keyring_envelope(), self.keys.signing_keys())
-        self.keys.rotate()
-        assert self.publisher.step()
-        assert wait_for(
-            lambda: any(
-                e.data["keyring_version"] == 2
-                for e in self.hub.events_of(device_id, EventKind.KEYRING_APPLIED)
-            ),
-            30,
-        ), f"{device_id} did not apply keyring v2: {self.hub.kinds(device_id)}"
-        return old
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    with running_broker(tmp_path) as broker:
-        keys = KeyStore.init(tmp_path / "keys")
-        hub = hub_peer(broker)
-        publisher = TrustPublisher(
-            keys, topics=broker.scheme, publish=hub.publish_retained, released=dict
-        )
-        w = World(tmp_path, broker, keys, hub, publisher, [])
-        try:
-            assert publisher.step()  # keyring v1 and the first freshness document, retained
-            yield w
-        finally:
-            for dev in w.devices:
-                dev.stop()
-            hub.close()
+    with running_world(tmp_path) as w:
+        yield w
 
 
 def test_rotation_reaches_an_idle_device_and_the_revoked_key_is_refused(world: World) -> None:
