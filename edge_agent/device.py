@@ -83,7 +83,7 @@ class EdgeDevice:
             trust=OrderTrust(
                 device_id=self.config.device_id,
                 trust=self.config.load_trust_root(),
-                keyring_floor=lambda: updater.state.keyring_version,
+                keyring_floor=lambda: updater.trusted.keyring_floor,
             ),
             limits=TrainingLimits(
                 allow_insecure=allow_insecure_training,
