@@ -494,11 +494,11 @@ class OtaUpdater:
                 reason=f"health check failed: {exc}",
                 event=EventKind.HEALTH_FAILED,
                 detail=str(exc),
+                # e.g. the golden batch's measured agreement and logit error
+                data=dict(getattr(exc, "figures", None) or {}),
             )
             self._roll_back()
             return
-                # e.g. the golden batch's measured agreement and logit error
-                data=dict(getattr(exc, "figures", None) or {}),
         assert dep.target_slot is not None
         self.slots.switch(dep.target_slot)  # the commit point
         self._commit(resume=False)
