@@ -15,9 +15,12 @@ paho errors are translated into ``DeliveryError`` here.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER, load_hub_identity
 from cloud_hub.errors import DeliveryError, HubConfigError
@@ -36,6 +40,7 @@ if TYPE_CHECKING:  # cloud_hub.config imports the ingest, which imports this mod
     from cloud_hub.config import HubConfig
 
 __all__ = [
+    "ConnectionHooks",
     "HubRole",
     "connect_client",
     "create_client",
@@ -53,6 +58,9 @@ def _valid_instance(instance: str) -> str:
     from cloud_hub.config import validate_instance_id  # see TYPE_CHECKING above
 
     return validate_instance_id(instance)
+
+
+log = logging.getLogger(__name__)
 
 
 class HubRole(str, Enum):
@@ -104,14 +112,74 @@ def hub_client_id_for(config: HubConfig, role: HubRole) -> str:
     return hub_client_id(hub_identity_name(config.data_dir), role, instance)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConnectionHooks:
+    """What a hub connection hears from paho, on paho's network thread (keep them short).
+
+    paho's callback signatures and reason codes stay here; the hooks get plain values."""
+
+    connected: Callable[[mqtt.Client], None]  # CONNACK success (subscribe again here)
+    refused: Callable[[str], None]  # CONNACK failure, with the broker's reason
+    dropped: Callable[[str], None]  # the connection went away (paho reconnects)
+    subscribed: Callable[[list[str]], None]  # the refused subscriptions (empty: all granted)
+    message: Callable[[mqtt.MQTTMessage], None]
+    published: Callable[[int], None] | None = None  # a QoS 1 publish was acknowledged
+
+
+def _install(client: mqtt.Client, hooks: ConnectionHooks) -> None:
+    def on_connect(
+        c: mqtt.Client, _u: object, _f: mqtt.ConnectFlags, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        if rc.is_failure:
+            hooks.refused(str(rc))
+        else:
+            hooks.connected(c)
+
+    def on_disconnect(
+        _c: mqtt.Client,
+        _u: object,
+        _f: mqtt.DisconnectFlags,
+        rc: ReasonCode,
+        _p: Properties | None,
+    ) -> None:
+        hooks.dropped(str(rc))
+
+    def on_subscribe(
+        _c: mqtt.Client, _u: object, _mid: int, rcs: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        hooks.subscribed([str(r) for r in rcs if r.is_failure])
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            hooks.message(msg)
+        except Exception:  # a handler bug must not kill paho's network thread
+            log.exception("message handler failed on %s", msg.topic)
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    published = hooks.published
+    if published is not None:
+
+        def on_publish(
+            _c: mqtt.Client, _u: object, mid: int, _rc: ReasonCode, _p: Properties | None
+        ) -> None:
+            published(mid)
+
+        client.on_publish = on_publish
+
+
 def create_client(
     endpoint: BrokerEndpoint,
     *,
     client_id: str,
+    hooks: ConnectionHooks,
     persistent: bool = False,
     manual_ack: bool = False,
+    reconnect_delay_s: tuple[int, int] = (1, 5),
 ) -> mqtt.Client:
-    """A paho 2.x client for ``endpoint`` (not connected yet).
+    """A paho 2.x client for ``endpoint`` with ``hooks`` installed (not connected yet).
 
     ``persistent``: the broker keeps the session (subscriptions, queued QoS 1 messages)
     while this client is away; MQTT 3.1.1 sets that here, MQTT 5 in :func:`connect_client`.
@@ -124,6 +192,7 @@ def create_client(
         clean_session=None if v5 else not persistent,
         manual_ack=manual_ack,
     )
+    client.reconnect_delay_set(min_delay=reconnect_delay_s[0], max_delay=reconnect_delay_s[1])
     if endpoint.username is not None:
         client.username_pw_set(endpoint.username, endpoint.password)
     if endpoint.tls:
@@ -136,6 +205,7 @@ def create_client(
             )
         except (OSError, ValueError, ssl.SSLError) as exc:
             raise DeliveryError(f"MQTT TLS files for {endpoint.url}: {exc}") from exc
+    _install(client, hooks)
     return client
 
 

@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_hub.broker_client import (
+    ConnectionHooks,
     HubRole,
     connect_client,
     create_client,
@@ -63,30 +62,24 @@ class MqttSession:
         client_id = config.client_id or hub_client_id(
             DEFAULT_HUB_USER, HubRole.PUBLISH, new_instance_id()
         )
-        self._client = create_client(config.broker, client_id=client_id)
+        self._client = create_client(
+            config.broker,
+            client_id=client_id,
+            reconnect_delay_s=(1, 2),
+            hooks=ConnectionHooks(
+                connected=self._connected_to,
+                refused=self._refused,
+                dropped=self._dropped,
+                subscribed=self._subscribed_to,
+                message=lambda msg: self._handler(msg.topic, bytes(msg.payload), bool(msg.retain)),
+                published=self._published,
+            ),
+        )
         # our own window bounds what is in flight; paho's inflight limit must not be lower
         self._client.max_inflight_messages_set(config.max_inflight)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_publish = self._on_publish
-        self._client.on_message = self._on_message
 
-    # -- paho callbacks (network thread) ----------------------------------------------------
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            with self._cond:
-                self._connect_error = str(reason)
-                self._cond.notify_all()
-            return
+    # -- connection hooks (paho's network thread) --------------------------------------------
+    def _connected_to(self, client: mqtt.Client) -> None:
         # a fresh session (e.g. the broker restarted): subscribe again every time
         if self._subscriptions:
             client.subscribe([(t, 1) for t in self._subscriptions])
@@ -100,29 +93,19 @@ class MqttSession:
                 self._subscribed = True
             self._cond.notify_all()
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _refused(self, reason: str) -> None:
+        with self._cond:
+            self._connect_error = reason
+            self._cond.notify_all()
+
+    def _dropped(self, reason: str) -> None:
         with self._cond:
             self._connected = False
             self._cond.notify_all()
         if not self._closed:
             log.warning("hub lost its broker connection (%s); reconnecting", reason)
 
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reasons: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        failed = [str(r) for r in reasons if r.is_failure]
+    def _subscribed_to(self, failed: list[str]) -> None:
         with self._cond:
             if failed:
                 self._connect_error = f"subscription refused: {', '.join(failed)}"
@@ -130,26 +113,13 @@ class MqttSession:
                 self._subscribed = True
             self._cond.notify_all()
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _published(self, mid: int) -> None:
         with self._cond:
             if mid in self._unacked:
                 self._unacked.discard(mid)
             else:  # acknowledged before publish() returned to our thread
                 self._acked_early.add(mid)
             self._cond.notify_all()
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self._handler(msg.topic, bytes(msg.payload), bool(msg.retain))
-        except Exception:  # a handler bug must not kill paho's network thread
-            log.exception("message handler failed on %s", msg.topic)
 
     # -- API ---------------------------------------------------------------------------------
     def connect(self) -> None:

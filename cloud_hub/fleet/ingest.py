@@ -20,11 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from cloud_hub.broker_client import HubRole, connect_client, create_client
+from cloud_hub.broker_client import ConnectionHooks, HubRole, connect_client, create_client
 from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError
 from cloud_hub.fleet.batch import BatchCounts, IngestBatch, write_batch
@@ -372,64 +370,43 @@ class FleetIngest:
 
     # -- paho --------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
-        client = create_client(
+        return create_client(
             self.settings.endpoint,
             client_id=self.settings.client_id,
             persistent=True,
             manual_ack=True,  # acknowledge after the commit (see submit)
+            hooks=ConnectionHooks(
+                connected=self._on_connected,
+                refused=self._on_refused,
+                dropped=self._on_dropped,
+                subscribed=self._on_subscribed,
+                message=self._on_message,
+            ),
         )
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        return client
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            self._connect_error = str(reason)
-            return
+    def _on_connected(self, client: mqtt.Client) -> None:
         # subscribe on every connect: the broker may have lost the session
         client.subscribe([(self.scheme.all_devices(c), 1) for c in INGEST_CHANNELS])
 
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reasons: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        failed = [str(r) for r in reasons if r.is_failure]
+    def _on_refused(self, reason: str) -> None:
+        self._connect_error = reason
+
+    def _on_subscribed(self, failed: list[str]) -> None:
         if failed:
             self._connect_error = f"subscription refused: {', '.join(failed)}"
             log.error("ingest %s", self._connect_error)
             return
         self._connected.set()
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_dropped(self, reason: str) -> None:
         self._connected.clear()
         if not self._stop.is_set():
             log.warning("ingest lost the broker (%s); reconnecting", reason)
 
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         ack = None
         if msg.qos > 0:
-            mid, qos = msg.mid, msg.qos
+            mid, qos, client = msg.mid, msg.qos, self._client
 
             def ack() -> None:
                 client.ack(mid, qos)
