@@ -8,18 +8,32 @@ import sys
 import time
 from pathlib import Path
 
+from cloud_hub.bundles.trust import HubTrust, verify_hub_bundle
+from cloud_hub.commands.keys import add_dir_argument
 from cloud_hub.delivery import FleetPublisher, PublisherConfig
 from cloud_hub.errors import HubConfigError
-from shared.bundle import parse_bundle
+from cloud_hub.keys import KeyStore
+from shared.bundle import VerifiedBundle
 from shared.chunks import DEFAULT_CHUNK_SIZE
+from shared.errors import BundleError
 
 __all__ = ["register"]
 
 
-def _manifest_class(data: bytes) -> str:
-    signed = parse_bundle(data).manifest_envelope.get("signed", {})
-    value = signed.get("device_class") if isinstance(signed, dict) else None
-    return value if isinstance(value, str) else ""
+def _verified(data: bytes, path: Path, keys_dir: Path) -> VerifiedBundle:
+    """The bundle as a device will check it, against this hub's trust root and the keyring
+    it publishes now: a tampered, truncated or foreign bundle never reaches the broker."""
+    try:
+        trust = HubTrust.of(KeyStore(keys_dir))  # HubConfigError without a key store
+    except OSError as exc:
+        raise HubConfigError(f"cannot read the hub's keys in {keys_dir}: {exc}") from exc
+    try:
+        return verify_hub_bundle(data, trust)
+    except BundleError as exc:
+        raise HubConfigError(
+            f"refusing to publish {path}: it does not verify against the hub's trust in "
+            f"{keys_dir} ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _registry_devices(url: str, device_class: str) -> list[str]:
@@ -41,7 +55,7 @@ def _publish(args: argparse.Namespace) -> int:
         data = path.read_bytes()
     except OSError as exc:
         raise HubConfigError(f"cannot read bundle {path}: {exc}") from exc
-    bundle_class = _manifest_class(data)
+    bundle_class = _verified(data, path, args.dir).manifest.device_class
     if args.devices is None and args.device_class is None:
         raise HubConfigError("give --devices a,b,... or --class CLASS")
     if args.device_class is not None and args.device_class != bundle_class:
@@ -105,6 +119,7 @@ def _publish(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("publish", help="deliver a signed bundle to devices over MQTT")
     p.add_argument("bundle", type=Path, help="bundle file (.ffb) from `cloud-hub bundle build`")
+    add_dir_argument(p)  # the key store whose trust the bundle must verify against
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--devices", help="comma-separated device ids")
     target.add_argument(

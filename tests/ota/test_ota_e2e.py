@@ -109,6 +109,8 @@ def test_cli_publish_by_class_discovers_agents(
         [
             "publish",
             str(path),
+            "--dir",
+            str(keys.directory),
             "--class",
             "x86-cpu",
             "--prefix",

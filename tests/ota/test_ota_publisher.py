@@ -145,6 +145,8 @@ def test_cli_publish_to_devices(
             [
                 "publish",
                 str(path),
+                "--dir",
+                str(fx.keys.directory),
                 "--devices",
                 "c0,c1",
                 "--prefix",
@@ -166,7 +168,11 @@ def test_cli_publish_to_devices(
     assert summary["devices"] == {"c0": "committed", "c1": "committed"}
     assert summary["chunks_published"] == -(-len(fx.data) // 16384)
     # the bundle's class must match --class
-    assert hub_main(["publish", str(path), "--class", "rpi4", "--prefix", prefix]) == 2
+    keys_dir = str(fx.keys.directory)
+    assert (
+        hub_main(["publish", str(path), "--dir", keys_dir, "--class", "rpi4", "--prefix", prefix])
+        == 2
+    )
 
 
 def test_deploy_is_safe_to_repeat(tmp_path: Path, prefix: str, publisher: FleetPublisher) -> None:
@@ -211,6 +217,8 @@ def test_cli_publish_by_class_from_registry(
             [
                 "publish",
                 str(path),
+                "--dir",
+                str(fx.keys.directory),
                 "--class",
                 "x86-cpu",
                 "--registry-url",
