@@ -36,15 +36,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def build_model_bundle(keys: KeyStore, *, version: int, loadable: bool = True) -> str:
+def build_model_bundle(keys: KeyStore, *, version: int, loadable: bool | bytes = True) -> str:
     """Build and store a signed bundle (``KEYDIR/bundles/ID.ffb``); returns its id.
-    ``loadable=False`` ships bytes that are not an ONNX model: the device health check fails."""
+    ``loadable=False`` ships bytes that are not an ONNX model: the device health check fails;
+    bytes are the model to ship."""
     import os
 
     from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
     from shared.bundle import artifact_info
 
-    model = tiny_onnx_model() if loadable else os.urandom(2048)
+    if isinstance(loadable, bytes):
+        model = loadable
+    else:
+        model = tiny_onnx_model() if loadable else os.urandom(2048)
     built = build_signed_bundle(
         keys,
         default_store(keys),
@@ -271,8 +275,8 @@ class World:
 
 
 @contextmanager
-def running_world(root: Path, *, n: int, bundles: dict[int, bool]) -> Iterator[World]:
-    """Key store, bundles (``{version: loadable}``, built before the hub starts: it indexes its
+def running_world(root: Path, *, n: int, bundles: dict[int, bool | bytes]) -> Iterator[World]:
+    """Key store, bundles (``{version: loadable or the model's bytes}``, built before the hub starts: it indexes its
     bundle store at start), a hub process and ``n`` agents, with v1 installed everywhere."""
     keys = KeyStore.init(root / "keys")
     built = {v: build_model_bundle(keys, version=v, loadable=ok) for v, ok in bundles.items()}
