@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cloud_hub.registry.hello_identity import HUB_EVENT_PREFIX
 from shared.errors import (
     MalformedMessageError,
     MessageTooLargeError,
@@ -71,6 +72,14 @@ def classify(
             topic,
             "device_mismatch",
             f"payload device_id {claimed!r} differs from topic device {parsed.device_id!r}",
+            parsed.device_id,
+        )
+    if isinstance(message, Event) and message.event_id.startswith(HUB_EVENT_PREFIX):
+        # R6: the hub's own flags about a device use these ids; a device may not pre-empt them
+        return Rejected(
+            topic,
+            "reserved_id",
+            f"event id {message.event_id[:40]!r} is in the hub's namespace {HUB_EVENT_PREFIX!r}",
             parsed.device_id,
         )
     problem = storage_problem(message)

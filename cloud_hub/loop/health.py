@@ -2,7 +2,9 @@
 
 - online devices of the class;
 - per device, since when its drift reports *for the model version it runs* have stayed above
-  the policy's threshold (the newest unbroken run of such reports);
+  the policy's threshold (the newest unbroken run of such reports), on the hub's clock: the
+  reports are ordered and timed by when the hub received them, so a device cannot claim it
+  has drifted for an hour with one report stamped an hour ago (R6);
 - start times of earlier training runs of the class (cooldown / budget).
 """
 
@@ -47,12 +49,13 @@ def class_health(
             device_id=device.device_id,
             model_version=device.installed_version,
             limit=_REPORTS_PER_DEVICE,
+            by_receipt=True,
         )
         since: float | None = None
         for report in page.items:  # newest first
             if report.model_name != model_name or report.drift_score <= policy.drift_threshold:
                 break
-            since = report.ts
+            since = report.received_at
         if since is not None:
             drifted_since[device.device_id] = since
     return ClassHealth(

@@ -1,7 +1,8 @@
 """Device repository: listing with server-side filters, targeting, and the ingest writers.
 
 Hello and status are applied last-writer-wins by their ``ts``: an older message arriving
-late never overwrites newer state. ``online`` is the exception: it follows arrival order
+late never overwrites newer state. A hello never changes an enrolled device's class or
+labels (see :mod:`.hello_identity`). ``online`` is the exception: it follows arrival order
 (see :func:`set_online`), because the broker publishes the last will long after the
 device stamped it.
 """
@@ -26,8 +27,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from cloud_hub.registry import reports
 from cloud_hub.registry._rows import insert_ignore, table_of, to_record
 from cloud_hub.registry.errors import NotFoundError, RegistryInputError
+from cloud_hub.registry.hello_identity import (
+    AcceptedIdentity,
+    StoredIdentity,
+    accept_hello_identity,
+)
 from cloud_hub.registry.records import DeviceRecord, Page
 from cloud_hub.registry.tables import Device, DeviceClass, DeviceLabel
 from shared.device_facts import target_of
@@ -278,17 +285,26 @@ def record_hellos(session: Session, hellos: Sequence[Hello], *, now: float) -> i
     hellos = list(newest.values())
     if not hellos:
         return 0
-    _ensure_classes(session, {h.device_class for h in hellos}, now)
     _ensure_devices(session, {h.device_id: now for h in hellos})
     stored: dict[str, tuple[float | None, dict[str, str]]] = {}
+    identity: dict[str, AcceptedIdentity] = {}
     ids = [h.device_id for h in hellos]
     for i in range(0, len(ids), 500):
         rows = session.execute(
-            select(_T.c.device_id, _T.c.hello_ts, _T.c.labels).where(
+            select(_T.c.device_id, _T.c.hello_ts, _T.c.labels, _T.c.device_class).where(
                 _T.c.device_id.in_(ids[i : i + 500])
             )
         )
-        stored.update({d: (ts, dict(labels or {})) for d, ts, labels in rows})
+        for d, ts, labels, device_class in rows:
+            stored[d] = (ts, dict(labels or {}))
+            identity[d] = accept_hello_identity(
+                StoredIdentity(device_class, stored[d][1]), newest[d], now=now
+            )
+    # R6: class and labels are the enrollment's; a hello claiming others is flagged, not applied
+    _ensure_classes(session, {a.device_class for a in identity.values()}, now)
+    reports.record_events(
+        session, [a.mismatch for a in identity.values() if a.mismatch is not None], now=now
+    )
     winners = [h for h in hellos if (stored[h.device_id][0] or float("-inf")) < h.ts]
     if winners:
         session.execute(
@@ -312,19 +328,23 @@ def record_hellos(session: Session, hellos: Sequence[Hello], *, now: float) -> i
                 {
                     "b_id": h.device_id,
                     "b_ts": h.ts,
-                    "b_class": h.device_class,
+                    "b_class": identity[h.device_id].device_class,
                     "b_agent": h.agent_version,
                     "b_runtimes": list(h.runtimes),
                     "b_disk": h.free_disk_bytes,
                     "b_mem": h.free_mem_bytes,
-                    "b_labels": {**stored[h.device_id][1], **h.labels},
+                    "b_labels": identity[h.device_id].labels,
                     "b_facts": None if h.facts is None else h.facts.to_dict(),
                     "b_target": None if h.facts is None else target_of(h.facts),
                 }
                 for h in winners
             ],
         )
-        pairs = [(h.device_id, k, str(v)) for h in winners for k, v in h.labels.items()]
+        pairs = [
+            (h.device_id, k, str(v))
+            for h in winners
+            for k, v in identity[h.device_id].new_labels.items()
+        ]
         if pairs:
             lt = table_of(DeviceLabel)
             session.execute(

@@ -242,8 +242,10 @@ def list_drift(
     since: float | None = None,
     limit: int = 100,
     offset: int = 0,
+    by_receipt: bool = False,
 ) -> Page[DriftRecord]:
-    """Drift reports, newest first."""
+    """Drift reports, newest first: by the device's ``ts``, or with ``by_receipt`` by when
+    the hub received them (a device's clock cannot reorder those)."""
     conds = []
     if device_id is not None:
         conds.append(DriftRow.device_id == device_id)
@@ -256,10 +258,11 @@ def list_drift(
     if since is not None:
         conds.append(DriftRow.ts >= since)
     total = session.scalar(select(func.count()).select_from(DriftRow).where(*conds)) or 0
+    newest = DriftRow.received_at if by_receipt else DriftRow.ts
     rows = session.scalars(
         select(DriftRow)
         .where(*conds)
-        .order_by(DriftRow.ts.desc(), DriftRow.id.desc())
+        .order_by(newest.desc(), DriftRow.id.desc())
         .limit(limit)
         .offset(offset)
     )

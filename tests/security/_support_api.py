@@ -47,12 +47,19 @@ class RunningApi:
 
 @contextmanager
 def running_api(
-    tmp: Path, *, stream_recheck_s: float = 10.0, **context_kw: Any
+    tmp: Path,
+    *,
+    stream_recheck_s: float = 10.0,
+    registry: Registry | None = None,
+    enrollment: EnrollmentService | None = None,
+    **context_kw: Any,
 ) -> Iterator[RunningApi]:
     """The hub API on a free loopback port, with one token per role in ``tokens``; the
-    dashboard's live stream re-checks its token every ``stream_recheck_s``."""
-    registry = open_registry(f"sqlite:///{tmp / 'hub.db'}")
-    enrollment = open_enrollment(tmp / "hub-data", registry=registry)
+    dashboard's live stream re-checks its token every ``stream_recheck_s``. Without
+    ``registry``/``enrollment`` a SQLite registry and ``open_enrollment`` over ``tmp``."""
+    owned = registry is None
+    registry = registry or open_registry(f"sqlite:///{tmp / 'hub.db'}")
+    enrollment = enrollment or open_enrollment(tmp / "hub-data", registry=registry)
     if "bundles" not in context_kw:  # the hub's bundle store, verifying against its own keys
         context_kw["bundles"] = default_store(KeyStore.init(tmp / "keys"))
     context = ApiContext(registry=registry, enrollment=enrollment, **context_kw)
@@ -98,7 +105,8 @@ def running_api(
         if thread.is_alive():
             server.force_exit = True
             thread.join(5)
-        registry.close()
+        if owned:
+            registry.close()
 
 
 @dataclass(frozen=True)
