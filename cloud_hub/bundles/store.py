@@ -272,17 +272,19 @@ class BundleStore:
                 log.warning("legacy bundle %s not adopted: %s", path, exc)
                 continue
             path.unlink()
-        leftovers = [
-            p for p in old_directory.iterdir() if p.name not in {"index.json", ".lock", "deltas"}
-        ]
-        leftovers = [p for p in leftovers if not p.name.endswith((".tmp", ".none"))]
-        if not leftovers:
-            shutil.rmtree(old_directory, ignore_errors=True)
-        else:
-            (old_directory / "index.json").unlink(missing_ok=True)
+        # the old index, lock, delta cache and temporaries are not carried over
+        (old_directory / "index.json").unlink(missing_ok=True)
+        (old_directory / ".lock").unlink(missing_ok=True)
+        shutil.rmtree(old_directory / "deltas", ignore_errors=True)
+        for stale in [*old_directory.glob("*.tmp"), *old_directory.glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)
+        leftovers = list(old_directory.iterdir())
+        if leftovers:
             log.warning(
                 "%s keeps %d file(s) that are not trusted bundles", old_directory, len(leftovers)
             )
+        else:
+            old_directory.rmdir()
         log.info("adopted %d bundle(s) from %s into %s", adopted, old_directory, self.directory)
         return adopted
 

@@ -125,7 +125,7 @@ def test_initial_run_is_recorded_and_waits_for_approval(world: Any) -> None:
         bundle = catalog.get_bundle(s, out.bundle_id or "")
         assert bundle.kind == "full" and bundle.manifest["lineage"]["training_run_id"] == out.run_id
         assert rollouts.get_rollout(s, out.rollout_id or "").state == "draft"
-    assert (root / "keys" / "bundles" / f"{out.bundle_id}.ffb").is_file()
+    assert (root / "bundles" / f"{out.bundle_id}.ffb").is_file()  # beside the keys, not in them
 
     controller = RetrainController(pipeline, [CLASS])
     assert controller.approve(out.run_id) == out.rollout_id
