@@ -276,8 +276,9 @@ class World:
 
 @contextmanager
 def running_world(root: Path, *, n: int, bundles: dict[int, bool | bytes]) -> Iterator[World]:
-    """Key store, bundles (``{version: loadable or the model's bytes}``, built before the hub starts: it indexes its
-    bundle store at start), a hub process and ``n`` agents, with v1 installed everywhere."""
+    """Key store, bundles (``{version: loadable or the model's bytes}``, built before the hub
+    starts: it indexes its bundle store at start), a hub process and ``n`` agents, with v1
+    installed everywhere."""
     keys = KeyStore.init(root / "keys")
     built = {v: build_model_bundle(keys, version=v, loadable=ok) for v, ok in bundles.items()}
     prefix = f"ro-{new_id()[:10]}"
