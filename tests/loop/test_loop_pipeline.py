@@ -141,16 +141,16 @@ def test_initial_run_is_recorded_and_waits_for_approval(world: Any) -> None:
 def test_drift_triggers_a_better_candidate_with_deltas(world: Any) -> None:
     root, registry, _keys, pipeline, _delivery = world
     now = time.time()
-    with registry.session() as s:
-        reports.record_drift(
-            s,
-            [
-                DriftReport(d, f"r-{d}-{k}", "sensor-mlp", 1, 100, {}, 7.5, True, ts=now - 10 + k)
-                for d in DEVICES
-                for k in range(3)
-            ],
-            now=now,
-        )
+    for k in range(3):  # drift lasts by the hub's clock: received over the last 10 s
+        with registry.session() as s:
+            reports.record_drift(
+                s,
+                [
+                    DriftReport(d, f"r-{d}-{k}", "sensor-mlp", 1, 100, {}, 7.5, True, ts=now)
+                    for d in DEVICES
+                ],
+                now=now - 10 + k,
+            )
     controller = RetrainController(pipeline, [CLASS])
     decision = controller.assess(CLASS)
     assert decision.retrain and decision.trigger == "drift", decision.reason
