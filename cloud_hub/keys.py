@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from cloud_hub.errors import HubConfigError
-from shared.bundle import RollbackOrder, sign_rollback_order
+from shared.bundle import MAX_ORDER_DEVICES, RollbackOrder, sign_rollback_order
 from shared.errors import ExpiredError, FedfleetError
 from shared.files import atomic_write
 from shared.freshness import (
@@ -299,12 +299,20 @@ class KeyStore:
         device_class: str,
         to_version: int,
         to_bundle_id: str,
+        device_ids: Sequence[str],
+        from_bundle_id: str,
+        to_sha256: str = "",
         valid_hours: float = 24.0,
         now: datetime | None = None,
     ) -> dict[str, Any]:
-        """A signed permission for devices of ``device_class`` to go back to ``to_version``."""
+        """A signed, one-time permission for ``device_ids`` (of ``device_class``), while they
+        run ``from_bundle_id``, to go back to ``to_version`` (R5: bound, so not replayable)."""
         if not 0 < valid_hours <= 24 * 30:
             raise HubConfigError("rollback orders are valid between 0 and 30 days")
+        if not device_ids or len(device_ids) > MAX_ORDER_DEVICES or not from_bundle_id:
+            raise HubConfigError(
+                f"a rollback order names 1..{MAX_ORDER_DEVICES} devices and the bundle they run"
+            )
         now = now or _now()
         order = RollbackOrder(
             order_id=new_id(),
@@ -314,5 +322,8 @@ class KeyStore:
             to_bundle_id=to_bundle_id,
             issued=format_time(now),
             expires=format_time(now + timedelta(hours=valid_hours)),
+            device_ids=list(device_ids),
+            from_bundle_id=from_bundle_id,
+            to_sha256=to_sha256,
         )
         return sign_rollback_order(order, self.signing_keys(now=now))

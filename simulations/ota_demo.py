@@ -143,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             result = pub.deploy(data, fleet.device_ids).wait(timeout=args.timeout)
             steps.append(_step(name, result, time.monotonic() - t0))
             ok = ok and result.all_committed
-        order = keys.sign_rollback_order(
+        order = keys.sign_rollback_order(  # bound to these devices, now on v2 (R5)
             model_name=args.model,
             device_class="x86-cpu",
             to_version=1,
             to_bundle_id=bundle_id_of(parse_bundle(v1).manifest_envelope),
+            device_ids=fleet.device_ids,
+            from_bundle_id=bundle_id_of(parse_bundle(v2).manifest_envelope),
         )
         t0 = time.monotonic()
         result = pub.rollback(fleet.device_ids, order, keys.keyring_envelope()).wait(args.timeout)

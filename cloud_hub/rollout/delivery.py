@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-
 if TYPE_CHECKING:
     from cloud_hub.bundles import BundleStore
     from cloud_hub.config import HubConfig
@@ -55,6 +54,9 @@ class RollbackSigner(Protocol):
         device_class: str,
         to_version: int,
         to_bundle_id: str,
+        device_ids: Sequence[str],
+        from_bundle_id: str,
+        to_sha256: str = "",
         valid_hours: float = 24.0,
         now: datetime | None = None,
     ) -> dict[str, Any]: ...

@@ -49,7 +49,7 @@ from edge_agent.ota.offer import (
     verify_download,
 )
 from edge_agent.ota.persist import OtaState, StateStore
-from edge_agent.ota.slots import InstalledSlot, SlotMeta, SlotStore
+from edge_agent.ota.slots import SLOT_NAMES, InstalledSlot, SlotMeta, SlotStore
 from edge_agent.ota.transfer import ChunkTransfer
 from edge_agent.ota.trusted import TrustedStore
 from shared.bundle import (
@@ -660,13 +660,18 @@ class OtaUpdater:
     # ------------------------------------------------------------------ R5 floor and orders
     def _derived_floor(self) -> AntiRollbackFloor:
         """The floor when its record is missing (first start, older agent) or unreadable:
-        what the active slot runs, at least the version the deployment record last knew."""
+        the active slot's model at the highest version either slot holds of it (a version
+        left by a rollback is still in the other slot) or the deployment record knew."""
         active = self.slots.active()
         if active is None:
             return AntiRollbackFloor()
-        model, version = active.meta.model_name, active.meta.version
-        known = self.state.installed_versions.get(model, 0)
-        return AntiRollbackFloor(model_name=model, version=max(version, known))
+        model = active.meta.model_name
+        versions = [self.state.installed_versions.get(model, 0)]
+        for name in SLOT_NAMES:
+            slot = self.slots.read(name)
+            if slot is not None and slot.meta.model_name == model:
+                versions.append(slot.meta.version)
+        return AntiRollbackFloor(model_name=model, version=max(versions))
 
     def _save_floor(self, floor: AntiRollbackFloor) -> None:
         if floor != self.floor:

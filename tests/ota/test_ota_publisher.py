@@ -95,7 +95,12 @@ def test_rollback_command_and_progress(
 ) -> None:
     fx = make_bundle(tmp_path, size=10_000)
     order = fx.keys.sign_rollback_order(
-        model_name="digits", device_class="x86-cpu", to_version=1, to_bundle_id=fx.bundle_id
+        model_name="digits",
+        device_class="x86-cpu",
+        to_version=1,
+        to_bundle_id=fx.bundle_id,
+        device_ids=["d0"],
+        from_bundle_id="f" * 64,
     )
     dev = ScriptedDevice("d0", port=PORT, prefix=prefix, keys=fx.keys)
     try:
