@@ -25,7 +25,7 @@ from edge_agent.service.identity import build_csr, generate_device_key
 from shared.errors import ConfigError
 from shared.messages import Hello
 from shared.topics import TopicScheme, validate_device_id
-from tests.security._support_api import recording_logs, request, running_api
+from tests.security._support_api import auth, recording_logs, request, running_api
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,14 @@ def test_enrollment_refuses_a_trailing_newline_and_keeps_the_token(tmp_path: Pat
         # the same token enrolls the honest id
         status, body = _enroll(api.port, secret, "dev-1")
         assert status == 200 and body["device_id"] == "dev-1"
+        # the REST API's id and label patterns refuse it too (422, nothing changed)
+        viewer, operator = auth(api.tokens["viewer"]), auth(api.tokens["operator"])
+        assert request(api.port, "GET", "/api/v1/devices/dev-1%0A", headers=viewer).status == 422
+        patch = json.dumps({"labels": {"site\n": "p1"}}).encode()
+        answer = request(api.port, "PATCH", "/api/v1/devices/dev-1", body=patch, headers=operator)
+        assert answer.status == 422, answer.body
+        with api.registry.session() as s:
+            assert "site\n" not in devices.get_device(s, "dev-1").labels
 
 
 def test_topics_and_ingest_refuse_a_trailing_newline(tmp_path: Path) -> None:
