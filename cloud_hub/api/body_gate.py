@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_hub.api.context import ApiContext
@@ -159,26 +160,10 @@ class RequestBodyGate:
             return
         path: str = scope["path"]
         limit = self.limits.for_path(path)
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            log.warning(
-                "refused %s %s: declares %s body bytes > %d", scope["method"], path, declared, limit
-            )
-            await error_response(413, f"request body over {limit} bytes")(scope, receive, send)
+        refusal = await self._refuse_before_reading(scope, headers, limit)
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
-        if self.protected(path):
-            record = await self._authenticate(headers)
-            if record is None:
-                log.warning(
-                    "refused %s %s: body sent without a valid API token", scope["method"], path
-                )
-                challenge = {"WWW-Authenticate": "Bearer"}
-                response = error_response(
-                    401, "missing, invalid or revoked token", headers=challenge
-                )
-                await response(scope, receive, send)
-                return
-            scope.setdefault("state", {})[AUTHENTICATED_TOKEN] = record
         counted = _CountingReceive(receive, limit)
         if path.endswith(self.limits.upload_suffix) or not _is_json(headers.get("content-type")):
             await self.app(scope, counted, send)  # streamed by the route: counted as it goes
@@ -197,6 +182,26 @@ class RequestBodyGate:
         except MalformedMessageError:
             pass  # FastAPI answers malformed JSON with its own 422
         await self.app(scope, _replay(body, receive), send)
+
+    async def _refuse_before_reading(
+        self, scope: Scope, headers: dict[str, str], limit: int
+    ) -> Response | None:
+        """413 for a body declared too large, 401 for a protected call without a valid
+        token (R9); otherwise ``None``, with the token left in ``scope["state"]``."""
+        method, path = scope["method"], scope["path"]
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            log.warning("refused %s %s: declares %s body bytes > %d", method, path, declared, limit)
+            return error_response(413, f"request body over {limit} bytes")
+        if not self.protected(path):
+            return None
+        record = await self._authenticate(headers)
+        if record is None:
+            log.warning("refused %s %s: body sent without a valid API token", method, path)
+            challenge = {"WWW-Authenticate": "Bearer"}
+            return error_response(401, "missing, invalid or revoked token", headers=challenge)
+        scope.setdefault("state", {})[AUTHENTICATED_TOKEN] = record
+        return None
 
     async def _authenticate(self, headers: dict[str, str]) -> ApiTokenRecord | None:
         token = _bearer(headers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -88,34 +88,45 @@ def mount_dashboard(
             log.warning("live stream refused: unknown, used or expired ticket")
             raise ApiError(401, "invalid, used or expired stream ticket")
 
-        def marker() -> str:
-            with context.registry.session() as s:
-                return json.dumps(change_marker(s), default=str)
-
-        async def events() -> AsyncIterator[bytes]:
-            last = ""
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + STREAM_MAX_S
-            next_check = loop.time() + recheck_s
-            yield b"retry: 2000\n\n"
-            while loop.time() < deadline and not await request.is_disconnected():
-                if loop.time() >= next_check:
-                    next_check = loop.time() + recheck_s
-                    if not await run_in_threadpool(token_is_live, token_id):
-                        # R14: a revoked token loses the stream it opened, not just new calls
-                        log.warning("live stream closed: token %s was revoked", token_id)
-                        yield b"event: revoked\ndata: {}\n\n"
-                        return
-                current = await run_in_threadpool(marker)
-                if current != last:
-                    last = current
-                    yield f"event: change\ndata: {current}\n\n".encode()
-                else:
-                    yield b": keep-alive\n\n"
-                await asyncio.sleep(STREAM_INTERVAL_S)
-
         return StreamingResponse(
-            events(),
+            _live_events(request, context, token_id, token_is_live, recheck_s),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+
+async def _live_events(
+    request: Request,
+    context: ApiContext,
+    token_id: str,
+    token_is_live: Callable[[str], bool],
+    recheck_s: float,
+) -> AsyncIterator[bytes]:
+    """The server-sent events of one stream: ``change`` when the fleet's change marker
+    moves, keep-alives otherwise, and ``revoked`` (then the end) once the API token that
+    opened the stream is revoked."""
+
+    def marker() -> str:
+        with context.registry.session() as s:
+            return json.dumps(change_marker(s), default=str)
+
+    last = ""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STREAM_MAX_S
+    next_check = loop.time() + recheck_s
+    yield b"retry: 2000\n\n"
+    while loop.time() < deadline and not await request.is_disconnected():
+        if loop.time() >= next_check:
+            next_check = loop.time() + recheck_s
+            if not await run_in_threadpool(token_is_live, token_id):
+                # R14: a revoked token loses the stream it opened, not just new calls
+                log.warning("live stream closed: token %s was revoked", token_id)
+                yield b"event: revoked\ndata: {}\n\n"
+                return
+        current = await run_in_threadpool(marker)
+        if current != last:
+            last = current
+            yield f"event: change\ndata: {current}\n\n".encode()
+        else:
+            yield b": keep-alive\n\n"
+        await asyncio.sleep(STREAM_INTERVAL_S)
