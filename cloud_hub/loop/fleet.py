@@ -108,6 +108,9 @@ class DemoFleet:
     drift_window: int = 200  # inputs per drift report
     seed: int = 0
     mqtt_protocol: str = "5"  # "3.1.1" with amqtt
+    # the hub CA the devices pin for the SuperLink's TLS (R4); None: the loopback demo's
+    # plain-text SuperLink, which the devices then allow (--allow-insecure-training)
+    training_ca: Path | None = None
     devices: list[DeviceHandle] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -137,6 +140,7 @@ class DemoFleet:
                         "timeouts": {"chunk_retry_s": 0.5, "health_s": 30.0},
                         "limits": {"fsync_chunks": False},
                         "mqtt": {"protocol": self.mqtt_protocol},
+                        **self._training_table(),
                     },
                     top={"status_interval_s": 5.0},
                 ),
@@ -147,6 +151,11 @@ class DemoFleet:
             )
             self._seed_history(handle)
             self.devices.append(handle)
+
+    def _training_table(self) -> dict[str, dict[str, Any]]:
+        if self.training_ca is None:
+            return {}
+        return {"training": {"superlink_ca": str(self.training_ca)}}
 
     def _seed_history(self, device: DeviceHandle) -> None:
         from edge_agent.samples.store import SampleStore, SampleStoreConfig
@@ -183,7 +192,7 @@ class DemoFleet:
                         str(self.drift_window),
                         "--report-interval",
                         "1",
-                        "--allow-insecure-training",  # loopback SuperLink in the demo
+                        *(["--allow-insecure-training"] if self.training_ca is None else []),
                         "--exit-with-parent",
                     ],
                     stdout=log,

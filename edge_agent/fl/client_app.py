@@ -79,27 +79,30 @@ def check_round(message: Message, context: Context) -> None:
             f"R4: round of run {context.run_config.get(RUN_NAME)!r}, the order is for "
             f"{ordered_run!r}"
         )
+    configs = None
+    if message.metadata.message_type == "train":
+        configs = message.content.config_records.get(RECORD_KEY_CONFIGS)
+    if configs is not None and configs.get(Key.STAGE) == Stage.SETUP:
+        _check_secagg_range(configs)
     if not context.node_config.get(NODE_REQUIRE_SECAGG, False):
         return
     if not context.run_config.get(RUN_SECAGG, True):
         raise RoundRefusedError("R4: SecAgg+ is required here and the run turned it off")
-    if message.metadata.message_type != "train":
-        return  # evaluation sends the global model in; only metrics come back
-    configs = message.content.config_records.get(RECORD_KEY_CONFIGS)
-    if configs is None or Key.STAGE not in configs:
+    if message.metadata.message_type == "train" and (configs is None or Key.STAGE not in configs):
         raise RoundRefusedError("R4: SecAgg+ is required here; this train message has no stage")
-    if configs[Key.STAGE] == Stage.SETUP:
-        samples, target, modulus = (
-            configs.get(Key.SAMPLE_NUMBER),
-            configs.get(Key.TARGET_RANGE),
-            configs.get(Key.MOD_RANGE),
+    # evaluation sends the global model in; only metrics come back
+
+
+def _check_secagg_range(configs: Any) -> None:
+    samples = configs.get(Key.SAMPLE_NUMBER)
+    target = configs.get(Key.TARGET_RANGE)
+    modulus = configs.get(Key.MOD_RANGE)
+    if not all(isinstance(v, int) for v in (samples, target, modulus)):
+        raise RoundRefusedError("R13: SecAgg+ setup without integer ranges")
+    if samples * target >= modulus:  # R13: the sum of the masked updates would wrap
+        raise RoundRefusedError(
+            f"R13: {samples} clients x quantization range {target} >= modulus {modulus}"
         )
-        if not all(isinstance(v, int) for v in (samples, target, modulus)):
-            raise RoundRefusedError("R4: SecAgg+ setup without integer ranges")
-        if samples * target >= modulus:  # type: ignore[operator]
-            raise RoundRefusedError(  # R13: the sum of masked updates would wrap
-                f"R13: {samples} clients x quantization range {target} >= modulus {modulus}"
-            )
 
 
 def _order_guard(message: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -1,4 +1,5 @@
-"""Flower's Deployment Engine on loopback: a real SuperLink and SuperNodes as processes."""
+"""Flower's Deployment Engine on loopback: a real SuperLink and SuperNodes as processes,
+over TLS with a server certificate from the hub CA, the SuperNodes pinned to the FAB."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.errors import HubConfigError
 from cloud_hub.fl.model_store import ModelStore
-from cloud_hub.fl.superlink import SuperLinkConfig, SuperLinkProcess, wait_for_summary
+from cloud_hub.fl.superlink import (
+    SuperLinkConfig,
+    SuperLinkProcess,
+    fab_sha256,
+    issue_superlink_tls,
+    wait_for_summary,
+)
 from edge_agent.errors import AgentConfigError
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.data import generate_sensor_data
@@ -52,6 +60,21 @@ def test_supernode_argv_and_tls_rules(tmp_path: Path) -> None:
         )
     with pytest.raises(AgentConfigError, match="host:port"):
         SuperNodeConfig(superlink="nohost", data_path=tmp_path, clientappio_port=1, insecure=True)
+    pinned = SuperNodeConfig(
+        superlink="h:1",
+        data_path=tmp_path,
+        clientappio_port=1,
+        root_certificates=tmp_path,
+        fab_sha256="ab" * 32,
+        extra_node_config={"require-secure-aggregation": True},
+    ).argv()
+    assert pinned[1:3] == ["-m", "edge_agent.fl.pinned_supernode"]
+    assert pinned[pinned.index("--fab-sha256") + 1] == "ab" * 32
+    assert "require-secure-aggregation=true" in pinned[pinned.index("--node-config") + 1]
+    with pytest.raises(AgentConfigError, match="fab_sha256"):
+        SuperNodeConfig(
+            superlink="h:1", data_path=tmp_path, clientappio_port=1, insecure=True, fab_sha256="x"
+        )
 
 
 def test_superlink_tls_rules_and_argv(tmp_path: Path) -> None:
@@ -110,17 +133,32 @@ def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
         "local_epochs = 2\n[training.secagg]\nreconstruction_threshold = 2\n"
     )
     port = _free_port()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    cert, key, ca_file = issue_superlink_tls(tmp_path / "ca", "127.0.0.1", tmp_path / "tls")
+    (tmp_path / "pinned-ca.crt").write_bytes(ca.cert_pem)  # what devices pinned at enrollment
     link = SuperLinkProcess(
-        SuperLinkConfig(database=tmp_path / "state.db", port=port, insecure=True),
+        SuperLinkConfig(
+            database=tmp_path / "state.db",
+            port=port,
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            ssl_ca_certfile=ca_file,
+        ),
         workdir=tmp_path / "link",
     )
+    fab = fab_sha256()
     nodes = [
         SuperNodeSupervisor(
             SuperNodeConfig(
                 superlink=f"127.0.0.1:{port}",
                 data_path=tmp_path / f"device-{i}.npz",
                 clientappio_port=_free_port(),
-                insecure=True,
+                root_certificates=tmp_path / "pinned-ca.crt",
+                fab_sha256=fab,
+                extra_node_config={
+                    "order-run-id": "deploy-test",
+                    "require-secure-aggregation": True,
+                },
             ),
             log_path=tmp_path / f"node-{i}.log",
         )
@@ -138,7 +176,8 @@ def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
                     "model-store": str(tmp_path / "models"),
                     "run-name": "deploy-test",
                     "model-name": "sensor-mlp",
-                }
+                },
+                expected_fab_sha256=fab,
             )
             summary = wait_for_summary(tmp_path / "results", timeout_s=300)
         finally:

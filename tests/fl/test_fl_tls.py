@@ -1,20 +1,17 @@
-"""TLS between SuperLink and SuperNode: a SuperNode that trusts the hub's CA registers."""
+"""TLS between SuperLink and SuperNode: the SuperLink's certificate comes from the hub CA
+(``issue_superlink_tls``), a SuperNode that trusts the CA pinned at enrollment registers,
+one that trusts another CA does not."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import socket
 import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from cloud_hub.fl.superlink import SuperLinkConfig, SuperLinkProcess
+from cloud_hub.enrollment.ca import CertificateAuthority
+from cloud_hub.fl.superlink import SuperLinkConfig, SuperLinkProcess, issue_superlink_tls
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
 
 
@@ -24,53 +21,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _write_chain(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedfleet-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_path, cert_path, key_path
-
-
 @pytest.mark.integration
 def test_supernode_registers_over_tls(tmp_path: Path) -> None:
-    ca, cert, key = _write_chain(tmp_path)
+    CertificateAuthority.load_or_create(tmp_path / "hub-ca")
+    cert, key, ca = issue_superlink_tls(tmp_path / "hub-ca", "127.0.0.1", tmp_path / "tls")
     port = _free_port()
     link = SuperLinkProcess(
         SuperLinkConfig(
@@ -104,3 +58,41 @@ def test_supernode_registers_over_tls(tmp_path: Path) -> None:
     assert "TLS disabled" not in log
     assert code in (0, -2, 130), link.log_tail()
     assert (tmp_path / "state.db").exists()
+
+
+@pytest.mark.integration
+def test_supernode_refuses_a_superlink_the_pinned_ca_did_not_certify(tmp_path: Path) -> None:
+    # R4: an impostor SuperLink (certificate from another CA) gets no device
+    pinned = CertificateAuthority.load_or_create(tmp_path / "hub-ca")
+    (tmp_path / "pinned.crt").write_bytes(pinned.cert_pem)
+    CertificateAuthority.load_or_create(tmp_path / "other-ca")
+    cert, key, ca = issue_superlink_tls(tmp_path / "other-ca", "127.0.0.1", tmp_path / "tls")
+    port = _free_port()
+    link = SuperLinkProcess(
+        SuperLinkConfig(
+            database=tmp_path / "state.db",
+            port=port,
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            ssl_ca_certfile=ca,
+        ),
+        workdir=tmp_path / "link",
+    )
+    node = SuperNodeSupervisor(
+        SuperNodeConfig(
+            superlink=f"127.0.0.1:{port}",
+            data_path=tmp_path / "samples.npz",
+            clientappio_port=_free_port(),
+            root_certificates=tmp_path / "pinned.crt",
+        ),
+        log_path=tmp_path / "node.log",
+    )
+    with link, node:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "node.log").read_text(errors="replace"):
+                break
+            time.sleep(0.3)
+        log = link.log_tail(50_000)
+    assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "node.log").read_text(errors="replace")
+    assert "Activated node_id" not in log

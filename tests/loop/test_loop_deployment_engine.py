@@ -1,7 +1,8 @@
 """The loop's production training path: Flower's Deployment Engine. The hub starts a
-SuperLink and sends ``TrainCommand``s over real Mosquitto; three real device processes start
-SuperNodes on their own sample stores; SecAgg+; the candidate is compressed, bundled and
-registered. Slow: the Deployment Engine polls (minutes on 2 loaded cores)."""
+SuperLink (TLS from the hub CA) and sends signed ``TrainCommand``s over real Mosquitto; three
+real device processes verify them and start SuperNodes, pinned to the ordered FAB and
+trusting the pinned hub CA, on their own sample stores; SecAgg+; the candidate is
+compressed, bundled and registered. Slow: the Deployment Engine polls (minutes on 2 loaded cores)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.config import MqttEndpoint
+from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.keys import KeyStore
 from cloud_hub.loop.cohort import DeviceSampleStores
 from cloud_hub.loop.config import LoopConfig
@@ -55,6 +57,7 @@ def _wait_online(prefix: str, device_ids: list[str], timeout: float = 60.0) -> N
 
 def test_cohort_trains_as_supernodes_after_train_commands(tmp_path: Path) -> None:
     keys = KeyStore.init(tmp_path / "keys")
+    CertificateAuthority.load_or_create(tmp_path / "ca")
     registry = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
     prefix = DemoFleet.new_prefix()
     fleet = DemoFleet(
@@ -65,6 +68,7 @@ def test_cohort_trains_as_supernodes_after_train_commands(tmp_path: Path) -> Non
         n=3,
         drifted=0,
         history=120,
+        training_ca=tmp_path / "ca" / "ca.crt",
     )
     x, y = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=77)
     pipeline = RetrainPipeline(
@@ -81,7 +85,12 @@ def test_cohort_trains_as_supernodes_after_train_commands(tmp_path: Path) -> Non
             policy=RetrainPolicy(min_devices=3),
         ),
         deployment=DeploymentTraining(
-            mqtt=MqttEndpoint(), topics=TopicScheme(prefix), workdir=tmp_path / "fl", timeout_s=480
+            mqtt=MqttEndpoint(),
+            topics=TopicScheme(prefix),
+            workdir=tmp_path / "fl",
+            keys=keys,
+            ca_dir=tmp_path / "ca",
+            timeout_s=480,
         ),
     )
     fleet.start()
@@ -97,7 +106,8 @@ def test_cohort_trains_as_supernodes_after_train_commands(tmp_path: Path) -> Non
     for d in fleet.devices:  # each device exported its own samples and ran a SuperNode
         with np.load(d.state_dir / "fl" / "train.npz") as data:
             assert len(data["y"]) == 120
-        assert (d.state_dir / "fl" / "supernode.log").stat().st_size > 0
+        node_log = (d.state_dir / "fl" / "supernode.log").read_text(errors="replace")
+        assert "Retrieved FAB" in node_log and "R4:" not in node_log  # the ordered FAB, TLS
     with registry.session() as s:
         run = admin.get_training_run(s, out.run_id)
         assert run.config["engine"] == "deployment" and run.config["clients"] == fleet.device_ids

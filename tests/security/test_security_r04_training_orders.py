@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -116,8 +115,10 @@ def device(tmp_path: Path, hub_keys: OrderIssuer) -> Iterator[Device]:
     hub = BundleSender(TopicScheme(prefix))
     log = tmp_path / "device.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "run", "--serve", "--config", str(config)]
-        + ["--api-port", "0", "--exit-with-parent"],
+        [
+            *(sys.executable, "-m", "edge_agent.cli", "run", "--serve", "--config", str(config)),
+            *("--api-port", "0", "--exit-with-parent"),
+        ],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
         stdout=log.open("ab"),
@@ -183,9 +184,7 @@ def test_forged_replayed_and_misdirected_orders_are_refused_and_reported(
             "plain-text SuperLink",
         ),
         "no-secagg": (
-            hub_keys.command(
-                hub_keys.order(DEVICE, run_id="no-secagg", secure_aggregation=False)
-            ),
+            hub_keys.command(hub_keys.order(DEVICE, run_id="no-secagg", secure_aggregation=False)),
             "requires SecAgg+",
         ),
     }
