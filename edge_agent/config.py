@@ -54,9 +54,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from edge_agent.errors import AgentConfigError
+from shared.broker_endpoint import BrokerEndpoint
 from shared.errors import ConfigError, FedfleetError
 from shared.signing import TrustRoot
 from shared.topics import TopicScheme, validate_device_id
@@ -109,12 +109,7 @@ class MqttSettings:
     protocol: str = "5"
 
     def __post_init__(self) -> None:
-        if not self.host:
-            raise AgentConfigError("mqtt.host must not be empty")
-        if self.protocol not in ("5", "3.1.1"):
-            raise AgentConfigError('mqtt.protocol must be "5" or "3.1.1"')
-        if not 1 <= self.port <= 65535:
-            raise AgentConfigError(f"mqtt.port {self.port} out of range")
+        self.endpoint  # noqa: B018 - validates host, port, protocol, TLS files, credentials
         if not 5 <= self.keepalive_s <= 3600:
             raise AgentConfigError("mqtt.keepalive_s must be 5..3600")
         if not 0 <= self.session_expiry_s <= 7 * 24 * 3600:
@@ -129,6 +124,25 @@ class MqttSettings:
     @property
     def topics(self) -> TopicScheme:
         return TopicScheme(self.topic_prefix)
+
+    @property
+    def endpoint(self) -> BrokerEndpoint:
+        """The broker as the endpoint type the hub uses too (``shared.broker_endpoint``)."""
+        tls = self.tls
+        try:
+            return BrokerEndpoint(
+                host=self.host,
+                port=self.port,
+                tls=tls is not None,
+                ca_file=None if tls is None or tls.ca is None else str(tls.ca),
+                cert_file=None if tls is None or tls.cert is None else str(tls.cert),
+                key_file=None if tls is None or tls.key is None else str(tls.key),
+                username=self.username,
+                password=self.password,
+                protocol=self.protocol,
+            )
+        except ConfigError as exc:
+            raise AgentConfigError(f"mqtt: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -293,17 +307,18 @@ def _mqtt(table: dict[str, Any], base: Path) -> MqttSettings:
     if url is not None:
         if not isinstance(url, str):
             raise AgentConfigError("mqtt.url must be a string")
-        parsed = urlparse(url)
-        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-            raise AgentConfigError(f"mqtt.url {url!r}: use mqtt://host:port or mqtts://host:port")
-        table.setdefault("host", parsed.hostname)
         try:
-            port = parsed.port
-        except ValueError as exc:
-            raise AgentConfigError(f"mqtt.url {url!r}: {exc}") from exc
-        table.setdefault("port", port or (8883 if parsed.scheme == "mqtts" else 1883))
-        if parsed.scheme == "mqtts":
-            tls = TlsSettings()
+            endpoint = BrokerEndpoint.from_url(url)  # the one MQTT URL parser (hub and agent)
+        except ConfigError as exc:
+            raise AgentConfigError(f"mqtt.url: {exc}") from exc
+        for key in ("host", "port", "username", "password", "protocol"):
+            if getattr(endpoint, key) is not None:
+                table.setdefault(key, getattr(endpoint, key))
+        if endpoint.tls:
+            files = {"ca": endpoint.ca_file, "cert": endpoint.cert_file, "key": endpoint.key_file}
+            tls = TlsSettings(
+                **{k: _path(v, base, f"mqtt.url {k}") for k, v in files.items() if v is not None}
+            )
     if tls_raw is not None:
         if not isinstance(tls_raw, dict) or set(tls_raw) - {"ca", "cert", "key"}:
             raise AgentConfigError("[mqtt.tls] takes only ca, cert, key")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import ssl
 import subprocess
 import threading
 from dataclasses import asdict, dataclass, field
@@ -19,6 +21,7 @@ from edge_agent.config import AgentConfig, MqttSettings, load_config
 from edge_agent.errors import AgentError
 from edge_agent.service.identity import certificate_info
 from edge_agent.service.layout import SERVICE_NAME, InstallLayout
+from shared.broker_endpoint import BrokerEndpoint
 
 __all__ = ["AgentStatus", "collect_status", "probe_broker", "render_status"]
 
@@ -47,17 +50,59 @@ class AgentStatus:
 
 
 def probe_broker(mqtt: MqttSettings, client_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Connect once with the configured credentials; report the CONNACK (or why none came)."""
+    """Check that the broker is reachable with the configured credentials.
+
+    With a client certificate the probe stops after the TLS handshake: a broker that sets
+    the client id from the certificate (R3) would otherwise hand the probe the running
+    agent's id and session, disconnecting the agent and, with a clean start, discarding the
+    commands queued for it. Without one it connects once under a distinct client id."""
+    endpoint = mqtt.endpoint
+    if endpoint.mutual_tls:
+        return _probe_tls_handshake(endpoint, timeout_s)
+    return _probe_mqtt_connect(endpoint, f"{client_id}-status", timeout_s)
+
+
+def _probe_tls_handshake(endpoint: BrokerEndpoint, timeout_s: float) -> dict[str, Any]:
+    result: dict[str, Any] = {"broker": endpoint.url, "connected": False}
+    try:
+        ctx = ssl.create_default_context(cafile=endpoint.ca_file)
+        ctx.load_cert_chain(str(endpoint.cert_file), str(endpoint.key_file))
+        with (
+            socket.create_connection((endpoint.host, endpoint.port), timeout=timeout_s) as raw,
+            ctx.wrap_socket(raw, server_hostname=endpoint.host) as tls,
+        ):
+            # TLS 1.3: a refused client certificate arrives as an alert after the handshake;
+            # an accepted one gets silence (the broker waits for our CONNECT).
+            tls.settimeout(min(1.0, timeout_s))
+            try:
+                closed = tls.recv(1) == b""
+            except TimeoutError:
+                closed = False
+        result["connected"] = not closed
+        result["detail"] = (
+            "the broker closed the connection after the TLS handshake"
+            if closed
+            else "TLS handshake with the client certificate accepted"
+        )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        result["detail"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def _probe_mqtt_connect(
+    endpoint: BrokerEndpoint, client_id: str, timeout_s: float
+) -> dict[str, Any]:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    url = f"{'mqtts' if mqtt.tls else 'mqtt'}://{mqtt.host}:{mqtt.port}"
-    # A distinct client id: taking over the running agent's session would disconnect it.
+    v5 = endpoint.protocol == "5"
     client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"{client_id}-status", protocol=paho.MQTTv5
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
     )
     done = threading.Event()
-    result: dict[str, Any] = {"broker": url, "connected": False}
+    result: dict[str, Any] = {"broker": endpoint.url, "connected": False}
 
     def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         result["connected"] = not rc.is_failure
@@ -66,15 +111,11 @@ def probe_broker(mqtt: MqttSettings, client_id: str, timeout_s: float = 5.0) -> 
 
     client.on_connect = on_connect
     try:
-        if mqtt.tls is not None:
-            client.tls_set(
-                ca_certs=None if mqtt.tls.ca is None else str(mqtt.tls.ca),
-                certfile=None if mqtt.tls.cert is None else str(mqtt.tls.cert),
-                keyfile=None if mqtt.tls.key is None else str(mqtt.tls.key),
-            )
-        if mqtt.username:
-            client.username_pw_set(mqtt.username, mqtt.password)
-        client.connect(mqtt.host, mqtt.port, keepalive=10)
+        if endpoint.tls:
+            client.tls_set(ca_certs=endpoint.ca_file)
+        if endpoint.username:
+            client.username_pw_set(endpoint.username, endpoint.password)
+        client.connect(endpoint.host, endpoint.port, keepalive=10)
         client.loop_start()
         if not done.wait(timeout_s):
             result["detail"] = f"no answer within {timeout_s:g} s"

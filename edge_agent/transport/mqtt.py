@@ -79,7 +79,8 @@ class MqttLink:
         self._flusher: threading.Thread | None = None
         self.connected_event = threading.Event()
 
-        self._v5 = settings.protocol == "5"
+        endpoint = settings.endpoint  # the broker endpoint type the hub uses too
+        self._v5 = endpoint.protocol == "5"
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -89,14 +90,14 @@ class MqttLink:
         )
         client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(window)
-        if settings.username is not None:
-            client.username_pw_set(settings.username, settings.password)
-        if settings.tls is not None:
+        if endpoint.username is not None:
+            client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
             try:
                 client.tls_set(
-                    ca_certs=str(settings.tls.ca) if settings.tls.ca else None,
-                    certfile=str(settings.tls.cert) if settings.tls.cert else None,
-                    keyfile=str(settings.tls.key) if settings.tls.key else None,
+                    ca_certs=endpoint.ca_file,
+                    certfile=endpoint.cert_file,
+                    keyfile=endpoint.key_file,
                 )
             except (OSError, ValueError) as exc:
                 raise TransportError(f"TLS setup failed: {exc}") from exc
@@ -107,6 +108,7 @@ class MqttLink:
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
         self._client = client
+        self._endpoint = endpoint
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = settings.session_expiry_s
         # the broker drops (for us) anything larger instead of sending it
@@ -123,15 +125,15 @@ class MqttLink:
         self._running = True
         if self._v5:
             self._client.connect_async(
-                self.settings.host,
-                self.settings.port,
+                self._endpoint.host,
+                self._endpoint.port,
                 keepalive=self.settings.keepalive_s,
                 clean_start=False,
                 properties=self._connect_props,
             )
         else:
             self._client.connect_async(
-                self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s
+                self._endpoint.host, self._endpoint.port, keepalive=self.settings.keepalive_s
             )
         self._client.loop_start()
         self._flusher = threading.Thread(target=self._flush_loop, name="mqtt-outbox", daemon=True)
@@ -213,12 +215,7 @@ class MqttLink:
             client.subscribe([(t, 1) for t in topics])
         if stale and flags.session_present:
             client.unsubscribe(stale)
-        log.info(
-            "connected to %s:%s (session present: %s)",
-            self.settings.host,
-            self.settings.port,
-            flags.session_present,
-        )
+        log.info("connected to %s (session present: %s)", self._endpoint.url, flags.session_present)
         self.connected_event.set()
         self._wake.set()
         try:

@@ -154,3 +154,33 @@ def test_device_cannot_take_another_clients_id_or_session(
             for p in probes:
                 p.close()
             registry.close()
+
+
+def test_status_probe_with_the_device_certificate_leaves_the_agents_session_alone(
+    tmp_path: Path,
+) -> None:
+    """``edge-agent status`` runs beside the agent with the same certificate: since the broker
+    names every connection after its certificate, an MQTT connect would take the agent's id
+    (and, with a clean start, its queued commands). The probe stops after the handshake."""
+    from edge_agent.config import MqttSettings as AgentMqtt
+    from edge_agent.config import TlsSettings
+    from edge_agent.service.status import probe_broker
+
+    data = tmp_path / "hub"
+    setup = broker_config(data)
+    with running_broker(setup), serving_enrollment(data) as hub:
+        creds = enroll(hub, tmp_path / "devices", "dev-s")
+        agent = _device(setup, creds, "dev-s", persistent=True)
+        try:
+            assert not agent.connect()[0].is_failure
+            settings = AgentMqtt(
+                host="127.0.0.1",
+                port=setup.port,
+                tls=TlsSettings(ca=creds.ca, cert=creds.cert, key=creds.key),
+            )
+            result = probe_broker(settings, "dev-s", timeout_s=5)
+            assert result["connected"] is True, result
+            time.sleep(1.0)  # a takeover would have dropped the agent by now
+            assert agent.disconnects == []
+        finally:
+            agent.close()
