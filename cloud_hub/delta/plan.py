@@ -20,12 +20,19 @@ from cloud_hub.bundles.store import BundleStore, TrustedBundle
 from cloud_hub.bundles.trust import HubKeys, HubTrust, Purpose, check_bundle_id, verify_hub_bundle
 from cloud_hub.delta.builder import delta_manifest
 from cloud_hub.errors import CompressionError, DeliveryError, HubError
-from shared.bundle import VerifiedBundle, build_bundle
+from shared.bundle import BundleManifest, VerifiedBundle, build_bundle
 from shared.errors import BundleError
 
 __all__ = ["DeliveryGroup", "DeliveryPlan", "DeltaCache", "make_delta_bundle", "plan_delivery"]
 
 log = logging.getLogger(__name__)
+
+
+def _speaks_for(delta: BundleManifest, target: BundleManifest) -> bool:
+    """R1: a delta says exactly what its target says (model, class, version) and never
+    outlives it."""
+    fields = ("model_name", "device_class", "version", "expires")
+    return all(getattr(delta, f) == getattr(target, f) for f in fields)
 
 
 def _delta_from_verified(
@@ -41,15 +48,7 @@ def _delta_from_verified(
     if built is None:
         return None
     manifest, wire = built
-    t = target.manifest
-    # R1: a delta says exactly what its target says: same model, class and version, and it
-    # never outlives the target.
-    if (manifest.model_name, manifest.device_class, manifest.version, manifest.expires) != (
-        t.model_name,
-        t.device_class,
-        t.version,
-        t.expires,
-    ):
+    if not _speaks_for(manifest, target.manifest):
         raise CompressionError("delta manifest differs from its target's identity or expiry")
     return build_bundle(
         manifest, wire, signing_keys=keys.signing_keys(), keyring_envelope=keys.keyring_envelope()
@@ -154,14 +153,7 @@ class DeltaCache:
                 "cached delta %s -> %s dropped: %s", base_id[:12], target.bundle_id[:12], exc
             )
             return None
-        t = target.verified.manifest
-        same = (cached.model_name, cached.device_class, cached.version, cached.expires) == (
-            t.model_name,
-            t.device_class,
-            t.version,
-            t.expires,
-        )
-        return data if same and cached.is_delta else None
+        return data if cached.is_delta and _speaks_for(cached, target.verified.manifest) else None
 
     def _recently_failed(self, key: tuple[str, str]) -> bool:
         with self._lock:
