@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from cloud_hub.errors import HubConfigError, HubError
 from cloud_hub.keys import KeyStore, KeyStoreConfig
@@ -32,6 +32,7 @@ from cloud_hub.registry.records import BundleRecord, RolloutRecord
 from shared.errors import FedfleetError
 from shared.freshness import ReleasedBundle
 from shared.messages import FreshnessAnnouncement, KeyringAnnouncement
+from shared.signing import parse_time
 from shared.topics import TopicScheme
 
 __all__ = ["TrustPublisher", "TrustPublisherConfig", "newest_released", "released_from_registry"]
@@ -49,6 +50,8 @@ class TrustPublisherConfig:
     # re-sign when this fraction of the document's lifetime is left (devices keep a margin)
     resign_when_left: float = 0.5
     poll_s: float = 10.0  # how often the key store and the released set are looked at
+    # the root-signed keyring must be rotated (root key brought back) before it expires
+    warn_keyring_days: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 < self.resign_when_left < 1:
@@ -116,6 +119,7 @@ class TrustPublisher:
         self._keyring_version = 0
         self._last_released: dict[str, ReleasedBundle] | None = None
         self._resign_at = 0.0
+        self._wake = threading.Event()
         self.published = 0  # freshness documents published (for tests and metrics)
 
     def step(self) -> bool:
@@ -141,6 +145,14 @@ class TrustPublisher:
         lifetime = self.config.keys.freshness_hours * 3600
         self._resign_at = now + lifetime * (1 - self.config.resign_when_left)
         self._keyring_version, self._last_released = keyring.version, released
+        left = parse_time(keyring.expires, "keyring expires") - when
+        if left < timedelta(days=self.config.warn_keyring_days):
+            log.warning(
+                "keyring v%d expires in %s: rotate it with the root key "
+                "(cloud-hub keys rotate) or devices will refuse everything",
+                keyring.version,
+                left,
+            )
         self.published += 1
         log.info(
             "published freshness v%d (keyring v%d, %d class(es)), valid %.1f h",
@@ -151,12 +163,18 @@ class TrustPublisher:
         )
         return True
 
+    def wake(self) -> None:
+        """Look at the key store and the released set now (and let :meth:`run` see a stop)."""
+        self._wake.set()
+
     def run(self, stop: threading.Event) -> None:
-        """Call :meth:`step` every ``poll_s`` until ``stop`` is set; failures are logged and
-        retried (devices then see the document age and report stale: the failure is visible)."""
+        """Call :meth:`step` every ``poll_s`` (or when woken) until ``stop`` is set; failures
+        are logged and retried (devices then see the document age and report stale: the
+        failure is visible)."""
         while not stop.is_set():
             try:
                 self.step()
             except (HubError, FedfleetError, OSError) as exc:
                 log.error("trust topics not refreshed: %s", exc)
-            stop.wait(self.config.poll_s)
+            self._wake.wait(self.config.poll_s)
+            self._wake.clear()

@@ -60,6 +60,7 @@ class HubServer:
         self._stop = threading.Event()
         self._engine_thread: threading.Thread | None = None
         self._housekeeping: threading.Thread | None = None
+        self.trust_publisher: Any = None  # cloud_hub.trust_publisher.TrustPublisher (R10)
         self._trust_thread: threading.Thread | None = None
 
     @property
@@ -164,6 +165,7 @@ class HubServer:
         if self._housekeeping is not None:
             self._housekeeping.join(timeout=5)
         if self._trust_thread is not None:
+            self.trust_publisher.wake()
             self._trust_thread.join(timeout=10)
         if self.ingest is not None:
             self.ingest.stop()
@@ -275,7 +277,7 @@ class HubServer:
             return
         from cloud_hub.trust_publisher import TrustPublisher, released_from_registry
 
-        trust = TrustPublisher(
+        self.trust_publisher = trust = TrustPublisher(
             delivery.keys,
             topics=TopicScheme(self.config.topic_prefix),
             publish=fleet.publish_retained,

@@ -55,15 +55,26 @@ class TrustedRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrustedRecord:
-        kv, fv = data.get("keyring_version"), data.get("freshness_version")
-        keyring, freshness = data.get("keyring"), data.get("freshness")
-        for name, value in (("keyring_version", kv), ("freshness_version", fv)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer")
-        for name, env in (("keyring", keyring), ("freshness", freshness)):
-            if env is not None and not isinstance(env, dict):
-                raise ValueError(f"{name} must be an object or null")
-        return cls(keyring_version=kv, keyring=keyring, freshness_version=fv, freshness=freshness)  # type: ignore[arg-type]
+        return cls(
+            keyring_version=_version(data, "keyring_version"),
+            keyring=_envelope(data, "keyring"),
+            freshness_version=_version(data, "freshness_version"),
+            freshness=_envelope(data, "freshness"),
+        )
+
+
+def _version(data: Mapping[str, Any], name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer")
+    return value
+
+
+def _envelope(data: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object or null")
+    return value
 
 
 def _legacy_floor(state_dir: Path) -> int:

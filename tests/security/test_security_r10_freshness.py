@@ -19,8 +19,10 @@ two copies, and :func:`cloud_hub.trust_publisher.newest_released`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,15 +152,14 @@ def test_a_release_the_device_was_not_offered_reveals_a_freeze(world: World) -> 
 # -- pure checks ------------------------------------------------------------------------------
 
 
-def _doc(keys: KeyStore, now: datetime, **changes: object) -> FreshnessDocument:
-    fields: dict[str, object] = {
-        "version": 5,
-        "issued": format_time(now),
-        "expires": format_time(now + timedelta(hours=6)),
-        "keyring_version": 1,
-    }
-    fields.update(changes)
-    return FreshnessDocument(**fields)  # type: ignore[arg-type]
+def _doc(now: datetime, **changes: Any) -> FreshnessDocument:
+    doc = FreshnessDocument(
+        version=5,
+        issued=format_time(now),
+        expires=format_time(now + timedelta(hours=6)),
+        keyring_version=1,
+    )
+    return replace(doc, **changes)
 
 
 def test_verify_freshness_refusals(tmp_path: Path) -> None:
@@ -166,22 +167,20 @@ def test_verify_freshness_refusals(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     keyring = keys.keyring(now=now)
     signers = keys.signing_keys(now=now)
-    good = sign_freshness(_doc(keys, now), signers)
+    good = sign_freshness(_doc(now), signers)
     assert verify_freshness(good, keyring, now=now, min_version=5).version == 5
     with pytest.raises(RollbackError):
         verify_freshness(good, keyring, now=now, min_version=6)
     with pytest.raises(ExpiredError):
         verify_freshness(good, keyring, now=now + timedelta(hours=6, seconds=1))
     with pytest.raises(MixAndMatchError):
-        verify_freshness(
-            sign_freshness(_doc(keys, now, keyring_version=2), signers), keyring, now=now
-        )
-    long_lived = _doc(keys, now, expires=format_time(now + MAX_FRESHNESS_LIFETIME + timedelta(1)))
+        verify_freshness(sign_freshness(_doc(now, keyring_version=2), signers), keyring, now=now)
+    long_lived = _doc(now, expires=format_time(now + MAX_FRESHNESS_LIFETIME + timedelta(1)))
     with pytest.raises(MalformedBundleError, match="valid for"):
         verify_freshness(sign_freshness(long_lived, signers), keyring, now=now)
     keys.rotate(now=now)  # the old signing key is revoked in keyring v2
     rotated = keys.keyring(now=now)
-    stale_signer = sign_freshness(_doc(keys, now, keyring_version=2), signers)
+    stale_signer = sign_freshness(_doc(now, keyring_version=2), signers)
     with pytest.raises(RevokedKeyError):
         verify_freshness(stale_signer, rotated, now=now)
 

@@ -17,9 +17,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cloud_hub.api.server import HubServer
+from cloud_hub.config import HubConfig
+from cloud_hub.keys import KeyStore
+from cloud_hub.registry import reports
+from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import EventKind, KeyringAnnouncement
 from shared.signing import KeyEntry, Keyring, SigningKey, format_time, sign_envelope
 from tests.agent_ota.agent_ota_helpers import utc, wait_for
@@ -27,6 +33,8 @@ from tests.security._support_freshness import (
     World,
     deploy,
     device_peer,
+    make_device,
+    running_broker,
     running_world,
     signed_offer,
 )
@@ -147,3 +155,52 @@ def test_corrupt_ota_state_does_not_lower_the_keyring_floor(world: World) -> Non
         lambda: b'"keyring_version": 2' in (dev.state_dir / "trust" / "record-a.json").read_bytes(),
         5,
     )
+
+
+def test_the_hub_process_publishes_rotation_and_stores_the_reports(tmp_path: Path) -> None:
+    """The whole hub (``HubServer``: ingest, rollout publisher, trust publisher) on its own
+    listener and certificate: a device learns the keyring from it, a rotation reaches the
+    device, and the device's reports (keyring applied, stale) land in the hub's registry."""
+    with running_broker(tmp_path) as broker:
+        keys = KeyStore.init(tmp_path / "hub" / "keys")
+        files = broker.files
+        server = HubServer(
+            HubConfig(
+                data_dir=tmp_path / "hub",
+                mqtt=BrokerEndpoint(
+                    port=broker.hub_port,
+                    tls=True,
+                    ca_file=str(files.ca_cert),
+                    cert_file=str(files.hub_cert),
+                    key_file=str(files.hub_key),
+                ),
+                topic_prefix=broker.scheme.prefix,
+                offline_after_s=0,
+            )
+        )
+        server.start()
+        dev = make_device(broker, tmp_path, "hub-dev-1", keys)
+        try:
+            assert server.trust_publisher is not None, "no trust publisher in the hub"
+            agent = dev.start()
+            trusted = agent.updater.trusted
+            assert wait_for(lambda: trusted.keyring_floor == 1, 30)
+            keys.rotate()  # what `cloud-hub keys rotate` does beside the running hub
+            server.trust_publisher.wake()
+            assert wait_for(lambda: trusted.keyring_floor == 2, 30)
+
+            dev.clock.jump(7 * 3600)  # the hub's 6 h document is past its expiry
+            assert server.registry is not None
+            registry = server.registry
+
+            def reported(kind: str) -> list[Any]:
+                with registry.session() as s:
+                    page = reports.list_events(s, device_id="hub-dev-1", kinds=[kind])
+                return page.items
+
+            assert wait_for(lambda: reported(EventKind.FRESHNESS_STALE), 30)
+            applied = reported(EventKind.KEYRING_APPLIED)
+            assert sorted(e.data["keyring_version"] for e in applied) == [1, 2]
+        finally:
+            dev.stop()
+            server.stop()
