@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 def build_model_bundle(keys: KeyStore, *, version: int, loadable: bool | bytes = True) -> str:
-    """Build and store a signed bundle (``KEYDIR/bundles/ID.ffb``); returns its id.
+    """Build and store a signed bundle (``KEYDIR/../bundles/ID.ffb``); returns its id.
     ``loadable=False`` ships bytes that are not an ONNX model: the device health check fails;
     bytes are the model to ship."""
     import os
