@@ -80,7 +80,7 @@ class BrokerEndpoint:
             raise ConfigError(f"MQTT URL {url!r}: the scheme must be mqtt:// or mqtts://")
         tls = _TLS_SCHEMES[parts.scheme]
         try:
-            port = parts.port or (8883 if tls else 1883)
+            port = parts.port if parts.port is not None else (8883 if tls else 1883)
         except ValueError as exc:
             raise ConfigError(f"MQTT URL {url!r}: bad port") from exc
         if parts.path not in ("", "/") or parts.fragment:
@@ -93,7 +93,7 @@ class BrokerEndpoint:
             host=parts.hostname or "",
             port=port,
             tls=tls,
-            username=None if parts.username is None else unquote(parts.username),
+            username=unquote(parts.username) if parts.username else None,
             password=None if parts.password is None else unquote(parts.password),
             **options,
         )
