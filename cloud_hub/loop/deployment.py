@@ -119,15 +119,34 @@ class DeploymentTraining:
 
     def _publish(self, commands: Mapping[str, TrainCommand]) -> None:
         """Send the commands with the hub's broker settings (protocol, TLS, its certificate)."""
-        from cloud_hub.broker_client import connect_client, create_client
+        from cloud_hub.broker_client import ConnectionHooks, connect_client, create_client
 
+        connected = threading.Event()
+        refused: list[str] = []
+
+        def ignore(*_: object) -> None:
+            return None
+
+        def refuse(reason: str) -> None:
+            refused.append(reason)
+            connected.set()
+
+        hooks = ConnectionHooks(
+            connected=lambda _c: connected.set(),
+            refused=refuse,
+            dropped=ignore,
+            subscribed=ignore,
+            message=ignore,
+        )
         try:
-            client = create_client(self.mqtt, client_id=self.client_id)
+            client = create_client(self.mqtt, client_id=self.client_id, hooks=hooks)
             connect_client(client, self.mqtt, keepalive_s=30)
         except DeliveryError as exc:
             raise TrainingError(f"cannot send train commands: {exc}") from exc
         client.loop_start()
         try:
+            if not connected.wait(15) or refused:
+                raise TrainingError(f"the broker refused the hub's training connection: {refused}")
             for device_id, command in commands.items():
                 info = client.publish(self.topics.device(device_id, "cmd"), command.encode(), qos=1)
                 info.wait_for_publish(10)
@@ -137,7 +156,7 @@ class DeploymentTraining:
             client.loop_stop()
             client.disconnect()
 
-    def _orders(
+    def sign_orders(
         self, run_id: str, device_ids: Sequence[str], address: str, fab: str, fl_config: Any
     ) -> dict[str, dict[str, Any]]:
         """One signed training order per device (R4)."""
@@ -163,7 +182,7 @@ class DeploymentTraining:
             for device_id in device_ids
         }
 
-    def _commands(
+    def commands(
         self, orders: Mapping[str, dict[str, Any]], config: dict[str, Any]
     ) -> dict[str, TrainCommand]:
         keyring = self.keys.keyring_envelope()
@@ -219,11 +238,11 @@ class DeploymentTraining:
         fab = fab_sha256()
         port = free_port()
         address = f"{self.superlink_host}:{port}"
-        orders = self._orders(run_id, device_ids, address, fab, fl_config)
+        orders = self.sign_orders(run_id, device_ids, address, fab, fl_config)
         link = self._superlink(work, port)
         link.start()
         try:
-            self._publish(self._commands(orders, {"duration_s": self.timeout_s}))
+            self._publish(self.commands(orders, {"duration_s": self.timeout_s}))
             link.submit_run(
                 {
                     "config-path": str(work / "train.toml"),
@@ -241,7 +260,7 @@ class DeploymentTraining:
             return summary
         finally:
             try:  # the same signed orders, as stops: a device stops only its current run
-                self._publish(self._commands(orders, {"stop": True}))
+                self._publish(self.commands(orders, {"stop": True}))
             except TrainingError as exc:
                 log.warning("stop commands not sent (SuperNodes stop at their deadline): %s", exc)
             link.stop()

@@ -51,7 +51,7 @@ def pin_fab(expected_sha256: str) -> None:
         raise SystemExit("pinned_supernode: this Flower SuperNode has no FAB check to pin")
     original_pull: Callable[..., int | None] = supernode._pull_and_store_message
 
-    def verify(fab: Any, _trusted: dict[str, str]) -> bool:
+    def verify(fab: Fab, trusted_entities: dict[str, str]) -> bool:
         # R4: the SuperNode runs only the FAB whose hash the signed training order names
         if fab_matches(fab.content, fab.hash_str, expected_sha256):
             return True
@@ -74,7 +74,8 @@ def pin_fab(expected_sha256: str) -> None:
         kwargs["trusted_entities"] = {TRUSTED_ENTITY: expected_sha256}
         return original_pull(**kwargs)
 
-    supernode._pull_and_store_message = pull
+    # Flower 1.41 looks both names up in its module at call time
+    supernode._pull_and_store_message = pull  # type: ignore[assignment]
     supernode._verify_fab = verify
 
 

@@ -28,7 +28,11 @@ import pytest
 
 from cloud_hub.config import MqttEndpoint
 from cloud_hub.errors import HubConfigError
+from cloud_hub.fl.config import FederatedRunConfig
+from cloud_hub.fl.superlink import fab_sha256
 from cloud_hub.loop.deployment import DeploymentTraining
+from edge_agent.fl.train_command import OrderTrust, TrainCommandHandler
+from shared.errors import WrongTargetError
 from shared.messages import Event, EventKind, Status, TrainCommand
 from shared.topics import TopicScheme
 from tests.agent_ota.agent_ota_helpers import (
@@ -232,3 +236,29 @@ def test_the_hub_runs_no_plain_text_superlink_unless_told(tmp_path: Path) -> Non
     write_ca(tmp_path / "ca")
     assert not DeploymentTraining(ca_dir=tmp_path / "ca", **common).insecure  # type: ignore[arg-type]
     assert DeploymentTraining(insecure=True, **common).insecure  # type: ignore[arg-type]
+
+
+def test_the_hubs_orders_verify_on_their_own_device_only(tmp_path: Path) -> None:
+    keys = OrderIssuer(tmp_path / "keys").keys
+    write_ca(tmp_path / "ca")
+    training = DeploymentTraining(
+        mqtt=MqttEndpoint(),
+        topics=TopicScheme("x"),
+        workdir=tmp_path,
+        keys=keys,
+        ca_dir=tmp_path / "ca",
+    )
+    config = FederatedRunConfig(model_name="sensor-mlp", num_clients=3, min_fit_clients=3)
+    fab = fab_sha256()
+    orders = training.sign_orders("run-9", ["dev-a", "dev-b"], "127.0.0.1:9092", fab, config)
+    commands = training.commands(orders, {})
+    device_a = TrainCommandHandler(
+        state_dir=tmp_path / "dev-a",
+        load_samples=lambda n: (np.zeros((0, 12), np.float32), np.zeros(0, np.int64)),
+        trust=OrderTrust(device_id="dev-a", trust=keys.trust_root()),
+    )
+    order = device_a.verify(commands["dev-a"])
+    assert (order.run_id, order.superlink, order.fab_sha256) == ("run-9", "127.0.0.1:9092", fab)
+    assert order.secure_aggregation and not order.insecure
+    with pytest.raises(WrongTargetError):
+        device_a.verify(commands["dev-b"])
