@@ -34,11 +34,11 @@ from cloud_hub.enrollment.hub_identity import (
 from cloud_hub.enrollment.hubdir import open_enrollment, server_tls_files
 from cloud_hub.enrollment.router import enrollment_router
 from cloud_hub.enrollment.service import (
+    DeviceBrokerSettings,
     EnrollmentConfig,
     EnrollmentRequest,
     EnrollmentResult,
     EnrollmentService,
-    MqttSettings,
 )
 from cloud_hub.enrollment.store import (
     EnrollmentRepository,
@@ -53,6 +53,7 @@ __all__ = [
     "BrokerTlsConfig",
     "CertificateAuthority",
     "CsrRejectedError",
+    "DeviceBrokerSettings",
     "EnrolledDevice",
     "EnrollmentConfig",
     "EnrollmentConflictError",
@@ -64,7 +65,6 @@ __all__ = [
     "HubIdentity",
     "InMemoryEnrollmentRepository",
     "IssuedCertificate",
-    "MqttSettings",
     "SqlEnrollmentRepository",
     "TokenExpiredError",
     "TokenRecord",

@@ -47,11 +47,11 @@ from shared.signing import TrustRoot
 from shared.topics import TopicScheme, validate_device_id
 
 __all__ = [
+    "DeviceBrokerSettings",
     "EnrollmentConfig",
     "EnrollmentRequest",
     "EnrollmentResult",
     "EnrollmentService",
-    "MqttSettings",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class EnrollmentRequest:
 
 
 @dataclass(frozen=True)
-class MqttSettings:
+class DeviceBrokerSettings:
     """How the device reaches the broker. Authentication is the client certificate (mTLS):
     the broker takes the user name from its CN, so there is no password to leak."""
 
@@ -117,7 +117,7 @@ class EnrollmentResult:
     certificate_pem: bytes
     ca_certificate_pem: bytes
     cert_not_after: datetime
-    mqtt: MqttSettings
+    mqtt: DeviceBrokerSettings
     topic_prefix: str
     trust_root: TrustRoot | None
 
@@ -266,7 +266,9 @@ class EnrollmentService:
             certificate_pem=issued.pem,
             ca_certificate_pem=self.ca.cert_pem,
             cert_not_after=issued.not_after,
-            mqtt=MqttSettings(url=self.config.mqtt_url, username=device_id, client_id=device_id),
+            mqtt=DeviceBrokerSettings(
+                url=self.config.mqtt_url, username=device_id, client_id=device_id
+            ),
             topic_prefix=self.config.topic_prefix,
             trust_root=self._trust_root(),
         )
