@@ -107,17 +107,20 @@ def target_of(facts: DeviceFacts) -> str | None:
 
 def parse_cpuinfo(text: str, *, machine: str = "") -> DeviceFacts:
     """Pure: CPU model and the ISA flags of ``ISA_FLAGS`` from ``/proc/cpuinfo`` text."""
-    model = ""
+    first: dict[str, str] = {}
     raw_flags: set[str] = set()
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if not sep:
             continue
         key = key.strip().lower()
-        if key in ("model name", "hardware", "model", "cpu model") and not model:
-            model = value.strip()[:MAX_TEXT]
-        elif key in ("flags", "features"):
+        first.setdefault(key, value.strip())
+        if key in ("flags", "features"):
             raw_flags.update(value.split())
+    # x86 has "model : 143" (a number) before "model name"; a Raspberry Pi names its board
+    # in "Model"; other ARM boards only in "Hardware"
+    named = [first.get("model name"), first.get("model"), first.get("hardware")]
+    model = next((m for m in named if m and not m.isdigit()), "")[:MAX_TEXT]
     names = {**_X86_FLAG_NAMES, **_ARM_FLAG_NAMES}
     flags = sorted({names[f] for f in raw_flags if f in names})
     arch = machine or ("aarch64" if "neon" in flags else "x86_64" if "avx2" in flags else "")

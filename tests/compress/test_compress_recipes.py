@@ -34,6 +34,8 @@ from shared.golden import GoldenBatch, compare_golden
 
 EPYC = """processor\t: 0
 vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
 model name\t: AMD EPYC 7763 64-Core Processor
 flags\t\t: fpu sse sse2 avx avx2 fma bmi2 sha_ni
 """

@@ -184,7 +184,7 @@ async function viewDevice(id) {
       <div class="card"><h2>Drift per feature ${latest ? `<span class="muted">(v${latest.model_version}, ${ago(latest.ts)}, score ${(+latest.drift_score).toFixed(3)})</span>` : ""}</h2>
         ${latest ? `<table><thead><tr><th>feature</th><th>PSI</th><th>KS</th></tr></thead><tbody>${featureRows}</tbody></table>` : '<span class="muted">no drift reports</span>'}</div></div>
     <div class="grid2"><div class="card"><h2>Platform</h2>${facts}</div>
-      <div class="card"><h2>Golden-batch refusals</h2>${golden ? `<table id="golden"><thead><tr><th>when</th><th>deployment</th><th>runtime</th><th>top-1 agreement</th><th>max |logit error|</th><th>samples</th></tr></thead><tbody>${golden}</tbody></table>` : '<span class="muted">none: every install agreed with its golden batch</span>'}</div></div>
+      <div class="card" style="overflow-x:auto"><h2>Golden-batch refusals</h2>${golden ? `<table id="golden"><thead><tr><th>when</th><th>deployment</th><th>runtime</th><th>top-1 agreement</th><th>max |logit error|</th><th>samples</th></tr></thead><tbody>${golden}</tbody></table>` : '<span class="muted">none: every install agreed with its golden batch</span>'}</div></div>
     <h2>Install history</h2><table><thead><tr><th>rollout</th><th>stage</th><th>state</th><th>attempts</th><th>detail</th></tr></thead><tbody>${installs}</tbody></table>
     <h2>Events</h2><table><thead><tr><th>when</th><th>kind</th><th>deployment</th><th>detail</th></tr></thead><tbody>${events}</tbody></table>`;
   chart($("#c-lat"), "latency (ms)", series(["p50_ms", "p95_ms"]));
