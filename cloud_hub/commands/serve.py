@@ -25,6 +25,11 @@ def load_config(args: argparse.Namespace) -> HubConfig:
         db_url=args.db,
         data_dir=args.data_dir,
         mqtt_url=getattr(args, "mqtt_url", None),
+        mqtt_ca_file=getattr(args, "mqtt_ca_file", None),
+        mqtt_cert_file=getattr(args, "mqtt_cert_file", None),
+        mqtt_key_file=getattr(args, "mqtt_key_file", None),
+        device_mqtt_url=getattr(args, "device_mqtt_url", None),
+        instance_id=getattr(args, "instance_id", None),
         topic_prefix=getattr(args, "prefix", None),
         api_host=getattr(args, "host", None),
         api_port=getattr(args, "port", None),
@@ -36,6 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = subparsers.add_parser("serve", help="run the hub: REST API + MQTT ingest + rollouts")
     add_config_arguments(parser)
     parser.add_argument("--mqtt-url", help="broker, e.g. mqtt://127.0.0.1:1883")
+    parser.add_argument("--mqtt-ca-file", help="CA that verifies the broker (mqtts://)")
+    parser.add_argument(
+        "--mqtt-cert-file", help="the hub's MQTT client certificate (broker-config: hub.crt)"
+    )
+    parser.add_argument("--mqtt-key-file", help="its key (broker-config: hub.key)")
+    parser.add_argument(
+        "--device-mqtt-url", help="the broker URL enrolling devices are given (device listener)"
+    )
+    parser.add_argument(
+        "--instance-id",
+        help="this hub process in MQTT client ids (default: DATA_DIR/instance-id); give "
+        "replicas that share a data directory different ones",
+    )
     parser.add_argument("--prefix", help="MQTT topic prefix (default fedfleet)")
     parser.add_argument("--host", help="API bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="API port (default 8080)")

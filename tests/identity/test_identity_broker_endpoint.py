@@ -98,3 +98,22 @@ def test_hub_publisher_and_agent_parse_the_same_way(tmp_path: Path) -> None:
             },
             base_dir=tmp_path,
         )
+
+
+def test_serve_takes_the_broker_tls_settings_and_instance_as_flags() -> None:
+    import argparse
+
+    from cloud_hub.commands import serve
+
+    parser = argparse.ArgumentParser()
+    serve.register(parser.add_subparsers())
+    flags = ["--mqtt-url", "mqtts://b:8884", "--mqtt-ca-file", "ca.crt"]
+    flags += ["--mqtt-cert-file", "hub.crt", "--mqtt-key-file", "hub.key"]
+    flags += ["--device-mqtt-url", "mqtts://b:8883", "--instance-id", "replica-2"]
+    config = serve.load_config(parser.parse_args(["serve", *flags]))
+    assert config.mqtt == BrokerEndpoint.from_url(
+        "mqtts://b:8884?ca=ca.crt&cert=hub.crt&key=hub.key"
+    )
+    assert (config.device_mqtt_url, config.instance_id) == ("mqtts://b:8883", "replica-2")
+    with pytest.raises(HubConfigError):  # TLS files for a plain broker
+        serve.load_config(parser.parse_args(["serve", "--mqtt-ca-file", "ca.crt"]))
