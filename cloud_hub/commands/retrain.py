@@ -32,7 +32,14 @@ __all__ = ["register"]
 class _RegistryOnlyDelivery:
     """Creating and starting a rollout publishes nothing; the serving hub's engine does."""
 
-    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
+    def deploy(
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str],
+        *,
+        deployment_id: str,
+        orders: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         raise HubError("cloud-hub retrain does not deliver; cloud-hub serve does")
 
     def rollback(

@@ -144,14 +144,19 @@ class RollbackStep:
             elif phase.state is S.ROLLING_BACK and not rows:
                 self._finish(s, current, cfg, now=now)
             groups: dict[tuple[BackTo, str], list[str]] = {}
+            models: dict[str, str] = {}  # the model each target bundle holds
             for r in due:
                 target = back_to(r, fallback)
                 running = devs[r.device_id].installed_bundle_id
                 assert target is not None and running is not None  # _resolve kept only these
                 groups.setdefault((target, running), []).append(r.device_id)
+                if target.bundle_id not in models:  # another model, if the rollout switched it
+                    known = catalog.find_bundle(s, target.bundle_id)
+                    models[target.bundle_id] = known.model_name if known else model
         for (target, running), ids in groups.items():
             for i in range(0, len(ids), MAX_ORDER_DEVICES):
-                self._send(current, model, target, running, ids[i : i + MAX_ORDER_DEVICES], now)
+                batch = ids[i : i + MAX_ORDER_DEVICES]
+                self._send(current, models[target.bundle_id], target, running, batch, now)
 
     def _resolve(
         self,

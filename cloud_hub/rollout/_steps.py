@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -41,6 +42,7 @@ from cloud_hub.rollout.state import (
     stage_name,
 )
 from cloud_hub.rollout.targets import TargetState, resolve_install
+from shared.bundle import MAX_ORDER_DEVICES
 from shared.errors import FedfleetError
 
 if TYPE_CHECKING:
@@ -175,6 +177,7 @@ class RolloutSteps:
             if not due:
                 return
             self._record_previous(s, record, [r for r in online if r.attempts < limit], devs)
+            switches = _model_switches(s, record, due, devs)
             dep_id = store.new_deployment_id(store.deploy_prefix(rid))
             store.set_targets(  # the intent, committed before anything is published
                 s,
@@ -187,7 +190,8 @@ class RolloutSteps:
                 last_attempt_at=now,
             )
         try:
-            self.delivery.deploy(record.bundle_id, due, deployment_id=dep_id)
+            orders = self._switch_orders(record, switches, now=now)
+            self.delivery.deploy(record.bundle_id, due, deployment_id=dep_id, orders=orders)
         except (HubError, FedfleetError) as exc:
             log.warning("rollout %s: deploy to %d device(s) failed: %s", rid, len(due), exc)
             return
@@ -213,10 +217,11 @@ class RolloutSteps:
             ran, ran_version = dev.installed_bundle_id, dev.installed_version
             if row.from_bundle_id or not ran or ran_version is None:
                 continue
-            if ran == record.bundle_id or ran_version >= version:
+            ran_model = dev.installed_model or model
+            if ran == record.bundle_id or (ran_model == model and ran_version >= version):
                 continue  # already on (or past) the new version: nothing earlier is known
             sha = model_sha256(
-                s, ran, model=model, version=ran_version, device_class=record.device_class
+                s, ran, model=ran_model, version=ran_version, device_class=record.device_class
             )
             rollouts.update_target(
                 s,
@@ -227,6 +232,31 @@ class RolloutSteps:
                 from_version=ran_version,
                 from_sha256=sha or None,
             )
+
+    def _switch_orders(
+        self, record: RolloutRecord, switches: _Switches | None, *, now: float
+    ) -> dict[str, dict[str, Any]]:
+        """R5: devices that run another model take this bundle only with a signed order bound
+        to them and to what they run (one per group running the same bundle)."""
+        if switches is None:
+            return {}
+        orders: dict[str, dict[str, Any]] = {}
+        for running, ids in switches.groups.items():
+            for i in range(0, len(ids), MAX_ORDER_DEVICES):
+                batch = ids[i : i + MAX_ORDER_DEVICES]
+                order = self.signer.sign_rollback_order(
+                    model_name=switches.model,
+                    device_class=record.device_class,
+                    to_version=switches.version,
+                    to_bundle_id=record.bundle_id,
+                    to_sha256=switches.sha256,
+                    device_ids=batch,
+                    from_bundle_id=running,
+                    valid_hours=self.config.rollback_valid_hours,
+                    now=datetime.fromtimestamp(now, tz=timezone.utc),
+                )
+                orders.update(dict.fromkeys(batch, order))
+        return orders
 
     def judge(self, record: RolloutRecord, cfg: RolloutConfig) -> None:
         """Evaluate the current stage's gate; promote, or stop and roll the stage back."""
@@ -299,6 +329,33 @@ class RolloutSteps:
         RollbackStep(self.registry, self.delivery, self.signer, self.config, self.clock).run(
             record, cfg
         )
+
+
+@dataclass(frozen=True)
+class _Switches:
+    """Devices that run another model than the rollout's, by the bundle they run."""
+
+    model: str
+    version: int
+    sha256: str
+    groups: dict[str, list[str]]
+
+
+def _model_switches(
+    s: Session, record: RolloutRecord, due: list[str], devs: dict[str, DeviceState]
+) -> _Switches | None:
+    version, _prev, model = store.versions(s, record)
+    groups: dict[str, list[str]] = {}
+    for d in due:
+        dev = devs[d]
+        if dev.installed_model and dev.installed_model != model and dev.installed_bundle_id:
+            groups.setdefault(dev.installed_bundle_id, []).append(d)
+    if not groups:
+        return None
+    sha = model_sha256(
+        s, record.bundle_id, model=model, version=version, device_class=record.device_class
+    )
+    return _Switches(model, version, sha, groups)
 
 
 def _superseded(s: Session, record: RolloutRecord) -> bool:

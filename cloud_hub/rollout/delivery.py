@@ -33,8 +33,18 @@ class DeliveryTotals:
 class RolloutDelivery(Protocol):
     """Publishes commands to devices. Both calls must be safe to repeat (QoS 1 semantics)."""
 
-    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
-        """Offer ``bundle_id`` to ``device_ids`` (DeployCommand + fan-out chunks)."""
+    def deploy(
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str],
+        *,
+        deployment_id: str,
+        orders: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Offer ``bundle_id`` to ``device_ids`` (DeployCommand + fan-out chunks).
+
+        ``orders``: device id -> a signed order sent with that device's offer, which it needs
+        to take a bundle of another model than it runs (R5)."""
         ...
 
     def rollback(
@@ -118,7 +128,21 @@ class PublisherDelivery:
         """The bundle's bytes, verified now against the hub's own trust (R1)."""
         return self.deltas.target(bundle_id).data
 
-    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
+    def deploy(
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str],
+        *,
+        deployment_id: str,
+        orders: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        switching = [d for d in device_ids if orders and d in orders]
+        if switching:
+            assert orders is not None
+            device_ids = [d for d in device_ids if d not in orders]
+            self._deploy_with_orders(bundle_id, switching, orders, deployment_id=deployment_id)
+            if not device_ids:
+                return
         if self.installed_lookup is None:
             full = self.read_bundle(bundle_id)
             self.publisher.deploy(full, list(device_ids), deployment_id=deployment_id)
@@ -142,6 +166,25 @@ class PublisherDelivery:
                 full_bundle=plan.full_bundle if group.base_bundle_id is not None else None,
             )
         self._account(deployment_id, plan.bytes_shipped, plan.bytes_full)
+
+    def _deploy_with_orders(
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str],
+        orders: Mapping[str, Mapping[str, Any]],
+        *,
+        deployment_id: str,
+    ) -> None:
+        """The full bundle, one offer per distinct order (devices of one order share it)."""
+        full = self.read_bundle(bundle_id)
+        groups: dict[int, list[str]] = {}
+        for d in device_ids:
+            groups.setdefault(id(orders[d]), []).append(d)
+        for index, ids in enumerate(groups.values()):
+            self.publisher.deploy(
+                full, ids, deployment_id=f"{deployment_id}-s{index}", rollback_order=orders[ids[0]]
+            )
+        self._account(deployment_id, len(full) * len(device_ids), len(full) * len(device_ids))
 
     def _account(self, deployment_id: str, shipped: int, full: int) -> None:
         rollout = deployment_id.split(".", 1)[0]

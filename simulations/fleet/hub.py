@@ -137,10 +137,17 @@ class CountingDelivery:
     bundle_bytes: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
+    def deploy(
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str],
+        *,
+        deployment_id: str,
+        orders: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         with self._lock:
             self.deployments.append((deployment_id, bundle_id, len(device_ids)))
-        self.inner.deploy(bundle_id, device_ids, deployment_id=deployment_id)
+        self.inner.deploy(bundle_id, device_ids, deployment_id=deployment_id, orders=orders)
 
     def rollback(
         self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str

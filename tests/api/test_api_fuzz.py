@@ -24,7 +24,9 @@ ADMIN_TOKEN: dict[str, str] = {}
 
 
 class _Delivery:
-    def deploy(self, bundle_id: str, device_ids: Any, *, deployment_id: str) -> None:
+    def deploy(
+        self, bundle_id: str, device_ids: Any, *, deployment_id: str, orders: Any = None
+    ) -> None:
         pass
 
     def rollback(self, order: Any, device_ids: Any, *, deployment_id: str) -> None:

@@ -33,7 +33,14 @@ class RecordingDelivery:
     deployed: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
     rolled_back: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
 
-    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
+    def deploy(
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str],
+        *,
+        deployment_id: str,
+        orders: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.deployed.append((bundle_id, tuple(device_ids), deployment_id))
 
     def rollback(

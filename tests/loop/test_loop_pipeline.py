@@ -33,7 +33,14 @@ class RecordingDelivery:
     def __init__(self) -> None:
         self.deploys: list[tuple[str, list[str]]] = []
 
-    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
+    def deploy(
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str],
+        *,
+        deployment_id: str,
+        orders: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.deploys.append((bundle_id, list(device_ids)))
 
     def rollback(

@@ -41,15 +41,24 @@ class RecordingDelivery:
     test writing reports into the registry)."""
 
     deploys: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> order sent
     rollbacks: list[tuple[dict[str, Any], tuple[str, ...], str]] = field(default_factory=list)
     fail: bool = False
 
-    def deploy(self, bundle_id: str, device_ids: Sequence[str], *, deployment_id: str) -> None:
+    def deploy(
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str],
+        *,
+        deployment_id: str,
+        orders: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         from cloud_hub.errors import DeliveryError
 
         if self.fail:
             raise DeliveryError("broker down")
         self.deploys.append((bundle_id, tuple(device_ids), deployment_id))
+        self.orders.update({d: dict(o) for d, o in (orders or {}).items()})
 
     def rollback(
         self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str

@@ -40,10 +40,18 @@ def _register(reg: Registry, now: float) -> None:
             )
 
 
-def _runs(reg: Registry, ids: Iterable[str], bundle_id: str, version: int, ts: float) -> None:
+def _runs(
+    reg: Registry,
+    ids: Iterable[str],
+    bundle_id: str,
+    version: int,
+    ts: float,
+    *,
+    model_name: str = MODEL,
+) -> None:
     """Devices say (hello + status) that they run ``bundle_id`` (``version``)."""
     ids = list(ids)
-    model = InstalledModel(model_name=MODEL, version=version, bundle_id=bundle_id)
+    model = InstalledModel(model_name=model_name, version=version, bundle_id=bundle_id)
     with reg.session() as s:
         devices.record_hellos(
             s,
@@ -238,3 +246,22 @@ def test_start_refuses_devices_held_by_a_rollout_in_progress(  # type: ignore[no
     service.pause(rid)  # paused still holds
     with pytest.raises(RolloutError, match=r"dev-a \(" + rid):
         service.create(_config("b-v3"))
+
+
+def test_devices_on_another_model_get_a_bound_switch_order_with_the_offer(  # type: ignore[no-untyped-def]
+    sim, registry, clock, keystore, delivery
+) -> None:
+    """R5: a device running another model takes the bundle only with a signed order; the
+    engine sends one, bound to that device and to the bundle it runs; the others need none."""
+    _register(registry, clock.now)
+    _runs(registry, ["dev-a"], "b-v2", 2, clock.now)
+    _runs(registry, ["dev-x"], "b-legacy", 7, clock.now, model_name="legacy-model")
+    service = RolloutService(registry, delivery, keystore, clock=clock)
+    service.start(service.create(_config()).rollout_id)
+    service.tick()
+    assert sorted(delivery.deployed_to()) == ["dev-a", "dev-x"]
+    assert list(delivery.orders) == ["dev-x"]
+    signed = delivery.orders["dev-x"]["signed"]
+    assert signed["model_name"] == MODEL and signed["to_bundle_id"] == "b-v3"
+    assert signed["to_version"] == 3 and signed["to_sha256"] == SHA[3]
+    assert signed["device_ids"] == ["dev-x"] and signed["from_bundle_id"] == "b-legacy"
