@@ -27,7 +27,7 @@ from shared.bundle import (
 )
 from shared.chunks import chunk_count
 from shared.errors import ConfigError
-from shared.messages import DeployCommand
+from shared.messages import DeployCommand, RollbackCommand
 from shared.topics import TopicScheme
 
 __all__ = [
@@ -54,10 +54,11 @@ class GeometryError(InstallError):
     """An offer's transfer geometry does not fit its signed manifest or this device."""
 
 
-def check_offer_ids(cmd: DeployCommand) -> None:
+def check_offer_ids(cmd: DeployCommand | RollbackCommand) -> None:
     """Refuse unsigned ids that are not short topic-safe names (``OfferFieldError``): they are
     persisted and echoed in every report, so a 100,000-character id must go no further."""
-    for name in ("deployment_id", "bundle_id", "command_id"):
+    names = ("deployment_id", "command_id")
+    for name in (*names, "bundle_id") if isinstance(cmd, DeployCommand) else names:
         value = getattr(cmd, name)
         if not isinstance(value, str) or not _ID_RE.fullmatch(value):
             size = len(value) if isinstance(value, str) else 0

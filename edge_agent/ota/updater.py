@@ -273,6 +273,11 @@ class OtaUpdater:
             self._verify_and_install()
 
     def handle_rollback(self, cmd: RollbackCommand) -> None:
+        try:
+            check_offer_ids(cmd)
+        except OfferFieldError as exc:
+            self.events.rejected(None, exc)
+            return
         if self._duplicate(cmd.deployment_id):
             return
         try:

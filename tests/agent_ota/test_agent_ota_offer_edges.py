@@ -4,6 +4,7 @@ unsigned offer fields that are too long to persist or echo."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,13 @@ from edge_agent.ota.download import BundleDownload, regrid
 from edge_agent.ota.machine import Phase
 from shared.chunks import chunk_count, split_chunks
 from shared.messages import Event, EventKind
-from tests.agent_ota.agent_ota_helpers import Harness, make_offer, onnx_model_bytes, with_command
+from tests.agent_ota.agent_ota_helpers import (
+    Harness,
+    make_offer,
+    onnx_model_bytes,
+    rollback_command,
+    with_command,
+)
 
 
 class Crash(BaseException):
@@ -187,3 +194,26 @@ def test_malformed_deployment_id_is_refused(harness: Harness, value: str) -> Non
     harness.updater.handle_deploy(bad.command)
     assert [m.kind for m in harness.sent if isinstance(m, Event)] == [EventKind.REJECTED]
     assert harness.updater.deployment is None and _downloads(harness) == []
+
+
+def test_rollback_command_with_overlong_deployment_id_is_refused_without_echo(
+    harness: Harness,
+) -> None:
+    v1 = harness.offer(1)
+    harness.deliver(v1)
+    huge = "r" * 100_000
+    cmd = replace(
+        rollback_command(
+            harness.auth,
+            model_name="sensor-mlp",
+            to_version=1,
+            to_bundle_id=v1.bundle_id,
+            from_bundle_id=v1.bundle_id,
+        ),
+        deployment_id=huge,
+    )
+    harness.updater.handle_rollback(cmd)
+    [report] = [m for m in harness.sent if isinstance(m, Event) and m.kind == EventKind.REJECTED]
+    assert report.deployment_id is None and "deployment_id must be 1-128" in report.detail
+    assert huge not in (harness.state_dir / "ota_state.json").read_text()
+    assert harness.active_bundle == v1.bundle_id
