@@ -83,6 +83,10 @@ class FreshnessPolicy:
     missing_grace_s: float = 900.0
     check_interval_s: float = 5.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    # refusals reported as events: the same one once per window, at most this many per window
+    # (a broker replaying garbage must not flood the outbox and push out other reports)
+    refusal_window_s: float = 300.0
+    max_refusal_events: int = 20
 
 
 def assess_freshness(
@@ -150,6 +154,8 @@ class TrustUpdates:
         self._doc = self._stored_document()
         self.verdict = FreshnessVerdict(FreshnessState.UNKNOWN)
         self._reported = FreshnessState.UNKNOWN
+        self._refusals: dict[str, float] = {}  # detail -> when reported, this window
+        self._refusal_window = 0.0
         if store.lost:
             self._event(
                 EventKind.TRUST_STATE_LOST,
@@ -209,12 +215,16 @@ class TrustUpdates:
         return keyring
 
     def _refused(self, what: str, exc: Exception) -> None:
-        log.warning("%s refused: %s", what, describe(exc))
-        self._event(
-            EventKind.TRUST_REJECTED,
-            f"{what} refused: {describe(exc)}",
-            {"what": what, "error": type(exc).__name__},
-        )
+        detail = f"{what} refused: {describe(exc)}"
+        now = self._clock()
+        if now - self._refusal_window >= self.policy.refusal_window_s:
+            self._refusal_window, self._refusals = now, {}
+        if detail in self._refusals or len(self._refusals) >= self.policy.max_refusal_events:
+            log.debug("%s (already reported)", detail)
+            return
+        self._refusals[detail] = now
+        log.warning("%s", detail)
+        self._event(EventKind.TRUST_REJECTED, detail, {"what": what, "error": type(exc).__name__})
 
     # -- verdict -----------------------------------------------------------------------------
     def check(self) -> list[Message]:

@@ -29,6 +29,7 @@ import pytest
 from cloud_hub.keys import KeyStore, KeyStoreConfig
 from cloud_hub.registry.records import BundleRecord, RolloutRecord
 from cloud_hub.trust_publisher import newest_released
+from edge_agent.ota.freshness import TrustUpdates
 from edge_agent.ota.trusted import TrustedStore
 from shared.errors import (
     ExpiredError,
@@ -44,10 +45,10 @@ from shared.freshness import (
     sign_freshness,
     verify_freshness,
 )
-from shared.messages import EventKind, FreshnessAnnouncement
+from shared.messages import Event, EventKind, FreshnessAnnouncement, KeyringAnnouncement, Message
 from shared.signing import format_time
 from tests.agent_ota.agent_ota_helpers import wait_for
-from tests.security._support_freshness import DEVICE_CLASS, World, running_world
+from tests.security._support_freshness import DEVICE_CLASS, Clock, World, running_world
 
 UTC = timezone.utc
 HOURS = 3600.0
@@ -259,3 +260,34 @@ def test_newest_released_counts_only_finished_whole_class_rollouts() -> None:
         rollout("b4", "wave"),
     ]
     assert newest_released(done, bundles) == {"c": ReleasedBundle("m", 3, "b3")}
+
+
+def test_a_broker_flooding_the_trust_topics_cannot_flood_the_reports(tmp_path: Path) -> None:
+    keys = KeyStore.init(tmp_path / "keys")
+    sent: list[Message] = []
+    clock = Clock()
+    updates = TrustUpdates(
+        device_id="flood-1",
+        device_class=DEVICE_CLASS,
+        trust=keys.trust_root(),
+        store=TrustedStore(tmp_path / "state"),
+        installed=lambda: None,
+        emit=sent.append,
+        clock=clock,
+    )
+    old = KeyringAnnouncement(keyring=keys.keyring_envelope()).encode()
+    keys.rotate()
+    updates.handle_keyring(KeyringAnnouncement(keyring=keys.keyring_envelope()).encode())
+    assert [m.kind for m in sent if isinstance(m, Event)] == [EventKind.KEYRING_APPLIED]
+    for _ in range(50):
+        updates.handle_keyring(old)  # the same replay, over and over
+    for i in range(200):
+        # each refused for another reason (the text names the version)
+        updates.handle_keyring(b'{"type": "trust.keyring", "v": "%d.0"}' % (i + 2))
+    refusals = [m for m in sent if isinstance(m, Event) and m.kind == EventKind.TRUST_REJECTED]
+    assert len(refusals) == updates.policy.max_refusal_events
+    assert sum("RollbackError" in e.detail for e in refusals) == 1
+    assert updates.store.keyring_floor == 2
+    clock.jump(updates.policy.refusal_window_s)  # a new window reports again
+    updates.handle_keyring(old)
+    assert "RollbackError" in sent[-1].detail  # type: ignore[attr-defined]
