@@ -163,12 +163,13 @@ def _broker_config(args: argparse.Namespace) -> int:
     print(f"  hub cert     {files.hub_cert} (key {files.hub_key}; MQTT identity {identity.name})")
     print(f"  crl          {files.crl} (refresh with `cloud-hub enroll-revoke`)")
     print(f"run: mosquitto -c {files.config}")
-    print("hub config (cloud-hub serve --config FILE):")
-    print(f'  mqtt_url = "mqtts://{host}:{files.hub_port}"')
-    print(f'  mqtt_ca_file = "{files.ca_cert}"')
-    print(f'  mqtt_cert_file = "{files.hub_cert}"')
-    print(f'  mqtt_key_file = "{files.hub_key}"')
-    print(f'  device_mqtt_url = "mqtts://{host}:{files.port}"')
+    print("then run the hub with its own certificate on the hub listener:")
+    print(
+        f"  cloud-hub serve --tls --data-dir {hub.data_dir} "
+        f"--mqtt-url mqtts://{host}:{files.hub_port} --mqtt-ca-file {files.ca_cert} "
+        f"--mqtt-cert-file {files.hub_cert} --mqtt-key-file {files.hub_key} "
+        f"--device-mqtt-url mqtts://{host}:{files.port}"
+    )
     return 0
 
 

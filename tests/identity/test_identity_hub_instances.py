@@ -95,3 +95,36 @@ def test_two_hubs_on_one_broker_both_stay_connected(
         device.disconnect()
         for server in servers:
             server.stop()
+
+
+def test_the_serve_line_broker_config_prints_connects_the_hub(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What ``broker-config`` tells the operator to run: the hub's ingest connects with the
+    hub certificate to the hub listener of the broker started with the generated config."""
+    import argparse
+    import shlex
+
+    from cloud_hub.commands import serve
+    from tests.security._support_identity import broker_config, running_broker
+
+    data = tmp_path / "hub"
+    capsys.readouterr()
+    setup = broker_config(data)
+    printed = capsys.readouterr().out
+    line = next(ln for ln in printed.splitlines() if "cloud-hub serve" in ln)
+    argv = shlex.split(line.strip())[1:]  # drop "cloud-hub"
+    parser = argparse.ArgumentParser()
+    serve.register(parser.add_subparsers())
+    config = serve.load_config(parser.parse_args(argv)).with_overrides(
+        topic_prefix=setup.prefix, offline_after_s=0
+    )
+    assert config.mqtt.port == setup.hub_port and config.mqtt.mutual_tls
+    with running_broker(setup):
+        server = HubServer(config, rollout_engine=False)
+        try:
+            server.start()
+            assert server.ingest is not None and server.ingest.stats().connected
+            assert server.ingest.settings.client_id.startswith("fedfleet-hub:ingest:")
+        finally:
+            server.stop()
