@@ -1,16 +1,19 @@
-"""The hub's certificate authority: one ECDSA P-256 key and a self-signed CA certificate.
+"""A certificate authority: one ECDSA P-256 key and a self-signed CA certificate.
 
-The CA signs three kinds of leaf certificates:
+The hub runs two (R2), so that the broker can tell the hub from any device:
 
-- device client certificates (from the device's CSR; CN and SAN = the device id), which the
-  broker maps to the MQTT user name (``use_identity_as_username``);
-- the hub's own MQTT client certificate (CN = the hub user of the broker ACL);
-- server certificates for the hub's HTTPS API and for the broker.
+- the device CA (``DATA_DIR/ca``) signs device client certificates (from the device's CSR;
+  CN and SAN = the device id), which the broker maps to the MQTT user name
+  (``use_identity_as_username``), and server certificates for the hub's HTTPS API and for
+  the broker; devices pin its fingerprint;
+- the hub client CA (``DATA_DIR/hub-ca``, see :mod:`.hub_identity`) signs only the hub's own
+  MQTT client certificate, which only the broker's hub listener accepts.
 
 P-256 rather than Ed25519: Mosquitto 2.0.11 with OpenSSL 3 can negotiate Ed25519 only in TLS
 1.3, and many device TLS stacks still cannot; P-256 works everywhere.
 
-On disk (``directory``, created on first use)::
+On disk (``directory``, created on first use; R15: each file written atomically, the key
+first)::
 
     ca.key   PKCS#8 PEM, mode 0600
     ca.crt   PEM
