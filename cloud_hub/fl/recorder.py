@@ -69,6 +69,11 @@ class RunRecorder:
             self._fit_metrics = dict(merged)
         return merged
 
+    def aggregated_clients(self) -> int:
+        """How many clients' updates the current round aggregated (0: none arrived)."""
+        with self._lock:
+            return int(self._fit_metrics.get("clients", 0))
+
     def evaluated(
         self, server_round: int, weights: list[NDArray], loss: float, accuracy: float
     ) -> None:

@@ -13,7 +13,10 @@
 
 :class:`TimedFitWorkflow` times each fit round, records it and applies the run's failure
 policy: ``"abort"`` re-raises (the run stops with the last good model), ``"skip"`` keeps the
-previous model for that round and carries on.
+previous model for that round and carries on. A round in which no client's update was
+aggregated (every sampled client refused or failed, e.g. devices refusing a round without
+SecAgg+, R4) is a failed round too (:class:`NoUpdatesError`), not an "ok" round that
+silently kept the old model.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from shared.fl.secure_prg import secure_mask_generator
 
 __all__ = [
     "GuardedSecAggPlusWorkflow",
+    "NoUpdatesError",
     "SecAggRangeError",
     "SecureRoundAbortedError",
     "TimedFitWorkflow",
@@ -70,6 +74,10 @@ class SecureRoundAbortedError(TrainingError):
             f"clients remained, below the reconstruction threshold {threshold}; "
             "the previous global model is kept"
         )
+
+
+class NoUpdatesError(TrainingError):
+    """No client's update was aggregated in a round (all refused or failed)."""
 
 
 class SecAggRangeError(TrainingError):
@@ -129,7 +137,12 @@ class TimedFitWorkflow:
         started = time.perf_counter()
         try:
             self._inner(grid, context)
-        except SecureRoundAbortedError as exc:
+            if self._recorder.aggregated_clients() == 0:
+                raise NoUpdatesError(
+                    f"round {server_round}: no client update was aggregated (every sampled "
+                    "client refused or failed); the previous global model is kept"
+                )
+        except (SecureRoundAbortedError, NoUpdatesError) as exc:
             self._recorder.fit_finished(server_round, time.perf_counter() - started, str(exc))
             if self._on_failure == "abort":
                 raise

@@ -142,7 +142,8 @@ def test_a_fab_other_than_the_ordered_one_is_never_run(hub: Hub, tmp_path: Path)
     log = hub.node_log.read_text(errors="replace")
     assert f"R4: FAB {evil_hash} refused" in log and ordered in log
     assert "FAB verification failed" in log  # Flower's own refusal: an error reply, not a crash
-    assert summary["rounds"][-1]["clients"] == 0  # nothing trained, no update left the device
+    assert summary["status"] == "failed"  # the hub's round fails loudly: no update arrived
+    assert "no client update was aggregated" in summary["error"]
     assert (tmp_path / "device.npz").read_bytes() == samples_before
 
 
@@ -153,4 +154,5 @@ def test_a_round_without_secagg_is_refused_where_the_order_requires_it(hub: Hub)
     assert "Retrieved FAB" in log  # the ordered FAB was accepted over TLS ...
     assert "RoundRefusedError: R4: SecAgg+ is required here and the run turned it off" in log
     assert "TLS disabled" not in hub.link.log_tail(50_000)
-    assert summary["rounds"][-1]["clients"] == 0  # ... but no unmasked update was sent
+    assert summary["status"] == "failed"  # ... but no unmasked update was sent
+    assert "no client update was aggregated" in summary["error"]
