@@ -50,7 +50,8 @@ class HttpApiConfig:
     unix_socket: Path | None = None  # additionally serve on this socket path
     max_body_bytes: int = 16 * 1024 * 1024
     allow_remote: bool = False  # the API is for applications on the device
-    # names callers may use in the Host header besides loopback and ``host`` (R14)
+    # names callers may use in the Host header besides loopback and ``host`` (R14); with
+    # ``allow_remote`` list the names remote callers reach the device by
     allowed_hosts: tuple[str, ...] = ()
 
     @property

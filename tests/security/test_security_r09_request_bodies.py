@@ -163,3 +163,14 @@ def _revoked_token(api: RunningApi) -> str:
         record, token = admin.create_token(s, name="gone", role="admin", now=time.time())
         admin.revoke_token(s, record.token_id, now=time.time())
     return token
+
+
+def test_only_enrollment_itself_takes_a_body_without_an_api_token(api: RunningApi) -> None:
+    # /api/v1/enrollment-tokens shares a prefix with the public /api/v1/enroll: still 401
+    body = json.dumps({"device_class": "x86-cpu"}).encode()
+    headers = {"Content-Type": "application/json"}
+    answer = request(api.port, "POST", "/api/v1/enrollment-tokens", body=body, headers=headers)
+    assert answer.status == 401
+    # enrollment authenticates with the enrollment token inside the body: it gets to read it
+    answer = request(api.port, "POST", "/api/v1/enroll", body=b'{"token": "x"}', headers=headers)
+    assert answer.status == 422 and "csr" in answer.json()["message"]
