@@ -193,6 +193,14 @@ def _hub_sets(n: int = 600) -> tuple[Any, Any]:
     return validation, (xcal, ycal)
 
 
+def _hub_ca(hub_dir: Path) -> Path:
+    """The hub CA certificate (created with the hub's data directory, as enrollment does)."""
+    from cloud_hub.enrollment.ca import CertificateAuthority
+
+    CertificateAuthority.load_or_create(hub_dir / "ca")
+    return hub_dir / "ca" / "ca.crt"
+
+
 def run_demo(config: DemoConfig) -> DemoResult:
     """Run the whole loop; returns the summary (also written to ``out_dir``)."""
     from cloud_hub.keys import KeyStore
@@ -249,6 +257,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 drifted=config.drifted,
                 drift_window=config.drift_window,
                 mqtt_protocol=protocol,
+                training_ca=_hub_ca(run_dir / "hub"),  # R4: devices verify the SuperLink
             )
             fleet.start()
             drifted = [d for d in fleet.devices if d.drifted]
@@ -291,7 +300,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                     topics=TopicScheme(prefix),
                     workdir=run_dir / "hub" / "flower",
                     keys=keys,
-                    insecure=True,  # loopback demo; its devices run --allow-insecure-training
+                    ca_dir=run_dir / "hub" / "ca",  # the SuperLink's TLS, from the hub CA
                 )
             pipeline = RetrainPipeline(
                 registry=registry,
