@@ -120,13 +120,14 @@ class FullFallbacks:
             entry.waiting.clear()
             return FallbackBatch(delta_id, entry.full, entry.deployment_id, devices)
 
-    def done(self, batch: FallbackBatch, now: float) -> None:
-        """``batch`` was sent (or failed): its devices may ask again after the interval."""
+    def done(self, batch: FallbackBatch, now: float, *, sent: bool = True) -> None:
+        """``batch`` was sent: its devices may ask again after the interval; one that failed
+        to send (the hub's trouble, not theirs) may be asked for again at once."""
         with self._lock:
             entry = self._deltas.get(batch.delta_id)
             if entry is not None:
                 entry.sending.difference_update(batch.device_ids)
-            for device_id in batch.device_ids:
+            for device_id in batch.device_ids if sent else ():
                 key = (device_id, batch.delta_id)
                 self._last_sent[key] = now
                 self._last_sent.move_to_end(key)

@@ -22,17 +22,15 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from cloud_hub.delivery._session import MqttSession
 from cloud_hub.delivery.config import PublisherConfig
 from cloud_hub.delivery.deployment import Deployment, DeploymentState
-from cloud_hub.delivery.fallback import FallbackDecision, FullFallbacks
-from cloud_hub.delivery.progress import DeviceProgress, TokenBucket, advance
-from cloud_hub.delivery.repairs import RepairQueue
-from cloud_hub.errors import DeliveryError, HubConfigError
+from cloud_hub.delivery.progress import DeviceProgress, advance
+from cloud_hub.delivery.serving import ChunkService
+from cloud_hub.errors import HubConfigError
 from shared.bundle import bundle_id_of, parse_bundle
 from shared.chunks import encode_chunk, split_chunks
 from shared.errors import ConfigError, ProtocolError
@@ -74,24 +72,8 @@ class FleetPublisher:
         self.topics = config.topics
         self._cond = threading.Condition()
         self._deployments: dict[str, DeploymentState] = {}
-        self._repairs = RepairQueue(
-            max_cached_bundles=config.max_cached_bundles,
-            max_indices=config.max_repair_indices,
-            max_pending=config.max_pending_repairs,
-        )
         self._devices: dict[str, DeviceInfo] = {}
-        # bundle id -> devices it was offered to: the only ones served chunks of it (R8)
-        self._bundle_targets: dict[str, set[str]] = {}
-        # what a device gets when it cannot apply a delta (``ChunkRequest(full=True)``)
-        self._fallbacks = FullFallbacks(
-            max_deltas=config.max_cached_bundles,
-            max_pending=config.max_pending_fallbacks,
-            min_interval_s=config.fallback_interval_s,
-        )
-        self._fallback_pool = ThreadPoolExecutor(
-            max_workers=config.max_fallback_workers, thread_name_prefix="hub-full-fallback"
-        )
-        self.refusals = RefusalLog(log)
+        self.refusals = RefusalLog(log)  # untrusted input from devices: summarised warnings
         self.rejected_messages = 0
         self._session = MqttSession(
             config,
@@ -100,10 +82,14 @@ class FleetPublisher:
             ],
             on_message=self._on_message,
         )
-        self._bucket = TokenBucket(
-            rate=config.repair_rate_bytes_s, burst=max(config.repair_rate_bytes_s / 4, 1.0)
+        # repairs and full-bundle fallbacks, served only to targets (R8)
+        self._chunks = ChunkService(
+            config,
+            publish=self._session.publish,
+            send_full=self._send_full,
+            repaired=self._count_repair,
+            refusals=self.refusals,
         )
-        self._worker = threading.Thread(target=self._repair_loop, name="hub-repairs", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> FleetPublisher:
@@ -115,13 +101,10 @@ class FleetPublisher:
 
     def connect(self) -> None:
         self._session.connect()
-        self._worker.start()
+        self._chunks.start()
 
     def close(self) -> None:
-        self._repairs.close()
-        self._fallback_pool.shutdown(wait=False, cancel_futures=True)
-        if self._worker.is_alive():
-            self._worker.join(timeout=5)
+        self._chunks.close()
         self._session.close()
 
     @property
@@ -149,7 +132,7 @@ class FleetPublisher:
         if isinstance(msg, Event):
             self._on_event(msg)
         elif isinstance(msg, ChunkRequest):
-            self._on_chunk_request(msg)
+            self._chunks.handle(msg)
         elif isinstance(msg, Hello):
             self._remember(
                 msg.device_id,
@@ -214,74 +197,15 @@ class FleetPublisher:
                 )
             )
 
-    def _on_chunk_request(self, req: ChunkRequest) -> None:
-        self.refusals.flush()
-        who, bundle = req.device_id, req.bundle_id[:12]
+    def _send_full(self, full: bytes, device_ids: list[str], deployment_id: str) -> None:
+        """A full-bundle fallback (a pool thread of the chunk service)."""
+        self.deploy(full, device_ids, deployment_id=deployment_id)
+
+    def _count_repair(self, device_id: str, bundle_id: str) -> None:
         with self._cond:
-            target = who in self._bundle_targets.get(req.bundle_id, ())
-        if not target:  # R8: only devices the bundle was offered to are served
-            self.refusals.warn(
-                "chunks-not-target", "refused chunks of %s to %s: not a target", bundle, who
-            )
-            return
-        if req.full:
-            decision = self._fallbacks.request(who, req.bundle_id, time.monotonic())
-            if decision == FallbackDecision.QUEUED:
-                log.info("%s cannot apply delta %s: the full bundle is queued", who, bundle)
-                if self._fallbacks.needs_batch(req.bundle_id):
-                    self._fallback_pool.submit(self._send_full_fallbacks, req.bundle_id)
-                return
-            if decision != FallbackDecision.UNKNOWN:  # R8: no dedup-less re-publishing
-                self.refusals.warn(
-                    f"fallback-{decision.value}",
-                    "refused the full bundle of delta %s to %s: %s",
-                    bundle,
-                    who,
-                    decision.value,
-                )
-                return
-        queued = self._repairs.request(who, req.bundle_id, req.indices, full=req.full)
-        if queued is None:
-            self.refusals.warn(
-                "chunks-unknown", "%s asked for chunks of unknown bundle %s", who, bundle
-            )
-
-    def _send_full_fallbacks(self, delta_id: str) -> None:
-        """Worker: send the full bundle to every device waiting for it, batch by batch."""
-        while (batch := self._fallbacks.take(delta_id)) is not None:
-            log.info(
-                "sending the full bundle to %d device(s) that cannot apply delta %s (%s-full)",
-                len(batch.device_ids),
-                delta_id[:12],
-                batch.deployment_id,
-            )
-            try:
-                self.deploy(
-                    batch.full, list(batch.device_ids), deployment_id=f"{batch.deployment_id}-full"
-                )
-            except (DeliveryError, HubConfigError) as exc:
-                log.warning("full-bundle fallback for %s failed: %s", batch.device_ids, exc)
-            finally:
-                self._fallbacks.done(batch, time.monotonic())
-
-    # -- repairs (worker thread) ------------------------------------------------------------
-    def _repair_loop(self) -> None:
-        while not self._repairs.closed:
-            item = self._repairs.next(timeout=0.5)
-            if item is None:
-                continue
-            delay = self._bucket.delay(len(item.frame), time.monotonic())
-            if delay > 0:
-                time.sleep(delay)
-            try:
-                self._session.publish(self.topics.device(item.device_id, "chunks"), item.frame)
-            except DeliveryError as exc:
-                log.warning("repair for %s not sent: %s (it will ask again)", item.device_id, exc)
-                continue
-            with self._cond:
-                for state in self._deployments.values():
-                    if state.bundle_id == item.bundle_id and item.device_id in state.devices:
-                        state.repairs_sent += 1
+            for state in self._deployments.values():
+                if state.bundle_id == bundle_id and device_id in state.devices:
+                    state.repairs_sent += 1
 
     # -- outgoing ----------------------------------------------------------------------------
     def _targets(self, device_ids: Sequence[str]) -> list[str]:
@@ -323,10 +247,6 @@ class FleetPublisher:
             self._prune()
         return state
 
-    def _add_targets(self, bundle_id: str, ids: list[str]) -> None:
-        with self._cond:
-            self._bundle_targets.setdefault(bundle_id, set()).update(ids)
-
     def _prune(self) -> None:
         """Forget the oldest finished deployments beyond ``max_deployments`` (caller locks)."""
         excess = len(self._deployments) - self.config.max_deployments
@@ -336,9 +256,7 @@ class FleetPublisher:
             d for d, st in self._deployments.items() if all(p.terminal for p in st.devices.values())
         ][:excess]:
             del self._deployments[dep_id]
-        live = {st.bundle_id for st in self._deployments.values()}
-        for bundle_id in set(self._bundle_targets) - live:
-            del self._bundle_targets[bundle_id]
+        self._chunks.forget_except(st.bundle_id for st in self._deployments.values())
 
     def deploy(
         self,
@@ -369,11 +287,10 @@ class FleetPublisher:
         bundle_id = bundle_id_of(parsed.manifest_envelope)
         chunks = split_chunks(bundle_id, bundle, self.config.chunk_size)
         frames = [encode_chunk(c) for c in chunks]
-        self._repairs.cache(bundle_id, frames)
         state = self._register(deployment_id, bundle_id, ids)
-        self._add_targets(bundle_id, ids)
-        if full_bundle is not None:
-            self._fallbacks.offer(bundle_id, full_bundle, state.deployment_id, ids)
+        self._chunks.offer(
+            bundle_id, frames, ids, deployment_id=state.deployment_id, full_bundle=full_bundle
+        )
         chunk_topic = self.topics.bundle_chunks(bundle_id)
         for device_id in ids:
             command = DeployCommand(

@@ -87,3 +87,13 @@ def test_repair_cache_takes_the_new_split_of_a_reoffered_bundle() -> None:
     assert q.request("dev", "b" * 64, [1]) == 1
     q.cache("b" * 64, _frames(data, 512))
     assert q.next(timeout=0.1) is not None
+
+
+def test_a_batch_that_failed_to_send_may_be_asked_for_again() -> None:
+    p = _policy()
+    p.offer(D, b"full", "dep-1", ["a"])
+    assert p.request("a", D, 0.0) == Q.QUEUED
+    batch = p.take(D)
+    assert batch is not None
+    p.done(batch, now=1.0, sent=False)  # e.g. the broker went away mid-publish
+    assert p.request("a", D, 2.0) == Q.QUEUED
