@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -38,11 +38,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HubTlsFiles",
+    "keystore_keyring",
     "keystore_trust_root",
     "open_enrollment",
     "register_in_fleet",
     "server_tls_files",
 ]
+
+
+def keystore_keyring(keys_dir: Path) -> dict[str, Any] | None:
+    """The key store's current keyring envelope (R10: a new device starts at the fleet's
+    keyring floor), or ``None`` while none exists or it does not verify."""
+    from cloud_hub.keys import KeyStore
+
+    store = KeyStore(keys_dir)
+    if not store.exists():
+        return None
+    try:
+        store.keyring()  # only one that verifies against our own trust root
+        return store.keyring_envelope()
+    except HubError:
+        return None
 
 
 def keystore_trust_root(keys_dir: Path) -> TrustRoot | None:
@@ -105,6 +121,7 @@ def open_enrollment(
         repository=SqlEnrollmentRepository(registry.engine),
         config=config,
         trust_root=lambda: keystore_trust_root(keys),
+        keyring=lambda: keystore_keyring(keys),
         on_enrolled=register_in_fleet(registry),
         hub_identity=lambda: load_hub_identity(d),
     )

@@ -57,6 +57,7 @@ class EnrollResponse(BaseModel):
     mqtt: MqttBody
     topic_prefix: str
     trust_root: dict[str, Any] | None
+    keyring: dict[str, Any] | None = None  # R10: the current keyring (root-signed)
 
 
 def enrollment_router(service: EnrollmentService) -> APIRouter:

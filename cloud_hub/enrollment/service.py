@@ -120,6 +120,9 @@ class EnrollmentResult:
     mqtt: DeviceBrokerSettings
     topic_prefix: str
     trust_root: TrustRoot | None
+    # R10: the current root-signed keyring: a new device starts with the keyring floor the
+    # fleet has, so a broker cannot feed it an older keyring that still trusts a revoked key
+    keyring: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +140,7 @@ class EnrollmentResult:
             },
             "topic_prefix": self.topic_prefix,
             "trust_root": None if self.trust_root is None else self.trust_root.to_dict(),
+            "keyring": None if self.keyring is None else dict(self.keyring),
         }
 
 
@@ -150,6 +154,7 @@ class EnrollmentService:
         repository: EnrollmentRepository,
         config: EnrollmentConfig | None = None,
         trust_root: Callable[[], TrustRoot | None] = lambda: None,
+        keyring: Callable[[], Mapping[str, Any] | None] = lambda: None,
         on_enrolled: Callable[[EnrolledDevice], None] | None = None,
         clock: Callable[[], datetime] = _utcnow,
         hub_identity: Callable[[], HubIdentity | None] = lambda: None,
@@ -158,6 +163,7 @@ class EnrollmentService:
         self.repository = repository
         self.config = config or EnrollmentConfig()
         self._trust_root = trust_root
+        self._keyring = keyring
         self._on_enrolled = on_enrolled
         self._clock = clock
         self._hub_identity = hub_identity  # read on every use: broker-config may set it later
@@ -271,6 +277,7 @@ class EnrollmentService:
             ),
             topic_prefix=self.config.topic_prefix,
             trust_root=self._trust_root(),
+            keyring=self._keyring(),
         )
 
     def revoke(self, device_id: str) -> EnrolledDevice:

@@ -94,12 +94,14 @@ class EnrollmentAnswer:
     mqtt_client_id: str
     topic_prefix: str
     trust_root: dict[str, Any] | None
+    keyring: dict[str, Any] | None = None  # R10: the fleet's current keyring (root-signed)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EnrollmentAnswer:
         try:
             mqtt = data["mqtt"]
             trust = data.get("trust_root")
+            keyring = data.get("keyring")
             answer = cls(
                 device_id=str(data["device_id"]),
                 device_class=str(data["device_class"]),
@@ -110,6 +112,7 @@ class EnrollmentAnswer:
                 mqtt_client_id=str(mqtt.get("client_id") or data["device_id"]),
                 topic_prefix=str(data["topic_prefix"]),
                 trust_root=dict(trust) if isinstance(trust, dict) else None,
+                keyring=dict(keyring) if isinstance(keyring, dict) else None,
             )
         except (KeyError, TypeError, ValueError, UnicodeEncodeError) as exc:
             raise EnrollmentError(f"the hub's enrollment answer is malformed: {exc}") from exc

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from edge_agent.config import load_config
 from edge_agent.errors import EnrollmentError, InstallError
+from edge_agent.ota.trusted import TrustedStore
 from edge_agent.service import hub_client
 from edge_agent.service.identity import (
     build_csr,
@@ -46,7 +47,9 @@ from edge_agent.service.jetson import (
 )
 from edge_agent.service.layout import SERVICE_NAME, InstallLayout
 from edge_agent.service.render import AgentConfigValues, render_agent_config, render_unit
+from shared.errors import FedfleetError
 from shared.files import atomic_write
+from shared.signing import TrustRoot, verify_keyring
 
 __all__ = ["InstallOptions", "InstallReport", "Systemctl", "install", "uninstall"]
 
@@ -235,6 +238,7 @@ def install(opts: InstallOptions, *, systemctl: Systemctl = run_systemctl) -> In
         trust = _trust_root(opts, answer, messages)
         if trust is not None:
             created.write(layout.trust_root_path, trust)
+            _pin_keyring(layout, answer, trust, messages)
         _init_stores(layout, created)
         values = AgentConfigValues(
             device_id=answer.device_id,
@@ -321,6 +325,25 @@ def _trust_root(
         )
         return None
     return (json.dumps(answer.trust_root, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _pin_keyring(
+    layout: InstallLayout,
+    answer: hub_client.EnrollmentAnswer,
+    trust_json: bytes,
+    messages: list[str],
+) -> None:
+    """R10: start at the fleet's keyring floor (the keyring the hub sent, verified against the
+    trust root), so a broker cannot feed a new device an older keyring."""
+    if answer.keyring is None:
+        messages.append("WARNING: the hub sent no keyring; the device learns it from the broker")
+        return
+    try:
+        root = TrustRoot.from_dict(json.loads(trust_json))
+        keyring = verify_keyring(answer.keyring, root, now=datetime.now(timezone.utc))
+    except (ValueError, FedfleetError) as exc:
+        raise EnrollmentError(f"the hub's keyring does not verify: {exc}") from exc
+    TrustedStore(layout.state_dir).accept_keyring(keyring, answer.keyring)
 
 
 def _init_stores(layout: InstallLayout, created: _Created) -> None:

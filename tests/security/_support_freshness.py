@@ -24,11 +24,16 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.delivery.local_broker import free_port
 from cloud_hub.enrollment import CertificateAuthority, write_broker_files
 from cloud_hub.enrollment.broker import BrokerFiles
+from cloud_hub.enrollment.hubdir import open_enrollment, server_tls_files
+from cloud_hub.enrollment.router import enrollment_router
+from cloud_hub.enrollment.service import EnrollmentConfig, EnrollmentService
 from cloud_hub.keys import KeyStore
 from cloud_hub.trust_publisher import TrustPublisher
 from edge_agent.agent import EdgeAgent
@@ -83,15 +88,16 @@ class TrustBroker:
 
 
 @contextmanager
-def running_broker(tmp: Path) -> Iterator[TrustBroker]:
+def running_broker(
+    tmp: Path, *, device_ca: CertificateAuthority | None = None
+) -> Iterator[TrustBroker]:
+    """``device_ca``: the hub CA that enrolls devices (default: a new one)."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
     scheme = TopicScheme(f"r10-{uuid.uuid4().hex[:8]}")
-    device_ca, hub_ca = (
-        CertificateAuthority.create(),
-        CertificateAuthority.create(common_name="fedfleet hub client CA"),
-    )
+    device_ca = device_ca or CertificateAuthority.create()
+    hub_ca = CertificateAuthority.create(common_name="fedfleet hub client CA")
     port, hub_port = free_port(), free_port()
     user = getpass.getuser()
     files = write_broker_files(
@@ -431,3 +437,42 @@ def running_world(tmp: Path) -> Iterator[World]:
             for dev in w.devices:
                 dev.stop()
             hub.close()
+
+
+@contextmanager
+def running_enrollment(
+    data_dir: Path, *, keys: KeyStore, broker: TrustBroker
+) -> Iterator[tuple[str, EnrollmentService]]:
+    """The hub's enrollment service (``open_enrollment``: the CA in ``data_dir/ca``, the key
+    store's trust root and keyring) served over HTTPS by uvicorn in a thread."""
+    service = open_enrollment(
+        data_dir,
+        config=EnrollmentConfig(
+            mqtt_url=f"mqtts://127.0.0.1:{broker.port}", topic_prefix=broker.scheme.prefix
+        ),
+        keys_dir=keys.directory,
+    )
+    tls = server_tls_files(data_dir)
+    app = FastAPI()
+    app.include_router(enrollment_router(service))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            ssl_keyfile=str(tls.keyfile),
+            ssl_certfile=str(tls.certfile),
+            log_level="warning",
+            lifespan="off",
+            ws="none",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_for(lambda: server.started or not thread.is_alive(), 15) and server.started
+    try:
+        yield f"https://127.0.0.1:{port}", service
+    finally:
+        server.should_exit = True
+        thread.join(10)

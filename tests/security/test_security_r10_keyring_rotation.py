@@ -23,18 +23,25 @@ import pytest
 
 from cloud_hub.api.server import HubServer
 from cloud_hub.config import HubConfig
+from cloud_hub.enrollment import CertificateAuthority
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import reports
+from edge_agent.ota.trusted import TrustedStore
+from edge_agent.service import InstallLayout, InstallOptions, install
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import EventKind, KeyringAnnouncement
 from shared.signing import KeyEntry, Keyring, SigningKey, format_time, sign_envelope
 from tests.agent_ota.agent_ota_helpers import utc, wait_for
 from tests.security._support_freshness import (
+    DEVICE_CLASS,
+    Device,
     World,
     deploy,
     device_peer,
+    hub_peer,
     make_device,
     running_broker,
+    running_enrollment,
     running_world,
     signed_offer,
 )
@@ -204,3 +211,50 @@ def test_the_hub_process_publishes_rotation_and_stores_the_reports(tmp_path: Pat
         finally:
             dev.stop()
             server.stop()
+
+
+def test_a_new_device_starts_at_the_fleets_keyring_floor(tmp_path: Path) -> None:
+    """Enrollment hands the device the current keyring (over the pinned-CA HTTPS channel,
+    verified against the trust root): a broker cannot start it on the pre-rotation keyring and
+    then install the revoked key's bundle."""
+    ca = CertificateAuthority.load_or_create(tmp_path / "hub" / "ca")
+    keys = KeyStore.init(tmp_path / "hub" / "keys")
+    old_keyring, old_signers = keys.keyring_envelope(), keys.signing_keys()
+    keys.rotate()  # the old signing key leaked and was revoked before this device came along
+    with (
+        running_broker(tmp_path, device_ca=ca) as broker,
+        running_enrollment(tmp_path / "hub", keys=keys, broker=broker) as (url, service),
+    ):
+        layout = InstallLayout(tmp_path / "root")
+        install(
+            InstallOptions(
+                hub_url=url,
+                token=service.issue_token(device_class=DEVICE_CLASS)[0],
+                layout=layout,
+                device_id="new-1",
+                device_class=DEVICE_CLASS,
+                ca_fingerprint=service.ca.fingerprint,
+                systemd=False,
+            )
+        )
+        assert TrustedStore(layout.state_dir).keyring_floor == 2
+
+        hub = hub_peer(broker)  # the broker hands out only what an attacker chose
+        hub.publish_retained(
+            broker.scheme.trust("keyring"), KeyringAnnouncement(keyring=old_keyring).encode()
+        )
+        dev = Device(device_id="new-1", config=layout.config_path)
+        try:
+            agent = dev.start_online(hub)
+            refusal = hub.wait_event("new-1", EventKind.TRUST_REJECTED)
+            assert refusal.data["error"] == "RollbackError"
+            replay = signed_offer(
+                keys, broker.scheme, version=1, keyring=old_keyring, signing_keys=old_signers
+            )
+            deploy(hub, replay, "new-1")
+            rejected = hub.wait_deployment(replay.command.deployment_id, EventKind.REJECTED)
+            assert "RollbackError" in rejected.detail
+            assert agent.active_model is None and agent.updater.trusted.keyring_floor == 2
+        finally:
+            dev.stop()
+            hub.close()
