@@ -24,7 +24,7 @@ from tests.onnx_models import linear_onnx
 
 from .rollout_support import World, eventually, running_world
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration  # about 20 s for the module (one fleet)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,9 @@ def test_rollback_that_cannot_land_fails_clearly_and_is_resolved(world: World) -
         api.request("POST", "/api/v1/rollouts", {"config": config})
     assert "HTTP 409" in str(refused.value) and "held by unfinished rollouts" in str(refused.value)
     assert broken in str(refused.value)
-    resolved = api.request(
-        "POST", f"/api/v1/rollouts/{rid}/resolve", {"reason": "re-flashed by hand"}
-    )
-    assert resolved["state"] == "resolved"
+    from cloud_hub.cli import main
+
+    auth = ["--api", world.hub.api_url, "--token", world.hub.token]
+    assert main(["rollout", "resolve", rid, *auth, "--reason", "re-flashed by hand"]) == 0
+    assert world.status(rid)["state"] == "resolved"
     assert api.request("POST", "/api/v1/rollouts", {"config": config})["state"] == "draft"
