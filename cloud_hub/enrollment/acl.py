@@ -6,7 +6,8 @@ have their own ACL file (``per_listener_settings true``):
 
 - device ACL: only ``pattern`` rules, where ``%u`` is the device id from the certificate, so
   a device may publish only its own uplink channels, read only its own ``cmd`` and
-  ``chunks`` topics and the bundle fan-out. R2: it has no ``user`` line at all, so no
+  ``chunks`` topics, the bundle fan-out and the fleet's retained trust topics (R10: keyring
+  and freshness document; only the hub writes them). R2: it has no ``user`` line at all, so no
   certificate on that listener, whatever its name, gets more than a device's rights;
 - hub ACL: the hub user may read and write everything under the prefix. Only certificates
   from the hub client CA are accepted on that listener.
