@@ -251,7 +251,7 @@ async function viewRollout(id) {
     ${r.delivery ? `<div class="card" id="delivery"><b>Bytes shipped:</b> ${(r.delivery.bytes_shipped / 1024).toFixed(1)} KiB of ${(r.delivery.bytes_full / 1024).toFixed(1)} KiB that full bundles would have cost
       (${r.delivery.bytes_full ? Math.round((100 * r.delivery.bytes_shipped) / r.delivery.bytes_full) : 100} %, deltas against what devices run)</div>` : ""}
     <div class="actions">${button("start", "Start", "primary", r.state === "draft")}${button("pause", "Pause", "", active)}${button("resume", "Resume", "", r.state === "paused")}
-      ${button("abort", "Abort", "danger", active || ["paused", "draft"].includes(r.state))}${button("rollback", "Roll back", "danger", !["rolled_back", "rolling_back", "draft"].includes(r.state))}</div>
+      ${button("abort", "Abort", "danger", active || ["paused", "draft", "rolling_back"].includes(r.state))}${button("rollback", "Roll back", "danger", !["rolled_back", "rolling_back", "draft", "resolved"].includes(r.state))}${button("resolve", "Resolve", "", r.state === "rollback_failed")}</div>
     ${stages}<h2>Devices</h2><table id="targets"><thead><tr><th>device</th><th>stage</th><th>state</th><th>attempts</th><th>detail</th></tr></thead><tbody>${trows}</tbody></table>`;
   document.querySelectorAll("[data-action]").forEach((b) => (b.onclick = async () => {
     const action = b.dataset.action;
