@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from cloud_hub.errors import HubConfigError, HubError
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud_hub.errors import HubConfigError, HubError, RegistryError
 from cloud_hub.keys import KeyStore, KeyStoreConfig
 from cloud_hub.registry import Registry
 from cloud_hub.registry.records import BundleRecord, RolloutRecord
@@ -85,13 +87,16 @@ def released_from_registry(registry: Registry, *, max_rollouts: int = 1000) -> R
     from cloud_hub.registry import catalog, rollouts
 
     def released() -> dict[str, ReleasedBundle]:
-        with registry.session() as s:
-            done = rollouts.list_rollouts(s, states=["done"], limit=max_rollouts).items
-            bundles = {}
-            for r in done:
-                found = catalog.find_bundle(s, r.bundle_id)
-                if found is not None:
-                    bundles[r.bundle_id] = found
+        try:
+            with registry.session() as s:
+                done = rollouts.list_rollouts(s, states=["done"], limit=max_rollouts).items
+                bundles = {}
+                for r in done:
+                    found = catalog.find_bundle(s, r.bundle_id)
+                    if found is not None:
+                        bundles[r.bundle_id] = found
+        except SQLAlchemyError as exc:
+            raise RegistryError(f"cannot read the released bundles: {exc}") from exc
         return newest_released(done, bundles)
 
     return released

@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 
 from cloud_hub.keys import KeyStore, KeyStoreConfig
-from cloud_hub.registry.records import BundleRecord, RolloutRecord
-from cloud_hub.trust_publisher import newest_released
+from cloud_hub.registry import Registry, catalog, rollouts
+from cloud_hub.registry.records import BundleRecord, RolloutRecord, StageSpec
+from cloud_hub.trust_publisher import newest_released, released_from_registry
 from edge_agent.ota.freshness import TrustUpdates
 from edge_agent.ota.trusted import TrustedStore
 from shared.errors import (
@@ -291,3 +292,36 @@ def test_a_broker_flooding_the_trust_topics_cannot_flood_the_reports(tmp_path: P
     clock.jump(updates.policy.refusal_window_s)  # a new window reports again
     updates.handle_keyring(old)
     assert "RollbackError" in sent[-1].detail  # type: ignore[attr-defined]
+
+
+def test_released_bundles_come_from_finished_rollouts_in_the_registry(registry: Registry) -> None:
+    with registry.session() as s:
+        for version in (1, 2, 3):
+            catalog.register_bundle(
+                s,
+                bundle_id=f"b{version}",
+                model_name="sensor-mlp",
+                version=version,
+                device_class=DEVICE_CLASS,
+                size=1,
+                now=float(version),
+            )
+        stage = [StageSpec(name="all", percent=100.0)]
+        for bid, state, labels in (
+            ("b1", "done", None),
+            ("b2", "done", None),
+            ("b3", "done", {"site": "lab"}),  # released to some devices only
+            ("b3", "wave", None),  # still rolling out
+        ):
+            rollouts.create_rollout(
+                s,
+                rollout_id=f"{bid}-{state}-{bool(labels)}",
+                bundle_id=bid,
+                device_class=DEVICE_CLASS,
+                stages=stage,
+                target_labels=labels,
+                state=state,
+                now=1.0,
+            )
+    released = released_from_registry(registry)()
+    assert released == {DEVICE_CLASS: ReleasedBundle("sensor-mlp", 2, "b2")}
