@@ -78,7 +78,9 @@ class BrokerTlsConfig:
         for name in (*paths, "crlfile", "persistence_dir", "bind", "log_dest"):
             if any(c in str(getattr(self, name)) for c in "\n\r"):
                 raise HubConfigError(f"{name} contains a line break")
-        if self.user is not None and not re.fullmatch(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$", self.user):
+        if self.user is not None and not re.fullmatch(
+            r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$", self.user
+        ):
             raise HubConfigError(f"invalid broker user {self.user!r}")
 
 
