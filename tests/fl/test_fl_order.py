@@ -98,8 +98,8 @@ def test_an_older_keyring_than_seen_is_refused(hub: OrderIssuer) -> None:
         _verify(hub, hub.sign(hub.order("dev-1", issued=NOW)), min_keyring_version=2)
 
 
-def test_the_ledger_refuses_reuse_until_expiry_and_forgets_after() -> None:
-    order = OrderIssuer.__new__(OrderIssuer).order("dev-1", issued=NOW)
+def test_the_ledger_refuses_reuse_until_expiry_and_forgets_after(hub: OrderIssuer) -> None:
+    order = hub.order("dev-1", issued=NOW)
     ledger = OrderLedger().record(order, NOW)
     with pytest.raises(ReplayedOrderError):
         ledger.check_unused(order)
