@@ -31,7 +31,7 @@ from cloud_hub.errors import HubConfigError
 from cloud_hub.fl.config import FederatedRunConfig
 from cloud_hub.fl.superlink import fab_sha256
 from cloud_hub.loop.deployment import DeploymentTraining
-from edge_agent.fl.train_command import OrderTrust, TrainCommandHandler
+from edge_agent.fl.train_command import OrderTrust, TrainCommandHandler, TrainingLimits
 from shared.errors import WrongTargetError
 from shared.messages import Event, EventKind, Status, TrainCommand
 from shared.topics import TopicScheme
@@ -262,3 +262,27 @@ def test_the_hubs_orders_verify_on_their_own_device_only(tmp_path: Path) -> None
     assert order.secure_aggregation and not order.insecure
     with pytest.raises(WrongTargetError):
         device_a.verify(commands["dev-b"])
+
+
+def test_a_used_order_stays_used_after_the_agent_restarts(tmp_path: Path) -> None:
+    hub = OrderIssuer(tmp_path / "keys")
+    _, ca = write_ca(tmp_path / "ca")
+
+    def agent() -> TrainCommandHandler:  # a fresh process's handler on the same state dir
+        return TrainCommandHandler(
+            state_dir=tmp_path / "state",
+            load_samples=lambda n: (np.zeros((20, 12), np.float32), np.zeros(20, np.int64)),
+            trust=OrderTrust(device_id=DEVICE, trust=hub.keys.trust_root()),
+            limits=TrainingLimits(root_certificates=ca),
+        )
+
+    order = hub.order(DEVICE, run_id="once")
+    first = agent()
+    first(hub.command(order))
+    assert first.supervisor is not None and first.refusals == []
+    first.stop()
+
+    restarted = agent()
+    restarted(hub.command(order))
+    assert restarted.supervisor is None
+    assert len(restarted.refusals) == 1 and "ReplayedOrderError" in restarted.refusals[0]
