@@ -202,16 +202,19 @@ def test_fuzzed_chunks_never_crash_and_download_still_completes(
     assert kinds[-1] == EventKind.COMMITTED, kinds
 
 
-def test_unexpected_topic_and_logging(target: FuzzTarget, caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_topic_and_logging(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fresh = FuzzTarget(tmp_path)  # its own refusal log: the first of each reason is written
+    refusals = fresh.agent.updater.refusals
     with caplog.at_level(logging.WARNING):
-        target.deliver("somewhere/else", b"\x00\x01")
-        target.deliver(target.cmd, b"\xff\xfe not json")
-        target.deliver(target.repair, b"short")
-    text = caplog.text
-    assert (
-        "unexpected topic" in text and "dropped command" in text and "dropped chunk frame" in text
-    )
-    assert target.install(target.new_offer())
+        for _ in range(50):  # a flood: one line per reason, the rest counted
+            fresh.deliver("somewhere/else", b"\x00\x01")
+            fresh.deliver(fresh.cmd, b"\xff\xfe not json")
+            fresh.deliver(fresh.repair, b"short")
+    lines = [r.getMessage() for r in caplog.records]
+    for text in ("unexpected topic", "dropped command", "dropped chunk frame"):
+        assert len([line for line in lines if text in line]) == 1, lines
+    assert refusals.counts == {"unexpected-topic": 50, "bad-command": 50, "bad-chunk-frame": 50}
+    assert fresh.install(fresh.new_offer())
 
 
 @pytest.mark.integration
