@@ -181,5 +181,7 @@ class TrustPublisher:
                 self.step()
             except (HubError, FedfleetError, OSError) as exc:
                 log.error("trust topics not refreshed: %s", exc)
-            self._wake.wait(self.config.poll_s)
+            due = time.monotonic() + self.config.poll_s
+            while not (stop.is_set() or self._wake.is_set()) and time.monotonic() < due:
+                self._wake.wait(0.5)  # a stop is seen within half a second
             self._wake.clear()

@@ -38,6 +38,7 @@ from cloud_hub.rollout import (
 )
 from cloud_hub.rollout.engine import EngineConfig, RolloutService
 from cloud_hub.rollout.status import RolloutStatus
+from cloud_hub.trust_publisher import TrustPublisher, released_from_registry
 from shared.bundle import artifact_info
 from shared.data.sensors import NUM_CLASSES, NUM_FEATURES, generate_sensor_data
 from shared.drift_reference import ReferenceStats
@@ -211,6 +212,7 @@ class SimHub:
         self.engine: RolloutService | None = None
         self._stop = threading.Event()
         self._engine_thread: threading.Thread | None = None
+        self._trust_thread: threading.Thread | None = None
         self.broker_restarts: list[float] = []
 
     @property
@@ -256,6 +258,17 @@ class SimHub:
             target=engine.run, args=(self._stop,), name="sim-rollout-engine", daemon=True
         )
         self._engine_thread.start()
+        # R10: the retained keyring and freshness document, as `cloud-hub serve` publishes them
+        trust = TrustPublisher(
+            self.keys,
+            topics=publisher.topics,
+            publish=publisher.publish_retained,
+            released=released_from_registry(self.registry),
+        )
+        self._trust_thread = threading.Thread(
+            target=trust.run, args=(self._stop,), name="sim-trust", daemon=True
+        )
+        self._trust_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -263,6 +276,8 @@ class SimHub:
             self.engine.wake()
         if self._engine_thread is not None:
             self._engine_thread.join(timeout=15)
+        if self._trust_thread is not None:
+            self._trust_thread.join(timeout=15)
         if self.delivery is not None:
             self.delivery.inner.close()
         if self.server is not None:
