@@ -263,4 +263,5 @@ class DeploymentTraining:
                 self._publish(self.commands(orders, {"stop": True}))
             except TrainingError as exc:
                 log.warning("stop commands not sent (SuperNodes stop at their deadline): %s", exc)
-            link.stop()
+            finally:  # whatever went wrong above, the SuperLink does not outlive the run
+                link.stop()
