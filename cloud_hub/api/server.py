@@ -3,7 +3,7 @@
 ``cloud-hub serve`` is a thin wrapper around :class:`HubServer`; tests and benchmarks run
 one in-process the same way::
 
-    server = HubServer(HubConfig(db_url=..., mqtt=MqttEndpoint(port=1883)))
+    server = HubServer(HubConfig(db_url=..., mqtt=BrokerEndpoint(port=1883)))
     server.start()          # registry, ingest, engine loop
     server.serve_forever()  # uvicorn until SIGINT/SIGTERM (or run server.app yourself)
     server.stop()
@@ -32,7 +32,7 @@ from cloud_hub.broker_client import HubRole, hub_client_id_for
 from cloud_hub.bundles import BundleStore, default_store
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
-from cloud_hub.fleet import FleetIngest, MqttSettings
+from cloud_hub.ingest import FleetIngest, MqttSettings
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.bundle_index import register_bundle_bytes

@@ -23,7 +23,7 @@ import numpy as np
 from cloud_hub.api.server import HubServer
 from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
 from cloud_hub.bundles.sample import preprocess_json
-from cloud_hub.config import HubConfig, MqttEndpoint
+from cloud_hub.config import HubConfig
 from cloud_hub.delivery import FleetPublisher, PublisherConfig
 from cloud_hub.delivery.local_broker import LocalMosquitto
 from cloud_hub.keys import KeyStore
@@ -39,6 +39,7 @@ from cloud_hub.rollout import (
 from cloud_hub.rollout.engine import EngineConfig, RolloutService
 from cloud_hub.rollout.status import RolloutStatus
 from cloud_hub.trust_publisher import TrustPublisher, released_from_registry
+from shared.broker_endpoint import BrokerEndpoint
 from shared.bundle import artifact_info
 from shared.data.sensors import NUM_CLASSES, NUM_FEATURES, generate_sensor_data
 from shared.drift_reference import ReferenceStats
@@ -225,7 +226,7 @@ class SimHub:
         self.broker.start()
         config = HubConfig(
             data_dir=self.root / "hub",
-            mqtt=MqttEndpoint(port=self.broker.port),
+            mqtt=BrokerEndpoint(port=self.broker.port),
             topic_prefix=self.prefix,
             api_port=0,
             keys_dir=self.keys.directory,

@@ -15,7 +15,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.config import MqttEndpoint
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.keys import KeyStore
 from cloud_hub.loop.cohort import DeviceSampleStores
@@ -25,6 +24,7 @@ from cloud_hub.loop.fleet import PROBLEM_SEED, DemoFleet
 from cloud_hub.loop.pipeline import RetrainPipeline
 from cloud_hub.loop.policy import RetrainPolicy
 from cloud_hub.registry import admin, catalog, open_registry
+from shared.broker_endpoint import BrokerEndpoint
 from shared.data.sensors import generate_sensor_data
 from shared.messages import Status, decode_message
 from shared.topics import TopicScheme
@@ -85,7 +85,7 @@ def test_cohort_trains_as_supernodes_after_train_commands(tmp_path: Path) -> Non
             policy=RetrainPolicy(min_devices=3),
         ),
         deployment=DeploymentTraining(
-            mqtt=MqttEndpoint(),
+            mqtt=BrokerEndpoint(),
             topics=TopicScheme(prefix),
             workdir=tmp_path / "fl",
             keys=keys,
