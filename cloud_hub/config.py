@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.errors import HubConfigError
-from cloud_hub.fleet.config import IngestConfig
+from cloud_hub.ingest.config import IngestConfig
 from shared.broker_endpoint import BrokerEndpoint
 from shared.errors import ConfigError
 

@@ -12,7 +12,7 @@ from cloud_hub.registry import Registry
 if TYPE_CHECKING:
     from cloud_hub.bundles.store import BundleStore
     from cloud_hub.enrollment.service import EnrollmentService
-    from cloud_hub.fleet.ingest import IngestStats
+    from cloud_hub.ingest.ingest import IngestStats
     from cloud_hub.rollout.engine import RolloutService
 
 __all__ = ["ApiContext"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from cloud_hub.fleet import FleetIngest, IngestConfig, MqttSettings
-from cloud_hub.fleet.fairness import Admission
+from cloud_hub.ingest import FleetIngest, IngestConfig, MqttSettings
+from cloud_hub.ingest.fairness import Admission
 from cloud_hub.registry import open_registry, reports
 from shared.messages import Event, Telemetry
 from shared.topics import TopicScheme

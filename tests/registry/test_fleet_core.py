@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.fleet import (
+from cloud_hub.ingest import (
     Admission,
     FairQueue,
     Inbound,
@@ -171,7 +171,7 @@ def test_recent_keys_window() -> None:
 @pytest.mark.parametrize("bad", [{"capacity": 0}, {"rate": 0.0}])
 def test_ingest_config_is_validated(bad: dict[str, float]) -> None:
     from cloud_hub.errors import HubConfigError
-    from cloud_hub.fleet import IngestConfig
+    from cloud_hub.ingest import IngestConfig
 
     with pytest.raises(HubConfigError):
         if "capacity" in bad:
@@ -203,7 +203,7 @@ def test_values_the_registry_cannot_store_are_rejected_at_intake() -> None:
 
 
 def test_telemetry_flood_is_shed_before_decoding(tmp_path: Path) -> None:
-    from cloud_hub.fleet import FleetIngest, IngestConfig, MqttSettings
+    from cloud_hub.ingest import FleetIngest, IngestConfig, MqttSettings
 
     reg = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
     ingest = FleetIngest(

@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.exc import OperationalError
 
-from cloud_hub.fleet import FleetIngest, IngestConfig, MqttSettings
+from cloud_hub.ingest import FleetIngest, IngestConfig, MqttSettings
 from cloud_hub.registry import Registry, devices, open_registry, reports
 from shared.messages import (
     DriftReport,
@@ -254,7 +254,7 @@ def test_an_unstorable_message_does_not_poison_its_batch(
 ) -> None:
     """With intake's length check switched off, PostgreSQL itself refuses an over-long event
     id: only that message is dropped, the rest of its batch is stored."""
-    import cloud_hub.fleet.intake as intake
+    import cloud_hub.ingest.intake as intake
 
     monkeypatch.setattr(intake, "storage_problem", lambda message: None)
     registry = open_registry(pg_url)

@@ -19,7 +19,7 @@ import pytest
 
 from cloud_hub.broker_client import HubRole, hub_client_id_for
 from cloud_hub.config import HubConfig
-from cloud_hub.fleet import FleetIngest, MqttSettings
+from cloud_hub.ingest import FleetIngest, MqttSettings
 from cloud_hub.registry import Registry, open_registry
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import Telemetry

@@ -23,7 +23,7 @@ import pytest
 
 from cloud_hub.enrollment import EnrollmentConfig, EnrollmentService, SqlEnrollmentRepository
 from cloud_hub.enrollment.hubdir import register_in_fleet
-from cloud_hub.fleet import FleetIngest, MqttSettings
+from cloud_hub.ingest import FleetIngest, MqttSettings
 from cloud_hub.loop.health import class_health
 from cloud_hub.loop.policy import RetrainPolicy, decide_retraining
 from cloud_hub.registry import Registry, devices, open_registry, reports
@@ -135,7 +135,7 @@ def test_hello_cannot_rewrite_enrolled_class_or_labels(tmp_path: Path) -> None:
             scheme=broker.scheme,
         )
         try:
-            with recording_logs("cloud_hub.fleet") as logs:
+            with recording_logs("cloud_hub.ingest") as logs:
                 for _ in range(2):  # a reconnecting device repeats its claim
                     rc = device.publish(
                         broker.scheme.device("dev-a", "hello"), _hello("dev-a").encode()

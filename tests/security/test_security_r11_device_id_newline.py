@@ -17,8 +17,8 @@ import pytest
 
 from cloud_hub.enrollment.tokens import validate_labels
 from cloud_hub.errors import HubConfigError
-from cloud_hub.fleet import FleetIngest, MqttSettings
-from cloud_hub.fleet.intake import Rejected
+from cloud_hub.ingest import FleetIngest, MqttSettings
+from cloud_hub.ingest.intake import Rejected
 from cloud_hub.registry import devices, open_registry
 from cloud_hub.rollout.config import TargetSelector
 from edge_agent.service.identity import build_csr, generate_device_key

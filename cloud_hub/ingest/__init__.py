@@ -6,11 +6,11 @@
 - :mod:`.ingest` — the paho-mqtt shell and writer thread (:class:`FleetIngest`).
 """
 
-from cloud_hub.fleet.batch import BatchCounts, IngestBatch, write_batch
-from cloud_hub.fleet.config import IngestConfig
-from cloud_hub.fleet.fairness import Admission, FairQueue, RecentKeys, TokenBucket
-from cloud_hub.fleet.ingest import FleetIngest, IngestStats, MqttSettings
-from cloud_hub.fleet.intake import INGEST_CHANNELS, Inbound, Rejected, classify
+from cloud_hub.ingest.batch import BatchCounts, IngestBatch, write_batch
+from cloud_hub.ingest.config import IngestConfig
+from cloud_hub.ingest.fairness import Admission, FairQueue, RecentKeys, TokenBucket
+from cloud_hub.ingest.ingest import FleetIngest, IngestStats, MqttSettings
+from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected, classify
 
 __all__ = [
     "INGEST_CHANNELS",

@@ -25,10 +25,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from cloud_hub.broker_client import ConnectionHooks, HubRole, connect_client, create_client
 from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError
-from cloud_hub.fleet.batch import BatchCounts, IngestBatch, write_batch
-from cloud_hub.fleet.config import IngestConfig
-from cloud_hub.fleet.fairness import Admission, FairQueue, RecentKeys
-from cloud_hub.fleet.intake import INGEST_CHANNELS, Inbound, Rejected, classify
+from cloud_hub.ingest.batch import BatchCounts, IngestBatch, write_batch
+from cloud_hub.ingest.config import IngestConfig
+from cloud_hub.ingest.fairness import Admission, FairQueue, RecentKeys
+from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected, classify
 from cloud_hub.registry import Registry
 from shared.broker_endpoint import BrokerEndpoint
 from shared.errors import MalformedMessageError
