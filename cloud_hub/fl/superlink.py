@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.errors import HubConfigError, TrainingError
+from shared.files import atomic_write
 
 __all__ = [
     "FAB_DIR",
@@ -200,11 +201,8 @@ class SuperLinkProcess:
             connection.append("insecure = true")
         else:
             connection.append(f'root-certificates = "{self.config.ssl_ca_certfile}"')
-        (home / "config.toml").write_text(
-            '[superlink]\ndefault = "fedfleet"\n\n[superlink.fedfleet]\n'
-            + "\n".join(connection)
-            + "\n"
-        )
+        text = '[superlink]\ndefault = "fedfleet"\n\n[superlink.fedfleet]\n' + "\n".join(connection)
+        atomic_write(home / "config.toml", (text + "\n").encode("utf-8"))  # R15
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
         argv = [
             _bin("flwr"),
