@@ -116,6 +116,9 @@ def _compress(args: argparse.Namespace) -> int:
                 f"size {m.size_bytes} B ({m.size_ratio:.2f}x fp32) "
                 f"latency b1 {m.latency_ms['b1']:.3f} ms b32 {m.latency_ms['b32']:.3f} ms"
             )
+            report = outcome.artifact.build_report
+            for note in () if report is None else report.evaluations:
+                print(f"  {note.target}: {note.note}")
         else:
             print(f"{outcome.profile_name}: error: {outcome.error}")
     return 0 if all(o.error is None for o in outcomes) else 1
