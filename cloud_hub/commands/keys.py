@@ -1,13 +1,16 @@
-"""``cloud-hub keys init|rotate|trust-root``: the hub's signing keys."""
+"""``cloud-hub keys init|rotate|trust-root|status``: the hub's signing keys."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cloud_hub.config import DEFAULT_DATA_DIR
 from cloud_hub.keys import KeyStore, KeyStoreConfig
+from shared.errors import FedfleetError
+from shared.freshness import parse_freshness
 
 __all__ = ["DEFAULT_HUB_DIR", "add_dir_argument", "register"]
 
@@ -48,6 +51,29 @@ def _rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    """What devices are told (R10): keyring version and expiry, last freshness document."""
+    store = KeyStore(args.dir)
+    keyring = store.keyring()  # HubConfigError (exit 2) if missing, expired or not verifying
+    active = keyring.active_keys(datetime.now(timezone.utc))
+    print(f"keyring      version {keyring.version}, expires {keyring.expires}")
+    print(f"  active     {', '.join(k[:16] for k in active) or 'none'}")
+    print(f"  revoked    {len(keyring.revoked)} key(s)")
+    print(f"  root key   {'present (take it offline)' if store.root_path.exists() else 'offline'}")
+    try:
+        doc = parse_freshness(json.loads(store.freshness_path.read_text("utf-8")))
+    except FileNotFoundError:
+        print("freshness    none signed yet (`cloud-hub serve` signs and publishes it)")
+        return 0
+    except (ValueError, FedfleetError) as exc:
+        print(f"freshness    {store.freshness_path} unreadable: {exc}")
+        return 1
+    print(f"freshness    version {doc.version}, issued {doc.issued}, expires {doc.expires}")
+    for device_class, bundle in sorted(doc.released.items()):
+        print(f"  released   {device_class}: {bundle.model_name} v{bundle.version}")
+    return 0
+
+
 def _trust_root(args: argparse.Namespace) -> int:
     print(json.dumps(KeyStore(args.dir).trust_root().to_dict(), indent=2, sort_keys=True))
     return 0
@@ -69,6 +95,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.add_argument("--keyring-days", type=int, default=365)
     rotate.add_argument("--key-days", type=int, default=365)
     rotate.set_defaults(func=_rotate)
+
+    status = sub.add_parser("status", help="keyring expiry and the last freshness document")
+    add_dir_argument(status)
+    status.set_defaults(func=_status)
 
     trust = sub.add_parser("trust-root", help="print the TrustRoot JSON that devices pin")
     add_dir_argument(trust)

@@ -168,9 +168,14 @@ def _model(config: AgentConfig) -> dict[str, Any]:
         )
     out["deployment_in_progress"] = state.deployment is not None
     try:  # R10: the floor is kept in the trusted-state record, not in ota_state.json
-        out["keyring_version"] = TrustedStore(config.state_dir).keyring_floor
+        record = TrustedStore(config.state_dir).record
     except OSError:
-        out["keyring_version"] = None
+        record = None
+    out["keyring_version"] = record.keyring_version if record else None
+    # the last verified freshness document: past this, the device reports itself stale
+    out["freshness_expires"] = (
+        record.freshness.get("signed", {}).get("expires") if record and record.freshness else None
+    )
     return out
 
 

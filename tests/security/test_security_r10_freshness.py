@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from cloud_hub.cli import main as hub_main
 from cloud_hub.keys import KeyStore, KeyStoreConfig
 from cloud_hub.registry import Registry, catalog, rollouts
 from cloud_hub.registry.records import BundleRecord, RolloutRecord, StageSpec
@@ -325,3 +326,17 @@ def test_released_bundles_come_from_finished_rollouts_in_the_registry(registry: 
             )
     released = released_from_registry(registry)()
     assert released == {DEVICE_CLASS: ReleasedBundle("sensor-mlp", 2, "b2")}
+
+
+def test_keys_status_shows_what_devices_are_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "keys"
+    keys = KeyStore.init(d)
+    assert hub_main(["keys", "status", "--dir", str(d)]) == 0
+    assert "none signed yet" in capsys.readouterr().out
+    keys.sign_freshness({DEVICE_CLASS: ReleasedBundle("sensor-mlp", 3, "b" * 64)})
+    assert hub_main(["keys", "status", "--dir", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "keyring      version 1" in out and "freshness    version" in out
+    assert f"released   {DEVICE_CLASS}: sensor-mlp v3" in out
