@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.api.server import HubServer
 from cloud_hub.bundles import default_store
+from cloud_hub.config import HubConfig
 from cloud_hub.delivery import FleetPublisher, PublisherConfig
 from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.delta import DeltaCache, make_delta_bundle, plan
@@ -251,3 +253,27 @@ def test_a_hub_signed_bundle_that_outlives_the_hub_limit_is_refused(tmp_path: Pa
         status, message = _upload(api.port, api.tokens["operator"], data)
         assert status == 422 and "lifetime" in message, message
         assert store.ids() == []
+
+
+def test_bundles_dropped_into_the_folder_are_not_indexed_at_start(tmp_path: Path) -> None:
+    keys = KeyStore.init(tmp_path / "hub" / "keys")
+    store = default_store(keys)
+    v1_id, _ = hub_bundle(keys, store, 1)
+    foreign_id, foreign = Attacker().bundle(MAX_VERSION, expires_days=3650)
+    store.path_of(foreign_id).write_bytes(foreign)
+    server = HubServer(
+        HubConfig(data_dir=tmp_path / "hub", enable_ingest=False, offline_after_s=0),
+        rollout_engine=False,
+    )
+    with recording_logs("cloud_hub.api") as logs:
+        server.start()
+    try:
+        assert server.registry is not None
+        with server.registry.session() as s:
+            assert [b.bundle_id for b in catalog.list_bundles(s).items] == [v1_id]
+            assert [v.version for v in catalog.list_model_versions(s, MODEL)] == [1]
+    finally:
+        server.stop()
+    refused = [m for m in logs.messages() if foreign_id in m and "not trusted" in m]
+    assert refused and "keyring" in refused[0], logs.messages()
+    assert store.path_of(foreign_id).read_bytes() == foreign  # left for the operator to see
