@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cloud_hub.errors import TrainingError
 from cloud_hub.fl.superlink import (
     FAB_DIR,
     SuperLinkConfig,
@@ -145,6 +146,9 @@ def test_a_fab_other_than_the_ordered_one_is_never_run(hub: Hub, tmp_path: Path)
     assert summary["status"] == "failed"  # the hub's round fails loudly: no update arrived
     assert "no client update was aggregated" in summary["error"]
     assert (tmp_path / "device.npz").read_bytes() == samples_before
+    # the hub notices too: a FAB other than the one its orders name is an error at submission
+    with pytest.raises(TrainingError, match="the orders name"):
+        hub.link.submit_run({"run-name": "x"}, fab_dir=evil, expected_fab_sha256=ordered)
 
 
 def test_a_round_without_secagg_is_refused_where_the_order_requires_it(hub: Hub) -> None:
