@@ -32,6 +32,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from cloud_hub.broker_client import (
+    ConnectionHooks,
+    HubRole,
+    connect_client,
+    create_client,
+    hub_client_id,
+    new_instance_id,
+)
 from cloud_hub.config import MqttEndpoint
 from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError, HubConfigError, TrainingError
@@ -100,7 +108,9 @@ class DeploymentTraining:
         self.superlink_host = superlink_host
         self.insecure = insecure
         self.timeout_s = timeout_s
-        self.client_id = client_id or f"{DEFAULT_HUB_USER}:training:{new_id()[:12]}"
+        self.client_id = client_id or hub_client_id(
+            DEFAULT_HUB_USER, HubRole.TRAINING, new_instance_id()
+        )
         self._abort = threading.Event()
 
     def abort(self) -> None:
@@ -119,8 +129,6 @@ class DeploymentTraining:
 
     def _publish(self, commands: Mapping[str, TrainCommand]) -> None:
         """Send the commands with the hub's broker settings (protocol, TLS, its certificate)."""
-        from cloud_hub.broker_client import ConnectionHooks, connect_client, create_client
-
         connected = threading.Event()
         refused: list[str] = []
 
