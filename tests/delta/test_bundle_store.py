@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from cloud_hub.bundles import (
 )
 from cloud_hub.cli import main as hub_main
 from cloud_hub.delta import DeltaCache
+from cloud_hub.errors import DeliveryError
 from cloud_hub.keys import KeyStore
 from tests.onnx_models import linear_onnx
 from tests.security._support_bundles import CLASS, MODEL, hub_bundle, weights
@@ -101,3 +103,28 @@ def test_build_through_the_store_is_verified_and_versioned(tmp_path: Path) -> No
     second = build_bundle_from_file(keys, store, spec, model_path=model)
     assert (first.manifest.version, second.manifest.version) == (1, 2)
     assert store.read_verified(second.bundle_id).data == second.data
+
+
+def test_an_expired_base_still_serves_a_delta_an_expired_target_never_ships(
+    tmp_path: Path,
+) -> None:
+    keys = KeyStore.init(tmp_path / "keys")
+    store = default_store(keys)
+    onnx = linear_onnx(weights(1))
+    old = build_bundle_from_file(
+        keys,
+        store,
+        BundleSpec(model_name=MODEL, device_class=CLASS, version=1, expires_days=30),
+        model_path=_write(tmp_path / "model.onnx", onnx),  # the name v2 uses too
+        now=datetime.now(timezone.utc) - timedelta(days=40),
+    )
+    v2_id, _ = hub_bundle(keys, store, 2)
+    cache = DeltaCache(store)
+    with pytest.raises(DeliveryError, match="expired"):
+        cache.target(old.bundle_id)  # devices would refuse it: the hub never offers it
+    assert cache.delta(v2_id, old.bundle_id) is not None  # devices still run the old one
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
