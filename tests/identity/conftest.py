@@ -1,18 +1,15 @@
 """Fixtures for the identity tests: a real HTTPS hub (uvicorn with the hub CA's server
 certificate) and a private Mosquitto requiring client certificates, one of each per module.
 
-With ``--import-mode=importlib`` test modules cannot import helpers by name, so everything
-they need comes through fixtures (``hub``, ``broker``, ``enroll_device``, ``mqtt_client``).
+Test modules get everything through fixtures (``hub``, ``broker``, ``enroll_device``,
+``mqtt_client``); the helpers behind them live in ``tests/identity/identity_support.py``.
 """
 
 from __future__ import annotations
 
 import getpass
-import shutil
 import signal
-import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,11 +19,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-import uvicorn
 from fastapi import FastAPI
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.enrollment import (
     DEFAULT_HUB_USER,
@@ -40,29 +34,18 @@ from cloud_hub.enrollment import (
     write_broker_files,
 )
 from cloud_hub.enrollment.broker import BrokerFiles
-from edge_agent.service import hub_client
-from edge_agent.service.identity import build_csr, generate_device_key
 from shared.signing import SigningKey, TrustRoot
 from shared.topics import TopicScheme
+from tests.identity.identity_support import (
+    DeviceCreds,
+    MqttProbe,
+    enroll_over_https,
+    free_port,
+    mosquitto_process,
+    serving_https,
+)
 
 UTC = timezone.utc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 class Clock:
@@ -108,43 +91,16 @@ def running_hub(tmp: Path, *, mqtt_url: str, prefix: str) -> Iterator[Hub]:
     tls = server_tls_files(tmp, ["127.0.0.1", "localhost"])  # what `enroll-init` writes
     app = FastAPI()
     app.include_router(enrollment_router(service))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            ssl_keyfile=str(tls.keyfile),
-            ssl_certfile=str(tls.certfile),
-            log_level="warning",
-            lifespan="off",
-            ws="none",
-            timeout_graceful_shutdown=1,
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
+    with serving_https(app, tls) as server:
         yield Hub(
             service=service,
             clock=clock,
-            url=f"https://127.0.0.1:{port}",
+            url=f"https://127.0.0.1:{server.config.port}",
             ca_file=tmp / "ca" / "ca.crt",
             trust_root=trust,
             tmp=tmp,
             server=server,
         )
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(5)
 
 
 @dataclass
@@ -173,9 +129,6 @@ def running_mosquitto(
 ) -> Iterator[Broker]:
     """A private Mosquitto on free loopback ports (device and hub listeners): mTLS required,
     the rendered ACLs enforced. The hub client CA lives in ``tmp/hub-ca``."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     port, hub_port = free_port(), free_port()
     scheme = TopicScheme(prefix)
     user = getpass.getuser()
@@ -192,150 +145,10 @@ def running_mosquitto(
         crl_pem=ca.build_crl([]),
     )
     log = tmp / "broker" / "mosquitto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([exe, "-c", str(files.config)], stdout=out, stderr=out)
-    try:
-        wait_port(port)
-        wait_port(hub_port)
+    with mosquitto_process(files.config, log, (port, hub_port)) as proc:
         yield Broker(
             port=port, hub_port=hub_port, files=files, scheme=scheme, log=log, process=proc
         )
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class MqttProbe:
-    """A paho 2.x MQTT v5 client that records what happens (connect, acks, messages)."""
-
-    def __init__(
-        self,
-        port: int,
-        *,
-        client_id: str,
-        ca: Path,
-        cert: Path | None,
-        key: Path | None,
-    ) -> None:
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
-        )
-        self.client.tls_set(
-            ca_certs=str(ca),
-            certfile=None if cert is None else str(cert),
-            keyfile=None if key is None else str(key),
-        )
-        self.port = port
-        self.connected = threading.Event()
-        self.connack: Any = None
-        self.messages: list[tuple[str, bytes]] = []
-        self.pubacks: dict[int, Any] = {}
-        self.subacks: dict[int, list[Any]] = {}
-        self._cond = threading.Condition()
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_disconnect = self._on_disconnect
-        self.disconnected = threading.Event()
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        self.connack = rc
-        self.connected.set()
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        self.disconnected.set()
-        self.connected.set()  # wake connect(): the broker closed the connection
-
-    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
-        with self._cond:
-            self.messages.append((msg.topic, bytes(msg.payload)))
-            self._cond.notify_all()
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
-        with self._cond:
-            self.pubacks[mid] = rc
-            self._cond.notify_all()
-
-    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[Any], _p: Any) -> None:
-        with self._cond:
-            self.subacks[mid] = rcs
-            self._cond.notify_all()
-
-    def connect(self, timeout: float = 5.0) -> None:
-        """Connect and wait for the CONNACK; raises what the TLS handshake raises."""
-        self.client.connect("127.0.0.1", self.port, keepalive=10)
-        self.client.loop_start()
-        if not self.connected.wait(timeout):
-            raise TimeoutError("no CONNACK")
-        if self.connack is None:
-            raise ConnectionRefusedError("the broker closed the connection before CONNACK")
-
-    def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
-        with self._cond:
-            return self._cond.wait_for(predicate, timeout)
-
-    def subscribe(self, topic: str, qos: int = 1) -> list[Any]:
-        _, mid = self.client.subscribe(topic, qos=qos)
-        assert mid is not None, "subscribe was not sent"
-        assert self.wait_for(lambda: mid in self.subacks), "no SUBACK"
-        return self.subacks[mid]
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> Any:
-        info = self.client.publish(topic, payload, qos=qos)
-        assert self.wait_for(lambda: info.mid in self.pubacks), "no PUBACK"
-        return self.pubacks[info.mid]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-@dataclass
-class DeviceCreds:
-    device_id: str
-    key: Path
-    cert: Path
-    ca: Path
-
-
-def enroll_over_https(
-    hub: Hub,
-    directory: Path,
-    device_id: str,
-    device_class: str = "x86-cpu",
-    token: str | None = None,
-) -> DeviceCreds:
-    """A real enrollment over HTTPS, as the agent does it; writes key and certificate."""
-    secret = token or hub.service.issue_token(device_class=device_class)[0]
-    endpoint = hub_client.HubEndpoint(hub.url, timeout_s=10)
-    ca_pem = hub_client.fetch_pinned_ca(endpoint, hub.service.ca.fingerprint)
-    key_pem = generate_device_key()
-    answer = hub_client.enroll(
-        endpoint,
-        ca_pem=ca_pem,
-        token=secret,
-        csr_pem=build_csr(key_pem, device_id),
-        device_class=device_class,
-        device_id=device_id,
-        labels={},
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = f"{device_id}-{uuid.uuid4().hex[:6]}"  # a re-enrolled id gets new files
-    creds = DeviceCreds(
-        device_id=answer.device_id,
-        key=directory / f"{stem}.key",
-        cert=directory / f"{stem}.crt",
-        ca=directory / "ca.crt",
-    )
-    creds.key.write_bytes(key_pem)
-    creds.cert.write_bytes(answer.certificate_pem)
-    creds.ca.write_bytes(answer.ca_certificate_pem)
-    return creds
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +187,9 @@ def enroll_device(hub: Hub, tmp_path: Path) -> Any:
     def _enroll(
         device_id: str, device_class: str = "x86-cpu", token: str | None = None
     ) -> DeviceCreds:
-        return enroll_over_https(hub, tmp_path / "devices", device_id, device_class, token)
+        return enroll_over_https(
+            hub.service, hub.url, tmp_path / "devices", device_id, device_class, token
+        )
 
     return _enroll
 

@@ -18,8 +18,8 @@ from cloud_hub.cli import main as hub_main
 from cloud_hub.enrollment import EnrollmentRequest, load_hub_identity, open_enrollment
 from edge_agent.errors import EnrollmentError
 from edge_agent.service.identity import build_csr, generate_device_key
+from tests.identity.identity_support import MqttProbe
 from tests.security._support_identity import (
-    Probe,
     broker_config,
     enroll,
     running_broker,
@@ -102,10 +102,10 @@ def test_a_device_certificate_never_gets_the_hubs_acl(tmp_path: Path) -> None:
     (forged_dir / "hub-named.key").write_bytes(key)
     (forged_dir / "hub-named.crt").write_bytes(issued.pem)
     ca = setup.out / "ca.crt"
-    probes: list[Probe] = []
+    probes: list[MqttProbe] = []
 
-    def probe(port: int, client_id: str, cert: Path, key: Path) -> Probe:
-        p = Probe(port, client_id=client_id, ca=ca, cert=cert, key=key)
+    def probe(port: int, client_id: str, cert: Path, key: Path) -> MqttProbe:
+        p = MqttProbe(port, client_id=client_id, ca=ca, cert=cert, key=key)
         probes.append(p)
         return p
 

@@ -23,10 +23,10 @@ from cloud_hub.ingest import FleetIngest, MqttSettings
 from cloud_hub.registry import Registry, open_registry
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import Telemetry
+from tests.identity.identity_support import MqttProbe
 from tests.security._support_identity import (
     BrokerSetup,
     DeviceCreds,
-    Probe,
     broker_config,
     enroll,
     running_broker,
@@ -59,8 +59,10 @@ def _ingest(registry: Registry, setup: BrokerSetup, client_id: str) -> Iterator[
         ingest.stop()
 
 
-def _device(setup: BrokerSetup, creds: DeviceCreds, client_id: str, *, persistent: bool) -> Probe:
-    return Probe(
+def _device(
+    setup: BrokerSetup, creds: DeviceCreds, client_id: str, *, persistent: bool
+) -> MqttProbe:
+    return MqttProbe(
         setup.port,
         client_id=client_id,
         ca=creds.ca,
@@ -91,7 +93,7 @@ def test_device_cannot_take_another_clients_id_or_session(
     registry = open_registry(f"sqlite:///{data / 'hub.db'}")
     hub_config = HubConfig(data_dir=data, mqtt=_hub_endpoint(setup))
     ingest_id = hub_client_id_for(hub_config, HubRole.INGEST)
-    probes: list[Probe] = []
+    probes: list[MqttProbe] = []
     with running_broker(setup), serving_enrollment(data) as hub:
         dev_a = enroll(hub, tmp_path / "devices", "dev-a")
         dev_b = enroll(hub, tmp_path / "devices", "dev-b")
@@ -125,7 +127,7 @@ def test_device_cannot_take_another_clients_id_or_session(
                 )
             # ... and dev-b goes offline while an order is queued for it.
             victim.close()
-            hub_probe = Probe(
+            hub_probe = MqttProbe(
                 setup.hub_port,
                 client_id=hub_client_id_for(hub_config, HubRole.ROLLOUT),
                 ca=setup.out / "ca.crt",
