@@ -12,14 +12,19 @@ new rollout (409) until the operator resolves it.
 
 from __future__ import annotations
 
+import json
 import shutil
+import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
 import pytest
 
 from cloud_hub.errors import HubError
+from shared.bundle import BundleManifest, artifact_info, build_bundle
+from shared.signing import format_time
 from tests.onnx_models import linear_onnx
 
 from .rollout_support import World, eventually, running_world
@@ -111,3 +116,41 @@ def test_rollback_that_cannot_land_fails_clearly_and_is_resolved(world: World) -
     assert main(["rollout", "resolve", rid, *auth, "--reason", "re-flashed by hand"]) == 0
     assert world.status(rid)["state"] == "resolved"
     assert api.request("POST", "/api/v1/rollouts", {"config": config})["state"] == "draft"
+
+
+def test_a_rollout_of_another_model_lands_with_bound_switch_orders(world: World) -> None:
+    """R5 keeps devices from taking a bundle of another model on their own; the engine sends
+    the operator's rollout of one with a signed order per device group, and it lands."""
+    now = datetime.now(tz=timezone.utc)
+    model = _model(1)
+    manifest = BundleManifest(
+        model_name="other-model",
+        version=1,
+        device_class="x86-cpu",
+        created=format_time(now),
+        expires=format_time(now + timedelta(days=1)),
+        artifacts=[artifact_info("model.onnx", model, "model", "application/onnx")],
+    )
+    data = build_bundle(
+        manifest,
+        {"model.onnx": model},
+        signing_keys=world.keys.signing_keys(),
+        keyring_envelope=world.keys.keyring_envelope(),
+    )
+    request = urllib.request.Request(
+        f"{world.hub.api_url}/api/v1/bundles/upload",
+        data=data,
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {world.hub.token}",
+            "Content-Type": "application/octet-stream",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        world.bundles[100] = json.loads(resp.read())["bundle_id"]
+    rid = _rollout_done(world, 100)
+    eventually(lambda: world.all_on(100), 30, "other-model everywhere", world.diag)
+    switches = [
+        (d, k) for d, k in world.events(f"{rid}.d") if k in ("committed", "rejected", "failed")
+    ]
+    assert sorted(switches) == sorted((d, "committed") for d in world.fleet.device_ids), switches
