@@ -25,7 +25,6 @@ from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
 from cloud_hub.bundles.sample import preprocess_json
 from cloud_hub.config import HubConfig
 from cloud_hub.delivery import FleetPublisher, PublisherConfig
-from cloud_hub.delivery.local_broker import LocalMosquitto
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry
 from cloud_hub.registry.bundle_index import register_bundle_bytes
@@ -44,13 +43,14 @@ from shared.bundle import artifact_info
 from shared.data.sensors import NUM_CLASSES, NUM_FEATURES, generate_sensor_data
 from shared.drift_reference import ReferenceStats
 from simulations.fleet.training import TrainedModel
+from simulations.harness.mosquitto import LocalMosquitto
 
 __all__ = ["CountingDelivery", "SimHub", "build_model_artifacts"]
 
 log = logging.getLogger(__name__)
 
 MODEL = "sensor-mlp"
-_TERMINAL = ("done", "rolled_back", "aborted")
+_TERMINAL = ("done", "rolled_back", "aborted", "rollback_failed", "resolved")
 
 
 def sensor_mlp_onnx(seed: int, weights: Sequence[Any] | None = None) -> bytes:
