@@ -20,7 +20,9 @@ from cloud_hub.enrollment.hub_identity import (
     HubIdentity,
     configure_hub_identity,
     hub_client_ca,
+    issued_hub_certificates,
     load_hub_identity,
+    record_hub_certificate,
 )
 from cloud_hub.enrollment.hubdir import open_enrollment, server_tls_files
 from cloud_hub.enrollment.service import EnrollmentService
@@ -141,10 +143,15 @@ def _broker_config(args: argparse.Namespace) -> int:
     hub = _hub_config(args)
     service = open_enrollment(hub.data_dir, db_url=hub.database_url, keys_dir=hub.keys_path)
     identity = _reserve_hub_identity(service, hub.data_dir, args.hub_user)
+    hub_ca = hub_client_ca(hub.data_dir)
     files = write_broker_files(
         service.ca,
         args.out,
-        hub_ca=hub_client_ca(hub.data_dir),
+        hub_ca=hub_ca,
+        # R2: a new hub certificate each run; the ones issued before are refused from now on
+        # (long-lived: a CRL past its next update locks every hub certificate out)
+        hub_crl_pem=hub_ca.build_crl(issued_hub_certificates(hub.data_dir), days=3650),
+        record_hub_serial=lambda serial: record_hub_certificate(hub.data_dir, serial),
         hub_user=identity.name,
         scheme=scheme,
         hostnames=args.hostname or ["localhost", "127.0.0.1"],
@@ -162,6 +169,7 @@ def _broker_config(args: argparse.Namespace) -> int:
     print(f"  broker cert  {files.server_cert} (key {files.server_key})")
     print(f"  hub cert     {files.hub_cert} (key {files.hub_key}; MQTT identity {identity.name})")
     print(f"  crl          {files.crl} (refresh with `cloud-hub enroll-revoke`)")
+    print(f"  hub crl      {files.hub_crl} (hub certificates this run replaced)")
     print(f"run: mosquitto -c {files.config}")
     print("then run the hub with its own certificate on the hub listener:")
     print(

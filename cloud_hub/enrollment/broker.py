@@ -16,7 +16,8 @@ Two listeners with their own settings (``per_listener_settings true``):
 issues the broker's server certificate and the hub's MQTT client certificate and writes::
 
     DIR/ca.crt  DIR/hub-ca.crt  DIR/server.crt  DIR/server.key  DIR/hub.crt  DIR/hub.key
-    DIR/acl     DIR/acl-hub     DIR/mosquitto.conf   DIR/crl.pem (when a CRL is given)
+    DIR/acl     DIR/acl-hub     DIR/mosquitto.conf
+    DIR/crl.pem, DIR/hub-crl.pem (when given: revoked device / replaced hub certificates)
 
 Revocation: with a CRL (``EnrollmentService.crl_pem()``) the device listener checks every
 client certificate against ``crl.pem``; ``cloud-hub enroll-revoke`` rewrites that file. Then
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
 
 from cloud_hub.enrollment.acl import render_device_acl, render_hub_acl
 from cloud_hub.enrollment.ca import CertificateAuthority
@@ -56,6 +59,7 @@ class BrokerTlsConfig:
     acl_file: Path
     hub_acl_file: Path
     crlfile: Path | None = None  # revoked device certificates (`cloud-hub enroll-revoke`)
+    hub_crlfile: Path | None = None  # hub certificates replaced by a later broker-config
     tls_version: str = "tlsv1.2"  # the minimum accepted; 1.3 is negotiated when possible
     max_packet_size: int = 1024 * 1024  # bundle chunks are ~128 KiB
     persistence_dir: Path | None = None
@@ -75,7 +79,7 @@ class BrokerTlsConfig:
         if not 64 * 1024 <= self.max_packet_size <= 256 * 1024 * 1024:
             raise HubConfigError("max_packet_size must be between 64 KiB and 256 MiB")
         paths = ("cafile", "hub_cafile", "certfile", "keyfile", "acl_file", "hub_acl_file")
-        for name in (*paths, "crlfile", "persistence_dir", "bind", "log_dest"):
+        for name in (*paths, "crlfile", "hub_crlfile", "persistence_dir", "bind", "log_dest"):
             if any(c in str(getattr(self, name)) for c in "\n\r"):
                 raise HubConfigError(f"{name} contains a line break")
         if self.user is not None and not re.fullmatch(
@@ -121,6 +125,7 @@ def render_mosquitto_config(cfg: BrokerTlsConfig) -> str:
         "# their client ids (identity:role:instance), which no device id can equal.",
         f"listener {cfg.hub_port} {cfg.bind}",
         f"cafile {cfg.hub_cafile}",
+        *([f"crlfile {cfg.hub_crlfile}"] if cfg.hub_crlfile is not None else []),
         *tls,
         f"acl_file {cfg.hub_acl_file}",
     ]
@@ -143,6 +148,7 @@ class BrokerFiles:
     port: int
     hub_port: int
     crl: Path | None = None
+    hub_crl: Path | None = None
 
 
 def write_broker_files(
@@ -159,17 +165,23 @@ def write_broker_files(
     persistence_dir: Path | None = None,
     broker_user: str | None = None,
     crl_pem: bytes | None = None,
+    hub_crl_pem: bytes | None = None,
+    record_hub_serial: Callable[[int], None] | None = None,
 ) -> BrokerFiles:
     """Issue the broker and hub certificates and write a complete mTLS broker setup.
 
     ``ca`` is the device CA (it also issues the broker's server certificate, which devices
-    verify); ``hub_ca`` issues the hub's client certificate (CN ``hub_user``)."""
+    verify); ``hub_ca`` issues the hub's client certificate (CN ``hub_user``), whose serial
+    goes to ``record_hub_serial`` before any file is written; ``hub_crl_pem`` revokes the
+    hub certificates issued before (hub listener)."""
     if hub_ca.fingerprint == ca.fingerprint:
         raise HubConfigError("the hub client CA must not be the device CA (R2)")
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
     server = ca.issue_server(list(hostnames))
     hub = hub_ca.issue_client(hub_user)
+    if record_hub_serial is not None:
+        record_hub_serial(x509.load_pem_x509_certificate(hub.cert_pem).serial_number)
     files = BrokerFiles(
         config=d / "mosquitto.conf",
         acl=d / "acl",
@@ -183,6 +195,7 @@ def write_broker_files(
         port=port,
         hub_port=hub_port,
         crl=None if crl_pem is None else d / "crl.pem",
+        hub_crl=None if hub_crl_pem is None else d / "hub-crl.pem",
     )
     atomic_write(files.ca_cert, ca.cert_pem, mode=0o644)
     atomic_write(files.hub_ca_cert, hub_ca.cert_pem, mode=0o644)
@@ -195,6 +208,8 @@ def write_broker_files(
     atomic_write(files.hub_acl, render_hub_acl(scheme, hub_user=hub_user).encode(), mode=0o644)
     if files.crl is not None and crl_pem is not None:
         atomic_write(files.crl, crl_pem, mode=0o644)
+    if files.hub_crl is not None and hub_crl_pem is not None:
+        atomic_write(files.hub_crl, hub_crl_pem, mode=0o644)
     cfg = BrokerTlsConfig(
         port=port,
         hub_port=hub_port,
@@ -206,6 +221,7 @@ def write_broker_files(
         acl_file=files.acl,
         hub_acl_file=files.hub_acl,
         crlfile=files.crl,
+        hub_crlfile=files.hub_crl,
         persistence_dir=persistence_dir,
         user=broker_user,
     )

@@ -14,6 +14,10 @@ On disk::
 
     DATA_DIR/hub-ca/ca.key, ca.crt   the hub client CA (issues the hub's MQTT certificates)
     DATA_DIR/hub-ca/identity.json    {"type": "hub_identity", "version": 1, "name": ...}
+    DATA_DIR/hub-ca/issued.json      serials of the hub certificates issued so far: every run
+                                     of ``broker-config`` issues a new one and revokes the
+                                     older ones on the hub listener (a leaked hub.key is
+                                     retired by running it again)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +42,16 @@ __all__ = [
     "HubIdentity",
     "configure_hub_identity",
     "hub_client_ca",
+    "issued_hub_certificates",
     "load_hub_identity",
+    "record_hub_certificate",
 ]
 
 DEFAULT_HUB_USER = "fedfleet-hub"
 HUB_CA_DIR = "hub-ca"
 _IDENTITY_FILE = "identity.json"
+_ISSUED_FILE = "issued.json"
+UTC = timezone.utc
 _MAX_IDENTITY_BYTES = 64 * 1024
 
 
@@ -123,6 +132,37 @@ def configure_hub_identity(data_dir: str | os.PathLike[str], name: str | None) -
     os.chmod(path.parent, 0o700)
     atomic_write(path, json.dumps(identity.to_dict(), sort_keys=True).encode() + b"\n")
     return identity
+
+
+def issued_hub_certificates(data_dir: str | os.PathLike[str]) -> list[tuple[int, datetime]]:
+    """``(serial, issued_at)`` of every hub certificate issued so far, oldest first."""
+    path = Path(data_dir) / HUB_CA_DIR / _ISSUED_FILE
+    try:
+        data = json.loads(path.read_bytes())
+        return [
+            (int(item["serial"], 16), datetime.fromtimestamp(float(item["issued_at"]), UTC))
+            for item in data["certificates"]
+        ]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HubConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def record_hub_certificate(
+    data_dir: str | os.PathLike[str], serial: int, *, now: datetime | None = None
+) -> None:
+    """Remember an issued hub certificate, before it is written anywhere (so that the next
+    rotation revokes it even if this run dies half way)."""
+    issued = [*issued_hub_certificates(data_dir), (serial, now or datetime.now(UTC))]
+    record = {
+        "type": "hub_certificates",
+        "version": 1,
+        "certificates": [{"serial": f"{s:x}", "issued_at": t.timestamp()} for s, t in issued],
+    }
+    path = Path(data_dir) / HUB_CA_DIR / _ISSUED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(record, sort_keys=True).encode() + b"\n")
 
 
 def hub_client_ca(data_dir: str | os.PathLike[str]) -> CertificateAuthority:

@@ -144,3 +144,43 @@ def test_a_device_certificate_never_gets_the_hubs_acl(tmp_path: Path) -> None:
         finally:
             for p in probes:
                 p.close()
+
+
+def test_a_replaced_hub_certificate_is_refused(tmp_path: Path) -> None:
+    """Re-running ``broker-config`` (say hub.key leaked) issues a new hub certificate and
+    revokes every earlier one on the hub listener."""
+    data = tmp_path / "hub"
+    first = broker_config(data)
+    leaked = tmp_path / "leaked"
+    leaked.mkdir()
+    for name in ("hub.crt", "hub.key"):
+        (leaked / name).write_bytes((first.out / name).read_bytes())
+    setup = broker_config(data)  # the rotation
+    assert (setup.out / "hub.crt").read_bytes() != (leaked / "hub.crt").read_bytes()
+    ca = setup.out / "ca.crt"
+    with running_broker(setup):
+        old = MqttProbe(
+            setup.hub_port,
+            client_id=f"{HUB_NAME}:old:1",
+            ca=ca,
+            cert=leaked / "hub.crt",
+            key=leaked / "hub.key",
+        )
+        new = MqttProbe(
+            setup.hub_port,
+            client_id="fedfleet-hub:new:1",
+            ca=ca,
+            cert=setup.out / "hub.crt",
+            key=setup.out / "hub.key",
+        )
+        try:
+            with pytest.raises((ssl.SSLError, OSError)):
+                old.connect(timeout=3)
+            # refused in the handshake (the old certificate is otherwise valid: same CA,
+            # same name, not expired; only the hub CRL stands between it and the broker)
+            assert "certificate verify failed" in setup.log_text()
+            assert not new.connect()[0].is_failure  # the new one works
+            assert not new.publish(setup.scheme.device("any-1", "cmd"), b"order").is_failure
+        finally:
+            old.close()
+            new.close()
