@@ -259,3 +259,26 @@ def test_the_champion_comparison_refuses_an_artifact_worse_than_the_champion(
             config=fast_config,
             champion_accuracy=1.0,
         )
+
+
+def test_the_jetson_int8_profile_builds_symmetric_qdq_judged_on_exact_numerics(
+    digits: Any, tmp_path: Path, fast_config: CompressionConfig
+) -> None:
+    profile = load_profile("jetson-orin-int8")
+    assert profile.device_class == "jetson-orin" and profile.int8_recipe == recipe_for("tensorrt")
+    artifact = compress_for_profile(
+        "digits-cnn",
+        digits.state_dict,
+        profile,
+        calib=digits.calib,
+        eval=digits.eval,
+        out_dir=tmp_path,
+        config=CompressionConfig(latency=fast_config.latency, hub_facts=AVX2_HUB),
+    )
+    report = json.loads((artifact.directory / "metrics.json").read_text())["build_report"]
+    assert report["could_not_evaluate_with_target_kernels"] == ["tensorrt"]
+    assert set(report["accuracy_by_evaluation"]) == {"exact_qdq"}  # the hub's kernels: no target's
+    model = onnx.load(str(artifact.artifact_path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
