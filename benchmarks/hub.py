@@ -49,13 +49,13 @@ from sqlalchemy import func  # noqa: E402
 from sqlalchemy import select as sql_select  # noqa: E402
 
 from cloud_hub.commands.rollout import ApiClient  # noqa: E402
-from cloud_hub.delivery.local_broker import LocalMosquitto  # noqa: E402
-from cloud_hub.delivery.local_fleet import LocalAgentFleet  # noqa: E402
 from cloud_hub.keys import KeyStore  # noqa: E402
 from cloud_hub.registry import admin, open_registry  # noqa: E402
 from cloud_hub.registry.tables import Device, TelemetryMinute  # noqa: E402
 from shared.messages import Hello, Status, Telemetry, new_id  # noqa: E402
 from shared.topics import TopicScheme  # noqa: E402
+from simulations.harness.agents import LocalAgentFleet  # noqa: E402
+from simulations.harness.mosquitto import LocalMosquitto  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 1883
 SIM_CLASS = "bench-sim"

@@ -1,6 +1,6 @@
 """The closed loop, smaller: drift at one site → federated retraining → staged rollout.
 
-One run of :func:`cloud_hub.loop.demo.run_demo` (embedded Mosquitto, in-process hub, real
+One run of :func:`simulations.demo.runner.run_demo` (embedded Mosquitto, in-process hub, real
 device processes, Flower with SecAgg+, real compression, signed bundles, staged rollouts).
 Side by side in that run: accuracy on the drifted devices' data before the drift, under the
 drift with the old model, and after the retrained model reached them; bytes of full bundles
@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloud_hub.loop.demo import DemoConfig, run_demo
-from cloud_hub.loop.report import summary_table
+from simulations.demo.report import summary_table
+from simulations.demo.runner import DemoConfig, run_demo
 
 
 def main() -> None:

@@ -327,10 +327,10 @@ def main() -> None:
         return worker_agents(args)
 
     from cloud_hub.config import parse_mqtt_url
-    from cloud_hub.delivery.local_broker import LocalMosquitto
     from shared.bundle import bundle_id_of, parse_bundle
     from shared.chunks import DEFAULT_CHUNK_SIZE, encode_chunk, split_chunks
     from shared.messages import new_id
+    from simulations.harness.mosquitto import LocalMosquitto
 
     if args.quick:
         args.agents, args.bundle_mb = min(args.agents, 10), min(args.bundle_mb, 5.0)

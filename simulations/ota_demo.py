@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     from cloud_hub.bundles.sample import export_onnx, preprocess_json
     from cloud_hub.config import parse_mqtt_url
     from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
-    from cloud_hub.delivery.local_broker import LocalMosquitto
-    from cloud_hub.delivery.local_fleet import LocalAgentFleet
     from cloud_hub.keys import KeyStore
     from shared.bundle import artifact_info, bundle_id_of, parse_bundle
     from shared.messages import new_id
+    from simulations.harness.agents import LocalAgentFleet
+    from simulations.harness.mosquitto import LocalMosquitto
 
     steps: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:

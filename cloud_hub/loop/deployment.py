@@ -233,8 +233,8 @@ class DeploymentTraining:
         model_store_root: Path,
     ) -> dict[str, Any]:
         """Run ``fl_config`` with the devices as SuperNodes; returns the run's summary."""
-        from cloud_hub.delivery.local_broker import free_port
         from cloud_hub.fl.superlink import fab_sha256
+        from shared.net import free_port
 
         if self._abort.is_set():
             raise TrainingError("deployment training was aborted")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from shared.errors import FedfleetError, VerificationError
 from shared.files import atomic_write
 from shared.fl.order import OrderLedger, TrainingOrder, verify_training_order
 from shared.messages import Event, EventKind, Message, TrainCommand, new_id
+from shared.net import free_port
 from shared.signing import TrustRoot, parse_time
 
 __all__ = ["OrderRefusedError", "OrderTrust", "TrainCommandHandler", "TrainingLimits"]
@@ -95,12 +95,6 @@ class OrderTrust:
     device_id: str
     trust: TrustRoot
     keyring_floor: Callable[[], int] = _no_floor  # newest keyring version seen (no rollback)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _utc_now() -> datetime:
@@ -217,7 +211,7 @@ class TrainCommandHandler:
             SuperNodeConfig(
                 superlink=order.superlink,
                 data_path=data_path,
-                clientappio_port=_free_port(),
+                clientappio_port=free_port(),
                 insecure=order.insecure,
                 root_certificates=None if order.insecure else self.limits.root_certificates,
                 batch_size=self.limits.batch_size,

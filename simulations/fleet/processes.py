@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud_hub.delivery.local_fleet import agent_config_toml
 from simulations.fleet.population import Member, agent_tables
+from simulations.harness.agents import agent_config_toml
 
 __all__ = ["DeviceProcess", "ProcessSupervisor"]
 

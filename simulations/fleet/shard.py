@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.delivery.local_fleet import agent_config_toml
 from edge_agent.config import load_config
 from edge_agent.runtime.capabilities import detect_capabilities
 from simulations.fleet.device import Ledger, LedgerAgent, SimDevice
 from simulations.fleet.population import Member, agent_tables
+from simulations.harness.agents import agent_config_toml
 
 __all__ = ["ShardProcess", "main", "run_shard"]
 

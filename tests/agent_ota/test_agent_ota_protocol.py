@@ -19,7 +19,7 @@ def test_protocol_is_validated() -> None:
 @pytest.mark.integration
 def test_demo_runs_on_amqtt(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The whole loop over the pure-Python amqtt broker (MQTT 3.1.1, its own venv)."""
-    from cloud_hub.loop.demo import DemoConfig, run_demo
+    from simulations.demo.runner import DemoConfig, run_demo
 
     result = run_demo(
         DemoConfig(out_dir=tmp_path, agents=4, drifted=2, broker="amqtt", plots=False)

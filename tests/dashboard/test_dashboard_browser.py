@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import admin, open_registry
 from shared.messages import new_id
+from simulations.harness.agents import LocalAgentFleet
 
 from ..rollout.rollout_support import AGENT_TABLES, MQTT_URL, HubProcess, build_model_bundle
 

@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy import select
 
 from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
-from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import devices
 from cloud_hub.registry.tables import EventRow
@@ -25,6 +24,7 @@ from shared.bundle import artifact_info
 from shared.device_facts import detect_device_facts, target_of
 from shared.golden import GOLDEN_CHECK, GoldenBatch
 from shared.messages import EventKind, new_id
+from simulations.harness.agents import LocalAgentFleet
 from tests.golden.golden_support import TARGETS, build_artifacts
 from tests.rollout.rollout_support import (
     AGENT_TABLES,

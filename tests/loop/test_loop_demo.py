@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cloud_hub.loop.demo import DemoConfig, run_demo
+from simulations.demo.runner import DemoConfig, run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -20,7 +20,6 @@ from cloud_hub.keys import KeyStore
 from cloud_hub.loop.cohort import DeviceSampleStores
 from cloud_hub.loop.config import LoopConfig
 from cloud_hub.loop.deployment import DeploymentTraining
-from cloud_hub.loop.fleet import PROBLEM_SEED, DemoFleet
 from cloud_hub.loop.pipeline import RetrainPipeline
 from cloud_hub.loop.policy import RetrainPolicy
 from cloud_hub.registry import admin, catalog, open_registry
@@ -28,6 +27,7 @@ from shared.broker_endpoint import BrokerEndpoint
 from shared.data.sensors import generate_sensor_data
 from shared.messages import Status, decode_message
 from shared.topics import TopicScheme
+from simulations.demo.fleet import PROBLEM_SEED, DemoFleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -16,7 +16,6 @@ from cloud_hub.keys import KeyStore
 from cloud_hub.loop.cohort import DeviceSampleStores
 from cloud_hub.loop.config import LoopConfig
 from cloud_hub.loop.controller import RetrainController
-from cloud_hub.loop.fleet import DRIFT, PROBLEM_SEED
 from cloud_hub.loop.pipeline import RetrainPipeline
 from cloud_hub.loop.policy import RetrainPolicy
 from cloud_hub.registry import admin, catalog, devices, open_registry, reports, rollouts
@@ -24,6 +23,7 @@ from cloud_hub.rollout.engine import RolloutService
 from edge_agent.samples.store import SampleStore, SampleStoreConfig
 from shared.data.sensors import generate_sensor_data
 from shared.messages import DriftReport, Hello, InstalledModel, Status
+from simulations.demo.fleet import DRIFT, PROBLEM_SEED
 
 CLASS = "x86-cpu"
 DEVICES = ["d-0", "d-1", "d-2"]

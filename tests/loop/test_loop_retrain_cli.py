@@ -46,11 +46,11 @@ def test_retrain_lists_runs_and_refuses_incomplete_requests(
 def test_retrain_by_hand_then_approve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import numpy as np
 
-    from cloud_hub.loop.fleet import PROBLEM_SEED
     from cloud_hub.registry import devices, rollouts
     from edge_agent.samples.store import SampleStore, SampleStoreConfig
     from shared.data.sensors import generate_sensor_data
     from shared.messages import Hello
+    from simulations.demo.fleet import PROBLEM_SEED
 
     db = f"sqlite:///{tmp_path / 'hub.db'}"
     ids = ["a-0", "a-1", "a-2"]

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from cloud_hub.delivery import FleetPublisher, PublisherConfig
-from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.delta import make_delta_bundle
 from cloud_hub.keys import KeyStore
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import new_id
+from simulations.harness.agents import LocalAgentFleet
 from tests.onnx_models import linear_onnx
 
 from .ota_support import make_model_bundle

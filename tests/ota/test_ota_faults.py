@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
-from cloud_hub.delivery.local_broker import LocalMosquitto
-from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import new_id
+from simulations.harness.agents import LocalAgentFleet
+from simulations.harness.mosquitto import LocalMosquitto
 
 from .faultproxy import FaultProxy
 from .ota_support import make_model_bundle

@@ -120,7 +120,7 @@ def test_offline_device_times_out_without_blocking(tmp_path: Path, prefix: str) 
 
 
 def test_errors_are_translated(tmp_path: Path, prefix: str, publisher: FleetPublisher) -> None:
-    from cloud_hub.delivery.local_broker import free_port
+    from shared.net import free_port
 
     with pytest.raises(DeliveryError):
         FleetPublisher(

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
-from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.keys import KeyStore
 from shared.broker_endpoint import BrokerEndpoint
 from shared.bundle import BundleManifest, artifact_info, build_bundle, parse_bundle
 from shared.messages import new_id
 from shared.signing import SigningKey, format_time
+from simulations.harness.agents import LocalAgentFleet
 from tests.onnx_models import tiny_onnx_model
 
 from .ota_support import make_model_bundle

@@ -14,12 +14,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
-from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, devices, open_registry
 from cloud_hub.registry.tables import EventRow
 from shared.messages import Telemetry, new_id
 from shared.topics import TopicScheme
+from simulations.harness.agents import LocalAgentFleet
 from tests.onnx_models import tiny_onnx_model
 
 MODEL = "sensor-mlp"

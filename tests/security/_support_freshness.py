@@ -28,7 +28,6 @@ import uvicorn
 from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.delivery.local_broker import free_port
 from cloud_hub.enrollment import CertificateAuthority, write_broker_files
 from cloud_hub.enrollment.broker import BrokerFiles
 from cloud_hub.enrollment.hubdir import open_enrollment, server_tls_files
@@ -41,6 +40,7 @@ from edge_agent.config import load_config
 from shared.bundle import BundleManifest, artifact_info, build_bundle
 from shared.freshness import ReleasedBundle
 from shared.messages import Event, EventKind, decode_message
+from shared.net import free_port
 from shared.signing import SigningKey, format_time
 from shared.topics import TopicScheme
 from tests.agent_ota.agent_ota_helpers import Offer, make_offer, onnx_model_bytes, utc, wait_for

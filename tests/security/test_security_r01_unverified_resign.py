@@ -23,7 +23,6 @@ from cloud_hub.api.server import HubServer
 from cloud_hub.bundles import default_store
 from cloud_hub.config import HubConfig
 from cloud_hub.delivery import FleetPublisher, PublisherConfig
-from cloud_hub.delivery.local_fleet import LocalAgentFleet
 from cloud_hub.delta import DeltaCache, make_delta_bundle, plan
 from cloud_hub.errors import DeliveryError
 from cloud_hub.keys import KeyStore
@@ -34,6 +33,7 @@ from shared.bundle import BundleManifest, artifact_info, build_bundle, parse_bun
 from shared.errors import BundleError
 from shared.messages import new_id
 from shared.signing import format_time
+from simulations.harness.agents import LocalAgentFleet
 from tests.security._support_api import auth, recording_logs, request, running_api
 from tests.security._support_bundles import CLASS, MAX_VERSION, MODEL, Attacker, hub_bundle
 

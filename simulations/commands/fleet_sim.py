@@ -6,16 +6,15 @@ at the canary and drift in one site (see ``simulations/fleet/``). Writes ``resul
 ``devices.csv``, ``timeline.csv`` and ``fleet.png`` into the output folder, prints the
 invariants, and exits 0 only if every one holds.
 
-``SCENARIO`` is a TOML path or the name of a file in ``simulations/fleet/scenarios``. The
-simulation code lives in the checkout (``simulations/``), beside the installed packages: it
-drives both the hub and the agents, which never import each other.
+``SCENARIO`` is a TOML path or the name of a file in ``simulations/fleet/scenarios`` (shipped
+with the package). The simulation drives both the hub and the agents, which never import each
+other; ``cloud-hub`` finds this command through the ``cloud_hub.commands`` entry point.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,29 +23,14 @@ from cloud_hub.errors import HubConfigError
 
 __all__ = ["register", "run_fleet_sim"]
 
-_CHECKOUT = Path(__file__).resolve().parents[2]
-
-
-def _import_simulations() -> Any:
-    try:
-        import simulations.fleet as fleet
-    except ImportError:
-        if not (_CHECKOUT / "simulations" / "fleet" / "__init__.py").is_file():
-            raise HubConfigError(
-                "fleet-sim needs the fedfleet checkout (simulations/fleet); run it from there"
-            ) from None
-        sys.path.insert(0, str(_CHECKOUT))
-        import simulations.fleet as fleet
-    return fleet
+_SCENARIOS = Path(__file__).resolve().parents[1] / "fleet" / "scenarios"
 
 
 def _resolve(scenario: str) -> Path:
     path = Path(scenario)
     if path.is_file():
         return path
-    named = (
-        _CHECKOUT / "simulations" / "fleet" / "scenarios" / f"{scenario.removesuffix('.toml')}.toml"
-    )
+    named = _SCENARIOS / f"{scenario.removesuffix('.toml')}.toml"
     if named.is_file():
         return named
     raise HubConfigError(
@@ -55,7 +39,8 @@ def _resolve(scenario: str) -> Path:
 
 
 def run_fleet_sim(args: argparse.Namespace) -> int:
-    fleet = _import_simulations()
+    from simulations import fleet  # the simulation pulls in the hub and agents: only when run
+
     try:
         scenario = fleet.load_scenario(_resolve(args.scenario))
     except fleet.ScenarioError as exc:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from cloud_hub.errors import HubError
-from cloud_hub.loop.fleet import DRIFT, PROBLEM_SEED, DemoFleet
+from simulations.demo.fleet import DRIFT, PROBLEM_SEED, DemoFleet
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -127,7 +127,7 @@ class _Hub:
     ) -> None:
         from cloud_hub.api.server import HubServer
         from cloud_hub.config import HubConfig
-        from cloud_hub.delivery.local_broker import free_port
+        from shared.net import free_port
 
         self.port = port or free_port()
         self.config = HubConfig(
@@ -204,12 +204,12 @@ def _hub_ca(hub_dir: Path) -> Path:
 def run_demo(config: DemoConfig) -> DemoResult:
     """Run the whole loop; returns the summary (also written to ``out_dir``)."""
     from cloud_hub.keys import KeyStore
-    from cloud_hub.loop.broker import start_embedded_broker
     from cloud_hub.loop.cohort import DeviceSampleStores
     from cloud_hub.loop.config import LoopConfig
     from cloud_hub.loop.controller import RetrainController
     from cloud_hub.loop.pipeline import RetrainPipeline
     from cloud_hub.loop.policy import RetrainPolicy
+    from simulations.harness.embedded_broker import start_embedded_broker
 
     say = _Progress(config.quiet)
     started = time.monotonic()
@@ -505,7 +505,7 @@ def _summary(
     drift_to_rollout_s: float,
     delivered: Any = None,
 ) -> dict[str, Any]:
-    from cloud_hub.loop.report import bytes_shipped
+    from simulations.demo.report import bytes_shipped
 
     retrain = controller.outcomes[-1]
     shipped = bytes_shipped(registry, [r.rollout_id for r in rollouts.values()], delivered)
@@ -546,7 +546,7 @@ def _summary(
 def _write(run_dir: Path, result: DemoResult, *, plots: bool) -> None:
     import json
 
-    from cloud_hub.loop.report import write_plots
+    from simulations.demo.report import write_plots
 
     (run_dir / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))
     (run_dir / "timeline.json").write_text(json.dumps(result.timeline))

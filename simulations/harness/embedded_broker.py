@@ -14,12 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cloud_hub.delivery.local_broker import (
-    LocalMosquitto,
-    free_port,
-    spawn_listening,
-    stop_process,
-)
+from shared.net import free_port
+from simulations.harness.mosquitto import LocalMosquitto, spawn_listening, stop_process
 
 __all__ = ["AmqttBroker", "EmbeddedBroker", "start_embedded_broker"]
 

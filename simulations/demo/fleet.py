@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cloud_hub.delivery.local_broker import free_port
-from cloud_hub.delivery.local_fleet import agent_config_toml
 from cloud_hub.errors import HubError
 from shared.data.sensors import SensorDriftSpec, generate_sensor_data
+from shared.net import free_port
+from simulations.harness.agents import agent_config_toml
 
 __all__ = ["DRIFT", "PROBLEM_SEED", "DemoFleet", "DeviceHandle", "stop_process_group"]
 

@@ -3,7 +3,7 @@
 Starts an embedded MQTT broker (Mosquitto; amqtt when Mosquitto is absent), the hub with
 SQLite (API, ingest, rollout engine, dashboard) and N device processes, trains, rolls out,
 drifts part of the fleet, retrains and rolls out again; prints a summary table and writes
-``summary.json``, ``timeline.json`` and plots under ``--out``. See ``cloud_hub.loop.demo``.
+``summary.json``, ``timeline.json`` and plots under ``--out``. See ``simulations.demo.runner``.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def register(subparsers: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import logging
 
-    from cloud_hub.loop.demo import DemoConfig, run_demo
-    from cloud_hub.loop.report import summary_table
+    from simulations.demo.report import summary_table
+    from simulations.demo.runner import DemoConfig, run_demo
 
     if not args.verbose:  # progress lines only; the components' INFO logs go quiet
         import flwr.common.logger  # noqa: F401 - configures the "flwr" logger; quiet it after

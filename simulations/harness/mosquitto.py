@@ -19,14 +19,9 @@ import time
 from pathlib import Path
 
 from cloud_hub.errors import DeliveryError
+from shared.net import free_port
 
-__all__ = ["LocalMosquitto", "free_port", "spawn_listening", "stop_process"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["LocalMosquitto", "spawn_listening", "stop_process"]
 
 
 def spawn_listening(

@@ -1,0 +1,9 @@
+"""Local stand-ins for what a deployment provides: a broker on loopback and agent processes.
+
+- :mod:`.mosquitto` — :class:`~.mosquitto.LocalMosquitto`, a private broker for tests,
+  demos and benchmarks;
+- :mod:`.embedded_broker` — the demo's broker: Mosquitto, or amqtt in its own venv;
+- :mod:`.agents` — :class:`~.agents.LocalAgentFleet`, real ``edge-agent run`` processes.
+
+Nothing is imported here, so importing one helper does not start the others' imports.
+"""
