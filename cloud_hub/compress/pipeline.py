@@ -185,11 +185,13 @@ def compress_for_profile(
     config: CompressionConfig | None = None,
     model: torch.nn.Module | None = None,
     champion_accuracy: float | None = None,
+    champion_margin_pts: float = 0.0,
 ) -> CompressedArtifact:
     """Build, evaluate, gate and commit ``out_dir/<profile.name>/``; see the module docstring.
 
     ``champion_accuracy``: the deployed champion's accuracy on the same evaluation set; the
-    artifact must not be worse (the retraining pipeline's rule, applied to the artifact).
+    artifact must not trail it by more than ``champion_margin_pts`` (the retraining
+    pipeline's champion rule, applied to the artifact).
 
     Raises ``CompressionError`` (bad input or a failed step) or ``GateRefusedError`` (over a
     budget); either way nothing is left in ``out_dir`` for this profile.
@@ -259,7 +261,13 @@ def compress_for_profile(
             latency_threads=config.latency.threads,
         )
         log.info("%s/%s: %s", model_name, profile.name, metrics.to_dict())
-        enforce_budgets(profile.name, metrics, profile.budgets, champion_accuracy=champion_accuracy)
+        enforce_budgets(
+            profile.name,
+            metrics,
+            profile.budgets,
+            champion_accuracy=champion_accuracy,
+            champion_margin_pts=champion_margin_pts,
+        )
         _write_sidecars(
             stage, model_name, profile, shape, metrics, plan, pruning, calib_set, logits, report
         )

@@ -276,7 +276,7 @@ class RetrainPipeline:
         t1 = time.perf_counter()
         self._update(run_id, state="compressing", metrics=metrics)
         version = self._next_version(device_class)
-        artifact = self._compress(run_id, device_class, state)
+        artifact = self._compress(run_id, device_class, state, champion_state)
         metrics["compression"] = artifact.metrics.to_dict()
         timings["compress"] = time.perf_counter() - t1
         lineage = {
@@ -423,10 +423,23 @@ class RetrainPipeline:
             fl_lineage=fl_config.lineage(),
         )
 
-    def _compress(self, run_id: str, device_class: str, state: dict[str, Any]) -> Any:
+    def _compress(
+        self,
+        run_id: str,
+        device_class: str,
+        state: dict[str, Any],
+        champion_state: dict[str, Any] | None,
+    ) -> Any:
         from cloud_hub.compress import compress_for_profile, load_profile
 
         profile = load_profile(device_class, profiles_dir=self.config.profiles_dir)
+        # the artifact faces the champion too: on the gate's data it may trail the champion's
+        # fp32 accuracy by at most the profile's quantization budget
+        champion_accuracy = (
+            None
+            if champion_state is None
+            else torch_accuracy(self.config.model_name, champion_state, self.calibration)
+        )
         try:
             return compress_for_profile(
                 self.config.model_name,
@@ -437,6 +450,8 @@ class RetrainPipeline:
                 # statistics describe; candidate-vs-champion used the validation set
                 eval=self.calibration,
                 out_dir=Path(self.config.work_dir) / "compressed" / run_id,
+                champion_accuracy=champion_accuracy,
+                champion_margin_pts=profile.budgets.max_accuracy_drop_pts,
             )
         except GateRefusedError as exc:
             raise HubError(f"compression gate refused the candidate: {exc}") from exc
