@@ -37,6 +37,7 @@ from cloud_hub.fl.config import FederatedRunConfig
 from cloud_hub.fl.recorder import RunRecorder
 from cloud_hub.fl.server_app import ValidationEvaluator, build_server_app
 from shared.files import atomic_write
+from shared.fl.config_keys import RunConfigKey
 
 __all__ = ["DeploymentRunSettings", "app", "client_run_config"]
 
@@ -59,14 +60,26 @@ class DeploymentRunSettings:
                 raise HubConfigError(f"run config {key!r} must name a file or folder")
             return Path(value)
 
-        store = run_config.get("model-store")
+        store = run_config.get(RunConfigKey.MODEL_STORE)
         return cls(
-            config_path=path("config-path"),
-            validation_path=path("validation-path"),
-            results_dir=path("results-dir"),
+            config_path=path(RunConfigKey.CONFIG_PATH),
+            validation_path=path(RunConfigKey.VALIDATION_PATH),
+            results_dir=path(RunConfigKey.RESULTS_DIR),
             model_store=Path(store) if isinstance(store, str) and store else None,
-            run_name=str(run_config.get("run-name", "")),
+            run_name=str(run_config.get(RunConfigKey.RUN_NAME, "")),
         )
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The run-config entries :meth:`from_run_config` reads."""
+        entries: dict[str, Any] = {
+            RunConfigKey.CONFIG_PATH: str(self.config_path),
+            RunConfigKey.VALIDATION_PATH: str(self.validation_path),
+            RunConfigKey.RESULTS_DIR: str(self.results_dir),
+            RunConfigKey.RUN_NAME: self.run_name,
+        }
+        if self.model_store is not None:
+            entries[RunConfigKey.MODEL_STORE] = str(self.model_store)
+        return entries
 
     def training_config(self) -> FederatedRunConfig:
         try:
@@ -79,9 +92,9 @@ class DeploymentRunSettings:
 def client_run_config(config: FederatedRunConfig) -> dict[str, Any]:
     """The run-config entries the agents' ClientApp reads (must match the server)."""
     return {
-        "model-name": config.model_name,
-        "secure-aggregation": config.secagg.enabled,
-        "dp-clipping": config.dp.enabled,
+        RunConfigKey.MODEL_NAME: config.model_name,
+        RunConfigKey.SECURE_AGGREGATION: config.secagg.enabled,
+        RunConfigKey.DP_CLIPPING: config.dp.enabled,
     }
 
 

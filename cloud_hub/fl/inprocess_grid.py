@@ -26,6 +26,8 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 
+from shared.fl.config_keys import NodeConfigKey
+
 __all__ = ["InProcessGrid"]
 
 
@@ -51,7 +53,10 @@ class InProcessGrid(Grid):
             node_id: Context(
                 run_id=self._run.run_id,
                 node_id=node_id,
-                node_config={"partition-id": index, "num-partitions": num_nodes},
+                node_config={
+                    NodeConfigKey.PARTITION_ID: index,
+                    NodeConfigKey.NUM_PARTITIONS: num_nodes,
+                },
                 state=RecordDict(),
                 run_config={},
             )

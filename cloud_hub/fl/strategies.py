@@ -11,6 +11,7 @@ from flwr.server.strategy import Strategy
 
 from cloud_hub.errors import HubConfigError
 from cloud_hub.fl.config import FederatedRunConfig
+from shared.fl.config_keys import FitConfigKey
 
 __all__ = ["EvaluateFn", "build_strategy"]
 
@@ -30,9 +31,9 @@ def build_strategy(
     def fit_config(server_round: int) -> dict[str, Scalar]:
         return {
             "server-round": server_round,
-            "local-epochs": config.local_epochs,
-            "batch-size": config.batch_size,
-            "learning-rate": config.learning_rate,
+            FitConfigKey.LOCAL_EPOCHS: config.local_epochs,
+            FitConfigKey.BATCH_SIZE: config.batch_size,
+            FitConfigKey.LEARNING_RATE: config.learning_rate,
         }
 
     per_round = config.clients_per_round

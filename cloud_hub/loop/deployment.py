@@ -233,6 +233,7 @@ class DeploymentTraining:
         model_store_root: Path,
     ) -> dict[str, Any]:
         """Run ``fl_config`` with the devices as SuperNodes; returns the run's summary."""
+        from cloud_hub.fl.deployment import DeploymentRunSettings, client_run_config
         from cloud_hub.fl.superlink import fab_sha256
         from shared.net import free_port
 
@@ -251,16 +252,15 @@ class DeploymentTraining:
         link.start()
         try:
             self._publish(self.commands(orders, {"duration_s": self.timeout_s}))
+            settings = DeploymentRunSettings(
+                config_path=work / "train.toml",
+                validation_path=work / "validation.npz",
+                results_dir=work / "results",
+                model_store=model_store_root,
+                run_name=run_id,
+            )
             link.submit_run(
-                {
-                    "config-path": str(work / "train.toml"),
-                    "validation-path": str(work / "validation.npz"),
-                    "results-dir": str(work / "results"),
-                    "model-store": str(model_store_root),
-                    "run-name": run_id,
-                    "model-name": fl_config.model_name,
-                    "secure-aggregation": fl_config.secagg.enabled,
-                },
+                settings.to_run_config() | client_run_config(fl_config),
                 expected_fab_sha256=fab,
             )
             summary = self._wait(work / "results")

@@ -1,10 +1,9 @@
 """The agent's Flower ``ClientApp``, as a SuperNode runs it (``edge_agent.fl.client_app:app``).
 
 Node config (set by :class:`~edge_agent.fl.supernode.SuperNodeSupervisor`, i.e. by the
-device): ``data-path`` (the device's labelled samples, ``.npz`` with ``x``/``y``),
-``batch-size``, ``max-local-epochs``, ``time-budget-s``, and from the signed training order
-``order-run-id`` and ``require-secure-aggregation``. Run config (set by the hub for the run):
-``run-name``, ``model-name``, ``secure-aggregation`` (default true), ``dp-clipping``.
+device) and run config (set by the hub for the run): the keys of
+:class:`shared.fl.config_keys.NodeConfigKey` and :class:`~shared.fl.config_keys.RunConfigKey`.
+The mod order is the one of every fedfleet ClientApp (:func:`shared.fl.mods.client_mods`).
 
 R4: the device, not the server, decides whether its update may leave unmasked. A round of
 another run than the order's, or one without SecAgg+ when the order or the device requires
@@ -20,33 +19,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Message
-from flwr.client.mod import fixedclipping_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from edge_agent.errors import AgentConfigError, AgentError
 from shared.errors import ConfigError
+from shared.fl.config_keys import NodeConfigKey, RunConfigKey
 from shared.fl.data_source import DataResolver, NodeConfigDataPath
-from shared.fl.mods import hardened_secaggplus_mod
+from shared.fl.mods import SECURE_AGGREGATION_FROM_RUN, compose_client_app
 
 if TYPE_CHECKING:
     from shared.fl.training import LocalTrainingLimits
 
 __all__ = [
-    "NODE_ORDER_RUN_ID",
-    "NODE_REQUIRE_SECAGG",
     "RoundRefusedError",
     "app",
     "build_agent_client_app",
     "limits_from_node_config",
 ]
-
-# Node-config keys the device sets from the signed order (edge_agent.fl.train_command).
-NODE_ORDER_RUN_ID = "order-run-id"
-NODE_REQUIRE_SECAGG = "require-secure-aggregation"
-RUN_NAME = "run-name"  # the hub's run id in the run config (cloud_hub.loop.deployment)
-RUN_SECAGG = "secure-aggregation"
 
 
 class RoundRefusedError(AgentError):
@@ -63,9 +54,9 @@ def limits_from_node_config(node_config: dict[str, Any]) -> LocalTrainingLimits:
 
     try:
         return LocalTrainingLimits(
-            batch_size=int(node_config.get("batch-size", 32)),
-            max_local_epochs=int(node_config.get("max-local-epochs", 1)),
-            time_budget_s=float(node_config.get("time-budget-s", 60.0)),
+            batch_size=int(node_config.get(NodeConfigKey.BATCH_SIZE, 32)),
+            max_local_epochs=int(node_config.get(NodeConfigKey.MAX_LOCAL_EPOCHS, 1)),
+            time_budget_s=float(node_config.get(NodeConfigKey.TIME_BUDGET_S, 60.0)),
         )
     except (ConfigError, TypeError, ValueError) as exc:
         raise AgentConfigError(f"bad training limits in node config: {exc}") from exc
@@ -73,10 +64,10 @@ def limits_from_node_config(node_config: dict[str, Any]) -> LocalTrainingLimits:
 
 def check_round(message: Message, context: Context) -> None:
     """Refuse a round the signed order does not cover (pure: raises or returns)."""
-    ordered_run = context.node_config.get(NODE_ORDER_RUN_ID)
-    if ordered_run is not None and context.run_config.get(RUN_NAME) != ordered_run:
+    ordered_run = context.node_config.get(NodeConfigKey.ORDER_RUN_ID)
+    if ordered_run is not None and context.run_config.get(RunConfigKey.RUN_NAME) != ordered_run:
         raise RoundRefusedError(
-            f"R4: round of run {context.run_config.get(RUN_NAME)!r}, the order is for "
+            f"R4: round of run {context.run_config.get(RunConfigKey.RUN_NAME)!r}, the order is for "
             f"{ordered_run!r}"
         )
     configs = None
@@ -84,9 +75,9 @@ def check_round(message: Message, context: Context) -> None:
         configs = message.content.config_records.get(RECORD_KEY_CONFIGS)
     if configs is not None and configs.get(Key.STAGE) == Stage.SETUP:
         _check_secagg_range(configs)
-    if not context.node_config.get(NODE_REQUIRE_SECAGG, False):
+    if not context.node_config.get(NodeConfigKey.REQUIRE_SECURE_AGGREGATION, False):
         return
-    if not context.run_config.get(RUN_SECAGG, True):
+    if not SECURE_AGGREGATION_FROM_RUN.on(context):
         raise RoundRefusedError("R4: SecAgg+ is required here and the run turned it off")
     if message.metadata.message_type == "train" and (configs is None or Key.STAGE not in configs):
         raise RoundRefusedError("R4: SecAgg+ is required here; this train message has no stage")
@@ -110,21 +101,6 @@ def _order_guard(message: Message, context: Context, call_next: ClientAppCallabl
     return call_next(message, context)
 
 
-def _secure_aggregation(
-    message: Message, context: Context, call_next: ClientAppCallable
-) -> Message:
-    # On unless the hub's run explicitly turns it off (must match the hub's workflow).
-    if context.run_config.get(RUN_SECAGG, True):
-        return hardened_secaggplus_mod(message, context, call_next)
-    return call_next(message, context)
-
-
-def _dp_clipping(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    if context.run_config.get("dp-clipping", False):
-        return fixedclipping_mod(message, context, call_next)
-    return call_next(message, context)
-
-
 def build_agent_client_app(data: DataResolver | None = None) -> ClientApp:
     """The agent's ClientApp training on ``data`` (default: the node config's ``data-path``).
 
@@ -139,11 +115,12 @@ def build_agent_client_app(data: DataResolver | None = None) -> ClientApp:
         from shared.fl.client import LocalTrainingClient
 
         torch.set_num_threads(1)
-        model_name = str(context.run_config.get("model-name", "digits-cnn"))
+        model_name = str(context.run_config.get(RunConfigKey.MODEL_NAME, "digits-cnn"))
         limits = limits_from_node_config(dict(context.node_config))
         return LocalTrainingClient(model_name, resolver(context), limits).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[_order_guard, _secure_aggregation, _dp_clipping])
+    # SecAgg+ and clipping as the hub's run config says (must match the hub's workflow)
+    return compose_client_app(client_fn, round_guard=_order_guard)
 
 
 app = build_agent_client_app()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.errors import AgentConfigError
+from shared.fl.config_keys import NodeConfigKey
 
 __all__ = ["SuperNodeConfig", "SuperNodeSupervisor"]
 
@@ -87,10 +88,10 @@ class SuperNodeConfig:
 
     def node_config(self) -> str:
         items: dict[str, str | int | float | bool] = {
-            "data-path": str(self.data_path),
-            "batch-size": self.batch_size,
-            "max-local-epochs": self.max_local_epochs,
-            "time-budget-s": float(self.time_budget_s),
+            NodeConfigKey.DATA_PATH: str(self.data_path),
+            NodeConfigKey.BATCH_SIZE: self.batch_size,
+            NodeConfigKey.MAX_LOCAL_EPOCHS: self.max_local_epochs,
+            NodeConfigKey.TIME_BUDGET_S: float(self.time_budget_s),
             **self.extra_node_config,
         }
         return " ".join(f"{k}={_toml_value(v)}" for k, v in items.items())

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import AgentConfigError
-from edge_agent.fl.client_app import NODE_ORDER_RUN_ID, NODE_REQUIRE_SECAGG
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.errors import FedfleetError, VerificationError
 from shared.files import atomic_write
+from shared.fl.config_keys import NodeConfigKey
 from shared.fl.order import OrderLedger, TrainingOrder, verify_training_order
 from shared.messages import Event, EventKind, Message, TrainCommand, new_id
 from shared.net import free_port
@@ -219,8 +219,8 @@ class TrainCommandHandler:
                 time_budget_s=self.limits.time_budget_s,
                 fab_sha256=order.fab_sha256,
                 extra_node_config={
-                    NODE_ORDER_RUN_ID: order.run_id,
-                    NODE_REQUIRE_SECAGG: order.secure_aggregation
+                    NodeConfigKey.ORDER_RUN_ID: order.run_id,
+                    NodeConfigKey.REQUIRE_SECURE_AGGREGATION: order.secure_aggregation
                     or self.limits.require_secure_aggregation,
                 },
             ),

@@ -17,13 +17,12 @@ from typing import Any
 
 from flwr.app import Context
 from flwr.client import NumPyClient
-from flwr.client.mod import fixedclipping_mod
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import Mod
 from numpy.typing import NDArray
 
+from shared.fl.config_keys import FitConfigKey, NodeConfigKey
 from shared.fl.data_source import DataResolver, LocalDataSource
-from shared.fl.mods import DropoutSchedule, hardened_secaggplus_mod
+from shared.fl.mods import DropoutSchedule, compose_client_app
 from shared.fl.training import (
     LocalTrainingLimits,
     evaluate_model,
@@ -33,11 +32,6 @@ from shared.fl.training import (
 )
 
 __all__ = ["ClientAppSpec", "LocalTrainingClient", "build_client_app"]
-
-# Fit-config keys the hub may send; the client caps them by its own limits.
-FIT_KEY_EPOCHS = "local-epochs"
-FIT_KEY_BATCH = "batch-size"
-FIT_KEY_LR = "learning-rate"
 
 
 class LocalTrainingClient(NumPyClient):
@@ -61,11 +55,13 @@ class LocalTrainingClient(NumPyClient):
     def _limits_for(self, config: dict[str, Any]) -> LocalTrainingLimits:
         # The hub asks; the device caps: never more epochs/batch than the device allows.
         epochs = min(
-            int(config.get(FIT_KEY_EPOCHS, self.limits.max_local_epochs)),
+            int(config.get(FitConfigKey.LOCAL_EPOCHS, self.limits.max_local_epochs)),
             self.limits.max_local_epochs,
         )
-        batch = min(int(config.get(FIT_KEY_BATCH, self.limits.batch_size)), self.limits.batch_size)
-        lr = float(config.get(FIT_KEY_LR, self.limits.learning_rate))
+        batch = min(
+            int(config.get(FitConfigKey.BATCH_SIZE, self.limits.batch_size)), self.limits.batch_size
+        )
+        lr = float(config.get(FitConfigKey.LEARNING_RATE, self.limits.learning_rate))
         return LocalTrainingLimits(
             batch_size=max(batch, 1),
             max_local_epochs=max(epochs, 1),
@@ -125,26 +121,18 @@ class ClientAppSpec:
             import torch
 
             torch.set_num_threads(self.torch_threads)
-        partition = context.node_config.get("partition-id", 0)
+        partition = context.node_config.get(NodeConfigKey.PARTITION_ID, 0)
         seed = self.seed * 100_003 + int(partition) if isinstance(partition, int) else self.seed
         return LocalTrainingClient(
             self.model_name, self.data(context), self.limits, seed=seed
         ).to_client()
 
-    def mods(self) -> list[Mod]:
-        # Order matters: the outermost mod comes first. Dropout fires before anything else;
-        # SecAgg+ masks what the inner mods return; clipping must see only the fit message
-        # (SecAgg+ only calls inward at its collect stage).
-        mods: list[Mod] = []
-        if self.dropout is not None:
-            mods.append(self.dropout.mod)
-        if self.secure_aggregation:
-            mods.append(hardened_secaggplus_mod)
-        if self.central_dp_clipping:
-            mods.append(fixedclipping_mod)
-        return mods
-
 
 def build_client_app(spec: ClientAppSpec) -> ClientApp:
-    """The Flower ``ClientApp`` for ``spec``."""
-    return ClientApp(client_fn=spec.client_fn, mods=spec.mods())
+    """The Flower ``ClientApp`` for ``spec`` (mod order: :func:`shared.fl.mods.client_mods`)."""
+    return compose_client_app(
+        spec.client_fn,
+        dropout=spec.dropout,
+        secure_aggregation=spec.secure_aggregation,
+        dp_clipping=spec.central_dp_clipping,
+    )

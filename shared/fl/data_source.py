@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared.errors import ConfigError
+from shared.fl.config_keys import NodeConfigKey
 
 __all__ = [
     "ArrayDataSource",
@@ -132,9 +133,9 @@ The edge agent plugs its sample store in here: any picklable callable taking the
 
 def _partition_id(context: _HasNodeConfig) -> int:
     try:
-        return int(context.node_config["partition-id"])
+        return int(context.node_config[NodeConfigKey.PARTITION_ID])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError("node config has no integer 'partition-id'") from exc
+        raise ConfigError(f"node config has no integer {NodeConfigKey.PARTITION_ID!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class InMemoryPartitions:
 class NodeConfigDataPath:
     """A SuperNode's data: the ``.npz`` named by its node config key ``data-path``."""
 
-    key: str = "data-path"
+    key: str = NodeConfigKey.DATA_PATH
 
     def __call__(self, context: _HasNodeConfig) -> LocalDataSource:
         value = context.node_config.get(self.key)

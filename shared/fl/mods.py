@@ -4,6 +4,8 @@
   :func:`shared.fl.secure_prg.secure_mask_generator` (masks from ChaCha20, see there).
 - :class:`DropoutSchedule` makes chosen clients fail at a chosen SecAgg+ stage (simulated
   device loss, for fault scenarios and tests).
+- :func:`client_mods` / :func:`compose_client_app` fix the mod order of every ClientApp
+  (the agent's and the simulations'): round guard, dropout, SecAgg+, clipping.
 
 Kept apart from :mod:`shared.fl.client` so that a SuperNode's ClientApp process can run
 the key-exchange and unmask stages of SecAgg+ without importing torch.
@@ -12,24 +14,35 @@ the key-exchange and unmask stages of SecAgg+ without importing torch.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import Context, Message
-from flwr.client.mod import secaggplus_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from shared.errors import ConfigError
+from shared.fl.config_keys import NodeConfigKey, RunConfigKey
 from shared.fl.secure_prg import secure_mask_generator
 
-__all__ = ["DropoutSchedule", "SimulatedDropoutError", "hardened_secaggplus_mod"]
+__all__ = [
+    "DropoutSchedule",
+    "RunConfigSwitch",
+    "SimulatedDropoutError",
+    "client_mods",
+    "compose_client_app",
+    "hardened_secaggplus_mod",
+]
 
 
 def _partition_id(context: Context) -> int:
     try:
-        return int(context.node_config["partition-id"])
+        return int(context.node_config[NodeConfigKey.PARTITION_ID])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError("node config has no integer 'partition-id'") from exc
+        raise ConfigError(f"node config has no integer {NodeConfigKey.PARTITION_ID!r}") from exc
 
 
 class SimulatedDropoutError(RuntimeError):
@@ -72,7 +85,10 @@ class DropoutSchedule:
 
     def mod(self, message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """A Flower ``Mod`` raising :class:`SimulatedDropoutError` when this client drops."""
-        if message.metadata.message_type == "train" and "partition-id" in context.node_config:
+        if (
+            message.metadata.message_type == "train"
+            and NodeConfigKey.PARTITION_ID in context.node_config
+        ):
             configs = message.content.config_records.get(RECORD_KEY_CONFIGS)
             stage = str(configs[Key.STAGE]) if configs is not None else self.stage
             server_round = int(message.metadata.group_id or 0)
@@ -89,3 +105,74 @@ def hardened_secaggplus_mod(
     """Flower's ``secaggplus_mod`` with masks from fedfleet's cryptographic generator."""
     with secure_mask_generator():
         return secaggplus_mod(message, context, call_next)
+
+
+@dataclass(frozen=True)
+class RunConfigSwitch:
+    """A mod that is on or off as the run's config says (the hub decides per run)."""
+
+    key: str
+    default: bool
+
+    def on(self, context: Context) -> bool:
+        return bool(context.run_config.get(self.key, self.default))
+
+    def gate(self, mod: Mod) -> Mod:
+        def switched(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+            if self.on(context):
+                return mod(message, context, call_next)
+            return call_next(message, context)
+
+        return switched
+
+
+#: SecAgg+ is on unless the run turns it off; clipping is off unless the run turns it on.
+SECURE_AGGREGATION_FROM_RUN = RunConfigSwitch(RunConfigKey.SECURE_AGGREGATION, True)
+DP_CLIPPING_FROM_RUN = RunConfigSwitch(RunConfigKey.DP_CLIPPING, False)
+
+Switch = bool | RunConfigSwitch
+
+
+def _switched(switch: Switch, mod: Mod) -> list[Mod]:
+    if isinstance(switch, RunConfigSwitch):
+        return [switch.gate(mod)]
+    return [mod] if switch else []
+
+
+def client_mods(
+    *,
+    round_guard: Mod | None = None,
+    dropout: DropoutSchedule | None = None,
+    secure_aggregation: Switch = SECURE_AGGREGATION_FROM_RUN,
+    dp_clipping: Switch = DP_CLIPPING_FROM_RUN,
+) -> list[Mod]:
+    """The one mod order of every fedfleet ClientApp (the outermost mod comes first).
+
+    The round guard refuses a round before anything runs; dropout fires before SecAgg+;
+    SecAgg+ masks what the inner mods return; clipping sees only the fit message (SecAgg+
+    calls inward only at its collect stage).
+    """
+    mods: list[Mod] = [] if round_guard is None else [round_guard]
+    if dropout is not None:
+        mods.append(dropout.mod)
+    mods += _switched(secure_aggregation, hardened_secaggplus_mod)
+    mods += _switched(dp_clipping, fixedclipping_mod)
+    return mods
+
+
+def compose_client_app(
+    client_fn: Callable[[Context], Any],
+    *,
+    round_guard: Mod | None = None,
+    dropout: DropoutSchedule | None = None,
+    secure_aggregation: Switch = SECURE_AGGREGATION_FROM_RUN,
+    dp_clipping: Switch = DP_CLIPPING_FROM_RUN,
+) -> ClientApp:
+    """A Flower ``ClientApp`` around ``client_fn`` with :func:`client_mods`."""
+    mods = client_mods(
+        round_guard=round_guard,
+        dropout=dropout,
+        secure_aggregation=secure_aggregation,
+        dp_clipping=dp_clipping,
+    )
+    return ClientApp(client_fn=client_fn, mods=mods)

@@ -25,9 +25,9 @@ from cloud_hub.fl.superlink import (
     fab_sha256,
     issue_superlink_tls,
 )
-from edge_agent.fl.client_app import NODE_ORDER_RUN_ID, NODE_REQUIRE_SECAGG
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.data import generate_sensor_data
+from shared.fl.config_keys import NodeConfigKey
 from tests.security._support_training import write_ca
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -78,7 +78,10 @@ class Hub:
                 clientappio_port=_port(),
                 root_certificates=self.ca,
                 fab_sha256=fab,
-                extra_node_config={NODE_ORDER_RUN_ID: RUN, NODE_REQUIRE_SECAGG: require_secagg},
+                extra_node_config={
+                    NodeConfigKey.ORDER_RUN_ID: RUN,
+                    NodeConfigKey.REQUIRE_SECURE_AGGREGATION: require_secagg,
+                },
             ),
             log_path=self.node_log,
         )
@@ -122,10 +125,16 @@ def _evil_fab(tmp_path: Path, marker: Path) -> Path:
     """fedfleet's FAB with a ClientApp module that runs attacker code when imported."""
     evil = tmp_path / "evil-fab"
     shutil.copytree(FAB_DIR, evil, ignore=shutil.ignore_patterns("__pycache__"))
-    client = evil / "fedfleet_fab" / "client.py"
-    client.write_text(
+    (evil / "evil_client.py").write_text(
         f"from pathlib import Path\nPath({str(marker)!r}).write_text('attacker code ran')\n"
-        + client.read_text()
+        "from edge_agent.fl.client_app import app as ordered_app\n"
+        "app = ordered_app\n"
+    )
+    manifest = evil / "pyproject.toml"
+    ordered_client = 'clientapp = "edge_agent.fl.client_app:app"'
+    assert ordered_client in manifest.read_text()
+    manifest.write_text(
+        manifest.read_text().replace(ordered_client, 'clientapp = "evil_client:app"')
     )
     return evil
 

@@ -1,0 +1,49 @@
+"""The keys of Flower's run, node and fit configs, one constant each for hub and device.
+
+Like Flower's own ``secaggplus_constants.Key``: the hub's ServerApp and training orders and
+the agent's ClientApp and SuperNode import these names instead of spelling the strings on
+both sides, so a renamed key breaks at import time rather than silently reading a default.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FitConfigKey", "NodeConfigKey", "RunConfigKey"]
+
+
+class RunConfigKey:
+    """Run config: set by the hub for one run (``flwr run --run-config``)."""
+
+    # read by the ServerApp on the hub (cloud_hub.fl.deployment)
+    CONFIG_PATH = "config-path"  # TOML whose [training] table is the FederatedRunConfig
+    VALIDATION_PATH = "validation-path"  # hub-held validation set (.npz with x and y)
+    RESULTS_DIR = "results-dir"  # where rounds.json / summary.json are written
+    MODEL_STORE = "model-store"  # optional ModelStore root
+    # read by both sides
+    RUN_NAME = "run-name"  # the hub's run id; a device compares it with its signed order
+    # read by the agent's ClientApp (must match the hub's workflow)
+    MODEL_NAME = "model-name"
+    SECURE_AGGREGATION = "secure-aggregation"  # default on
+    DP_CLIPPING = "dp-clipping"  # default off
+
+
+class NodeConfigKey:
+    """Node config: set by the device for its SuperNode (``--node-config``)."""
+
+    DATA_PATH = "data-path"  # the device's labelled samples (.npz with x and y)
+    BATCH_SIZE = "batch-size"
+    MAX_LOCAL_EPOCHS = "max-local-epochs"
+    TIME_BUDGET_S = "time-budget-s"
+    # from the signed training order (R4)
+    ORDER_RUN_ID = "order-run-id"
+    REQUIRE_SECURE_AGGREGATION = "require-secure-aggregation"
+    # simulated clients (Simulation Engine, in-process grid)
+    PARTITION_ID = "partition-id"
+    NUM_PARTITIONS = "num-partitions"
+
+
+class FitConfigKey:
+    """Fit config: sent by the hub's strategy each round; the client caps it by its limits."""
+
+    LOCAL_EPOCHS = "local-epochs"
+    BATCH_SIZE = "batch-size"
+    LEARNING_RATE = "learning-rate"
