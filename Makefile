@@ -13,6 +13,7 @@ demo: env
 lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports  # layer contracts in pyproject.toml (docs/architecture.md)
 
 typecheck: env
 	$(VENV)/bin/mypy

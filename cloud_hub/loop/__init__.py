@@ -8,8 +8,9 @@
 - :mod:`.controller` — ticks the policy per class, runs the pipeline, approvals;
 - :mod:`.cohort` — where a cohort's training data comes from (and why the demo uses the
   in-process engine rather than Flower's Deployment Engine);
-- :mod:`.broker`, :mod:`.device`, :mod:`.fleet`, :mod:`.demo`, :mod:`.report` — the
-  one-command demo (``cloud-hub demo``) and ``benchmarks/loop.py``.
+- :mod:`.deployment` — a cohort trained on the devices through Flower's Deployment Engine.
+
+The one-command demo that drives this loop on one machine lives in ``simulations.demo``.
 
 Nothing is imported here: the submodules pull in torch/Flower only where they need them.
 """

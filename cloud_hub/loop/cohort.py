@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from cloud_hub.errors import TrainingError
 from shared.fl import ArrayDataSource, LocalDataSource
+from shared.fl.sample_db import read_labelled_samples
 
 __all__ = ["CohortData", "DeviceSampleStores"]
 
@@ -53,16 +54,10 @@ class DeviceSampleStores:
         return cls({p.parent.parent.name: p for p in sorted(Path(root).glob(pattern))})
 
     def load(self, device_id: str, *, limit: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        from edge_agent.samples.store import SampleStore, SampleStoreConfig
-
         path = self.stores.get(device_id)
-        if path is None or not path.is_file():
+        if path is None:
             return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
-        store = SampleStore(SampleStoreConfig(path=path))
-        try:
-            return store.load_training_arrays(limit=limit)
-        finally:
-            store.close()
+        return read_labelled_samples(path, limit=limit)
 
     def sources(
         self, device_ids: Sequence[str], *, limit: int, minimum: int

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.errors import AgentConfigError, InferenceInputError
+from shared.fl.sample_db import LABELLED_SAMPLES_QUERY, labelled_arrays
 
 __all__ = ["SampleStore", "SampleStoreConfig", "SampleStoreStats"]
 
@@ -169,31 +170,10 @@ class SampleStore:
     def load_training_arrays(
         self, *, limit: int | None = None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Labelled samples, newest first, as ``(x, y)``.
-
-        Only samples with the shape of the newest labelled one are returned (a model update
-        may change the input shape). Empty arrays when nothing is labelled.
-        """
-        query = (
-            "SELECT shape, dtype, x, label FROM samples WHERE label IS NOT NULL "
-            "ORDER BY created DESC, rowid DESC"
-        )
+        """Labelled samples, newest first, as ``(x, y)`` (see :func:`labelled_arrays`)."""
         with self._lock:
-            rows = self._db.execute(query).fetchall()
-        if not rows:
-            return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
-        shape_key = rows[0][0]
-        shape = tuple(int(d) for d in shape_key.split(",") if d)
-        xs: list[NDArray[np.float32]] = []
-        ys: list[int] = []
-        for row_shape, dtype, blob, label in rows:
-            if row_shape != shape_key:
-                continue
-            xs.append(np.frombuffer(blob, dtype=np.dtype(dtype)).reshape(shape).astype(np.float32))
-            ys.append(int(label))
-            if limit is not None and len(xs) >= limit:
-                break
-        return np.stack(xs), np.asarray(ys, dtype=np.int64)
+            rows = self._db.execute(LABELLED_SAMPLES_QUERY).fetchall()
+        return labelled_arrays(rows, limit=limit)
 
     def close(self) -> None:
         with self._lock:

@@ -1,1 +1,0 @@
-"""fedfleet's Flower App: thin entry points into the installed package."""
