@@ -34,21 +34,18 @@ from edge_agent.ota.freshness import TrustUpdates
 from edge_agent.ota.health import HealthCheck
 from edge_agent.transport import InboundMessage, MqttLink, Outbox
 from shared.device_facts import detect_device_facts
-from shared.errors import ProtocolError
+from shared.errors import ConfigError, ProtocolError
 from shared.messages import (
-    ChunkRequest,
     DeployCommand,
-    DriftReport,
-    Event,
     Hello,
     Message,
     PingCommand,
     RollbackCommand,
     Status,
-    Telemetry,
     TrainCommand,
     decode_message,
 )
+from shared.uplink import uplink_of
 
 __all__ = ["EdgeAgent", "Reporter"]
 
@@ -57,14 +54,6 @@ log = logging.getLogger(__name__)
 Reporter = Callable[[], Iterable[Message]]
 _CONNECTED = object()
 _CHUNK_FRAME_SLACK = 8 * 1024  # frame header on top of a chunk's data
-_UPLINK: dict[type[Message], tuple[str, bool]] = {
-    Hello: ("hello", False),
-    Status: ("status", True),
-    Telemetry: ("telemetry", False),
-    DriftReport: ("drift", False),
-    Event: ("events", False),
-    ChunkRequest: ("chunk-req", False),
-}
 
 
 @dataclass(frozen=True)
@@ -242,11 +231,11 @@ class EdgeAgent:
     def report(self, message: Message) -> None:
         """Send a device → hub message through the outbox (survives disconnects)."""
         try:
-            channel, retain = _UPLINK[type(message)]
-        except KeyError:
-            raise AgentError(f"{type(message).__name__} is not a device-to-hub message") from None
-        topic = self.topics.device(self.config.device_id, channel)
-        self.link.publish(topic, message.encode(), qos=1, retain=retain)
+            contract = uplink_of(type(message))
+        except ConfigError as exc:
+            raise AgentError(str(exc)) from None
+        topic = self.topics.device(self.config.device_id, contract.channel)
+        self.link.publish(topic, message.encode(), qos=contract.qos, retain=contract.retain)
 
     def publish_status(self) -> None:
         self.report(self._status(online=True))

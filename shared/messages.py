@@ -19,6 +19,7 @@ from shared._codec import from_plain, to_plain
 from shared.canonical import canonical_bytes, parse_json_object
 from shared.device_facts import DeviceFacts
 from shared.errors import MalformedMessageError, UnsupportedVersionError
+from shared.install_phase import InstallPhase
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = 1
@@ -118,7 +119,7 @@ class Status(Message):
     device_id: str
     online: bool
     installed: InstalledModel | None = None
-    ota_state: str = "idle"
+    ota_state: str = InstallPhase.IDLE.value  # an InstallPhase name (open: newer agents)
     deployment_id: str | None = None
     runtime: str | None = None
     provider: str | None = None
@@ -180,9 +181,10 @@ class EventKind:
     INSTALLED = "installed"
     HEALTH_OK = "health_ok"
     HEALTH_FAILED = "health_failed"
-    COMMITTED = "committed"
-    ROLLED_BACK = "rolled_back"
-    FAILED = "failed"
+    # the terminal events carry the name of the deployment's terminal install phase
+    COMMITTED = InstallPhase.COMMITTED.value
+    ROLLED_BACK = InstallPhase.ROLLED_BACK.value
+    FAILED = InstallPhase.FAILED.value
     DELTA_FALLBACK = "delta_fallback"
     REJECTED = "rejected"
     RUNTIME_FALLBACK = "runtime_fallback"

@@ -7,6 +7,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from shared.install_phase import TERMINAL_INSTALL_PHASES
 from shared.messages import Event, EventKind
 
 __all__ = [
@@ -36,13 +37,9 @@ class DeliveryState(str, enum.Enum):
     REJECTED = "rejected"
 
 
+#: The device's terminal install phases, and an offer it refused before downloading.
 TERMINAL_STATES = frozenset(
-    {
-        DeliveryState.COMMITTED,
-        DeliveryState.ROLLED_BACK,
-        DeliveryState.FAILED,
-        DeliveryState.REJECTED,
-    }
+    {DeliveryState(p.value) for p in TERMINAL_INSTALL_PHASES} | {DeliveryState.REJECTED}
 )
 
 _EVENT_STATE: Mapping[str, DeliveryState] = {

@@ -34,6 +34,7 @@ from cloud_hub.errors import HubConfigError
 from shared.bundle import bundle_id_of, parse_bundle
 from shared.chunks import encode_chunk, split_chunks
 from shared.errors import ConfigError, ProtocolError
+from shared.install_phase import is_terminal_phase
 from shared.messages import (
     ChunkRequest,
     DeployCommand,
@@ -47,11 +48,13 @@ from shared.messages import (
 )
 from shared.refusal_log import RefusalLog
 from shared.topics import validate_device_id
+from shared.uplink import UPLINK
 
 __all__ = ["DeviceInfo", "FleetPublisher"]
 
 log = logging.getLogger(__name__)
-_TERMINAL_PHASES = frozenset({"committed", "rolled_back", "failed"})
+# chunk requests, and the deployment progress this publisher tracks on its own
+_READ_CHANNELS = ("events", "chunk-req", "hello", "status")
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,7 @@ class FleetPublisher:
         self.rejected_messages = 0
         self._session = MqttSession(
             config,
-            subscriptions=[
-                self.topics.all_devices(ch) for ch in ("events", "chunk-req", "hello", "status")
-            ],
+            subscriptions=[self.topics.all_devices(ch) for ch in _READ_CHANNELS],
             on_message=self._on_message,
         )
         # repairs and full-bundle fallbacks, served only to targets (R8)
@@ -115,13 +116,9 @@ class FleetPublisher:
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
             where = self.topics.parse_device_topic(topic)
-            expected: dict[str, tuple[type[Any], ...]] = {
-                "events": (Event,),
-                "chunk-req": (ChunkRequest,),
-                "hello": (Hello,),
-                "status": (Status,),
-            }
-            msg = decode_message(payload, expected=expected[where.channel])
+            if where.channel not in _READ_CHANNELS:
+                raise KeyError(where.channel)
+            msg = decode_message(payload, expected=(UPLINK[where.channel].message_type,))
             if getattr(msg, "device_id", where.device_id) != where.device_id:
                 raise ProtocolError(f"device_id does not match topic {topic}")
         except (ProtocolError, KeyError) as exc:
@@ -186,7 +183,7 @@ class FleetPublisher:
         """A (retained) status naming a deployment in a terminal phase finishes it for that
         device even if its events were lost (e.g. the broker restarted while the hub was
         reconnecting)."""
-        if status.deployment_id and status.ota_state in _TERMINAL_PHASES:
+        if status.deployment_id and is_terminal_phase(status.ota_state):
             self._on_event(
                 Event(
                     device_id=status.device_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cloud_hub.registry.hello_identity import HUB_EVENT_PREFIX
@@ -13,16 +14,12 @@ from shared.errors import (
 )
 from shared.messages import DriftReport, Event, Hello, Message, Status, Telemetry, decode_message
 from shared.topics import TopicScheme
+from shared.uplink import HubReader, channels_read_by
 
 __all__ = ["INGEST_CHANNELS", "Inbound", "Rejected", "classify", "storage_problem"]
 
-INGEST_CHANNELS: dict[str, type[Message]] = {
-    "hello": Hello,
-    "status": Status,
-    "telemetry": Telemetry,
-    "drift": DriftReport,
-    "events": Event,
-}
+#: The uplink channels the ingest is the hub's one reader of (see :mod:`shared.uplink`).
+INGEST_CHANNELS: Mapping[str, type[Message]] = channels_read_by(HubReader.INGEST)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edge_agent.errors import InstallError
+from shared.install_phase import TERMINAL_INSTALL_PHASES, InstallPhase
 
 __all__ = [
+    "RECOVERY",
     "TERMINAL",
     "TRANSITIONS",
     "Deployment",
@@ -46,16 +48,8 @@ __all__ = [
 ]
 
 
-class Phase(str, enum.Enum):
-    IDLE = "idle"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    INSTALLING = "installing"
-    HEALTH_CHECK = "health_check"
-    COMMITTED = "committed"
-    ROLLING_BACK = "rolling_back"
-    ROLLED_BACK = "rolled_back"
-    FAILED = "failed"
+#: The phases are the shared install vocabulary (devices report them in ``Status``).
+Phase = InstallPhase
 
 
 class Trigger(str, enum.Enum):
@@ -76,7 +70,7 @@ class Trigger(str, enum.Enum):
     REPAIR = "repair"  # verification located corrupt chunks: fetch them again
 
 
-TERMINAL = frozenset({Phase.COMMITTED, Phase.ROLLED_BACK, Phase.FAILED})
+TERMINAL = TERMINAL_INSTALL_PHASES
 _START = (Phase.IDLE, *sorted(TERMINAL))
 
 P, T = Phase, Trigger
@@ -285,23 +279,31 @@ def recovery_action(
     and is redone, at most ``max_resumes`` times (a model that crashes the agent during its
     health check thus ends rolled back instead of looping).
     """
-    if dep is None or dep.phase == Phase.IDLE or dep.terminal:
+    if dep is None:
         return RecoveryAction.NOTHING
-    if dep.phase == Phase.ROLLING_BACK:
-        return RecoveryAction.ROLL_BACK
-    if (
-        dep.phase == Phase.HEALTH_CHECK
-        and dep.target_slot is not None
-        and active_slot == dep.target_slot
-    ):
-        return RecoveryAction.FINISH_COMMIT
-    if dep.resumes >= max_resumes:
-        if dep.phase in (Phase.INSTALLING, Phase.HEALTH_CHECK):
-            return RecoveryAction.ROLL_BACK
-        return RecoveryAction.FAIL
+    switched = dep.target_slot is not None and active_slot == dep.target_slot
+    return RECOVERY[(dep.phase, switched, dep.resumes >= max_resumes)]
+
+
+def _recovery_table() -> Mapping[tuple[Phase, bool, bool], RecoveryAction]:
+    P, A, both = Phase, RecoveryAction, (False, True)
+    resume = {
+        P.DOWNLOADING: (A.RESUME_DOWNLOAD, A.FAIL),
+        P.VERIFYING: (A.VERIFY, A.FAIL),
+        P.INSTALLING: (A.INSTALL, A.ROLL_BACK),
+        P.HEALTH_CHECK: (A.HEALTH_CHECK, A.ROLL_BACK),
+    }
     return {
-        Phase.DOWNLOADING: RecoveryAction.RESUME_DOWNLOAD,
-        Phase.VERIFYING: RecoveryAction.VERIFY,
-        Phase.INSTALLING: RecoveryAction.INSTALL,
-        Phase.HEALTH_CHECK: RecoveryAction.HEALTH_CHECK,
-    }[dep.phase]
+        **{(p, sw, sp): A.NOTHING for p in (P.IDLE, *TERMINAL) for sw in both for sp in both},
+        **{(P.ROLLING_BACK, sw, sp): A.ROLL_BACK for sw in both for sp in both},
+        # (phase, pointer names the new slot, restarts used up): before the pointer switch
+        # a step is redone until the restarts run out, then given up
+        **{(p, sw, sp): acts[sp] for p, acts in resume.items() for sw in both for sp in both},
+        # the pointer switch is the commit point
+        **{(P.HEALTH_CHECK, True, sp): A.FINISH_COMMIT for sp in both},
+    }
+
+
+#: (phase, the active pointer names the deployment's target slot, restarts used up) →
+#: what a restarted agent does. Total over every combination (tests check it).
+RECOVERY: Mapping[tuple[Phase, bool, bool], RecoveryAction] = _recovery_table()

@@ -78,6 +78,15 @@ from shared.topics import TopicScheme
 __all__ = ["OtaStatus", "OtaUpdater"]
 
 log = logging.getLogger(__name__)
+# recovery actions that redo the interrupted step (each spends one of ``max_resumes``)
+_REDO_ACTIONS = frozenset(
+    {
+        RecoveryAction.RESUME_DOWNLOAD,
+        RecoveryAction.VERIFY,
+        RecoveryAction.INSTALL,
+        RecoveryAction.HEALTH_CHECK,
+    }
+)
 
 Emit = Callable[[Message], None]
 ActiveChanged = Callable[[InstalledSlot | None], None]
@@ -178,40 +187,47 @@ class OtaUpdater:
         if dep is None or action == RecoveryAction.NOTHING:
             return
         log.info("recovering deployment %s in %s: %s", dep.deployment_id, dep.phase.value, action)
-        now = self._clock()
-        if action in (RecoveryAction.FAIL, RecoveryAction.ROLL_BACK) and dep.phase not in (
-            Phase.ROLLING_BACK,
-        ):
-            reason = f"interrupted {dep.resumes + 1} times in {dep.phase.value}"
-            self._abort(Trigger.ERROR, reason)
-            return
-        if action == RecoveryAction.ROLL_BACK:
+        if action in _REDO_ACTIONS:  # one more restart spent on this step
+            deadline = self._clock() + self._phase_timeouts[dep.phase]
+            self._save(replace(dep, resumes=dep.resumes + 1, deadline=deadline))
+        recover_by = {
+            RecoveryAction.FAIL: self._give_up,
+            RecoveryAction.ROLL_BACK: self._give_up,
+            RecoveryAction.FINISH_COMMIT: lambda: self._commit(resume=True),
+            RecoveryAction.RESUME_DOWNLOAD: self._resume_download,
+            RecoveryAction.VERIFY: self._resume_verify,
+            RecoveryAction.INSTALL: self._resume_install,
+            RecoveryAction.HEALTH_CHECK: self._health_and_commit,
+        }
+        recover_by[action]()
+
+    def _give_up(self) -> None:
+        """Restarts used up (or a rollback was under way): make the previous slot active."""
+        dep = self._dep()
+        if dep.phase == Phase.ROLLING_BACK:
             self._roll_back()
             return
-        if action == RecoveryAction.FINISH_COMMIT:
-            self._commit(resume=True)
+        self._abort(Trigger.ERROR, f"interrupted {dep.resumes + 1} times in {dep.phase.value}")
+
+    def _resume_download(self) -> None:
+        if self._open_download() and self.transfer.complete:
+            self._verify_and_install()
+
+    def _resume_verify(self) -> None:
+        if self._open_download():
+            self._verify_and_install()
+
+    def _resume_install(self) -> None:
+        if not self._open_download():
             return
-        deadline = now + self._phase_timeouts[dep.phase]
-        self._save(replace(dep, resumes=dep.resumes + 1, deadline=deadline))
-        if action == RecoveryAction.RESUME_DOWNLOAD:
-            if self._open_download() and self.transfer.complete:
-                self._verify_and_install()
-        elif action == RecoveryAction.VERIFY:
-            if self._open_download():
-                self._verify_and_install()
-        elif action == RecoveryAction.INSTALL:
-            if not self._open_download():
-                return
-            try:
-                verified = self._reverify()
-                artifacts = self._full_artifacts(verified)
-            except (BundleError, InstallError, OSError) as exc:
-                self._step(Trigger.ERROR, reason=f"cannot resume install: {describe(exc)}")
-                self._roll_back()
-                return
-            self._install(verified, artifacts)
-        elif action == RecoveryAction.HEALTH_CHECK:
-            self._health_and_commit()
+        try:
+            verified = self._reverify()
+            artifacts = self._full_artifacts(verified)
+        except (BundleError, InstallError, OSError) as exc:
+            self._step(Trigger.ERROR, reason=f"cannot resume install: {describe(exc)}")
+            self._roll_back()
+            return
+        self._install(verified, artifacts)
 
     def close(self) -> None:
         self.transfer.close()
@@ -362,7 +378,8 @@ class OtaUpdater:
             except InstallError as exc:
                 self._abort(Trigger.ERROR, str(exc))
                 return
-            self._step(Trigger.DOWNLOAD_COMPLETE, event=EventKind.DOWNLOAD_COMPLETE)
+            received = {"bytes_received": self.transfer.bytes_received}
+            self._step(Trigger.DOWNLOAD_COMPLETE, event=EventKind.DOWNLOAD_COMPLETE, data=received)
         try:
             verified = self._reverify()
         except (BundleError, InstallError) as exc:
