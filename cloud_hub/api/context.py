@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cloud_hub.registry import Registry
@@ -27,6 +28,8 @@ class ApiContext:
     - ``ingest_stats``: counters of the MQTT ingest for ``/metrics``.
     - ``bundles``: the hub's bundle store; uploads and registrations are verified against
       its keys and kept there (refused without it).
+    - ``shutting_down``: set when the server begins to shut down; long-lived responses (the
+      dashboard's live stream) end on it instead of holding the shutdown open.
     """
 
     registry: Registry
@@ -36,3 +39,4 @@ class ApiContext:
     bundles: BundleStore | None = None
     clock: Callable[[], float] = time.time
     max_upload_bytes: int = 512 * 1024 * 1024
+    shutting_down: threading.Event = field(default_factory=threading.Event)

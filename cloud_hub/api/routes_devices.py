@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,8 @@ from shared.golden import GOLDEN_CHECK
 from shared.messages import EventKind
 
 __all__ = ["router"]
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
 DeviceId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
@@ -187,11 +190,23 @@ def patch_device(
         return devices.set_labels(s, device_id, body.labels, replace=body.replace)
 
 
-@router.delete("/devices/{device_id}", status_code=204, summary="Forget a device")
-def delete_device(request: Request, device_id: DeviceId, _: Admin) -> Response:
+@router.delete("/devices/{device_id}", status_code=204, summary="Decommission a device")
+def delete_device(request: Request, device_id: DeviceId, who: Admin) -> Response:
+    """Forget the device and refuse its messages from now on (a device still online does
+    not come back); an enrolled device's certificate is revoked too (refresh the broker's
+    CRL with ``cloud-hub enroll-revoke``). Enrolling the id again readmits it."""
     ctx = _ctx(request)
     with ctx.registry.session() as s:
-        devices.delete_device(s, device_id)
+        devices.delete_device(s, device_id, now=ctx.clock(), by=who.name)
+    enrollment = ctx.enrollment
+    if enrollment is not None and enrollment.repository.get_device(device_id) is not None:
+        revoked = enrollment.revoke(device_id)
+        log.warning(
+            "device %s removed by %s; certificate serial %d revoked",
+            device_id,
+            who.name,
+            revoked.cert_serial,
+        )
     return Response(status_code=204)
 
 

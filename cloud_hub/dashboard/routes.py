@@ -116,6 +116,10 @@ async def _live_events(
     next_check = loop.time() + recheck_s
     yield b"retry: 2000\n\n"
     while loop.time() < deadline and not await request.is_disconnected():
+        if context.shutting_down.is_set():
+            # the hub is stopping: end the stream now, the page reconnects to the next hub
+            yield b"event: closing\ndata: {}\n\n"
+            return
         if loop.time() >= next_check:
             next_check = loop.time() + recheck_s
             if not await run_in_threadpool(token_is_live, token_id):

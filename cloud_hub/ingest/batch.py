@@ -45,6 +45,8 @@ class BatchCounts:
     drift_new: int
     telemetry_rows: int
     skipped_values: int
+    removed_refused: int = 0  # messages of devices an operator removed, not written
+    removed_devices: tuple[str, ...] = ()
 
 
 @dataclass
@@ -117,6 +119,17 @@ class IngestBatch:
             if msg.ts >= acc.last_ts:
                 acc.last, acc.last_ts = value, msg.ts
 
+    def device_ids(self) -> set[str]:
+        return {item.device_id for item in self.items}
+
+    def without(self, device_ids: set[str]) -> IngestBatch:
+        """The same batch minus every message of ``device_ids``."""
+        kept = IngestBatch(max_metrics=self.max_metrics)
+        for item in self.items:
+            if item.device_id not in device_ids:
+                kept.apply(item)
+        return kept
+
     def aggregates(self) -> list[TelemetryAggregate]:
         return [
             TelemetryAggregate(d, m, v, name, a.count, a.sum, a.max, a.last, a.last_ts)
@@ -125,7 +138,12 @@ class IngestBatch:
 
 
 def write_batch(session: Session, batch: IngestBatch, *, now: float) -> BatchCounts:
-    """Store ``batch`` (the caller owns the transaction)."""
+    """Store ``batch`` (the caller owns the transaction). Messages of removed devices are
+    not stored: a decommissioned device still online must not come back as a stub."""
+    removed = devices.removed_among(session, batch.device_ids())
+    full = batch
+    if removed:
+        batch = batch.without(removed)
     # Order matters: rows for new devices first, then the last-writer-wins updates.
     devices.touch_devices(session, batch.last_seen, now=now)
     devices.record_hellos(session, list(batch.hellos.values()), now=now)
@@ -143,4 +161,6 @@ def write_batch(session: Session, batch: IngestBatch, *, now: float) -> BatchCou
         drift_new=drift_new,
         telemetry_rows=len(aggregates),
         skipped_values=batch.skipped_values,
+        removed_refused=full.messages - batch.messages,
+        removed_devices=tuple(sorted(removed)),
     )

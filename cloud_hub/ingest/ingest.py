@@ -305,12 +305,24 @@ class FleetIngest:
 
     def _account(self, batch: IngestBatch, counts: BatchCounts) -> bool:
         done = self._clock()
+        seen = 0
         with self._lock:
-            self._counts["written"] += batch.messages
+            self._counts["written"] += batch.messages - counts.removed_refused
             self._counts["batches"] += 1
             self._counts["events_new"] += counts.events_new
             self._counts["drift_new"] += counts.drift_new
             self._lags.extend(done - r for r in batch.received_at)
+            if counts.removed_refused:
+                self._rejected["removed_device"] += counts.removed_refused
+                seen = self._rejected["removed_device"]
+        if counts.removed_refused and (seen <= 10 or seen & (seen - 1) == 0):
+            log.warning(
+                "refused %d message(s) of removed device(s) %s (%d so far): re-enroll an id "
+                "(`cloud-hub enroll-token --device-id ID`) to readmit it",
+                counts.removed_refused,
+                ", ".join(counts.removed_devices[:5]),
+                seen,
+            )
         for listener in self._listeners:
             try:
                 listener(counts)
@@ -320,13 +332,15 @@ class FleetIngest:
 
     def _write_singly(self, batch: IngestBatch) -> bool:
         total = Counter[str]()
+        removed: set[str] = set()
         for item in batch.items:
             single = IngestBatch(max_metrics=self.config.max_metrics)
             single.apply(item)
             try:
                 with self.registry.session() as session:
                     counts = write_batch(session, single, now=self._clock())
-                total.update(dataclasses.asdict(counts))
+                total.update(dataclasses.asdict(counts) | {"removed_devices": 0})
+                removed.update(counts.removed_devices)
             except (OperationalError, InterfaceError):
                 return False  # the database went away meanwhile: retry the whole batch
             except SQLAlchemyError as exc:
@@ -335,7 +349,9 @@ class FleetIngest:
                 log.warning(
                     "dropped an unstorable %s from %s: %s", item.channel, item.device_id, exc
                 )
-        merged = BatchCounts(**{f.name: total[f.name] for f in dataclasses.fields(BatchCounts)})
+        sums = {f.name: total[f.name] for f in dataclasses.fields(BatchCounts)}
+        del sums["removed_devices"]
+        merged = BatchCounts(**sums, removed_devices=tuple(sorted(removed)))
         return self._account(batch, merged)
 
     def stats(self) -> IngestStats:

@@ -33,6 +33,7 @@ __all__ = [
     "record_audit",
     "revoke_token",
     "role_allows",
+    "update_audit_detail",
     "update_training_run",
 ]
 
@@ -117,18 +118,27 @@ def record_audit(
     status: int,
     detail: Mapping[str, Any] | None = None,
     now: float,
-) -> None:
-    session.add(
-        AuditEntry(
-            ts=now,
-            actor=actor[:128],
-            role=role[:16],
-            action=action[:16],
-            resource=resource[:2000],
-            status=status,
-            detail=dict(detail or {}),
-        )
+) -> int:
+    """Append an audit entry; its id."""
+    entry = AuditEntry(
+        ts=now,
+        actor=actor[:128],
+        role=role[:16],
+        action=action[:16],
+        resource=resource[:2000],
+        status=status,
+        detail=dict(detail or {}),
     )
+    session.add(entry)
+    session.flush()
+    return entry.id
+
+
+def update_audit_detail(session: Session, entry_id: int, detail: Mapping[str, Any]) -> None:
+    """Replace the detail of an entry (the running count of a tallied entry)."""
+    entry = session.get(AuditEntry, entry_id)
+    if entry is not None:
+        entry.detail = dict(detail)
 
 
 def list_audit(

@@ -9,7 +9,7 @@ device stamped it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from cloud_hub.registry.hello_identity import (
     accept_hello_identity,
 )
 from cloud_hub.registry.records import DeviceRecord, Page
-from cloud_hub.registry.tables import Device, DeviceClass, DeviceLabel
+from cloud_hub.registry.tables import Device, DeviceClass, DeviceLabel, RemovedDevice
 from shared.device_facts import target_of
 from shared.messages import Hello, Status
 
@@ -52,6 +52,7 @@ __all__ = [
     "record_hellos",
     "record_statuses",
     "register_device",
+    "removed_among",
     "select_device_ids",
     "set_labels",
     "set_online",
@@ -204,7 +205,9 @@ def register_device(
     labels: Mapping[str, str] | None = None,
     now: float,
 ) -> DeviceRecord:
-    """Create a device before it ever connects (enrollment, pre-provisioning); idempotent."""
+    """Create a device before it ever connects (enrollment, pre-provisioning); idempotent.
+    Registering a removed device's id readmits it."""
+    session.execute(delete(RemovedDevice).where(RemovedDevice.device_id == device_id))
     _ensure_classes(session, {device_class}, now)
     touch_devices(session, {device_id: now}, now=now)
     session.execute(
@@ -213,11 +216,25 @@ def register_device(
     return set_labels(session, device_id, labels or {})
 
 
-def delete_device(session: Session, device_id: str) -> None:
+def delete_device(session: Session, device_id: str, *, now: float, by: str = "") -> None:
+    """Forget a device and remember that it was removed: from now on the ingest refuses
+    its messages (:func:`removed_among`), until the id is enrolled again."""
     if session.get(Device, device_id) is None:
         raise NotFoundError(f"device {device_id!r} not found")
     session.execute(delete(DeviceLabel).where(DeviceLabel.device_id == device_id))
     session.execute(delete(Device).where(Device.device_id == device_id))
+    session.merge(RemovedDevice(device_id=device_id, removed_at=now, removed_by=by[:128]))
+
+
+def removed_among(session: Session, device_ids: Iterable[str]) -> set[str]:
+    """Which of ``device_ids`` an operator removed (and nobody enrolled since)."""
+    ids = list(device_ids)
+    if not ids:
+        return set()
+    found = session.scalars(
+        select(RemovedDevice.device_id).where(RemovedDevice.device_id.in_(ids))
+    )
+    return set(found)
 
 
 def _ensure_devices(session: Session, first_seen: Mapping[str, float]) -> None:

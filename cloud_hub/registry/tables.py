@@ -39,6 +39,7 @@ __all__ = [
     "EventRow",
     "Model",
     "ModelVersion",
+    "RemovedDevice",
     "Rollout",
     "RolloutStage",
     "RolloutTarget",
@@ -98,6 +99,18 @@ class Device(Base):
     target: Mapped[str | None] = mapped_column(String(32), index=True)
     first_seen: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RemovedDevice(Base):
+    """A device an operator deleted (migration 0004): the ingest refuses its messages, so a
+    device still online does not come back as a stub without class or labels. Enrolling the
+    id again lifts it."""
+
+    __tablename__ = "removed_devices"
+
+    device_id: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    removed_at: Mapped[float] = mapped_column(Float)
+    removed_by: Mapped[str] = mapped_column(String(128), default="")
 
 
 class DeviceLabel(Base):

@@ -157,9 +157,9 @@ def test_labels_register_delete_and_silent_offline(registry: Registry) -> None:
         devices.set_online(s, {"pre-1": True})
         assert devices.mark_silent_offline(s, silent_since=T0 + 1) == 1
         assert devices.get_device(s, "pre-1").online is False
-        devices.delete_device(s, "pre-1")
+        devices.delete_device(s, "pre-1", now=T0)
         with pytest.raises(NotFoundError):
-            devices.delete_device(s, "pre-1")
+            devices.delete_device(s, "pre-1", now=T0)
 
 
 def _event(eid: str, device: str = "d1", kind: str = "installed", ts: float = T0) -> Event:
