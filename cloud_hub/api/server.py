@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -27,6 +28,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.api.app import create_app
+from cloud_hub.api.auth import flush_audit
 from cloud_hub.api.context import ApiContext
 from cloud_hub.broker_client import HubRole, hub_client_id_for
 from cloud_hub.bundles import BundleStore, default_store
@@ -42,6 +44,8 @@ from shared.topics import TopicScheme
 __all__ = ["HubServer"]
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5  # then uvicorn cancels what still holds a connection open
 
 
 class HubServer:
@@ -138,13 +142,23 @@ class HubServer:
 
             files = server_tls_files(self.config.data_dir, self.config.api_tls_hostnames)
             tls = {"ssl_certfile": str(files.certfile), "ssl_keyfile": str(files.keyfile)}
-        server = uvicorn.Server(
+        context = self.context
+
+        class _Server(uvicorn.Server):
+            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                # uvicorn waits for open responses: the live streams end on this flag
+                if context is not None:
+                    context.shutting_down.set()
+                await super().shutdown(sockets)
+
+        server = _Server(
             uvicorn.Config(
                 self.app,
                 host=self.config.api_host,
                 port=self.config.api_port,
                 log_level="info",
                 access_log=False,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
                 **tls,
             )
         )
@@ -158,6 +172,8 @@ class HubServer:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.context is not None:
+            self.context.shutting_down.set()
         if self.engine is not None:
             self.engine.wake()
         if self._engine_thread is not None:
@@ -174,6 +190,8 @@ class HubServer:
                 self.publisher.close()
             except Exception:
                 log.debug("publisher close", exc_info=True)
+        if self._app is not None:
+            flush_audit(self._app)  # the anonymous refusal counts still held
         if self.registry is not None:
             self.registry.close()
 
