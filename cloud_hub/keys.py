@@ -169,7 +169,7 @@ class KeyStore:
     def _require(self) -> None:
         if not self.exists():
             raise HubConfigError(
-                f"no key store in {self.directory}; run `cloud-hub keys init --dir {self.directory}`"
+                f"no key store in {self.directory}; run `cloud-hub keys init --keys-dir {self.directory}`"
             )
 
     def trust_root(self) -> TrustRoot:
@@ -195,7 +195,7 @@ class KeyStore:
             return verify_keyring(self.keyring_envelope(), self.trust_root(), now=now or _now())
         except ExpiredError as exc:
             raise HubConfigError(
-                f"{exc}; run `cloud-hub keys rotate --dir {self.directory}` to issue a new one"
+                f"{exc}; run `cloud-hub keys rotate --keys-dir {self.directory}` to issue a new one"
             ) from exc
         except FedfleetError as exc:
             raise HubConfigError(f"the key store's keyring does not verify: {exc}") from exc

@@ -320,6 +320,11 @@ def _mqtt(table: dict[str, Any], base: Path) -> MqttSettings:
                 **{k: _path(v, base, f"mqtt.url {k}") for k, v in files.items() if v is not None}
             )
     if tls_raw is not None:
+        if url is not None and tls is None:  # #15: TLS files beside an explicit mqtt:// URL
+            raise AgentConfigError(
+                f"mqtt.url {url!r} is plain TCP but [mqtt.tls] is set: use mqtts:// for a "
+                "TLS broker, or remove [mqtt.tls] for a plain one"
+            )
         if not isinstance(tls_raw, dict) or set(tls_raw) - {"ca", "cert", "key"}:
             raise AgentConfigError("[mqtt.tls] takes only ca, cert, key")
         tls = TlsSettings(

@@ -13,6 +13,7 @@ from cloud_hub.api.context import ApiContext
 from cloud_hub.api.errors import ApiError
 from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN
 from cloud_hub.registry import Page, RolloutRecord, TargetRecord, rollouts
+from cloud_hub.registry.bundle_index import index_store_bundles
 
 __all__ = ["router"]
 
@@ -89,6 +90,7 @@ def get_rollout(request: Request, rollout_id: RolloutId, _: Viewer) -> dict[str,
             status["delivery"] = {
                 "bytes_shipped": totals.bytes_shipped,
                 "bytes_full": totals.bytes_full,
+                "devices": dict(totals.devices),  # device id -> bytes sent to it
             }
         return status
     with ctx.registry.session() as s:
@@ -128,6 +130,11 @@ async def create_rollout(
     config = RolloutConfig.from_dict(body.config)  # HubConfigError → 422
 
     def create() -> dict[str, Any]:
+        if ctx.bundles is not None:  # built into the store since the hub started (#15)
+            wanted = [config.bundle_id, body.previous_bundle_id]
+            index_store_bundles(
+                ctx.registry, ctx.bundles, now=ctx.clock(), bundle_ids=[b for b in wanted if b]
+            )
         status = engine.create(
             config,
             previous_bundle_id=body.previous_bundle_id,

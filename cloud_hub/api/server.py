@@ -37,7 +37,7 @@ from cloud_hub.errors import HubError
 from cloud_hub.ingest import FleetIngest, MqttSettings
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, open_registry
-from cloud_hub.registry.bundle_index import register_bundle_bytes
+from cloud_hub.registry.bundle_index import index_store_bundles
 from shared.errors import FedfleetError
 from shared.topics import TopicScheme
 
@@ -222,24 +222,7 @@ class HubServer:
             log.warning("no key store at %s: bundle uploads and deltas are off", keys.directory)
             return None
         store = default_store(keys)
-        count = 0
-        for bundle_id in store.ids():
-            try:
-                with self.registry.session() as s:
-                    if catalog.find_bundle(s, bundle_id) is not None:
-                        continue
-                    register_bundle_bytes(
-                        s,
-                        store.read(bundle_id),
-                        trust=store.trust(),
-                        path=str(store.path_of(bundle_id)),
-                        now=time.time(),
-                    )
-                count += 1
-            except (HubError, FedfleetError, OSError) as exc:
-                log.warning("bundle %s not indexed (R1: not trusted): %s", bundle_id, exc)
-        if count:
-            log.info("%d new bundle(s) indexed from %s", count, store.directory)
+        index_store_bundles(self.registry, store, now=time.time())
         return store
 
     def _build_engine(self) -> Any:

@@ -13,7 +13,7 @@ from cloud_hub.bundles import (
     build_bundle_from_file,
     default_store,
 )
-from cloud_hub.commands.keys import add_dir_argument
+from cloud_hub.commands.options import add_key_store_options, key_store_dir
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
 from shared.files import atomic_write
@@ -41,7 +41,7 @@ def _json_object(text: str | None, what: str) -> dict[str, Any]:
 def _build(args: argparse.Namespace) -> int:
     if (args.model is None) == (args.from_dir is None):
         raise HubConfigError("give exactly one of --model FILE or --from-dir DIR")
-    keys = KeyStore(args.dir)
+    keys = KeyStore(key_store_dir(args))
     if args.output.resolve().is_relative_to(keys.directory.resolve()):
         raise HubConfigError(
             f"-o {args.output} is inside the key folder {keys.directory}, which holds secrets "
@@ -74,7 +74,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    for e in default_store(KeyStore(args.dir)).entries():
+    for e in default_store(KeyStore(key_store_dir(args))).entries():
         print(
             f"{e.model_name}\t{e.device_class}\tv{e.version}\t{e.size}\t{e.created}\t{e.bundle_id}"
         )
@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = bundle.add_subparsers(dest="bundle_command", required=True)
 
     build = sub.add_parser("build", help="pack and sign a model bundle")
-    add_dir_argument(build)
+    add_key_store_options(build)
     build.add_argument("--model", type=Path, help="model file (ONNX; any file works)")
     build.add_argument("--from-dir", type=Path, help="a compression output folder")
     build.add_argument("--name", required=True, help="model name")
@@ -100,5 +100,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build.set_defaults(func=_build)
 
     lst = sub.add_parser("list", help="list the bundles built so far")
-    add_dir_argument(lst)
+    add_key_store_options(lst)
     lst.set_defaults(func=_list)

@@ -12,6 +12,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+from cloud_hub.commands.options import add_hub_options, hub_config_from_args
 from cloud_hub.config import HubConfig
 from cloud_hub.enrollment.broker import write_broker_files
 from cloud_hub.enrollment.ca import CertificateAuthority
@@ -57,9 +58,8 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 
 def _hub_config(args: argparse.Namespace) -> HubConfig:
-    """The hub's settings: ``--config`` file, then the flags (same paths as ``serve``)."""
-    base = HubConfig.from_file(args.config) if args.config else HubConfig()
-    return base.with_overrides(data_dir=args.data_dir, db_url=args.db_url, keys_dir=args.keys_dir)
+    """The hub's settings: ``--config`` file, environment, flags (the same as ``serve``)."""
+    return hub_config_from_args(args)
 
 
 def _enroll_token(args: argparse.Namespace) -> int:
@@ -72,7 +72,11 @@ def _enroll_token(args: argparse.Namespace) -> int:
         device_id=args.device_id,
     )
     expires = record.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-    print(f"token           {secret}")
+    if args.token_file is not None:  # kept out of terminals, logs and `ps` (install reads it)
+        atomic_write(args.token_file, (secret + "\n").encode(), mode=0o600)
+        print(f"token           written to {args.token_file}")
+    else:
+        print(f"token           {secret}")
     print(f"token id        {record.token_id}  (single use, expires {expires})")
     print(f"device class    {record.device_class}")
     if record.labels:
@@ -80,9 +84,12 @@ def _enroll_token(args: argparse.Namespace) -> int:
     if record.device_id:
         print(f"device id       {record.device_id}")
     print(f"ca fingerprint  {service.ca.fingerprint}")
+    given = (
+        f"--token-file {args.token_file}" if args.token_file is not None else f"--token {secret}"
+    )
     print("install with:")
     print(
-        f"  edge-agent install --hub {args.hub_url} --token {secret} "
+        f"  edge-agent install --hub {args.hub_url} {given} "
         f"--ca-fingerprint {service.ca.fingerprint} --class {record.device_class}"
     )
     return 0
@@ -98,8 +105,10 @@ def _enroll_init(args: argparse.Namespace) -> int:
     print(f"ca fingerprint  {ca.fingerprint}")
     print(f"https cert      {tls.certfile}")
     print(f"https key       {tls.keyfile}")
-    print("serve the API with these (uvicorn --ssl-certfile/--ssl-keyfile); devices pin the")
-    print("fingerprint with `edge-agent install --ca-fingerprint`.")
+    print("serve the API over HTTPS with this certificate (the hub CA verifies it):")
+    print(f"  cloud-hub serve --tls --data-dir {hub.data_dir}")
+    print("devices pin the fingerprint with `edge-agent install --ca-fingerprint`; API clients")
+    print(f"trust the hub with `cloud-hub rollout --ca-file {tls.ca_file}` (or FEDFLEET_CA_FILE).")
     return 0
 
 
@@ -203,12 +212,7 @@ def _enroll_revoke(args: argparse.Namespace) -> int:
 
 
 def _add_hub_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, help="hub config TOML (as serve)")
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="hub data directory (default hub-data)"
-    )
-    parser.add_argument("--db-url", default=None, help="registry DB (default: DATA_DIR/hub.db)")
-    parser.add_argument("--keys-dir", type=Path, default=None, help="default: DATA_DIR/keys")
+    add_hub_options(parser, ("data_dir", "db_url", "keys_dir"))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -219,6 +223,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     tok.add_argument("--ttl", default="24h", help="lifetime, e.g. 30m, 24h, 7d (default 24h)")
     tok.add_argument("--device-id", default=None, help="bind the token to one device id")
+    tok.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="write the token to this file (mode 0600) instead of printing it; copy it to the "
+        "device for `edge-agent install --token-file`",
+    )
     _add_hub_arguments(tok)
     tok.add_argument(
         "--hub-url", default="https://HUB:8443", help="hub URL shown in the install line"

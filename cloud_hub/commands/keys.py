@@ -5,31 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 
-from cloud_hub.config import DEFAULT_DATA_DIR
+from cloud_hub.commands.options import add_key_store_options, key_store_dir
 from cloud_hub.keys import KeyStore, KeyStoreConfig
 from shared.errors import FedfleetError
 from shared.freshness import parse_freshness
 
-__all__ = ["DEFAULT_HUB_DIR", "add_dir_argument", "register"]
-
-# Where ``cloud-hub serve`` looks by default (HubConfig: DATA_DIR/keys), so the two agree.
-DEFAULT_HUB_DIR = DEFAULT_DATA_DIR / "keys"
-
-
-def add_dir_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=DEFAULT_HUB_DIR,
-        help=f"key store directory (default {DEFAULT_HUB_DIR})",
-    )
+__all__ = ["register"]
 
 
 def _init(args: argparse.Namespace) -> int:
     config = KeyStoreConfig(keyring_days=args.keyring_days, signing_key_days=args.key_days)
-    store = KeyStore.init(args.dir, config=config, force=args.force)
+    store = KeyStore.init(key_store_dir(args), config=config, force=args.force)
     keyring = store.keyring()
     print(f"created key store in {store.directory}")
     print(f"  root key     {store.root_path} (keep it offline; it only signs keyrings)")
@@ -40,7 +27,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    store = KeyStore(args.dir)
+    store = KeyStore(key_store_dir(args))
     config = KeyStoreConfig(keyring_days=args.keyring_days, signing_key_days=args.key_days)
     new = store.rotate(config=config)
     keyring = store.keyring()
@@ -53,7 +40,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     """What devices are told (R10): keyring version and expiry, last freshness document."""
-    store = KeyStore(args.dir)
+    store = KeyStore(key_store_dir(args))
     keyring = store.keyring()  # HubConfigError (exit 2) if missing, expired or not verifying
     active = keyring.active_keys(datetime.now(timezone.utc))
     print(f"keyring      version {keyring.version}, expires {keyring.expires}")
@@ -75,7 +62,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _trust_root(args: argparse.Namespace) -> int:
-    print(json.dumps(KeyStore(args.dir).trust_root().to_dict(), indent=2, sort_keys=True))
+    print(
+        json.dumps(KeyStore(key_store_dir(args)).trust_root().to_dict(), indent=2, sort_keys=True)
+    )
     return 0
 
 
@@ -84,22 +73,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = keys.add_subparsers(dest="keys_command", required=True)
 
     init = sub.add_parser("init", help="create root key, signing key and keyring v1")
-    add_dir_argument(init)
+    add_key_store_options(init)
     init.add_argument("--keyring-days", type=int, default=365, help="keyring expiry (days)")
     init.add_argument("--key-days", type=int, default=365, help="signing key expiry (days)")
     init.add_argument("--force", action="store_true", help="overwrite an existing key store")
     init.set_defaults(func=_init)
 
     rotate = sub.add_parser("rotate", help="new signing key, revoke the old, keyring version+1")
-    add_dir_argument(rotate)
+    add_key_store_options(rotate)
     rotate.add_argument("--keyring-days", type=int, default=365)
     rotate.add_argument("--key-days", type=int, default=365)
     rotate.set_defaults(func=_rotate)
 
     status = sub.add_parser("status", help="keyring expiry and the last freshness document")
-    add_dir_argument(status)
+    add_key_store_options(status)
     status.set_defaults(func=_status)
 
     trust = sub.add_parser("trust-root", help="print the TrustRoot JSON that devices pin")
-    add_dir_argument(trust)
+    add_key_store_options(trust)
     trust.set_defaults(func=_trust_root)

@@ -9,7 +9,13 @@ import time
 from pathlib import Path
 
 from cloud_hub.bundles.trust import HubTrust, verify_hub_bundle
-from cloud_hub.commands.keys import add_dir_argument
+from cloud_hub.commands.options import (
+    BROKER_KEYS,
+    add_hub_options,
+    add_key_store_options,
+    hub_config_from_args,
+    key_store_dir,
+)
 from cloud_hub.delivery import FleetPublisher, PublisherConfig
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
@@ -55,16 +61,17 @@ def _publish(args: argparse.Namespace) -> int:
         data = path.read_bytes()
     except OSError as exc:
         raise HubConfigError(f"cannot read bundle {path}: {exc}") from exc
-    bundle_class = _verified(data, path, args.dir).manifest.device_class
+    bundle_class = _verified(data, path, key_store_dir(args)).manifest.device_class
     if args.devices is None and args.device_class is None:
         raise HubConfigError("give --devices a,b,... or --class CLASS")
     if args.device_class is not None and args.device_class != bundle_class:
         raise HubConfigError(
             f"the bundle targets class {bundle_class!r}, not {args.device_class!r}"
         )
-    config = PublisherConfig.from_url(
-        args.mqtt_url,
-        prefix=args.prefix,
+    hub = hub_config_from_args(args)
+    config = PublisherConfig(
+        broker=hub.mqtt,
+        prefix=hub.topic_prefix,
         chunk_size=args.chunk_size,
         start_grace_s=args.start_grace,
     )
@@ -119,14 +126,13 @@ def _publish(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("publish", help="deliver a signed bundle to devices over MQTT")
     p.add_argument("bundle", type=Path, help="bundle file (.ffb) from `cloud-hub bundle build`")
-    add_dir_argument(p)  # the key store whose trust the bundle must verify against
+    add_key_store_options(p)  # the key store whose trust the bundle must verify against
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--devices", help="comma-separated device ids")
     target.add_argument(
         "--class", dest="device_class", help="every online device of this class (discovered)"
     )
-    p.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
-    p.add_argument("--prefix", default="fedfleet", help="topic prefix")
+    add_hub_options(p, BROKER_KEYS)  # the broker as `serve` reaches it (TLS files included)
     p.add_argument(
         "--registry-url",
         default=None,

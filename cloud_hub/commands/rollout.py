@@ -1,7 +1,8 @@
 """``cloud-hub rollout create|start|status|pause|resume|abort|rollback|resolve`` over the hub's REST API.
 
-The hub URL and API token come from ``--api``/``--token`` or, at this CLI boundary only,
-``FEDFLEET_API`` / ``FEDFLEET_TOKEN``. ``create`` validates the configuration locally
+The hub URL, API token and the CA that verifies an HTTPS hub come from
+``--api``/``--token``/``--ca-file`` or, at this CLI boundary only, ``FEDFLEET_API`` /
+``FEDFLEET_TOKEN`` / ``FEDFLEET_CA_FILE`` (the hub CA, ``DATA_DIR/ca/ca.crt``). ``create`` validates the configuration locally
 (:class:`cloud_hub.rollout.RolloutConfig`) before sending it.
 
 Examples::
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -32,6 +34,8 @@ from cloud_hub.rollout.config import (
     StageSpec,
     parse_labels,
 )
+from shared.bundle import bundle_id_of, parse_bundle
+from shared.errors import FedfleetError
 
 __all__ = ["ApiClient", "build_config", "register"]
 
@@ -42,7 +46,9 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 class ApiClient:
     """A minimal JSON client of the hub API (stdlib only: the CLI needs no extra package)."""
 
-    def __init__(self, base_url: str, token: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, token: str, *, timeout_s: float = 30.0, ca_file: str | None = None
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise HubConfigError(f"--api must be an http(s) URL, got {base_url!r}")
         if not token:
@@ -50,6 +56,12 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
+        self._tls: ssl.SSLContext | None = None
+        if ca_file:  # the hub CA: `serve --tls` certificates are not in the system store
+            try:
+                self._tls = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise HubConfigError(f"cannot read the CA file {ca_file}: {exc}") from exc
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -64,7 +76,7 @@ class ApiClient:
             },
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout_s, context=self._tls) as resp:
                 raw = resp.read(MAX_RESPONSE_BYTES)
         except urllib.error.HTTPError as exc:
             raise HubError(f"{method} {path}: HTTP {exc.code}: {_error_text(exc)}") from exc
@@ -96,6 +108,23 @@ def _floats(text: str) -> list[float]:
         raise HubConfigError(f"--waves: {exc}") from exc
 
 
+def bundle_id_argument(value: str) -> str:
+    """``--bundle``: a bundle id, or a bundle file (``bundle build -o FILE``) to take it from.
+
+    The id is read without verifying the signatures: the hub verifies the bundle itself.
+    """
+    if not value.endswith(".ffb"):
+        return value
+    try:
+        data = Path(value).read_bytes()
+    except OSError as exc:
+        raise HubConfigError(f"--bundle {value}: {exc}") from exc
+    try:
+        return bundle_id_of(parse_bundle(data).manifest_envelope)
+    except FedfleetError as exc:
+        raise HubConfigError(f"--bundle {value} is not a bundle file: {exc}") from exc
+
+
 def build_config(args: argparse.Namespace) -> RolloutConfig:
     """The rollout configuration from ``--config FILE`` and/or the individual flags."""
     base: dict[str, Any] = {}
@@ -107,7 +136,7 @@ def build_config(args: argparse.Namespace) -> RolloutConfig:
         if not isinstance(base, dict):
             raise HubConfigError(f"--config {args.config}: expected a JSON object")
     if args.bundle:
-        base["bundle_id"] = args.bundle
+        base["bundle_id"] = bundle_id_argument(args.bundle)
     if args.device_class or args.label or args.device:
         target = dict(base.get("target") or {})
         if args.device_class:
@@ -168,6 +197,7 @@ def _client(args: argparse.Namespace) -> ApiClient:
     return ApiClient(
         args.api or os.environ.get("FEDFLEET_API", "http://127.0.0.1:8080"),
         args.token or os.environ.get("FEDFLEET_TOKEN", ""),
+        ca_file=args.ca_file or os.environ.get("FEDFLEET_CA_FILE") or None,
     )
 
 
@@ -237,6 +267,10 @@ def _status(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", help="hub API base URL (default $FEDFLEET_API or :8080)")
     p.add_argument("--token", help="API token (default $FEDFLEET_TOKEN)")
+    p.add_argument(
+        "--ca-file",
+        help="CA that verifies an HTTPS hub, e.g. hub-data/ca/ca.crt (default $FEDFLEET_CA_FILE)",
+    )
     p.add_argument("--json", action="store_true", help="print the full JSON answer")
 
 
@@ -247,7 +281,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create = sub.add_parser("create", help="create a rollout (draft); --start to start it")
     _common(create)
     create.add_argument("--config", help="JSON file with a full rollout configuration")
-    create.add_argument("--bundle", help="bundle id to roll out")
+    create.add_argument("--bundle", help="bundle id, or the .ffb file, to roll out")
     create.add_argument("--device-class", help="target device class")
     create.add_argument("--label", action="append", default=[], help="KEY=VALUE (repeatable)")
     create.add_argument("--device", action="append", default=[], help="explicit device id")

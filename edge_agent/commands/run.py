@@ -40,7 +40,12 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("agent %s (%s) starting", config.device_id, config.device_class)
+    log.info(
+        "agent %s (%s) starting; broker %s",
+        config.device_id,
+        config.device_class,
+        config.mqtt.endpoint.url,
+    )
     agent.run_forever(stop)
     return 0
 

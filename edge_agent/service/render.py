@@ -69,13 +69,27 @@ def render_agent_config(v: AgentConfigValues) -> str:
             f"topic_prefix = {_s(v.topic_prefix)}",
             f"client_id = {_s(v.client_id)}",
             "",
-            "[mqtt.tls]  # mutual TLS: the broker takes our MQTT user name from device.crt",
-            f"ca = {_s(v.ca)}",
-            f"cert = {_s(v.cert)}",
-            f"key = {_s(v.key)}",
-            "",
+            *_tls_section(v),
         ]
     )
+
+
+def _tls_section(v: AgentConfigValues) -> list[str]:
+    """``[mqtt.tls]`` for an ``mqtts://`` broker only: TLS settings beside a plain-TCP URL
+    would make the agent speak TLS to a broker that does not (#15)."""
+    if not v.mqtt_url.lower().startswith(("mqtts://", "ssl://")):
+        return [
+            "# The hub named a plain-TCP broker: no TLS. With mqtts:// add [mqtt.tls] with",
+            f"# ca = {_s(v.ca)}, cert = {_s(v.cert)}, key = {_s(v.key)}",
+            "",
+        ]
+    return [
+        "[mqtt.tls]  # mutual TLS: the broker takes our MQTT user name from device.crt",
+        f"ca = {_s(v.ca)}",
+        f"cert = {_s(v.cert)}",
+        f"key = {_s(v.key)}",
+        "",
+    ]
 
 
 def render_unit(

@@ -3,7 +3,9 @@
 - Persistent session (``clean_start=False`` + session expiry): QoS 1 messages for the
   device queue at the broker while it is briefly offline, subscriptions survive.
 - Last will: the retained offline status, published by the broker if the agent vanishes.
-- Reconnects with exponential backoff (paho's loop thread).
+- Reconnects with exponential backoff (paho's loop thread). A broker that cannot be reached
+  is logged at once with its endpoint and the error (paho itself stays silent), then again
+  only when the error changes or a minute has passed.
 - Outbound: everything goes through the :class:`Outbox`; a flusher thread publishes pending
   entries (a bounded window in flight) and deletes each one only once its PUBACK arrived.
 - Inbound: manual acknowledgement — a message is acknowledged after the agent processed it,
@@ -17,6 +19,7 @@ ours while calling into paho and ``on_publish`` only sets an event.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +39,7 @@ __all__ = ["InboundMessage", "MqttLink"]
 log = logging.getLogger(__name__)
 
 _FRAME_OVERHEAD = 64 * 1024  # topic, properties and chunk header on top of the payload
+_CONNECT_FAIL_REPEAT_S = 60.0  # the same connect error is logged again after this long
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class MqttLink:
         self._inflight: list[tuple[int, mqtt.MQTTMessageInfo]] = []
         self._flusher: threading.Thread | None = None
         self.connected_event = threading.Event()
+        self._last_connect_error: tuple[str, float] | None = None
 
         endpoint = settings.endpoint  # the broker endpoint type the hub uses too
         self._v5 = endpoint.protocol == "5"
@@ -105,6 +110,7 @@ class MqttLink:
             client.will_set(will[0], will[1], qos=1, retain=True)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
         self._client = client
@@ -201,7 +207,9 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            log.warning("broker refused connection: %s", reason_code)
+            log.warning(
+                "the MQTT broker at %s refused the connection: %s", self._endpoint.url, reason_code
+            )
             return
         with self._lock:
             self._generation += 1
@@ -215,6 +223,7 @@ class MqttLink:
             client.subscribe([(t, 1) for t in topics])
         if stale and flags.session_present:
             client.unsubscribe(stale)
+        self._last_connect_error = None
         log.info("connected to %s (session present: %s)", self._endpoint.url, flags.session_present)
         self.connected_event.set()
         self._wake.set()
@@ -222,6 +231,24 @@ class MqttLink:
             self._on_connect_cb()
         except Exception:
             log.exception("on_connect hook failed")
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        # paho calls this inside its ``except OSError`` around the connect: the error is
+        # the exception being handled (refused, unreachable, TLS handshake failure, ...).
+        error = sys.exc_info()[1]
+        text = f"{type(error).__name__}: {error}" if error is not None else "connect failed"
+        now = time.monotonic()
+        last = self._last_connect_error
+        if last is not None and last[0] == text and now - last[1] < _CONNECT_FAIL_REPEAT_S:
+            return
+        self._last_connect_error = (text, now)
+        log.warning(
+            "cannot reach the MQTT broker at %s: %s; retrying (every %g-%g s)",
+            self._endpoint.url,
+            text,
+            self.settings.reconnect_min_s,
+            self.settings.reconnect_max_s,
+        )
 
     def _handle_disconnect(
         self,

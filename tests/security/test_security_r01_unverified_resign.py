@@ -265,7 +265,7 @@ def test_bundles_dropped_into_the_folder_are_not_indexed_at_start(tmp_path: Path
         HubConfig(data_dir=tmp_path / "hub", enable_ingest=False, offline_after_s=0),
         rollout_engine=False,
     )
-    with recording_logs("cloud_hub.api") as logs:
+    with recording_logs("cloud_hub") as logs:  # the indexer logs under cloud_hub.registry
         server.start()
     try:
         assert server.registry is not None
