@@ -183,6 +183,15 @@ def held_devices(
     return held
 
 
+def held_note(held: dict[str, tuple[str, str]]) -> str:
+    """One line naming the held devices (the first five) and the rollouts holding them."""
+    if not held:
+        return ""
+    shown = ", ".join(f"{d} ({r}: {st})" for d, (r, st) in sorted(held.items())[:5])
+    more = f" and {len(held) - 5} more" if len(held) > 5 else ""
+    return f"{len(held)} target device(s) are held by unfinished rollouts: {shown}{more}"
+
+
 def abandon_rollback(s: Session, rollout_id: str, *, now: float, reason: str) -> None:
     """The operator aborted a rollback: targets not yet back will not be (``rollback_failed``)."""
     states = [TargetState.ROLLBACK_PENDING, TargetState.ROLLBACK_SENT]

@@ -88,25 +88,12 @@ class EngineConfig:
             raise HubConfigError("engine max_live_rollouts must be within [1, 100000]")
 
 
-def _refuse_held(
-    s: Session, config: RolloutConfig, rollout_id: str, device_ids: Sequence[str] | None = None
-) -> None:
-    """Refuse (409) a rollout whose target includes devices an unfinished rollout holds."""
-    if device_ids is None:
-        device_ids = device_repo.select_device_ids(
-            s, device_class=config.target.device_class, labels=config.target.labels
-        )
-        if config.target.device_ids:
-            device_ids = [d for d in device_ids if d in config.target.device_ids]
-    held = store.held_devices(s, device_ids, exclude=rollout_id)
-    if not held:
-        return
-    shown = ", ".join(f"{d} ({r}: {st})" for d, (r, st) in sorted(held.items())[:5])
-    more = f" and {len(held) - 5} more" if len(held) > 5 else ""
-    raise RolloutError(
-        f"{len(held)} target device(s) are held by unfinished rollouts: {shown}{more}; "
-        "let them finish, or abort / resolve them first"
-    )
+def _refuse_held(s: Session, rollout_id: str, device_ids: Sequence[str]) -> None:
+    """Refuse (409) to start a rollout whose targets include devices an unfinished rollout
+    holds. A draft may be prepared meanwhile: it holds nobody, and its status warns."""
+    note = store.held_note(store.held_devices(s, device_ids, exclude=rollout_id))
+    if note:
+        raise RolloutError(f"{note}; let them finish, or abort / resolve them first")
 
 
 class RolloutService:
@@ -179,7 +166,6 @@ class RolloutService:
                 ]
                 if older:
                     previous_bundle_id = max(older, key=lambda b: b.version).bundle_id
-            _refuse_held(s, config, rid)
             stages = [
                 StoredStage(
                     name=stage_name(i),
@@ -226,7 +212,7 @@ class RolloutService:
             ]
             if not infos:
                 raise RolloutError(f"rollout {rollout_id}: the target matches no registered device")
-            _refuse_held(s, cfg, rollout_id, [i.device_id for i in infos])
+            _refuse_held(s, rollout_id, [i.device_id for i in infos])
             plan = plan_stages(cfg, infos)
             rollouts.add_targets(
                 s,

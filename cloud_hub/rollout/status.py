@@ -137,18 +137,23 @@ def rollout_status(session: Session, record: RolloutRecord) -> RolloutStatus:
 
 
 def _draft_warnings(session: Session, record: RolloutRecord) -> tuple[str, ...]:
-    """Devices of the rollout's target the bundle's artifact was not built for."""
-    bundle = session.get(Bundle, record.bundle_id)
-    targets = (bundle.manifest or {}).get("targets") if bundle is not None else None
-    if not isinstance(targets, list) or not targets:
-        return ()
+    """What would stop or spoil a start: target devices held by an unfinished rollout, and
+    devices the bundle's artifact was not built for."""
+    from cloud_hub.rollout._store import held_devices, held_note  # _store builds on status
+
     ids = select_device_ids(
         session, device_class=record.device_class, labels=record.target_labels or {}
     )
+    held = held_note(held_devices(session, ids, exclude=record.rollout_id))
+    warnings = (f"{held}: start is refused until they are released",) if held else ()
+    bundle = session.get(Bundle, record.bundle_id)
+    targets = (bundle.manifest or {}).get("targets") if bundle is not None else None
+    if not isinstance(targets, list) or not targets:
+        return warnings
     found: dict[str, str | None] = {}
     for i in range(0, len(ids), 500):
         rows = session.execute(
             select(Device.device_id, Device.target).where(Device.device_id.in_(ids[i : i + 500]))
         )
         found.update({d: t for d, t in rows})
-    return target_warnings([str(t) for t in targets], found)
+    return warnings + target_warnings([str(t) for t in targets], found)

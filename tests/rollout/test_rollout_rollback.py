@@ -186,11 +186,14 @@ def test_refused_rollback_ends_failed_with_reasons_holds_devices_until_resolved(
 
         [target] = rollouts.list_targets(s, rid, states=["rollback_failed"])
     assert target.device_id == "dev-d" and why in target.detail
-    # dev-d is held: another rollout on the same devices is refused, with the reason
+    # dev-d is held: another rollout on the same devices may be drafted (it warns) but not
+    # started, with the reason
+    draft = service.create(_config("b-v3"))
+    assert any("dev-d" in w and "start is refused" in w for w in draft.warnings), draft
     with pytest.raises(
         RolloutError, match=r"held by unfinished rollouts: dev-d \(.*rollback_failed\)"
     ):
-        service.create(_config("b-v3"))
+        service.start(draft.rollout_id)
     with pytest.raises(RolloutError, match="cannot abort in state rollback_failed"):
         service.abort(rid)
     resolved = service.resolve(rid, reason="dev-d re-flashed by hand")
@@ -226,13 +229,14 @@ def test_abort_stops_a_rollback_and_releases_the_devices(  # type: ignore[no-unt
 ) -> None:
     service, rid = world
     service.rollback(rid)
+    draft = service.create(_config("b-v3"))
     with pytest.raises(RolloutError, match="held by unfinished rollouts"):
-        service.create(_config("b-v3"))
+        service.start(draft.rollout_id)
     st = service.abort(rid, reason="stop it")
     assert st.state == "aborted" and st.targets == {"rollback_failed": 4}
     service.tick()
     assert delivery.rollbacks == []  # nothing is sent after the abort
-    service.create(_config("b-v3"))
+    assert service.start(draft.rollout_id).state == "canary"
 
 
 def test_start_refuses_devices_held_by_a_rollout_in_progress(  # type: ignore[no-untyped-def]
@@ -240,12 +244,13 @@ def test_start_refuses_devices_held_by_a_rollout_in_progress(  # type: ignore[no
 ) -> None:
     service, rid = world
     _runs(registry, ["dev-e"], "b-v2", 2, clock.now)
-    # a draft created when only dev-e was free still cannot start on the held devices
+    # a draft may be prepared meanwhile, but it cannot start on the held devices
+    draft = service.create(_config("b-v3"))
     with pytest.raises(RolloutError, match="held by unfinished rollouts"):
-        service.create(_config("b-v3"))
+        service.start(draft.rollout_id)
     service.pause(rid)  # paused still holds
     with pytest.raises(RolloutError, match=r"dev-a \(" + rid):
-        service.create(_config("b-v3"))
+        service.start(draft.rollout_id)
 
 
 def test_devices_on_another_model_get_a_bound_switch_order_with_the_offer(  # type: ignore[no-untyped-def]

@@ -99,15 +99,17 @@ def test_rollback_that_cannot_land_fails_clearly_and_is_resolved(world: World) -
     assert failed["device_id"] == broken and "previous slot holds nothing" in failed["detail"]
     ok = world.fleet.device_ids[1]
     eventually(lambda: world.installed()[ok] == ran_v2[ok], 30, "the other device back", world.diag)
-    # held: a new rollout on these devices is refused with the reason
+    # held: a new rollout on these devices can be drafted (it warns) but not started
     api = world.hub.api()
     config = {
         "bundle_id": world.bundles[4],
         "target": {"device_class": "x86-cpu", "labels": {"site": "plant-3"}},
         "stages": [{"percent": 100}],
     }
+    draft = api.request("POST", "/api/v1/rollouts", {"config": config})
+    assert any(broken in w and "start is refused" in w for w in draft["warnings"]), draft
     with pytest.raises(HubError) as refused:
-        api.request("POST", "/api/v1/rollouts", {"config": config})
+        api.request("POST", f"/api/v1/rollouts/{draft['rollout_id']}/start")
     assert "HTTP 409" in str(refused.value) and "held by unfinished rollouts" in str(refused.value)
     assert broken in str(refused.value)
     from cloud_hub.cli import main
@@ -115,7 +117,9 @@ def test_rollback_that_cannot_land_fails_clearly_and_is_resolved(world: World) -
     auth = ["--api", world.hub.api_url, "--token", world.hub.token]
     assert main(["rollout", "resolve", rid, *auth, "--reason", "re-flashed by hand"]) == 0
     assert world.status(rid)["state"] == "resolved"
-    assert api.request("POST", "/api/v1/rollouts", {"config": config})["state"] == "draft"
+    released = world.status(draft["rollout_id"])  # the draft no longer meets held devices
+    assert released["state"] == "draft"
+    assert not [w for w in released["warnings"] if "held by unfinished" in w], released
 
 
 def test_a_rollout_of_another_model_lands_with_bound_switch_orders(world: World) -> None:
