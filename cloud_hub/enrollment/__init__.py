@@ -40,12 +40,9 @@ from cloud_hub.enrollment.service import (
     EnrollmentResult,
     EnrollmentService,
 )
-from cloud_hub.enrollment.store import (
-    EnrollmentRepository,
-    InMemoryEnrollmentRepository,
-    SqlEnrollmentRepository,
-)
+from cloud_hub.enrollment.store import EnrollmentRepository, InMemoryEnrollmentRepository
 from cloud_hub.enrollment.tokens import EnrolledDevice, TokenRecord
+from cloud_hub.registry.enrollment import SqlEnrollmentRepository
 
 __all__ = [
     "DEFAULT_HUB_USER",

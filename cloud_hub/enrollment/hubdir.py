@@ -27,7 +27,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.enrollment.hub_identity import load_hub_identity
 from cloud_hub.enrollment.service import EnrollmentConfig, EnrollmentService
-from cloud_hub.enrollment.store import SqlEnrollmentRepository
 from cloud_hub.enrollment.tokens import EnrolledDevice
 from cloud_hub.errors import HubError, RegistryError
 from shared.files import atomic_write
@@ -109,6 +108,7 @@ def open_enrollment(
     caller has it open (``cloud-hub serve``), else the one at ``db_url`` (default
     ``sqlite:///DATA_DIR/hub.db``), opened and migrated here."""
     from cloud_hub.registry import open_registry
+    from cloud_hub.registry.enrollment import SqlEnrollmentRepository
 
     d = Path(data_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def open_enrollment(
     keys = Path(keys_dir) if keys_dir is not None else d / "keys"
     return EnrollmentService(
         ca=ca,
-        repository=SqlEnrollmentRepository(registry.engine),
+        repository=SqlEnrollmentRepository(registry.engine, migrate=False),  # opened migrated
         config=config,
         trust_root=lambda: keystore_trust_root(keys),
         keyring=lambda: keystore_keyring(keys),

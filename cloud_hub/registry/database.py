@@ -19,7 +19,7 @@ from sqlalchemy.pool import StaticPool
 
 from cloud_hub.errors import HubConfigError, RegistryError
 
-__all__ = ["MIGRATIONS_DIR", "Registry", "open_registry"]
+__all__ = ["MIGRATIONS_DIR", "Registry", "migrate_schema", "open_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -107,23 +107,33 @@ def open_registry(url: str, *, migrate: bool = True) -> Registry:
     """
     engine = _make_engine(url)
     if migrate:
-        started = time.monotonic()
-        alembic_log = logging.getLogger("alembic")
-        level = alembic_log.level
-        alembic_log.setLevel(logging.WARNING)  # one line per open is noise in every CLI call
         try:
-            with engine.begin() as conn:
-                cfg = alembic_config(url)
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-        except SQLAlchemyError as exc:
+            migrate_schema(engine)
+        except RegistryError:
             engine.dispose()
-            raise RegistryError(f"cannot migrate registry at {_redact(url)}: {exc}") from exc
-        finally:
-            alembic_log.setLevel(level)
-        log.debug("registry migrated in %.2fs", time.monotonic() - started)
+            raise
     factory = sessionmaker(engine, expire_on_commit=False)
     return Registry(url=url, engine=engine, _factory=factory)
+
+
+def migrate_schema(engine: Engine) -> None:
+    """Bring the database behind ``engine`` to the newest schema (the one way tables are
+    created: every table, the enrollment ones included, comes from a migration)."""
+    url = engine.url.render_as_string(hide_password=False)
+    started = time.monotonic()
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)  # one line per open is noise in every CLI call
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except SQLAlchemyError as exc:
+        raise RegistryError(f"cannot migrate registry at {_redact(url)}: {exc}") from exc
+    finally:
+        alembic_log.setLevel(level)
+    log.debug("registry migrated in %.2fs", time.monotonic() - started)
 
 
 def _redact(url: str) -> str:

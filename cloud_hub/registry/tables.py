@@ -36,10 +36,13 @@ __all__ = [
     "DeviceClass",
     "DeviceLabel",
     "DriftRow",
+    "EnrolledDeviceRow",
+    "EnrollmentToken",
     "EventRow",
     "Model",
     "ModelVersion",
     "RemovedDevice",
+    "RevokedCertificate",
     "Rollout",
     "RolloutStage",
     "RolloutTarget",
@@ -321,3 +324,45 @@ class ApiToken(Base):
     created_at: Mapped[float] = mapped_column(Float)
     last_used_at: Mapped[float | None] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float)
+
+
+class EnrollmentToken(Base):
+    """A one-time enrollment token, stored as its hash (migration 0005)."""
+
+    __tablename__ = "enrollment_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    device_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float)
+    used_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class EnrolledDeviceRow(Base):
+    """A device's current certificate (migration 0005)."""
+
+    __tablename__ = "enrolled_devices"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cert_serial: Mapped[str] = mapped_column(String(64))  # 160-bit serials overflow BIGINT
+    cert_fingerprint: Mapped[str] = mapped_column(String(80))
+    cert_not_after: Mapped[float] = mapped_column(Float)
+    enrolled_at: Mapped[float] = mapped_column(Float)
+    token_id: Mapped[str] = mapped_column(String(16), default="")
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RevokedCertificate(Base):
+    """A revoked device certificate, for the CRL (migration 0005)."""
+
+    __tablename__ = "revoked_certificates"
+
+    cert_serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[float] = mapped_column(Float)
