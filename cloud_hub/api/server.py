@@ -26,6 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from cloud_hub.api.app import create_app
 from cloud_hub.api.auth import flush_audit
@@ -38,12 +39,33 @@ from cloud_hub.ingest import FleetIngest, MqttSettings
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.bundle_index import index_store_bundles
+from cloud_hub.registry.records import DeviceRecord
 from shared.errors import FedfleetError
 from shared.topics import TopicScheme
 
 __all__ = ["HubServer"]
 
 log = logging.getLogger(__name__)
+
+
+def _running_bundle(s: Session, device: DeviceRecord | None) -> str | None:
+    """The indexed bundle ``device`` runs: the one it reports or, when that is a delta built
+    for it, the full bundle of the same model, class and version."""
+    if device is None or device.installed_bundle_id is None:
+        return None
+    if catalog.find_bundle(s, device.installed_bundle_id) is not None:
+        return device.installed_bundle_id
+    if device.installed_model and device.device_class and device.installed_version is not None:
+        full = catalog.find_full_bundle(
+            s,
+            model_name=device.installed_model,
+            device_class=device.device_class,
+            version=device.installed_version,
+        )
+        if full is not None:
+            return full.bundle_id
+    return device.installed_bundle_id
+
 
 SHUTDOWN_GRACE_S = 5  # then uvicorn cancels what still holds a connection open
 
@@ -255,9 +277,10 @@ class HubServer:
         registry = self.registry
 
         def installed(device_ids: Any) -> dict[str, str | None]:
+            # a device that applied a delta reports the delta's id (the catalog does not
+            # index deltas): the base of its next delta is the full bundle it now runs
             with registry.session() as s:
-                found = {d: devices.find_device(s, d) for d in device_ids}
-            return {d: (r.installed_bundle_id if r is not None else None) for d, r in found.items()}
+                return {d: _running_bundle(s, devices.find_device(s, d)) for d in device_ids}
 
         def indexed(bundle_id: str) -> bool:
             with registry.session() as s:

@@ -23,6 +23,7 @@ __all__ = [
     "add_model_version",
     "ensure_model",
     "find_bundle",
+    "find_full_bundle",
     "get_bundle",
     "get_model",
     "get_model_version",
@@ -201,6 +202,25 @@ def register_bundle(
 def find_bundle(session: Session, bundle_id: str) -> BundleRecord | None:
     row = session.get(Bundle, bundle_id)
     return to_record(BundleRecord, row) if row is not None else None
+
+
+def find_full_bundle(
+    session: Session, *, model_name: str, device_class: str, version: int
+) -> BundleRecord | None:
+    """The one full bundle of ``model_name`` ``version`` for ``device_class``; ``None`` if
+    there is none or more than one. A device that installed a delta (built for it, never
+    indexed) runs exactly that bundle's artifacts: the delta speaks for it (R1)."""
+    rows = session.scalars(
+        select(Bundle)
+        .where(
+            Bundle.model_name == model_name,
+            Bundle.device_class == device_class,
+            Bundle.version == version,
+            Bundle.kind == "full",
+        )
+        .limit(2)
+    ).all()
+    return to_record(BundleRecord, rows[0]) if len(rows) == 1 else None
 
 
 def get_bundle(session: Session, bundle_id: str) -> BundleRecord:

@@ -75,14 +75,9 @@ def model_sha256(s: Session, bundle_id: str, *, model: str, version: int, device
     delta built for one device), that of the one full bundle of the same model and version."""
     record = catalog.find_bundle(s, bundle_id)
     if record is None:
-        same = [
-            b
-            for b in catalog.list_bundles(
-                s, model_name=model, device_class=device_class, limit=1000
-            ).items
-            if b.version == version and b.kind == "full"
-        ]
-        record = same[0] if len(same) == 1 else None
+        record = catalog.find_full_bundle(
+            s, model_name=model, device_class=device_class, version=version
+        )
     if record is None:
         return ""
     for artifact in record.manifest.get("artifacts", []):

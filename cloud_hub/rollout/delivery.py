@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +28,7 @@ class DeliveryTotals:
 
     bytes_shipped: int = 0
     bytes_full: int = 0
+    devices: dict[str, int] = field(default_factory=dict)  # device id -> bytes it was sent
 
 
 class RolloutDelivery(Protocol):
@@ -146,7 +147,7 @@ class PublisherDelivery:
         if self.installed_lookup is None:
             full = self.read_bundle(bundle_id)
             self.publisher.deploy(full, list(device_ids), deployment_id=deployment_id)
-            self._account(deployment_id, len(full) * len(device_ids), len(full) * len(device_ids))
+            self._account(deployment_id, dict.fromkeys(device_ids, len(full)), len(full))
             return
         from cloud_hub.delta import plan_delivery
 
@@ -165,7 +166,8 @@ class PublisherDelivery:
                 deployment_id=dep,
                 full_bundle=plan.full_bundle if group.base_bundle_id is not None else None,
             )
-        self._account(deployment_id, plan.bytes_shipped, plan.bytes_full)
+        sent = {d: len(group.bundle) for group in plan.groups for d in group.device_ids}
+        self._account(deployment_id, sent, plan.full_size)
 
     def _deploy_with_orders(
         self,
@@ -184,14 +186,18 @@ class PublisherDelivery:
             self.publisher.deploy(
                 full, ids, deployment_id=f"{deployment_id}-s{index}", rollback_order=orders[ids[0]]
             )
-        self._account(deployment_id, len(full) * len(device_ids), len(full) * len(device_ids))
+        self._account(deployment_id, dict.fromkeys(device_ids, len(full)), len(full))
 
-    def _account(self, deployment_id: str, shipped: int, full: int) -> None:
+    def _account(self, deployment_id: str, sent: Mapping[str, int], full_size: int) -> None:
+        """Count the bytes ``sent`` to each device (and ``full_size`` each, had every one
+        got the full bundle) under the deployment's rollout."""
         rollout = deployment_id.split(".", 1)[0]
         with self._lock:
             totals = self.shipped.setdefault(rollout, DeliveryTotals())
-            totals.bytes_shipped += shipped
-            totals.bytes_full += full
+            totals.bytes_shipped += sum(sent.values())
+            totals.bytes_full += full_size * len(sent)
+            for device, size in sent.items():
+                totals.devices[device] = totals.devices.get(device, 0) + size
 
     def rollback(
         self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str

@@ -54,6 +54,10 @@ class ChunkTransfer:
         self._last_progress = 0.0
         self._last_request = 0.0
         self._idle_requests = 0
+        # bytes of new chunks this process received for ``_counted_bundle`` (measured here,
+        # reported with the download's completion: what the device really downloaded)
+        self.bytes_received = 0
+        self._counted_bundle: str | None = None
 
     @property
     def bundle_id(self) -> str | None:
@@ -94,6 +98,8 @@ class ChunkTransfer:
                 chunk_size=chunk_size,
                 fsync_chunks=self.limits.fsync_chunks,
             )
+        if self._counted_bundle != bundle_id:
+            self._counted_bundle, self.bytes_received = bundle_id, 0
         self._last_progress = self._clock()
         self._last_request = 0.0
         self._idle_requests = 0
@@ -106,6 +112,7 @@ class ChunkTransfer:
         assert self.download is not None
         fresh = self.download.store(chunk)
         if fresh:
+            self.bytes_received += len(chunk.data)
             self._last_progress = self._clock()
             self._idle_requests = 0
         return fresh
