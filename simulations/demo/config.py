@@ -1,0 +1,51 @@
+"""What the demo runs with, and what it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.errors import HubError
+
+__all__ = ["CLASS", "MODEL", "DemoConfig", "DemoResult"]
+
+CLASS = "x86-cpu"
+MODEL = "sensor-mlp"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out_dir: Path = Path("demo-out")
+    agents: int = 6
+    drifted: int = 3  # devices at site=plant-3 (>= 3: SecAgg+ needs three clients)
+    mqtt_url: str | None = None  # None: start an embedded broker
+    broker: str = "auto"  # embedded broker: auto (Mosquitto if installed) | amqtt
+    port: int = 0  # hub API port; 0 = a free one
+    batch: int = 50  # inputs per request
+    steps_before_drift: int = 20  # request rounds (one batch per device) before the drift
+    steps_after_retrain: int = 40  # long enough to see the recovery in the plot
+    drift_window: int = 200
+    num_rounds: int = 3
+    rollout_stages: tuple[dict[str, object], ...] = (
+        {"count": 1},
+        {"percent": 50.0},
+        {"percent": 100.0},
+    )
+    gate_window_s: float = 2.0
+    # "inprocess" (default: run_federated fed by the devices' sample stores) or
+    # "deployment" (SuperLink + TrainCommands, the devices train as SuperNodes; slower)
+    training_engine: str = "inprocess"
+    max_wait_s: float = 200.0  # for the retraining to be rolled out to the drifted devices
+    plots: bool = True
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if not 3 <= self.drifted <= self.agents <= 64:
+            raise HubError("need 3 <= drifted <= agents <= 64 (SecAgg+ needs 3 clients)")
+
+
+@dataclass
+class DemoResult:
+    summary: dict[str, Any]
+    timeline: list[dict[str, Any]] = field(default_factory=list)

@@ -1,0 +1,80 @@
+"""The demo's summary: accuracy per phase, runs, rollouts and bytes shipped, and its files."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from simulations.demo.config import CLASS, DemoConfig, DemoResult
+
+__all__ = ["demo_summary", "phase_accuracy", "write_run"]
+
+
+def phase_accuracy(timeline: list[dict[str, Any]], phase: str, *, drifted: bool) -> float:
+    """Mean accuracy of the drifted (or healthy) devices' answers in one phase."""
+    values = [r["accuracy"] for r in timeline if r["phase"] == phase and r["drifted"] == drifted]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def demo_summary(
+    *,
+    config: DemoConfig,
+    registry: Any,
+    controller: Any,
+    first: Any,
+    rollouts: dict[str, Any],
+    timeline: list[dict[str, Any]],
+    acc: tuple[float, float, float],
+    wall_s: float,
+    dashboard: str,
+    drift_to_rollout_s: float,
+    delivered: Any = None,
+) -> dict[str, Any]:
+    from simulations.demo.report import bytes_shipped
+
+    retrain = controller.outcomes[-1]
+    shipped = bytes_shipped(registry, [r.rollout_id for r in rollouts.values()], delivered)
+    return {
+        "agents": config.agents,
+        "drifted_devices": config.drifted,
+        "accuracy_before_drift": acc[0],
+        "accuracy_after_drift": acc[1],
+        "accuracy_after_retrain": acc[2],
+        "accuracy_recovered_pts": 100.0 * (acc[2] - acc[1]),
+        "healthy_accuracy_before_drift": phase_accuracy(timeline, "before_drift", drifted=False),
+        "healthy_accuracy_after_retrain": phase_accuracy(timeline, "after_retrain", drifted=False),
+        "initial_run": {"run_id": first.run_id, "version": first.version, **first.timings_s},
+        "retrain_run": {
+            "run_id": retrain.run_id,
+            "trigger": controller.decisions.get(CLASS).trigger if controller.decisions else "",
+            "version": retrain.version,
+            "candidate_accuracy": retrain.candidate_accuracy,
+            "champion_accuracy": retrain.champion_accuracy,
+            **retrain.timings_s,
+        },
+        "bytes_shipped": shipped["full_bytes_shipped"],
+        "bytes": shipped,
+        "rollouts": {
+            name: {
+                "rollout_id": st.rollout_id,
+                "duration_s": (st.finished_at or 0) - (st.started_at or 0),
+                "state": st.state,
+            }
+            for name, st in rollouts.items()
+        },
+        "drift_to_recovered_s": drift_to_rollout_s,
+        "dashboard": dashboard,
+        "wall_s": wall_s,
+    }
+
+
+def write_run(run_dir: Path, result: DemoResult, *, plots: bool) -> None:
+    """``summary.json``, ``timeline.json`` and (with ``plots``) the PNG plots."""
+    from simulations.demo.report import write_plots
+
+    (run_dir / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))
+    (run_dir / "timeline.json").write_text(json.dumps(result.timeline))
+    if plots:
+        write_plots(run_dir, result.summary, result.timeline)
