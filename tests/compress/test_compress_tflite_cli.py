@@ -39,6 +39,7 @@ def _rpi4(trained: Any, out: Path, config: CompressionConfig) -> Any:
 
 def _check_rpi4(artifact: Any, trained: Any) -> None:
     assert sorted(p.name for p in artifact.directory.iterdir()) == [
+        "golden.json",
         "metrics.json",
         "model.tflite",
         "preprocess.json",
@@ -56,6 +57,12 @@ def _check_rpi4(artifact: Any, trained: Any) -> None:
     backend = TFLiteBackend(artifact.artifact_path, module="ai_edge_litert")
     agent_top1 = [int(backend.run(x[None]).argmax()) for x in trained.eval.x]
     np.testing.assert_array_equal(agent_top1, logits.argmax(axis=1))
+    # the golden batch passes on the agent's LiteRT runtime, as its health check runs it
+    from edge_agent.runtime.golden import run_golden_batch
+    from shared.golden import GoldenBatch
+
+    golden = GoldenBatch.from_dict(json.loads((artifact.directory / "golden.json").read_text()))
+    assert run_golden_batch(backend, golden).passed
     preprocess = json.loads((artifact.directory / "preprocess.json").read_text())
     assert preprocess["format"] == "tflite" and preprocess["input_shape"] == [1, 8, 8]
     assert preprocess["batch_size"] == 1
