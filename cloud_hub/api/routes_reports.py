@@ -9,7 +9,9 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN
+from cloud_hub.loop.run_states import InvalidRunTransitionError, RunStep, next_run_state
 from cloud_hub.registry import DriftRecord, EventRecord, Page, TrainingRunRecord, admin, reports
+from cloud_hub.registry.errors import ConflictError
 
 __all__ = ["router"]
 
@@ -130,4 +132,27 @@ def update_training_run(
     if changes.get("state") in ("done", "failed", "cancelled"):
         changes["finished_at"] = ctx.clock()
     with ctx.registry.session() as s:
+        if "state" in changes:
+            _check_reported_state(admin.get_training_run(s, run_id).state, changes["state"])
         return admin.update_training_run(s, run_id, now=ctx.clock(), **changes)
+
+
+_REPORTED_STEPS = {
+    "running": RunStep.REPORT_RUNNING,
+    "done": RunStep.REPORT_DONE,
+    "failed": RunStep.FAIL,
+    "cancelled": RunStep.REPORT_CANCELLED,
+}
+
+
+def _check_reported_state(current: str, reported: str) -> None:
+    """An external trainer's report moves the run through the training-run table only."""
+    if reported == current:
+        return
+    step = _REPORTED_STEPS.get(reported)
+    try:
+        if step is None:
+            raise InvalidRunTransitionError(f"a training run cannot go back to {reported!r}")
+        next_run_state(current, step)
+    except InvalidRunTransitionError as exc:
+        raise ConflictError(str(exc)) from exc

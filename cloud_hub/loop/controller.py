@@ -21,12 +21,12 @@ from cloud_hub.errors import HubError
 from cloud_hub.loop.health import class_health
 from cloud_hub.loop.pipeline import RetrainOutcome, RetrainPipeline
 from cloud_hub.loop.policy import RetrainDecision, decide_retraining
+from cloud_hub.loop.run_states import RunState, RunStep, next_run_state, rollout_end_step
 from cloud_hub.registry import admin, rollouts
 
 __all__ = ["RetrainController"]
 
 log = logging.getLogger(__name__)
-_ROLLOUT_END = ("done", "rolled_back", "aborted", "failed")
 
 
 class RetrainController:
@@ -95,14 +95,15 @@ class RetrainController:
             ).items
             for run in runs:
                 rid = run.config.get("rollout_id")
-                if run.state != "rolling_out" or not rid:
+                if run.state != RunState.ROLLING_OUT or not rid:
                     continue
                 found = rollouts.find_rollout(s, str(rid))
-                if found is None or found.state not in _ROLLOUT_END:
+                step = None if found is None else rollout_end_step(found.state)
+                if step is None:
                     continue
-                state = "deployed" if found.state == "done" else f"rollout_{found.state}"
+                state = next_run_state(run.state, step)
                 admin.update_training_run(
-                    s, run.run_id, state=state, finished_at=self.clock(), now=self.clock()
+                    s, run.run_id, state=state.value, finished_at=self.clock(), now=self.clock()
                 )
                 changed += 1
         return changed
@@ -145,7 +146,7 @@ class RetrainController:
             raise HubError("no rollout service to start the rollout with")
         with self.registry.session() as s:
             run = admin.get_training_run(s, run_id)
-        if run.state != "awaiting_approval":
+        if run.state != RunState.AWAITING_APPROVAL:
             raise HubError(f"training run {run_id} is {run.state}, not awaiting approval")
         rollout_id = str(run.config.get("rollout_id") or "")
         if not rollout_id:
@@ -155,7 +156,7 @@ class RetrainController:
             admin.update_training_run(
                 s,
                 run_id,
-                state="rolling_out",
+                state=next_run_state(run.state, RunStep.APPROVED).value,
                 detail=f"{run.detail}; approved",
                 finished_at=self.clock(),
                 now=self.clock(),

@@ -33,6 +33,7 @@ from cloud_hub.keys import KeyStore
 from cloud_hub.loop.cohort import CohortData
 from cloud_hub.loop.config import LoopConfig
 from cloud_hub.loop.deployment import DeploymentTraining
+from cloud_hub.loop.run_states import RunState, RunStep, next_run_state
 from cloud_hub.registry import Registry, admin, catalog
 from cloud_hub.registry import devices as device_repo
 from cloud_hub.registry.bundle_index import register_bundle_bytes
@@ -171,9 +172,17 @@ class RetrainPipeline:
         return max([0, stored, *versions]) + 1
 
     # -- the run ----------------------------------------------------------------------------
-    def _update(self, run_id: str, **changes: Any) -> None:
+    def _record(self, run_id: str, **changes: Any) -> None:
+        """Record facts of the run; its state moves only by :meth:`_advance`."""
         with self.registry.session() as s:
             admin.update_training_run(s, run_id, now=self.clock(), **changes)
+
+    def _advance(self, run_id: str, step: RunStep, **changes: Any) -> RunState:
+        """Move the run one step through :data:`cloud_hub.loop.run_states.TRANSITIONS`."""
+        with self.registry.session() as s:
+            state = next_run_state(admin.get_training_run(s, run_id).state, step)
+            admin.update_training_run(s, run_id, now=self.clock(), state=state.value, **changes)
+        return state
 
     def run(
         self, device_class: str, cohort: Sequence[str], *, trigger: str, reason: str = ""
@@ -197,7 +206,7 @@ class RetrainPipeline:
                 s,
                 run_id=run_id,
                 model_name=cfg.model_name,
-                state="training",
+                state=next_run_state(RunState.PENDING, RunStep.START).value,
                 trigger=trigger,
                 config=record,
                 now=self.clock(),
@@ -207,10 +216,16 @@ class RetrainPipeline:
             return self._run(run_id, device_class, list(cohort), record, timings)
         except (HubError, FedfleetError, OSError, ValueError, RuntimeError) as exc:
             log.warning("training run %s failed: %s", run_id, exc)
-            self._update(run_id, state="failed", detail=str(exc)[:2000], finished_at=self.clock())
+            self._fail(run_id, str(exc))
             return RetrainOutcome(
-                run_id, "failed", device_class, detail=str(exc), timings_s=timings
+                run_id, RunState.FAILED.value, device_class, detail=str(exc), timings_s=timings
             )
+
+    def _fail(self, run_id: str, detail: str) -> None:
+        try:
+            self._advance(run_id, RunStep.FAIL, detail=detail[:2000], finished_at=self.clock())
+        except HubError as exc:  # e.g. the rollout was already started: the run stands
+            log.warning("training run %s not marked failed: %s", run_id, exc)
 
     def _run(
         self,
@@ -238,7 +253,7 @@ class RetrainPipeline:
         timings["train"] = time.perf_counter() - t0
 
         # -- evaluate: candidate vs champion on the hub's validation set
-        self._update(run_id, state="evaluating", metrics={"fl": trained.summary})
+        self._advance(run_id, RunStep.TRAINED, metrics={"fl": trained.summary})
         state = self.model_store.load_state_dict(run_id)
         cand_acc = torch_accuracy(cfg.model_name, state, self.validation)
         champ_acc = (
@@ -259,12 +274,12 @@ class RetrainPipeline:
                 f"candidate accuracy {cand_acc:.4f} does not beat champion "
                 f"v{champion.version if champion else '?'} {champ_acc:.4f} (+{cfg.min_improvement})"
             )
-            self._update(
-                run_id, state="refused", metrics=metrics, detail=detail, finished_at=self.clock()
+            refused = self._advance(
+                run_id, RunStep.REFUSED, metrics=metrics, detail=detail, finished_at=self.clock()
             )
             return RetrainOutcome(
                 run_id,
-                "refused",
+                refused.value,
                 device_class,
                 detail=detail,
                 candidate_accuracy=cand_acc,
@@ -274,7 +289,7 @@ class RetrainPipeline:
 
         # -- compress for the class's build profile
         t1 = time.perf_counter()
-        self._update(run_id, state="compressing", metrics=metrics)
+        self._advance(run_id, RunStep.ACCEPTED, metrics=metrics)
         version = self._next_version(device_class)
         artifact = self._compress(run_id, device_class, state, champion_state)
         metrics["compression"] = artifact.metrics.to_dict()
@@ -302,7 +317,7 @@ class RetrainPipeline:
 
         # -- bundles: full + deltas against what devices run
         t2 = time.perf_counter()
-        self._update(run_id, state="bundling", metrics=metrics, result_version=version)
+        self._advance(run_id, RunStep.COMPRESSED, metrics=metrics, result_version=version)
         bundle_id, size = self._bundle(device_class, version, artifact.directory, lineage, cand_acc)
         deltas = self._deltas(device_class, bundle_id) if cfg.build_deltas else {}
         timings["bundle"] = time.perf_counter() - t2
@@ -310,28 +325,28 @@ class RetrainPipeline:
 
         # -- rollout
         rollout_id = None
-        final = "registered"
+        step = RunStep.REGISTERED
         if self.rollouts is not None:
             rollout_id = self._create_rollout(bundle_id, device_class, run_id)
             if cfg.policy.require_approval:
-                final = "awaiting_approval"
+                step = RunStep.AWAITING
             else:
                 self.rollouts.start(rollout_id)
-                final = "rolling_out"
+                step = RunStep.ROLLOUT_STARTED
         record = {**record, "rollout_id": rollout_id, "bundle_id": bundle_id}
-        self._update(
+        final = self._advance(
             run_id,
-            state=final,
+            step,
             config=record,
             metrics=metrics,
             detail=f"v{version} bundle {bundle_id}"
             + (f", rollout {rollout_id}" if rollout_id else ""),
-            finished_at=self.clock() if final != "awaiting_approval" else None,
+            finished_at=self.clock() if step is not RunStep.AWAITING else None,
         )
-        log.info("training run %s: %s v%d (acc %.4f)", run_id, final, version, cand_acc)
+        log.info("training run %s: %s v%d (acc %.4f)", run_id, final.value, version, cand_acc)
         return RetrainOutcome(
             run_id,
-            final,
+            final.value,
             device_class,
             version=version,
             candidate_accuracy=cand_acc,
@@ -370,7 +385,7 @@ class RetrainPipeline:
                 f"only {len(clients)} of the cohort's {len(cohort)} devices can train "
                 f"(>= {cfg.min_samples_per_device} labelled samples); need {need}"
             )
-        self._update(
+        self._record(
             run_id,
             config={
                 **record,
