@@ -35,9 +35,12 @@ __all__ = [
     "ISA_FLAGS",
     "TARGETS",
     "DeviceFacts",
+    "GpuProbe",
     "detect_device_facts",
     "parse_cpuinfo",
+    "probe_nvidia_gpu",
     "target_of",
+    "tensorrt_version",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,7 +130,8 @@ def parse_cpuinfo(text: str, *, machine: str = "") -> DeviceFacts:
     return DeviceFacts(arch=arch, cpu_model=model, isa_flags=flags)
 
 
-def _tensorrt_version() -> str:
+def tensorrt_version() -> str:
+    """The installed TensorRT Python distribution's version, or ``""``."""
     for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-libs"):
         try:
             return importlib.metadata.version(dist)
@@ -136,8 +140,17 @@ def _tensorrt_version() -> str:
     return ""
 
 
-def _gpu() -> tuple[str, str]:
-    """The first NVIDIA GPU's name and compute capability via NVML, or empty strings."""
+@dataclass(frozen=True)
+class GpuProbe:
+    """The first NVIDIA GPU as NVML sees it; ``error`` says why there is none."""
+
+    name: str = ""
+    compute_capability: str = ""
+    error: str = ""
+
+
+def probe_nvidia_gpu() -> GpuProbe:
+    """The first NVIDIA GPU's name and compute capability via NVML (never raises)."""
     try:
         import pynvml
 
@@ -149,10 +162,9 @@ def _gpu() -> tuple[str, str]:
         finally:
             pynvml.nvmlShutdown()
         text = name.decode() if isinstance(name, bytes) else str(name)
-        return text[:MAX_TEXT], f"{major}.{minor}"
+        return GpuProbe(text[:MAX_TEXT], f"{major}.{minor}")
     except Exception as exc:  # no driver / no GPU / no pynvml: no GPU facts, never fatal
-        log.debug("no GPU facts: %s: %s", type(exc).__name__, exc)
-        return "", ""
+        return GpuProbe(error=f"nvml: {type(exc).__name__}: {exc}")
 
 
 def detect_device_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> DeviceFacts:
@@ -167,12 +179,12 @@ def detect_device_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> DeviceFacts:
         facts = DeviceFacts(
             arch=facts.arch, cpu_model=platform.processor()[:MAX_TEXT], isa_flags=facts.isa_flags
         )
-    gpu, capability = _gpu()
+    gpu = probe_nvidia_gpu()
     return DeviceFacts(
         arch=facts.arch,
         cpu_model=facts.cpu_model,
         isa_flags=facts.isa_flags,
-        gpu_model=gpu,
-        compute_capability=capability,
-        tensorrt_version=_tensorrt_version() if gpu else "",
+        gpu_model=gpu.name,
+        compute_capability=gpu.compute_capability,
+        tensorrt_version=tensorrt_version() if gpu.name else "",
     )

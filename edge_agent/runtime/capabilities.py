@@ -6,10 +6,11 @@ is probed only when a torch candidate is actually tried.
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import logging
 from dataclasses import dataclass
+
+from shared.device_facts import probe_nvidia_gpu, tensorrt_version
 
 __all__ = ["DeviceCapabilities", "detect_capabilities", "gpu_name_from_nvml"]
 
@@ -29,27 +30,9 @@ class DeviceCapabilities:
 
 
 def gpu_name_from_nvml() -> tuple[str | None, str | None]:
-    """The first GPU's name via NVML, or ``(None, reason)``."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
-        finally:
-            pynvml.nvmlShutdown()
-        return (name.decode() if isinstance(name, bytes) else str(name)), None
-    except Exception as exc:  # NVML raises its own tree; any failure means "no GPU info"
-        return None, f"nvml: {type(exc).__name__}: {exc}"
-
-
-def _tensorrt_version() -> str | None:
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-libs"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    """The first GPU's name via NVML, or ``(None, reason)`` (``shared.device_facts`` probes)."""
+    gpu = probe_nvidia_gpu()
+    return (gpu.name, None) if gpu.name else (None, gpu.error or "nvml: no GPU")
 
 
 def detect_capabilities() -> DeviceCapabilities:
@@ -71,7 +54,7 @@ def detect_capabilities() -> DeviceCapabilities:
     return DeviceCapabilities(
         ort_providers=providers,
         gpu_name=gpu,
-        tensorrt_version=_tensorrt_version(),
+        tensorrt_version=tensorrt_version() or None,
         torch_installed=importlib.util.find_spec("torch") is not None,
         tflite_module=tflite,
         notes=tuple(notes),
