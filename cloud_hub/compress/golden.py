@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from cloud_hub.errors import CompressionError
 from shared.golden import MAX_GOLDEN_BYTES, GoldenBatch, GoldenTolerance, make_golden_batch
 
 __all__ = ["GoldenConfig", "select_golden_batch"]
@@ -30,7 +31,9 @@ class GoldenConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_samples <= 64 or not 0 < self.logit_tolerance < 1:
-            raise ValueError("golden max_samples must be in [1, 64], logit_tolerance in (0, 1)")
+            raise CompressionError(
+                "golden max_samples must be in [1, 64], logit_tolerance in (0, 1)"
+            )
 
 
 def _margins(logits: NDArray[np.float32]) -> NDArray[np.float64]:
