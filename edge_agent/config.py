@@ -43,19 +43,21 @@ Example::
                                                # enrollment (verifies the hub's SuperLink)
     require_secure_aggregation = false         # true: refuse any round without SecAgg+
 
-Nothing here reads the environment; the CLI passes the file path.
+Nothing here reads the environment; the CLI passes the file path. :func:`render_config` is
+the one writer of this file (the installer and the local harness both use it).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import AgentConfigError
+from shared import toml_text
 from shared.broker_endpoint import BrokerEndpoint
 from shared.errors import ConfigError, FedfleetError
 from shared.signing import TrustRoot
@@ -75,6 +77,7 @@ __all__ = [
     "TrainingSettings",
     "load_config",
     "parse_config",
+    "render_config",
 ]
 
 
@@ -395,6 +398,23 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> AgentConfig:
         status_interval_s=float(status_interval),
         training=_training(_table(raw, "training"), base_dir),
     )
+
+
+def render_config(document: Mapping[str, Any], *, header: Sequence[str] = ()) -> str:
+    """The agent's config file (TOML) for ``document``: the one writer of ``config.toml``.
+
+    ``document`` has the file's shape (what :func:`parse_config` reads: top-level keys, then
+    tables such as ``mqtt`` with ``mqtt.tls``). The installer (``edge-agent install``) and the
+    local harness both write through here, and a document :func:`parse_config` refuses is
+    refused here (``AgentConfigError``), before anything is written. ``header`` lines become
+    leading comments.
+    """
+    # relative paths stay relative in the file: the reader resolves them against its folder
+    parse_config(document, base_dir=Path("."))
+    try:
+        return toml_text.dumps(document, header=header)
+    except ConfigError as exc:
+        raise AgentConfigError(f"cannot write the agent config: {exc}") from exc
 
 
 def load_config(path: Path | str) -> AgentConfig:

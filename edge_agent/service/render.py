@@ -6,33 +6,12 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from edge_agent.config import render_config
+from shared.toml_text import toml_string
 
 __all__ = ["AgentConfigValues", "render_agent_config", "render_unit"]
-
-
-_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\t": "\\t",
-    "\n": "\\n",
-    "\f": "\\f",
-    "\r": "\\r",
-}
-
-
-def _s(value: str | Path) -> str:
-    """A TOML basic string. Not ``json.dumps``: JSON escapes astral characters as surrogate
-    pairs, which TOML refuses."""
-    out = []
-    for ch in str(value):
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
 
 
 @dataclass(frozen=True)
@@ -53,43 +32,37 @@ class AgentConfigValues:
 
 
 def render_agent_config(v: AgentConfigValues) -> str:
-    """``config.toml`` in the format ``edge_agent.config.load_config`` reads."""
-    labels = ", ".join(f"{_s(k)} = {_s(val)}" for k, val in sorted(v.labels.items()))
-    return "\n".join(
-        [
-            "# fedfleet edge agent (written by `edge-agent install`).",
-            f"device_id = {_s(v.device_id)}",
-            f"device_class = {_s(v.device_class)}",
-            f"state_dir = {_s(v.state_dir)}",
-            f"trust_root = {_s(v.trust_root)}",
-            f"labels = {{ {labels} }}" if labels else "labels = {}",
-            "",
-            "[mqtt]",
-            f"url = {_s(v.mqtt_url)}",
-            f"topic_prefix = {_s(v.topic_prefix)}",
-            f"client_id = {_s(v.client_id)}",
-            "",
-            *_tls_section(v),
-        ]
+    """``config.toml``, written by the agent's config model (:func:`render_config`)."""
+    mqtt: dict[str, Any] = {
+        "url": v.mqtt_url,
+        "topic_prefix": v.topic_prefix,
+        "client_id": v.client_id,
+    }
+    if _is_tls(v.mqtt_url):  # mutual TLS: the broker takes our MQTT user name from device.crt
+        mqtt["tls"] = {"ca": str(v.ca), "cert": str(v.cert), "key": str(v.key)}
+    document = {
+        "device_id": v.device_id,
+        "device_class": v.device_class,
+        "state_dir": str(v.state_dir),
+        "trust_root": str(v.trust_root),
+        "labels": dict(sorted(v.labels.items())),
+        "mqtt": mqtt,
+    }
+    text = render_config(
+        document, header=["fedfleet edge agent (written by `edge-agent install`)."]
     )
+    if not _is_tls(v.mqtt_url):
+        # TLS settings beside a plain-TCP URL would make the agent speak TLS to a broker
+        # that does not (#15): the files are named in a comment only
+        text += (
+            "\n# The hub named a plain-TCP broker: no TLS. With mqtts:// add [mqtt.tls] with\n"
+            f"# ca = {toml_string(v.ca)}, cert = {toml_string(v.cert)}, key = {toml_string(v.key)}\n"
+        )
+    return text
 
 
-def _tls_section(v: AgentConfigValues) -> list[str]:
-    """``[mqtt.tls]`` for an ``mqtts://`` broker only: TLS settings beside a plain-TCP URL
-    would make the agent speak TLS to a broker that does not (#15)."""
-    if not v.mqtt_url.lower().startswith(("mqtts://", "ssl://")):
-        return [
-            "# The hub named a plain-TCP broker: no TLS. With mqtts:// add [mqtt.tls] with",
-            f"# ca = {_s(v.ca)}, cert = {_s(v.cert)}, key = {_s(v.key)}",
-            "",
-        ]
-    return [
-        "[mqtt.tls]  # mutual TLS: the broker takes our MQTT user name from device.crt",
-        f"ca = {_s(v.ca)}",
-        f"cert = {_s(v.cert)}",
-        f"key = {_s(v.key)}",
-        "",
-    ]
+def _is_tls(mqtt_url: str) -> bool:
+    return mqtt_url.lower().startswith(("mqtts://", "ssl://"))
 
 
 def render_unit(

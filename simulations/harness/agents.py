@@ -1,8 +1,8 @@
 """A fleet of real ``edge-agent run`` processes on this machine, for demos, tests and benchmarks.
 
-Each agent gets its own state directory and TOML config (written here) pinning the hub's
-trust root. Nothing is imported from ``edge_agent``: the agents are separate processes,
-exactly as on devices. ``stop()`` terminates them (SIGTERM, then SIGKILL after a grace) so no
+Each agent gets its own state directory and TOML config (written by the agent's config model,
+``edge_agent.config.render_config``) pinning the hub's trust root. The agents themselves are
+separate processes, exactly as on devices. ``stop()`` terminates them (SIGTERM, then SIGKILL after a grace) so no
 process is left behind.
 """
 
@@ -20,18 +20,9 @@ from typing import Any
 
 from cloud_hub.config import parse_mqtt_url
 from cloud_hub.errors import HubConfigError
+from edge_agent.config import render_config
 
 __all__ = ["AgentProcess", "LocalAgentFleet", "agent_config_toml"]
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    raise HubConfigError(f"cannot write {value!r} to TOML")
 
 
 def agent_config_toml(
@@ -45,15 +36,9 @@ def agent_config_toml(
     tables: Mapping[str, Mapping[str, Any]] | None = None,
     top: Mapping[str, Any] | None = None,
 ) -> str:
-    """An agent config (see ``edge_agent.config``); ``tables`` adds [timeouts]/[limits]/...
-    keys, ``top`` top-level keys such as ``status_interval_s``."""
-    lines = [
-        f"device_id = {_toml_value(device_id)}",
-        f"device_class = {_toml_value(device_class)}",
-        f"state_dir = {_toml_value(str(state_dir))}",
-        f"trust_root = {_toml_value(str(trust_root))}",
-    ]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in (top or {}).items()]
+    """An agent config, written by the agent's own config model (``render_config``);
+    ``tables`` adds [timeouts]/[limits]/... keys, ``top`` top-level keys such as
+    ``status_interval_s``."""
     # the client id includes the topic prefix: fleets of different tests (or demos) sharing
     # a broker would otherwise take over each other's sessions (same device ids)
     mqtt_table = {
@@ -62,11 +47,16 @@ def agent_config_toml(
         "client_id": f"{device_id}@{prefix}"[:128],
         **dict((tables or {}).get("mqtt", {})),
     }
-    all_tables = {**dict(tables or {}), "mqtt": mqtt_table}
-    for name, table in all_tables.items():
-        lines.append(f"\n[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
+    document = {
+        "device_id": device_id,
+        "device_class": device_class,
+        "state_dir": str(state_dir),
+        "trust_root": str(trust_root),
+        **dict(top or {}),
+        **{name: dict(table) for name, table in (tables or {}).items()},
+        "mqtt": mqtt_table,
+    }
+    return render_config(document)
 
 
 @dataclass
