@@ -20,7 +20,6 @@ starts from fresh weights, not the champion's.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -44,6 +43,7 @@ from cloud_hub.config import MqttEndpoint
 from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError, HubConfigError, TrainingError
 from cloud_hub.keys import KeyStore
+from shared import toml_text
 from shared.files import atomic_write
 from shared.fl.order import MAX_ORDER_VALIDITY, TrainingOrder, sign_training_order
 from shared.messages import TrainCommand, new_id
@@ -58,8 +58,7 @@ _ORDER_MARGIN = timedelta(minutes=5)  # the order outlives the run's timeout by 
 
 def _toml(config: Any) -> str:
     """``[training]`` for ``FederatedRunConfig.from_mapping`` (flat keys + secagg table)."""
-    lines = ["[training]"]
-    for key in (
+    keys = (
         "model_name",
         "num_clients",
         "num_rounds",
@@ -68,11 +67,9 @@ def _toml(config: Any) -> str:
         "batch_size",
         "learning_rate",
         "seed",
-    ):
-        lines.append(f"{key} = {json.dumps(getattr(config, key))}")
-    lines.append("[training.secagg]")
-    lines.append(f"enabled = {json.dumps(config.secagg.enabled)}")
-    return "\n".join(lines) + "\n"
+    )
+    training = {key: getattr(config, key) for key in keys}
+    return toml_text.dumps({"training": {**training, "secagg": {"enabled": config.secagg.enabled}}})
 
 
 class DeploymentTraining:
