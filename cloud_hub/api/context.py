@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from cloud_hub.bundles.store import BundleStore
     from cloud_hub.enrollment.service import EnrollmentService
     from cloud_hub.ingest.ingest import IngestStats
-    from cloud_hub.rollout.engine import RolloutService
+    from cloud_hub.rollout.commands import RolloutCommands
 
 __all__ = ["ApiContext"]
 
@@ -23,7 +23,8 @@ __all__ = ["ApiContext"]
 class ApiContext:
     """Dependencies of the API. Absent services answer ``409`` with a JSON reason (never a 5xx).
 
-    - ``rollouts``: the rollout engine (create/start/pause/resume/abort/rollback).
+    - ``rollouts``: the rollout commands (create/start/pause/resume/abort/rollback/resolve):
+      the engine where this process runs it, else registry-only commands (a replica).
     - ``enrollment``: issues enrollment tokens (``POST /api/v1/enrollment-tokens``).
     - ``ingest_stats``: counters of the MQTT ingest for ``/metrics``.
     - ``bundles``: the hub's bundle store; uploads and registrations are verified against
@@ -33,7 +34,7 @@ class ApiContext:
     """
 
     registry: Registry
-    rollouts: RolloutService | None = None
+    rollouts: RolloutCommands | None = None
     enrollment: EnrollmentService | None = None
     ingest_stats: Callable[[], IngestStats] | None = None
     bundles: BundleStore | None = None

@@ -35,11 +35,12 @@ from cloud_hub.broker_client import HubRole, hub_client_id_for
 from cloud_hub.bundles import BundleStore, default_store
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
-from cloud_hub.ingest import FleetIngest, MqttSettings
+from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.bundle_index import index_store_bundles
 from cloud_hub.registry.records import DeviceRecord
+from cloud_hub.rollout.commands import RolloutCommands
 from shared.errors import FedfleetError
 from shared.topics import TopicScheme
 
@@ -105,7 +106,7 @@ class HubServer:
             self.ingest = FleetIngest(
                 self.registry,
                 scheme=TopicScheme(cfg.topic_prefix),
-                mqtt_settings=MqttSettings(
+                mqtt_settings=IngestConnection(
                     endpoint=cfg.mqtt, client_id=hub_client_id_for(cfg, HubRole.INGEST)
                 ),
                 config=cfg.ingest,
@@ -119,9 +120,12 @@ class HubServer:
             )
         if self.want_engine:
             self.engine = self._build_engine()
+        # without the engine the commands still work: they are registry writes, and the
+        # engine of another hub process picks them up (``serve --no-engine`` replicas)
+        commands = self.engine or RolloutCommands(self.registry)
         self.context = ApiContext(
             registry=self.registry,
-            rollouts=self.engine,
+            rollouts=commands,
             enrollment=self._build_enrollment(),
             ingest_stats=self.ingest.stats if self.ingest is not None else None,
             bundles=self.bundles,

@@ -4,10 +4,15 @@
 - :mod:`.config` — validated :class:`RolloutConfig`.
 - :mod:`.planner` — seeded random stage membership, continuous deployment.
 - :mod:`.gates` — promote / wait / fail from device reports.
-- :mod:`.engine` — :class:`~cloud_hub.rollout.engine.RolloutService`, persisted in the
-  registry, kill-safe; :class:`PublisherDelivery` connects it to the fleet over MQTT.
+- :mod:`.targets` — each target device's lifecycle as one transition table.
+- :mod:`.commands` — :class:`RolloutCommands`: create/start/pause/resume/abort/rollback/
+  resolve as registry writes (no engine needed: ``serve --no-engine`` replicas answer them).
+- :mod:`.engine` — :class:`~cloud_hub.rollout.engine.RolloutService`, the commands plus the
+  loop, persisted in the registry, kill-safe; :class:`PublisherDelivery` connects it to the
+  fleet over MQTT.
 """
 
+from cloud_hub.rollout.commands import RolloutCommands
 from cloud_hub.rollout.config import (
     AbortRule,
     GateThresholds,
@@ -59,6 +64,7 @@ __all__ = [
     "PublisherDelivery",
     "RollbackSigner",
     "RolloutAction",
+    "RolloutCommands",
     "RolloutConfig",
     "RolloutDelivery",
     "RolloutPhase",

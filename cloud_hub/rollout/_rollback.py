@@ -36,7 +36,11 @@ from cloud_hub.rollout.targets import (
     ROLLBACK_FAILURE_EVENTS,
     UNRECOVERED_STATES,
     TargetState,
+    TargetStep,
+    next_target_state,
     rolled_back,
+    step_sources,
+    step_target,
 )
 from shared.bundle import MAX_ORDER_DEVICES
 from shared.errors import FedfleetError
@@ -51,6 +55,7 @@ log = logging.getLogger("cloud_hub.rollout.engine")
 
 S = RolloutState
 T = TargetState
+TS = TargetStep
 _REASONS_SHOWN = 5
 
 
@@ -132,8 +137,9 @@ class RollbackStep:
                     rid,
                     [r.device_id for r in due],
                     now=now,
+                    only_states=step_sources(TS.ROLLBACK_RESENT),
                     bump_attempts=True,
-                    state=T.ROLLBACK_PENDING.value,
+                    state=step_target(TS.ROLLBACK_RESENT).value,
                     last_attempt_at=now,
                 )
             elif phase.state is S.ROLLING_BACK and not rows:
@@ -176,27 +182,28 @@ class RollbackStep:
             dev = devs.get(r.device_id)
             waited = now - max(r.last_attempt_at or 0.0, record.updated_at)
             if target is None:
-                outcome = (T.STRANDED, "no previous bundle to roll back to")
+                outcome = (TS.STRANDED, "no previous bundle to roll back to")
             elif r.device_id in views and rolled_back(
                 views[r.device_id],
                 previous_bundle_id=target.bundle_id,
                 since=r.last_attempt_at,
                 rollback_event_seen=r.device_id in confirmed,
             ):
-                outcome = (T.ROLLED_BACK, "")
+                outcome = (TS.BACK, "")
             elif r.state == T.ROLLBACK_SENT.value and (
                 reason := _refusal(refused.get(r.device_id, []), r.last_attempt_at)
             ):
-                outcome = (T.ROLLBACK_FAILED, reason)
+                outcome = (TS.ROLLBACK_FAILED, reason)
             elif dev is not None and dev.online and not dev.installed_bundle_id:
-                outcome = (T.ROLLBACK_FAILED, "the device reports no installed model")
+                outcome = (TS.ROLLBACK_FAILED, "the device reports no installed model")
             elif waited >= cfg.offline_timeout_s:
                 where = "online" if dev is not None and dev.online else "offline"
-                outcome = (T.ROLLBACK_FAILED, f"not back after {waited:.0f} s ({where})")
+                outcome = (TS.ROLLBACK_FAILED, f"not back after {waited:.0f} s ({where})")
             else:
                 open_rows.append(r)
                 continue
-            state, detail = outcome
+            step, detail = outcome
+            state = next_target_state(T(r.state), step)
             finished = now if state is not T.STRANDED else None
             store.set_targets(
                 s,
@@ -264,8 +271,8 @@ class RollbackStep:
                 rid,
                 device_ids,
                 now=self.clock(),
-                only_states=[T.ROLLBACK_PENDING],
-                state=T.ROLLBACK_SENT.value,
+                only_states=step_sources(TS.ROLLBACK_PUBLISHED),
+                state=step_target(TS.ROLLBACK_PUBLISHED).value,
             )
         log.info(
             "rollout %s: rollback order to v%d sent to %d device(s)",

@@ -41,7 +41,14 @@ from cloud_hub.rollout.state import (
     apply_action,
     stage_name,
 )
-from cloud_hub.rollout.targets import TargetState, resolve_install
+from cloud_hub.rollout.targets import (
+    TargetState,
+    TargetStep,
+    next_target_state,
+    resolve_install,
+    step_sources,
+    step_target,
+)
 from shared.bundle import MAX_ORDER_DEVICES
 from shared.errors import FedfleetError
 
@@ -54,6 +61,7 @@ log = logging.getLogger("cloud_hub.rollout.engine")
 
 S = RolloutState
 T = TargetState
+TS = TargetStep
 
 
 @dataclass
@@ -128,6 +136,8 @@ class RolloutSteps:
                 )
                 if change is not None:
                     state, finished, detail = change
+                    step = TS.INSTALLED if state is T.SUCCEEDED else TS.INSTALL_FAILED
+                    state = next_target_state(T(row.state), step)
                     rollouts.update_target(
                         s,
                         rid,
@@ -148,7 +158,8 @@ class RolloutSteps:
                     and dev.hello_ts > row.last_attempt_at
                 )
                 if came_back:
-                    rollouts.update_target(s, rid, row.device_id, now=now, state=T.DEPLOYING.value)
+                    state = next_target_state(T(row.state), TS.CAME_BACK)
+                    rollouts.update_target(s, rid, row.device_id, now=now, state=state.value)
 
     def deploy_due(self, record: RolloutRecord) -> None:
         """Offer the bundle to the online targets whose stage has come (and re-offer open
@@ -160,7 +171,7 @@ class RolloutSteps:
             _current, _cfg, phase = store.load(s, rid)
             if phase.state not in (S.CANARY, S.WAVE, S.DONE):
                 return
-            rows = store.target_rows(s, rid, [T.PENDING, T.DEPLOYING], max_stage=phase.stage)
+            rows = store.target_rows(s, rid, step_sources(TS.OFFER), max_stage=phase.stage)
             devs = device_states(s, [r.device_id for r in rows])
             online = [r for r in rows if (d := devs.get(r.device_id)) is not None and d.online]
             exhausted = [r.device_id for r in online if r.attempts >= limit]
@@ -169,7 +180,8 @@ class RolloutSteps:
                 rid,
                 exhausted,
                 now=now,
-                state=T.FAILED.value,
+                only_states=step_sources(TS.GAVE_UP),
+                state=step_target(TS.GAVE_UP).value,
                 finished_at=now,
                 detail=f"no outcome after {limit} offers",
             )
@@ -184,8 +196,9 @@ class RolloutSteps:
                 rid,
                 due,
                 now=now,
+                only_states=step_sources(TS.OFFER),
                 bump_attempts=True,
-                state=T.DEPLOYING.value,
+                state=step_target(TS.OFFER).value,
                 deployment_id=dep_id,
                 last_attempt_at=now,
             )
@@ -197,7 +210,12 @@ class RolloutSteps:
             return
         with self.registry.session() as s:
             store.set_targets(
-                s, rid, due, now=self.clock(), only_states=[T.DEPLOYING], state=T.SENT.value
+                s,
+                rid,
+                due,
+                now=self.clock(),
+                only_states=step_sources(TS.PUBLISHED),
+                state=step_target(TS.PUBLISHED).value,
             )
         log.info("rollout %s: offered %s to %d device(s)", rid, record.bundle_id, len(due))
 

@@ -19,10 +19,11 @@ from cloud_hub.rollout.config import RolloutConfig
 from cloud_hub.rollout.state import HOLDING_STATES, RolloutPhase, RolloutState
 from cloud_hub.rollout.status import phase_of
 from cloud_hub.rollout.targets import (
-    DEPLOYED_STATES,
     RELEASED_STATES,
-    UNRECOVERED_STATES,
     TargetState,
+    TargetStep,
+    step_sources,
+    step_target,
 )
 
 __all__ = [
@@ -147,14 +148,15 @@ def target_rows(
 
 def stop_pending(s: Session, rollout_id: str, *, now: float) -> None:
     """Targets not yet offered will never be: ``skipped``."""
-    rows = target_rows(s, rollout_id, [TargetState.PENDING])
+    sources = step_sources(TargetStep.SKIP)
+    rows = target_rows(s, rollout_id, sources)
     set_targets(
         s,
         rollout_id,
         [r.device_id for r in rows],
         now=now,
-        only_states=[TargetState.PENDING],
-        state=TargetState.SKIPPED.value,
+        only_states=sources,
+        state=step_target(TargetStep.SKIP).value,
         detail="rollout stopped before this device's turn",
     )
 
@@ -194,7 +196,7 @@ def held_note(held: dict[str, tuple[str, str]]) -> str:
 
 def abandon_rollback(s: Session, rollout_id: str, *, now: float, reason: str) -> None:
     """The operator aborted a rollback: targets not yet back will not be (``rollback_failed``)."""
-    states = [TargetState.ROLLBACK_PENDING, TargetState.ROLLBACK_SENT]
+    states = step_sources(TargetStep.ROLLBACK_FAILED)
     rows = target_rows(s, rollout_id, states)
     set_targets(
         s,
@@ -202,7 +204,7 @@ def abandon_rollback(s: Session, rollout_id: str, *, now: float, reason: str) ->
         [r.device_id for r in rows],
         now=now,
         only_states=states,
-        state=TargetState.ROLLBACK_FAILED.value,
+        state=step_target(TargetStep.ROLLBACK_FAILED).value,
         finished_at=now,
         detail=f"rollback aborted: {reason}",
     )
@@ -211,7 +213,7 @@ def abandon_rollback(s: Session, rollout_id: str, *, now: float, reason: str) ->
 def mark_for_rollback(s: Session, rollout_id: str, stage: int | None, *, now: float) -> None:
     """Record the intent to roll back every target of ``stage`` (all stages if ``None``) that
     may have received the bundle, or that an earlier rollback could not bring back."""
-    deployed = sorted(DEPLOYED_STATES | UNRECOVERED_STATES)
+    deployed = step_sources(TargetStep.ORDER_ROLLBACK)  # DEPLOYED_ and UNRECOVERED_STATES
     rows = target_rows(s, rollout_id, deployed)
     ids = [r.device_id for r in rows if stage is None or r.stage_index == stage]
     set_targets(
@@ -220,6 +222,6 @@ def mark_for_rollback(s: Session, rollout_id: str, stage: int | None, *, now: fl
         ids,
         now=now,
         only_states=deployed,
-        state=TargetState.ROLLBACK_PENDING.value,
+        state=step_target(TargetStep.ORDER_ROLLBACK).value,
         attempts=0,
     )

@@ -13,6 +13,10 @@
     rollback_pending/sent ──(device refused or failed the order, no answer in time,
                              rollback aborted)──► rollback_failed ──(operator retries)──► rollback_pending
 
+:data:`TARGET_TRANSITIONS` is this drawing as a table of :class:`TargetStep`; the engine writes
+a target's state only through it (:func:`step_sources` are the states a bulk write may
+change, :func:`next_target_state` checks one target).
+
 The previous bundle is per device: what the device ran when the rollout first offered it the
 new bundle (``from_bundle_id``/``from_version``/``from_sha256``, by whichever bundle — full or
 delta — delivered it), else the rollout's ``previous_bundle_id``.
@@ -25,8 +29,10 @@ command is harmless on the device: commands are idempotent by deployment id).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cloud_hub.errors import RolloutError
 from shared.messages import EventKind
 
 __all__ = [
@@ -34,11 +40,17 @@ __all__ = [
     "FAILURE_EVENTS",
     "RELEASED_STATES",
     "ROLLBACK_FAILURE_EVENTS",
+    "TARGET_TRANSITIONS",
     "UNRECOVERED_STATES",
     "InstallView",
+    "InvalidTargetTransitionError",
     "TargetState",
+    "TargetStep",
+    "next_target_state",
     "resolve_install",
     "rolled_back",
+    "step_sources",
+    "step_target",
 ]
 
 
@@ -54,6 +66,84 @@ class TargetState(str, enum.Enum):
     ROLLED_BACK = "rolled_back"
     STRANDED = "stranded"
     ROLLBACK_FAILED = "rollback_failed"
+
+
+class TargetStep(str, enum.Enum):
+    OFFER = "offer"  # the intent to offer the bundle, written before publishing
+    PUBLISHED = "published"
+    CAME_BACK = "came_back"  # reconnected since the offer: offer again
+    INSTALLED = "installed"
+    INSTALL_FAILED = "install_failed"
+    GAVE_UP = "gave_up"  # no outcome after the most offers allowed
+    SKIP = "skip"  # the rollout stopped before this device's turn
+    ORDER_ROLLBACK = "order_rollback"  # gate failed / operator rollback / operator retry
+    ROLLBACK_RESENT = "rollback_resent"  # reconnected since the rollback order: send again
+    ROLLBACK_PUBLISHED = "rollback_published"
+    BACK = "back"  # on the previous bundle again
+    STRANDED = "stranded"  # no previous bundle to go back to
+    ROLLBACK_FAILED = "rollback_failed"  # refused, failed, no answer in time, or aborted
+
+
+class InvalidTargetTransitionError(RolloutError):
+    """A step the rollout-target table does not allow in the target's state."""
+
+
+_S, _T = TargetState, TargetStep
+#: The whole per-device lifecycle. Anything not listed here is refused.
+TARGET_TRANSITIONS: Mapping[tuple[TargetState, TargetStep], TargetState] = {
+    (_S.PENDING, _T.OFFER): _S.DEPLOYING,
+    (_S.DEPLOYING, _T.OFFER): _S.DEPLOYING,  # an open intent, offered again
+    (_S.DEPLOYING, _T.PUBLISHED): _S.SENT,
+    (_S.SENT, _T.CAME_BACK): _S.DEPLOYING,
+    **{(s, _T.INSTALLED): _S.SUCCEEDED for s in (_S.DEPLOYING, _S.SENT, _S.FAILED)},
+    **{(s, _T.INSTALL_FAILED): _S.FAILED for s in (_S.DEPLOYING, _S.SENT, _S.SUCCEEDED)},
+    (_S.PENDING, _T.GAVE_UP): _S.FAILED,
+    (_S.DEPLOYING, _T.GAVE_UP): _S.FAILED,
+    (_S.PENDING, _T.SKIP): _S.SKIPPED,
+    **{
+        (s, _T.ORDER_ROLLBACK): _S.ROLLBACK_PENDING
+        for s in (
+            _S.DEPLOYING,
+            _S.SENT,
+            _S.SUCCEEDED,
+            _S.FAILED,
+            _S.STRANDED,
+            _S.ROLLBACK_FAILED,
+        )
+    },
+    (_S.ROLLBACK_PENDING, _T.ROLLBACK_RESENT): _S.ROLLBACK_PENDING,
+    (_S.ROLLBACK_SENT, _T.ROLLBACK_RESENT): _S.ROLLBACK_PENDING,
+    (_S.ROLLBACK_PENDING, _T.ROLLBACK_PUBLISHED): _S.ROLLBACK_SENT,
+    (_S.ROLLBACK_PENDING, _T.BACK): _S.ROLLED_BACK,
+    (_S.ROLLBACK_SENT, _T.BACK): _S.ROLLED_BACK,
+    (_S.ROLLBACK_PENDING, _T.STRANDED): _S.STRANDED,
+    (_S.ROLLBACK_SENT, _T.STRANDED): _S.STRANDED,
+    (_S.ROLLBACK_PENDING, _T.ROLLBACK_FAILED): _S.ROLLBACK_FAILED,
+    (_S.ROLLBACK_SENT, _T.ROLLBACK_FAILED): _S.ROLLBACK_FAILED,
+}
+del _S, _T
+
+
+def step_sources(step: TargetStep) -> list[TargetState]:
+    """The states ``step`` applies to (a bulk write changes only targets still in them)."""
+    return sorted({state for state, s in TARGET_TRANSITIONS if s is step})
+
+
+def step_target(step: TargetStep) -> TargetState:
+    """The state ``step`` leads to (the same from every source)."""
+    (target,) = {t for (_, s), t in TARGET_TRANSITIONS.items() if s is step}
+    return target
+
+
+def next_target_state(state: TargetState, step: TargetStep) -> TargetState:
+    """The state after ``step``; raises ``InvalidTargetTransitionError`` where the table has
+    none."""
+    target = TARGET_TRANSITIONS.get((state, step))
+    if target is None:
+        raise InvalidTargetTransitionError(
+            f"{step.value!r} not allowed for a rollout target in state {state.value!r}"
+        )
+    return target
 
 
 #: Targets that may have received the new bundle (so a rollback must reach them).
