@@ -1,7 +1,7 @@
 """Delivery of signed bundles and commands to the fleet over MQTT v5 (paho-mqtt 2.x)."""
 
 from cloud_hub.delivery.config import PublisherConfig
-from cloud_hub.delivery.deployment import Deployment
+from cloud_hub.delivery.handle import Deployment
 from cloud_hub.delivery.progress import (
     TERMINAL_STATES,
     DeliveryState,

@@ -27,7 +27,7 @@ from typing import Any
 
 from cloud_hub.delivery._session import MqttSession
 from cloud_hub.delivery.config import PublisherConfig
-from cloud_hub.delivery.deployment import Deployment, DeploymentState
+from cloud_hub.delivery.handle import Deployment, DeploymentState
 from cloud_hub.delivery.progress import DeviceProgress, advance
 from cloud_hub.delivery.serving import ChunkService
 from cloud_hub.errors import HubConfigError

@@ -3,7 +3,7 @@
 Deployment path: the hub runs ``flower-superlink`` (or connects to an existing one), agents
 run SuperNodes (:mod:`edge_agent.fl.supernode`), and :meth:`SuperLinkProcess.submit_run`
 submits fedfleet's Flower App (``cloud_hub/fl/fab``) with ``flwr run``; the ServerApp
-(:mod:`cloud_hub.fl.deployment`) writes ``summary.json`` when the run ends.
+(:mod:`cloud_hub.fl.superlink_app`) writes ``summary.json`` when the run ends.
 
 TLS (the default): give the SuperLink ``ssl_certfile``/``ssl_keyfile``/``ssl_ca_certfile``
 (``flower-superlink --ssl-certfile ... --ssl-keyfile ... --ssl-ca-certfile ...``); give each

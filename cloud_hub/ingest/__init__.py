@@ -9,7 +9,7 @@
 from cloud_hub.ingest.batch import BatchCounts, IngestBatch, write_batch
 from cloud_hub.ingest.config import IngestConfig
 from cloud_hub.ingest.fairness import Admission, FairQueue, RecentKeys, TokenBucket
-from cloud_hub.ingest.ingest import FleetIngest, IngestStats, MqttSettings
+from cloud_hub.ingest.ingest import FleetIngest, IngestConnection, IngestStats
 from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected, classify
 
 __all__ = [
@@ -21,8 +21,8 @@ __all__ = [
     "Inbound",
     "IngestBatch",
     "IngestConfig",
+    "IngestConnection",
     "IngestStats",
-    "MqttSettings",
     "RecentKeys",
     "Rejected",
     "TokenBucket",

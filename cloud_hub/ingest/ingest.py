@@ -35,14 +35,15 @@ from shared.errors import MalformedMessageError
 from shared.messages import MAX_MESSAGE_BYTES, Telemetry
 from shared.topics import TopicScheme
 
-__all__ = ["FleetIngest", "IngestStats", "MqttSettings"]
+__all__ = ["FleetIngest", "IngestConnection", "IngestStats"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class MqttSettings:
-    """The ingest's broker connection (built by :mod:`cloud_hub.broker_client`)."""
+class IngestConnection:
+    """How the ingest connects to the broker: endpoint, client id, session (built into a paho
+    client by :mod:`cloud_hub.broker_client`)."""
 
     endpoint: BrokerEndpoint = field(default_factory=BrokerEndpoint)
     # IDENTITY:ROLE:INSTANCE, see cloud_hub.broker_client.hub_client_id (#15)
@@ -83,7 +84,7 @@ class FleetIngest:
         registry: Registry,
         *,
         scheme: TopicScheme,
-        mqtt_settings: MqttSettings,
+        mqtt_settings: IngestConnection,
         config: IngestConfig = IngestConfig(),
         clock: Callable[[], float] = time.time,
     ) -> None:

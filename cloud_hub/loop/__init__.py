@@ -8,7 +8,7 @@
 - :mod:`.controller` — ticks the policy per class, runs the pipeline, approvals;
 - :mod:`.cohort` — where a cohort's training data comes from (and why the demo uses the
   in-process engine rather than Flower's Deployment Engine);
-- :mod:`.deployment` — a cohort trained on the devices through Flower's Deployment Engine.
+- :mod:`.device_training` — a cohort trained on the devices through Flower's Deployment Engine.
 
 The one-command demo that drives this loop on one machine lives in ``simulations.demo``.
 

@@ -32,7 +32,7 @@ from cloud_hub.errors import GateRefusedError, HubError
 from cloud_hub.keys import KeyStore
 from cloud_hub.loop.cohort import CohortData
 from cloud_hub.loop.config import LoopConfig
-from cloud_hub.loop.deployment import DeploymentTraining
+from cloud_hub.loop.device_training import DeploymentTraining
 from cloud_hub.loop.run_states import RunState, RunStep, next_run_state
 from cloud_hub.registry import Registry, admin, catalog
 from cloud_hub.registry import devices as device_repo

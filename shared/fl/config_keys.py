@@ -13,7 +13,7 @@ __all__ = ["FitConfigKey", "NodeConfigKey", "RunConfigKey"]
 class RunConfigKey:
     """Run config: set by the hub for one run (``flwr run --run-config``)."""
 
-    # read by the ServerApp on the hub (cloud_hub.fl.deployment)
+    # read by the ServerApp on the hub (cloud_hub.fl.superlink_app)
     CONFIG_PATH = "config-path"  # TOML whose [training] table is the FederatedRunConfig
     VALIDATION_PATH = "validation-path"  # hub-held validation set (.npz with x and y)
     RESULTS_DIR = "results-dir"  # where rounds.json / summary.json are written

@@ -328,7 +328,7 @@ def _stream_step(run: DemoRun, phase: str, drift_on: bool) -> None:
 def _deployment_training(run: DemoRun) -> Any:
     """Training on the devices as SuperNodes (``--training-engine deployment``)."""
     from cloud_hub.config import parse_mqtt_url
-    from cloud_hub.loop.deployment import DeploymentTraining
+    from cloud_hub.loop.device_training import DeploymentTraining
     from shared.topics import TopicScheme
 
     return DeploymentTraining(

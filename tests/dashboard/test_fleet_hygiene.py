@@ -27,7 +27,7 @@ from cryptography import x509
 from cloud_hub.api.audit_tally import AnonymousAuditTally, AuditInsert, AuditUpdate, RefusalKind
 from cloud_hub.enrollment import EnrollmentConfig, EnrollmentService, SqlEnrollmentRepository
 from cloud_hub.enrollment.hubdir import register_in_fleet
-from cloud_hub.ingest import FleetIngest, MqttSettings
+from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, admin, devices, open_registry
 from edge_agent.service.identity import build_csr, generate_device_key
@@ -73,7 +73,7 @@ def _hub(tmp: Path) -> Iterator[tuple[TrustBroker, Registry, RunningApi, FleetIn
         ingest = FleetIngest(
             registry,
             scheme=broker.scheme,
-            mqtt_settings=MqttSettings(
+            mqtt_settings=IngestConnection(
                 endpoint=endpoint, client_id=f"{HUB_USER}:ingest:hyg-{uuid.uuid4().hex[:6]}"
             ),
         )

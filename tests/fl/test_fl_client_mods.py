@@ -9,7 +9,7 @@ from flwr.app import Context, RecordDict
 from flwr.client.mod import fixedclipping_mod
 
 from cloud_hub.fl.config import FederatedRunConfig
-from cloud_hub.fl.deployment import DeploymentRunSettings, client_run_config
+from cloud_hub.fl.superlink_app import DeploymentRunSettings, client_run_config
 from shared.fl.config_keys import RunConfigKey
 from shared.fl.mods import (
     DropoutSchedule,

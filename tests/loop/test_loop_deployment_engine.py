@@ -19,7 +19,7 @@ from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.keys import KeyStore
 from cloud_hub.loop.cohort import DeviceSampleStores
 from cloud_hub.loop.config import LoopConfig
-from cloud_hub.loop.deployment import DeploymentTraining
+from cloud_hub.loop.device_training import DeploymentTraining
 from cloud_hub.loop.pipeline import RetrainPipeline
 from cloud_hub.loop.policy import RetrainPolicy
 from cloud_hub.registry import admin, catalog, open_registry

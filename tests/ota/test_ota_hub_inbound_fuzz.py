@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
-from cloud_hub.delivery.deployment import DeploymentState
+from cloud_hub.delivery.handle import DeploymentState
 from cloud_hub.delivery.progress import DeviceProgress
 from shared.messages import ChunkRequest, Event, Hello, Status, new_id
 

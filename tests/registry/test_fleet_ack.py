@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from cloud_hub.ingest import FleetIngest, IngestConfig, MqttSettings
+from cloud_hub.ingest import FleetIngest, IngestConfig, IngestConnection
 from cloud_hub.ingest.fairness import Admission
 from cloud_hub.registry import open_registry, reports
 from shared.messages import Event, Telemetry
@@ -17,7 +17,9 @@ T0 = 1_800_000_000.0
 
 def test_events_are_acked_after_commit_and_garbage_at_once(tmp_path: Path) -> None:
     reg = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
-    ingest = FleetIngest(reg, scheme=SCHEME, mqtt_settings=MqttSettings(), config=IngestConfig())
+    ingest = FleetIngest(
+        reg, scheme=SCHEME, mqtt_settings=IngestConnection(), config=IngestConfig()
+    )
     acked: list[str] = []
     committed_at_ack: list[int] = []
 

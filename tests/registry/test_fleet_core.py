@@ -203,13 +203,13 @@ def test_values_the_registry_cannot_store_are_rejected_at_intake() -> None:
 
 
 def test_telemetry_flood_is_shed_before_decoding(tmp_path: Path) -> None:
-    from cloud_hub.ingest import FleetIngest, IngestConfig, MqttSettings
+    from cloud_hub.ingest import FleetIngest, IngestConfig, IngestConnection
 
     reg = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
     ingest = FleetIngest(
         reg,
         scheme=SCHEME,
-        mqtt_settings=MqttSettings(),
+        mqtt_settings=IngestConnection(),
         config=IngestConfig(telemetry_rate_per_s=1, telemetry_burst=5),
         clock=lambda: T0,  # no refill: exactly the burst gets through
     )

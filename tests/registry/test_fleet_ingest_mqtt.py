@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.exc import OperationalError
 
-from cloud_hub.ingest import FleetIngest, IngestConfig, MqttSettings
+from cloud_hub.ingest import FleetIngest, IngestConfig, IngestConnection
 from cloud_hub.registry import Registry, devices, open_registry, reports
 from shared.messages import (
     DriftReport,
@@ -64,7 +64,9 @@ def setup(tmp_path: Path) -> Iterator[tuple[Registry, FleetIngest, Publisher]]:
     ingest = FleetIngest(
         registry,
         scheme=scheme,
-        mqtt_settings=MqttSettings(client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=0),
+        mqtt_settings=IngestConnection(
+            client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=0
+        ),
         config=IngestConfig(
             per_device_queue=100,
             telemetry_rate_per_s=1000,
@@ -188,7 +190,7 @@ def test_flooding_device_does_not_starve_others(
 def test_messages_sent_while_the_hub_is_down_arrive_after_restart(tmp_path: Path) -> None:
     scheme = TopicScheme(f"ingest-restart-{uuid.uuid4().hex[:8]}")
     registry = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
-    settings = MqttSettings(client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=30)
+    settings = IngestConnection(client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=30)
     config = IngestConfig(flush_interval_s=0.05)
     first = FleetIngest(registry, scheme=scheme, mqtt_settings=settings, config=config)
     first.start()  # establishes the persistent session and its subscriptions
@@ -232,7 +234,9 @@ def test_batches_survive_database_outages(tmp_path: Path) -> None:
     ingest = FleetIngest(
         flaky,
         scheme=scheme,
-        mqtt_settings=MqttSettings(client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=0),
+        mqtt_settings=IngestConnection(
+            client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=0
+        ),
         config=IngestConfig(flush_interval_s=0.05, retry_backoff_s=0.1),
     )
     ingest.start()
@@ -264,7 +268,9 @@ def test_an_unstorable_message_does_not_poison_its_batch(
     ingest = FleetIngest(
         registry,
         scheme=scheme,
-        mqtt_settings=MqttSettings(client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=0),
+        mqtt_settings=IngestConnection(
+            client_id=f"ingest-{uuid.uuid4().hex[:8]}", session_expiry_s=0
+        ),
         config=IngestConfig(flush_interval_s=0.3),
     )
     ingest.start()

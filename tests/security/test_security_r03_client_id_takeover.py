@@ -19,7 +19,7 @@ import pytest
 
 from cloud_hub.broker_client import HubRole, hub_client_id_for
 from cloud_hub.config import HubConfig
-from cloud_hub.ingest import FleetIngest, MqttSettings
+from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.registry import Registry, open_registry
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import Telemetry
@@ -50,7 +50,7 @@ def _ingest(registry: Registry, setup: BrokerSetup, client_id: str) -> Iterator[
     ingest = FleetIngest(
         registry,
         scheme=setup.scheme,
-        mqtt_settings=MqttSettings(endpoint=_hub_endpoint(setup), client_id=client_id),
+        mqtt_settings=IngestConnection(endpoint=_hub_endpoint(setup), client_id=client_id),
     )
     ingest.start()
     try:

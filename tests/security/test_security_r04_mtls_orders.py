@@ -16,7 +16,7 @@ from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.fl.config import FederatedRunConfig
 from cloud_hub.fl.superlink import fab_sha256
 from cloud_hub.keys import KeyStore
-from cloud_hub.loop.deployment import DeploymentTraining
+from cloud_hub.loop.device_training import DeploymentTraining
 from edge_agent.config import load_config
 from edge_agent.fl.train_command import OrderTrust, TrainCommandHandler, TrainingLimits
 from shared.broker_endpoint import BrokerEndpoint

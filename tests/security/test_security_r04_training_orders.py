@@ -30,7 +30,7 @@ from cloud_hub.config import MqttEndpoint
 from cloud_hub.errors import HubConfigError
 from cloud_hub.fl.config import FederatedRunConfig
 from cloud_hub.fl.superlink import fab_sha256
-from cloud_hub.loop.deployment import DeploymentTraining
+from cloud_hub.loop.device_training import DeploymentTraining
 from edge_agent.fl.train_command import OrderTrust, TrainCommandHandler, TrainingLimits
 from shared.errors import WrongTargetError
 from shared.messages import Event, EventKind, Status, TrainCommand

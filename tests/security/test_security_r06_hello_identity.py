@@ -23,7 +23,7 @@ import pytest
 
 from cloud_hub.enrollment import EnrollmentConfig, EnrollmentService, SqlEnrollmentRepository
 from cloud_hub.enrollment.hubdir import register_in_fleet
-from cloud_hub.ingest import FleetIngest, MqttSettings
+from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.loop.health import class_health
 from cloud_hub.loop.policy import RetrainPolicy, decide_retraining
 from cloud_hub.registry import Registry, devices, open_registry, reports
@@ -69,7 +69,7 @@ def _hub(tmp: Path) -> Iterator[tuple[TrustBroker, Registry, RunningApi, FleetIn
         ingest = FleetIngest(
             registry,
             scheme=broker.scheme,
-            mqtt_settings=MqttSettings(
+            mqtt_settings=IngestConnection(
                 endpoint=endpoint, client_id=f"{HUB_USER}:ingest:r06-{uuid.uuid4().hex[:6]}"
             ),
         )

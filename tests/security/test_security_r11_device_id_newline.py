@@ -17,7 +17,7 @@ import pytest
 
 from cloud_hub.enrollment.tokens import validate_labels
 from cloud_hub.errors import HubConfigError
-from cloud_hub.ingest import FleetIngest, MqttSettings
+from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.ingest.intake import Rejected
 from cloud_hub.registry import devices, open_registry
 from cloud_hub.rollout.config import TargetSelector
@@ -86,7 +86,7 @@ def test_topics_and_ingest_refuse_a_trailing_newline(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         scheme.bundle_chunks("b1\n")
     registry = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
-    ingest = FleetIngest(registry, scheme=scheme, mqtt_settings=MqttSettings())
+    ingest = FleetIngest(registry, scheme=scheme, mqtt_settings=IngestConnection())
     hello = Hello(EVIL, "x86-cpu", "0.1", [], 1, 1, ts=time.time())
     outcome = ingest.submit(f"r11/v1/devices/{EVIL}/hello", hello.encode())
     assert isinstance(outcome, Rejected) and outcome.kind == "bad_topic"

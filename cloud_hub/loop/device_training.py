@@ -14,7 +14,7 @@ certificate issued by the hub CA (``ca_dir``), the CA devices pinned at enrollme
 ``insecure=True`` (plain text, which devices refuse unless allowed locally) must be asked for.
 
 Costs (measured, see :mod:`cloud_hub.loop.cohort`): the Deployment Engine polls, so a run
-takes tens of seconds to minutes on loopback; the ServerApp (``cloud_hub.fl.deployment``)
+takes tens of seconds to minutes on loopback; the ServerApp (``cloud_hub.fl.superlink_app``)
 starts from fresh weights, not the champion's.
 """
 
@@ -230,8 +230,8 @@ class DeploymentTraining:
         model_store_root: Path,
     ) -> dict[str, Any]:
         """Run ``fl_config`` with the devices as SuperNodes; returns the run's summary."""
-        from cloud_hub.fl.deployment import DeploymentRunSettings, client_run_config
         from cloud_hub.fl.superlink import fab_sha256
+        from cloud_hub.fl.superlink_app import DeploymentRunSettings, client_run_config
         from shared.net import free_port
 
         if self._abort.is_set():
