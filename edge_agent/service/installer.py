@@ -254,7 +254,12 @@ def install(opts: InstallOptions, *, systemctl: Systemctl = run_systemctl) -> In
             labels=answer.labels,
         )
         created.write(layout.config_path, render_agent_config(values).encode("utf-8"), 0o640)
-        load_config(layout.config_path)  # what we wrote must be what the agent reads
+        written = load_config(layout.config_path)  # what we wrote is what the agent reads
+        if written.mqtt.tls is None:
+            messages.append(
+                f"the hub named a plain-TCP broker ({written.mqtt.endpoint.url}): no TLS; the "
+                "device certificate is kept for an mqtts:// broker later"
+            )
         identity = {
             "device_id": answer.device_id,
             "device_class": answer.device_class,
