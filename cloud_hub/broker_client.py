@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -34,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER, load_hub_identity
 from cloud_hub.errors import DeliveryError, HubConfigError
 from shared.broker_endpoint import BrokerEndpoint
+from shared.errors import ConfigError
 from shared.files import atomic_write
 
 if TYPE_CHECKING:  # cloud_hub.config imports the ingest, which imports this module
@@ -193,18 +193,10 @@ def create_client(
         manual_ack=manual_ack,
     )
     client.reconnect_delay_set(min_delay=reconnect_delay_s[0], max_delay=reconnect_delay_s[1])
-    if endpoint.username is not None:
-        client.username_pw_set(endpoint.username, endpoint.password)
-    if endpoint.tls:
-        try:
-            client.tls_set(
-                ca_certs=endpoint.ca_file,
-                certfile=endpoint.cert_file,
-                keyfile=endpoint.key_file,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        except (OSError, ValueError, ssl.SSLError) as exc:
-            raise DeliveryError(f"MQTT TLS files for {endpoint.url}: {exc}") from exc
+    try:
+        endpoint.configure_client(client)
+    except ConfigError as exc:
+        raise DeliveryError(str(exc)) from exc
     _install(client, hooks)
     return client
 

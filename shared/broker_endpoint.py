@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from shared.errors import ConfigError
 
-__all__ = ["MQTT_PROTOCOLS", "BrokerEndpoint"]
+__all__ = ["MQTT_PROTOCOLS", "BrokerEndpoint", "MqttClientSettings"]
 
 MQTT_PROTOCOLS = ("5", "3.1.1")
 _TLS_SCHEMES = {"mqtts": True, "ssl": True, "mqtt": False, "tcp": False}
@@ -114,6 +115,33 @@ class BrokerEndpoint:
     @property
     def mutual_tls(self) -> bool:
         return self.cert_file is not None
+
+    def configure_client(self, client: MqttClientSettings) -> None:
+        """Hand the credentials and TLS files to an MQTT client before it connects.
+
+        The one place either side's client (the hub's factory, the agent's transport) learns
+        them; ``client`` is anything with paho's ``username_pw_set`` and ``tls_set``, so this
+        module stays free of paho. Unreadable or invalid TLS files raise ``ConfigError``.
+        """
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            try:
+                client.tls_set(
+                    ca_certs=self.ca_file, certfile=self.cert_file, keyfile=self.key_file
+                )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigError(f"MQTT TLS files for {self.url}: {exc}") from exc
+
+
+class MqttClientSettings(Protocol):
+    """What :meth:`BrokerEndpoint.configure_client` calls (paho-mqtt's client has both)."""
+
+    def username_pw_set(self, username: str | None, password: str | None = None) -> None: ...
+
+    def tls_set(
+        self, *, ca_certs: str | None, certfile: str | None, keyfile: str | None
+    ) -> Any: ...
 
 
 def _query_options(query: str, url: str) -> dict[str, str]:

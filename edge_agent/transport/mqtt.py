@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 from edge_agent.config import MqttSettings
 from edge_agent.errors import TransportError
 from edge_agent.transport.outbox import Outbox
+from shared.errors import ConfigError
 
 __all__ = ["InboundMessage", "MqttLink"]
 
@@ -95,17 +96,10 @@ class MqttLink:
         )
         client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(window)
-        if endpoint.username is not None:
-            client.username_pw_set(endpoint.username, endpoint.password)
-        if endpoint.tls:
-            try:
-                client.tls_set(
-                    ca_certs=endpoint.ca_file,
-                    certfile=endpoint.cert_file,
-                    keyfile=endpoint.key_file,
-                )
-            except (OSError, ValueError) as exc:
-                raise TransportError(f"TLS setup failed: {exc}") from exc
+        try:
+            endpoint.configure_client(client)
+        except ConfigError as exc:
+            raise TransportError(f"TLS setup failed: {exc}") from exc
         if will is not None:
             client.will_set(will[0], will[1], qos=1, retain=True)
         client.on_connect = self._handle_connect
