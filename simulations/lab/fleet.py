@@ -18,6 +18,8 @@ start while a crashed one's leftovers exist (:func:`simulations.lab.netns.clean`
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -26,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from simulations.lab import netns
 from simulations.lab.plan import (
@@ -156,6 +159,7 @@ class FleetLab:
         self._enroll_devices()
         for host in self.plan.devices:
             self.start_agent(host)
+        self.wait_online()
 
     def down(self) -> None:
         """Stop every process — agents first, then the hub, the broker last, so each side
@@ -177,10 +181,22 @@ class FleetLab:
     def _ns(self, host: LabHost, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", host.netns, *argv]
 
-    def run_in(self, host: LabHost, argv: list[str], *, timeout: float = 120.0) -> str:
+    def run_in(
+        self,
+        host: LabHost,
+        argv: list[str],
+        *,
+        timeout: float = 120.0,
+        env: dict[str, str] | None = None,
+    ) -> str:
         """Run a command to completion inside ``host``; its stdout, or :class:`LabError`."""
         proc = subprocess.run(
-            self._ns(host, argv), capture_output=True, text=True, timeout=timeout, check=False
+            self._ns(host, argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=None if env is None else {**os.environ, **env},
         )
         if proc.returncode != 0:
             raise LabError(
@@ -209,6 +225,48 @@ class FleetLab:
             str(self.ca_file),
             timeout=timeout,
         )
+
+    def api_get(self, path: str) -> Any:
+        """``GET path`` on the hub's HTTPS API (verified by the hub CA), from the hub's
+        namespace, with the operator token (passed in the environment, not on the command
+        line); the decoded JSON."""
+        script = (
+            "import json,os,ssl,sys,urllib.request\n"
+            "ctx=ssl.create_default_context(cafile=sys.argv[2])\n"
+            "req=urllib.request.Request(sys.argv[1],"
+            "headers={'Authorization':'Bearer '+os.environ['LAB_TOKEN']})\n"
+            "print(urllib.request.urlopen(req,timeout=20,context=ctx).read().decode())\n"
+        )
+        out = self.run_in(
+            self.plan.hub,
+            [sys.executable, "-c", script, f"{self.api_url}{path}", str(self.ca_file)],
+            env={"LAB_TOKEN": self.operator_token},
+        )
+        return json.loads(out)
+
+    def online_devices(self) -> set[str]:
+        page = self.api_get(f"/api/v1/devices?online=true&limit={len(self.plan.devices)}")
+        return {str(d["device_id"]) for d in page["items"]}
+
+    def wait_online(self) -> None:
+        """Until the hub sees every device online; an agent that exits fails the lab."""
+        want = {h.name for h in self.plan.devices}
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while True:
+            dead = [p for p in self.processes if not p.alive()]
+            if dead:
+                raise LabError(
+                    "exited: "
+                    + "; ".join(
+                        f"{p.name}: {p.log.read_text(errors='replace')[-400:]}" for p in dead
+                    )
+                )
+            missing = want - self.online_devices()
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"devices never came online: {sorted(missing)}")
+            time.sleep(1)
 
     def spawn(
         self, host: LabHost, name: str, argv: list[str], *, cwd: Path | None = None
