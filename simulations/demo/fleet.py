@@ -1,20 +1,16 @@
 """The demo's local fleet: device processes with their own non-IID data, and the client that
 streams inputs to their local prediction APIs.
 
-Every device is ``edge-agent run --serve`` (agent + inference stack) in its own
-process group, so that stopping the fleet also ends anything a device started. A device's
+Every device is ``edge-agent run --serve`` (agent + inference stack), started by the harness's
+:class:`~simulations.harness.agents.LocalAgentFleet` in its own process group, so that stopping
+the fleet also ends anything a device started. A device's
 sample store is seeded with a labelled history drawn from its own class mix (a Dirichlet
 skew per device: non-IID); devices labelled ``site=plant-3`` later see drifted inputs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -28,25 +24,12 @@ from numpy.typing import NDArray
 from cloud_hub.errors import HubError
 from shared.data.sensors import SensorDriftSpec, generate_sensor_data
 from shared.net import free_port
-from simulations.harness.agents import agent_config_toml
+from simulations.harness.agents import LocalAgentFleet
 
-__all__ = ["DRIFT", "PROBLEM_SEED", "DemoFleet", "DeviceHandle", "stop_process_group"]
+__all__ = ["DRIFT", "PROBLEM_SEED", "DemoFleet", "DeviceHandle"]
 
 PROBLEM_SEED = 7
 DRIFT = SensorDriftSpec(shift=5.0, scale=1.0, features=tuple(range(8)))
-
-
-def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = 8.0) -> None:
-    """SIGTERM the process group, then SIGKILL it after ``grace_s``."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
-    if proc.poll() is None:
-        proc.wait(timeout=5)
 
 
 @dataclass
@@ -55,10 +38,7 @@ class DeviceHandle:
     drifted: bool
     api_port: int
     state_dir: Path
-    config_path: Path
-    log_path: Path
     class_weights: tuple[float, ...]
-    proc: subprocess.Popen[bytes] | None = None
     sample_seq: int = 0
 
     @property
@@ -112,45 +92,55 @@ class DemoFleet:
     # plain-text SuperLink, which the devices then allow (--allow-insecure-training)
     training_ca: Path | None = None
     devices: list[DeviceHandle] = field(default_factory=list)
+    agents: LocalAgentFleet = field(init=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.n <= 64 or not 0 <= self.drifted <= self.n:
             raise HubError("the demo fleet has 1..64 devices, 0..n of them drifted")
-        self.root.mkdir(parents=True, exist_ok=True)
-        trust = self.root / "trust_root.json"
-        trust.write_text(json.dumps(self.trust_root), encoding="utf-8")
+        ports = [free_port() for _ in range(self.n)]
+        self.agents = LocalAgentFleet(
+            root=self.root,
+            trust_root=self.trust_root,
+            mqtt_url=self.mqtt_url,
+            prefix=self.prefix,
+            n=self.n,
+            device_class=self.device_class,
+            id_width=2,
+            tables={
+                "timeouts": {"chunk_retry_s": 0.5, "health_s": 30.0},
+                "limits": {"fsync_chunks": False},
+                "mqtt": {"protocol": self.mqtt_protocol},
+                **self._training_table(),
+            },
+            tables_for=lambda i: {"labels": {"site": self._site(i)}},
+            top={"status_interval_s": 5.0},
+            run_args_for=lambda i: self._serve_args(ports[i]),
+            env={"OMP_NUM_THREADS": "1"},
+            process_groups=True,  # stop() ends whatever a device started too
+        )
         rng = np.random.default_rng(self.seed)
-        for i in range(self.n):
-            device_id = f"dev-{i:02d}"
-            drifted = i >= self.n - self.drifted
-            home = self.root / device_id
-            home.mkdir(exist_ok=True)
+        for i, agent in enumerate(self.agents.agents):
             weights = tuple(float(w) for w in rng.dirichlet([0.7] * 3) + 0.05)
-            cfg = home / "agent.toml"
-            cfg.write_text(
-                agent_config_toml(
-                    device_id=device_id,
-                    device_class=self.device_class,
-                    state_dir=home / "state",
-                    trust_root=trust,
-                    mqtt_url=self.mqtt_url,
-                    prefix=self.prefix,
-                    tables={
-                        "labels": {"site": "plant-3" if drifted else f"plant-{1 + i % 2}"},
-                        "timeouts": {"chunk_retry_s": 0.5, "health_s": 30.0},
-                        "limits": {"fsync_chunks": False},
-                        "mqtt": {"protocol": self.mqtt_protocol},
-                        **self._training_table(),
-                    },
-                    top={"status_interval_s": 5.0},
-                ),
-                encoding="utf-8",
-            )
-            handle = DeviceHandle(
-                device_id, drifted, free_port(), home / "state", cfg, home / "device.log", weights
-            )
+            drifted = self._site(i) == "plant-3"
+            handle = DeviceHandle(agent.device_id, drifted, ports[i], agent.state_dir, weights)
             self._seed_history(handle)
             self.devices.append(handle)
+
+    def _site(self, i: int) -> str:
+        return "plant-3" if i >= self.n - self.drifted else f"plant-{1 + i % 2}"
+
+    def _serve_args(self, api_port: int) -> list[str]:
+        return [
+            "--serve",
+            "--api-port",
+            str(api_port),
+            "--drift-window",
+            str(self.drift_window),
+            "--report-interval",
+            "1",
+            *(["--allow-insecure-training"] if self.training_ca is None else []),
+            "--exit-with-parent",
+        ]
 
     def _training_table(self) -> dict[str, dict[str, Any]]:
         if self.training_ca is None:
@@ -175,50 +165,13 @@ class DemoFleet:
         return [d.device_id for d in self.devices]
 
     def start(self) -> None:
-        for d in self.devices:
-            with open(d.log_path, "ab") as log:
-                d.proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "edge_agent.cli",
-                        "run",
-                        "--serve",
-                        "--config",
-                        str(d.config_path),
-                        "--api-port",
-                        str(d.api_port),
-                        "--drift-window",
-                        str(self.drift_window),
-                        "--report-interval",
-                        "1",
-                        *(["--allow-insecure-training"] if self.training_ca is None else []),
-                        "--exit-with-parent",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-                    start_new_session=True,  # its own process group: stop() ends all of it
-                )
+        self.agents.start()
 
     def stop(self) -> None:
-        for d in self.devices:
-            if d.proc is not None and d.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(d.proc.pid, signal.SIGTERM)
-        for d in self.devices:
-            if d.proc is not None:
-                stop_process_group(d.proc)
-
-    def pids(self) -> list[int]:
-        return [d.proc.pid for d in self.devices if d.proc is not None]
+        self.agents.stop(grace_s=8.0)
 
     def logs(self, device_id: str, tail: int = 3000) -> str:
-        for d in self.devices:
-            if d.device_id == device_id:
-                with contextlib.suppress(OSError):
-                    return d.log_path.read_text(errors="replace")[-tail:]
-        return ""
+        return self.agents.logs(device_id, tail)
 
     # -- the prediction stream ----------------------------------------------------------------
     def serving_version(self, device: DeviceHandle) -> int | None:

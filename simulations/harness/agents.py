@@ -8,12 +8,13 @@ process is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from cloud_hub.config import parse_mqtt_url
 from cloud_hub.errors import HubConfigError
 from edge_agent.config import render_config
 
-__all__ = ["AgentProcess", "LocalAgentFleet", "agent_config_toml"]
+__all__ = ["AgentProcess", "LocalAgentFleet", "agent_config_toml", "stop_process_group"]
 
 
 def agent_config_toml(
@@ -59,6 +60,19 @@ def agent_config_toml(
     return render_config(document)
 
 
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = 8.0) -> None:
+    """SIGTERM the process group, then SIGKILL it after ``grace_s``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+    if proc.poll() is None:
+        proc.wait(timeout=5)
+
+
 @dataclass
 class AgentProcess:
     device_id: str
@@ -66,6 +80,7 @@ class AgentProcess:
     state_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    run_args: tuple[str, ...] = ()  # after ``run --config FILE``
 
     @property
     def running(self) -> bool:
@@ -86,6 +101,13 @@ class LocalAgentFleet:
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     top: Mapping[str, Any] = field(default_factory=dict)
     verbose: bool = False
+    id_width: int = 3  # device ids ID_PREFIX-000, -001, ...
+    # per agent (by index): config tables over ``tables``, and ``edge-agent run`` arguments
+    tables_for: Callable[[int], Mapping[str, Mapping[str, Any]]] | None = None
+    run_args_for: Callable[[int], Sequence[str]] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    # each agent in its own process group (``--serve`` starts children): stop() ends the group
+    process_groups: bool = False
     agents: list[AgentProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -96,7 +118,7 @@ class LocalAgentFleet:
         trust_path = self.root / "trust_root.json"
         trust_path.write_text(json.dumps(dict(self.trust_root)), encoding="utf-8")
         for i in range(self.n):
-            device_id = f"{self.id_prefix}-{i:03d}"
+            device_id = f"{self.id_prefix}-{i:0{self.id_width}d}"
             state = self.root / device_id
             state.mkdir(exist_ok=True)
             cfg = state / "agent.toml"
@@ -108,12 +130,15 @@ class LocalAgentFleet:
                     trust_root=trust_path,
                     mqtt_url=self.mqtt_url,
                     prefix=self.prefix,
-                    tables=self.tables,
+                    tables={**self.tables, **(self.tables_for(i) if self.tables_for else {})},
                     top=self.top,
                 ),
                 encoding="utf-8",
             )
-            self.agents.append(AgentProcess(device_id, cfg, state / "state", state / "agent.log"))
+            run_args = tuple(self.run_args_for(i)) if self.run_args_for else ()
+            self.agents.append(
+                AgentProcess(device_id, cfg, state / "state", state / "agent.log", None, run_args)
+            )
 
     @property
     def device_ids(self) -> list[str]:
@@ -133,13 +158,14 @@ class LocalAgentFleet:
             cmd = [sys.executable, "-m", "edge_agent.cli"]
             if self.verbose:
                 cmd.append("-v")
-            cmd += ["run", "--config", str(a.config_path)]
+            cmd += ["run", "--config", str(a.config_path), *a.run_args]
             with open(a.log_path, "ab") as log:
                 a.proc = subprocess.Popen(
                     cmd,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                    start_new_session=self.process_groups,
                 )
 
     def stop_one(self, device_id: str, grace_s: float = 5.0) -> None:
@@ -161,11 +187,20 @@ class LocalAgentFleet:
             a.proc.wait()
 
     def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM every agent (its process group with ``process_groups``), SIGKILL after
+        ``grace_s``."""
         for a in self.agents:
             if a.running and a.proc is not None:
-                a.proc.terminate()
+                if self.process_groups:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(a.proc.pid, signal.SIGTERM)
+                else:
+                    a.proc.terminate()
         for a in self.agents:
             if a.proc is None:
+                continue
+            if self.process_groups:
+                stop_process_group(a.proc, grace_s)
                 continue
             try:
                 a.proc.wait(timeout=grace_s)
