@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cloud_hub.commands.token",
     "cloud_hub.commands.rollout",
     "cloud_hub.commands.retrain",
+    "cloud_hub.commands.config_reference",
 )
 PLUGIN_GROUP = "cloud_hub.commands"
 

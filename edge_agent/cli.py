@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge_agent.commands.install",
     "edge_agent.commands.run",
     "edge_agent.commands.status",
+    "edge_agent.commands.config_reference",
 )
 
 
