@@ -432,6 +432,33 @@ class FleetLab:
         ]
         return self.spawn(host, f"agent-{host.name}", argv)
 
+    def build_bundle(self, model: Path, *, name: str, version: int) -> Path:
+        """``cloud-hub bundle build`` into the hub's store, on the hub host."""
+        out = self.root / f"{name}-v{version}.ffb"
+        self.hub_cli(
+            "bundle", "build", "--model", str(model), "--name", name,
+            "--version", str(version), "--class", DEVICE_CLASS, "-o", str(out),
+        )  # fmt: skip
+        return out
+
+    def rollout_state(self, rollout_id: str) -> str:
+        return str(self.api_get(f"/api/v1/rollouts/{rollout_id}")["state"])
+
+    def reachable(self, device: str, target: LabHost, port: int) -> bool:
+        """Can ``device`` open a TCP connection to ``target:port`` right now (2 s)?"""
+        probe = (
+            "import socket,sys\n"
+            "try: socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=2).close()\n"
+            "except OSError: sys.exit(1)\n"
+        )
+        try:
+            self.run_in(
+                self.plan.device(device), [sys.executable, "-c", probe, target.address, str(port)]
+            )
+        except LabError:
+            return False
+        return True
+
     # -- link faults ---------------------------------------------------------------------
     def cut(self, device: str) -> None:
         """Cut a device's link (its bridge port goes down): nothing in or out."""
