@@ -22,6 +22,12 @@ process and restores Flower's function afterwards. fedfleet's SecAgg+ workflow (
 client mod (agents) enter it around every secure round, so the hardening is scoped, explicit
 and present in every process that runs a round (Ray actors and SuperNode ClientApp processes
 included).
+
+The same installation also swaps Flower's Shamir ``create_shares`` (client side) and
+``combine_shares`` (server side) for :mod:`shared.fl.shamir`, which produces byte-identical
+shares with faster arithmetic, and its PEM key parsers for :mod:`shared.fl.secagg_keys`,
+which parse each key once per round: speed changes only, the protocol, messages, shares and
+key agreement stay Flower's (:data:`FLOWER_REPLACEMENTS` lists every swapped name).
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from numpy.typing import NDArray
 
+from shared.fl import secagg_keys, shamir
+
 __all__ = [
+    "FLOWER_REPLACEMENTS",
     "PATCHED_MODULES",
     "is_secure_mask_generator_active",
     "secure_mask_generator",
@@ -109,9 +118,29 @@ def secure_pseudo_rand_gen(
     return output
 
 
+_SHAMIR_MODULE = "flwr.common.secure_aggregation.crypto.shamir"
+
+#: (module, attribute, replacement) swapped while a secure round runs in this process.
+FLOWER_REPLACEMENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
+    *((name, "pseudo_rand_gen", secure_pseudo_rand_gen) for name in PATCHED_MODULES),
+    (_SHAMIR_MODULE, "create_shares", shamir.create_shares),
+    (_SHAMIR_MODULE, "combine_shares", shamir.combine_shares),
+    ("flwr.client.mod.secure_aggregation.secaggplus_mod", "create_shares", shamir.create_shares),
+    (
+        "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
+        "combine_shares",
+        shamir.combine_shares,
+    ),
+    *(
+        (name, parser.__name__, parser)
+        for name in PATCHED_MODULES[1:]  # the server workflow and the client mod
+        for parser in (secagg_keys.bytes_to_private_key, secagg_keys.bytes_to_public_key)
+    ),
+)
+
 _lock = threading.Lock()
 _depth = 0
-_originals: dict[str, Callable[..., Any]] = {}
+_originals: dict[tuple[str, str], Callable[..., Any]] = {}
 
 
 def is_secure_mask_generator_active() -> bool:
@@ -130,10 +159,10 @@ def secure_mask_generator() -> Iterator[None]:
     global _depth
     with _lock:
         if _depth == 0:
-            for name in PATCHED_MODULES:
+            for name, attribute, replacement in FLOWER_REPLACEMENTS:
                 module = importlib.import_module(name)
-                _originals[name] = getattr(module, "pseudo_rand_gen")  # noqa: B009
-                setattr(module, "pseudo_rand_gen", secure_pseudo_rand_gen)  # noqa: B010
+                _originals[(name, attribute)] = getattr(module, attribute)
+                setattr(module, attribute, replacement)
         _depth += 1
     try:
         yield
@@ -141,6 +170,7 @@ def secure_mask_generator() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                for name, original in _originals.items():
-                    setattr(importlib.import_module(name), "pseudo_rand_gen", original)  # noqa: B010
+                for (name, attribute), original in _originals.items():
+                    setattr(importlib.import_module(name), attribute, original)
                 _originals.clear()
+                secagg_keys.forget_parsed_keys()
