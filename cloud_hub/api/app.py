@@ -17,6 +17,7 @@ from cloud_hub.api import (
 from cloud_hub.api.auth import install_audit
 from cloud_hub.api.body_gate import BodyLimits, RequestBodyGate
 from cloud_hub.api.context import ApiContext
+from cloud_hub.api.docs import install_docs
 from cloud_hub.api.errors import install_error_handlers
 from cloud_hub.api.metrics import CONTENT_TYPE, render_metrics
 
@@ -32,6 +33,8 @@ def create_app(context: ApiContext) -> FastAPI:
     app = FastAPI(
         title="fedfleet hub",
         version=API_VERSION,
+        docs_url=None,  # served by install_docs from vendored assets (works offline)
+        redoc_url=None,
         description=(
             "Fleet registry, bundles, staged rollouts, reports. Authenticate with "
             "`Authorization: Bearer <token>` (`cloud-hub token create --role viewer|operator|admin`)."
@@ -39,6 +42,7 @@ def create_app(context: ApiContext) -> FastAPI:
     )
     app.state.context = context
     install_error_handlers(app)
+    install_docs(app, title=app.title)
 
     # R9: bodies are counted as they arrive and authenticated before anyone parses them
     limits = BodyLimits(json_bytes=MAX_JSON, upload_bytes=context.max_upload_bytes)
