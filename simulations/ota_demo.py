@@ -29,10 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-
 
 def _step(name: str, result: Any, elapsed: float) -> dict[str, Any]:
     counts = result.summary()

@@ -21,8 +21,6 @@ __all__ = ["DeviceProcess", "ProcessSupervisor"]
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 @dataclass
 class DeviceProcess:
@@ -108,9 +106,6 @@ class ProcessSupervisor:
 
     def _spawn(self, d: DeviceProcess) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
         with open(d.log_path, "ab") as log_fh:
             d.proc = subprocess.Popen(
                 self._args[d.member.device_id], stdout=log_fh, stderr=subprocess.STDOUT, env=env

@@ -37,8 +37,6 @@ __all__ = ["ShardProcess", "main", "run_shard"]
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 @dataclass
 class ShardProcess:
@@ -87,9 +85,6 @@ class ShardProcess:
         spec = {**settings, "devices": devices, "stats": str(self.root / "stats.json")}
         (self.root / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
         with open(self.root / "shard.log", "ab") as log_fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "simulations.fleet.shard", str(self.root / "spec.json")],
