@@ -176,3 +176,18 @@ def test_recovery_action(
 
 def test_recovery_without_record() -> None:
     assert recovery_action(None, active_slot=None, max_resumes=5) == RecoveryAction.NOTHING
+
+
+def test_each_step_stamps_its_time_and_clears_a_stale_reason() -> None:
+    dep = transition(_dep(), Trigger.OFFER_ACCEPTED, now=7.0, timeouts=TIMEOUTS)
+    assert dep.phase_since == 7.0
+    stale = _dep(Phase.DOWNLOADING, reason="chunks were slow")
+    dep = transition(stale, Trigger.DOWNLOAD_COMPLETE, now=8.0, timeouts=TIMEOUTS)
+    assert dep.phase == Phase.VERIFYING and dep.reason == "" and dep.phase_since == 8.0
+
+
+def test_a_refused_transition_names_trigger_phase_and_deployment() -> None:
+    with pytest.raises(
+        InvalidTransitionError, match=r"^'health_ok' not allowed in phase 'idle' \(deployment d1\)$"
+    ):
+        transition(_dep(), Trigger.HEALTH_OK, now=0, timeouts=TIMEOUTS)

@@ -24,6 +24,7 @@ from shared.bundle import (
     bundle_id_of,
     parse_bundle,
     sign_rollback_order,
+    verify_artifacts,
     verify_bundle,
     verify_offer,
     verify_rollback_order,
@@ -351,3 +352,121 @@ def test_garbage_is_refused_as_malformed(blob: bytes) -> None:
         verify_bundle(blob, policy())
     with pytest.raises(MalformedBundleError):
         verify_bundle(b"FFBUNDLE\x01\x00\x00\x00\x10" + blob[:15], policy())
+
+
+# -- each refusal names what was refused and why (operators read these in refusal logs) --------
+
+
+def _three_artifacts() -> tuple[BundleManifest, bytes]:
+    parts = {"model.onnx": b"m" * 40, "labels.json": b'["a"]', "reference.json": b"{}" * 9}
+    manifest = BundleManifest(
+        model_name="digits",
+        version=2,
+        device_class="x86-cpu",
+        created=format_time(T0),
+        expires=format_time(T0 + timedelta(days=10)),
+        artifacts=[artifact_info(name, data) for name, data in parts.items()],
+    )
+    return manifest, b"".join(parts.values())
+
+
+def test_artifacts_are_split_at_their_offsets_and_refusals_name_them() -> None:
+    manifest, payload = _three_artifacts()
+    assert verify_artifacts(manifest, payload) == {
+        "model.onnx": b"m" * 40,
+        "labels.json": b'["a"]',
+        "reference.json": b"{}" * 9,
+    }
+    with pytest.raises(HashMismatchError, match=r"^payload is 62 bytes, manifest says 63$"):
+        verify_artifacts(manifest, payload[:-1])
+    tampered = payload[:-1] + b"?"
+    with pytest.raises(HashMismatchError, match=r"^artifact 'reference.json': sha256 mismatch$"):
+        verify_artifacts(manifest, tampered)
+
+
+def test_offer_refusals_say_what_and_why() -> None:
+    parsed = parse_bundle(GOOD.data)
+    env, ring = parsed.manifest_envelope, parsed.keyring_envelope
+    offer = verify_offer(env, ring, policy())
+    assert offer.keyring.version == 1 and offer.bundle_id == GOOD.bundle_id
+    forged = {**env, "signed": {**env["signed"], "version": 99}}
+    with pytest.raises(BadSignatureError, match=r"^manifest: signature does not verify$"):
+        verify_offer(forged, ring, policy())
+    expires = T0 + timedelta(days=10)  # valid until, not at, its expiry
+    verify_offer(env, ring, policy(now=expires - timedelta(seconds=1)))
+    with pytest.raises(ExpiredError, match=r"^manifest expired at 2026-01-11T00:00:00Z$"):
+        verify_offer(env, ring, policy(now=expires))
+    with pytest.raises(
+        WrongTargetError,
+        match=r"^bundle targets device class 'x86-cpu', this device is 'rpi4'$",
+    ):
+        verify_offer(env, ring, replace(policy(), device_class="rpi4"))
+    with pytest.raises(
+        RollbackError, match=r"^version 2 of 'digits' is not newer than installed 3$"
+    ):
+        verify_offer(env, ring, policy(installed=3))
+    other = parse_bundle(make_bundle(model_name="other-model").data)
+    two_models = replace(policy(), installed_versions={"digits": 1, "alpha": 4})
+    with pytest.raises(
+        RollbackError,
+        match=r"^model 'other-model' would replace 'alpha, digits': a signed order is needed$",
+    ):
+        verify_offer(other.manifest_envelope, other.keyring_envelope, two_models)
+
+
+def test_bundle_checks_its_limits_and_the_offered_id() -> None:
+    from shared.bundle import BundleLimits
+
+    small_header = replace(policy(), limits=BundleLimits(max_header_bytes=64))
+    with pytest.raises(BundleError):
+        verify_bundle(GOOD.data, small_header)
+    with pytest.raises(
+        MixAndMatchError, match=r"^bundle does not carry the manifest it was offered with$"
+    ):
+        verify_bundle(GOOD.data, policy(), expected_bundle_id="f" * 64)
+
+
+def test_rollback_order_refusals_say_what_and_why() -> None:
+    pol = policy(installed=5)
+    order = _order(GOOD, 2)
+    forged = {**order, "signed": {**order["signed"], "to_version": 1}}
+    with pytest.raises(BadSignatureError, match=r"^rollback order: signature does not verify$"):
+        verify_rollback_order(forged, keyring(), pol)
+    wrong_type = sign_envelope({**order["signed"], "type": "manifest"}, [K1])
+    with pytest.raises(
+        MalformedBundleError, match=r"^rollback order: type must be 'rollback-order'"
+    ):
+        verify_rollback_order(wrong_type, keyring(), pol)
+    malformed = sign_envelope({**order["signed"], "to_version": "two"}, [K1])
+    with pytest.raises(MalformedBundleError, match=r"^rollback order\b.*to_version"):
+        verify_rollback_order(malformed, keyring(), pol)
+    bad_time = _order(GOOD, 2, expires="tomorrow")
+    with pytest.raises(
+        MalformedBundleError, match=r"^rollback order expires: bad timestamp 'tomorrow'$"
+    ):
+        verify_rollback_order(bad_time, keyring(), pol)
+    expires = T0 + timedelta(days=1)  # valid until, not at, its expiry
+    verify_rollback_order(order, keyring(), policy(now=expires - timedelta(seconds=1)))
+    with pytest.raises(ExpiredError, match=r"^rollback order expired at 2026-01-02T00:00:00Z$"):
+        verify_rollback_order(order, keyring(), policy(now=expires))
+    with pytest.raises(WrongTargetError, match=r"^rollback order targets class 'rpi4'$"):
+        verify_rollback_order(_order(GOOD, 2, device_class="rpi4"), keyring(), pol)
+
+
+def test_rollback_order_device_list_bounds_and_running_bundle_named() -> None:
+    from shared.bundle import MAX_ORDER_DEVICES
+
+    pol = policy(installed=5)
+    most = ["dev-1"] + [f"d-{i}" for i in range(MAX_ORDER_DEVICES - 1)]
+    assert len(verify_rollback_order(_order(GOOD, 2, device_ids=most), keyring(), pol).device_ids)
+    too_many = [*most, "d-extra"]
+    for ids in (too_many, []):
+        with pytest.raises(
+            WrongTargetError, match=r"^rollback order names no devices \(or too many\)$"
+        ):
+            verify_rollback_order(_order(GOOD, 2, device_ids=ids), keyring(), pol)
+    moved_on = _order(GOOD, 2, from_bundle_id="d" * 64)
+    with pytest.raises(WrongTargetError, match=r"this device runs 'cccccccccccc'$"):
+        verify_rollback_order(moved_on, keyring(), pol)
+    with pytest.raises(WrongTargetError, match=r"this device runs 'nothing'$"):
+        verify_rollback_order(moved_on, keyring(), replace(pol, active_bundle_id=None))
