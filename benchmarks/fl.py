@@ -1,15 +1,19 @@
-"""Federated-training benchmark: SecAgg+ accuracy and overhead, scale, and fedfleet's
-overhead against a plain Flower simulation written here without fedfleet.
+"""Federated-training benchmark: SecAgg+ accuracy and cost, and fedfleet against stock Flower.
 
-    .venv/bin/python benchmarks/fl.py            # full: 20 clients x 20 rounds, 1000 clients
+    .venv/bin/python benchmarks/fl.py            # full (tens of minutes)
     .venv/bin/python benchmarks/fl.py --quick    # < 60 s smoke version
 
 The last line printed is one JSON object with at least: accuracy_secagg, accuracy_plain,
-secagg_overhead_ratio, clients_scale, scale_wall_s, scale_peak_rss_mb, overhead_vs_flower.
+secagg_overhead_ratio (the accuracy run: 5 local epochs), secagg_overhead_ratio_default_epochs
+(20 clients, 1 epoch), secagg_overhead_ratio_100 (100 clients, num_shares 0.2; full mode),
+overhead_vs_flower and overhead_vs_flower_secagg (fedfleet / stock Flower with the same
+DefaultWorkflow + LegacyContext + FedAvg, same partitions; see ``_fl_pairs`` and
+``_flower_baseline``), the raw samples of every pair, and the CPU it ran on.
 
-Scale runs execute in child processes (one per engine) so that wall time and peak memory
-(the child and every process it starts, e.g. Ray workers, sampled every 0.2 s) are
-measured the same way for fedfleet and for plain Flower.
+Every ratio comes from contenders alternated and repeated in one process (``_fl_pairs``):
+the machine is shared, so only side-by-side ratios mean anything. Full mode adds a 1,000-client
+run of both on Flower's Simulation Engine (Ray) in child processes, with and without SecAgg+
+(20 shares per client), 64 samples per client, wall time and peak memory of the whole tree.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -27,22 +32,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._fl_pairs import digits_partitions, fair_flower_pair, secagg_pair  # noqa: E402
+from shared.device_facts import detect_device_facts  # noqa: E402
+
 
 # --------------------------------------------------------------------------------------
-# shared data for both scale children: digits, IID over n clients, 20 % hub holdout
-def _digits_split(num_clients: int) -> tuple[list[Any], tuple[Any, Any]]:
-    from cloud_hub.fl.partition import PartitionSpec, partition_arrays, split_holdout
-    from shared.data import load_digits_dataset
-
-    x, y = load_digits_dataset()
-    train, holdout = split_holdout(x, y, 0.2, seed=0)
-    return partition_arrays(train[0], train[1], num_clients, PartitionSpec(kind="iid")), holdout
+# scale children (Ray, full mode): the same partitions for both, realistic data per client
+def _shares(value: float) -> int | float:
+    """``--secagg`` above 1 is a count of shares per client, at most 1 a fraction (Flower's)."""
+    return int(value) if value > 1 else value
 
 
-def child_fedfleet(num_clients: int, rounds: int) -> dict[str, Any]:
+def child_fedfleet(num_clients: int, rounds: int, secagg: float, per_client: int) -> dict[str, Any]:
     from cloud_hub.fl import FederatedRunConfig, SecAggConfig, run_federated
 
-    sources, holdout = _digits_split(num_clients)
+    sources, holdout = digits_partitions(num_clients, per_client)
     cfg = FederatedRunConfig(
         model_name="digits-cnn",
         num_clients=num_clients,
@@ -51,89 +55,31 @@ def child_fedfleet(num_clients: int, rounds: int) -> dict[str, Any]:
         batch_size=16,
         learning_rate=0.05,
         engine="ray",
-        secagg=SecAggConfig(enabled=False),
+        secagg=SecAggConfig(num_shares=_shares(secagg)) if secagg else SecAggConfig(enabled=False),
     )
     started = time.perf_counter()
     result = run_federated(cfg, sources, holdout, ray_cpus=2)
     return {"wall_s": time.perf_counter() - started, "accuracy": result.final_accuracy}
 
 
-def child_flower(num_clients: int, rounds: int) -> dict[str, Any]:
-    """The same model, data and training, as a plain Flower app (no fedfleet code)."""
-    import numpy as np
-    import torch
-    from flwr.app import Context
-    from flwr.client import NumPyClient
-    from flwr.clientapp import ClientApp
-    from flwr.common import ndarrays_to_parameters
-    from flwr.server import ServerAppComponents, ServerConfig
-    from flwr.server.strategy import FedAvg
-    from flwr.serverapp import ServerApp
+def child_flower(num_clients: int, rounds: int, secagg: float, per_client: int) -> dict[str, Any]:
+    """Stock Flower (``_flower_baseline``) on Flower's Simulation Engine, same settings."""
     from flwr.simulation import run_simulation
 
-    from shared.models import build_model  # the model definition only
+    from benchmarks._fl_pairs import secagg_args
+    from benchmarks._flower_baseline import stock_flower_apps
 
-    sources, (x_val, y_val) = _digits_split(num_clients)
-    parts = [(s.x, s.y) for s in sources]
-
-    def weights(model: torch.nn.Module) -> list[np.ndarray]:
-        return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
-
-    def load(model: torch.nn.Module, arrays: list[np.ndarray]) -> None:
-        keys = list(model.state_dict().keys())
-        model.load_state_dict({k: torch.as_tensor(a) for k, a in zip(keys, arrays, strict=True)})
-
-    class Client(NumPyClient):
-        def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
-            self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
-            self.model = build_model("digits-cnn", seed=0)
-
-        def fit(self, parameters, config):  # type: ignore[no-untyped-def]
-            load(self.model, parameters)
-            opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
-            loss_fn = torch.nn.CrossEntropyLoss()
-            self.model.train()
-            order = torch.randperm(len(self.y))
-            for start in range(0, len(order), 16):
-                idx = order[start : start + 16]
-                opt.zero_grad()
-                loss_fn(self.model(self.x[idx]), self.y[idx]).backward()
-                opt.step()
-            return weights(self.model), len(self.y), {}
-
-    def client_fn(context: Context):  # type: ignore[no-untyped-def]
-        torch.set_num_threads(1)
-        x, y = parts[int(context.node_config["partition-id"])]
-        return Client(x, y).to_client()
-
-    holder: dict[str, float] = {}
-    eval_model = build_model("digits-cnn")
-
-    def evaluate(rnd: int, arrays: list[np.ndarray], config: dict) -> tuple[float, dict]:
-        load(eval_model, arrays)
-        with torch.no_grad():
-            logits = eval_model(torch.from_numpy(x_val))
-        acc = float((logits.argmax(1).numpy() == y_val).mean())
-        holder["accuracy"] = acc
-        return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y_val))), {
-            "accuracy": acc
-        }
-
-    def server_fn(context: Context) -> ServerAppComponents:
-        strategy = FedAvg(
-            fraction_fit=1.0,
-            fraction_evaluate=0.0,
-            min_fit_clients=2,
-            min_available_clients=2,
-            evaluate_fn=evaluate,
-            initial_parameters=ndarrays_to_parameters(weights(build_model("digits-cnn", seed=0))),
-        )
-        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
-
+    sources, holdout = digits_partitions(num_clients, per_client)
+    apps = stock_flower_apps(
+        [(s.x, s.y) for s in sources],
+        holdout,
+        rounds=rounds,
+        secagg=secagg_args(_shares(secagg)) if secagg else None,
+    )
     started = time.perf_counter()
     run_simulation(
-        server_app=ServerApp(server_fn=server_fn),
-        client_app=ClientApp(client_fn=client_fn),
+        server_app=apps.server_app,
+        client_app=apps.client_app,
         num_supernodes=num_clients,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -144,26 +90,17 @@ def child_flower(num_clients: int, rounds: int) -> dict[str, Any]:
             },
         },
     )
-    return {
-        "wall_s": time.perf_counter() - started,
-        "accuracy": holder.get("accuracy", float("nan")),
-    }
+    return {"wall_s": time.perf_counter() - started, "accuracy": apps.accuracy}
 
 
-def _measure_child(kind: str, num_clients: int, rounds: int) -> dict[str, Any]:
+def _measure_child(
+    kind: str, num_clients: int, rounds: int, *, secagg: float = 0.0, per_client: int = 64
+) -> dict[str, Any]:
     """Run a scale child; return its JSON result plus the tree's peak RSS."""
     import psutil
 
-    argv = [
-        sys.executable,
-        __file__,
-        "--child",
-        kind,
-        "--clients",
-        str(num_clients),
-        "--rounds",
-        str(rounds),
-    ]
+    argv = [sys.executable, __file__, "--child", kind, "--clients", str(num_clients)]
+    argv += ["--rounds", str(rounds), "--secagg", str(secagg), "--per-client", str(per_client)]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
     )
@@ -235,41 +172,6 @@ def accuracy_pair(
     return out
 
 
-def overhead_pair(clients: int, rounds: int, num_shares: float = 1.0) -> float:
-    """Mean fit-round time with SecAgg+ / without, same cohort, light local work.
-
-    ``num_shares`` < 1 gives each client a neighbourhood of that fraction of the cohort
-    (SecAgg+ proper); 1.0 is the complete graph, whose Shamir reconstruction on the hub grows
-    as clients x shares^2 in Flower's pure-Python share combination.
-    """
-    from cloud_hub.fl import (
-        FederatedRunConfig,
-        PartitionSpec,
-        SecAggConfig,
-        partition_arrays,
-        run_federated,
-    )
-    from cloud_hub.fl.partition import split_holdout
-    from shared.data import load_digits_dataset
-
-    x, y = load_digits_dataset()
-    train, holdout = split_holdout(x, y, 0.2, seed=0)
-    sources = partition_arrays(train[0], train[1], clients, PartitionSpec(kind="iid"))
-    times = {}
-    for label, secagg in (
-        ("plain", SecAggConfig(enabled=False)),
-        ("secagg", SecAggConfig(num_shares=num_shares)),
-    ):
-        cfg = FederatedRunConfig(
-            model_name="digits-cnn", num_clients=clients, num_rounds=rounds, local_epochs=1,
-            batch_size=16, engine="inprocess", secagg=secagg,
-        )  # fmt: skip
-        result = run_federated(cfg, sources, holdout)
-        fit = [r.fit_time_s for r in result.rounds if r.round > 0]
-        times[label] = sum(fit) / len(fit)
-    return times["secagg"] / times["plain"]
-
-
 def _warm_up() -> None:
     """One tiny secure round, so that first-call costs (imports, torch kernels, thread pools)
     are not charged to whichever measured run happens to come first."""
@@ -290,6 +192,8 @@ def main() -> None:
     parser.add_argument("--child", choices=("fedfleet", "flower"))
     parser.add_argument("--clients", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--secagg", type=float, default=0.0)
+    parser.add_argument("--per-client", type=int, default=64)
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.ERROR)
     if args.child:
@@ -297,29 +201,26 @@ def main() -> None:
 
         logging.getLogger("flwr").setLevel(logging.ERROR)
         fn = child_fedfleet if args.child == "fedfleet" else child_flower
-        print(json.dumps(fn(args.clients, args.rounds)))
+        print(json.dumps(fn(args.clients, args.rounds, args.secagg, args.per_client)))
         return
+    logging.disable(logging.WARNING)  # Flower logs every round at INFO on stderr
 
     started = time.perf_counter()
     _warm_up()
     if args.quick:
-        acc = accuracy_pair(clients=6, rounds=3, threshold=0.6, local_epochs=3)
-        ratios = {6: acc["secagg"]["round_s"] / acc["plain"]["round_s"]}
-        scale_clients, scale_rounds = 10, 1
+        acc = accuracy_pair(clients=6, rounds=2, threshold=0.6, local_epochs=2)
+        secagg_20 = secagg_pair(20, 1, 3)
+        secagg_100 = None
+        vs_flower = fair_flower_pair(10, 1, 3, secagg=None, per_client=None)
+        vs_flower_secagg = fair_flower_pair(10, 1, 3, secagg=1.0, per_client=None)
     else:
         acc = accuracy_pair(clients=20, rounds=20, threshold=0.6)
-        ratios = {
-            20: acc["secagg"]["round_s"] / acc["plain"]["round_s"],
-            100: overhead_pair(100, 2, num_shares=0.2),
-        }
-        scale_clients, scale_rounds = 1000, 3
+        secagg_20 = secagg_pair(20, 3, 5)
+        secagg_100 = secagg_pair(100, 2, 3, num_shares=0.2)
+        vs_flower = fair_flower_pair(100, 2, 3, secagg=None, per_client=64)
+        vs_flower_secagg = fair_flower_pair(100, 2, 3, secagg=0.2, per_client=64)
     print(f"accuracy: {json.dumps(acc)}", file=sys.stderr)
-    print(f"secagg overhead ratios: {ratios}", file=sys.stderr)
-    fedfleet = _measure_child("fedfleet", scale_clients, scale_rounds)
-    flower = _measure_child("flower", scale_clients, scale_rounds)
-    print(f"scale fedfleet: {fedfleet}\nscale flower:   {flower}", file=sys.stderr)
-    first_clients = min(ratios)
-    result = {
+    result: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "accuracy_secagg": round(acc["secagg"]["accuracy"], 4),
         "accuracy_plain": round(acc["plain"]["accuracy"], 4),
@@ -327,18 +228,42 @@ def main() -> None:
             100 * (acc["plain"]["accuracy"] - acc["secagg"]["accuracy"]), 2
         ),
         "rounds_to_090_secagg": acc["secagg"]["rounds_to_090"],
-        "secagg_overhead_ratio": round(ratios[first_clients], 3),
-        "secagg_overhead_ratio_by_clients": {str(k): round(v, 3) for k, v in ratios.items()},
-        "clients_scale": scale_clients,
-        "scale_rounds": scale_rounds,
-        "scale_wall_s": round(fedfleet["wall_s"], 2),
-        "scale_peak_rss_mb": round(fedfleet["peak_rss_mb"], 1),
-        "flower_scale_wall_s": round(flower["wall_s"], 2),
-        "flower_scale_peak_rss_mb": round(flower["peak_rss_mb"], 1),
-        "overhead_vs_flower": round(fedfleet["wall_s"] / flower["wall_s"], 3),
-        "benchmark_wall_s": round(time.perf_counter() - started, 1),
+        # 5 local epochs, dirichlet: the accuracy run's own round times (not the default)
+        "secagg_overhead_ratio": round(acc["secagg"]["round_s"] / acc["plain"]["round_s"], 3),
+        "secagg_overhead_ratio_default_epochs": secagg_20["ratio_fit_round"],
+        "secagg_overhead_ratio_100": secagg_100["ratio_fit_round"] if secagg_100 else None,
+        "overhead_vs_flower": vs_flower["ratio_wall"],
+        "overhead_vs_flower_secagg": vs_flower_secagg["ratio_wall"],
+        "pairs": {
+            "secagg_20_clients_1_epoch": secagg_20,
+            "secagg_100_clients_shares_0.2": secagg_100,
+            "vs_flower": vs_flower,
+            "vs_flower_secagg": vs_flower_secagg,
+        },
     }
+    if not args.quick:
+        result["scale"] = _scale_runs(1000, 3, per_client=64)
+    facts = detect_device_facts()
+    result["cpu"] = {"model": facts.cpu_model, "flags": facts.isa_flags, "cores": os.cpu_count()}
+    result["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
+
+
+def _scale_runs(clients: int, rounds: int, *, per_client: int) -> dict[str, Any]:
+    """fedfleet and stock Flower on Ray, with and without SecAgg+ (20 shares per client)."""
+    out: dict[str, Any] = {"clients": clients, "rounds": rounds, "per_client": per_client}
+    for label, secagg in (("plain", 0.0), ("secagg", 20.0)):
+        fedfleet = _measure_child("fedfleet", clients, rounds, secagg=secagg, per_client=per_client)
+        flower = _measure_child("flower", clients, rounds, secagg=secagg, per_client=per_client)
+        print(f"scale {label}: fedfleet {fedfleet} flower {flower}", file=sys.stderr)
+        out[label] = {
+            "fedfleet_wall_s": round(fedfleet["wall_s"], 2),
+            "fedfleet_peak_rss_mb": round(fedfleet["peak_rss_mb"], 1),
+            "flower_wall_s": round(flower["wall_s"], 2),
+            "flower_peak_rss_mb": round(flower["peak_rss_mb"], 1),
+            "ratio_wall": round(fedfleet["wall_s"] / flower["wall_s"], 3),
+        }
+    return out
 
 
 if __name__ == "__main__":
