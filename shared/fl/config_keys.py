@@ -7,7 +7,7 @@ both sides, so a renamed key breaks at import time rather than silently reading 
 
 from __future__ import annotations
 
-__all__ = ["FitConfigKey", "NodeConfigKey", "RunConfigKey"]
+__all__ = ["AsyncTrainingKey", "FitConfigKey", "NodeConfigKey", "RunConfigKey"]
 
 
 class RunConfigKey:
@@ -47,3 +47,17 @@ class FitConfigKey:
     LOCAL_EPOCHS = "local-epochs"
     BATCH_SIZE = "batch-size"
     LEARNING_RATE = "learning-rate"
+
+
+class AsyncTrainingKey:
+    """Asynchronous buffered training (``cloud_hub.fl.async_run`` <-> ``shared.fl.async_client``)."""
+
+    # training order ("train.order"): the device trains from this version and holds its update
+    ORDER_ID = "order-id"
+    BASE_VERSION = "base-version"
+    NUM_EXAMPLES = "num-examples"
+    # secure buffer exchange (SecAgg+ fit config): the device weights its held update itself
+    CURRENT_VERSION = "current-version"
+    MAX_STALENESS = "max-staleness"
+    # node config: where the device keeps its held update (survives agent restarts)
+    HELD_UPDATE_DIR = "held-update-dir"

@@ -1,0 +1,274 @@
+"""Asynchronous buffered training on Flower's ``Grid``: orders, held updates, secure buffers.
+
+:class:`AsyncBufferedRun` is the hub's side of FedBuff with SecAgg+ per buffer:
+
+1. :meth:`~AsyncBufferedRun.order` sends eligible devices a ``train.order`` with the global
+   model and its version. Each device trains and *holds* its update on disk
+   (:mod:`shared.fl.async_client`); the hub learns only that it is ready.
+2. :meth:`~AsyncBufferedRun.run_buffer` picks ``K`` ready, online, fresh holders
+   (:func:`cloud_hub.fl.fedbuff.choose_buffer`) and runs one short SecAgg+ exchange over
+   them with :class:`~cloud_hub.fl.workflow.GuardedSecAggPlusWorkflow` — Flower's stages,
+   fedfleet's mask generator. Each device masks its own staleness-weighted update, so the
+   hub learns only the buffer's sum; it folds it into a new global version and tells the
+   folded devices to release their updates.
+3. A device that drops mid-exchange is SecAgg+'s business: above the reconstruction
+   threshold the buffer completes without it (its update stays held for a later buffer);
+   below it nothing is aggregated and every member keeps its update.
+
+The hub trusts its own order ledger, not a device's word, for base versions: a device can
+only offer an update for an order this run issued, and never one already folded.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common import FitIns, Parameters
+from flwr.server import LegacyContext
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp.grid import Grid
+from numpy.typing import NDArray
+
+from cloud_hub.errors import TrainingError
+from cloud_hub.fl._buffer_strategy import BufferStrategy
+from cloud_hub.fl.config import SecAggConfig
+from cloud_hub.fl.fedbuff import FedBuffConfig, HeldUpdateRef, choose_buffer, fold_buffer
+from cloud_hub.fl.workflow import GuardedSecAggPlusWorkflow, SecureRoundAbortedError
+from shared.fl.async_client import GLOBAL_RECORD, ORDER_RECORD
+from shared.fl.config_keys import AsyncTrainingKey as K
+
+__all__ = ["AsyncBufferedRun", "BufferRecord"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BufferRecord:
+    """One buffer: who was in it, who was folded, their staleness, and what it produced."""
+
+    number: int
+    base_version: int  # the global version the buffer was folded into
+    members: tuple[HeldUpdateRef, ...]
+    folded: tuple[HeldUpdateRef, ...] = ()
+    new_version: int | None = None
+    secure: bool = True
+    error: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.new_version is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "buffer": self.number,
+            "base_version": self.base_version,
+            "new_version": self.new_version,
+            "secure": self.secure,
+            "error": self.error,
+            "members": [m.device for m in self.members],
+            "folded": [
+                {
+                    "device": m.device,
+                    "order_id": m.order_id,
+                    "base_version": m.base_version,
+                    "staleness": self.base_version - m.base_version,
+                }
+                for m in self.folded
+            ],
+        }
+
+
+@dataclass
+class _Ledger:
+    """Orders this run issued, updates held, orders already folded."""
+
+    issued: dict[str, HeldUpdateRef] = field(default_factory=dict)
+    held: dict[int, HeldUpdateRef] = field(default_factory=dict)
+    folded: set[str] = field(default_factory=set)
+
+
+class AsyncBufferedRun:
+    """FedBuff over a Flower ``Grid``, SecAgg+ for every buffer."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        initial_weights: Sequence[NDArray],
+        *,
+        fedbuff: FedBuffConfig,
+        secagg: SecAggConfig,
+        on_version: Callable[[int, list[NDArray], BufferRecord], None] | None = None,
+    ) -> None:
+        secagg.check_against(fedbuff.buffer_size)
+        self._grid = grid
+        self._fedbuff = fedbuff
+        # Each member counts once (weight 1): the exchange returns the mean of w_i * delta_i.
+        self._secagg = replace(secagg, max_weight=1.0)
+        self._on_version = on_version
+        self.version = 0
+        self.weights = [np.array(w, copy=True) for w in initial_weights]
+        self.buffers: list[BufferRecord] = []
+        self._ledger = _Ledger()
+
+    def attach(self, grid: Grid) -> None:
+        """Continue on another grid (the devices reconnected); call :meth:`sync_held` next."""
+        self._grid = grid
+
+    # -- orders and held updates ------------------------------------------------------------
+    @property
+    def holders(self) -> dict[int, HeldUpdateRef]:
+        return dict(self._ledger.held)
+
+    def order(self, node_ids: Iterable[int]) -> list[HeldUpdateRef]:
+        """Order ``node_ids`` to train from the current version; returns the ready holders."""
+        refs = {
+            nid: HeldUpdateRef(nid, f"o-{uuid.uuid4().hex[:16]}", self.version) for nid in node_ids
+        }
+        model = ArrayRecord(self.weights)
+        messages = [
+            self._message(
+                "train.order",
+                nid,
+                {K.ORDER_ID: ref.order_id, K.BASE_VERSION: ref.base_version},
+                arrays={GLOBAL_RECORD: model},
+            )
+            for nid, ref in refs.items()
+        ]
+        ready: list[HeldUpdateRef] = []
+        for reply in self._grid.send_and_receive(messages):
+            nid = reply.metadata.src_node_id
+            if reply.has_error() or nid not in refs:
+                log.warning(
+                    "order to node %s failed: %s", nid, reply.error if reply.has_error() else "?"
+                )
+                continue
+            answered = str(reply.content.config_records[ORDER_RECORD].get(K.ORDER_ID, ""))
+            if answered != refs[nid].order_id:
+                log.warning("node %s answered order %r, not %r", nid, answered, refs[nid].order_id)
+                continue
+            self._ledger.issued[answered] = refs[nid]
+            self._ledger.held[nid] = refs[nid]
+            ready.append(refs[nid])
+        return ready
+
+    def sync_held(self, node_ids: Iterable[int]) -> list[HeldUpdateRef]:
+        """Ask devices what they hold (after a restart of hub or agent); returns live holders."""
+        messages = [self._message("query.held", nid, {}) for nid in node_ids]
+        live: list[HeldUpdateRef] = []
+        stale_folded: list[tuple[int, str]] = []
+        for reply in self._grid.send_and_receive(messages):
+            if reply.has_error():
+                continue
+            nid = reply.metadata.src_node_id
+            order_id = str(reply.content.config_records[ORDER_RECORD].get(K.ORDER_ID, ""))
+            ref = self._ledger.issued.get(order_id)
+            if order_id in self._ledger.folded:
+                stale_folded.append((nid, order_id))
+            elif ref is not None and ref.device == nid:
+                self._ledger.held[nid] = ref
+                live.append(ref)
+        self._release(stale_folded)
+        return live
+
+    # -- buffers --------------------------------------------------------------------------------
+    def run_buffer(self, online: Iterable[int] | None = None) -> BufferRecord | None:
+        """Fold one buffer of ``K`` ready holders among ``online`` (all when None), if any.
+
+        Returns None when fewer than ``K`` fresh holders are online; raises nothing on a
+        dropped exchange: the record says so and the updates stay held.
+        """
+        reachable = set(self._ledger.held) if online is None else set(online)
+        candidates = [ref for nid, ref in self._ledger.held.items() if nid in reachable]
+        choice = choose_buffer(candidates, self.version, self._fedbuff)
+        for ref in choice.refused:
+            log.info("update of node %s (order %s) is too stale; refused", ref.device, ref.order_id)
+            self._ledger.held.pop(ref.device, None)
+        self._release([(ref.device, ref.order_id) for ref in choice.refused])
+        if not choice.ready:
+            return None
+        return self.fold_members(choice.members)
+
+    def fold_members(self, members: Sequence[HeldUpdateRef]) -> BufferRecord:
+        """Run the secure exchange over exactly ``members`` and fold what it returns."""
+        number = len(self.buffers) + 1
+        record = BufferRecord(number=number, base_version=self.version, members=tuple(members))
+        try:
+            weighted_sum, folded_nodes = self._secure_sum(number, members)
+        except SecureRoundAbortedError as exc:
+            record = replace(record, error=str(exc))
+            self.buffers.append(record)
+            log.warning("buffer %s: %s; the updates stay held", number, exc)
+            return record
+        folded = tuple(m for m in members if m.device in folded_nodes)
+        self.weights = fold_buffer(self.weights, weighted_sum, len(folded), self._fedbuff.server_lr)
+        self.version += 1
+        record = replace(record, folded=folded, new_version=self.version)
+        self.buffers.append(record)
+        for ref in folded:
+            self._ledger.folded.add(ref.order_id)
+            self._ledger.held.pop(ref.device, None)
+        self._release([(ref.device, ref.order_id) for ref in folded])
+        if self._on_version is not None:
+            self._on_version(self.version, self.weights, record)
+        return record
+
+    def _secure_sum(
+        self, number: int, members: Sequence[HeldUpdateRef]
+    ) -> tuple[list[NDArray], set[int]]:
+        fit_config = {K.CURRENT_VERSION: self.version, K.MAX_STALENESS: self._fedbuff.max_staleness}
+        run_id = self._grid.run.run_id
+        proxies = {m.device: GridClientProxy(m.device, self._grid, run_id) for m in members}
+        empty = Parameters(tensors=[], tensor_type="numpy.ndarray")
+        strategy = BufferStrategy(
+            [(proxies[m.device], FitIns(empty, dict(fit_config))) for m in members],
+            expected_orders={m.device: m.order_id for m in members},
+        )
+        context = Context(
+            run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
+        )
+        legacy = LegacyContext(context=context, strategy=strategy)
+        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: number})
+        legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+        s = self._secagg
+        GuardedSecAggPlusWorkflow(
+            num_shares=s.num_shares,
+            reconstruction_threshold=s.reconstruction_threshold,
+            max_weight=s.max_weight,
+            clipping_range=s.clipping_range,
+            quantization_range=s.quantization_range,
+            modulus_range=s.modulus_range,
+            timeout=s.timeout_s,
+        )(self._grid, legacy)
+        if strategy.result is None:
+            raise TrainingError(f"buffer {number}: the secure exchange returned no sum")
+        mean, folded_nodes = strategy.result
+        return [np.asarray(a, dtype=np.float64) * len(folded_nodes) for a in mean], folded_nodes
+
+    # -- messages -----------------------------------------------------------------------------
+    def _message(
+        self,
+        message_type: str,
+        node_id: int,
+        config: dict[str, Any],
+        *,
+        arrays: dict[str, ArrayRecord] | None = None,
+    ) -> Message:
+        content = RecordDict({ORDER_RECORD: ConfigRecord(config), **(arrays or {})})
+        return Message(content, node_id, message_type, group_id=f"v{self.version}")
+
+    def _release(self, pairs: Sequence[tuple[int, str]]) -> None:
+        if not pairs:
+            return
+        messages = [self._message("query.release", nid, {K.ORDER_ID: oid}) for nid, oid in pairs]
+        for reply in self._grid.send_and_receive(messages):
+            if reply.has_error():
+                log.warning(
+                    "release at node %s failed: %s", reply.metadata.src_node_id, reply.error
+                )
