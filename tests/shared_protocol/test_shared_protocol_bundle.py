@@ -470,3 +470,34 @@ def test_rollback_order_device_list_bounds_and_running_bundle_named() -> None:
         verify_rollback_order(moved_on, keyring(), pol)
     with pytest.raises(WrongTargetError, match=r"this device runs 'nothing'$"):
         verify_rollback_order(moved_on, keyring(), replace(pol, active_bundle_id=None))
+
+
+def test_a_manifest_with_a_bad_expiry_is_refused_by_name() -> None:
+    model = b"x" * 10
+    manifest = BundleManifest(
+        model_name="digits",
+        version=2,
+        device_class="x86-cpu",
+        created=format_time(T0),
+        expires="soon",
+        artifacts=[artifact_info("model.onnx", model)],
+    )
+    data = build_bundle(
+        manifest, {"model.onnx": model}, signing_keys=[K1], keyring_envelope=keyring()
+    )
+    parsed = parse_bundle(data)
+    with pytest.raises(MalformedBundleError, match=r"^manifest expires: bad timestamp 'soon'$"):
+        verify_offer(parsed.manifest_envelope, parsed.keyring_envelope, policy())
+
+
+def test_rollback_order_refuses_an_older_keyring_and_names_both_bundles() -> None:
+    pol = policy(installed=5, min_keyring=2)
+    with pytest.raises(RollbackError):  # the keyring floor holds for orders too
+        verify_rollback_order(_order(GOOD, 2), keyring(version=1), pol)
+    assert verify_rollback_order(_order(GOOD, 2), keyring(version=2), pol).to_version == 2
+    moved_on = _order(GOOD, 2, from_bundle_id="d" * 64)
+    with pytest.raises(
+        WrongTargetError,
+        match=r"^rollback order is for devices running 'dddddddddddd', this device runs ",
+    ):
+        verify_rollback_order(moved_on, keyring(version=2), pol)
