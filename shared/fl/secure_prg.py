@@ -56,6 +56,7 @@ __all__ = [
 
 _KDF_INFO = b"fedfleet/secaggplus-mask/v1"
 _MAX_RANGE = 1 << 62
+_ZEROS = bytes(1 << 21)  # 2 MiB: a mask of up to 262,144 values per array in one call
 
 # Modules whose ``pseudo_rand_gen`` attribute is swapped while a secure round runs.
 PATCHED_MODULES: tuple[str, ...] = (
@@ -74,8 +75,12 @@ class _KeyStream:
         self._encryptor = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
 
     def words(self, count: int) -> NDArray[np.uint64]:
-        raw = self._encryptor.update(b"\x00" * (8 * count))
-        return np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+        """The next ``count`` little-endian 64-bit keystream words (read-only, no copy)."""
+        size = 8 * count
+        # The keystream is ChaCha20 applied to zeros: reuse one zero buffer instead of
+        # allocating and filling a fresh one per mask (that cost more than the cipher).
+        zeros = memoryview(_ZEROS)[:size] if size <= len(_ZEROS) else bytes(size)
+        return np.frombuffer(self._encryptor.update(zeros), dtype="<u8")
 
 
 def _uniform(stream: _KeyStream, num_range: int, count: int) -> NDArray[np.int64]:
@@ -83,7 +88,8 @@ def _uniform(stream: _KeyStream, num_range: int, count: int) -> NDArray[np.int64
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     if num_range & (num_range - 1) == 0:  # a power of two: masking is exact
-        return (stream.words(count) & np.uint64(num_range - 1)).astype(np.int64)
+        # below 2**62 after the mask, so the int64 view holds the same values (no copy)
+        return (stream.words(count) & np.uint64(num_range - 1)).view(np.int64)
     # Accept words below the largest multiple of num_range that fits in 64 bits.
     limit = np.uint64(((1 << 64) // num_range) * num_range)
     out = np.empty(count, dtype=np.int64)

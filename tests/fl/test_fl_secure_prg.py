@@ -93,3 +93,34 @@ def test_installation_is_scoped_and_reference_counted() -> None:
         assert all(m.pseudo_rand_gen is secure_pseudo_rand_gen for m in modules)
     assert not is_secure_mask_generator_active()
     assert [m.pseudo_rand_gen for m in modules] == originals
+
+
+# Known answers: the generator's output is part of the protocol (hub and agents must agree).
+KNOWN_ANSWERS = {
+    1 << 32: ([1691800871, 2770860205, 185532246, 820787512], "72849ab3c54f95a8141e51bfa63a3f71"),
+    6: ([3, 1, 2, 0], "950bb995c0bca0e3186a716bf69fc157"),
+    1 << 62: (
+        [1235822922096366887, 403052631614290093, 3957127934641110870, 4236128108881393976],
+        "30145ada090feef9642284827a8e2120",
+    ),
+    1000003: ([560644, 535729, 596336, 30042], "05b48b115e46761dc126f439fa27f7dc"),
+}
+
+
+@pytest.mark.parametrize("num_range", sorted(KNOWN_ANSWERS))
+def test_known_answer_vectors(num_range: int) -> None:
+    import hashlib
+
+    first, digest = KNOWN_ANSWERS[num_range]
+    out = secure_pseudo_rand_gen(b"fedfleet-kat-seed", num_range, [(3, 4), (), (1000,), (200000,)])
+    assert out[0].ravel()[:4].tolist() == first
+    whole = b"".join(a.astype("<i8").tobytes() for a in out)
+    assert hashlib.sha256(whole).hexdigest()[:32] == digest
+    assert all(a.dtype == np.int64 for a in out)
+    out[2][0] = 1  # the arrays handed to Flower are writable (it adds masks in place)
+
+
+def test_masks_longer_than_the_zero_buffer_continue_the_same_stream() -> None:
+    big = secure_pseudo_rand_gen(b"long", 1 << 32, [(300_000,)])[0]
+    small = secure_pseudo_rand_gen(b"long", 1 << 32, [(262_144,)])[0]
+    np.testing.assert_array_equal(big[:262_144], small)
