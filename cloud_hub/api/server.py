@@ -102,6 +102,8 @@ class HubServer:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = open_registry(cfg.database_url)
         self.bundles = self._open_bundle_store()
+        if self.want_engine:  # before the ingest, which hands its publisher the device reports
+            self.engine = self._build_engine()
         if cfg.enable_ingest:
             self.ingest = FleetIngest(
                 self.registry,
@@ -111,6 +113,9 @@ class HubServer:
                 ),
                 config=cfg.ingest,
             )
+            fleet = getattr(self.publisher, "publisher", None)
+            if fleet is not None:  # each device report reaches the hub once: through the ingest
+                self.ingest.add_observer(lambda inbound: fleet.observe(inbound.message))
             self.ingest.start()
             log.info(
                 "ingest %s subscribed on %s under %s/",
@@ -118,8 +123,6 @@ class HubServer:
                 cfg.mqtt.url,
                 cfg.topic_prefix,
             )
-        if self.want_engine:
-            self.engine = self._build_engine()
         # without the engine the commands still work: they are registry writes, and the
         # engine of another hub process picks them up (``serve --no-engine`` replicas)
         commands = self.engine or RolloutCommands(self.registry)

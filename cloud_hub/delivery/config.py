@@ -39,6 +39,9 @@ class PublisherConfig:
     max_bundle_bytes: int = 2 * 1024**3
     max_devices: int = 100_000
     max_deployments: int = 10_000  # tracked in memory; the oldest finished ones are dropped
+    # False inside a hub process whose ingest reads the device reports (hello, status,
+    # events) and hands them over (FleetPublisher.observe): each is delivered to the hub once
+    reads_device_reports: bool = True
     # R8: full-bundle fallbacks (a device that cannot apply a delta): a bounded worker pool,
     # at most this many devices waiting, one fallback per device and delta per interval
     max_fallback_workers: int = 2

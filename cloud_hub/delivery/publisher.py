@@ -40,6 +40,7 @@ from shared.messages import (
     DeployCommand,
     Event,
     Hello,
+    Message,
     PingCommand,
     RollbackCommand,
     Status,
@@ -48,13 +49,15 @@ from shared.messages import (
 )
 from shared.refusal_log import RefusalLog
 from shared.topics import validate_device_id
-from shared.uplink import UPLINK
+from shared.uplink import UPLINK, HubReader, channels_read_by
 
 __all__ = ["DeviceInfo", "FleetPublisher"]
 
 log = logging.getLogger(__name__)
-# chunk requests, and the deployment progress this publisher tracks on its own
-_READ_CHANNELS = ("events", "chunk-req", "hello", "status")
+# what the publisher is the hub's one reader of (chunk requests), and the device reports it
+# reads itself only when no ingest hands them over
+_OWN_CHANNELS = tuple(channels_read_by(HubReader.DELIVERY))
+_REPORT_CHANNELS = ("events", "hello", "status")
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,10 @@ class FleetPublisher:
         self._devices: dict[str, DeviceInfo] = {}
         self.refusals = RefusalLog(log)  # untrusted input from devices: summarised warnings
         self.rejected_messages = 0
+        self._channels = _OWN_CHANNELS + (_REPORT_CHANNELS if config.reads_device_reports else ())
         self._session = MqttSession(
             config,
-            subscriptions=[self.topics.all_devices(ch) for ch in _READ_CHANNELS],
+            subscriptions=[self.topics.all_devices(ch) for ch in self._channels],
             on_message=self._on_message,
         )
         # repairs and full-bundle fallbacks, served only to targets (R8)
@@ -116,7 +120,7 @@ class FleetPublisher:
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
             where = self.topics.parse_device_topic(topic)
-            if where.channel not in _READ_CHANNELS:
+            if where.channel not in self._channels:
                 raise KeyError(where.channel)
             msg = decode_message(payload, expected=(UPLINK[where.channel].message_type,))
             if getattr(msg, "device_id", where.device_id) != where.device_id:
@@ -126,10 +130,16 @@ class FleetPublisher:
                 self.rejected_messages += 1
             self.refusals.warn("bad-message", "dropped a message on %s: %s", topic, exc)
             return
+        if isinstance(msg, ChunkRequest):
+            self._chunks.handle(msg)
+        else:
+            self.observe(msg)
+
+    def observe(self, msg: Message) -> None:
+        """Follow a device report (event, hello, status) that the hub's ingest received and
+        validated; other messages are ignored. Safe from any thread."""
         if isinstance(msg, Event):
             self._on_event(msg)
-        elif isinstance(msg, ChunkRequest):
-            self._chunks.handle(msg)
         elif isinstance(msg, Hello):
             self._remember(
                 msg.device_id,

@@ -106,6 +106,7 @@ class FleetIngest:
         self._dropped: Counter[str] = Counter()
         self._lags: deque[float] = deque(maxlen=10_000)
         self._listeners: list[Listener] = []
+        self._observers: list[Callable[[Inbound], None]] = []
         self._pending = IngestBatch(max_metrics=config.max_metrics)  # the writer thread's
         # QoS 1 acknowledgements held until the message is committed: a hub killed between
         # receipt and commit gets it again from the broker (persistent session) instead of
@@ -161,6 +162,12 @@ class FleetIngest:
         if flush:
             self._flush_all()
 
+    def add_observer(self, observer: Callable[[Inbound], None]) -> None:
+        """Call ``observer`` (on the network thread, before the write) with every admitted
+        device message: the hub's delivery follows its deployments from here instead of
+        subscribing to the same channels a second time. It must return quickly."""
+        self._observers.append(observer)
+
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` (on the writer thread) after every committed batch, e.g. to wake
         the rollout engine when new events arrived."""
@@ -175,16 +182,19 @@ class FleetIngest:
         ``on_commit`` (the broker acknowledgement) runs once the message is committed, or at
         once when it will never be (rejected, duplicate, rate limited, dropped) or is
         telemetry, which is droppable by design and would only hold broker flight slots."""
-        outcome, held = self._admit(topic, payload, hold=on_commit)
+        outcome, held, admitted = self._admit(topic, payload, hold=on_commit)
         if on_commit is not None and not held:
             on_commit()
+        if admitted is not None:
+            for observer in self._observers:
+                observer(admitted)
         return outcome
 
     def _admit(
         self, topic: str, payload: bytes, *, hold: Callable[[], None] | None
-    ) -> tuple[Admission | Rejected | None, bool]:
-        """What happened to the message, and whether its acknowledgement (``hold``) now
-        waits for the commit."""
+    ) -> tuple[Admission | Rejected | None, bool, Inbound | None]:
+        """What happened to the message, whether its acknowledgement (``hold``) now waits for
+        the commit, and the message if it was admitted."""
         now = self._clock()
         if topic.endswith("/telemetry"):
             # spend the device's telemetry token before paying for the decode: a flood is
@@ -198,12 +208,12 @@ class FleetIngest:
                     if not self._queue.take_token(sender, now):
                         self._counts["received"] += 1
                         self._dropped[Admission.RATE_LIMITED.value] += 1
-                        return Admission.RATE_LIMITED, False
+                        return Admission.RATE_LIMITED, False, None
         result = classify(self.scheme, topic, payload, received_at=now, max_bytes=MAX_MESSAGE_BYTES)
         with self._lock:
             self._counts["received"] += 1
             if result is None:
-                return None, False
+                return None, False, None
             if isinstance(result, Rejected):
                 self._rejected[result.kind] += 1
                 seen = self._rejected[result.kind]
@@ -215,14 +225,14 @@ class FleetIngest:
                         seen,
                         result.reason,
                     )
-                return result, False
+                return result, False, None
             msg = result.message
             telemetry = isinstance(msg, Telemetry)
             if isinstance(msg, Telemetry) and self._recent.seen_before(
                 result.device_id, (msg.seq, msg.ts)
             ):
                 self._counts["duplicates"] += 1
-                return None, False
+                return None, False, None
             admission = self._queue.offer(
                 result.device_id, result, droppable=telemetry, now=now, rate_checked=telemetry
             )
@@ -236,7 +246,8 @@ class FleetIngest:
                 self._held_acks[id(result)] = hold
             if len(self._queue) >= self.config.batch_max:
                 self._lock.notify_all()
-            return admission, held
+            admitted = admission in (Admission.ACCEPTED, Admission.EVICTED_OLDEST)
+            return admission, held, result if admitted else None
 
     # -- writing (writer thread) -------------------------------------------------------------
     def _write_loop(self) -> None:

@@ -165,6 +165,8 @@ class TargetRecord:
     from_bundle_id: str | None = None  # what the device ran before (its rollback target)
     from_version: int | None = None
     from_sha256: str | None = None
+    bytes_sent: int = 0  # bundle bytes this rollout sent the device
+    bytes_full: int = 0  # what the full bundle would have cost for the same offers
 
 
 @dataclass(frozen=True)

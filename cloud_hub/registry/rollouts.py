@@ -35,6 +35,8 @@ __all__ = [
     "list_rollouts",
     "list_stages",
     "list_targets",
+    "record_shipment",
+    "shipment_totals",
     "targets_of_device",
     "update_rollout",
     "update_stage",
@@ -326,6 +328,46 @@ def update_target(
     row.updated_at = now
     session.flush()
     return to_record(TargetRecord, row)
+
+
+def record_shipment(
+    session: Session,
+    rollout_id: str,
+    sent: Mapping[str, int],
+    *,
+    full_size: int,
+    now: float,
+) -> None:
+    """Add the bundle bytes ``sent`` to each target device (and ``full_size`` each to what
+    full bundles would have cost)."""
+    for device_id, size in sent.items():
+        session.execute(
+            update(RolloutTarget)
+            .where(RolloutTarget.rollout_id == rollout_id, RolloutTarget.device_id == device_id)
+            .values(
+                bytes_sent=RolloutTarget.bytes_sent + int(size),
+                bytes_full=RolloutTarget.bytes_full + int(full_size),
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+
+def shipment_totals(session: Session, rollout_id: str) -> dict[str, Any] | None:
+    """``{"bytes_shipped", "bytes_full", "devices": {device: bytes}}`` of a rollout, or
+    ``None`` before any bundle was sent."""
+    rows = session.execute(
+        select(RolloutTarget.device_id, RolloutTarget.bytes_sent, RolloutTarget.bytes_full).where(
+            RolloutTarget.rollout_id == rollout_id, RolloutTarget.bytes_full > 0
+        )
+    ).all()
+    if not rows:
+        return None
+    return {
+        "bytes_shipped": sum(int(sent) for _d, sent, _f in rows),
+        "bytes_full": sum(int(full) for _d, _s, full in rows),
+        "devices": {d: int(sent) for d, sent, _f in sorted(rows)},
+    }
 
 
 def count_targets_by_state(

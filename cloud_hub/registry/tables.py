@@ -229,6 +229,10 @@ class RolloutTarget(Base):
     from_bundle_id: Mapped[str | None] = mapped_column(String(ID))
     from_version: Mapped[int | None] = mapped_column(Integer)
     from_sha256: Mapped[str | None] = mapped_column(String(64))
+    # bundle bytes sent to the device by this rollout, and what full bundles would have cost
+    # (migration 0006): the delivery totals read the same from every hub process
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_full: Mapped[int] = mapped_column(BigInteger, default=0)
 
     __table_args__ = (
         UniqueConstraint("rollout_id", "device_id"),

@@ -204,7 +204,9 @@ class RolloutSteps:
             )
         try:
             orders = self._switch_orders(record, switches, now=now)
-            self.delivery.deploy(record.bundle_id, due, deployment_id=dep_id, orders=orders)
+            shipment = self.delivery.deploy(
+                record.bundle_id, due, deployment_id=dep_id, orders=orders
+            )
         except (HubError, FedfleetError) as exc:
             log.warning("rollout %s: deploy to %d device(s) failed: %s", rid, len(due), exc)
             return
@@ -217,6 +219,10 @@ class RolloutSteps:
                 only_states=step_sources(TS.PUBLISHED),
                 state=step_target(TS.PUBLISHED).value,
             )
+            if shipment is not None:  # persisted: every hub process reports the same totals
+                rollouts.record_shipment(
+                    s, rid, shipment.sent, full_size=shipment.full_size, now=self.clock()
+                )
         log.info("rollout %s: offered %s to %d device(s)", rid, record.bundle_id, len(due))
 
     def _record_previous(

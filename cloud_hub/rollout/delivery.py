@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cloud_hub.delivery import FleetPublisher
     from cloud_hub.keys import KeyStore
 
-__all__ = ["DeliveryTotals", "PublisherDelivery", "RollbackSigner", "RolloutDelivery"]
+__all__ = ["DeliveryTotals", "PublisherDelivery", "RollbackSigner", "RolloutDelivery", "Shipment"]
 
 
 @dataclass
@@ -29,6 +29,15 @@ class DeliveryTotals:
     bytes_shipped: int = 0
     bytes_full: int = 0
     devices: dict[str, int] = field(default_factory=dict)  # device id -> bytes it was sent
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """What one offer sent: bundle bytes per device (a delta or the full bundle), and the
+    full bundle's size (what each device would have cost without deltas)."""
+
+    sent: Mapping[str, int]
+    full_size: int
 
 
 class RolloutDelivery(Protocol):
@@ -41,8 +50,9 @@ class RolloutDelivery(Protocol):
         *,
         deployment_id: str,
         orders: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        """Offer ``bundle_id`` to ``device_ids`` (DeployCommand + fan-out chunks).
+    ) -> Shipment | None:
+        """Offer ``bundle_id`` to ``device_ids`` (DeployCommand + fan-out chunks); returns the
+        bytes sent (``None``: not known to this delivery).
 
         ``orders``: device id -> a signed order sent with that device's offer, which it needs
         to take a bundle of another model than it runs (R5)."""
@@ -105,7 +115,9 @@ class PublisherDelivery:
 
     @classmethod
     def from_hub_config(cls, config: HubConfig, keys: KeyStore) -> PublisherDelivery:
-        """Connect a publisher to the hub's broker (what ``cloud-hub serve`` uses)."""
+        """Connect a publisher to the hub's broker (what ``cloud-hub serve`` uses). With the
+        hub's ingest enabled the ingest reads the device reports and hands them to the
+        publisher (``FleetPublisher.observe``); it subscribes to chunk requests only."""
         from cloud_hub.broker_client import HubRole, hub_client_id_for
         from cloud_hub.delivery import FleetPublisher
         from cloud_hub.delivery.config import PublisherConfig
@@ -115,6 +127,7 @@ class PublisherDelivery:
                 broker=config.mqtt,
                 prefix=config.topic_prefix,
                 client_id=hub_client_id_for(config, HubRole.ROLLOUT),
+                reads_device_reports=not config.enable_ingest,
             )
         )
         publisher.connect()
@@ -136,19 +149,23 @@ class PublisherDelivery:
         *,
         deployment_id: str,
         orders: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
+    ) -> Shipment:
         switching = [d for d in device_ids if orders and d in orders]
+        shipped: dict[str, int] = {}
         if switching:
             assert orders is not None
             device_ids = [d for d in device_ids if d not in orders]
-            self._deploy_with_orders(bundle_id, switching, orders, deployment_id=deployment_id)
+            with_orders = self._deploy_with_orders(
+                bundle_id, switching, orders, deployment_id=deployment_id
+            )
             if not device_ids:
-                return
+                return with_orders
+            shipped.update(with_orders.sent)
         if self.installed_lookup is None:
             full = self.read_bundle(bundle_id)
             self.publisher.deploy(full, list(device_ids), deployment_id=deployment_id)
             self._account(deployment_id, dict.fromkeys(device_ids, len(full)), len(full))
-            return
+            return Shipment({**shipped, **dict.fromkeys(device_ids, len(full))}, len(full))
         from cloud_hub.delta import plan_delivery
 
         plan = plan_delivery(
@@ -168,6 +185,7 @@ class PublisherDelivery:
             )
         sent = {d: len(group.bundle) for group in plan.groups for d in group.device_ids}
         self._account(deployment_id, sent, plan.full_size)
+        return Shipment({**shipped, **sent}, plan.full_size)
 
     def _deploy_with_orders(
         self,
@@ -176,7 +194,7 @@ class PublisherDelivery:
         orders: Mapping[str, Mapping[str, Any]],
         *,
         deployment_id: str,
-    ) -> None:
+    ) -> Shipment:
         """The full bundle, one offer per distinct order (devices of one order share it)."""
         full = self.read_bundle(bundle_id)
         groups: dict[int, list[str]] = {}
@@ -186,7 +204,9 @@ class PublisherDelivery:
             self.publisher.deploy(
                 full, ids, deployment_id=f"{deployment_id}-s{index}", rollback_order=orders[ids[0]]
             )
-        self._account(deployment_id, dict.fromkeys(device_ids, len(full)), len(full))
+        sent = dict.fromkeys(device_ids, len(full))
+        self._account(deployment_id, sent, len(full))
+        return Shipment(sent, len(full))
 
     def _account(self, deployment_id: str, sent: Mapping[str, int], full_size: int) -> None:
         """Count the bytes ``sent`` to each device (and ``full_size`` each, had every one

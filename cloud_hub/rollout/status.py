@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from cloud_hub.registry.devices import select_device_ids
 from cloud_hub.registry.records import RolloutRecord
+from cloud_hub.registry.rollouts import shipment_totals
 from cloud_hub.registry.tables import Bundle, Device, RolloutTarget
 from cloud_hub.rollout.compat import target_warnings
 from cloud_hub.rollout.state import RolloutPhase, RolloutState
@@ -67,9 +68,11 @@ class RolloutStatus:
     targets: dict[str, int] = field(default_factory=dict)
     # before start: target devices the artifact was not built for (compat.py)
     warnings: tuple[str, ...] = ()
+    # bytes devices were sent vs what full bundles would cost; None before the first offer
+    delivery: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body = {
             "rollout_id": self.rollout_id,
             "name": self.name,
             "state": self.state,
@@ -88,6 +91,9 @@ class RolloutStatus:
             "targets": dict(self.targets),
             "warnings": list(self.warnings),
         }
+        if self.delivery is not None:
+            body["delivery"] = dict(self.delivery)
+        return body
 
 
 def rollout_status(session: Session, record: RolloutRecord) -> RolloutStatus:
@@ -133,6 +139,7 @@ def rollout_status(session: Session, record: RolloutRecord) -> RolloutStatus:
         stages=stages,
         targets=totals,
         warnings=_draft_warnings(session, record) if record.state == "draft" else (),
+        delivery=shipment_totals(session, record.rollout_id),
     )
 
 

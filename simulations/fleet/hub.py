@@ -243,9 +243,12 @@ class SimHub:
                 chunk_size=self.chunk_size,
                 start_grace_s=2.0,
                 publish_timeout_s=30.0,
+                reads_device_reports=False,  # the hub's ingest hands them over
             )
         )
         publisher.connect()
+        assert self.server.ingest is not None
+        self.server.ingest.add_observer(lambda inbound: publisher.observe(inbound.message))
         self.delivery = CountingDelivery(
             PublisherDelivery(publisher, self.keys, default_store(self.keys))
         )
