@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.context import ApiContext
 from cloud_hub.api.errors import ApiError
+from cloud_hub.dashboard.overview import MAX_DEVICES, device_overview
 from cloud_hub.dashboard.summary import change_marker, fleet_summary
 from cloud_hub.dashboard.tickets import StreamTickets
 from cloud_hub.registry import admin
@@ -68,6 +69,18 @@ def mount_dashboard(
     def summary(_: Annotated[Principal, Depends(require("viewer"))]) -> dict[str, Any]:
         with context.registry.session() as s:
             return asdict(fleet_summary(s))
+
+    @app.get(
+        "/api/v1/fleet/overview",
+        tags=["devices"],
+        summary="Per device: one health verdict, drift of the model it runs, its rollout",
+    )
+    def overview(
+        _: Annotated[Principal, Depends(require("viewer"))],
+        device_id: Annotated[list[str], Query(max_length=MAX_DEVICES)],
+    ) -> list[dict[str, Any]]:
+        with context.registry.session() as s:
+            return [asdict(o) for o in device_overview(s, device_id)]
 
     @app.post(
         "/api/v1/stream-tickets",

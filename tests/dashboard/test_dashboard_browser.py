@@ -153,7 +153,7 @@ def test_operator_watches_fleet_and_drives_rollouts(browser: Any, hub: Any, tmp_
         page.goto(f"{proc.api_url}/ui/#/fleet")
         page.wait_for_function("document.body.innerText.includes('sensor-mlp v1')", timeout=30_000)
         page.click("#devices tbody tr a >> nth=0")
-        page.wait_for_selector("#c-lat")
+        page.wait_for_selector("#events")
         assert "OTA state" in page.inner_text("main")
         shot(page, "04-device")
 
