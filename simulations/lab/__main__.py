@@ -2,7 +2,7 @@
 
 - ``up``: build the lab and keep it running in the foreground; Ctrl-C (or SIGTERM, or
   ``down`` from another shell) stops every process and removes every namespace and link.
-  ``--cut DEV`` / ``--cap DEV=KBIT`` start with link faults in place.
+  ``--cut DEV`` / ``--cap DEV=KBIT`` / ``--shape DEV=MS[/LOSS]`` start with link faults.
 - ``down``: stop the running ``up`` (SIGINT to the pid it recorded), then remove leftovers.
 - ``clean``: remove what a crashed lab left (processes in its namespaces, namespaces, links).
 - ``status``: list the lab's namespaces and links that exist now.
@@ -21,6 +21,7 @@ from types import FrameType
 from simulations.lab import netns
 from simulations.lab.fleet import FleetLab, LabConfig, LabError
 from simulations.lab.plan import DEFAULT_PREFIX, DEFAULT_SUBNET, MAX_DEVICES, LabPlanError
+from simulations.lab.relay import LinkShape
 
 
 def _pid_file(prefix: str) -> Path:
@@ -33,8 +34,17 @@ def _on_sigterm(_sig: int, _frame: FrameType | None) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    shaped = {}
+    for spec in args.shape:  # DEV=DELAY_MS[/LOSS]
+        device, _, rest = spec.partition("=")
+        delay, _, loss = rest.partition("/")
+        shaped[device] = LinkShape(delay_ms=float(delay), loss=float(loss or 0))
     config = LabConfig(
-        root=Path(args.root), devices=args.devices, prefix=args.prefix, subnet=args.subnet
+        root=Path(args.root),
+        devices=args.devices,
+        prefix=args.prefix,
+        subnet=args.subnet,
+        shaped=shaped,
     )
     pid_file = _pid_file(args.prefix)
     pid_file.write_text(str(os.getpid()), encoding="utf-8")  # `down` may stop a start-up too
@@ -107,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--subnet", default=DEFAULT_SUBNET, help="the lab bridge's private /24")
     up.add_argument("--cut", action="append", default=[], metavar="DEV")
     up.add_argument("--cap", action="append", default=[], metavar="DEV=KBIT")
+    up.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="DEV=MS[/LOSS]",
+        help="latency each way (ms) and loss (0..1) through a relay, e.g. dev-004=150/0.02",
+    )
     up.set_defaults(func=cmd_up)
     for name, func, text in (
         ("down", cmd_down, "stop the running lab and remove it"),
@@ -121,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (LabError, LabPlanError, netns.LabCommandError) as exc:
+    except (LabError, LabPlanError, netns.LabCommandError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

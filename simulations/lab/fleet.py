@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,7 @@ from simulations.lab.plan import (
     cut_commands,
     restore_commands,
 )
+from simulations.lab.relay import LinkShape
 
 __all__ = ["FleetLab", "LabConfig", "LabError", "LabLeftoversError", "LabProcess"]
 
@@ -67,6 +69,8 @@ class LabConfig:
     site: str = "lab"
     start_timeout_s: float = 120.0
     agent_args: tuple[str, ...] = ("--report-interval", "2")
+    # devices whose link gets latency/loss from a relay in their namespace, from the start
+    shaped: Mapping[str, LinkShape] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +148,8 @@ class FleetLab:
         for folder in (self.hub_data, self.broker_dir, self.logs, self.root / "devices"):
             folder.mkdir(parents=True, exist_ok=True)
         netns.build(self.plan)
+        for device, shape in self.config.shaped.items():
+            self._shape(self.plan.device(device), shape)
         self._set_up_hub()
         self.spawn(
             self.plan.broker,
@@ -284,14 +290,16 @@ class FleetLab:
         self.processes.append(lp)
         return lp
 
-    def wait_listening(self, host: LabHost, port: int) -> None:
-        """Until something accepts TCP on ``host``'s address and ``port``, seen from inside."""
+    def wait_listening(self, host: LabHost, port: int, *, address: str | None = None) -> None:
+        """Until something accepts TCP on ``host``'s address (or ``address``) and ``port``,
+        seen from inside ``host``."""
         probe = (
             "import socket,sys,time\n"
             f"end=time.monotonic()+{self.config.start_timeout_s}\n"
             "while time.monotonic()<end:\n"
             "  try:\n"
-            f"    socket.create_connection(({host.address!r},{port}),timeout=0.5).close()\n"
+            f"    socket.create_connection(({address or host.address!r},{port}),timeout=0.5)"
+            ".close()\n"
             "    sys.exit(0)\n"
             "  except OSError: time.sleep(0.1)\n"
             "sys.exit(1)\n"
@@ -444,6 +452,22 @@ class FleetLab:
     def rollout_state(self, rollout_id: str) -> str:
         return str(self.api_get(f"/api/v1/rollouts/{rollout_id}")["state"])
 
+    def timed_https_get(self, device: str, path: str = "/healthz") -> float:
+        """Seconds one ``GET`` of the hub's API takes from ``device``'s namespace (TCP, TLS
+        handshake verified by the hub CA, request, answer), measured inside it."""
+        script = (
+            "import ssl,sys,time,urllib.request\n"
+            "ctx=ssl.create_default_context(cafile=sys.argv[2])\n"
+            "t=time.monotonic()\n"
+            "urllib.request.urlopen(sys.argv[1],timeout=30,context=ctx).read()\n"
+            "print(time.monotonic()-t)\n"
+        )
+        out = self.run_in(
+            self.plan.device(device),
+            [sys.executable, "-c", script, f"{self.api_url}{path}", str(self.ca_file)],
+        )
+        return float(out.strip())
+
     def reachable(self, device: str, target: LabHost, port: int) -> bool:
         """Can ``device`` open a TCP connection to ``target:port`` right now (2 s)?"""
         probe = (
@@ -467,6 +491,19 @@ class FleetLab:
     def restore(self, device: str) -> None:
         """Undo :meth:`cut` and :meth:`cap` on a device's link."""
         netns.apply(restore_commands(self.plan.device(device)), check=False)
+
+    def _shape(self, host: LabHost, shape: LinkShape) -> None:
+        """Send the device's traffic to the hub and the broker through a relay on its own
+        loopback (its ``/etc/hosts`` names them ``127.0.0.1``) that adds latency and loss."""
+        hub, broker = self.plan.hub, self.plan.broker
+        pairs = [(hub, API_PORT), (broker, DEVICE_MQTT_PORT)]
+        argv = [sys.executable, "-m", "simulations.lab.relay", *shape.argv()]
+        for target, port in pairs:
+            argv += ["--listen", f"127.0.0.1:{port}", "--to", f"{target.address}:{port}"]
+        self.spawn(host, f"relay-{host.name}", argv)
+        for _, port in pairs:
+            self.wait_listening(host, port, address="127.0.0.1")
+        netns.write_hosts(self.plan, host, via_loopback=(hub, broker))
 
     def cap(self, device: str, kbit: int) -> None:
         """Cap a device's link at ``kbit`` kbit/s each way (tc tbf)."""

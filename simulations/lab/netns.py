@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from simulations.lab.plan import LabPlan, build_commands, teardown_commands
+from simulations.lab.plan import LabHost, LabPlan, build_commands, teardown_commands
 
 __all__ = [
     "ETC_NETNS",
@@ -28,6 +28,7 @@ __all__ = [
     "find_leftovers",
     "namespaces_unavailable",
     "netns_pids",
+    "write_hosts",
 ]
 
 ETC_NETNS = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/* over /etc
@@ -148,6 +149,12 @@ def build(plan: LabPlan) -> None:
     """Make the plan's bridge, namespaces, veth pairs and per-namespace ``/etc/hosts``."""
     apply(build_commands(plan))
     for h in plan.hosts:
-        folder = ETC_NETNS / h.netns
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "hosts").write_text(plan.hosts_file(), encoding="utf-8")
+        write_hosts(plan, h)
+
+
+def write_hosts(plan: LabPlan, host: LabHost, *, via_loopback: tuple[LabHost, ...] = ()) -> None:
+    """The ``/etc/hosts`` that ``ip netns exec`` shows inside ``host``'s namespace; the hosts
+    in ``via_loopback`` resolve to ``127.0.0.1`` there (a relay listens for them)."""
+    folder = ETC_NETNS / host.netns
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hosts").write_text(plan.hosts_file(via_loopback), encoding="utf-8")

@@ -86,10 +86,13 @@ class LabPlan:
                 return host
         raise LabPlanError(f"no device {name!r} in this lab")
 
-    def hosts_file(self) -> str:
-        """``/etc/hosts`` for every namespace: each host by its ``.lab`` name."""
+    def hosts_file(self, via_loopback: tuple[LabHost, ...] = ()) -> str:
+        """``/etc/hosts`` for a namespace: each host by its ``.lab`` name; those in
+        ``via_loopback`` at ``127.0.0.1`` (where a relay forwards to them)."""
         lines = ["127.0.0.1 localhost"]
-        lines += [f"{h.address} {h.hostname}" for h in self.hosts]
+        lines += [
+            f"{'127.0.0.1' if h in via_loopback else h.address} {h.hostname}" for h in self.hosts
+        ]
         return "\n".join(lines) + "\n"
 
     @classmethod
