@@ -291,7 +291,7 @@ class RetrainPipeline:
         t1 = time.perf_counter()
         self._advance(run_id, RunStep.ACCEPTED, metrics=metrics)
         version = self._next_version(device_class)
-        artifact = self._compress(run_id, device_class, state, champion_state)
+        artifact = self._compress(run_id, device_class, state, champ_acc)
         metrics["compression"] = artifact.metrics.to_dict()
         timings["compress"] = time.perf_counter() - t1
         lineage = {
@@ -443,20 +443,13 @@ class RetrainPipeline:
         run_id: str,
         device_class: str,
         state: dict[str, Any],
-        champion_state: dict[str, Any] | None,
+        champion_accuracy: float | None,
     ) -> Any:
         from cloud_hub.compress import compress_for_profile, load_profile
 
         profile = load_profile(device_class, profiles_dir=self.config.profiles_dir)
-        # the artifact faces the champion too: on the gate's data it may trail the champion's
-        # fp32 accuracy by at most the profile's quantization budget
-        champion_accuracy = (
-            None
-            if champion_state is None
-            else torch_accuracy(self.config.model_name, champion_state, self.calibration)
-        )
         try:
-            return compress_for_profile(
+            artifact = compress_for_profile(
                 self.config.model_name,
                 state,
                 profile,
@@ -465,11 +458,32 @@ class RetrainPipeline:
                 # statistics describe; candidate-vs-champion used the validation set
                 eval=self.calibration,
                 out_dir=Path(self.config.work_dir) / "compressed" / run_id,
-                champion_accuracy=champion_accuracy,
-                champion_margin_pts=profile.budgets.max_accuracy_drop_pts,
             )
         except GateRefusedError as exc:
             raise HubError(f"compression gate refused the candidate: {exc}") from exc
+        self._face_champion(artifact, champion_accuracy, profile.budgets.max_accuracy_drop_pts)
+        return artifact
+
+    def _face_champion(
+        self, artifact: Any, champion_accuracy: float | None, margin_pts: float
+    ) -> None:
+        """The artifact faces the champion on the data the candidate beat it on (the hub's
+        validation set): it may trail the champion's fp32 accuracy there by at most the
+        profile's quantization budget."""
+        from cloud_hub.compress.evaluate import accuracy, onnx_predictor, predict, tflite_predictor
+
+        if champion_accuracy is None:
+            return
+        path = Path(artifact.artifact_path)
+        fn = tflite_predictor(path) if path.suffix == ".tflite" else onnx_predictor(path)
+        x, y = self.validation
+        got = accuracy(predict(fn, np.ascontiguousarray(x, dtype=np.float32)), y)
+        if got * 100.0 + 1e-9 < champion_accuracy * 100.0 - margin_pts:
+            raise HubError(
+                f"compression gate refused the candidate: artifact accuracy {got * 100:.2f}% "
+                f"on the validation set < champion {champion_accuracy * 100:.2f}% "
+                f"- {margin_pts:.2f} pts"
+            )
 
     def _bundle(
         self,
