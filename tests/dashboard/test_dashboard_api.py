@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,7 +12,7 @@ from fastapi.testclient import TestClient
 from cloud_hub.api import ApiContext, create_app
 from cloud_hub.dashboard import mount
 from cloud_hub.dashboard.summary import change_marker, fleet_summary
-from cloud_hub.registry import Registry, admin, devices, open_registry
+from cloud_hub.registry import Registry, admin, devices, open_registry, reports
 from shared.messages import Hello, InstalledModel, Status
 
 T0 = 1_800_000_000.0
@@ -74,7 +75,10 @@ def _add_devices(registry: Registry) -> None:
 def test_page_and_assets_are_served_from_the_package(client: TestClient) -> None:
     page = client.get("/ui/")
     assert page.status_code == 200 and "fedfleet" in page.text and "/ui/static/app.js" in page.text
-    for asset in ("app.js", "app.css", "uplot.iife.min.js", "uplot.min.css"):
+    scripts = ("app.js", "charts.js", "fleet.js", "device.js", "rollouts.js", "models.js")
+    for name in scripts:
+        assert f"/ui/static/{name}" in page.text, name
+    for asset in (*scripts, "app.css", "uplot.iife.min.js", "uplot.min.css"):
         r = client.get(f"/ui/static/{asset}")
         assert r.status_code == 200 and len(r.content) > 500, asset
     assert "cdn" not in page.text.lower() and "https://" not in page.text
@@ -109,3 +113,67 @@ def test_change_marker_moves_when_the_fleet_changes(registry: Registry) -> None:
     with registry.session() as s:
         assert change_marker(s) != before
         assert fleet_summary(s).total == 6
+
+
+def test_health_verdict_never_says_healthy_beside_a_problem() -> None:
+    from cloud_hub.dashboard.overview import HealthVerdict, health_verdict
+
+    def verdict(**change: Any) -> HealthVerdict:
+        facts: dict[str, Any] = {
+            "connected": True,
+            "online": True,
+            "healthy": True,
+            "ota_state": "idle",
+            "drifted": False,
+            "rollout_target_state": None,
+            **change,
+        }
+        return health_verdict(**facts)
+
+    assert verdict().state == "healthy"
+    cases: dict[str, dict[str, Any]] = {
+        "never_connected": {"connected": False},
+        "offline": {"online": False},
+        "failed": {"ota_state": "failed"},
+        "unhealthy": {"healthy": False},
+        "drifting": {"drifted": True},
+        "updating": {"ota_state": "downloading"},
+    }
+    for expected, change in cases.items():
+        got = verdict(**change)
+        assert got.state == expected and got.reason, (expected, got)
+    # a failed rollout target outranks the device's own "healthy"
+    held = verdict(rollout_target_state="rollback_failed")
+    assert held.state == "failed" and "rollback_failed" in held.reason
+    # a device that never connected is not "healthy" whatever its defaults say
+    assert verdict(connected=False, drifted=None).state == "never_connected"
+
+
+def test_overview_gives_drift_of_the_running_version_only(
+    client: TestClient, registry: Registry, viewer: str
+) -> None:
+    from shared.messages import DriftReport, FeatureDrift
+
+    _add_devices(registry)  # dev-0 runs sensor-mlp v1
+    with registry.session() as s:
+        old = DriftReport(
+            "dev-0", "r-old", "sensor-mlp", 9, 100, {"f": FeatureDrift(1.0, 1.0)}, 1.0, True, ts=T0
+        )
+        now = DriftReport(
+            "dev-0", "r-now", "sensor-mlp", 1, 100, {"f": FeatureDrift(0.1, 0.1)}, 0.1, False, ts=T0
+        )
+        reports.record_drift(s, [now, old], now=T0)
+    assert client.get("/api/v1/fleet/overview", params={"device_id": "dev-0"}).status_code == 401
+    auth = {"Authorization": f"Bearer {viewer}"}
+    body = client.get(
+        "/api/v1/fleet/overview",
+        params=[("device_id", "dev-0"), ("device_id", "nope")],
+        headers=auth,
+    ).json()
+    assert [o["device_id"] for o in body] == ["dev-0"]
+    assert body[0]["drift"]["model_version"] == 1 and body[0]["drift"]["drifted"] is False
+    too_many = [("device_id", f"d{i}") for i in range(201)]
+    assert client.get("/api/v1/fleet/overview", params=too_many, headers=auth).status_code in (
+        400,
+        422,
+    )

@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,6 +191,16 @@ class Api:
         self.hub = hub
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        for _ in range(20):  # a hub busy on a loaded test box answers 503: ask again
+            try:
+                return self._call(method, path, body)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503:
+                    raise
+                time.sleep(0.5)
+        return self._call(method, path, body)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         req = urllib.request.Request(
             f"{self.hub.api_url}{path}",
             method=method,
