@@ -20,6 +20,8 @@ from cloud_hub.api.context import ApiContext
 from cloud_hub.api.docs import install_docs
 from cloud_hub.api.errors import install_error_handlers
 from cloud_hub.api.metrics import CONTENT_TYPE, render_metrics
+from cloud_hub.api.openapi_errors import document_errors
+from cloud_hub.api.routing import MethodGate, required_role
 
 __all__ = ["create_app"]
 
@@ -46,7 +48,13 @@ def create_app(context: ApiContext) -> FastAPI:
 
     # R9: bodies are counted as they arrive and authenticated before anyone parses them
     limits = BodyLimits(json_bytes=MAX_JSON, upload_bytes=context.max_upload_bytes)
-    app.add_middleware(RequestBodyGate, context=context, limits=limits)
+    app.add_middleware(
+        RequestBodyGate,
+        context=context,
+        limits=limits,
+        required_role=lambda scope: required_role(app.router.routes, scope),
+    )
+    app.add_middleware(MethodGate, routes=lambda: app.router.routes)  # OPTIONS, 405 Allow
     install_audit(app)  # added last = outermost: it also sees refused calls
 
     for module in (routes_devices, routes_catalog, routes_rollouts, routes_reports, routes_admin):
@@ -57,9 +65,16 @@ def create_app(context: ApiContext) -> FastAPI:
         db = await run_in_threadpool(context.registry.ping)
         return {"ok": db, "registry": db}
 
-    @app.get("/metrics", tags=["meta"], summary="Prometheus metrics (text exposition format)")
+    @app.get(
+        "/metrics",
+        tags=["meta"],
+        summary="Prometheus metrics (text exposition format)",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    )
     async def metrics(request: Request) -> Response:
         body = await run_in_threadpool(render_metrics, context)
         return Response(body, media_type=CONTENT_TYPE)
 
+    document_errors(app)  # 401/403/404/409/400/413/422/503 where they can happen
     return app

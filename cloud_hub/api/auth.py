@@ -21,6 +21,7 @@ from cloud_hub.api.audit_tally import (
 from cloud_hub.api.body_gate import AUTHENTICATED_TOKEN
 from cloud_hub.api.context import ApiContext
 from cloud_hub.api.errors import ApiError
+from cloud_hub.api.routing import ROLE_ATTRIBUTE
 from cloud_hub.registry import ApiTokenRecord, admin
 
 __all__ = ["MUTATING_METHODS", "Principal", "flush_audit", "install_audit", "require"]
@@ -78,6 +79,7 @@ def require(role: str) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     dependency.__name__ = f"require_{role}"
+    setattr(dependency, ROLE_ATTRIBUTE, role)  # read by the body gate (cloud_hub.api.routing)
     return dependency
 
 

@@ -6,8 +6,9 @@ every request that carries a body:
 
 1. a body that declares more than the route's limit is refused with 413 unread;
 2. under ``/api/`` (except enrollment, whose credential is the token inside the body) the
-   caller's API token is checked first: without a valid one the answer is 401 and no byte
-   of the body is read (R9);
+   caller's API token is checked first: without a valid one the answer is 401, with one
+   whose role the operation does not admit 403, and no byte of the body is read (R9, #15:
+   validation never answers before authentication and authorization);
 3. bytes are counted as they arrive: past the limit the answer is 413 and the rest is never
    read, so at most ``limit`` bytes are ever held (R9);
 4. a JSON body is decoded once with the strict decoder: ``NaN``, ``Infinity`` and numbers
@@ -144,11 +145,13 @@ class RequestBodyGate:
         context: ApiContext,
         limits: BodyLimits | None = None,
         protected: Callable[[str], bool] | None = None,
+        required_role: Callable[[Scope], str | None] = lambda scope: None,
     ) -> None:
         self.app = app
         self.context = context
         self.limits = limits or BodyLimits(upload_bytes=context.max_upload_bytes)
         self.protected = protected or _needs_token
+        self.required_role = required_role
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -200,6 +203,12 @@ class RequestBodyGate:
             log.warning("refused %s %s: body sent without a valid API token", method, path)
             challenge = {"WWW-Authenticate": "Bearer"}
             return error_response(401, "missing, invalid or revoked token", headers=challenge)
+        role = self.required_role(scope)
+        if role is not None and not admin.role_allows(record.role, role):
+            log.warning("refused %s %s: the %s role is needed", method, path, role)
+            return error_response(
+                403, f"this call needs the {role} role; token {record.name!r} is {record.role}"
+            )
         scope.setdefault("state", {})[AUTHENTICATED_TOKEN] = record
         return None
 

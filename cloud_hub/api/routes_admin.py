@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.errors import ApiError
-from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET
+from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, StrictBody
 from cloud_hub.registry import ApiTokenRecord, AuditRecord, Page, admin
 
 __all__ = ["router"]
@@ -21,7 +21,7 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
 
 
-class TokenBody(BaseModel):
+class TokenBody(StrictBody):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._@-]*$")
     role: str = Field(pattern=r"^(viewer|operator|admin)$")
 
@@ -31,7 +31,7 @@ class NewToken(BaseModel):
     record: ApiTokenRecord
 
 
-class EnrollmentTokenBody(BaseModel):
+class EnrollmentTokenBody(StrictBody):
     device_class: str = Field(pattern=ID_PATTERN)
     labels: dict[
         Annotated[str, Field(pattern=LABEL_KEY)],

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.context import ApiContext
 from cloud_hub.api.errors import ApiError
-from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN
+from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN, StrictBody
 from cloud_hub.errors import RegistryError
 from cloud_hub.registry import (
     BundleRecord,
@@ -34,11 +34,12 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["models and bundles"])
 Name = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
+BUNDLE_ID_PATTERN = r"^[0-9a-f]{64}$"  # SHA-256 of the signed manifest
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 
 
-class ModelVersionBody(BaseModel):
+class ModelVersionBody(StrictBody):
     version: int = Field(ge=1, le=2**31 - 1)
     parent_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     training_run_id: str | None = Field(default=None, pattern=ID_PATTERN)
@@ -46,10 +47,10 @@ class ModelVersionBody(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, max_length=256)
 
 
-class BundleBody(BaseModel):
+class BundleBody(StrictBody):
     """Register a bundle the hub's bundle store holds, by id and what it claims to be."""
 
-    bundle_id: str = Field(pattern=ID_PATTERN)
+    bundle_id: str = Field(pattern=BUNDLE_ID_PATTERN)
     model_name: str = Field(pattern=ID_PATTERN)
     version: int = Field(ge=1, le=2**31 - 1)
     device_class: str = Field(pattern=ID_PATTERN)
@@ -123,13 +124,20 @@ def get_bundle(request: Request, bundle_id: Name, _: Viewer) -> BundleRecord:
         return catalog.get_bundle(s, bundle_id)
 
 
-@router.post("/bundles", response_model=BundleRecord, status_code=201)
+@router.post(
+    "/bundles",
+    response_model=BundleRecord,
+    status_code=201,
+    responses={404: {"description": "The bundle is not in the hub's bundle store"}},
+)
 def register_bundle(request: Request, body: BundleBody, _: Operator) -> BundleRecord:
     """Register a bundle the hub's bundle store holds; it must verify (R1) and the body must
     describe it (``kind``, ``path`` and ``manifest`` come from the bundle itself)."""
     ctx = request.app.state.context
     bundles = _bundle_store(ctx)
     now = ctx.clock()
+    if not bundles.path_of(body.bundle_id).is_file():
+        raise ApiError(404, f"bundle {body.bundle_id} is not in the hub's bundle store")
     try:
         trusted = bundles.read_verified(body.bundle_id, now=_instant(now))
     except (BundleError, RegistryError) as exc:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.params import (
@@ -16,6 +16,7 @@ from cloud_hub.api.params import (
     LABEL_FILTER_PATTERN,
     MAX_OFFSET,
     TEXT_PATTERN,
+    StrictBody,
     parse_label_filters,
 )
 from cloud_hub.registry import (
@@ -56,12 +57,12 @@ class DeviceDetail:
     golden_refusals: list[EventRecord] = field(default_factory=list)
 
 
-class DeviceClassBody(BaseModel):
+class DeviceClassBody(StrictBody):
     description: str = Field(default="", max_length=500, pattern=TEXT_PATTERN)
     profile: dict[str, Any] = Field(default_factory=dict, max_length=256)
 
 
-class LabelsBody(BaseModel):
+class LabelsBody(StrictBody):
     labels: dict[
         Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")],
         Annotated[str, Field(max_length=128, pattern=TEXT_PATTERN)],

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from cloud_hub.api.auth import Principal, require
-from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN
+from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN, StrictBody
 from cloud_hub.loop.run_states import InvalidRunTransitionError, RunStep, next_run_state
 from cloud_hub.registry import DriftRecord, EventRecord, Page, TrainingRunRecord, admin, reports
 from cloud_hub.registry.errors import ConflictError
@@ -25,14 +25,14 @@ KindName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 RUN_STATES = r"^(pending|running|done|failed|cancelled)$"
 
 
-class TrainingRunBody(BaseModel):
+class TrainingRunBody(StrictBody):
     run_id: str = Field(pattern=ID_PATTERN)
     model_name: str = Field(pattern=ID_PATTERN)
     trigger: str = Field(default="manual", max_length=64, pattern=TEXT_PATTERN)
     config: dict[str, Any] = Field(default_factory=dict, max_length=256)
 
 
-class TrainingRunUpdate(BaseModel):
+class TrainingRunUpdate(StrictBody):
     state: str | None = Field(default=None, pattern=RUN_STATES)
     metrics: dict[str, Any] | None = Field(default=None, max_length=256)
     result_version: int | None = Field(default=None, ge=1, le=2**31 - 1)

@@ -6,12 +6,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.context import ApiContext
 from cloud_hub.api.errors import ApiError
-from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN
+from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN, StrictBody
 from cloud_hub.registry import Page, RolloutRecord, TargetRecord, rollouts
 from cloud_hub.registry.bundle_index import index_store_bundles
 
@@ -35,7 +35,7 @@ StateName = Literal[
 ]
 
 
-class RolloutCreateBody(BaseModel):
+class RolloutCreateBody(StrictBody):
     """``config`` is a rollout configuration (see ``cloud_hub.rollout.RolloutConfig``)::
 
     {"bundle_id": "...", "target": {"device_class": "rpi4", "labels": {"site": "plant-3"}},
@@ -48,7 +48,7 @@ class RolloutCreateBody(BaseModel):
     rollout_id: str | None = Field(default=None, pattern=ID_PATTERN)
 
 
-class ReasonBody(BaseModel):
+class ReasonBody(StrictBody):
     reason: str = Field(default="", max_length=500, pattern=TEXT_PATTERN)
 
 

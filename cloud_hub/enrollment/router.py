@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.enrollment.errors import EnrollmentRefusedError
 from cloud_hub.enrollment.service import EnrollmentRequest, EnrollmentService
@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class EnrollBody(BaseModel):
-    """``POST /api/v1/enroll`` request body."""
+    """``POST /api/v1/enroll`` request body (strict JSON types, as every API body)."""
 
+    model_config = ConfigDict(strict=True)
     token: str = Field(min_length=1, max_length=256)
     csr: str = Field(min_length=1, max_length=16 * 1024, description="PEM PKCS#10 request")
     device_class: str | None = Field(default=None, max_length=128)
