@@ -33,6 +33,7 @@ key agreement stay Flower's (:data:`FLOWER_REPLACEMENTS` lists every swapped nam
 from __future__ import annotations
 
 import importlib
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -119,7 +120,7 @@ def secure_pseudo_rand_gen(
     stream = _KeyStream(bytes(seed))
     output: list[NDArray[np.int64]] = []
     for dimension in dimensions_list:
-        size = int(np.prod(dimension)) if len(dimension) else 1
+        size = math.prod(int(d) for d in dimension)  # 1 for a 0-d shape
         output.append(_uniform(stream, num_range, size).reshape(dimension))
     return output
 
