@@ -1,4 +1,5 @@
-"""``/api/v1/rollouts``: reads from the registry, actions delegated to the rollout engine."""
+"""``/api/v1/rollouts``: reads from the registry; commands are registry writes
+(:class:`~cloud_hub.rollout.commands.RolloutCommands`) that need no engine in this process."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from cloud_hub.api.errors import ApiError
 from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN, StrictBody
 from cloud_hub.registry import Page, RolloutRecord, TargetRecord, rollouts
 from cloud_hub.registry.bundle_index import index_store_bundles
+from cloud_hub.rollout.commands import RolloutCommands
+from cloud_hub.rollout.status import rollout_status
 
 __all__ = ["router"]
 
@@ -57,9 +60,11 @@ def _ctx(request: Request) -> ApiContext:
     return ctx
 
 
-def _engine(ctx: ApiContext) -> Any:
-    if ctx.rollouts is None:
-        raise ApiError(409, "the rollout engine is not running in this hub process")
+def _commands(ctx: ApiContext) -> RolloutCommands:
+    if ctx.rollouts is None:  # an app built without them (a hub process always has them)
+        raise ApiError(
+            409, "no rollout commands in this API (neither a rollout engine nor a replica)"
+        )
     return ctx.rollouts
 
 
@@ -80,31 +85,11 @@ def list_rollouts(
 
 @router.get("/rollouts/{rollout_id}", summary="Rollout status (stages, gate results, targets)")
 def get_rollout(request: Request, rollout_id: RolloutId, _: Viewer) -> dict[str, Any]:
-    ctx = _ctx(request)
-    if ctx.rollouts is not None:
-        with ctx.registry.session() as s:
-            rollouts.get_rollout(s, rollout_id)  # 404 before the engine's own error
-        status: dict[str, Any] = ctx.rollouts.status(rollout_id).to_dict()
-        totals = getattr(getattr(ctx.rollouts, "delivery", None), "shipped", {}).get(rollout_id)
-        if totals is not None:  # bytes devices downloaded vs what full bundles would cost
-            status["delivery"] = {
-                "bytes_shipped": totals.bytes_shipped,
-                "bytes_full": totals.bytes_full,
-                "devices": dict(totals.devices),  # device id -> bytes sent to it
-            }
+    # read from the registry: the same answer wherever the engine runs (``delivery``: the
+    # bundle bytes devices were sent vs what full bundles would have cost, once offered)
+    with _ctx(request).registry.session() as s:
+        status: dict[str, Any] = rollout_status(s, rollouts.get_rollout(s, rollout_id)).to_dict()
         return status
-    with ctx.registry.session() as s:
-        record = rollouts.get_rollout(s, rollout_id)
-        return {
-            "rollout_id": record.rollout_id,
-            "state": record.state,
-            "stage": record.current_stage,
-            "bundle_id": record.bundle_id,
-            "previous_bundle_id": record.previous_bundle_id,
-            "reason": record.reason,
-            "config": record.config,
-            "targets": rollouts.count_targets_by_state(s, rollout_id),
-        }
 
 
 @router.get("/rollouts/{rollout_id}/targets", response_model=list[TargetRecord])
@@ -124,7 +109,7 @@ async def create_rollout(
     request: Request, body: RolloutCreateBody, who: Operator
 ) -> dict[str, Any]:
     ctx = _ctx(request)
-    engine = _engine(ctx)
+    commands = _commands(ctx)
     from cloud_hub.rollout.config import RolloutConfig
 
     config = RolloutConfig.from_dict(body.config)  # HubConfigError → 422
@@ -135,7 +120,7 @@ async def create_rollout(
             index_store_bundles(
                 ctx.registry, ctx.bundles, now=ctx.clock(), bundle_ids=[b for b in wanted if b]
             )
-        status = engine.create(
+        status = commands.create(
             config,
             previous_bundle_id=body.previous_bundle_id,
             created_by=who.name,
@@ -149,12 +134,12 @@ async def create_rollout(
 
 async def _act(request: Request, rollout_id: str, action: str, reason: str) -> dict[str, Any]:
     ctx = _ctx(request)
-    engine = _engine(ctx)
+    commands = _commands(ctx)
 
     def act() -> dict[str, Any]:
         with ctx.registry.session() as s:
             rollouts.get_rollout(s, rollout_id)
-        method = getattr(engine, action)
+        method = getattr(commands, action)
         status = (
             method(rollout_id)
             if action in ("start", "resume")

@@ -35,6 +35,7 @@ from cloud_hub.rollout import (
     StageSpec,
     TargetSelector,
 )
+from cloud_hub.rollout.delivery import Shipment
 from cloud_hub.rollout.engine import EngineConfig, RolloutService
 from cloud_hub.rollout.status import RolloutStatus
 from cloud_hub.trust_publisher import TrustPublisher, released_from_registry
@@ -146,10 +147,10 @@ class CountingDelivery:
         *,
         deployment_id: str,
         orders: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
+    ) -> Shipment:
         with self._lock:
             self.deployments.append((deployment_id, bundle_id, len(device_ids)))
-        self.inner.deploy(bundle_id, device_ids, deployment_id=deployment_id, orders=orders)
+        return self.inner.deploy(bundle_id, device_ids, deployment_id=deployment_id, orders=orders)
 
     def rollback(
         self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
