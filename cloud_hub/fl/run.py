@@ -42,7 +42,7 @@ from shared.fl import InMemoryPartitions, LocalDataSource, PartitionDirectory, P
 if TYPE_CHECKING:
     from shared.fl.mods import DropoutSchedule
 
-__all__ = ["INPROCESS_MAX_CLIENTS", "FederatedRunResult", "run_federated"]
+__all__ = ["INPROCESS_MAX_CLIENTS", "FederatedRunResult", "initial_weights", "run_federated"]
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +83,19 @@ class FederatedRunResult:
         }
 
 
-def _initial_weights(
-    config: FederatedRunConfig, initial_state: Mapping[str, Any] | None
+def initial_weights(
+    model_name: str, seed: int, initial_state: Mapping[str, Any] | None
 ) -> list[NDArray]:
+    """The starting global model: ``initial_state`` (a champion) or a fresh seeded model."""
     from shared.fl.training import get_weights
     from shared.models import build_model
 
-    model = build_model(config.model_name, seed=config.seed)
+    model = build_model(model_name, seed=seed)
     if initial_state is not None:
         try:
             model.load_state_dict(dict(initial_state), strict=True)
         except (RuntimeError, KeyError) as exc:
-            raise HubConfigError(f"initial_state does not fit {config.model_name}: {exc}") from exc
+            raise HubConfigError(f"initial_state does not fit {model_name}: {exc}") from exc
     return get_weights(model)
 
 
@@ -182,7 +183,7 @@ def run_federated(
     )
     server_app = build_server_app(
         config,
-        initial_weights=_initial_weights(config, initial_state),
+        initial_weights=initial_weights(config.model_name, config.seed, initial_state),
         evaluator=evaluator,
         recorder=recorder,
     )

@@ -8,7 +8,10 @@ from pathlib import Path
 from cloud_hub.errors import HubConfigError
 from cloud_hub.loop.policy import RetrainPolicy
 
-__all__ = ["LoopConfig"]
+__all__ = ["TRAINING_MODES", "LoopConfig"]
+
+#: "sync": rounds of SecAgg+ FedAvg; "async": FedBuff buffers, SecAgg+ per buffer
+TRAINING_MODES = ("sync", "async")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,16 @@ class LoopConfig:
     )
     build_deltas: bool = True
     seed: int = 0
+    # per device class: "sync" or "async" (TRAINING_MODES); classes not named are "sync"
+    class_modes: dict[str, str] = field(default_factory=dict)
+    async_buffer_size: int = 3  # K: held updates folded per secure buffer
+    async_buffers: int = 3  # buffers (new global versions) per asynchronous run
+    async_max_staleness: int = 5
+    async_server_lr: float = 1.0
+
+    def mode_of(self, device_class: str) -> str:
+        """The training mode of ``device_class``."""
+        return self.class_modes.get(device_class, "sync")
 
     def __post_init__(self) -> None:
         if self.training_engine not in ("inprocess", "deployment"):
@@ -73,3 +86,24 @@ class LoopConfig:
             raise HubConfigError("a rollout needs at least one stage")
         if self.secagg and self.policy.min_devices < 3:
             raise HubConfigError("SecAgg+ needs cohorts of >= 3 devices (policy.min_devices)")
+        self._check_async()
+
+    def _check_async(self) -> None:
+        for device_class, mode in self.class_modes.items():
+            if mode not in TRAINING_MODES:
+                raise HubConfigError(
+                    f"class_modes[{device_class!r}] must be one of {TRAINING_MODES}, got {mode!r}"
+                )
+        if "async" not in self.class_modes.values():
+            return
+        if not self.secagg:
+            raise HubConfigError("asynchronous classes always train under SecAgg+ (secagg = true)")
+        if self.training_engine != "inprocess":
+            raise HubConfigError("asynchronous classes need training_engine 'inprocess' for now")
+        if not 3 <= self.async_buffer_size <= self.policy.min_devices:
+            raise HubConfigError(
+                "async_buffer_size must be in [3, policy.min_devices] "
+                f"({self.policy.min_devices}), got {self.async_buffer_size}"
+            )
+        if not 1 <= self.async_buffers <= 100:
+            raise HubConfigError("async_buffers must be in [1, 100]")

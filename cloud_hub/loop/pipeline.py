@@ -200,6 +200,7 @@ class RetrainPipeline:
             "local_epochs": cfg.local_epochs,
             "secagg": cfg.secagg,
             "engine": cfg.training_engine,
+            "mode": cfg.mode_of(device_class),
         }
         with self.registry.session() as s:
             admin.create_training_run(
@@ -268,7 +269,10 @@ class RetrainPipeline:
             "rounds": trained.rounds,
             "fl_wall_s": trained.wall_s,
             "engine": cfg.training_engine,
+            "mode": record.get("mode", "sync"),
         }
+        if "buffers" in trained.summary:  # async: each buffer's devices, versions, staleness
+            metrics["buffers"] = trained.summary["buffers"]
         if champ_acc is not None and cand_acc < champ_acc + cfg.min_improvement:
             detail = (
                 f"candidate accuracy {cand_acc:.4f} does not beat champion "
@@ -406,6 +410,8 @@ class RetrainPipeline:
             engine="inprocess",
             seed=cfg.seed,
         )
+        if record.get("mode") == "async":
+            return self._train_async(run_id, clients, sources, champion_state)
         if cfg.training_engine == "deployment":
             if self.deployment is None:
                 raise HubError("training_engine 'deployment' needs a DeploymentTraining")
@@ -436,6 +442,50 @@ class RetrainPipeline:
             wall_s=result.wall_s,
             data_fingerprint=result.data_fingerprint,
             fl_lineage=fl_config.lineage(),
+        )
+
+    def _train_async(
+        self,
+        run_id: str,
+        clients: list[str],
+        sources: dict[str, Any],
+        champion_state: dict[str, Any] | None,
+    ) -> _Trained:
+        """FedBuff buffers under SecAgg+ (:func:`cloud_hub.fl.async_federated.run_buffered`)."""
+        from cloud_hub.fl.async_federated import BufferedRunConfig, run_buffered
+        from cloud_hub.fl.fedbuff import FedBuffConfig
+
+        cfg = self.config
+        config = BufferedRunConfig(
+            model_name=cfg.model_name,
+            fedbuff=FedBuffConfig(
+                buffer_size=cfg.async_buffer_size,
+                server_lr=cfg.async_server_lr,
+                max_staleness=cfg.async_max_staleness,
+            ),
+            buffers=cfg.async_buffers,
+            local_epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            seed=cfg.seed,
+        )
+        result = run_buffered(
+            config,
+            [sources[c] for c in clients],
+            self.validation,
+            run_id=run_id,
+            initial_state=champion_state,
+            model_store=self.model_store,
+            device_names=clients,
+        )
+        summary = result.summary()
+        return _Trained(
+            clients=tuple(clients),
+            summary=summary,
+            rounds=list(summary["versions"]),
+            wall_s=result.wall_s,
+            data_fingerprint=result.data_fingerprint,
+            fl_lineage=config.lineage(),
         )
 
     def _compress(

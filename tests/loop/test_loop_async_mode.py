@@ -1,0 +1,103 @@
+"""A class in asynchronous mode, end to end: order -> train -> secure buffer -> new version ->
+gates -> bundle -> rollout (real registry, keys, SecAgg+, compression, rollout service)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cloud_hub.errors import HubConfigError
+from cloud_hub.keys import KeyStore
+from cloud_hub.loop.cohort import DeviceSampleStores
+from cloud_hub.loop.config import LoopConfig
+from cloud_hub.loop.pipeline import RetrainPipeline
+from cloud_hub.loop.policy import RetrainPolicy
+from cloud_hub.registry import admin, catalog, devices, open_registry, rollouts
+from cloud_hub.rollout.engine import RolloutService
+from shared.data.sensors import generate_sensor_data
+from shared.messages import Hello
+from simulations.demo.fleet import PROBLEM_SEED
+from tests.loop.test_loop_pipeline import CLASS, DEVICES, RecordingDelivery, _seed
+
+
+def _config(root: Path, **changes: Any) -> LoopConfig:
+    base: dict[str, Any] = {
+        "work_dir": root / "loop",
+        "local_epochs": 2,
+        "policy": RetrainPolicy(min_devices=3, cooldown_s=0, require_approval=False),
+        "rollout_stages": ({"count": 1}, {"percent": 100.0}),
+        "class_modes": {CLASS: "async"},
+        "async_buffer_size": 3,
+        "async_buffers": 2,
+    }
+    return LoopConfig(**{**base, **changes})
+
+
+def test_an_async_class_is_retrained_end_to_end(tmp_path: Path) -> None:
+    registry = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
+    keys = KeyStore.init(tmp_path / "keys")
+    with registry.session() as s:
+        devices.record_hellos(
+            s,
+            [Hello(d, CLASS, "0.1", ["onnxruntime:cpu"], 1 << 30, 1 << 30) for d in DEVICES],
+            now=time.time(),
+        )
+        devices.set_online(s, dict.fromkeys(DEVICES, True))
+    for i, d in enumerate(DEVICES):
+        _seed(tmp_path / "fleet", d, 120, drift=False, start=100 + i)
+    xc, yc = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=1)
+    delivery = RecordingDelivery()
+    pipeline = RetrainPipeline(
+        registry=registry,
+        keys=keys,
+        rollouts=RolloutService(registry, delivery, keys),
+        cohort_data=DeviceSampleStores.under(tmp_path / "fleet"),
+        validation=(xc, yc),
+        calibration=(xc, yc),
+        config=_config(tmp_path),
+    )
+    try:
+        out = pipeline.run(CLASS, DEVICES, trigger="manual", reason="async")
+        assert out.state == "rolling_out", out.detail
+        assert out.version == 1 and out.candidate_accuracy is not None
+        assert out.candidate_accuracy > 0.5
+        with registry.session() as s:
+            run = admin.get_training_run(s, out.run_id)
+            assert run.config["mode"] == "async"
+            assert run.metrics["mode"] == "async" and len(run.metrics["buffers"]) == 2
+            for buffer in run.metrics["buffers"]:
+                assert buffer["secure"] and buffer["new_version"] is not None
+                assert sorted(f["device"] for f in buffer["folded"]) == DEVICES
+            assert run.metrics["buffers"][1]["folded"][0]["staleness"] == 0
+            version = catalog.get_model_version(s, "sensor-mlp", 1)
+            assert version.lineage["federated"]["mode"] == "async"
+            rollout = rollouts.get_rollout(s, out.rollout_id or "")
+            assert rollout.state == "canary"  # started: the same gates as a sync version
+            assert catalog.get_bundle(s, out.bundle_id or "").kind == "full"
+    finally:
+        registry.close()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"class_modes": {CLASS: "eventually"}},
+        {"secagg": False, "policy": RetrainPolicy(min_devices=3)},
+        {"async_buffer_size": 2},
+        {"async_buffer_size": 4},  # above policy.min_devices: a cohort could not fill it
+        {"training_engine": "deployment"},
+    ],
+)
+def test_bad_async_settings_are_refused(tmp_path: Path, changes: dict[str, Any]) -> None:
+    with pytest.raises(HubConfigError):
+        _config(tmp_path, **changes)
+
+
+def test_classes_not_named_train_synchronously(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    assert config.mode_of(CLASS) == "async" and config.mode_of("rpi4") == "sync"
+    assert np.isfinite(config.async_server_lr)
