@@ -16,7 +16,7 @@ from cloud_hub.commands.options import (
     hub_config_from_args,
     key_store_dir,
 )
-from cloud_hub.delivery import FleetPublisher, PublisherConfig
+from cloud_hub.delivery import DeliveryState, FleetPublisher, PublisherConfig
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
 from shared.bundle import VerifiedBundle
@@ -115,7 +115,7 @@ def _publish(args: argparse.Namespace) -> int:
     for device_id, progress in sorted(result.devices.items()):
         detail = (
             f" ({progress.detail})"
-            if progress.detail and progress.state.value != "committed"
+            if progress.detail and progress.state is not DeliveryState.COMMITTED
             else ""
         )
         print(f"  {device_id}: {progress.state.value}{detail}")
