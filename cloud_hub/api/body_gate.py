@@ -203,13 +203,14 @@ class RequestBodyGate:
             log.warning("refused %s %s: body sent without a valid API token", method, path)
             challenge = {"WWW-Authenticate": "Bearer"}
             return error_response(401, "missing, invalid or revoked token", headers=challenge)
+        # known before the role check: the audit log names who was refused
+        scope.setdefault("state", {})[AUTHENTICATED_TOKEN] = record
         role = self.required_role(scope)
         if role is not None and not admin.role_allows(record.role, role):
             log.warning("refused %s %s: the %s role is needed", method, path, role)
             return error_response(
                 403, f"this call needs the {role} role; token {record.name!r} is {record.role}"
             )
-        scope.setdefault("state", {})[AUTHENTICATED_TOKEN] = record
         return None
 
     async def _authenticate(self, headers: dict[str, str]) -> ApiTokenRecord | None:
