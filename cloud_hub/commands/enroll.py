@@ -8,6 +8,7 @@ ACL, broker and hub certificates) signed by the same CA.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -87,9 +88,10 @@ def _enroll_token(args: argparse.Namespace) -> int:
     given = (
         f"--token-file {args.token_file}" if args.token_file is not None else f"--token {secret}"
     )
+    hub_url = args.hub_url or os.environ.get("FEDFLEET_API") or "https://HUB:8443"
     print("install with:")
     print(
-        f"  edge-agent install --hub {args.hub_url} {given} "
+        f"  edge-agent install --hub {hub_url} {given} "
         f"--ca-fingerprint {service.ca.fingerprint} --class {record.device_class}"
     )
     return 0
@@ -232,7 +234,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_hub_arguments(tok)
     tok.add_argument(
-        "--hub-url", default="https://HUB:8443", help="hub URL shown in the install line"
+        "--hub-url",
+        default=None,
+        help="hub URL shown in the install line (default $FEDFLEET_API, else https://HUB:8443)",
     )
     tok.set_defaults(func=_enroll_token)
 

@@ -122,3 +122,22 @@ def test_rollout_ca_file_is_read_and_a_bad_one_refused(tmp_path: Path) -> None:
         (tmp_path / "junk.ffb").write_bytes(b"not a bundle")
         bundle_id_argument(str(tmp_path / "junk.ffb"))
     assert bundle_id_argument("abc123") == "abc123"
+
+
+def test_enroll_token_file_keeps_the_secret_off_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = str(tmp_path / "hub")
+    assert hub_main(["enroll-init", "--data-dir", data]) == 0
+    init_out = capsys.readouterr().out
+    assert f"cloud-hub serve --tls --data-dir {data}" in init_out  # not "run uvicorn"
+    assert "uvicorn" not in init_out
+    monkeypatch.setenv("FEDFLEET_API", "https://hub.example:8443")
+    token_file = tmp_path / "device.token"
+    argv = ["enroll-token", "--data-dir", data, "--class", "x86-cpu", "--token-file"]
+    assert hub_main([*argv, str(token_file)]) == 0
+    out = capsys.readouterr().out
+    secret = token_file.read_text().strip()
+    assert secret and secret not in out
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert f"edge-agent install --hub https://hub.example:8443 --token-file {token_file}" in out
