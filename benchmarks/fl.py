@@ -208,11 +208,11 @@ def main() -> None:
     started = time.perf_counter()
     _warm_up()
     if args.quick:
-        acc = accuracy_pair(clients=6, rounds=2, threshold=0.6, local_epochs=2)
+        acc = accuracy_pair(clients=4, rounds=2, threshold=0.6, local_epochs=1)
         secagg_20 = secagg_pair(20, 1, 3)
         secagg_100 = None
-        vs_flower = fair_flower_pair(10, 1, 3, secagg=None, per_client=None)
-        vs_flower_secagg = fair_flower_pair(10, 1, 3, secagg=1.0, per_client=None)
+        vs_flower = fair_flower_pair(6, 1, 3, secagg=None, per_client=None)
+        vs_flower_secagg = fair_flower_pair(6, 1, 3, secagg=1.0, per_client=None)
     else:
         acc = accuracy_pair(clients=20, rounds=20, threshold=0.6)
         secagg_20 = secagg_pair(20, 3, 5)
