@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
 from cloud_hub.keys import KeyStore
-from cloud_hub.registry import Registry, devices, open_registry
+from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.tables import EventRow
 from shared.messages import Telemetry, new_id
 from shared.topics import TopicScheme
@@ -216,8 +216,20 @@ class World:
             reg.close()
 
     def all_on(self, version: int) -> bool:
-        got = self.installed()
-        return all(got.get(d) == self.bundles[version] for d in self.fleet.device_ids)
+        """Every device runs the bundle of ``version``: that bundle itself or, when it came as
+        a delta (the device then reports the delta's id), its model at that version."""
+        reg = self.hub.registry()
+        try:
+            with reg.session() as s:
+                bundle = catalog.get_bundle(s, self.bundles[version])
+                page = devices.list_devices(s, devices.DeviceQuery(limit=1000))
+                running = {
+                    d.device_id: (d.installed_model, d.installed_version) for d in page.items
+                }
+        finally:
+            reg.close()
+        wanted = (bundle.model_name, bundle.version)
+        return all(running.get(d) == wanted for d in self.fleet.device_ids)
 
     def rollout(self, version: int, stages: list[dict[str, Any]], **extra: Any) -> str:
         config = {
