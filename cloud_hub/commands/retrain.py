@@ -63,6 +63,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--validation", type=Path, help="hub validation set (.npz: x, y)")
     parser.add_argument("--calibration", type=Path, help="calibration set (default: validation)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--mode",
+        choices=("sync", "async"),
+        default="sync",
+        help="sync: SecAgg+ FedAvg rounds; async: FedBuff buffers, SecAgg+ per buffer",
+    )
+    parser.add_argument("--buffer-size", type=int, default=3, help="async: updates per buffer")
+    parser.add_argument("--buffers", type=int, default=3, help="async: buffers (new versions)")
     parser.add_argument("--cooldown", type=float, default=600.0, help="policy cooldown seconds")
     parser.add_argument(
         "--require-approval", action="store_true", help="create the rollout but do not start it"
@@ -110,6 +118,9 @@ def _retrain(args: argparse.Namespace) -> int:
             model_name=args.model,
             work_dir=config.data_dir / "loop",
             num_rounds=args.rounds,
+            class_modes={args.device_class: args.mode} if args.device_class else {},
+            async_buffer_size=args.buffer_size,
+            async_buffers=args.buffers,
             policy=RetrainPolicy(
                 cooldown_s=args.cooldown, require_approval=args.require_approval, min_devices=3
             ),

@@ -183,7 +183,49 @@ def _seed(db_url: str, now: float) -> None:
         admin.update_training_run(
             s, run.run_id, now=now - 500, state="done", result_version=2, metrics={"rounds": rounds}
         )
+        _seed_async_run(s, now)
     reg.close()
+
+
+def _seed_async_run(s: Any, now: float) -> None:
+    """An asynchronous run: two SecAgg+ buffers, the second folding stale updates."""
+    run = admin.create_training_run(
+        s, run_id="run-async", model_name=MODEL, config={"mode": "async"}, now=now - 700
+    )
+    buffers = [
+        {
+            "buffer": 1,
+            "base_version": 0,
+            "new_version": 1,
+            "secure": True,
+            "error": None,
+            "members": ["dev-a", "dev-b", "dev-c"],
+            "folded": [
+                {"device": d, "order_id": f"o-{d}", "base_version": 0, "staleness": 0}
+                for d in ("dev-a", "dev-b", "dev-c")
+            ],
+        },
+        {
+            "buffer": 2,
+            "base_version": 1,
+            "new_version": 2,
+            "secure": True,
+            "error": None,
+            "members": ["dev-d", "dev-e", "dev-f"],
+            "folded": [
+                {"device": d, "order_id": f"o-{d}", "base_version": b, "staleness": 1 - b}
+                for d, b in (("dev-d", 0), ("dev-e", 1), ("dev-f", 0))
+            ],
+        },
+    ]
+    versions = [{"version": v, "accuracy": 0.6 + 0.1 * v, "loss": 0.5} for v in (1, 2)]
+    admin.update_training_run(
+        s,
+        run.run_id,
+        now=now - 650,
+        state="done",
+        metrics={"mode": "async", "rounds": versions, "buffers": buffers},
+    )
 
 
 class Api:
@@ -437,6 +479,23 @@ def test_models_page_rounds_axis_artifacts_and_fit(browser: Any, world: dict[str
         fits = page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         assert fits, "the models page is wider than the window"
         shot(page, "07-models")
+    finally:
+        page.close()
+
+
+def test_models_page_shows_an_async_runs_buffers(browser: Any, world: dict[str, Any]) -> None:
+    hub = world["hub"]
+    page = open_page(browser, world)
+    try:
+        page.goto(f"{hub.api_url}/ui/#/models")
+        page.wait_for_selector("#runs details.buffers")
+        row = page.locator("#runs tr", has_text="run-async")
+        assert "async" in row.inner_text()
+        row.locator("details.buffers summary").click()
+        table = row.locator(".buffer-table").inner_text()
+        assert "v0 → v1" in table and "v1 → v2" in table and "SecAgg+" in table
+        assert "dev-d, dev-e, dev-f" in table and "0-1" in table
+        shot(page, "07b-models-async")
     finally:
         page.close()
 

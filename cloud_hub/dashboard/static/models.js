@@ -33,6 +33,21 @@ function runRounds(r) {
   return Array.isArray(rounds) ? rounds.filter((x) => x && typeof x === "object") : [];
 }
 
+/* An asynchronous run (FedBuff): its secure buffers, each with the devices folded into it,
+ * the version each started from and its staleness. */
+function runBuffers(r) {
+  const buffers = (r.metrics && r.metrics.buffers) || [];
+  if (!Array.isArray(buffers) || !buffers.length) return "";
+  const rows = buffers.map((b) => {
+    const folded = Array.isArray(b.folded) ? b.folded : [];
+    const stale = folded.map((f) => f.staleness).filter((x) => typeof x === "number");
+    return `<tr><td>${esc(b.buffer)}</td><td>${b.new_version != null ? `v${esc(b.base_version)} → v${esc(b.new_version)}` : pill("failed")}</td>
+      <td>${b.secure ? "SecAgg+" : pill("plain", "failed")}</td><td class="mono wrap">${esc(folded.map((f) => f.device).join(", ") || "—")}</td>
+      <td>${stale.length ? `${Math.min(...stale)}-${Math.max(...stale)}` : "—"}</td><td class="wrap">${esc(b.error || "")}</td></tr>`;
+  }).join("");
+  return `<details class="buffers"><summary>${buffers.length} buffers</summary>${scroll(`<table class="buffer-table"><thead><tr><th>buffer</th><th>versions</th><th>aggregation</th><th>devices folded</th><th>staleness</th><th></th></tr></thead><tbody>${rows}</tbody></table>`)}</details>`;
+}
+
 async function viewModels() {
   const [models, runs, bundles] = await Promise.all([api("/api/v1/models"), api("/api/v1/training-runs?limit=50"), api("/api/v1/bundles?limit=200")]);
   const versions = (await Promise.all(models.map((m) => api(`/api/v1/models/${encodeURIComponent(m.name)}/versions`)))).flat();
@@ -42,15 +57,16 @@ async function viewModels() {
       <td><details><summary>lineage</summary><pre>${esc(JSON.stringify(v.lineage, null, 1))}</pre></details></td></tr>`).join("");
   const rrows = runs.items.map((r) => {
     const rounds = runRounds(r); const last = rounds[rounds.length - 1];
-    return `<tr><td class="mono">${esc(r.run_id)}</td><td>${esc(r.model_name)}</td><td>${pill(r.state)}</td><td>${esc(r.trigger)}</td>
-      <td>${rounds.length ? `${rounds.length - (rounds[0].round === 0 ? 1 : 0)} · acc ${fixed(last.accuracy, 3)}` : "—"}</td><td>${r.result_version ? `v${esc(r.result_version)}` : "—"}</td><td class="wrap">${esc(r.detail)}</td><td>${ago(r.created_at)}</td></tr>`;
+    const mode = (r.config && r.config.mode) || "sync";
+    return `<tr><td class="mono">${esc(r.run_id)}</td><td>${esc(r.model_name)}</td><td>${pill(r.state)}</td><td>${esc(r.trigger)}</td><td>${esc(mode)}</td>
+      <td>${rounds.length ? `${rounds.length - (rounds[0].round === 0 ? 1 : 0)} · acc ${fixed(last.accuracy, 3)}` : "—"}${runBuffers(r)}</td><td>${r.result_version ? `v${esc(r.result_version)}` : "—"}</td><td class="wrap">${esc(r.detail)}</td><td>${ago(r.created_at)}</td></tr>`;
   }).join("");
   $("#view").innerHTML = `<h1>Models &amp; training</h1><h2>Versions</h2>
     <p class="muted">Accuracy: on the hub's validation set for the fp32 model a federated run produced; for a version built elsewhere, its compressed artifact on the compression eval set.</p>
     ${scroll(`<table id="versions"><thead><tr><th>model</th><th>version</th><th>parent</th><th>run</th><th>accuracy</th><th>artifacts per profile</th><th></th></tr></thead><tbody>${vrows}</tbody></table>`)}
-    <h2>Federated runs</h2><p class="muted">Charts: the global model's accuracy after each round, evaluated by the hub (round 0 = the model the run started from).</p>
+    <h2>Federated runs</h2><p class="muted">Charts: the global model's accuracy after each round (sync) or buffer (async), evaluated by the hub (round 0 = the model the run started from). An async run lists its buffers: devices folded, versions, staleness.</p>
     <div class="grid2" id="run-charts"></div>
-    ${scroll(`<table id="runs"><thead><tr><th>run</th><th>model</th><th>state</th><th>trigger</th><th>rounds · last acc</th><th>version</th><th>detail</th><th>created</th></tr></thead><tbody>${rrows}</tbody></table>`)}`;
+    ${scroll(`<table id="runs"><thead><tr><th>run</th><th>model</th><th>state</th><th>trigger</th><th>mode</th><th>rounds or buffers · last acc</th><th>version</th><th>detail</th><th>created</th></tr></thead><tbody>${rrows}</tbody></table>`)}`;
   for (const r of runs.items.slice(0, 4)) {
     const rounds = runRounds(r);
     if (!rounds.length) continue;
