@@ -42,6 +42,12 @@ from simulations.lab.plan import (
     cut_commands,
     restore_commands,
 )
+from simulations.lab.probes import (
+    connect_probe,
+    https_get_probe,
+    listen_probe,
+    timed_https_get_probe,
+)
 from simulations.lab.relay import LinkShape
 
 __all__ = ["FleetLab", "LabConfig", "LabError", "LabLeftoversError", "LabProcess"]
@@ -234,21 +240,9 @@ class FleetLab:
 
     def api_get(self, path: str) -> Any:
         """``GET path`` on the hub's HTTPS API (verified by the hub CA), from the hub's
-        namespace, with the operator token (passed in the environment, not on the command
-        line); the decoded JSON."""
-        script = (
-            "import json,os,ssl,sys,urllib.request\n"
-            "ctx=ssl.create_default_context(cafile=sys.argv[2])\n"
-            "req=urllib.request.Request(sys.argv[1],"
-            "headers={'Authorization':'Bearer '+os.environ['LAB_TOKEN']})\n"
-            "print(urllib.request.urlopen(req,timeout=20,context=ctx).read().decode())\n"
-        )
-        out = self.run_in(
-            self.plan.hub,
-            [sys.executable, "-c", script, f"{self.api_url}{path}", str(self.ca_file)],
-            env={"LAB_TOKEN": self.operator_token},
-        )
-        return json.loads(out)
+        namespace, with the operator token; the decoded JSON."""
+        argv = https_get_probe(f"{self.api_url}{path}", str(self.ca_file))
+        return json.loads(self.run_in(self.plan.hub, argv, env={"LAB_TOKEN": self.operator_token}))
 
     def online_devices(self) -> set[str]:
         page = self.api_get(f"/api/v1/devices?online=true&limit={len(self.plan.devices)}")
@@ -293,21 +287,10 @@ class FleetLab:
     def wait_listening(self, host: LabHost, port: int, *, address: str | None = None) -> None:
         """Until something accepts TCP on ``host``'s address (or ``address``) and ``port``,
         seen from inside ``host``."""
-        probe = (
-            "import socket,sys,time\n"
-            f"end=time.monotonic()+{self.config.start_timeout_s}\n"
-            "while time.monotonic()<end:\n"
-            "  try:\n"
-            f"    socket.create_connection(({address or host.address!r},{port}),timeout=0.5)"
-            ".close()\n"
-            "    sys.exit(0)\n"
-            "  except OSError: time.sleep(0.1)\n"
-            "sys.exit(1)\n"
-        )
+        timeout = self.config.start_timeout_s
         try:
-            self.run_in(
-                host, [sys.executable, "-c", probe], timeout=self.config.start_timeout_s + 10
-            )
+            self.run_in(host, listen_probe(address or host.address, port, timeout),
+                        timeout=timeout + 10)  # fmt: skip
         except LabError as exc:
             logs = "; ".join(
                 f"{p.name}: {p.log.read_text(errors='replace')[-400:]}"
@@ -328,45 +311,22 @@ class FleetLab:
         self.hub_cli("enroll-init", "--hostname", hub.hostname, "--hostname", hub.address)
         self.hub_cli("keys", "init")
         self.hub_cli(
-            "broker-config",
-            "--out",
-            str(self.broker_dir),
-            "--hostname",
-            broker.hostname,
-            "--port",
-            str(DEVICE_MQTT_PORT),
-            "--hub-port",
-            str(HUB_MQTT_PORT),
-            "--bind",
-            broker.address,
-            "--broker-user",
-            "root",
-        )
+            "broker-config", "--out", str(self.broker_dir), "--hostname", broker.hostname,
+            "--port", str(DEVICE_MQTT_PORT), "--hub-port", str(HUB_MQTT_PORT),
+            "--bind", broker.address, "--broker-user", "root",
+        )  # fmt: skip
 
     def _serve_args(self) -> list[str]:
         b, broker = self.broker_dir, self.plan.broker.hostname
         return [
-            "serve",
-            "--tls",
-            "--data-dir",
-            str(self.hub_data),
-            "--host",
-            self.plan.hub.address,
-            "--port",
-            str(API_PORT),
-            "--tls-hostname",
-            self.plan.hub.hostname,
-            "--mqtt-url",
-            f"mqtts://{broker}:{HUB_MQTT_PORT}",
-            "--mqtt-ca-file",
-            str(b / "ca.crt"),
-            "--mqtt-cert-file",
-            str(b / "hub.crt"),
-            "--mqtt-key-file",
-            str(b / "hub.key"),
-            "--device-mqtt-url",
-            f"mqtts://{broker}:{DEVICE_MQTT_PORT}",
-        ]
+            "serve", "--tls", "--data-dir", str(self.hub_data),
+            "--host", self.plan.hub.address, "--port", str(API_PORT),
+            "--tls-hostname", self.plan.hub.hostname,
+            "--mqtt-url", f"mqtts://{broker}:{HUB_MQTT_PORT}",
+            "--mqtt-ca-file", str(b / "ca.crt"),
+            "--mqtt-cert-file", str(b / "hub.crt"), "--mqtt-key-file", str(b / "hub.key"),
+            "--device-mqtt-url", f"mqtts://{broker}:{DEVICE_MQTT_PORT}",
+        ]  # fmt: skip
 
     def _enroll_devices(self) -> None:
         """A one-time token per device on the hub, copied with the hub CA to the device; the
@@ -377,47 +337,19 @@ class FleetLab:
             folder.mkdir(parents=True, exist_ok=True)
             token = folder / "enroll.token"
             self.hub_cli(
-                "enroll-token",
-                "--class",
-                DEVICE_CLASS,
-                "--labels",
-                f"site={self.config.site}",
-                "--device-id",
-                host.name,
-                "--token-file",
-                str(token),
-                "--hub-url",
-                self.api_url,
-            )
-            shutil.copyfile(self.ca_file, folder / "hub-ca.crt")
+                "enroll-token", "--class", DEVICE_CLASS, "--labels", f"site={self.config.site}",
+                "--device-id", host.name, "--token-file", str(token), "--hub-url", self.api_url,
+            )  # fmt: skip
+            shutil.copyfile(self.ca_file, folder / "hub-ca.crt")  # the operator copies it over
             argv = [
-                str(self._bin / "edge-agent"),
-                "install",
-                "--hub",
-                self.api_url,
-                "--token-file",
-                str(token),
-                "--ca-cert",
-                str(folder / "hub-ca.crt"),
-                "--class",
-                DEVICE_CLASS,
-                "--device-id",
-                host.name,
-                "--prefix",
-                str(folder),
-                "--no-systemd",
-            ]
-            installs.append(
-                (
-                    host,
-                    subprocess.Popen(
-                        self._ns(host, argv),
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                    ),
-                )
-            )
+                str(self._bin / "edge-agent"), "install", "--hub", self.api_url,
+                "--token-file", str(token), "--ca-cert", str(folder / "hub-ca.crt"),
+                "--class", DEVICE_CLASS, "--device-id", host.name,
+                "--prefix", str(folder), "--no-systemd",
+            ]  # fmt: skip
+            pipe, both = subprocess.PIPE, subprocess.STDOUT
+            proc = subprocess.Popen(self._ns(host, argv), stdout=pipe, stderr=both, text=True)
+            installs.append((host, proc))
         failed = []
         for host, proc in installs:
             out, _ = proc.communicate(timeout=self.config.start_timeout_s)
@@ -455,30 +387,13 @@ class FleetLab:
     def timed_https_get(self, device: str, path: str = "/healthz") -> float:
         """Seconds one ``GET`` of the hub's API takes from ``device``'s namespace (TCP, TLS
         handshake verified by the hub CA, request, answer), measured inside it."""
-        script = (
-            "import ssl,sys,time,urllib.request\n"
-            "ctx=ssl.create_default_context(cafile=sys.argv[2])\n"
-            "t=time.monotonic()\n"
-            "urllib.request.urlopen(sys.argv[1],timeout=30,context=ctx).read()\n"
-            "print(time.monotonic()-t)\n"
-        )
-        out = self.run_in(
-            self.plan.device(device),
-            [sys.executable, "-c", script, f"{self.api_url}{path}", str(self.ca_file)],
-        )
-        return float(out.strip())
+        argv = timed_https_get_probe(f"{self.api_url}{path}", str(self.ca_file))
+        return float(self.run_in(self.plan.device(device), argv).strip())
 
     def reachable(self, device: str, target: LabHost, port: int) -> bool:
         """Can ``device`` open a TCP connection to ``target:port`` right now (2 s)?"""
-        probe = (
-            "import socket,sys\n"
-            "try: socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=2).close()\n"
-            "except OSError: sys.exit(1)\n"
-        )
         try:
-            self.run_in(
-                self.plan.device(device), [sys.executable, "-c", probe, target.address, str(port)]
-            )
+            self.run_in(self.plan.device(device), connect_probe(target.address, port))
         except LabError:
             return False
         return True

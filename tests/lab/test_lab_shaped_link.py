@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("namespaces")]
 DELAY_MS = 150.0
 
 
+@pytest.mark.slow  # ~1 min; the relay itself is checked on loopback in the default suite
 @pytest.mark.timeout(300)
 def test_a_shaped_device_enrolls_comes_online_and_sees_the_latency(tmp_path: Path) -> None:
     config = LabConfig(
