@@ -166,7 +166,11 @@ def _model(config: AgentConfig) -> dict[str, Any]:
             version=active.meta.version,
             bundle_id=active.meta.bundle_id,
         )
-    out["deployment_in_progress"] = state.deployment is not None
+    # the last deployment stays on record once it ended (committed, rolled back, failed)
+    deployment = state.deployment
+    out["deployment_in_progress"] = deployment is not None and not deployment.terminal
+    if deployment is not None:
+        out["last_deployment"] = f"{deployment.deployment_id} {deployment.phase.value}"
     try:  # R10: the floor is kept in the trusted-state record, not in ota_state.json
         record = TrustedStore(config.state_dir).record
     except OSError:

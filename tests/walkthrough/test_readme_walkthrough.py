@@ -148,6 +148,8 @@ def test_the_readme_walkthrough_runs_as_written(
     assert re.search(r"^\s+version\s+1$", result.stdout, re.MULTILINE), tail
     assert f"mqtts://localhost:{env['DEVICE_PORT']}" in result.stdout, tail
     assert "TLS handshake with the client certificate accepted" in result.stdout, tail
+    assert re.search(r"^\s+deployment_in_progress\s+False$", result.stdout, re.MULTILINE), tail
+    assert re.search(r"^\s+last_deployment\s+first-rollout\S* committed$", result.stdout, re.M)
     # what the dashboard shows comes from the same HTTPS API, verified by the hub CA
     status = _get(env, "/api/v1/rollouts/first-rollout")
     assert isinstance(status, dict) and status["state"] == "done", status
