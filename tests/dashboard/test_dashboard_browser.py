@@ -167,8 +167,11 @@ def test_operator_watches_fleet_and_drives_rollouts(browser: Any, hub: Any, tmp_
         # an operator aborts a rollout at its canary, then rolls it back
         create_and_start(page, proc.api_url, bundles[2], "1,100", 600)
         wait_state(page, ("canary",), 60)
+        page.fill("#action-reason", "camera feed looks wrong on plant-3")  # the typed reason
         page.click("[data-action=abort]")
         assert wait_state(page, ("aborted",), 30) == "aborted"
+        page.wait_for_selector("#reason")
+        assert "camera feed looks wrong on plant-3" in page.inner_text("#reason")
         page.click("[data-action=rollback]")
         assert wait_state(page, ("rolling_back", "rolled_back"), 30) in (
             "rolling_back",

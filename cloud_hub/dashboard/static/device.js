@@ -58,6 +58,7 @@ async function deviceEvents(id) {
 }
 
 async function viewDevice(id) {
+  const at = location.hash;
   const since = Date.now() / 1000 - 6 * 3600;
   const enc = encodeURIComponent(id);
   const [detail, telemetry, drift, overview, events] = await Promise.all([
@@ -73,6 +74,7 @@ async function viewDevice(id) {
       <td>${fixed(e.data.max_abs_logit_error, 4)} <span class="muted">max ${fixed(e.data.max_abs_logit_error_allowed, 4)}</span></td><td>${e.data.samples ?? "—"}</td></tr>`).join("");
   const installs = detail.rollouts.map((t) => `<tr><td><a href="#/rollout/${encodeURIComponent(t.rollout_id)}">${esc(t.rollout_id)}</a></td><td>${t.stage_index + 1}</td><td>${pill(t.state, `t-${t.state}`)}</td><td>${t.attempts}</td><td class="wrap">${esc(t.detail)}</td></tr>`).join("");
   const connection = o.health.state === "never_connected" ? pill("never connected", "never") : d.online ? pill("online") : pill("offline");
+  if (location.hash !== at) return; // the operator moved on while this loaded
   $("#view").innerHTML = `<h1>${esc(d.device_id)} ${connection} <span id="device-health">${healthPill(o.health)}</span></h1>
     <div class="stats"><div class="stat"><b>${esc(d.device_class || "—")}</b><span>class</span></div>
       <div class="stat"><b>${d.installed_model ? `v${esc(d.installed_version)}` : "—"}</b><span>${esc(d.installed_model || "no model")}</span></div>

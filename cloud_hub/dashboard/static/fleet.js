@@ -22,6 +22,7 @@ function rolloutCell(r) {
 }
 
 async function viewFleet() {
+  const at = location.hash;
   const f = state.fleet;
   const params = new URLSearchParams({ limit: f.limit, offset: f.offset, sort: "device_id" });
   if (f.q) params.set("q", f.q);
@@ -46,6 +47,7 @@ async function viewFleet() {
       <td class="health">${healthPill(o.health)}</td><td class="drift">${driftCell(o.drift, d)}</td><td class="rollout">${rolloutCell(o.rollout)}</td>
       <td class="opt">${esc(d.runtime || "—")} ${fallback ? pill("CPU fallback", "fallback") : ""}</td><td class="opt">${o.health.state === "never_connected" ? '<span class="muted">never</span>' : ago(d.last_seen)}</td></tr>`;
   }).join("");
+  if (location.hash !== at) return; // the operator moved on while this loaded
   $("#view").innerHTML = `<h1>Fleet</h1>
     <div class="stats">${stat(summary.total, "devices", "n-total")}${stat(summary.online, "online", "n-online")}${stat(summary.cpu_fallback, "GPU→CPU fallback")}${classes}</div>
     <h2>Installed models</h2><div class="stats">${versions || '<span class="muted">none</span>'}</div>

@@ -44,6 +44,7 @@ async function previewCreate() {
 }
 
 async function viewRollouts() {
+  const at = location.hash;
   const [page, bundles] = await Promise.all([api("/api/v1/rollouts?limit=200"), bundleIndex()]);
   const rows = page.items.map((r) => {
     const n = (r.stages || []).length;
@@ -51,6 +52,7 @@ async function viewRollouts() {
     return `<tr data-rollout="${esc(r.rollout_id)}"><td><a href="#/rollout/${encodeURIComponent(r.rollout_id)}">${esc(r.name || r.rollout_id)}</a></td>
       <td>${pill(r.state)}</td><td>${stage}</td><td>${esc(r.device_class)}</td><td title="${esc(r.bundle_id)}">${esc(bundleName(bundles.byId, r.bundle_id))}</td><td class="wrap">${esc(r.reason)}</td><td>${ago(r.updated_at)}</td></tr>`;
   }).join("");
+  if (location.hash !== at) return; // the operator moved on while this loaded
   $("#view").innerHTML = `<h1>Rollouts</h1>
     ${canOperate() ? `<details class="card" id="create"><summary><b>Create a rollout</b></summary>
       <div class="form-grid"><label>bundle<select id="r-bundle"></select></label><label>device class<input id="r-class" placeholder="device class"></label>
@@ -110,6 +112,7 @@ function rollbackCard(r, targets) {
 }
 
 async function viewRollout(id) {
+  const at = location.hash;
   const enc = encodeURIComponent(id);
   const [r, targets, bundles] = await Promise.all([api(`/api/v1/rollouts/${enc}`), api(`/api/v1/rollouts/${enc}/targets`), bundleIndex()]);
   const trows = targets.map((t) => `<tr><td><a href="#/device/${encodeURIComponent(t.device_id)}">${esc(t.device_id)}</a></td><td>${t.stage_index + 1}</td><td>${pill(t.state, `t-${t.state}`)}</td><td>${t.attempts}</td><td class="wrap">${esc(t.detail)}</td></tr>`).join("");
@@ -120,6 +123,7 @@ async function viewRollout(id) {
   // the typed reason survives the live re-renders of this page
   const typed = state.actionReason && state.actionReason.id === id ? state.actionReason.text : "";
   const hadFocus = document.activeElement && document.activeElement.id === "action-reason";
+  if (location.hash !== at) return; // the operator moved on while this loaded
   $("#view").innerHTML = `<h1>Rollout ${esc(r.name || r.rollout_id)} <span id="rollout-state">${pill(r.state)}</span></h1>
     <div class="muted">bundle <b title="${esc(r.bundle_id)}">${esc(bundleName(bundles.byId, r.bundle_id))}</b> · previous <span title="${esc(r.previous_bundle_id || "")}">${esc(r.previous_bundle_id ? bundleName(bundles.byId, r.previous_bundle_id) : "what each device ran before")}</span> · by ${esc(r.created_by)}</div>
     ${r.reason ? `<div class="card" id="reason"><b>Reason:</b> ${esc(r.reason)}</div>` : ""}
