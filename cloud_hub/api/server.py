@@ -22,6 +22,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,6 +36,7 @@ from cloud_hub.api.context import ApiContext
 from cloud_hub.broker_client import HubRole, hub_client_id_for
 from cloud_hub.bundles import BundleStore, default_store
 from cloud_hub.config import HubConfig
+from cloud_hub.delivery.config import PublisherTuning
 from cloud_hub.errors import HubError
 from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.keys import KeyStore
@@ -41,10 +44,12 @@ from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.bundle_index import index_store_bundles
 from cloud_hub.registry.records import DeviceRecord
 from cloud_hub.rollout.commands import RolloutCommands
+from cloud_hub.rollout.delivery import PublisherDelivery, RolloutDelivery
+from cloud_hub.rollout.engine import EngineConfig
 from shared.errors import FedfleetError
 from shared.topics import TopicScheme
 
-__all__ = ["HubServer"]
+__all__ = ["HubServer", "RolloutWiring"]
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +76,31 @@ def _running_bundle(s: Session, device: DeviceRecord | None) -> str | None:
 SHUTDOWN_GRACE_S = 5  # then uvicorn cancels what still holds a connection open
 
 
-class HubServer:
-    """Owns every long-lived part of one hub process."""
+@dataclass(frozen=True)
+class RolloutWiring:
+    """How :class:`HubServer` assembles its rollout engine; the defaults are ``cloud-hub
+    serve``'s. The fleet simulation reuses the same assembly with its own tuning and a
+    delivery that also counts what it sent (``wrap_delivery``)."""
 
-    def __init__(self, config: HubConfig, *, rollout_engine: bool = True) -> None:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    publisher: PublisherTuning = field(default_factory=PublisherTuning)
+    deltas: bool = True  # offer each device a delta against what it runs when smaller
+    wrap_delivery: Callable[[PublisherDelivery], RolloutDelivery] | None = None
+
+
+class HubServer:
+    """Owns every long-lived part of one hub process (its one composition root)."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        rollout_engine: bool = True,
+        wiring: RolloutWiring | None = None,
+    ) -> None:
         self.config = config
         self.want_engine = rollout_engine
+        self.wiring = wiring or RolloutWiring()
         self.registry: Registry | None = None
         self.ingest: FleetIngest | None = None
         self.engine: Any = None
@@ -275,7 +299,7 @@ class HubServer:
             log.warning("rollout engine disabled: cloud_hub.rollout has no PublisherDelivery yet")
             return None
         try:
-            delivery = factory.from_hub_config(self.config, keys)
+            delivery = factory.from_hub_config(self.config, keys, tuning=self.wiring.publisher)
         except (HubError, FedfleetError, AttributeError) as exc:
             log.warning("rollout engine disabled: delivery not available: %s", exc)
             return None
@@ -293,10 +317,16 @@ class HubServer:
             with registry.session() as s:
                 return catalog.find_bundle(s, bundle_id) is not None
 
-        if hasattr(delivery, "installed_lookup"):
+        if self.wiring.deltas and hasattr(delivery, "installed_lookup"):
             delivery.installed_lookup = installed  # deltas against what devices run
             delivery.indexed_lookup = indexed  # R1: ... and only between indexed bundles
-        return RolloutService(self.registry, delivery, keys)
+        wrap = self.wiring.wrap_delivery
+        return RolloutService(
+            self.registry,
+            wrap(delivery) if wrap is not None else delivery,
+            keys,
+            config=self.wiring.engine,
+        )
 
     def _start_trust_publisher(self) -> None:
         """R10: keep the retained keyring and freshness topics current, over the rollout

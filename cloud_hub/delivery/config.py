@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from cloud_hub.errors import HubConfigError
@@ -10,7 +11,21 @@ from shared.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from shared.errors import ConfigError
 from shared.topics import TopicScheme
 
-__all__ = ["PublisherConfig"]
+__all__ = ["PublisherConfig", "PublisherTuning"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublisherTuning:
+    """Overrides of a hub process's publisher settings (``None``: keep the default); the
+    fleet simulation uses small chunks and short grace periods."""
+
+    chunk_size: int | None = None
+    start_grace_s: float | None = None
+    publish_timeout_s: float | None = None
+
+    def apply(self, config: PublisherConfig) -> PublisherConfig:
+        changes = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return dataclasses.replace(config, **changes)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from cloud_hub.bundles import BundleStore
     from cloud_hub.config import HubConfig
     from cloud_hub.delivery import FleetPublisher
+    from cloud_hub.delivery.config import PublisherTuning
     from cloud_hub.keys import KeyStore
 
 __all__ = ["DeliveryTotals", "PublisherDelivery", "RollbackSigner", "RolloutDelivery", "Shipment"]
@@ -114,7 +115,9 @@ class PublisherDelivery:
         self.shipped: dict[str, DeliveryTotals] = {}  # per rollout (deployment id prefix)
 
     @classmethod
-    def from_hub_config(cls, config: HubConfig, keys: KeyStore) -> PublisherDelivery:
+    def from_hub_config(
+        cls, config: HubConfig, keys: KeyStore, *, tuning: PublisherTuning | None = None
+    ) -> PublisherDelivery:
         """Connect a publisher to the hub's broker (what ``cloud-hub serve`` uses). With the
         hub's ingest enabled the ingest reads the device reports and hands them to the
         publisher (``FleetPublisher.observe``); it subscribes to chunk requests only."""
@@ -122,14 +125,13 @@ class PublisherDelivery:
         from cloud_hub.delivery import FleetPublisher
         from cloud_hub.delivery.config import PublisherConfig
 
-        publisher = FleetPublisher(
-            PublisherConfig(
-                broker=config.mqtt,
-                prefix=config.topic_prefix,
-                client_id=hub_client_id_for(config, HubRole.ROLLOUT),
-                reads_device_reports=not config.enable_ingest,
-            )
+        settings = PublisherConfig(
+            broker=config.mqtt,
+            prefix=config.topic_prefix,
+            client_id=hub_client_id_for(config, HubRole.ROLLOUT),
+            reads_device_reports=not config.enable_ingest,
         )
+        publisher = FleetPublisher(tuning.apply(settings) if tuning is not None else settings)
         publisher.connect()
         from cloud_hub.bundles import default_store
 

@@ -1,10 +1,10 @@
 """The hub side of a fleet simulation, in-process: a private Mosquitto, the hub's key store
-and signed bundles, :class:`~cloud_hub.api.server.HubServer` (registry + MQTT ingest), and
-the rollout engine driving a :class:`~cloud_hub.delivery.FleetPublisher`.
+and signed bundles, and :class:`~cloud_hub.api.server.HubServer` — registry, MQTT ingest,
+rollout engine, publisher and trust topics, assembled as ``cloud-hub serve`` assembles them.
 
-The engine is assembled here rather than by ``HubServer`` because the simulation needs a
-smaller chunk size (transfers that span many chunks, so that faults hit them mid-way) and a
-delivery wrapper that counts what was shipped. Everything else is the hub's own code.
+The simulation only tunes the assembly (:class:`~cloud_hub.api.server.RolloutWiring`): a
+smaller chunk size (transfers that span many chunks, so that faults hit them mid-way), full
+bundles only, and a delivery wrapper that counts what was shipped.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from cloud_hub.api.server import HubServer
+from cloud_hub.api.server import HubServer, RolloutWiring
 from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
 from cloud_hub.bundles.sample import preprocess_json
 from cloud_hub.config import HubConfig
-from cloud_hub.delivery import FleetPublisher, PublisherConfig
+from cloud_hub.delivery.config import PublisherTuning
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry
 from cloud_hub.registry.bundle_index import register_bundle_bytes
@@ -38,7 +38,6 @@ from cloud_hub.rollout import (
 from cloud_hub.rollout.delivery import Shipment
 from cloud_hub.rollout.engine import EngineConfig, RolloutService
 from cloud_hub.rollout.status import RolloutStatus
-from cloud_hub.trust_publisher import TrustPublisher, released_from_registry
 from shared.broker_endpoint import BrokerEndpoint
 from shared.bundle import artifact_info
 from shared.data.sensors import NUM_CLASSES, NUM_FEATURES, generate_sensor_data
@@ -212,9 +211,6 @@ class SimHub:
         self.server: HubServer | None = None
         self.delivery: CountingDelivery | None = None
         self.engine: RolloutService | None = None
-        self._stop = threading.Event()
-        self._engine_thread: threading.Thread | None = None
-        self._trust_thread: threading.Thread | None = None
         self.broker_restarts: list[float] = []
 
     @property
@@ -234,58 +230,26 @@ class SimHub:
             instance_id=self.prefix,
             offline_after_s=0,
         )
-        self.server = HubServer(config, rollout_engine=False)
+        # the hub process as `cloud-hub serve` assembles it (ingest, engine, publisher, trust
+        # topics), tuned for the simulation: small chunks, short waits, full bundles only
+        wiring = RolloutWiring(
+            engine=EngineConfig(tick_interval_s=0.5),
+            publisher=PublisherTuning(
+                chunk_size=self.chunk_size, start_grace_s=2.0, publish_timeout_s=30.0
+            ),
+            deltas=False,
+            wrap_delivery=CountingDelivery,
+        )
+        self.server = HubServer(config, wiring=wiring)
         self.server.start()
-        publisher = FleetPublisher(
-            PublisherConfig(
-                broker=config.mqtt,
-                prefix=self.prefix,
-                client_id=f"{self.prefix}-publisher",
-                chunk_size=self.chunk_size,
-                start_grace_s=2.0,
-                publish_timeout_s=30.0,
-                reads_device_reports=False,  # the hub's ingest hands them over
-            )
-        )
-        publisher.connect()
-        assert self.server.ingest is not None
-        self.server.ingest.add_observer(lambda inbound: publisher.observe(inbound.message))
-        self.delivery = CountingDelivery(
-            PublisherDelivery(publisher, self.keys, default_store(self.keys))
-        )
-        self.engine = RolloutService(
-            self.registry, self.delivery, self.keys, config=EngineConfig(tick_interval_s=0.5)
-        )
-        assert self.server.ingest is not None
-        engine = self.engine
-        self.server.ingest.add_listener(lambda c: engine.wake() if c.events_new else None)
-        self._engine_thread = threading.Thread(
-            target=engine.run, args=(self._stop,), name="sim-rollout-engine", daemon=True
-        )
-        self._engine_thread.start()
-        # R10: the retained keyring and freshness document, as `cloud-hub serve` publishes them
-        trust = TrustPublisher(
-            self.keys,
-            topics=publisher.topics,
-            publish=publisher.publish_retained,
-            released=released_from_registry(self.registry),
-        )
-        self._trust_thread = threading.Thread(
-            target=trust.run, args=(self._stop,), name="sim-trust", daemon=True
-        )
-        self._trust_thread.start()
+        if not isinstance(self.server.engine, RolloutService):
+            raise RuntimeError("the simulated hub has no rollout engine (see its log)")
+        self.engine = self.server.engine
+        assert isinstance(self.engine.delivery, CountingDelivery)
+        self.delivery = self.engine.delivery
 
     def stop(self) -> None:
-        self._stop.set()
-        if self.engine is not None:
-            self.engine.wake()
-        if self._engine_thread is not None:
-            self._engine_thread.join(timeout=15)
-        if self._trust_thread is not None:
-            self._trust_thread.join(timeout=15)
-        if self.delivery is not None:
-            self.delivery.inner.close()
-        if self.server is not None:
+        if self.server is not None:  # engine, trust publisher, publisher, ingest, registry
             self.server.stop()
         self.broker.__exit__(None, None, None)  # stops it and removes its folder
 
