@@ -229,3 +229,41 @@ def test_a_held_update_survives_an_agent_restart(
     assert record is not None and record.completed
     members = [m.device for m in record.folded]
     _close(run.weights, _expected(initial, deltas, members, staleness=0))
+
+
+def test_a_device_never_hands_out_its_update_outside_secagg(
+    tmp_path: Path, initial: list[np.ndarray], grids: list[RecordingGrid]
+) -> None:
+    from flwr.app import ConfigRecord, RecordDict
+    from flwr.common import FitIns, Parameters
+    from flwr.common.secure_aggregation.secaggplus_constants import (
+        RECORD_KEY_CONFIGS,
+        Key,
+        Stage,
+    )
+    from flwr.compat.common import recorddict_compat as compat
+
+    from shared.fl.config_keys import AsyncTrainingKey
+
+    grid = _grid(_spec(tmp_path, 3), 3)
+    grids.append(grid)
+    run = AsyncBufferedRun(
+        grid, initial, fedbuff=FedBuffConfig(buffer_size=3), secagg=SecAggConfig()
+    )
+    run.order(grid.get_node_ids())
+    config = {AsyncTrainingKey.CURRENT_VERSION: 0, AsyncTrainingKey.MAX_STALENESS: 5}
+    plain = compat.fitins_to_recorddict(FitIns(Parameters([], "numpy.ndarray"), config), True)
+    skipping = compat.fitins_to_recorddict(FitIns(Parameters([], "numpy.ndarray"), config), True)
+    # a hub that jumps straight to the collect stage, without the key agreement
+    skipping.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(
+        {Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: [], Key.SOURCE_LIST: []}
+    )
+    node = next(iter(grid.get_node_ids()))
+    for content in (plain, skipping, RecordDict()):
+        for message_type in ("train", "evaluate", "query"):
+            message = grid.create_message(content, message_type, node, "attack")
+            (reply,) = grid.send_and_receive([message])
+            assert reply.has_error() or all(
+                len(rec) == 0 for rec in reply.content.array_records.values()
+            ), message_type
+    assert len(_held_deltas(tmp_path, grid)) == 3  # still held, never unmasked
