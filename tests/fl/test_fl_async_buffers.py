@@ -235,7 +235,7 @@ def test_a_device_never_hands_out_its_update_outside_secagg(
     tmp_path: Path, initial: list[np.ndarray], grids: list[RecordingGrid]
 ) -> None:
     from flwr.app import ConfigRecord, RecordDict
-    from flwr.common import FitIns, Parameters
+    from flwr.common import FitIns, Parameters, Scalar
     from flwr.common.secure_aggregation.secaggplus_constants import (
         RECORD_KEY_CONFIGS,
         Key,
@@ -251,7 +251,10 @@ def test_a_device_never_hands_out_its_update_outside_secagg(
         grid, initial, fedbuff=FedBuffConfig(buffer_size=3), secagg=SecAggConfig()
     )
     run.order(grid.get_node_ids())
-    config = {AsyncTrainingKey.CURRENT_VERSION: 0, AsyncTrainingKey.MAX_STALENESS: 5}
+    config: dict[str, Scalar] = {
+        AsyncTrainingKey.CURRENT_VERSION: 0,
+        AsyncTrainingKey.MAX_STALENESS: 5,
+    }
     plain = compat.fitins_to_recorddict(FitIns(Parameters([], "numpy.ndarray"), config), True)
     skipping = compat.fitins_to_recorddict(FitIns(Parameters([], "numpy.ndarray"), config), True)
     # a hub that jumps straight to the collect stage, without the key agreement

@@ -101,3 +101,38 @@ def test_classes_not_named_train_synchronously(tmp_path: Path) -> None:
     config = _config(tmp_path)
     assert config.mode_of(CLASS) == "async" and config.mode_of("rpi4") == "sync"
     assert np.isfinite(config.async_server_lr)
+
+
+def test_retrain_cli_runs_a_class_asynchronously(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from cloud_hub.cli import main
+
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    registry = open_registry(db)
+    with registry.session() as s:
+        devices.record_hellos(
+            s, [Hello(d, CLASS, "0.1", [], 1 << 30, 1 << 30) for d in DEVICES], now=time.time()
+        )
+        devices.set_online(s, dict.fromkeys(DEVICES, True))
+    registry.close()
+    for i, d in enumerate(DEVICES):
+        _seed(tmp_path / "fleet", d, 100, drift=False, start=i)
+    x, y = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=99)
+    np.savez(tmp_path / "val.npz", x=x, y=y)
+    KeyStore.init(tmp_path / "keys")
+    argv = ["retrain", "--db", db, "--data-dir", str(tmp_path), "--class", CLASS]
+    argv += ["--samples", str(tmp_path / "fleet"), "--validation", str(tmp_path / "val.npz")]
+    argv += ["--mode", "async", "--buffer-size", "3", "--buffers", "2", "--require-approval"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["state"] == "awaiting_approval" and out["version"] == 1, out
+    registry = open_registry(db)
+    with registry.session() as s:
+        run = admin.get_training_run(s, out["run_id"])
+        assert run.config["mode"] == "async" and len(run.metrics["buffers"]) == 2
+    registry.close()
+    with pytest.raises(SystemExit):  # argparse refuses an unknown mode
+        main([*argv[:-7], "--mode", "eventually"])
