@@ -178,7 +178,11 @@ def combine_shares(share_list: list[bytes]) -> bytes:
     indices = tuple(int.from_bytes(share[:_INDEX_BYTES], "little") for share in share_list)
     if len(set(indices)) != len(indices):
         raise ValueError("Duplicate share")
-    weights = _lagrange_at_zero(indices)
+    # The weights depend on the set of indices, not their order: sorted, one cache entry
+    # serves every owner whose shares came back from the same positions (no dropouts).
+    ordered = tuple(sorted(indices))
+    weight_of = dict(zip(ordered, _lagrange_at_zero(ordered), strict=True))
+    weights = [weight_of[index] for index in indices]
     padded = bytearray()
     for start in range(_INDEX_BYTES, length, _BLOCK):
         chunk = 0

@@ -100,3 +100,13 @@ def test_installed_for_a_secure_round_only_and_parsed_keys_forgotten() -> None:
     assert current() == originals
     assert secagg_keys.bytes_to_private_key(pem) is not key  # forgotten when the round ended
     secagg_keys.forget_parsed_keys()
+
+
+def test_lagrange_weights_are_computed_once_per_index_set_in_any_order() -> None:
+    shares = shamir.create_shares(os.urandom(32), 4, 6)
+    shamir._lagrange_at_zero.cache_clear()
+    for order in ([0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]):
+        assert shamir.combine_shares([shares[i] for i in order]) == shamir.combine_shares(
+            shares[:5]
+        )
+    assert shamir._lagrange_at_zero.cache_info().misses == 1
