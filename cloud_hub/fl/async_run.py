@@ -41,7 +41,6 @@ from cloud_hub.fl._buffer_strategy import BufferStrategy
 from cloud_hub.fl.config import SecAggConfig
 from cloud_hub.fl.fedbuff import FedBuffConfig, HeldUpdateRef, choose_buffer, fold_buffer
 from cloud_hub.fl.workflow import GuardedSecAggPlusWorkflow, SecureRoundAbortedError
-from shared.fl.async_client import GLOBAL_RECORD, ORDER_RECORD
 from shared.fl.config_keys import AsyncTrainingKey as K
 
 __all__ = ["AsyncBufferedRun", "BufferRecord"]
@@ -137,7 +136,7 @@ class AsyncBufferedRun:
                 "train.order",
                 nid,
                 {K.ORDER_ID: ref.order_id, K.BASE_VERSION: ref.base_version},
-                arrays={GLOBAL_RECORD: model},
+                arrays={K.GLOBAL_RECORD: model},
             )
             for nid, ref in refs.items()
         ]
@@ -149,7 +148,7 @@ class AsyncBufferedRun:
                     "order to node %s failed: %s", nid, reply.error if reply.has_error() else "?"
                 )
                 continue
-            answered = str(reply.content.config_records[ORDER_RECORD].get(K.ORDER_ID, ""))
+            answered = str(reply.content.config_records[K.ORDER_RECORD].get(K.ORDER_ID, ""))
             if answered != refs[nid].order_id:
                 log.warning("node %s answered order %r, not %r", nid, answered, refs[nid].order_id)
                 continue
@@ -167,7 +166,7 @@ class AsyncBufferedRun:
             if reply.has_error():
                 continue
             nid = reply.metadata.src_node_id
-            order_id = str(reply.content.config_records[ORDER_RECORD].get(K.ORDER_ID, ""))
+            order_id = str(reply.content.config_records[K.ORDER_RECORD].get(K.ORDER_ID, ""))
             ref = self._ledger.issued.get(order_id)
             if order_id in self._ledger.folded:
                 stale_folded.append((nid, order_id))
@@ -260,7 +259,7 @@ class AsyncBufferedRun:
         *,
         arrays: dict[str, ArrayRecord] | None = None,
     ) -> Message:
-        content = RecordDict({ORDER_RECORD: ConfigRecord(config), **(arrays or {})})
+        content = RecordDict({K.ORDER_RECORD: ConfigRecord(config), **(arrays or {})})
         return Message(content, node_id, message_type, group_id=f"v{self.version}")
 
     def _release(self, pairs: Sequence[tuple[int, str]]) -> None:

@@ -37,15 +37,13 @@ from shared.fl.staleness import staleness_weight
 from shared.fl.training import LocalTrainingLimits
 
 __all__ = [
-    "GLOBAL_RECORD",
-    "ORDER_RECORD",
     "AsyncClientSpec",
     "NothingHeldError",
     "build_async_client_app",
 ]
 
-GLOBAL_RECORD = "global"  # ArrayRecord of a training order: the model to start from
-ORDER_RECORD = "order"  # ConfigRecord of orders, held/release queries and their replies
+GLOBAL_RECORD = K.GLOBAL_RECORD
+ORDER_RECORD = K.ORDER_RECORD
 
 
 class NothingHeldError(ConfigError):

@@ -52,6 +52,9 @@ class FitConfigKey:
 class AsyncTrainingKey:
     """Asynchronous buffered training (``cloud_hub.fl.async_run`` <-> ``shared.fl.async_client``)."""
 
+    # record names in the messages of asynchronous training
+    GLOBAL_RECORD = "global"  # ArrayRecord of a training order: the model to start from
+    ORDER_RECORD = "order"  # ConfigRecord of orders, held/release queries and their replies
     # training order ("train.order"): the device trains from this version and holds its update
     ORDER_ID = "order-id"
     BASE_VERSION = "base-version"

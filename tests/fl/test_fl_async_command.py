@@ -1,10 +1,8 @@
-"""``cloud-hub simulate-async``: scenario files, flag overrides and refusals (real CLI)."""
+"""``cloud-hub simulate-async``: scenario files, flag overrides and refusals (the CLI entry)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -40,34 +38,17 @@ def test_bad_scenarios_are_refused_by_name(tmp_path: Path, text: str, needle: st
         load_availability_scenario(path)
 
 
-def test_cli_runs_a_small_scenario_and_writes_the_plot(tmp_path: Path) -> None:
+def test_cli_runs_a_small_scenario_and_writes_the_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud_hub.cli import main
+
     out = tmp_path / "out"
-    argv = ["online30_quick", "--devices", "24", "--updates", "24", "--cohort", "4"]
-    argv += ["--buffer-size", "4", "--concurrency", "12", "--target", "0.8", "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "cloud_hub.cli", "simulate-async", *argv],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout)
+    argv = ["simulate-async", "online30_quick", "--devices", "24", "--updates", "24"]
+    argv += ["--cohort", "4", "--buffer-size", "4", "--concurrency", "12", "--target", "0.8"]
+    assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["devices"] == 24 and summary["buffers"] == summary["buffers_secure"] > 0
     assert (out / "time_to_accuracy.png").read_bytes().startswith(b"\x89PNG")
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cloud_hub.cli",
-            "simulate-async",
-            "online30_quick",
-            "--devices",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert bad.returncode != 0 and "devices" in bad.stderr
+    assert main(["simulate-async", "online30_quick", "--devices", "0"]) != 0
+    assert "devices" in capsys.readouterr().err
