@@ -96,7 +96,8 @@ class AsyncClientSpec:
     def masked_fit(self, message: Message, context: Context) -> Message:
         """Inner of SecAgg+'s collect stage: the held update times its staleness weight."""
         fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
-        held = self.store(context).load()
+        store = self.store(context)
+        held = store.load()
         if held is None:
             raise NothingHeldError("this device holds no update for a buffer")
         weight = staleness_weight(
@@ -104,6 +105,7 @@ class AsyncClientSpec:
             held.base_version,
             int(fitins.config[K.MAX_STALENESS]),
         )
+        held = store.spend()  # counted before the masked vector leaves (MAX_EXCHANGES)
         weighted = [np.asarray(d, dtype=np.float64) * weight for d in held.delta]
         fitres = FitRes(
             Status(Code.OK, "held update"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,13 @@ from numpy.typing import NDArray
 from shared.errors import ConfigError, MalformedMessageError
 from shared.files import atomic_write
 
-__all__ = ["HeldUpdate", "HeldUpdateStore"]
+__all__ = ["MAX_EXCHANGES", "HeldUpdate", "HeldUpdateSpentError", "HeldUpdateStore"]
+
+#: A held update is masked into at most this many SecAgg+ exchanges. A device cannot tell
+#: whether an exchange it answered was completed (the hub can unmask with the other members'
+#: shares alone), so a hub that re-used updates across many buffers could difference their
+#: sums; two tries let a buffer that fell below threshold be retried once.
+MAX_EXCHANGES = 2
 
 _SCHEMA = 1
 _FILE = "held-update.npz"
@@ -37,6 +43,7 @@ class HeldUpdate:
     base_version: int
     num_examples: int
     delta: tuple[NDArray, ...]
+    exchanges: int = 0  # SecAgg+ exchanges this update was already masked into
 
     def to_npz_bytes(self) -> bytes:
         meta = {
@@ -46,6 +53,7 @@ class HeldUpdate:
             "order_id": self.order_id,
             "base_version": self.base_version,
             "num_examples": self.num_examples,
+            "exchanges": self.exchanges,
         }
         buffer = io.BytesIO()
         arrays = {f"a{i}": np.asarray(a) for i, a in enumerate(self.delta)}
@@ -72,9 +80,14 @@ class HeldUpdate:
                 base_version=int(meta["base_version"]),
                 num_examples=int(meta["num_examples"]),
                 delta=delta,
+                exchanges=int(meta.get("exchanges", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessageError(f"held update metadata is incomplete: {exc}") from exc
+
+
+class HeldUpdateSpentError(ConfigError):
+    """The held update was already masked into :data:`MAX_EXCHANGES` exchanges."""
 
 
 class HeldUpdateStore:
@@ -102,6 +115,20 @@ class HeldUpdateStore:
         except FileNotFoundError:
             return None
         return HeldUpdate.from_npz_bytes(data)
+
+    def spend(self) -> HeldUpdate:
+        """The held update for one more exchange, counted on disk before it is masked."""
+        held = self.load()
+        if held is None:
+            raise ConfigError("no held update")
+        if held.exchanges >= MAX_EXCHANGES:
+            raise HeldUpdateSpentError(
+                f"held update {held.order_id} was already masked into {held.exchanges} "
+                "exchanges; refused (train a fresh one)"
+            )
+        spent = replace(held, exchanges=held.exchanges + 1)
+        self.save(spent)
+        return spent
 
     def release(self, order_id: str) -> bool:
         """Delete the held update if it answers ``order_id``; True when one was deleted."""

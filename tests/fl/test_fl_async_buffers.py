@@ -270,3 +270,27 @@ def test_a_device_never_hands_out_its_update_outside_secagg(
                 len(rec) == 0 for rec in reply.content.array_records.values()
             ), message_type
     assert len(_held_deltas(tmp_path, grid)) == 3  # still held, never unmasked
+
+
+def test_a_held_update_is_masked_into_at_most_two_exchanges(
+    tmp_path: Path,
+    initial: list[np.ndarray],
+    grids: list[RecordingGrid],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.fl.held_update import MAX_EXCHANGES
+
+    grid = _grid(_spec(tmp_path, 3), 3)
+    grids.append(grid)
+    run = AsyncBufferedRun(
+        grid, initial, fedbuff=FedBuffConfig(buffer_size=3), secagg=SecAggConfig()
+    )
+    monkeypatch.setattr(run, "_release", lambda pairs: None)  # a hub that never releases
+    members = run.order(grid.get_node_ids())
+    for _ in range(MAX_EXCHANGES):  # the same updates re-masked: the devices allow a retry
+        assert run.fold_members(members).completed
+    third = run.fold_members(members)
+    assert not third.completed and third.error is not None
+    for nid in grid.get_node_ids():
+        held = HeldUpdateStore(tmp_path / f"partition-{grid.partition_of(nid)}").load()
+        assert held is not None and held.exchanges == MAX_EXCHANGES
