@@ -3,7 +3,7 @@
 - ``up``: build the lab and keep it running in the foreground; Ctrl-C (or SIGTERM, or
   ``down`` from another shell) stops every process and removes every namespace and link.
   ``--cut DEV`` / ``--cap DEV=KBIT`` / ``--shape DEV=MS[/LOSS]`` start with link faults.
-- ``down``: stop the running ``up`` (SIGINT to the pid it recorded), then remove leftovers.
+- ``down``: stop the running ``up`` (SIGTERM to the pid it recorded), then remove leftovers.
 - ``clean``: remove what a crashed lab left (processes in its namespaces, namespaces, links).
 - ``status``: list the lab's namespaces and links that exist now.
 """
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -28,12 +29,25 @@ def _pid_file(prefix: str) -> Path:
     return Path("/run") / f"fedfleet-lab-{prefix}.pid"
 
 
-def _on_sigterm(_sig: int, _frame: FrameType | None) -> None:
+def _on_stop_signal(_sig: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # the same orderly teardown as Ctrl-C
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child its parent has not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return state != "Z"
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # installed explicitly: a shell starts background jobs with SIGINT ignored, and Python
+    # then never turns Ctrl-C into KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_stop_signal)
     shaped = {}
     for spec in args.shape:  # DEV=DELAY_MS[/LOSS]
         device, _, rest = spec.partition("=")
@@ -80,14 +94,11 @@ def cmd_down(args: argparse.Namespace) -> int:
     pid_file = _pid_file(args.prefix)
     if pid_file.exists():
         pid = int(pid_file.read_text().strip())
-        try:
-            os.kill(pid, signal.SIGINT)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)
-                time.sleep(0.2)
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # `up` tears down in order, as on Ctrl-C
+        deadline = time.monotonic() + 90
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
     return cmd_clean(args)
 
 

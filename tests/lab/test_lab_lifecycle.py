@@ -87,7 +87,7 @@ def test_a_failed_start_removes_every_namespace_link_and_process(tmp_path: Path)
 
 
 @pytest.mark.timeout(300)
-def test_ctrl_c_stops_every_program_and_removes_the_lab(tmp_path: Path) -> None:
+def test_down_or_ctrl_c_stops_every_program_and_removes_the_lab(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -123,8 +123,10 @@ def test_ctrl_c_stops_every_program_and_removes_the_lab(tmp_path: Path) -> None:
         assert len(pids) >= 4  # broker, hub, two agents
         token = tmp_path / "lab" / "operator.token"
         assert token.stat().st_mode & 0o077 == 0
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        # `down` from another shell: a signal to the pid `up` recorded, the Ctrl-C path
+        down = _lab_cli("down", timeout=120)
+        assert down.returncode == 0, down.stderr
+        out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -136,3 +138,31 @@ def test_ctrl_c_stops_every_program_and_removes_the_lab(tmp_path: Path) -> None:
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if _alive(p)]
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_in_the_middle_of_the_start_removes_everything(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulations.lab", "--prefix", PREFIX, "up", "--devices", "2",
+         "--root", str(tmp_path / "lab"), "--subnet", SUBNET],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # as a shell starts a background job: SIGINT ignored (the lab must undo that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        # as soon as the hub runs (namespaces made, programs starting), press Ctrl-C
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "lab" / "logs" / "hub.log").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the lab never started"
+            time.sleep(0.2)
+        assert netns.find_leftovers(PREFIX).namespaces
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "lab stopped and removed" in out, out
+    assert not netns.find_leftovers(PREFIX)
