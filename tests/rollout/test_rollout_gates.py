@@ -193,3 +193,94 @@ def test_abort_rule_property(outcomes: list[InstallOutcome], pct: float, min_fin
     if tripped:
         assert result.verdict is GateVerdict.FAIL
     assert result.succeeded + result.failed + result.timed_out + result.pending == len(outcomes)
+
+
+def _check_dict(
+    name: str,
+    value: float | None,
+    threshold: float | None,
+    op: str,
+    passed: bool | None,
+    detail: str,
+) -> dict[str, object]:
+    approx = None if value is None else pytest.approx(value)
+    return {
+        "name": name,
+        "value": approx,
+        "threshold": threshold,
+        "op": op,
+        "passed": passed,
+        "detail": detail,
+    }
+
+
+def _passed(checks: list[dict[str, object]], succeeded: int) -> dict[str, object]:
+    return {
+        "verdict": "pass",
+        "reason": "all gate checks passed",
+        "checks": checks,
+        "succeeded": succeeded,
+        "failed": 0,
+        "timed_out": 0,
+        "pending": 0,
+        "golden_batch_refusals": 0,
+    }
+
+
+def test_gate_result_as_the_status_api_shows_it() -> None:
+    """The whole result, every field of every check: what operators read in the status."""
+    result = _eval([_good(i) for i in range(4)])
+    assert result.to_dict() == _passed(
+        [
+            _check_dict("install_success", 1.0, 0.9, ">=", True, ""),
+            _check_dict("error_rate", 0.01, 0.05, "<=", True, ""),
+            _check_dict("p95_ratio", 1.1, 1.5, "<=", True, "median p95 11.0 ms vs 10.0 ms"),
+            _check_dict("drift_score", 0.1, 0.3, "<=", True, ""),
+            _check_dict("accuracy_drop", 0.0, 0.05, "<=", True, "accuracy 0.900 vs previous 0.900"),
+        ],
+        succeeded=4,
+    )
+
+
+def test_unjudged_checks_say_why() -> None:
+    """No baseline p95, a disabled drift threshold, too little feedback; devices that served no
+    requests average their error rates unweighted (0.0 counts as 0.0)."""
+    reports = [
+        _good(0, error_rate=0.0, requests=0, p95_ms=12.0, drift_score=0.2, feedback_correct=2),
+        _good(1, error_rate=0.04, requests=0, p95_ms=14.0, feedback_total=0, feedback_correct=0),
+    ]
+    reports[0] = replace(reports[0], feedback_total=5)
+    result = _eval(reports, baseline=Baseline(), thresholds=replace(GATES, max_drift_score=None))
+    assert result.to_dict() == _passed(
+        [
+            _check_dict("install_success", 1.0, 0.9, ">=", True, ""),
+            _check_dict("error_rate", 0.02, 0.05, "<=", True, ""),
+            _check_dict("p95_ratio", None, 1.5, "<=", None, "no baseline p95"),
+            _check_dict("drift_score", 0.15, None, "<=", None, "disabled"),
+            _check_dict("accuracy_drop", None, 0.05, "<=", None, "5 labelled samples < 20"),
+        ],
+        succeeded=2,
+    )
+
+
+def test_values_at_their_threshold_pass() -> None:
+    """Error rate weighted by requests (one request), p95 ratio, drift and accuracy drop each
+    exactly at the limit, with exactly ``min_feedback`` labelled samples on both sides."""
+    reports = [
+        _good(0, requests=1, error_rate=0.05, p95_ms=0.75, feedback_correct=18, feedback_total=20),
+        _good(1, requests=0, error_rate=0.5, p95_ms=0.75, drift_score=0.3, feedback_total=0),
+    ]
+    reports[1] = replace(reports[1], feedback_correct=0)
+    result = _eval(reports, baseline=Baseline(p95_ms=0.5, feedback_correct=19, feedback_total=20))
+    assert result.to_dict() == _passed(
+        [
+            _check_dict("install_success", 1.0, 0.9, ">=", True, ""),
+            _check_dict("error_rate", 0.05, 0.05, "<=", True, ""),
+            _check_dict("p95_ratio", 1.5, 1.5, "<=", True, "median p95 0.8 ms vs 0.5 ms"),
+            _check_dict("drift_score", 0.2, 0.3, "<=", True, ""),
+            _check_dict(
+                "accuracy_drop", 0.05, 0.05, "<=", True, "accuracy 0.900 vs previous 0.950"
+            ),
+        ],
+        succeeded=2,
+    )
