@@ -54,7 +54,7 @@ class NothingHeldError(ConfigError):
 class AsyncClientSpec:
     """Everything the asynchronous ClientApp needs (picklable, like ``ClientAppSpec``)."""
 
-    model_name: str
+    model_name: str | None  # None: the run config's model-name (a SuperNode's ClientApp)
     data: DataResolver
     held_root: Path | None = None  # per-partition folders when the node config names none
     limits: LocalTrainingLimits = field(default_factory=LocalTrainingLimits)
@@ -77,7 +77,8 @@ class AsyncClientSpec:
         global_weights = message.content.array_records[GLOBAL_RECORD].to_numpy_ndarrays()
         partition = context.node_config.get(NodeConfigKey.PARTITION_ID, 0)
         seed = self.seed * 100_003 + (partition if isinstance(partition, int) else 0)
-        client = LocalTrainingClient(self.model_name, self.data(context), self.limits, seed=seed)
+        model_name = self.model_name or str(context.run_config[RunConfigKey.MODEL_NAME])
+        client = LocalTrainingClient(model_name, self.data(context), self.limits, seed=seed)
         local, num_examples, _ = client.fit(global_weights, {})
         delta = tuple(
             np.asarray(a) - np.asarray(g) for a, g in zip(local, global_weights, strict=True)
@@ -130,9 +131,11 @@ class AsyncClientSpec:
         )
 
 
-def build_async_client_app(spec: AsyncClientSpec) -> ClientApp:
-    """The asynchronous ClientApp; the buffer exchange always runs under SecAgg+."""
-    app = ClientApp()
+def build_async_client_app(spec: AsyncClientSpec, *, guard: Mod | None = None) -> ClientApp:
+    """The asynchronous ClientApp; the buffer exchange always runs under SecAgg+.
+
+    ``guard`` (the agent's signed-order check) runs before every message."""
+    app = ClientApp(mods=[] if guard is None else [guard])
     secure: list[Mod] = [] if spec.dropout is None else [spec.dropout.mod]
     secure.append(hardened_secaggplus_mod)
     app.train("order")(spec.train_and_hold)

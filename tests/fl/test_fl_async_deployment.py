@@ -1,0 +1,103 @@
+"""Asynchronous buffered SecAgg+ on Flower's Deployment Engine: a real SuperLink and three
+SuperNodes as processes (TLS from the hub CA, pinned to the async FAB), the agent's async
+ClientApp holding each update in its node's held-update folder."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_hub.enrollment.ca import CertificateAuthority
+from cloud_hub.fl.model_store import ModelStore
+from cloud_hub.fl.superlink import (
+    SuperLinkConfig,
+    SuperLinkProcess,
+    fab_sha256,
+    issue_superlink_tls,
+    wait_for_summary,
+)
+from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
+from shared.data import generate_sensor_data
+
+pytestmark = pytest.mark.slow
+
+FAB_ASYNC = Path(__file__).resolve().parents[2] / "cloud_hub" / "fl" / "fab_async"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_async_buffers_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
+    for i in range(3):
+        x, y = generate_sensor_data(80, seed=3, sample_seed=10 + i)
+        np.savez(tmp_path / f"device-{i}.npz", x=x, y=y)
+    x, y = generate_sensor_data(300, seed=3, sample_seed=99)
+    np.savez(tmp_path / "validation.npz", x=x, y=y)
+    (tmp_path / "train.toml").write_text("[async]\ndevices = 3\nbuffer_size = 3\nbuffers = 2\n")
+    port = _free_port()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    cert, key, ca_file = issue_superlink_tls(tmp_path / "ca", "127.0.0.1", tmp_path / "tls")
+    (tmp_path / "pinned-ca.crt").write_bytes(ca.cert_pem)
+    link = SuperLinkProcess(
+        SuperLinkConfig(
+            database=tmp_path / "state.db",
+            port=port,
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            ssl_ca_certfile=ca_file,
+        ),
+        workdir=tmp_path / "link",
+    )
+    fab = fab_sha256(FAB_ASYNC)
+    held = [tmp_path / f"held-{i}" for i in range(3)]
+    nodes = [
+        SuperNodeSupervisor(
+            SuperNodeConfig(
+                superlink=f"127.0.0.1:{port}",
+                data_path=tmp_path / f"device-{i}.npz",
+                clientappio_port=_free_port(),
+                root_certificates=tmp_path / "pinned-ca.crt",
+                fab_sha256=fab,
+                extra_node_config={
+                    "order-run-id": "async-deploy",
+                    "require-secure-aggregation": True,
+                    "held-update-dir": str(held[i]),
+                },
+            ),
+            log_path=tmp_path / f"node-{i}.log",
+        )
+        for i in range(3)
+    ]
+    with link:
+        for node in nodes:
+            node.start()
+        try:
+            link.submit_run(
+                {
+                    "config-path": str(tmp_path / "train.toml"),
+                    "validation-path": str(tmp_path / "validation.npz"),
+                    "results-dir": str(tmp_path / "results"),
+                    "model-store": str(tmp_path / "models"),
+                    "run-name": "async-deploy",
+                    "model-name": "sensor-mlp",
+                },
+                fab_dir=FAB_ASYNC,
+                expected_fab_sha256=fab,
+            )
+            summary = wait_for_summary(tmp_path / "results", timeout_s=300)
+        finally:
+            for node in nodes:
+                node.stop()
+    assert summary["status"] == "ok", summary
+    assert [b["new_version"] for b in summary["buffers"]] == [1, 2]
+    assert all(b["secure"] and len(b["folded"]) == 3 for b in summary["buffers"])
+    assert summary["versions"][-1]["accuracy"] > 0.5
+    # every update was held on its device, then released after its buffer
+    assert all(h.is_dir() and not (h / "held-update.npz").exists() for h in held)
+    assert ModelStore(tmp_path / "models").get("async-deploy").lineage["mode"] == "async"
