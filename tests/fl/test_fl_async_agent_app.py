@@ -22,14 +22,17 @@ from shared.models import build_model
 def _context(tmp_path: Path, run_name: str) -> Context:
     x, y = generate_sensor_data(40, seed=3, sample_seed=5)
     np.savez(tmp_path / "samples.npz", x=x, y=y)
-    node_config = {
+    node_config: dict[str, bool | float | int | str] = {
         NodeConfigKey.DATA_PATH: str(tmp_path / "samples.npz"),
         NodeConfigKey.ORDER_RUN_ID: "ordered-run",
         NodeConfigKey.REQUIRE_SECURE_AGGREGATION: True,
         NodeConfigKey.MAX_LOCAL_EPOCHS: 1,
         K.HELD_UPDATE_DIR: str(tmp_path / "held"),
     }
-    run_config = {RunConfigKey.RUN_NAME: run_name, RunConfigKey.MODEL_NAME: "sensor-mlp"}
+    run_config: dict[str, bool | float | int | str] = {
+        RunConfigKey.RUN_NAME: run_name,
+        RunConfigKey.MODEL_NAME: "sensor-mlp",
+    }
     return Context(
         run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config
     )
