@@ -19,33 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cloud_hub.commands.serve import add_config_arguments, load_config
 from cloud_hub.errors import HubConfigError, HubError
+from cloud_hub.rollout.delivery import RecordedDelivery
 
 __all__ = ["register"]
-
-
-class _RegistryOnlyDelivery:
-    """Creating and starting a rollout publishes nothing; the serving hub's engine does."""
-
-    def deploy(
-        self,
-        bundle_id: str,
-        device_ids: Sequence[str],
-        *,
-        deployment_id: str,
-        orders: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        raise HubError("cloud-hub retrain does not deliver; cloud-hub serve does")
-
-    def rollback(
-        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
-    ) -> None:
-        raise HubError("cloud-hub retrain does not deliver; cloud-hub serve does")
 
 
 def register(subparsers: Any) -> None:
@@ -109,7 +90,11 @@ def _retrain(args: argparse.Namespace) -> int:
         keys = KeyStore(config.keys_path)
         if not keys.exists():
             raise HubConfigError(f"no key store at {config.keys_path} (cloud-hub keys init)")
-        service = RolloutService(registry, _RegistryOnlyDelivery(), keys)
+        # creating and starting a rollout publishes nothing; the serving hub's engine delivers
+        registry_only = RecordedDelivery(
+            refusal=HubError("cloud-hub retrain does not deliver; cloud-hub serve does")
+        )
+        service = RolloutService(registry, registry_only, keys)
         if args.approve is None and (args.samples is None or args.validation is None):
             raise HubConfigError("--class needs --samples and --validation")
         validation = _arrays(args.validation) if args.validation else None

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from cloud_hub.bundles import BundleStore
@@ -20,7 +20,16 @@ if TYPE_CHECKING:
     from cloud_hub.delivery.config import PublisherTuning
     from cloud_hub.keys import KeyStore
 
-__all__ = ["DeliveryTotals", "PublisherDelivery", "RollbackSigner", "RolloutDelivery", "Shipment"]
+__all__ = [
+    "DeliveryTotals",
+    "DeployCall",
+    "PublisherDelivery",
+    "RecordedDelivery",
+    "RollbackCall",
+    "RollbackSigner",
+    "RolloutDelivery",
+    "Shipment",
+]
 
 
 @dataclass
@@ -64,6 +73,86 @@ class RolloutDelivery(Protocol):
     ) -> None:
         """Send a RollbackCommand carrying the signed ``order`` to ``device_ids``."""
         ...
+
+
+class DeployCall(NamedTuple):
+    """One :meth:`RolloutDelivery.deploy` call, as :class:`RecordedDelivery` keeps it."""
+
+    bundle_id: str
+    device_ids: tuple[str, ...]
+    deployment_id: str
+    orders: Mapping[str, Mapping[str, Any]]
+
+
+class RollbackCall(NamedTuple):
+    """One :meth:`RolloutDelivery.rollback` call, as :class:`RecordedDelivery` keeps it."""
+
+    order: Mapping[str, Any]
+    device_ids: tuple[str, ...]
+    deployment_id: str
+
+
+@dataclass
+class RecordedDelivery:
+    """A :class:`RolloutDelivery` that keeps every call that went through.
+
+    Each call goes to ``forward_to`` when set, and is recorded once that returned (a call
+    that raised is not). Without ``forward_to`` nothing is sent: ``refusal``, when set, is
+    raised instead (a process that writes rollouts but must not deliver them), and ``deploy``
+    reports what ``shipment`` says for the call (``None``: not known)."""
+
+    forward_to: RolloutDelivery | None = None
+    refusal: Exception | None = None
+    shipment: Callable[[DeployCall], Shipment | None] | None = None
+    deploys: list[DeployCall] = field(default_factory=list)
+    rollbacks: list[RollbackCall] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def deploy(
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str],
+        *,
+        deployment_id: str,
+        orders: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Shipment | None:
+        call = DeployCall(bundle_id, tuple(device_ids), deployment_id, dict(orders or {}))
+        if self.refusal is not None:
+            raise self.refusal
+        if self.forward_to is not None:
+            sent = self.forward_to.deploy(
+                bundle_id, device_ids, deployment_id=deployment_id, orders=orders
+            )
+        else:
+            sent = self.shipment(call) if self.shipment is not None else None
+        with self._lock:
+            self.deploys.append(call)
+        return sent
+
+    def rollback(
+        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
+    ) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        if self.forward_to is not None:
+            self.forward_to.rollback(order, device_ids, deployment_id=deployment_id)
+        with self._lock:
+            self.rollbacks.append(RollbackCall(dict(order), tuple(device_ids), deployment_id))
+
+    def deployed_to(self) -> list[str]:
+        """Every device offered a bundle, in the order of the calls (repeats kept)."""
+        with self._lock:
+            return [d for call in self.deploys for d in call.device_ids]
+
+    def rolled_back_to(self) -> list[str]:
+        """Every device sent a rollback, in the order of the calls (repeats kept)."""
+        with self._lock:
+            return [d for call in self.rollbacks for d in call.device_ids]
+
+    def orders_sent(self) -> dict[str, Mapping[str, Any]]:
+        """Device id -> the last signed order sent with an offer to it (R5)."""
+        with self._lock:
+            return {d: order for call in self.deploys for d, order in call.orders.items()}
 
 
 class RollbackSigner(Protocol):

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from cloud_hub.rollout import (
     StageSpec,
     TargetSelector,
 )
-from cloud_hub.rollout.delivery import Shipment
+from cloud_hub.rollout.delivery import RecordedDelivery
 from cloud_hub.rollout.engine import EngineConfig, RolloutService
 from cloud_hub.rollout.status import RolloutStatus
 from shared.broker_endpoint import BrokerEndpoint
@@ -129,42 +127,21 @@ def build_model_artifacts(
     return arts
 
 
-@dataclass
-class CountingDelivery:
-    """The rollout engine's delivery (MQTT fleet publisher) plus a record of what it sent."""
+class CountingDelivery(RecordedDelivery):
+    """The rollout engine's delivery (MQTT fleet publisher), recording what it sent."""
 
-    inner: PublisherDelivery
-    deployments: list[tuple[str, str, int]] = field(default_factory=list)  # id, bundle, devices
-    rollbacks: list[tuple[str, int]] = field(default_factory=list)
-    bundle_bytes: dict[str, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def deploy(
-        self,
-        bundle_id: str,
-        device_ids: Sequence[str],
-        *,
-        deployment_id: str,
-        orders: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> Shipment:
-        with self._lock:
-            self.deployments.append((deployment_id, bundle_id, len(device_ids)))
-        return self.inner.deploy(bundle_id, device_ids, deployment_id=deployment_id, orders=orders)
-
-    def rollback(
-        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
-    ) -> None:
-        with self._lock:
-            self.rollbacks.append((deployment_id, len(device_ids)))
-        self.inner.rollback(order, device_ids, deployment_id=deployment_id)
+    def __init__(self, inner: PublisherDelivery) -> None:
+        super().__init__(forward_to=inner)
+        self.inner = inner
+        self.bundle_bytes: dict[str, int] = {}
 
     def shipped(self) -> dict[str, int]:
         """Bytes the hub published: each chunk once on the fan-out topic, plus repairs."""
         fanout = repairs = chunks = repair_chunks = 0
         with self._lock:
-            deps = list(self.deployments)
+            deps = [(call.deployment_id, call.bundle_id) for call in self.deploys]
         publisher = self.inner.publisher
-        for dep_id, bundle_id, _n in deps:
+        for dep_id, bundle_id in deps:
             try:
                 result = publisher.deployment(dep_id).result()
             except Exception:  # pruned or never registered (deploy failed)

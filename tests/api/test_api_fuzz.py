@@ -25,21 +25,12 @@ from cloud_hub.bundles import default_store
 from cloud_hub.enrollment.hubdir import open_enrollment
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import admin, catalog, devices, open_registry, reports
+from cloud_hub.rollout.delivery import RecordedDelivery
 from cloud_hub.rollout.engine import RolloutService
 from shared.messages import Event, Hello
 
 T0 = 1_800_000_000.0
 ADMIN_TOKEN: dict[str, str] = {}
-
-
-class _Delivery:
-    def deploy(
-        self, bundle_id: str, device_ids: Any, *, deployment_id: str, orders: Any = None
-    ) -> None:
-        pass
-
-    def rollback(self, order: Any, device_ids: Any, *, deployment_id: str) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +67,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 now=T0,
             )
     keys = KeyStore.init(root / "keys")
-    engine = RolloutService(registry, _Delivery(), keys)
+    engine = RolloutService(registry, RecordedDelivery(), keys)
     enrollment = open_enrollment(root / "hub", keys_dir=root / "keys")
     app = create_app(
         ApiContext(

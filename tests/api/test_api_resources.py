@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,34 +16,12 @@ from cloud_hub.bundles import default_store
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, reports, rollouts
 from cloud_hub.registry.records import TelemetryAggregate
+from cloud_hub.rollout.delivery import RecordedDelivery
 from cloud_hub.rollout.engine import RolloutService
 from shared.bundle import BundleManifest, artifact_info, build_bundle
 from shared.messages import DriftReport, Event, FeatureDrift, Hello, InstalledModel, Status
 
 T0 = 1_800_000_000.0
-
-
-@dataclass
-class RecordingDelivery:
-    """Implements ``cloud_hub.rollout.delivery.RolloutDelivery``; records every call."""
-
-    deployed: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
-    rolled_back: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
-
-    def deploy(
-        self,
-        bundle_id: str,
-        device_ids: Sequence[str],
-        *,
-        deployment_id: str,
-        orders: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        self.deployed.append((bundle_id, tuple(device_ids), deployment_id))
-
-    def rollback(
-        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
-    ) -> None:
-        self.rolled_back.append((tuple(device_ids), deployment_id))
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -265,7 +240,7 @@ def test_rollout_actions_without_engine_are_refused_cleanly(
 def test_rollout_lifecycle_through_the_engine(
     registry: Registry, tokens: dict[str, str], tmp_path: Path
 ) -> None:
-    delivery = RecordingDelivery()
+    delivery = RecordedDelivery()
     now = [T0]
     engine = RolloutService(
         registry, delivery, KeyStore.init(tmp_path / "keys"), clock=lambda: now[0]
@@ -305,7 +280,7 @@ def test_rollout_lifecycle_through_the_engine(
         started = c.post("/api/v1/rollouts/r-api/start", headers=op)
         assert started.status_code == 200 and started.json()["state"] == "canary"
         engine.tick()
-        assert delivery.deployed and len(delivery.deployed[0][1]) == 2
+        assert delivery.deploys and len(delivery.deploys[0].device_ids) == 2
         assert (
             c.post("/api/v1/rollouts/r-api/pause", json={"reason": "lunch"}, headers=op).json()[
                 "state"

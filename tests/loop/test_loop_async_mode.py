@@ -17,11 +17,12 @@ from cloud_hub.loop.config import LoopConfig
 from cloud_hub.loop.pipeline import RetrainPipeline
 from cloud_hub.loop.policy import RetrainPolicy
 from cloud_hub.registry import admin, catalog, devices, open_registry, rollouts
+from cloud_hub.rollout.delivery import RecordedDelivery
 from cloud_hub.rollout.engine import RolloutService
 from shared.data.sensors import generate_sensor_data
 from shared.messages import Hello
 from simulations.demo.fleet import PROBLEM_SEED
-from tests.loop.test_loop_pipeline import CLASS, DEVICES, RecordingDelivery, _seed
+from tests.loop.test_loop_pipeline import CLASS, DEVICES, _seed
 
 
 def _config(root: Path, **changes: Any) -> LoopConfig:
@@ -50,7 +51,7 @@ def test_an_async_class_is_retrained_end_to_end(tmp_path: Path) -> None:
     for i, d in enumerate(DEVICES):
         _seed(tmp_path / "fleet", d, 120, drift=False, start=100 + i)
     xc, yc = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=1)
-    delivery = RecordingDelivery()
+    delivery = RecordedDelivery()
     pipeline = RetrainPipeline(
         registry=registry,
         keys=keys,

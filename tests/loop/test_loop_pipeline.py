@@ -5,7 +5,6 @@ real rollout service (its delivery is the boundary: recorded, not published)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from cloud_hub.loop.controller import RetrainController
 from cloud_hub.loop.pipeline import RetrainPipeline
 from cloud_hub.loop.policy import RetrainPolicy
 from cloud_hub.registry import admin, catalog, devices, open_registry, reports, rollouts
+from cloud_hub.rollout.delivery import RecordedDelivery
 from cloud_hub.rollout.engine import RolloutService
 from edge_agent.samples.store import SampleStore, SampleStoreConfig
 from shared.data.sensors import generate_sensor_data
@@ -27,26 +27,6 @@ from simulations.demo.fleet import DRIFT, PROBLEM_SEED
 
 CLASS = "x86-cpu"
 DEVICES = ["d-0", "d-1", "d-2"]
-
-
-class RecordingDelivery:
-    def __init__(self) -> None:
-        self.deploys: list[tuple[str, list[str]]] = []
-
-    def deploy(
-        self,
-        bundle_id: str,
-        device_ids: Sequence[str],
-        *,
-        deployment_id: str,
-        orders: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        self.deploys.append((bundle_id, list(device_ids)))
-
-    def rollback(
-        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
-    ) -> None:
-        raise AssertionError("no rollback expected")
 
 
 def _seed(root: Path, device: str, n: int, *, drift: bool, start: int) -> None:
@@ -93,7 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         _seed(root / "fleet", d, 120, drift=False, start=100 + i)
     xc, yc = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=1)
     xd, yd = generate_sensor_data(150, seed=PROBLEM_SEED, sample_seed=2, drift=DRIFT)
-    delivery = RecordingDelivery()
+    delivery = RecordedDelivery()
     service = RolloutService(registry, delivery, keys)
     config = LoopConfig(
         work_dir=root / "loop",
@@ -142,6 +122,7 @@ def test_initial_run_is_recorded_and_waits_for_approval(world: Any) -> None:
     for _ in range(3):
         pipeline.rollouts.tick()
     assert delivery.deploys and delivery.deploys[0][0] == out.bundle_id
+    assert not delivery.rollbacks
     _installed(registry, 1, out.bundle_id or "")
 
 

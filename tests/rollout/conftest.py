@@ -3,15 +3,15 @@ a clock the test moves, and a delivery that records what the engine published.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import pytest
 
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, reports
 from cloud_hub.registry.records import TelemetryAggregate
+from cloud_hub.rollout.delivery import RecordedDelivery
 from shared.messages import Event, Hello, InstalledModel, Status, new_id
 
 MODEL = "sensor-mlp"
@@ -35,51 +35,16 @@ class FakeClock:
         self.now += seconds
 
 
-@dataclass
-class RecordingDelivery:
-    """Implements ``RolloutDelivery``; remembers every call (device side is simulated by the
-    test writing reports into the registry)."""
-
-    deploys: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
-    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> order sent
-    rollbacks: list[tuple[dict[str, Any], tuple[str, ...], str]] = field(default_factory=list)
-    fail: bool = False
-
-    def deploy(
-        self,
-        bundle_id: str,
-        device_ids: Sequence[str],
-        *,
-        deployment_id: str,
-        orders: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        from cloud_hub.errors import DeliveryError
-
-        if self.fail:
-            raise DeliveryError("broker down")
-        self.deploys.append((bundle_id, tuple(device_ids), deployment_id))
-        self.orders.update({d: dict(o) for d, o in (orders or {}).items()})
-
-    def rollback(
-        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
-    ) -> None:
-        self.rollbacks.append((dict(order), tuple(device_ids), deployment_id))
-
-    def deployed_to(self) -> list[str]:
-        return [d for _b, ids, _dep in self.deploys for d in ids]
-
-    def rolled_back_to(self) -> list[str]:
-        return [d for _o, ids, _dep in self.rollbacks for d in ids]
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
 
 @pytest.fixture
-def delivery() -> RecordingDelivery:
-    return RecordingDelivery()
+def delivery() -> RecordedDelivery:
+    """Records every call; the device side is simulated by the test writing reports into
+    the registry."""
+    return RecordedDelivery()
 
 
 class FleetSim:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloud_hub.errors import RolloutError
+from cloud_hub.errors import DeliveryError, RolloutError
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry
 from cloud_hub.rollout.config import (
@@ -296,11 +296,12 @@ def test_create_validates_bundle(sim, fleet, registry) -> None:  # type: ignore[
 def test_restart_resumes_open_intents(sim, fleet, registry, clock, delivery, keystore) -> None:  # type: ignore[no-untyped-def]
     service, _ = fleet
     rid = service.start(service.create(_config()).rollout_id).rollout_id
-    delivery.fail = True  # the hub "dies" between writing the intent and publishing
+    # the hub "dies" between writing the intent and publishing
+    delivery.refusal = DeliveryError("broker down")
     service.tick()
     st = service.status(rid)
     assert st.targets.get("deploying") == 2 and delivery.deploys == []
-    delivery.fail = False
+    delivery.refusal = None
     restarted = RolloutService(registry, delivery, keystore, clock=clock)
     restarted.sim = sim  # type: ignore[attr-defined]
     restarted.tick()
@@ -318,9 +319,9 @@ def test_superseded_offer_is_not_a_failure(sim, fleet, registry, clock, delivery
     commits counts as a success."""
     service, _ = fleet
     rid = service.start(service.create(_config()).rollout_id).rollout_id
-    delivery.fail = True
+    delivery.refusal = DeliveryError("broker down")
     service.tick()  # intent recorded, publish failed: re-offered next tick with a new id
-    delivery.fail = False
+    delivery.refusal = None
     service.tick()
     first = service.status(rid).stages[0].devices
     sim.event(registry, first, EventKind.FAILED, f"{rid}.dold", ts=clock.now)

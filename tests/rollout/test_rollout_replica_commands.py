@@ -4,10 +4,8 @@ bytes each device was sent included — reads the same from both processes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,36 +15,12 @@ from cloud_hub.api.server import HubServer
 from cloud_hub.config import HubConfig
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import admin, catalog, devices, open_registry
-from cloud_hub.rollout.delivery import Shipment
+from cloud_hub.rollout.delivery import RecordedDelivery, Shipment
 from cloud_hub.rollout.engine import RolloutService
 from shared.messages import Hello
 
 T0 = 1_800_000_000.0
 DEVICES = [f"dev-{i}" for i in range(4)]
-
-
-@dataclass
-class SizedDelivery:
-    """A ``RolloutDelivery`` that sends nothing and reports a delta of 100 bytes per device
-    where the full bundle is 1000 (the engine persists what a delivery reports)."""
-
-    deployed: list[tuple[str, ...]] = field(default_factory=list)
-
-    def deploy(
-        self,
-        bundle_id: str,
-        device_ids: Sequence[str],
-        *,
-        deployment_id: str,
-        orders: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> Shipment:
-        self.deployed.append(tuple(device_ids))
-        return Shipment(dict.fromkeys(device_ids, 100), full_size=1000)
-
-    def rollback(
-        self, order: Mapping[str, Any], device_ids: Sequence[str], *, deployment_id: str
-    ) -> None:
-        raise AssertionError("no rollback in this test")
 
 
 @pytest.fixture
@@ -101,10 +75,14 @@ def test_a_replica_without_engine_runs_rollout_commands(replica: HubServer, tmp_
             assert started.status_code == 200 and started.json()["state"] == "canary"
             assert "delivery" not in c.get("/api/v1/rollouts/r-1", headers=op).json()
 
-            delivery = SizedDelivery()
+            # sends nothing; reports a delta of 100 bytes per device where the full bundle is
+            # 1000 (the engine persists what a delivery reports)
+            delivery = RecordedDelivery(
+                shipment=lambda call: Shipment(dict.fromkeys(call.device_ids, 100), 1000)
+            )
             engine = RolloutService(engine_registry, delivery, KeyStore.init(tmp_path / "keys"))
             engine.tick()
-            assert [set(d) for d in delivery.deployed] == [set(DEVICES)]
+            assert [set(call.device_ids) for call in delivery.deploys] == [set(DEVICES)]
 
             on_replica = c.get("/api/v1/rollouts/r-1", headers=op).json()
             assert on_replica["delivery"] == {

@@ -265,8 +265,9 @@ def test_devices_on_another_model_get_a_bound_switch_order_with_the_offer(  # ty
     service.start(service.create(_config()).rollout_id)
     service.tick()
     assert sorted(delivery.deployed_to()) == ["dev-a", "dev-x"]
-    assert list(delivery.orders) == ["dev-x"]
-    signed = delivery.orders["dev-x"]["signed"]
+    orders = delivery.orders_sent()
+    assert list(orders) == ["dev-x"]
+    signed = orders["dev-x"]["signed"]
     assert signed["model_name"] == MODEL and signed["to_bundle_id"] == "b-v3"
     assert signed["to_version"] == 3 and signed["to_sha256"] == SHA[3]
     assert signed["device_ids"] == ["dev-x"] and signed["from_bundle_id"] == "b-legacy"
