@@ -12,9 +12,12 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["build_parser", "run_cli"]
+from shared.files import atomic_write
+
+__all__ = ["build_parser", "document_command", "run_cli"]
 
 
 def build_parser(prog: str, modules: Sequence[str]) -> argparse.ArgumentParser:
@@ -42,3 +45,30 @@ def run_cli(
     except domain_errors as exc:  # the CLI boundary: one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def document_command(
+    name: str, *, help: str, default_output: Path, render: Callable[[], str]
+) -> Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]:
+    """A command module's ``register``: adds the command ``name``, which writes the document
+    ``render()`` makes to ``-o FILE`` (default ``default_output``; ``-``: standard output),
+    atomically."""
+
+    def write(args: argparse.Namespace) -> int:
+        text = render()
+        if str(args.output) == "-":
+            sys.stdout.write(text)
+            return 0
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.output, text.encode("utf-8"), mode=0o644)
+        print(f"wrote {args.output}")
+        return 0
+
+    def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        parser = subparsers.add_parser(name, help=help)
+        parser.add_argument(
+            "-o", "--output", type=Path, default=default_output, help=f"default {default_output}; -"
+        )
+        parser.set_defaults(func=write)
+
+    return register

@@ -9,22 +9,15 @@ must cover every key (``shared.config_reference`` refuses a gap). The committed
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from cloud_hub.commands.options import HUB_OPTIONS
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubConfigError
 from cloud_hub.ingest.config import IngestConfig
-from shared.config_reference import (
-    ReferenceRow,
-    ReferenceSection,
-    render_reference,
-    rows_of,
-)
+from shared.cli import document_command
+from shared.config_reference import ReferenceRow, ReferenceSection, render_reference, rows_of
 from shared.errors import ConfigError
-from shared.files import atomic_write
 
 __all__ = ["DEFAULT_OUTPUT", "hub_reference", "register"]
 
@@ -110,22 +103,9 @@ def hub_reference() -> str:
     )
 
 
-def _write(args: argparse.Namespace) -> int:
-    text = hub_reference()
-    if str(args.output) == "-":
-        sys.stdout.write(text)
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.output, text.encode("utf-8"), mode=0o644)
-    print(f"wrote {args.output}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "config-reference", help="write the reference of the hub's config keys, flags, variables"
-    )
-    p.add_argument(
-        "-o", "--output", type=Path, default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}; -"
-    )
-    p.set_defaults(func=_write)
+register = document_command(
+    "config-reference",
+    help="write the reference of the hub's config keys, flags, variables",
+    default_output=DEFAULT_OUTPUT,
+    render=hub_reference,
+)

@@ -8,8 +8,6 @@ test keeps them equal.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from edge_agent.config import (
@@ -21,9 +19,9 @@ from edge_agent.config import (
     TrainingSettings,
 )
 from edge_agent.errors import AgentConfigError
+from shared.cli import document_command
 from shared.config_reference import ReferenceRow, ReferenceSection, render_reference, rows_of
 from shared.errors import ConfigError
-from shared.files import atomic_write
 
 __all__ = ["DEFAULT_OUTPUT", "agent_reference", "register"]
 
@@ -134,20 +132,9 @@ def agent_reference() -> str:
     return render_reference("Agent configuration (`config.toml`)", _PREAMBLE, sections)
 
 
-def _write(args: argparse.Namespace) -> int:
-    text = agent_reference()
-    if str(args.output) == "-":
-        sys.stdout.write(text)
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.output, text.encode("utf-8"), mode=0o644)
-    print(f"wrote {args.output}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("config-reference", help="write the reference of config.toml")
-    p.add_argument(
-        "-o", "--output", type=Path, default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}; -"
-    )
-    p.set_defaults(func=_write)
+register = document_command(
+    "config-reference",
+    help="write the reference of config.toml",
+    default_output=DEFAULT_OUTPUT,
+    render=agent_reference,
+)

@@ -3,6 +3,7 @@ generated; every key it lists is one the loaders accept."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,3 +115,25 @@ def test_an_undocumented_setting_fails_the_reference() -> None:
         rows_of(Settings, {"documented": "is documented"})
     with pytest.raises(ConfigError, match=r"absent \['gone'\]"):
         rows_of(Settings, {"documented": "a", "forgotten": "b", "gone": "c"})
+
+
+@pytest.mark.parametrize(
+    ("program", "committed"),
+    [
+        ("cloud_hub.cli", "docs/configuration-hub.md"),
+        ("edge_agent.cli", "docs/configuration-agent.md"),
+    ],
+)
+def test_the_command_writes_the_reference(
+    program: str, committed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``config-reference -o FILE`` writes the document (creating its folder); ``-o -``
+    prints it."""
+    main = importlib.import_module(program).main
+    out = tmp_path / "docs" / "reference.md"
+    assert main(["config-reference", "-o", str(out)]) == 0
+    expected = (ROOT / committed).read_text("utf-8")
+    assert out.read_text("utf-8") == expected
+    capsys.readouterr()
+    assert main(["config-reference", "-o", "-"]) == 0
+    assert capsys.readouterr().out == expected
