@@ -7,10 +7,14 @@ count, interleaved rounds:
 * inproc   - ``ModelServer.predict`` with validation, softmax, ids, latency stats and the
              observers (drift + sample store) running - what an in-process caller gets
 * http     - ``POST /predict`` to a real agent process (``python -m edge_agent.serving``:
-             serving + telemetry + drift + sample store) over keep-alive loopback HTTP, with
-             the tensor as base64 in JSON (nested JSON lists are measured too, for contrast)
+             serving + telemetry + drift + sample store) over keep-alive loopback HTTP, the
+             tensor raw (``X-Shape``), sent by the product's client (``LocalApiClient``);
+             ``http.client``, JSON+base64 and nested JSON lists are measured too, for contrast
 
-Also: the agent process's idle RSS, drift false-alarm rate over >= 500 stationary windows,
+Ratios are of MEDIAN latencies, every method timed request by request in rotating order.
+Idle RSS is that of the shipped device process, ``edge-agent run --serve`` with MQTT, OTA
+(the model arrives as a signed bundle) and reporting up; drift false-alarm rate over >= 500
+stationary windows,
 windows until an injected shift is flagged, drift cost per sample, and - where onnxruntime
 has CUDA - the GPU backend's speedup over CPU. The last line is one JSON object.
 """
@@ -36,12 +40,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._agent_device import DeviceProcess  # noqa: E402
 from edge_agent.drift import DriftConfig, DriftDetector  # noqa: E402
 from edge_agent.runtime import ModelArtifacts, RuntimeConfig, RuntimeProfile  # noqa: E402
 from edge_agent.samples import SampleStoreConfig  # noqa: E402
 from edge_agent.serving import ObserverConfig  # noqa: E402
+from edge_agent.serving.client import LocalApiClient, LocalApiClientConfig  # noqa: E402
 from edge_agent.serving.stack import InferenceStack, InferenceStackConfig  # noqa: E402
 from shared.data import SensorDriftSpec, generate_sensor_data  # noqa: E402
+from shared.device_facts import detect_device_facts  # noqa: E402
 from shared.drift_reference import ReferenceStats  # noqa: E402
 
 INPUT_SHAPE = (3, 96, 96)
@@ -189,23 +196,20 @@ def bench_transport(tmp: Path, ref: Path, x: np.ndarray, threads: int, n: int) -
     opts.intra_op_num_threads = threads
     bare = ort.InferenceSession(str(tiny), opts, providers=["CPUExecutionProvider"])
     proc, url = start_agent(tiny, ref, tmp / "agent-tiny", threads)
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    headers = {"Content-Type": "application/octet-stream", "X-Shape": "1,3,96,96"}
+    client = LocalApiClient(LocalApiClientConfig(url=url))
 
     def call() -> None:
-        conn.request("POST", "/predict", body=x.tobytes(), headers=headers)
-        conn.getresponse().read()
+        client.predict(x)
 
     timed(call, 10)
     http_ms, bare_ms = [], []
     for _ in range(n):
         http_ms += timed(call, 1)
         bare_ms += timed(lambda: bare.run(None, {"input": x}), 1)
-    conn.close()
+    client.close()
     proc.terminate()
     proc.wait(10)
-    return float(np.percentile(http_ms, 25) - np.percentile(bare_ms, 25))
+    return float(statistics.median(http_ms) - statistics.median(bare_ms))
 
 
 def bench_gpu(model_path: Path, x: np.ndarray, tmp: Path, cpu_ms: float) -> dict[str, Any]:
@@ -292,6 +296,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="< 60 s")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    ap.add_argument("--broker-port", type=int, default=1883, help="Mosquitto on 127.0.0.1")
     args = ap.parse_args()
     rounds, per_round = (4, 25) if args.quick else (8, 60)
 
@@ -332,10 +337,9 @@ def main() -> int:
         stack.server.predict(x)
 
     proc, url = start_agent(model_path, ref_path, tmp / "agent", args.threads)
-    time.sleep(1.0)
-    startup_rss = rss_mb(proc.pid)
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    client = LocalApiClient(LocalApiClientConfig(url=url))
     list_body = json.dumps({"inputs": x.tolist()}).encode()
 
     def post(body: bytes, headers: dict[str, str]) -> None:
@@ -352,9 +356,6 @@ def main() -> int:
     }
     json_headers = {"Content-Type": "application/json"}
 
-    def run_http() -> None:  # the raw-tensor fast path
-        post(x.tobytes(), binary_headers)
-
     def run_http_b64() -> None:  # JSON with base64, encoded per request as a client would
         body = json.dumps(
             {"inputs_b64": base64.b64encode(x.tobytes()).decode(), "shape": list(x.shape)}
@@ -364,7 +365,8 @@ def main() -> int:
     methods = {
         "bare": run_bare,
         "inproc": run_inproc,
-        "http": run_http,
+        "http": lambda: client.predict(x),  # the raw-tensor path, the product's client
+        "http_stdlib_client": lambda: post(x.tobytes(), binary_headers),
         "http_b64": run_http_b64,
         "http_lists": lambda: post(list_body, json_headers),
     }
@@ -373,57 +375,67 @@ def main() -> int:
     samples: dict[str, list[float]] = {k: [] for k in methods}
     # interleaved request by request, in rotating order, so that load from other processes
     # and cache effects of the previous request hit all methods alike
-    order = ("bare", "inproc", "http")
+    order = ("bare", "inproc", "http", "http_stdlib_client")
     for i in range(rounds * per_round):
-        for name in order[i % 3 :] + order[: i % 3]:
+        k = i % len(order)
+        for name in order[k:] + order[:k]:
             samples[name] += timed(methods[name], 1)
         if i % 4 == 0:
             for name in ("http_b64", "http_lists"):
                 samples[name] += timed(methods[name], 1)
-    # The machine is shared: other processes' bursts inflate some samples of every method.
-    # Ratios use each method's 25th-percentile latency (its cost when it gets the CPU);
-    # median-based ratios are reported next to them.
+    median = {k: statistics.median(v) for k, v in samples.items()}
     p25 = {k: float(np.percentile(v, 25)) for k, v in samples.items()}
     # paired: request i of each method ran back to back, under the same momentary load
     paired = {
         k: float(np.median(np.asarray(samples[k]) / np.asarray(samples["bare"])))
         for k in ("inproc", "http")
     }
-    median = {k: statistics.median(v) for k, v in samples.items()}
-    time.sleep(2.5)  # idle again (a telemetry tick has passed): what it holds between requests
-    idle_rss = rss_mb(proc.pid)
+    time.sleep(2.5)  # idle again (a telemetry tick has passed)
+    serving_only_rss = rss_mb(proc.pid)
+    client.close()
     conn.close()
     proc.terminate()
     proc.wait(10)
     stack.stop()
 
-    gpu = bench_gpu(model_path, x, tmp, p25["bare"])
+    with DeviceProcess(
+        tmp / "device", model_path, ref_path, broker_port=args.broker_port
+    ) as device:
+        assert device.proc is not None
+        with LocalApiClient(LocalApiClientConfig(url=device.api_url)) as device_client:
+            for _ in range(50):  # it has served: arenas grown, observers fed
+                device_client.predict(x)
+        time.sleep(3.0)  # idle: reporters ticked, MQTT and OTA up
+        idle_rss = rss_mb(device.proc.pid)
+
+    gpu = bench_gpu(model_path, x, tmp, median["bare"])
 
     transport_ms = bench_transport(tmp, ref_path, x, args.threads, 100 if args.quick else 300)
     drift = bench_drift(args.quick)
+    facts = detect_device_facts()
     result = {
-        "http_overhead_ratio": p25["http"] / p25["bare"],
-        "inproc_overhead_ratio": p25["inproc"] / p25["bare"],
+        "http_overhead_ratio": median["http"] / median["bare"],
+        "inproc_overhead_ratio": median["inproc"] / median["bare"],
         "idle_rss_mb": idle_rss,
+        "idle_rss_process": "edge-agent run --serve (MQTT, OTA, reporting up; model via OTA)",
         "drift_false_alarm_rate": drift["drift_false_alarm_rate"],
         "drift_detected_within_windows": drift["drift_detected_within_windows"],
-        "bare_ms": p25["bare"],
-        "inproc_ms": p25["inproc"],
-        "http_ms": p25["http"],
-        "http_added_ms_per_request": p25["http"] - p25["bare"],
-        "inproc_added_ms_per_request": p25["inproc"] - p25["bare"],
+        "latency_statistic": "median",
+        "bare_ms": median["bare"],
+        "inproc_ms": median["inproc"],
+        "http_ms": median["http"],
+        "http_added_ms_per_request": median["http"] - median["bare"],
+        "inproc_added_ms_per_request": median["inproc"] - median["bare"],
         "http_transport_added_ms": transport_ms,
-        "http_json_b64_overhead_ratio": p25["http_b64"] / p25["bare"],
-        "http_json_lists_overhead_ratio": p25["http_lists"] / p25["bare"],
+        "http_stdlib_client_overhead_ratio": median["http_stdlib_client"] / median["bare"],
+        "http_json_b64_overhead_ratio": median["http_b64"] / median["bare"],
+        "http_json_lists_overhead_ratio": median["http_lists"] / median["bare"],
         "http_overhead_ratio_paired": paired["http"],
         "inproc_overhead_ratio_paired": paired["inproc"],
-        "http_overhead_ratio_median": median["http"] / median["bare"],
-        "inproc_overhead_ratio_median": median["inproc"] / median["bare"],
-        "bare_ms_median": median["bare"],
-        "latency_statistic": "p25",
+        "http_overhead_ratio_p25": p25["http"] / p25["bare"],
+        "serving_only_idle_rss_mb": serving_only_rss,
         "load_average_1m": os.getloadavg()[0],
-        "cpu_count": os.cpu_count(),
-        "startup_rss_mb": startup_rss,
+        "cpu": {"model": facts.cpu_model, "flags": facts.isa_flags, "cores": os.cpu_count()},
         "drift_cost_us_per_sample": drift["drift_cost_us_per_sample"],
         "drift_cost_us_per_image_sample": drift["drift_cost_us_per_image_sample"],
         "drift_windows_measured": drift["drift_windows_measured"],
@@ -433,12 +445,15 @@ def main() -> int:
         **gpu,
     }
     print(
-        f"bare {p25['bare']:.2f} ms | in-process {p25['inproc']:.2f} ms "
-        f"(x{result['inproc_overhead_ratio']:.3f}) | HTTP {p25['http']:.2f} ms "
-        f"(x{result['http_overhead_ratio']:.3f}) | HTTP JSON+base64 {p25['http_b64']:.2f} ms | "
-        f"HTTP JSON lists {p25['http_lists']:.2f} ms"
+        f"median: bare {median['bare']:.2f} ms | in-process {median['inproc']:.2f} ms "
+        f"(x{result['inproc_overhead_ratio']:.3f}) | HTTP {median['http']:.2f} ms "
+        f"(x{result['http_overhead_ratio']:.3f}) | HTTP via http.client "
+        f"{median['http_stdlib_client']:.2f} ms | HTTP JSON+base64 {median['http_b64']:.2f} ms"
+        f" | HTTP JSON lists {median['http_lists']:.2f} ms"
     )
-    print(f"agent RSS: startup {startup_rss:.1f} MB, idle after load {idle_rss:.1f} MB")
+    print(
+        f"idle RSS: edge-agent run --serve {idle_rss:.1f} MB, serving alone {serving_only_rss:.1f}"
+    )
     print(
         f"drift: {drift['drift_windows_measured']} windows, false alarms "
         f"{drift['drift_false_alarm_rate']:.4f}, shift flagged in window "

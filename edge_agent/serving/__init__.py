@@ -1,5 +1,7 @@
-"""Serving: the hot-swappable model server, post-prediction observers, the local HTTP API."""
+"""Serving: the hot-swappable model server, post-prediction observers, the local HTTP API
+and its keep-alive client."""
 
+from edge_agent.serving.client import LocalApiClient, LocalApiClientConfig, LocalApiError
 from edge_agent.serving.http_api import HttpApiConfig, LocalApi
 from edge_agent.serving.observers import (
     ObserverConfig,
@@ -20,6 +22,9 @@ __all__ = [
     "HttpApiConfig",
     "InputSpec",
     "LocalApi",
+    "LocalApiClient",
+    "LocalApiClientConfig",
+    "LocalApiError",
     "ModelServer",
     "ObserverConfig",
     "ObserverStats",
