@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.errors import HubError
+from simulations.harness.polling import eventually
 
-__all__ = ["DemoHub", "eventually"]
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something true; ``HubError`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise HubError(f"demo: {what} not reached within {timeout:.0f}s")
-        time.sleep(0.3)
+__all__ = ["DemoHub"]
 
 
 class DemoHub:

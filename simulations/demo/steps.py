@@ -19,8 +19,9 @@ import numpy as np
 from cloud_hub.errors import HubError
 from simulations.demo.config import CLASS, MODEL, DemoConfig, DemoResult
 from simulations.demo.fleet import DRIFT, PROBLEM_SEED, DemoFleet
-from simulations.demo.hub import DemoHub, eventually
+from simulations.demo.hub import DemoHub
 from simulations.demo.summary import demo_summary, phase_accuracy, write_run
+from simulations.harness.polling import eventually
 
 __all__ = [
     "DemoRun",

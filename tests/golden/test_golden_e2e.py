@@ -25,6 +25,7 @@ from shared.device_facts import detect_device_facts, target_of
 from shared.golden import GOLDEN_CHECK, GoldenBatch
 from shared.messages import EventKind, new_id
 from simulations.harness.agents import LocalAgentFleet
+from simulations.harness.polling import eventually
 from tests.golden.golden_support import TARGETS, build_artifacts
 from tests.rollout.rollout_support import (
     AGENT_TABLES,
@@ -34,7 +35,6 @@ from tests.rollout.rollout_support import (
     HubProcess,
     World,
     build_model_bundle,
-    eventually,
 )
 
 pytestmark = pytest.mark.integration

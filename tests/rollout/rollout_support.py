@@ -3,8 +3,7 @@ agents (``edge-agent run``), real Mosquitto; bundles built with the hub's key st
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from cloud_hub.registry.tables import EventRow
 from shared.messages import Telemetry, new_id
 from shared.topics import TopicScheme
 from simulations.harness.agents import LocalAgentFleet
+from simulations.harness.polling import eventually
 from tests.onnx_models import tiny_onnx_model
 
 MODEL = "sensor-mlp"
@@ -167,17 +167,6 @@ AGENT_TABLES: dict[str, dict[str, Any]] = {
     "limits": {"fsync_chunks": False},
     "labels": {"site": "plant-3"},
 }
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str, diag: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout:.0f} s\n{diag()}")
-        time.sleep(0.25)
 
 
 @dataclass

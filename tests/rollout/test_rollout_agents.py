@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from .rollout_support import World, eventually, running_world
+from simulations.harness.polling import eventually
+
+from .rollout_support import World, running_world
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .rollout_support import eventually, running_world
+from simulations.harness.polling import eventually
+
+from .rollout_support import running_world
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -25,9 +25,10 @@ import pytest
 from cloud_hub.errors import HubError
 from shared.bundle import BundleManifest, artifact_info, build_bundle
 from shared.signing import format_time
+from simulations.harness.polling import eventually
 from tests.onnx_models import linear_onnx
 
-from .rollout_support import World, eventually, running_world
+from .rollout_support import World, running_world
 
 pytestmark = pytest.mark.integration  # about 20 s for the module (one fleet)
 

@@ -22,8 +22,9 @@ from cloud_hub.bundles import default_store
 from cloud_hub.registry import devices
 from cloud_hub.registry.tables import EventRow
 from shared.messages import EventKind
+from simulations.harness.polling import eventually
 
-from .rollout_support import World, eventually, running_world
+from .rollout_support import World, running_world
 
 pytestmark = pytest.mark.integration
 
