@@ -3,7 +3,8 @@
 - :mod:`.mosquitto` — :class:`~.mosquitto.LocalMosquitto`, a private broker for tests,
   demos and benchmarks;
 - :mod:`.embedded_broker` — the demo's broker: Mosquitto, or amqtt in its own venv;
-- :mod:`.agents` — :class:`~.agents.LocalAgentFleet`, real ``edge-agent run`` processes.
+- :mod:`.agents` — :class:`~.agents.LocalAgentFleet`, real ``edge-agent run`` processes;
+- :mod:`.polling` — :func:`~.polling.eventually`, waiting for what the fleet reaches.
 
 Nothing is imported here, so importing one helper does not start the others' imports.
 """
