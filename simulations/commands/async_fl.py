@@ -15,25 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.errors import HubConfigError
+from simulations.commands._scenario import SIMULATIONS_ROOT, resolve_scenario
 
 __all__ = ["register", "run_simulate_async"]
 
-_SCENARIOS = Path(__file__).resolve().parents[1] / "async_fl" / "scenarios"
+_SCENARIOS = SIMULATIONS_ROOT / "async_fl" / "scenarios"
 _TRACE_FLAGS = ("devices", "online_fraction", "mean_online_s", "speed_sigma", "seed")
 _CLOCK_FLAGS = ("updates", "cohort", "buffer_size", "concurrency", "max_staleness", "work_s")
-
-
-def _resolve(scenario: str) -> Path:
-    path = Path(scenario)
-    if path.is_file():
-        return path
-    named = _SCENARIOS / f"{scenario.removesuffix('.toml')}.toml"
-    if named.is_file():
-        return named
-    raise HubConfigError(
-        f"no scenario {scenario!r} (a TOML path or a name in simulations/async_fl/scenarios)"
-    )
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
@@ -44,7 +32,7 @@ def run_simulate_async(args: argparse.Namespace) -> int:
     from simulations.async_fl.compare import compare_modes, write_outputs
     from simulations.async_fl.scenario import load_availability_scenario
 
-    scenario = load_availability_scenario(_resolve(args.scenario))
+    scenario = load_availability_scenario(resolve_scenario(args.scenario, _SCENARIOS))
     scenario = scenario.with_changes(_given(args, _TRACE_FLAGS), _given(args, _CLOCK_FLAGS))
     target = args.target if args.target is not None else scenario.target_accuracy
     out = args.out or Path("results") / f"async-fl-{time.strftime('%Y%m%d-%H%M%S')}"

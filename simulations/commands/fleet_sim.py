@@ -20,29 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.errors import HubConfigError
+from simulations.commands._scenario import SIMULATIONS_ROOT, resolve_scenario
 
 __all__ = ["register", "run_fleet_sim"]
 
-_SCENARIOS = Path(__file__).resolve().parents[1] / "fleet" / "scenarios"
-
-
-def _resolve(scenario: str) -> Path:
-    path = Path(scenario)
-    if path.is_file():
-        return path
-    named = _SCENARIOS / f"{scenario.removesuffix('.toml')}.toml"
-    if named.is_file():
-        return named
-    raise HubConfigError(
-        f"no scenario {scenario!r} (a TOML path or a name in simulations/fleet/scenarios)"
-    )
+_SCENARIOS = SIMULATIONS_ROOT / "fleet" / "scenarios"
 
 
 def run_fleet_sim(args: argparse.Namespace) -> int:
     from simulations import fleet  # the simulation pulls in the hub and agents: only when run
 
     try:
-        scenario = fleet.load_scenario(_resolve(args.scenario))
+        scenario = fleet.load_scenario(resolve_scenario(args.scenario, _SCENARIOS))
     except fleet.ScenarioError as exc:
         raise HubConfigError(str(exc)) from exc
     if args.agents is not None:
