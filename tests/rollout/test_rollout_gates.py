@@ -284,3 +284,74 @@ def test_values_at_their_threshold_pass() -> None:
         ],
         succeeded=2,
     )
+
+
+def _result(verdict: str, reason: str, **counts: object) -> dict[str, object]:
+    body: dict[str, object] = {"verdict": verdict, "reason": reason, "checks": []}
+    body.update(succeeded=0, failed=0, timed_out=0, pending=0, golden_batch_refusals=0)
+    body.update(counts)
+    return body
+
+
+def test_abort_rule_counts_timeouts_and_names_golden_batch_refusals() -> None:
+    assert _eval([]).to_dict() == _result("pass", "stage has no devices")
+    reports = [
+        _good(0),
+        _good(1),
+        _good(2, install=FAIL, golden_refused=True),
+        _good(3, install=FAIL),
+        # online, with a stale offline mark: its timeout runs from the stage start
+        _good(4, install=PENDING, finished_at=None, online=True, offline_since=150.0),
+    ]
+    assert _eval(reports).to_dict() == _result(
+        "fail",
+        "abort rule: 3 of 5 finished devices failed (60% > 50%)"
+        " (1 refused by the device's golden-batch check)",
+        succeeded=2,
+        failed=2,
+        timed_out=1,
+        golden_batch_refusals=1,
+    )
+
+
+def test_unreachable_install_ratio_reports_its_check() -> None:
+    reports = [
+        _good(0),
+        _good(1),
+        _good(2, install=FAIL),
+        _good(3, install=PENDING, finished_at=None),
+    ]
+    result = _eval(reports, now=120.0, abort=AbortRule(failure_percent=50, min_finished=100))
+    assert result.to_dict() == {
+        **_result(
+            "fail",
+            "gate failed: install_success 0.75 at best violates >= 0.9 (1 failed, 0 timed out)",
+            succeeded=2,
+            failed=1,
+            pending=1,
+        ),
+        "checks": [_check_dict("install_success", 0.5, 0.9, ">=", False, "")],
+    }
+
+
+def test_window_and_breach_reasons() -> None:
+    unfinished = [_good(i, finished_at=None) for i in range(2)]  # window from the stage start
+    assert _eval(unfinished, now=110.0).reason == "gate window open for 10 s more"
+    breaching = [_good(i, error_rate=0.2, p95_ms=20.0) for i in range(2)]
+    assert _eval(breaching).reason == (
+        "gate failed: error_rate 0.2 violates <= 0.05; "
+        "p95_ratio 2 violates <= 1.5 (median p95 20.0 ms vs 10.0 ms)"
+    )
+
+
+def test_no_data_and_no_baseline_accuracy_are_named() -> None:
+    reports = [
+        _good(i, p95_ms=None, drift_score=None, feedback_correct=10, feedback_total=10)
+        for i in range(2)
+    ]
+    few_baseline = Baseline(p95_ms=10.0, feedback_correct=5, feedback_total=10)
+    checks = {c.name: c for c in _eval(reports, baseline=few_baseline).checks}
+    assert (checks["p95_ratio"].value, checks["p95_ratio"].detail) == (None, "no data")
+    assert (checks["drift_score"].value, checks["drift_score"].detail) == (None, "no data")
+    assert checks["accuracy_drop"].value is None
+    assert checks["accuracy_drop"].detail == "no baseline accuracy"
