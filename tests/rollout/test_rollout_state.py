@@ -117,3 +117,12 @@ def test_stage_names_and_invalid_inputs() -> None:
         stage_name(-1)
     with pytest.raises(RolloutError):
         apply_action(RolloutPhase(), A.START, n_stages=0)
+
+
+def test_done_keeps_the_last_stage_and_refusals_name_the_input() -> None:
+    last = RolloutPhase(S.WAVE, 3)
+    assert apply_action(last, A.PROMOTE, n_stages=4) == RolloutPhase(S.DONE, 3)
+    with pytest.raises(RolloutError, match=r"^invalid stage index -1$"):
+        stage_name(-1)
+    with pytest.raises(RolloutError, match=r"^a rollout needs at least one stage, got 0$"):
+        apply_action(RolloutPhase(), A.START, n_stages=0)
