@@ -373,12 +373,15 @@ def main() -> int:
     for fn in methods.values():  # warm-up (arena growth, caches, connection)
         timed(fn, 5)
     samples: dict[str, list[float]] = {k: [] for k in methods}
-    # interleaved request by request, in rotating order, so that load from other processes
-    # and cache effects of the previous request hit all methods alike
-    order = ("bare", "inproc", "http", "http_stdlib_client")
+    # interleaved request by request, in a fresh random order each round, so that load from
+    # other processes, cache effects and the in-process stack's observer thread (which runs
+    # after its requests) hit all methods alike: a fixed rotation would always put the same
+    # method after ``inproc``
+    order = ["bare", "inproc", "http", "http_stdlib_client"]
+    shuffler = np.random.default_rng(7)
     for i in range(rounds * per_round):
-        k = i % len(order)
-        for name in order[k:] + order[:k]:
+        shuffler.shuffle(order)
+        for name in order:
             samples[name] += timed(methods[name], 1)
         if i % 4 == 0:
             for name in ("http_b64", "http_lists"):
