@@ -48,6 +48,7 @@ __all__ = [
     "hub_client_id_for",
     "hub_identity_name",
     "new_instance_id",
+    "one_shot_client_id",
     "resolve_instance_id",
 ]
 
@@ -80,6 +81,12 @@ def hub_client_id(identity: str, role: HubRole, instance: str) -> str:
 def new_instance_id() -> str:
     """A fresh random instance id (one-shot connections such as ``cloud-hub publish``)."""
     return secrets.token_hex(6)
+
+
+def one_shot_client_id(role: HubRole) -> str:
+    """A client id for a ``role`` connection made without the hub's data directory: the
+    default hub identity and a fresh instance id."""
+    return hub_client_id(DEFAULT_HUB_USER, role, new_instance_id())
 
 
 def resolve_instance_id(data_dir: str | os.PathLike[str], configured: str = "") -> str:

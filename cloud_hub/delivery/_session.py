@@ -23,11 +23,9 @@ from cloud_hub.broker_client import (
     HubRole,
     connect_client,
     create_client,
-    hub_client_id,
-    new_instance_id,
+    one_shot_client_id,
 )
 from cloud_hub.delivery.config import PublisherConfig
-from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError
 
 __all__ = ["MessageHandler", "MqttSession"]
@@ -59,9 +57,7 @@ class MqttSession:
         self._connect_error = ""
         self._closed = False
         self.reconnects = 0
-        client_id = config.client_id or hub_client_id(
-            DEFAULT_HUB_USER, HubRole.PUBLISH, new_instance_id()
-        )
+        client_id = config.client_id or one_shot_client_id(HubRole.PUBLISH)
         self._client = create_client(
             config.broker,
             client_id=client_id,

@@ -36,11 +36,9 @@ from cloud_hub.broker_client import (
     HubRole,
     connect_client,
     create_client,
-    hub_client_id,
-    new_instance_id,
+    one_shot_client_id,
 )
 from cloud_hub.config import MqttEndpoint
-from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError, HubConfigError, TrainingError
 from cloud_hub.keys import KeyStore
 from shared import toml_text
@@ -105,9 +103,7 @@ class DeploymentTraining:
         self.superlink_host = superlink_host
         self.insecure = insecure
         self.timeout_s = timeout_s
-        self.client_id = client_id or hub_client_id(
-            DEFAULT_HUB_USER, HubRole.TRAINING, new_instance_id()
-        )
+        self.client_id = client_id or one_shot_client_id(HubRole.TRAINING)
         self._abort = threading.Event()
 
     def abort(self) -> None:
