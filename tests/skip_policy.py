@@ -1,4 +1,5 @@
-"""Which skips a test run may contain: only those that depend on hardware this machine lacks.
+"""Which skips a test run may contain: only those that depend on hardware (or kernel
+features) this machine lacks.
 
 A skip for any other reason (a service that is down, a package that is missing, a test that
 depends on another one) hides a claim that was never checked, so the run fails and lists
@@ -16,6 +17,7 @@ ALLOWED_SKIP_PREFIXES: tuple[str, ...] = (
     "no GPU:",  # CUDA / TensorRT paths on a machine without an NVIDIA GPU
     "not a Jetson:",  # jtop / JetPack paths off a Jetson
     "hardware present:",  # "the hardware is absent" paths on a machine that has it
+    "no network namespaces:",  # the multi-host lab where the kernel or user cannot make them
 )
 
 
