@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import AgentConfigError, InferenceInputError, TransportError
+from edge_agent.errors import AgentConfigError, InferenceInputError
 
 __all__ = ["register"]
 
@@ -52,21 +50,13 @@ def _read_body(path: Path) -> dict[str, Any]:
 
 
 def _via_url(url: str, body: dict[str, Any], timeout: float) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(
-        url.rstrip("/") + "/predict",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:  # the agent's JSON error body is the message
+    from edge_agent.serving.client import LocalApiClient, LocalApiClientConfig, LocalApiError
+
+    with LocalApiClient(LocalApiClientConfig(url=url.rstrip("/"), timeout_s=timeout)) as client:
         try:
-            return exc.code, json.load(exc)
-        except ValueError:
-            return exc.code, {"error": {"type": "HTTPError", "message": str(exc)}}
-    except (urllib.error.URLError, OSError) as exc:
-        raise TransportError(f"agent API at {url} unreachable: {exc}") from exc
+            return 200, client.predict_json(body)
+        except LocalApiError as exc:  # the agent's JSON error body is the message
+            return exc.status, exc.to_dict()
 
 
 def _via_model(model: Path, providers: str, body: dict[str, Any]) -> dict[str, Any]:

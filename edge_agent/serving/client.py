@@ -35,7 +35,11 @@ class LocalApiError(AgentError):
 
     def __init__(self, status: int, kind: str, message: str) -> None:
         super().__init__(f"{status} {kind}: {message}")
-        self.status, self.kind = status, kind
+        self.status, self.kind, self.message = status, kind, message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The agent's error body, as it sent it."""
+        return {"error": {"type": self.kind, "message": self.message}}
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class LocalApiClientConfig:
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
             raise AgentConfigError(f"local API url must be http://host[:port], not {self.url!r}")
         if not 0 < self.timeout_s <= 3600:
             raise AgentConfigError("timeout_s must be in (0, 3600]")
@@ -118,7 +122,10 @@ class LocalApiClient:
                 # the agent had closed the idle kept-alive connection: one fresh try
                 self.close()
                 status, payload, keep = self._exchange(wire)
-        except (OSError, TransportError) as exc:
+        except TransportError:
+            self.close()
+            raise
+        except OSError as exc:
             self.close()
             raise TransportError(f"local API at {self.config.url}: {exc}") from exc
         if not keep:
@@ -138,21 +145,28 @@ class LocalApiClient:
 
     def _connect(self) -> Any:
         if self._sock is None:
-            cfg = self.config
-            if cfg.unix_socket is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(cfg.timeout_s)
-                try:
-                    sock.connect(str(cfg.unix_socket))
-                except OSError:
-                    sock.close()
-                    raise
-            else:
-                sock = socket.create_connection(self._address, timeout=cfg.timeout_s)
-                # one write per request; Nagle would hold back nothing useful
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock, self._reader = sock, sock.makefile("rb")
+            try:
+                self._sock = self._open_socket()
+            except OSError as exc:
+                raise TransportError(f"local API at {self.config.url} unreachable: {exc}") from exc
+            self._reader = self._sock.makefile("rb")
         return self._reader
+
+    def _open_socket(self) -> socket.socket:
+        cfg = self.config
+        if cfg.unix_socket is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(cfg.timeout_s)
+            try:
+                sock.connect(str(cfg.unix_socket))
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(self._address, timeout=cfg.timeout_s)
+            # one write per request; Nagle would hold back nothing useful
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _exchange(self, wire: bytes) -> tuple[int, bytes, bool]:
         reader = self._connect()

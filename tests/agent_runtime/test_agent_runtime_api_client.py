@@ -122,7 +122,7 @@ def test_answers_that_are_not_the_agents_are_refused(answer: bytes) -> None:
 
 
 def test_config_refuses_non_http_urls_and_bad_limits() -> None:
-    for bad in ("https://127.0.0.1:1", "127.0.0.1:8787", "http://"):
+    for bad in ("https://127.0.0.1:1", "127.0.0.1:8787", "http://", "http://127.0.0.1:1/api"):
         with pytest.raises(AgentConfigError):
             LocalApiClientConfig(url=bad)
     with pytest.raises(AgentConfigError):
