@@ -33,11 +33,13 @@ from typing import Any
 
 from cloud_hub.errors import HubConfigError, TrainingError
 from shared.files import atomic_write
+from shared.fl.config_keys import RunConfigKey
 
 __all__ = [
     "FAB_DIR",
     "SuperLinkConfig",
     "SuperLinkProcess",
+    "check_run_config",
     "fab_sha256",
     "issue_superlink_tls",
     "wait_for_summary",
@@ -179,6 +181,9 @@ class SuperLinkProcess:
             "PYTHONUNBUFFERED": "1",
         }
 
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def log_tail(self, chars: int = 2000) -> str:
         return self._log.read_text(errors="replace")[-chars:] if self._log.exists() else ""
 
@@ -193,7 +198,10 @@ class SuperLinkProcess:
         """Submit fedfleet's Flower App with ``run_config``; returns Flower's run id.
 
         ``expected_fab_sha256``: the hash the signed training orders name; a FAB that
-        ``flwr run`` built differently (the app folder changed) raises ``TrainingError``."""
+        ``flwr run`` built differently (the app folder changed) raises ``TrainingError``.
+        The training config the run names is checked first: a bad one (e.g. SecAgg+ with
+        2 clients) raises ``HubConfigError`` here instead of failing inside Flower."""
+        check_run_config(run_config)
         home = self.workdir / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
         connection = [f'address = "{self.config.address}"']
@@ -258,11 +266,31 @@ class SuperLinkProcess:
         self.stop()
 
 
-def wait_for_summary(results_dir: Path, timeout_s: float, *, poll_s: float = 0.5) -> dict[str, Any]:
-    """Wait for the deployment ServerApp's ``summary.json``; raise on failure or timeout."""
+def check_run_config(run_config: dict[str, Any]) -> None:
+    """Raise ``HubConfigError`` if the training config a run names would fail in Flower."""
+    if RunConfigKey.CONFIG_PATH not in run_config:
+        return  # not a fedfleet training run (e.g. a refusal test's minimal config)
+    from cloud_hub.fl.superlink_app import DeploymentRunSettings
+
+    DeploymentRunSettings.from_run_config(run_config).training_config()
+
+
+def wait_for_summary(
+    results_dir: Path,
+    timeout_s: float,
+    *,
+    poll_s: float = 0.5,
+    link: SuperLinkProcess | None = None,
+) -> dict[str, Any]:
+    """Wait for the deployment ServerApp's ``summary.json``; raise on failure or timeout.
+
+    The ServerApp writes a failed summary for any error it meets, so a failed run raises
+    as soon as it ends; with ``link``, a SuperLink that exited raises at once too."""
     path = Path(results_dir) / "summary.json"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if link is not None and not link.is_running() and not path.exists():
+            raise TrainingError(f"the SuperLink exited during the run: {link.log_tail(800)}")
         if path.exists():
             summary: dict[str, Any] = json.loads(path.read_text())
             if summary.get("status") != "ok":

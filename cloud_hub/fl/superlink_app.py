@@ -25,6 +25,7 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from cloud_hub.errors import HubConfigError, TrainingError
 from cloud_hub.fl.config import FederatedRunConfig
+from cloud_hub.fl.fast_grid import FastPullGrid
 from cloud_hub.fl.recorder import RunRecorder
 from cloud_hub.fl.server_app import ValidationEvaluator, build_server_app
 from shared.files import atomic_write
 from shared.fl.config_keys import RunConfigKey
 
-__all__ = ["DeploymentRunSettings", "app", "client_run_config"]
+__all__ = ["DeploymentRunSettings", "app", "client_run_config", "json_safe"]
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,21 @@ def client_run_config(config: FederatedRunConfig) -> dict[str, Any]:
     }
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by ``None`` (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _write(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(payload, indent=2, default=str).encode("utf-8"))  # R15
+    text = json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False)
+    atomic_write(path, text.encode("utf-8"))  # R15
 
 
 app = ServerApp()
@@ -108,13 +122,26 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    settings = DeploymentRunSettings.from_run_config(dict(context.run_config))
+    run_id = settings.run_name or f"deploy-{context.run_id}"
+    try:
+        _train(settings, run_id, grid, context)
+    except Exception as exc:
+        # whatever stops the run, the waiter reads it at once instead of sitting out its timeout
+        _write(
+            settings.results_dir / "summary.json",
+            {"status": "failed", "run_id": run_id, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        raise
+
+
+def _train(settings: DeploymentRunSettings, run_id: str, grid: Grid, context: Context) -> None:
     import numpy as np
 
     from cloud_hub.fl.model_store import ModelStore
     from shared.fl.training import get_weights
     from shared.models import build_model
 
-    settings = DeploymentRunSettings.from_run_config(dict(context.run_config))
     config = settings.training_config()
     with np.load(settings.validation_path, allow_pickle=False) as data:
         x_val, y_val = data["x"], data["y"]
@@ -128,15 +155,7 @@ def main(grid: Grid, context: Context) -> None:
     server_app = build_server_app(
         config, initial_weights=initial, evaluator=evaluator, recorder=recorder
     )
-    run_id = settings.run_name or f"deploy-{context.run_id}"
-    try:
-        server_app(grid, context)
-    except TrainingError as exc:
-        _write(
-            settings.results_dir / "summary.json",
-            {"status": "failed", "run_id": run_id, "error": str(exc)},
-        )
-        raise
+    server_app(FastPullGrid(grid), context)
     if recorder.global_weights is None:
         raise TrainingError("the deployment run produced no global model")
     summary: dict[str, Any] = {

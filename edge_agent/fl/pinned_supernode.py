@@ -12,6 +12,11 @@ and the hash the SuperLink claims for it, equal ``--fab-sha256`` (the hash in th
 order). Any other FAB takes Flower's own refusal path: it is neither stored nor run, and the
 SuperLink gets a ``FAB_VERIFICATION_ERROR`` reply for that node, so the run fails loudly.
 
+Speed: Flower 1.41's SuperNode sleeps a fixed 3 s after every empty pull
+(``start_client_internal``), which puts up to 3 s between each SecAgg+ stage on every node.
+This entry point polls again every ``--poll-interval`` seconds (default 0.2) until a message
+arrives, so Flower's 3 s sleep is never reached.
+
 Usage (what :class:`edge_agent.fl.supernode.SuperNodeConfig` builds)::
 
     python -m edge_agent.fl.pinned_supernode --fab-sha256 HEX <flower-supernode arguments>
@@ -24,15 +29,18 @@ import hashlib
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["fab_matches", "main", "pin_fab"]
+__all__ = ["DEFAULT_POLL_INTERVAL_S", "fab_matches", "main", "pin_fab"]
 
 log = logging.getLogger(__name__)
 
 # The name under which the order's hash stands in Flower's trusted-entities slot.
 TRUSTED_ENTITY = "fedfleet-training-order"
+# Seconds between the SuperNode's pulls while it has no message (Flower's own: 3 s).
+DEFAULT_POLL_INTERVAL_S = 0.2
 
 
 def fab_matches(content: bytes, claimed_hash: str, expected_sha256: str) -> bool:
@@ -40,8 +48,9 @@ def fab_matches(content: bytes, claimed_hash: str, expected_sha256: str) -> bool
     return hashlib.sha256(content).hexdigest() == expected_sha256 == claimed_hash
 
 
-def pin_fab(expected_sha256: str) -> None:
-    """Make this process's Flower SuperNode accept only the FAB ``expected_sha256``."""
+def pin_fab(expected_sha256: str, poll_interval_s: float = DEFAULT_POLL_INTERVAL_S) -> None:
+    """Make this process's Flower SuperNode accept only the FAB ``expected_sha256`` and
+    pull every ``poll_interval_s`` seconds while it has nothing to do."""
     from flwr.supercore.fab import Fab
     from flwr.supernode import start_client_internal as supernode
 
@@ -72,7 +81,10 @@ def pin_fab(expected_sha256: str) -> None:
 
         kwargs["get_fab"] = fetch
         kwargs["trusted_entities"] = {TRUSTED_ENTITY: expected_sha256}
-        return original_pull(**kwargs)
+        # poll here at a short interval: Flower sleeps 3 s after each empty pull
+        while (run_id := original_pull(**kwargs)) is None:
+            time.sleep(poll_interval_s)
+        return run_id
 
     # Flower 1.41 looks both names up in its module at call time
     supernode._pull_and_store_message = pull  # type: ignore[assignment]
@@ -82,11 +94,14 @@ def pin_fab(expected_sha256: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m edge_agent.fl.pinned_supernode")
     parser.add_argument("--fab-sha256", required=True)
+    parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL_S)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not re.fullmatch(r"[0-9a-f]{64}", args.fab_sha256):
         parser.error("--fab-sha256 must be 64 lowercase hex digits")
+    if not 0.01 <= args.poll_interval <= 10:
+        parser.error("--poll-interval must be in [0.01, 10] seconds")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    pin_fab(args.fab_sha256)
+    pin_fab(args.fab_sha256, args.poll_interval)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = ["flower-supernode", *rest]
