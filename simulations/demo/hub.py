@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from pathlib import Path
-from typing import Any
 
-from simulations.harness.polling import eventually
+from simulations.harness.api_thread import ServedApp
 
 __all__ = ["DemoHub"]
 
@@ -34,33 +32,17 @@ class DemoHub:
             self.config, mqtt=dataclasses.replace(self.config.mqtt, protocol=protocol)
         )
         self.server = HubServer(self.config)
-        self._uvicorn: Any = None
-        self._thread: threading.Thread | None = None
+        self._api: ServedApp | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        import uvicorn
-
         self.server.start()
-        self._uvicorn = uvicorn.Server(
-            uvicorn.Config(
-                self.server.app,
-                host="127.0.0.1",
-                port=self.port,
-                log_level="warning",
-                access_log=False,
-            )
-        )
-        self._thread = threading.Thread(target=self._uvicorn.run, name="hub-api", daemon=True)
-        self._thread.start()
-        eventually(lambda: self._uvicorn.started, 30, "hub API up")
+        self._api = ServedApp(self.server.app, port=self.port, name="hub-api").start(timeout=30)
 
     def stop(self) -> None:
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._api is not None:
+            self._api.stop()
         self.server.stop()

@@ -7,17 +7,14 @@ another origin aborted; the UI must render the API's title and its operations.
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from cloud_hub.api import ApiContext, create_app
+from simulations.harness.api_thread import ServedApp
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +33,8 @@ def test_docs_page_names_only_local_assets(client: TestClient) -> None:
 
 @pytest.fixture
 def served(context: ApiContext) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(context), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with ServedApp(create_app(context)) as api:
+        yield api.url
 
 
 def test_docs_render_in_chromium_with_the_network_blocked(served: str) -> None:

@@ -8,10 +8,8 @@ Used by ``tests/identity/conftest.py`` (fixtures) and ``tests/security`` (R2, R3
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +19,6 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -31,6 +28,8 @@ from cloud_hub.enrollment import EnrollmentService
 from cloud_hub.enrollment.hubdir import HubTlsFiles
 from edge_agent.service import hub_client
 from edge_agent.service.identity import build_csr, generate_device_key
+from shared.net import free_port, wait_port
+from simulations.harness.api_thread import ServedApp
 
 __all__ = [
     "DeviceCreds",
@@ -43,55 +42,12 @@ __all__ = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
 @contextmanager
 def serving_https(app: FastAPI, tls: HubTlsFiles) -> Iterator[Any]:
     """``app`` over HTTPS on a free loopback port (uvicorn in a thread); yields the server,
     whose ``config.port`` is the port."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=free_port(),
-            ssl_keyfile=str(tls.keyfile),
-            ssl_certfile=str(tls.certfile),
-            log_level="warning",
-            lifespan="off",
-            ws="none",
-            timeout_graceful_shutdown=1,
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(5)
+    with ServedApp(app, certfile=tls.certfile, keyfile=tls.keyfile) as served:
+        yield served.server
 
 
 @contextmanager

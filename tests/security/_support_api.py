@@ -8,15 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from cloud_hub.api import ApiContext, create_app
 from cloud_hub.bundles import default_store
@@ -26,12 +23,7 @@ from cloud_hub.enrollment.router import enrollment_router
 from cloud_hub.enrollment.service import EnrollmentService
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, admin, open_registry
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from simulations.harness.api_thread import ServedApp
 
 
 @dataclass
@@ -70,25 +62,8 @@ def running_api(
     with registry.session() as s:
         for role in admin.ROLES:
             _, tokens[role] = admin.create_token(s, name=f"{role}-bot", role=role, now=time.time())
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-            ws="none",
-            timeout_graceful_shutdown=1,
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
+    served = ServedApp(app, name="hub-api").start()
+    port, server = served.port, served.server
     try:
         yield RunningApi(
             url=f"http://127.0.0.1:{port}",
@@ -100,11 +75,7 @@ def running_api(
             server=server,
         )
     finally:
-        server.should_exit = True
-        thread.join(10)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(5)
+        served.stop()
         if owned:
             registry.close()
 

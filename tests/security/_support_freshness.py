@@ -24,7 +24,6 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -40,9 +39,10 @@ from edge_agent.config import load_config
 from shared.bundle import BundleManifest, artifact_info, build_bundle
 from shared.freshness import ReleasedBundle
 from shared.messages import Event, EventKind, decode_message
-from shared.net import free_port
+from shared.net import free_port, wait_port
 from shared.signing import SigningKey, format_time
 from shared.topics import TopicScheme
+from simulations.harness.api_thread import ServedApp
 from tests.agent_ota.agent_ota_helpers import Offer, make_offer, onnx_model_bytes, utc, wait_for
 
 HUB_USER = "fedfleet-hub"
@@ -60,19 +60,6 @@ class Clock:
 
     def jump(self, seconds: float) -> None:
         self.offset += seconds
-
-
-def _wait_port(port: int, timeout: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 @dataclass
@@ -115,8 +102,8 @@ def running_broker(
     with log.open("wb") as out:
         proc = subprocess.Popen([exe, "-c", str(files.config)], stdout=out, stderr=out)
     try:
-        _wait_port(port)
-        _wait_port(hub_port)
+        wait_port(port)
+        wait_port(hub_port)
         yield TrustBroker(files, device_ca, scheme, port, hub_port, log)
     finally:
         proc.terminate()
@@ -455,24 +442,5 @@ def running_enrollment(
     tls = server_tls_files(data_dir)
     app = FastAPI()
     app.include_router(enrollment_router(service))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            ssl_keyfile=str(tls.keyfile),
-            ssl_certfile=str(tls.certfile),
-            log_level="warning",
-            lifespan="off",
-            ws="none",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_for(lambda: server.started or not thread.is_alive(), 15) and server.started
-    try:
-        yield f"https://127.0.0.1:{port}", service
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with ServedApp(app, certfile=tls.certfile, keyfile=tls.keyfile) as served:
+        yield served.url, service
