@@ -124,3 +124,42 @@ def test_masks_longer_than_the_zero_buffer_continue_the_same_stream() -> None:
     big = secure_pseudo_rand_gen(b"long", 1 << 32, [(300_000,)])[0]
     small = secure_pseudo_rand_gen(b"long", 1 << 32, [(262_144,)])[0]
     np.testing.assert_array_equal(big[:262_144], small)
+
+
+def _sequential_reference(seed: bytes, num_range: int, count: int) -> list[int]:
+    """The specification, one 64-bit word at a time: HKDF-SHA256 key, ChaCha20 keystream,
+    little-endian words, rejection above the largest multiple of the range."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    info = b"fedfleet/secaggplus-mask/v1"
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(seed)
+    stream = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
+    limit = (1 << 64) // num_range * num_range
+    out: list[int] = []
+    while len(out) < count:
+        word = int.from_bytes(stream.update(b"\x00" * 8), "little")
+        if word < limit:
+            out.append(word % num_range)
+    return out
+
+
+def test_heavy_rejection_matches_the_word_by_word_specification() -> None:
+    # 2**64 // r == 4 leaves a fifth of all words rejected: the batched sampler needs several
+    # rounds, and values near 2**62 would lose bits through any float on the way
+    num_range = (1 << 64) // 5 + 1
+    [masks] = secure_pseudo_rand_gen(b"heavy-rejection", num_range, [(3000,)])
+    assert masks.dtype == np.int64
+    assert masks.tolist() == _sequential_reference(b"heavy-rejection", num_range, 3000)
+
+
+def test_argument_refusals_say_why_and_a_single_round_is_active() -> None:
+    with pytest.raises(ValueError, match=r"^the mask seed must be non-empty bytes$"):
+        secure_pseudo_rand_gen(b"", 16, [(1,)])
+    with pytest.raises(ValueError, match=r"^num_range must be in \[1, 2\*\*62\], got 0$"):
+        secure_pseudo_rand_gen(b"k", 0, [(1,)])
+    assert not is_secure_mask_generator_active()
+    with secure_mask_generator():
+        assert is_secure_mask_generator_active()
+    assert not is_secure_mask_generator_active()
