@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -23,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-import pytest
 from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -39,11 +36,12 @@ from edge_agent.config import load_config
 from shared.bundle import BundleManifest, artifact_info, build_bundle
 from shared.freshness import ReleasedBundle
 from shared.messages import Event, EventKind, decode_message
-from shared.net import free_port, wait_port
+from shared.net import free_port
 from shared.signing import SigningKey, format_time
 from shared.topics import TopicScheme
 from simulations.harness.api_thread import ServedApp
 from tests.agent_ota.agent_ota_helpers import Offer, make_offer, onnx_model_bytes, utc, wait_for
+from tests.identity.identity_support import mosquitto_process
 
 HUB_USER = "fedfleet-hub"
 DEVICE_CLASS = "x86-cpu"
@@ -79,9 +77,6 @@ def running_broker(
     tmp: Path, *, device_ca: CertificateAuthority | None = None
 ) -> Iterator[TrustBroker]:
     """``device_ca``: the hub CA that enrolls devices (default: a new one)."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
     scheme = TopicScheme(f"r10-{uuid.uuid4().hex[:8]}")
     device_ca = device_ca or CertificateAuthority.create()
     hub_ca = CertificateAuthority.create(common_name="fedfleet hub client CA")
@@ -99,19 +94,8 @@ def running_broker(
         broker_user=user if user == "root" else None,
     )
     log = tmp / "broker" / "mosquitto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([exe, "-c", str(files.config)], stdout=out, stderr=out)
-    try:
-        wait_port(port)
-        wait_port(hub_port)
+    with mosquitto_process(files.config, log, (port, hub_port)):
         yield TrustBroker(files, device_ca, scheme, port, hub_port, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class MqttPeer:
