@@ -11,101 +11,32 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
 
 from cloud_hub.api.audit_tally import AnonymousAuditTally, AuditInsert, AuditUpdate, RefusalKind
-from cloud_hub.enrollment import EnrollmentConfig, EnrollmentService, SqlEnrollmentRepository
-from cloud_hub.enrollment.hubdir import register_in_fleet
-from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.keys import KeyStore
-from cloud_hub.registry import Registry, admin, devices, open_registry
-from edge_agent.service.identity import build_csr, generate_device_key
-from shared.broker_endpoint import BrokerEndpoint
+from cloud_hub.registry import admin, devices
 from shared.messages import Hello, InstalledModel, Status
-from tests.security._support_api import RunningApi, auth, recording_logs, request, running_api
-from tests.security._support_freshness import HUB_USER, MqttPeer, TrustBroker, running_broker
+from tests.security._support_api import auth, recording_logs, request, running_api
+from tests.security._support_enrolled import (
+    ENROLLED,
+    device_connection,
+    enroll_over_http,
+    enrolled_hub,
+    wait_until,
+)
+from tests.security._support_freshness import MqttPeer, TrustBroker
 
 from ..rollout.rollout_support import HubProcess
 
 pytestmark = pytest.mark.integration
-
-ENROLLED = {"site": "plant-1"}
-
-
-def _wait(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-@contextmanager
-def _hub(tmp: Path) -> Iterator[tuple[TrustBroker, Registry, RunningApi, FleetIngest]]:
-    """mTLS broker, registry, API (uvicorn, enrollment on the broker's device CA), ingest."""
-    with running_broker(tmp) as broker:
-        registry = open_registry(f"sqlite:///{tmp / 'hub.db'}")
-        enrollment = EnrollmentService(
-            ca=broker.device_ca,
-            repository=SqlEnrollmentRepository(registry.engine),
-            config=EnrollmentConfig(topic_prefix=broker.scheme.prefix, hub_user=HUB_USER),
-            on_enrolled=register_in_fleet(registry),
-        )
-        endpoint = BrokerEndpoint.from_url(
-            f"mqtts://127.0.0.1:{broker.hub_port}",
-            ca_file=str(broker.files.ca_cert),
-            cert_file=str(broker.files.hub_cert),
-            key_file=str(broker.files.hub_key),
-        )
-        ingest = FleetIngest(
-            registry,
-            scheme=broker.scheme,
-            mqtt_settings=IngestConnection(
-                endpoint=endpoint, client_id=f"{HUB_USER}:ingest:hyg-{uuid.uuid4().hex[:6]}"
-            ),
-        )
-        ingest.start()
-        try:
-            with running_api(tmp, registry=registry, enrollment=enrollment) as api:
-                yield broker, registry, api, ingest
-        finally:
-            ingest.stop()
-            registry.close()
-
-
-def _enroll(
-    api: RunningApi, tmp: Path, device_id: str, *, again: bool = False
-) -> tuple[Path, Path]:
-    secret, _ = api.enrollment.issue_token(
-        device_class="x86-cpu", labels=ENROLLED, device_id=device_id if again else None
-    )
-    key_pem = generate_device_key()
-    body = {"token": secret, "csr": build_csr(key_pem, device_id).decode(), "device_id": device_id}
-    answer = request(
-        api.port,
-        "POST",
-        "/api/v1/enroll",
-        body=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    assert answer.status == 200, answer.body
-    cert, key = tmp / f"{device_id}.crt", tmp / f"{device_id}.key"
-    cert.write_text(answer.json()["certificate"])
-    key.write_bytes(key_pem)
-    return cert, key
 
 
 def _say_hello(device: MqttPeer, broker: TrustBroker, device_id: str) -> None:
@@ -127,19 +58,11 @@ def _say_hello(device: MqttPeer, broker: TrustBroker, device_id: str) -> None:
 
 
 def test_a_deleted_device_still_online_stays_deleted_until_enrolled_again(tmp_path: Path) -> None:
-    with _hub(tmp_path) as (broker, registry, api, ingest):
-        cert, key = _enroll(api, tmp_path, "dev-gone")
-        device = MqttPeer(
-            broker.port,
-            client_id="dev-gone",
-            ca=broker.files.ca_cert,
-            cert=cert,
-            key=key,
-            scheme=broker.scheme,
-        )
-        try:
+    with enrolled_hub(tmp_path) as (broker, registry, api, ingest):
+        cert, key = enroll_over_http(api, tmp_path, "dev-gone")
+        with device_connection(broker, "dev-gone", cert, key) as device:
             _say_hello(device, broker, "dev-gone")
-            _wait(lambda: ingest.stats().written >= 2)
+            wait_until(lambda: ingest.stats().written >= 2)
             serial = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
 
             gone = request(
@@ -149,10 +72,8 @@ def test_a_deleted_device_still_online_stays_deleted_until_enrolled_again(tmp_pa
             # the device, still connected, keeps talking (a reconnect says hello again)
             with recording_logs("cloud_hub.ingest") as logs:
                 _say_hello(device, broker, "dev-gone")
-                _wait(lambda: ingest.stats().rejected.get("removed_device", 0) >= 2)
+                wait_until(lambda: ingest.stats().rejected.get("removed_device", 0) >= 2)
             assert any("removed device" in m and "dev-gone" in m for m in logs.messages())
-        finally:
-            device.close()
         with registry.session() as s:
             assert devices.find_device(s, "dev-gone") is None  # no ghost
         listed = request(api.port, "GET", "/api/v1/devices", headers=auth(api.tokens["viewer"]))
@@ -161,20 +82,10 @@ def test_a_deleted_device_still_online_stays_deleted_until_enrolled_again(tmp_pa
         assert crl.get_revoked_certificate_by_serial_number(serial) is not None
 
         # enrolling the id again is how an operator brings it back, with its enrolled identity
-        cert2, key2 = _enroll(api, tmp_path, "dev-gone", again=True)
-        again = MqttPeer(
-            broker.port,
-            client_id="dev-gone",
-            ca=broker.files.ca_cert,
-            cert=cert2,
-            key=key2,
-            scheme=broker.scheme,
-        )
-        try:
+        cert2, key2 = enroll_over_http(api, tmp_path, "dev-gone", token_names_id=True)
+        with device_connection(broker, "dev-gone", cert2, key2) as again:
             _say_hello(again, broker, "dev-gone")
-            _wait(lambda: ingest.stats().written >= 4)
-        finally:
-            again.close()
+            wait_until(lambda: ingest.stats().written >= 4)
         with registry.session() as s:
             back = devices.get_device(s, "dev-gone")
         assert (back.device_class, back.labels, back.online) == ("x86-cpu", ENROLLED, True)

@@ -11,100 +11,27 @@ stamped an hour in the past does not make an hour of drift: the hub times it by 
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cloud_hub.enrollment import EnrollmentConfig, EnrollmentService, SqlEnrollmentRepository
-from cloud_hub.enrollment.hubdir import register_in_fleet
-from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.loop.health import class_health
 from cloud_hub.loop.policy import RetrainPolicy, decide_retraining
-from cloud_hub.registry import Registry, devices, open_registry, reports
+from cloud_hub.registry import devices, reports
 from cloud_hub.registry.hello_identity import IDENTITY_MISMATCH
-from edge_agent.service.identity import build_csr, generate_device_key
-from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import DriftReport, Event, Hello, InstalledModel, Status
-from tests.security._support_api import RunningApi, auth, recording_logs, request, running_api
-from tests.security._support_freshness import HUB_USER, MqttPeer, TrustBroker, running_broker
+from tests.security._support_api import auth, recording_logs, request
+from tests.security._support_enrolled import (
+    ENROLLED,
+    device_connection,
+    enroll_over_http,
+    enrolled_hub,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
-
-ENROLLED = {"site": "plant-1"}
-
-
-def _wait(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-@contextmanager
-def _hub(tmp: Path) -> Iterator[tuple[TrustBroker, Registry, RunningApi, FleetIngest]]:
-    """Broker, registry, API (with enrollment on the broker's device CA) and ingest."""
-    with running_broker(tmp) as broker:
-        registry = open_registry(f"sqlite:///{tmp / 'hub.db'}")
-        enrollment = EnrollmentService(
-            ca=broker.device_ca,
-            repository=SqlEnrollmentRepository(registry.engine),
-            config=EnrollmentConfig(topic_prefix=broker.scheme.prefix, hub_user=HUB_USER),
-            on_enrolled=register_in_fleet(registry),
-        )
-        endpoint = BrokerEndpoint.from_url(
-            f"mqtts://127.0.0.1:{broker.hub_port}",
-            ca_file=str(broker.files.ca_cert),
-            cert_file=str(broker.files.hub_cert),
-            key_file=str(broker.files.hub_key),
-        )
-        ingest = FleetIngest(
-            registry,
-            scheme=broker.scheme,
-            mqtt_settings=IngestConnection(
-                endpoint=endpoint, client_id=f"{HUB_USER}:ingest:r06-{uuid.uuid4().hex[:6]}"
-            ),
-        )
-        ingest.start()
-        try:
-            with running_api(tmp, registry=registry, enrollment=enrollment) as api:
-                yield broker, registry, api, ingest
-        finally:
-            ingest.stop()
-            registry.close()
-
-
-def _enroll(api: RunningApi, tmp: Path, device_id: str) -> tuple[Path, Path]:
-    """Enroll over HTTP as the agent does; returns (certificate, key) files."""
-    secret, _ = api.enrollment.issue_token(device_class="x86-cpu", labels=ENROLLED)
-    key_pem = generate_device_key()
-    body = {
-        "token": secret,
-        "csr": build_csr(key_pem, device_id).decode(),
-        "device_class": "x86-cpu",
-        "device_id": device_id,
-        "labels": {"camera": "usb"},
-    }
-    answer = request(
-        api.port,
-        "POST",
-        "/api/v1/enroll",
-        body=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    assert answer.status == 200, answer.body
-    cert, key = tmp / f"{device_id}.crt", tmp / f"{device_id}.key"
-    cert.write_text(answer.json()["certificate"])
-    key.write_bytes(key_pem)
-    return cert, key
 
 
 def _hello(device_id: str, **kw: Any) -> Hello:
@@ -124,33 +51,27 @@ def _hello(device_id: str, **kw: Any) -> Hello:
 
 
 def test_hello_cannot_rewrite_enrolled_class_or_labels(tmp_path: Path) -> None:
-    with _hub(tmp_path) as (broker, registry, api, ingest):
-        cert, key = _enroll(api, tmp_path, "dev-a")
-        device = MqttPeer(
-            broker.port,
-            client_id="dev-a",
-            ca=broker.files.ca_cert,
-            cert=cert,
-            key=key,
-            scheme=broker.scheme,
+    with enrolled_hub(tmp_path) as (broker, registry, api, ingest):
+        cert, key = enroll_over_http(
+            api, tmp_path, "dev-a", device_class="x86-cpu", labels={"camera": "usb"}
         )
-        try:
-            with recording_logs("cloud_hub.ingest") as logs:
-                for _ in range(2):  # a reconnecting device repeats its claim
-                    rc = device.publish(
-                        broker.scheme.device("dev-a", "hello"), _hello("dev-a").encode()
-                    )
-                    assert not rc.is_failure, rc
-                forged = Event(
-                    device_id="dev-a",
-                    event_id="hub:identity:0000",
-                    kind="committed",
-                    ts=time.time(),
+        with (
+            device_connection(broker, "dev-a", cert, key) as device,
+            recording_logs("cloud_hub.ingest") as logs,
+        ):
+            for _ in range(2):  # a reconnecting device repeats its claim
+                rc = device.publish(
+                    broker.scheme.device("dev-a", "hello"), _hello("dev-a").encode()
                 )
-                device.publish(broker.scheme.device("dev-a", "events"), forged.encode())
-                _wait(lambda: ingest.stats().written >= 2 and ingest.stats().rejected)
-        finally:
-            device.close()
+                assert not rc.is_failure, rc
+            forged = Event(
+                device_id="dev-a",
+                event_id="hub:identity:0000",
+                kind="committed",
+                ts=time.time(),
+            )
+            device.publish(broker.scheme.device("dev-a", "events"), forged.encode())
+            wait_until(lambda: ingest.stats().written >= 2 and ingest.stats().rejected)
         assert ingest.stats().rejected == {"reserved_id": 1}
         assert any("reserved_id" in m and "hub" in m for m in logs.messages())
 
@@ -181,19 +102,13 @@ def test_hello_cannot_rewrite_enrolled_class_or_labels(tmp_path: Path) -> None:
 
 
 def test_drift_duration_is_timed_by_the_hub(tmp_path: Path) -> None:
-    with _hub(tmp_path) as (broker, registry, api, ingest):
-        cert, key = _enroll(api, tmp_path, "dev-d")
-        device = MqttPeer(
-            broker.port,
-            client_id="dev-d",
-            ca=broker.files.ca_cert,
-            cert=cert,
-            key=key,
-            scheme=broker.scheme,
+    with enrolled_hub(tmp_path) as (broker, registry, api, ingest):
+        cert, key = enroll_over_http(
+            api, tmp_path, "dev-d", device_class="x86-cpu", labels={"camera": "usb"}
         )
         started = time.time()
         hour_ago = started - 3600
-        try:
+        with device_connection(broker, "dev-d", cert, key) as device:
             topic = broker.scheme.device
             device.publish(
                 topic("dev-d", "hello"), _hello("dev-d", device_class="x86-cpu", labels={}).encode()
@@ -203,9 +118,7 @@ def test_drift_duration_is_timed_by_the_hub(tmp_path: Path) -> None:
             # one drifted report that claims it was measured an hour ago
             report = DriftReport("dev-d", "r-1", "sensor-mlp", 1, 100, {}, 9.0, True, ts=hour_ago)
             device.publish(topic("dev-d", "drift"), report.encode())
-            _wait(lambda: ingest.stats().written >= 3)
-        finally:
-            device.close()
+            wait_until(lambda: ingest.stats().written >= 3)
         with registry.session() as s:
             stored = reports.list_drift(s, device_id="dev-d").items
             health = class_health(
