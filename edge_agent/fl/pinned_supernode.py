@@ -15,7 +15,9 @@ SuperLink gets a ``FAB_VERIFICATION_ERROR`` reply for that node, so the run fail
 Speed: Flower 1.41's SuperNode sleeps a fixed 3 s after every empty pull
 (``start_client_internal``), which puts up to 3 s between each SecAgg+ stage on every node.
 This entry point polls again every ``--poll-interval`` seconds (default 0.2) until a message
-arrives, so Flower's 3 s sleep is never reached.
+arrives, so Flower's 3 s sleep is never reached. It starts
+:mod:`edge_agent.fl.warm_clientapp` where Flower starts ``flower-superexec``: ClientApp
+tasks are forked from one warm process instead of each importing Flower and torch anew.
 
 Usage (what :class:`edge_agent.fl.supernode.SuperNodeConfig` builds)::
 
@@ -27,13 +29,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFAULT_POLL_INTERVAL_S", "fab_matches", "main", "pin_fab"]
+__all__ = ["DEFAULT_POLL_INTERVAL_S", "fab_matches", "main", "pin_fab", "use_warm_clientapps"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,33 @@ def pin_fab(expected_sha256: str, poll_interval_s: float = DEFAULT_POLL_INTERVAL
     supernode._verify_fab = verify
 
 
+class _WarmSuperExecLauncher:
+    """Stands in for ``subprocess`` in Flower's SuperNode module: ``flower-superexec`` is
+    started as :mod:`edge_agent.fl.warm_clientapp` with the same arguments."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self._subprocess = subprocess
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._subprocess, name)
+
+    def Popen(self, command: list[str], *args: Any, **kwargs: Any) -> Any:
+        if command and command[0] == "flower-superexec":
+            command = [sys.executable, "-m", "edge_agent.fl.warm_clientapp", *command[1:]]
+        return self._subprocess.Popen(command, *args, **kwargs)
+
+
+def use_warm_clientapps() -> None:
+    """Make this process's SuperNode start :mod:`edge_agent.fl.warm_clientapp`."""
+    from flwr.supernode import start_client_internal as supernode
+
+    if not hasattr(supernode, "subprocess"):
+        raise SystemExit("pinned_supernode: this Flower SuperNode starts no flower-superexec")
+    supernode.subprocess = _WarmSuperExecLauncher()  # type: ignore[assignment]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m edge_agent.fl.pinned_supernode")
     parser.add_argument("--fab-sha256", required=True)
@@ -101,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     if not 0.01 <= args.poll_interval <= 10:
         parser.error("--poll-interval must be in [0.01, 10] seconds")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per 0.2 s pull otherwise
     pin_fab(args.fab_sha256, args.poll_interval)
+    if os.name == "posix":  # forking needs POSIX
+        use_warm_clientapps()
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = ["flower-supernode", *rest]
