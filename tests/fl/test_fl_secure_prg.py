@@ -163,3 +163,8 @@ def test_argument_refusals_say_why_and_a_single_round_is_active() -> None:
     with secure_mask_generator():
         assert is_secure_mask_generator_active()
     assert not is_secure_mask_generator_active()
+
+
+def test_a_range_of_one_gives_zeros() -> None:
+    [masks] = secure_pseudo_rand_gen(b"k", 1, [(3,)])
+    assert masks.tolist() == [0, 0, 0]
