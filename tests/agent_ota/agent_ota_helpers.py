@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -462,3 +464,51 @@ class Harness:
     def active_bundle(self) -> str | None:
         slot = self.updater.slots.active()
         return slot.meta.bundle_id if slot else None
+
+
+@dataclass
+class AgentBench:
+    """One device's agent process against the shared Mosquitto, with a hub side that
+    offers bundles (``hub``) and the authority that signs them (``auth``)."""
+
+    tmp: Path
+    prefix: str
+    topics: TopicScheme
+    auth: Authority
+    trust: Path
+    hub: BundleSender
+    device_id: str
+    config: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, log_name: str = "agent.log") -> subprocess.Popen[bytes]:
+        """Start (or restart) the agent process; its output goes to ``tmp/log_name``."""
+        proc = start_agent(self.config, self.tmp / log_name)
+        self.procs.append(proc)
+        return proc
+
+
+@contextmanager
+def agent_bench(
+    tmp: Path, *, answer_requests: bool = True, chunk_retry_s: float = 0.5
+) -> Iterator[AgentBench]:
+    """A fresh topic prefix, authority, trust file, hub side and agent config (the agent is
+    not started); every agent process started is killed at the end."""
+    prefix = unique_prefix()
+    topics = TopicScheme(prefix)
+    auth = make_authority()
+    trust = auth.write_trust(tmp / "trust.json")
+    device_id = f"dev-{prefix}"
+    config = write_agent_config(
+        tmp, device_id=device_id, prefix=prefix, trust_path=trust, chunk_retry_s=chunk_retry_s
+    )
+    hub = BundleSender(topics, answer_requests=answer_requests)
+    bench = AgentBench(tmp, prefix, topics, auth, trust, hub, device_id, config)
+    try:
+        yield bench
+    finally:
+        for proc in bench.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        hub.close()

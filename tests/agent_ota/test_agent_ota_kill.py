@@ -21,18 +21,13 @@ import pytest
 
 from edge_agent.ota.slots import SlotStore
 from shared.messages import EventKind, Hello
-from shared.topics import TopicScheme
 from tests.agent_ota.agent_ota_helpers import (
-    BundleSender,
+    agent_bench,
     broker_available,
-    make_authority,
     make_bundle,
     make_offer,
     onnx_model_bytes,
-    start_agent,
-    unique_prefix,
     wait_for,
-    write_agent_config,
 )
 
 pytestmark = [
@@ -58,23 +53,12 @@ def _consistent(state_dir: Path, allowed: set[str]) -> str:
 
 def test_sigkill_at_random_points_always_recovers(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("OTA_KILL_SEED", "1234")))
-    prefix = unique_prefix()
-    topics = TopicScheme(prefix)
-    auth = make_authority()
-    hub = BundleSender(topics)
-    dev = f"dev-{prefix}"
-    cfg = write_agent_config(
-        tmp_path,
-        device_id=dev,
-        prefix=prefix,
-        trust_path=auth.write_trust(tmp_path / "trust.json"),
-        chunk_retry_s=0.3,
-    )
-    state_dir = tmp_path / dev
-    model_size = (512, 2048)  # ~4 MiB of weights: download, install and load all take time
-    proc = start_agent(cfg, tmp_path / "agent.log")
-    phases: Counter[str] = Counter()
-    try:
+    with agent_bench(tmp_path, chunk_retry_s=0.3) as bench:
+        topics, auth, hub, dev = bench.topics, bench.auth, bench.hub, bench.device_id
+        state_dir = tmp_path / dev
+        model_size = (512, 2048)  # ~4 MiB of weights: download, install and load all take time
+        proc = bench.start()
+        phases: Counter[str] = Counter()
         assert wait_for(lambda: hub.of(dev, Hello), 20)
         first = make_offer(
             make_bundle(auth, version=1, model=onnx_model_bytes(*model_size, seed=1)),
@@ -113,7 +97,7 @@ def test_sigkill_at_random_points_always_recovers(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             phases[_consistent(state_dir, {previous.bundle_id, offer.bundle_id})] += 1
-            proc = start_agent(cfg, tmp_path / "agent.log")
+            proc = bench.start()
             assert hub.wait_kind(dev, dep, EventKind.COMMITTED, 60), (
                 trial,
                 hub.kinds(dev, dep),
@@ -128,9 +112,5 @@ def test_sigkill_at_random_points_always_recovers(tmp_path: Path) -> None:
             )
             _consistent(state_dir, {offer.bundle_id})
             previous = offer
-    finally:
-        proc.kill()
-        proc.wait(10)
-        hub.close()
     print(f"persisted phase at kill time over {TRIALS} trials: {dict(phases)}")
     assert sum(phases.values()) == TRIALS

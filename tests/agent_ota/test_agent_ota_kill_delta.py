@@ -23,18 +23,13 @@ from cloud_hub.delta import make_delta_bundle
 from edge_agent.ota.slots import SlotStore
 from shared.messages import EventKind, Hello
 from shared.signing import SigningKey, TrustRoot
-from shared.topics import TopicScheme
 from tests.agent_ota.agent_ota_helpers import (
     Authority,
-    BundleSender,
+    agent_bench,
     broker_available,
-    make_authority,
     make_bundle,
     make_offer,
-    start_agent,
-    unique_prefix,
     wait_for,
-    write_agent_config,
 )
 from tests.onnx_models import linear_onnx
 
@@ -64,22 +59,11 @@ class _Signer:
 def test_sigkill_while_applying_deltas_always_recovers(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("OTA_KILL_SEED", "4321")))
     weights = np.random.default_rng(0).normal(size=(512, 1024)).astype(np.float32)  # 2 MiB
-    prefix = unique_prefix()
-    topics = TopicScheme(prefix)
-    auth = make_authority()
-    signer = _Signer(auth)
-    hub = BundleSender(topics)
-    dev = f"dev-{prefix}"
-    cfg = write_agent_config(
-        tmp_path,
-        device_id=dev,
-        prefix=prefix,
-        trust_path=auth.write_trust(tmp_path / "trust.json"),
-        chunk_retry_s=0.3,
-    )
-    state_dir = tmp_path / dev
-    proc = start_agent(cfg, tmp_path / "agent.log")
-    try:
+    with agent_bench(tmp_path, chunk_retry_s=0.3) as bench:
+        topics, auth, hub, dev = bench.topics, bench.auth, bench.hub, bench.device_id
+        signer = _Signer(auth)
+        state_dir = tmp_path / dev
+        proc = bench.start()
         assert wait_for(lambda: hub.of(dev, Hello), 20)
         full = make_bundle(
             auth, version=1, model=linear_onnx(weights, input_name="x", output_name="y")
@@ -113,7 +97,7 @@ def test_sigkill_while_applying_deltas_always_recovers(tmp_path: Path) -> None:
             active = slots.active()
             assert active is not None and slots.check(active.name), "active slot damaged"
             assert active.meta.bundle_id in {previous_id, offer.bundle_id}
-            proc = start_agent(cfg, tmp_path / "agent.log")
+            proc = bench.start()
             assert hub.wait_kind(dev, dep, EventKind.COMMITTED, 60), (
                 trial,
                 hub.kinds(dev, dep),
@@ -132,7 +116,3 @@ def test_sigkill_while_applying_deltas_always_recovers(tmp_path: Path) -> None:
                 10,
             )
             full, previous_id = next_full, offer.bundle_id
-    finally:
-        proc.kill()
-        proc.wait(10)
-        hub.close()

@@ -10,16 +10,13 @@ import pytest
 
 from edge_agent.ota.slots import SlotStore
 from shared.messages import EventKind, Hello, Status
-from shared.topics import TopicScheme
 from tests.agent_ota.agent_ota_helpers import (
-    BundleSender,
+    agent_bench,
     broker_available,
-    make_authority,
     make_bundle,
     make_offer,
     onnx_model_bytes,
     start_agent,
-    unique_prefix,
     wait_for,
     write_agent_config,
 )
@@ -41,18 +38,8 @@ STEPS = [
 
 @pytest.fixture
 def env(tmp_path: Path):  # type: ignore[no-untyped-def]
-    prefix = unique_prefix()
-    topics = TopicScheme(prefix)
-    auth = make_authority()
-    trust = auth.write_trust(tmp_path / "trust.json")
-    hub = BundleSender(topics)
-    procs: list = []
-    yield tmp_path, prefix, topics, auth, trust, hub, procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-    hub.close()
+    with agent_bench(tmp_path) as b:
+        yield tmp_path, b.prefix, b.topics, b.auth, b.trust, b.hub, b.procs
 
 
 def _log(tmp: Path, name: str) -> str:

@@ -13,18 +13,13 @@ from typing import Any
 import pytest
 
 from shared.messages import ChunkRequest, EventKind, Hello
-from shared.topics import TopicScheme
 from tests.agent_ota.agent_ota_helpers import (
-    BundleSender,
+    agent_bench,
     broker_available,
-    make_authority,
     make_bundle,
     make_offer,
     onnx_model_bytes,
-    start_agent,
-    unique_prefix,
     wait_for,
-    write_agent_config,
 )
 
 pytestmark = [
@@ -35,27 +30,11 @@ pytestmark = [
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    prefix = unique_prefix()
-    topics = TopicScheme(prefix)
-    auth = make_authority()
-    hub = BundleSender(topics, answer_requests=False)
-    dev = f"dev-{prefix}"
-    cfg = write_agent_config(
-        tmp_path,
-        device_id=dev,
-        prefix=prefix,
-        trust_path=auth.write_trust(tmp_path / "trust.json"),
-        chunk_retry_s=0.5,
-    )
-    proc = start_agent(cfg, tmp_path / "agent.log")
-    try:
+    with agent_bench(tmp_path, answer_requests=False) as bench:
+        bench.start()
+        dev, hub = bench.device_id, bench.hub
         assert wait_for(lambda: hub.of(dev, Hello), 30), (tmp_path / "agent.log").read_text()
-        yield {"dev": dev, "topics": topics, "auth": auth, "hub": hub, "tmp": tmp_path}
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        hub.close()
+        yield {"dev": dev, "topics": bench.topics, "auth": bench.auth, "hub": hub, "tmp": tmp_path}
 
 
 def test_same_bundle_reoffered_with_another_chunk_size_commits(agent: dict[str, Any]) -> None:
