@@ -19,7 +19,13 @@ from edge_agent.service.identity import build_csr, generate_device_key
 from shared.broker_endpoint import BrokerEndpoint
 from simulations.harness.polling import eventually
 from tests.security._support_api import RunningApi, request, running_api
-from tests.security._support_freshness import HUB_USER, MqttPeer, TrustBroker, running_broker
+from tests.security._support_freshness import (
+    HUB_USER,
+    MqttPeer,
+    TrustBroker,
+    device_mqtt,
+    running_broker,
+)
 
 __all__ = ["ENROLLED", "device_connection", "enroll_over_http", "enrolled_hub", "wait_until"]
 
@@ -97,14 +103,7 @@ def device_connection(
     broker: TrustBroker, device_id: str, cert: Path, key: Path
 ) -> Iterator[MqttPeer]:
     """The device's own MQTT connection, with the certificate enrollment gave it."""
-    device = MqttPeer(
-        broker.port,
-        client_id=device_id,
-        ca=broker.files.ca_cert,
-        cert=cert,
-        key=key,
-        scheme=broker.scheme,
-    )
+    device = device_mqtt(broker, device_id, cert, key)
     try:
         yield device
     finally:

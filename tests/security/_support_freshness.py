@@ -211,6 +211,11 @@ def hub_peer(broker: TrustBroker) -> MqttPeer:
 def device_peer(broker: TrustBroker, tmp: Path, device_id: str) -> MqttPeer:
     """A raw MQTT client with a device's certificate (to try what a device may not do)."""
     cert, key = issue_device(broker, tmp, device_id)
+    return device_mqtt(broker, device_id, cert, key)
+
+
+def device_mqtt(broker: TrustBroker, device_id: str, cert: Path, key: Path) -> MqttPeer:
+    """A raw MQTT client connected as ``device_id`` with the certificate ``cert``/``key``."""
     return MqttPeer(
         broker.port,
         client_id=device_id,
