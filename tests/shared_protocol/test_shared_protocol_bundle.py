@@ -286,6 +286,7 @@ def test_rollback_order_is_bound_to_device_and_to_what_it_runs() -> None:
     """R5: an order for other devices, or for devices running another bundle, is refused."""
     pol = policy(installed=5)
     assert verify_rollback_order(_order(GOOD, 2), keyring(), pol).device_ids == ["dev-1"]
+    changes: dict[str, Any]
     for changes in (
         {"device_ids": ["dev-2"]},
         {"device_ids": []},
