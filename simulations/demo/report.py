@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.registry import catalog, rollouts
+from cloud_hub.registry import catalog, reports, rollouts
 
 __all__ = ["bytes_shipped", "summary_table", "write_plots"]
 
@@ -45,6 +45,7 @@ def bytes_shipped(
                 "publications": len(deployments),
                 "devices": devices,
             }
+            per[rid]["device_bytes_received"] = _received_by_devices(s, rid)
             totals = (delivered or {}).get(rid)
             if totals is not None:
                 per[rid]["device_bytes_shipped"] = totals.bytes_shipped
@@ -60,6 +61,21 @@ def bytes_shipped(
         "delta_bytes_if_devices_took_deltas": delta_dev,
         "device_bytes_shipped": actual_dev if delivered is not None else None,
     }
+
+
+def _received_by_devices(session: Any, rollout_id: str) -> dict[str, int]:
+    """Per device: the bundle bytes it says it received for the rollout's deployments (its
+    ``download_complete`` events), measured on the device, not planned by the hub."""
+    from shared.messages import EventKind
+
+    received: dict[str, dict[str, int]] = {}
+    page = reports.list_events(session, kinds=[EventKind.DOWNLOAD_COMPLETE], limit=10_000)
+    for event in page.items:
+        deployment = event.deployment_id or ""
+        if deployment.startswith(f"{rollout_id}.") and "bytes_received" in event.data:
+            # a repeated event for the same deployment counts once
+            received.setdefault(event.device_id, {})[deployment] = int(event.data["bytes_received"])
+    return {device: sum(per.values()) for device, per in sorted(received.items())}
 
 
 def _fmt(value: Any) -> str:
