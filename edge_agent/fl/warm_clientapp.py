@@ -35,9 +35,14 @@ TASK_POLL_INTERVAL_S = "0.1"  # FLWR_SUPEREXEC_TASK_POLL_INTERVAL unless set
 def warm_imports() -> None:
     """Import what every ClientApp task needs, once, before any task is forked."""
     import flwr.supernode.runtime.run_clientapp  # noqa: F401
-    import torch  # noqa: F401  (the heaviest import of the ClientApp)
+    import torch
 
     import edge_agent.fl.client_app  # noqa: F401
+    import shared.fl.client
+    import shared.models  # noqa: F401
+
+    # one intra-op thread, as the ClientApp sets: no OpenMP pool exists when a task forks
+    torch.set_num_threads(1)
 
 
 def _run_task(spec: Any) -> int:
@@ -103,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.supercore.constant import ExecutorType
     from flwr.supercore.superexec import run_superexec as superexec
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL_S)
     warm_imports()
     executor_class = make_executor_class()

@@ -1,0 +1,219 @@
+"""Deployment Engine benchmark: one SecAgg+ run over real SuperNodes against the in-process grid.
+
+    .venv/bin/python benchmarks/deploy.py            # 6 SuperNodes, 3 rounds (a few minutes)
+    .venv/bin/python benchmarks/deploy.py --quick    # 3 SuperNodes, 1 round (< 60 s)
+
+Both contenders run the same training config (SecAgg+ on, the same per-device data, the
+same hub ServerApp). The in-process run is ``run_federated`` with ``engine="inprocess"``; the
+deployment run is a real ``flower-superlink`` over TLS and one pinned SuperNode process per
+device (:mod:`edge_agent.fl.pinned_supernode`), submitted with ``flwr run``. A round's time
+is what the hub's fit workflow measured for it (``fit_time_s``, the same code on both
+sides); the deployment side also reports the whole run from ``flwr run`` to ``summary.json``.
+
+The last line printed is one JSON object with ``inprocess_round_s``, ``deployment_round_s``,
+``deployment_vs_inprocess`` (target <= 2.0), the ``lab_*`` figures and ``cpu``. The lab
+figures (multi-host scenario with retraining) are not measured here: they stay null with a
+note saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from shared.device_facts import detect_device_facts
+
+LAB_KEYS = (
+    "lab_devices",
+    "lab_enroll_to_first_model_s",
+    "lab_drift_to_recovered_s",
+    "lab_reports_lost",
+    "lab_rounds_without_secagg",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_inputs(root: Path, devices: int, rounds: int) -> None:
+    from shared.data import generate_sensor_data
+
+    for i in range(devices):
+        x, y = generate_sensor_data(200, seed=3, sample_seed=10 + i)
+        np.savez(root / f"device-{i}.npz", x=x, y=y)
+    x, y = generate_sensor_data(300, seed=3, sample_seed=99)
+    np.savez(root / "validation.npz", x=x, y=y)
+    (root / "train.toml").write_text(
+        '[training]\nmodel_name = "sensor-mlp"\nengine = "inprocess"\n'
+        f"num_clients = {devices}\nmin_fit_clients = {devices}\nnum_rounds = {rounds}\n"
+        "local_epochs = 1\n[training.secagg]\nenabled = true\n"
+    )
+
+
+def _mean_fit_s(rounds: list[dict[str, Any]]) -> float:
+    trained = [r for r in rounds if r["round"] > 0]  # round 0 evaluates the initial model
+    return round(sum(float(r["fit_time_s"]) for r in trained) / len(trained), 3)
+
+
+def run_inprocess(root: Path) -> dict[str, Any]:
+    import tomllib
+
+    from cloud_hub.fl.config import FederatedRunConfig
+    from cloud_hub.fl.run import run_federated
+    from shared.fl.data_source import ArrayDataSource
+
+    config = FederatedRunConfig.from_mapping(
+        tomllib.loads((root / "train.toml").read_text())["training"]
+    )
+    sources = []
+    for i in range(config.num_clients):
+        with np.load(root / f"device-{i}.npz") as d:
+            sources.append(ArrayDataSource(d["x"], d["y"]))
+    with np.load(root / "validation.npz") as d:
+        validation = (d["x"], d["y"])
+    started = time.perf_counter()
+    result = run_federated(config, sources, validation)
+    wall = time.perf_counter() - started
+    rounds = [r.to_dict() for r in result.rounds]
+    if any(r["status"] != "ok" for r in rounds):
+        raise SystemExit(f"in-process run had a failed round: {rounds}")
+    return {"round_s": _mean_fit_s(rounds), "wall_s": round(wall, 2), "rounds": len(rounds) - 1}
+
+
+def _wait_until_warm(logs: list[Path], timeout_s: float = 180.0) -> None:
+    """Wait until every SuperNode registered and its warm ClientApp executor is up (a
+    device's SuperNode runs long before a training order; start-up is not a round's cost)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        texts = [p.read_text(errors="replace") if p.exists() else "" for p in logs]
+        if all("SuperNode ID" in t and "Starting Flower SuperExec" in t for t in texts):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"SuperNodes not ready after {timeout_s:.0f} s")
+
+
+def run_deployment(root: Path, devices: int) -> dict[str, Any]:
+    from cloud_hub.enrollment.ca import CertificateAuthority
+    from cloud_hub.fl.superlink import (
+        SuperLinkConfig,
+        SuperLinkProcess,
+        fab_sha256,
+        issue_superlink_tls,
+        wait_for_summary,
+    )
+    from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
+
+    port = _free_port()
+    ca = CertificateAuthority.load_or_create(root / "ca")
+    cert, key, ca_file = issue_superlink_tls(root / "ca", "127.0.0.1", root / "tls")
+    (root / "pinned-ca.crt").write_bytes(ca.cert_pem)
+    link = SuperLinkProcess(
+        SuperLinkConfig(
+            database=root / "state.db",
+            port=port,
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            ssl_ca_certfile=ca_file,
+        ),
+        workdir=root / "link",
+    )
+    fab = fab_sha256()
+    nodes = [
+        SuperNodeSupervisor(
+            SuperNodeConfig(
+                superlink=f"127.0.0.1:{port}",
+                data_path=root / f"device-{i}.npz",
+                clientappio_port=_free_port(),
+                root_certificates=root / "pinned-ca.crt",
+                fab_sha256=fab,
+                extra_node_config={"order-run-id": "bench", "require-secure-aggregation": True},
+            ),
+            log_path=root / f"node-{i}.log",
+        )
+        for i in range(devices)
+    ]
+    with link:
+        for node in nodes:
+            node.start()
+        try:
+            _wait_until_warm([root / f"node-{i}.log" for i in range(devices)])
+            started = time.perf_counter()
+            link.submit_run(
+                {
+                    "config-path": str(root / "train.toml"),
+                    "validation-path": str(root / "validation.npz"),
+                    "results-dir": str(root / "results"),
+                    "run-name": "bench",
+                    "model-name": "sensor-mlp",
+                },
+                expected_fab_sha256=fab,
+            )
+            submitted = time.perf_counter()
+            summary = wait_for_summary(root / "results", timeout_s=900, link=link)
+            done = time.perf_counter()
+        finally:
+            for node in nodes:
+                node.stop()
+    rounds = summary["rounds"]
+    if any(r["status"] != "ok" for r in rounds):
+        raise SystemExit(f"deployment run had a failed round: {rounds}")
+    return {
+        "round_s": _mean_fit_s(rounds),
+        "submit_s": round(submitted - started, 2),
+        "run_s": round(done - submitted, 2),
+        "rounds": len(rounds) - 1,
+        "round_fit_s": [round(r["fit_time_s"], 2) for r in rounds if r["round"] > 0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 SuperNodes, 1 round (< 60 s)")
+    parser.add_argument("--keep", type=Path, help="work here and keep the logs (empty folder)")
+    args = parser.parse_args()
+    devices, rounds = (3, 1) if args.quick else (6, 3)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedfleet-bench-deploy-") as tmp:
+        root = Path(tmp) if args.keep is None else args.keep
+        root.mkdir(parents=True, exist_ok=True)
+        _write_inputs(root, devices, rounds)
+        inprocess = run_inprocess(root)
+        print(f"in-process: {inprocess}", flush=True)
+        deployment = run_deployment(root, devices)
+        print(f"deployment: {deployment}", flush=True)
+    facts = detect_device_facts()
+    result: dict[str, Any] = {
+        "inprocess_round_s": inprocess["round_s"],
+        "deployment_round_s": deployment["round_s"],
+        "deployment_vs_inprocess": round(deployment["round_s"] / inprocess["round_s"], 3),
+        **dict.fromkeys(LAB_KEYS),
+        "lab_note": "not measured: the lab scenario with retraining is not part of this benchmark",
+        "devices": devices,
+        "rounds": rounds,
+        "secagg": True,
+        "inprocess": inprocess,
+        "deployment": deployment,
+        "cpu": {"model": facts.cpu_model, "flags": facts.isa_flags, "cores": os.cpu_count()},
+        "load_avg": [round(v, 2) for v in os.getloadavg()],
+        "benchmark_wall_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
