@@ -23,18 +23,15 @@ from cloud_hub.registry.tables import EventRow
 from shared.bundle import artifact_info
 from shared.device_facts import detect_device_facts, target_of
 from shared.golden import GOLDEN_CHECK, GoldenBatch
-from shared.messages import EventKind, new_id
-from simulations.harness.agents import LocalAgentFleet
+from shared.messages import EventKind
 from simulations.harness.polling import eventually
 from tests.golden.golden_support import TARGETS, build_artifacts
 from tests.rollout.rollout_support import (
-    AGENT_TABLES,
     CLASS,
     MODEL,
-    MQTT_URL,
-    HubProcess,
     World,
     build_model_bundle,
+    running_world,
 )
 
 pytestmark = pytest.mark.integration
@@ -63,40 +60,19 @@ def _bundle(
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("golden-e2e")
-    keys = KeyStore.init(root / "keys")
     arts = build_artifacts()
-    bundles = {
-        1: build_model_bundle(keys, version=1),  # no golden batch: smoke-checked only
-        2: _bundle(keys, 2, arts.misquantized_int8, arts.good_golden),  # numerics differ
-        3: _bundle(keys, 3, arts.good_int8, arts.good_golden),
-        4: _bundle(keys, 4, arts.good_int8, arts.good_golden, targets=("arm64-neon",)),
-    }
-    prefix = f"gb-{new_id()[:10]}"
-    hub = HubProcess(root / "hub", prefix, keys)
-    hub.start()
-    fleet = LocalAgentFleet(
-        root=root / "fleet",
-        trust_root=keys.trust_root().to_dict(),
-        mqtt_url=MQTT_URL,
-        prefix=prefix,
-        n=N_AGENTS,
-        tables=AGENT_TABLES,
-        id_prefix=prefix,
-    )
-    fleet.start()
-    w = World(keys, hub, fleet, prefix, bundles)
-    try:
-        eventually(
-            lambda: set(w.installed()) >= set(fleet.device_ids), 60, "agents registered", w.diag
-        )
-        rid = w.rollout(1, [{"percent": 100}], window=0.5)
-        w.wait_state(rid, ("done",), 90)
-        eventually(lambda: w.all_on(1), 30, "v1 everywhere", w.diag)
+
+    def bundles(keys: KeyStore) -> dict[int, str]:
+        return {
+            1: build_model_bundle(keys, version=1),  # no golden batch: smoke-checked only
+            2: _bundle(keys, 2, arts.misquantized_int8, arts.good_golden),  # numerics differ
+            3: _bundle(keys, 3, arts.good_int8, arts.good_golden),
+            4: _bundle(keys, 4, arts.good_int8, arts.good_golden, targets=("arm64-neon",)),
+        }
+
+    root = tmp_path_factory.mktemp("golden-e2e")
+    with running_world(root, n=N_AGENTS, bundles=bundles, tag="gb") as w:
         yield w
-    finally:
-        fleet.stop()
-        hub.stop()
 
 
 def _golden_events(world: World, rid: str) -> list[EventRow]:

@@ -3,7 +3,7 @@ agents (``edge-agent run``), real Mosquitto; bundles built with the hub's key st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,13 +276,23 @@ class World:
 
 
 @contextmanager
-def running_world(root: Path, *, n: int, bundles: dict[int, bool | bytes]) -> Iterator[World]:
-    """Key store, bundles (``{version: loadable or the model's bytes}``, built before the hub
-    starts: it indexes its bundle store at start), a hub process and ``n`` agents, with v1
-    installed everywhere."""
+def running_world(
+    root: Path,
+    *,
+    n: int,
+    bundles: Mapping[int, bool | bytes] | Callable[[KeyStore], dict[int, str]],
+    tag: str = "ro",
+) -> Iterator[World]:
+    """Key store, bundles (``{version: loadable or the model's bytes}``, or a function that
+    builds them with the key store and returns ``{version: bundle id}``; built before the
+    hub starts: it indexes its bundle store at start), a hub process and ``n`` agents, with
+    v1 installed everywhere."""
     keys = KeyStore.init(root / "keys")
-    built = {v: build_model_bundle(keys, version=v, loadable=ok) for v, ok in bundles.items()}
-    prefix = f"ro-{new_id()[:10]}"
+    if callable(bundles):
+        built = bundles(keys)
+    else:
+        built = {v: build_model_bundle(keys, version=v, loadable=ok) for v, ok in bundles.items()}
+    prefix = f"{tag}-{new_id()[:10]}"
     hub = HubProcess(root / "hub", prefix, keys)
     hub.start()
     fleet = LocalAgentFleet(
@@ -299,12 +309,12 @@ def running_world(root: Path, *, n: int, bundles: dict[int, bool | bytes]) -> It
     try:
         eventually(
             lambda: set(w.installed()) >= set(fleet.device_ids),
-            30 + 3 * n,
+            60 + 3 * n,
             "every agent registered",
             w.diag,
         )
         rid = w.rollout(1, [{"percent": 100}], window=0.5)
-        w.wait_state(rid, ("done",), 60 + 2 * n)
+        w.wait_state(rid, ("done",), 90 + 2 * n)
         eventually(lambda: w.all_on(1), 30, "v1 everywhere", w.diag)
         yield w
     finally:
