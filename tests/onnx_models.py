@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 from numpy.typing import NDArray
@@ -26,12 +28,35 @@ def linear_onnx(
             helper.make_node("MatMul", [input_name, "W"], ["h"]),
             helper.make_node("Add", ["h", "B"], [output_name]),
         ]
-    graph = helper.make_graph(
+    return checked_model(
         nodes,
+        inits,
         "linear",
+        features=features,
+        classes=classes,
+        input_name=input_name,
+        output_name=output_name,
+    )
+
+
+def checked_model(
+    nodes: Sequence[onnx.NodeProto],
+    initializers: Sequence[onnx.TensorProto],
+    name: str,
+    *,
+    features: int = 4,
+    classes: int = 3,
+    input_name: str = "input",
+    output_name: str = "logits",
+) -> bytes:
+    """The serialized model of ``nodes``: ``input [batch, features] -> output [batch,
+    classes]`` (opset 17, IR 8, what the agents' onnxruntime loads), checked by onnx."""
+    graph = helper.make_graph(
+        list(nodes),
+        name,
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", features])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])],
-        initializer=inits,
+        initializer=list(initializers),
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

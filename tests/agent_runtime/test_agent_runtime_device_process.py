@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
 from cloud_hub.delivery import FleetPublisher, PublisherConfig
@@ -39,6 +38,7 @@ from shared.messages import DriftReport, new_id
 from shared.topics import TopicScheme
 from simulations.harness.agents import agent_config_toml
 from tests.agent_ota.agent_ota_helpers import BundleSender
+from tests.onnx_models import checked_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -73,17 +73,7 @@ def _slow_model(seed: int) -> bytes:
     for i in range(DEPTH):
         nodes.append(helper.make_node("MatMul", [f"h{i}", "W_h"], [f"h{i + 1}"]))
     nodes.append(helper.make_node("MatMul", [f"h{DEPTH}", "W_out"], ["logits"]))
-    graph = helper.make_graph(
-        nodes,
-        "slow",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return checked_model(nodes, inits, "slow")
 
 
 def _bundle(keys: KeyStore, version: int, seed: int, reference: ReferenceStats) -> bytes:

@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from sqlalchemy import select
 
 from cloud_hub.bundles import default_store
@@ -23,6 +22,7 @@ from cloud_hub.registry import devices
 from cloud_hub.registry.tables import EventRow
 from shared.messages import EventKind
 from simulations.harness.polling import eventually
+from tests.onnx_models import checked_model
 
 from .rollout_support import World, running_world
 
@@ -40,17 +40,7 @@ def _model(pad_a: bytes, pad_b: bytes) -> bytes:
         numpy_helper.from_array(np.frombuffer(pad_a, np.uint8), "pad_a"),
         numpy_helper.from_array(np.frombuffer(pad_b, np.uint8), "pad_b"),
     ]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["logits"])],
-        "padded",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return checked_model([helper.make_node("MatMul", ["input", "W"], ["logits"])], inits, "padded")
 
 
 def _touch(data: bytes, at: int) -> bytes:
