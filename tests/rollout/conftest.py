@@ -81,7 +81,9 @@ class FleetSim:
         version: int = 1,
         labels: Mapping[str, str] | None = None,
         device_class: str = CLASS,
+        installed: InstalledModel | None = None,
     ) -> None:
+        """Devices say hello, running ``installed`` (default: ``b-v{version}``)."""
         ids = list(ids)
         with reg.session() as s:
             devices.record_hellos(
@@ -94,7 +96,7 @@ class FleetSim:
                         runtimes=["onnx"],
                         free_disk_bytes=1,
                         free_mem_bytes=1,
-                        installed=FleetSim.installed(version),
+                        installed=installed or FleetSim.installed(version),
                         labels=dict(labels or {"site": "plant-3"}),
                         ts=ts,
                     )
@@ -110,15 +112,19 @@ class FleetSim:
             devices.set_online(s, dict.fromkeys(ids, False))
 
     @staticmethod
-    def status(reg: Registry, ids: Iterable[str], *, version: int, ts: float) -> None:
+    def status(
+        reg: Registry,
+        ids: Iterable[str],
+        *,
+        version: int = 1,
+        ts: float,
+        installed: InstalledModel | None = None,
+    ) -> None:
+        """Devices report running ``installed`` (default: ``b-v{version}``)."""
+        model = installed or FleetSim.installed(version)
         with reg.session() as s:
             devices.record_statuses(
-                s,
-                [
-                    Status(device_id=d, online=True, installed=FleetSim.installed(version), ts=ts)
-                    for d in ids
-                ],
-                now=ts,
+                s, [Status(device_id=d, online=True, installed=model, ts=ts) for d in ids], now=ts
             )
 
     @staticmethod

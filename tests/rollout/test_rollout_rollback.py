@@ -12,10 +12,12 @@ import pytest
 
 from cloud_hub.errors import RolloutError
 from cloud_hub.keys import KeyStore
-from cloud_hub.registry import Registry, catalog, devices
+from cloud_hub.registry import Registry, catalog
 from cloud_hub.rollout.config import RolloutConfig, StageSpec, TargetSelector
 from cloud_hub.rollout.engine import RolloutService
-from shared.messages import EventKind, Hello, InstalledModel, Status
+from shared.messages import EventKind, InstalledModel
+
+from .conftest import FleetSim
 
 pytestmark = pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
 
@@ -50,31 +52,10 @@ def _runs(
     model_name: str = MODEL,
 ) -> None:
     """Devices say (hello + status) that they run ``bundle_id`` (``version``)."""
-    ids = list(ids)
+    ids = list(ids)  # read twice
     model = InstalledModel(model_name=model_name, version=version, bundle_id=bundle_id)
-    with reg.session() as s:
-        devices.record_hellos(
-            s,
-            [
-                Hello(
-                    device_id=d,
-                    device_class=CLASS,
-                    agent_version="t",
-                    runtimes=["onnx"],
-                    free_disk_bytes=1,
-                    free_mem_bytes=1,
-                    installed=model,
-                    labels={"site": "plant-3"},
-                    ts=ts,
-                )
-                for d in ids
-            ],
-            now=ts,
-        )
-        devices.record_statuses(
-            s, [Status(device_id=d, online=True, installed=model, ts=ts) for d in ids], now=ts
-        )
-        devices.set_online(s, dict.fromkeys(ids, True))
+    FleetSim.hello(reg, ids, ts=ts, installed=model)
+    FleetSim.status(reg, ids, ts=ts, installed=model)
 
 
 def _config(bundle: str = "b-v3", **kw: Any) -> RolloutConfig:
