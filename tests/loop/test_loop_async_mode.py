@@ -22,7 +22,7 @@ from cloud_hub.rollout.engine import RolloutService
 from shared.data.sensors import generate_sensor_data
 from shared.messages import Hello
 from simulations.demo.fleet import PROBLEM_SEED
-from tests.loop.test_loop_pipeline import CLASS, DEVICES, _seed
+from tests.loop.test_loop_pipeline import CLASS, DEVICES, _seed, seeded_fleet
 
 
 def _config(root: Path, **changes: Any) -> LoopConfig:
@@ -39,17 +39,7 @@ def _config(root: Path, **changes: Any) -> LoopConfig:
 
 
 def test_an_async_class_is_retrained_end_to_end(tmp_path: Path) -> None:
-    registry = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
-    keys = KeyStore.init(tmp_path / "keys")
-    with registry.session() as s:
-        devices.record_hellos(
-            s,
-            [Hello(d, CLASS, "0.1", ["onnxruntime:cpu"], 1 << 30, 1 << 30) for d in DEVICES],
-            now=time.time(),
-        )
-        devices.set_online(s, dict.fromkeys(DEVICES, True))
-    for i, d in enumerate(DEVICES):
-        _seed(tmp_path / "fleet", d, 120, drift=False, start=100 + i)
+    registry, keys = seeded_fleet(tmp_path)
     xc, yc = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=1)
     delivery = RecordedDelivery()
     pipeline = RetrainPipeline(

@@ -17,7 +17,7 @@ from cloud_hub.loop.config import LoopConfig
 from cloud_hub.loop.controller import RetrainController
 from cloud_hub.loop.pipeline import RetrainPipeline
 from cloud_hub.loop.policy import RetrainPolicy
-from cloud_hub.registry import admin, catalog, devices, open_registry, reports, rollouts
+from cloud_hub.registry import Registry, admin, catalog, devices, open_registry, reports, rollouts
 from cloud_hub.rollout.delivery import RecordedDelivery
 from cloud_hub.rollout.engine import RolloutService
 from edge_agent.samples.store import SampleStore, SampleStoreConfig
@@ -57,9 +57,9 @@ def _installed(registry: Any, version: int, bundle_id: str) -> None:
         )
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("loop")
+def seeded_fleet(root: Path) -> tuple[Registry, KeyStore]:
+    """A registry (``root/hub.db``) where every device of ``DEVICES`` said hello and is
+    online, a key store (``root/keys``), and 120 samples per device under ``root/fleet``."""
     registry = open_registry(f"sqlite:///{root / 'hub.db'}")
     keys = KeyStore.init(root / "keys")
     with registry.session() as s:
@@ -71,6 +71,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         devices.set_online(s, dict.fromkeys(DEVICES, True))
     for i, d in enumerate(DEVICES):
         _seed(root / "fleet", d, 120, drift=False, start=100 + i)
+    return registry, keys
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("loop")
+    registry, keys = seeded_fleet(root)
     xc, yc = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=1)
     xd, yd = generate_sensor_data(150, seed=PROBLEM_SEED, sample_seed=2, drift=DRIFT)
     delivery = RecordedDelivery()
