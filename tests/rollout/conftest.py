@@ -55,9 +55,19 @@ class FleetSim:
     CLASS = CLASS
 
     @staticmethod
-    def register_bundles(reg: Registry, now: float, versions: Iterable[int] = (1, 2)) -> None:
+    def register_bundles(
+        reg: Registry,
+        now: float,
+        versions: Iterable[int] = (1, 2),
+        *,
+        model_sha256: Mapping[int, str] | None = None,
+    ) -> None:
+        """Index ``b-v{version}``; with ``model_sha256``, each one's manifest lists its model
+        artifact with that hash."""
         with reg.session() as s:
             for v in versions:
+                sha = (model_sha256 or {}).get(v)
+                model = {"name": "m.onnx", "role": "model", "sha256": sha}
                 catalog.register_bundle(
                     s,
                     bundle_id=f"b-v{v}",
@@ -65,6 +75,7 @@ class FleetSim:
                     version=v,
                     device_class=CLASS,
                     size=100,
+                    manifest={"artifacts": [model]} if sha else None,
                     now=now,
                 )
 

@@ -12,7 +12,7 @@ import pytest
 
 from cloud_hub.errors import RolloutError
 from cloud_hub.keys import KeyStore
-from cloud_hub.registry import Registry, catalog
+from cloud_hub.registry import Registry
 from cloud_hub.rollout.config import RolloutConfig, StageSpec, TargetSelector
 from cloud_hub.rollout.engine import RolloutService
 from shared.messages import EventKind, InstalledModel
@@ -27,19 +27,7 @@ DELTA_V2 = "d" * 64  # v2 as a delta bundle built for one device: not in the cat
 
 
 def _register(reg: Registry, now: float) -> None:
-    with reg.session() as s:
-        for v in (1, 2, 3):
-            manifest = {"artifacts": [{"name": "m.onnx", "role": "model", "sha256": SHA[v]}]}
-            catalog.register_bundle(
-                s,
-                bundle_id=f"b-v{v}",
-                model_name=MODEL,
-                version=v,
-                device_class=CLASS,
-                size=100,
-                manifest=manifest,
-                now=now,
-            )
+    FleetSim.register_bundles(reg, now, (1, 2, 3), model_sha256=SHA)
 
 
 def _runs(
