@@ -191,6 +191,21 @@ class World:
         finally:
             reg.close()
 
+    def registered(self) -> set[str]:
+        """Devices whose hello the hub has stored (class and labels known: a status message
+        alone creates a device row without them, and a rollout would not target it yet)."""
+        reg = self.hub.registry()
+        try:
+            with reg.session() as s:
+                page = devices.list_devices(s, devices.DeviceQuery(limit=1000))
+                return {
+                    d.device_id
+                    for d in page.items
+                    if d.device_class == CLASS and d.labels.get("site") == "plant-3"
+                }
+        finally:
+            reg.close()
+
     def events(self, prefix: str) -> list[tuple[str, str]]:
         reg = self.hub.registry()
         try:
@@ -308,7 +323,7 @@ def running_world(
     w = World(keys, hub, fleet, prefix, built)
     try:
         eventually(
-            lambda: set(w.installed()) >= set(fleet.device_ids),
+            lambda: w.registered() >= set(fleet.device_ids),
             60 + 3 * n,
             "every agent registered",
             w.diag,
