@@ -87,10 +87,12 @@ class ModuleScore:
         return self.killed / self.mutants if self.mutants else 0.0
 
 
+_COPIED = ("shared", "edge_agent", "cloud_hub", "tests", "pyproject.toml")
+
+
 def _copy_checkout(dest: Path) -> None:
     listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "shared", "edge_agent", "cloud_hub"]
-        + ["tests", "pyproject.toml"],
+        ["git", "ls-files", "-co", "--exclude-standard", *_COPIED],
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -142,9 +142,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--profiles-dir", type=Path, default=None, help="default: firmware_bundles/")
     p.add_argument("--calib", type=Path, help=".npz (x, y); default: hub-held set")
     p.add_argument("--eval", type=Path, help=".npz (x, y); default: hub-held set")
-    p.add_argument(
-        "-o", "--out", type=Path, default=Path("results/compress"), help="output folder"
-    )
+    p.add_argument("-o", "--out", type=Path, default=Path("results/compress"), help="output folder")
     p.add_argument("--tflite-env", type=Path, default=None, help="default: .venv-litert/")
     p.set_defaults(func=_compress)
 

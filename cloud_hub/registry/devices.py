@@ -231,9 +231,7 @@ def removed_among(session: Session, device_ids: Iterable[str]) -> set[str]:
     ids = list(device_ids)
     if not ids:
         return set()
-    found = session.scalars(
-        select(RemovedDevice.device_id).where(RemovedDevice.device_id.in_(ids))
-    )
+    found = session.scalars(select(RemovedDevice.device_id).where(RemovedDevice.device_id.in_(ids)))
     return set(found)
 
 

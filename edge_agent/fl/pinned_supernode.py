@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--fab-sha256 must be 64 lowercase hex digits")
     if not 0.01 <= args.poll_interval <= 10:
         parser.error("--poll-interval must be in [0.01, 10] seconds")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per 0.2 s pull otherwise
     pin_fab(args.fab_sha256, args.poll_interval)
     if os.name == "posix":  # forking needs POSIX

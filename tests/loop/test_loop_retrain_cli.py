@@ -87,9 +87,7 @@ def test_retrain_by_hand_then_approve(tmp_path: Path, capsys: pytest.CaptureFixt
     )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["state"] == "awaiting_approval", out
-    assert (
-        out["version"] == 1 and (tmp_path / "bundles" / f"{out['bundle_id']}.ffb").exists()
-    )
+    assert out["version"] == 1 and (tmp_path / "bundles" / f"{out['bundle_id']}.ffb").exists()
     assert main([*base, "--approve", out["run_id"]]) == 0
     approved = json.loads(capsys.readouterr().out)
     assert approved["rollout_id"] == out["rollout_id"]
