@@ -136,8 +136,10 @@ def _scores(dest: Path, modules: Sequence[str], selected: Sequence[str]) -> list
     return out
 
 
-def run_mutmut(quick: bool, children: int) -> tuple[list[ModuleScore], float]:
-    modules = QUICK_MODULES if quick else tuple(TRUST_CORE)
+def run_mutmut(
+    quick: bool, children: int, only: Sequence[str] = ()
+) -> tuple[list[ModuleScore], float]:
+    modules = QUICK_MODULES if quick else tuple(only or TRUST_CORE)
     tests = QUICK_TESTS if quick else tuple(sorted({t for m in modules for t in TRUST_CORE[m]}))
     selected = QUICK_FUNCTIONS if quick else ()
     with tempfile.TemporaryDirectory(prefix="fedfleet-mutation-") as tmp:
@@ -165,9 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fixed sample, < 60 s")
     parser.add_argument("--survivors", action="store_true", help="list surviving mutants")
     parser.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        choices=sorted(TRUST_CORE),
+        help="score only this module (repeatable; default: the whole trust core)",
+    )
     args = parser.parse_args(argv)
 
-    scores, wall = run_mutmut(args.quick, args.children)
+    scores, wall = run_mutmut(args.quick, args.children, args.module)
     print(f"{'module':32} {'mutants':>8} {'killed':>7} {'score':>6}")
     for s in scores:
         print(f"{s.module:32} {s.mutants:8d} {s.killed:7d} {s.score:6.3f}")
