@@ -23,6 +23,9 @@ function rolloutCell(r) {
 
 async function viewFleet() {
   const at = location.hash;
+  // only the newest load may draw: a live refresh started before a filter or page change
+  // must not overwrite the answer to it when it finishes last
+  const seq = (state.fleetLoads = (state.fleetLoads || 0) + 1);
   const f = state.fleet;
   const params = new URLSearchParams({ limit: f.limit, offset: f.offset, sort: "device_id" });
   if (f.q) params.set("q", f.q);
@@ -47,7 +50,7 @@ async function viewFleet() {
       <td class="health">${healthPill(o.health)}</td><td class="drift">${driftCell(o.drift, d)}</td><td class="rollout">${rolloutCell(o.rollout)}</td>
       <td class="opt">${esc(d.runtime || "—")} ${fallback ? pill("CPU fallback", "fallback") : ""}</td><td class="opt">${o.health.state === "never_connected" ? '<span class="muted">never</span>' : ago(d.last_seen)}</td></tr>`;
   }).join("");
-  if (location.hash !== at) return; // the operator moved on while this loaded
+  if (location.hash !== at || seq !== state.fleetLoads) return; // the operator moved on
   $("#view").innerHTML = `<h1>Fleet</h1>
     <div class="stats">${stat(summary.total, "devices", "n-total")}${stat(summary.online, "online", "n-online")}${stat(summary.cpu_fallback, "GPU→CPU fallback")}${classes}</div>
     <h2>Installed models</h2><div class="stats">${versions || '<span class="muted">none</span>'}</div>
