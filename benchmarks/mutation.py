@@ -42,6 +42,7 @@ TRUST_CORE: Mapping[str, Sequence[str]] = {
     # tests/security start brokers and processes (the full run would take hours on 2 cores)
     "shared/bundle.py": ("tests/shared_protocol/test_shared_protocol_bundle.py",),
     "shared/signing.py": (
+        "tests/shared_protocol/test_shared_protocol_signing.py",
         "tests/shared_protocol/test_shared_protocol_bundle.py",
         "tests/fl/test_fl_order.py",
     ),
