@@ -1,7 +1,7 @@
 """Step 3: int8 quantization with onnxruntime, the mode chosen per layer type, the data
 types and ``reduce_range`` per target (``recipes.py``).
 
-Measured on this project's CPUs (see DEPENDENCIES.md): static int8 QDQ with per-channel
+Measured on this project's CPUs (onnxruntime 1.32): static int8 QDQ with per-channel
 weights makes a small CNN 3.6x smaller and 1.2-1.4x faster than ORT fp32, while *dynamic*
 int8 on convolutions is 6-8x *slower* than fp32. So the plan is per operator type:
 

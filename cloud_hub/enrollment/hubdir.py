@@ -62,7 +62,7 @@ def keystore_keyring(keys_dir: Path) -> dict[str, Any] | None:
 
 def keystore_trust_root(keys_dir: Path) -> TrustRoot | None:
     """The delivery key store's trust root, or ``None`` while no key store exists."""
-    from cloud_hub.keys import KeyStore  # the delivery engineer's module
+    from cloud_hub.keys import KeyStore  # imported where used: keeps enrollment import-light
 
     store = KeyStore(keys_dir)
     if not store.exists():

@@ -3,16 +3,13 @@
 The production path is Flower's Deployment Engine: the hub starts a SuperLink, sends each
 cohort device a ``TrainCommand``, and every device's SuperNode trains on its own sample
 store (``edge_agent.fl``) — raw samples never leave the device. The demo, the benchmark and
-the tests run every device on this machine, and there the controller uses the FL engineer's
+the tests run every device on this machine, and there the controller uses
 ``run_federated`` (Flower's own ServerApp/ClientApp with SecAgg+, in-process grid) fed by
-each device's sample store read from its state directory. Measured on this project's
-2-core machine (2026-11-24, shared with other builds): the FL engineer's Deployment Engine
-test (SuperLink + 3 SuperNodes, SecAgg+, 1 round) took 203 s; the same kind of run through
-``run_federated`` in-process (6 clients, 3 rounds) took 8-40 s depending on load. The
-Deployment Engine polls (DEPENDENCIES.md: ~35 s for 3 rounds with one node even when idle)
-and its ServerApp starts from fresh weights, not the champion's; it does not fit a
-5-minute demo. Both paths train the same ClientApp code (``shared.fl.client``) with the same
-hardened SecAgg+ mod. The device side of the Deployment Engine path exists
+each device's sample store read from its state directory. The Deployment Engine path
+(SuperLink + one SuperNode per device) costs 15-20 s per SecAgg+ round on a 2-core machine
+(``benchmarks/deploy.py``) against well under a second in-process, and its ServerApp
+starts from fresh weights, not the champion's; it does not fit a short demo. Both paths
+train the same ClientApp code (``shared.fl.client``) with the same hardened SecAgg+ mod. The device side of the Deployment Engine path exists
 (``edge_agent.fl.train_command``: a ``TrainCommand`` starts a SuperNode on the device's
 sample store; the demo's devices register it).
 """
