@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -41,12 +40,6 @@ LAB_KEYS = (
     "lab_reports_lost",
     "lab_rounds_without_secagg",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _write_inputs(root: Path, devices: int, rounds: int) -> None:
@@ -107,45 +100,11 @@ def _wait_until_warm(logs: list[Path], timeout_s: float = 180.0) -> None:
 
 
 def run_deployment(root: Path, devices: int) -> dict[str, Any]:
-    from cloud_hub.enrollment.ca import CertificateAuthority
-    from cloud_hub.fl.superlink import (
-        SuperLinkConfig,
-        SuperLinkProcess,
-        fab_sha256,
-        issue_superlink_tls,
-        wait_for_summary,
-    )
-    from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
+    from cloud_hub.fl.superlink import wait_for_summary
+    from simulations.harness.federation import local_federation
 
-    port = _free_port()
-    ca = CertificateAuthority.load_or_create(root / "ca")
-    cert, key, ca_file = issue_superlink_tls(root / "ca", "127.0.0.1", root / "tls")
-    (root / "pinned-ca.crt").write_bytes(ca.cert_pem)
-    link = SuperLinkProcess(
-        SuperLinkConfig(
-            database=root / "state.db",
-            port=port,
-            ssl_certfile=cert,
-            ssl_keyfile=key,
-            ssl_ca_certfile=ca_file,
-        ),
-        workdir=root / "link",
-    )
-    fab = fab_sha256()
-    nodes = [
-        SuperNodeSupervisor(
-            SuperNodeConfig(
-                superlink=f"127.0.0.1:{port}",
-                data_path=root / f"device-{i}.npz",
-                clientappio_port=_free_port(),
-                root_certificates=root / "pinned-ca.crt",
-                fab_sha256=fab,
-                extra_node_config={"order-run-id": "bench", "require-secure-aggregation": True},
-            ),
-            log_path=root / f"node-{i}.log",
-        )
-        for i in range(devices)
-    ]
+    federation = local_federation(root, devices=devices, run_id="bench")
+    link, nodes, fab = federation.link, federation.nodes, federation.fab_sha256
     with link:
         for node in nodes:
             node.start()

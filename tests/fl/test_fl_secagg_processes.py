@@ -14,33 +14,19 @@ weak generator: the tripwire fires and the sum is wrong.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cloud_hub.enrollment.ca import CertificateAuthority
-from cloud_hub.fl.superlink import (
-    SuperLinkConfig,
-    SuperLinkProcess,
-    fab_sha256,
-    issue_superlink_tls,
-    wait_for_summary,
-)
-from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
+from cloud_hub.fl.superlink import wait_for_summary
 from shared.data import generate_sensor_data
+from simulations.harness.federation import local_federation
 
 pytestmark = pytest.mark.integration
 
 TRIPWIRE = Path(__file__).resolve().parent / "secagg_tripwire"
 CLIENTS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _arrays(path: Path) -> list[np.ndarray]:
@@ -62,38 +48,8 @@ def _write_inputs(root: Path) -> None:
 
 
 def _run_secagg_round(root: Path) -> dict[str, object]:
-    port = _free_port()
-    ca = CertificateAuthority.load_or_create(root / "ca")
-    cert, key, ca_file = issue_superlink_tls(root / "ca", "127.0.0.1", root / "tls")
-    (root / "pinned-ca.crt").write_bytes(ca.cert_pem)
-    link = SuperLinkProcess(
-        SuperLinkConfig(
-            database=root / "state.db",
-            port=port,
-            ssl_certfile=cert,
-            ssl_keyfile=key,
-            ssl_ca_certfile=ca_file,
-        ),
-        workdir=root / "link",
-    )
-    fab = fab_sha256()
-    nodes = [
-        SuperNodeSupervisor(
-            SuperNodeConfig(
-                superlink=f"127.0.0.1:{port}",
-                data_path=root / f"device-{i}.npz",
-                clientappio_port=_free_port(),
-                root_certificates=root / "pinned-ca.crt",
-                fab_sha256=fab,
-                extra_node_config={
-                    "order-run-id": "secagg-processes",
-                    "require-secure-aggregation": True,
-                },
-            ),
-            log_path=root / f"node-{i}.log",
-        )
-        for i in range(CLIENTS)
-    ]
+    federation = local_federation(root, devices=CLIENTS, run_id="secagg-processes")
+    link, nodes, fab = federation.link, federation.nodes, federation.fab_sha256
     with link:
         for node in nodes:
             node.start()
