@@ -9,19 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.errors import HubConfigError
 from cloud_hub.fl.model_store import ModelStore
 from cloud_hub.fl.superlink import (
     SuperLinkConfig,
-    SuperLinkProcess,
-    fab_sha256,
-    issue_superlink_tls,
     wait_for_summary,
 )
 from edge_agent.errors import AgentConfigError
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.data import generate_sensor_data
+from simulations.harness.federation import local_federation
 
 
 def _free_port() -> int:
@@ -132,38 +129,8 @@ def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
         '[training]\nmodel_name = "sensor-mlp"\nnum_clients = 3\nmin_fit_clients = 3\nnum_rounds = 1\n'
         "local_epochs = 2\n[training.secagg]\nreconstruction_threshold = 2\n"
     )
-    port = _free_port()
-    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
-    cert, key, ca_file = issue_superlink_tls(tmp_path / "ca", "127.0.0.1", tmp_path / "tls")
-    (tmp_path / "pinned-ca.crt").write_bytes(ca.cert_pem)  # what devices pinned at enrollment
-    link = SuperLinkProcess(
-        SuperLinkConfig(
-            database=tmp_path / "state.db",
-            port=port,
-            ssl_certfile=cert,
-            ssl_keyfile=key,
-            ssl_ca_certfile=ca_file,
-        ),
-        workdir=tmp_path / "link",
-    )
-    fab = fab_sha256()
-    nodes = [
-        SuperNodeSupervisor(
-            SuperNodeConfig(
-                superlink=f"127.0.0.1:{port}",
-                data_path=tmp_path / f"device-{i}.npz",
-                clientappio_port=_free_port(),
-                root_certificates=tmp_path / "pinned-ca.crt",
-                fab_sha256=fab,
-                extra_node_config={
-                    "order-run-id": "deploy-test",
-                    "require-secure-aggregation": True,
-                },
-            ),
-            log_path=tmp_path / f"node-{i}.log",
-        )
-        for i in range(3)
-    ]
+    federation = local_federation(tmp_path, devices=3, run_id="deploy-test")
+    link, nodes, fab = federation.link, federation.nodes, federation.fab_sha256
     with link:
         for node in nodes:
             node.start()
