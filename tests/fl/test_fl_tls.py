@@ -4,7 +4,6 @@ one that trusts another CA does not."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -13,19 +12,16 @@ import pytest
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.fl.superlink import SuperLinkConfig, SuperLinkProcess, issue_superlink_tls
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
+from shared.net import free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.mark.integration
-def test_supernode_registers_over_tls(tmp_path: Path) -> None:
-    CertificateAuthority.load_or_create(tmp_path / "hub-ca")
-    cert, key, ca = issue_superlink_tls(tmp_path / "hub-ca", "127.0.0.1", tmp_path / "tls")
-    port = _free_port()
+def _link_and_node(
+    tmp_path: Path, *, certified_by: Path, pinned: Path
+) -> tuple[SuperLinkProcess, SuperNodeSupervisor]:
+    """A TLS SuperLink whose certificate the CA in ``certified_by`` issued, and a SuperNode
+    that trusts only the CA certificate ``pinned``."""
+    cert, key, ca = issue_superlink_tls(certified_by, "127.0.0.1", tmp_path / "tls")
+    port = free_port()
     link = SuperLinkProcess(
         SuperLinkConfig(
             database=tmp_path / "state.db",
@@ -40,10 +36,20 @@ def test_supernode_registers_over_tls(tmp_path: Path) -> None:
         SuperNodeConfig(
             superlink=f"127.0.0.1:{port}",
             data_path=tmp_path / "samples.npz",
-            clientappio_port=_free_port(),
-            root_certificates=ca,
+            clientappio_port=free_port(),
+            root_certificates=pinned,
         ),
         log_path=tmp_path / "node.log",
+    )
+    return link, node
+
+
+@pytest.mark.integration
+def test_supernode_registers_over_tls(tmp_path: Path) -> None:
+    hub = CertificateAuthority.load_or_create(tmp_path / "hub-ca")
+    (tmp_path / "pinned.crt").write_bytes(hub.cert_pem)
+    link, node = _link_and_node(
+        tmp_path, certified_by=tmp_path / "hub-ca", pinned=tmp_path / "pinned.crt"
     )
     link.start()
     try:
@@ -66,26 +72,8 @@ def test_supernode_refuses_a_superlink_the_pinned_ca_did_not_certify(tmp_path: P
     pinned = CertificateAuthority.load_or_create(tmp_path / "hub-ca")
     (tmp_path / "pinned.crt").write_bytes(pinned.cert_pem)
     CertificateAuthority.load_or_create(tmp_path / "other-ca")
-    cert, key, ca = issue_superlink_tls(tmp_path / "other-ca", "127.0.0.1", tmp_path / "tls")
-    port = _free_port()
-    link = SuperLinkProcess(
-        SuperLinkConfig(
-            database=tmp_path / "state.db",
-            port=port,
-            ssl_certfile=cert,
-            ssl_keyfile=key,
-            ssl_ca_certfile=ca,
-        ),
-        workdir=tmp_path / "link",
-    )
-    node = SuperNodeSupervisor(
-        SuperNodeConfig(
-            superlink=f"127.0.0.1:{port}",
-            data_path=tmp_path / "samples.npz",
-            clientappio_port=_free_port(),
-            root_certificates=tmp_path / "pinned.crt",
-        ),
-        log_path=tmp_path / "node.log",
+    link, node = _link_and_node(
+        tmp_path, certified_by=tmp_path / "other-ca", pinned=tmp_path / "pinned.crt"
     )
     with link, node:
         deadline = time.monotonic() + 120
