@@ -20,6 +20,7 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.config import load_config
 from edge_agent.transport import Outbox
 from shared.messages import EventKind, Hello, Telemetry
+from shared.net import free_port
 from shared.topics import TopicScheme
 from tests.agent_ota.agent_ota_helpers import (
     BundleSender,
@@ -61,15 +62,9 @@ def test_outbox_coalesces_retained_and_is_bounded(tmp_path: Path) -> None:
     assert [e.payload for e in box.after(0, 10)][-1] == b"4"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PrivateBroker:
     def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.conf = directory / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,9 @@ from cloud_hub.config import HubConfig, parse_mqtt_url
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
 from shared.messages import Event, Hello
+from shared.net import free_port
 
 CLI = [sys.executable, "-m", "cloud_hub.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_hub_config_from_file_and_overrides(tmp_path: Path) -> None:
@@ -75,7 +69,7 @@ def test_serve_runs_api_ingest_and_engine(tmp_path: Path) -> None:
     data = tmp_path / "hub"
     KeyStore.init(data / "keys")
     prefix = f"serve-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     token = subprocess.run(
         [*CLI, "token", "create", "--role", "operator", "--data-dir", str(data)],

@@ -4,7 +4,6 @@ ClientApp holding each update in its node's held-update folder."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,11 @@ from cloud_hub.fl.superlink import (
 )
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.data import generate_sensor_data
+from shared.net import free_port
 
 pytestmark = pytest.mark.slow
 
 FAB_ASYNC = Path(__file__).resolve().parents[2] / "cloud_hub" / "fl" / "fab_async"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_async_buffers_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
@@ -40,7 +34,7 @@ def test_async_buffers_on_superlink_and_three_supernodes(tmp_path: Path) -> None
     x, y = generate_sensor_data(300, seed=3, sample_seed=99)
     np.savez(tmp_path / "validation.npz", x=x, y=y)
     (tmp_path / "train.toml").write_text("[async]\ndevices = 3\nbuffer_size = 3\nbuffers = 2\n")
-    port = _free_port()
+    port = free_port()
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     cert, key, ca_file = issue_superlink_tls(tmp_path / "ca", "127.0.0.1", tmp_path / "tls")
     (tmp_path / "pinned-ca.crt").write_bytes(ca.cert_pem)
@@ -61,7 +55,7 @@ def test_async_buffers_on_superlink_and_three_supernodes(tmp_path: Path) -> None
             SuperNodeConfig(
                 superlink=f"127.0.0.1:{port}",
                 data_path=tmp_path / f"device-{i}.npz",
-                clientappio_port=_free_port(),
+                clientappio_port=free_port(),
                 root_certificates=tmp_path / "pinned-ca.crt",
                 fab_sha256=fab,
                 extra_node_config={

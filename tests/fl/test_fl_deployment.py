@@ -3,7 +3,6 @@ over TLS with a server certificate from the hub CA, the SuperNodes pinned to the
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,8 @@ from cloud_hub.fl.superlink import (
 from edge_agent.errors import AgentConfigError
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.data import generate_sensor_data
+from shared.net import free_port
 from simulations.harness.federation import local_federation
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_supernode_argv_and_tls_rules(tmp_path: Path) -> None:
@@ -95,9 +89,9 @@ def test_supervisor_restarts_a_dead_supernode_and_stops_it(tmp_path: Path) -> No
     # No SuperLink listens: the SuperNode gives up after its retry budget and exits; the
     # supervisor must bring it back, then stop it cleanly on request.
     cfg = SuperNodeConfig(
-        superlink=f"127.0.0.1:{_free_port()}",
+        superlink=f"127.0.0.1:{free_port()}",
         data_path=tmp_path / "none.npz",
-        clientappio_port=_free_port(),
+        clientappio_port=free_port(),
         insecure=True,
         max_retries=0,
         max_wait_time_s=0.5,
