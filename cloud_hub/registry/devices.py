@@ -46,6 +46,7 @@ __all__ = [
     "count_devices",
     "delete_device",
     "find_device",
+    "find_devices",
     "get_device",
     "list_devices",
     "mark_silent_offline",
@@ -138,6 +139,20 @@ def list_devices(session: Session, query: DeviceQuery = DeviceQuery()) -> Page[D
 def find_device(session: Session, device_id: str) -> DeviceRecord | None:
     row = session.get(Device, device_id)
     return _record(row) if row is not None else None
+
+
+def find_devices(session: Session, device_ids: Iterable[str]) -> dict[str, DeviceRecord]:
+    """The known devices among ``device_ids``, by id (a few queries however many ids)."""
+    ids = list(dict.fromkeys(device_ids))
+    found: dict[str, DeviceRecord] = {}
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        part = ids[start : start + _IDS_PER_QUERY]
+        for row in session.scalars(select(Device).where(Device.device_id.in_(part))):
+            found[row.device_id] = _record(row)
+    return found
+
+
+_IDS_PER_QUERY = 500  # well under every backend's limit of bound parameters
 
 
 def get_device(session: Session, device_id: str) -> DeviceRecord:
