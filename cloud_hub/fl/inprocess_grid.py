@@ -16,8 +16,9 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
@@ -32,7 +33,10 @@ __all__ = ["InProcessGrid"]
 
 
 class InProcessGrid(Grid):
-    """Runs ``client_app`` for ``num_nodes`` virtual SuperNodes inside this process."""
+    """Runs ``client_app`` for ``num_nodes`` virtual SuperNodes inside this process.
+
+    ``run_config`` is what every node's ClientApp sees as the run config (as a SuperLink
+    hands it the hub's ``flwr run --run-config``)."""
 
     def __init__(
         self,
@@ -42,6 +46,7 @@ class InProcessGrid(Grid):
         run_id: int | None = None,
         workers: int = 2,
         seed: int = 0,
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ValueError("num_nodes must be >= 1")
@@ -58,7 +63,7 @@ class InProcessGrid(Grid):
                     NodeConfigKey.NUM_PARTITIONS: num_nodes,
                 },
                 state=RecordDict(),
-                run_config={},
+                run_config=dict(run_config or {}),
             )
             for index, node_id in enumerate(self._node_ids)
         }
