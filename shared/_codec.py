@@ -2,6 +2,9 @@
 
 Supports the types wire messages use: str, int, float, bool, None unions, list[X],
 tuple[X, ...], dict[str, X], ``Any`` and nested frozen dataclasses with ``from_dict``.
+
+Each annotation is compiled once into a checker function and each dataclass into a list of
+its fields' checkers (both cached), so decoding a message costs no ``typing`` introspection.
 """
 
 from __future__ import annotations
@@ -10,91 +13,174 @@ import dataclasses
 import functools
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Union, get_args, get_origin
 
 from shared.errors import MalformedMessageError
 
 _NoneType = type(None)
 
+Checker = Callable[[Any, str], Any]  # (value, where) -> the converted value
+
 
 def check_value(value: Any, tp: Any, where: str) -> Any:
     """Return ``value`` converted to ``tp`` or raise ``MalformedMessageError``."""
-    if tp is Any:
-        return value
+    return _checker(tp)(value, where)
+
+
+def _any(value: Any, where: str) -> Any:
+    return value
+
+
+def _bool(value: Any, where: str) -> Any:
+    if not isinstance(value, bool):
+        raise MalformedMessageError(f"{where}: expected a boolean")
+    return value
+
+
+def _int(value: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedMessageError(f"{where}: expected an integer")
+    return value
+
+
+def _float(value: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedMessageError(f"{where}: expected a number")
+    return float(value)
+
+
+def _str(value: Any, where: str) -> Any:
+    if not isinstance(value, str):
+        raise MalformedMessageError(f"{where}: expected a string")
+    return value
+
+
+_LEAVES: dict[Any, Checker] = {Any: _any, bool: _bool, int: _int, float: _float, str: _str}
+
+
+@functools.cache
+def _checker(tp: Any) -> Checker:
+    """The checker of annotation ``tp`` (compiled once per annotation)."""
+    leaf = _LEAVES.get(tp)
+    if leaf is not None:
+        return leaf
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
+        return _union_checker(get_args(tp))
+    if origin is list or origin is tuple:
+        return _sequence_checker(origin, get_args(tp))
+    if origin is dict:
+        return _dict_checker(get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return _dataclass_checker(tp)
+    return _unsupported_checker(tp)
+
+
+def _union_checker(args: tuple[Any, ...]) -> Checker:
+    nullable = _NoneType in args
+    arms = [_checker(arg) for arg in args if arg is not _NoneType]
+
+    def check(value: Any, where: str) -> Any:
         if value is None:
-            if _NoneType in args:
+            if nullable:
                 return None
             raise MalformedMessageError(f"{where}: must not be null")
         errors = []
-        for arg in args:
-            if arg is _NoneType:
-                continue
+        for arm in arms:
             try:
-                return check_value(value, arg, where)
+                return arm(value, where)
             except MalformedMessageError as exc:
                 errors.append(str(exc))
         raise MalformedMessageError("; ".join(errors))
-    if origin is list or origin is tuple:
+
+    return check
+
+
+def _sequence_checker(origin: Any, args: tuple[Any, ...]) -> Checker:
+    (item_tp, *_rest) = args or (Any,)
+    item = _checker(item_tp)
+    as_tuple = origin is tuple
+
+    def check(value: Any, where: str) -> Any:
         if not isinstance(value, list | tuple):
             raise MalformedMessageError(f"{where}: expected a list, got {type(value).__name__}")
-        (item_tp, *_rest) = get_args(tp) or (Any,)
-        items = [check_value(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
+        items = [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if as_tuple else items
+
+    return check
+
+
+def _dict_checker(args: tuple[Any, ...]) -> Checker:
+    _key_tp, val_tp = args or (str, Any)
+    item = _checker(val_tp)
+
+    def check(value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise MalformedMessageError(f"{where}: expected an object, got {type(value).__name__}")
-        _key_tp, val_tp = get_args(tp) or (str, Any)
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise MalformedMessageError(f"{where}: keys must be strings")
-            out[k] = check_value(v, val_tp, f"{where}.{k}")
+            out[k] = item(v, f"{where}.{k}")
         return out
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise MalformedMessageError(f"{where}: expected a boolean")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MalformedMessageError(f"{where}: expected an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise MalformedMessageError(f"{where}: expected a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise MalformedMessageError(f"{where}: expected a string")
-        return value
-    if dataclasses.is_dataclass(tp):
+
+    return check
+
+
+def _dataclass_checker(tp: Any) -> Checker:
+    def check(value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise MalformedMessageError(f"{where}: expected an object")
         return from_plain(tp, value, where)
-    raise TypeError(f"unsupported annotation {tp!r} at {where}")  # a programming error
+
+    return check
+
+
+def _unsupported_checker(tp: Any) -> Checker:
+    def check(value: Any, where: str) -> Any:
+        raise TypeError(f"unsupported annotation {tp!r} at {where}")  # a programming error
+
+    return check
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How :func:`from_plain` builds one dataclass: its fields in order, with checkers."""
+
+    fields: tuple[tuple[str, Checker, bool], ...]  # name, checker, required
+    names: frozenset[str]
+    has_extra: bool
 
 
 @functools.cache
-def _type_hints(cls: Any) -> dict[str, Any]:
+def _plan(cls: Any) -> _Plan:
     # resolving string annotations is ~1 ms per class: once per class, not per message
-    return typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)
+    fields = tuple(
+        (
+            f.name,
+            _checker(hints[f.name]),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+        if f.name != "extra"
+    )
+    names = frozenset(f.name for f in dataclasses.fields(cls))
+    return _Plan(fields=fields, names=names, has_extra="extra" in names)
 
 
 def from_plain(cls: Any, data: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from a JSON object; unknown keys go to ``extra`` if present."""
-    hints = _type_hints(cls)
+    plan = _plan(cls)
     kwargs: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    for f in dataclasses.fields(cls):
-        if f.name == "extra":
-            continue
-        if f.name in data:
-            kwargs[f.name] = check_value(data[f.name], hints[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise MalformedMessageError(f"{where}: missing required field {f.name!r}")
-    if "extra" in names:
+    for name, check, required in plan.fields:
+        if name in data:
+            kwargs[name] = check(data[name], f"{where}.{name}")
+        elif required:
+            raise MalformedMessageError(f"{where}: missing required field {name!r}")
+    if plan.has_extra:
+        names = plan.names
         kwargs["extra"] = {
             k: v for k, v in data.items() if k not in names and k not in ("type", "v")
         }

@@ -39,6 +39,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# one decoder for every call (``json.loads`` with hooks builds a new one each time)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_json(data: bytes | bytearray | memoryview, *, max_bytes: int) -> Any:
     """Decode JSON from untrusted bytes, bounded by ``max_bytes``.
 
@@ -48,11 +52,7 @@ def parse_json(data: bytes | bytearray | memoryview, *, max_bytes: int) -> Any:
     if len(data) > max_bytes:
         raise MessageTooLargeError(f"payload of {len(data)} bytes exceeds limit {max_bytes}")
     try:
-        return json.loads(
-            bytes(data).decode("utf-8"),
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
+        return _DECODER.decode(bytes(data).decode("utf-8"))
     except NonFiniteNumberError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
