@@ -13,18 +13,22 @@
    folded devices to release their updates.
 3. A device that drops mid-exchange is SecAgg+'s business: above the reconstruction
    threshold the buffer completes without it (its update stays held for a later buffer);
-   below it nothing is aggregated and every member keeps its update.
+   below it nothing is aggregated. A member whose masked vector went out is spent either
+   way (a device masks an update once, :mod:`shared.fl.held_update`): the hub asks the
+   members left out of a buffer, drops the spent ones and orders those devices afresh;
+   members that dropped before the collect stage keep their update for the next buffer.
 
-The hub trusts its own order ledger, not a device's word, for base versions: a device can
-only offer an update for an order this run issued, and never one already folded.
+The hub trusts its own order ledger (:mod:`cloud_hub.fl.order_ledger`, in memory or in the
+registry), not a device's word, for base versions: a device can only offer an update for an
+order this run issued, and never one already folded or spent.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +44,7 @@ from cloud_hub.errors import TrainingError
 from cloud_hub.fl._buffer_strategy import BufferStrategy
 from cloud_hub.fl.config import SecAggConfig
 from cloud_hub.fl.fedbuff import FedBuffConfig, HeldUpdateRef, choose_buffer, fold_buffer
+from cloud_hub.fl.order_ledger import LedgerEntry, MemoryOrderLedger, OrderLedger, OrderState
 from cloud_hub.fl.workflow import GuardedSecAggPlusWorkflow, SecureRoundAbortedError
 from shared.fl.config_keys import AsyncTrainingKey as K
 
@@ -84,15 +89,6 @@ class BufferRecord:
         }
 
 
-@dataclass
-class _Ledger:
-    """Orders this run issued, updates held, orders already folded."""
-
-    issued: dict[str, HeldUpdateRef] = field(default_factory=dict)
-    held: dict[int, HeldUpdateRef] = field(default_factory=dict)
-    folded: set[str] = field(default_factory=set)
-
-
 class AsyncBufferedRun:
     """FedBuff over a Flower ``Grid``, SecAgg+ for every buffer."""
 
@@ -104,6 +100,8 @@ class AsyncBufferedRun:
         fedbuff: FedBuffConfig,
         secagg: SecAggConfig,
         on_version: Callable[[int, list[NDArray], BufferRecord], None] | None = None,
+        ledger: OrderLedger | None = None,
+        version: int = 0,
     ) -> None:
         secagg.check_against(fedbuff.buffer_size)
         self._grid = grid
@@ -111,10 +109,10 @@ class AsyncBufferedRun:
         # Each member counts once (weight 1): the exchange returns the mean of w_i * delta_i.
         self._secagg = replace(secagg, max_weight=1.0)
         self._on_version = on_version
-        self.version = 0
+        self.version = version
         self.weights = [np.array(w, copy=True) for w in initial_weights]
         self.buffers: list[BufferRecord] = []
-        self._ledger = _Ledger()
+        self.ledger: OrderLedger = MemoryOrderLedger() if ledger is None else ledger
 
     def attach(self, grid: Grid) -> None:
         """Continue on another grid (the devices reconnected); call :meth:`sync_held` next."""
@@ -123,13 +121,31 @@ class AsyncBufferedRun:
     # -- orders and held updates ------------------------------------------------------------
     @property
     def holders(self) -> dict[int, HeldUpdateRef]:
-        return dict(self._ledger.held)
+        return {e.ref.device: e.ref for e in self.ledger.entries() if e.state is OrderState.HELD}
 
-    def order(self, node_ids: Iterable[int]) -> list[HeldUpdateRef]:
-        """Order ``node_ids`` to train from the current version; returns the ready holders."""
+    def order(
+        self,
+        node_ids: Iterable[int],
+        *,
+        names: Mapping[int, str] | None = None,
+        labelled: Mapping[int, float] | None = None,
+    ) -> list[HeldUpdateRef]:
+        """Order ``node_ids`` to train from the current version; returns the ready holders.
+
+        Each order is in the ledger before it is sent (``names``/``labelled``: the devices'
+        registry ids and labelled samples, kept with the order for eligibility)."""
         refs = {
             nid: HeldUpdateRef(nid, f"o-{uuid.uuid4().hex[:16]}", self.version) for nid in node_ids
         }
+        for nid, ref in refs.items():
+            self.ledger.issue(
+                LedgerEntry(
+                    ref,
+                    OrderState.ORDERED,
+                    device_name=(names or {}).get(nid),
+                    labelled_samples=(labelled or {}).get(nid),
+                )
+            )
         model = ArrayRecord(self.weights)
         messages = [
             self._message(
@@ -140,6 +156,7 @@ class AsyncBufferedRun:
             )
             for nid, ref in refs.items()
         ]
+        previous = self.holders
         ready: list[HeldUpdateRef] = []
         for reply in self._grid.send_and_receive(messages):
             nid = reply.metadata.src_node_id
@@ -152,29 +169,74 @@ class AsyncBufferedRun:
             if answered != refs[nid].order_id:
                 log.warning("node %s answered order %r, not %r", nid, answered, refs[nid].order_id)
                 continue
-            self._ledger.issued[answered] = refs[nid]
-            self._ledger.held[nid] = refs[nid]
+            if nid in previous:  # a device holds one update: the new one replaced the old
+                self.ledger.move(previous[nid].order_id, OrderState.SUPERSEDED)
+            self.ledger.move(answered, OrderState.HELD)
             ready.append(refs[nid])
+        answered_ids = {r.order_id for r in ready}
+        for ref in refs.values():
+            if ref.order_id not in answered_ids:
+                self.ledger.move(ref.order_id, OrderState.FAILED)
         return ready
 
     def sync_held(self, node_ids: Iterable[int]) -> list[HeldUpdateRef]:
-        """Ask devices what they hold (after a restart of hub or agent); returns live holders."""
+        """Ask devices what they hold (after a restart of hub or agent); returns live holders.
+
+        Updates the ledger knows as folded or spent, or that the device reports spent, are
+        released on the device; an unspent update of an order issued to that device is held.
+        """
+        entries = {e.ref.order_id: e for e in self.ledger.entries()}
         messages = [self._message("query.held", nid, {}) for nid in node_ids]
         live: list[HeldUpdateRef] = []
-        stale_folded: list[tuple[int, str]] = []
+        drop: list[tuple[int, str]] = []
         for reply in self._grid.send_and_receive(messages):
             if reply.has_error():
                 continue
             nid = reply.metadata.src_node_id
-            order_id = str(reply.content.config_records[K.ORDER_RECORD].get(K.ORDER_ID, ""))
-            ref = self._ledger.issued.get(order_id)
-            if order_id in self._ledger.folded:
-                stale_folded.append((nid, order_id))
-            elif ref is not None and ref.device == nid:
-                self._ledger.held[nid] = ref
-                live.append(ref)
-        self._release(stale_folded)
+            record = reply.content.config_records[K.ORDER_RECORD]
+            entry = entries.get(str(record.get(K.ORDER_ID, "")))
+            if entry is None or entry.ref.device != nid:
+                continue
+            if entry.state in (OrderState.FOLDED, OrderState.SPENT):
+                drop.append((nid, entry.ref.order_id))
+            elif bool(record.get(K.SPENT, False)):
+                self._spent(entry)
+                drop.append((nid, entry.ref.order_id))
+            elif entry.state in (OrderState.ORDERED, OrderState.HELD):
+                if entry.state is OrderState.ORDERED:  # the hub stopped before the reply
+                    self.ledger.move(entry.ref.order_id, OrderState.HELD)
+                live.append(entry.ref)
+        self._release(drop)
         return live
+
+    def _spent(self, entry: LedgerEntry, buffer: int | None = None) -> None:
+        if entry.state is OrderState.ORDERED:
+            self.ledger.move(entry.ref.order_id, OrderState.HELD)
+        log.info("update of node %s (order %s) is spent", entry.ref.device, entry.ref.order_id)
+        self.ledger.move(entry.ref.order_id, OrderState.SPENT, buffer=buffer)
+
+    def _forget_spent(self, members: Sequence[HeldUpdateRef], buffer: int) -> None:
+        """Members left out of a buffer whose masked vector went out anyway: spent, dropped."""
+        if not members:
+            return
+        wanted = {m.device: m for m in members}
+        messages = [self._message("query.held", nid, {}) for nid in wanted]
+        entries = {e.ref.order_id: e for e in self.ledger.entries()}
+        spent: list[tuple[int, str]] = []
+        for reply in self._grid.send_and_receive(messages):
+            if reply.has_error():
+                continue  # unreachable: still held; a spent one refuses the next exchange
+            nid = reply.metadata.src_node_id
+            record = reply.content.config_records[K.ORDER_RECORD]
+            ref = wanted.get(nid)
+            if ref is None or str(record.get(K.ORDER_ID, "")) != ref.order_id:
+                continue
+            entry = entries.get(ref.order_id)
+            if bool(record.get(K.SPENT, False)) and entry is not None:
+                if entry.state in (OrderState.ORDERED, OrderState.HELD):
+                    self._spent(entry, buffer)
+                spent.append((nid, ref.order_id))
+        self._release(spent)
 
     # -- buffers --------------------------------------------------------------------------------
     def run_buffer(self, online: Iterable[int] | None = None) -> BufferRecord | None:
@@ -183,12 +245,13 @@ class AsyncBufferedRun:
         Returns None when fewer than ``K`` fresh holders are online; raises nothing on a
         dropped exchange: the record says so and the updates stay held.
         """
-        reachable = set(self._ledger.held) if online is None else set(online)
-        candidates = [ref for nid, ref in self._ledger.held.items() if nid in reachable]
+        held = self.holders
+        reachable = set(held) if online is None else set(online)
+        candidates = [ref for nid, ref in held.items() if nid in reachable]
         choice = choose_buffer(candidates, self.version, self._fedbuff)
         for ref in choice.refused:
             log.info("update of node %s (order %s) is too stale; refused", ref.device, ref.order_id)
-            self._ledger.held.pop(ref.device, None)
+            self.ledger.move(ref.order_id, OrderState.REFUSED)
         self._release([(ref.device, ref.order_id) for ref in choice.refused])
         if not choice.ready:
             return None
@@ -203,7 +266,8 @@ class AsyncBufferedRun:
         except SecureRoundAbortedError as exc:
             record = replace(record, error=str(exc))
             self.buffers.append(record)
-            log.warning("buffer %s: %s; the updates stay held", number, exc)
+            log.warning("buffer %s: %s; unspent updates stay held", number, exc)
+            self._forget_spent(members, number)
             return record
         folded = tuple(m for m in members if m.device in folded_nodes)
         self.weights = fold_buffer(self.weights, weighted_sum, len(folded), self._fedbuff.server_lr)
@@ -211,9 +275,9 @@ class AsyncBufferedRun:
         record = replace(record, folded=folded, new_version=self.version)
         self.buffers.append(record)
         for ref in folded:
-            self._ledger.folded.add(ref.order_id)
-            self._ledger.held.pop(ref.device, None)
+            self.ledger.move(ref.order_id, OrderState.FOLDED, buffer=number)
         self._release([(ref.device, ref.order_id) for ref in folded])
+        self._forget_spent([m for m in members if m not in folded], number)
         if self._on_version is not None:
             self._on_version(self.version, self.weights, record)
         return record

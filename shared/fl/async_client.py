@@ -11,8 +11,12 @@ Three kinds of message, routed by Flower's ``<category>.<action>`` message types
   the device computes itself (:func:`shared.fl.staleness.staleness_weight`): an exchange
   announcing a version that makes the update too stale, or from the future, is refused.
   Only this path ever reads the held update, and it is always masked.
-- ``query.held`` / ``query.release``: say which order the held update answers; delete it
-  once the hub has folded it into a buffer.
+- ``query.held`` / ``query.release``: say which order the held update answers and whether
+  it is spent; delete it once the hub has folded it into a buffer (or learnt it is spent).
+
+One-time masking: the update is spent on disk before its masked vector leaves, and a spent
+update is refused by every later exchange (the argument is in :mod:`shared.fl.held_update`).
+An exchange that broke before the collect stage never touched the update: it re-enters.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from shared.errors import ConfigError
 from shared.fl.config_keys import AsyncTrainingKey as K
 from shared.fl.config_keys import NodeConfigKey, RunConfigKey
 from shared.fl.data_source import DataResolver
-from shared.fl.held_update import HeldUpdate, HeldUpdateStore
+from shared.fl.held_update import HeldUpdate, HeldUpdateStore, NothingHeldError
 from shared.fl.mods import DropoutSchedule, hardened_secaggplus_mod
 from shared.fl.staleness import staleness_weight
 from shared.fl.training import LocalTrainingLimits
@@ -44,10 +48,6 @@ __all__ = [
 
 GLOBAL_RECORD = K.GLOBAL_RECORD
 ORDER_RECORD = K.ORDER_RECORD
-
-
-class NothingHeldError(ConfigError):
-    """A buffer exchange reached a device that holds no update."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,13 @@ class AsyncClientSpec:
         held = store.load()
         if held is None:
             raise NothingHeldError("this device holds no update for a buffer")
-        weight = staleness_weight(
+        held.refuse_if_spent()
+        weight = staleness_weight(  # a refused exchange leaves the update unspent
             int(fitins.config[K.CURRENT_VERSION]),
             held.base_version,
             int(fitins.config[K.MAX_STALENESS]),
         )
-        held = store.spend()  # counted before the masked vector leaves (MAX_EXCHANGES)
+        held = store.spend()  # spent on disk before the masked vector leaves; once only
         weighted = [np.asarray(d, dtype=np.float64) * weight for d in held.delta]
         fitres = FitRes(
             Status(Code.OK, "held update"),
@@ -120,7 +121,13 @@ class AsyncClientSpec:
         held = self.store(context).load()
         record = ConfigRecord()
         if held is not None:
-            record = ConfigRecord({K.ORDER_ID: held.order_id, K.BASE_VERSION: held.base_version})
+            record = ConfigRecord(
+                {
+                    K.ORDER_ID: held.order_id,
+                    K.BASE_VERSION: held.base_version,
+                    K.SPENT: held.spent,
+                }
+            )
         return Message(RecordDict({ORDER_RECORD: record}), reply_to=message)
 
     def release(self, message: Message, context: Context) -> Message:

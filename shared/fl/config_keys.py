@@ -59,6 +59,8 @@ class AsyncTrainingKey:
     ORDER_ID = "order-id"
     BASE_VERSION = "base-version"
     NUM_EXAMPLES = "num-examples"
+    # "query.held" reply: the held update already went out in a masked vector (never again)
+    SPENT = "spent"
     # secure buffer exchange (SecAgg+ fit config): the device weights its held update itself
     CURRENT_VERSION = "current-version"
     MAX_STALENESS = "max-staleness"

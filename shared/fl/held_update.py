@@ -5,6 +5,27 @@ An asynchronous device trains when it is ordered to and keeps its update
 That can be hours later, across reboots and agent restarts, so the update lives in one
 file written atomically (:func:`shared.files.atomic_write`): a crash leaves the old update
 or the new one, never half of each. The file is 0600: it is the device's private update.
+
+**One-time masking.** A held update leaves the device in at most one masked vector, ever.
+:meth:`HeldUpdateStore.spend` hands the update out for SecAgg+'s "collect masked vectors"
+stage and, *before* it returns (so before the vector is masked and sent), replaces the file
+with a spent record that keeps the order id and base version but no values. A second
+exchange asking for it is refused (:class:`HeldUpdateSpentError`).
+
+Why once and not "until a buffer completes": a device cannot tell whether an exchange it
+answered was completed. The hub can unmask the sum with the other members' shares alone,
+then claim the buffer failed and ask again. If the same update ``u`` were masked into two
+exchanges whose member sets differ (``{u, a, b}`` and ``{u, a, c}``), the two sums differ by
+``b - c``; with enough overlapping exchanges a hub solves for single updates, which is what
+secure aggregation exists to prevent. With one masked vector per update, every update is
+in at most one sum the hub can open, and sums over disjoint update sets reveal nothing
+about one member beyond the sum itself.
+
+What may re-enter a later exchange is an update that never reached the collect stage: the
+setup and key-sharing stages use fresh per-exchange keys and nothing derived from the
+update, so an exchange that broke there disclosed nothing about it. A crash between the
+spent record and the send loses the update (conservative: it is trained again), never
+discloses it twice.
 """
 
 from __future__ import annotations
@@ -21,13 +42,7 @@ from numpy.typing import NDArray
 from shared.errors import ConfigError, MalformedMessageError
 from shared.files import atomic_write
 
-__all__ = ["MAX_EXCHANGES", "HeldUpdate", "HeldUpdateSpentError", "HeldUpdateStore"]
-
-#: A held update is masked into at most this many SecAgg+ exchanges. A device cannot tell
-#: whether an exchange it answered was completed (the hub can unmask with the other members'
-#: shares alone), so a hub that re-used updates across many buffers could difference their
-#: sums; two tries let a buffer that fell below threshold be retried once.
-MAX_EXCHANGES = 2
+__all__ = ["HeldUpdate", "HeldUpdateSpentError", "HeldUpdateStore", "NothingHeldError"]
 
 _SCHEMA = 1
 _FILE = "held-update.npz"
@@ -43,7 +58,16 @@ class HeldUpdate:
     base_version: int
     num_examples: int
     delta: tuple[NDArray, ...]
-    exchanges: int = 0  # SecAgg+ exchanges this update was already masked into
+    spent: bool = False  # its masked vector was handed out once: never again (no values kept)
+
+    def refuse_if_spent(self) -> None:
+        """Raise :class:`HeldUpdateSpentError` when the masked vector already went out."""
+        if self.spent:
+            raise HeldUpdateSpentError(
+                f"held update of order {self.order_id} already went out in a masked vector "
+                "of an earlier secure exchange; it is spent and never masked again "
+                "(a fresh order trains a new one)"
+            )
 
     def to_npz_bytes(self) -> bytes:
         meta = {
@@ -53,7 +77,7 @@ class HeldUpdate:
             "order_id": self.order_id,
             "base_version": self.base_version,
             "num_examples": self.num_examples,
-            "exchanges": self.exchanges,
+            "spent": self.spent,
         }
         buffer = io.BytesIO()
         arrays = {f"a{i}": np.asarray(a) for i, a in enumerate(self.delta)}
@@ -80,14 +104,19 @@ class HeldUpdate:
                 base_version=int(meta["base_version"]),
                 num_examples=int(meta["num_examples"]),
                 delta=delta,
-                exchanges=int(meta.get("exchanges", 0)),
+                # files of older agents count exchanges: any exchange at all means spent
+                spent=bool(meta.get("spent", False)) or int(meta.get("exchanges", 0)) > 0,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessageError(f"held update metadata is incomplete: {exc}") from exc
 
 
+class NothingHeldError(ConfigError):
+    """A buffer exchange reached a device that holds no update."""
+
+
 class HeldUpdateSpentError(ConfigError):
-    """The held update was already masked into :data:`MAX_EXCHANGES` exchanges."""
+    """The held update already went out in a masked vector: it is never masked again."""
 
 
 class HeldUpdateStore:
@@ -117,18 +146,18 @@ class HeldUpdateStore:
         return HeldUpdate.from_npz_bytes(data)
 
     def spend(self) -> HeldUpdate:
-        """The held update for one more exchange, counted on disk before it is masked."""
+        """The held update, for the one masked vector it may ever go into.
+
+        The file is replaced by a spent record (no values) before this returns, so before
+        anything derived from the update leaves the device. Raises
+        :class:`HeldUpdateSpentError` when that already happened.
+        """
         held = self.load()
         if held is None:
-            raise ConfigError("no held update")
-        if held.exchanges >= MAX_EXCHANGES:
-            raise HeldUpdateSpentError(
-                f"held update {held.order_id} was already masked into {held.exchanges} "
-                "exchanges; refused (train a fresh one)"
-            )
-        spent = replace(held, exchanges=held.exchanges + 1)
-        self.save(spent)
-        return spent
+            raise NothingHeldError("this device holds no update for a buffer")
+        held.refuse_if_spent()
+        self.save(replace(held, spent=True, delta=()))
+        return held
 
     def release(self, order_id: str) -> bool:
         """Delete the held update if it answers ``order_id``; True when one was deleted."""

@@ -202,10 +202,19 @@ def test_a_device_dropping_mid_exchange(
         assert not record.completed and "threshold" in (record.error or "")
         assert run.version == 0
         _close(run.weights, initial)
-        assert set(_held_deltas(tmp_path, grid)) == set(deltas)  # nothing lost
+        # the two that sent their masked vectors are spent (one masked vector per update):
+        # the hub dropped and released them; the three that dropped before sending keep theirs
+        assert set(run.holders) == lost
+        kept = _held_deltas(tmp_path, grid)
+        assert set(kept) == lost
+        for node in lost:
+            _close(kept[node], deltas[node])
+        fresh = run.order([n for n in grid.get_node_ids() if n not in lost])
+        assert len(fresh) == 2
+        retrained = _held_deltas(tmp_path, grid)
         retry = run.run_buffer()  # buffer 2: nobody drops; all five fold
         assert retry is not None and retry.completed and len(retry.folded) == 5
-        _close(run.weights, _expected(initial, deltas, list(deltas), staleness=0))
+        _close(run.weights, _expected(initial, retrained, list(retrained), staleness=0))
 
 
 def test_a_held_update_survives_an_agent_restart(
@@ -272,25 +281,84 @@ def test_a_device_never_hands_out_its_update_outside_secagg(
     assert len(_held_deltas(tmp_path, grid)) == 3  # still held, never unmasked
 
 
-def test_a_held_update_is_masked_into_at_most_two_exchanges(
+def test_a_held_update_goes_into_one_masked_vector_only(
     tmp_path: Path,
     initial: list[np.ndarray],
     grids: list[RecordingGrid],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from shared.fl.held_update import MAX_EXCHANGES
-
     grid = _grid(_spec(tmp_path, 3), 3)
     grids.append(grid)
     run = AsyncBufferedRun(
         grid, initial, fedbuff=FedBuffConfig(buffer_size=3), secagg=SecAggConfig()
     )
-    monkeypatch.setattr(run, "_release", lambda pairs: None)  # a hub that never releases
+    # a hub that never releases and forgets what it folded, then asks for the same updates
+    monkeypatch.setattr(run, "_release", lambda pairs: None)
     members = run.order(grid.get_node_ids())
-    for _ in range(MAX_EXCHANGES):  # the same updates re-masked: the devices allow a retry
-        assert run.fold_members(members).completed
-    third = run.fold_members(members)
-    assert not third.completed and third.error is not None
+    assert run.fold_members(members).completed
+    before = len(grid.replies)
+    second = run.fold_members(members)
+    assert not second.completed and second.error is not None and run.version == 1
+    refusals = [r.error.reason or "" for r in grid.replies[before:] if r.has_error()]
+    assert len(refusals) == 3 and all("spent" in reason for reason in refusals), refusals
     for nid in grid.get_node_ids():
         held = HeldUpdateStore(tmp_path / f"partition-{grid.partition_of(nid)}").load()
-        assert held is not None and held.exchanges == MAX_EXCHANGES
+        assert held is not None and held.spent and held.delta == ()  # no values kept
+
+
+def test_an_update_whose_exchange_broke_before_masking_re_enters(
+    tmp_path: Path, initial: list[np.ndarray], grids: list[RecordingGrid]
+) -> None:
+    # buffer 1 breaks in the key-sharing stage: nobody sent a masked vector
+    dropout = DropoutSchedule(partitions=(0, 1, 2), rounds=(1,), stage="share_keys")
+    grid = _grid(_spec(tmp_path, 3, dropout), 3)
+    grids.append(grid)
+    run = AsyncBufferedRun(
+        grid, initial, fedbuff=FedBuffConfig(buffer_size=3), secagg=SecAggConfig()
+    )
+    members = run.order(grid.get_node_ids())
+    deltas = _held_deltas(tmp_path, grid)
+    broken = run.fold_members(members)
+    assert not broken.completed and set(run.holders) == set(deltas)
+    kept = _held_deltas(tmp_path, grid)
+    assert kept.keys() == deltas.keys()  # unspent, values kept
+    retry = run.run_buffer()
+    assert retry is not None and retry.completed and len(retry.folded) == 3
+    _close(run.weights, _expected(initial, deltas, list(deltas), staleness=0))
+
+
+def test_the_store_spends_before_handing_out_and_reads_older_files_as_spent(
+    tmp_path: Path,
+) -> None:
+    from shared.fl.held_update import HeldUpdate, HeldUpdateSpentError
+
+    store = HeldUpdateStore(tmp_path)
+    delta = (np.ones((2, 2)), np.zeros(3))
+    store.save(HeldUpdate("r", "o-1", 4, 10, delta))
+    handed = store.spend()
+    assert handed.order_id == "o-1" and not handed.spent
+    np.testing.assert_array_equal(handed.delta[0], delta[0])
+    on_disk = store.load()
+    assert on_disk is not None and on_disk.spent and on_disk.delta == ()
+    assert on_disk.base_version == 4  # the hub can still be told which order it was
+    with pytest.raises(HeldUpdateSpentError, match="o-1 already went out in a masked vector"):
+        store.spend()
+    # a file of an older agent that counted one exchange is spent too
+    old = HeldUpdate("r", "o-2", 0, 1, delta).to_npz_bytes()
+    legacy = _rewrite_meta(old, {"exchanges": 1}, drop=("spent",))
+    loaded = HeldUpdate.from_npz_bytes(legacy)
+    assert loaded.spent
+    assert store.release("o-1") and store.load() is None
+
+
+def _rewrite_meta(data: bytes, extra: dict[str, object], drop: tuple[str, ...]) -> bytes:
+    import io
+    import json
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        meta = json.loads(str(npz["meta"]))
+        arrays = {k: np.array(npz[k]) for k in npz.files if k != "meta"}
+    meta = {k: v for k, v in meta.items() if k not in drop} | extra
+    out = io.BytesIO()
+    np.savez(out, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
+    return out.getvalue()
