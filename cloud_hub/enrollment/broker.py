@@ -62,6 +62,13 @@ class BrokerTlsConfig:
     hub_crlfile: Path | None = None  # hub certificates replaced by a later broker-config
     tls_version: str = "tlsv1.2"  # the minimum accepted; 1.3 is negotiated when possible
     max_packet_size: int = 1024 * 1024  # bundle chunks are ~128 KiB
+    # QoS 1 messages the broker queues per client beyond those in flight, e.g. for the hub's
+    # persistent ingest session while the hub restarts. Mosquitto's default (1,000) is what a
+    # 10,000-device fleet sends in under a second; past it the broker drops silently,
+    # must-keep reports included. 200,000 covers minutes of such a fleet; the byte bound keeps
+    # any one client (a device offline during a rollout of 128 KiB chunks) at 64 MiB.
+    max_queued_messages: int = 200_000
+    max_queued_bytes: int = 64 * 1024 * 1024
     persistence_dir: Path | None = None
     log_dest: str = "stderr"
     # Mosquitto started as root drops to this user (default "mosquitto"), which must be able
@@ -78,6 +85,10 @@ class BrokerTlsConfig:
             raise HubConfigError("tls_version must be tlsv1.2 or tlsv1.3")
         if not 64 * 1024 <= self.max_packet_size <= 256 * 1024 * 1024:
             raise HubConfigError("max_packet_size must be between 64 KiB and 256 MiB")
+        if not 1000 <= self.max_queued_messages <= 10_000_000:
+            raise HubConfigError("max_queued_messages must be between 1,000 and 10,000,000")
+        if not self.max_packet_size <= self.max_queued_bytes <= 16 * 1024**3:
+            raise HubConfigError("max_queued_bytes must be between max_packet_size and 16 GiB")
         paths = ("cafile", "hub_cafile", "certfile", "keyfile", "acl_file", "hub_acl_file")
         for name in (*paths, "crlfile", "hub_crlfile", "persistence_dir", "bind", "log_dest"):
             if any(c in str(getattr(self, name)) for c in "\n\r"):
@@ -95,6 +106,9 @@ def render_mosquitto_config(cfg: BrokerTlsConfig) -> str:
         "per_listener_settings true",
         f"max_packet_size {cfg.max_packet_size}",
         f"log_dest {cfg.log_dest}",
+        "# per-client queue of QoS 1 messages (the hub's session while it restarts)",
+        f"max_queued_messages {cfg.max_queued_messages}",
+        f"max_queued_bytes {cfg.max_queued_bytes}",
     ]
     if cfg.user is not None:
         lines.append(f"user {cfg.user}")
