@@ -1,18 +1,23 @@
 """``cloud-hub retrain``: trigger a retraining run by hand, or approve one waiting for it.
 
 Works directly on the registry and the hub's data directory (not over the REST API):
-training needs the hub-side model store, key store and the cohort's training data, which
-live there, not behind the API. The rollout it creates is written to the registry; the
-running ``cloud-hub serve`` (its rollout engine reads the registry every tick) delivers it.
+training needs the hub-side model store, key store and CA, which live there, not behind
+the API. The rollout it creates is written to the registry; the running ``cloud-hub
+serve`` (its rollout engine reads the registry every tick) delivers it.
 
-    cloud-hub retrain --class x86-cpu --samples FLEET_DIR --validation val.npz [--require-approval]
+    cloud-hub retrain --class x86-cpu --validation val.npz --superlink-host HUB_ADDRESS \
+        [--mqtt-url ... --prefix ...] [--require-approval]
     cloud-hub retrain --approve RUN_ID
     cloud-hub retrain --list
 
-The manual trigger goes through the retraining policy: cooldown and the daily budget still
-apply (``--cooldown`` sets the cooldown). ``--samples`` is a folder of
-``DEVICE_ID/state/samples.db`` sample stores (the local fleet layout of ``cloud-hub demo``);
-``--validation``/``--calibration`` are ``.npz`` files with arrays ``x`` and ``y``.
+The devices train, on their own samples: the command starts a SuperLink on
+``--superlink-host`` (TLS from the hub CA in ``DATA_DIR/ca``, which devices pinned at
+enrollment) and sends every cohort device a signed training order over the hub's broker
+(``--mqtt-*``, ``--prefix``: the settings ``cloud-hub serve`` uses); each device's agent
+starts a SuperNode on its sample store (``cloud_hub.loop.device_training``). The hub reads
+no device data. The manual trigger goes through the retraining policy: cooldown and the
+daily budget still apply (``--cooldown`` sets the cooldown). ``--validation`` and
+``--calibration`` are hub-held ``.npz`` files with arrays ``x`` and ``y``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.commands.options import BROKER_KEYS, add_hub_options
 from cloud_hub.commands.serve import add_config_arguments, load_config
 from cloud_hub.errors import HubConfigError, HubError
 from cloud_hub.rollout.delivery import RecordedDelivery
@@ -34,21 +40,30 @@ def register(subparsers: Any) -> None:
         "retrain", help="trigger federated retraining of a device class, or approve a run"
     )
     add_config_arguments(parser)
+    add_hub_options(parser, BROKER_KEYS)
     parser.add_argument("--keys-dir", help="key store directory (default DATA_DIR/keys)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--class", dest="device_class", help="device class to retrain")
     what.add_argument("--approve", metavar="RUN_ID", help="start the rollout of a waiting run")
     what.add_argument("--list", action="store_true", help="list training runs (JSON)")
     parser.add_argument("--model", default="sensor-mlp", help="model name (default sensor-mlp)")
-    parser.add_argument("--samples", type=Path, help="folder of DEVICE/state/samples.db")
     parser.add_argument("--validation", type=Path, help="hub validation set (.npz: x, y)")
     parser.add_argument("--calibration", type=Path, help="calibration set (default: validation)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--superlink-host",
+        default="127.0.0.1",
+        help="address the devices reach the hub's SuperLink at (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds the devices have to train"
+    )
+    parser.add_argument(
         "--mode",
         choices=("sync", "async"),
         default="sync",
-        help="sync: SecAgg+ FedAvg rounds; async: FedBuff buffers, SecAgg+ per buffer",
+        help="sync: SecAgg+ FedAvg rounds; async: FedBuff buffers, SecAgg+ per buffer "
+        "(not over the Deployment Engine yet: refused here)",
     )
     parser.add_argument("--buffer-size", type=int, default=3, help="async: updates per buffer")
     parser.add_argument("--buffers", type=int, default=3, help="async: buffers (new versions)")
@@ -69,9 +84,27 @@ def _arrays(path: Path) -> tuple[Any, Any]:
         raise HubConfigError(f"{path}: need an .npz with arrays x and y ({exc})") from exc
 
 
+def _device_training(args: argparse.Namespace, config: Any, keys: Any) -> Any:
+    """Training on the devices: a SuperLink here, signed orders over the hub's broker."""
+    from cloud_hub.loop.device_training import DeploymentTraining
+    from shared.topics import TopicScheme
+
+    ca_dir = config.data_dir / "ca"
+    if not (ca_dir / "ca.crt").exists():
+        raise HubConfigError(f"no hub CA in {ca_dir} (cloud-hub enroll-init)")
+    return DeploymentTraining(
+        mqtt=config.mqtt,
+        topics=TopicScheme(config.topic_prefix),
+        workdir=config.data_dir / "flower",
+        keys=keys,
+        ca_dir=ca_dir,
+        superlink_host=args.superlink_host,
+        timeout_s=args.timeout,
+    )
+
+
 def _retrain(args: argparse.Namespace) -> int:
     from cloud_hub.keys import KeyStore
-    from cloud_hub.loop.cohort import DeviceSampleStores
     from cloud_hub.loop.config import LoopConfig
     from cloud_hub.loop.controller import RetrainController
     from cloud_hub.loop.pipeline import RetrainPipeline
@@ -95,8 +128,8 @@ def _retrain(args: argparse.Namespace) -> int:
             refusal=HubError("cloud-hub retrain does not deliver; cloud-hub serve does")
         )
         service = RolloutService(registry, registry_only, keys)
-        if args.approve is None and (args.samples is None or args.validation is None):
-            raise HubConfigError("--class needs --samples and --validation")
+        if args.approve is None and args.validation is None:
+            raise HubConfigError("--class needs --validation (the hub's validation set)")
         validation = _arrays(args.validation) if args.validation else None
         calibration = _arrays(args.calibration) if args.calibration else validation
         loop = LoopConfig(
@@ -114,10 +147,10 @@ def _retrain(args: argparse.Namespace) -> int:
             registry=registry,
             keys=keys,
             rollouts=service,
-            cohort_data=DeviceSampleStores.under(args.samples or Path(".")),
             validation=validation or ((), ()),  # type: ignore[arg-type]
             calibration=calibration or ((), ()),  # type: ignore[arg-type]
             config=loop,
+            deployment=None if args.approve else _device_training(args, config, keys),
         )
         controller = RetrainController(pipeline, [args.device_class or "-"])
         if args.approve:

@@ -30,9 +30,10 @@ class LoopConfig:
     learning_rate: float = 0.05
     batch_size: int = 32
     secagg: bool = True
-    # "inprocess": run_federated fed by the cohort's sample stores (demo, tests);
-    # "deployment": Flower's Deployment Engine, devices train as SuperNodes (see cohort.py)
-    training_engine: str = "inprocess"
+    # "deployment" (the product): Flower's Deployment Engine, a SuperLink on the hub and
+    # each cohort device training as a SuperNode on its own samples (device_training.py);
+    # "inprocess": run_federated over a CohortData the caller supplies (simulations, tests)
+    training_engine: str = "deployment"
     max_samples_per_device: int = 400  # newest labelled samples each client trains on
     min_samples_per_device: int = 20  # a device with fewer labelled samples is left out
     train_with_class_peers: bool = True  # the class's other online devices join the cohort

@@ -5,7 +5,8 @@ cohort device a ``TrainCommand`` on its ``cmd`` topic (the device starts a Super
 own sample store: :mod:`edge_agent.fl.train_command`), submits fedfleet's Flower App with
 the run's settings, waits for the ServerApp's ``summary.json`` and sends the devices a
 ``stop``. The global model lands in the hub's model store under the run id, exactly where
-``run_federated`` puts it. Select it with ``LoopConfig.training_engine = "deployment"``.
+``run_federated`` puts it. This is the loop's default (``LoopConfig.training_engine =
+"deployment"``): the hub never reads a sample store, each device checks its own data.
 
 R4: every command carries a training order signed by the hub's online signing key (with the
 root-signed keyring): SuperLink address, run id, the sha256 of the FAB submitted, SecAgg+
@@ -13,9 +14,10 @@ on or off, the device, an expiry. By default the SuperLink speaks TLS with a ser
 certificate issued by the hub CA (``ca_dir``), the CA devices pinned at enrollment;
 ``insecure=True`` (plain text, which devices refuse unless allowed locally) must be asked for.
 
-Costs (measured, see :mod:`cloud_hub.loop.cohort`): the Deployment Engine polls, so a run
-takes tens of seconds to minutes on loopback; the ServerApp (``cloud_hub.fl.superlink_app``)
-starts from fresh weights, not the champion's.
+Costs: a device starts its SuperNode when the order arrives (process start-up, a few
+seconds), then every SecAgg+ stage is a SuperNode poll and a forked ClientApp task
+(``benchmarks/deploy.py`` measures a round against the in-process grid). The ServerApp
+(``cloud_hub.fl.superlink_app``) starts from fresh weights, not the champion's.
 """
 
 from __future__ import annotations
@@ -224,8 +226,13 @@ class DeploymentTraining:
         fl_config: Any,
         validation: tuple[NDArray[np.float32], NDArray[np.int64]],
         model_store_root: Path,
+        *,
+        max_samples: int | None = None,
     ) -> dict[str, Any]:
-        """Run ``fl_config`` with the devices as SuperNodes; returns the run's summary."""
+        """Run ``fl_config`` with the devices as SuperNodes; returns the run's summary.
+
+        ``max_samples`` asks each device to train on at most that many of its newest
+        labelled samples (a hint: a device's own limit wins)."""
         from cloud_hub.fl.superlink import fab_sha256
         from cloud_hub.fl.superlink_app import DeploymentRunSettings, client_run_config
         from shared.net import free_port
@@ -244,7 +251,10 @@ class DeploymentTraining:
         link = self._superlink(work, port)
         link.start()
         try:
-            self._publish(self.commands(orders, {"duration_s": self.timeout_s}))
+            hints: dict[str, Any] = {"duration_s": self.timeout_s}
+            if max_samples is not None:
+                hints["max_samples"] = int(max_samples)
+            self._publish(self.commands(orders, hints))
             settings = DeploymentRunSettings(
                 config_path=work / "train.toml",
                 validation_path=work / "validation.npz",

@@ -2,7 +2,9 @@
 
 Steps (the training run's ``state`` says where it is; ``detail`` why it stopped)::
 
-    training      Flower run with SecAgg+, the cohort as clients, from the champion's weights
+    training      Flower run with SecAgg+, the cohort as clients: by default on the devices
+                  over the Deployment Engine (``device_training``); on the in-process grid
+                  from the champion's weights when ``training_engine = "inprocess"``
     evaluating    candidate vs champion on the hub's validation set (a worse one is refused)
     compressing   compress_for_profile for the class's build profile (gate may refuse)
     bundling      signed full bundle (+ delta bundles against the versions devices run)
@@ -111,7 +113,7 @@ class RetrainPipeline:
         registry: Registry,
         keys: KeyStore,
         rollouts: RolloutStarter | None,
-        cohort_data: CohortData,
+        cohort_data: CohortData | None = None,
         validation: Arrays,
         calibration: Arrays,
         config: LoopConfig,
@@ -378,6 +380,8 @@ class RetrainPipeline:
         need = cfg.policy.min_devices
         sources: dict[str, Any] = {}
         if cfg.training_engine == "inprocess":
+            if self.cohort_data is None:
+                raise HubError("training_engine 'inprocess' needs the cohort's data (CohortData)")
             sources = self.cohort_data.sources(
                 cohort, limit=cfg.max_samples_per_device, minimum=cfg.min_samples_per_device
             )
@@ -417,7 +421,12 @@ class RetrainPipeline:
                 raise HubError("training_engine 'deployment' needs a DeploymentTraining")
             started = time.perf_counter()
             summary = self.deployment.train(
-                run_id, clients, fl_config, self.validation, self.model_store.root
+                run_id,
+                clients,
+                fl_config,
+                self.validation,
+                self.model_store.root,
+                max_samples=cfg.max_samples_per_device,
             )
             return _Trained(
                 clients=tuple(clients),

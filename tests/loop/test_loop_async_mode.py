@@ -12,7 +12,6 @@ import pytest
 
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
-from cloud_hub.loop.cohort import DeviceSampleStores
 from cloud_hub.loop.config import LoopConfig
 from cloud_hub.loop.pipeline import RetrainPipeline
 from cloud_hub.loop.policy import RetrainPolicy
@@ -22,12 +21,14 @@ from cloud_hub.rollout.engine import RolloutService
 from shared.data.sensors import generate_sensor_data
 from shared.messages import Hello
 from simulations.demo.fleet import PROBLEM_SEED
-from tests.loop.test_loop_pipeline import CLASS, DEVICES, _seed, seeded_fleet
+from simulations.demo.sample_stores import DeviceSampleStores
+from tests.loop.test_loop_pipeline import CLASS, DEVICES, seeded_fleet
 
 
 def _config(root: Path, **changes: Any) -> LoopConfig:
     base: dict[str, Any] = {
         "work_dir": root / "loop",
+        "training_engine": "inprocess",
         "local_epochs": 2,
         "policy": RetrainPolicy(min_devices=3, cooldown_s=0, require_approval=False),
         "rollout_stages": ({"count": 1}, {"percent": 100.0}),
@@ -94,11 +95,11 @@ def test_classes_not_named_train_synchronously(tmp_path: Path) -> None:
     assert np.isfinite(config.async_server_lr)
 
 
-def test_retrain_cli_runs_a_class_asynchronously(
+def test_retrain_cli_refuses_an_async_class_it_cannot_train_on_the_devices(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
+    """``cloud-hub retrain`` trains on the devices (Deployment Engine); FedBuff buffers run on
+    the in-process grid only, so ``--mode async`` is refused with the reason, not run."""
     from cloud_hub.cli import main
 
     db = f"sqlite:///{tmp_path / 'hub.db'}"
@@ -109,21 +110,12 @@ def test_retrain_cli_runs_a_class_asynchronously(
         )
         devices.set_online(s, dict.fromkeys(DEVICES, True))
     registry.close()
-    for i, d in enumerate(DEVICES):
-        _seed(tmp_path / "fleet", d, 100, drift=False, start=i)
     x, y = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=99)
     np.savez(tmp_path / "val.npz", x=x, y=y)
     KeyStore.init(tmp_path / "keys")
     argv = ["retrain", "--db", db, "--data-dir", str(tmp_path), "--class", CLASS]
-    argv += ["--samples", str(tmp_path / "fleet"), "--validation", str(tmp_path / "val.npz")]
-    argv += ["--mode", "async", "--buffer-size", "3", "--buffers", "2", "--require-approval"]
-    assert main(argv) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["state"] == "awaiting_approval" and out["version"] == 1, out
-    registry = open_registry(db)
-    with registry.session() as s:
-        run = admin.get_training_run(s, out["run_id"])
-        assert run.config["mode"] == "async" and len(run.metrics["buffers"]) == 2
-    registry.close()
+    argv += ["--validation", str(tmp_path / "val.npz")]
+    assert main([*argv, "--mode", "async", "--buffer-size", "3", "--buffers", "2"]) == 2
+    assert "training_engine 'inprocess'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse refuses an unknown mode
-        main([*argv[:-7], "--mode", "eventually"])
+        main([*argv, "--mode", "eventually"])

@@ -17,7 +17,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.keys import KeyStore
-from cloud_hub.loop.cohort import DeviceSampleStores
 from cloud_hub.loop.config import LoopConfig
 from cloud_hub.loop.device_training import DeploymentTraining
 from cloud_hub.loop.pipeline import RetrainPipeline
@@ -75,13 +74,11 @@ def test_cohort_trains_as_supernodes_after_train_commands(tmp_path: Path) -> Non
         registry=registry,
         keys=keys,
         rollouts=None,
-        cohort_data=DeviceSampleStores.under(tmp_path / "fleet"),
         validation=(x, y),
         calibration=(x, y),
         config=LoopConfig(
             work_dir=tmp_path / "loop",
             num_rounds=1,
-            training_engine="deployment",
             policy=RetrainPolicy(min_devices=3),
         ),
         deployment=DeploymentTraining(

@@ -1,5 +1,5 @@
 """The retraining pipeline on real parts: SQLite registry, key store, Flower with SecAgg+
-(in-process grid), compression for the x86-cpu profile, signed full + delta bundles, the
+(the in-process grid, asked for explicitly: the product trains on the devices), compression for the x86-cpu profile, signed full + delta bundles, the
 real rollout service (its delivery is the boundary: recorded, not published)."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from cloud_hub.keys import KeyStore
-from cloud_hub.loop.cohort import DeviceSampleStores
 from cloud_hub.loop.config import LoopConfig
 from cloud_hub.loop.controller import RetrainController
 from cloud_hub.loop.pipeline import RetrainPipeline
@@ -24,6 +23,7 @@ from edge_agent.samples.store import SampleStore, SampleStoreConfig
 from shared.data.sensors import generate_sensor_data
 from shared.messages import DriftReport, Hello, InstalledModel, Status
 from simulations.demo.fleet import DRIFT, PROBLEM_SEED
+from simulations.demo.sample_stores import DeviceSampleStores
 
 CLASS = "x86-cpu"
 DEVICES = ["d-0", "d-1", "d-2"]
@@ -84,6 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     service = RolloutService(registry, delivery, keys)
     config = LoopConfig(
         work_dir=root / "loop",
+        training_engine="inprocess",
         num_rounds=1,
         local_epochs=3,
         policy=RetrainPolicy(
@@ -177,6 +178,7 @@ def test_a_candidate_that_does_not_beat_the_champion_is_refused(world: Any) -> N
         calibration=pipeline.calibration,
         config=LoopConfig(
             work_dir=pipeline.config.work_dir,
+            training_engine="inprocess",
             num_rounds=1,
             min_improvement=0.5,  # nothing beats its champion by 50 points
             policy=pipeline.config.policy,

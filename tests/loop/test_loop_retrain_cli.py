@@ -1,4 +1,7 @@
-"""``cloud-hub retrain``: its argument checks and the run listing, on a real SQLite registry."""
+"""``cloud-hub retrain``: its argument checks, the run listing and approval, on a real SQLite
+registry. The devices train (Flower's Deployment Engine): the command takes no device data,
+and ``--class`` refuses to start without the hub CA its SuperLink's TLS comes from. The
+run itself over real devices is the lab scenario's (tests/lab/test_lab_retrain.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +9,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cloud_hub.cli import main
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import admin, open_registry
+from shared.data.sensors import generate_sensor_data
+from simulations.demo.fleet import PROBLEM_SEED
 
 
 def test_retrain_lists_runs_and_refuses_incomplete_requests(
@@ -38,77 +44,60 @@ def test_retrain_lists_runs_and_refuses_incomplete_requests(
     assert "keys init" in capsys.readouterr().err
     KeyStore.init(tmp_path / "keys")
     assert main([*base, "--class", "x86-cpu"]) == 2
-    assert "--samples and --validation" in capsys.readouterr().err
+    assert "--class needs --validation" in capsys.readouterr().err
+    x, y = generate_sensor_data(60, seed=PROBLEM_SEED, sample_seed=99)
+    np.savez(tmp_path / "val.npz", x=x, y=y)
+    with_validation = [*base, "--class", "x86-cpu", "--validation", str(tmp_path / "val.npz")]
+    assert main(with_validation) == 2  # no hub CA: the SuperLink would have no TLS
+    assert "enroll-init" in capsys.readouterr().err
     assert main([*base, "--approve", "rt-1"]) == 2  # refused runs have nothing to approve
     assert "not awaiting approval" in capsys.readouterr().err
 
 
-def test_retrain_by_hand_then_approve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import numpy as np
+def test_device_data_is_no_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """The hub reading device sample stores left the product: ``--samples`` is unknown."""
+    with pytest.raises(SystemExit):
+        main(["retrain", "--class", "x86-cpu", "--samples", "fleet", "--validation", "v.npz"])
+    assert "--samples" in capsys.readouterr().err
 
-    from cloud_hub.registry import devices, rollouts
-    from edge_agent.samples.store import SampleStore, SampleStoreConfig
-    from shared.data.sensors import generate_sensor_data
-    from shared.messages import Hello
-    from simulations.demo.fleet import PROBLEM_SEED
 
-    db = f"sqlite:///{tmp_path / 'hub.db'}"
-    ids = ["a-0", "a-1", "a-2"]
-    registry = open_registry(db)
-    with registry.session() as s:
-        devices.record_hellos(
-            s, [Hello(d, "x86-cpu", "0.1", [], 1 << 30, 1 << 30) for d in ids], now=time.time()
-        )
-        devices.set_online(s, dict.fromkeys(ids, True))
-    registry.close()
-    for i, d in enumerate(ids):
-        x, y = generate_sensor_data(100, seed=PROBLEM_SEED, sample_seed=i)
-        store = SampleStore(SampleStoreConfig(path=tmp_path / "fleet" / d / "state" / "samples.db"))
-        for k in range(len(y)):
-            store.add(f"s{k}", x[k], model_version=0, label=int(y[k]))
-        store.close()
+def test_a_run_waiting_for_approval_is_approved_by_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud_hub.loop.config import LoopConfig
+    from cloud_hub.loop.pipeline import RetrainPipeline
+    from cloud_hub.loop.policy import RetrainPolicy
+    from cloud_hub.registry import rollouts
+    from cloud_hub.rollout.delivery import RecordedDelivery
+    from cloud_hub.rollout.engine import RolloutService
+    from simulations.demo.sample_stores import DeviceSampleStores
+    from tests.loop.test_loop_pipeline import CLASS, DEVICES, seeded_fleet
+
+    registry, keys = seeded_fleet(tmp_path)  # tmp_path/hub.db, tmp_path/keys
     x, y = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=99)
-    np.savez(tmp_path / "val.npz", x=x, y=y)
-    KeyStore.init(tmp_path / "keys")
-    base = ["retrain", "--db", db, "--data-dir", str(tmp_path)]
-    code = main(
-        [
-            *base,
-            "--class",
-            "x86-cpu",
-            "--samples",
-            str(tmp_path / "fleet"),
-            "--validation",
-            str(tmp_path / "val.npz"),
-            "--rounds",
-            "1",
-            "--require-approval",
-        ]
+    pipeline = RetrainPipeline(
+        registry=registry,
+        keys=keys,
+        rollouts=RolloutService(registry, RecordedDelivery(), keys),
+        cohort_data=DeviceSampleStores.under(tmp_path / "fleet"),
+        validation=(x, y),
+        calibration=(x, y),
+        config=LoopConfig(
+            work_dir=tmp_path / "loop",
+            training_engine="inprocess",
+            num_rounds=1,
+            policy=RetrainPolicy(min_devices=3, require_approval=True),
+        ),
     )
-    out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["state"] == "awaiting_approval", out
-    assert out["version"] == 1 and (tmp_path / "bundles" / f"{out['bundle_id']}.ffb").exists()
-    assert main([*base, "--approve", out["run_id"]]) == 0
-    approved = json.loads(capsys.readouterr().out)
-    assert approved["rollout_id"] == out["rollout_id"]
-    registry = open_registry(db)
-    with registry.session() as s:
-        assert rollouts.get_rollout(s, out["rollout_id"]).state == "canary"
-        assert admin.get_training_run(s, out["run_id"]).state == "rolling_out"
+    out = pipeline.run(CLASS, DEVICES, trigger="manual", reason="operator")
     registry.close()
-    # the cooldown now holds a second manual request back
-    assert (
-        main(
-            [
-                *base,
-                "--class",
-                "x86-cpu",
-                "--samples",
-                str(tmp_path / "fleet"),
-                "--validation",
-                str(tmp_path / "val.npz"),
-            ]
-        )
-        == 1
-    )
-    assert "cooldown" in json.loads(capsys.readouterr().out)["reason"]
+    assert out.state == "awaiting_approval", out.detail
+    base = ["retrain", "--db", f"sqlite:///{tmp_path / 'hub.db'}", "--data-dir", str(tmp_path)]
+    assert main([*base, "--approve", out.run_id]) == 0
+    approved = json.loads(capsys.readouterr().out)
+    assert approved["rollout_id"] == out.rollout_id
+    registry = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")
+    with registry.session() as s:
+        assert rollouts.get_rollout(s, out.rollout_id or "").state == "canary"
+        assert admin.get_training_run(s, out.run_id).state == "rolling_out"
+    registry.close()
