@@ -7,7 +7,7 @@ clipping range is a :class:`~cloud_hub.errors.HubConfigError` with a clear messa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -250,6 +250,27 @@ class FederatedRunConfig:
         """How many clients Flower samples per round (``fraction_fit`` / ``min_fit_clients``)."""
         return max(int(self.num_clients * self.fraction_fit), self.min_fit_clients)
 
+    def client_run_config(self) -> dict[str, Any]:
+        """The run-config entries every client follows: this config is the one switch for
+        SecAgg+ (and clipping); the clients get it, and the mask generator, from here."""
+        from shared.fl.config_keys import RunConfigKey
+        from shared.fl.secure_prg import MASK_GENERATOR
+
+        return {
+            RunConfigKey.MODEL_NAME: self.model_name,
+            RunConfigKey.SECURE_AGGREGATION: self.secagg.enabled,
+            RunConfigKey.DP_CLIPPING: self.dp.enabled,
+            RunConfigKey.MASK_GENERATOR: MASK_GENERATOR,
+        }
+
+    @property
+    def min_round_results(self) -> int:
+        """The fewest client updates a round may aggregate: ``min_fit_clients``, or under
+        SecAgg+ the reconstruction threshold if lower (Flower unmasks with that many)."""
+        if not self.secagg.enabled:
+            return self.min_fit_clients
+        return min(self.min_fit_clients, self.secagg.resolved(self.clients_per_round)[1])
+
     def with_overrides(self, **changes: Any) -> FederatedRunConfig:
         """A copy with ``changes`` applied (re-validated)."""
         return replace(self, **changes)
@@ -282,8 +303,18 @@ class FederatedRunConfig:
                 kwargs[key] = value
         return cls(**kwargs)
 
-    def lineage(self) -> dict[str, Any]:
-        """The settings recorded with the trained model."""
+    def lineage(
+        self, *, mask_generator: str | None = None, client_mask_generators: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """The settings recorded with the trained model, and what ran.
+
+        ``mask_generator`` is the SecAgg+ mask generator the hub actually unmasked with and
+        ``client_mask_generators`` the ones the clients reported (from the run's recorder);
+        ``None`` / empty when no SecAgg+ round ran. ``mask_generator_required`` is the one
+        the run config named (see :mod:`shared.fl.secure_prg`).
+        """
+        from shared.fl.secure_prg import MASK_GENERATOR
+
         shares, threshold = self.secagg.resolved(self.clients_per_round)
         return {
             "model": self.model_name,
@@ -298,7 +329,9 @@ class FederatedRunConfig:
                 "clipping_range": self.secagg.clipping_range,
                 "quantization_range": self.secagg.quantization_range,
                 "modulus_range": self.secagg.modulus_range,
-                "mask_generator": "chacha20-hkdf-sha256" if self.secagg.enabled else None,
+                "mask_generator_required": MASK_GENERATOR if self.secagg.enabled else None,
+                "mask_generator": mask_generator,
+                "client_mask_generators": sorted(client_mask_generators),
             },
             "dp": {
                 "enabled": self.dp.enabled,

@@ -10,6 +10,8 @@ from typing import Any
 
 from numpy.typing import NDArray
 
+from cloud_hub.errors import TrainingError
+
 __all__ = ["RoundMetrics", "RunRecorder"]
 
 
@@ -45,6 +47,37 @@ class RunRecorder:
         self.rounds: list[RoundMetrics] = []
         self.global_weights: list[NDArray] | None = None
         self.global_round: int = -1
+        self._unmasked_with: set[str] = set()
+        self._client_generators: set[str] = set()
+
+    def secure_round(self, generator: str, client_reports: dict[str, int]) -> None:
+        """A SecAgg+ round is unmasked with ``generator``; the clients reported theirs."""
+        with self._lock:
+            self._unmasked_with.add(generator)
+            self._client_generators.update(client_reports)
+
+    def mask_generators(self) -> tuple[str | None, list[str]]:
+        """What ran: the generator the hub unmasked with (``None``: no SecAgg+ round; names
+        joined by "+" if rounds differed) and the sorted names the clients reported."""
+        with self._lock:
+            unmasked = "+".join(sorted(self._unmasked_with)) or None
+            return unmasked, sorted(self._client_generators)
+
+    def final_model(self, run_id: str, num_rounds: int, on_round_failure: str) -> list[NDArray]:
+        """The run's trained model; ``TrainingError`` if the run has none to offer.
+
+        No round succeeded (the global model is still the initial one), or, under the
+        "abort" policy, the run stopped before its last round: nothing is a candidate."""
+        if self.global_weights is None or self.global_round < 1:
+            raise TrainingError(
+                f"federated run {run_id}: no round succeeded, the model was not trained "
+                f"(rounds: {[r.status for r in self.rounds[1:]]})"
+            )
+        if self.global_round < num_rounds and on_round_failure == "abort":
+            raise TrainingError(
+                f"federated run {run_id} ended after round {self.global_round} of {num_rounds}"
+            )
+        return self.global_weights
 
     def fit_finished(self, server_round: int, duration_s: float, failure: str | None) -> None:
         with self._lock:

@@ -61,6 +61,13 @@ class FederatedRunResult:
     wall_s: float
     data_fingerprint: str
     candidate: CandidateRecord | None = None
+    mask_generator: str | None = None  # what the hub unmasked with (None: no SecAgg+ round)
+    client_mask_generators: tuple[str, ...] = ()  # what the clients reported
+
+    def lineage(self) -> dict[str, Any]:
+        return self.config.lineage(
+            mask_generator=self.mask_generator, client_mask_generators=self.client_mask_generators
+        )
 
     @property
     def final_accuracy(self) -> float:
@@ -78,7 +85,7 @@ class FederatedRunResult:
             "final_loss": self.final_loss,
             "wall_s": self.wall_s,
             "rounds": [r.to_dict() for r in self.rounds],
-            "lineage": self.config.lineage(),
+            "lineage": self.lineage(),
             "data_fingerprint": self.data_fingerprint,
         }
 
@@ -106,7 +113,9 @@ def _run_inprocess(server_app: Any, client_app: Any, config: FederatedRunConfig)
 
     from cloud_hub.fl.inprocess_grid import InProcessGrid
 
-    grid = InProcessGrid(client_app, config.num_clients, seed=config.seed)
+    grid = InProcessGrid(
+        client_app, config.num_clients, seed=config.seed, run_config=config.client_run_config()
+    )
     # Messages take their run/task identity from this process-wide record, exactly as
     # Flower's ``run_simulation`` sets it for its in-process ServerApp.
     TaskIdentity.task_id = 1
@@ -224,25 +233,23 @@ def run_federated(
         except Exception as exc:  # Flower / Ray failures, translated at the boundary
             raise TrainingError(f"federated run {run_id} failed: {exc}") from exc
     wall = time.perf_counter() - started
-    if recorder.global_weights is None or (
-        recorder.global_round < config.num_rounds and config.on_round_failure == "abort"
-    ):
-        raise TrainingError(
-            f"federated run {run_id} ended after round {recorder.global_round} of {config.num_rounds}"
-        )
+    weights = recorder.final_model(run_id, config.num_rounds, config.on_round_failure)
     rounds = tuple(recorder.rounds)
+    unmasked_with, reported = recorder.mask_generators()
     result = FederatedRunResult(
         run_id=run_id,
         config=config,
         engine=engine,
         rounds=rounds,
-        weights=recorder.global_weights,
+        weights=weights,
         wall_s=wall,
         data_fingerprint=fingerprint,
+        mask_generator=unmasked_with,
+        client_mask_generators=tuple(reported),
     )
     if model_store is not None:
         lineage = {
-            **config.lineage(),
+            **result.lineage(),
             "run_id": run_id,
             "engine": engine,
             "data_fingerprint": fingerprint,
@@ -256,7 +263,7 @@ def run_federated(
         candidate = model_store.save_candidate(
             run_id=run_id,
             model_name=config.model_name,
-            weights=recorder.global_weights,
+            weights=weights,
             lineage=lineage,
             metrics=metrics,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

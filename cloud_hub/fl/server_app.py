@@ -2,7 +2,8 @@
 
 SecAgg+ is on unless the config turns it off: the fit workflow is then
 :class:`~cloud_hub.fl.workflow.GuardedSecAggPlusWorkflow` (Flower's SecAgg+ with fedfleet's
-mask generator). After every round the global model is evaluated on the hub's validation
+mask generator and a sanity check of the unmasked aggregate). A round that aggregates fewer
+updates than :attr:`~cloud_hub.fl.config.FederatedRunConfig.min_round_results` fails. After every round the global model is evaluated on the hub's validation
 set (the strategy's ``evaluate_fn``) and the result goes to a :class:`RunRecorder`.
 """
 
@@ -78,12 +79,18 @@ def build_server_app(
                 quantization_range=s.quantization_range,
                 modulus_range=s.modulus_range,
                 timeout=s.timeout_s,
+                recorder=recorder,
             )
             inner = fit
         else:
             inner = default_fit_workflow  # type: ignore[assignment]
         workflow = DefaultWorkflow(
-            fit_workflow=TimedFitWorkflow(inner, recorder, on_failure=config.on_round_failure)
+            fit_workflow=TimedFitWorkflow(
+                inner,
+                recorder,
+                on_failure=config.on_round_failure,
+                min_results=config.min_round_results,
+            )
         )
         workflow(grid, legacy)
 

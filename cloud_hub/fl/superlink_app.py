@@ -11,7 +11,10 @@ submitted with ``flwr run``. Its run config names files on the hub:
 - ``run-name`` (optional): the candidate's run id.
 
 Training, SecAgg+ and evaluation are exactly those of the simulation path
-(:func:`cloud_hub.fl.server_app.build_server_app`).
+(:func:`cloud_hub.fl.server_app.build_server_app`). The training config is the one switch
+for SecAgg+: the run config carries it to the clients (:func:`client_run_config`) and a run
+whose run config says otherwise fails before round 1 (:func:`check_client_switches`). A run
+in which no round succeeded, or (policy "abort") one that stopped early, fails: no candidate.
 """
 
 from __future__ import annotations
@@ -33,15 +36,22 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from cloud_hub.errors import HubConfigError, TrainingError
+from cloud_hub.errors import HubConfigError
 from cloud_hub.fl.config import FederatedRunConfig
 from cloud_hub.fl.fast_grid import FastPullGrid
 from cloud_hub.fl.recorder import RunRecorder
 from cloud_hub.fl.server_app import ValidationEvaluator, build_server_app
 from shared.files import atomic_write
 from shared.fl.config_keys import RunConfigKey
+from shared.fl.secure_prg import MASK_GENERATOR
 
-__all__ = ["DeploymentRunSettings", "app", "client_run_config", "json_safe"]
+__all__ = [
+    "DeploymentRunSettings",
+    "app",
+    "check_client_switches",
+    "client_run_config",
+    "json_safe",
+]
 
 
 @dataclass(frozen=True)
@@ -93,11 +103,31 @@ class DeploymentRunSettings:
 
 def client_run_config(config: FederatedRunConfig) -> dict[str, Any]:
     """The run-config entries the agents' ClientApp reads (must match the server)."""
-    return {
-        RunConfigKey.MODEL_NAME: config.model_name,
-        RunConfigKey.SECURE_AGGREGATION: config.secagg.enabled,
-        RunConfigKey.DP_CLIPPING: config.dp.enabled,
-    }
+    return config.client_run_config()
+
+
+#: Run-config switches the clients follow, with the value a client assumes when it is absent.
+_CLIENT_SWITCHES: dict[str, Any] = {
+    RunConfigKey.SECURE_AGGREGATION: True,
+    RunConfigKey.DP_CLIPPING: False,
+    RunConfigKey.MASK_GENERATOR: MASK_GENERATOR,
+}
+
+
+def check_client_switches(run_config: dict[str, Any], config: FederatedRunConfig) -> None:
+    """Refuse a run whose run config tells the clients otherwise than the training config.
+
+    The training config is the one switch (SecAgg+, clipping, mask generator); the run
+    config only carries it to the clients, so a run submitted with other values (by hand, or
+    an older FAB's defaults) would have clients and hub disagree: it fails before round 1."""
+    wanted = client_run_config(config)
+    for key, absent in _CLIENT_SWITCHES.items():
+        told = run_config.get(key, absent)
+        if told != wanted[key]:
+            raise HubConfigError(
+                f"run config {key}={told!r} disagrees with the hub's training config "
+                f"({wanted[key]!r}); submit the run with the entries the training config derives"
+            )
 
 
 def json_safe(value: Any) -> Any:
@@ -143,6 +173,7 @@ def _train(settings: DeploymentRunSettings, run_id: str, grid: Grid, context: Co
     from shared.models import build_model
 
     config = settings.training_config()
+    check_client_switches(dict(context.run_config), config)
     with np.load(settings.validation_path, allow_pickle=False) as data:
         x_val, y_val = data["x"], data["y"]
     recorder = RunRecorder(
@@ -156,22 +187,23 @@ def _train(settings: DeploymentRunSettings, run_id: str, grid: Grid, context: Co
         config, initial_weights=initial, evaluator=evaluator, recorder=recorder
     )
     server_app(FastPullGrid(grid), context)
-    if recorder.global_weights is None:
-        raise TrainingError("the deployment run produced no global model")
+    weights = recorder.final_model(run_id, config.num_rounds, config.on_round_failure)
+    unmasked_with, reported = recorder.mask_generators()
+    lineage = config.lineage(mask_generator=unmasked_with, client_mask_generators=reported)
     summary: dict[str, Any] = {
         "status": "ok",
         "run_id": run_id,
         "flower_run_id": context.run_id,
         "final_accuracy": recorder.rounds[-1].accuracy,
         "rounds": [r.to_dict() for r in recorder.rounds],
-        "lineage": config.lineage(),
+        "lineage": lineage,
     }
     if settings.model_store is not None:
         ModelStore(settings.model_store).save_candidate(
             run_id=run_id,
             model_name=config.model_name,
-            weights=recorder.global_weights,
-            lineage={**config.lineage(), "run_id": run_id, "engine": "deployment"},
+            weights=weights,
+            lineage={**lineage, "run_id": run_id, "engine": "deployment"},
             metrics={"accuracy": recorder.rounds[-1].accuracy, "loss": recorder.rounds[-1].loss},
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )

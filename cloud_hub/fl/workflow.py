@@ -9,40 +9,61 @@
   Nothing is aggregated, so the global model of the previous round stays as it was;
 - R13: a round that sampled so many clients that their quantized sum would wrap modulo
   ``modulus_range`` is aborted after the setup stage (only public keys have moved) with
-  :class:`SecAggRangeError`; the config check catches it earlier when the cohort is known.
+  :class:`SecAggRangeError`; the config check catches it earlier when the cohort is known;
+- after unmasking, the aggregate must be one that honest masked updates can produce
+  (:func:`check_secure_aggregate`); masks that did not cancel (a client masking with another
+  generator, e.g. a stock Flower client) fail the round with :class:`AggregateSanityError`
+  and the previous global model is put back. The generator the hub unmasked with and the
+  ones the clients reported are recorded for the model's lineage.
 
 :class:`TimedFitWorkflow` times each fit round, records it and applies the run's failure
 policy: ``"abort"`` re-raises (the run stops with the last good model), ``"skip"`` keeps the
-previous model for that round and carries on. A round in which no client's update was
-aggregated (every sampled client refused or failed, e.g. devices refusing a round without
-SecAgg+, R4) is a failed round too (:class:`NoUpdatesError`), not an "ok" round that
-silently kept the old model.
+previous model for that round and carries on. A round in which fewer client updates were
+aggregated than its minimum (none at all: every sampled client refused or failed, e.g.
+devices refusing a round without SecAgg+, R4) is a failed round too
+(:class:`NoUpdatesError`), not an "ok" round that silently kept the old model. An aggregate
+that fails the sanity check ends the run whatever the policy: a client that cannot mask
+correctly fails every round the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 
-from flwr.app import Context
+import numpy as np
+from flwr.app import Context, Message, RecordDict
+from flwr.common import parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp.grid import Grid
+from flwr.supercore.run import Run
 from numpy.typing import NDArray
 
 from cloud_hub.errors import TrainingError
 from cloud_hub.fl.recorder import RoundMetrics, RunRecorder
-from shared.fl.secure_prg import secure_mask_generator
+from shared.fl.config_keys import SecAggReportKey
+from shared.fl.secure_prg import (
+    MASK_GENERATOR,
+    SERVER_MODULE,
+    mask_generator_in_use,
+    secure_mask_generator,
+)
 
 __all__ = [
+    "AggregateSanityError",
     "GuardedSecAggPlusWorkflow",
     "NoUpdatesError",
     "SecAggRangeError",
     "SecureRoundAbortedError",
     "TimedFitWorkflow",
+    "check_secure_aggregate",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,24 +105,162 @@ class SecAggRangeError(TrainingError):
     """R13: the sampled clients' quantized updates would wrap modulo the SecAgg+ range."""
 
 
+class AggregateSanityError(TrainingError):
+    """The unmasked aggregate is not one honest masked updates can produce; not applied."""
+
+
+#: How far (in quantization steps) a recovered sum may sit from an integer: float64 rounding
+#: of Flower's dequantization stays below 1e-6 for every range the config allows.
+_INTEGER_TOLERANCE = 1e-3
+
+
+def check_secure_aggregate(
+    aggregate: Sequence[NDArray],
+    declared_examples: Sequence[int],
+    *,
+    clipping_range: float,
+    quantization_range: int,
+    max_weight: float,
+    generator: str = MASK_GENERATOR,
+) -> None:
+    """Raise :class:`AggregateSanityError` unless ``aggregate`` is a SecAgg+ sum that cancelled.
+
+    Each client quantizes ``clip(ratio * weights)`` to integers in ``[0, quantization_range]``
+    with ``ratio = round(num_examples / max_weight * quantization_range) /
+    quantization_range`` and the hub divides the unmasked sum by the total ratio. Undoing
+    that with the ratios of the examples the clients declared must give back, for every
+    element, an *integer* in ``[0, n * quantization_range]``. Masks that did not cancel leave
+    a uniformly random sum (and a random total ratio): practically no element passes.
+    """
+    why = _aggregate_flaw(
+        aggregate, declared_examples, clipping_range, quantization_range, max_weight
+    )
+    if why is not None:
+        raise AggregateSanityError(
+            f"aggregate failed the sanity check: masks did not cancel? (a client that does "
+            f"not run mask generator {generator}): {why}; the previous global model is kept"
+        )
+
+
+def _aggregate_flaw(
+    aggregate: Sequence[NDArray],
+    declared_examples: Sequence[int],
+    clipping_range: float,
+    quantization_range: int,
+    max_weight: float,
+) -> str | None:
+    q = quantization_range
+    clients = len(declared_examples)
+    total = sum(round(n / max_weight * q) for n in declared_examples)
+    values = [np.asarray(a, dtype=np.float64) for a in aggregate]
+    if any(not np.isfinite(v).all() for v in values):
+        return "non-finite values"
+    if total <= 0 or clients == 0:
+        return f"{clients} clients declared no examples"
+    outside = 0
+    elements = 0
+    for v in values:
+        sums = (v * (total / q) + clients * clipping_range) * (q / (2 * clipping_range))
+        off_grid = np.abs(sums - np.rint(sums)) > _INTEGER_TOLERANCE
+        out_of_range = (sums < -_INTEGER_TOLERANCE) | (sums > clients * q + _INTEGER_TOLERANCE)
+        outside += int(np.count_nonzero(off_grid | out_of_range))
+        elements += v.size
+    if outside:
+        largest = max((float(np.abs(v).max()) for v in values if v.size), default=0.0)
+        return (
+            f"{outside} of {elements} values are not a sum of {clients} quantized updates "
+            f"(largest magnitude {largest:.3g})"
+        )
+    return None
+
+
+class _ReplyTap(Grid):
+    """``inner``, with every reply that ``send_and_receive`` returns shown to ``seen``."""
+
+    def __init__(self, inner: Grid, seen: Callable[[Message], None]) -> None:
+        self._inner = inner
+        self._seen = seen
+
+    def set_run(self, run: Run) -> None:
+        self._inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        replies = list(self._inner.send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            self._seen(reply)
+        return replies
+
+
+def reported_mask_generator(reply: Message) -> str | None:
+    """The generator a masked-vector reply says it masked with ("unreported": it did not
+    say, e.g. a stock Flower client); ``None`` for any other reply."""
+    if reply.has_error():
+        return None
+    configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+    if configs is None or SecAggKey.MASKED_PARAMETERS not in configs:
+        return None
+    return str(configs.get(SecAggReportKey.MASK_GENERATOR, "unreported"))
+
+
 def _current_round(context: Context) -> int:
     return cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
 
 
 class GuardedSecAggPlusWorkflow(SecAggPlusWorkflow):
-    """Flower's SecAgg+ workflow with cryptographic masks and a loud failure."""
+    """Flower's SecAgg+ workflow with cryptographic masks, a sane aggregate and a loud failure.
+
+    ``recorder`` (optional) learns the generator the hub unmasked with and the ones the
+    clients reported, round by round.
+    """
+
+    def __init__(self, *args: object, recorder: RunRecorder | None = None, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._recorder = recorder
+        self._reports: Counter[str] = Counter()
+
+    def _see(self, reply: Message) -> None:
+        generator = reported_mask_generator(reply)
+        if generator is not None:
+            self._reports[generator] += 1
 
     def __call__(self, grid: Grid, context: Context) -> None:
         state = WorkflowState()
+        self._reports = Counter()
         steps = (
             ("setup", self.setup_stage),
             ("share_keys", self.share_keys_stage),
             ("collect_masked_vectors", self.collect_masked_vectors_stage),
             ("unmask", self.unmask_stage),
         )
+        tapped = _ReplyTap(grid, self._see)
         with secure_mask_generator():
             for stage, step in steps:
-                if not step(grid, context, state):  # type: ignore[arg-type]
+                if not step(tapped, context, state):  # type: ignore[arg-type]
                     raise SecureRoundAbortedError(
                         _current_round(context),
                         stage,
@@ -117,9 +276,36 @@ class GuardedSecAggPlusWorkflow(SecAggPlusWorkflow):
                         f"{self.modulus_range}; nothing was aggregated"
                     )
 
+    def unmask_stage(self, grid: Grid, context: Context, state: WorkflowState) -> bool:  # type: ignore[override]
+        """Flower's unmasking, then the sanity check of what it produced (see module doc)."""
+        previous = context.state.array_records.get(MAIN_PARAMS_RECORD)
+        generator = mask_generator_in_use(SERVER_MODULE)
+        if self._recorder is not None:
+            self._recorder.secure_round(generator, dict(self._reports))
+        results = list(state.legacy_results)
+        if not super().unmask_stage(grid, context, state):  # type: ignore[arg-type]
+            return False
+        try:
+            check_secure_aggregate(
+                parameters_to_ndarrays(results[0][1].parameters) if results else [],
+                [fitres.num_examples for _, fitres in results],
+                clipping_range=self.clipping_range,
+                quantization_range=self.quantization_range,
+                max_weight=self.max_weight,
+                generator=generator,
+            )
+        except AggregateSanityError as exc:
+            if previous is not None:  # the strategy already stored it: put the old model back
+                context.state.array_records[MAIN_PARAMS_RECORD] = previous
+            reports = ", ".join(f"{n} x {g}" for g, n in sorted(self._reports.items()))
+            raise AggregateSanityError(
+                f"round {_current_round(context)}: {exc}; clients reported: {reports or 'none'}"
+            ) from None
+        return True
+
 
 class TimedFitWorkflow:
-    """Wraps a fit workflow: timing, recording, and the failure policy."""
+    """Wraps a fit workflow: timing, recording, the minimum of results and the failure policy."""
 
     def __init__(
         self,
@@ -127,24 +313,34 @@ class TimedFitWorkflow:
         recorder: RunRecorder,
         *,
         on_failure: str = "abort",
+        min_results: int = 1,
     ) -> None:
         self._inner = inner
         self._recorder = recorder
         self._on_failure = on_failure
+        self._min_results = max(1, min_results)
 
     def __call__(self, grid: Grid, context: Context) -> None:
         server_round = _current_round(context)
         started = time.perf_counter()
+        previous = context.state.array_records.get(MAIN_PARAMS_RECORD)
         try:
             self._inner(grid, context)
-            if self._recorder.aggregated_clients() == 0:
+            aggregated = self._recorder.aggregated_clients()
+            if aggregated < self._min_results:
                 raise NoUpdatesError(
-                    f"round {server_round}: no client update was aggregated (every sampled "
+                    f"round {server_round}: {aggregated} client updates aggregated, below the "
+                    f"round's minimum of {self._min_results} (the other sampled clients refused "
+                    "or failed); the previous global model is kept"
+                    if aggregated
+                    else f"round {server_round}: no client update was aggregated (every sampled "
                     "client refused or failed); the previous global model is kept"
                 )
-        except (SecureRoundAbortedError, NoUpdatesError) as exc:
+        except (SecureRoundAbortedError, NoUpdatesError, AggregateSanityError) as exc:
             self._recorder.fit_finished(server_round, time.perf_counter() - started, str(exc))
-            if self._on_failure == "abort":
+            if previous is not None:  # a failed round leaves the global model as it was
+                context.state.array_records[MAIN_PARAMS_RECORD] = previous
+            if self._on_failure == "abort" or isinstance(exc, AggregateSanityError):
                 raise
             log.warning("%s (policy 'skip': continuing)", exc)
             return

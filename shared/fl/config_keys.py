@@ -7,7 +7,13 @@ both sides, so a renamed key breaks at import time rather than silently reading 
 
 from __future__ import annotations
 
-__all__ = ["AsyncTrainingKey", "FitConfigKey", "NodeConfigKey", "RunConfigKey"]
+__all__ = [
+    "AsyncTrainingKey",
+    "FitConfigKey",
+    "NodeConfigKey",
+    "RunConfigKey",
+    "SecAggReportKey",
+]
 
 
 class RunConfigKey:
@@ -22,8 +28,16 @@ class RunConfigKey:
     RUN_NAME = "run-name"  # the hub's run id; a device compares it with its signed order
     # read by the agent's ClientApp (must match the hub's workflow)
     MODEL_NAME = "model-name"
-    SECURE_AGGREGATION = "secure-aggregation"  # default on
+    SECURE_AGGREGATION = "secure-aggregation"  # default on; the hub's training config decides
+    MASK_GENERATOR = "mask-generator"  # SecAgg+ masks; a client that cannot run it refuses
     DP_CLIPPING = "dp-clipping"  # default off
+
+
+class SecAggReportKey:
+    """Keys a fedfleet client adds to its SecAgg+ replies (Flower's own keys are untouched)."""
+
+    # in the masked-vector reply: the generator the client masked with
+    MASK_GENERATOR = "fedfleet.mask-generator"
 
 
 class NodeConfigKey:

@@ -1,7 +1,10 @@
 """Flower client mods fedfleet adds around its ClientApp (torch-free).
 
 - :func:`hardened_secaggplus_mod` is Flower's ``secaggplus_mod`` run inside
-  :func:`shared.fl.secure_prg.secure_mask_generator` (masks from ChaCha20, see there).
+  :func:`shared.fl.secure_prg.secure_mask_generator` (masks from ChaCha20, see there). It
+  refuses a round whose run config names a mask generator it cannot run
+  (:class:`MaskGeneratorRefusedError`) and reports the generator it masked with in its
+  masked-vector reply, so the hub records what ran.
 - :class:`DropoutSchedule` makes chosen clients fail at a chosen SecAgg+ stage (simulated
   device loss, for fault scenarios and tests).
 - :func:`client_mods` / :func:`compose_client_app` fix the mod order of every ClientApp
@@ -25,11 +28,17 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from shared.errors import ConfigError
-from shared.fl.config_keys import NodeConfigKey, RunConfigKey
-from shared.fl.secure_prg import secure_mask_generator
+from shared.fl.config_keys import NodeConfigKey, RunConfigKey, SecAggReportKey
+from shared.fl.secure_prg import (
+    CLIENT_MODULE,
+    MASK_GENERATOR,
+    mask_generator_in_use,
+    secure_mask_generator,
+)
 
 __all__ = [
     "DropoutSchedule",
+    "MaskGeneratorRefusedError",
     "RunConfigSwitch",
     "SimulatedDropoutError",
     "client_mods",
@@ -99,12 +108,34 @@ class DropoutSchedule:
         return call_next(message, context)
 
 
+class MaskGeneratorRefusedError(RuntimeError):
+    """The run asks for SecAgg+ masks from a generator this client does not run."""
+
+
+def check_mask_generator(context: Context) -> None:
+    """Refuse a run whose config names another mask generator than this client's.
+
+    A run config without the key (an older hub) gets this client's generator."""
+    required = context.run_config.get(RunConfigKey.MASK_GENERATOR, MASK_GENERATOR)
+    if required != MASK_GENERATOR:
+        raise MaskGeneratorRefusedError(
+            f"this run requires SecAgg+ mask generator {required!r}; this client masks with "
+            f"{MASK_GENERATOR!r} only, so its masks would not cancel: round refused"
+        )
+
+
 def hardened_secaggplus_mod(
     message: Message, context: Context, call_next: ClientAppCallable
 ) -> Message:
     """Flower's ``secaggplus_mod`` with masks from fedfleet's cryptographic generator."""
+    check_mask_generator(context)
     with secure_mask_generator():
-        return secaggplus_mod(message, context, call_next)
+        reply = secaggplus_mod(message, context, call_next)
+        generator = mask_generator_in_use(CLIENT_MODULE)
+    configs = None if reply.has_error() else reply.content.config_records.get(RECORD_KEY_CONFIGS)
+    if configs is not None and Key.MASKED_PARAMETERS in configs:
+        configs[SecAggReportKey.MASK_GENERATOR] = generator
+    return reply
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,22 @@ from numpy.typing import NDArray
 from shared.fl import secagg_keys, shamir
 
 __all__ = [
+    "CLIENT_MODULE",
+    "FLOWER_MASK_GENERATOR",
     "FLOWER_REPLACEMENTS",
+    "MASK_GENERATOR",
     "PATCHED_MODULES",
+    "SERVER_MODULE",
     "is_secure_mask_generator_active",
+    "mask_generator_in_use",
     "secure_mask_generator",
     "secure_pseudo_rand_gen",
 ]
+
+#: The name of :func:`secure_pseudo_rand_gen` in run configs, client reports and lineage.
+MASK_GENERATOR = "chacha20-hkdf-sha256"
+#: The name of Flower's own ``pseudo_rand_gen`` (what a stock Flower client masks with).
+FLOWER_MASK_GENERATOR = "flower-mt19937"
 
 _KDF_INFO = b"fedfleet/secaggplus-mask/v1"
 _MAX_RANGE = 1 << 62
@@ -65,6 +75,10 @@ PATCHED_MODULES: tuple[str, ...] = (
     "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
     "flwr.client.mod.secure_aggregation.secaggplus_mod",
 )
+
+
+SERVER_MODULE = PATCHED_MODULES[1]  # unmasking (the hub's SecAgg+ workflow)
+CLIENT_MODULE = PATCHED_MODULES[2]  # masking (a client's SecAgg+ mod)
 
 
 class _KeyStream:
@@ -154,6 +168,20 @@ def is_secure_mask_generator_active() -> bool:
     """True while :func:`secure_mask_generator` is entered somewhere in this process."""
     with _lock:
         return _depth > 0
+
+
+def mask_generator_in_use(module_name: str) -> str:
+    """The name of the mask generator ``module_name``'s SecAgg+ code calls right now.
+
+    Read from the function object Flower's module would call (``SERVER_MODULE`` to unmask,
+    ``CLIENT_MODULE`` to mask), so it names what actually runs, not what was configured.
+    """
+    generator = importlib.import_module(module_name).pseudo_rand_gen
+    if generator is secure_pseudo_rand_gen:
+        return MASK_GENERATOR
+    if generator.__module__ == PATCHED_MODULES[0] and generator.__name__ == "pseudo_rand_gen":
+        return FLOWER_MASK_GENERATOR
+    return f"unknown:{generator.__module__}.{generator.__qualname__}"
 
 
 @contextmanager
