@@ -15,8 +15,10 @@ from pathlib import Path
 
 from cloud_hub.commands.options import add_hub_options, hub_config_from_args
 from cloud_hub.config import HubConfig
-from cloud_hub.enrollment.broker import write_broker_files
+from cloud_hub.enrollment.broker import DynsecSetup, write_broker_files
+from cloud_hub.enrollment.broker_admin import issue_admin_credentials
 from cloud_hub.enrollment.ca import CertificateAuthority
+from cloud_hub.enrollment.dynsec import DYNSEC_PLUGIN_CANDIDATES, broker_admin_user
 from cloud_hub.enrollment.hub_identity import (
     DEFAULT_HUB_USER,
     HubIdentity,
@@ -155,6 +157,13 @@ def _broker_config(args: argparse.Namespace) -> int:
     service = open_enrollment(hub.data_dir, db_url=hub.database_url, keys_dir=hub.keys_path)
     identity = _reserve_hub_identity(service, hub.data_dir, args.hub_user)
     hub_ca = hub_client_ca(hub.data_dir)
+    dynsec = None
+    if not args.no_dynsec:
+        admin_user = broker_admin_user(identity.name)
+        issue_admin_credentials(hub.data_dir, service.ca, admin_user)
+        deleted = tuple(d.device_id for d in service.repository.list_devices() if d.revoked_at)
+        plugin = args.dynsec_plugin or _default_dynsec_plugin()
+        dynsec = DynsecSetup(plugin=plugin, admin_user=admin_user, revoked=deleted)
     files = write_broker_files(
         service.ca,
         args.out,
@@ -171,6 +180,7 @@ def _broker_config(args: argparse.Namespace) -> int:
         bind=args.bind,
         broker_user=args.broker_user,
         crl_pem=service.crl_pem(),
+        dynsec=dynsec,
     )
     host = (args.hostname or ["localhost"])[0]
     print(f"wrote {files.config}")
@@ -181,6 +191,12 @@ def _broker_config(args: argparse.Namespace) -> int:
     print(f"  hub cert     {files.hub_cert} (key {files.hub_key}; MQTT identity {identity.name})")
     print(f"  crl          {files.crl} (refresh with `cloud-hub enroll-revoke`)")
     print(f"  hub crl      {files.hub_crl} (hub certificates this run replaced)")
+    if dynsec is not None:
+        print(
+            f"  deletions    {files.dynsec_config} (plugin {dynsec.plugin}; the hub drops a "
+            f"deleted device at once as {dynsec.admin_user}; keep {files.config.parent} "
+            "writable for the broker)"
+        )
     print(f"run: mosquitto -c {files.config}")
     print("then run the hub with its own certificate on the hub listener:")
     print(
@@ -190,6 +206,14 @@ def _broker_config(args: argparse.Namespace) -> int:
         f"--device-mqtt-url mqtts://{host}:{files.port}"
     )
     return 0
+
+
+def _default_dynsec_plugin() -> Path:
+    """The plugin where this host has it, else where Debian and Ubuntu install it."""
+    for candidate in DYNSEC_PLUGIN_CANDIDATES:
+        if Path(candidate).exists():
+            return Path(candidate)
+    return Path(DYNSEC_PLUGIN_CANDIDATES[0])
 
 
 def _enroll_revoke(args: argparse.Namespace) -> int:
@@ -284,5 +308,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     broker.add_argument(
         "--broker-user", default=None, help="OS user Mosquitto runs as (must read server.key)"
+    )
+    broker.add_argument(
+        "--dynsec-plugin",
+        type=Path,
+        default=None,
+        help="mosquitto_dynamic_security.so on the broker host (default: found here, else "
+        f"{DYNSEC_PLUGIN_CANDIDATES[0]}); deleted devices are dropped through it at run time",
+    )
+    broker.add_argument(
+        "--no-dynsec",
+        action="store_true",
+        help="no dynamic security plugin: a deleted device is dropped only when the broker "
+        "reloads the CRL (enroll-revoke --broker-dir, then a restart)",
     )
     broker.set_defaults(func=_broker_config)

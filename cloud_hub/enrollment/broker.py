@@ -19,7 +19,11 @@ issues the broker's server certificate and the hub's MQTT client certificate and
     DIR/acl     DIR/acl-hub     DIR/mosquitto.conf
     DIR/crl.pem, DIR/hub-crl.pem (when given: revoked device / replaced hub certificates)
 
-Revocation: with a CRL (``EnrollmentService.crl_pem()``) the device listener checks every
+Deletion at run time: with :class:`DynsecSetup` the device listener loads the dynamic
+security plugin (:mod:`.dynsec`), and a device deleted on the hub is dropped and left without
+rights within seconds, with no restart and no file copied to the broker host.
+
+Revocation across restarts: with a CRL (``EnrollmentService.crl_pem()``) the device listener checks every
 client certificate against ``crl.pem``; ``cloud-hub enroll-revoke`` rewrites that file. Then
 send Mosquitto SIGHUP (checked with 2.0.11: new connections are verified against the new
 CRL) or restart it (which also drops a connection the revoked device still holds). The CRL is
@@ -38,11 +42,28 @@ from cryptography import x509
 
 from cloud_hub.enrollment.acl import render_device_acl, render_hub_acl
 from cloud_hub.enrollment.ca import CertificateAuthority
+from cloud_hub.enrollment.dynsec import render_dynsec_config
 from cloud_hub.errors import HubConfigError
 from shared.files import atomic_write
 from shared.topics import TopicScheme
 
-__all__ = ["BrokerFiles", "BrokerTlsConfig", "render_mosquitto_config", "write_broker_files"]
+__all__ = [
+    "BrokerFiles",
+    "BrokerTlsConfig",
+    "DynsecSetup",
+    "render_mosquitto_config",
+    "write_broker_files",
+]
+
+
+@dataclass(frozen=True)
+class DynsecSetup:
+    """The dynamic security plugin of the device listener: where the broker host has it, the
+    hub's admin user, the devices deleted so far."""
+
+    plugin: Path
+    admin_user: str
+    revoked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +80,10 @@ class BrokerTlsConfig:
     acl_file: Path
     hub_acl_file: Path
     crlfile: Path | None = None  # revoked device certificates (`cloud-hub enroll-revoke`)
+    # The dynamic security plugin on the device listener (see .dynsec): deleting a device
+    # drops its connection and leaves it no rights, at run time. Both or neither.
+    dynsec_plugin: Path | None = None
+    dynsec_config: Path | None = None
     hub_crlfile: Path | None = None  # hub certificates replaced by a later broker-config
     tls_version: str = "tlsv1.2"  # the minimum accepted; 1.3 is negotiated when possible
     max_packet_size: int = 1024 * 1024  # bundle chunks are ~128 KiB
@@ -89,8 +114,11 @@ class BrokerTlsConfig:
             raise HubConfigError("max_queued_messages must be between 1,000 and 10,000,000")
         if not self.max_packet_size <= self.max_queued_bytes <= 16 * 1024**3:
             raise HubConfigError("max_queued_bytes must be between max_packet_size and 16 GiB")
+        if (self.dynsec_plugin is None) != (self.dynsec_config is None):
+            raise HubConfigError("dynsec_plugin and dynsec_config go together")
         paths = ("cafile", "hub_cafile", "certfile", "keyfile", "acl_file", "hub_acl_file")
-        for name in (*paths, "crlfile", "hub_crlfile", "persistence_dir", "bind", "log_dest"):
+        optional = ("crlfile", "hub_crlfile", "dynsec_plugin", "dynsec_config", "persistence_dir")
+        for name in (*paths, *optional, "bind", "log_dest"):
             if any(c in str(getattr(self, name)) for c in "\n\r"):
                 raise HubConfigError(f"{name} contains a line break")
         if self.user is not None and not re.fullmatch(
@@ -133,6 +161,7 @@ def render_mosquitto_config(cfg: BrokerTlsConfig) -> str:
         *([f"crlfile {cfg.crlfile}"] if cfg.crlfile is not None else []),
         *tls,
         "use_username_as_clientid true",
+        *_dynsec_lines(cfg),
         f"acl_file {cfg.acl_file}",
         "",
         "# The hub: certificates from the hub client CA only (R2). Its connections choose",
@@ -144,6 +173,17 @@ def render_mosquitto_config(cfg: BrokerTlsConfig) -> str:
         f"acl_file {cfg.hub_acl_file}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _dynsec_lines(cfg: BrokerTlsConfig) -> list[str]:
+    if cfg.dynsec_plugin is None or cfg.dynsec_config is None:
+        return []
+    return [
+        "# Deleted devices: the hub's admin identity revokes them here at run time (the",
+        "# plugin is asked before the ACL file; it knows only the admin and deleted devices).",
+        f"plugin {cfg.dynsec_plugin}",
+        f"plugin_opt_config_file {cfg.dynsec_config}",
+    ]
 
 
 @dataclass(frozen=True)
@@ -163,6 +203,7 @@ class BrokerFiles:
     hub_port: int
     crl: Path | None = None
     hub_crl: Path | None = None
+    dynsec_config: Path | None = None
 
 
 def write_broker_files(
@@ -181,6 +222,7 @@ def write_broker_files(
     crl_pem: bytes | None = None,
     hub_crl_pem: bytes | None = None,
     record_hub_serial: Callable[[int], None] | None = None,
+    dynsec: DynsecSetup | None = None,
 ) -> BrokerFiles:
     """Issue the broker and hub certificates and write a complete mTLS broker setup.
 
@@ -210,6 +252,7 @@ def write_broker_files(
         hub_port=hub_port,
         crl=None if crl_pem is None else d / "crl.pem",
         hub_crl=None if hub_crl_pem is None else d / "hub-crl.pem",
+        dynsec_config=None if dynsec is None else d / "dynamic-security.json",
     )
     atomic_write(files.ca_cert, ca.cert_pem, mode=0o644)
     atomic_write(files.hub_ca_cert, hub_ca.cert_pem, mode=0o644)
@@ -224,6 +267,9 @@ def write_broker_files(
         atomic_write(files.crl, crl_pem, mode=0o644)
     if files.hub_crl is not None and hub_crl_pem is not None:
         atomic_write(files.hub_crl, hub_crl_pem, mode=0o644)
+    if files.dynsec_config is not None and dynsec is not None:
+        text = render_dynsec_config(dynsec.admin_user, dynsec.revoked)
+        atomic_write(files.dynsec_config, text.encode(), mode=0o644)
     cfg = BrokerTlsConfig(
         port=port,
         hub_port=hub_port,
@@ -236,6 +282,8 @@ def write_broker_files(
         hub_acl_file=files.hub_acl,
         crlfile=files.crl,
         hub_crlfile=files.hub_crl,
+        dynsec_plugin=None if dynsec is None else dynsec.plugin,
+        dynsec_config=files.dynsec_config,
         persistence_dir=persistence_dir,
         user=broker_user,
     )

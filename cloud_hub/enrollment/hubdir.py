@@ -7,6 +7,8 @@
     DATA_DIR/tls/hub.crt, hub.key   the HTTPS server certificate of the hub API
     DATA_DIR/hub.db                 the hub registry (default; PostgreSQL via db_url) which
                                     also holds the enrollment_tokens / enrolled_devices tables
+    DATA_DIR/broker-admin/          the hub's admin identity at the broker's dynamic security
+                                    plugin (``broker-config`` issues it; see .broker_admin)
     DATA_DIR/keys/                  the delivery key store (``HubConfig.keys_path``); its
                                     trust root is handed to enrolling devices
 
@@ -22,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.enrollment.hub_identity import load_hub_identity
 from cloud_hub.enrollment.service import EnrollmentConfig, EnrollmentService
@@ -33,10 +33,12 @@ from shared.files import atomic_write
 from shared.signing import TrustRoot
 
 if TYPE_CHECKING:
+    from cloud_hub.enrollment.broker_admin import BrokerAccessControl
     from cloud_hub.registry import Registry
 
 __all__ = [
     "HubTlsFiles",
+    "broker_access_control",
     "keystore_keyring",
     "keystore_trust_root",
     "open_enrollment",
@@ -77,6 +79,7 @@ def register_in_fleet(registry: Registry) -> Callable[[EnrolledDevice], None]:
     """An ``on_enrolled`` hook: the device appears in the fleet registry (class, labels)
     before its first hello, so rollouts can target it right away."""
     from cloud_hub.registry import devices
+    from cloud_hub.registry.errors import DatabaseError
 
     def hook(device: EnrolledDevice) -> None:
         try:
@@ -88,10 +91,37 @@ def register_in_fleet(registry: Registry) -> Callable[[EnrolledDevice], None]:
                     labels=dict(device.labels),
                     now=device.enrolled_at.timestamp(),
                 )
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             raise RegistryError(f"cannot register {device.device_id}: {exc}") from exc
 
     return hook
+
+
+def broker_access_control(
+    data_dir: str | os.PathLike[str], device_mqtt_url: str
+) -> BrokerAccessControl | None:
+    """The admin session with the broker's device listener at ``device_mqtt_url``, or
+    ``None`` when that is not mqtts:// or ``broker-config`` issued no admin identity here."""
+    from cloud_hub.enrollment.broker_admin import (
+        BrokerAccessControl,
+        BrokerAdmin,
+        BrokerAdminSettings,
+        admin_credentials,
+    )
+    from shared.broker_endpoint import BrokerEndpoint
+
+    cert, key = admin_credentials(data_dir)
+    if not device_mqtt_url.startswith("mqtts://") or not (cert.exists() and key.exists()):
+        return None
+    endpoint = BrokerEndpoint.from_url(device_mqtt_url)
+    settings = BrokerAdminSettings(
+        host=endpoint.host,
+        port=endpoint.port,
+        ca_file=Path(data_dir) / "ca" / "ca.crt",
+        cert_file=cert,
+        key_file=key,
+    )
+    return BrokerAccessControl(BrokerAdmin(settings))
 
 
 def open_enrollment(
@@ -106,7 +136,12 @@ def open_enrollment(
 
     Tokens and enrolled devices live in the hub registry's database: ``registry`` when the
     caller has it open (``cloud-hub serve``), else the one at ``db_url`` (default
-    ``sqlite:///DATA_DIR/hub.db``), opened and migrated here."""
+    ``sqlite:///DATA_DIR/hub.db``), opened and migrated here.
+
+    With a ``config`` whose ``mqtt_url`` (what devices connect to: the device listener) is
+    mqtts:// and the admin identity ``broker-config`` issued, revoked devices are dropped at
+    the broker at run time, and the ones it may have missed are sent to it in the background
+    now (the hub's start)."""
     from cloud_hub.registry import open_registry
     from cloud_hub.registry.enrollment import SqlEnrollmentRepository
 
@@ -116,7 +151,8 @@ def open_enrollment(
     if registry is None:
         registry = open_registry(db_url or f"sqlite:///{(d / 'hub.db').resolve()}")
     keys = Path(keys_dir) if keys_dir is not None else d / "keys"
-    return EnrollmentService(
+    broker = None if config is None else broker_access_control(d, config.mqtt_url)
+    service = EnrollmentService(
         ca=ca,
         repository=SqlEnrollmentRepository(registry.engine, migrate=False),  # opened migrated
         config=config,
@@ -124,7 +160,10 @@ def open_enrollment(
         keyring=lambda: keystore_keyring(keys),
         on_enrolled=register_in_fleet(registry),
         hub_identity=lambda: load_hub_identity(d),
+        broker=broker,
     )
+    service.sync_broker()
+    return service
 
 
 @dataclass(frozen=True)

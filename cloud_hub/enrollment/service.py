@@ -13,7 +13,10 @@ it. The rules:
 - labels set on the token win over labels the device reports about itself;
 - the certificate's CN/SAN is the device id whatever the CSR asked for;
 - :meth:`EnrollmentService.revoke` puts a device's certificate on the CRL that the broker
-  checks (``crlfile``); re-enrolling an id revokes its previous certificate.
+  checks (``crlfile``); re-enrolling an id revokes its previous certificate;
+- with a :class:`BrokerAccess` (the broker's dynamic security plugin, see :mod:`.dynsec`),
+  revoking also drops the device at the broker at once, and re-enrolling a revoked id
+  readmits it there.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.enrollment.errors import (
@@ -47,6 +50,7 @@ from shared.signing import TrustRoot
 from shared.topics import TopicScheme, validate_device_id
 
 __all__ = [
+    "BrokerAccess",
     "DeviceBrokerSettings",
     "EnrollmentConfig",
     "EnrollmentRequest",
@@ -57,6 +61,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 UTC = timezone.utc
 MAX_TOKEN_CHARS = 256
+BROKER_WAIT_S = 5.0  # how long a revocation waits for the broker's confirmation
+
+
+class BrokerAccess(Protocol):
+    """Who the broker lets in (``broker_admin.BrokerAccessControl``): applied in the
+    background until confirmed; the calls say whether it was within ``wait_s``."""
+
+    def revoke(self, device_id: str, *, wait_s: float = 0.0) -> bool: ...
+
+    def readmit(self, device_id: str, *, wait_s: float = 0.0) -> bool: ...
+
+    def sync(self, revoked: Any) -> None: ...
 
 
 def _utcnow() -> datetime:
@@ -158,6 +174,7 @@ class EnrollmentService:
         on_enrolled: Callable[[EnrolledDevice], None] | None = None,
         clock: Callable[[], datetime] = _utcnow,
         hub_identity: Callable[[], HubIdentity | None] = lambda: None,
+        broker: BrokerAccess | None = None,
     ) -> None:
         self.ca = ca
         self.repository = repository
@@ -167,6 +184,7 @@ class EnrollmentService:
         self._on_enrolled = on_enrolled
         self._clock = clock
         self._hub_identity = hub_identity  # read on every use: broker-config may set it later
+        self.broker = broker
 
     def _reserved(self, device_id: str) -> bool:
         """R2: the hub's MQTT identity (configured or default) is never a device id."""
@@ -257,9 +275,12 @@ class EnrollmentService:
             labels=labels,
             token_id=record.token_id,
         )
+        previous = self.repository.get_device(device_id)
         self.repository.redeem(
             token_hash, device, now=now, replace_device=record.device_id is not None
         )
+        if self.broker is not None and previous is not None and previous.revoked_at is not None:
+            self.broker.readmit(device_id)  # in the background: the device retries its connect
         if self._on_enrolled is not None:
             try:
                 self._on_enrolled(device)
@@ -280,9 +301,26 @@ class EnrollmentService:
             keyring=self._keyring(),
         )
 
-    def revoke(self, device_id: str) -> EnrolledDevice:
-        """Revoke the device's certificate; publish :meth:`crl_pem` to the broker after this."""
-        return self.repository.revoke(device_id, now=self._clock())
+    def revoke(self, device_id: str, *, wait_s: float = BROKER_WAIT_S) -> EnrolledDevice:
+        """Revoke the device's certificate (:meth:`crl_pem`, for the broker's next start) and,
+        with a broker access, drop the device there now (waiting up to ``wait_s`` for the
+        confirmation; retried in the background after that)."""
+        device = self.repository.revoke(device_id, now=self._clock())
+        if self.broker is not None and not self.broker.revoke(device_id, wait_s=wait_s):
+            log.warning(
+                "device %s revoked; the broker has not confirmed dropping it yet (retrying)",
+                device_id,
+            )
+        return device
+
+    def revoked_device_ids(self) -> list[str]:
+        """Devices whose enrollment is revoked (deleted and not enrolled again)."""
+        return [d.device_id for d in self.repository.list_devices() if d.revoked_at is not None]
+
+    def sync_broker(self) -> None:
+        """Have the broker refuse every revoked device (it may have missed a deletion)."""
+        if self.broker is not None:
+            self.broker.sync(self.revoked_device_ids())
 
     def crl_pem(self, *, days: int = 365) -> bytes:
         """The current CRL (every revoked or superseded device certificate)."""

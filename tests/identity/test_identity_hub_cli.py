@@ -107,6 +107,7 @@ def test_broker_config_cli_writes_a_complete_setup(
         "hub.key",
         "crl.pem",
         "hub-crl.pem",
+        "dynamic-security.json",  # deleted devices are dropped through it at run time
     }
     conf = (out_dir / "mosquitto.conf").read_text()
     assert "require_certificate true" in conf and "listener 18883 0.0.0.0" in conf
