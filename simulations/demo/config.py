@@ -33,9 +33,10 @@ class DemoConfig:
         {"percent": 100.0},
     )
     gate_window_s: float = 2.0
-    # "inprocess" (default: run_federated fed by the devices' sample stores) or
-    # "deployment" (SuperLink + TrainCommands, the devices train as SuperNodes; slower)
-    training_engine: str = "inprocess"
+    # "deployment" (default, the product's path: SuperLink + signed TrainCommands, each
+    # device trains as a SuperNode on its own samples) or "inprocess" (a simulation
+    # shortcut: run_federated in this process, fed by the local devices' sample stores)
+    training_engine: str = "deployment"
     max_wait_s: float = 200.0  # for the retraining to be rolled out to the drifted devices
     plots: bool = True
     quiet: bool = False

@@ -147,7 +147,6 @@ def start_fleet(run: DemoRun) -> None:
 
 def build_pipeline(run: DemoRun) -> Any:
     """The loop's parts: hub-held validation/calibration sets, policy, training engine."""
-    from cloud_hub.loop.cohort import DeviceSampleStores
     from cloud_hub.loop.config import LoopConfig
     from cloud_hub.loop.pipeline import RetrainPipeline
     from cloud_hub.loop.policy import RetrainPolicy
@@ -174,13 +173,18 @@ def build_pipeline(run: DemoRun) -> Any:
             min_devices=3,
         ),
     )
-    if config.training_engine == "deployment":
+    cohort_data = None
+    if config.training_engine == "deployment":  # the devices train on their own samples
         run.deployment = _deployment_training(run)
+    else:  # the simulation shortcut: this process reads the local devices' sample stores
+        from simulations.demo.sample_stores import DeviceSampleStores
+
+        cohort_data = DeviceSampleStores.under(run.run_dir / "fleet")
     return RetrainPipeline(
         registry=run.registry,
         keys=run.keys,
         rollouts=run.hub.server.engine,
-        cohort_data=DeviceSampleStores.under(run.run_dir / "fleet"),
+        cohort_data=cohort_data,
         validation=validation,
         calibration=calibration,
         config=loop_config,
@@ -385,6 +389,7 @@ def wait_rollout(run: DemoRun, rollout_id: str, timeout: float) -> Any:
     """The rollout's final status once it is done (``HubError`` if it ends otherwise)."""
     assert run.hub is not None
     engine, say = run.hub.server.engine, run.say
+    assert engine is not None  # start_hub refuses a hub without one
     last = ""
 
     def done() -> Any:

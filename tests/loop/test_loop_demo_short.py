@@ -24,6 +24,7 @@ def test_short_demo_recovers_accuracy_with_deltas_the_devices_received(tmp_path:
             steps_after_retrain=2,
             drift_window=100,
             num_rounds=2,
+            training_engine="inprocess",  # the default-suite variant: the in-process grid
             rollout_stages=({"percent": 100.0},),
             gate_window_s=0.5,
             plots=False,
