@@ -37,11 +37,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--training-engine",
         choices=("inprocess", "deployment"),
-        default="inprocess",
-        help="inprocess: Flower's ServerApp/ClientApp in the hub process fed by the devices' "
-        "sample stores (default, fast); deployment: SuperLink + TrainCommands, each device "
-        "trains as a SuperNode (the production path; ~3 min per run on 2 cores, so the "
-        "demo takes ~8 min instead of ~2)",
+        default="deployment",
+        help="deployment (default, the product's path): a SuperLink on the hub and signed "
+        "training orders, each device trains as a SuperNode on its own samples over TLS "
+        "with SecAgg+; inprocess: a simulation shortcut, Flower's ServerApp/ClientApp in "
+        "the hub process fed by the local devices' sample stores",
     )
     parser.set_defaults(func=_demo)
 
