@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "ApiToken",
+    "AsyncOrder",
     "AuditEntry",
     "Base",
     "Bundle",
@@ -370,3 +371,22 @@ class RevokedCertificate(Base):
     cert_serial: Mapped[str] = mapped_column(String(64), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[float] = mapped_column(Float)
+
+
+class AsyncOrder(Base):
+    """One asynchronous training order (migration 0007): which device got it, from which
+    base version, and what became of its update (``cloud_hub.fl.order_ledger.OrderState``).
+    A hub restart reads its ledger back from here."""
+
+    __tablename__ = "async_orders"
+
+    order_id: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(ID), index=True)
+    node_id: Mapped[str] = mapped_column(String(24))  # Flower's uint64 node id, in decimal
+    device_id: Mapped[str | None] = mapped_column(String(ID), index=True)
+    base_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    buffer: Mapped[int | None] = mapped_column(Integer)
+    labelled_samples: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
