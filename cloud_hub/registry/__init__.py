@@ -10,12 +10,26 @@ transaction at a time through the repository modules::
 
 Repository modules (plain functions over a ``Session``, returning frozen records):
 ``devices``, ``catalog`` (device classes, models, versions, bundles), ``rollouts``
-(rollouts, stages, targets), ``reports`` (events, drift, telemetry aggregates) and ``admin``
-(training runs, audit log, API tokens).
+(rollouts, stages, targets), ``targets`` (rollout targets in bulk, bytes shipped),
+``reports`` (events, drift, telemetry aggregates), ``admin`` (training runs, audit log, API
+tokens), ``device_views`` (devices and events as the rollout engine reads them) and
+``fleet_views`` (the dashboard's fleet-wide reads). They are the only modules that touch the
+ORM tables (``tables``); the rest of the hub names a transaction's type as
+:class:`Session` and catches the database's failures as
+:class:`~cloud_hub.registry.errors.DatabaseError` and its subclasses.
 """
 
-from cloud_hub.registry import admin, catalog, devices, reports, rollouts
-from cloud_hub.registry.database import Registry, open_registry
+from cloud_hub.registry import (
+    admin,
+    catalog,
+    device_views,
+    devices,
+    fleet_views,
+    reports,
+    rollouts,
+    targets,
+)
+from cloud_hub.registry.database import Registry, Session, open_registry
 from cloud_hub.registry.errors import ConflictError, NotFoundError, RegistryInputError
 from cloud_hub.registry.records import (
     ApiTokenRecord,
@@ -53,6 +67,7 @@ __all__ = [
     "Registry",
     "RegistryInputError",
     "RolloutRecord",
+    "Session",
     "StageRecord",
     "StageSpec",
     "TargetRecord",
@@ -61,8 +76,11 @@ __all__ = [
     "TrainingRunRecord",
     "admin",
     "catalog",
+    "device_views",
     "devices",
+    "fleet_views",
     "open_registry",
     "reports",
     "rollouts",
+    "targets",
 ]

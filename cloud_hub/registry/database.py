@@ -19,7 +19,10 @@ from sqlalchemy.pool import StaticPool
 
 from cloud_hub.errors import HubConfigError, RegistryError
 
-__all__ = ["MIGRATIONS_DIR", "Registry", "migrate_schema", "open_registry"]
+__all__ = ["MIGRATIONS_DIR", "Registry", "Session", "migrate_schema", "open_registry"]
+
+# ``Session`` (one transaction, from :meth:`Registry.session`) is what every repository
+# function takes; the rest of the hub names its type through this module.
 
 log = logging.getLogger(__name__)
 

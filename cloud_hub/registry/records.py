@@ -11,8 +11,12 @@ __all__ = [
     "BundleRecord",
     "DeviceClassRecord",
     "DeviceRecord",
+    "DeviceRolloutEntry",
+    "DeviceState",
+    "DeviceVitals",
     "DriftRecord",
     "EventRecord",
+    "FleetSummary",
     "ModelRecord",
     "ModelVersionRecord",
     "Page",
@@ -60,6 +64,62 @@ class DeviceRecord:
     last_seen: float
     facts: dict[str, Any] | None = None  # CPU model, ISA flags, GPU, TensorRT (from hello)
     target: str | None = None  # the int8 target those facts imply
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """One device as rollout targeting and retries need it."""
+
+    device_id: str
+    device_class: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+    online: bool = False
+    last_seen: float = 0.0
+    hello_ts: float | None = None
+    installed_bundle_id: str | None = None
+    status_ts: float | None = None
+    installed_model: str | None = None
+    installed_version: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceVitals:
+    """What the health verdict of one device is judged from."""
+
+    device_id: str
+    hello_ts: float | None
+    status_ts: float | None
+    online: bool
+    healthy: bool
+    ota_state: str | None
+    installed_model: str | None
+    installed_version: int | None
+
+
+@dataclass(frozen=True)
+class DeviceRolloutEntry:
+    """One rollout target of a device, with its rollout and the bundle it ships."""
+
+    device_id: str
+    target_state: str
+    stage_index: int
+    rollout_id: str
+    rollout_name: str
+    rollout_state: str
+    model_name: str | None  # None if the bundle is not in the catalog
+    version: int | None
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    """Fleet-wide counts: devices, online, by class, by installed model version, and devices
+    that fell back from GPU to CPU."""
+
+    total: int
+    online: int
+    by_class: dict[str, int] = field(default_factory=dict)
+    by_version: dict[str, int] = field(default_factory=dict)
+    cpu_fallback: int = 0
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from cloud_hub.registry.tables import Rollout, RolloutStage, RolloutTarget
 __all__ = [
     "add_targets",
     "count_rollouts_by_state",
+    "count_stages_by_state",
     "count_targets_by_state",
     "create_rollout",
     "find_rollout",
@@ -35,8 +36,8 @@ __all__ = [
     "list_rollouts",
     "list_stages",
     "list_targets",
-    "record_shipment",
-    "shipment_totals",
+    "live_rollout_ids",
+    "newer_rollout_started",
     "targets_of_device",
     "update_rollout",
     "update_stage",
@@ -214,6 +215,40 @@ def count_rollouts_by_state(session: Session) -> dict[str, int]:
     return {state: int(n) for state, n in rows}
 
 
+def live_rollout_ids(session: Session, states: Sequence[str], *, limit: int) -> list[str]:
+    """Ids of at most ``limit`` rollouts in ``states``, newest first."""
+    return list(
+        session.scalars(
+            select(Rollout.rollout_id)
+            .where(Rollout.state.in_(list(states)))
+            .order_by(Rollout.created_at.desc())
+            .limit(limit)
+        )
+    )
+
+
+def newer_rollout_started(
+    session: Session, *, device_class: str, created_after: float, draft_state: str = "draft"
+) -> bool:
+    """Whether a rollout for ``device_class`` created after ``created_after`` left draft."""
+    newer = session.scalar(
+        select(Rollout.rollout_id)
+        .where(
+            Rollout.device_class == device_class,
+            Rollout.created_at > created_after,
+            Rollout.state != draft_state,
+        )
+        .limit(1)
+    )
+    return newer is not None
+
+
+def count_stages_by_state(session: Session) -> dict[str, int]:
+    """Stages of every rollout by state (pending, active, passed, failed)."""
+    rows = session.execute(select(RolloutStage.state, func.count()).group_by(RolloutStage.state))
+    return {str(state): int(n) for state, n in rows}
+
+
 def list_stages(session: Session, rollout_id: str) -> list[StageRecord]:
     rows = session.scalars(
         select(RolloutStage)
@@ -328,46 +363,6 @@ def update_target(
     row.updated_at = now
     session.flush()
     return to_record(TargetRecord, row)
-
-
-def record_shipment(
-    session: Session,
-    rollout_id: str,
-    sent: Mapping[str, int],
-    *,
-    full_size: int,
-    now: float,
-) -> None:
-    """Add the bundle bytes ``sent`` to each target device (and ``full_size`` each to what
-    full bundles would have cost)."""
-    for device_id, size in sent.items():
-        session.execute(
-            update(RolloutTarget)
-            .where(RolloutTarget.rollout_id == rollout_id, RolloutTarget.device_id == device_id)
-            .values(
-                bytes_sent=RolloutTarget.bytes_sent + int(size),
-                bytes_full=RolloutTarget.bytes_full + int(full_size),
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-
-
-def shipment_totals(session: Session, rollout_id: str) -> dict[str, Any] | None:
-    """``{"bytes_shipped", "bytes_full", "devices": {device: bytes}}`` of a rollout, or
-    ``None`` before any bundle was sent."""
-    rows = session.execute(
-        select(RolloutTarget.device_id, RolloutTarget.bytes_sent, RolloutTarget.bytes_full).where(
-            RolloutTarget.rollout_id == rollout_id, RolloutTarget.bytes_full > 0
-        )
-    ).all()
-    if not rows:
-        return None
-    return {
-        "bytes_shipped": sum(int(sent) for _d, sent, _f in rows),
-        "bytes_full": sum(int(full) for _d, _s, full in rows),
-        "devices": {d: int(sent) for d, sent, _f in sorted(rows)},
-    }
 
 
 def count_targets_by_state(

@@ -21,12 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
-
-from cloud_hub.errors import HubError
-from cloud_hub.registry import Registry, catalog
-from cloud_hub.registry.records import RolloutRecord
-from cloud_hub.registry.tables import RolloutTarget
+from cloud_hub.registry import Registry, Session, catalog
+from cloud_hub.registry.records import RolloutRecord, TargetRecord
 from cloud_hub.rollout import _store as store
 from cloud_hub.rollout.config import RolloutConfig
 from cloud_hub.rollout.delivery import RollbackSigner, RolloutDelivery
@@ -43,7 +39,6 @@ from cloud_hub.rollout.targets import (
     step_target,
 )
 from shared.bundle import MAX_ORDER_DEVICES
-from shared.errors import FedfleetError
 from shared.messages import EventKind
 
 if TYPE_CHECKING:
@@ -68,7 +63,7 @@ class BackTo:
     sha256: str  # the model artifact's; "" if unknown
 
 
-def back_to(row: RolloutTarget, fallback: BackTo | None) -> BackTo | None:
+def back_to(row: TargetRecord, fallback: BackTo | None) -> BackTo | None:
     """The device's own previous bundle if recorded, else the rollout's (pure)."""
     if row.from_bundle_id and row.from_version is not None:
         return BackTo(row.from_bundle_id, row.from_version, row.from_sha256 or "")
@@ -163,13 +158,13 @@ class RollbackStep:
         self,
         s: Session,
         record: RolloutRecord,
-        rows: list[RolloutTarget],
+        rows: list[TargetRecord],
         devs: Mapping[str, DeviceState],
         fallback: BackTo | None,
         *,
         now: float,
         cfg: RolloutConfig,
-    ) -> list[RolloutTarget]:
+    ) -> list[TargetRecord]:
         """Settle the targets whose outcome is known; return those still open."""
         rid = record.rollout_id
         offers = {r.device_id: r.deployment_id for r in rows}
@@ -247,7 +242,8 @@ class RollbackStep:
     ) -> None:
         rid = record.rollout_id
         dep_id = store.new_deployment_id(store.rollback_prefix(rid))
-        try:
+
+        def send() -> None:
             order = self.signer.sign_rollback_order(
                 model_name=model,
                 device_class=record.device_class,
@@ -260,29 +256,25 @@ class RollbackStep:
                 now=datetime.fromtimestamp(now, tz=timezone.utc),
             )
             self.delivery.rollback(order, device_ids, deployment_id=dep_id)
-        except (HubError, FedfleetError) as exc:
-            log.warning(
-                "rollout %s: rollback to %d device(s) failed: %s", rid, len(device_ids), exc
-            )
-            return
-        with self.registry.session() as s:
-            store.set_targets(
-                s,
-                rid,
-                device_ids,
-                now=self.clock(),
-                only_states=step_sources(TS.ROLLBACK_PUBLISHED),
-                state=step_target(TS.ROLLBACK_PUBLISHED).value,
-            )
-        log.info(
-            "rollout %s: rollback order to v%d sent to %d device(s)",
+
+        if store.send_then_mark(
+            self.registry,
             rid,
-            target.version,
-            len(device_ids),
-        )
+            device_ids,
+            TS.ROLLBACK_PUBLISHED,
+            send=send,
+            clock=self.clock,
+            what="rollback",
+        ):
+            log.info(
+                "rollout %s: rollback order to v%d sent to %d device(s)",
+                rid,
+                target.version,
+                len(device_ids),
+            )
 
 
-def _rollback_due(row: RolloutTarget, devs: Mapping[str, DeviceState]) -> bool:
+def _rollback_due(row: TargetRecord, devs: Mapping[str, DeviceState]) -> bool:
     """Online, and either not sent yet or reconnected since it was sent."""
     dev = devs.get(row.device_id)
     if dev is None or not dev.online or not dev.installed_bundle_id:

@@ -13,18 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from cloud_hub.errors import HubError
-from cloud_hub.registry import Registry, rollouts
+from cloud_hub.registry import Registry, Session, rollouts
 from cloud_hub.registry import devices as device_repo
-from cloud_hub.registry.records import RolloutRecord
-from cloud_hub.registry.tables import Rollout, RolloutTarget
+from cloud_hub.registry import targets as target_repo
+from cloud_hub.registry.records import RolloutRecord, TargetRecord
 from cloud_hub.rollout import _store as store
 from cloud_hub.rollout._rollback import RollbackStep, model_sha256
 from cloud_hub.rollout.config import RolloutConfig
-from cloud_hub.rollout.delivery import RollbackSigner, RolloutDelivery
+from cloud_hub.rollout.delivery import RollbackSigner, RolloutDelivery, Shipment
 from cloud_hub.rollout.gates import GateVerdict, evaluate_gate
 from cloud_hub.rollout.observe import (
     DeviceState,
@@ -50,7 +46,6 @@ from cloud_hub.rollout.targets import (
     step_target,
 )
 from shared.bundle import MAX_ORDER_DEVICES
-from shared.errors import FedfleetError
 
 if TYPE_CHECKING:
     from cloud_hub.rollout.engine import EngineConfig
@@ -98,9 +93,7 @@ class RolloutSteps:
             ids = device_repo.select_device_ids(
                 s, device_class=cfg.target.device_class, labels=cfg.target.labels
             )
-            known = set(
-                s.scalars(select(RolloutTarget.device_id).where(RolloutTarget.rollout_id == rid))
-            )
+            known = set(target_repo.target_device_ids(s, rid))
             listed = cfg.target.device_ids
             fresh = [d for d in ids if d not in known and (not listed or d in listed)]
             held = store.held_devices(s, fresh, exclude=rid)
@@ -202,34 +195,34 @@ class RolloutSteps:
                 deployment_id=dep_id,
                 last_attempt_at=now,
             )
-        try:
+
+        def send() -> Shipment | None:
             orders = self._switch_orders(record, switches, now=now)
-            shipment = self.delivery.deploy(
-                record.bundle_id, due, deployment_id=dep_id, orders=orders
-            )
-        except (HubError, FedfleetError) as exc:
-            log.warning("rollout %s: deploy to %d device(s) failed: %s", rid, len(due), exc)
-            return
-        with self.registry.session() as s:
-            store.set_targets(
-                s,
-                rid,
-                due,
-                now=self.clock(),
-                only_states=step_sources(TS.PUBLISHED),
-                state=step_target(TS.PUBLISHED).value,
-            )
+            return self.delivery.deploy(record.bundle_id, due, deployment_id=dep_id, orders=orders)
+
+        def record_bytes(s: Session, shipment: Shipment | None) -> None:
             if shipment is not None:  # persisted: every hub process reports the same totals
-                rollouts.record_shipment(
+                target_repo.record_shipment(
                     s, rid, shipment.sent, full_size=shipment.full_size, now=self.clock()
                 )
-        log.info("rollout %s: offered %s to %d device(s)", rid, record.bundle_id, len(due))
+
+        if store.send_then_mark(
+            self.registry,
+            rid,
+            due,
+            TS.PUBLISHED,
+            send=send,
+            clock=self.clock,
+            what="deploy",
+            then=record_bytes,
+        ):
+            log.info("rollout %s: offered %s to %d device(s)", rid, record.bundle_id, len(due))
 
     def _record_previous(
         self,
         s: Session,
         record: RolloutRecord,
-        rows: list[RolloutTarget],
+        rows: list[TargetRecord],
         devs: dict[str, DeviceState],
     ) -> None:
         """Remember, at the first offer, what each device runs: its rollback target (by
@@ -306,9 +299,7 @@ class RolloutSteps:
                 version=version,
                 since=started,
             )
-            all_ids = list(
-                s.scalars(select(RolloutTarget.device_id).where(RolloutTarget.rollout_id == rid))
-            )
+            all_ids = target_repo.target_device_ids(s, rid)
             baseline = baseline_for(
                 s, all_ids, version=prev_version, since=started - max(cfg.gate_window_s, 60.0)
             )
@@ -384,13 +375,9 @@ def _model_switches(
 
 def _superseded(s: Session, record: RolloutRecord) -> bool:
     """A done rollout stops adopting devices once a newer rollout for its class started."""
-    newer = s.scalar(
-        select(Rollout.rollout_id)
-        .where(
-            Rollout.device_class == record.device_class,
-            Rollout.created_at > record.created_at,
-            Rollout.state != S.DRAFT.value,
-        )
-        .limit(1)
+    return rollouts.newer_rollout_started(
+        s,
+        device_class=record.device_class,
+        created_after=record.created_at,
+        draft_state=S.DRAFT.value,
     )
-    return newer is not None

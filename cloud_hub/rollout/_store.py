@@ -1,20 +1,19 @@
-"""Private registry helpers of the engine: bulk target updates, loading and writing the
-state-machine position, deployment ids."""
+"""Private registry helpers of the engine: bulk target moves in the rollout's vocabulary,
+loading and writing the state-machine position, deployment ids, and publishing an order
+whose intent is committed."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from cloud_hub.errors import HubConfigError, RolloutError
-from cloud_hub.registry import catalog, rollouts
+from cloud_hub.errors import HubConfigError, HubError, RolloutError
+from cloud_hub.registry import Registry, Session, catalog, rollouts, targets
 from cloud_hub.registry.errors import NotFoundError
-from cloud_hub.registry.records import RolloutRecord
-from cloud_hub.registry.tables import Rollout, RolloutTarget
+from cloud_hub.registry.records import RolloutRecord, TargetRecord
 from cloud_hub.rollout.config import RolloutConfig
 from cloud_hub.rollout.state import HOLDING_STATES, RolloutPhase, RolloutState
 from cloud_hub.rollout.status import phase_of
@@ -25,6 +24,7 @@ from cloud_hub.rollout.targets import (
     step_sources,
     step_target,
 )
+from shared.errors import FedfleetError
 
 __all__ = [
     "abandon_rollback",
@@ -34,6 +34,7 @@ __all__ = [
     "mark_for_rollback",
     "new_deployment_id",
     "rollback_prefix",
+    "send_then_mark",
     "set_targets",
     "stop_pending",
     "target_rows",
@@ -42,8 +43,10 @@ __all__ = [
     "write_phase",
 ]
 
+log = logging.getLogger("cloud_hub.rollout.engine")
+
 _ROLLOUT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_BATCH = 500
+_Sent = TypeVar("_Sent")
 
 
 def validate_rollout_id(rollout_id: str) -> str:
@@ -111,23 +114,15 @@ def set_targets(
     **values: object,
 ) -> None:
     """Bulk update of targets (optionally only those still in ``only_states``)."""
-    ids = list(device_ids)
-    for i in range(0, len(ids), _BATCH):
-        conds = [
-            RolloutTarget.rollout_id == rollout_id,
-            RolloutTarget.device_id.in_(ids[i : i + _BATCH]),
-        ]
-        if only_states is not None:
-            conds.append(RolloutTarget.state.in_([st.value for st in only_states]))
-        extra: dict[str, object] = {}
-        if bump_attempts:
-            extra["attempts"] = RolloutTarget.attempts + 1
-        s.execute(
-            update(RolloutTarget)
-            .where(*conds)
-            .values(**values, **extra, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
+    targets.move_targets(
+        s,
+        rollout_id,
+        device_ids,
+        now=now,
+        only_states=[st.value for st in only_states] if only_states is not None else None,
+        bump_attempts=bump_attempts,
+        **values,
+    )
 
 
 def target_rows(
@@ -136,14 +131,46 @@ def target_rows(
     states: Sequence[TargetState],
     *,
     max_stage: int | None = None,
-) -> list[RolloutTarget]:
-    conds = [
-        RolloutTarget.rollout_id == rollout_id,
-        RolloutTarget.state.in_([st.value for st in states]),
-    ]
-    if max_stage is not None:
-        conds.append(RolloutTarget.stage_index <= max_stage)
-    return list(s.scalars(select(RolloutTarget).where(*conds).order_by(RolloutTarget.device_id)))
+) -> list[TargetRecord]:
+    return targets.targets_in_states(
+        s, rollout_id, [st.value for st in states], max_stage=max_stage
+    )
+
+
+def send_then_mark(
+    registry: Registry,
+    rollout_id: str,
+    device_ids: Sequence[str],
+    step: TargetStep,
+    *,
+    send: Callable[[], _Sent],
+    clock: Callable[[], float],
+    what: str,
+    then: Callable[[Session, _Sent], None] | None = None,
+) -> bool:
+    """Send an order whose intent is committed (outside any transaction), then move its
+    targets by the publish ``step`` and run ``then`` with what ``send`` returned, in one
+    transaction. A failed send is logged (``what`` names the order) and leaves the intent for
+    the next tick: ``False``."""
+    try:
+        sent = send()
+    except (HubError, FedfleetError) as exc:
+        log.warning(
+            "rollout %s: %s to %d device(s) failed: %s", rollout_id, what, len(device_ids), exc
+        )
+        return False
+    with registry.session() as s:
+        set_targets(
+            s,
+            rollout_id,
+            device_ids,
+            now=clock(),
+            only_states=step_sources(step),
+            state=step_target(step).value,
+        )
+        if then is not None:
+            then(s, sent)
+    return True
 
 
 def stop_pending(s: Session, rollout_id: str, *, now: float) -> None:
@@ -166,23 +193,13 @@ def held_devices(
 ) -> dict[str, tuple[str, str]]:
     """``{device_id: (rollout_id, state)}`` for the devices an unfinished rollout (other than
     ``exclude``) still holds: a rollout in progress, rolling back or with a failed rollback."""
-    held: dict[str, tuple[str, str]] = {}
-    ids = list(dict.fromkeys(device_ids))
-    for i in range(0, len(ids), _BATCH):
-        rows = s.execute(
-            select(RolloutTarget.device_id, Rollout.rollout_id, Rollout.state)
-            .join(Rollout, Rollout.rollout_id == RolloutTarget.rollout_id)
-            .where(
-                RolloutTarget.device_id.in_(ids[i : i + _BATCH]),
-                RolloutTarget.state.not_in([st.value for st in RELEASED_STATES]),
-                Rollout.state.in_([st.value for st in HOLDING_STATES]),
-                Rollout.rollout_id != (exclude or ""),
-            )
-            .order_by(Rollout.created_at)
-        )
-        for device_id, rollout_id, state in rows:
-            held.setdefault(device_id, (rollout_id, state))
-    return held
+    return targets.device_holders(
+        s,
+        device_ids,
+        released_target_states=[st.value for st in RELEASED_STATES],
+        holding_rollout_states=[st.value for st in HOLDING_STATES],
+        exclude=exclude,
+    )
 
 
 def held_note(held: dict[str, tuple[str, str]]) -> str:

@@ -17,10 +17,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from sqlalchemy.orm import Session
-
 from cloud_hub.errors import RolloutError
-from cloud_hub.registry import catalog, rollouts
+from cloud_hub.registry import Session, catalog, rollouts
 from cloud_hub.registry import devices as device_repo
 from cloud_hub.registry.database import Registry
 from cloud_hub.registry.errors import ConflictError

@@ -27,12 +27,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from cloud_hub.errors import HubConfigError, HubError
+from cloud_hub.registry import rollouts
 from cloud_hub.registry.database import Registry
 from cloud_hub.registry.errors import ConflictError
-from cloud_hub.registry.tables import Rollout
 from cloud_hub.rollout._steps import RolloutSteps
 from cloud_hub.rollout.commands import RolloutCommands
 from cloud_hub.rollout.delivery import RollbackSigner, RolloutDelivery
@@ -100,13 +98,8 @@ class RolloutService(RolloutCommands):
     def tick(self) -> int:
         """Advance every live rollout one step; returns how many were looked at."""
         with self.registry.session() as s:
-            ids = list(
-                s.scalars(
-                    select(Rollout.rollout_id)
-                    .where(Rollout.state.in_([st.value for st in _LIVE]))
-                    .order_by(Rollout.created_at.desc())  # newest first: never starved
-                    .limit(self.config.max_live_rollouts)
-                )
+            ids = rollouts.live_rollout_ids(  # newest first: never starved
+                s, [st.value for st in _LIVE], limit=self.config.max_live_rollouts
             )
         for rid in ids:
             try:

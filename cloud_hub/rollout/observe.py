@@ -18,77 +18,27 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
+from cloud_hub.registry import Session, device_views
 from cloud_hub.registry import reports as report_repo
-from cloud_hub.registry.records import TelemetrySummary
-from cloud_hub.registry.tables import Device, EventRow
+from cloud_hub.registry.device_views import deployment_events, device_states
+from cloud_hub.registry.records import DeviceState, EventRecord, TelemetrySummary
 from cloud_hub.rollout.gates import Baseline, DeviceReport, InstallOutcome
 from cloud_hub.rollout.targets import FAILURE_EVENTS, InstallView, TargetState
 from shared.golden import GOLDEN_CHECK
 from shared.messages import EventKind
 
-__all__ = ["DeviceState", "baseline_for", "device_states", "gate_reports", "install_views"]
+__all__ = [
+    "DeviceState",
+    "baseline_for",
+    "deployment_events",
+    "device_states",
+    "gate_reports",
+    "install_views",
+]
 
 _BATCH = 500
-
-
-@dataclass(frozen=True)
-class DeviceState:
-    """The registry's view of one device, as targeting and retries need it."""
-
-    device_id: str
-    device_class: str | None
-    labels: dict[str, str] = field(default_factory=dict)
-    online: bool = False
-    last_seen: float = 0.0
-    hello_ts: float | None = None
-    installed_bundle_id: str | None = None
-    status_ts: float | None = None
-    installed_model: str | None = None
-    installed_version: int | None = None
-
-
-def device_states(session: Session, device_ids: Sequence[str]) -> dict[str, DeviceState]:
-    out: dict[str, DeviceState] = {}
-    ids = list(dict.fromkeys(device_ids))
-    for i in range(0, len(ids), _BATCH):
-        for row in session.scalars(select(Device).where(Device.device_id.in_(ids[i : i + _BATCH]))):
-            out[row.device_id] = DeviceState(
-                device_id=row.device_id,
-                device_class=row.device_class,
-                labels={str(k): str(v) for k, v in (row.labels or {}).items()},
-                online=bool(row.online),
-                last_seen=float(row.last_seen),
-                hello_ts=row.hello_ts,
-                installed_bundle_id=row.installed_bundle_id,
-                status_ts=row.status_ts,
-                installed_model=row.installed_model,
-                installed_version=row.installed_version,
-            )
-    return out
-
-
-def deployment_events(
-    session: Session, deployment_prefix: str, kinds: Sequence[str]
-) -> dict[str, list[EventRow]]:
-    """Events of the deployments whose id starts with ``deployment_prefix``, by device,
-    oldest first."""
-    out: dict[str, list[EventRow]] = {}
-    rows = session.scalars(
-        select(EventRow)
-        .where(
-            EventRow.deployment_id.startswith(deployment_prefix, autoescape=True),
-            EventRow.kind.in_(list(kinds)),
-        )
-        .order_by(EventRow.ts, EventRow.id)
-    )
-    for row in rows:
-        out.setdefault(row.device_id, []).append(row)
-    return out
 
 
 def install_views(
@@ -109,7 +59,7 @@ def install_views(
     for device_id, dev in devices.items():
         latest = (current or {}).get(device_id)
         committed = None
-        failure: EventRow | None = None
+        failure: EventRecord | None = None
         for ev in events.get(device_id, []):
             if ev.kind == EventKind.COMMITTED and committed is None:
                 committed = ev.ts
@@ -214,17 +164,8 @@ def gate_reports(
 
 def _golden_refusals(session: Session, ids: Sequence[str], since: float) -> set[str]:
     """Devices whose golden-batch check refused an install since ``since``."""
-    found: set[str] = set()
-    for i in range(0, len(ids), _BATCH):
-        rows = session.scalars(
-            select(EventRow).where(
-                EventRow.device_id.in_(list(ids[i : i + _BATCH])),
-                EventRow.kind == EventKind.HEALTH_FAILED,
-                EventRow.ts >= since,
-            )
-        )
-        found.update(r.device_id for r in rows if (r.data or {}).get("check") == GOLDEN_CHECK)
-    return found
+    events = device_views.events_since(session, ids, EventKind.HEALTH_FAILED, since=since)
+    return {e.device_id for e in events if (e.data or {}).get("check") == GOLDEN_CHECK}
 
 
 def baseline_for(

@@ -5,13 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
+from cloud_hub.registry import Session, catalog, device_views, targets
 from cloud_hub.registry.devices import select_device_ids
 from cloud_hub.registry.records import RolloutRecord
-from cloud_hub.registry.rollouts import shipment_totals
-from cloud_hub.registry.tables import Bundle, Device, RolloutTarget
 from cloud_hub.rollout.compat import target_warnings
 from cloud_hub.rollout.state import RolloutPhase, RolloutState
 
@@ -97,16 +93,11 @@ class RolloutStatus:
 
 
 def rollout_status(session: Session, record: RolloutRecord) -> RolloutStatus:
-    rows = session.execute(
-        select(RolloutTarget.stage_index, RolloutTarget.state, func.count())
-        .where(RolloutTarget.rollout_id == record.rollout_id)
-        .group_by(RolloutTarget.stage_index, RolloutTarget.state)
-    )
-    per_stage: dict[int, dict[str, int]] = {}
+    per_stage = targets.count_targets_by_stage(session, record.rollout_id)
     totals: dict[str, int] = {}
-    for index, state, n in rows:
-        per_stage.setdefault(int(index), {})[state] = int(n)
-        totals[state] = totals.get(state, 0) + int(n)
+    for counts in per_stage.values():
+        for state, n in counts.items():
+            totals[state] = totals.get(state, 0) + n
     phase = phase_of(record)
     stages = tuple(
         StageStatus(
@@ -139,7 +130,7 @@ def rollout_status(session: Session, record: RolloutRecord) -> RolloutStatus:
         stages=stages,
         targets=totals,
         warnings=_draft_warnings(session, record) if record.state == "draft" else (),
-        delivery=shipment_totals(session, record.rollout_id),
+        delivery=targets.shipment_totals(session, record.rollout_id),
     )
 
 
@@ -153,14 +144,9 @@ def _draft_warnings(session: Session, record: RolloutRecord) -> tuple[str, ...]:
     )
     held = held_note(held_devices(session, ids, exclude=record.rollout_id))
     warnings = (f"{held}: start is refused until they are released",) if held else ()
-    bundle = session.get(Bundle, record.bundle_id)
-    targets = (bundle.manifest or {}).get("targets") if bundle is not None else None
-    if not isinstance(targets, list) or not targets:
+    bundle = catalog.find_bundle(session, record.bundle_id)
+    built_for = (bundle.manifest or {}).get("targets") if bundle is not None else None
+    if not isinstance(built_for, list) or not built_for:
         return warnings
-    found: dict[str, str | None] = {}
-    for i in range(0, len(ids), 500):
-        rows = session.execute(
-            select(Device.device_id, Device.target).where(Device.device_id.in_(ids[i : i + 500]))
-        )
-        found.update({d: t for d, t in rows})
-    return warnings + target_warnings([str(t) for t in targets], found)
+    found = device_views.device_targets(session, ids)
+    return warnings + target_warnings([str(t) for t in built_for], found)
