@@ -1,24 +1,31 @@
-"""Benchmark of the hub: MQTT ingest under a fleet's telemetry, and rollback time.
+"""Benchmark of the hub: MQTT ingest under a fleet, a hub SIGKILL, and rollback time.
 
-One run, one real ``cloud-hub serve`` process (API + ingest + rollout engine, SQLite registry)
-on the real Mosquitto at 127.0.0.1:1883 (unique topic prefix):
+One run, one real ``cloud-hub serve`` process (API + ingest + rollout engine) on a PostgreSQL
+registry (a fresh database; ``--sqlite`` for SQLite) and a private Mosquitto with the global
+settings ``cloud-hub broker-config`` writes (queue limits included) on a plain loopback
+listener instead of its mTLS listeners:
 
-1. steady  - N simulated agents (lightweight paho clients, many per process, one select loop
+1. steady  - B simulated agents (lightweight paho clients, many per process, one select loop
              per process) each send hello + one Telemetry per second for D seconds, QoS 1.
-             Measured: end-to-end ingest lag p95 (a probe device's telemetry from publish to
-             visible in the registry, once per second), messages lost (acknowledged by the
-             broker - stored, after the ingest drained), the hub process's CPU (% of one core)
-             and peak RSS, the hub's own receive-to-commit lag and counters, the load average
+             Measured: a probe device's telemetry lag (publish to visible in the registry),
+             messages lost, the hub process's CPU and peak RSS, its counters, the load average
              (this machine is shared: read the figures against it).
 2. blast   - the same clients publish K telemetry messages each as fast as they can; a bare
              paho subscriber on the same topics measures the broker's raw delivery rate (the
-             ceiling) while the registry is polled for the ingest's rate: side by side.
-3. rollback - real ``edge-agent run`` processes get v1, then v2 whose canary reports a high
+             ceiling) while the registry is polled for the ingest's rate: ``ingest_vs_raw``.
+3. fleet   - N devices (default 10,000; real MQTT 5 connections sharded over processes, see
+             ``benchmarks/_hub_fleet.py``) send telemetry every 10 s and a must-keep event every
+             10 s; the hub is SIGKILLed in the middle and restarted. Measured: event lag (send
+             to committed) p95 outside the restart window ``ingest_lag_p95_s``, must-keep events
+             acknowledged by the broker but never stored ``lost_must_keep`` (by unique id),
+             messages the broker never acknowledged ``unacked``, restart and catch-up times.
+4. rollback - real ``edge-agent run`` processes get v1, then v2 whose canary reports a high
              inference error rate (real Telemetry messages): time from the failed canary gate
              to every canary device confirmed back on v1 (the rollout's ``rolled_back``).
 
-``--quick`` (< 60 s): 200 agents for 8 s. The last line is one JSON object with
-``agents, ingest_lag_p95_s, lost, raw_msgs_s, ingest_msgs_s, rollback_s`` and more.
+``--quick`` (< 60 s on a quiet machine): 200 blast agents, 300 fleet devices sending every 2 s.
+The last line is one JSON object with ``agents, ingest_vs_raw, ingest_lag_p95_s,
+lost_must_keep, unacked, cpu, rollback_s`` and more.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import json
 import multiprocessing as mp
 import os
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -48,19 +56,34 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from sqlalchemy import func  # noqa: E402
 from sqlalchemy import select as sql_select  # noqa: E402
 
+from benchmarks._hub_fleet import (  # noqa: E402
+    FleetPlan,
+    broker_config_text,
+    drop_database,
+    fresh_database,
+    raise_fd_limit,
+    run_fleet,
+)
 from cloud_hub.commands.rollout import ApiClient  # noqa: E402
 from cloud_hub.keys import KeyStore  # noqa: E402
 from cloud_hub.registry import admin, open_registry  # noqa: E402
 from cloud_hub.registry.tables import Device, TelemetryMinute  # noqa: E402
+from shared.device_facts import detect_device_facts  # noqa: E402
 from shared.messages import Hello, Status, Telemetry, new_id  # noqa: E402
+from shared.net import free_port  # noqa: E402
 from shared.topics import TopicScheme  # noqa: E402
 from simulations.harness.agents import LocalAgentFleet  # noqa: E402
-from simulations.harness.mosquitto import LocalMosquitto  # noqa: E402
+from simulations.harness.mosquitto import spawn_listening, stop_process  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 1883
 SIM_CLASS = "bench-sim"
 REAL_CLASS = "x86-cpu"
 MODEL = "bench-model"
+
+
+def cpu_info() -> dict[str, Any]:
+    facts = detect_device_facts()
+    return {"cpu": {"model": facts.cpu_model, "flags": facts.isa_flags, "cores": os.cpu_count()}}
 
 
 def log(msg: str) -> None:
@@ -211,13 +234,15 @@ def raw_worker(prefix: str, ready: Any, stop: Any, out: Any) -> None:
 
 
 class Hub:
-    def __init__(self, root: Path, prefix: str, keys: KeyStore) -> None:
+    """``cloud-hub serve`` as its own process; ``kill`` (SIGKILL) and ``start`` again."""
+
+    def __init__(self, root: Path, prefix: str, keys: KeyStore, db_url: str | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         with socket_port() as port:
             self.port = port
-        self.db_url = f"sqlite:///{root / 'hub.db'}"
-        config = root / "hub.toml"
+        self.db_url = db_url or f"sqlite:///{root / 'hub.db'}"
+        self.config = config = root / "hub.toml"
         config.write_text(
             f'data_dir = "{root}"\ndb_url = "{self.db_url}"\nmqtt_url = "mqtt://{HOST}:{PORT}"\n'
             f'topic_prefix = "{prefix}"\napi_port = {self.port}\nkeys_dir = "{keys.directory}"\n'
@@ -230,8 +255,14 @@ class Hub:
             _rec, self.token = admin.create_token(s, name="bench", role="operator", now=time.time())
         registry.close()
         self.log_file = open(root / "hub.log", "ab")  # noqa: SIM115 - lives as long as the hub
+        self.start()
+        self.api = ApiClient(f"http://127.0.0.1:{self.port}", self.token)
+        self.registry = open_registry(self.db_url, migrate=False)
+
+    def start(self) -> None:
+        """Start the hub process and wait for its API (the ingest starts before it)."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud_hub.cli", "serve", "--config", str(config)],
+            [sys.executable, "-m", "cloud_hub.cli", "serve", "--config", str(self.config)],
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -246,8 +277,11 @@ class Hub:
                 time.sleep(0.2)
         else:
             raise SystemExit("hub did not start; see hub.log")
-        self.api = ApiClient(f"http://127.0.0.1:{self.port}", self.token)
-        self.registry = open_registry(self.db_url, migrate=False)
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no disconnect; the broker keeps the ingest's session."""
+        self.proc.kill()
+        self.proc.wait()
 
     def metric(self, name: str) -> float | None:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
@@ -492,37 +526,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--agents", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=60.0, help="steady phase seconds")
+    parser.add_argument("--agents", type=int, default=10_000, help="devices of the fleet run")
+    parser.add_argument("--fleet-duration", type=float, default=150.0, help="fleet run seconds")
+    parser.add_argument(
+        "--kill-at", type=float, default=60.0, help="SIGKILL the hub this far into the fleet run"
+    )
+    parser.add_argument("--fleet-procs", type=int, default=4, help="device shard processes")
+    parser.add_argument("--blast-agents", type=int, default=1000, help="agents of steady/blast")
+    parser.add_argument("--duration", type=float, default=20.0, help="steady phase seconds")
     parser.add_argument("--procs", type=int, default=4, help="simulator processes")
     parser.add_argument("--blast", type=int, default=20, help="blast messages per agent")
     parser.add_argument("--real-agents", type=int, default=4, help="agents of the rollback phase")
-    parser.add_argument("--quick", action="store_true", help="200 agents, 8 s (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="a few hundred devices (< 60 s)")
     parser.add_argument(
-        "--shared-broker",
-        action="store_true",
-        help="use the Mosquitto on 127.0.0.1:1883 instead of a private one (other traffic, "
-        "max_queued_messages 1000 per client)",
+        "--sqlite", action="store_true", help="SQLite registry (default: PostgreSQL)"
     )
     args = parser.parse_args()
-    if args.quick:
-        args.agents, args.duration, args.blast, args.real_agents, args.procs = 200, 8.0, 10, 2, 2
+    if args.quick:  # everything small: a few hundred devices, short phases
+        args.blast_agents, args.duration, args.blast, args.procs = 200, 4.0, 10, 2
+        args.agents, args.fleet_duration, args.kill_at, args.fleet_procs = 300, 12.0, 3.0, 2
+        args.real_agents = 2
+    every = 2.0 if args.quick else 10.0  # quick: a few hundred devices, still some load
     root = Path(tempfile.mkdtemp(prefix="bench-hub-"))
     prefix = f"bench{new_id()[:8]}"
     keys = KeyStore.init(root / "keys")
     bundles = build_bundles(keys)
+    raise_fd_limit()
 
     global PORT
-    broker = None
-    if not args.shared_broker:
-        # a private broker: no other traffic, and subscriber queues sized for a fleet
-        broker = LocalMosquitto(extra_conf="max_queued_messages 100000\nmax_inflight_messages 200")
-        broker.start()
-        PORT = broker.port
+    PORT = free_port()
+    (root / "broker.conf").write_text(broker_config_text(PORT, root))
+    broker = spawn_listening(
+        ["mosquitto", "-c", str(root / "broker.conf")],
+        port=PORT,
+        log_path=root / "broker.log",
+        name="mosquitto",
+        timeout=10,
+    )
+    db_name = None if args.sqlite else f"bench_hub_{prefix}"
+    db_url = None if db_name is None else fresh_database(db_name)
     ctx = mp.get_context("fork")
     ctl = {name: ctx.Event() for name in ("steady", "blast", "stop")}
     out: Any = ctx.Queue()
-    ids = [f"{prefix}-{i:05d}" for i in range(args.agents)]
+    ids = [f"{prefix}-{i:05d}" for i in range(args.blast_agents)]
     shards = [ids[i :: args.procs] for i in range(args.procs)]
     workers = [
         ctx.Process(
@@ -534,8 +580,8 @@ def main() -> None:
         if shard
     ]
     started = time.monotonic()
-    hub = Hub(root / "hub", prefix, keys)
-    log(f"hub up (pid {hub.proc.pid}); {args.agents} simulated agents in {len(workers)} processes")
+    hub = Hub(root / "hub", prefix, keys, db_url)
+    log(f"hub up (pid {hub.proc.pid}); {args.blast_agents} agents in {len(workers)} processes")
     raw_ready, raw_stop, raw_out = ctx.Event(), ctx.Event(), ctx.Queue()
     raw = ctx.Process(target=raw_worker, args=(prefix, raw_ready, raw_stop, raw_out), daemon=True)
     raw.start()
@@ -543,16 +589,16 @@ def main() -> None:
     for w in workers:
         w.start()
     results: dict[str, Any] = {
-        "agents": args.agents,
+        "blast_agents": args.blast_agents,
         "duration_s": args.duration,
-        "broker": "shared 127.0.0.1:1883" if broker is None else "private mosquitto",
+        "broker": "private mosquitto 2.0, `cloud-hub broker-config` settings, plain listener",
+        "database": "sqlite" if db_url is None else "postgresql",
+        **cpu_info(),
     }
     try:
         for _ in workers:
             out.get(timeout=120)
-        wait_for(
-            lambda: hub.devices(SIM_CLASS) >= args.agents, 60, "every simulated agent registered"
-        )
+        wait_for(lambda: hub.devices(SIM_CLASS) >= args.blast_agents, 60, "every agent registered")
         log("all simulated agents registered; steady phase")
 
         lags: list[float] = []
@@ -600,8 +646,8 @@ def main() -> None:
                 "sent": sent_steady,
                 "stored": stored,
                 "lost": sent_steady - stored,
-                "ingest_lag_p95_s": round(p95(lags), 4),
-                "ingest_lag_p50_s": round(statistics.median(lags), 4) if lags else None,
+                "probe_lag_p95_s": round(p95(lags), 4),
+                "probe_lag_p50_s": round(statistics.median(lags), 4) if lags else None,
                 "hub_lag_p95_s": round(max(hub_lag), 4) if hub_lag else None,
                 "steady_msgs_s": round(stored / steady_s, 1),
                 "drain_after_s": round(drained_s, 1),
@@ -654,6 +700,20 @@ def main() -> None:
             w.join(timeout=15)
         raw.join(timeout=15)
 
+        plan = FleetPlan(
+            agents=args.agents,
+            procs=args.fleet_procs,
+            duration_s=args.fleet_duration,
+            kill_at_s=args.kill_at if args.kill_at > 0 else None,
+            telemetry_every_s=every,
+            event_every_s=every,
+        )
+        log(f"fleet run: {plan}")
+        fleet = run_fleet(hub, plan, endpoint=(HOST, PORT), prefix=prefix, log=log)
+        fleet["fleet_ingest_counters"] = hub.counters()
+        results.update(fleet)
+        log(f"fleet: {fleet}")
+
         results.update(rollback_phase(hub, root, prefix, keys, bundles, args.real_agents))
         log(
             f"rollback: {results['rollback_s']} s for {results['rollback_devices']} canary device(s)"
@@ -665,8 +725,10 @@ def main() -> None:
                 w.terminate()
         raw_stop.set()
         hub.stop()
-        if broker is not None:
-            broker.stop()
+        stop_process(broker)
+        if db_name is not None:
+            drop_database(db_name)
+        shutil.rmtree(root, ignore_errors=True)
     results["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(results, sort_keys=True))
 
