@@ -3,8 +3,8 @@ runs, and the rollout it is in.
 
 :func:`health_verdict` is pure and decides the one pill an operator reads, so the page never
 shows "healthy" beside a failed install, on a device that never connected, or on one whose
-model drifts. :func:`device_overview` gathers its inputs with three queries for a page of
-devices.
+model drifts. :func:`device_overview` gathers its inputs with three registry reads for a
+page of devices.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from cloud_hub.registry.tables import Bundle, Device, DriftRow, Rollout, RolloutTarget
+from cloud_hub.registry import Session, fleet_views
+from cloud_hub.registry.records import DeviceRolloutEntry, DriftRecord
 from cloud_hub.rollout.state import HOLDING_STATES
 from shared.install_phase import InstallPhase
 
@@ -85,22 +83,11 @@ def device_overview(session: Session, device_ids: Sequence[str]) -> list[DeviceO
     ids = list(dict.fromkeys(device_ids))[:MAX_DEVICES]
     if not ids:
         return []
-    rows = session.execute(
-        select(
-            Device.device_id,
-            Device.hello_ts,
-            Device.status_ts,
-            Device.online,
-            Device.healthy,
-            Device.ota_state,
-            Device.installed_model,
-            Device.installed_version,
-        ).where(Device.device_id.in_(ids))
-    ).all()
-    drift = _newest_drift(
-        session, {r.device_id: (r.installed_model, r.installed_version) for r in rows}
-    )
-    rollout = _newest_rollout(session, [r.device_id for r in rows])
+    rows = fleet_views.device_vitals(session, ids)
+    running = {r.device_id: (r.installed_model, r.installed_version) for r in rows}
+    wanted = [d for d, (_, v) in running.items() if v is not None]
+    drift = _newest_drift(running, fleet_views.newest_drift_per_version(session, wanted))
+    rollout = _newest_rollout(fleet_views.device_rollout_entries(session, list(running)))
     out = []
     for r in sorted(rows, key=lambda r: r.device_id):
         d, ro = drift.get(r.device_id), rollout.get(r.device_id)
@@ -117,63 +104,36 @@ def device_overview(session: Session, device_ids: Sequence[str]) -> list[DeviceO
 
 
 def _newest_drift(
-    session: Session, running: dict[str, tuple[str | None, int | None]]
+    running: dict[str, tuple[str | None, int | None]], reports: Sequence[DriftRecord]
 ) -> dict[str, dict[str, Any]]:
-    """Per device, the newest drift report of the model version it runs."""
-    wanted = [d for d, (_, v) in running.items() if v is not None]
-    if not wanted:
-        return {}
-    newest = (
-        select(DriftRow.device_id, DriftRow.model_version, func.max(DriftRow.id).label("id"))
-        .where(DriftRow.device_id.in_(wanted))
-        .group_by(DriftRow.device_id, DriftRow.model_version)
-        .subquery()
-    )
-    rows = session.execute(select(DriftRow).join(newest, DriftRow.id == newest.c.id)).scalars()
+    """Per device, the newest drift report of the model version it runs (pure)."""
     out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        model, version = running[row.device_id]
-        if row.model_version != version or (model and row.model_name != model):
+    for report in reports:
+        model, version = running[report.device_id]
+        if report.model_version != version or (model and report.model_name != model):
             continue
-        out[row.device_id] = {
-            "score": row.drift_score,
-            "drifted": row.drifted,
-            "model_version": row.model_version,
-            "ts": row.ts,
+        out[report.device_id] = {
+            "score": report.drift_score,
+            "drifted": report.drifted,
+            "model_version": report.model_version,
+            "ts": report.ts,
         }
     return out
 
 
-def _newest_rollout(session: Session, device_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Per device, the newest rollout that targeted it: still holding it (``active``) or not."""
-    if not device_ids:
-        return {}
+def _newest_rollout(entries: Sequence[DeviceRolloutEntry]) -> dict[str, dict[str, Any]]:
+    """Per device, the newest rollout that targeted it: still holding it (``active``) or not
+    (pure; ``entries`` oldest rollout first)."""
     holding = {s.value for s in HOLDING_STATES}
-    rows = session.execute(
-        select(
-            RolloutTarget.device_id,
-            RolloutTarget.state,
-            RolloutTarget.stage_index,
-            Rollout.rollout_id,
-            Rollout.name,
-            Rollout.state,
-            Bundle.model_name,
-            Bundle.version,
-        )
-        .join(Rollout, Rollout.rollout_id == RolloutTarget.rollout_id)
-        .outerjoin(Bundle, Bundle.bundle_id == Rollout.bundle_id)
-        .where(RolloutTarget.device_id.in_(device_ids))
-        .order_by(Rollout.created_at)
-    ).all()
     out: dict[str, dict[str, Any]] = {}
-    for device_id, target_state, stage, rid, name, state, model, version in rows:
-        out[device_id] = {  # ordered by creation: the newest wins
-            "rollout_id": rid,
-            "name": name or rid,
-            "state": state,
-            "active": state in holding,
-            "target_state": target_state,
-            "stage": stage + 1,  # operators count stages from 1
-            "bundle": f"{model} v{version}" if model else None,
+    for e in entries:
+        out[e.device_id] = {  # ordered by creation: the newest wins
+            "rollout_id": e.rollout_id,
+            "name": e.rollout_name or e.rollout_id,
+            "state": e.rollout_state,
+            "active": e.rollout_state in holding,
+            "target_state": e.target_state,
+            "stage": e.stage_index + 1,  # operators count stages from 1
+            "bundle": f"{e.model_name} v{e.version}" if e.model_name else None,
         }
     return out
