@@ -109,6 +109,25 @@ def wait_state(page: Any, states: tuple[str, ...], timeout_s: float) -> str:
     return str(page.text_content("#rollout-state .pill"))
 
 
+def print_diagnostics(proc: Any, fleet: LocalAgentFleet) -> None:
+    """On failure: what the hub says about every rollout, and the tails of hub and agent logs
+    (shown by pytest with the failure)."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{proc.api_url}/api/v1/rollouts", headers={"Authorization": f"Bearer {proc.token}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            print("rollouts:", json.dumps(json.load(resp), indent=1)[-8000:])
+    except OSError as exc:
+        print("rollouts: unavailable:", exc)
+    print("hub log tail:\n", proc.logs(8000))
+    for device_id in fleet.device_ids:
+        print(f"agent {device_id} log tail:\n", fleet.logs(device_id, tail=3000))
+
+
 def test_operator_watches_fleet_and_drives_rollouts(browser: Any, hub: Any, tmp_path: Path) -> None:
     proc, bundles, keys, _viewer = hub
     page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -187,6 +206,9 @@ def test_operator_watches_fleet_and_drives_rollouts(browser: Any, hub: Any, tmp_
         page.goto(f"{proc.api_url}/ui/#/models")
         page.wait_for_selector("#versions")
         shot(page, "08-models")
+    except BaseException:
+        print_diagnostics(proc, fleet)
+        raise
     finally:
         fleet.stop()
         page.close()
