@@ -43,6 +43,7 @@ __all__ = [
     "RollbackCommand",
     "Status",
     "Telemetry",
+    "TelemetryMetric",
     "TrainCommand",
     "decode_message",
     "encode_message",
@@ -126,6 +127,17 @@ class Status(Message):
     healthy: bool = True
     ts: float = field(default_factory=now)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TelemetryMetric:
+    """Names in ``Telemetry.metrics`` the hub's policies read (agents may send more)."""
+
+    TEMPERATURE_C = "temperature_c"  # hottest host sensor
+    GPU_TEMPERATURE_C = "gpu_temperature_c"
+    POWER_W = "power_w"  # board or GPU power draw
+    REQUEST_COUNT = "request_count"  # inference requests served since the agent started
+    # labelled samples in the device's sample store now (older agents omit it: unknown)
+    LABELLED_SAMPLES = "labelled_samples"
 
 
 @_register

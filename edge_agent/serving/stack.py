@@ -22,6 +22,7 @@ from edge_agent.serving.observers import ObserverConfig, PredictionObservers
 from edge_agent.serving.server import ModelServer, ServingConfig
 from edge_agent.telemetry.collector import TelemetryCollector, TelemetryConfig, TelemetrySnapshot
 from shared.drift_reference import ReferenceStats
+from shared.messages import TelemetryMetric
 
 __all__ = ["InferenceStack", "InferenceStackConfig"]
 
@@ -92,11 +93,15 @@ class InferenceStack:
 
     def telemetry(self) -> TelemetrySnapshot:
         server = self.server.stats()
-        return self.telemetry_collector.collect(
+        snapshot = self.telemetry_collector.collect(
             server=server,
             runtime=self.server.report,
             observers=self.observers.stats(server.model_version),
         )
+        if self.store is not None:  # the hub's training eligibility counts new labels
+            labelled = self.store.stats().labelled
+            snapshot.metrics[TelemetryMetric.LABELLED_SAMPLES] = float(labelled)
+        return snapshot
 
     def release_memory(self) -> None:
         """Return freed heap to the OS (call from the agent's periodic tick)."""
