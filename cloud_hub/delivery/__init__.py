@@ -1,6 +1,7 @@
 """Delivery of signed bundles and commands to the fleet over MQTT v5 (paho-mqtt 2.x)."""
 
 from cloud_hub.delivery.config import PublisherConfig
+from cloud_hub.delivery.devices import DeviceDirectory, DeviceInfo, HeardDevices, RegistryDevices
 from cloud_hub.delivery.handle import Deployment
 from cloud_hub.delivery.progress import (
     TERMINAL_STATES,
@@ -10,17 +11,20 @@ from cloud_hub.delivery.progress import (
     advance,
     plan_repair,
 )
-from cloud_hub.delivery.publisher import DeviceInfo, FleetPublisher
+from cloud_hub.delivery.publisher import FleetPublisher
 
 __all__ = [
     "TERMINAL_STATES",
     "DeliveryState",
     "Deployment",
     "DeploymentResult",
+    "DeviceDirectory",
     "DeviceInfo",
     "DeviceProgress",
     "FleetPublisher",
+    "HeardDevices",
     "PublisherConfig",
+    "RegistryDevices",
     "advance",
     "plan_repair",
 ]

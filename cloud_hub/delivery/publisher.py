@@ -14,6 +14,11 @@ How a deployment flows::
 Devices that subscribe late, lose chunks on a flaky link, or restart ask for the gaps; the
 hub keeps the chunks of recent bundles in memory to answer them. Progress is tracked per
 device from its events (idempotent: duplicates are ignored).
+
+Which devices exist and are online the publisher reads from a
+:class:`~cloud_hub.delivery.devices.DeviceDirectory`: the registry inside a hub process,
+whose ingest hands the publisher the device reports (:meth:`FleetPublisher.observe`); the
+hellos and statuses it receives itself when it runs alone.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cloud_hub.delivery._session import MqttSession
 from cloud_hub.delivery.config import PublisherConfig
+from cloud_hub.delivery.devices import DeviceDirectory, DeviceInfo, HeardDevices
 from cloud_hub.delivery.handle import Deployment, DeploymentState
 from cloud_hub.delivery.progress import DeviceProgress, advance
 from cloud_hub.delivery.serving import ChunkService
@@ -39,7 +44,6 @@ from shared.messages import (
     ChunkRequest,
     DeployCommand,
     Event,
-    Hello,
     Message,
     PingCommand,
     RollbackCommand,
@@ -58,27 +62,21 @@ log = logging.getLogger(__name__)
 # reads itself only when no ingest hands them over
 _OWN_CHANNELS = tuple(channels_read_by(HubReader.DELIVERY))
 _REPORT_CHANNELS = ("events", "hello", "status")
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What the hub heard from a device (hello / retained status)."""
-
-    device_id: str
-    device_class: str | None = None
-    online: bool = False
-    installed_version: int | None = None
+_DIRECTORY_REFRESH_S = 0.5  # how often waits read the device directory again
 
 
 class FleetPublisher:
-    """Publishes bundles and commands to the fleet. Use as a context manager."""
+    """Publishes bundles and commands to the fleet. Use as a context manager.
 
-    def __init__(self, config: PublisherConfig) -> None:
+    ``devices``: where it reads which devices are online (the hub passes its registry);
+    by default the hellos and statuses it receives itself."""
+
+    def __init__(self, config: PublisherConfig, *, devices: DeviceDirectory | None = None) -> None:
         self.config = config
         self.topics = config.topics
         self._cond = threading.Condition()
         self._deployments: dict[str, DeploymentState] = {}
-        self._devices: dict[str, DeviceInfo] = {}
+        self.directory: DeviceDirectory = devices if devices is not None else HeardDevices()
         self.refusals = RefusalLog(log)  # untrusted input from devices: summarised warnings
         self.rejected_messages = 0
         self._channels = _OWN_CHANNELS + (_REPORT_CHANNELS if config.reads_device_reports else ())
@@ -140,35 +138,12 @@ class FleetPublisher:
         validated; other messages are ignored. Safe from any thread."""
         if isinstance(msg, Event):
             self._on_event(msg)
-        elif isinstance(msg, Hello):
-            self._remember(
-                msg.device_id,
-                device_class=msg.device_class,
-                online=True,
-                installed=msg.installed.version if msg.installed else None,
-            )
-        elif isinstance(msg, Status):
+            return
+        if isinstance(msg, Status):
             self._on_status_state(msg)
-            device_class = msg.extra.get("device_class")
-            self._remember(
-                msg.device_id,
-                device_class=device_class if isinstance(device_class, str) else None,
-                online=msg.online,
-                installed=msg.installed.version if msg.installed else None,
-            )
-
-    def _remember(
-        self, device_id: str, *, device_class: str | None, online: bool, installed: int | None
-    ) -> None:
-        with self._cond:
-            old = self._devices.get(device_id, DeviceInfo(device_id))
-            self._devices[device_id] = DeviceInfo(
-                device_id,
-                device_class=device_class or old.device_class,
-                online=online,
-                installed_version=installed if installed is not None else old.installed_version,
-            )
-            self._cond.notify_all()
+        if self.directory.record(msg):
+            with self._cond:
+                self._cond.notify_all()
 
     def _on_event(self, event: Event) -> None:
         with self._cond:
@@ -325,21 +300,28 @@ class FleetPublisher:
         """Wait (at most ``start_grace_s``) until every reachable target answered, i.e. has
         subscribed to the chunk topic. Devices known to be offline are not waited for."""
         deadline = time.monotonic() + self.config.start_grace_s
-        with self._cond:
-            while True:
-                waiting = [
-                    d
-                    for d, p in state.devices.items()
-                    if not p.started and self._devices.get(d, DeviceInfo(d, online=True)).online
-                ]
-                left = deadline - time.monotonic()
-                if not waiting or left <= 0:
-                    break
-                self._cond.wait(min(left, 0.5))
+        offline: set[str] = set()
+        read_at = float("-inf")
+        while True:
+            waiting = self._not_started(state)
+            # the directory is read outside the lock, a few times a second at most
+            if waiting and time.monotonic() - read_at >= _DIRECTORY_REFRESH_S:
+                offline, read_at = self._offline(waiting), time.monotonic()
+            waiting = [d for d in waiting if d not in offline]
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                break
+            with self._cond:
+                if any(not state.devices[d].started for d in waiting):
+                    self._cond.wait(min(left, _DIRECTORY_REFRESH_S))
         if waiting:
             log.info(
                 "%d device(s) not started after the grace period; they will catch up", len(waiting)
             )
+
+    def _not_started(self, state: DeploymentState) -> list[str]:
+        with self._cond:
+            return [d for d, p in state.devices.items() if not p.started]
 
     def rollback(
         self,
@@ -377,28 +359,27 @@ class FleetPublisher:
         """Devices heard from (retained status, hello), pinged for a fresh hello; those online
         and (when given) of ``device_class``."""
         time.sleep(min(wait_s, 0.5))  # retained statuses arrive right after subscribing
-        with self._cond:
-            known = [d for d, info in self._devices.items() if info.online]
+        known = [d for d, info in self.directory.lookup().items() if info.online]
         for device_id in known:
             self._session.publish(
                 self.topics.device(device_id, "cmd"), PingCommand(command_id=new_id()).encode()
             )
         deadline = time.monotonic() + wait_s
-
-        def classified() -> bool:
-            return all(self._devices[d].device_class is not None for d in known)
-
-        with self._cond:
-            while not classified() and time.monotonic() < deadline:
+        while True:
+            heard = self.directory.lookup()
+            classified = all(heard[d].device_class is not None for d in known if d in heard)
+            if classified or time.monotonic() >= deadline:
+                break
+            with self._cond:
                 self._cond.wait(0.2)
-            return sorted(
-                (
-                    i
-                    for i in self._devices.values()
-                    if i.online and (device_class is None or i.device_class == device_class)
-                ),
-                key=lambda i: i.device_id,
-            )
+        return sorted(
+            (
+                i
+                for i in heard.values()
+                if i.online and (device_class is None or i.device_class == device_class)
+            ),
+            key=lambda i: i.device_id,
+        )
 
     def deployment(self, deployment_id: str) -> Deployment:
         """The handle of a deployment this publisher started (also while ``deploy`` runs)."""
@@ -409,17 +390,21 @@ class FleetPublisher:
         return Deployment(state, self._cond)
 
     def devices(self) -> dict[str, DeviceInfo]:
-        """Every device heard from so far (hello / status)."""
-        with self._cond:
-            return dict(self._devices)
+        """Every device known to the publisher's directory."""
+        return self.directory.lookup()
+
+    def _offline(self, device_ids: Sequence[str]) -> set[str]:
+        """Those of ``device_ids`` known to be offline (unknown ones may be online)."""
+        return {d for d, info in self.directory.lookup(device_ids).items() if not info.online}
 
     def wait_for_devices(self, device_ids: Sequence[str], *, timeout: float) -> list[str]:
         """Wait until every one of ``device_ids`` announced itself online; return the missing."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                missing = [d for d in device_ids if not self._devices.get(d, DeviceInfo(d)).online]
-                left = deadline - time.monotonic()
-                if not missing or left <= 0:
-                    return missing
-                self._cond.wait(min(left, 0.5))
+        while True:
+            known = self.directory.lookup(device_ids)
+            missing = [d for d in device_ids if not (d in known and known[d].online)]
+            left = deadline - time.monotonic()
+            if not missing or left <= 0:
+                return missing
+            with self._cond:
+                self._cond.wait(min(left, _DIRECTORY_REFRESH_S))
