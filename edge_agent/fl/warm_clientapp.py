@@ -7,8 +7,8 @@ CPU per message on a small device.
 
 This entry point is ``flower-superexec`` unchanged except for how a ClientApp task is
 launched: the process imports Flower's ClientApp runner, torch and fedfleet's ClientApp once
-(:func:`warm_imports`), then *forks* a child per task that runs Flower's own
-``run_clientapp`` with the task's token. Each task still runs in its own process (a crash or
+and runs one tiny torch training step (:func:`warm_imports`), then *forks* a child per task
+that runs Flower's own ``run_clientapp`` with the task's token. Each task still runs in its own process (a crash or
 a leak stays in that task), only the start-up cost is gone. Other task types take Flower's
 subprocess path. It also polls the SuperNode for tasks every
 ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds (default here 0.1; Flower's default is 1.0).
@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["TASK_POLL_INTERVAL_S", "main", "make_executor_class", "warm_imports"]
+__all__ = ["TASK_POLL_INTERVAL_S", "main", "make_executor_class", "warm_imports", "warm_torch"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,24 @@ def warm_imports() -> None:
 
     # one intra-op thread, as the ClientApp sets: no OpenMP pool exists when a task forks
     torch.set_num_threads(1)
+    warm_torch()
+
+
+def warm_torch() -> None:
+    """One tiny training step and one evaluation, as the ClientApp runs them: torch builds
+    its kernels, autograd engine and optimizer state lazily on first use, seconds of CPU
+    that every forked task would otherwise pay again (and lose when it exits)."""
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    inputs, labels = torch.zeros(2, 4), torch.zeros(2, dtype=torch.int64)
+    optimizer.zero_grad()
+    nn.CrossEntropyLoss()(model(inputs), labels).backward()
+    optimizer.step()
+    with torch.no_grad():
+        nn.CrossEntropyLoss(reduction="sum")(model(inputs), labels).item()
 
 
 def _run_task(spec: Any) -> int:

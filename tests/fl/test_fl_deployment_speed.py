@@ -186,3 +186,36 @@ def test_the_supernode_starts_the_warm_superexec(monkeypatch: pytest.MonkeyPatch
     assert started == [
         [sys.executable, "-m", "edge_agent.fl.warm_clientapp", "--runtime-api-address", "x:1"]
     ]
+
+
+_FORK_AFTER_WARM = """
+import os, sys
+from edge_agent.fl import warm_clientapp
+calls = []
+real = warm_clientapp.warm_torch
+warm_clientapp.warm_torch = lambda: (calls.append(1), real())
+warm_clientapp.warm_imports()
+assert calls == [1], "warm_imports did not run torch's first training step"
+pid = os.fork()
+if pid == 0:  # a task: one real training step in the forked child
+    from shared.data.sensors import generate_sensor_data
+    from shared.fl.training import LocalTrainingLimits, train_model
+    from shared.models import build_model
+    x, y = generate_sensor_data(8, seed=1, sample_seed=1)
+    report = train_model(build_model("sensor-mlp"), x, y, LocalTrainingLimits(batch_size=4))
+    os._exit(0 if report.steps == 2 else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_the_warm_process_runs_torch_once_and_its_forked_tasks_still_train() -> None:
+    """torch's lazy first-use set-up happens in the warm process (not again in every forked
+    task), and a task forked after it trains: no lock or thread pool left broken by the fork."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_AFTER_WARM], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
