@@ -25,11 +25,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from cloud_hub.errors import HubConfigError, HubError, RegistryError
 from cloud_hub.keys import KeyStore, KeyStoreConfig
 from cloud_hub.registry import Registry
+from cloud_hub.registry.errors import DatabaseError
 from cloud_hub.registry.records import BundleRecord, RolloutRecord
 from shared.errors import FedfleetError
 from shared.freshness import ReleasedBundle
@@ -95,7 +94,7 @@ def released_from_registry(registry: Registry, *, max_rollouts: int = 1000) -> R
                     found = catalog.find_bundle(s, r.bundle_id)
                     if found is not None:
                         bundles[r.bundle_id] = found
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             raise RegistryError(f"cannot read the released bundles: {exc}") from exc
         return newest_released(done, bundles)
 

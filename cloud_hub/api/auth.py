@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.api.audit_tally import (
     AnonymousAuditTally,
@@ -23,6 +22,7 @@ from cloud_hub.api.context import ApiContext
 from cloud_hub.api.errors import ApiError
 from cloud_hub.api.routing import ROLE_ATTRIBUTE
 from cloud_hub.registry import ApiTokenRecord, admin
+from cloud_hub.registry.errors import DatabaseError
 
 __all__ = ["MUTATING_METHODS", "Principal", "flush_audit", "install_audit", "require"]
 
@@ -123,7 +123,7 @@ def install_audit(app: FastAPI) -> None:
 
         try:
             await run_in_threadpool(write)
-        except SQLAlchemyError:
+        except DatabaseError:
             log.exception("audit entry for %s %s not written", request.method, request.url.path)
         return response
 
@@ -159,7 +159,7 @@ class _AnonymousAudit:
             return
         try:
             await run_in_threadpool(self._write, decision)
-        except SQLAlchemyError:
+        except DatabaseError:
             log.exception("audit tally for %s %s not written", kind.method, kind.resource)
 
     def flush(self) -> None:
@@ -168,7 +168,7 @@ class _AnonymousAudit:
         for update in pending:
             try:
                 self._write(update)
-            except SQLAlchemyError:
+            except DatabaseError:
                 log.exception("audit tally for %s not written", update.kind.resource)
 
     def _write(self, decision: AuditInsert | AuditUpdate) -> None:

@@ -12,11 +12,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud_hub.errors import HubConfigError, HubError, RolloutError
-from cloud_hub.registry.errors import ConflictError, NotFoundError, RegistryInputError
+from cloud_hub.registry.errors import (
+    ConflictError,
+    DatabaseConflictError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    DatabaseValueError,
+    NotFoundError,
+    RegistryInputError,
+)
 from shared.errors import FedfleetError
 
 __all__ = ["ApiError", "error_response", "install_error_handlers"]
@@ -96,13 +103,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _shared(_: Request, exc: FedfleetError) -> JSONResponse:
         return error_response(422, str(exc))
 
-    @app.exception_handler(SQLAlchemyError)
-    async def _db(_: Request, exc: SQLAlchemyError) -> JSONResponse:
-        if isinstance(exc, IntegrityError):
+    @app.exception_handler(DatabaseError)
+    async def _db(_: Request, exc: DatabaseError) -> JSONResponse:
+        if isinstance(exc, DatabaseConflictError):
             return error_response(409, "conflicting write; retry")
-        if isinstance(exc, DataError):
+        if isinstance(exc, DatabaseValueError):
             return error_response(422, "a value is not acceptable to the database")
-        if isinstance(exc, OperationalError):
+        if isinstance(exc, DatabaseUnavailableError):
             log.warning("database unavailable: %s", exc)
             return error_response(503, "the registry database is unavailable; retry")
         log.exception("database error")

@@ -9,12 +9,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.api.context import ApiContext
 from cloud_hub.registry import devices, rollouts
-from cloud_hub.registry.tables import RolloutStage
+from cloud_hub.registry.errors import DatabaseError
 
 __all__ = ["CONTENT_TYPE", "HubCollector", "render_metrics"]
 
@@ -34,12 +32,8 @@ class HubCollector(Collector):
             with self.context.registry.session() as s:
                 total, online = devices.count_devices(s)
                 by_state = rollouts.count_rollouts_by_state(s)
-                stages = dict(
-                    s.execute(
-                        select(RolloutStage.state, func.count()).group_by(RolloutStage.state)
-                    ).all()
-                )
-        except SQLAlchemyError as exc:
+                stages = rollouts.count_stages_by_state(s)
+        except DatabaseError as exc:
             log.warning("metrics: registry unavailable: %s", exc)
             up.add_metric([], 0)
             yield up

@@ -12,10 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from sqlalchemy.orm import Session
-
 from cloud_hub.ingest.intake import Inbound
-from cloud_hub.registry import devices, reports
+from cloud_hub.registry import Session, devices, reports
 from cloud_hub.registry.records import TelemetryAggregate
 from shared.messages import DriftReport, Event, Hello, Status, Telemetry
 

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from cloud_hub.broker_client import ConnectionHooks, HubRole, connect_client, create_client
 from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
@@ -30,6 +29,7 @@ from cloud_hub.ingest.config import IngestConfig
 from cloud_hub.ingest.fairness import Admission, FairQueue, RecentKeys
 from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected, classify
 from cloud_hub.registry import Registry
+from cloud_hub.registry.errors import TRANSIENT_DATABASE_ERRORS, DatabaseError
 from shared.broker_endpoint import BrokerEndpoint
 from shared.errors import MalformedMessageError
 from shared.messages import MAX_MESSAGE_BYTES, Telemetry
@@ -305,12 +305,12 @@ class FleetIngest:
         try:
             with self.registry.session() as session:
                 counts = write_batch(session, batch, now=self._clock())
-        except (OperationalError, InterfaceError) as exc:
+        except TRANSIENT_DATABASE_ERRORS as exc:
             with self._lock:
                 self._counts["write_errors"] += 1
             log.warning("ingest batch of %d not written (will retry): %s", len(batch), exc)
             return False
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             log.warning("ingest batch of %d refused (%s); writing one by one", len(batch), exc)
             return self._write_singly(batch)
         return self._account(batch, counts)
@@ -353,9 +353,9 @@ class FleetIngest:
                     counts = write_batch(session, single, now=self._clock())
                 total.update(dataclasses.asdict(counts) | {"removed_devices": 0})
                 removed.update(counts.removed_devices)
-            except (OperationalError, InterfaceError):
+            except TRANSIENT_DATABASE_ERRORS:
                 return False  # the database went away meanwhile: retry the whole batch
-            except SQLAlchemyError as exc:
+            except DatabaseError as exc:
                 with self._lock:
                     self._rejected["unstorable"] += 1
                 log.warning(

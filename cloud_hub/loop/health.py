@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
-
 from cloud_hub.loop.policy import ClassHealth, RetrainPolicy
-from cloud_hub.registry import admin, reports
+from cloud_hub.registry import Session, admin, reports
 from cloud_hub.registry import devices as device_repo
 
 __all__ = ["class_health", "class_runs"]
