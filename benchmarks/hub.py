@@ -259,8 +259,9 @@ class Hub:
         self.api = ApiClient(f"http://127.0.0.1:{self.port}", self.token)
         self.registry = open_registry(self.db_url, migrate=False)
 
-    def start(self) -> None:
-        """Start the hub process and wait for its API (the ingest starts before it)."""
+    def start(self, timeout: float = 300.0) -> None:
+        """Start the hub process and wait for its API (the ingest starts before it); a
+        loaded machine takes long to import it."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cloud_hub.cli", "serve", "--config", str(self.config)],
             stdout=self.log_file,
@@ -268,15 +269,18 @@ class Hub:
             cwd=ROOT,
         )
         self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"hub exited with {self.proc.returncode}; see {self.root}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
                     break
             except OSError:
                 time.sleep(0.2)
         else:
-            raise SystemExit("hub did not start; see hub.log")
+            self.kill()
+            raise SystemExit(f"hub did not start; see {self.root / 'hub.log'}")
 
     def kill(self) -> None:
         """SIGKILL: no flush, no disconnect; the broker keeps the ingest's session."""
@@ -527,7 +531,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--agents", type=int, default=10_000, help="devices of the fleet run")
-    parser.add_argument("--fleet-duration", type=float, default=150.0, help="fleet run seconds")
+    parser.add_argument("--fleet-duration", type=float, default=210.0, help="fleet run seconds")
     parser.add_argument(
         "--kill-at", type=float, default=60.0, help="SIGKILL the hub this far into the fleet run"
     )
@@ -546,7 +550,6 @@ def main() -> None:
         args.blast_agents, args.duration, args.blast, args.procs = 200, 4.0, 10, 2
         args.agents, args.fleet_duration, args.kill_at, args.fleet_procs = 300, 12.0, 3.0, 2
         args.real_agents = 2
-    every = 2.0 if args.quick else 10.0  # quick: a few hundred devices, still some load
     root = Path(tempfile.mkdtemp(prefix="bench-hub-"))
     prefix = f"bench{new_id()[:8]}"
     keys = KeyStore.init(root / "keys")
@@ -564,7 +567,143 @@ def main() -> None:
         timeout=10,
     )
     db_name = None if args.sqlite else f"bench_hub_{prefix}"
-    db_url = None if db_name is None else fresh_database(db_name)
+    started = time.monotonic()
+    try:
+        db_url = None if db_name is None else fresh_database(db_name)
+        results = run_phases(args, root, prefix, keys, bundles, db_url)
+    finally:
+        stop_process(broker)
+        if db_name is not None:
+            drop_database(db_name)
+    shutil.rmtree(root, ignore_errors=True)  # kept when the run failed: logs to read
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(results, sort_keys=True))
+
+
+def steady_and_blast(
+    hub: Hub,
+    args: argparse.Namespace,
+    prefix: str,
+    workers: list[Any],
+    channels: tuple[dict[str, Any], Any],
+    raw: tuple[Any, Any, Any],
+    results: dict[str, Any],
+) -> None:
+    """Phases 1 and 2: the probe's lag under steady telemetry, then ingest vs raw delivery."""
+    ctl, out = channels
+    raw_proc, raw_stop, raw_out = raw
+    for _ in workers:
+        out.get(timeout=120)
+    wait_for(lambda: hub.devices(SIM_CLASS) >= args.blast_agents, 60, "every agent registered")
+    log("all simulated agents registered; steady phase")
+
+    lags: list[float] = []
+    probe_stop = threading.Event()
+    prober = threading.Thread(target=probe_lag, args=(hub, prefix, probe_stop, lags), daemon=True)
+    cpu0 = hub.ps.cpu_times()
+    t0 = time.monotonic()
+    rss_peak = 0
+    ctl["steady"].set()
+    prober.start()
+    sent_steady = 0
+    hub_lag: list[float] = []
+    done = 0
+    while done < len(workers):
+        rss_peak = max(rss_peak, hub.ps.memory_info().rss)
+        lag = hub.metric("fedfleet_ingest_lag_p95_seconds")
+        if lag is not None:
+            hub_lag.append(lag)
+        try:
+            _kind, n = out.get(timeout=1.0)
+            sent_steady += n
+            done += 1
+        except Exception:  # queue.Empty: keep sampling
+            continue
+    steady_s = time.monotonic() - t0
+    probe_stop.set()
+    # the ingest may run behind: wait until it stored everything or stops making progress
+    stored, last_change = hub.stored("steady"), time.monotonic()
+    drain_deadline = time.monotonic() + 300
+    while stored < sent_steady and time.monotonic() - last_change < 15:
+        if time.monotonic() > drain_deadline:
+            break
+        time.sleep(0.5)
+        now_stored = hub.stored("steady")
+        if now_stored != stored:
+            stored, last_change = now_stored, time.monotonic()
+    drained_s = time.monotonic() - t0 - steady_s
+    busy_s = time.monotonic() - t0
+    cpu1 = hub.ps.cpu_times()
+    prober.join(timeout=200)
+    results.update(
+        {
+            "sent": sent_steady,
+            "stored": stored,
+            "lost": sent_steady - stored,
+            "probe_lag_p95_s": round(p95(lags), 4),
+            "probe_lag_p50_s": round(statistics.median(lags), 4) if lags else None,
+            "hub_lag_p95_s": round(max(hub_lag), 4) if hub_lag else None,
+            "steady_msgs_s": round(stored / steady_s, 1),
+            "drain_after_s": round(drained_s, 1),
+            "lag_samples": len(lags),
+            "hub_cpu_percent": round(
+                100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / busy_s, 1
+            ),
+            "hub_cpu_us_per_msg": round(
+                1e6 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / max(stored, 1),
+                1,
+            ),
+            "loadavg_1m": round(os.getloadavg()[0], 1),
+            "ingest_counters": hub.counters(),
+            "hub_rss_mb": round(rss_peak / 2**20, 1),
+        }
+    )
+    log(f"steady: {results}")
+
+    base = hub.stored("blast")
+    t_blast = time.monotonic()
+    t_blast_wall = time.time()
+    ctl["blast"].set()
+    sent_blast = sum(out.get(timeout=120)[1] for _ in workers)
+    deadline = time.monotonic() + 60
+    while hub.stored("blast") - base < sent_blast and time.monotonic() < deadline:
+        rss_peak = max(rss_peak, hub.ps.memory_info().rss)
+        time.sleep(0.05)
+    t_ingested = time.monotonic()
+    ingested = hub.stored("blast") - base
+    raw_stop.set()
+    raw_report = raw_out.get(timeout=30)
+    raw_n = raw_report["counts"]["blast"]
+    raw_s = raw_report["last"].get("blast", t_blast_wall) - t_blast_wall
+    results["raw_steady_received"] = raw_report["counts"]["steady"]
+    results.update(
+        {
+            "blast_sent": sent_blast,
+            "raw_msgs_s": round(raw_n / raw_s, 1) if raw_s > 0 else None,
+            "ingest_msgs_s": round(ingested / (t_ingested - t_blast), 1),
+            "blast_lost_raw": sent_blast - raw_n,
+            "blast_lost_ingest": sent_blast - ingested,
+            "hub_rss_mb": round(rss_peak / 2**20, 1),
+        }
+    )
+    if results["raw_msgs_s"]:
+        results["ingest_vs_raw"] = round(results["ingest_msgs_s"] / results["raw_msgs_s"], 3)
+    log(f"blast: raw {results['raw_msgs_s']} msg/s, ingest {results['ingest_msgs_s']} msg/s")
+    ctl["stop"].set()
+    for w in workers:
+        w.join(timeout=15)
+    raw_proc.join(timeout=15)
+
+
+def run_phases(
+    args: argparse.Namespace,
+    root: Path,
+    prefix: str,
+    keys: KeyStore,
+    bundles: dict[int, str],
+    db_url: str | None,
+) -> dict[str, Any]:
+    """Steady, blast, fleet and rollback against one hub; its processes end with it."""
     ctx = mp.get_context("fork")
     ctl = {name: ctx.Event() for name in ("steady", "blast", "stop")}
     out: Any = ctx.Queue()
@@ -579,15 +718,17 @@ def main() -> None:
         for shard in shards
         if shard
     ]
-    started = time.monotonic()
     hub = Hub(root / "hub", prefix, keys, db_url)
     log(f"hub up (pid {hub.proc.pid}); {args.blast_agents} agents in {len(workers)} processes")
     raw_ready, raw_stop, raw_out = ctx.Event(), ctx.Event(), ctx.Queue()
     raw = ctx.Process(target=raw_worker, args=(prefix, raw_ready, raw_stop, raw_out), daemon=True)
-    raw.start()
-    raw_ready.wait(30)
-    for w in workers:
-        w.start()
+    if args.fleet_only:
+        workers = []
+    else:
+        raw.start()
+        raw_ready.wait(30)
+        for w in workers:
+            w.start()
     results: dict[str, Any] = {
         "blast_agents": args.blast_agents,
         "duration_s": args.duration,
@@ -596,117 +737,18 @@ def main() -> None:
         **cpu_info(),
     }
     try:
-        for _ in workers:
-            out.get(timeout=120)
-        wait_for(lambda: hub.devices(SIM_CLASS) >= args.blast_agents, 60, "every agent registered")
-        log("all simulated agents registered; steady phase")
-
-        lags: list[float] = []
-        probe_stop = threading.Event()
-        prober = threading.Thread(
-            target=probe_lag, args=(hub, prefix, probe_stop, lags), daemon=True
-        )
-        cpu0 = hub.ps.cpu_times()
-        t0 = time.monotonic()
-        rss_peak = 0
-        ctl["steady"].set()
-        prober.start()
-        sent_steady = 0
-        hub_lag: list[float] = []
-        done = 0
-        while done < len(workers):
-            rss_peak = max(rss_peak, hub.ps.memory_info().rss)
-            lag = hub.metric("fedfleet_ingest_lag_p95_seconds")
-            if lag is not None:
-                hub_lag.append(lag)
-            try:
-                _kind, n = out.get(timeout=1.0)
-                sent_steady += n
-                done += 1
-            except Exception:  # queue.Empty: keep sampling
-                continue
-        steady_s = time.monotonic() - t0
-        probe_stop.set()
-        # the ingest may run behind: wait until it stored everything or stops making progress
-        stored, last_change = hub.stored("steady"), time.monotonic()
-        drain_deadline = time.monotonic() + 300
-        while stored < sent_steady and time.monotonic() - last_change < 15:
-            if time.monotonic() > drain_deadline:
-                break
-            time.sleep(0.5)
-            now_stored = hub.stored("steady")
-            if now_stored != stored:
-                stored, last_change = now_stored, time.monotonic()
-        drained_s = time.monotonic() - t0 - steady_s
-        busy_s = time.monotonic() - t0
-        cpu1 = hub.ps.cpu_times()
-        prober.join(timeout=200)
-        results.update(
-            {
-                "sent": sent_steady,
-                "stored": stored,
-                "lost": sent_steady - stored,
-                "probe_lag_p95_s": round(p95(lags), 4),
-                "probe_lag_p50_s": round(statistics.median(lags), 4) if lags else None,
-                "hub_lag_p95_s": round(max(hub_lag), 4) if hub_lag else None,
-                "steady_msgs_s": round(stored / steady_s, 1),
-                "drain_after_s": round(drained_s, 1),
-                "lag_samples": len(lags),
-                "hub_cpu_percent": round(
-                    100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / busy_s, 1
-                ),
-                "hub_cpu_us_per_msg": round(
-                    1e6 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / max(stored, 1),
-                    1,
-                ),
-                "loadavg_1m": round(os.getloadavg()[0], 1),
-                "ingest_counters": hub.counters(),
-                "hub_rss_mb": round(rss_peak / 2**20, 1),
-            }
-        )
-        log(f"steady: {results}")
-
-        base = hub.stored("blast")
-        t_blast = time.monotonic()
-        t_blast_wall = time.time()
-        ctl["blast"].set()
-        sent_blast = sum(out.get(timeout=120)[1] for _ in workers)
-        deadline = time.monotonic() + 60
-        while hub.stored("blast") - base < sent_blast and time.monotonic() < deadline:
-            rss_peak = max(rss_peak, hub.ps.memory_info().rss)
-            time.sleep(0.05)
-        t_ingested = time.monotonic()
-        ingested = hub.stored("blast") - base
-        raw_stop.set()
-        raw_report = raw_out.get(timeout=30)
-        raw_n = raw_report["counts"]["blast"]
-        raw_s = raw_report["last"].get("blast", t_blast_wall) - t_blast_wall
-        results["raw_steady_received"] = raw_report["counts"]["steady"]
-        results.update(
-            {
-                "blast_sent": sent_blast,
-                "raw_msgs_s": round(raw_n / raw_s, 1) if raw_s > 0 else None,
-                "ingest_msgs_s": round(ingested / (t_ingested - t_blast), 1),
-                "blast_lost_raw": sent_blast - raw_n,
-                "blast_lost_ingest": sent_blast - ingested,
-                "hub_rss_mb": round(rss_peak / 2**20, 1),
-            }
-        )
-        if results["raw_msgs_s"]:
-            results["ingest_vs_raw"] = round(results["ingest_msgs_s"] / results["raw_msgs_s"], 3)
-        log(f"blast: raw {results['raw_msgs_s']} msg/s, ingest {results['ingest_msgs_s']} msg/s")
-        ctl["stop"].set()
-        for w in workers:
-            w.join(timeout=15)
-        raw.join(timeout=15)
+        if not args.fleet_only:
+            steady_and_blast(
+                hub, args, prefix, workers, (ctl, out), (raw, raw_stop, raw_out), results
+            )
 
         plan = FleetPlan(
             agents=args.agents,
             procs=args.fleet_procs,
             duration_s=args.fleet_duration,
             kill_at_s=args.kill_at if args.kill_at > 0 else None,
-            telemetry_every_s=every,
-            event_every_s=every,
+            telemetry_every_s=2.0 if args.quick else 10.0,  # quick: few devices, some load
+            event_every_s=2.0 if args.quick else 10.0,
         )
         log(f"fleet run: {plan}")
         fleet = run_fleet(hub, plan, endpoint=(HOST, PORT), prefix=prefix, log=log)
@@ -714,25 +756,26 @@ def main() -> None:
         results.update(fleet)
         log(f"fleet: {fleet}")
 
-        results.update(rollback_phase(hub, root, prefix, keys, bundles, args.real_agents))
-        log(
-            f"rollback: {results['rollback_s']} s for {results['rollback_devices']} canary device(s)"
-        )
+        if not args.fleet_only:
+            results.update(rollback_phase(hub, root, prefix, keys, bundles, args.real_agents))
+            log(f"rollback: {results['rollback_s']} s for {results['rollback_devices']} device(s)")
     finally:
         ctl["stop"].set()
         for w in workers:
             if w.is_alive():
                 w.terminate()
         raw_stop.set()
+        if raw.is_alive():
+            raw.terminate()
         hub.stop()
-        stop_process(broker)
-        if db_name is not None:
-            drop_database(db_name)
-        shutil.rmtree(root, ignore_errors=True)
-    results["wall_s"] = round(time.monotonic() - started, 1)
-    print(json.dumps(results, sort_keys=True))
+    return results
+
+
+def _exit_on_sigterm(_sig: int, _frame: object) -> None:
+    raise SystemExit(143)  # run the cleanup: shards, hub, broker, database
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     main()
