@@ -6,6 +6,11 @@ the same ClientApp training (:mod:`shared.fl.async_client`), buffers folded by
 after every new version, the final version stored as the run's candidate with each
 buffer's lineage (devices, base versions, staleness). Devices are ordered again as soon
 as their update is folded, so the buffers of one run overlap as in the fleet.
+
+With a ``gate`` (the hub's eligibility rules over the registry,
+:class:`cloud_hub.fl.fleet_conditions.RegistryEligibility`), only the devices it finds
+eligible get an order; each order round's verdict ("3 devices not eligible: 2 too hot,
+1 serving") is in the result's ``eligibility``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +29,19 @@ from numpy.typing import NDArray
 from cloud_hub.errors import HubConfigError, TrainingError
 from cloud_hub.fl.async_run import AsyncBufferedRun, BufferRecord
 from cloud_hub.fl.config import SecAggConfig
+from cloud_hub.fl.eligibility import EligibilityReport
 from cloud_hub.fl.fedbuff import FedBuffConfig
 from cloud_hub.fl.model_store import ModelStore
+from cloud_hub.fl.order_ledger import OrderLedger
 from cloud_hub.fl.partition import data_fingerprint
 from shared.fl import InMemoryPartitions, LocalDataSource
 
 __all__ = ["BufferedRunConfig", "BufferedRunResult", "run_buffered"]
 
 _MAX_BUFFERS = 10_000
+
+#: asks which of the named devices may take an order now
+OrderGate = Callable[[Sequence[str]], EligibilityReport]
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class BufferedRunResult:
     wall_s: float
     data_fingerprint: str
     device_names: Mapping[int, str] = field(default_factory=dict)
+    eligibility: tuple[dict[str, Any], ...] = ()  # one verdict per order round (with a gate)
 
     def buffer_reports(self) -> list[dict[str, Any]]:
         """Every buffer's lineage, naming devices rather than grid nodes."""
@@ -103,6 +114,7 @@ class BufferedRunResult:
             "versions": list(self.versions),
             "lineage": self.config.lineage(),
             "data_fingerprint": self.data_fingerprint,
+            **({"eligibility": list(self.eligibility)} if self.eligibility else {}),
         }
 
 
@@ -120,6 +132,30 @@ def _evaluator(model_name: str, validation: tuple[NDArray, NDArray]) -> Any:
     return evaluate
 
 
+def _order_eligible(
+    run: AsyncBufferedRun,
+    idle: Sequence[int],
+    names: Mapping[int, str],
+    gate: OrderGate | None,
+    verdicts: list[dict[str, Any]],
+) -> None:
+    """Order the idle devices the gate finds eligible (all of them without a gate)."""
+    if gate is None:
+        run.order(idle, names=names)
+        return
+    if not idle:
+        return
+    report = gate([names[n] for n in idle])
+    verdicts.append(report.to_dict())
+    labelled = {v.device: v.labelled_samples for v in report.verdicts if v.eligible}
+    chosen = [n for n in idle if names[n] in labelled]
+    run.order(
+        chosen,
+        names=names,
+        labelled={n: x for n in chosen if (x := labelled[names[n]]) is not None},
+    )
+
+
 def run_buffered(
     config: BufferedRunConfig,
     client_data: Sequence[LocalDataSource],
@@ -129,9 +165,12 @@ def run_buffered(
     initial_state: Mapping[str, Any] | None = None,
     model_store: ModelStore | None = None,
     device_names: Sequence[str] | None = None,
+    gate: OrderGate | None = None,
+    ledger: OrderLedger | None = None,
 ) -> BufferedRunResult:
     """Fold ``config.buffers`` secure buffers over ``client_data`` (one source per device,
-    named by ``device_names`` in the lineage)."""
+    named by ``device_names`` in the lineage and to the ``gate``); orders go into ``ledger``
+    (memory when None)."""
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -149,6 +188,7 @@ def run_buffered(
     evaluate = _evaluator(config.model_name, validation)
     started = time.perf_counter()
     versions: list[dict[str, Any]] = []
+    verdicts: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fedfleet-async-") as tmp:
         spec = AsyncClientSpec(
             model_name=config.model_name,
@@ -175,17 +215,19 @@ def run_buffered(
                 initial_weights(config.model_name, config.seed, initial_state),
                 fedbuff=config.fedbuff,
                 secagg=config.secagg,
+                ledger=ledger,
             )
             attempts = 0
             while run.version < config.buffers:
                 attempts += 1
                 if attempts > 2 * config.buffers:
+                    last = f"; {verdicts[-1]['summary']}" if verdicts else ""
                     raise TrainingError(
                         f"asynchronous run {run_id}: {run.version} of {config.buffers} buffers "
-                        f"after {attempts - 1} attempts"
+                        f"after {attempts - 1} attempts{last}"
                     )
                 idle = [n for n in grid.get_node_ids() if n not in run.holders]
-                run.order(idle)
+                _order_eligible(run, idle, names, gate, verdicts)
                 record = run.run_buffer()
                 if record is not None and record.completed:
                     loss, accuracy = evaluate(run.weights)
@@ -201,6 +243,7 @@ def run_buffered(
         wall_s=time.perf_counter() - started,
         data_fingerprint=data_fingerprint(client_data),
         device_names=names,
+        eligibility=tuple(verdicts),
     )
     if model_store is not None:
         model_store.save_candidate(

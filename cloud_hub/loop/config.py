@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud_hub.errors import HubConfigError
+from cloud_hub.fl.eligibility import EligibilityLimits
 from cloud_hub.loop.policy import RetrainPolicy
 
 __all__ = ["TRAINING_MODES", "LoopConfig"]
@@ -63,6 +64,8 @@ class LoopConfig:
     async_buffers: int = 3  # buffers (new global versions) per asynchronous run
     async_max_staleness: int = 5
     async_server_lr: float = 1.0
+    # who may take an asynchronous order: online, not serving, cool, within power, new samples
+    async_eligibility: EligibilityLimits = field(default_factory=EligibilityLimits)
 
     def mode_of(self, device_class: str) -> str:
         """The training mode of ``device_class``."""

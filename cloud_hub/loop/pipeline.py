@@ -275,6 +275,8 @@ class RetrainPipeline:
         }
         if "buffers" in trained.summary:  # async: each buffer's devices, versions, staleness
             metrics["buffers"] = trained.summary["buffers"]
+        if "eligibility" in trained.summary:  # async: who could take an order, why not
+            metrics["eligibility"] = trained.summary["eligibility"]
         if champ_acc is not None and cand_acc < champ_acc + cfg.min_improvement:
             detail = (
                 f"candidate accuracy {cand_acc:.4f} does not beat champion "
@@ -460,9 +462,12 @@ class RetrainPipeline:
         sources: dict[str, Any],
         champion_state: dict[str, Any] | None,
     ) -> _Trained:
-        """FedBuff buffers under SecAgg+ (:func:`cloud_hub.fl.async_federated.run_buffered`)."""
+        """FedBuff buffers under SecAgg+ (:func:`cloud_hub.fl.async_federated.run_buffered`):
+        orders only to eligible devices, the order ledger in the registry."""
         from cloud_hub.fl.async_federated import BufferedRunConfig, run_buffered
         from cloud_hub.fl.fedbuff import FedBuffConfig
+        from cloud_hub.fl.fleet_conditions import RegistryEligibility
+        from cloud_hub.fl.registry_ledger import RegistryOrderLedger
 
         cfg = self.config
         config = BufferedRunConfig(
@@ -486,6 +491,10 @@ class RetrainPipeline:
             initial_state=champion_state,
             model_store=self.model_store,
             device_names=clients,
+            gate=RegistryEligibility(
+                self.registry, cfg.async_eligibility, run_id=run_id, clock=self.clock
+            ),
+            ledger=RegistryOrderLedger(self.registry, run_id, clock=self.clock),
         )
         summary = result.summary()
         return _Trained(

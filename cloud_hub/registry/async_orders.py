@@ -151,19 +151,20 @@ def list_orders(
     return [_record(r) for r in rows]
 
 
-def last_trained_orders(session: Session, device_ids: Sequence[str]) -> dict[str, AsyncOrderRecord]:
-    """Per device, its newest order it trained for (any run): its last contribution."""
+def last_trained_orders(
+    session: Session, device_ids: Sequence[str], *, exclude_run: str | None = None
+) -> dict[str, AsyncOrderRecord]:
+    """Per device, the newest order it trained for: its last contribution (of any run but
+    ``exclude_run``)."""
     newest: dict[str, AsyncOrderRecord] = {}
     ids = list(dict.fromkeys(device_ids))
     for i in range(0, len(ids), 500):
-        rows = session.scalars(
-            select(AsyncOrder)
-            .where(
-                AsyncOrder.device_id.in_(ids[i : i + 500]),
-                AsyncOrder.state.in_(TRAINED_STATES),
-            )
-            .order_by(AsyncOrder.created_at, AsyncOrder.order_id)
+        query = select(AsyncOrder).where(
+            AsyncOrder.device_id.in_(ids[i : i + 500]), AsyncOrder.state.in_(TRAINED_STATES)
         )
+        if exclude_run is not None:
+            query = query.where(AsyncOrder.run_id != exclude_run)
+        rows = session.scalars(query.order_by(AsyncOrder.created_at, AsyncOrder.order_id))
         for row in rows:  # ascending: the newest one wins
             newest[str(row.device_id)] = _record(row)
     return newest

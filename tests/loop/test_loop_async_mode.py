@@ -40,7 +40,10 @@ def _config(root: Path, **changes: Any) -> LoopConfig:
 
 
 def test_an_async_class_is_retrained_end_to_end(tmp_path: Path) -> None:
+    from tests.loop.test_loop_async_eligibility import report_fit
+
     registry, keys = seeded_fleet(tmp_path)
+    report_fit(registry, DEVICES)  # online, cool, idle, with labelled samples: eligible
     xc, yc = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=1)
     delivery = RecordedDelivery()
     pipeline = RetrainPipeline(

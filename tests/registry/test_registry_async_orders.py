@@ -107,3 +107,37 @@ def test_a_new_hub_process_reads_the_ledger_back(registry: Registry) -> None:
     restarted = RegistryOrderLedger(registry, "r1")
     states = {e.ref.order_id: e.state for e in restarted.entries()}
     assert states == {"o-1": OrderState.HELD, "o-2": OrderState.FAILED}
+
+
+def test_device_condition_facts_read_recent_readings_per_metric(registry: Registry) -> None:
+    from cloud_hub.registry import TelemetryAggregate, devices, reports
+    from cloud_hub.registry.device_conditions import device_condition_facts
+    from shared.messages import Hello
+
+    now = T0 + 3600
+    with registry.session() as s:
+        devices.record_hellos(
+            s, [Hello(d, "rpi4", "0.1", [], 1 << 30, 1 << 30) for d in ("d1", "d2")], now=T0
+        )
+        devices.set_online(s, {"d1": True, "d2": False})
+        rows = [
+            TelemetryAggregate("d1", int(ts // 60), 0, m, 1, v, v, v, ts)
+            for ts, m, v in [
+                (now - 7200, "temperature_c", 99.0),  # too old: outside the window
+                (now - 120, "temperature_c", 60.0),
+                (now - 60, "temperature_c", 65.0),
+                (now - 60, "request_count", 10.0),
+                (now - 60, "cpu_percent", 3.0),  # not asked for
+            ]
+        ]
+        reports.merge_telemetry(s, rows)
+    with registry.session() as s:
+        facts = device_condition_facts(
+            s, ["d1", "d2", "nope"], ["temperature_c", "request_count"], since=now - 600
+        )
+    assert set(facts) == {"d1", "d2"}
+    d1 = facts["d1"]
+    assert d1.online and not facts["d2"].online and facts["d2"].readings == {}
+    assert d1.readings["temperature_c"] == ((now - 120, 60.0), (now - 60, 65.0))
+    assert set(d1.readings) == {"temperature_c", "request_count"}
+    assert d1.newest("temperature_c") == 65.0 and d1.newest_ts == now - 60
