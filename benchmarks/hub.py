@@ -545,6 +545,9 @@ def main() -> None:
     parser.add_argument(
         "--sqlite", action="store_true", help="SQLite registry (default: PostgreSQL)"
     )
+    parser.add_argument(
+        "--fleet-only", action="store_true", help="only the fleet run (no steady/blast/rollback)"
+    )
     args = parser.parse_args()
     if args.quick:  # everything small: a few hundred devices, short phases
         args.blast_agents, args.duration, args.blast, args.procs = 200, 4.0, 10, 2
