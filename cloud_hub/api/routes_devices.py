@@ -194,8 +194,9 @@ def patch_device(
 @router.delete("/devices/{device_id}", status_code=204, summary="Decommission a device")
 def delete_device(request: Request, device_id: DeviceId, who: Admin) -> Response:
     """Forget the device and refuse its messages from now on (a device still online does
-    not come back); an enrolled device's certificate is revoked too (refresh the broker's
-    CRL with ``cloud-hub enroll-revoke``). Enrolling the id again readmits it."""
+    not come back); an enrolled device's certificate is revoked too, and the broker set up
+    by ``cloud-hub broker-config`` drops the device and leaves it no rights within seconds
+    (the call waits up to 5 s for that). Enrolling the id again readmits it."""
     ctx = _ctx(request)
     with ctx.registry.session() as s:
         devices.delete_device(s, device_id, now=ctx.clock(), by=who.name)

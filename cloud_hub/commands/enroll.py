@@ -29,7 +29,7 @@ from cloud_hub.enrollment.hub_identity import (
     record_hub_certificate,
 )
 from cloud_hub.enrollment.hubdir import open_enrollment, server_tls_files
-from cloud_hub.enrollment.service import EnrollmentService
+from cloud_hub.enrollment.service import BROKER_WAIT_S, EnrollmentConfig, EnrollmentService
 from cloud_hub.errors import HubConfigError
 from shared.errors import ConfigError
 from shared.files import atomic_write
@@ -218,9 +218,19 @@ def _default_dynsec_plugin() -> Path:
 
 def _enroll_revoke(args: argparse.Namespace) -> int:
     hub = _hub_config(args)
-    service = open_enrollment(hub.data_dir, db_url=hub.database_url, keys_dir=hub.keys_path)
-    device = service.revoke(args.device_id)
+    config = None  # with the device listener's URL: drop the device there now (dynsec)
+    if hub.device_mqtt_url:
+        config = EnrollmentConfig(mqtt_url=hub.device_mqtt_url, topic_prefix=hub.topic_prefix)
+    service = open_enrollment(
+        hub.data_dir, db_url=hub.database_url, keys_dir=hub.keys_path, config=config
+    )
+    device = service.revoke(args.device_id, wait_s=0.0)
     print(f"revoked the certificate of {device.device_id} (serial {device.cert_serial:x})")
+    if service.broker is not None:
+        if service.broker.revoke(device.device_id, wait_s=BROKER_WAIT_S):
+            print(f"the broker at {hub.device_mqtt_url} dropped {device.device_id}")
+        else:
+            print(f"the broker at {hub.device_mqtt_url} did not confirm; the hub retries it")
     crl = service.crl_pem()
     if args.broker_dir is not None:
         path = Path(args.broker_dir) / "crl.pem"
@@ -283,7 +293,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     revoke.add_argument("device_id")
     revoke.add_argument("--broker-dir", type=Path, default=None, help="broker-config --out DIR")
-    _add_hub_arguments(revoke)
+    add_hub_options(revoke, ("data_dir", "db_url", "keys_dir", "device_mqtt_url"))
     revoke.set_defaults(func=_enroll_revoke)
 
     broker = subparsers.add_parser(

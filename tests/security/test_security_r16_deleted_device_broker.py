@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cloud_hub.cli import main as hub_main
 from cloud_hub.enrollment import EnrollmentConfig, EnrollmentRequest, open_enrollment
 from cloud_hub.enrollment.broker_admin import BrokerAccessControl
 from cloud_hub.enrollment.dynsec import (
@@ -277,3 +278,17 @@ def test_a_deletion_the_broker_missed_is_retried_until_confirmed() -> None:
         assert ("cam-2", False) in admin.applied and ("cam-3", True) in admin.applied
     finally:
         access.close()
+
+
+def test_enroll_revoke_drops_the_device_at_the_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with fleet_world(tmp_path) as world:
+        victim = world.online(world.enroll("cam-1"))
+        url = f"mqtts://127.0.0.1:{world.setup.port}"
+        data = str(world.setup.data_dir)
+        argv = ["enroll-revoke", "cam-1", "--data-dir", data, "--device-mqtt-url", url]
+        assert hub_main(argv) == 0
+        assert f"the broker at {url} dropped cam-1" in capsys.readouterr().out
+        assert victim.wait_for(lambda: victim.disconnects, DROP_WITHIN_S), "still connected"
+        _closed(victim)
