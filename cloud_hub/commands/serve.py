@@ -36,14 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cloud_hub.api.server import HubServer
+    from cloud_hub.api.server import serve_api
+    from cloud_hub.hub import build_hub
 
     config = load_config(args)
     if args.no_ingest:
         config = config.with_overrides(enable_ingest=False)
-    server = HubServer(config, rollout_engine=not args.no_engine)
-    try:
-        server.start()
+    with build_hub(config, rollout_engine=not args.no_engine) as hub:
         log.info(
             "hub API on %s://%s:%d (registry %s)",
             "https" if config.api_tls else "http",
@@ -51,7 +50,5 @@ def _serve(args: argparse.Namespace) -> int:
             config.api_port,
             config.database_url.split("@")[-1],
         )
-        server.serve_forever()
-    finally:
-        server.stop()
+        serve_api(hub)
     return 0

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from cloud_hub.bundles import BundleStore
-    from cloud_hub.config import HubConfig
     from cloud_hub.delivery import FleetPublisher
-    from cloud_hub.delivery.config import PublisherTuning
     from cloud_hub.keys import KeyStore
 
 __all__ = [
@@ -202,29 +200,6 @@ class PublisherDelivery:
         self.deltas = DeltaCache(bundles, indexed=self._indexed)
         self._lock = threading.Lock()
         self.shipped: dict[str, DeliveryTotals] = {}  # per rollout (deployment id prefix)
-
-    @classmethod
-    def from_hub_config(
-        cls, config: HubConfig, keys: KeyStore, *, tuning: PublisherTuning | None = None
-    ) -> PublisherDelivery:
-        """Connect a publisher to the hub's broker (what ``cloud-hub serve`` uses). With the
-        hub's ingest enabled the ingest reads the device reports and hands them to the
-        publisher (``FleetPublisher.observe``); it subscribes to chunk requests only."""
-        from cloud_hub.broker_client import HubRole, hub_client_id_for
-        from cloud_hub.delivery import FleetPublisher
-        from cloud_hub.delivery.config import PublisherConfig
-
-        settings = PublisherConfig(
-            broker=config.mqtt,
-            prefix=config.topic_prefix,
-            client_id=hub_client_id_for(config, HubRole.ROLLOUT),
-            reads_device_reports=not config.enable_ingest,
-        )
-        publisher = FleetPublisher(tuning.apply(settings) if tuning is not None else settings)
-        publisher.connect()
-        from cloud_hub.bundles import default_store
-
-        return cls(publisher, keys, default_store(keys))
 
     def _indexed(self, bundle_id: str) -> bool:
         return self.indexed_lookup is None or self.indexed_lookup(bundle_id)

@@ -1,8 +1,8 @@
 """The hub side of a fleet simulation, in-process: a private Mosquitto, the hub's key store
-and signed bundles, and :class:`~cloud_hub.api.server.HubServer` — registry, MQTT ingest,
+and signed bundles, and the hub from :func:`cloud_hub.hub.build_hub` — registry, MQTT ingest,
 rollout engine, publisher and trust topics, assembled as ``cloud-hub serve`` assembles them.
 
-The simulation only tunes the assembly (:class:`~cloud_hub.api.server.RolloutWiring`): a
+The simulation only tunes the assembly (:class:`~cloud_hub.hub.RolloutWiring`): a
 smaller chunk size (transfers that span many chunks, so that faults hit them mid-way), full
 bundles only, and a delivery wrapper that counts what was shipped.
 """
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from cloud_hub.api.server import HubServer, RolloutWiring
 from cloud_hub.bundles import BundleSpec, build_signed_bundle, default_store
 from cloud_hub.bundles.sample import preprocess_json
 from cloud_hub.config import HubConfig
 from cloud_hub.delivery.config import PublisherTuning
+from cloud_hub.hub import Hub, RolloutWiring, build_hub
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry
 from cloud_hub.registry.bundle_index import register_bundle_bytes
@@ -185,14 +185,14 @@ class SimHub:
         )
         self.keys = KeyStore.init(root / "keys")
         self.bundles: dict[tuple[str, int], str] = {}  # (class, version) -> bundle id
-        self.server: HubServer | None = None
+        self.server: Hub | None = None
         self.delivery: CountingDelivery | None = None
         self.engine: RolloutService | None = None
         self.broker_restarts: list[float] = []
 
     @property
     def registry(self) -> Registry:
-        assert self.server is not None and self.server.registry is not None
+        assert self.server is not None
         return self.server.registry
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -217,9 +217,8 @@ class SimHub:
             deltas=False,
             wrap_delivery=CountingDelivery,
         )
-        self.server = HubServer(config, wiring=wiring)
-        self.server.start()
-        if not isinstance(self.server.engine, RolloutService):
+        self.server = build_hub(config, wiring=wiring).start()
+        if self.server.engine is None:
             raise RuntimeError("the simulated hub has no rollout engine (see its log)")
         self.engine = self.server.engine
         assert isinstance(self.engine.delivery, CountingDelivery)

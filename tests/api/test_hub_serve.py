@@ -151,7 +151,7 @@ def test_serve_runs_api_ingest_and_engine(tmp_path: Path) -> None:
 
 
 def test_hub_server_indexes_built_bundles(tmp_path: Path) -> None:
-    from cloud_hub.api.server import HubServer
+    from cloud_hub.hub import build_hub
     from cloud_hub.registry import catalog
     from shared.bundle import (
         BundleManifest,
@@ -182,7 +182,7 @@ def test_hub_server_indexes_built_bundles(tmp_path: Path) -> None:
     store.mkdir()
     (store / f"{bundle_id}.ffb").write_bytes(data)
     (store / "broken.ffb").write_bytes(b"not a bundle")  # logged and skipped
-    server = HubServer(
+    server = build_hub(
         HubConfig(data_dir=tmp_path / "hub", enable_ingest=False, offline_after_s=0),
         rollout_engine=False,
     )

@@ -1,7 +1,7 @@
 """#15: several hubs (or ``serve --no-engine`` replicas) share one broker without knocking
 each other off: every hub connection's client id is IDENTITY:ROLE:INSTANCE.
 
-Two real hub processes' worth of parts (``HubServer`` with its ingest) on the shared
+Two real hub processes' worth of parts (``build_hub`` with its ingest) on the shared
 Mosquitto, one topic prefix, one registry database.
 """
 
@@ -16,10 +16,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.api.server import HubServer
 from cloud_hub.broker_client import HubRole, hub_client_id, hub_client_id_for
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubConfigError
+from cloud_hub.hub import build_hub
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import Telemetry
 
@@ -62,7 +62,7 @@ def test_two_hubs_on_one_broker_both_stay_connected(
     prefix = f"two-hubs-{uuid.uuid4().hex[:8]}"
     db = tmp_path / "hub.db"
     servers = [
-        HubServer(_config(tmp_path / name, db, prefix), rollout_engine=False)
+        build_hub(_config(tmp_path / name, db, prefix), rollout_engine=False)
         for name in ("hub-a", "hub-b")
     ]
     device = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-dev")
@@ -121,7 +121,7 @@ def test_the_serve_line_broker_config_prints_connects_the_hub(
     )
     assert config.mqtt.port == setup.hub_port and config.mqtt.mutual_tls
     with running_broker(setup):
-        server = HubServer(config, rollout_engine=False)
+        server = build_hub(config, rollout_engine=False)
         try:
             server.start()
             assert server.ingest is not None and server.ingest.stats().connected

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.api.server import HubServer
 from cloud_hub.config import HubConfig
 from cloud_hub.delivery import FleetPublisher
+from cloud_hub.hub import build_hub
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import new_id
 
@@ -23,7 +23,7 @@ PORT = 1883
 def test_the_hub_publisher_follows_deployments_through_the_ingest(tmp_path: Path) -> None:
     prefix = f"t-{new_id()[:10]}"
     fx = make_bundle(tmp_path, size=600_000)  # three chunks: chunk 1 is dropped once
-    server = HubServer(
+    server = build_hub(
         HubConfig(
             data_dir=tmp_path / "hub",
             keys_dir=fx.keys.directory,
@@ -38,7 +38,7 @@ def test_the_hub_publisher_follows_deployments_through_the_ingest(tmp_path: Path
         for i in range(2)
     ]
     try:
-        fleet = getattr(server.publisher, "publisher", None)
+        fleet = server.publisher
         assert isinstance(fleet, FleetPublisher) and server.ingest is not None
         assert not fleet.config.reads_device_reports  # it subscribes to chunk requests only
         dep = fleet.deploy(fx.data, [d.device_id for d in devices], deployment_id="dep-once")

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api import ApiContext, create_app
-from cloud_hub.api.server import HubServer
 from cloud_hub.config import HubConfig
+from cloud_hub.hub import Hub, build_hub
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import admin, catalog, devices, open_registry
 from cloud_hub.rollout.delivery import RecordedDelivery, Shipment
@@ -24,8 +24,8 @@ DEVICES = [f"dev-{i}" for i in range(4)]
 
 
 @pytest.fixture
-def replica(tmp_path: Path) -> Iterator[HubServer]:
-    server = HubServer(
+def replica(tmp_path: Path) -> Iterator[Hub]:
+    server = build_hub(
         HubConfig(
             data_dir=tmp_path / "replica",
             db_url=f"sqlite:///{tmp_path / 'hub.db'}",
@@ -39,7 +39,7 @@ def replica(tmp_path: Path) -> Iterator[HubServer]:
     server.stop()
 
 
-def test_a_replica_without_engine_runs_rollout_commands(replica: HubServer, tmp_path: Path) -> None:
+def test_a_replica_without_engine_runs_rollout_commands(replica: Hub, tmp_path: Path) -> None:
     assert replica.engine is None
     engine_registry = open_registry(f"sqlite:///{tmp_path / 'hub.db'}")  # the other process
     try:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.api.server import HubServer
 from cloud_hub.bundles import default_store
 from cloud_hub.config import HubConfig
 from cloud_hub.delivery import FleetPublisher, PublisherConfig
 from cloud_hub.delta import DeltaCache, make_delta_bundle, plan
 from cloud_hub.errors import DeliveryError
+from cloud_hub.hub import build_hub
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import catalog
 from cloud_hub.rollout.delivery import PublisherDelivery
@@ -261,12 +261,9 @@ def test_bundles_dropped_into_the_folder_are_not_indexed_at_start(tmp_path: Path
     v1_id, _ = hub_bundle(keys, store, 1)
     foreign_id, foreign = Attacker().bundle(MAX_VERSION, expires_days=3650)
     store.path_of(foreign_id).write_bytes(foreign)
-    server = HubServer(
-        HubConfig(data_dir=tmp_path / "hub", enable_ingest=False, offline_after_s=0),
-        rollout_engine=False,
-    )
+    config = HubConfig(data_dir=tmp_path / "hub", enable_ingest=False, offline_after_s=0)
     with recording_logs("cloud_hub") as logs:  # the indexer logs under cloud_hub.registry
-        server.start()
+        server = build_hub(config, rollout_engine=False).start()
     try:
         assert server.registry is not None
         with server.registry.session() as s:

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.api.server import HubServer
 from cloud_hub.config import HubConfig
 from cloud_hub.enrollment import CertificateAuthority
+from cloud_hub.hub import build_hub
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import reports
 from edge_agent.ota.trusted import TrustedStore
@@ -165,13 +165,13 @@ def test_corrupt_ota_state_does_not_lower_the_keyring_floor(world: World) -> Non
 
 
 def test_the_hub_process_publishes_rotation_and_stores_the_reports(tmp_path: Path) -> None:
-    """The whole hub (``HubServer``: ingest, rollout publisher, trust publisher) on its own
+    """The whole hub (``build_hub``: ingest, rollout publisher, trust publisher) on its own
     listener and certificate: a device learns the keyring from it, a rotation reaches the
     device, and the device's reports (keyring applied, stale) land in the hub's registry."""
     with running_broker(tmp_path) as broker:
         keys = KeyStore.init(tmp_path / "hub" / "keys")
         files = broker.files
-        server = HubServer(
+        server = build_hub(
             HubConfig(
                 data_dir=tmp_path / "hub",
                 mqtt=BrokerEndpoint(
