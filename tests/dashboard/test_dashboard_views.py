@@ -224,7 +224,20 @@ def _seed_async_run(s: Any, now: float) -> None:
         run.run_id,
         now=now - 650,
         state="done",
-        metrics={"mode": "async", "rounds": versions, "buffers": buffers},
+        metrics={
+            "mode": "async",
+            "rounds": versions,
+            "buffers": buffers,
+            "eligibility": [
+                {
+                    "checked": 9,
+                    "eligible": 6,
+                    "not_eligible": {"serving": 1, "too hot": 2},
+                    "summary": "3 devices not eligible: 1 serving, 2 too hot",
+                    "devices": {"dev-g": ["serving"], "dev-h": ["too hot"], "dev-i": ["too hot"]},
+                }
+            ],
+        },
     )
 
 
@@ -495,6 +508,13 @@ def test_models_page_shows_an_async_runs_buffers(browser: Any, world: dict[str, 
         table = row.locator(".buffer-table").inner_text()
         assert "v0 → v1" in table and "v1 → v2" in table and "SecAgg+" in table
         assert "dev-d, dev-e, dev-f" in table and "0-1" in table
+        eligibility = row.locator("details.eligibility")
+        assert eligibility.locator("summary").inner_text() == (
+            "3 devices not eligible: 1 serving, 2 too hot"
+        )
+        eligibility.locator("summary").click()
+        reasons = row.locator(".eligibility-table").inner_text()
+        assert "dev-h" in reasons and "too hot" in reasons and "serving" in reasons
         shot(page, "07b-models-async")
     finally:
         page.close()

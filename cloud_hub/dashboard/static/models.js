@@ -48,6 +48,18 @@ function runBuffers(r) {
   return `<details class="buffers"><summary>${buffers.length} buffers</summary>${scroll(`<table class="buffer-table"><thead><tr><th>buffer</th><th>versions</th><th>aggregation</th><th>devices folded</th><th>staleness</th><th></th></tr></thead><tbody>${rows}</tbody></table>`)}</details>`;
 }
 
+/* Who could take an asynchronous order: the verdict of the run's first order round
+ * ("3 devices not eligible: 2 too hot, 1 serving"), each device's reasons on demand. */
+function runEligibility(r) {
+  const rounds = (r.metrics && r.metrics.eligibility) || [];
+  if (!Array.isArray(rounds) || !rounds.length || !rounds[0]) return "";
+  const first = rounds[0];
+  const devices = Object.entries(first.devices || {});
+  const rows = devices.map(([d, reasons]) => `<tr><td class="mono">${esc(d)}</td><td>${esc((reasons || []).join(", "))}</td></tr>`).join("");
+  const detail = devices.length ? scroll(`<table class="eligibility-table"><thead><tr><th>device</th><th>not eligible: why</th></tr></thead><tbody>${rows}</tbody></table>`) : "";
+  return `<details class="eligibility"><summary>${esc(first.summary || "")}</summary>${detail}</details>`;
+}
+
 async function viewModels() {
   const [models, runs, bundles] = await Promise.all([api("/api/v1/models"), api("/api/v1/training-runs?limit=50"), api("/api/v1/bundles?limit=200")]);
   const versions = (await Promise.all(models.map((m) => api(`/api/v1/models/${encodeURIComponent(m.name)}/versions`)))).flat();
@@ -59,7 +71,7 @@ async function viewModels() {
     const rounds = runRounds(r); const last = rounds[rounds.length - 1];
     const mode = (r.config && r.config.mode) || "sync";
     return `<tr><td class="mono">${esc(r.run_id)}</td><td>${esc(r.model_name)}</td><td>${pill(r.state)}</td><td>${esc(r.trigger)}</td><td>${esc(mode)}</td>
-      <td>${rounds.length ? `${rounds.length - (rounds[0].round === 0 ? 1 : 0)} · acc ${fixed(last.accuracy, 3)}` : "—"}${runBuffers(r)}</td><td>${r.result_version ? `v${esc(r.result_version)}` : "—"}</td><td class="wrap">${esc(r.detail)}</td><td>${ago(r.created_at)}</td></tr>`;
+      <td>${rounds.length ? `${rounds.length - (rounds[0].round === 0 ? 1 : 0)} · acc ${fixed(last.accuracy, 3)}` : "—"}${runBuffers(r)}${runEligibility(r)}</td><td>${r.result_version ? `v${esc(r.result_version)}` : "—"}</td><td class="wrap">${esc(r.detail)}</td><td>${ago(r.created_at)}</td></tr>`;
   }).join("");
   $("#view").innerHTML = `<h1>Models &amp; training</h1><h2>Versions</h2>
     <p class="muted">Accuracy: on the hub's validation set for the fp32 model a federated run produced; for a version built elsewhere, its compressed artifact on the compression eval set.</p>
