@@ -226,7 +226,8 @@ def run_buffered(
                         f"asynchronous run {run_id}: {run.version} of {config.buffers} buffers "
                         f"after {attempts - 1} attempts{last}"
                     )
-                idle = [n for n in grid.get_node_ids() if n not in run.holders]
+                holding = run.holders  # one ledger read per round
+                idle = [n for n in grid.get_node_ids() if n not in holding]
                 _order_eligible(run, idle, names, gate, verdicts)
                 record = run.run_buffer()
                 if record is not None and record.completed:

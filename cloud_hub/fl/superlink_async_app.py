@@ -85,7 +85,8 @@ def main(grid: Grid, context: Context) -> None:
     for _attempt in range(2 * buffers):
         if run.version >= buffers:
             break
-        run.order([n for n in nodes if n not in run.holders])
+        holding = run.holders  # one ledger read per round
+        run.order([n for n in nodes if n not in holding])
         record = run.run_buffer(nodes)
         if record is not None and record.completed:
             set_weights(model, run.weights)
