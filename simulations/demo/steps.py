@@ -233,14 +233,19 @@ def retrain_on_drift(run: DemoRun, pipeline: Any) -> tuple[Any, str, float]:
     """
     from cloud_hub.loop.controller import RetrainController
 
-    controller = RetrainController(pipeline, [CLASS], interval_s=1.0)
+    # one retraining is the demo's story: the controller stops after its first run (a run
+    # over the Deployment Engine outlasts the cooldown, and the drift reports go on until
+    # the new model serves)
+    controller = RetrainController(
+        pipeline, [CLASS], interval_s=1.0, on_outcome=lambda _outcome: run.stop.set()
+    )
     run.controller_thread = threading.Thread(
         target=controller.run, args=(run.stop,), name="retrain-controller", daemon=True
     )
     run.controller_thread.start()
     run.say("drift: site=plant-3 sensors shifted; streaming until the hub has retrained")
     drift_t0 = time.monotonic()
-    # a Deployment Engine run alone takes minutes on 2 cores (it polls)
+    # a Deployment Engine run starts SuperNodes and polls: it takes longer than in-process
     wait_s = run.config.max_wait_s * (3 if run.config.training_engine == "deployment" else 1)
     target = _stream_until_retrained(run, controller, deadline=drift_t0 + wait_s)
     if target is None:
@@ -307,7 +312,6 @@ def _stream_until_retrained(
                 raise HubError(f"retraining run {o.run_id} ended {o.state}: {o.detail}")
             target = (o.version, o.rollout_id)
         if target is not None and all(run.fleet.serving_version(d) == target[0] for d in drifted):
-            run.stop.set()  # one retraining is the demo's story; no second run
             return target
     return None
 
