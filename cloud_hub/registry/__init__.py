@@ -10,7 +10,7 @@ transaction at a time through the repository modules::
 
 Repository modules (plain functions over a ``Session``, returning frozen records):
 ``devices``, ``catalog`` (device classes, models, versions, bundles), ``rollouts``
-(rollouts, stages, targets), ``targets`` (rollout targets in bulk, bytes shipped),
+(rollouts, stages, targets), ``rollout_targets`` (targets in bulk, bytes shipped),
 ``reports`` (events, drift, telemetry aggregates), ``admin`` (training runs, audit log, API
 tokens), ``device_views`` (devices and events as the rollout engine reads them) and
 ``fleet_views`` (the dashboard's fleet-wide reads). They are the only modules that touch the
@@ -26,8 +26,8 @@ from cloud_hub.registry import (
     devices,
     fleet_views,
     reports,
+    rollout_targets,
     rollouts,
-    targets,
 )
 from cloud_hub.registry.database import Registry, Session, open_registry
 from cloud_hub.registry.errors import ConflictError, NotFoundError, RegistryInputError
@@ -81,6 +81,6 @@ __all__ = [
     "fleet_views",
     "open_registry",
     "reports",
+    "rollout_targets",
     "rollouts",
-    "targets",
 ]

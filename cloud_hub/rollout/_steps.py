@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloud_hub.registry import Registry, Session, rollouts
 from cloud_hub.registry import devices as device_repo
-from cloud_hub.registry import targets as target_repo
+from cloud_hub.registry import rollout_targets as target_repo
 from cloud_hub.registry.records import RolloutRecord, TargetRecord
 from cloud_hub.rollout import _store as store
 from cloud_hub.rollout._rollback import RollbackStep, model_sha256

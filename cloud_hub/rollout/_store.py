@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from cloud_hub.errors import HubConfigError, HubError, RolloutError
-from cloud_hub.registry import Registry, Session, catalog, rollouts, targets
+from cloud_hub.registry import Registry, Session, catalog, rollouts
+from cloud_hub.registry import rollout_targets as target_repo
 from cloud_hub.registry.errors import NotFoundError
 from cloud_hub.registry.records import RolloutRecord, TargetRecord
 from cloud_hub.rollout.config import RolloutConfig
@@ -114,7 +115,7 @@ def set_targets(
     **values: object,
 ) -> None:
     """Bulk update of targets (optionally only those still in ``only_states``)."""
-    targets.move_targets(
+    target_repo.move_targets(
         s,
         rollout_id,
         device_ids,
@@ -132,7 +133,7 @@ def target_rows(
     *,
     max_stage: int | None = None,
 ) -> list[TargetRecord]:
-    return targets.targets_in_states(
+    return target_repo.targets_in_states(
         s, rollout_id, [st.value for st in states], max_stage=max_stage
     )
 
@@ -193,7 +194,7 @@ def held_devices(
 ) -> dict[str, tuple[str, str]]:
     """``{device_id: (rollout_id, state)}`` for the devices an unfinished rollout (other than
     ``exclude``) still holds: a rollout in progress, rolling back or with a failed rollback."""
-    return targets.device_holders(
+    return target_repo.device_holders(
         s,
         device_ids,
         released_target_states=[st.value for st in RELEASED_STATES],

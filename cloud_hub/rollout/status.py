@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud_hub.registry import Session, catalog, device_views, targets
+from cloud_hub.registry import Session, catalog, device_views
+from cloud_hub.registry import rollout_targets as target_repo
 from cloud_hub.registry.devices import select_device_ids
 from cloud_hub.registry.records import RolloutRecord
 from cloud_hub.rollout.compat import target_warnings
@@ -93,7 +94,7 @@ class RolloutStatus:
 
 
 def rollout_status(session: Session, record: RolloutRecord) -> RolloutStatus:
-    per_stage = targets.count_targets_by_stage(session, record.rollout_id)
+    per_stage = target_repo.count_targets_by_stage(session, record.rollout_id)
     totals: dict[str, int] = {}
     for counts in per_stage.values():
         for state, n in counts.items():
@@ -130,7 +131,7 @@ def rollout_status(session: Session, record: RolloutRecord) -> RolloutStatus:
         stages=stages,
         targets=totals,
         warnings=_draft_warnings(session, record) if record.state == "draft" else (),
-        delivery=targets.shipment_totals(session, record.rollout_id),
+        delivery=target_repo.shipment_totals(session, record.rollout_id),
     )
 
 

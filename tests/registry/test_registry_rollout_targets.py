@@ -4,7 +4,8 @@ to is the caller's."""
 
 from __future__ import annotations
 
-from cloud_hub.registry import Registry, Session, StageSpec, rollouts, targets
+from cloud_hub.registry import Registry, Session, StageSpec, rollouts
+from cloud_hub.registry import rollout_targets as targets
 
 T0 = 1_800_000_000.0
 
