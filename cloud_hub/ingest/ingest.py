@@ -139,12 +139,32 @@ class FleetIngest:
             self.stop()
             raise
         self._client.loop_start()
-        if not self._connected.wait(self.settings.connect_timeout_s):
+        if not self._wait_subscribed():
             self.stop()
             raise DeliveryError(
                 f"broker {self.settings.endpoint.url} did not accept the ingest "
                 f"({self.settings.client_id}): {self._connect_error or 'timeout'}"
             )
+
+    def _wait_subscribed(self) -> bool:
+        """Wait until the broker grants the subscriptions. A resumed session first delivers
+        what the broker queued for it, and only then answers the SUBSCRIBE: after a hub
+        restart under a large fleet that takes minutes. So the wait goes on while messages
+        keep arriving, and gives up after ``connect_timeout_s`` without either."""
+        timeout = self.settings.connect_timeout_s
+        received = self._received()
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+            latest = self._received()
+            if latest != received:
+                received, deadline = latest, time.monotonic() + timeout
+            elif time.monotonic() >= deadline:
+                return False
+        return True
+
+    def _received(self) -> int:
+        with self._lock:
+            return self._counts["received"]
 
     def stop(self, *, flush: bool = True) -> None:
         """Disconnect and (by default) write what is still queued."""
