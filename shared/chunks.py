@@ -5,13 +5,19 @@ Frame::
     b"FFCH" | u8 version (1) | u16 header length | header (canonical JSON) | data
 
 header = ``{"bundle_id", "index", "count", "sha256"}`` where ``sha256`` is the chunk's data
-hash — it lets a receiver drop a corrupted chunk and ask for it again. It is not a trust
+hash — it lets a receiver find a corrupted chunk and ask for it again. It is not a trust
 anchor: the assembled artifacts are verified against the signed manifest.
+
+:func:`decode_chunk` checks the hash and copies the data out; :func:`parse_chunk_frame` checks
+everything but the hash and returns the data as a view into the frame, for a receiver that
+writes it straight to disk and keeps the claimed hash to check the bytes when it needs them
+(see :meth:`ChunkFrame.digest_matches`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 
@@ -29,15 +35,18 @@ CHUNK_VERSION = 1
 DEFAULT_CHUNK_SIZE = 128 * 1024 - 512  # fits brokers limited to 128 KiB per message
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
 _PREFIX = struct.Struct(">4sBH")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
     "Chunk",
     "ChunkAssembly",
+    "ChunkFrame",
     "chunk_count",
     "decode_chunk",
     "encode_chunk",
+    "parse_chunk_frame",
     "split_chunks",
 ]
 
@@ -62,8 +71,33 @@ def encode_chunk(chunk: Chunk) -> bytes:
     return _PREFIX.pack(CHUNK_MAGIC, CHUNK_VERSION, len(header)) + header + chunk.data
 
 
-def decode_chunk(frame: bytes, *, max_chunk_size: int = MAX_CHUNK_SIZE) -> Chunk:
-    """Decode an untrusted frame; raises a ``ProtocolError`` subclass on any defect."""
+@dataclass(frozen=True)
+class ChunkFrame:
+    """A well-formed chunk frame whose data hash is only claimed (not yet checked).
+
+    ``data`` is a view into the frame (no copy); ``sha256`` the header's 32-byte digest.
+    """
+
+    bundle_id: str
+    index: int
+    count: int
+    data: memoryview
+    sha256: bytes
+
+    def digest_matches(self) -> bool:
+        return hashlib.sha256(self.data).digest() == self.sha256
+
+    def to_chunk(self) -> Chunk:
+        return Chunk(
+            bundle_id=self.bundle_id, index=self.index, count=self.count, data=bytes(self.data)
+        )
+
+
+def parse_chunk_frame(
+    frame: bytes | bytearray | memoryview, *, max_chunk_size: int = MAX_CHUNK_SIZE
+) -> ChunkFrame:
+    """Parse an untrusted frame without hashing its data; raises a ``ProtocolError`` subclass
+    on any defect of its layout or header."""
     if len(frame) < _PREFIX.size:
         raise MalformedMessageError("chunk frame truncated")
     magic, version, hlen = _PREFIX.unpack_from(frame, 0)
@@ -74,8 +108,9 @@ def decode_chunk(frame: bytes, *, max_chunk_size: int = MAX_CHUNK_SIZE) -> Chunk
     end = _PREFIX.size + hlen
     if len(frame) < end:
         raise MalformedMessageError("chunk header truncated")
-    header = parse_json_object(frame[_PREFIX.size : end], max_bytes=4096)
-    data = bytes(frame[end:])
+    view = memoryview(frame)
+    header = parse_json_object(view[_PREFIX.size : end], max_bytes=4096)
+    data = view[end:]
     if len(data) > max_chunk_size:
         raise MessageTooLargeError(f"chunk of {len(data)} bytes over limit {max_chunk_size}")
     bundle_id, index, count, digest = (
@@ -91,9 +126,18 @@ def decode_chunk(frame: bytes, *, max_chunk_size: int = MAX_CHUNK_SIZE) -> Chunk
         raise MalformedMessageError("chunk index/count must be integers")
     if count < 1 or not 0 <= index < count:
         raise MalformedMessageError(f"chunk index {index} out of range for count {count}")
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise MalformedMessageError(f"chunk {index} corrupted (sha256 mismatch)")
-    return Chunk(bundle_id=bundle_id, index=index, count=count, data=data)
+    if not _HEX_DIGEST.fullmatch(digest):
+        raise MalformedMessageError(f"chunk {index} corrupted (sha256 is not a hex digest)")
+    return ChunkFrame(bundle_id, index, count, data, bytes.fromhex(digest))
+
+
+def decode_chunk(frame: bytes, *, max_chunk_size: int = MAX_CHUNK_SIZE) -> Chunk:
+    """Decode an untrusted frame and check its data hash; raises a ``ProtocolError``
+    subclass on any defect."""
+    parsed = parse_chunk_frame(frame, max_chunk_size=max_chunk_size)
+    if not parsed.digest_matches():
+        raise MalformedMessageError(f"chunk {parsed.index} corrupted (sha256 mismatch)")
+    return parsed.to_chunk()
 
 
 def chunk_count(total_size: int, chunk_size: int) -> int:
@@ -133,7 +177,7 @@ class ChunkAssembly:
             return self.chunk_size
         return self.total_size - self.chunk_size * (self.count - 1)
 
-    def accept(self, chunk: Chunk) -> bool:
+    def accept(self, chunk: Chunk | ChunkFrame) -> bool:
         """Check ``chunk``; return True if it is new and should be stored."""
         if chunk.bundle_id != self.bundle_id:
             raise MixAndMatchError("chunk belongs to another bundle")

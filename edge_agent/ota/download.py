@@ -1,21 +1,25 @@
-"""A resumable bundle download on disk: a preallocated file plus a received-chunk map.
+"""A resumable bundle download on disk: a preallocated file, a received-chunk map and the
+chunks' claimed hashes.
 
 ``downloads/{bundle_id}/``: ``bundle.part`` (chunks written at their offsets),
-``received.map`` (one byte per chunk) and ``geometry.json``. A restarted agent reopens the
-same directory and asks only for what the map lacks. The same bundle offered again with
-another chunk size keeps the bytes it has: the map is redrawn for the new chunks.
+``received.map`` (one byte per chunk), ``chunks.sha256`` (each chunk's 32-byte sha256 as its
+frame claimed it) and ``geometry.json``. A chunk's data, hash and map entry are written at
+once, without waiting for the disk; a restarted agent reopens the same directory, re-hashes
+every chunk the map lists and keeps only those whose bytes match their recorded hash (a kill
+or a power cut may have lost or torn any of the three), then asks only for what is missing.
+The same bundle offered again with another chunk size keeps the bytes it has: the map is
+redrawn for the new chunks.
 
-With ``fsync_chunks`` a chunk is marked in the map only after its data was fsynced, in
-batches of ``sync_every`` chunks (and whenever the transfer goes idle): a power cut loses at
-most the last unsynced batch, which is simply requested again, and one fsync per batch
-instead of per chunk keeps 50 agents on one disk fast. Without it the map is written at once
-(safe against a killed process, not against power loss). Either way the map is only a
-progress hint: the assembled bundle is verified against the signed manifest.
+With ``fsync_chunks`` the progress is made durable in batches: every ``sync_every_bytes``
+of new data, whenever the transfer goes idle and when it completes (the commit point before
+verification), so a power cut costs at most the last batch, fetched again. Either way the
+map is only a progress hint: the assembled bundle is verified against the signed manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -25,11 +29,15 @@ from typing import Any
 
 from edge_agent.errors import InstallError
 from edge_agent.ota.persist import atomic_write_json
-from shared.chunks import Chunk, ChunkAssembly, chunk_count
+from shared.chunks import Chunk, ChunkAssembly, ChunkFrame, chunk_count
 
-__all__ = ["BundleDownload", "regrid"]
+__all__ = ["DEFAULT_SYNC_BYTES", "BundleDownload", "regrid"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SYNC_BYTES = 16 * 1024 * 1024  # new data between two syncs while chunks stream in
+_DIGEST = hashlib.sha256().digest_size
+_DATA, _MAP, _DIGESTS, _GEOMETRY = "bundle.part", "received.map", "chunks.sha256", "geometry.json"
 
 
 class BundleDownload:
@@ -43,15 +51,15 @@ class BundleDownload:
         total_size: int,
         chunk_size: int,
         fsync_chunks: bool = True,
-        sync_every: int = 16,
+        sync_every_bytes: int = DEFAULT_SYNC_BYTES,
     ) -> None:
         self.directory = directory
         self.fsync_chunks = fsync_chunks
-        self.sync_every = max(1, sync_every)
-        self._unsynced: list[int] = []
+        self.sync_every_bytes = max(1, sync_every_bytes)
+        self._unsynced_bytes = 0
+        self._fds: list[int] = []
         geometry = {"bundle_id": bundle_id, "total_size": total_size, "chunk_size": chunk_size}
-        geo_path = directory / "geometry.json"
-        data_path, map_path = directory / "bundle.part", directory / "received.map"
+        geo_path = directory / _GEOMETRY
         carried: set[int] = set()
         if directory.exists():
             previous = _read_json(geo_path)
@@ -62,27 +70,61 @@ class BundleDownload:
             bundle_id=bundle_id, total_size=total_size, chunk_size=chunk_size
         )
         count = self.assembly.count
-        self._data_fd = os.open(data_path, os.O_RDWR | os.O_CREAT, 0o644)
-        self._map_fd = os.open(map_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if os.fstat(self._data_fd).st_size != total_size:
-                os.ftruncate(self._data_fd, total_size)
-                if total_size and hasattr(os, "posix_fallocate"):
-                    try:
-                        os.posix_fallocate(self._data_fd, 0, total_size)
-                    except OSError as exc:  # e.g. tmpfs without fallocate
-                        log.debug("fallocate unsupported: %s", exc)
-            if os.fstat(self._map_fd).st_size != count:
-                os.ftruncate(self._map_fd, count)
-            for i in carried:
+            self._data_fd = self._open(_DATA, total_size, preallocate=True)
+            self._map_fd = self._open(_MAP, count)
+            self._digest_fd = self._open(_DIGESTS, count * _DIGEST)
+            for i in carried:  # the bytes are on disk and were checked: record their hashes
+                os.pwrite(
+                    self._digest_fd, hashlib.sha256(self._chunk_bytes(i)).digest(), i * _DIGEST
+                )
                 os.pwrite(self._map_fd, b"\x01", i)
             if not geo_path.exists():
                 atomic_write_json(geo_path, geometry)
-            received = os.pread(self._map_fd, count, 0)
+            # trust nothing the map says: a kill or a power cut may have lost or torn the data
+            listed = [i for i, b in enumerate(os.pread(self._map_fd, count, 0)) if b == 1]
+            intact = self._intact(listed)
+            for i in sorted(set(listed) - set(intact)):
+                os.pwrite(self._map_fd, b"\x00", i)
+            if len(intact) < len(listed):
+                log.info(
+                    "download of %s: %d chunks on disk do not match their hash",
+                    bundle_id[:12],
+                    len(listed) - len(intact),
+                )
+            self.assembly.received.update(intact)
         except OSError as exc:
             self.close()
             raise InstallError(f"cannot prepare download in {directory}: {exc}") from exc
-        self.assembly.received.update(i for i, b in enumerate(received) if b == 1)
+
+    def _open(self, name: str, size: int, *, preallocate: bool = False) -> int:
+        fd = os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fds.append(fd)
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+            if preallocate and size and hasattr(os, "posix_fallocate"):
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as exc:  # e.g. tmpfs without fallocate
+                    log.debug("fallocate unsupported: %s", exc)
+        return fd
+
+    def _chunk_bytes(self, index: int) -> bytes:
+        return os.pread(
+            self._data_fd, self.assembly.expected_length(index), self.assembly.offset(index)
+        )
+
+    def _intact(self, listed: list[int]) -> list[int]:
+        """The chunks among ``listed`` whose bytes on disk match their recorded hash."""
+        if not listed:
+            return []
+        digests = os.pread(self._digest_fd, self.assembly.count * _DIGEST, 0)
+        return [
+            i
+            for i in listed
+            if hashlib.sha256(self._chunk_bytes(i)).digest()
+            == digests[i * _DIGEST : (i + 1) * _DIGEST]
+        ]
 
     @property
     def bundle_id(self) -> str:
@@ -104,38 +146,48 @@ class BundleDownload:
     def missing(self) -> list[int]:
         return self.assembly.missing()
 
-    def store(self, chunk: Chunk) -> bool:
+    def mismatched(self) -> list[int]:
+        """Received chunks whose bytes do not match the hash their frame claimed (corrupted
+        on the way: found when the assembled bundle fails verification)."""
+        self.sync()
+        received = sorted(self.assembly.received)
+        return sorted(set(received) - set(self._intact(received)))
+
+    def store(self, chunk: Chunk | ChunkFrame) -> bool:
         """Write ``chunk`` if new; returns whether it was. Raises ``ProtocolError`` /
         ``MixAndMatchError`` for a chunk that does not fit this transfer."""
         if not self.assembly.accept(chunk):
             return False
+        index = chunk.index
+        digest = (
+            chunk.sha256 if isinstance(chunk, ChunkFrame) else hashlib.sha256(chunk.data).digest()
+        )
         try:
-            os.pwrite(self._data_fd, chunk.data, self.assembly.offset(chunk.index))
-            if self.fsync_chunks:
-                self._unsynced.append(chunk.index)
-                if len(self._unsynced) >= self.sync_every:
-                    self.sync()
-            else:
-                os.pwrite(self._map_fd, b"\x01", chunk.index)
+            os.pwrite(self._data_fd, chunk.data, self.assembly.offset(index))
+            os.pwrite(self._digest_fd, digest, index * _DIGEST)
+            os.pwrite(self._map_fd, b"\x01", index)
         except OSError as exc:
-            self.assembly.received.discard(chunk.index)
-            raise InstallError(f"cannot write chunk {chunk.index}: {exc}") from exc
+            self.assembly.received.discard(index)
+            raise InstallError(f"cannot write chunk {index}: {exc}") from exc
+        self._unsynced_bytes += len(chunk.data)
+        if self.fsync_chunks and self._unsynced_bytes >= self.sync_every_bytes:
+            self.sync()
         return True
 
     def sync(self) -> None:
-        """Make the chunks written so far durable, then record them in the map."""
-        if not self._unsynced:
+        """Make the chunks written so far durable (with ``fsync_chunks``)."""
+        if not self._unsynced_bytes:
+            return
+        self._unsynced_bytes = 0
+        if not self.fsync_chunks:
             return
         try:
-            os.fdatasync(self._data_fd)
-            for i in self._unsynced:
-                os.pwrite(self._map_fd, b"\x01", i)
+            for fd in (self._data_fd, self._digest_fd, self._map_fd):
+                os.fdatasync(fd)
         except OSError as exc:
             raise InstallError(f"cannot sync download: {exc}") from exc
-        self._unsynced.clear()
 
     def read_all(self) -> bytes:
-        self.sync()
         size = self.assembly.total_size
         data = os.pread(self._data_fd, size, 0) if size else b""
         if len(data) != size:
@@ -144,23 +196,22 @@ class BundleDownload:
 
     def forget(self, indices: list[int]) -> None:
         """Mark chunks missing again (verification found them corrupt)."""
-        self.sync()
         for i in indices:
             self.assembly.received.discard(i)
             os.pwrite(self._map_fd, b"\x00", i)
 
     def close(self) -> None:
-        if getattr(self, "_data_fd", -1) >= 0:
+        if self._fds:
             with contextlib.suppress(InstallError):
                 self.sync()
-        for fd in (getattr(self, "_data_fd", -1), getattr(self, "_map_fd", -1)):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._data_fd = self._map_fd = -1
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+        self._data_fd = self._map_fd = self._digest_fd = -1
 
     def remove(self) -> None:
-        self._unsynced.clear()
+        self._unsynced_bytes = 0
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -200,16 +251,14 @@ def _carry_over(directory: Path, previous: object, geometry: dict[str, Any]) -> 
         return set()
     assert isinstance(previous, dict)
     total, old_chunk = int(geometry["total_size"]), int(previous["chunk_size"])
-    map_path = directory / "received.map"
     try:
-        old_map = map_path.read_bytes()[: chunk_count(total, old_chunk)]
+        received = _intact_on_disk(directory, total, old_chunk)
         # geometry.json goes first: a kill in between leaves a directory that starts over
-        (directory / "geometry.json").unlink()
-        map_path.unlink()
+        for name in (_GEOMETRY, _MAP, _DIGESTS):
+            (directory / name).unlink(missing_ok=True)
     except OSError:
         shutil.rmtree(directory, ignore_errors=True)
         return set()
-    received = {i for i, b in enumerate(old_map) if b == 1}
     carried = regrid(received, total, old_chunk, int(geometry["chunk_size"]))
     log.info(
         "download of %s re-offered with chunk size %d (was %d): %d chunks kept",
@@ -219,3 +268,24 @@ def _carry_over(directory: Path, previous: object, geometry: dict[str, Any]) -> 
         len(carried),
     )
     return carried
+
+
+def _intact_on_disk(directory: Path, total_size: int, chunk_size: int) -> set[int]:
+    """The chunks of a closed download (``chunk_size`` layout) that its map lists and whose
+    bytes match their recorded hash."""
+    count = chunk_count(total_size, chunk_size)
+    listed = (directory / _MAP).read_bytes()[:count]
+    try:
+        digests = (directory / _DIGESTS).read_bytes()
+    except FileNotFoundError:
+        return set()
+    intact: set[int] = set()
+    with open(directory / _DATA, "rb") as data:
+        for i, b in enumerate(listed):
+            if b != 1:
+                continue
+            data.seek(i * chunk_size)
+            chunk = data.read(min(chunk_size, total_size - i * chunk_size))
+            if hashlib.sha256(chunk).digest() == digests[i * _DIGEST : (i + 1) * _DIGEST]:
+                intact.add(i)
+    return intact

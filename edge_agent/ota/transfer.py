@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge_agent.config import AgentLimits
 from edge_agent.ota.download import BundleDownload
-from shared.chunks import Chunk
+from shared.chunks import Chunk, ChunkFrame
 from shared.messages import ChunkRequest, Message
 from shared.topics import TopicScheme
 
@@ -106,7 +106,7 @@ class ChunkTransfer:
         if not self.download.complete:
             self.listen(bundle_id)
 
-    def accept(self, chunk: Chunk) -> bool:
+    def accept(self, chunk: Chunk | ChunkFrame) -> bool:
         """Store a chunk of the current bundle; returns whether it was new. Raises
         ``ProtocolError`` for a chunk that does not fit, ``InstallError`` for disk trouble."""
         assert self.download is not None

@@ -61,7 +61,7 @@ from shared.bundle import (
     resolve_deltas,
     verify_rollback_order,
 )
-from shared.chunks import decode_chunk
+from shared.chunks import parse_chunk_frame
 from shared.errors import BundleError, ProtocolError
 from shared.messages import (
     ChunkRequest,
@@ -329,9 +329,14 @@ class OtaUpdater:
         self._roll_back()
 
     def handle_chunk(self, frame: bytes) -> None:
-        """A chunk frame from the fan-out or the device's repair topic (untrusted)."""
+        """A chunk frame from the fan-out or the device's repair topic (untrusted).
+
+        Its geometry is checked here and its data written straight to disk; its data hash
+        is recorded, not computed: the assembled bundle is verified against the signed
+        manifest, and only if that fails (or after a restart) are the chunks re-hashed
+        against their recorded hashes to find the corrupt ones (each byte hashed once)."""
         try:
-            chunk = decode_chunk(frame, max_chunk_size=self.limits.max_chunk_bytes)
+            chunk = parse_chunk_frame(frame, max_chunk_size=self.limits.max_chunk_bytes)
         except ProtocolError as exc:
             self.refusals.warn("bad-chunk-frame", "dropped chunk frame: %s", exc)
             return
@@ -422,9 +427,11 @@ class OtaUpdater:
         dep = self._dep()
         if self.transfer.download is None or dep.repairs >= self.limits.max_repairs:
             return False
-        # a power cut can lose the map's last entries: fetch what it lacks; otherwise find
-        # the chunks whose bytes do not match the signed offer
-        suspects = self.transfer.download.missing() or self._corrupt_chunks()
+        # a power cut can lose the map's last entries: fetch what it lacks; otherwise the
+        # chunks whose bytes do not match their frame's hash, else those that do not match
+        # the signed offer
+        dl = self.transfer.download
+        suspects = dl.missing() or dl.mismatched() or self._corrupt_chunks()
         if not suspects:
             return False
         log.warning("bundle failed verification (%s): fetching chunks %s again", exc, suspects)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.ota.events import EVENT_CHUNKS_REPAIR
 from edge_agent.ota.machine import Phase
 from edge_agent.ota.slots import SlotStore
 from shared.chunks import Chunk, encode_chunk
@@ -349,18 +350,21 @@ def test_missing_chunks_are_requested_exactly_and_resumed(harness: Harness) -> N
     assert harness.events(offer.command.deployment_id)[-1] == EventKind.COMMITTED
 
 
-def test_corrupt_chunk_is_dropped_and_requested_again(harness: Harness) -> None:
+def test_corrupt_chunk_is_found_by_its_hash_and_fetched_again(harness: Harness) -> None:
+    """A chunk whose data does not match its frame's hash fails the bundle's verification;
+    the recorded hashes name exactly that chunk, which is fetched again (one repair)."""
     offer = harness.offer(1)
     frames = list(offer.frames)
     frames[1] = frames[1][:-1] + bytes([frames[1][-1] ^ 1])
     harness.updater.handle_deploy(offer.command)
     for f in frames:
         harness.updater.handle_chunk(f)
-    harness.clock.advance(2)
-    harness.updater.tick()
+    dep = offer.command.deployment_id
+    assert harness.events(dep)[-1] == EVENT_CHUNKS_REPAIR
     assert harness.requests()[-1].indices == [1]
     harness.chunks(offer, [1])
-    assert harness.events(offer.command.deployment_id)[-1] == EventKind.COMMITTED
+    assert harness.events(dep)[-1] == EventKind.COMMITTED
+    assert harness.updater.deployment is not None and harness.updater.deployment.repairs == 1
 
 
 def test_restart_resumes_download_from_disk(harness: Harness) -> None:
@@ -618,35 +622,95 @@ def test_crash_during_ordered_rollback_completes_after_restart(
     _assert_consistent(harness)
 
 
-def test_download_map_records_only_synced_chunks(tmp_path: Path) -> None:
+def test_restarted_download_keeps_only_chunks_whose_bytes_match_their_hash(
+    tmp_path: Path,
+) -> None:
+    """Data, hash and map entry of a chunk are written without waiting for the disk; after
+    a kill or power cut the reopened download re-hashes what its map lists and asks again
+    for every chunk whose bytes were lost or torn."""
     from edge_agent.ota.download import BundleDownload
     from shared.chunks import split_chunks
 
     data = bytes(range(256)) * 40
     chunks = split_chunks("b" * 64, data, 1000)
-    dl = BundleDownload(
-        tmp_path / "d", bundle_id="b" * 64, total_size=len(data), chunk_size=1000, sync_every=4
-    )
-    for c in chunks[:3]:
+    d = tmp_path / "d"
+    dl = BundleDownload(d, bundle_id="b" * 64, total_size=len(data), chunk_size=1000)
+    for c in chunks[:6]:
         assert dl.store(c)
     assert not dl.store(chunks[0])  # duplicate
-    assert (tmp_path / "d" / "received.map").read_bytes().count(1) == 0  # not durable yet
-    assert dl.store(chunks[3])  # fourth chunk: one fsync, four map entries
-    assert (tmp_path / "d" / "received.map").read_bytes().count(1) == 4
-    dl._data_fd, dl._map_fd = -1, -1  # a kill: nothing else reaches the disk
-    again = BundleDownload(
-        tmp_path / "d", bundle_id="b" * 64, total_size=len(data), chunk_size=1000
-    )
-    assert again.missing() == list(range(4, len(chunks)))
-    for c in chunks[4:]:
+    dl._fds = []  # a kill: no sync, no close
+    part = bytearray((d / "bundle.part").read_bytes())
+    part[2 * 1000 + 17] ^= 0xFF  # chunk 2 torn
+    (d / "bundle.part").write_bytes(bytes(part))
+    digests = bytearray((d / "chunks.sha256").read_bytes())
+    digests[4 * 32 : 5 * 32] = bytes(32)  # chunk 4's hash lost
+    (d / "chunks.sha256").write_bytes(bytes(digests))
+    listed = bytearray((d / "received.map").read_bytes())
+    listed[7] = 1  # the map reached the disk, chunk 7's data did not
+    (d / "received.map").write_bytes(bytes(listed))
+    again = BundleDownload(d, bundle_id="b" * 64, total_size=len(data), chunk_size=1000)
+    assert again.missing() == [2, 4, *range(6, len(chunks))]
+    assert (d / "received.map").read_bytes()[:8] == bytes([1, 1, 0, 1, 0, 1, 0, 0])
+    for c in chunks:
         again.store(c)
     assert again.complete and again.read_all() == data
     again.close()
     # another size for the same directory starts over (other bytes)
-    other = BundleDownload(
-        tmp_path / "d", bundle_id="b" * 64, total_size=len(data) - 1, chunk_size=1000
-    )
+    other = BundleDownload(d, bundle_id="b" * 64, total_size=len(data) - 1, chunk_size=1000)
     assert other.received_count == 0
+
+
+def test_download_syncs_in_batches_of_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge_agent.ota.download as download_module
+    from shared.chunks import split_chunks
+
+    synced: list[int] = []
+    monkeypatch.setattr(download_module.os, "fdatasync", synced.append)
+    data = bytes(10_000)
+    dl = download_module.BundleDownload(
+        tmp_path / "d",
+        bundle_id="b" * 64,
+        total_size=len(data),
+        chunk_size=1000,
+        sync_every_bytes=4000,
+    )
+    for c in split_chunks("b" * 64, data, 1000)[:9]:
+        dl.store(c)
+    assert len(synced) == 2 * 3  # after the 4th and the 8th chunk: data, hashes and map
+    dl.sync()
+    assert len(synced) == 3 * 3
+    dl.sync()  # nothing new
+    assert len(synced) == 3 * 3
+    dl.close()
+    unsynced = download_module.BundleDownload(
+        tmp_path / "e",
+        bundle_id="b" * 64,
+        total_size=len(data),
+        chunk_size=1000,
+        fsync_chunks=False,
+        sync_every_bytes=1000,
+    )
+    for c in split_chunks("b" * 64, data, 1000):
+        unsynced.store(c)
+    unsynced.sync()
+    assert len(synced) == 3 * 3
+
+
+def test_download_names_chunks_whose_bytes_do_not_match_their_frame(tmp_path: Path) -> None:
+    from edge_agent.ota.download import BundleDownload
+    from shared.chunks import encode_chunk, parse_chunk_frame, split_chunks
+
+    data = bytes(range(256)) * 20
+    frames = [encode_chunk(c) for c in split_chunks("b" * 64, data, 1000)]
+    frames[3] = frames[3][:-1] + bytes([frames[3][-1] ^ 1])
+    dl = BundleDownload(tmp_path / "d", bundle_id="b" * 64, total_size=len(data), chunk_size=1000)
+    for f in frames:
+        dl.store(parse_chunk_frame(f))
+    assert dl.complete and dl.mismatched() == [3]
+    dl.forget([3])
+    assert dl.missing() == [3] and dl.mismatched() == []
 
 
 def test_restart_in_verifying_with_lost_map_entries_fetches_them_again(
