@@ -115,7 +115,16 @@ class BrokerAdmin:
             protocol=paho.MQTTv5,
         )
         client.tls_set(ca_certs=str(s.ca_file), certfile=str(s.cert_file), keyfile=str(s.key_file))
+        refused: list[str] = []
+
+        def on_publish(_c: Any, _u: Any, _mid: int, reason: Any, _p: Any) -> None:
+            if getattr(reason, "is_failure", False):  # the ACL: no plugin, or not our admin
+                with cond:
+                    refused.append(str(reason))
+                    cond.notify_all()
+
         client.on_message = on_message
+        client.on_publish = on_publish
         client.on_subscribe = lambda *_a: subscribed.set()
         deadline = time.monotonic() + s.timeout_s
         try:
@@ -127,8 +136,13 @@ class BrokerAdmin:
             client.publish(CONTROL_TOPIC, control_payload(commands, correlation), qos=1)
             with cond:
                 done = cond.wait_for(
-                    lambda: check_responses(commands, correlation, responses),
+                    lambda: refused or check_responses(commands, correlation, responses),
                     max(0.0, deadline - time.monotonic()),
+                )
+            if refused:
+                raise BrokerAdminError(
+                    f"the broker at {s.host}:{s.port} refused the admin's command "
+                    f"({refused[0]}): is the dynamic security plugin loaded there?"
                 )
             if not done:
                 raise BrokerAdminError(

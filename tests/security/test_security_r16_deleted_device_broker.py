@@ -33,6 +33,7 @@ from cloud_hub.enrollment.dynsec import (
     broker_admin_user,
     render_dynsec_config,
 )
+from cloud_hub.enrollment.hubdir import broker_access_control
 from cloud_hub.enrollment.service import EnrollmentService
 from cloud_hub.registry import open_registry
 from edge_agent.service.identity import build_csr, generate_device_key
@@ -292,3 +293,17 @@ def test_enroll_revoke_drops_the_device_at_the_broker(
         assert f"the broker at {url} dropped cam-1" in capsys.readouterr().out
         assert victim.wait_for(lambda: victim.disconnects, DROP_WITHIN_S), "still connected"
         _closed(victim)
+
+
+def test_a_broker_without_the_plugin_refuses_the_admin_at_once(tmp_path: Path) -> None:
+    data = tmp_path / "hub-data"
+    broker_config(data)  # issues the admin identity
+    setup = broker_config(data, "--no-dynsec")
+    assert "plugin" not in (setup.out / "mosquitto.conf").read_text()
+    with running_broker(setup):
+        access = broker_access_control(data, f"mqtts://127.0.0.1:{setup.port}")
+        assert access is not None
+        started = time.monotonic()
+        with pytest.raises(BrokerAdminError, match="refused the admin's command"):
+            access.admin.revoke("cam-1")
+        assert time.monotonic() - started < access.admin.settings.timeout_s  # no waiting out
