@@ -5,7 +5,9 @@ The hub runs two (R2), so that the broker can tell the hub from any device:
 - the device CA (``DATA_DIR/ca``) signs device client certificates (from the device's CSR;
   CN and SAN = the device id), which the broker maps to the MQTT user name
   (``use_identity_as_username``), and server certificates for the hub's HTTPS API and for
-  the broker; devices pin its fingerprint;
+  the broker; devices pin its fingerprint. It also issues the hub's admin certificate for
+  the broker's dynamic security plugin (CN ``HUB:broker-admin``, a name no device id can
+  have; see :mod:`.dynsec`);
 - the hub client CA (``DATA_DIR/hub-ca``, see :mod:`.hub_identity`) signs only the hub's own
   MQTT client certificate, which only the broker's hub listener accepts.
 
