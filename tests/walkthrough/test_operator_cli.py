@@ -22,11 +22,10 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_serve_takes_every_hub_option_as_flag_and_environment_variable() -> None:
     parser = build_parser()
-    serve = next(
-        a
-        for a in parser._subparsers._group_actions
-        if a.dest == "command"  # type: ignore[union-attr]
-    ).choices["serve"]
+    assert parser._subparsers is not None
+    commands = next(a for a in parser._subparsers._group_actions if a.dest == "command")
+    assert isinstance(commands.choices, dict)
+    serve = commands.choices["serve"]
     flags = set(serve._option_string_actions)
     help_text = serve.format_help()
     for option in HUB_OPTIONS:
