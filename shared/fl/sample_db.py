@@ -2,8 +2,9 @@
 
 The agent owns the store (``edge_agent.samples.store``: SQLite, one row per sample with its
 shape, dtype, raw bytes and optional label) and writes it; training reads it. The same read
-serves the agent's Flower ClientApp and the hub's in-process trainer, which reads the stores of
-devices that run on the same machine (the local fleet layout, ``cloud-hub retrain --samples``).
+serves the agent's Flower ClientApp and the simulations' in-process trainer, which reads the
+stores of devices that run on the same machine (``simulations.demo.sample_stores``); the hub
+itself never reads a sample store.
 """
 
 from __future__ import annotations
