@@ -39,7 +39,7 @@ from edge_agent.errors import AgentConfigError
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.errors import FedfleetError, VerificationError
 from shared.files import atomic_write
-from shared.fl.config_keys import NodeConfigKey
+from shared.fl.config_keys import AsyncTrainingKey, NodeConfigKey
 from shared.fl.order import OrderLedger, TrainingOrder, verify_training_order
 from shared.messages import Event, EventKind, Message, TrainCommand, new_id
 from shared.net import free_port
@@ -222,6 +222,8 @@ class TrainCommandHandler:
                     NodeConfigKey.ORDER_RUN_ID: order.run_id,
                     NodeConfigKey.REQUIRE_SECURE_AGGREGATION: order.secure_aggregation
                     or self.limits.require_secure_aggregation,
+                    # an asynchronous run's held update: in the agent's state, survives restarts
+                    AsyncTrainingKey.HELD_UPDATE_DIR: str(work / "held"),
                 },
             ),
             log_path=work / "supernode.log",

@@ -71,3 +71,26 @@ def test_the_agent_trains_and_holds_only_for_its_ordered_run(
     assert reply.content.config_records[K.ORDER_RECORD][K.ORDER_ID] == "o-1"
     update = store.load()
     assert update is not None and update.order_id == "o-1" and update.num_examples == 40
+
+
+def test_an_ordered_supernode_keeps_held_updates_in_the_agents_state(tmp_path: Path) -> None:
+    """A signed order starts a SuperNode whose node config names a held-update folder in
+    the agent's state dir, so the asynchronous FAB's ClientApp can hold (and keep) updates."""
+    from edge_agent.fl.train_command import OrderTrust, TrainCommandHandler, TrainingLimits
+    from tests.security._support_training import OrderIssuer, write_ca
+
+    hub = OrderIssuer(tmp_path / "keys")
+    _, ca = write_ca(tmp_path / "ca")
+    agent = TrainCommandHandler(
+        state_dir=tmp_path / "state",
+        load_samples=lambda n: (np.zeros((20, 12), np.float32), np.zeros(20, np.int64)),
+        trust=OrderTrust(device_id="dev-1", trust=hub.keys.trust_root()),
+        limits=TrainingLimits(root_certificates=ca),
+    )
+    agent(hub.command(hub.order("dev-1", run_id="async-run")))
+    try:
+        assert agent.supervisor is not None, agent.refusals
+        node_config = agent.supervisor.config.extra_node_config
+        assert node_config[K.HELD_UPDATE_DIR] == str(tmp_path / "state" / "fl" / "held")
+    finally:
+        agent.stop()
