@@ -81,7 +81,15 @@ class SecureRoundAbortedError(TrainingError):
     kept_weights: list[NDArray] | None
     rounds: tuple[RoundMetrics, ...]
 
-    def __init__(self, server_round: int, stage: str, remaining: int, sampled: int, threshold: int):
+    def __init__(
+        self,
+        server_round: int,
+        stage: str,
+        remaining: int,
+        sampled: int,
+        threshold: int,
+        client_errors: Sequence[str] = (),
+    ):
         self.kept_round = -1
         self.kept_weights = None
         self.rounds = ()
@@ -94,6 +102,7 @@ class SecureRoundAbortedError(TrainingError):
             f"SecAgg+ round {server_round} aborted at stage {stage!r}: {remaining} of {sampled} "
             f"clients remained, below the reconstruction threshold {threshold}; "
             "the previous global model is kept"
+            + (f"; clients said: {'; '.join(client_errors)}" if client_errors else "")
         )
 
 
@@ -227,6 +236,17 @@ def reported_mask_generator(reply: Message) -> str | None:
     return str(configs.get(SecAggReportKey.MASK_GENERATOR, "unreported"))
 
 
+def _client_errors(failures: Sequence[BaseException], most: int = 3) -> list[str]:
+    """The distinct reasons the clients' error replies gave (a refusal names its cause)."""
+    reasons: list[str] = []
+    for failure in failures:
+        error = failure.args[0] if failure.args else failure
+        reason = str(getattr(error, "reason", error))
+        if reason not in reasons:
+            reasons.append(reason)
+    return reasons[:most]
+
+
 def _current_round(context: Context) -> int:
     return cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
 
@@ -267,6 +287,7 @@ class GuardedSecAggPlusWorkflow(SecAggPlusWorkflow):
                         remaining=len(state.active_node_ids),
                         sampled=len(state.sampled_node_ids) or len(state.nid_to_proxies),
                         threshold=state.threshold,
+                        client_errors=_client_errors(state.failures),
                     )
                 sampled = len(state.sampled_node_ids)
                 if stage == "setup" and sampled * self.quantization_range >= self.modulus_range:
