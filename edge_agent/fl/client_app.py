@@ -9,6 +9,9 @@ R4: the device, not the server, decides whether its update may leave unmasked. A
 another run than the order's, or one without SecAgg+ when the order or the device requires
 it, or a SecAgg+ setup whose aggregate would wrap (R13), is refused with
 :class:`RoundRefusedError`; Flower returns it to the server as this node's error reply.
+Under SecAgg+ the run config also names the mask generator (``mask-generator``); a run that
+names one this device does not run is refused too
+(:class:`shared.fl.mods.MaskGeneratorRefusedError`, naming the generator required).
 
 The hub may ask for more local work than the device allows; the device's limits win.
 Replies carry model weights (masked under SecAgg+), counts and losses — never samples.
