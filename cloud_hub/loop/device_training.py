@@ -54,6 +54,7 @@ __all__ = ["DeploymentTraining"]
 
 log = logging.getLogger(__name__)
 _ORDER_MARGIN = timedelta(minutes=5)  # the order outlives the run's timeout by this much
+_SUPERLINK_START_S = 180.0  # at most this long for the SuperLink to listen
 
 
 def _toml(config: Any) -> str:
@@ -219,6 +220,25 @@ class DeploymentTraining:
         )
         return SuperLinkProcess(config, workdir=work / "superlink")
 
+    def _start_while_ordering(self, link: Any, commands: Mapping[str, TrainCommand]) -> None:
+        """Start the SuperLink and send the training orders at the same time."""
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            try:  # a loaded hub needs more than half a minute to start one (imports, schema)
+                link.start(timeout_s=min(self.timeout_s, _SUPERLINK_START_S))
+            except BaseException as exc:  # re-raised in the caller's thread below
+                failed.append(exc)
+
+        starting = threading.Thread(target=start, name="superlink-start", daemon=True)
+        starting.start()
+        try:
+            self._publish(commands)
+        finally:
+            starting.join()
+        if failed:
+            raise failed[0]
+
     def train(
         self,
         run_id: str,
@@ -249,12 +269,13 @@ class DeploymentTraining:
         address = f"{self.superlink_host}:{port}"
         orders = self.sign_orders(run_id, device_ids, address, fab, fl_config)
         link = self._superlink(work, port)
-        link.start()
+        hints: dict[str, Any] = {"duration_s": self.timeout_s}
+        if max_samples is not None:
+            hints["max_samples"] = int(max_samples)
         try:
-            hints: dict[str, Any] = {"duration_s": self.timeout_s}
-            if max_samples is not None:
-                hints["max_samples"] = int(max_samples)
-            self._publish(self.commands(orders, hints))
+            # the devices start their SuperNodes while the SuperLink starts (both take
+            # seconds; a SuperNode that comes first retries until the SuperLink listens)
+            self._start_while_ordering(link, self.commands(orders, hints))
             settings = DeploymentRunSettings(
                 config_path=work / "train.toml",
                 validation_path=work / "validation.npz",
