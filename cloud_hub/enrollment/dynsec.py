@@ -7,7 +7,7 @@ changed at run time over MQTT (``$CONTROL/dynamic-security/v1``) and every chang
 client kicks its connections. So the device listener loads the plugin, and the hub, as a
 dedicated admin identity, revokes a deleted device there:
 
-- ``createClient``: the device's user name gets the role
+- ``deleteClient`` + ``createClient``: the device's user name gets exactly the role
   :data:`REVOKED_ROLE`, which denies it every publish, every delivery and every
   subscription. The plugin is asked first on the device listener, so a reconnect (its
   certificate still passes the handshake until the broker reloads the CRL) gets no rights;
@@ -51,6 +51,7 @@ __all__ = [
     "DynsecCommand",
     "broker_admin_user",
     "check_responses",
+    "control_payload",
     "readmit_commands",
     "render_dynsec_config",
     "revoke_commands",
