@@ -42,6 +42,7 @@ from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.bundle_index import index_store_bundles
+from cloud_hub.registry.errors import DatabaseError
 from cloud_hub.rollout.commands import RolloutCommands
 from cloud_hub.rollout.delivery import PublisherDelivery, RolloutDelivery
 from cloud_hub.rollout.engine import EngineConfig, RolloutService
@@ -183,7 +184,7 @@ class Hub:
                     n = devices.mark_silent_offline(s, silent_since=time.time() - silent_s)
                 if n:
                     log.info("%d silent device(s) marked offline", n)
-            except Exception as exc:  # the database's trouble: try again next period
+            except DatabaseError as exc:  # try again next period
                 log.warning("housekeeping skipped: %s", exc)
 
 

@@ -3,6 +3,7 @@ gets, how they share the registry, and that device reports reach it through one 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -14,6 +15,7 @@ from cloud_hub.config import HubConfig
 from cloud_hub.delivery import RegistryDevices
 from cloud_hub.hub import build_hub
 from cloud_hub.keys import KeyStore
+from cloud_hub.registry import devices
 from cloud_hub.rollout.engine import RolloutService
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import Hello, new_id
@@ -46,6 +48,26 @@ def test_an_unreachable_broker_turns_the_engine_off_instead_of_failing(tmp_path:
     with build_hub(config) as hub:
         assert hub.bundles is not None  # the key store is there
         assert hub.engine is None and hub.delivery is None and hub.trust_publisher is None
+
+
+def test_a_started_hub_marks_devices_silent_too_long_offline(tmp_path: Path) -> None:
+    config = HubConfig(data_dir=tmp_path / "hub", enable_ingest=False, offline_after_s=10)
+    with build_hub(config) as hub:
+        long_ago = time.time() - 3600
+        with hub.registry.session() as s:  # its last will never arrived
+            hello = Hello("dev-1", "x86-cpu", "0.1.0", [], 10**9, 10**9, ts=long_ago)
+            devices.record_hellos(s, [hello], now=long_ago)
+            devices.set_online(s, {"dev-1": True})
+
+        def online() -> bool:
+            with hub.registry.session() as s:
+                device = devices.find_device(s, "dev-1")
+            return device is not None and device.online
+
+        deadline = time.monotonic() + 30  # it looks every offline_after_s / 4
+        while online() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not online()
 
 
 @pytest.mark.integration
