@@ -1,5 +1,6 @@
-"""The one-command demo, small: the loop closes (accuracy on the drifted devices recovers)
-and nothing it started outlives it — neither after a normal end nor after SIGTERM."""
+"""The one-command demo, small, as it runs by default (retraining over Flower's Deployment
+Engine: the devices train as SuperNodes): the loop closes (accuracy on the drifted devices
+recovers) and nothing it started outlives it — neither after a normal end nor after SIGTERM."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def _alive(pids: list[int]) -> list[int]:
     return out
 
 
+@pytest.mark.timeout(1200)  # two Deployment Engine runs (the demo's default) on loaded cores
 def test_demo_recovers_accuracy_and_leaves_no_process(tmp_path: Path) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     result = run_demo(
