@@ -26,7 +26,7 @@ class DemoConfig:
     steps_before_drift: int = 20  # request rounds (one batch per device) before the drift
     steps_after_retrain: int = 40  # long enough to see the recovery in the plot
     drift_window: int = 200
-    num_rounds: int = 3
+    num_rounds: int = 2  # SecAgg+ rounds per training run (each a round trip to every device)
     rollout_stages: tuple[dict[str, object], ...] = (
         {"count": 1},
         {"percent": 50.0},
