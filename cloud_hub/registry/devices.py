@@ -50,6 +50,7 @@ __all__ = [
     "get_device",
     "list_devices",
     "mark_silent_offline",
+    "offline_among",
     "record_hellos",
     "record_statuses",
     "register_device",
@@ -153,6 +154,20 @@ def find_devices(session: Session, device_ids: Iterable[str]) -> dict[str, Devic
 
 
 _IDS_PER_QUERY = 500  # well under every backend's limit of bound parameters
+
+
+def offline_among(session: Session, device_ids: Iterable[str]) -> set[str]:
+    """Which of ``device_ids`` are known and offline (one column, a few queries)."""
+    ids = list(dict.fromkeys(device_ids))
+    offline: set[str] = set()
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        part = ids[start : start + _IDS_PER_QUERY]
+        offline.update(
+            session.scalars(
+                select(Device.device_id).where(Device.device_id.in_(part), Device.online.is_(False))
+            )
+        )
+    return offline
 
 
 def get_device(session: Session, device_id: str) -> DeviceRecord:
