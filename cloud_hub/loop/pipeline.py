@@ -436,7 +436,7 @@ class RetrainPipeline:
                 rounds=list(summary.get("rounds", [])),
                 wall_s=time.perf_counter() - started,
                 data_fingerprint="on-device",
-                fl_lineage=fl_config.lineage(),
+                fl_lineage=summary.get("lineage") or fl_config.lineage(),  # what ran
             )
         result = run_federated(
             fl_config,
@@ -452,7 +452,7 @@ class RetrainPipeline:
             rounds=[r.to_dict() for r in result.rounds],
             wall_s=result.wall_s,
             data_fingerprint=result.data_fingerprint,
-            fl_lineage=fl_config.lineage(),
+            fl_lineage=result.lineage(),  # what ran (the mask generator the hub unmasked with)
         )
 
     def _train_async(
