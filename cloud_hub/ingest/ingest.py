@@ -147,18 +147,17 @@ class FleetIngest:
             )
 
     def _wait_subscribed(self) -> bool:
-        """Wait until the broker grants the subscriptions. A resumed session first delivers
-        what the broker queued for it, and only then answers the SUBSCRIBE: after a hub
-        restart under a large fleet that takes minutes. So the wait goes on while messages
-        keep arriving, and gives up after ``connect_timeout_s`` without either."""
-        timeout = self.settings.connect_timeout_s
+        """Wait until the broker grants the subscriptions, or a message arrives: a resumed
+        session delivers what the broker queued for it before it answers the SUBSCRIBE (after
+        a hub restart under a large fleet, minutes of messages), and a message can only come
+        through a subscription the session already has. Gives up after ``connect_timeout_s``
+        without either."""
         received = self._received()
-        deadline = time.monotonic() + timeout
-        while not self._connected.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
-            latest = self._received()
-            if latest != received:
-                received, deadline = latest, time.monotonic() + timeout
-            elif time.monotonic() >= deadline:
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        while not self._connected.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if self._received() != received:
+                return True
+            if time.monotonic() >= deadline:
                 return False
         return True
 

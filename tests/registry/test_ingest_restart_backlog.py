@@ -1,7 +1,8 @@
 """A restarted hub resumes its persistent session behind a backlog: the broker delivers what
-it queued for the ingest before it answers the SUBSCRIBE. The ingest must come up and store
-every must-keep message, however long the backlog takes, instead of giving up after its
-connect timeout (which made a hub restart under a large fleet exit with an error)."""
+it queued for the ingest before it answers the SUBSCRIBE. The ingest must come up (a message
+proves the session's subscriptions) and store every must-keep message, however long the
+backlog takes, instead of giving up after its connect timeout (which made a hub restart
+under a large fleet exit with an error)."""
 
 from __future__ import annotations
 
@@ -67,10 +68,8 @@ def test_ingest_comes_up_behind_a_backlog_longer_than_its_connect_timeout(
         _publish_backlog(broker.port, scheme)
         second = FleetIngest(registry, scheme=scheme, mqtt_settings=settings, config=config)
         second.add_observer(lambda _msg: time.sleep(SLOW_S))  # a slow, loaded hub
-        started = time.monotonic()
         second.start()
         try:
-            assert time.monotonic() - started > settings.connect_timeout_s  # it did wait
             deadline = time.monotonic() + 60
             while second.stats().events_new < BACKLOG and time.monotonic() < deadline:
                 time.sleep(0.05)
