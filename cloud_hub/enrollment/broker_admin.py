@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 ADMIN_DIR = "broker-admin"
 _RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+_BATCH = 100  # devices per admin message (3 commands each, well under the packet limit)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,16 @@ class BrokerAdmin:
     def readmit(self, device_id: str) -> None:
         self.apply(readmit_commands(device_id))
 
+    def settle(self, wishes: Mapping[str, bool]) -> None:
+        """Revoke (``True``) or readmit (``False``) each device, in one batch."""
+        self.apply(
+            [
+                c
+                for d, r in wishes.items()
+                for c in (revoke_commands(d) if r else readmit_commands(d))
+            ]
+        )
+
 
 class BrokerAccessControl:
     """What each device should be at the broker, applied in the background until confirmed.
@@ -225,19 +236,21 @@ class BrokerAccessControl:
                 self._cond.wait_for(lambda: self._pending or self._stop.is_set())
                 if self._stop.is_set():
                     return
-                device_id, revoked = next(iter(self._pending.items()))
+                batch = dict(list(self._pending.items())[:_BATCH])
             try:
-                (self.admin.revoke if revoked else self.admin.readmit)(device_id)
+                self.admin.settle(batch)
             except BrokerAdminError as exc:
                 delay = self._retry_s[min(failures, len(self._retry_s) - 1)]
                 failures += 1
                 log.warning("broker access of %s not applied (retry in %.0f s): %s",
-                            device_id, delay, exc)  # fmt: skip
+                            ", ".join(sorted(batch)), delay, exc)  # fmt: skip
                 self._sleep(self._stop, delay)
                 continue
             failures = 0
-            log.info("broker: %s %s", device_id, "revoked" if revoked else "readmitted")
+            for device_id, revoked in batch.items():
+                log.info("broker: %s %s", device_id, "revoked" if revoked else "readmitted")
             with self._cond:
-                if self._pending.get(device_id) == revoked:
-                    del self._pending[device_id]
+                for device_id, revoked in batch.items():
+                    if self._pending.get(device_id) == revoked:  # no newer wish meanwhile
+                        del self._pending[device_id]
                 self._cond.notify_all()

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -245,17 +246,11 @@ class _FlakyAdmin:
         self.applied: list[tuple[str, bool]] = []
         self.settings = type("S", (), {"timeout_s": 1.0})()
 
-    def revoke(self, device_id: str) -> None:
-        self._apply(device_id, True)
-
-    def readmit(self, device_id: str) -> None:
-        self._apply(device_id, False)
-
-    def _apply(self, device_id: str, revoked: bool) -> None:
+    def settle(self, wishes: dict[str, bool]) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise BrokerAdminError("broker down")
-        self.applied.append((device_id, revoked))
+        self.applied.extend(wishes.items())
 
 
 def test_a_deletion_the_broker_missed_is_retried_until_confirmed() -> None:
@@ -307,3 +302,17 @@ def test_a_broker_without_the_plugin_refuses_the_admin_at_once(tmp_path: Path) -
         with pytest.raises(BrokerAdminError, match="refused the admin's command"):
             access.admin.revoke("cam-1")
         assert time.monotonic() - started < access.admin.settings.timeout_s  # no waiting out
+
+
+def test_deletions_the_broker_missed_are_sent_in_one_batch_at_start(tmp_path: Path) -> None:
+    with fleet_world(tmp_path) as world:
+        names = [f"cam-{i}" for i in range(5)]
+        probes = [world.online(world.enroll(n)) for n in names]
+        for name in names:  # deleted while the hub could not reach the broker
+            world.enrollment.repository.revoke(name, now=datetime.now(timezone.utc))
+        sessions = world.setup.log_text().count("as fedfleet-hub:broker-admin")
+        world.enrollment.sync_broker()  # what opening the hub's enrollment does
+        for probe in probes:
+            assert probe.wait_for(lambda p=probe: p.disconnects, DROP_WITHIN_S)
+            _closed(probe)
+        assert world.setup.log_text().count("as fedfleet-hub:broker-admin") == sessions + 1
