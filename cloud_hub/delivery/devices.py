@@ -39,6 +39,10 @@ class DeviceDirectory(Protocol):
         """The known devices among ``device_ids`` (every known device when ``None``)."""
         ...
 
+    def offline(self, device_ids: Collection[str]) -> set[str]:
+        """Those of ``device_ids`` known to be offline (unknown ones may be online)."""
+        ...
+
     def record(self, message: Message) -> bool:
         """A device report the publisher received; whether it changed what is known."""
         ...
@@ -56,6 +60,9 @@ class HeardDevices:
             if device_ids is None:
                 return dict(self._devices)
             return {d: self._devices[d] for d in device_ids if d in self._devices}
+
+    def offline(self, device_ids: Collection[str]) -> set[str]:
+        return {d for d, info in self.lookup(device_ids).items() if not info.online}
 
     def record(self, message: Message) -> bool:
         if isinstance(message, Hello):
@@ -106,6 +113,12 @@ class RegistryDevices:
             )
             for r in records
         }
+
+    def offline(self, device_ids: Collection[str]) -> set[str]:
+        from cloud_hub.registry import devices
+
+        with self.registry.session() as s:
+            return devices.offline_among(s, device_ids)
 
     def record(self, message: Message) -> bool:
         return False  # the ingest writes the registry

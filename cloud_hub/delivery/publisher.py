@@ -306,7 +306,7 @@ class FleetPublisher:
             waiting = self._not_started(state)
             # the directory is read outside the lock, a few times a second at most
             if waiting and time.monotonic() - read_at >= _DIRECTORY_REFRESH_S:
-                offline, read_at = self._offline(waiting), time.monotonic()
+                offline, read_at = self.directory.offline(waiting), time.monotonic()
             waiting = [d for d in waiting if d not in offline]
             left = deadline - time.monotonic()
             if not waiting or left <= 0:
@@ -392,10 +392,6 @@ class FleetPublisher:
     def devices(self) -> dict[str, DeviceInfo]:
         """Every device known to the publisher's directory."""
         return self.directory.lookup()
-
-    def _offline(self, device_ids: Sequence[str]) -> set[str]:
-        """Those of ``device_ids`` known to be offline (unknown ones may be online)."""
-        return {d for d, info in self.directory.lookup(device_ids).items() if not info.online}
 
     def wait_for_devices(self, device_ids: Sequence[str], *, timeout: float) -> list[str]:
         """Wait until every one of ``device_ids`` announced itself online; return the missing."""

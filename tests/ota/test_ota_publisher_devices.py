@@ -68,6 +68,8 @@ def test_the_registry_directory_reads_many_devices_in_a_few_queries(registry: Re
     directory = RegistryDevices(registry)
     assert set(directory.lookup()) == set(ids)
     assert set(directory.lookup([*ids[::2], "unknown"])) == set(ids[::2])
+    _store(registry, dict.fromkeys(ids[:700], False))
+    assert directory.offline([*ids[::2], "unknown"]) == set(ids[:700:2])
 
 
 def test_alone_the_publisher_follows_the_reports_it_hears() -> None:
@@ -78,6 +80,7 @@ def test_alone_the_publisher_follows_the_reports_it_hears() -> None:
         publisher.observe(Status(device_id="dev-1", online=False))
         seen = publisher.devices()["dev-1"]
         assert not seen.online and seen.device_class == "x86-cpu" and seen.installed_version == 2
+        assert publisher.directory.offline(["dev-1", "dev-2"]) == {"dev-1"}
     finally:
         publisher.close()
 
