@@ -11,7 +11,7 @@ from shared.errors import MalformedMessageError
 
 
 @given(st.binary(max_size=4096), st.integers(min_value=1, max_value=50), st.data())
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 def test_parsed_frame_views_the_data_and_checks_its_claim(
     data: bytes, count: int, d: st.DataObject
 ) -> None:

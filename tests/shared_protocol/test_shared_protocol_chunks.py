@@ -29,20 +29,20 @@ def chunks(draw: st.DrawFn) -> Chunk:
 
 
 @given(chunks())
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 def test_chunk_frame_round_trip(chunk: Chunk) -> None:
     assert decode_chunk(encode_chunk(chunk)) == chunk
 
 
 @given(st.binary(max_size=600))
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 def test_garbage_frames_raise_only_protocol_errors(frame: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         decode_chunk(frame)
 
 
 @given(chunks(), st.data())
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 def test_any_corruption_of_a_frame_is_detected(chunk: Chunk, data: st.DataObject) -> None:
     frame = bytearray(encode_chunk(chunk))
     pos = data.draw(st.integers(min_value=0, max_value=len(frame) - 1))
@@ -58,6 +58,7 @@ def test_any_corruption_of_a_frame_is_detected(chunk: Chunk, data: st.DataObject
 
 
 @given(chunks(), st.integers(min_value=0, max_value=50))
+@settings(deadline=None)
 def test_truncated_frames_are_refused(chunk: Chunk, cut: int) -> None:
     frame = encode_chunk(chunk)
     truncated = frame[: max(0, len(frame) - 1 - cut)]
@@ -74,7 +75,7 @@ def test_truncated_frames_are_refused(chunk: Chunk, cut: int) -> None:
     st.randoms(use_true_random=False),
     st.integers(min_value=0, max_value=5),
 )
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 def test_split_and_reassemble_in_any_order_with_duplicates(
     data: bytes, size: int, rnd: object, dups: int
 ) -> None:
@@ -100,7 +101,7 @@ def test_split_and_reassemble_in_any_order_with_duplicates(
 
 
 @given(st.binary(min_size=10, max_size=3000), st.integers(min_value=1, max_value=500), st.data())
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 def test_missing_lists_exactly_the_absent_chunks(data: bytes, size: int, d: st.DataObject) -> None:
     parts = split_chunks("b1", data, size)
     got = d.draw(st.sets(st.integers(min_value=0, max_value=len(parts) - 1)))
