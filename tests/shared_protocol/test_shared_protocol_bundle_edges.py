@@ -325,3 +325,146 @@ def test_a_reconstruction_other_than_the_signed_one_is_refused() -> None:
     full = ArtifactInfo("model.onnx", _sha(TARGET + b"!"), len(TARGET))  # right size, wrong hash
     with pytest.raises(HashMismatchError, match=message):
         resolve_deltas(_manifest(full), {"model.onnx": TARGET}, {})
+
+
+# -- building, ids, lookups, rollback orders ---------------------------------------------------
+
+
+def test_artifact_info_describes_the_bytes() -> None:
+    assert artifact_info("m.onnx", b"abc") == ArtifactInfo(
+        "m.onnx", _sha(b"abc"), 3, role="model", media_type="application/octet-stream"
+    )
+    info = artifact_info("l.json", b"[]", "labels", "application/json")
+    assert (info.role, info.media_type, info.size, info.delta) == (
+        "labels",
+        "application/json",
+        2,
+        None,
+    )
+
+
+def test_build_bundle_refuses_artifacts_that_do_not_match_the_manifest() -> None:
+    from shared.bundle import build_bundle
+    from shared.errors import ConfigError
+    from shared.signing import SigningKey
+
+    key = SigningKey.generate()
+    manifest = _manifest(artifact_info("m", b"model"), artifact_info("l", b"[]", "labels"))
+    ring = {"signed": {}, "signatures": []}
+
+    def build(artifacts: dict[str, bytes]) -> bytes:
+        return build_bundle(manifest, artifacts, signing_keys=[key], keyring_envelope=ring)
+
+    data = build({"m": b"model", "l": b"[]"})
+    parsed = parse_bundle(data)
+    assert parsed.payload == b"model[]" and parsed.keyring_envelope == ring
+    assert data.startswith(container_prefix(parsed.manifest_envelope, ring))
+    assert parsed.manifest_envelope["signed"] == manifest.to_signed()
+    cases = {
+        "artifact 'l' listed in the manifest but not given": {"m": b"model"},
+        "artifact 'm' does not match its manifest entry": {"m": b"mode!", "l": b"[]"},
+        "artifact 'l' does not match its manifest entry": {"m": b"model", "l": b"[]!"},
+        "artifacts not in the manifest: ['x', 'y']": {
+            "m": b"model",
+            "l": b"[]",
+            "y": b"",
+            "x": b"",
+        },
+    }
+    for message, artifacts in cases.items():
+        with pytest.raises(ConfigError) as info:
+            build(artifacts)
+        assert str(info.value) == message
+
+
+def test_a_delta_artifact_is_built_from_its_delta_bytes() -> None:
+    from shared.bundle import build_bundle
+    from shared.signing import SigningKey
+
+    manifest = _delta_manifest()
+    ring = {"signed": {}, "signatures": []}
+    artifacts = {"model.onnx": DELTA, "labels.json": b"[]"}
+    data = build_bundle(
+        manifest, artifacts, signing_keys=[SigningKey.generate()], keyring_envelope=ring
+    )
+    assert parse_bundle(data).payload == DELTA + b"[]"
+    assert manifest.is_delta and not _manifest().is_delta
+
+
+def test_the_bundle_id_is_the_hash_of_the_signed_part() -> None:
+    from shared.bundle import bundle_id_of
+    from shared.canonical import canonical_bytes
+
+    signed = _manifest().to_signed()
+    assert bundle_id_of({"signed": signed, "signatures": ["x"]}) == _sha(canonical_bytes(signed))
+    for envelope in ({}, {"signed": [1]}):
+        with pytest.raises(MalformedBundleError) as info:
+            bundle_id_of(envelope)
+        assert str(info.value) == "manifest envelope has no 'signed' object"
+
+
+def test_artifacts_are_found_by_name_and_the_model_by_role() -> None:
+    labels = ArtifactInfo("labels.json", SHA_B, 2, role="labels")
+    first, second = ArtifactInfo("a.onnx", SHA_A, 1), ArtifactInfo("b.onnx", SHA_B, 1)
+    manifest = _manifest(labels, first, second)
+    assert manifest.artifact("b.onnx") is second and manifest.artifact("labels.json") is labels
+    with pytest.raises(KeyError):
+        manifest.artifact("c.onnx")
+    assert manifest.model_artifact() is first
+    with pytest.raises(MalformedBundleError) as info:
+        _manifest(labels).model_artifact()
+    assert str(info.value) == "manifest has no model artifact"
+
+
+def _order(**changes: Any) -> Any:
+    from shared.bundle import RollbackOrder
+
+    order = RollbackOrder(
+        order_id="o-1",
+        model_name="digits",
+        device_class="x86-cpu",
+        to_version=2,
+        to_bundle_id=SHA_A,
+        issued="2026-01-01T00:00:00Z",
+        expires="2026-01-02T00:00:00Z",
+        device_ids=["dev-1"],
+        from_bundle_id=SHA_B,
+    )
+    return replace(order, **changes)
+
+
+@pytest.mark.parametrize(
+    ("order_sha", "model", "version", "bundle_id", "sha", "named"),
+    [
+        ("", "digits", 2, SHA_A, "", True),
+        ("", "digits", 2, SHA_B, "", False),  # no content hash: only the bundle id counts
+        ("", "other", 2, SHA_A, "", False),
+        ("", "digits", 3, SHA_A, "", False),
+        ("f" * 64, "digits", 2, SHA_B, "f" * 64, True),  # by content, whichever bundle
+        ("f" * 64, "digits", 2, SHA_B, "e" * 64, False),
+        ("f" * 64, "other", 2, SHA_A, "f" * 64, False),
+    ],
+)
+def test_an_order_names_its_target_by_bundle_or_content(
+    order_sha: str, model: str, version: int, bundle_id: str, sha: str, named: bool
+) -> None:
+    order = _order(to_sha256=order_sha)
+    kw = {"model_name": model, "version": version, "bundle_id": bundle_id, "sha256": sha}
+    assert order.names_target(**kw) is named
+
+
+def test_a_signed_order_reads_back_unverified() -> None:
+    from shared.bundle import parse_rollback_order, sign_rollback_order
+    from shared.signing import SigningKey
+
+    order = _order(to_sha256="f" * 64)
+    envelope = sign_rollback_order(order, [SigningKey.generate()])
+    assert len(envelope["signatures"]) == 1
+    assert parse_rollback_order(envelope) == order
+    for bad in (None, [], {}, {"signed": "x"}):
+        with pytest.raises(MalformedBundleError) as info:
+            parse_rollback_order(bad)
+        assert str(info.value) == "rollback order envelope has no 'signed' object"
+    broken = {"signed": {**envelope["signed"], "to_version": "two"}}
+    with pytest.raises(MalformedBundleError, match=r"^rollback order\b.*\bto_version\b"):
+        parse_rollback_order(broken)
