@@ -350,7 +350,7 @@ def test_build_bundle_refuses_artifacts_that_do_not_match_the_manifest() -> None
 
     key = SigningKey.generate()
     manifest = _manifest(artifact_info("m", b"model"), artifact_info("l", b"[]", "labels"))
-    ring = {"signed": {}, "signatures": []}
+    ring: dict[str, Any] = {"signed": {}, "signatures": []}
 
     def build(artifacts: dict[str, bytes]) -> bytes:
         return build_bundle(manifest, artifacts, signing_keys=[key], keyring_envelope=ring)
@@ -382,7 +382,7 @@ def test_a_delta_artifact_is_built_from_its_delta_bytes() -> None:
     from shared.signing import SigningKey
 
     manifest = _delta_manifest()
-    ring = {"signed": {}, "signatures": []}
+    ring: dict[str, Any] = {"signed": {}, "signatures": []}
     artifacts = {"model.onnx": DELTA, "labels.json": b"[]"}
     data = build_bundle(
         manifest, artifacts, signing_keys=[SigningKey.generate()], keyring_envelope=ring
@@ -461,7 +461,8 @@ def test_a_signed_order_reads_back_unverified() -> None:
     envelope = sign_rollback_order(order, [SigningKey.generate()])
     assert len(envelope["signatures"]) == 1
     assert parse_rollback_order(envelope) == order
-    for bad in (None, [], {}, {"signed": "x"}):
+    bad_envelopes: tuple[Any, ...] = (None, [], {}, {"signed": "x"})
+    for bad in bad_envelopes:
         with pytest.raises(MalformedBundleError) as info:
             parse_rollback_order(bad)
         assert str(info.value) == "rollback order envelope has no 'signed' object"
