@@ -12,7 +12,9 @@ redrawn for the new chunks.
 
 With ``fsync_chunks`` the progress is made durable in batches: every ``sync_every_bytes``
 of new data, whenever the transfer goes idle and when it completes (the commit point before
-verification), so a power cut costs at most the last batch, fetched again. Either way the
+verification), so a power cut costs at most the last batch, fetched again. In between, every
+``WRITEBACK_BYTES`` the kernel is asked to start writing (without waiting), so a sync finds
+little left to write. Either way the
 map is only a progress hint: the assembled bundle is verified against the signed manifest.
 """
 
@@ -29,13 +31,15 @@ from typing import Any
 
 from edge_agent.errors import InstallError
 from edge_agent.ota.persist import atomic_write_json
+from edge_agent.ota.writeback import start_writeback
 from shared.chunks import Chunk, ChunkAssembly, ChunkFrame, chunk_count
 
-__all__ = ["DEFAULT_SYNC_BYTES", "BundleDownload", "regrid"]
+__all__ = ["DEFAULT_SYNC_BYTES", "WRITEBACK_BYTES", "BundleDownload", "regrid"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SYNC_BYTES = 16 * 1024 * 1024  # new data between two syncs while chunks stream in
+WRITEBACK_BYTES = 2 * 1024 * 1024  # new data between two writeback hints (with fsync_chunks)
 _DIGEST = hashlib.sha256().digest_size
 _DATA, _MAP, _DIGESTS, _GEOMETRY = "bundle.part", "received.map", "chunks.sha256", "geometry.json"
 
@@ -57,6 +61,7 @@ class BundleDownload:
         self.fsync_chunks = fsync_chunks
         self.sync_every_bytes = max(1, sync_every_bytes)
         self._unsynced_bytes = 0
+        self._unhinted_bytes = 0
         self._fds: list[int] = []
         geometry = {"bundle_id": bundle_id, "total_size": total_size, "chunk_size": chunk_size}
         geo_path = directory / _GEOMETRY
@@ -170,15 +175,19 @@ class BundleDownload:
             self.assembly.received.discard(index)
             raise InstallError(f"cannot write chunk {index}: {exc}") from exc
         self._unsynced_bytes += len(chunk.data)
+        self._unhinted_bytes += len(chunk.data)
         if self.fsync_chunks and self._unsynced_bytes >= self.sync_every_bytes:
             self.sync()
+        elif self.fsync_chunks and self._unhinted_bytes >= WRITEBACK_BYTES:
+            self._unhinted_bytes = 0
+            start_writeback(self._data_fd)
         return True
 
     def sync(self) -> None:
         """Make the chunks written so far durable (with ``fsync_chunks``)."""
         if not self._unsynced_bytes:
             return
-        self._unsynced_bytes = 0
+        self._unsynced_bytes = self._unhinted_bytes = 0
         if not self.fsync_chunks:
             return
         try:
