@@ -138,3 +138,32 @@ def test_an_invalid_record_is_refused_with_the_reason(change: dict[str, Any], wh
     with pytest.raises(InstallError) as info:
         Deployment.from_dict({**FULL_DICT, **change})
     assert str(info.value).startswith(f"persisted deployment record is invalid: {why}")
+
+
+def test_the_recovery_table_is_built_total_and_as_documented() -> None:
+    """Built afresh (the module's copy is built once, at import)."""
+    from edge_agent.ota.machine import RECOVERY, TERMINAL, RecoveryAction, _recovery_table
+
+    table = _recovery_table()
+    assert table == RECOVERY
+    assert set(table) == {
+        (p, sw, sp) for p in Phase for sw in (False, True) for sp in (False, True)
+    }
+    a = RecoveryAction
+    expected_before_switch = {
+        Phase.DOWNLOADING: (a.RESUME_DOWNLOAD, a.FAIL),
+        Phase.VERIFYING: (a.VERIFY, a.FAIL),
+        Phase.INSTALLING: (a.INSTALL, a.ROLL_BACK),
+        Phase.HEALTH_CHECK: (a.HEALTH_CHECK, a.ROLL_BACK),
+    }
+    for phase, (again, given_up) in expected_before_switch.items():
+        assert (table[(phase, False, False)], table[(phase, False, True)]) == (again, given_up)
+    for used_up in (False, True):
+        assert table[(Phase.HEALTH_CHECK, True, used_up)] == a.FINISH_COMMIT
+        assert (
+            table[(Phase.DOWNLOADING, True, used_up)] == table[(Phase.DOWNLOADING, False, used_up)]
+        )
+        for switched in (False, True):
+            assert table[(Phase.ROLLING_BACK, switched, used_up)] == a.ROLL_BACK
+            for idle in (Phase.IDLE, *TERMINAL):
+                assert table[(idle, switched, used_up)] == a.NOTHING
