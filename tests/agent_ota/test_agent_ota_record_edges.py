@@ -167,3 +167,26 @@ def test_the_recovery_table_is_built_total_and_as_documented() -> None:
             assert table[(Phase.ROLLING_BACK, switched, used_up)] == a.ROLL_BACK
             for idle in (Phase.IDLE, *TERMINAL):
                 assert table[(idle, switched, used_up)] == a.NOTHING
+
+
+def test_a_new_deployment_starts_idle_with_the_documented_defaults() -> None:
+    from edge_agent.ota.machine import new_deployment
+
+    fresh = new_deployment("d", kind="deploy", now=5.0)
+    assert fresh == Deployment("d", "deploy", Phase.IDLE, started_at=5.0, phase_since=5.0)
+    command = {"type": "deploy"}
+    named = new_deployment(
+        "d", kind="rollback", now=6.0, bundle_id="b", model_name="m", version=3, command=command
+    )
+    command["type"] = "changed"
+    assert named == Deployment(
+        "d",
+        "rollback",
+        Phase.IDLE,
+        bundle_id="b",
+        model_name="m",
+        version=3,
+        started_at=6.0,
+        phase_since=6.0,
+        command={"type": "deploy"},
+    )
