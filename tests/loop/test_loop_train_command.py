@@ -4,20 +4,14 @@ order's FAB), stops it on the signed stop; refuses what the device does not allo
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_agent.fl.train_command import OrderTrust, TrainCommandHandler, TrainingLimits
+from shared.net import free_port
 from tests.security._support_training import OrderIssuer, write_ca
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _samples(n: int):  # type: ignore[no-untyped-def]
@@ -45,7 +39,7 @@ def _handler(tmp_path: Path, hub: OrderIssuer, limits: TrainingLimits, samples: 
 def test_train_command_starts_and_stops_a_supernode(tmp_path: Path, hub: OrderIssuer) -> None:
     _, ca = write_ca(tmp_path / "ca")
     handler = _handler(tmp_path, hub, TrainingLimits(root_certificates=ca))
-    order = hub.order("dev-1", superlink=f"127.0.0.1:{_port()}")
+    order = hub.order("dev-1", superlink=f"127.0.0.1:{free_port()}")
     handler(hub.command(order, config={"max_samples": 30, "duration_s": 60}))
     try:
         assert handler.supervisor is not None and handler.supervisor.is_running()

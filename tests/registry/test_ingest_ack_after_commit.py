@@ -30,8 +30,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import open_registry
 from shared.messages import Event
+from shared.net import free_port
 from tests.conftest import PG_ADMIN_URL
-from tests.rollout.rollout_support import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,7 @@ from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.tables import EventRow
 from shared.messages import Telemetry, new_id
+from shared.net import free_port
 from shared.topics import TopicScheme
 from simulations.harness.agents import LocalAgentFleet
 from simulations.harness.polling import eventually
@@ -26,14 +27,6 @@ MODEL = "sensor-mlp"
 CLASS = "x86-cpu"
 
 MQTT_URL = "mqtt://127.0.0.1:1883"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_model_bundle(keys: KeyStore, *, version: int, loadable: bool | bytes = True) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,17 +27,12 @@ from cloud_hub.fl.superlink import (
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.data import generate_sensor_data
 from shared.fl.config_keys import NodeConfigKey
+from shared.net import free_port
 from tests.security._support_training import write_ca
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 RUN = "r04-run"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Hub:
@@ -48,7 +42,7 @@ class Hub:
         self.root = root
         _, self.ca = write_ca(root / "ca")
         cert, key, ca = issue_superlink_tls(root / "ca", "127.0.0.1", root / "tls")
-        self.port = _port()
+        self.port = free_port()
         self.link = SuperLinkProcess(
             SuperLinkConfig(
                 database=root / "superlink.db",
@@ -75,7 +69,7 @@ class Hub:
             SuperNodeConfig(
                 superlink=f"127.0.0.1:{self.port}",
                 data_path=self.root / "device.npz",
-                clientappio_port=_port(),
+                clientappio_port=free_port(),
                 root_certificates=self.ca,
                 fab_sha256=fab,
                 extra_node_config={

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.net import free_port
 from tests.onnx_models import tiny_onnx_model
 
 pytestmark = pytest.mark.integration
@@ -61,14 +61,7 @@ def walkthrough_block(readme: str) -> str:
 
 
 def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    return [free_port() for _ in range(n)]
 
 
 def test_the_block_walks_the_whole_path_in_order() -> None:
