@@ -34,7 +34,7 @@ TOKEN_RECHECK_S = 10.0  # how soon a revoked token loses its open stream
 
 
 def mount(app: FastAPI, context: ApiContext) -> None:
-    """The hook ``HubServer`` calls: serve the dashboard under ``/ui``."""
+    """The hook ``cloud_hub.hub.build_hub`` calls: serve the dashboard under ``/ui``."""
     mount_dashboard(app, context)
 
 
