@@ -239,3 +239,28 @@ def test_honest_sums_pass_the_sanity_check_and_noise_does_not() -> None:
     shifted = [honest[0] + 1e-3, honest[1]]  # off the quantization grid
     with pytest.raises(AggregateSanityError):
         check_secure_aggregate(shifted, examples, **check)
+
+
+def test_a_deployment_run_told_otherwise_than_its_config_fails_before_round_1(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from cloud_hub.fl import superlink_app
+
+    (tmp_path / "train.toml").write_text(
+        '[training]\nmodel_name = "sensor-mlp"\nnum_clients = 3\nmin_fit_clients = 3\n'
+    )  # SecAgg+ on (the default)
+    run_config: dict[str, Any] = {
+        RunConfigKey.CONFIG_PATH: str(tmp_path / "train.toml"),
+        RunConfigKey.VALIDATION_PATH: str(tmp_path / "validation.npz"),
+        RunConfigKey.RESULTS_DIR: str(tmp_path / "results"),
+        RunConfigKey.SECURE_AGGREGATION: False,  # the clients would send plain updates
+    }
+    context = Context(
+        run_id=7, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+    with pytest.raises(HubConfigError, match="disagrees with the hub's training config"):
+        superlink_app.main(None, context)  # type: ignore[arg-type]
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "secure-aggregation=False" in summary["error"]
