@@ -4,13 +4,18 @@ In one run, through the same Mosquitto (a private one on a free loopback port un
 ``--mqtt-url`` is given) and with the same chunk frames:
 
 1. **raw**: one plain paho client publishes every chunk frame of the bundle once (QoS 1) to a
-   topic that N plain paho subscribers (QoS 1) receive; time until every subscriber has all
-   bytes → ``raw_mb_s`` (bundle MB / seconds).
+   topic that N plain paho subscribers (QoS 1) receive; time from the first publish until
+   every subscriber has all bytes → ``raw_mb_s`` (bundle MB / seconds).
 2. **ours**: ``FleetPublisher.deploy`` offers the same bundle to N real agents (the
    ``edge_agent.agent.EdgeAgent`` class: MQTT link with on-disk outbox, persisted install state
    machine, chunk files, signature/hash verification, A/B install, ONNX smoke inference,
-   commit); time until every agent reported ``download_complete`` → ``goodput_mb_s``, and until
-   every agent committed → ``time_to_all_committed_s``.
+   commit). The offer and the agents' ``download_started`` answers come first (the hub
+   publishes chunks once every agent is subscribed: ``offer_handshake_s``); from then until
+   the hub has every agent's ``download_complete`` report (every byte on the agent's disk,
+   synced there with fsync on) is the transfer → ``goodput_mb_s`` and ``goodput_ratio``
+   (the same span as raw's: first chunk out to last byte in). ``end_to_end_ratio`` counts
+   the offer and handshake too; ``time_to_all_committed_s`` runs until every agent
+   committed.
 
 Both sides use the same process layout: ``--procs`` worker processes, each hosting N/procs
 agents (as threads: every agent is a full ``EdgeAgent`` with its own MQTT connection, state
@@ -250,7 +255,10 @@ class OursFleet:
         if not result.all_committed:
             raise RuntimeError(f"not all agents committed: {result.summary()}")
         devices = list(result.devices.values())
+        # the hub publishes the first chunk once the last device reported download_started
+        fanout_start = max(p.first_seen or t0 for p in devices)
         return {
+            "transfer_s": max(p.downloaded_at or float("inf") for p in devices) - fanout_start,
             "download_s": max(p.downloaded_at or float("inf") for p in devices) - t0,
             "committed_s": max(p.finished or float("inf") for p in devices) - t0,
             "publish_s": published,
@@ -283,6 +291,13 @@ def build_bundle(keys: Any, mb: float, version: int) -> bytes:
     ]
     spec = BundleSpec(model_name="sensor-mlp", device_class="x86-cpu", version=version)
     return build_signed_bundle(keys, default_store(keys), spec, arts).data
+
+
+def cpu_info() -> dict[str, Any]:
+    from shared.device_facts import detect_device_facts
+
+    facts = detect_device_facts()
+    return {"model": facts.cpu_model, "flags": facts.isa_flags, "cores": os.cpu_count()}
 
 
 def median(values: list[float]) -> float:
@@ -372,14 +387,16 @@ def main() -> None:
             rounds.append(ours)
             print(
                 f"round {r + 1}: raw {bundle_mb / raw_s:6.2f} MB/s ({raw_s:.2f} s) | ours "
-                f"{bundle_mb / ours['download_s']:6.2f} MB/s (downloaded {ours['download_s']:.2f} s,"
-                f" committed {ours['committed_s']:.2f} s, subscribed {ours['handshake_s']:.2f} s, "
-                f"{int(ours['chunks'])} chunks once, {int(ours['repairs'])} repairs) | ratio "
-                f"{raw_s / ours['download_s']:.2f}",
+                f"{bundle_mb / ours['transfer_s']:6.2f} MB/s (transfer {ours['transfer_s']:.2f} s"
+                f" after offer+handshake {ours['handshake_s']:.2f} s, committed "
+                f"{ours['committed_s']:.2f} s, {int(ours['chunks'])} chunks once, "
+                f"{int(ours['repairs'])} repairs) | ratio {raw_s / ours['transfer_s']:.2f} "
+                f"(end to end {raw_s / ours['download_s']:.2f})",
                 flush=True,
             )
     raw_mb_s = bundle_mb / median(raw_times)
-    goodput = bundle_mb / median([o["download_s"] for o in rounds])
+    goodput = bundle_mb / median([o["transfer_s"] for o in rounds])
+    end_to_end = bundle_mb / median([o["download_s"] for o in rounds])
     committed = median([o["committed_s"] for o in rounds])
     ratio = goodput / raw_mb_s
     print(
@@ -390,7 +407,10 @@ def main() -> None:
         f"fedfleet OTA : {goodput:.2f} MB/s per agent ({goodput * args.agents:.0f} MB/s), all "
         f"{args.agents} committed after {committed:.2f} s (median)"
     )
-    print(f"goodput ratio ours/raw = {ratio:.2f} (target >= 0.8)")
+    print(
+        f"goodput ratio ours/raw = {ratio:.2f} (target >= 0.8); with the offer and handshake "
+        f"{end_to_end / raw_mb_s:.2f}"
+    )
     print(
         json.dumps(
             {
@@ -406,12 +426,16 @@ def main() -> None:
                 "raw_mb_s": round(raw_mb_s, 3),
                 "goodput_ratio": round(ratio, 3),
                 "paired_ratios": [
-                    round(r / o["download_s"], 3) for r, o in zip(raw_times, rounds, strict=True)
+                    round(r / o["transfer_s"], 3) for r, o in zip(raw_times, rounds, strict=True)
                 ],
+                "end_to_end_ratio": round(end_to_end / raw_mb_s, 3),
+                "offer_handshake_s": round(median([o["handshake_s"] for o in rounds]), 3),
+                "transfer_s": round(median([o["transfer_s"] for o in rounds]), 3),
                 "time_to_all_downloaded_s": round(median([o["download_s"] for o in rounds]), 3),
                 "time_to_all_committed_s": round(committed, 3),
                 "raw_time_s": round(median(raw_times), 3),
                 "repairs": int(sum(o["repairs"] for o in rounds)),
+                "cpu": cpu_info(),
             }
         )
     )
