@@ -119,12 +119,21 @@ def test_an_item_size_that_does_not_divide_the_tensor_falls_back_to_bytes() -> N
 
 
 def test_a_resized_or_overlapping_tensor_travels_in_the_gap_stream() -> None:
-    base, base_spans = _layout(b"ab", ("t", np.arange(4, dtype="<u1"), True))
-    target = b"ab" + bytes(range(6))
-    spans = [TensorSpan("t", 2, 6, True), TensorSpan("t", 3, 2, True)]  # longer; overlapping
+    base, base_spans = _layout(
+        b"ab", ("t", np.arange(4, dtype="<u1"), True), ("u", np.arange(2, dtype="<u1"), True)
+    )
+    target = b"ab" + bytes(range(6)) + bytes([7, 7])
+    spans = [
+        TensorSpan("t", 2, 6, True),  # longer than in the base
+        TensorSpan("t", 3, 2, True),  # overlaps the one before
+        TensorSpan("u", 8, 2, True),  # the tensors after them are still diffed
+    ]
     delta = make_model_delta(base, target, base_spans, spans)
-    assert _header(delta)["ops"] == [["gap", 2, 0], ["gap", 6, 0]]
+    assert _header(delta)["ops"] == [["gap", 2, 0], ["gap", 6, 0], ["sub1", 2, 6]]
     assert apply_delta(base, delta) == target
+    resized_last = [TensorSpan("t", 2, 6, True), TensorSpan("u", 8, 2, True)]
+    delta = make_model_delta(base, target, base_spans, resized_last)
+    assert _header(delta)["ops"] == [["gap", 2, 0], ["gap", 6, 0], ["sub1", 2, 6]]
 
 
 def test_gaps_are_the_bytes_no_span_covers() -> None:
@@ -176,6 +185,8 @@ def _refused(base: bytes, delta: bytes, message: str, **kw: Any) -> None:
 def test_frames_that_are_not_deltas_are_refused_by_name() -> None:
     good = make_bsdiff_delta(BASE, TARGET)
     _refused(BASE, good[:11], "delta truncated")
+    with pytest.raises(MalformedBundleError, match=r"^bad delta header: "):
+        apply_delta(BASE, struct.pack(">7sBI", b"FFDELTA", 2, 0))  # a prefix and nothing else
     _refused(BASE, b"FFDELTX" + good[7:], "not a fedfleet delta")
     for method in (0, 3):
         _refused(BASE, good[:7] + bytes([method]) + good[8:], "not a fedfleet delta")
@@ -314,10 +325,24 @@ def test_a_gap_patch_that_does_not_apply_is_refused() -> None:
         ([["sub2", 3, 0]], "tensor op out of bounds"),
         ([["sub1", 2, 0]], "tensor op out of bounds"),
         ([["copy", 1, 0]], "delta streams have trailing bytes"),
+        ([["sub1", 1, 0]], "delta streams have trailing bytes"),  # the gap stream
+        ([["gap", 1, 0]], "delta streams have trailing bytes"),  # the tensor stream
     ],
 )
 def test_malformed_model_delta_ops_are_refused(ops: Any, message: str) -> None:
     _refused(BASE, _model(ops, tensors=b"\x00", gap_stream=b"g"), message)
+
+
+def test_empty_ops_are_allowed() -> None:
+    ops = [["copy", 0, 0], ["gap", 0, 0], ["sub1", 0, 0], ["copy", 1, 0]]
+    assert apply_delta(BASE, _model(ops)) == BASE[:1]
+
+
+def test_the_delta_header_is_bounded_at_64_mib() -> None:
+    limit = 64 * 1024 * 1024
+    frame = struct.pack(">7sBI", b"FFDELTA", METHOD_BSDIFF, limit + 1) + b" " * (limit + 1)
+    with pytest.raises(MalformedBundleError, match=rf"payload of {limit + 1} bytes exceeds limit"):
+        apply_delta(BASE, frame)
 
 
 def test_ops_may_read_up_to_the_last_byte_of_each_stream() -> None:
