@@ -264,3 +264,19 @@ def test_a_deployment_run_told_otherwise_than_its_config_fails_before_round_1(
         superlink_app.main(None, context)  # type: ignore[arg-type]
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert summary["status"] == "failed" and "secure-aggregation=False" in summary["error"]
+
+
+def test_the_generator_in_use_is_read_from_what_flower_would_call() -> None:
+    from shared.fl.secure_prg import (
+        CLIENT_MODULE,
+        FLOWER_MASK_GENERATOR,
+        SERVER_MODULE,
+        mask_generator_in_use,
+        secure_mask_generator,
+    )
+
+    assert mask_generator_in_use(SERVER_MODULE) == FLOWER_MASK_GENERATOR  # no round running
+    with secure_mask_generator():
+        assert mask_generator_in_use(SERVER_MODULE) == MASK_GENERATOR
+        assert mask_generator_in_use(CLIENT_MODULE) == MASK_GENERATOR
+    assert mask_generator_in_use(CLIENT_MODULE) == FLOWER_MASK_GENERATOR
