@@ -18,6 +18,7 @@ hub that is SIGKILLed in the middle.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import multiprocessing as mp
 import resource
@@ -74,8 +75,9 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def broker_config_text(port: int, directory: Path) -> str:
-    """``cloud-hub broker-config``'s global settings with a plain listener on ``port``."""
+def broker_config_text(port: int, directory: Path, max_queued_messages: int | None = None) -> str:
+    """``cloud-hub broker-config``'s global settings with a plain listener on ``port``
+    (``max_queued_messages``: another per-client queue bound, e.g. Mosquitto's default)."""
     placeholder = BrokerTlsConfig(  # the TLS listeners that name these files are cut off below
         cafile=directory / "ca.crt",
         hub_cafile=directory / "hub-ca.crt",
@@ -84,6 +86,8 @@ def broker_config_text(port: int, directory: Path) -> str:
         acl_file=directory / "acl",
         hub_acl_file=directory / "acl-hub",
     )
+    if max_queued_messages is not None:
+        placeholder = dataclasses.replace(placeholder, max_queued_messages=max_queued_messages)
     head = render_mosquitto_config(placeholder).split("\nlistener ", 1)[0]
     return f"{head}\n\n# benchmark: plain loopback listener\nlistener {port} 127.0.0.1\n" + (
         "allow_anonymous true\n"

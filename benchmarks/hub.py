@@ -546,6 +546,12 @@ def main() -> None:
         "--sqlite", action="store_true", help="SQLite registry (default: PostgreSQL)"
     )
     parser.add_argument(
+        "--max-queued-messages",
+        type=int,
+        default=None,
+        help="broker queue per client instead of broker-config's (1000: Mosquitto's default)",
+    )
+    parser.add_argument(
         "--fleet-only", action="store_true", help="only the fleet run (no steady/blast/rollback)"
     )
     args = parser.parse_args()
@@ -561,7 +567,7 @@ def main() -> None:
 
     global PORT
     PORT = free_port()
-    (root / "broker.conf").write_text(broker_config_text(PORT, root))
+    (root / "broker.conf").write_text(broker_config_text(PORT, root, args.max_queued_messages))
     broker = spawn_listening(
         ["mosquitto", "-c", str(root / "broker.conf")],
         port=PORT,
@@ -736,6 +742,7 @@ def run_phases(
         "blast_agents": args.blast_agents,
         "duration_s": args.duration,
         "broker": "private mosquitto 2.0, `cloud-hub broker-config` settings, plain listener",
+        "broker_max_queued_messages": args.max_queued_messages or "broker-config's",
         "database": "sqlite" if db_url is None else "postgresql",
         **cpu_info(),
     }
