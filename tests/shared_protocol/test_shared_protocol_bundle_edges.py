@@ -213,6 +213,8 @@ def test_short_or_foreign_containers_are_refused_by_name() -> None:
     good = container_prefix(*ENVELOPES)
     _malformed(good[:12], "truncated: shorter than the bundle prefix")
     _malformed(b"", "truncated: shorter than the bundle prefix")
+    with pytest.raises(MalformedBundleError, match=r"^bad header: "):
+        parse_bundle(_container(b""))  # exactly a prefix, announcing an empty header
     _malformed(b"FFBUNDLX" + good[8:], "not a fedfleet bundle (bad magic)")
     _malformed(_container(good[13:], fmt=2), "unsupported bundle format 2")
     _malformed(_container(good[13:], fmt=0), "unsupported bundle format 0")
