@@ -14,8 +14,8 @@ With ``fsync_chunks`` the progress is made durable in batches: every ``sync_ever
 of new data, whenever the transfer goes idle and when it completes (the commit point before
 verification), so a power cut costs at most the last batch, fetched again. In between, every
 ``WRITEBACK_BYTES`` the kernel is asked to start writing (without waiting), so a sync finds
-little left to write. Either way the
-map is only a progress hint: the assembled bundle is verified against the signed manifest.
+little left to write. Either way the map is only a progress hint: the assembled bundle is
+verified against the signed manifest.
 """
 
 from __future__ import annotations
