@@ -129,7 +129,7 @@ def test_artifact_size_is_bounded_on_both_sides() -> None:
 
 @pytest.mark.parametrize(
     "sha",
-    ["a" * 63, "a" * 65, "A" * 64, "g" * 64, "", "a" * 63 + " "],
+    ["a" * 63, "a" * 65, "A" * 64, "g" * 64, "X" * 64, "", "a" * 63 + " "],
 )
 def test_a_malformed_artifact_sha256_is_refused(sha: str) -> None:
     _refused(_manifest(ArtifactInfo("m", sha, 1)), "artifact 'm' has a malformed sha256")
@@ -410,12 +410,21 @@ def test_artifacts_are_found_by_name_and_the_model_by_role() -> None:
     first, second = ArtifactInfo("a.onnx", SHA_A, 1), ArtifactInfo("b.onnx", SHA_B, 1)
     manifest = _manifest(labels, first, second)
     assert manifest.artifact("b.onnx") is second and manifest.artifact("labels.json") is labels
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as missing:
         manifest.artifact("c.onnx")
+    assert missing.value.args == ("c.onnx",)
     assert manifest.model_artifact() is first
     with pytest.raises(MalformedBundleError) as info:
         _manifest(labels).model_artifact()
     assert str(info.value) == "manifest has no model artifact"
+
+
+def test_the_model_hash_an_order_may_name_is_empty_without_a_model() -> None:
+    from shared.bundle import _model_sha256
+
+    labels = ArtifactInfo("labels.json", SHA_B, 2, role="labels")
+    assert _model_sha256(_manifest(labels, ArtifactInfo("a.onnx", SHA_A, 1))) == SHA_A
+    assert _model_sha256(_manifest(labels)) == ""
 
 
 def _order(**changes: Any) -> Any:
