@@ -58,6 +58,7 @@ TRUST_CORE: Mapping[str, Sequence[str]] = {
     ),
     "shared/signing.py": (
         "tests/shared_protocol/test_shared_protocol_signing.py",
+        "tests/shared_protocol/test_shared_protocol_signing_edges.py",
         "tests/shared_protocol/test_shared_protocol_bundle.py",
         "tests/fl/test_fl_order.py",
     ),
