@@ -257,7 +257,11 @@ class Hub:
         self.log_file = open(root / "hub.log", "ab")  # noqa: SIM115 - lives as long as the hub
         self.start()
         self.api = ApiClient(f"http://127.0.0.1:{self.port}", self.token)
-        self.registry = open_registry(self.db_url, migrate=False)
+        try:
+            self.registry = open_registry(self.db_url, migrate=False)
+        except BaseException:
+            self.kill()
+            raise
 
     def start(self, timeout: float = 300.0) -> None:
         """Start the hub process and wait for its API (the ingest starts before it); a
@@ -727,17 +731,10 @@ def run_phases(
         for shard in shards
         if shard
     ]
-    hub = Hub(root / "hub", prefix, keys, db_url)
-    log(f"hub up (pid {hub.proc.pid}); {args.blast_agents} agents in {len(workers)} processes")
     raw_ready, raw_stop, raw_out = ctx.Event(), ctx.Event(), ctx.Queue()
     raw = ctx.Process(target=raw_worker, args=(prefix, raw_ready, raw_stop, raw_out), daemon=True)
     if args.fleet_only:
         workers = []
-    else:
-        raw.start()
-        raw_ready.wait(30)
-        for w in workers:
-            w.start()
     results: dict[str, Any] = {
         "blast_agents": args.blast_agents,
         "duration_s": args.duration,
@@ -746,8 +743,14 @@ def run_phases(
         "database": "sqlite" if db_url is None else "postgresql",
         **cpu_info(),
     }
+    hub = Hub(root / "hub", prefix, keys, db_url)
+    log(f"hub up (pid {hub.proc.pid}); {args.blast_agents} agents in {len(workers)} processes")
     try:
         if not args.fleet_only:
+            raw.start()
+            raw_ready.wait(30)
+            for w in workers:
+                w.start()
             steady_and_blast(
                 hub, args, prefix, workers, (ctl, out), (raw, raw_stop, raw_out), results
             )
@@ -775,7 +778,7 @@ def run_phases(
             if w.is_alive():
                 w.terminate()
         raw_stop.set()
-        if raw.is_alive():
+        if raw.pid is not None and raw.is_alive():
             raw.terminate()
         hub.stop()
     return results
