@@ -102,10 +102,15 @@ def create_and_start(page: Any, url: str, bundle_id: str, stages: str, window_s:
     return rid
 
 
+STOPPED = ("done", "aborted", "rolled_back", "rollback_failed", "resolved")
+
+
 def wait_state(page: Any, states: tuple[str, ...], timeout_s: float) -> str:
-    """Wait for the live page (no reload) to show one of ``states``."""
+    """Wait for the live page (no reload) to show one of ``states``, or a state the rollout
+    cannot leave on its own (returned, so that the caller's assertion names it)."""
     js = "states => states.includes(document.querySelector('#rollout-state .pill')?.textContent)"
-    page.wait_for_function(js, arg=list(states), timeout=timeout_s * 1000)
+    stops = [*states, *(s for s in STOPPED if s not in states and s != "aborted")]
+    page.wait_for_function(js, arg=stops, timeout=timeout_s * 1000)
     return str(page.text_content("#rollout-state .pill"))
 
 
