@@ -1,36 +1,53 @@
 """A local secure federation: a TLS SuperLink certified by a fresh hub CA and SuperNodes that
-pin that CA and the hub's FAB, one per ``device-{i}.npz`` sample file under ``root``.
+pin that CA and one of the hub's FABs, one per ``device-{i}.npz`` sample file under ``root``.
 
 The Deployment Engine the product runs (SuperLink on the hub, one pinned SuperNode per
 device), on loopback, for the benchmark and the tests that need real processes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.fl.superlink import (
+    FAB_DIR,
     SuperLinkConfig,
     SuperLinkProcess,
     fab_sha256,
     issue_superlink_tls,
 )
 from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
+from shared.fl.config_keys import NodeConfigKey
 from shared.net import free_port
 
-__all__ = ["LocalFederation", "local_federation"]
+__all__ = ["LocalFederation", "NodeConfigOf", "local_federation"]
+
+#: The extra node-config entries of device ``i`` (e.g. its held-update folder).
+NodeConfigOf = Callable[[int], Mapping[str, str | int | float | bool]]
 
 
 @dataclass(frozen=True)
 class LocalFederation:
     link: SuperLinkProcess
     nodes: list[SuperNodeSupervisor]
+    fab_dir: Path  # the FAB to submit
     fab_sha256: str  # the FAB every SuperNode is pinned to
 
 
-def local_federation(root: Path, *, devices: int, run_id: str) -> LocalFederation:
-    """Build (not start) the SuperLink and ``devices`` SuperNodes that require SecAgg+."""
+def local_federation(
+    root: Path,
+    *,
+    devices: int,
+    run_id: str,
+    fab_dir: Path = FAB_DIR,
+    node_config: NodeConfigOf | None = None,
+) -> LocalFederation:
+    """Build (not start) the SuperLink and ``devices`` SuperNodes that require SecAgg+.
+
+    The SuperNodes are pinned to the FAB in ``fab_dir`` (the synchronous one unless told)
+    and ordered for run ``run_id``; ``node_config(i)`` adds entries to device ``i``'s."""
     port = free_port()
     ca = CertificateAuthority.load_or_create(root / "ca")
     cert, key, ca_file = issue_superlink_tls(root / "ca", "127.0.0.1", root / "tls")
@@ -45,7 +62,7 @@ def local_federation(root: Path, *, devices: int, run_id: str) -> LocalFederatio
         ),
         workdir=root / "link",
     )
-    fab = fab_sha256()
+    fab = fab_sha256(fab_dir)
     nodes = [
         SuperNodeSupervisor(
             SuperNodeConfig(
@@ -54,10 +71,14 @@ def local_federation(root: Path, *, devices: int, run_id: str) -> LocalFederatio
                 clientappio_port=free_port(),
                 root_certificates=root / "pinned-ca.crt",
                 fab_sha256=fab,
-                extra_node_config={"order-run-id": run_id, "require-secure-aggregation": True},
+                extra_node_config={
+                    NodeConfigKey.ORDER_RUN_ID: run_id,
+                    NodeConfigKey.REQUIRE_SECURE_AGGREGATION: True,
+                    **(node_config(i) if node_config is not None else {}),
+                },
             ),
             log_path=root / f"node-{i}.log",
         )
         for i in range(devices)
     ]
-    return LocalFederation(link=link, nodes=nodes, fab_sha256=fab)
+    return LocalFederation(link=link, nodes=nodes, fab_dir=fab_dir, fab_sha256=fab)

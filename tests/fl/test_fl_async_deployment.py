@@ -9,18 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.fl.model_store import ModelStore
-from cloud_hub.fl.superlink import (
-    SuperLinkConfig,
-    SuperLinkProcess,
-    fab_sha256,
-    issue_superlink_tls,
-    wait_for_summary,
-)
-from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
+from cloud_hub.fl.superlink import wait_for_summary
 from shared.data import generate_sensor_data
-from shared.net import free_port
+from shared.fl.config_keys import AsyncTrainingKey
+from simulations.harness.federation import local_federation
 
 pytestmark = pytest.mark.slow
 
@@ -34,40 +27,15 @@ def test_async_buffers_on_superlink_and_three_supernodes(tmp_path: Path) -> None
     x, y = generate_sensor_data(300, seed=3, sample_seed=99)
     np.savez(tmp_path / "validation.npz", x=x, y=y)
     (tmp_path / "train.toml").write_text("[async]\ndevices = 3\nbuffer_size = 3\nbuffers = 2\n")
-    port = free_port()
-    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
-    cert, key, ca_file = issue_superlink_tls(tmp_path / "ca", "127.0.0.1", tmp_path / "tls")
-    (tmp_path / "pinned-ca.crt").write_bytes(ca.cert_pem)
-    link = SuperLinkProcess(
-        SuperLinkConfig(
-            database=tmp_path / "state.db",
-            port=port,
-            ssl_certfile=cert,
-            ssl_keyfile=key,
-            ssl_ca_certfile=ca_file,
-        ),
-        workdir=tmp_path / "link",
-    )
-    fab = fab_sha256(FAB_ASYNC)
     held = [tmp_path / f"held-{i}" for i in range(3)]
-    nodes = [
-        SuperNodeSupervisor(
-            SuperNodeConfig(
-                superlink=f"127.0.0.1:{port}",
-                data_path=tmp_path / f"device-{i}.npz",
-                clientappio_port=free_port(),
-                root_certificates=tmp_path / "pinned-ca.crt",
-                fab_sha256=fab,
-                extra_node_config={
-                    "order-run-id": "async-deploy",
-                    "require-secure-aggregation": True,
-                    "held-update-dir": str(held[i]),
-                },
-            ),
-            log_path=tmp_path / f"node-{i}.log",
-        )
-        for i in range(3)
-    ]
+    federation = local_federation(
+        tmp_path,
+        devices=3,
+        run_id="async-deploy",
+        fab_dir=FAB_ASYNC,
+        node_config=lambda i: {AsyncTrainingKey.HELD_UPDATE_DIR: str(held[i])},
+    )
+    link, nodes = federation.link, federation.nodes
     with link:
         for node in nodes:
             node.start()
@@ -81,8 +49,8 @@ def test_async_buffers_on_superlink_and_three_supernodes(tmp_path: Path) -> None
                     "run-name": "async-deploy",
                     "model-name": "sensor-mlp",
                 },
-                fab_dir=FAB_ASYNC,
-                expected_fab_sha256=fab,
+                fab_dir=federation.fab_dir,
+                expected_fab_sha256=federation.fab_sha256,
             )
             summary = wait_for_summary(tmp_path / "results", timeout_s=300)
         finally:
