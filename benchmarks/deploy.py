@@ -96,7 +96,7 @@ def run_inprocess(root: Path) -> dict[str, Any]:
     return {"round_s": _mean_fit_s(rounds), "wall_s": round(wall, 2), "rounds": len(rounds) - 1}
 
 
-def _wait_until_warm(logs: list[Path], timeout_s: float = 180.0) -> None:
+def _wait_until_warm(logs: list[Path], timeout_s: float = 600.0) -> None:
     """Wait until every SuperNode registered and its warm ClientApp executor is up (a
     device's SuperNode runs long before a training order; start-up is not a round's cost)."""
     deadline = time.monotonic() + timeout_s
