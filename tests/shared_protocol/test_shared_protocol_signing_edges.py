@@ -146,3 +146,86 @@ def test_the_spec_check_names_type_and_version() -> None:
         with pytest.raises(MalformedBundleError) as info:
             _check_spec(signed, "keyring", "keyring")
         assert str(info.value) == message
+
+
+def test_times_are_written_in_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        noon_utc = datetime(2026, 1, 2, 12, 0, 0, tzinfo=UTC)
+        assert format_time(noon_utc) == "2026-01-02T12:00:00Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("envelope", "message"),
+    [
+        ("text", "manifest: envelope must be an object"),
+        ({"signed": [], "signatures": []}, "manifest: envelope needs 'signed' object and "),
+        ({"signed": {}, "signatures": {}}, "manifest: envelope needs 'signed' object and "),
+        ({"signed": {}, "signatures": ["sig"]}, "manifest: malformed signature entry"),
+        ({"signed": {}, "signatures": [{"keyid": "k"}]}, "manifest: malformed signature entry"),
+        ({"signed": {}, "signatures": [{"keyid": 1, "sig": ""}]}, "manifest: malformed signature"),
+        (
+            {"signed": {"x": float("nan")}, "signatures": []},
+            "manifest: not canonically encodable: ",
+        ),
+    ],
+)
+def test_a_malformed_envelope_is_refused_by_what_it_is(envelope: Any, message: str) -> None:
+    from shared.signing import verify_envelope
+
+    with pytest.raises(MalformedBundleError) as info:
+        verify_envelope(envelope, {KEY.keyid: KEY.public}, threshold=1, what="manifest")
+    assert str(info.value).startswith(message)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _keyring(**changes: Any) -> dict[str, Any]:
+    from shared.signing import KeyEntry, Keyring
+
+    ring = Keyring(
+        version=0,
+        expires="2026-02-01T00:00:00Z",
+        signing_keys={OTHER.keyid: KeyEntry(OTHER.public_hex, "2026-03-01T00:00:00Z")},
+    )
+    return sign_envelope({**ring.to_signed(), **changes}, [KEY])
+
+
+def test_a_keyring_of_version_zero_is_accepted_when_no_floor_is_given() -> None:
+    from shared.signing import verify_keyring
+
+    ring = verify_keyring(_keyring(), _root(KEY), now=T0)
+    assert ring.version == 0 and set(ring.active_keys(T0)) == {OTHER.keyid}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"type": "manifest"}, r"^keyring: type must be 'keyring', got 'manifest'$"),
+        ({"spec_version": "3.1"}, r"^keyring: unsupported spec_version '3.1'$"),
+        ({"version": "one"}, r"^keyring\b.*\bversion\b"),
+        ({"expires": "soon"}, r"^keyring expires: bad timestamp 'soon'$"),
+    ],
+)
+def test_keyring_refusals_name_the_keyring(changes: dict[str, Any], message: str) -> None:
+    from shared.signing import verify_keyring
+
+    with pytest.raises(MalformedBundleError, match=message) as info:
+        verify_keyring(_keyring(**changes), _root(KEY), now=T0)
+    assert not str(info.value).startswith("keyring: keyring")
+
+
+def test_a_key_with_a_bad_expiry_is_named() -> None:
+    from shared.signing import KeyEntry, Keyring
+
+    ring = Keyring(1, "2026-02-01T00:00:00Z", {OTHER.keyid: KeyEntry(OTHER.public_hex, "never")})
+    with pytest.raises(MalformedBundleError) as info:
+        ring.active_keys(T0)
+    assert str(info.value) == "key expiry: bad timestamp 'never'"
