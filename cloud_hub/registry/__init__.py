@@ -9,13 +9,13 @@ transaction at a time through the repository modules::
         rollout = rollouts.get_rollout(s, "r-1")
 
 Repository modules (plain functions over a ``Session``, returning frozen records):
-``devices``, ``catalog`` (device classes, models, versions, bundles), ``rollouts``
-(rollouts, stages, targets), ``rollout_targets`` (targets in bulk, bytes shipped),
-``reports`` (events, drift, telemetry aggregates), ``admin`` (training runs, audit log, API
-tokens), ``device_views`` (devices and events as the rollout engine reads them) and
-``fleet_views`` (the dashboard's fleet-wide reads). They are the only modules that touch the
-ORM tables (``tables``); the rest of the hub names a transaction's type as
-:class:`Session` and catches the database's failures as
+``devices`` (the ingest's writers in ``device_uplink``), ``catalog`` (device classes,
+models, versions, bundles), ``rollouts`` (rollouts, stages, targets), ``rollout_targets``
+(targets in bulk, bytes shipped), ``reports`` (events, drift, telemetry aggregates),
+``admin`` (training runs, audit log, API tokens), ``device_views`` (devices and events as
+the rollout engine reads them) and ``fleet_views`` (the dashboard's fleet-wide reads). They
+are the only modules that touch the ORM tables (``tables``); the rest of the hub names a
+transaction's type as :class:`Session` and catches the database's failures as
 :class:`~cloud_hub.registry.errors.DatabaseError` and its subclasses.
 """
 
