@@ -1,7 +1,7 @@
 """Delivery of signed bundles and commands to the fleet over MQTT v5 (paho-mqtt 2.x)."""
 
 from cloud_hub.delivery.config import PublisherConfig
-from cloud_hub.delivery.devices import DeviceDirectory, DeviceInfo, HeardDevices, RegistryDevices
+from cloud_hub.delivery.devices import DeviceDirectory, HeardDevices, KnownDevice, RegistryDevices
 from cloud_hub.delivery.handle import Deployment
 from cloud_hub.delivery.progress import (
     TERMINAL_STATES,
@@ -19,10 +19,10 @@ __all__ = [
     "Deployment",
     "DeploymentResult",
     "DeviceDirectory",
-    "DeviceInfo",
     "DeviceProgress",
     "FleetPublisher",
     "HeardDevices",
+    "KnownDevice",
     "PublisherConfig",
     "RegistryDevices",
     "advance",

@@ -19,11 +19,11 @@ from shared.messages import Hello, Message, Status
 if TYPE_CHECKING:
     from cloud_hub.registry import Registry
 
-__all__ = ["DeviceDirectory", "DeviceInfo", "HeardDevices", "RegistryDevices"]
+__all__ = ["DeviceDirectory", "HeardDevices", "KnownDevice", "RegistryDevices"]
 
 
 @dataclass(frozen=True)
-class DeviceInfo:
+class KnownDevice:
     """What the hub knows of a device (hello / retained status)."""
 
     device_id: str
@@ -35,7 +35,7 @@ class DeviceInfo:
 class DeviceDirectory(Protocol):
     """Thread-safe; read at most a few times a second (never per chunk)."""
 
-    def lookup(self, device_ids: Collection[str] | None = None) -> dict[str, DeviceInfo]:
+    def lookup(self, device_ids: Collection[str] | None = None) -> dict[str, KnownDevice]:
         """The known devices among ``device_ids`` (every known device when ``None``)."""
         ...
 
@@ -53,9 +53,9 @@ class HeardDevices:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._devices: dict[str, DeviceInfo] = {}
+        self._devices: dict[str, KnownDevice] = {}
 
-    def lookup(self, device_ids: Collection[str] | None = None) -> dict[str, DeviceInfo]:
+    def lookup(self, device_ids: Collection[str] | None = None) -> dict[str, KnownDevice]:
         with self._lock:
             if device_ids is None:
                 return dict(self._devices)
@@ -74,8 +74,8 @@ class HeardDevices:
             return False
         installed = message.installed.version if message.installed else None
         with self._lock:
-            old = self._devices.get(message.device_id, DeviceInfo(message.device_id))
-            self._devices[message.device_id] = DeviceInfo(
+            old = self._devices.get(message.device_id, KnownDevice(message.device_id))
+            self._devices[message.device_id] = KnownDevice(
                 message.device_id,
                 device_class=device_class if isinstance(device_class, str) else old.device_class,
                 online=online,
@@ -90,7 +90,7 @@ class RegistryDevices:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    def lookup(self, device_ids: Collection[str] | None = None) -> dict[str, DeviceInfo]:
+    def lookup(self, device_ids: Collection[str] | None = None) -> dict[str, KnownDevice]:
         from cloud_hub.registry import devices
 
         with self.registry.session() as s:
@@ -105,7 +105,7 @@ class RegistryDevices:
                     if not page.items or len(records) >= page.total:
                         break
         return {
-            r.device_id: DeviceInfo(
+            r.device_id: KnownDevice(
                 r.device_id,
                 device_class=r.device_class,
                 online=r.online,

@@ -31,7 +31,7 @@ from typing import Any
 
 from cloud_hub.delivery._session import MqttSession
 from cloud_hub.delivery.config import PublisherConfig
-from cloud_hub.delivery.devices import DeviceDirectory, DeviceInfo, HeardDevices
+from cloud_hub.delivery.devices import DeviceDirectory, HeardDevices, KnownDevice
 from cloud_hub.delivery.handle import Deployment, DeploymentState
 from cloud_hub.delivery.progress import DeviceProgress, advance
 from cloud_hub.delivery.serving import ChunkService
@@ -55,7 +55,7 @@ from shared.refusal_log import RefusalLog
 from shared.topics import validate_device_id
 from shared.uplink import UPLINK, HubReader, channels_read_by
 
-__all__ = ["DeviceInfo", "FleetPublisher"]
+__all__ = ["FleetPublisher", "KnownDevice"]
 
 log = logging.getLogger(__name__)
 # what the publisher is the hub's one reader of (chunk requests), and the device reports it
@@ -355,7 +355,9 @@ class FleetPublisher:
         self._session.publish(topic, payload, retain=True)
         self._session.drain()
 
-    def discover(self, *, device_class: str | None = None, wait_s: float = 2.0) -> list[DeviceInfo]:
+    def discover(
+        self, *, device_class: str | None = None, wait_s: float = 2.0
+    ) -> list[KnownDevice]:
         """Devices heard from (retained status, hello), pinged for a fresh hello; those online
         and (when given) of ``device_class``."""
         time.sleep(min(wait_s, 0.5))  # retained statuses arrive right after subscribing
@@ -389,7 +391,7 @@ class FleetPublisher:
             raise HubConfigError(f"unknown deployment {deployment_id}")
         return Deployment(state, self._cond)
 
-    def devices(self) -> dict[str, DeviceInfo]:
+    def devices(self) -> dict[str, KnownDevice]:
         """Every device known to the publisher's directory."""
         return self.directory.lookup()
 

@@ -33,8 +33,8 @@ from cloud_hub.rollout.gates import (
     evaluate_gate,
 )
 from cloud_hub.rollout.planner import (
-    DeviceInfo,
     RolloutPlan,
+    TargetableDevice,
     plan_stages,
     select_target,
     stage_for_newcomer,
@@ -53,7 +53,6 @@ __all__ = [
     "TRANSITIONS",
     "AbortRule",
     "Baseline",
-    "DeviceInfo",
     "DeviceReport",
     "EngineConfig",
     "GateResult",
@@ -74,6 +73,7 @@ __all__ = [
     "RolloutStatus",
     "StageSpec",
     "TargetSelector",
+    "TargetableDevice",
     "apply_action",
     "evaluate_gate",
     "parse_labels",

@@ -26,7 +26,7 @@ from cloud_hub.registry.records import StageSpec as StoredStage
 from cloud_hub.rollout import _store as store
 from cloud_hub.rollout.config import RolloutConfig
 from cloud_hub.rollout.observe import device_states
-from cloud_hub.rollout.planner import DeviceInfo, plan_stages
+from cloud_hub.rollout.planner import TargetableDevice, plan_stages
 from cloud_hub.rollout.state import RolloutAction, RolloutState, apply_action, stage_name
 from cloud_hub.rollout.status import RolloutStatus, rollout_status
 
@@ -153,7 +153,7 @@ class RolloutCommands:
             )
             states = device_states(s, ids)
             infos = [
-                DeviceInfo(d, st.device_class or "", st.labels)
+                TargetableDevice(d, st.device_class or "", st.labels)
                 for d, st in states.items()
                 if cfg.target.matches(st.device_class or "", st.labels, d)
             ]

@@ -23,11 +23,11 @@ from cloud_hub.errors import RolloutError
 from cloud_hub.rollout.config import RolloutConfig, StageSpec
 from cloud_hub.rollout.state import RolloutPhase, RolloutState
 
-__all__ = ["DeviceInfo", "RolloutPlan", "plan_stages", "select_target", "stage_for_newcomer"]
+__all__ = ["RolloutPlan", "TargetableDevice", "plan_stages", "select_target", "stage_for_newcomer"]
 
 
 @dataclass(frozen=True)
-class DeviceInfo:
+class TargetableDevice:
     """What targeting needs to know about a device."""
 
     device_id: str
@@ -53,7 +53,7 @@ class RolloutPlan:
         return frozenset(d for members in self.stages for d in members)
 
 
-def select_target(config: RolloutConfig, devices: Sequence[DeviceInfo]) -> list[str]:
+def select_target(config: RolloutConfig, devices: Sequence[TargetableDevice]) -> list[str]:
     """Sorted ids of the devices the rollout's target selector matches."""
     sel = config.target
     return sorted(
@@ -69,7 +69,7 @@ def _claims(stage: StageSpec, device_id: str, labels: Mapping[str, str]) -> bool
     return False
 
 
-def plan_stages(config: RolloutConfig, devices: Sequence[DeviceInfo]) -> RolloutPlan:
+def plan_stages(config: RolloutConfig, devices: Sequence[TargetableDevice]) -> RolloutPlan:
     """Draw the stage membership for the devices of ``devices`` that are in the target."""
     by_id = {d.device_id: d for d in devices}
     target = select_target(config, devices)

@@ -342,8 +342,8 @@ def test_seed_drawn_and_recorded_when_not_given(sim, fleet, registry) -> None:  
     assert isinstance(a.config["seed"], int) and a.config["seed"] != b.config["seed"]
     started = service.start(a.rollout_id)
     again = RolloutConfig.from_dict(started.config)
-    from cloud_hub.rollout.planner import DeviceInfo, plan_stages
+    from cloud_hub.rollout.planner import TargetableDevice, plan_stages
 
-    infos = [DeviceInfo(f"dev-{i:02d}", "x86-cpu", {"site": "plant-3"}) for i in range(10)]
+    infos = [TargetableDevice(f"dev-{i:02d}", "x86-cpu", {"site": "plant-3"}) for i in range(10)]
     replay = plan_stages(again, infos)  # the recorded seed reproduces the recorded draw
     assert [list(s) for s in replay.stages] == [list(s.devices) for s in started.stages]

@@ -8,12 +8,17 @@ from hypothesis import strategies as st
 
 from cloud_hub.errors import RolloutError
 from cloud_hub.rollout.config import RolloutConfig, StageSpec, TargetSelector
-from cloud_hub.rollout.planner import DeviceInfo, plan_stages, select_target, stage_for_newcomer
+from cloud_hub.rollout.planner import (
+    TargetableDevice,
+    plan_stages,
+    select_target,
+    stage_for_newcomer,
+)
 from cloud_hub.rollout.state import RolloutPhase, RolloutState
 
 
-def _devices(n: int, *, cls: str = "x86-cpu", site: str = "plant-3") -> list[DeviceInfo]:
-    return [DeviceInfo(f"dev-{i:04d}", cls, {"site": site}) for i in range(n)]
+def _devices(n: int, *, cls: str = "x86-cpu", site: str = "plant-3") -> list[TargetableDevice]:
+    return [TargetableDevice(f"dev-{i:04d}", cls, {"site": site}) for i in range(n)]
 
 
 def _cfg(stages: tuple[StageSpec, ...], seed: int = 1, **target: object) -> RolloutConfig:
@@ -36,7 +41,7 @@ def test_percent_waves_are_cumulative_and_cover_target() -> None:
 
 
 def test_target_filters_class_and_labels() -> None:
-    devices = _devices(10) + _devices(5, site="plant-4") + [DeviceInfo("pi", "rpi4", {})]
+    devices = _devices(10) + _devices(5, site="plant-4") + [TargetableDevice("pi", "rpi4", {})]
     cfg = _cfg(WAVES, labels={"site": "plant-3"})
     assert len(select_target(cfg, devices)) == 10
     assert plan_stages(cfg, devices).devices == frozenset(d.device_id for d in devices[:10])
