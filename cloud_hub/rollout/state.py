@@ -31,6 +31,7 @@ import enum
 from dataclasses import dataclass
 
 from cloud_hub.errors import RolloutError
+from shared.transitions import TransitionTable
 
 __all__ = [
     "ACTIVE_STATES",
@@ -82,31 +83,35 @@ class Target(str, enum.Enum):
 S, A = RolloutState, RolloutAction
 
 #: The whole lifecycle. Values are a concrete state or a stage-relative :class:`Target`.
-TRANSITIONS: dict[tuple[RolloutState, RolloutAction], RolloutState | Target] = {
-    (S.DRAFT, A.START): S.CANARY,
-    (S.DRAFT, A.ABORT): S.ABORTED,
-    (S.CANARY, A.PROMOTE): Target.NEXT_STAGE,
-    (S.CANARY, A.PAUSE): S.PAUSED,
-    (S.CANARY, A.ABORT): S.ABORTED,
-    (S.CANARY, A.GATE_FAILED): S.ROLLING_BACK,
-    (S.CANARY, A.ROLLBACK): S.ROLLING_BACK,
-    (S.WAVE, A.PROMOTE): Target.NEXT_STAGE,
-    (S.WAVE, A.PAUSE): S.PAUSED,
-    (S.WAVE, A.ABORT): S.ABORTED,
-    (S.WAVE, A.GATE_FAILED): S.ROLLING_BACK,
-    (S.WAVE, A.ROLLBACK): S.ROLLING_BACK,
-    (S.PAUSED, A.RESUME): Target.SAME_STAGE,
-    (S.PAUSED, A.ABORT): S.ABORTED,
-    (S.PAUSED, A.GATE_FAILED): S.ROLLING_BACK,
-    (S.PAUSED, A.ROLLBACK): S.ROLLING_BACK,
-    (S.DONE, A.ROLLBACK): S.ROLLING_BACK,
-    (S.ABORTED, A.ROLLBACK): S.ROLLING_BACK,
-    (S.ROLLING_BACK, A.ROLLBACK_COMPLETE): S.ROLLED_BACK,
-    (S.ROLLING_BACK, A.ROLLBACK_INCOMPLETE): S.ROLLBACK_FAILED,
-    (S.ROLLING_BACK, A.ABORT): S.ABORTED,
-    (S.ROLLBACK_FAILED, A.ROLLBACK): S.ROLLING_BACK,
-    (S.ROLLBACK_FAILED, A.RESOLVE): S.RESOLVED,
-}
+TRANSITIONS: TransitionTable[RolloutState, RolloutAction, RolloutState | Target] = TransitionTable(
+    "a rollout",
+    {
+        (S.DRAFT, A.START): S.CANARY,
+        (S.DRAFT, A.ABORT): S.ABORTED,
+        (S.CANARY, A.PROMOTE): Target.NEXT_STAGE,
+        (S.CANARY, A.PAUSE): S.PAUSED,
+        (S.CANARY, A.ABORT): S.ABORTED,
+        (S.CANARY, A.GATE_FAILED): S.ROLLING_BACK,
+        (S.CANARY, A.ROLLBACK): S.ROLLING_BACK,
+        (S.WAVE, A.PROMOTE): Target.NEXT_STAGE,
+        (S.WAVE, A.PAUSE): S.PAUSED,
+        (S.WAVE, A.ABORT): S.ABORTED,
+        (S.WAVE, A.GATE_FAILED): S.ROLLING_BACK,
+        (S.WAVE, A.ROLLBACK): S.ROLLING_BACK,
+        (S.PAUSED, A.RESUME): Target.SAME_STAGE,
+        (S.PAUSED, A.ABORT): S.ABORTED,
+        (S.PAUSED, A.GATE_FAILED): S.ROLLING_BACK,
+        (S.PAUSED, A.ROLLBACK): S.ROLLING_BACK,
+        (S.DONE, A.ROLLBACK): S.ROLLING_BACK,
+        (S.ABORTED, A.ROLLBACK): S.ROLLING_BACK,
+        (S.ROLLING_BACK, A.ROLLBACK_COMPLETE): S.ROLLED_BACK,
+        (S.ROLLING_BACK, A.ROLLBACK_INCOMPLETE): S.ROLLBACK_FAILED,
+        (S.ROLLING_BACK, A.ABORT): S.ABORTED,
+        (S.ROLLBACK_FAILED, A.ROLLBACK): S.ROLLING_BACK,
+        (S.ROLLBACK_FAILED, A.RESOLVE): S.RESOLVED,
+    },
+    RolloutError,
+)
 del S, A
 
 #: States in which the engine deploys to the current stage and evaluates its gate.

@@ -29,11 +29,11 @@ command is harmless on the device: commands are idempotent by deployment id).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cloud_hub.errors import RolloutError
 from shared.messages import EventKind
+from shared.transitions import TransitionTable
 
 __all__ = [
     "DEPLOYED_STATES",
@@ -90,60 +90,58 @@ class InvalidTargetTransitionError(RolloutError):
 
 _S, _T = TargetState, TargetStep
 #: The whole per-device lifecycle. Anything not listed here is refused.
-TARGET_TRANSITIONS: Mapping[tuple[TargetState, TargetStep], TargetState] = {
-    (_S.PENDING, _T.OFFER): _S.DEPLOYING,
-    (_S.DEPLOYING, _T.OFFER): _S.DEPLOYING,  # an open intent, offered again
-    (_S.DEPLOYING, _T.PUBLISHED): _S.SENT,
-    (_S.SENT, _T.CAME_BACK): _S.DEPLOYING,
-    **{(s, _T.INSTALLED): _S.SUCCEEDED for s in (_S.DEPLOYING, _S.SENT, _S.FAILED)},
-    **{(s, _T.INSTALL_FAILED): _S.FAILED for s in (_S.DEPLOYING, _S.SENT, _S.SUCCEEDED)},
-    (_S.PENDING, _T.GAVE_UP): _S.FAILED,
-    (_S.DEPLOYING, _T.GAVE_UP): _S.FAILED,
-    (_S.PENDING, _T.SKIP): _S.SKIPPED,
-    **{
-        (s, _T.ORDER_ROLLBACK): _S.ROLLBACK_PENDING
-        for s in (
-            _S.DEPLOYING,
-            _S.SENT,
-            _S.SUCCEEDED,
-            _S.FAILED,
-            _S.STRANDED,
-            _S.ROLLBACK_FAILED,
-        )
+TARGET_TRANSITIONS: TransitionTable[TargetState, TargetStep, TargetState] = TransitionTable(
+    "a rollout target",
+    {
+        (_S.PENDING, _T.OFFER): _S.DEPLOYING,
+        (_S.DEPLOYING, _T.OFFER): _S.DEPLOYING,  # an open intent, offered again
+        (_S.DEPLOYING, _T.PUBLISHED): _S.SENT,
+        (_S.SENT, _T.CAME_BACK): _S.DEPLOYING,
+        **{(s, _T.INSTALLED): _S.SUCCEEDED for s in (_S.DEPLOYING, _S.SENT, _S.FAILED)},
+        **{(s, _T.INSTALL_FAILED): _S.FAILED for s in (_S.DEPLOYING, _S.SENT, _S.SUCCEEDED)},
+        (_S.PENDING, _T.GAVE_UP): _S.FAILED,
+        (_S.DEPLOYING, _T.GAVE_UP): _S.FAILED,
+        (_S.PENDING, _T.SKIP): _S.SKIPPED,
+        **{
+            (s, _T.ORDER_ROLLBACK): _S.ROLLBACK_PENDING
+            for s in (
+                _S.DEPLOYING,
+                _S.SENT,
+                _S.SUCCEEDED,
+                _S.FAILED,
+                _S.STRANDED,
+                _S.ROLLBACK_FAILED,
+            )
+        },
+        (_S.ROLLBACK_PENDING, _T.ROLLBACK_RESENT): _S.ROLLBACK_PENDING,
+        (_S.ROLLBACK_SENT, _T.ROLLBACK_RESENT): _S.ROLLBACK_PENDING,
+        (_S.ROLLBACK_PENDING, _T.ROLLBACK_PUBLISHED): _S.ROLLBACK_SENT,
+        (_S.ROLLBACK_PENDING, _T.BACK): _S.ROLLED_BACK,
+        (_S.ROLLBACK_SENT, _T.BACK): _S.ROLLED_BACK,
+        (_S.ROLLBACK_PENDING, _T.STRANDED): _S.STRANDED,
+        (_S.ROLLBACK_SENT, _T.STRANDED): _S.STRANDED,
+        (_S.ROLLBACK_PENDING, _T.ROLLBACK_FAILED): _S.ROLLBACK_FAILED,
+        (_S.ROLLBACK_SENT, _T.ROLLBACK_FAILED): _S.ROLLBACK_FAILED,
     },
-    (_S.ROLLBACK_PENDING, _T.ROLLBACK_RESENT): _S.ROLLBACK_PENDING,
-    (_S.ROLLBACK_SENT, _T.ROLLBACK_RESENT): _S.ROLLBACK_PENDING,
-    (_S.ROLLBACK_PENDING, _T.ROLLBACK_PUBLISHED): _S.ROLLBACK_SENT,
-    (_S.ROLLBACK_PENDING, _T.BACK): _S.ROLLED_BACK,
-    (_S.ROLLBACK_SENT, _T.BACK): _S.ROLLED_BACK,
-    (_S.ROLLBACK_PENDING, _T.STRANDED): _S.STRANDED,
-    (_S.ROLLBACK_SENT, _T.STRANDED): _S.STRANDED,
-    (_S.ROLLBACK_PENDING, _T.ROLLBACK_FAILED): _S.ROLLBACK_FAILED,
-    (_S.ROLLBACK_SENT, _T.ROLLBACK_FAILED): _S.ROLLBACK_FAILED,
-}
+    InvalidTargetTransitionError,
+)
 del _S, _T
 
 
 def step_sources(step: TargetStep) -> list[TargetState]:
     """The states ``step`` applies to (a bulk write changes only targets still in them)."""
-    return sorted({state for state, s in TARGET_TRANSITIONS if s is step})
+    return TARGET_TRANSITIONS.sources(step)
 
 
 def step_target(step: TargetStep) -> TargetState:
     """The state ``step`` leads to (the same from every source)."""
-    (target,) = {t for (_, s), t in TARGET_TRANSITIONS.items() if s is step}
-    return target
+    return TARGET_TRANSITIONS.target(step)
 
 
 def next_target_state(state: TargetState, step: TargetStep) -> TargetState:
     """The state after ``step``; raises ``InvalidTargetTransitionError`` where the table has
     none."""
-    target = TARGET_TRANSITIONS.get((state, step))
-    if target is None:
-        raise InvalidTargetTransitionError(
-            f"{step.value!r} not allowed for a rollout target in state {state.value!r}"
-        )
-    return target
+    return TARGET_TRANSITIONS.next(state, step)
 
 
 #: Targets that may have received the new bundle (so a rollback must reach them).
