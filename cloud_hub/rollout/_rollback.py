@@ -35,8 +35,6 @@ from cloud_hub.rollout.targets import (
     TargetStep,
     next_target_state,
     rolled_back,
-    step_sources,
-    step_target,
 )
 from shared.bundle import MAX_ORDER_DEVICES
 from shared.messages import EventKind
@@ -127,14 +125,13 @@ class RollbackStep:
             rows = self._resolve(s, current, rows, devs, fallback, now=now, cfg=cfg)
             due = [r for r in rows if _rollback_due(r, devs)]
             if due:
-                store.set_targets(
+                store.step_targets(
                     s,
                     rid,
                     [r.device_id for r in due],
+                    TS.ROLLBACK_RESENT,
                     now=now,
-                    only_states=step_sources(TS.ROLLBACK_RESENT),
                     bump_attempts=True,
-                    state=step_target(TS.ROLLBACK_RESENT).value,
                     last_attempt_at=now,
                 )
             elif phase.state is S.ROLLING_BACK and not rows:

@@ -43,7 +43,6 @@ from cloud_hub.rollout.targets import (
     next_target_state,
     resolve_install,
     step_sources,
-    step_target,
 )
 from shared.bundle import MAX_ORDER_DEVICES
 
@@ -168,13 +167,12 @@ class RolloutSteps:
             devs = device_states(s, [r.device_id for r in rows])
             online = [r for r in rows if (d := devs.get(r.device_id)) is not None and d.online]
             exhausted = [r.device_id for r in online if r.attempts >= limit]
-            store.set_targets(
+            store.step_targets(
                 s,
                 rid,
                 exhausted,
+                TS.GAVE_UP,
                 now=now,
-                only_states=step_sources(TS.GAVE_UP),
-                state=step_target(TS.GAVE_UP).value,
                 finished_at=now,
                 detail=f"no outcome after {limit} offers",
             )
@@ -184,14 +182,13 @@ class RolloutSteps:
             self._record_previous(s, record, [r for r in online if r.attempts < limit], devs)
             switches = _model_switches(s, record, due, devs)
             dep_id = store.new_deployment_id(store.deploy_prefix(rid))
-            store.set_targets(  # the intent, committed before anything is published
+            store.step_targets(  # the intent, committed before anything is published
                 s,
                 rid,
                 due,
+                TS.OFFER,
                 now=now,
-                only_states=step_sources(TS.OFFER),
                 bump_attempts=True,
-                state=step_target(TS.OFFER).value,
                 deployment_id=dep_id,
                 last_attempt_at=now,
             )

@@ -126,6 +126,30 @@ def set_targets(
     )
 
 
+def step_targets(
+    s: Session,
+    rollout_id: str,
+    device_ids: Iterable[str],
+    step: TargetStep,
+    *,
+    now: float,
+    bump_attempts: bool = False,
+    **values: object,
+) -> None:
+    """Move the targets of ``device_ids`` by ``step`` of the target table: only those still in
+    a state it leaves from change, to the state it leads to (with ``values``)."""
+    set_targets(
+        s,
+        rollout_id,
+        device_ids,
+        now=now,
+        only_states=step_sources(step),
+        bump_attempts=bump_attempts,
+        state=step_target(step).value,
+        **values,
+    )
+
+
 def target_rows(
     s: Session,
     rollout_id: str,
@@ -161,14 +185,7 @@ def send_then_mark(
         )
         return False
     with registry.session() as s:
-        set_targets(
-            s,
-            rollout_id,
-            device_ids,
-            now=clock(),
-            only_states=step_sources(step),
-            state=step_target(step).value,
-        )
+        step_targets(s, rollout_id, device_ids, step, now=clock())
         if then is not None:
             then(s, sent)
     return True
@@ -176,15 +193,13 @@ def send_then_mark(
 
 def stop_pending(s: Session, rollout_id: str, *, now: float) -> None:
     """Targets not yet offered will never be: ``skipped``."""
-    sources = step_sources(TargetStep.SKIP)
-    rows = target_rows(s, rollout_id, sources)
-    set_targets(
+    rows = target_rows(s, rollout_id, step_sources(TargetStep.SKIP))
+    step_targets(
         s,
         rollout_id,
         [r.device_id for r in rows],
+        TargetStep.SKIP,
         now=now,
-        only_states=sources,
-        state=step_target(TargetStep.SKIP).value,
         detail="rollout stopped before this device's turn",
     )
 
@@ -214,15 +229,13 @@ def held_note(held: dict[str, tuple[str, str]]) -> str:
 
 def abandon_rollback(s: Session, rollout_id: str, *, now: float, reason: str) -> None:
     """The operator aborted a rollback: targets not yet back will not be (``rollback_failed``)."""
-    states = step_sources(TargetStep.ROLLBACK_FAILED)
-    rows = target_rows(s, rollout_id, states)
-    set_targets(
+    rows = target_rows(s, rollout_id, step_sources(TargetStep.ROLLBACK_FAILED))
+    step_targets(
         s,
         rollout_id,
         [r.device_id for r in rows],
+        TargetStep.ROLLBACK_FAILED,
         now=now,
-        only_states=states,
-        state=step_target(TargetStep.ROLLBACK_FAILED).value,
         finished_at=now,
         detail=f"rollback aborted: {reason}",
     )
@@ -234,12 +247,4 @@ def mark_for_rollback(s: Session, rollout_id: str, stage: int | None, *, now: fl
     deployed = step_sources(TargetStep.ORDER_ROLLBACK)  # DEPLOYED_ and UNRECOVERED_STATES
     rows = target_rows(s, rollout_id, deployed)
     ids = [r.device_id for r in rows if stage is None or r.stage_index == stage]
-    set_targets(
-        s,
-        rollout_id,
-        ids,
-        now=now,
-        only_states=deployed,
-        state=step_target(TargetStep.ORDER_ROLLBACK).value,
-        attempts=0,
-    )
+    step_targets(s, rollout_id, ids, TargetStep.ORDER_ROLLBACK, now=now, attempts=0)
