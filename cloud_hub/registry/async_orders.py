@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from cloud_hub.registry._rows import to_record
 from cloud_hub.registry.errors import ConflictError, NotFoundError, RegistryInputError
 from cloud_hub.registry.tables import AsyncOrder
 
@@ -50,18 +51,7 @@ class AsyncOrderRecord:
 
 
 def _record(row: AsyncOrder) -> AsyncOrderRecord:
-    return AsyncOrderRecord(
-        order_id=row.order_id,
-        run_id=row.run_id,
-        node_id=int(row.node_id),
-        device_id=row.device_id,
-        base_version=row.base_version,
-        state=row.state,
-        buffer=row.buffer,
-        labelled_samples=row.labelled_samples,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return to_record(AsyncOrderRecord, row, node_id=int(row.node_id))
 
 
 def issue_order(

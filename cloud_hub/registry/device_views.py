@@ -23,17 +23,12 @@ def device_states(session: Session, device_ids: Sequence[str]) -> dict[str, Devi
     ids = list(dict.fromkeys(device_ids))
     for i in range(0, len(ids), _BATCH):
         for row in session.scalars(select(Device).where(Device.device_id.in_(ids[i : i + _BATCH]))):
-            out[row.device_id] = DeviceState(
-                device_id=row.device_id,
-                device_class=row.device_class,
+            out[row.device_id] = to_record(
+                DeviceState,
+                row,
                 labels={str(k): str(v) for k, v in (row.labels or {}).items()},
                 online=bool(row.online),
                 last_seen=float(row.last_seen),
-                hello_ts=row.hello_ts,
-                installed_bundle_id=row.installed_bundle_id,
-                status_ts=row.status_ts,
-                installed_model=row.installed_model,
-                installed_version=row.installed_version,
             )
     return out
 
