@@ -22,6 +22,13 @@ def test_demo_runs_on_amqtt(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from simulations.demo.runner import DemoConfig, run_demo
 
     result = run_demo(
-        DemoConfig(out_dir=tmp_path, agents=4, drifted=2, broker="amqtt", plots=False)
+        DemoConfig(
+            out_dir=tmp_path,
+            agents=4,
+            drifted=3,
+            broker="amqtt",
+            plots=False,
+            training_engine="inprocess",
+        )
     )
     assert result.summary["accuracy_recovered_pts"] > 20
