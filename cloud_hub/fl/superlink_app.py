@@ -8,7 +8,9 @@ submitted with ``flwr run``. Its run config names files on the hub:
 - ``validation-path``: the hub-held validation set (``.npz`` with ``x`` and ``y``),
 - ``results-dir``: where ``rounds.json`` / ``summary.json`` are written,
 - ``model-store`` (optional): the :class:`~cloud_hub.fl.model_store.ModelStore` root,
-- ``run-name`` (optional): the candidate's run id.
+- ``run-name`` (optional): the candidate's run id,
+- ``initial-weights-path`` (optional): the model to start from (a retraining starts from the
+  champion's weights, written by :func:`write_initial_state`); absent, fresh seeded weights.
 
 Training, SecAgg+ and evaluation are exactly those of the simulation path
 (:func:`cloud_hub.fl.server_app.build_server_app`). The training config is the one switch
@@ -29,6 +31,7 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 import datetime as dt
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,9 @@ __all__ = [
     "check_client_switches",
     "client_run_config",
     "json_safe",
+    "load_initial_state",
+    "starting_weights",
+    "write_initial_state",
 ]
 
 
@@ -63,6 +69,7 @@ class DeploymentRunSettings:
     results_dir: Path
     model_store: Path | None = None
     run_name: str = ""
+    initial_weights: Path | None = None  # None: fresh seeded weights
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> DeploymentRunSettings:
@@ -73,12 +80,19 @@ class DeploymentRunSettings:
             return Path(value)
 
         store = run_config.get(RunConfigKey.MODEL_STORE)
+        initial = run_config.get(RunConfigKey.INITIAL_WEIGHTS_PATH)
+        if initial is not None and not isinstance(initial, str):
+            raise HubConfigError(
+                f"run config {RunConfigKey.INITIAL_WEIGHTS_PATH!r} must name a file, "
+                f"not {initial!r}"
+            )
         return cls(
             config_path=path(RunConfigKey.CONFIG_PATH),
             validation_path=path(RunConfigKey.VALIDATION_PATH),
             results_dir=path(RunConfigKey.RESULTS_DIR),
             model_store=Path(store) if isinstance(store, str) and store else None,
             run_name=str(run_config.get(RunConfigKey.RUN_NAME, "")),
+            initial_weights=Path(initial) if initial else None,
         )
 
     def to_run_config(self) -> dict[str, Any]:
@@ -91,6 +105,8 @@ class DeploymentRunSettings:
         }
         if self.model_store is not None:
             entries[RunConfigKey.MODEL_STORE] = str(self.model_store)
+        if self.initial_weights is not None:
+            entries[RunConfigKey.INITIAL_WEIGHTS_PATH] = str(self.initial_weights)
         return entries
 
     def training_config(self) -> FederatedRunConfig:
@@ -141,6 +157,52 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def write_initial_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Write a model's ``state_dict`` (tensors or arrays) where a run config can name it."""
+    import io
+
+    import numpy as np
+
+    arrays = {
+        name: np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+        for name, value in state.items()
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buffer.getvalue())  # R15
+
+
+def load_initial_state(path: Path) -> dict[str, Any]:
+    """The ``state_dict`` :func:`write_initial_state` wrote (no pickled objects are read);
+    ``HubConfigError`` for a file that is missing, unreadable or holds non-finite values."""
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: np.array(data[name]) for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise HubConfigError(f"cannot read the initial weights {path}: {exc}") from exc
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise HubConfigError(f"initial weights {path}: {name} is not finite")
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+
+def starting_weights(settings: DeploymentRunSettings, config: FederatedRunConfig) -> list[Any]:
+    """The run's first global model: the named initial weights (they must fit the model,
+    else ``HubConfigError``) or fresh weights seeded by the training config."""
+    from cloud_hub.fl.run import initial_weights
+
+    state = None
+    if settings.initial_weights is not None:
+        state = load_initial_state(settings.initial_weights)
+    return initial_weights(config.model_name, config.seed, state)
+
+
 def _write(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False)
@@ -169,11 +231,10 @@ def _train(settings: DeploymentRunSettings, run_id: str, grid: Grid, context: Co
     import numpy as np
 
     from cloud_hub.fl.model_store import ModelStore
-    from shared.fl.training import get_weights
-    from shared.models import build_model
 
     config = settings.training_config()
     check_client_switches(dict(context.run_config), config)
+    initial = starting_weights(settings, config)  # a bad file fails before round 1
     with np.load(settings.validation_path, allow_pickle=False) as data:
         x_val, y_val = data["x"], data["y"]
     recorder = RunRecorder(
@@ -182,7 +243,6 @@ def _train(settings: DeploymentRunSettings, run_id: str, grid: Grid, context: Co
         )
     )
     evaluator = ValidationEvaluator(config.model_name, x_val, y_val, recorder)
-    initial = get_weights(build_model(config.model_name, seed=config.seed))
     server_app = build_server_app(
         config, initial_weights=initial, evaluator=evaluator, recorder=recorder
     )
@@ -195,6 +255,7 @@ def _train(settings: DeploymentRunSettings, run_id: str, grid: Grid, context: Co
         "run_id": run_id,
         "flower_run_id": context.run_id,
         "final_accuracy": recorder.rounds[-1].accuracy,
+        "initial_weights": "fresh" if settings.initial_weights is None else "given",
         "rounds": [r.to_dict() for r in recorder.rounds],
         "lineage": lineage,
     }

@@ -24,6 +24,7 @@ class RunConfigKey:
     VALIDATION_PATH = "validation-path"  # hub-held validation set (.npz with x and y)
     RESULTS_DIR = "results-dir"  # where rounds.json / summary.json are written
     MODEL_STORE = "model-store"  # optional ModelStore root
+    INITIAL_WEIGHTS_PATH = "initial-weights-path"  # optional .npz state dict (default: fresh)
     # read by both sides
     RUN_NAME = "run-name"  # the hub's run id; a device compares it with its signed order
     # read by the agent's ClientApp (must match the hub's workflow)
