@@ -17,7 +17,9 @@ certificate issued by the hub CA (``ca_dir``), the CA devices pinned at enrollme
 Costs: a device starts its SuperNode when the order arrives (process start-up, a few
 seconds), then every SecAgg+ stage is a SuperNode poll and a forked ClientApp task
 (``benchmarks/deploy.py`` measures a round against the in-process grid). The ServerApp
-(``cloud_hub.fl.superlink_app``) starts from fresh weights, not the champion's.
+(``cloud_hub.fl.superlink_app``) starts from ``initial_state`` when one is given (the
+pipeline passes the champion's weights: one round after a drift can be enough), else from
+fresh weights.
 """
 
 from __future__ import annotations
@@ -248,13 +250,21 @@ class DeploymentTraining:
         model_store_root: Path,
         *,
         max_samples: int | None = None,
+        initial_state: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run ``fl_config`` with the devices as SuperNodes; returns the run's summary.
+
+        ``initial_state`` (a ``state_dict``, the champion's) is round 1's global model;
+        ``None``: fresh weights seeded by ``fl_config``.
 
         ``max_samples`` asks each device to train on at most that many of its newest
         labelled samples (a hint: a device's own limit wins)."""
         from cloud_hub.fl.superlink import fab_sha256
-        from cloud_hub.fl.superlink_app import DeploymentRunSettings, client_run_config
+        from cloud_hub.fl.superlink_app import (
+            DeploymentRunSettings,
+            client_run_config,
+            write_initial_state,
+        )
         from shared.net import free_port
 
         if self._abort.is_set():
@@ -264,6 +274,10 @@ class DeploymentTraining:
         work.mkdir(parents=True, exist_ok=True)
         atomic_write(work / "train.toml", _toml(fl_config).encode("utf-8"))  # R15
         np.savez(work / "validation.npz", x=validation[0], y=validation[1])
+        initial = None
+        if initial_state is not None:  # the hub's file; the ServerApp checks it fits
+            initial = work / "initial.npz"
+            write_initial_state(initial, initial_state)
         fab = fab_sha256()
         port = free_port()
         address = f"{self.superlink_host}:{port}"
@@ -282,6 +296,7 @@ class DeploymentTraining:
                 results_dir=work / "results",
                 model_store=model_store_root,
                 run_name=run_id,
+                initial_weights=initial,
             )
             link.submit_run(
                 settings.to_run_config() | client_run_config(fl_config),
