@@ -127,3 +127,22 @@ def test_a_missing_file_or_a_non_text_entry_is_refused(tmp_path: Path) -> None:
     run_config = _run_config(tmp_path, None) | {RunConfigKey.INITIAL_WEIGHTS_PATH: 3}
     with pytest.raises(HubConfigError, match="must name a file"):
         DeploymentRunSettings.from_run_config(run_config)
+
+
+def test_the_flower_app_declares_every_run_config_key_the_hub_submits(tmp_path: Path) -> None:
+    """Flower refuses a run whose run config has a key the FAB does not declare."""
+    import tomllib
+
+    from cloud_hub.fl.superlink import FAB_DIR
+
+    declared = tomllib.loads((FAB_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    settings = DeploymentRunSettings(
+        config_path=tmp_path / "train.toml",
+        validation_path=tmp_path / "validation.npz",
+        results_dir=tmp_path / "results",
+        model_store=tmp_path / "models",
+        run_name="rt-1",
+        initial_weights=tmp_path / "initial.npz",
+    )
+    submitted = settings.to_run_config() | FederatedRunConfig(model_name=MODEL).client_run_config()
+    assert set(submitted) <= set(declared["config"])
