@@ -57,10 +57,13 @@ __all__ = ["DeploymentTraining"]
 log = logging.getLogger(__name__)
 _ORDER_MARGIN = timedelta(minutes=5)  # the order outlives the run's timeout by this much
 _SUPERLINK_START_S = 180.0  # at most this long for the SuperLink to listen
+#: the asynchronous Flower App (FedBuff buffers, SecAgg+ each) a ``buffered`` run submits
+FAB_ASYNC_DIR = Path(__file__).resolve().parents[1] / "fl" / "fab_async"
 
 
-def _toml(config: Any) -> str:
-    """``[training]`` for ``FederatedRunConfig.from_mapping`` (flat keys + secagg table)."""
+def _toml(config: Any, buffered: Mapping[str, Any] | None = None) -> str:
+    """``[training]`` for ``FederatedRunConfig.from_mapping`` (flat keys + secagg table), and
+    for an asynchronous run the ``[async]`` table the asynchronous ServerApp reads."""
     keys = (
         "model_name",
         "num_clients",
@@ -72,7 +75,12 @@ def _toml(config: Any) -> str:
         "seed",
     )
     training = {key: getattr(config, key) for key in keys}
-    return toml_text.dumps({"training": {**training, "secagg": {"enabled": config.secagg.enabled}}})
+    tables: dict[str, Any] = {
+        "training": {**training, "secagg": {"enabled": config.secagg.enabled}}
+    }
+    if buffered is not None:
+        tables["async"] = dict(buffered)
+    return toml_text.dumps(tables)
 
 
 class DeploymentTraining:
@@ -251,6 +259,7 @@ class DeploymentTraining:
         *,
         max_samples: int | None = None,
         initial_state: Mapping[str, Any] | None = None,
+        buffered: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run ``fl_config`` with the devices as SuperNodes; returns the run's summary.
 
@@ -258,8 +267,11 @@ class DeploymentTraining:
         ``None``: fresh weights seeded by ``fl_config``.
 
         ``max_samples`` asks each device to train on at most that many of its newest
-        labelled samples (a hint: a device's own limit wins)."""
-        from cloud_hub.fl.superlink import fab_sha256
+        labelled samples (a hint: a device's own limit wins). ``buffered`` (the ``[async]``
+        table of :mod:`cloud_hub.fl.superlink_async_app`: devices, buffer_size, buffers,
+        server_lr, max_staleness, seed) runs the asynchronous FAB instead: FedBuff buffers,
+        SecAgg+ each, every update held in its device's state until its buffer folds it."""
+        from cloud_hub.fl.superlink import FAB_DIR, fab_sha256
         from cloud_hub.fl.superlink_app import (
             DeploymentRunSettings,
             client_run_config,
@@ -272,13 +284,14 @@ class DeploymentTraining:
 
         work = Path(self.workdir) / run_id
         work.mkdir(parents=True, exist_ok=True)
-        atomic_write(work / "train.toml", _toml(fl_config).encode("utf-8"))  # R15
+        atomic_write(work / "train.toml", _toml(fl_config, buffered).encode("utf-8"))  # R15
         np.savez(work / "validation.npz", x=validation[0], y=validation[1])
         initial = None
         if initial_state is not None:  # the hub's file; the ServerApp checks it fits
             initial = work / "initial.npz"
             write_initial_state(initial, initial_state)
-        fab = fab_sha256()
+        fab_dir = FAB_DIR if buffered is None else FAB_ASYNC_DIR
+        fab = fab_sha256(fab_dir)
         port = free_port()
         address = f"{self.superlink_host}:{port}"
         orders = self.sign_orders(run_id, device_ids, address, fab, fl_config)
@@ -300,6 +313,7 @@ class DeploymentTraining:
             )
             link.submit_run(
                 settings.to_run_config() | client_run_config(fl_config),
+                fab_dir=fab_dir,
                 expected_fab_sha256=fab,
             )
             summary = self._wait(work / "results")
