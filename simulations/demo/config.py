@@ -26,7 +26,9 @@ class DemoConfig:
     steps_before_drift: int = 20  # request rounds (one batch per device) before the drift
     steps_after_retrain: int = 40  # long enough to see the recovery in the plot
     drift_window: int = 200
-    num_rounds: int = 2  # SecAgg+ rounds per training run (each a round trip to every device)
+    num_rounds: int = 2  # SecAgg+ rounds of the initial training (from fresh weights)
+    # SecAgg+ rounds of the retraining: it starts from the champion's weights, one is enough
+    retrain_rounds: int = 1
     rollout_stages: tuple[dict[str, object], ...] = (
         {"count": 1},
         {"percent": 50.0},
@@ -42,6 +44,8 @@ class DemoConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        if not (1 <= self.num_rounds <= 100 and 1 <= self.retrain_rounds <= 100):
+            raise HubError("num_rounds and retrain_rounds must be in [1, 100]")
         if not 3 <= self.drifted <= self.agents <= 64:
             raise HubError("need 3 <= drifted <= agents <= 64 (SecAgg+ needs 3 clients)")
 

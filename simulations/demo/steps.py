@@ -231,8 +231,12 @@ def retrain_on_drift(run: DemoRun, pipeline: Any) -> tuple[Any, str, float]:
 
     Returns the controller, the retraining's rollout id and when the drift began.
     """
+    import dataclasses
+
     from cloud_hub.loop.controller import RetrainController
 
+    # the retraining starts from the champion's weights: fewer rounds than the first model
+    pipeline.config = dataclasses.replace(pipeline.config, num_rounds=run.config.retrain_rounds)
     # one retraining is the demo's story: the controller stops after its first run (a run
     # over the Deployment Engine outlasts the cooldown, and the drift reports go on until
     # the new model serves)

@@ -35,6 +35,7 @@ def demo_summary(
     from simulations.demo.report import bytes_shipped
 
     retrain = controller.outcomes[-1]
+    retrain_rounds = _rounds(registry, retrain.run_id)
     shipped = bytes_shipped(registry, [r.rollout_id for r in rollouts.values()], delivered)
     return {
         "agents": config.agents,
@@ -52,6 +53,12 @@ def demo_summary(
             "version": retrain.version,
             "candidate_accuracy": retrain.candidate_accuracy,
             "champion_accuracy": retrain.champion_accuracy,
+            # rounds trained, and what the global model scored before round 1 (the
+            # champion's accuracy: the retraining starts from the champion's weights)
+            "rounds": sum(1 for r in retrain_rounds if r.get("round", 0) > 0),
+            "start_accuracy": next(
+                (r.get("accuracy") for r in retrain_rounds if r.get("round") == 0), None
+            ),
             **retrain.timings_s,
         },
         "bytes_shipped": shipped["full_bytes_shipped"],
@@ -68,6 +75,15 @@ def demo_summary(
         "dashboard": dashboard,
         "wall_s": wall_s,
     }
+
+
+def _rounds(registry: Any, run_id: str) -> list[dict[str, Any]]:
+    """The run's federated rounds as the registry recorded them (round 0: before training)."""
+    from cloud_hub.registry import admin
+
+    with registry.session() as s:
+        rounds: list[dict[str, Any]] = admin.get_training_run(s, run_id).metrics.get("rounds") or []
+    return rounds
 
 
 def write_run(run_dir: Path, result: DemoResult, *, plots: bool) -> None:

@@ -54,6 +54,11 @@ def test_demo_recovers_accuracy_and_leaves_no_process(tmp_path: Path) -> None:
     assert s["accuracy_after_drift"] < s["accuracy_before_drift"] - 0.2
     assert s["accuracy_after_retrain"] > s["accuracy_after_drift"] + 0.2
     assert s["accuracy_recovered_pts"] > 20
+    # one round was enough: the retraining started from the champion's weights
+    assert s["retrain_run"]["rounds"] == 1
+    assert s["retrain_run"]["start_accuracy"] == pytest.approx(
+        s["retrain_run"]["champion_accuracy"]
+    )
     assert (
         s["bytes"]["delta_bytes_if_devices_took_deltas"]
         < s["bytes"]["full_bytes_received_by_devices"]

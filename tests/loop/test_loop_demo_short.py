@@ -36,6 +36,11 @@ def test_short_demo_recovers_accuracy_with_deltas_the_devices_received(tmp_path:
     assert s["accuracy_after_drift"] < s["accuracy_before_drift"] - 0.2
     assert s["accuracy_after_retrain"] > s["accuracy_after_drift"] + 0.2
     assert s["accuracy_recovered_pts"] > 20
+    # one round was enough: the retraining started from the champion's weights
+    assert s["retrain_run"]["rounds"] == 1
+    assert s["retrain_run"]["start_accuracy"] == pytest.approx(
+        s["retrain_run"]["champion_accuracy"]
+    )
     initial = s["bytes"]["rollouts"][s["rollouts"]["initial"]["rollout_id"]]
     retrain = s["bytes"]["rollouts"][s["rollouts"]["retrain"]["rollout_id"]]
     # the first model reached every device as a full bundle, measured on the devices
