@@ -62,8 +62,8 @@ def register(subparsers: Any) -> None:
         "--mode",
         choices=("sync", "async"),
         default="sync",
-        help="sync: SecAgg+ FedAvg rounds; async: FedBuff buffers, SecAgg+ per buffer "
-        "(not over the Deployment Engine yet: refused here)",
+        help="sync: SecAgg+ FedAvg rounds; async: FedBuff buffers, SecAgg+ per buffer, "
+        "orders only to the devices the eligibility rules find fit",
     )
     parser.add_argument("--buffer-size", type=int, default=3, help="async: updates per buffer")
     parser.add_argument("--buffers", type=int, default=3, help="async: buffers (new versions)")

@@ -102,8 +102,6 @@ class LoopConfig:
             return
         if not self.secagg:
             raise HubConfigError("asynchronous classes always train under SecAgg+ (secagg = true)")
-        if self.training_engine != "inprocess":
-            raise HubConfigError("asynchronous classes need training_engine 'inprocess' for now")
         if not 3 <= self.async_buffer_size <= self.policy.min_devices:
             raise HubConfigError(
                 "async_buffer_size must be in [3, policy.min_devices] "

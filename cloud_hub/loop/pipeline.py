@@ -4,7 +4,9 @@ Steps (the training run's ``state`` says where it is; ``detail`` why it stopped)
 
     training      Flower run with SecAgg+, the cohort as clients: by default on the devices
                   over the Deployment Engine (``device_training``); on the in-process grid
-                  from the champion's weights when ``training_engine = "inprocess"``
+                  from the champion's weights when ``training_engine = "inprocess"``; a class
+                  in asynchronous mode trains in FedBuff buffers (SecAgg+ each) instead,
+                  ordering only the devices the eligibility rules find fit
     evaluating    candidate vs champion on the hub's validation set (a worse one is refused)
     compressing   compress_for_profile for the class's build profile (gate may refuse)
     bundling      signed full bundle (+ delta bundles against the versions devices run)
@@ -416,6 +418,8 @@ class RetrainPipeline:
             engine="inprocess",
             seed=cfg.seed,
         )
+        if record.get("mode") == "async" and cfg.training_engine == "deployment":
+            return self._train_async_on_devices(run_id, clients, fl_config, record)
         if record.get("mode") == "async":
             return self._train_async(run_id, clients, sources, champion_state)
         if cfg.training_engine == "deployment":
@@ -429,7 +433,6 @@ class RetrainPipeline:
                 self.validation,
                 self.model_store.root,
                 max_samples=cfg.max_samples_per_device,
-                initial_state=champion_state,
             )
             return _Trained(
                 clients=tuple(clients),
@@ -465,25 +468,12 @@ class RetrainPipeline:
     ) -> _Trained:
         """FedBuff buffers under SecAgg+ (:func:`cloud_hub.fl.async_federated.run_buffered`):
         orders only to eligible devices, the order ledger in the registry."""
-        from cloud_hub.fl.async_federated import BufferedRunConfig, run_buffered
-        from cloud_hub.fl.fedbuff import FedBuffConfig
+        from cloud_hub.fl.async_federated import run_buffered
         from cloud_hub.fl.fleet_conditions import RegistryEligibility
         from cloud_hub.fl.registry_ledger import RegistryOrderLedger
 
         cfg = self.config
-        config = BufferedRunConfig(
-            model_name=cfg.model_name,
-            fedbuff=FedBuffConfig(
-                buffer_size=cfg.async_buffer_size,
-                server_lr=cfg.async_server_lr,
-                max_staleness=cfg.async_max_staleness,
-            ),
-            buffers=cfg.async_buffers,
-            local_epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
-            seed=cfg.seed,
-        )
+        config = self._buffered_config()
         result = run_buffered(
             config,
             [sources[c] for c in clients],
@@ -505,6 +495,81 @@ class RetrainPipeline:
             wall_s=result.wall_s,
             data_fingerprint=result.data_fingerprint,
             fl_lineage=config.lineage(),
+        )
+
+    def _buffered_config(self) -> Any:
+        """The loop's asynchronous settings as a ``BufferedRunConfig`` (both engines)."""
+        from cloud_hub.fl.async_federated import BufferedRunConfig
+        from cloud_hub.fl.fedbuff import FedBuffConfig
+
+        cfg = self.config
+        return BufferedRunConfig(
+            model_name=cfg.model_name,
+            fedbuff=FedBuffConfig(
+                buffer_size=cfg.async_buffer_size,
+                server_lr=cfg.async_server_lr,
+                max_staleness=cfg.async_max_staleness,
+            ),
+            buffers=cfg.async_buffers,
+            local_epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            seed=cfg.seed,
+        )
+
+    def _train_async_on_devices(
+        self, run_id: str, clients: list[str], fl_config: Any, record: dict[str, Any]
+    ) -> _Trained:
+        """FedBuff buffers on the devices over the Deployment Engine: the eligibility gate
+        judges the cohort before any order is signed, and only the devices it finds fit get
+        one; each holds its update in its own state until a secure buffer folds it."""
+        import dataclasses
+
+        from cloud_hub.fl.fleet_conditions import RegistryEligibility
+
+        cfg = self.config
+        if self.deployment is None:
+            raise HubError("training_engine 'deployment' needs a DeploymentTraining")
+        gate = RegistryEligibility(
+            self.registry, cfg.async_eligibility, run_id=run_id, clock=self.clock
+        )
+        report = gate(clients)
+        eligible = sorted(report.eligible)
+        self._record(run_id, metrics={"eligibility": [report.to_dict()]})
+        if len(eligible) < cfg.async_buffer_size:
+            raise HubError(
+                f"only {len(eligible)} of {len(clients)} devices may take an asynchronous "
+                f"order ({report.summary()}); a buffer needs {cfg.async_buffer_size}"
+            )
+        self._record(run_id, config={**record, "clients": eligible})
+        config = self._buffered_config()
+        started = time.perf_counter()
+        summary = self.deployment.train(
+            run_id,
+            eligible,
+            dataclasses.replace(
+                fl_config, num_clients=len(eligible), min_fit_clients=len(eligible)
+            ),
+            self.validation,
+            self.model_store.root,
+            max_samples=cfg.max_samples_per_device,
+            buffered={
+                "devices": len(eligible),
+                "buffer_size": config.fedbuff.buffer_size,
+                "buffers": config.buffers,
+                "server_lr": config.fedbuff.server_lr,
+                "max_staleness": config.fedbuff.max_staleness,
+                "seed": config.seed,
+            },
+        )
+        summary = {**summary, "eligibility": [report.to_dict()]}
+        return _Trained(
+            clients=tuple(eligible),
+            summary=summary,
+            rounds=list(summary.get("versions", [])),
+            wall_s=time.perf_counter() - started,
+            data_fingerprint="on-device",
+            fl_lineage={**config.lineage(), "engine": "deployment"},
         )
 
     def _compress(

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
 from cloud_hub.loop.config import LoopConfig
@@ -84,7 +85,6 @@ def test_an_async_class_is_retrained_end_to_end(tmp_path: Path) -> None:
         {"secagg": False, "policy": RetrainPolicy(min_devices=3)},
         {"async_buffer_size": 2},
         {"async_buffer_size": 4},  # above policy.min_devices: a cohort could not fill it
-        {"training_engine": "deployment"},
     ],
 )
 def test_bad_async_settings_are_refused(tmp_path: Path, changes: dict[str, Any]) -> None:
@@ -98,11 +98,19 @@ def test_classes_not_named_train_synchronously(tmp_path: Path) -> None:
     assert np.isfinite(config.async_server_lr)
 
 
-def test_retrain_cli_refuses_an_async_class_it_cannot_train_on_the_devices(
+def test_an_async_class_may_train_on_the_devices(tmp_path: Path) -> None:
+    config = _config(tmp_path, training_engine="deployment")
+    assert config.mode_of(CLASS) == "async" and config.training_engine == "deployment"
+
+
+def test_retrain_cli_runs_an_async_class_through_the_eligibility_gate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``cloud-hub retrain`` trains on the devices (Deployment Engine); FedBuff buffers run on
-    the in-process grid only, so ``--mode async`` is refused with the reason, not run."""
+    """``cloud-hub retrain --mode async`` trains on the devices (Deployment Engine): the run
+    starts in asynchronous mode and its gate orders only fit devices; online devices that
+    sent no telemetry get no order, so the run stops there, saying why."""
+    import json
+
     from cloud_hub.cli import main
 
     db = f"sqlite:///{tmp_path / 'hub.db'}"
@@ -116,9 +124,20 @@ def test_retrain_cli_refuses_an_async_class_it_cannot_train_on_the_devices(
     x, y = generate_sensor_data(300, seed=PROBLEM_SEED, sample_seed=99)
     np.savez(tmp_path / "val.npz", x=x, y=y)
     KeyStore.init(tmp_path / "keys")
+    CertificateAuthority.load_or_create(tmp_path / "ca")  # the SuperLink's TLS comes from it
     argv = ["retrain", "--db", db, "--data-dir", str(tmp_path), "--class", CLASS]
     argv += ["--validation", str(tmp_path / "val.npz")]
-    assert main([*argv, "--mode", "async", "--buffer-size", "3", "--buffers", "2"]) == 2
-    assert "training_engine 'inprocess'" in capsys.readouterr().err
+    assert main([*argv, "--mode", "async", "--buffer-size", "3", "--buffers", "2"]) == 1
+    outcome = json.loads(capsys.readouterr().out)
+    assert outcome["state"] == "failed"
+    assert outcome["detail"].startswith("only 0 of 3 devices may take an asynchronous order")
+    registry = open_registry(db)
+    try:
+        with registry.session() as s:
+            run = admin.get_training_run(s, outcome["run_id"])
+        assert run.config["mode"] == "async" and run.config["engine"] == "deployment"
+        assert run.metrics["eligibility"][0]["not_eligible"]["no recent telemetry"] == 3
+    finally:
+        registry.close()
     with pytest.raises(SystemExit):  # argparse refuses an unknown mode
         main([*argv, "--mode", "eventually"])
