@@ -433,6 +433,7 @@ class RetrainPipeline:
                 self.validation,
                 self.model_store.root,
                 max_samples=cfg.max_samples_per_device,
+                initial_state=champion_state,
             )
             return _Trained(
                 clients=tuple(clients),
