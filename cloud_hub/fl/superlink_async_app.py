@@ -1,7 +1,8 @@
 """The hub's asynchronous ServerApp for Flower's Deployment Engine (FAB ``cloud_hub/fl/fab_async``).
 
 The same run-config contract as :mod:`cloud_hub.fl.superlink_app` (config, validation and
-results paths, model store, run name); the config file's ``[async]`` table holds
+results paths, model store, run name, initial weights: version 0 is the champion when the
+hub names one); the config file's ``[async]`` table holds
 ``devices`` (SuperNodes to wait for), ``buffer_size``, ``buffers``, ``server_lr``,
 ``max_staleness`` and ``seed``. The run orders every idle device, folds buffers with
 :class:`~cloud_hub.fl.async_run.AsyncBufferedRun` (SecAgg+ each) until ``buffers`` new
@@ -50,6 +51,15 @@ def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
         time.sleep(1.0)
 
 
+def _initial_state(settings: DeploymentRunSettings) -> dict[str, Any] | None:
+    """The model version 0 is (the champion's, when the hub names one), else None: fresh."""
+    from cloud_hub.fl.superlink_app import load_initial_state
+
+    if settings.initial_weights is None:
+        return None
+    return load_initial_state(settings.initial_weights)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     import numpy as np
@@ -77,7 +87,7 @@ def main(grid: Grid, context: Context) -> None:
     model = build_model(model_name)
     run = AsyncBufferedRun(
         grid,
-        initial_weights(model_name, int(table.get("seed", 0)), None),
+        initial_weights(model_name, int(table.get("seed", 0)), _initial_state(settings)),
         fedbuff=fedbuff,
         secagg=SecAggConfig(reconstruction_threshold=2),
     )

@@ -419,7 +419,7 @@ class RetrainPipeline:
             seed=cfg.seed,
         )
         if record.get("mode") == "async" and cfg.training_engine == "deployment":
-            return self._train_async_on_devices(run_id, clients, fl_config, record)
+            return self._train_async_on_devices(run_id, clients, fl_config, record, champion_state)
         if record.get("mode") == "async":
             return self._train_async(run_id, clients, sources, champion_state)
         if cfg.training_engine == "deployment":
@@ -519,7 +519,12 @@ class RetrainPipeline:
         )
 
     def _train_async_on_devices(
-        self, run_id: str, clients: list[str], fl_config: Any, record: dict[str, Any]
+        self,
+        run_id: str,
+        clients: list[str],
+        fl_config: Any,
+        record: dict[str, Any],
+        champion_state: dict[str, Any] | None,
     ) -> _Trained:
         """FedBuff buffers on the devices over the Deployment Engine: the eligibility gate
         judges the cohort before any order is signed, and only the devices it finds fit get
@@ -554,6 +559,7 @@ class RetrainPipeline:
             self.validation,
             self.model_store.root,
             max_samples=cfg.max_samples_per_device,
+            initial_state=champion_state,
             buffered={
                 "devices": len(eligible),
                 "buffer_size": config.fedbuff.buffer_size,

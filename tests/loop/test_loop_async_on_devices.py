@@ -51,6 +51,7 @@ class DevicesStandIn:
         model_store_root: Path,
         *,
         max_samples: int | None = None,
+        initial_state: Mapping[str, Any] | None = None,
         buffered: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         self.calls.append(
