@@ -71,7 +71,10 @@ TRUST_CORE: Mapping[str, Sequence[str]] = {
     ),
     "cloud_hub/rollout/gates.py": ("tests/rollout/test_rollout_gates.py",),
     "cloud_hub/rollout/state.py": ("tests/rollout/test_rollout_state.py",),
-    "shared/fl/secure_prg.py": ("tests/fl/test_fl_secure_prg.py",),
+    "shared/fl/secure_prg.py": (
+        "tests/fl/test_fl_secure_prg.py",
+        "tests/fl/test_fl_run_safety.py::test_the_generator_in_use_is_read_from_what_flower_would_call",
+    ),
 }
 
 # --quick: the functions whose bugs would hurt most, in two modules, always the same ones,
