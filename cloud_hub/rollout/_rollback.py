@@ -31,6 +31,7 @@ from cloud_hub.rollout.state import RolloutAction, RolloutState, apply_action
 from cloud_hub.rollout.targets import (
     ROLLBACK_FAILURE_EVENTS,
     UNRECOVERED_STATES,
+    InstallView,
     TargetState,
     TargetStep,
     next_target_state,
@@ -122,8 +123,8 @@ class RollbackStep:
                     device_class=current.device_class,
                 )
                 fallback = BackTo(current.previous_bundle_id, prev_version, sha)
-            rows = self._resolve(s, current, rows, devs, fallback, now=now, cfg=cfg)
-            due = [r for r in rows if _rollback_due(r, devs)]
+            rows, views = self._resolve(s, current, rows, devs, fallback, now=now, cfg=cfg)
+            due = [r for r in rows if _rollback_due(r, devs, views.get(r.device_id))]
             if due:
                 store.step_targets(
                     s,
@@ -161,8 +162,9 @@ class RollbackStep:
         *,
         now: float,
         cfg: RolloutConfig,
-    ) -> list[TargetRecord]:
-        """Settle the targets whose outcome is known; return those still open."""
+    ) -> tuple[list[TargetRecord], dict[str, InstallView]]:
+        """Settle the targets whose outcome is known; return those still open, and what each
+        device reported for the rollout's offers."""
         rid = record.rollout_id
         offers = {r.device_id: r.deployment_id for r in rows}
         views = install_views(s, store.deploy_prefix(rid), dict(devs), offers)
@@ -206,7 +208,7 @@ class RollbackStep:
                 finished_at=finished,
                 detail=detail,
             )
-        return open_rows
+        return open_rows, views
 
     def _finish(self, s: Session, record: RolloutRecord, cfg: RolloutConfig, *, now: float) -> None:
         """No target is open: ``rolled_back``, or ``rollback_failed`` naming the devices."""
@@ -271,11 +273,23 @@ class RollbackStep:
             )
 
 
-def _rollback_due(row: TargetRecord, devs: Mapping[str, DeviceState]) -> bool:
-    """Online, and either not sent yet or reconnected since it was sent."""
+def _rollback_due(
+    row: TargetRecord, devs: Mapping[str, DeviceState], view: InstallView | None = None
+) -> bool:
+    """Online, its status no older than its commit of the rollout's bundle, and either not
+    sent yet or reconnected since it was sent.
+
+    An order is bound to the bundle the device runs (R5). A device that committed the
+    rollout's bundle while the rollout was stopped has reported the commit, but its status
+    may still name the bundle before: an order built from that status would be refused
+    ("this device runs ..."), so the device waits for its next status (sent on every commit).
+    """
     dev = devs.get(row.device_id)
     if dev is None or not dev.online or not dev.installed_bundle_id:
         return False  # retried when it returns
+    committed = view.committed_ts if view is not None else None
+    if committed is not None and (dev.status_ts is None or dev.status_ts < committed):
+        return False  # the status still names the bundle before the commit
     if row.state == T.ROLLBACK_PENDING.value:
         return True
     hello = dev.hello_ts
