@@ -39,10 +39,25 @@ def _roundtrip(port: int) -> socket.socket:
     return conn
 
 
+def _roundtrip_through_a_flaky_link(port: int) -> socket.socket:
+    """A connection that relayed one round trip before its random lifetime ended (on a busy
+    machine a short lifetime can end before the first echo: those are retried)."""
+    for _ in range(30):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            conn.sendall(b"ping")
+            if conn.recv(4) == b"ping":
+                return conn
+        except OSError:
+            pass
+        conn.close()
+    raise AssertionError("no connection through the link relayed a round trip")
+
+
 def test_link_relays_then_cuts_connections() -> None:
     srv, port = _echo_server()
     with FlakyLink(port, mean_up_s=0.3, delay_s=0.01, seed=1) as link:
-        conn = _roundtrip(link.port)
+        conn = _roundtrip_through_a_flaky_link(link.port)
         conn.settimeout(10)
         started = time.monotonic()
         assert conn.recv(1) == b""  # closed by the link, not by us
