@@ -570,6 +570,7 @@ class RetrainPipeline:
             },
         )
         summary = {**summary, "eligibility": [report.to_dict()]}
+        self._record_device_orders(run_id, report)
         return _Trained(
             clients=tuple(eligible),
             summary=summary,
@@ -578,6 +579,29 @@ class RetrainPipeline:
             data_fingerprint="on-device",
             fl_lineage={**config.lineage(), "engine": "deployment"},
         )
+
+    def _record_device_orders(self, run_id: str, report: Any) -> None:
+        """The SuperLink knows devices by node id only, so each ordered device's order enters
+        the registry's ledger when the run ends, as trained ("held": which node's update went
+        into which buffer stays on the devices), with the labelled samples it had when it was
+        ordered: the next run counts its new samples from there."""
+        from cloud_hub.registry import async_orders
+
+        now = self.clock()
+        with self.registry.session() as s:
+            for verdict in report.verdicts:
+                if verdict.eligible:
+                    async_orders.issue_order(
+                        s,
+                        order_id=f"{run_id}/{verdict.device}",
+                        run_id=run_id,
+                        node_id=0,
+                        base_version=0,
+                        state="held",
+                        now=now,
+                        device_id=verdict.device,
+                        labelled_samples=verdict.labelled_samples,
+                    )
 
     def _compress(
         self,

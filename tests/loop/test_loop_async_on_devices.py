@@ -21,7 +21,7 @@ from cloud_hub.fl.model_store import ModelStore
 from cloud_hub.keys import KeyStore
 from cloud_hub.loop.device_training import FAB_ASYNC_DIR, _toml
 from cloud_hub.loop.pipeline import RetrainPipeline
-from cloud_hub.registry import Registry, admin, catalog, devices, rollouts
+from cloud_hub.registry import Registry, admin, async_orders, catalog, devices, rollouts
 from cloud_hub.rollout.delivery import RecordedDelivery
 from cloud_hub.rollout.engine import RolloutService
 from shared.data.sensors import generate_sensor_data
@@ -165,3 +165,23 @@ def test_the_async_table_is_what_the_async_server_app_reads(tmp_path: Path) -> N
     assert parsed["training"]["num_clients"] == 3
     assert "async" not in tomllib.loads(_toml(config))
     assert fab_sha256(FAB_ASYNC_DIR) != fab_sha256()  # orders name the FAB that runs
+
+
+def test_a_device_ordered_over_the_deployment_engine_needs_new_samples_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    registry, keys = seeded_fleet(tmp_path)
+    report_fit(registry, DEVICES)
+    pipeline = _pipeline(tmp_path, registry, keys)
+    try:
+        first = pipeline.run(CLASS, DEVICES, trigger="manual", reason="first")
+        assert first.state == "rolling_out", first.detail
+        with registry.session() as s:
+            ledger = async_orders.last_trained_orders(s, DEVICES)
+        assert sorted(ledger) == DEVICES
+        assert all(o.run_id == first.run_id and o.labelled_samples for o in ledger.values())
+        again = pipeline.run(CLASS, DEVICES, trigger="manual", reason="no new labels")
+        assert again.state == "failed"
+        assert "3 too few new samples" in (again.detail or ""), again.detail
+    finally:
+        registry.close()
