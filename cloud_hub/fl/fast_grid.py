@@ -16,28 +16,16 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-__all__ = ["DEFAULT_PULL_INTERVAL_S", "FastPullGrid"]
+__all__ = ["DEFAULT_PULL_INTERVAL_S", "DelegatingGrid", "FastPullGrid"]
 
 DEFAULT_PULL_INTERVAL_S = 0.1
 
 
-class FastPullGrid(Grid):
-    """``inner`` with replies pulled every ``poll_s`` seconds."""
+class DelegatingGrid(Grid):
+    """A Grid that hands every call to ``inner``; subclasses change what they need."""
 
-    def __init__(
-        self,
-        inner: Grid,
-        *,
-        poll_s: float = DEFAULT_PULL_INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if poll_s <= 0:
-            raise ValueError(f"poll_s must be > 0, got {poll_s}")
+    def __init__(self, inner: Grid) -> None:
         self._inner = inner
-        self._poll_s = poll_s
-        self._clock = clock
-        self._sleep = sleep
 
     def set_run(self, run: Run) -> None:
         self._inner.set_run(run)
@@ -67,6 +55,30 @@ class FastPullGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._inner.send_and_receive(messages, timeout=timeout)
+
+
+class FastPullGrid(DelegatingGrid):
+    """``inner`` with replies pulled every ``poll_s`` seconds."""
+
+    def __init__(
+        self,
+        inner: Grid,
+        *,
+        poll_s: float = DEFAULT_PULL_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if poll_s <= 0:
+            raise ValueError(f"poll_s must be > 0, got {poll_s}")
+        super().__init__(inner)
+        self._poll_s = poll_s
+        self._clock = clock
+        self._sleep = sleep
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 
 import numpy as np
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.common import parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
@@ -43,10 +43,10 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp.grid import Grid
-from flwr.supercore.run import Run
 from numpy.typing import NDArray
 
 from cloud_hub.errors import TrainingError
+from cloud_hub.fl.fast_grid import DelegatingGrid
 from cloud_hub.fl.recorder import RoundMetrics, RunRecorder
 from shared.fl.config_keys import SecAggReportKey
 from shared.fl.secure_prg import (
@@ -183,38 +183,12 @@ def _aggregate_flaw(
     return None
 
 
-class _ReplyTap(Grid):
+class _ReplyTap(DelegatingGrid):
     """``inner``, with every reply that ``send_and_receive`` returns shown to ``seen``."""
 
     def __init__(self, inner: Grid, seen: Callable[[Message], None]) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._seen = seen
-
-    def set_run(self, run: Run) -> None:
-        self._inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._inner.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._inner.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
