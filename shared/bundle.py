@@ -16,6 +16,7 @@ Verification takes bytes and values and returns a verdict — no files, no netwo
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ __all__ = [
     "parse_rollback_order",
     "resolve_deltas",
     "sign_rollback_order",
+    "stale_rollback_binding",
     "verify_artifacts",
     "verify_bundle",
     "verify_offer",
@@ -390,6 +392,19 @@ def verify_rollback_order(
             f"this device runs {running!r}"
         )
     return order
+
+
+_STALE_BINDING = re.compile(
+    r"rollback order is for devices running '([0-9a-f]{0,12})', this device runs '([0-9a-f]{1,12})'"
+)
+
+
+def stale_rollback_binding(detail: str) -> tuple[str, str] | None:
+    """The (ordered, running) bundle-id prefixes of a device's refusal of a rollback order bound
+    to another bundle than the one it runs (the message :func:`verify_rollback_order` raises);
+    ``None`` for any other refusal. The hub re-sends such an order bound to what it runs now."""
+    match = _STALE_BINDING.search(detail)
+    return (match.group(1), match.group(2)) if match else None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from cloud_hub.rollout.targets import (
     next_target_state,
     rolled_back,
 )
-from shared.bundle import MAX_ORDER_DEVICES
+from shared.bundle import MAX_ORDER_DEVICES, stale_rollback_binding
 from shared.messages import EventKind
 
 if TYPE_CHECKING:
@@ -123,8 +123,12 @@ class RollbackStep:
                     device_class=current.device_class,
                 )
                 fallback = BackTo(current.previous_bundle_id, prev_version, sha)
-            rows, views = self._resolve(s, current, rows, devs, fallback, now=now, cfg=cfg)
-            due = [r for r in rows if _rollback_due(r, devs, views.get(r.device_id))]
+            rows, views, rebind = self._resolve(s, current, rows, devs, fallback, now=now, cfg=cfg)
+            due = [
+                r
+                for r in rows
+                if r.device_id in rebind or _rollback_due(r, devs, views.get(r.device_id))
+            ]
             if due:
                 store.step_targets(
                     s,
@@ -162,15 +166,17 @@ class RollbackStep:
         *,
         now: float,
         cfg: RolloutConfig,
-    ) -> tuple[list[TargetRecord], dict[str, InstallView]]:
-        """Settle the targets whose outcome is known; return those still open, and what each
-        device reported for the rollout's offers."""
+    ) -> tuple[list[TargetRecord], dict[str, InstallView], set[str]]:
+        """Settle the targets whose outcome is known; return those still open, what each
+        device reported for the rollout's offers, and the devices that refused an order bound
+        to a bundle they no longer run (sent again, bound to what they run now)."""
         rid = record.rollout_id
         offers = {r.device_id: r.deployment_id for r in rows}
         views = install_views(s, store.deploy_prefix(rid), dict(devs), offers)
         confirmed = set(deployment_events(s, store.rollback_prefix(rid), [EventKind.ROLLED_BACK]))
         refused = deployment_events(s, store.rollback_prefix(rid), sorted(ROLLBACK_FAILURE_EVENTS))
         open_rows = []
+        rebind: set[str] = set()
         for r in rows:
             target = back_to(r, fallback)
             dev = devs.get(r.device_id)
@@ -187,6 +193,10 @@ class RollbackStep:
             elif r.state == T.ROLLBACK_SENT.value and (
                 reason := _refusal(refused.get(r.device_id, []), r.last_attempt_at)
             ):
+                if _moved_on(reason, dev) and r.attempts < self.config.max_attempts:
+                    rebind.add(r.device_id)  # it committed after the order was built
+                    open_rows.append(r)
+                    continue
                 outcome = (TS.ROLLBACK_FAILED, reason)
             elif dev is not None and dev.online and not dev.installed_bundle_id:
                 outcome = (TS.ROLLBACK_FAILED, "the device reports no installed model")
@@ -208,7 +218,7 @@ class RollbackStep:
                 finished_at=finished,
                 detail=detail,
             )
-        return open_rows, views
+        return open_rows, views, rebind
 
     def _finish(self, s: Session, record: RolloutRecord, cfg: RolloutConfig, *, now: float) -> None:
         """No target is open: ``rolled_back``, or ``rollback_failed`` naming the devices."""
@@ -271,6 +281,17 @@ class RollbackStep:
                 target.version,
                 len(device_ids),
             )
+
+
+def _moved_on(reason: str, dev: DeviceState | None) -> bool:
+    """The device refused an order bound to a bundle it no longer runs, and the registry now
+    knows the one it runs (its status caught up): an order bound to that one can land."""
+    binding = stale_rollback_binding(reason)
+    if binding is None or dev is None or not dev.installed_bundle_id:
+        return False
+    ordered, running = binding
+    now_runs = dev.installed_bundle_id
+    return now_runs.startswith(running) and not now_runs.startswith(ordered)
 
 
 def _rollback_due(

@@ -5,8 +5,9 @@ names it — an order built from the status before the commit would be refused."
 from __future__ import annotations
 
 from cloud_hub.registry.records import DeviceState, TargetRecord
-from cloud_hub.rollout._rollback import _rollback_due
+from cloud_hub.rollout._rollback import _moved_on, _rollback_due
 from cloud_hub.rollout.targets import InstallView, TargetState
+from shared.bundle import stale_rollback_binding
 
 
 def _row(state: TargetState = TargetState.ROLLBACK_PENDING) -> TargetRecord:
@@ -54,3 +55,33 @@ def test_a_fresh_status_or_no_commit_makes_the_order_due() -> None:
 
 def test_an_offline_device_is_never_due() -> None:
     assert not _rollback_due(_row(), _devs(13.0, online=False), InstallView(committed_ts=12.0))
+
+
+def test_a_refusal_for_a_bundle_the_device_no_longer_runs_is_sent_again() -> None:
+    # the message a device sends when an order is bound to another bundle than it runs
+    reason = (
+        "rejected: WrongTargetError: rollback order is for devices running 'aaaaaaaaaaaa', "
+        "this device runs 'bbbbbbbbbbbb'"
+    )
+    assert stale_rollback_binding(reason) == ("aaaaaaaaaaaa", "bbbbbbbbbbbb")
+    moved = _devs(13.0)["dev-1"]
+    caught_up = DeviceState(**{**moved.__dict__, "installed_bundle_id": "b" * 64})
+    assert _moved_on(reason, caught_up)  # the registry knows what it runs now: re-bind
+    assert not _moved_on(reason, moved)  # the registry still names the old bundle: wait
+    assert not _moved_on("rejected: ExpiredError: rollback order expired", caught_up)
+    assert not _moved_on(reason, None)
+
+
+def test_the_refusal_message_of_the_device_is_the_one_the_hub_reads() -> None:
+    import pytest
+
+    from shared.bundle import WrongTargetError
+
+    with pytest.raises(WrongTargetError) as refused:
+        raise WrongTargetError(
+            f"rollback order is for devices running {'a' * 12!r}, this device runs {'b' * 12!r}"
+        )
+    assert stale_rollback_binding(f"rejected: WrongTargetError: {refused.value}") == (
+        "a" * 12,
+        "b" * 12,
+    )

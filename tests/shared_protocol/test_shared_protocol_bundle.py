@@ -24,6 +24,7 @@ from shared.bundle import (
     bundle_id_of,
     parse_bundle,
     sign_rollback_order,
+    stale_rollback_binding,
     verify_artifacts,
     verify_bundle,
     verify_offer,
@@ -500,5 +501,11 @@ def test_rollback_order_refuses_an_older_keyring_and_names_both_bundles() -> Non
     with pytest.raises(
         WrongTargetError,
         match=r"^rollback order is for devices running 'dddddddddddd', this device runs ",
-    ):
+    ) as refused:
         verify_rollback_order(moved_on, keyring(version=2), pol)
+    # the hub reads both bundles back from the refusal and re-binds the order
+    ordered, running = stale_rollback_binding(f"rejected: WrongTargetError: {refused.value}") or (
+        "",
+        "",
+    )
+    assert ordered == "d" * 12 and running == str(pol.active_bundle_id)[:12]
