@@ -113,29 +113,22 @@ def run_deployment(root: Path, devices: int) -> dict[str, Any]:
     from simulations.harness.federation import local_federation
 
     federation = local_federation(root, devices=devices, run_id="bench")
-    link, nodes, fab = federation.link, federation.nodes, federation.fab_sha256
-    with link:
-        for node in nodes:
-            node.start()
-        try:
-            _wait_until_warm([root / f"node-{i}.log" for i in range(devices)])
-            started = time.perf_counter()
-            link.submit_run(
-                {
-                    "config-path": str(root / "train.toml"),
-                    "validation-path": str(root / "validation.npz"),
-                    "results-dir": str(root / "results"),
-                    "run-name": "bench",
-                    "model-name": "sensor-mlp",
-                },
-                expected_fab_sha256=fab,
-            )
-            submitted = time.perf_counter()
-            summary = wait_for_summary(root / "results", timeout_s=900, link=link)
-            done = time.perf_counter()
-        finally:
-            for node in nodes:
-                node.stop()
+    with federation.running() as link:
+        _wait_until_warm([root / f"node-{i}.log" for i in range(devices)])
+        started = time.perf_counter()
+        link.submit_run(
+            {
+                "config-path": str(root / "train.toml"),
+                "validation-path": str(root / "validation.npz"),
+                "results-dir": str(root / "results"),
+                "run-name": "bench",
+                "model-name": "sensor-mlp",
+            },
+            expected_fab_sha256=federation.fab_sha256,
+        )
+        submitted = time.perf_counter()
+        summary = wait_for_summary(root / "results", timeout_s=900, link=link)
+        done = time.perf_counter()
     rounds = summary["rounds"]
     if any(r["status"] != "ok" for r in rounds):
         raise SystemExit(f"deployment run had a failed round: {rounds}")

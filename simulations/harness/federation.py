@@ -6,7 +6,8 @@ device), on loopback, for the benchmark and the tests that need real processes."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,18 @@ class LocalFederation:
     nodes: list[SuperNodeSupervisor]
     fab_dir: Path  # the FAB to submit
     fab_sha256: str  # the FAB every SuperNode is pinned to
+
+    @contextmanager
+    def running(self) -> Iterator[SuperLinkProcess]:
+        """The SuperLink up, then every SuperNode; all stopped on the way out."""
+        with self.link:
+            for node in self.nodes:
+                node.start()
+            try:
+                yield self.link
+            finally:
+                for node in self.nodes:
+                    node.stop()
 
 
 def local_federation(

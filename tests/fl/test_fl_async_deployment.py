@@ -35,27 +35,20 @@ def test_async_buffers_on_superlink_and_three_supernodes(tmp_path: Path) -> None
         fab_dir=FAB_ASYNC,
         node_config=lambda i: {AsyncTrainingKey.HELD_UPDATE_DIR: str(held[i])},
     )
-    link, nodes = federation.link, federation.nodes
-    with link:
-        for node in nodes:
-            node.start()
-        try:
-            link.submit_run(
-                {
-                    "config-path": str(tmp_path / "train.toml"),
-                    "validation-path": str(tmp_path / "validation.npz"),
-                    "results-dir": str(tmp_path / "results"),
-                    "model-store": str(tmp_path / "models"),
-                    "run-name": "async-deploy",
-                    "model-name": "sensor-mlp",
-                },
-                fab_dir=federation.fab_dir,
-                expected_fab_sha256=federation.fab_sha256,
-            )
-            summary = wait_for_summary(tmp_path / "results", timeout_s=300)
-        finally:
-            for node in nodes:
-                node.stop()
+    with federation.running() as link:
+        link.submit_run(
+            {
+                "config-path": str(tmp_path / "train.toml"),
+                "validation-path": str(tmp_path / "validation.npz"),
+                "results-dir": str(tmp_path / "results"),
+                "model-store": str(tmp_path / "models"),
+                "run-name": "async-deploy",
+                "model-name": "sensor-mlp",
+            },
+            fab_dir=federation.fab_dir,
+            expected_fab_sha256=federation.fab_sha256,
+        )
+        summary = wait_for_summary(tmp_path / "results", timeout_s=300)
     assert summary["status"] == "ok", summary
     assert [b["new_version"] for b in summary["buffers"]] == [1, 2]
     assert all(b["secure"] and len(b["folded"]) == 3 for b in summary["buffers"])

@@ -124,26 +124,19 @@ def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
         "local_epochs = 2\n[training.secagg]\nreconstruction_threshold = 2\n"
     )
     federation = local_federation(tmp_path, devices=3, run_id="deploy-test")
-    link, nodes, fab = federation.link, federation.nodes, federation.fab_sha256
-    with link:
-        for node in nodes:
-            node.start()
-        try:
-            link.submit_run(
-                {
-                    "config-path": str(tmp_path / "train.toml"),
-                    "validation-path": str(tmp_path / "validation.npz"),
-                    "results-dir": str(tmp_path / "results"),
-                    "model-store": str(tmp_path / "models"),
-                    "run-name": "deploy-test",
-                    "model-name": "sensor-mlp",
-                },
-                expected_fab_sha256=fab,
-            )
-            summary = wait_for_summary(tmp_path / "results", timeout_s=300)
-        finally:
-            for node in nodes:
-                node.stop()
+    with federation.running() as link:
+        link.submit_run(
+            {
+                "config-path": str(tmp_path / "train.toml"),
+                "validation-path": str(tmp_path / "validation.npz"),
+                "results-dir": str(tmp_path / "results"),
+                "model-store": str(tmp_path / "models"),
+                "run-name": "deploy-test",
+                "model-name": "sensor-mlp",
+            },
+            expected_fab_sha256=federation.fab_sha256,
+        )
+        summary = wait_for_summary(tmp_path / "results", timeout_s=300)
     assert summary["lineage"]["secagg"]["enabled"] is True
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
     assert summary["rounds"][1]["accuracy"] > summary["rounds"][0]["accuracy"]

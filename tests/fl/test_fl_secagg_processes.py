@@ -49,26 +49,19 @@ def _write_inputs(root: Path) -> None:
 
 def _run_secagg_round(root: Path) -> dict[str, object]:
     federation = local_federation(root, devices=CLIENTS, run_id="secagg-processes")
-    link, nodes, fab = federation.link, federation.nodes, federation.fab_sha256
-    with link:
-        for node in nodes:
-            node.start()
-        try:
-            link.submit_run(
-                {
-                    "config-path": str(root / "train.toml"),
-                    "validation-path": str(root / "validation.npz"),
-                    "results-dir": str(root / "results"),
-                    "model-store": str(root / "models"),
-                    "run-name": "secagg-processes",
-                    "model-name": "sensor-mlp",
-                },
-                expected_fab_sha256=fab,
-            )
-            return wait_for_summary(root / "results", timeout_s=150)
-        finally:
-            for node in nodes:
-                node.stop()
+    with federation.running() as link:
+        link.submit_run(
+            {
+                "config-path": str(root / "train.toml"),
+                "validation-path": str(root / "validation.npz"),
+                "results-dir": str(root / "results"),
+                "model-store": str(root / "models"),
+                "run-name": "secagg-processes",
+                "model-name": "sensor-mlp",
+            },
+            expected_fab_sha256=federation.fab_sha256,
+        )
+        return wait_for_summary(root / "results", timeout_s=150)
 
 
 @pytest.mark.timeout(240)

@@ -18,18 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.errors import TrainingError
-from cloud_hub.fl.superlink import (
-    SuperLinkConfig,
-    SuperLinkProcess,
-    fab_sha256,
-    issue_superlink_tls,
-    wait_for_summary,
-)
-from edge_agent.fl.supernode import SuperNodeConfig, SuperNodeSupervisor
+from cloud_hub.fl.superlink import SuperLinkProcess, wait_for_summary
 from shared.data import generate_sensor_data
-from shared.net import free_port
+from simulations.harness.federation import local_federation
 from simulations.stock_client import FAB_PLAIN, FAB_SECAGG
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -49,47 +41,15 @@ def _train_toml(path: Path, *, secagg: bool) -> Path:
 
 @contextmanager
 def stock_federation(root: Path, fab: Path) -> Iterator[SuperLinkProcess]:
-    """The hub's TLS SuperLink and three SuperNodes that run the stock client's ``fab``."""
+    """The hub's TLS SuperLink and three SuperNodes that run the stock client's ``fab`` (the
+    node config our ClientApp reads is ignored by the stock client)."""
     for i in range(CLIENTS):
         x, y = generate_sensor_data(80, seed=3, sample_seed=10 + i)
         np.savez(root / f"device-{i}.npz", x=x, y=y)
     x, y = generate_sensor_data(300, seed=3, sample_seed=99)
     np.savez(root / "validation.npz", x=x, y=y)
-    ca = CertificateAuthority.load_or_create(root / "ca")
-    cert, key, ca_file = issue_superlink_tls(root / "ca", "127.0.0.1", root / "tls")
-    (root / "ca.crt").write_bytes(ca.cert_pem)
-    port = free_port()
-    link = SuperLinkProcess(
-        SuperLinkConfig(
-            database=root / "state.db",
-            port=port,
-            ssl_certfile=cert,
-            ssl_keyfile=key,
-            ssl_ca_certfile=ca_file,
-        ),
-        workdir=root / "link",
-    )
-    nodes = [
-        SuperNodeSupervisor(
-            SuperNodeConfig(
-                superlink=f"127.0.0.1:{port}",
-                data_path=root / f"device-{i}.npz",
-                clientappio_port=free_port(),
-                root_certificates=root / "ca.crt",
-                fab_sha256=fab_sha256(fab),
-            ),
-            log_path=root / f"node-{i}.log",
-        )
-        for i in range(CLIENTS)
-    ]
-    with link:
-        for node in nodes:
-            node.start()
-        try:
-            yield link
-        finally:
-            for node in nodes:
-                node.stop()
+    with local_federation(root, devices=CLIENTS, run_id="stock", fab_dir=fab).running() as link:
+        yield link
 
 
 def _submit(root: Path, link: SuperLinkProcess, name: str, fab: Path, *, secagg: bool) -> Path:
