@@ -67,7 +67,7 @@ def test_a_refusal_for_a_bundle_the_device_no_longer_runs_is_sent_again() -> Non
     moved = _devs(13.0)["dev-1"]
     caught_up = DeviceState(**{**moved.__dict__, "installed_bundle_id": "b" * 64})
     assert _moved_on(reason, caught_up)  # the registry knows what it runs now: re-bind
-    assert not _moved_on(reason, moved)  # the registry still names the old bundle: wait
+    assert not _moved_on(reason, moved)  # the registry still names the old bundle: not re-bound
     assert not _moved_on("rejected: ExpiredError: rollback order expired", caught_up)
     assert not _moved_on(reason, None)
 
