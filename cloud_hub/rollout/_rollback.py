@@ -8,13 +8,17 @@ same bundle and go back to the same one, and bound to those devices and to that 
 
 A target ends ``rolled_back`` (the device said so, or reports the bundle it goes back to),
 ``rollback_failed`` (the device refused or failed the order, or gave no answer within the
-offline timeout; the device's reason is kept) or ``stranded`` (nothing to go back to). Once
+offline timeout; the device's reason is kept) or ``stranded`` (nothing to go back to). A
+refusal of an order bound to a bundle the device no longer runs is answered, not final: the
+order is re-bound to what it runs, or the target waits for the status that names it
+(:func:`refusal_answer`). Once
 no target is open the rollout is ``rolled_back``, or ``rollback_failed`` with the devices and
 their reasons in its ``reason``: the operator retries (``rollback``) or ``resolve``s it.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +47,7 @@ from shared.messages import EventKind
 if TYPE_CHECKING:
     from cloud_hub.rollout.engine import EngineConfig
 
-__all__ = ["BackTo", "RollbackStep", "back_to", "model_sha256"]
+__all__ = ["BackTo", "RefusalAnswer", "RollbackStep", "back_to", "model_sha256", "refusal_answer"]
 
 log = logging.getLogger("cloud_hub.rollout.engine")
 
@@ -193,8 +197,15 @@ class RollbackStep:
             elif r.state == T.ROLLBACK_SENT.value and (
                 reason := _refusal(refused.get(r.device_id, []), r.last_attempt_at)
             ):
-                if _moved_on(reason, dev) and r.attempts < self.config.max_attempts:
+                answer = refusal_answer(
+                    reason,
+                    dev,
+                    attempts_left=r.attempts < self.config.max_attempts,
+                    waited_out=waited >= cfg.offline_timeout_s,
+                )
+                if answer is RefusalAnswer.REBIND:
                     rebind.add(r.device_id)  # it committed after the order was built
+                if answer is not RefusalAnswer.FAIL:
                     open_rows.append(r)
                     continue
                 outcome = (TS.ROLLBACK_FAILED, reason)
@@ -283,15 +294,32 @@ class RollbackStep:
             )
 
 
-def _moved_on(reason: str, dev: DeviceState | None) -> bool:
-    """The device refused an order bound to a bundle it no longer runs, and the registry now
-    knows the one it runs (its status caught up): an order bound to that one can land."""
+class RefusalAnswer(enum.Enum):
+    """What the hub does with a device's refusal of a rollback order."""
+
+    REBIND = "rebind"  # send it again, bound to the bundle the device runs now
+    AWAIT_STATUS = "await_status"  # keep the target open until the device's status arrives
+    FAIL = "fail"  # the target ends rollback_failed with the device's reason
+
+
+def refusal_answer(
+    reason: str, dev: DeviceState | None, *, attempts_left: bool, waited_out: bool
+) -> RefusalAnswer:
+    """Answer a refusal (pure). A device refuses an order bound to a bundle it no longer runs
+    when it committed the rollout's bundle after the order was built: if the registry knows
+    the bundle it runs now, the order is re-bound to it; if the registry still names the one
+    the order was bound to, the device's next status (sent on every commit) is awaited, for
+    at most the offline timeout. Any other refusal, or no attempt left, fails the target."""
     binding = stale_rollback_binding(reason)
-    if binding is None or dev is None or not dev.installed_bundle_id:
-        return False
+    if binding is None or dev is None or not dev.installed_bundle_id or not attempts_left:
+        return RefusalAnswer.FAIL
     ordered, running = binding
     now_runs = dev.installed_bundle_id
-    return now_runs.startswith(running) and not now_runs.startswith(ordered)
+    if now_runs.startswith(running) and not now_runs.startswith(ordered):
+        return RefusalAnswer.REBIND
+    if now_runs.startswith(ordered) and not waited_out:
+        return RefusalAnswer.AWAIT_STATUS
+    return RefusalAnswer.FAIL
 
 
 def _rollback_due(

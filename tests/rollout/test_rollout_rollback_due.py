@@ -5,7 +5,7 @@ names it — an order built from the status before the commit would be refused."
 from __future__ import annotations
 
 from cloud_hub.registry.records import DeviceState, TargetRecord
-from cloud_hub.rollout._rollback import _moved_on, _rollback_due
+from cloud_hub.rollout._rollback import RefusalAnswer, _rollback_due, refusal_answer
 from cloud_hub.rollout.targets import InstallView, TargetState
 from shared.bundle import stale_rollback_binding
 
@@ -66,10 +66,25 @@ def test_a_refusal_for_a_bundle_the_device_no_longer_runs_is_sent_again() -> Non
     assert stale_rollback_binding(reason) == ("aaaaaaaaaaaa", "bbbbbbbbbbbb")
     moved = _devs(13.0)["dev-1"]
     caught_up = DeviceState(**{**moved.__dict__, "installed_bundle_id": "b" * 64})
-    assert _moved_on(reason, caught_up)  # the registry knows what it runs now: re-bind
-    assert not _moved_on(reason, moved)  # the registry still names the old bundle: not re-bound
-    assert not _moved_on("rejected: ExpiredError: rollback order expired", caught_up)
-    assert not _moved_on(reason, None)
+    elsewhere = DeviceState(**{**moved.__dict__, "installed_bundle_id": "c" * 64})
+
+    def answer(reason: str, dev: DeviceState | None, **kw: bool) -> RefusalAnswer:
+        return refusal_answer(reason, dev, **({"attempts_left": True, "waited_out": False} | kw))
+
+    # the registry knows what it runs now: re-bind
+    assert answer(reason, caught_up) is RefusalAnswer.REBIND
+    # the registry still names the bundle the order was bound to: wait for the device's status
+    assert answer(reason, moved) is RefusalAnswer.AWAIT_STATUS
+    # ... for at most the offline timeout
+    assert answer(reason, moved, waited_out=True) is RefusalAnswer.FAIL
+    # no attempt left, another refusal, an unknown device, a third bundle: the target fails
+    assert answer(reason, caught_up, attempts_left=False) is RefusalAnswer.FAIL
+    assert answer(reason, moved, attempts_left=False) is RefusalAnswer.FAIL
+    assert answer("rejected: ExpiredError: rollback order expired", caught_up) is (
+        RefusalAnswer.FAIL
+    )
+    assert answer(reason, None) is RefusalAnswer.FAIL
+    assert answer(reason, elsewhere) is RefusalAnswer.FAIL
 
 
 def test_the_refusal_message_of_the_device_is_the_one_the_hub_reads() -> None:
