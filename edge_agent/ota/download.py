@@ -10,12 +10,12 @@ or a power cut may have lost or torn any of the three), then asks only for what 
 The same bundle offered again with another chunk size keeps the bytes it has: the map is
 redrawn for the new chunks.
 
-With ``fsync_chunks`` the progress is made durable in batches: every ``sync_every_bytes``
-of new data, whenever the transfer goes idle and when it completes (the commit point before
-verification), so a power cut costs at most the last batch, fetched again. In between, every
-``WRITEBACK_BYTES`` the kernel is asked to start writing (without waiting), so a sync finds
-little left to write. Either way the map is only a progress hint: the assembled bundle is
-verified against the signed manifest.
+Durability is a commit point, not a per-chunk cost: while chunks stream in nothing waits for
+the disk (the map is only a progress hint, re-checked on every open), and :meth:`sync` makes
+the whole download durable at once when a later step must rely on it (the install resumes
+from it). With ``fsync_chunks`` the kernel is asked every ``WRITEBACK_BYTES`` to start
+writing (without waiting), so that sync finds little left. Either way the assembled bundle
+is verified against the signed manifest.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from edge_agent.errors import InstallError
 from edge_agent.ota.persist import atomic_write_json
 from edge_agent.ota.writeback import start_writeback
 from shared.chunks import Chunk, ChunkAssembly, ChunkFrame, chunk_count
+from shared.files import fsync_dir
 
-__all__ = ["DEFAULT_SYNC_BYTES", "WRITEBACK_BYTES", "BundleDownload", "regrid"]
+__all__ = ["WRITEBACK_BYTES", "BundleDownload", "regrid"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYNC_BYTES = 16 * 1024 * 1024  # new data between two syncs while chunks stream in
 WRITEBACK_BYTES = 2 * 1024 * 1024  # new data between two writeback hints (with fsync_chunks)
 _DIGEST = hashlib.sha256().digest_size
 _DATA, _MAP, _DIGESTS, _GEOMETRY = "bundle.part", "received.map", "chunks.sha256", "geometry.json"
@@ -55,12 +55,11 @@ class BundleDownload:
         total_size: int,
         chunk_size: int,
         fsync_chunks: bool = True,
-        sync_every_bytes: int = DEFAULT_SYNC_BYTES,
     ) -> None:
         self.directory = directory
         self.fsync_chunks = fsync_chunks
-        self.sync_every_bytes = max(1, sync_every_bytes)
-        self._unsynced_bytes = 0
+        # whatever an earlier process wrote may still sit in the page cache: not durable yet
+        self._durable = False
         self._unhinted_bytes = 0
         self._fds: list[int] = []
         geometry = {"bundle_id": bundle_id, "total_size": total_size, "chunk_size": chunk_size}
@@ -154,7 +153,6 @@ class BundleDownload:
     def mismatched(self) -> list[int]:
         """Received chunks whose bytes do not match the hash their frame claimed (corrupted
         on the way: found when the assembled bundle fails verification)."""
-        self.sync()
         received = sorted(self.assembly.received)
         return sorted(set(received) - set(self._intact(received)))
 
@@ -174,27 +172,28 @@ class BundleDownload:
         except OSError as exc:
             self.assembly.received.discard(index)
             raise InstallError(f"cannot write chunk {index}: {exc}") from exc
-        self._unsynced_bytes += len(chunk.data)
+        self._durable = False
         self._unhinted_bytes += len(chunk.data)
-        if self.fsync_chunks and self._unsynced_bytes >= self.sync_every_bytes:
-            self.sync()
-        elif self.fsync_chunks and self._unhinted_bytes >= WRITEBACK_BYTES:
+        if self.fsync_chunks and self._unhinted_bytes >= WRITEBACK_BYTES:
             self._unhinted_bytes = 0
             start_writeback(self._data_fd)
         return True
 
     def sync(self) -> None:
-        """Make the chunks written so far durable (with ``fsync_chunks``)."""
-        if not self._unsynced_bytes:
+        """The commit point (with ``fsync_chunks``): make every chunk on disk, its hash and
+        its map entry durable, and the files' and the directory's names with them."""
+        if self._durable:
             return
-        self._unsynced_bytes = self._unhinted_bytes = 0
-        if not self.fsync_chunks:
-            return
-        try:
-            for fd in (self._data_fd, self._digest_fd, self._map_fd):
-                os.fdatasync(fd)
-        except OSError as exc:
-            raise InstallError(f"cannot sync download: {exc}") from exc
+        if self.fsync_chunks:
+            try:
+                for fd in (self._data_fd, self._digest_fd, self._map_fd):
+                    os.fdatasync(fd)
+                fsync_dir(self.directory)
+                fsync_dir(self.directory.parent)
+            except OSError as exc:
+                raise InstallError(f"cannot sync download: {exc}") from exc
+        self._durable = True
+        self._unhinted_bytes = 0
 
     def read_all(self) -> bytes:
         size = self.assembly.total_size
@@ -210,9 +209,7 @@ class BundleDownload:
             os.pwrite(self._map_fd, b"\x00", i)
 
     def close(self) -> None:
-        if self._fds:
-            with contextlib.suppress(InstallError):
-                self.sync()
+        """Release the file handles (nothing is synced: a reopen re-checks every chunk)."""
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -220,7 +217,6 @@ class BundleDownload:
         self._data_fd = self._map_fd = self._digest_fd = -1
 
     def remove(self) -> None:
-        self._unsynced_bytes = 0
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -58,11 +58,8 @@ class InstallSteps(UpdaterCore):
         self.transfer.stop_listening()
         dep = self._dep()
         if dep.phase == Phase.DOWNLOADING:
-            try:
-                self.transfer.sync()  # completeness must be on disk before Verifying is
-            except InstallError as exc:
-                self._abort(Trigger.ERROR, str(exc))
-                return
+            # no sync here: a restart in Verifying re-hashes the chunks on disk and fetches
+            # again whatever a power cut lost (Trigger.REPAIR)
             received = {"bytes_received": self.transfer.bytes_received}
             self._step(Trigger.DOWNLOAD_COMPLETE, event=EventKind.DOWNLOAD_COMPLETE, data=received)
         try:
@@ -81,6 +78,13 @@ class InstallSteps(UpdaterCore):
             self._delta_fallback(exc)
             return
         if self._overdue():
+            return
+        try:
+            # the commit point: a restart in Installing rewrites the slot from the download
+            # and cannot fetch again, so every verified byte must be on disk before it
+            self.transfer.sync()
+        except InstallError as exc:
+            self._abort(Trigger.ERROR, str(exc))
             return
         self._step(Trigger.VERIFIED, event=EventKind.VERIFIED)
         self._install(verified, artifacts)

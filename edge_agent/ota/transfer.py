@@ -122,8 +122,6 @@ class ChunkTransfer:
         dl, now = self.download, self._clock()
         if dl is None or dl.complete:
             return
-        if now - self._last_progress >= 0.2:  # the flow paused: make progress durable
-            dl.sync()
         interval = self.retry_s * min(8, 2**self._idle_requests)
         if now - self._last_progress >= interval and now - self._last_request >= interval:
             self._request(dl.missing())
@@ -150,6 +148,7 @@ class ChunkTransfer:
         log.info("asked for %d chunks of %s", len(wanted), self.download.bundle_id[:12])
 
     def sync(self) -> None:
+        """Make the download durable (the commit point before the install relies on it)."""
         if self.download is not None:
             self.download.sync()
 

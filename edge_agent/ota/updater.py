@@ -5,9 +5,12 @@ Every call comes from the agent's single worker thread, so the updater needs no 
 Crash safety rests on three rules: each transition is persisted (atomically) before the
 side effect that follows it; a step's event goes to the outbox *before* the transition that
 records it, so a kill in between repeats the step and reports it again (at least once, never
-lost); and the ``active`` slot pointer is the commit point. Each deployment ends in a
-terminal event: ``committed``, ``rolled_back`` or ``failed`` (an offer refused before
-download gets ``rejected``).
+lost); and the ``active`` slot pointer is the commit point. Power loss is met the same way
+with fsyncs only where a later step relies on the disk: the download once, before
+Installing is persisted (an install resumes from it), the slot before the pointer names it;
+anything earlier is re-hashed on restart and what a power cut lost is fetched again. Each
+deployment ends in a terminal event: ``committed``, ``rolled_back`` or ``failed`` (an offer
+refused before download gets ``rejected``).
 
 Layers: :mod:`~edge_agent.ota.core` (state and steps), :mod:`~edge_agent.ota.install`
 (verify, install, commit, roll back), :mod:`~edge_agent.ota.recovery` (after a restart) and
@@ -210,7 +213,4 @@ class OtaUpdater(CrashRecovery):
             self._abort(Trigger.TIMEOUT, f"{dep.phase.value} timed out")
             return
         if dep.phase == Phase.DOWNLOADING:
-            try:
-                self.transfer.tick()
-            except InstallError as exc:  # the download could not be synced to disk
-                self._abort(Trigger.ERROR, str(exc))
+            self.transfer.tick()

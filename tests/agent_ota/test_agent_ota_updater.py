@@ -660,44 +660,6 @@ def test_restarted_download_keeps_only_chunks_whose_bytes_match_their_hash(
     assert other.received_count == 0
 
 
-def test_download_syncs_in_batches_of_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import edge_agent.ota.download as download_module
-    from shared.chunks import split_chunks
-
-    synced: list[int] = []
-    monkeypatch.setattr(download_module.os, "fdatasync", synced.append)
-    data = bytes(10_000)
-    dl = download_module.BundleDownload(
-        tmp_path / "d",
-        bundle_id="b" * 64,
-        total_size=len(data),
-        chunk_size=1000,
-        sync_every_bytes=4000,
-    )
-    for c in split_chunks("b" * 64, data, 1000)[:9]:
-        dl.store(c)
-    assert len(synced) == 2 * 3  # after the 4th and the 8th chunk: data, hashes and map
-    dl.sync()
-    assert len(synced) == 3 * 3
-    dl.sync()  # nothing new
-    assert len(synced) == 3 * 3
-    dl.close()
-    unsynced = download_module.BundleDownload(
-        tmp_path / "e",
-        bundle_id="b" * 64,
-        total_size=len(data),
-        chunk_size=1000,
-        fsync_chunks=False,
-        sync_every_bytes=1000,
-    )
-    for c in split_chunks("b" * 64, data, 1000):
-        unsynced.store(c)
-    unsynced.sync()
-    assert len(synced) == 3 * 3
-
-
 def test_download_names_chunks_whose_bytes_do_not_match_their_frame(tmp_path: Path) -> None:
     from edge_agent.ota.download import BundleDownload
     from shared.chunks import encode_chunk, parse_chunk_frame, split_chunks
