@@ -28,6 +28,7 @@ import enum
 from collections.abc import Mapping
 
 from cloud_hub.errors import HubError
+from shared.transitions import TransitionTable
 
 __all__ = [
     "TERMINAL_RUN_STATES",
@@ -103,29 +104,38 @@ _FAILABLE = (
     RunState.BUNDLING,
 )
 
+
+class InvalidRunTransitionError(HubError):
+    """A step the training-run table does not allow in the run's current state."""
+
+
 S, T = RunState, RunStep
-#: The whole lifecycle. Anything not listed here is refused.
-TRANSITIONS: Mapping[tuple[RunState, RunStep], RunState] = {
-    (S.PENDING, T.START): S.TRAINING,
-    (S.TRAINING, T.TRAINED): S.EVALUATING,
-    (S.EVALUATING, T.ACCEPTED): S.COMPRESSING,
-    (S.EVALUATING, T.REFUSED): S.REFUSED,
-    (S.COMPRESSING, T.COMPRESSED): S.BUNDLING,
-    (S.BUNDLING, T.REGISTERED): S.REGISTERED,
-    (S.BUNDLING, T.AWAITING): S.AWAITING_APPROVAL,
-    (S.BUNDLING, T.ROLLOUT_STARTED): S.ROLLING_OUT,
-    (S.AWAITING_APPROVAL, T.APPROVED): S.ROLLING_OUT,
-    (S.ROLLING_OUT, T.ROLLOUT_DONE): S.DEPLOYED,
-    (S.ROLLING_OUT, T.ROLLOUT_ROLLED_BACK): S.ROLLOUT_ROLLED_BACK,
-    (S.ROLLING_OUT, T.ROLLOUT_ABORTED): S.ROLLOUT_ABORTED,
-    (S.ROLLING_OUT, T.ROLLOUT_RESOLVED): S.ROLLOUT_RESOLVED,
-    **{(s, T.FAIL): S.FAILED for s in _FAILABLE},
-    (S.PENDING, T.REPORT_RUNNING): S.RUNNING,
-    (S.PENDING, T.REPORT_DONE): S.DONE,
-    (S.RUNNING, T.REPORT_DONE): S.DONE,
-    (S.PENDING, T.REPORT_CANCELLED): S.CANCELLED,
-    (S.RUNNING, T.REPORT_CANCELLED): S.CANCELLED,
-}
+#: The whole lifecycle. Anything not listed here is refused with ``InvalidRunTransitionError``.
+TRANSITIONS: TransitionTable[RunState, RunStep, RunState] = TransitionTable(
+    "a training run",
+    {
+        (S.PENDING, T.START): S.TRAINING,
+        (S.TRAINING, T.TRAINED): S.EVALUATING,
+        (S.EVALUATING, T.ACCEPTED): S.COMPRESSING,
+        (S.EVALUATING, T.REFUSED): S.REFUSED,
+        (S.COMPRESSING, T.COMPRESSED): S.BUNDLING,
+        (S.BUNDLING, T.REGISTERED): S.REGISTERED,
+        (S.BUNDLING, T.AWAITING): S.AWAITING_APPROVAL,
+        (S.BUNDLING, T.ROLLOUT_STARTED): S.ROLLING_OUT,
+        (S.AWAITING_APPROVAL, T.APPROVED): S.ROLLING_OUT,
+        (S.ROLLING_OUT, T.ROLLOUT_DONE): S.DEPLOYED,
+        (S.ROLLING_OUT, T.ROLLOUT_ROLLED_BACK): S.ROLLOUT_ROLLED_BACK,
+        (S.ROLLING_OUT, T.ROLLOUT_ABORTED): S.ROLLOUT_ABORTED,
+        (S.ROLLING_OUT, T.ROLLOUT_RESOLVED): S.ROLLOUT_RESOLVED,
+        **{(s, T.FAIL): S.FAILED for s in _FAILABLE},
+        (S.PENDING, T.REPORT_RUNNING): S.RUNNING,
+        (S.PENDING, T.REPORT_DONE): S.DONE,
+        (S.RUNNING, T.REPORT_DONE): S.DONE,
+        (S.PENDING, T.REPORT_CANCELLED): S.CANCELLED,
+        (S.RUNNING, T.REPORT_CANCELLED): S.CANCELLED,
+    },
+    InvalidRunTransitionError,
+)
 del S, T
 
 #: a rollout's final state → the step that closes the run that made it (``rollback_failed``
@@ -138,10 +148,6 @@ _ROLLOUT_END: Mapping[str, RunStep] = {
 }
 
 
-class InvalidRunTransitionError(HubError):
-    """A step the training-run table does not allow in the run's current state."""
-
-
 def next_run_state(state: str, step: RunStep) -> RunState:
     """The state after ``step``; raises ``InvalidRunTransitionError`` where the table has none
     (including for a state name this hub does not know)."""
@@ -149,12 +155,7 @@ def next_run_state(state: str, step: RunStep) -> RunState:
         current = RunState(state)
     except ValueError:
         raise InvalidRunTransitionError(f"unknown training-run state {state!r}") from None
-    target = TRANSITIONS.get((current, step))
-    if target is None:
-        raise InvalidRunTransitionError(
-            f"{step.value!r} not allowed for a training run in state {current.value!r}"
-        )
-    return target
+    return TRANSITIONS.next(current, step)
 
 
 def rollout_end_step(rollout_state: str) -> RunStep | None:

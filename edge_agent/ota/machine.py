@@ -30,6 +30,7 @@ from typing import Any
 
 from edge_agent.errors import InstallError
 from shared.install_phase import TERMINAL_INSTALL_PHASES, InstallPhase
+from shared.transitions import TransitionTable
 
 __all__ = [
     "RECOVERY",
@@ -73,38 +74,43 @@ class Trigger(str, enum.Enum):
 TERMINAL = TERMINAL_INSTALL_PHASES
 _START = (Phase.IDLE, *sorted(TERMINAL))
 
-P, T = Phase, Trigger
-#: The whole lifecycle. Anything not listed here is refused.
-TRANSITIONS: Mapping[tuple[Phase, Trigger], Phase] = {
-    **{(s, T.OFFER_ACCEPTED): P.DOWNLOADING for s in _START},
-    **{(s, T.ROLLBACK_ORDERED): P.ROLLING_BACK for s in _START},
-    (P.DOWNLOADING, T.DOWNLOAD_COMPLETE): P.VERIFYING,
-    (P.DOWNLOADING, T.ERROR): P.FAILED,
-    (P.DOWNLOADING, T.TIMEOUT): P.FAILED,
-    (P.DOWNLOADING, T.SUPERSEDED): P.FAILED,
-    (P.VERIFYING, T.VERIFIED): P.INSTALLING,
-    (P.VERIFYING, T.VERIFY_FAILED): P.FAILED,
-    (P.VERIFYING, T.ERROR): P.FAILED,
-    (P.VERIFYING, T.TIMEOUT): P.FAILED,
-    (P.VERIFYING, T.SUPERSEDED): P.FAILED,
-    (P.VERIFYING, T.REPAIR): P.DOWNLOADING,
-    (P.INSTALLING, T.INSTALLED): P.HEALTH_CHECK,
-    (P.INSTALLING, T.INSTALL_FAILED): P.ROLLING_BACK,
-    (P.INSTALLING, T.TIMEOUT): P.ROLLING_BACK,
-    (P.INSTALLING, T.ERROR): P.ROLLING_BACK,
-    (P.HEALTH_CHECK, T.HEALTH_OK): P.COMMITTED,
-    (P.HEALTH_CHECK, T.HEALTH_FAILED): P.ROLLING_BACK,
-    (P.HEALTH_CHECK, T.TIMEOUT): P.ROLLING_BACK,
-    (P.HEALTH_CHECK, T.ERROR): P.ROLLING_BACK,
-    (P.ROLLING_BACK, T.ROLLBACK_DONE): P.ROLLED_BACK,
-    (P.ROLLING_BACK, T.ROLLBACK_FAILED): P.FAILED,
-    (P.ROLLING_BACK, T.TIMEOUT): P.FAILED,
-}
-del P, T
-
 
 class InvalidTransitionError(InstallError):
     """A trigger that the transition table does not allow in the current phase."""
+
+
+P, T = Phase, Trigger
+#: The whole lifecycle. Anything not listed here is refused with ``InvalidTransitionError``.
+TRANSITIONS: TransitionTable[Phase, Trigger, Phase] = TransitionTable(
+    "an install",
+    {
+        **{(s, T.OFFER_ACCEPTED): P.DOWNLOADING for s in _START},
+        **{(s, T.ROLLBACK_ORDERED): P.ROLLING_BACK for s in _START},
+        (P.DOWNLOADING, T.DOWNLOAD_COMPLETE): P.VERIFYING,
+        (P.DOWNLOADING, T.ERROR): P.FAILED,
+        (P.DOWNLOADING, T.TIMEOUT): P.FAILED,
+        (P.DOWNLOADING, T.SUPERSEDED): P.FAILED,
+        (P.VERIFYING, T.VERIFIED): P.INSTALLING,
+        (P.VERIFYING, T.VERIFY_FAILED): P.FAILED,
+        (P.VERIFYING, T.ERROR): P.FAILED,
+        (P.VERIFYING, T.TIMEOUT): P.FAILED,
+        (P.VERIFYING, T.SUPERSEDED): P.FAILED,
+        (P.VERIFYING, T.REPAIR): P.DOWNLOADING,
+        (P.INSTALLING, T.INSTALLED): P.HEALTH_CHECK,
+        (P.INSTALLING, T.INSTALL_FAILED): P.ROLLING_BACK,
+        (P.INSTALLING, T.TIMEOUT): P.ROLLING_BACK,
+        (P.INSTALLING, T.ERROR): P.ROLLING_BACK,
+        (P.HEALTH_CHECK, T.HEALTH_OK): P.COMMITTED,
+        (P.HEALTH_CHECK, T.HEALTH_FAILED): P.ROLLING_BACK,
+        (P.HEALTH_CHECK, T.TIMEOUT): P.ROLLING_BACK,
+        (P.HEALTH_CHECK, T.ERROR): P.ROLLING_BACK,
+        (P.ROLLING_BACK, T.ROLLBACK_DONE): P.ROLLED_BACK,
+        (P.ROLLING_BACK, T.ROLLBACK_FAILED): P.FAILED,
+        (P.ROLLING_BACK, T.TIMEOUT): P.FAILED,
+    },
+    InvalidTransitionError,
+)
+del P, T
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from edge_agent.ota.machine import (
     timed_out,
     transition,
 )
+from shared.transitions import TransitionTable
 
 TIMEOUTS = phase_timeouts(download_s=10, verify_s=20, install_s=30, health_s=40, rollback_s=50)
 
@@ -191,3 +192,35 @@ def test_a_refused_transition_names_trigger_phase_and_deployment() -> None:
         InvalidTransitionError, match=r"^'health_ok' not allowed in phase 'idle' \(deployment d1\)$"
     ):
         transition(_dep(), Trigger.HEALTH_OK, now=0, timeouts=TIMEOUTS)
+
+
+P, T = Phase, Trigger
+#: The drawing in the module docstring, move by move.
+DRAWN_MOVES = {
+    **{(s, T.OFFER_ACCEPTED): P.DOWNLOADING for s in (P.IDLE, *TERMINAL)},
+    **{(s, T.ROLLBACK_ORDERED): P.ROLLING_BACK for s in (P.IDLE, *TERMINAL)},
+    (P.DOWNLOADING, T.DOWNLOAD_COMPLETE): P.VERIFYING,
+    **{(P.DOWNLOADING, t): P.FAILED for t in (T.ERROR, T.TIMEOUT, T.SUPERSEDED)},
+    (P.VERIFYING, T.VERIFIED): P.INSTALLING,
+    **{(P.VERIFYING, t): P.FAILED for t in (T.VERIFY_FAILED, T.ERROR, T.TIMEOUT, T.SUPERSEDED)},
+    (P.VERIFYING, T.REPAIR): P.DOWNLOADING,
+    (P.INSTALLING, T.INSTALLED): P.HEALTH_CHECK,
+    **{(P.INSTALLING, t): P.ROLLING_BACK for t in (T.INSTALL_FAILED, T.TIMEOUT, T.ERROR)},
+    (P.HEALTH_CHECK, T.HEALTH_OK): P.COMMITTED,
+    **{(P.HEALTH_CHECK, t): P.ROLLING_BACK for t in (T.HEALTH_FAILED, T.TIMEOUT, T.ERROR)},
+    (P.ROLLING_BACK, T.ROLLBACK_DONE): P.ROLLED_BACK,
+    **{(P.ROLLING_BACK, t): P.FAILED for t in (T.ROLLBACK_FAILED, T.TIMEOUT)},
+}
+
+
+def test_the_table_is_the_shared_transition_type_with_exactly_the_drawn_moves() -> None:
+    assert isinstance(TRANSITIONS, TransitionTable) and TRANSITIONS.subject == "an install"
+    assert dict(TRANSITIONS) == DRAWN_MOVES
+    with pytest.raises(TypeError):
+        TRANSITIONS[(P.IDLE, T.HEALTH_OK)] = P.COMMITTED  # type: ignore[index]
+
+
+def test_the_table_itself_refuses_with_the_install_error() -> None:
+    assert TRANSITIONS.next(P.HEALTH_CHECK, T.HEALTH_OK) is P.COMMITTED
+    with pytest.raises(InvalidTransitionError, match="'health_ok' not allowed for an install"):
+        TRANSITIONS.next(P.IDLE, T.HEALTH_OK)

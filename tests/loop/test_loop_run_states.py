@@ -15,6 +15,7 @@ from cloud_hub.loop.run_states import (
     next_run_state,
     rollout_end_step,
 )
+from shared.transitions import TransitionTable
 
 S, T = RunState, RunStep
 PIPELINE = [
@@ -72,3 +73,16 @@ def test_a_run_closes_when_its_rollout_ends() -> None:
     assert rollout_end_step("resolved") is T.ROLLOUT_RESOLVED
     for going in ("canary", "wave", "paused", "rolling_back", "rollback_failed"):
         assert rollout_end_step(going) is None
+
+
+def test_the_table_is_the_shared_transition_type_and_refuses_naming_step_and_state() -> None:
+    assert isinstance(TRANSITIONS, TransitionTable) and TRANSITIONS.subject == "a training run"
+    with pytest.raises(
+        InvalidRunTransitionError,
+        match=r"^'start' not allowed for a training run in state 'training'$",
+    ):
+        next_run_state("training", T.START)
+    with pytest.raises(InvalidRunTransitionError, match=r"^unknown training-run state 'gone'$"):
+        next_run_state("gone", T.START)
+    with pytest.raises(TypeError):
+        TRANSITIONS[(S.PENDING, T.FAIL)] = S.DONE  # type: ignore[index]
