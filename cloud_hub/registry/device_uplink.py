@@ -10,11 +10,26 @@ device stamped it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Integer,
+    String,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from cloud_hub.registry import reports
+from cloud_hub.registry._row_arrays import RowArrays, is_postgresql
 from cloud_hub.registry._rows import insert_ignore, table_of
 from cloud_hub.registry.hello_identity import (
     AcceptedIdentity,
@@ -53,9 +68,42 @@ def _ensure_devices(session: Session, first_seen: Mapping[str, float]) -> None:
     insert_ignore(session, _T, stubs, ["device_id"])
 
 
+_TOUCHED = RowArrays("touched", (("device_id", String()), ("ts", Float())))
+
+
+def _stub_columns(now: Any) -> dict[str, Any]:
+    """The columns of a device row created before its hello (class unknown until then)."""
+    return {
+        "labels": literal({}, _T.c.labels.type),
+        "runtimes": literal([], _T.c.runtimes.type),
+        "first_seen": now,
+        "last_seen": now,
+    }
+
+
+def _touch_statement() -> Any:
+    """PostgreSQL: create the stubs and move ``last_seen`` forward in one statement."""
+    seen = _TOUCHED.value("ts")
+    stub = _stub_columns(seen)
+    stmt = postgresql.insert(_T).from_select(
+        ["device_id", *stub], select(_TOUCHED.value("device_id"), *stub.values())
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["device_id"],
+        set_={"last_seen": stmt.excluded.last_seen},
+        where=_T.c.last_seen < stmt.excluded.last_seen,
+    )
+
+
+_TOUCH_STMT = _touch_statement()
+
+
 def touch_devices(session: Session, last_seen: Mapping[str, float], *, now: float) -> None:
     """Create unknown devices as stubs and move ``last_seen`` forward (never back)."""
     if not last_seen:
+        return
+    if is_postgresql(session):
+        session.execute(_TOUCH_STMT, _TOUCHED.bind((d, float(ts)) for d, ts in last_seen.items()))
         return
     _ensure_devices(session, last_seen)
     session.execute(
@@ -66,13 +114,25 @@ def touch_devices(session: Session, last_seen: Mapping[str, float], *, now: floa
     )
 
 
+_ONLINE = RowArrays("flags", (("device_id", String()), ("online", Boolean())))
+_ONLINE_STMT = (
+    update(_T)
+    .where(_T.c.device_id == _ONLINE.value("device_id"))
+    .values(online=_ONLINE.value("online"))
+)
+
+
 def set_online(session: Session, online: Mapping[str, bool]) -> None:
     """Set the online flag as last received (hello → online, status → its ``online``)."""
-    if online:
-        session.execute(
-            update(_T).where(_T.c.device_id == bindparam("b_id")).values(online=bindparam("b_on")),
-            [{"b_id": d, "b_on": bool(v)} for d, v in online.items()],
-        )
+    if not online:
+        return
+    if is_postgresql(session):
+        session.execute(_ONLINE_STMT, _ONLINE.bind((d, bool(v)) for d, v in online.items()))
+        return
+    session.execute(
+        update(_T).where(_T.c.device_id == bindparam("b_id")).values(online=bindparam("b_on")),
+        [{"b_id": d, "b_on": bool(v)} for d, v in online.items()],
+    )
 
 
 def _installed_values(installed: object) -> dict[str, object]:
@@ -208,9 +268,60 @@ def record_hellos(session: Session, hellos: Sequence[Hello], *, now: float) -> i
     return len(winners)
 
 
+_STATUSES = RowArrays(
+    "statuses",
+    (
+        ("device_id", String()),
+        ("status_ts", Float()),
+        ("installed_model", String()),
+        ("installed_version", Integer()),
+        ("installed_bundle_id", String()),
+        ("ota_state", String()),
+        ("deployment_id", String()),
+        ("runtime", String()),
+        ("provider", String()),
+        ("healthy", Boolean()),
+    ),
+)
+
+
+def _status_statement() -> Any:
+    """PostgreSQL: a stub for unknown devices and each status where it is the newest, in one
+    statement (a new stub has no status yet, so its status always wins)."""
+    names = [name for name, _ in _STATUSES.columns]
+    stub = _stub_columns(bindparam("now", type_=Float()))
+    stmt = postgresql.insert(_T).from_select(
+        [*names, *stub], select(*(_STATUSES.value(n) for n in names), *stub.values())
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["device_id"],
+        set_={n: stmt.excluded[n] for n in names[1:]},
+        where=or_(_T.c.status_ts.is_(None), _T.c.status_ts <= stmt.excluded.status_ts),
+    )
+
+
+_STATUS_STMT = _status_statement()
+
+
 def record_statuses(session: Session, statuses: Sequence[Status], *, now: float) -> None:
     """Apply statuses (at most one per device), each only if newer than what is stored."""
     if not statuses:
+        return
+    if is_postgresql(session):
+        rows = (
+            (
+                s.device_id,
+                float(s.ts),
+                *_installed_values(s.installed).values(),
+                s.ota_state,
+                s.deployment_id,
+                s.runtime,
+                s.provider,
+                bool(s.healthy),
+            )
+            for s in statuses
+        )
+        session.execute(_STATUS_STMT, {"now": now, **_STATUSES.bind(rows)})
         return
     _ensure_devices(session, {s.device_id: now for s in statuses})
     session.execute(

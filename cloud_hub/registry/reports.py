@@ -7,10 +7,13 @@ so QoS 1 redeliveries and outbox replays never count twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, case, func, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from cloud_hub.registry._row_arrays import RowArrays, is_postgresql
 from cloud_hub.registry._rows import existing_keys, portable_insert, table_of, to_record
 from cloud_hub.registry.records import (
     DriftRecord,
@@ -33,14 +36,54 @@ __all__ = [
 ]
 
 
+def _insert_new_statement(rows: RowArrays, table: Any, key: str) -> Any:
+    """PostgreSQL: insert the rows whose ``key`` is not stored yet, returning their keys."""
+    names = [name for name, _ in rows.columns]
+    stmt = postgresql.insert(table).from_select(names, select(*(rows.value(n) for n in names)))
+    return stmt.on_conflict_do_nothing(index_elements=[key]).returning(table.c[key])
+
+
+_EVENTS = RowArrays(
+    "events",
+    (
+        ("event_id", String()),
+        ("device_id", String()),
+        ("kind", String()),
+        ("deployment_id", String()),
+        ("detail", Text()),
+        ("data", JSON()),
+        ("ts", Float()),
+        ("received_at", Float()),
+    ),
+)
+_EVENTS_STMT = _insert_new_statement(_EVENTS, table_of(EventRow), "event_id")
+
+
 def record_events(session: Session, events: Sequence[Event], *, now: float) -> int:
     """Store events not seen before (by ``event_id``); returns how many were new."""
     unique = {e.event_id: e for e in events}
+    if not unique:
+        return 0
+    if is_postgresql(session):
+        rows = (
+            (
+                e.event_id,
+                e.device_id,
+                e.kind[:64],
+                e.deployment_id,
+                e.detail,
+                dict(e.data),
+                float(e.ts),
+                now,
+            )
+            for e in unique.values()
+        )
+        return len(session.execute(_EVENTS_STMT, _EVENTS.bind(rows)).all())
     known = existing_keys(session, EventRow.event_id, unique)
     fresh = [e for i, e in unique.items() if i not in known]
     if not fresh:
         return 0
-    rows = [
+    rows_ = [
         {
             "event_id": e.event_id,
             "device_id": e.device_id,
@@ -56,51 +99,84 @@ def record_events(session: Session, events: Sequence[Event], *, now: float) -> i
     stmt = portable_insert(session, table_of(EventRow)).on_conflict_do_nothing(
         index_elements=["event_id"]
     )
-    session.execute(stmt, rows)
-    return len(rows)
+    session.execute(stmt, rows_)
+    return len(rows_)
+
+
+_DRIFT = RowArrays(
+    "drift",
+    (
+        ("report_id", String()),
+        ("device_id", String()),
+        ("model_name", String()),
+        ("model_version", Integer()),
+        ("window_size", BigInteger()),
+        ("drift_score", Float()),
+        ("drifted", Boolean()),
+        ("confidence_drift", Boolean()),
+        ("features", JSON()),
+        ("ts", Float()),
+        ("received_at", Float()),
+    ),
+)
+_DRIFT_STMT = _insert_new_statement(_DRIFT, table_of(DriftRow), "report_id")
+
+
+def _drift_row(r: DriftReport, now: float) -> dict[str, Any]:
+    return {
+        "report_id": r.report_id,
+        "device_id": r.device_id,
+        "model_name": r.model_name,
+        "model_version": r.model_version,
+        "window_size": r.window_size,
+        "drift_score": float(r.drift_score),
+        "drifted": bool(r.drifted),
+        "confidence_drift": bool(r.confidence_drift),
+        "features": {name: {"psi": f.psi, "ks": f.ks, **f.extra} for name, f in r.features.items()},
+        "ts": float(r.ts),
+        "received_at": now,
+    }
 
 
 def record_drift(session: Session, reports: Sequence[DriftReport], *, now: float) -> int:
     """Store drift reports not seen before (by ``report_id``); returns how many were new."""
     unique = {r.report_id: r for r in reports}
+    if not unique:
+        return 0
+    if is_postgresql(session):
+        rows = (tuple(_drift_row(r, now).values()) for r in unique.values())
+        return len(session.execute(_DRIFT_STMT, _DRIFT.bind(rows)).all())
     known = existing_keys(session, DriftRow.report_id, unique)
-    rows = [
-        {
-            "report_id": r.report_id,
-            "device_id": r.device_id,
-            "model_name": r.model_name,
-            "model_version": r.model_version,
-            "window_size": r.window_size,
-            "drift_score": r.drift_score,
-            "drifted": r.drifted,
-            "confidence_drift": r.confidence_drift,
-            "features": {
-                name: {"psi": f.psi, "ks": f.ks, **f.extra} for name, f in r.features.items()
-            },
-            "ts": r.ts,
-            "received_at": now,
-        }
-        for rid, r in unique.items()
-        if rid not in known
-    ]
-    if rows:
+    fresh = [_drift_row(r, now) for rid, r in unique.items() if rid not in known]
+    if fresh:
         stmt = portable_insert(session, table_of(DriftRow)).on_conflict_do_nothing(
             index_elements=["report_id"]
         )
-        session.execute(stmt, rows)
-    return len(rows)
+        session.execute(stmt, fresh)
+    return len(fresh)
 
 
-def merge_telemetry(session: Session, aggregates: Sequence[TelemetryAggregate]) -> None:
-    """Add per-minute aggregates into the stored ones (count and sum add, max is the max,
-    last is the one with the newest timestamp)."""
-    if not aggregates:
-        return
+_AGGREGATES = RowArrays(
+    "aggregates",
+    (
+        ("device_id", String()),
+        ("minute", Integer()),
+        ("model_version", Integer()),
+        ("metric", String()),
+        ("count", Integer()),
+        ("sum", Float()),
+        ("max", Float()),
+        ("last", Float()),
+        ("last_ts", Float()),
+    ),
+)
+
+
+def _merge_statement(insert: Any, greatest: Any) -> Any:
+    """The upsert that adds aggregates into the stored ones (``insert``: from either form)."""
     table = table_of(TelemetryMinute)
-    insert = portable_insert(session, table)
     ex = insert.excluded
-    greatest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
-    stmt = insert.on_conflict_do_update(
+    return insert.on_conflict_do_update(
         index_elements=["device_id", "minute", "model_version", "metric"],
         set_={
             "count": table.c.count + ex.count,
@@ -110,21 +186,42 @@ def merge_telemetry(session: Session, aggregates: Sequence[TelemetryAggregate]) 
             "last_ts": greatest(table.c.last_ts, ex.last_ts),
         },
     )
+
+
+_MERGE_STMT = _merge_statement(
+    postgresql.insert(table_of(TelemetryMinute)).from_select(
+        [n for n, _ in _AGGREGATES.columns],
+        select(*(_AGGREGATES.value(n) for n, _ in _AGGREGATES.columns)),
+    ),
+    func.greatest,
+)
+
+
+def merge_telemetry(session: Session, aggregates: Sequence[TelemetryAggregate]) -> None:
+    """Add per-minute aggregates into the stored ones (count and sum add, max is the max,
+    last is the one with the newest timestamp)."""
+    if not aggregates:
+        return
     rows = [
-        {
-            "device_id": a.device_id,
-            "minute": a.minute,
-            "model_version": a.model_version,
-            "metric": a.metric,
-            "count": a.count,
-            "sum": a.sum,
-            "max": a.max,
-            "last": a.last,
-            "last_ts": a.last_ts,
-        }
+        (
+            a.device_id,
+            a.minute,
+            a.model_version,
+            a.metric,
+            a.count,
+            float(a.sum),
+            float(a.max),
+            float(a.last),
+            float(a.last_ts),
+        )
         for a in aggregates
     ]
-    session.execute(stmt, rows)
+    if is_postgresql(session):
+        session.execute(_MERGE_STMT, _AGGREGATES.bind(rows))
+        return
+    stmt = _merge_statement(portable_insert(session, table_of(TelemetryMinute)), func.max)
+    names = [n for n, _ in _AGGREGATES.columns]
+    session.execute(stmt, [dict(zip(names, row, strict=True)) for row in rows])
 
 
 def telemetry_series(
