@@ -3,7 +3,10 @@
 - :mod:`.intake` — classify one received message (pure).
 - :mod:`.fairness` — token buckets and bounded per-device queues, drained round-robin.
 - :mod:`.batch` — fold messages into a batch; write it idempotently.
-- :mod:`.ingest` — the paho-mqtt shell and writer thread (:class:`FleetIngest`).
+- :mod:`.state` — what the network thread and the writer thread share (queue, counters).
+- :mod:`.admission` — admit one received message into the queue (network thread).
+- :mod:`.writer` — drain the queue into batches and commit them (writer thread).
+- :mod:`.ingest` — the paho-mqtt shell (:class:`FleetIngest`).
 """
 
 from cloud_hub.ingest.batch import BatchCounts, IngestBatch, write_batch

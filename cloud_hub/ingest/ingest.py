@@ -1,9 +1,9 @@
-"""The MQTT ingest: the I/O shell around :mod:`.intake`, :mod:`.fairness` and :mod:`.batch`.
+"""The MQTT ingest: the I/O shell around :mod:`.admission` and :mod:`.writer`.
 
-paho's network thread only classifies a message and offers it to the :class:`FairQueue`
-(under a lock); a writer thread drains the queue round-robin into an :class:`IngestBatch`
-and commits one transaction per batch. A batch whose commit fails is kept and written
-again (every write is idempotent), so a database hiccup loses nothing the queue accepted.
+paho's network thread only classifies a message and offers it to the fair queue
+(:func:`.admission.admit`, under a lock); the writer thread (:class:`.writer.BatchWriter`)
+drains the queue round-robin into a batch and commits one transaction per batch,
+acknowledging must-keep messages to the broker only after their batch commits.
 
 The session is persistent (``clean_start=False`` with a session expiry), so the broker
 keeps QoS 1 messages for the hub while it restarts.
@@ -11,11 +11,9 @@ keeps QoS 1 messages for the hub while it restarts.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,15 +22,14 @@ import paho.mqtt.client as mqtt
 from cloud_hub.broker_client import ConnectionHooks, HubRole, connect_client, create_client
 from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError
-from cloud_hub.ingest.batch import BatchCounts, IngestBatch, write_batch
+from cloud_hub.ingest.admission import admit
 from cloud_hub.ingest.config import IngestConfig
-from cloud_hub.ingest.fairness import Admission, FairQueue, RecentKeys
-from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected, classify
+from cloud_hub.ingest.fairness import Admission
+from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected
+from cloud_hub.ingest.state import IngestState
+from cloud_hub.ingest.writer import BatchWriter, Listener
 from cloud_hub.registry import Registry
-from cloud_hub.registry.errors import TRANSIENT_DATABASE_ERRORS, DatabaseError
 from shared.broker_endpoint import BrokerEndpoint
-from shared.errors import MalformedMessageError
-from shared.messages import MAX_MESSAGE_BYTES, Telemetry
 from shared.topics import TopicScheme
 
 __all__ = ["FleetIngest", "IngestConnection", "IngestStats"]
@@ -73,9 +70,6 @@ class IngestStats:
     connected: bool = False
 
 
-Listener = Callable[[BatchCounts], None]
-
-
 class FleetIngest:
     """Subscribes to every device's uplink channels and keeps the registry current."""
 
@@ -93,26 +87,13 @@ class FleetIngest:
         self.settings = mqtt_settings
         self.config = config
         self._clock = clock
-        self._lock = threading.Condition()
-        self._queue: FairQueue[Inbound] = FairQueue(
-            capacity=config.per_device_queue,
-            rate_per_s=config.telemetry_rate_per_s,
-            burst=config.telemetry_burst,
-            max_devices=config.max_devices,
-        )
-        self._recent = RecentKeys(max_devices=config.max_devices)
-        self._counts: Counter[str] = Counter()
-        self._rejected: Counter[str] = Counter()
-        self._dropped: Counter[str] = Counter()
-        self._lags: deque[float] = deque(maxlen=10_000)
+        self._state = IngestState.for_config(config)
+        self._lock = self._state.lock
         self._listeners: list[Listener] = []
         self._observers: list[Callable[[Inbound], None]] = []
-        self._pending = IngestBatch(max_metrics=config.max_metrics)  # the writer thread's
-        # QoS 1 acknowledgements held until the message is committed: a hub killed between
-        # receipt and commit gets it again from the broker (persistent session) instead of
-        # losing it. Keyed by the queued item's identity while it waits in the fair queue.
-        self._held_acks: dict[int, Callable[[], None]] = {}
-        self._pending_acks: list[Callable[[], None]] = []
+        self._batches = BatchWriter(
+            registry, self._state, config, clock=clock, listeners=self._listeners
+        )
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._connected = threading.Event()
@@ -163,7 +144,7 @@ class FleetIngest:
 
     def _received(self) -> int:
         with self._lock:
-            return self._counts["received"]
+            return self._state.counts["received"]
 
     def stop(self, *, flush: bool = True) -> None:
         """Disconnect and (by default) write what is still queued."""
@@ -179,7 +160,7 @@ class FleetIngest:
             self._writer.join(timeout=30)
             self._writer = None
         if flush:
-            self._flush_all()
+            self._batches.flush()
 
     def add_observer(self, observer: Callable[[Inbound], None]) -> None:
         """Call ``observer`` (on the network thread, before the write) with every admitted
@@ -201,207 +182,42 @@ class FleetIngest:
         ``on_commit`` (the broker acknowledgement) runs once the message is committed, or at
         once when it will never be (rejected, duplicate, rate limited, dropped) or is
         telemetry, which is droppable by design and would only hold broker flight slots."""
-        outcome, held, admitted = self._admit(topic, payload, hold=on_commit)
-        if on_commit is not None and not held:
+        admitted = admit(
+            self._state,
+            self.scheme,
+            topic,
+            payload,
+            now=self._clock(),
+            hold=on_commit,
+            batch_max=self.config.batch_max,
+        )
+        if on_commit is not None and not admitted.held:
             on_commit()
-        if admitted is not None:
+        if admitted.message is not None:
             for observer in self._observers:
-                observer(admitted)
-        return outcome
-
-    def _admit(
-        self, topic: str, payload: bytes, *, hold: Callable[[], None] | None
-    ) -> tuple[Admission | Rejected | None, bool, Inbound | None]:
-        """What happened to the message, whether its acknowledgement (``hold``) now waits for
-        the commit, and the message if it was admitted."""
-        now = self._clock()
-        if topic.endswith("/telemetry"):
-            # spend the device's telemetry token before paying for the decode: a flood is
-            # dropped at the cost of a topic split
-            try:
-                sender = self.scheme.parse_device_topic(topic).device_id
-            except MalformedMessageError:
-                sender = None
-            if sender is not None:
-                with self._lock:
-                    if not self._queue.take_token(sender, now):
-                        self._counts["received"] += 1
-                        self._dropped[Admission.RATE_LIMITED.value] += 1
-                        return Admission.RATE_LIMITED, False, None
-        result = classify(self.scheme, topic, payload, received_at=now, max_bytes=MAX_MESSAGE_BYTES)
-        with self._lock:
-            self._counts["received"] += 1
-            if result is None:
-                return None, False, None
-            if isinstance(result, Rejected):
-                self._rejected[result.kind] += 1
-                seen = self._rejected[result.kind]
-                if seen <= 10 or seen & (seen - 1) == 0:  # a flood of garbage: log sparsely
-                    log.warning(
-                        "rejected %s message on %s (%d so far): %s",
-                        result.kind,
-                        topic,
-                        seen,
-                        result.reason,
-                    )
-                return result, False, None
-            msg = result.message
-            telemetry = isinstance(msg, Telemetry)
-            if isinstance(msg, Telemetry) and self._recent.seen_before(
-                result.device_id, (msg.seq, msg.ts)
-            ):
-                self._counts["duplicates"] += 1
-                return None, False, None
-            admission = self._queue.offer(
-                result.device_id, result, droppable=telemetry, now=now, rate_checked=telemetry
-            )
-            if admission in (Admission.ACCEPTED, Admission.EVICTED_OLDEST):
-                self._counts["accepted"] += 1
-            if admission is not Admission.ACCEPTED:
-                self._dropped[admission.value] += 1
-            held = admission is Admission.ACCEPTED and not telemetry and hold is not None
-            if held:
-                assert hold is not None
-                self._held_acks[id(result)] = hold
-            if len(self._queue) >= self.config.batch_max:
-                self._lock.notify_all()
-            admitted = admission in (Admission.ACCEPTED, Admission.EVICTED_OLDEST)
-            return admission, held, result if admitted else None
+                observer(admitted.message)
+        return admitted.outcome
 
     # -- writing (writer thread) -------------------------------------------------------------
     def _write_loop(self) -> None:
-        while not self._stop.is_set():
-            pending = self._pending
-            room = self.config.batch_max - len(pending)  # bounded even while the DB is down
-            with self._lock:
-                if len(self._queue) < self.config.batch_max and not len(pending):
-                    self._lock.wait(self.config.flush_interval_s)
-                items = self._queue.drain(room) if room > 0 else []
-                self._pending_acks.extend(
-                    ack for _, inbound in items if (ack := self._held_acks.pop(id(inbound), None))
-                )
-            for _, inbound in items:
-                pending.apply(inbound)
-            if not len(pending):
-                continue
-            if self._write(pending):
-                self._pending = IngestBatch(max_metrics=self.config.max_metrics)
-                self._release_acks()
-            else:
-                self._stop.wait(self.config.retry_backoff_s)
-
-    def _flush_all(self) -> None:
-        """Write the held batch and everything still queued (after the writer stopped)."""
-        while True:
-            if len(self._pending):
-                if not self._write(self._pending):
-                    return  # the database is down: the broker redelivers what was not acked
-                self._pending = IngestBatch(max_metrics=self.config.max_metrics)
-                self._release_acks()
-            with self._lock:
-                items = self._queue.drain(self.config.batch_max)
-                self._pending_acks.extend(
-                    ack for _, inbound in items if (ack := self._held_acks.pop(id(inbound), None))
-                )
-            if not items:
-                return
-            for _, inbound in items:
-                self._pending.apply(inbound)
-
-    def _release_acks(self) -> None:
-        acks, self._pending_acks = self._pending_acks, []
-        for ack in acks:
-            try:
-                ack()
-            except Exception:  # disconnected meanwhile: the broker will redeliver (idempotent)
-                log.debug("ack after commit failed", exc_info=True)
-
-    def _write(self, batch: IngestBatch) -> bool:
-        """Commit ``batch``; ``False`` (keep it, retry later) when the database is away.
-
-        A batch the database refuses for its content (a value intake did not foresee) is
-        written message by message instead, so only the offending message is dropped."""
-        try:
-            with self.registry.session() as session:
-                counts = write_batch(session, batch, now=self._clock())
-        except TRANSIENT_DATABASE_ERRORS as exc:
-            with self._lock:
-                self._counts["write_errors"] += 1
-            log.warning("ingest batch of %d not written (will retry): %s", len(batch), exc)
-            return False
-        except DatabaseError as exc:
-            log.warning("ingest batch of %d refused (%s); writing one by one", len(batch), exc)
-            return self._write_singly(batch)
-        return self._account(batch, counts)
-
-    def _account(self, batch: IngestBatch, counts: BatchCounts) -> bool:
-        done = self._clock()
-        seen = 0
-        with self._lock:
-            self._counts["written"] += batch.messages - counts.removed_refused
-            self._counts["batches"] += 1
-            self._counts["events_new"] += counts.events_new
-            self._counts["drift_new"] += counts.drift_new
-            self._lags.extend(done - r for r in batch.received_at)
-            if counts.removed_refused:
-                self._rejected["removed_device"] += counts.removed_refused
-                seen = self._rejected["removed_device"]
-        if counts.removed_refused and (seen <= 10 or seen & (seen - 1) == 0):
-            log.warning(
-                "refused %d message(s) of removed device(s) %s (%d so far): re-enroll an id "
-                "(`cloud-hub enroll-token --device-id ID`) to readmit it",
-                counts.removed_refused,
-                ", ".join(counts.removed_devices[:5]),
-                seen,
-            )
-        for listener in self._listeners:
-            try:
-                listener(counts)
-            except Exception:
-                log.exception("ingest listener failed")
-        return True
-
-    def _write_singly(self, batch: IngestBatch) -> bool:
-        total = Counter[str]()
-        removed: set[str] = set()
-        for item in batch.items:
-            single = IngestBatch(max_metrics=self.config.max_metrics)
-            single.apply(item)
-            try:
-                with self.registry.session() as session:
-                    counts = write_batch(session, single, now=self._clock())
-                total.update(dataclasses.asdict(counts) | {"removed_devices": 0})
-                removed.update(counts.removed_devices)
-            except TRANSIENT_DATABASE_ERRORS:
-                return False  # the database went away meanwhile: retry the whole batch
-            except DatabaseError as exc:
-                with self._lock:
-                    self._rejected["unstorable"] += 1
-                log.warning(
-                    "dropped an unstorable %s from %s: %s", item.channel, item.device_id, exc
-                )
-        sums = {f.name: total[f.name] for f in dataclasses.fields(BatchCounts)}
-        del sums["removed_devices"]
-        merged = BatchCounts(**sums, removed_devices=tuple(sorted(removed)))
-        return self._account(batch, merged)
+        self._batches.run(self._stop)
 
     def stats(self) -> IngestStats:
+        state = self._state
         with self._lock:
-            lags = sorted(self._lags)
-            p95 = lags[min(len(lags) - 1, int(0.95 * len(lags)))] if lags else 0.0
             return IngestStats(
-                received=self._counts["received"],
-                accepted=self._counts["accepted"],
-                queued=len(self._queue),
-                written=self._counts["written"],
-                batches=self._counts["batches"],
-                rejected=dict(self._rejected),
-                dropped=dict(self._dropped),
-                duplicates=self._counts["duplicates"],
-                write_errors=self._counts["write_errors"],
-                events_new=self._counts["events_new"],
-                drift_new=self._counts["drift_new"],
-                lag_p95_s=p95,
+                received=state.counts["received"],
+                accepted=state.counts["accepted"],
+                queued=len(state.queue),
+                written=state.counts["written"],
+                batches=state.counts["batches"],
+                rejected=dict(state.rejected),
+                dropped=dict(state.dropped),
+                duplicates=state.counts["duplicates"],
+                write_errors=state.counts["write_errors"],
+                events_new=state.counts["events_new"],
+                drift_new=state.counts["drift_new"],
+                lag_p95_s=state.lag_p95(),
                 connected=self._connected.is_set(),
             )
 
