@@ -131,6 +131,9 @@ class ConnectionHooks:
     subscribed: Callable[[list[str]], None]  # the refused subscriptions (empty: all granted)
     message: Callable[[mqtt.MQTTMessage], None]
     published: Callable[[int], None] | None = None  # a QoS 1 publish was acknowledged
+    # a QoS 1 publish the broker refused (MQTT 5 PUBACK reason, e.g. the ACL); without it a
+    # refused publish is reported to ``published`` like any other acknowledgement
+    publish_refused: Callable[[int, str], None] | None = None
 
 
 def _install(client: mqtt.Client, hooks: ConnectionHooks) -> None:
@@ -166,13 +169,16 @@ def _install(client: mqtt.Client, hooks: ConnectionHooks) -> None:
     client.on_disconnect = on_disconnect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
-    published = hooks.published
-    if published is not None:
+    published, publish_refused = hooks.published, hooks.publish_refused
+    if published is not None or publish_refused is not None:
 
         def on_publish(
-            _c: mqtt.Client, _u: object, mid: int, _rc: ReasonCode, _p: Properties | None
+            _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None
         ) -> None:
-            published(mid)
+            if publish_refused is not None and rc.is_failure:
+                publish_refused(mid, str(rc))
+            elif published is not None:
+                published(mid)
 
         client.on_publish = on_publish
 

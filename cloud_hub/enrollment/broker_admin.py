@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
+from cloud_hub.broker_client import ConnectionHooks, connect_client, create_client
 from cloud_hub.enrollment.ca import CertificateAuthority
 from cloud_hub.enrollment.dynsec import (
     CONTROL_TOPIC,
@@ -38,6 +36,8 @@ from cloud_hub.enrollment.dynsec import (
     readmit_commands,
     revoke_commands,
 )
+from cloud_hub.errors import DeliveryError
+from shared.broker_endpoint import BrokerEndpoint
 from shared.files import atomic_write
 
 __all__ = [
@@ -96,12 +96,14 @@ class BrokerAdmin:
     def apply(self, commands: Sequence[DynsecCommand]) -> None:
         """Run ``commands``; raises :class:`BrokerAdminError` unless all were confirmed."""
         s = self.settings
+        where = f"the broker at {s.host}:{s.port}"
         correlation = uuid.uuid4().hex
         cond = threading.Condition()
         responses: list[dict[str, Any]] = []
+        refused: list[str] = []  # CONNACK or PUBACK failures: no plugin, or not our admin
         subscribed = threading.Event()
 
-        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        def on_message(msg: Any) -> None:
             try:
                 answer = json.loads(msg.payload)
             except ValueError:
@@ -110,31 +112,49 @@ class BrokerAdmin:
                 responses.extend(r for r in answer.get("responses", []) if isinstance(r, dict))
                 cond.notify_all()
 
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id="",  # the device listener sets it to the certificate's name
-            protocol=paho.MQTTv5,
-        )
-        client.tls_set(ca_certs=str(s.ca_file), certfile=str(s.cert_file), keyfile=str(s.key_file))
-        refused: list[str] = []
+        def refuse(reason: str) -> None:
+            with cond:
+                refused.append(reason)
+                cond.notify_all()
+            subscribed.set()
 
-        def on_publish(_c: Any, _u: Any, _mid: int, reason: Any, _p: Any) -> None:
-            if getattr(reason, "is_failure", False):  # the ACL: no plugin, or not our admin
-                with cond:
-                    refused.append(str(reason))
-                    cond.notify_all()
-
-        client.on_message = on_message
-        client.on_publish = on_publish
-        client.on_subscribe = lambda *_a: subscribed.set()
-        deadline = time.monotonic() + s.timeout_s
-        try:
-            client.connect(s.host, s.port, keepalive=30)
-            client.loop_start()
+        def on_connected(client: Any) -> None:
             client.subscribe(RESPONSE_TOPIC, qos=1)
+
+        def on_subscribed(failed: list[str]) -> None:
+            if failed:
+                refuse(failed[0])
+            subscribed.set()
+
+        hooks = ConnectionHooks(
+            connected=on_connected,
+            refused=refuse,
+            dropped=lambda _reason: None,
+            subscribed=on_subscribed,
+            message=on_message,
+            publish_refused=lambda _mid, reason: refuse(reason),
+        )
+        endpoint = BrokerEndpoint(
+            host=s.host,
+            port=s.port,
+            tls=True,
+            ca_file=str(s.ca_file),
+            cert_file=str(s.cert_file),
+            key_file=str(s.key_file),
+        )
+        deadline = time.monotonic() + s.timeout_s
+        # the device listener sets the client id to the certificate's name (R3)
+        try:
+            client = create_client(endpoint, client_id="", hooks=hooks)
+            connect_client(client, endpoint, keepalive_s=30)
+        except DeliveryError as exc:
+            raise BrokerAdminError(f"cannot reach {where}: {exc}") from exc
+        client.loop_start()
+        try:
             if not subscribed.wait(s.timeout_s):
-                raise BrokerAdminError(f"no answer from the broker at {s.host}:{s.port}")
-            client.publish(CONTROL_TOPIC, control_payload(commands, correlation), qos=1)
+                raise BrokerAdminError(f"no answer from {where}")
+            if not refused:
+                client.publish(CONTROL_TOPIC, control_payload(commands, correlation), qos=1)
             with cond:
                 done = cond.wait_for(
                     lambda: refused or check_responses(commands, correlation, responses),
@@ -142,16 +162,14 @@ class BrokerAdmin:
                 )
             if refused:
                 raise BrokerAdminError(
-                    f"the broker at {s.host}:{s.port} refused the admin's command "
-                    f"({refused[0]}): is the dynamic security plugin loaded there?"
+                    f"{where} refused the admin's command ({refused[0]}): "
+                    "is the dynamic security plugin loaded there?"
                 )
             if not done:
                 raise BrokerAdminError(
-                    f"the broker at {s.host}:{s.port} did not confirm {commands[0].name} in "
+                    f"{where} did not confirm {commands[0].name} in "
                     f"{s.timeout_s:.0f} s (is the dynamic security plugin loaded?)"
                 )
-        except OSError as exc:
-            raise BrokerAdminError(f"cannot reach the broker at {s.host}:{s.port}: {exc}") from exc
         finally:
             client.disconnect()
             client.loop_stop()
