@@ -111,10 +111,7 @@ def _probe_mqtt_connect(
 
     client.on_connect = on_connect
     try:
-        if endpoint.tls:
-            client.tls_set(ca_certs=endpoint.ca_file)
-        if endpoint.username:
-            client.username_pw_set(endpoint.username, endpoint.password)
+        endpoint.configure_client(client)  # TLS files and credentials, as the agent's link
         client.connect(endpoint.host, endpoint.port, keepalive=10)
         client.loop_start()
         if not done.wait(timeout_s):
