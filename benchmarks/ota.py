@@ -11,11 +11,18 @@ In one run, through the same Mosquitto (a private one on a free loopback port un
    machine, chunk files, signature/hash verification, A/B install, ONNX smoke inference,
    commit). The offer and the agents' ``download_started`` answers come first (the hub
    publishes chunks once every agent is subscribed: ``offer_handshake_s``); from then until
-   the hub has every agent's ``download_complete`` report (every byte on the agent's disk,
-   synced there with fsync on) is the transfer → ``goodput_mb_s`` and ``goodput_ratio``
-   (the same span as raw's: first chunk out to last byte in). ``end_to_end_ratio`` counts
-   the offer and handshake too; ``time_to_all_committed_s`` runs until every agent
-   committed.
+   the hub has every agent's ``download_complete`` report (every byte written to the agent's
+   download file) is the transfer → ``goodput_mb_s`` and ``goodput_ratio`` (the same span as
+   raw's: first chunk out to last byte in). ``end_to_end_ratio`` counts the offer and
+   handshake too; ``time_to_all_committed_s`` runs until every agent committed.
+
+"ours" runs twice per round, side by side with the same raw figure, on two fleets:
+**durable** with the product's default (``fsync_chunks``: the download is synced once, at
+its commit point before the install, with writeback started while chunks arrive) and
+**none** (``fsync_chunks = false``: the download is never synced). Both fsync the installed
+slot and the state records (those are not optional); the commit point lies after
+``download_complete``, so its cost shows in ``time_to_all_committed_s`` of each fleet
+(``durable_vs_none``). The two fleets take turns going first.
 
 Both sides use the same process layout: ``--procs`` worker processes, each hosting N/procs
 agents (as threads: every agent is a full ``EdgeAgent`` with its own MQTT connection, state
@@ -39,8 +46,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-
-from shared.broker_endpoint import BrokerEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
@@ -115,7 +120,7 @@ def worker_agents(args: argparse.Namespace) -> None:
             trust_root=Path(args.trust),
             mqtt=MqttSettings(port=args.port, topic_prefix=args.prefix),
             timeouts=OtaTimeouts(chunk_retry_s=2.0),
-            limits=AgentLimits(fsync_chunks=not args.no_fsync),
+            limits=AgentLimits(fsync_chunks=False) if args.no_fsync else AgentLimits(),
             status_interval_s=600,
         )
         agent = EdgeAgent(config, runtimes=["onnxruntime:CPUExecutionProvider"])
@@ -218,13 +223,15 @@ class OursFleet:
         prefix: str,
         chunk_size: int,
         work: Path,
-        no_fsync: bool,
+        durable: bool,
     ) -> None:
         from cloud_hub.delivery import FleetPublisher, PublisherConfig
+        from shared.broker_endpoint import BrokerEndpoint
 
+        self.name = "durable" if durable else "none"
         trust = work / "trust_root.json"
         trust.write_text(json.dumps(keys.trust_root().to_dict()))
-        self.ids = [f"agent-{i:03d}" for i in range(n)]
+        self.ids = [f"{self.name}-{i:03d}" for i in range(n)]
         extra = [
             "--port",
             str(port),
@@ -234,7 +241,7 @@ class OursFleet:
             str(work / "agents"),
             "--trust",
             str(trust),
-        ] + (["--no-fsync"] if no_fsync else [])
+        ] + ([] if durable else ["--no-fsync"])
         cfg = PublisherConfig(
             broker=BrokerEndpoint(port=port), prefix=prefix, chunk_size=chunk_size, start_grace_s=30
         )
@@ -306,6 +313,84 @@ def median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+FLEETS = ("durable", "none")
+
+
+def fleet_figures(
+    raw_times: list[float], rounds: list[dict[str, float]], mb: float
+) -> dict[str, Any]:
+    """One fleet's figures against the raw fan-out measured in the same rounds."""
+    raw_mb_s = mb / median(raw_times)
+    goodput = mb / median([o["transfer_s"] for o in rounds])
+    return {
+        "goodput_mb_s": round(goodput, 3),
+        "goodput_ratio": round(goodput / raw_mb_s, 3),
+        "paired_ratios": [
+            round(r / o["transfer_s"], 3) for r, o in zip(raw_times, rounds, strict=True)
+        ],
+        "end_to_end_ratio": round(mb / median([o["download_s"] for o in rounds]) / raw_mb_s, 3),
+        "offer_handshake_s": round(median([o["handshake_s"] for o in rounds]), 3),
+        "transfer_s": round(median([o["transfer_s"] for o in rounds]), 3),
+        "time_to_all_downloaded_s": round(median([o["download_s"] for o in rounds]), 3),
+        "time_to_all_committed_s": round(median([o["committed_s"] for o in rounds]), 3),
+        "repairs": int(sum(o["repairs"] for o in rounds)),
+    }
+
+
+def run_rounds(
+    args: argparse.Namespace, keys: Any, port: int, prefix: str, chunk_size: int, work: Path
+) -> tuple[list[float], dict[str, list[dict[str, float]]], float]:
+    """Each round: raw fan-out, then both fleets (taking turns going first)."""
+    from shared.bundle import bundle_id_of, parse_bundle
+    from shared.chunks import encode_chunk, split_chunks
+
+    procs = max(1, min(args.procs, args.agents))
+    raw_times: list[float] = []
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in FLEETS}
+    bundle_mb = 0.0
+    with contextlib.ExitStack() as stack:
+        fleets = {
+            name: OursFleet(
+                keys,
+                args.agents,
+                procs,
+                port,
+                f"{prefix}-{name}",
+                chunk_size,
+                work,
+                name == "durable",
+            )
+            for name in FLEETS
+        }
+        for fleet in fleets.values():
+            stack.callback(fleet.close)
+        for r in range(args.repeat):
+            bundle = build_bundle(keys, args.bundle_mb, version=r + 1)
+            bundle_mb = len(bundle) / 1e6
+            bundle_id = bundle_id_of(parse_bundle(bundle).manifest_envelope)
+            frames = [encode_chunk(c) for c in split_chunks(bundle_id, bundle, chunk_size)]
+            if r == 0:
+                print(
+                    f"bundle {bundle_mb:.2f} MB in {len(frames)} chunks of {chunk_size} B; "
+                    f"{args.agents} receivers in {procs} processes per side; "
+                    f"{args.repeat} round(s); load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+            raw_s = measure_raw(frames, args.agents, procs, port, f"{prefix}-r{r}")
+            raw_times.append(raw_s)
+            line = f"round {r + 1}: raw {bundle_mb / raw_s:6.2f} MB/s ({raw_s:.2f} s)"
+            for name in FLEETS if r % 2 == 0 else FLEETS[::-1]:
+                ours = fleets[name].round(bundle)
+                rounds[name].append(ours)
+                line += (
+                    f" | {name} {bundle_mb / ours['transfer_s']:6.2f} MB/s (ratio "
+                    f"{raw_s / ours['transfer_s']:.2f}, committed {ours['committed_s']:.2f} s, "
+                    f"{int(ours['repairs'])} repairs)"
+                )
+            print(line + f" | load {os.getloadavg()[0]:.1f}", flush=True)
+    return raw_times, rounds, bundle_mb
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=50)
@@ -314,7 +399,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="rounds (raw then ours); medians")
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--mqtt-url", default=None, help="external broker (default: a private one)")
-    ap.add_argument("--no-fsync", action="store_true", help="agents skip fdatasync per chunk")
     ap.add_argument(
         "--state-dir",
         default=None,
@@ -324,6 +408,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="10 agents, 5 MB, 1 round (< 60 s)")
     # worker mode (internal)
     ap.add_argument("--worker", choices=["raw", "agents"], help=argparse.SUPPRESS)
+    ap.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -342,8 +427,7 @@ def main() -> None:
         return worker_agents(args)
 
     from cloud_hub.config import parse_mqtt_url
-    from shared.bundle import bundle_id_of, parse_bundle
-    from shared.chunks import DEFAULT_CHUNK_SIZE, encode_chunk, split_chunks
+    from shared.chunks import DEFAULT_CHUNK_SIZE
     from shared.messages import new_id
     from simulations.harness.mosquitto import LocalMosquitto
 
@@ -351,9 +435,7 @@ def main() -> None:
         args.agents, args.bundle_mb = min(args.agents, 10), min(args.bundle_mb, 5.0)
         args.repeat = 1
     chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
-    procs = max(1, min(args.procs, args.agents))
-    raw_times: list[float] = []
-    rounds: list[dict[str, float]] = []
+    load_before = os.getloadavg()[0]
     with (
         tempfile.TemporaryDirectory(prefix="fedfleet-bench-ota-", dir=args.state_dir) as tmp,
         contextlib.ExitStack() as stack,
@@ -361,80 +443,44 @@ def main() -> None:
         work = Path(tmp)
         if args.mqtt_url:
             port = parse_mqtt_url(args.mqtt_url).port
-            broker = "external " + args.mqtt_url
         else:
             port = stack.enter_context(LocalMosquitto()).port
-            broker = f"private mosquitto on 127.0.0.1:{port}"
-        keys = make_keys(work)
         prefix = f"bench-{new_id()[:8]}"
-        fleet = OursFleet(keys, args.agents, procs, port, prefix, chunk_size, work, args.no_fsync)
-        stack.callback(fleet.close)
-        for r in range(args.repeat):
-            bundle = build_bundle(keys, args.bundle_mb, version=r + 1)
-            bundle_mb = len(bundle) / 1e6
-            bundle_id = bundle_id_of(parse_bundle(bundle).manifest_envelope)
-            frames = [encode_chunk(c) for c in split_chunks(bundle_id, bundle, chunk_size)]
-            if r == 0:
-                print(
-                    f"bundle {bundle_mb:.2f} MB in {len(frames)} chunks of {chunk_size} B; "
-                    f"{args.agents} receivers in {procs} processes; {broker}; "
-                    f"{args.repeat} round(s)",
-                    flush=True,
-                )
-            raw_s = measure_raw(frames, args.agents, procs, port, f"{prefix}-r{r}")
-            ours = fleet.round(bundle)
-            raw_times.append(raw_s)
-            rounds.append(ours)
-            print(
-                f"round {r + 1}: raw {bundle_mb / raw_s:6.2f} MB/s ({raw_s:.2f} s) | ours "
-                f"{bundle_mb / ours['transfer_s']:6.2f} MB/s (transfer {ours['transfer_s']:.2f} s"
-                f" after offer+handshake {ours['handshake_s']:.2f} s, committed "
-                f"{ours['committed_s']:.2f} s, {int(ours['chunks'])} chunks once, "
-                f"{int(ours['repairs'])} repairs) | ratio {raw_s / ours['transfer_s']:.2f} "
-                f"(end to end {raw_s / ours['download_s']:.2f})",
-                flush=True,
-            )
+        raw_times, rounds, bundle_mb = run_rounds(
+            args, make_keys(work), port, prefix, chunk_size, work
+        )
     raw_mb_s = bundle_mb / median(raw_times)
-    goodput = bundle_mb / median([o["transfer_s"] for o in rounds])
-    end_to_end = bundle_mb / median([o["download_s"] for o in rounds])
-    committed = median([o["committed_s"] for o in rounds])
-    ratio = goodput / raw_mb_s
-    print(
-        f"raw fan-out  : {raw_mb_s:.2f} MB/s per subscriber ({raw_mb_s * args.agents:.0f} MB/s "
-        f"through the broker), median of {len(raw_times)}"
-    )
-    print(
-        f"fedfleet OTA : {goodput:.2f} MB/s per agent ({goodput * args.agents:.0f} MB/s), all "
-        f"{args.agents} committed after {committed:.2f} s (median)"
-    )
-    print(
-        f"goodput ratio ours/raw = {ratio:.2f} (target >= 0.8); with the offer and handshake "
-        f"{end_to_end / raw_mb_s:.2f}"
-    )
+    figures = {name: fleet_figures(raw_times, rounds[name], bundle_mb) for name in FLEETS}
+    durable, none = figures["durable"], figures["none"]
+    print(f"raw fan-out : {raw_mb_s:.2f} MB/s per subscriber, median of {len(raw_times)}")
+    for name, f in figures.items():
+        print(
+            f"{name:<8}    : {f['goodput_mb_s']:.2f} MB/s per agent, ratio "
+            f"{f['goodput_ratio']:.2f} (target >= 0.8), all committed after "
+            f"{f['time_to_all_committed_s']:.2f} s"
+        )
     print(
         json.dumps(
             {
                 "agents": args.agents,
                 "bundle_mb": round(bundle_mb, 3),
                 "chunk_size": chunk_size,
-                "procs": procs,
-                "rounds": len(rounds),
+                "procs": max(1, min(args.procs, args.agents)),
+                "rounds": len(raw_times),
                 "agents_as": "EdgeAgent threads in worker processes",
-                "fsync_chunks": not args.no_fsync,
+                "fsync_chunks": True,  # the product default; the "none" fleet turns it off
                 "state_dir": args.state_dir or tempfile.gettempdir(),
-                "goodput_mb_s": round(goodput, 3),
                 "raw_mb_s": round(raw_mb_s, 3),
-                "goodput_ratio": round(ratio, 3),
-                "paired_ratios": [
-                    round(r / o["transfer_s"], 3) for r, o in zip(raw_times, rounds, strict=True)
-                ],
-                "end_to_end_ratio": round(end_to_end / raw_mb_s, 3),
-                "offer_handshake_s": round(median([o["handshake_s"] for o in rounds]), 3),
-                "transfer_s": round(median([o["transfer_s"] for o in rounds]), 3),
-                "time_to_all_downloaded_s": round(median([o["download_s"] for o in rounds]), 3),
-                "time_to_all_committed_s": round(committed, 3),
                 "raw_time_s": round(median(raw_times), 3),
-                "repairs": int(sum(o["repairs"] for o in rounds)),
+                **durable,
+                "none": none,
+                "durable_vs_none": {
+                    "goodput": round(durable["goodput_mb_s"] / none["goodput_mb_s"], 3),
+                    "time_to_all_committed": round(
+                        durable["time_to_all_committed_s"] / none["time_to_all_committed_s"], 3
+                    ),
+                },
+                "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "cpu": cpu_info(),
             }
         )
