@@ -22,22 +22,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared._codec import from_plain, to_plain
-from shared.errors import (
-    ExpiredError,
-    MalformedBundleError,
-    MalformedMessageError,
-    MixAndMatchError,
-    RollbackError,
-)
+from shared._codec import to_plain
+from shared.errors import MalformedBundleError, MixAndMatchError, RollbackError
 from shared.signing import (
     SPEC_VERSION,
     Keyring,
     SigningKey,
-    _check_spec,
     parse_time,
+    read_document,
     sign_envelope,
-    verify_envelope,
 )
 
 __all__ = [
@@ -90,12 +83,7 @@ def sign_freshness(document: FreshnessDocument, keys: Sequence[SigningKey]) -> d
     return sign_envelope(document.to_signed(), keys)
 
 
-def _document_from_signed(signed: Mapping[str, Any]) -> FreshnessDocument:
-    _check_spec(signed, "freshness", "freshness document")
-    try:
-        doc: FreshnessDocument = from_plain(FreshnessDocument, dict(signed), "freshness")
-    except MalformedMessageError as exc:
-        raise MalformedBundleError(str(exc)) from exc
+def _check_document_shape(doc: FreshnessDocument) -> None:
     if doc.version < 1 or doc.keyring_version < 1:
         raise MalformedBundleError("freshness document: version and keyring_version must be >= 1")
     if len(doc.released) > MAX_RELEASED_CLASSES:
@@ -105,7 +93,6 @@ def _document_from_signed(signed: Mapping[str, Any]) -> FreshnessDocument:
         raise MalformedBundleError(
             f"freshness document valid for {lifetime}; at most {MAX_FRESHNESS_LIFETIME} allowed"
         )
-    return doc
 
 
 def parse_freshness(envelope: Mapping[str, Any]) -> FreshnessDocument:
@@ -114,7 +101,9 @@ def parse_freshness(envelope: Mapping[str, Any]) -> FreshnessDocument:
     signed = envelope.get("signed")
     if not isinstance(signed, dict):
         raise MalformedBundleError("freshness envelope has no 'signed' object")
-    return _document_from_signed(signed)
+    doc = read_document(signed, FreshnessDocument, "freshness document")
+    _check_document_shape(doc)
+    return doc
 
 
 def verify_freshness(
@@ -129,21 +118,17 @@ def verify_freshness(
     older than ``min_version``, the newest seen (``RollbackError``: the same version again is
     fine, a retained message arrives on every reconnect); an expired one (``ExpiredError``).
     """
-    signed = verify_envelope(
-        envelope,
-        keyring.active_keys(now),
-        threshold=keyring.threshold,
-        what="freshness document",
-        revoked=frozenset(keyring.revoked),
+
+    def check_current(doc: FreshnessDocument) -> None:
+        _check_document_shape(doc)
+        if doc.keyring_version != keyring.version:
+            raise MixAndMatchError(
+                f"freshness document names keyring v{doc.keyring_version}, "
+                f"it came with v{keyring.version}"
+            )
+        if doc.version < min_version:
+            raise RollbackError(f"freshness document v{doc.version} older than seen v{min_version}")
+
+    return keyring.verify_document(
+        envelope, FreshnessDocument, what="freshness document", now=now, check=check_current
     )
-    doc = _document_from_signed(signed)
-    if doc.keyring_version != keyring.version:
-        raise MixAndMatchError(
-            f"freshness document names keyring v{doc.keyring_version}, "
-            f"it came with v{keyring.version}"
-        )
-    if doc.version < min_version:
-        raise RollbackError(f"freshness document v{doc.version} older than seen v{min_version}")
-    if doc.expires_at <= now:
-        raise ExpiredError(f"freshness document expired at {doc.expires}")
-    return doc

@@ -11,11 +11,13 @@ Everything here is pure: bytes and dicts in, values or exceptions out.
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -37,15 +39,28 @@ from shared.errors import (
 SPEC_VERSION = "1.0"
 UTC = timezone.utc
 
+
+class SignedDocument(Protocol):
+    """A typed document that a key signs: it says until when it holds."""
+
+    @property
+    def expires(self) -> str: ...
+
+
+D = TypeVar("D", bound=SignedDocument)
+
 __all__ = [
     "SPEC_VERSION",
     "KeyEntry",
     "Keyring",
+    "SignedDocument",
     "SigningKey",
     "TrustRoot",
+    "document_type",
     "format_time",
     "key_id",
     "parse_time",
+    "read_document",
     "sign_envelope",
     "verify_envelope",
     "verify_keyring",
@@ -258,8 +273,53 @@ class Keyring:
                 out[kid] = pub
         return out
 
+    def verify_document(
+        self,
+        envelope: Any,
+        document_class: builtins.type[D],  # the field ``type`` shadows the builtin here
+        *,
+        what: str,
+        now: datetime,
+        check: Callable[[D], None] | None = None,
+    ) -> D:
+        """The one check of a document an online key signs (bundle manifest, rollback order,
+        training order, freshness document); the document, typed.
 
-def _check_spec(signed: Mapping[str, Any], expected_type: str, what: str) -> None:
+        Refuses, in this order: fewer than ``threshold`` valid signatures by keys this keyring
+        lists as active at ``now`` (``BadSignatureError``; ``RevokedKeyError`` for a revoked
+        key, ``UnknownKeyError`` for an unlisted or expired one); a ``type`` other than the
+        one ``document_class`` declares, so a signature for one role never passes for another,
+        another spec major version or an ill-typed field (``MalformedBundleError``); whatever
+        ``check``, the document's own rules, refuses; an ``expires`` not after ``now``
+        (``ExpiredError``). ``what`` names the document in every refusal.
+        """
+        signed = verify_envelope(
+            envelope,
+            self.active_keys(now),
+            threshold=self.threshold,
+            what=what,
+            revoked=frozenset(self.revoked),
+        )
+        document = read_document(signed, document_class, what)
+        if check is not None:
+            check(document)
+        if parse_time(document.expires, f"{what} expires") <= now:
+            raise ExpiredError(f"{what} expired at {document.expires}")
+        return document
+
+
+def document_type(document_class: type) -> str:
+    """The ``type`` a document class declares: the default of its ``type`` field."""
+    for f in dataclasses.fields(document_class):
+        if f.name == "type" and isinstance(f.default, str):
+            return f.default
+    raise TypeError(f"{document_class.__name__} declares no document type")
+
+
+def read_document(signed: Mapping[str, Any], document_class: type[D], what: str) -> D:
+    """``signed`` as a ``document_class``, NOT signature-verified: its ``type`` must be the
+    one the class declares, its spec major version ours, and every field well-typed."""
+    expected_type = document_type(document_class)
     if signed.get("type") != expected_type:
         raise MalformedBundleError(
             f"{what}: type must be {expected_type!r}, got {signed.get('type')!r}"
@@ -267,6 +327,11 @@ def _check_spec(signed: Mapping[str, Any], expected_type: str, what: str) -> Non
     spec = signed.get("spec_version")
     if not isinstance(spec, str) or spec.split(".")[0] != SPEC_VERSION.split(".")[0]:
         raise MalformedBundleError(f"{what}: unsupported spec_version {spec!r}")
+    try:
+        document: D = from_plain(document_class, dict(signed), what)
+    except MalformedMessageError as exc:
+        raise MalformedBundleError(str(exc)) from exc
+    return document
 
 
 def verify_keyring(
@@ -274,11 +339,7 @@ def verify_keyring(
 ) -> Keyring:
     """Verify a keyring against the pinned root; refuse expired or older-than-seen keyrings."""
     signed = verify_envelope(envelope, trust.publics(), threshold=trust.threshold, what="keyring")
-    _check_spec(signed, "keyring", "keyring")
-    try:
-        keyring: Keyring = from_plain(Keyring, signed, "keyring")
-    except MalformedMessageError as exc:
-        raise MalformedBundleError(str(exc)) from exc
+    keyring = read_document(signed, Keyring, "keyring")
     if keyring.version < min_version:
         raise RollbackError(f"keyring version {keyring.version} older than seen {min_version}")
     if parse_time(keyring.expires, "keyring expires") <= now:

@@ -16,11 +16,11 @@ from shared.errors import ConfigError, MalformedBundleError
 from shared.signing import (
     SigningKey,
     TrustRoot,
-    _check_spec,
     format_time,
     key_id,
     parse_time,
     public_from_hex,
+    read_document,
     sign_envelope,
 )
 
@@ -131,20 +131,25 @@ def test_the_trust_root_round_trips_and_defaults_to_one_signature() -> None:
 
 
 def test_the_spec_check_names_type_and_version() -> None:
-    good: dict[str, Any] = {"type": "keyring", "spec_version": "1.0"}
-    _check_spec(good, "keyring", "keyring")
-    _check_spec({**good, "spec_version": "1.9"}, "keyring", "keyring")
+    from shared.signing import Keyring
+
+    good = Keyring(version=1, expires="2026-01-02T00:00:00Z", signing_keys={}).to_signed()
+    assert read_document(good, Keyring, "keyring").version == 1
+    assert read_document({**good, "spec_version": "1.9"}, Keyring, "keyring").version == 1
+    no_type = {k: v for k, v in good.items() if k != "type"}
+    no_spec = {k: v for k, v in good.items() if k != "spec_version"}
     cases: dict[str, dict[str, Any]] = {
         "keyring: type must be 'keyring', got 'manifest'": {**good, "type": "manifest"},
-        "keyring: type must be 'keyring', got None": {"spec_version": "1.0"},
+        "keyring: type must be 'keyring', got None": no_type,
         "keyring: unsupported spec_version '2.0'": {**good, "spec_version": "2.0"},
         "keyring: unsupported spec_version '10.0'": {**good, "spec_version": "10.0"},
         "keyring: unsupported spec_version 1": {**good, "spec_version": 1},
-        "keyring: unsupported spec_version None": {"type": "keyring"},
+        "keyring: unsupported spec_version None": no_spec,
+        "keyring.version: expected an integer": {**good, "version": "1"},
     }
     for message, signed in cases.items():
         with pytest.raises(MalformedBundleError) as info:
-            _check_spec(signed, "keyring", "keyring")
+            read_document(signed, Keyring, "keyring")
         assert str(info.value) == message
 
 
