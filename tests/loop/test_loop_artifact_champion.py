@@ -5,20 +5,19 @@ for drifted devices may lose on the old distribution and still be the better mod
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from cloud_hub.errors import HubError
-from cloud_hub.loop.pipeline import RetrainPipeline
+from cloud_hub.loop.champion import artifact_faces_champion
 from tests.onnx_models import linear_onnx
 
 
-def _artifact(tmp_path: Path) -> SimpleNamespace:
+def _artifact(tmp_path: Path) -> Path:
     path = tmp_path / "model.onnx"
     path.write_bytes(linear_onnx(np.eye(4, dtype=np.float32)))  # predicts argmax(x)
-    return SimpleNamespace(artifact_path=path)
+    return path
 
 
 def _validation(correct: int, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -36,10 +35,9 @@ def _validation(correct: int, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
 def test_artifact_faces_the_champion_on_the_validation_set(
     tmp_path: Path, correct: int, champion: float | None, refused: bool
 ) -> None:
-    pipeline = SimpleNamespace(validation=_validation(correct))
-    face = RetrainPipeline._face_champion
+    validation = _validation(correct)
     if refused:
         with pytest.raises(HubError, match=r"artifact accuracy 97.00% .* champion 99.00% - 1.00"):
-            face(pipeline, _artifact(tmp_path), champion, 1.0)  # type: ignore[arg-type]
+            artifact_faces_champion(_artifact(tmp_path), champion, 1.0, validation)
     else:
-        face(pipeline, _artifact(tmp_path), champion, 1.0)  # type: ignore[arg-type]
+        artifact_faces_champion(_artifact(tmp_path), champion, 1.0, validation)
