@@ -14,6 +14,7 @@ import json
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ class DemoFleet:
     training_ca: Path | None = None
     devices: list[DeviceHandle] = field(default_factory=list)
     agents: LocalAgentFleet = field(init=False)
+    # one thread per device: a streaming step costs the slowest device's answer, not the sum
+    _requests: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.n <= 64 or not 0 <= self.drifted <= self.n:
@@ -168,6 +171,9 @@ class DemoFleet:
         self.agents.start()
 
     def stop(self) -> None:
+        if self._requests is not None:
+            self._requests.shutdown(wait=True, cancel_futures=True)
+            self._requests = None
         self.agents.stop(grace_s=8.0)
 
     def logs(self, device_id: str, tail: int = 3000) -> str:
@@ -192,6 +198,17 @@ class DemoFleet:
         items = [{"id": p["id"], "label": int(t)} for p, t in zip(preds, y, strict=True)]
         _post(f"{device.api_url}/feedback", {"items": items})
         return float((labels == y).mean()), int(out["model_version"])
+
+    def predict_and_label_all(self, n: int, *, drift: bool) -> list[tuple[float, int]]:
+        """:meth:`predict_and_label` on every device at once (drifted inputs on the drifted
+        devices when ``drift``); results in :attr:`devices` order."""
+        if self._requests is None:
+            self._requests = ThreadPoolExecutor(self.n, thread_name_prefix="demo-stream")
+        return list(
+            self._requests.map(
+                lambda d: self.predict_and_label(d, n, drift=drift and d.drifted), self.devices
+            )
+        )
 
     @staticmethod
     def new_prefix() -> str:

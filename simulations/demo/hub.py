@@ -8,7 +8,8 @@ from pathlib import Path
 
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
-from cloud_hub.hub import Hub, build_hub
+from cloud_hub.hub import Hub, RolloutWiring, build_hub
+from cloud_hub.rollout.engine import EngineConfig
 from shared.net import free_port
 from simulations.harness.api_thread import ServedApp
 
@@ -32,6 +33,9 @@ class DemoHub:
         self.config = dataclasses.replace(
             config, mqtt=dataclasses.replace(config.mqtt, protocol=protocol)
         )
+        # the engine judges a gate whose window has passed at its next tick (nothing wakes it
+        # then): ticking every 0.25 s instead of 1 s ends each stage sooner
+        self.wiring = RolloutWiring(engine=EngineConfig(tick_interval_s=0.25))
         self._hub: Hub | None = None
         self._api: ServedApp | None = None
 
@@ -47,7 +51,7 @@ class DemoHub:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self._hub = build_hub(self.config).start()
+        self._hub = build_hub(self.config, wiring=self.wiring).start()
         self._api = ServedApp(self._hub.app, port=self.port, name="hub-api").start(timeout=30)
 
     def stop(self) -> None:

@@ -121,6 +121,8 @@ def summary_table(summary: dict[str, Any]) -> str:
     rows.append(
         ("drift onset -> recovered model served", f"{summary['drift_to_recovered_s']:.1f} s")
     )
+    for name, seconds in summary.get("phases_s", {}).items():
+        rows.append((f"  phase: {name.replace('_', ' ')}", f"{seconds:.1f} s"))
     rows.append(("wall time", f"{summary['wall_s']:.1f} s"))
     width = max(len(r[0]) for r in rows)
     line = "-" * (width + 40)

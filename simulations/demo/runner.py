@@ -17,7 +17,8 @@ happen:
    out in stages;
 7. recovery — accuracy on the drifted devices recovers; the summary is written.
 
-Everything started is stopped in ``finally`` (device process groups, hub threads, broker),
+Each step is timed as a phase (:mod:`simulations.demo.phases`); the summary's ``phases_s``
+says where the wall time went. Everything started is stopped in ``finally`` (device process groups, hub threads, broker),
 and on SIGTERM/SIGINT.
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 
 from simulations.demo import steps
 from simulations.demo.config import DemoConfig, DemoResult
+from simulations.demo.stream import serve
 from simulations.demo.summary import phase_accuracy
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
@@ -47,27 +49,36 @@ def run_demo(config: DemoConfig) -> DemoResult:
         run_dir=out / f"run-{time.strftime('%Y%m%dT%H%M%S')}",
         say=steps.Progress(config.quiet),
     )
+    phase = run.phases.phase  # where the time goes: the summary's phases_s
     with _signals_raise():
         try:
-            steps.start_hub(run)  # 1
-            steps.start_fleet(run)  # 2
-            pipeline = steps.build_pipeline(run)  # 3
-            first, v1_rollout = steps.train_initial_model(run, pipeline)  # 4
-            acc_before = steps.serve(run, "before_drift", config.steps_before_drift)  # 5
+            with phase("hub_start"):
+                steps.start_hub(run)  # 1
+            with phase("fleet_start"):
+                steps.start_fleet(run)  # 2
+            with phase("initial_training"):
+                pipeline = steps.build_pipeline(run)  # 3
+                first = steps.train_initial_model(run, pipeline)  # 4
+            with phase("initial_rollout"):
+                v1_rollout = steps.roll_out_initial_model(run, first)
+            with phase("serve_before_drift"):
+                acc_before = serve(run, "before_drift", config.steps_before_drift)  # 5
             run.say(f"serve: accuracy before drift {acc_before:.3f} (plant-3 devices)")
-            controller, retrain_rollout, drift_t0 = steps.retrain_on_drift(run, pipeline)  # 6
+            controller, retrain_rollout, recovered_s = steps.retrain_on_drift(run, pipeline)  # 6
             acc_after_drift = phase_accuracy(run.timeline, "after_drift", drifted=True)
-            acc_after = steps.serve(run, "after_retrain", config.steps_after_retrain)  # 7
-            assert run.hub is not None and run.controller_thread is not None
-            v2_rollout = steps.wait_rollout(run, retrain_rollout, 60)
-            run.controller_thread.join(timeout=30)
+            assert run.controller_thread is not None
+            with phase("serve_after_retrain"):  # 7, while the rollout reaches the other sites
+                done = steps.rollout_finished(run, retrain_rollout)
+                acc_after = serve(run, "after_retrain", config.steps_after_retrain, until=done)
+                v2_rollout = steps.wait_rollout(run, retrain_rollout, 60)
+                run.controller_thread.join(timeout=30)
             return steps.write_summary(
                 run,
                 controller=controller,
                 first=first,
                 rollouts={"initial": v1_rollout, "retrain": v2_rollout},
                 acc=(acc_before, acc_after_drift, acc_after),
-                drift_t0=drift_t0,
+                recovered_s=recovered_s,
             )
         finally:
             run.close()

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from cloud_hub.errors import HubError
 from simulations.demo.config import CLASS, MODEL, DemoConfig, DemoResult
 from simulations.demo.fleet import DRIFT, PROBLEM_SEED, DemoFleet
 from simulations.demo.hub import DemoHub
-from simulations.demo.summary import demo_summary, phase_accuracy, write_run
+from simulations.demo.phases import PhaseClock
+from simulations.demo.stream import stream_until_retrained
+from simulations.demo.summary import demo_summary, write_run
 from simulations.harness.polling import eventually
 
 __all__ = [
@@ -28,7 +31,8 @@ __all__ = [
     "Progress",
     "build_pipeline",
     "retrain_on_drift",
-    "serve",
+    "roll_out_initial_model",
+    "rollout_finished",
     "start_fleet",
     "start_hub",
     "train_initial_model",
@@ -70,6 +74,7 @@ class DemoRun:
     deployment: Any = None
     controller_thread: threading.Thread | None = None
     serving_t0: float = 0.0
+    phases: PhaseClock = field(default_factory=PhaseClock)
 
     def close(self) -> None:
         self.say("stopping: controller, devices, hub, broker")
@@ -192,44 +197,46 @@ def build_pipeline(run: DemoRun) -> Any:
     )
 
 
-def train_initial_model(run: DemoRun, pipeline: Any) -> tuple[Any, Any]:
-    """Flower + SecAgg+ over every device's samples, bundle, staged rollout to all devices."""
-    assert run.hub is not None and run.fleet is not None
-    fleet, say = run.fleet, run.say
+def train_initial_model(run: DemoRun, pipeline: Any) -> Any:
+    """Flower + SecAgg+ over every device's samples, compression, signed bundle; the run's
+    outcome (its rollout created and started)."""
+    assert run.fleet is not None
+    say = run.say
     say(
         f"train: initial model, Flower + SecAgg+ ({run.config.training_engine} engine) "
         "over every device's sample store"
     )
-    first = pipeline.run(CLASS, fleet.device_ids, trigger="manual", reason="initial model")
+    first = pipeline.run(CLASS, run.fleet.device_ids, trigger="manual", reason="initial model")
     if first.state != "rolling_out" or first.rollout_id is None:
         raise HubError(f"initial training run {first.run_id}: {first.state} {first.detail}")
     say(
         f"train: v{first.version} accuracy {first.candidate_accuracy:.3f} "
         f"(hub validation) bundle {first.bundle_bytes} B; rollout {first.rollout_id}"
     )
+    return first
+
+
+def roll_out_initial_model(run: DemoRun, first: Any) -> Any:
+    """The first model's staged rollout, until every device serves it; its final status."""
+    assert run.fleet is not None
+    fleet = run.fleet
     rollout = wait_rollout(run, first.rollout_id, 90)
     eventually(
         lambda: all(fleet.serving_version(d) == first.version for d in fleet.devices),
         60,
         f"every device serving v{first.version}",
     )
-    say(f"fleet: every device serves v{first.version}")
+    run.say(f"fleet: every device serves v{first.version}")
     run.serving_t0 = time.monotonic()
-    return first, rollout
-
-
-def serve(run: DemoRun, phase: str, steps: int) -> float:
-    """``steps`` rounds of inputs and labels to every device; the drifted devices' accuracy."""
-    drift_on = phase != "before_drift"
-    for _ in range(steps):
-        _stream_step(run, phase, drift_on)
-    return phase_accuracy(run.timeline, phase, drifted=True)
+    return rollout
 
 
 def retrain_on_drift(run: DemoRun, pipeline: Any) -> tuple[Any, str, float]:
     """Drift the plant-3 devices and stream until the hub's retrained model serves there.
 
-    Returns the controller, the retraining's rollout id and when the drift began.
+    Returns the controller, the retraining's rollout id and the seconds from the drift's
+    onset until every drifted device served the retrained model; records
+    the phases ``drift_detection``, ``retraining`` and ``rollout_to_drifted``.
     """
     import dataclasses
 
@@ -237,26 +244,37 @@ def retrain_on_drift(run: DemoRun, pipeline: Any) -> tuple[Any, str, float]:
 
     # the retraining starts from the champion's weights: fewer rounds than the first model
     pipeline.config = dataclasses.replace(pipeline.config, num_rounds=run.config.retrain_rounds)
-    # one retraining is the demo's story: the controller stops after its first run (a run
-    # over the Deployment Engine outlasts the cooldown, and the drift reports go on until
-    # the new model serves)
+    retrained_at: list[float] = []
+
+    def on_outcome(_outcome: Any) -> None:
+        # one retraining is the demo's story: the controller stops after its first run (a
+        # run over the Deployment Engine outlasts the cooldown, and the drift reports go on
+        # until the new model serves)
+        retrained_at.append(time.monotonic())
+        run.stop.set()
+
     controller = RetrainController(
-        pipeline, [CLASS], interval_s=1.0, on_outcome=lambda _outcome: run.stop.set()
+        pipeline, [CLASS], interval_s=run.config.controller_interval_s, on_outcome=on_outcome
     )
     run.controller_thread = threading.Thread(
         target=controller.run, args=(run.stop,), name="retrain-controller", daemon=True
     )
     run.controller_thread.start()
     run.say("drift: site=plant-3 sensors shifted; streaming until the hub has retrained")
-    drift_t0 = time.monotonic()
+    drift_t0, drift_wall_t0 = time.monotonic(), time.time()
     # a Deployment Engine run starts SuperNodes and polls: it takes longer than in-process
     wait_s = run.config.max_wait_s * (3 if run.config.training_engine == "deployment" else 1)
-    target = _stream_until_retrained(run, controller, deadline=drift_t0 + wait_s)
+    target = stream_until_retrained(run, controller, deadline=drift_t0 + wait_s)
     if target is None:
         raise HubError(f"no retrained model reached the drifted devices in {wait_s:.0f}s")
     version, rollout_id = target
+    served_at = time.monotonic()
     run.say(f"fleet: plant-3 devices serve v{version}")
-    return controller, rollout_id, drift_t0
+    detected_s = _run_created_at(run.registry, controller.outcomes[-1].run_id) - drift_wall_t0
+    run.phases.record("drift_detection", detected_s)
+    run.phases.record("retraining", retrained_at[0] - drift_t0 - detected_s)
+    run.phases.record("rollout_to_drifted", served_at - retrained_at[0])
+    return controller, rollout_id, served_at - drift_t0
 
 
 def write_summary(
@@ -266,7 +284,7 @@ def write_summary(
     first: Any,
     rollouts: dict[str, Any],
     acc: tuple[float, float, float],
-    drift_t0: float,
+    recovered_s: float,
 ) -> DemoResult:
     """The summary (what an operator reads over the API included), written to the run dir."""
     assert run.hub is not None
@@ -282,7 +300,8 @@ def write_summary(
         acc=acc,
         wall_s=time.monotonic() - run.started,
         dashboard=f"{run.hub.url}/ui",
-        drift_to_rollout_s=time.monotonic() - drift_t0,
+        drift_to_rollout_s=recovered_s,
+        phases=run.phases.as_dict(),
         delivered=getattr(getattr(run.hub.server.engine, "delivery", None), "shipped", None),
     )
     summary["api_training_runs"] = [
@@ -293,49 +312,6 @@ def write_summary(
     write_run(run.run_dir, result, plots=run.config.plots)
     run.say(f"output: {run.run_dir}")
     return result
-
-
-def _stream_until_retrained(
-    run: DemoRun, controller: Any, *, deadline: float
-) -> tuple[int, str] | None:
-    """Stream drifted inputs until the retrained version serves on every drifted device."""
-    assert run.fleet is not None
-    drifted = [d for d in run.fleet.devices if d.drifted]
-    target: tuple[int, str] | None = None
-    while time.monotonic() < deadline:
-        _stream_step(run, "after_drift" if target is None else "rolling_out", True)
-        if target is None and controller.outcomes:
-            o = controller.outcomes[-1]
-            run.say(
-                f"retrain: drift triggered run {o.run_id} ({o.state}): "
-                f"v{o.version} validation accuracy {o.candidate_accuracy or 0:.3f} vs "
-                f"champion {o.champion_accuracy or 0:.3f}; bundle {o.bundle_bytes} B, "
-                f"delta {min(o.delta_bundles.values(), default=0)} B"
-            )
-            if o.state != "rolling_out":
-                raise HubError(f"retraining run {o.run_id} ended {o.state}: {o.detail}")
-            target = (o.version, o.rollout_id)
-        if target is not None and all(run.fleet.serving_version(d) == target[0] for d in drifted):
-            return target
-    return None
-
-
-def _stream_step(run: DemoRun, phase: str, drift_on: bool) -> None:
-    assert run.fleet is not None
-    for d in run.fleet.devices:
-        acc, version = run.fleet.predict_and_label(
-            d, run.config.batch, drift=drift_on and d.drifted
-        )
-        run.timeline.append(
-            {
-                "t": round(time.monotonic() - run.serving_t0, 3),
-                "device": d.device_id,
-                "drifted": d.drifted,
-                "phase": phase,
-                "accuracy": acc,
-                "version": version,
-            }
-        )
 
 
 def _deployment_training(run: DemoRun) -> Any:
@@ -385,12 +361,27 @@ def _api_get(base: str, token: str, path: str) -> dict[str, Any]:
         return out
 
 
+def _run_created_at(registry: Any, run_id: str) -> float:
+    """When the training run was created (the hub's clock, ``time.time``)."""
+    from cloud_hub.registry import admin
+
+    with registry.session() as s:
+        return float(admin.get_training_run(s, run_id).created_at)
+
+
 def _registered(registry: Any, device_ids: list[str]) -> bool:
     from cloud_hub.registry import devices
 
     with registry.session() as s:
         page = devices.list_devices(s, devices.DeviceQuery(device_class=CLASS, limit=1000))
         return {d.device_id for d in page.items if d.online} >= set(device_ids)
+
+
+def rollout_finished(run: DemoRun, rollout_id: str) -> Callable[[], bool]:
+    """A check: has the rollout left its canary and wave stages (done, or ended otherwise)?"""
+    assert run.hub is not None and run.hub.server.engine is not None
+    engine = run.hub.server.engine
+    return lambda: engine.status(rollout_id).state not in ("canary", "wave", "paused")
 
 
 def wait_rollout(run: DemoRun, rollout_id: str, timeout: float) -> Any:

@@ -12,9 +12,18 @@ from simulations.demo.config import CLASS, DemoConfig, DemoResult
 __all__ = ["demo_summary", "phase_accuracy", "write_run"]
 
 
-def phase_accuracy(timeline: list[dict[str, Any]], phase: str, *, drifted: bool) -> float:
-    """Mean accuracy of the drifted (or healthy) devices' answers in one phase."""
-    values = [r["accuracy"] for r in timeline if r["phase"] == phase and r["drifted"] == drifted]
+def phase_accuracy(
+    timeline: list[dict[str, Any]], phase: str, *, drifted: bool, version: int | None = None
+) -> float:
+    """Mean accuracy of the drifted (or healthy) devices' answers in one phase (only the
+    answers of model ``version`` when given)."""
+    values = [
+        r["accuracy"]
+        for r in timeline
+        if r["phase"] == phase
+        and r["drifted"] == drifted
+        and (version is None or r["version"] == version)
+    ]
     return statistics.fmean(values) if values else float("nan")
 
 
@@ -30,6 +39,7 @@ def demo_summary(
     wall_s: float,
     dashboard: str,
     drift_to_rollout_s: float,
+    phases: dict[str, float],
     delivered: Any = None,
 ) -> dict[str, Any]:
     from simulations.demo.report import bytes_shipped
@@ -45,7 +55,10 @@ def demo_summary(
         "accuracy_after_retrain": acc[2],
         "accuracy_recovered_pts": 100.0 * (acc[2] - acc[1]),
         "healthy_accuracy_before_drift": phase_accuracy(timeline, "before_drift", drifted=False),
-        "healthy_accuracy_after_retrain": phase_accuracy(timeline, "after_retrain", drifted=False),
+        # the other sites' answers from the retrained model (the rollout reaches them last)
+        "healthy_accuracy_after_retrain": phase_accuracy(
+            timeline, "after_retrain", drifted=False, version=retrain.version
+        ),
         "initial_run": {"run_id": first.run_id, "version": first.version, **first.timings_s},
         "retrain_run": {
             "run_id": retrain.run_id,
@@ -73,6 +86,8 @@ def demo_summary(
         },
         "drift_to_recovered_s": drift_to_rollout_s,
         "dashboard": dashboard,
+        # where the wall time went, phase by phase (simulations.demo.phases.PHASES)
+        "phases_s": dict(phases),
         "wall_s": wall_s,
     }
 

@@ -1,7 +1,8 @@
 """The closed loop in the default suite: a short ``cloud-hub demo`` (four device processes,
 two serving steps per phase, one rollout stage) with the slow test's assertions — accuracy
 on the drifted devices recovers — and deltas actually received, as the devices measured them
-(the bytes they report in ``download_complete``), not as the hub planned them."""
+(the bytes they report in ``download_complete``), not as the hub planned them — and the
+summary's phase timings (where the wall time went)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from simulations.demo.phases import PHASES
+from simulations.demo.report import summary_table
 from simulations.demo.runner import DemoConfig, run_demo
 
 pytestmark = pytest.mark.integration
@@ -41,6 +44,18 @@ def test_short_demo_recovers_accuracy_with_deltas_the_devices_received(tmp_path:
     assert s["retrain_run"]["start_accuracy"] == pytest.approx(
         s["retrain_run"]["champion_accuracy"]
     )
+    # where the wall time went: every phase of the loop timed, in order, within the wall time
+    assert list(s["phases_s"]) == list(PHASES), s["phases_s"]
+    assert all(seconds >= 0 for seconds in s["phases_s"].values())
+    assert 0.9 * s["wall_s"] <= sum(s["phases_s"].values()) <= s["wall_s"]
+    assert s["phases_s"]["initial_training"] >= s["initial_run"]["train"]
+    assert s["phases_s"]["retraining"] >= s["retrain_run"]["train"]
+    assert s["phases_s"]["drift_detection"] > 0
+    recovered = ("drift_detection", "retraining", "rollout_to_drifted")
+    assert sum(s["phases_s"][p] for p in recovered) == pytest.approx(
+        s["drift_to_recovered_s"], abs=0.01
+    )
+    assert "phase: retraining" in summary_table(s)
     initial = s["bytes"]["rollouts"][s["rollouts"]["initial"]["rollout_id"]]
     retrain = s["bytes"]["rollouts"][s["rollouts"]["retrain"]["rollout_id"]]
     # the first model reached every device as a full bundle, measured on the devices
