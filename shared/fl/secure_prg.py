@@ -11,6 +11,9 @@ What: :func:`secure_pseudo_rand_gen` has the same signature and output semantics
 ``int64`` arrays, uniform in ``[0, num_range)``), but derives a 256-bit ChaCha20 key from the
 *whole* seed with HKDF-SHA256 and reads the ChaCha20 keystream, with rejection sampling so that
 every value of the range is equally likely (no modulo bias, including ``num_range - 1``).
+For a power-of-two range (SecAgg+'s ``modulus_range``) masking accepts every word, so the
+masks of all of a model's arrays come from one keystream read and one mask operation, with
+the same values as array-by-array reads (the known-answer vectors pin both paths).
 
 How it is installed: Flower imports the function *by name* into
 ``flwr.server.workflow.secure_aggregation.secaggplus_workflow`` (server side: unmasking) and
@@ -99,12 +102,10 @@ class _KeyStream:
 
 
 def _uniform(stream: _KeyStream, num_range: int, count: int) -> NDArray[np.int64]:
-    """``count`` integers uniform in ``[0, num_range)`` (rejection sampling, no bias)."""
+    """``count`` integers uniform in ``[0, num_range)``, ``num_range`` not a power of two
+    (rejection sampling, no bias; each array draws its own batches, as the vectors fix)."""
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    if num_range & (num_range - 1) == 0:  # a power of two: masking is exact
-        # below 2**62 after the mask, so the int64 view holds the same values (no copy)
-        return (stream.words(count) & np.uint64(num_range - 1)).view(np.int64)
     # Accept words below the largest multiple of num_range that fits in 64 bits.
     limit = np.uint64(((1 << 64) // num_range) * num_range)
     out = np.empty(count, dtype=np.int64)
@@ -132,10 +133,38 @@ def secure_pseudo_rand_gen(
     if not 1 <= num_range <= _MAX_RANGE:
         raise ValueError(f"num_range must be in [1, 2**62], got {num_range}")
     stream = _KeyStream(bytes(seed))
+    shapes = [tuple(int(d) for d in dimension) for dimension in dimensions_list]
+    sizes = [math.prod(shape) for shape in shapes]  # 1 for a 0-d shape
+    if num_range & (num_range - 1) == 0:
+        return _split(_power_of_two_range(stream, num_range, sum(sizes)), shapes, sizes)
+    return [
+        _uniform(stream, num_range, size).reshape(shape)
+        for shape, size in zip(shapes, sizes, strict=True)
+    ]
+
+
+def _power_of_two_range(stream: _KeyStream, num_range: int, count: int) -> NDArray[np.int64]:
+    """``count`` values for a power-of-two range in one keystream read and one mask.
+
+    Masking accepts every word, so reading the words of all arrays at once yields exactly
+    the values that array-by-array reads yield (same stream, same order): one cipher call
+    and one fresh array instead of one of each per array of the model.
+    """
+    words = stream.words(count)
+    values = np.empty(count, dtype=np.uint64)
+    np.bitwise_and(words, np.uint64(num_range - 1), out=values)
+    return values.view(np.int64)  # below 2**62: the same values, no copy
+
+
+def _split(
+    values: NDArray[np.int64], shapes: list[tuple[int, ...]], sizes: list[int]
+) -> list[NDArray[np.int64]]:
+    """``values`` cut into consecutive arrays of ``shapes`` (writable views, no copies)."""
     output: list[NDArray[np.int64]] = []
-    for dimension in dimensions_list:
-        size = math.prod(int(d) for d in dimension)  # 1 for a 0-d shape
-        output.append(_uniform(stream, num_range, size).reshape(dimension))
+    start = 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        output.append(values[start : start + size].reshape(shape))
+        start += size
     return output
 
 
