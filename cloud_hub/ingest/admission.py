@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud_hub.ingest.fairness import Admission
-from cloud_hub.ingest.intake import Inbound, Rejected, classify
+from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected, classify
 from cloud_hub.ingest.state import IngestState, worth_logging
 from shared.errors import MalformedMessageError
 from shared.messages import MAX_MESSAGE_BYTES, Telemetry
-from shared.topics import TopicScheme
+from shared.topics import DeviceTopic, TopicScheme
 
 __all__ = ["Admitted", "admit"]
 
@@ -46,9 +46,12 @@ def admit(
 ) -> Admitted:
     """Classify ``payload`` received on ``topic`` and offer it to ``state.queue``; wakes the
     writer when the queue stops being empty or holds a full batch."""
-    if topic.endswith("/telemetry") and not _telemetry_token(state, scheme, topic, now):
+    parsed = _device_topic(scheme, topic)
+    if _over_telemetry_rate(state, parsed, now):
         return Admitted(Admission.RATE_LIMITED)
-    result = classify(scheme, topic, payload, received_at=now, max_bytes=MAX_MESSAGE_BYTES)
+    result = classify(
+        scheme, topic, payload, received_at=now, max_bytes=MAX_MESSAGE_BYTES, parsed=parsed
+    )
     with state.lock:
         state.counts["received"] += 1
         if result is None:
@@ -78,19 +81,24 @@ def admit(
         return Admitted(admission, held, result if admitted else None)
 
 
-def _telemetry_token(state: IngestState, scheme: TopicScheme, topic: str, now: float) -> bool:
-    """Spend the sender's telemetry token before paying for the decode (``False``: over its
-    rate, counted as received and dropped): a flood costs a topic split per message."""
+def _device_topic(scheme: TopicScheme, topic: str) -> DeviceTopic | None:
     try:
-        sender = scheme.parse_device_topic(topic).device_id
+        return scheme.parse_device_topic(topic)
     except MalformedMessageError:
-        return True  # classify rejects it with the reason
+        return None  # classify rejects it with the reason
+
+
+def _over_telemetry_rate(state: IngestState, parsed: DeviceTopic | None, now: float) -> bool:
+    """Spend the sender's telemetry token before paying for the decode (``True``: over its
+    rate, counted as received and dropped): a flood costs a topic split per message."""
+    if parsed is None or INGEST_CHANNELS.get(parsed.channel) is not Telemetry:
+        return False
     with state.lock:
-        if state.queue.take_token(sender, now):
-            return True
+        if state.queue.take_token(parsed.device_id, now):
+            return False
         state.counts["received"] += 1
         state.dropped[Admission.RATE_LIMITED.value] += 1
-        return False
+        return True
 
 
 def _redelivered(state: IngestState, inbound: Inbound) -> bool:

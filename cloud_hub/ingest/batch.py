@@ -63,7 +63,6 @@ class IngestBatch:
     telemetry: dict[_AggKey, _Acc] = field(default_factory=dict)
     items: list[Inbound] = field(default_factory=list)  # to isolate an unstorable message
     received_at: list[float] = field(default_factory=list)  # per message, for lag metrics
-    sent_at: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.messages
@@ -74,7 +73,6 @@ class IngestBatch:
         self.messages += 1
         self.items.append(item)
         self.received_at.append(item.received_at)
-        self.sent_at.append(float(getattr(msg, "ts", item.received_at)))
         seen = self.last_seen.get(item.device_id, 0.0)
         self.last_seen[item.device_id] = max(seen, item.received_at)
         if isinstance(msg, Hello):

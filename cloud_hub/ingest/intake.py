@@ -13,7 +13,7 @@ from shared.errors import (
     UnsupportedVersionError,
 )
 from shared.messages import DriftReport, Event, Hello, Message, Status, Telemetry, decode_message
-from shared.topics import TopicScheme
+from shared.topics import DeviceTopic, TopicScheme
 from shared.uplink import HubReader, channels_read_by
 
 __all__ = ["INGEST_CHANNELS", "Inbound", "Rejected", "classify", "storage_problem"]
@@ -43,13 +43,21 @@ class Rejected:
 
 
 def classify(
-    scheme: TopicScheme, topic: str, payload: bytes, *, received_at: float, max_bytes: int
+    scheme: TopicScheme,
+    topic: str,
+    payload: bytes,
+    *,
+    received_at: float,
+    max_bytes: int,
+    parsed: DeviceTopic | None = None,
 ) -> Inbound | Rejected | None:
-    """Decode ``payload`` received on ``topic``; ``None`` for an empty retained clear."""
-    try:
-        parsed = scheme.parse_device_topic(topic)
-    except MalformedMessageError as exc:
-        return Rejected(topic, "bad_topic", str(exc))
+    """Decode ``payload`` received on ``topic``; ``None`` for an empty retained clear.
+    ``parsed``: ``topic`` already split by ``scheme`` (the caller needed its device)."""
+    if parsed is None:
+        try:
+            parsed = scheme.parse_device_topic(topic)
+        except MalformedMessageError as exc:
+            return Rejected(topic, "bad_topic", str(exc))
     expected = INGEST_CHANNELS.get(parsed.channel)
     if expected is None:
         return Rejected(topic, "bad_topic", f"channel {parsed.channel!r} is not ingested")
