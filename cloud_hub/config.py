@@ -16,6 +16,14 @@ Read from a TOML file (every key optional)::
     per_device_queue = 256
     telemetry_rate_per_s = 20.0
 
+    [retraining]                         # the closed loop in `cloud-hub serve`
+    device_classes = ["x86-cpu"]         # classes the controller watches
+    validation_file = "/var/lib/fedfleet-hub/validation.npz"   # hub-held: arrays x, y
+    superlink_host = "hub.example"       # where the devices reach the hub's SuperLink
+    cooldown_s = 600.0
+    max_runs_per_day = 6
+    require_approval = false
+
 Command-line flags override the file (:meth:`HubConfig.with_overrides`).
 """
 
@@ -29,6 +37,7 @@ from typing import Any
 
 from cloud_hub.errors import HubConfigError
 from cloud_hub.ingest.config import IngestConfig
+from cloud_hub.loop.policy import RetrainPolicy
 from shared.broker_endpoint import BrokerEndpoint
 from shared.errors import ConfigError
 
@@ -37,7 +46,13 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["HubConfig", "MqttEndpoint", "parse_mqtt_url", "validate_instance_id"]
+__all__ = [
+    "HubConfig",
+    "MqttEndpoint",
+    "RetrainingConfig",
+    "parse_mqtt_url",
+    "validate_instance_id",
+]
 
 DEFAULT_DATA_DIR = Path("hub-data")
 _ENDPOINT_KEYS = ("ca_file", "cert_file", "key_file", "protocol")
@@ -64,6 +79,86 @@ def parse_mqtt_url(url: str) -> BrokerEndpoint:
 
 
 @dataclass(frozen=True)
+class RetrainingConfig:
+    """The retraining controller of ``cloud-hub serve`` (the ``[retraining]`` table).
+
+    It runs where the rollout engine runs (``serve --no-engine`` replicas never run it: one
+    hub trains) unless ``enabled`` is false or ``serve --no-retraining``, and only once
+    ``device_classes`` and ``validation_file`` are set. The devices train over Flower's
+    Deployment Engine: a SuperLink on ``superlink_host`` with TLS from the hub CA. The policy
+    keys are :class:`~cloud_hub.loop.policy.RetrainPolicy`'s.
+    """
+
+    enabled: bool = True
+    device_classes: tuple[str, ...] = ()
+    model_name: str = "sensor-mlp"
+    validation_file: Path | None = None  # hub-held labelled set (.npz: x, y)
+    calibration_file: Path | None = None  # default: the validation file
+    superlink_host: str = "127.0.0.1"
+    train_timeout_s: float = 600.0
+    num_rounds: int = 2
+    tick_interval_s: float = 5.0
+    rollout_gate_window_s: float = 2.0
+    require_approval: bool = False
+    cooldown_s: float = 600.0
+    max_runs_per_day: int = 6
+    drift_threshold: float = 0.25
+    drift_fraction: float = 0.3
+    drift_duration_s: float = 60.0
+    schedule_interval_s: float | None = None
+    min_devices: int = 3
+
+    def __post_init__(self) -> None:
+        checks = {
+            "train_timeout_s": 1 <= self.train_timeout_s <= 86_400,
+            "num_rounds": 1 <= self.num_rounds <= 100,
+            "tick_interval_s": 0.1 <= self.tick_interval_s <= 3600,
+            "rollout_gate_window_s": 0 <= self.rollout_gate_window_s <= 3600,
+            "min_devices": self.min_devices >= 3,  # SecAgg+ needs three peers
+            "superlink_host": bool(self.superlink_host),
+            "model_name": bool(self.model_name),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise HubConfigError(f"retraining config out of range: {', '.join(bad)}")
+        self.policy()  # refuses a bad policy key
+
+    @property
+    def configured(self) -> bool:
+        """Whether the controller has what it needs: classes to watch, a validation set."""
+        return bool(self.device_classes) and self.validation_file is not None
+
+    def policy(self) -> RetrainPolicy:
+        return RetrainPolicy(
+            drift_threshold=self.drift_threshold,
+            drift_fraction=self.drift_fraction,
+            drift_duration_s=self.drift_duration_s,
+            accuracy_drop=None,  # the registry keeps no feedback accuracy per class yet
+            schedule_interval_s=self.schedule_interval_s,
+            cooldown_s=self.cooldown_s,
+            max_runs_per_day=self.max_runs_per_day,
+            require_approval=self.require_approval,
+            min_devices=self.min_devices,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetrainingConfig:
+        values = dict(data)
+        for key in ("validation_file", "calibration_file"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        if "device_classes" in values:
+            classes = values["device_classes"]
+            if isinstance(classes, str) or not isinstance(classes, list | tuple):
+                raise HubConfigError("retraining.device_classes must be a list of class names")
+            values["device_classes"] = tuple(str(c) for c in classes)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise HubConfigError(f"unknown retraining setting: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class HubConfig:
     """Everything a hub process needs to know; validated on construction."""
 
@@ -86,6 +181,8 @@ class HubConfig:
     # install`` requires HTTPS); the names are the certificate's subject alternative names.
     api_tls: bool = False
     api_tls_hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")
+    # the closed loop: the retraining controller `serve` runs beside the rollout engine
+    retraining: RetrainingConfig = field(default_factory=RetrainingConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.api_port < 65536:
@@ -134,6 +231,7 @@ class HubConfig:
     def from_dict(cls, data: dict[str, Any]) -> HubConfig:
         data = dict(data)
         ingest = data.pop("ingest", None)
+        retraining = data.pop("retraining", None)
         config = cls().with_overrides(**data)
         if ingest is not None:
             if not isinstance(ingest, dict):
@@ -142,6 +240,10 @@ class HubConfig:
                 config = dataclasses.replace(config, ingest=IngestConfig(**ingest))
             except TypeError as exc:
                 raise HubConfigError(f"unknown ingest setting: {exc}") from exc
+        if retraining is not None:
+            if not isinstance(retraining, dict):
+                raise HubConfigError("[retraining] must be a table")
+            config = dataclasses.replace(config, retraining=RetrainingConfig.from_dict(retraining))
         return config
 
     @classmethod

@@ -6,14 +6,17 @@
         serve_api(hub)  # or any ASGI server over hub.app
 
 :func:`build_hub` opens every part (registry, bundle store, MQTT publisher, rollout engine,
-ingest, enrollment, API app with its dashboard, trust publisher) and wires them together;
-:meth:`Hub.start` starts what runs in the background (ingest, engine loop, trust topics,
-housekeeping) and :meth:`Hub.stop` stops and closes everything.
+retraining controller, ingest, enrollment, API app with its dashboard, trust publisher) and
+wires them together; :meth:`Hub.start` starts what runs in the background (ingest, engine
+loop, retraining controller, trust topics, housekeeping) and :meth:`Hub.stop` stops and
+closes everything.
 
 Inside a hub the device reports reach the hub once: the ingest reads them, writes the
 registry and hands them to the publisher, which follows its deployments from them and reads
 which devices are online from the registry. Parts that cannot run say so in the log: the
-rollout engine and the trust topics need a key store (``cloud-hub keys init``).
+rollout engine and the trust topics need a key store (``cloud-hub keys init``); the
+retraining controller runs only beside the rollout engine (one hub process trains and rolls
+out; ``serve --no-engine`` replicas run neither) and only with its ``[retraining]`` settings.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -49,6 +53,9 @@ from cloud_hub.rollout.engine import EngineConfig, RolloutService
 from cloud_hub.trust_publisher import TrustPublisher, released_from_registry
 from shared.errors import FedfleetError
 from shared.topics import TopicScheme
+
+if TYPE_CHECKING:
+    from cloud_hub.loop.controller import RetrainController
 
 __all__ = ["Hub", "RolloutWiring", "build_hub"]
 
@@ -82,8 +89,10 @@ class Hub:
 
     ``delivery`` (with the MQTT publisher inside), ``engine`` and ``trust_publisher`` are
     ``None`` without a key store or with the engine turned off; ``ingest`` is ``None`` with
-    ``enable_ingest`` off. Without the engine the rollout commands are registry writes that
-    the engine of another hub process carries out (``serve --no-engine`` replicas)."""
+    ``enable_ingest`` off; ``retraining`` (the closed loop's controller) is ``None`` without
+    the engine, with retraining turned off or without its settings. Without the engine the
+    rollout commands are registry writes that the engine of another hub process carries
+    out (``serve --no-engine`` replicas)."""
 
     config: HubConfig
     registry: Registry
@@ -94,6 +103,7 @@ class Hub:
     context: ApiContext
     app: FastAPI
     trust_publisher: TrustPublisher | None
+    retraining: RetrainController | None = None
     _runtime: _Runtime = field(default_factory=_Runtime, repr=False)
 
     @property
@@ -118,6 +128,9 @@ class Hub:
         if self.engine is not None:
             self._spawn("rollout-engine", self.engine.run)
             log.info("rollout engine running")
+        if self.retraining is not None:
+            self._spawn("retrain-controller", self.retraining.run)
+            log.info("retraining controller running")
         if self.trust_publisher is not None:
             self._spawn("trust-publisher", self.trust_publisher.run)
             log.info(
@@ -147,6 +160,8 @@ class Hub:
             self.engine.wake()
         if self.trust_publisher is not None:
             self.trust_publisher.wake()
+        if self.retraining is not None:
+            self.retraining.abort()  # a run on the devices ends now, recorded as failed
         for thread in run.threads:
             thread.join(timeout=10)
         if self.ingest is not None and run.started:
@@ -189,11 +204,17 @@ class Hub:
 
 
 def build_hub(
-    config: HubConfig, *, rollout_engine: bool = True, wiring: RolloutWiring | None = None
+    config: HubConfig,
+    *,
+    rollout_engine: bool = True,
+    retraining: bool = True,
+    wiring: RolloutWiring | None = None,
 ) -> Hub:
     """Open and wire every part of a hub process (nothing runs until :meth:`Hub.start`).
 
-    ``rollout_engine=False``: no engine, publisher or trust topics in this process."""
+    ``rollout_engine=False``: no engine, publisher, trust topics or retraining controller in
+    this process. ``retraining=False``: no retraining controller (``serve --no-retraining``);
+    else it runs beside the engine as ``config.retraining`` says."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     wiring = wiring or RolloutWiring()
     with contextlib.ExitStack() as opened:  # closes what was opened if a later part fails
@@ -213,6 +234,7 @@ def build_hub(
             engine = RolloutService(
                 registry, wrap(delivery) if wrap else delivery, keys, config=wiring.engine
             )
+        controller = _retrain_controller(config, registry, keys, engine) if retraining else None
         ingest = _build_ingest(config, registry, delivery, engine)
         context = ApiContext(
             registry=registry,
@@ -232,9 +254,24 @@ def build_hub(
             context=context,
             app=_api_app(context),
             trust_publisher=_trust_publisher(config, registry, delivery),
+            retraining=controller,
         )
         opened.pop_all()
     return hub
+
+
+def _retrain_controller(
+    config: HubConfig, registry: Registry, keys: KeyStore, engine: RolloutService | None
+) -> RetrainController | None:
+    """The closed loop's controller, only where the rollout engine runs: one hub trains, and
+    the rollouts it creates are this engine's."""
+    if engine is None:
+        if config.retraining.enabled and config.retraining.configured:
+            log.warning("retraining controller off: it runs only beside the rollout engine")
+        return None
+    from cloud_hub.loop.serving import retrain_controller
+
+    return retrain_controller(config, registry=registry, keys=keys, rollouts=engine)
 
 
 def _open_bundle_store(registry: Registry, keys: KeyStore) -> BundleStore | None:

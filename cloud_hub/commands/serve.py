@@ -1,4 +1,12 @@
-"""``cloud-hub serve``: API + MQTT ingest (+ rollout engine, enrollment, dashboard).
+"""``cloud-hub serve``: API + MQTT ingest (+ rollout engine, retraining controller,
+enrollment, dashboard).
+
+The retraining controller (the closed loop: drift → federated retraining on the devices →
+signed bundle → staged rollout) runs beside the rollout engine when the config's
+``[retraining]`` table names the classes to watch and the hub's validation set. Behind a load
+balancer exactly one hub runs the engine and with it the controller; the others are
+``--no-engine`` replicas, which run neither. ``--no-retraining`` turns the controller off
+in the engine's hub (retraining by hand: ``cloud-hub retrain``).
 
 Every setting is a flag, an environment variable and a config key
 (:data:`cloud_hub.commands.options.HUB_OPTIONS`; ``docs/configuration.md``).
@@ -31,7 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = subparsers.add_parser("serve", help="run the hub: REST API + MQTT ingest + rollouts")
     add_hub_options(parser)
     parser.add_argument("--no-ingest", action="store_true", help="do not subscribe to MQTT")
-    parser.add_argument("--no-engine", action="store_true", help="do not run the rollout engine")
+    parser.add_argument(
+        "--no-engine",
+        action="store_true",
+        help="do not run the rollout engine (nor the retraining controller): a replica",
+    )
+    parser.add_argument(
+        "--no-retraining",
+        action="store_true",
+        help="do not run the retraining controller ([retraining] in the config)",
+    )
     parser.set_defaults(func=_serve)
 
 
@@ -42,7 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args)
     if args.no_ingest:
         config = config.with_overrides(enable_ingest=False)
-    with build_hub(config, rollout_engine=not args.no_engine) as hub:
+    with build_hub(
+        config, rollout_engine=not args.no_engine, retraining=not args.no_retraining
+    ) as hub:
         log.info(
             "hub API on %s://%s:%d (registry %s)",
             "https" if config.api_tls else "http",

@@ -11,7 +11,6 @@ still apply) via :meth:`request`; :meth:`approve` starts a rollout that waits fo
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -65,20 +64,18 @@ class RetrainController:
         class, so it must keep serving the distribution the others still see (trained on
         the drifted devices alone it forgets it).
         """
-        policy = self.pipeline.config.policy
+        config = self.pipeline.config
         with self.registry.session() as s:
             health = class_health(
                 s,
                 device_class=device_class,
-                model_name=self.pipeline.config.model_name,
-                policy=policy,
+                model_name=config.model_name,
+                policy=config.policy,
                 manual=manual,
             )
-        decision = decide_retraining(policy, health, self.clock())
-        if decision.retrain and self.pipeline.config.train_with_class_peers:
-            peers = tuple(d for d in sorted(health.online_devices) if d not in decision.cohort)
-            decision = dataclasses.replace(decision, cohort=(*decision.cohort, *peers))
-        return decision
+        return decide_retraining(
+            config.policy, health, self.clock(), class_peers=config.train_with_class_peers
+        )
 
     def request(self, device_class: str) -> None:
         """Ask for a manual run of ``device_class`` at the next tick."""
@@ -133,12 +130,19 @@ class RetrainController:
         return made
 
     def run(self, stop: threading.Event) -> None:
+        """Tick every ``interval_s`` until ``stop`` is set (:meth:`abort` ends a run early)."""
         while not stop.is_set():
             try:
                 self.tick()
             except Exception:  # the loop keeps watching; the failure is in the log
                 log.exception("retraining controller tick failed")
             stop.wait(self.interval_s)
+
+    def abort(self) -> None:
+        """End a run on the devices now (the hub is stopping): the Deployment Engine run
+        stops and the pipeline records the run as failed."""
+        if self.pipeline.deployment is not None:
+            self.pipeline.deployment.abort()
 
     def approve(self, run_id: str) -> str:
         """Start the rollout of a run that waits for approval; returns the rollout id."""

@@ -76,11 +76,16 @@ class RetrainDecision:
     trigger: str = ""
 
 
-def decide_retraining(policy: RetrainPolicy, health: ClassHealth, now: float) -> RetrainDecision:
+def decide_retraining(
+    policy: RetrainPolicy, health: ClassHealth, now: float, *, class_peers: bool = False
+) -> RetrainDecision:
     """Decide whether to retrain ``health.device_class`` now, and with which cohort.
 
     The cohort is the drifted devices when drift triggered (they hold the data that shows the
-    new distribution), otherwise every online device of the class.
+    new distribution), otherwise every online device of the class. With ``class_peers`` the
+    class's other online devices follow the drifted ones in a drift cohort (the new model is
+    rolled out to the whole class, so it must keep serving what they still see); the cohort
+    must reach ``min_devices`` with them.
     """
     online = tuple(sorted(health.online_devices))
     last = max(health.previous_runs, default=None)
@@ -103,11 +108,12 @@ def decide_retraining(policy: RetrainPolicy, health: ClassHealth, now: float) ->
     if health.manual_request:
         candidates.append(RetrainDecision(True, "operator request", online, "manual"))
     if online and len(sustained) / len(online) >= policy.drift_fraction:
+        peers = tuple(d for d in online if d not in sustained) if class_peers else ()
         candidates.append(
             RetrainDecision(
                 True,
                 f"{len(sustained)}/{len(online)} devices drifted for >= {policy.drift_duration_s:.0f}s",
-                sustained,
+                (*sustained, *peers),
                 "drift",
             )
         )
