@@ -48,15 +48,21 @@ sys.path.insert(0, str(ROOT))
 
 from shared.device_facts import detect_device_facts  # noqa: E402
 
+_BUNDLE_TESTS = (
+    "tests/shared_protocol/test_shared_protocol_bundle.py",
+    "tests/shared_protocol/test_shared_protocol_bundle_edges.py",
+)
 # module -> the tests that speak for it (unit tests: pure, fast, no broker or processes)
+# (shared/bundle_policy.py holds only dataclasses: nothing for mutmut to rewrite)
 TRUST_CORE: Mapping[str, Sequence[str]] = {
     # unit tests only: mutmut runs every covering test per mutant, and the attack tests in
     # tests/security start brokers and processes (the full run would take hours on 2 cores)
-    "shared/bundle.py": (
-        "tests/shared_protocol/test_shared_protocol_bundle.py",
-        "tests/shared_protocol/test_shared_protocol_bundle_edges.py",
-    ),
+    "shared/bundle.py": _BUNDLE_TESTS,
+    "shared/bundle_manifest.py": _BUNDLE_TESTS,
+    "shared/bundle_container.py": _BUNDLE_TESTS,
+    "shared/rollback_order.py": _BUNDLE_TESTS,
     "shared/signing.py": (
+        "tests/shared_protocol/test_shared_protocol_signed_document.py",
         "tests/shared_protocol/test_shared_protocol_signing.py",
         "tests/shared_protocol/test_shared_protocol_signing_edges.py",
         "tests/shared_protocol/test_shared_protocol_bundle.py",
@@ -80,8 +86,14 @@ TRUST_CORE: Mapping[str, Sequence[str]] = {
 # --quick: the functions whose bugs would hurt most, in two modules, always the same ones,
 # against the tests that name each refusal precisely (the property tests, which take a
 # second or more per mutant, are left to the full run)
-QUICK_MODULES = ("shared/bundle.py", "edge_agent/ota/machine.py")
+QUICK_MODULES = (
+    "shared/bundle.py",
+    "shared/rollback_order.py",
+    "shared/signing.py",
+    "edge_agent/ota/machine.py",
+)
 QUICK_TESTS = (
+    "tests/shared_protocol/test_shared_protocol_signed_document.py",
     "tests/shared_protocol/test_shared_protocol_bundle.py",
     "tests/shared_protocol/test_shared_protocol_bundle_edges.py",
     "tests/agent_ota/test_agent_ota_machine.py",
@@ -93,13 +105,15 @@ QUICK_DESELECT = (
 )
 # pytest plugins these tests do not use: each mutant starts a pytest session
 QUICK_PLUGINS_OFF = ("schemathesis", "anyio")
-# the verdicts a device acts on: offer, bundle, artifacts, rollback order, lifecycle step
-# (~220 mutants; the container parser and the manifest shape checks are left to the full run)
+# the verdicts a device acts on: offer, bundle, artifacts, rollback order, the check every
+# online-signed document passes, lifecycle step (the container parser and the manifest shape
+# checks are left to the full run)
 QUICK_FUNCTIONS = (
     "shared.bundle.x_verify_bundle__mutmut_*",
     "shared.bundle.x_verify_offer__mutmut_*",
     "shared.bundle.x_verify_artifacts__mutmut_*",
-    "shared.bundle.x_verify_rollback_order__mutmut_*",
+    "shared.rollback_order.x_verify_rollback_order__mutmut_*",
+    "shared.signing.xǁKeyringǁverify_document__mutmut_*",
     "edge_agent.ota.machine.x_transition__mutmut_*",
 )
 

@@ -416,6 +416,21 @@ def test_offer_refusals_say_what_and_why() -> None:
         verify_offer(other.manifest_envelope, other.keyring_envelope, two_models)
 
 
+def test_a_validly_signed_manifest_is_shape_checked_against_the_devices_limits() -> None:
+    from shared.bundle import BundleLimits
+
+    parsed = parse_bundle(GOOD.data)  # two artifacts, signed by an active key
+    env, ring = parsed.manifest_envelope, parsed.keyring_envelope
+    one_artifact = replace(policy(), limits=BundleLimits(max_artifacts=1))
+    with pytest.raises(MalformedBundleError, match=r"^manifest must list 1\.\.1 artifacts$"):
+        verify_offer(env, ring, one_artifact)
+    # the shape is judged before expiry: a malformed manifest is malformed whenever it comes
+    expired = replace(one_artifact, now=T0 + timedelta(days=10))
+    with pytest.raises(MalformedBundleError, match=r"^manifest must list 1\.\.1 artifacts$"):
+        verify_offer(env, ring, expired)
+    assert verify_offer(env, ring, replace(policy(), limits=BundleLimits(max_artifacts=2)))
+
+
 def test_bundle_checks_its_limits_and_the_offered_id() -> None:
     from shared.bundle import BundleLimits
 
