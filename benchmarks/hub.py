@@ -12,7 +12,9 @@ listener instead of its mTLS listeners:
              (this machine is shared: read the figures against it).
 2. blast   - the same clients publish K telemetry messages each as fast as they can; a bare
              paho subscriber on the same topics measures the broker's raw delivery rate (the
-             ceiling) while the registry is polled for the ingest's rate: ``ingest_vs_raw``.
+             ceiling) while the registry is polled for the ingest's rate: ``ingest_vs_raw``; and
+             CPU per message, the bare subscriber's over the hub's: ``ingest_cpu_vs_raw``
+             (a CPU-starved machine moves it less than it moves the rates).
 3. fleet   - N devices (default 10,000; real MQTT 5 connections sharded over processes, see
              ``benchmarks/_hub_fleet.py``) send telemetry every 10 s and a must-keep event every
              10 s; the hub is SIGKILLed in the middle and restarted. Measured: event lag (send
@@ -25,7 +27,8 @@ listener instead of its mTLS listeners:
 
 ``--quick`` (< 60 s on a quiet machine): 200 blast agents, 300 fleet devices sending every 2 s.
 The last line is one JSON object with ``agents, ingest_vs_raw, ingest_lag_p95_s,
-lost_must_keep, unacked, cpu, rollback_s`` and more.
+lost_must_keep, unacked, cpu, rollback_s``, the load average at start and end
+(``loadavg_1m_start``, ``loadavg_1m_end``) and more.
 """
 
 from __future__ import annotations
@@ -208,6 +211,7 @@ def raw_worker(prefix: str, ready: Any, stop: Any, out: Any) -> None:
     counts = {"steady": 0, "blast": 0}
     first: dict[str, float] = {}
     last: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # this process's CPU seconds at the first and last blast message
 
     def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         payload = msg.payload
@@ -217,6 +221,9 @@ def raw_worker(prefix: str, ready: Any, stop: Any, out: Any) -> None:
             counts[kind] += 1
             first.setdefault(kind, now)
             last[kind] = now
+            if kind == "blast":
+                cpu.setdefault("first", time.process_time())
+                cpu["last"] = time.process_time()
 
     client = _client(f"raw-{new_id()[:10]}")
     client.on_message = on_message
@@ -227,7 +234,7 @@ def raw_worker(prefix: str, ready: Any, stop: Any, out: Any) -> None:
     stop.wait()
     client.loop_stop()
     client.disconnect()
-    out.put({"counts": counts, "first": first, "last": last})
+    out.put({"counts": counts, "first": first, "last": last, "cpu": cpu})
 
 
 # ---- the hub process ---------------------------------------------------------------------------
@@ -581,6 +588,7 @@ def main() -> None:
     )
     db_name = None if args.sqlite else f"bench_hub_{prefix}"
     started = time.monotonic()
+    load_start = os.getloadavg()[0]
     try:
         db_url = None if db_name is None else fresh_database(db_name)
         results = run_phases(args, root, prefix, keys, bundles, db_url)
@@ -590,6 +598,8 @@ def main() -> None:
             drop_database(db_name)
     shutil.rmtree(root, ignore_errors=True)  # kept when the run failed: logs to read
     results["wall_s"] = round(time.monotonic() - started, 1)
+    results["loadavg_1m_start"] = round(load_start, 1)
+    results["loadavg_1m_end"] = round(os.getloadavg()[0], 1)
     print(json.dumps(results, sort_keys=True))
 
 
@@ -674,6 +684,7 @@ def steady_and_blast(
     log(f"steady: {results}")
 
     base = hub.stored("blast")
+    hub_cpu0 = hub.ps.cpu_times()
     t_blast = time.monotonic()
     t_blast_wall = time.time()
     ctl["blast"].set()
@@ -683,6 +694,7 @@ def steady_and_blast(
         rss_peak = max(rss_peak, hub.ps.memory_info().rss)
         time.sleep(0.05)
     t_ingested = time.monotonic()
+    hub_cpu1 = hub.ps.cpu_times()
     ingested = hub.stored("blast") - base
     raw_stop.set()
     raw_report = raw_out.get(timeout=30)
@@ -701,6 +713,15 @@ def steady_and_blast(
     )
     if results["raw_msgs_s"]:
         results["ingest_vs_raw"] = round(results["ingest_msgs_s"] / results["raw_msgs_s"], 3)
+    # CPU per message, side by side: read less from the machine's load than the rates are
+    hub_cpu_s = sum(hub_cpu1[:2]) - sum(hub_cpu0[:2])
+    raw_cpu = raw_report["cpu"]
+    if ingested and raw_n > 1 and "last" in raw_cpu:
+        hub_us = 1e6 * hub_cpu_s / ingested
+        raw_us = 1e6 * (raw_cpu["last"] - raw_cpu["first"]) / (raw_n - 1)
+        results["blast_hub_cpu_us_per_msg"] = round(hub_us, 1)
+        results["blast_raw_cpu_us_per_msg"] = round(raw_us, 1)
+        results["ingest_cpu_vs_raw"] = round(raw_us / hub_us, 3) if hub_us > 0 else None
     log(f"blast: raw {results['raw_msgs_s']} msg/s, ingest {results['ingest_msgs_s']} msg/s")
     ctl["stop"].set()
     for w in workers:
