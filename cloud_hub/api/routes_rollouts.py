@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.context import ApiContext
@@ -16,6 +16,7 @@ from cloud_hub.api.params import ID_PATTERN, MAX_OFFSET, TEXT_PATTERN, StrictBod
 from cloud_hub.registry import Page, RolloutRecord, TargetRecord, rollouts
 from cloud_hub.registry.bundle_index import index_store_bundles
 from cloud_hub.rollout.commands import RolloutCommands
+from cloud_hub.rollout.history import rollout_history
 from cloud_hub.rollout.status import rollout_status
 
 __all__ = ["router"]
@@ -104,6 +105,33 @@ def rollout_targets(
         return rollouts.list_targets(s, rollout_id, stage_index=stage)
 
 
+class RolloutMove(BaseModel):
+    """One move of a rollout (``GET /rollouts/{id}/history``)."""
+
+    ts: float
+    by: str  # the API token's name, ``rollout-engine`` (gates, rollbacks) or ``hub``
+    from_phase: str = Field(serialization_alias="from")
+    to_phase: str = Field(serialization_alias="to")
+    reason: str  # what the move added: a typed reason, a failed gate, unrecovered devices
+
+
+@router.get(
+    "/rollouts/{rollout_id}/history",
+    response_model=list[RolloutMove],
+    response_model_by_alias=True,
+)
+def get_rollout_history(request: Request, rollout_id: RolloutId, _: Viewer) -> list[RolloutMove]:
+    """Every move of the rollout, oldest first: who made it, from where to where, and why."""
+    with _ctx(request).registry.session() as s:
+        rollouts.get_rollout(s, rollout_id)
+        return [
+            RolloutMove(
+                ts=e.ts, by=e.by, from_phase=e.from_phase, to_phase=e.to_phase, reason=e.reason
+            )
+            for e in rollout_history(s, rollout_id)
+        ]
+
+
 @router.post("/rollouts", status_code=201, summary="Create a rollout (draft)")
 async def create_rollout(
     request: Request, body: RolloutCreateBody, who: Operator
@@ -132,7 +160,9 @@ async def create_rollout(
     return await run_in_threadpool(create)
 
 
-async def _act(request: Request, rollout_id: str, action: str, reason: str) -> dict[str, Any]:
+async def _act(
+    request: Request, rollout_id: str, action: str, reason: str, who: Principal
+) -> dict[str, Any]:
     ctx = _ctx(request)
     commands = _commands(ctx)
 
@@ -141,9 +171,9 @@ async def _act(request: Request, rollout_id: str, action: str, reason: str) -> d
             rollouts.get_rollout(s, rollout_id)
         method = getattr(commands, action)
         status = (
-            method(rollout_id)
+            method(rollout_id, by=who.name)
             if action in ("start", "resume")
-            else method(rollout_id, reason=reason)
+            else method(rollout_id, reason=reason, by=who.name)
         )
         result: dict[str, Any] = status.to_dict()
         return result
@@ -152,42 +182,42 @@ async def _act(request: Request, rollout_id: str, action: str, reason: str) -> d
 
 
 @router.post("/rollouts/{rollout_id}/start")
-async def start_rollout(request: Request, rollout_id: RolloutId, _: Operator) -> dict[str, Any]:
-    return await _act(request, rollout_id, "start", "")
+async def start_rollout(request: Request, rollout_id: RolloutId, who: Operator) -> dict[str, Any]:
+    return await _act(request, rollout_id, "start", "", who)
 
 
 @router.post("/rollouts/{rollout_id}/pause")
 async def pause_rollout(
-    request: Request, rollout_id: RolloutId, _: Operator, body: ReasonBody | None = None
+    request: Request, rollout_id: RolloutId, who: Operator, body: ReasonBody | None = None
 ) -> dict[str, Any]:
-    return await _act(request, rollout_id, "pause", body.reason if body else "")
+    return await _act(request, rollout_id, "pause", body.reason if body else "", who)
 
 
 @router.post("/rollouts/{rollout_id}/resume")
-async def resume_rollout(request: Request, rollout_id: RolloutId, _: Operator) -> dict[str, Any]:
-    return await _act(request, rollout_id, "resume", "")
+async def resume_rollout(request: Request, rollout_id: RolloutId, who: Operator) -> dict[str, Any]:
+    return await _act(request, rollout_id, "resume", "", who)
 
 
 @router.post("/rollouts/{rollout_id}/abort")
 async def abort_rollout(
-    request: Request, rollout_id: RolloutId, _: Operator, body: ReasonBody | None = None
+    request: Request, rollout_id: RolloutId, who: Operator, body: ReasonBody | None = None
 ) -> dict[str, Any]:
-    return await _act(request, rollout_id, "abort", body.reason if body else "")
+    return await _act(request, rollout_id, "abort", body.reason if body else "", who)
 
 
 @router.post("/rollouts/{rollout_id}/rollback")
 async def rollback_rollout(
-    request: Request, rollout_id: RolloutId, _: Operator, body: ReasonBody | None = None
+    request: Request, rollout_id: RolloutId, who: Operator, body: ReasonBody | None = None
 ) -> dict[str, Any]:
     """Roll the devices back to what each ran before; after ``rollback_failed``, try the
     devices that did not go back again."""
-    return await _act(request, rollout_id, "rollback", body.reason if body else "")
+    return await _act(request, rollout_id, "rollback", body.reason if body else "", who)
 
 
 @router.post("/rollouts/{rollout_id}/resolve")
 async def resolve_rollout(
-    request: Request, rollout_id: RolloutId, _: Operator, body: ReasonBody | None = None
+    request: Request, rollout_id: RolloutId, who: Operator, body: ReasonBody | None = None
 ) -> dict[str, Any]:
     """Close a rollout in ``rollback_failed`` (the operator took care of the devices listed in
     its targets): it stops holding its devices. 409 in any other state."""
-    return await _act(request, rollout_id, "resolve", body.reason if body else "")
+    return await _act(request, rollout_id, "resolve", body.reason if body else "", who)

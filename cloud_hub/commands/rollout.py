@@ -264,6 +264,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    moves = _client(args).request("GET", f"/api/v1/rollouts/{args.rollout_id}/history")
+    if args.json:
+        print(json.dumps(moves, indent=2, sort_keys=True))
+        return 0
+    for m in moves:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["ts"]))
+        why = f"  {m['reason']}" if m["reason"] else ""
+        print(f"{when}  {m['by']:<16} {m['from']} -> {m['to']}{why}")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", help="hub API base URL (default $FEDFLEET_API or :8080)")
     p.add_argument("--token", help="API token (default $FEDFLEET_TOKEN)")
@@ -327,3 +339,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     status.add_argument("--interval", type=float, default=2.0)
     status.add_argument("--timeout", type=float, default=3600.0)
     status.set_defaults(func=_status)
+
+    history = sub.add_parser("history", help="every move of one rollout: when, who, why")
+    _common(history)
+    history.add_argument("rollout_id")
+    history.set_defaults(func=_history)

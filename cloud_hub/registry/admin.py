@@ -146,13 +146,19 @@ def list_audit(
     *,
     actor: str | None = None,
     since: float | None = None,
+    resource: str | None = None,
+    action: str | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> Page[AuditRecord]:
-    """Audit entries, newest first."""
+    """Audit entries, newest first (``resource`` and ``action``: exactly those)."""
     conds = []
     if actor is not None:
         conds.append(AuditEntry.actor == actor)
+    if resource is not None:
+        conds.append(AuditEntry.resource == resource)
+    if action is not None:
+        conds.append(AuditEntry.action == action)
     if since is not None:
         conds.append(AuditEntry.ts >= since)
     total = session.scalar(select(func.count()).select_from(AuditEntry).where(*conds)) or 0

@@ -11,11 +11,17 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from cloud_hub.errors import HubConfigError, HubError, RolloutError
-from cloud_hub.registry import Registry, Session, catalog, rollouts
+from cloud_hub.registry import Registry, Session, admin, catalog, rollouts
 from cloud_hub.registry import rollout_targets as target_repo
 from cloud_hub.registry.errors import NotFoundError
 from cloud_hub.registry.records import RolloutRecord, TargetRecord
 from cloud_hub.rollout.config import RolloutConfig
+from cloud_hub.rollout.history import (
+    ENGINE_ACTOR,
+    HISTORY_ACTION,
+    HistoryEntry,
+    history_resource,
+)
 from cloud_hub.rollout.state import HOLDING_STATES, RolloutPhase, RolloutState
 from cloud_hub.rollout.status import phase_of
 from cloud_hub.rollout.targets import (
@@ -81,12 +87,20 @@ def load(s: Session, rollout_id: str) -> tuple[RolloutRecord, RolloutConfig, Rol
 
 
 def write_phase(
-    s: Session, record: RolloutRecord, phase: RolloutPhase, *, now: float, **changes: object
+    s: Session,
+    record: RolloutRecord,
+    phase: RolloutPhase,
+    *,
+    now: float,
+    by: str = ENGINE_ACTOR,
+    **changes: object,
 ) -> RolloutRecord:
-    """Store the new position, only if nobody changed the rollout since ``record`` was read."""
+    """Store the new position, only if nobody changed the rollout since ``record`` was read,
+    and add the move to the rollout's history (:func:`rollout_history`) with who made it."""
     if phase.state in (RolloutState.DONE, RolloutState.ABORTED, RolloutState.ROLLED_BACK):
         changes.setdefault("finished_at", now)
-    return rollouts.update_rollout(
+    before = phase_of(record).name
+    updated = rollouts.update_rollout(
         s,
         record.rollout_id,
         now=now,
@@ -95,6 +109,18 @@ def write_phase(
         current_stage=max(phase.stage, 0),
         **changes,
     )
+    said = updated.reason if updated.reason != record.reason else ""  # only what is new
+    admin.record_audit(
+        s,
+        actor=by or ENGINE_ACTOR,
+        role="",
+        action=HISTORY_ACTION,
+        resource=history_resource(record.rollout_id),
+        status=200,
+        detail=HistoryEntry(now, by or ENGINE_ACTOR, before, phase.name, said).detail(),
+        now=now,
+    )
+    return updated
 
 
 def versions(s: Session, record: RolloutRecord) -> tuple[int, int | None, str]:

@@ -25,6 +25,7 @@ from cloud_hub.registry.errors import ConflictError
 from cloud_hub.registry.records import StageSpec as StoredStage
 from cloud_hub.rollout import _store as store
 from cloud_hub.rollout.config import RolloutConfig
+from cloud_hub.rollout.history import HistoryEntry, rollout_history
 from cloud_hub.rollout.observe import device_states
 from cloud_hub.rollout.planner import TargetableDevice, plan_stages
 from cloud_hub.rollout.state import RolloutAction, RolloutState, apply_action, stage_name
@@ -35,6 +36,7 @@ __all__ = ["RolloutCommands"]
 log = logging.getLogger("cloud_hub.rollout.engine")
 
 S = RolloutState
+HUB_ACTOR = "hub"  # a command made in the hub process, not through the API
 
 
 def _refuse_held(s: Session, rollout_id: str, device_ids: Sequence[str]) -> None:
@@ -142,7 +144,7 @@ class RolloutCommands:
             log.info("rollout %s created for bundle %s", rid, config.bundle_id)
             return rollout_status(s, record)
 
-    def start(self, rollout_id: str) -> RolloutStatus:
+    def start(self, rollout_id: str, *, by: str = HUB_ACTOR) -> RolloutStatus:
         """Draw the stage membership (seeded, recorded) and enter the canary."""
         now = self.clock()
         with self.registry.session() as s:
@@ -170,7 +172,7 @@ class RolloutCommands:
             for i, members in enumerate(plan.stages):
                 rollouts.update_stage(s, rollout_id, i, device_ids=list(members))
             rollouts.update_stage(s, rollout_id, 0, state="active", started_at=now)
-            record = store.write_phase(s, record, new, now=now, started_at=now, reason="")
+            record = store.write_phase(s, record, new, now=now, by=by, started_at=now, reason="")
             log.info(
                 "rollout %s started: %s",
                 rollout_id,
@@ -180,26 +182,32 @@ class RolloutCommands:
         self._changed()
         return status
 
-    def pause(self, rollout_id: str, *, reason: str = "") -> RolloutStatus:
-        return self._operator(rollout_id, RolloutAction.PAUSE, reason or "paused by operator")
+    def pause(self, rollout_id: str, *, reason: str = "", by: str = HUB_ACTOR) -> RolloutStatus:
+        return self._operator(rollout_id, RolloutAction.PAUSE, reason or "paused by operator", by)
 
-    def resume(self, rollout_id: str) -> RolloutStatus:
-        return self._operator(rollout_id, RolloutAction.RESUME, "")
+    def resume(self, rollout_id: str, *, by: str = HUB_ACTOR) -> RolloutStatus:
+        return self._operator(rollout_id, RolloutAction.RESUME, "", by)
 
-    def abort(self, rollout_id: str, *, reason: str = "") -> RolloutStatus:
-        return self._operator(rollout_id, RolloutAction.ABORT, reason or "aborted by operator")
+    def abort(self, rollout_id: str, *, reason: str = "", by: str = HUB_ACTOR) -> RolloutStatus:
+        return self._operator(rollout_id, RolloutAction.ABORT, reason or "aborted by operator", by)
 
-    def rollback(self, rollout_id: str, *, reason: str = "") -> RolloutStatus:
+    def rollback(self, rollout_id: str, *, reason: str = "", by: str = HUB_ACTOR) -> RolloutStatus:
         """Roll every device that received the bundle back to what it ran before (after a
         failed rollback: try again the devices that did not go back)."""
-        return self._operator(
-            rollout_id, RolloutAction.ROLLBACK, reason or "rollback requested by operator"
-        )
+        why = reason or "rollback requested by operator"
+        return self._operator(rollout_id, RolloutAction.ROLLBACK, why, by)
 
-    def resolve(self, rollout_id: str, *, reason: str = "") -> RolloutStatus:
+    def resolve(self, rollout_id: str, *, reason: str = "", by: str = HUB_ACTOR) -> RolloutStatus:
         """Close a rollout whose rollback failed: the operator has taken care of the devices
         it could not bring back (they are released for other rollouts)."""
-        return self._operator(rollout_id, RolloutAction.RESOLVE, reason or "resolved by operator")
+        why = reason or "resolved by operator"
+        return self._operator(rollout_id, RolloutAction.RESOLVE, why, by)
+
+    def history(self, rollout_id: str) -> list[HistoryEntry]:
+        """The rollout's moves, oldest first: who moved it where, and why."""
+        with self.registry.session() as s:
+            store.load(s, rollout_id)  # RolloutError if unknown
+            return rollout_history(s, rollout_id)
 
     def status(self, rollout_id: str) -> RolloutStatus:
         with self.registry.session() as s:
@@ -211,7 +219,9 @@ class RolloutCommands:
             page = rollouts.list_rollouts(s, states=states, limit=limit)
             return [rollout_status(s, r) for r in page.items]
 
-    def _operator(self, rollout_id: str, action: RolloutAction, reason: str) -> RolloutStatus:
+    def _operator(
+        self, rollout_id: str, action: RolloutAction, reason: str, by: str
+    ) -> RolloutStatus:
         now = self.clock()
         with self.registry.session() as s:
             record, cfg, phase = store.load(s, rollout_id)
@@ -226,7 +236,7 @@ class RolloutCommands:
                 store.abandon_rollback(s, rollout_id, now=now, reason=reason)
             elif action is RolloutAction.ABORT and phase.stage >= 0:
                 rollouts.update_stage(s, rollout_id, phase.stage, state="stopped", finished_at=now)
-            record = store.write_phase(s, record, new, now=now, **changes)
+            record = store.write_phase(s, record, new, now=now, by=by, **changes)
             log.info("rollout %s: %s -> %s (%s)", rollout_id, phase.name, new.name, reason)
             status = rollout_status(s, record)
         self._changed()

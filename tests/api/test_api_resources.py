@@ -295,6 +295,16 @@ def test_rollout_lifecycle_through_the_engine(
         viewer = bearer(tokens["viewer"])
         assert c.get("/api/v1/rollouts?state=aborted", headers=viewer).json()["total"] == 1
         assert len(c.get("/api/v1/rollouts/r-api/targets", headers=viewer).json()) == 10
+        # each move, by the token that made it, with the reason it added
+        history = c.get("/api/v1/rollouts/r-api/history", headers=viewer).json()
+        assert [(m["by"], m["from"], m["to"], m["reason"]) for m in history] == [
+            ("operator-bot", "draft", "canary", ""),
+            ("operator-bot", "canary", "paused (canary)", "lunch"),
+            ("operator-bot", "paused (canary)", "canary", ""),
+            ("operator-bot", "canary", "aborted", "aborted by operator"),
+        ]
+        assert c.get("/api/v1/rollouts/nope/history", headers=viewer).status_code == 404
+        assert c.get("/api/v1/rollouts/r-api/history").status_code == 401
         metrics = c.get("/metrics").text
     assert 'fedfleet_rollouts{state="aborted"} 1.0' in metrics
     assert "fedfleet_devices_online 10.0" in metrics

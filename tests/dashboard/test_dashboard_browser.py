@@ -202,6 +202,11 @@ def test_operator_watches_fleet_and_drives_rollouts(browser: Any, hub: Any, tmp_
             "rolled_back",
         )
         assert wait_state(page, ("rolled_back",), 120) == "rolled_back"
+        # the rollback replaced the rollout's reason; its history keeps the abort's, and who
+        page.wait_for_selector("#history td:has-text('rolled_back')")
+        history = page.inner_text("#history")
+        assert "camera feed looks wrong on plant-3" in history, history
+        assert "rollback from the dashboard" in history and "rollout-engine" in history
         shot(page, "06-rollout-aborted-rolled-back")
 
         page.goto(f"{proc.api_url}/ui/#/rollouts")

@@ -178,6 +178,16 @@ def test_cli_drives_the_hub_over_the_api(world: World, capsys: pytest.CaptureFix
     assert json.loads(capsys.readouterr().out)["state"] == "aborted"
     assert main(["rollout", "status", *auth]) == 0
     assert rid in capsys.readouterr().out
+    # the history: each move, who made it, and the reason typed with it
+    assert main(["rollout", "history", rid, *auth]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ", 1)[1].split()[1:4] for line in lines] == [
+        ["draft", "->", "canary"],
+        ["canary", "->", "paused"],
+        ["paused", "(canary)", "->"],
+        ["canary", "->", "aborted"],
+    ], lines
+    assert lines[1].endswith("lunch") and "aborted by operator" in lines[3]
     # refused: a wrong token, and an illegal transition, each one clear line
     assert main(["rollout", "status", rid, "--api", hub.api_url, "--token", "nope"]) == 2
     assert "401" in capsys.readouterr().err

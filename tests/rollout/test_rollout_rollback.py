@@ -240,3 +240,28 @@ def test_devices_on_another_model_get_a_bound_switch_order_with_the_offer(  # ty
     assert signed["model_name"] == MODEL and signed["to_bundle_id"] == "b-v3"
     assert signed["to_version"] == 3 and signed["to_sha256"] == SHA[3]
     assert signed["device_ids"] == ["dev-x"] and signed["from_bundle_id"] == "b-legacy"
+
+
+def test_the_history_keeps_every_move_with_who_and_why(  # type: ignore[no-untyped-def]
+    world, registry, clock, delivery
+) -> None:
+    """The rollout keeps only its latest reason; its history keeps each move: the operator's
+    typed abort reason is still there after the rollback that followed replaced it."""
+    service, rid = world
+    service.abort(rid, reason="metrics look wrong", by="alice")
+    service.rollback(rid, reason="roll them back", by="bob")
+    service.tick()
+    clock.advance(61)  # nobody answers within the offline timeout
+    service.tick()
+    assert service.status(rid).state == "rollback_failed"
+    moves = [(m.by, m.from_phase, m.to_phase, m.reason) for m in service.history(rid)]
+    assert moves[0] == ("hub", "draft", "canary", "")  # started by the fixture, in process
+    assert moves[1:3] == [
+        ("alice", "canary", "aborted", "metrics look wrong"),
+        ("bob", "aborted", "rolling_back", "roll them back"),
+    ]
+    engine, before, after, why = moves[3]
+    assert (engine, before, after) == ("rollout-engine", "rolling_back", "rollback_failed")
+    assert "4 device(s) not rolled back" in why and "not back after" in why
+    assert len(moves) == 4
+    assert "metrics look wrong" not in service.status(rid).reason  # why history is needed

@@ -111,10 +111,18 @@ function rollbackCard(r, targets) {
     <p class="muted">${failedNow ? "Fix these devices (or re-image them), then <b>Resolve</b> to release them, or <b>Roll back</b> to try again." : "If these devices cannot answer, <b>Abort</b> the rollback: it ends as rollback_failed and lists them here."}</p></div>`;
 }
 
+/* Every move of the rollout, oldest first: who (an API token's name, or the engine), from
+ * where to where, and the reason the move added (typed, a failed gate, unrecovered devices). */
+function historyCard(moves) {
+  if (!moves.length) return "";
+  const rows = moves.map((m) => `<tr><td title="${esc(when(m.ts))}">${ago(m.ts)}</td><td>${esc(m.by)}</td><td>${esc(m.from)} → ${pill(m.to.split(" ")[0])}${m.to.includes(" ") ? esc(m.to.slice(m.to.indexOf(" "))) : ""}</td><td class="wrap">${esc(m.reason)}</td></tr>`).join("");
+  return `<div class="card" id="history"><b>History</b>${scroll(`<table><thead><tr><th>when</th><th>by</th><th>move</th><th>reason</th></tr></thead><tbody>${rows}</tbody></table>`)}</div>`;
+}
+
 async function viewRollout(id) {
   const at = location.hash;
   const enc = encodeURIComponent(id);
-  const [r, targets, bundles] = await Promise.all([api(`/api/v1/rollouts/${enc}`), api(`/api/v1/rollouts/${enc}/targets`), bundleIndex()]);
+  const [r, targets, bundles, history] = await Promise.all([api(`/api/v1/rollouts/${enc}`), api(`/api/v1/rollouts/${enc}/targets`), bundleIndex(), api(`/api/v1/rollouts/${enc}/history`)]);
   const trows = targets.map((t) => `<tr><td><a href="#/device/${encodeURIComponent(t.device_id)}">${esc(t.device_id)}</a></td><td>${t.stage_index + 1}</td><td>${pill(t.state, `t-${t.state}`)}</td><td>${t.attempts}</td><td class="wrap">${esc(t.detail)}</td></tr>`).join("");
   const op = canOperate();
   const button = (action, label, cls, enabled) => `<button class="${cls}" data-action="${action}" ${op && enabled ? "" : "disabled"} title="${op ? "" : "needs the operator role"}">${label}</button>`;
@@ -131,6 +139,7 @@ async function viewRollout(id) {
     ${r.delivery ? `<div class="card" id="delivery"><b>Bytes shipped:</b> ${kib(r.delivery.bytes_shipped)} of ${kib(r.delivery.bytes_full)} that full bundles would have cost
       (${r.delivery.bytes_full ? Math.round((100 * r.delivery.bytes_shipped) / r.delivery.bytes_full) : 100} %, deltas against what devices run)</div>` : ""}
     ${rollbackCard(r, targets)}
+    ${historyCard(history)}
     <div class="actions">${op ? `<input id="action-reason" placeholder="reason (recorded with the action)" value="${esc(typed)}">` : ""}
       ${button("start", "Start", "primary", r.state === "draft")}${button("pause", "Pause", "", active)}${button("resume", "Resume", "", r.state === "paused")}
       ${button("abort", "Abort", "danger", active || ["paused", "draft", "rolling_back"].includes(r.state))}${button("rollback", "Roll back", "danger", !["rolled_back", "rolling_back", "draft", "resolved"].includes(r.state))}${button("resolve", "Resolve", "", r.state === "rollback_failed")}</div>
