@@ -29,8 +29,10 @@ included).
 The same installation also swaps Flower's Shamir ``create_shares`` (client side) and
 ``combine_shares`` (server side) for :mod:`shared.fl.shamir`, which produces byte-identical
 shares with faster arithmetic, and its PEM key parsers for :mod:`shared.fl.secagg_keys`,
-which parse each key once per round: speed changes only, the protocol, messages, shares and
-key agreement stay Flower's (:data:`FLOWER_REPLACEMENTS` lists every swapped name).
+which parse each key once per round, and the client's masking stage for
+:mod:`shared.fl.secagg_masking`, which adds every mask into one vector in place and sends
+byte-identical masked vectors: speed changes only, the protocol, messages, shares and key
+agreement stay Flower's (:data:`FLOWER_REPLACEMENTS` lists every swapped name).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "MASK_GENERATOR",
     "PATCHED_MODULES",
     "SERVER_MODULE",
+    "add_mask_into",
     "is_secure_mask_generator_active",
     "mask_generator_in_use",
     "secure_mask_generator",
@@ -99,6 +102,10 @@ class _KeyStream:
         # allocating and filling a fresh one per mask (that cost more than the cipher).
         zeros = memoryview(_ZEROS)[:size] if size <= len(_ZEROS) else bytes(size)
         return np.frombuffer(self._encryptor.update(zeros), dtype="<u8")
+
+    def words_into(self, out: NDArray[np.uint64]) -> None:
+        """Write the next ``out.size`` keystream words into ``out`` (at most 2 MiB of them)."""
+        self._encryptor.update_into(memoryview(_ZEROS)[: 8 * out.size], out.data.cast("B"))
 
 
 def _uniform(stream: _KeyStream, num_range: int, count: int) -> NDArray[np.int64]:
@@ -168,7 +175,48 @@ def _split(
     return output
 
 
+_CHUNK_WORDS = 1 << 15  # 256 KiB of keystream per step: stays in a core's cache
+
+
+def add_mask_into(
+    total: NDArray[np.uint64], seed: bytes, num_range: int, *, subtract: bool = False
+) -> None:
+    """``total`` plus (or minus) the mask of ``seed``, modulo 2**64, in place.
+
+    The mask is :func:`secure_pseudo_rand_gen` of ``seed`` over ``total.size`` values,
+    flattened (one array or the model's arrays end to end: the same values, see there), for a
+    power-of-two ``num_range``; modulo 2**64 is modulo ``num_range`` too. The keystream is
+    read in cache-sized chunks into one scratch buffer, so adding a neighbour's mask allocates
+    nothing the size of the model.
+    """
+    if not isinstance(seed, bytes | bytearray) or len(seed) == 0:
+        raise ValueError("the mask seed must be non-empty bytes")
+    if not 1 <= num_range <= _MAX_RANGE or num_range & (num_range - 1):
+        raise ValueError(f"num_range must be a power of two in [1, 2**62], got {num_range}")
+    if total.dtype != np.uint64 or total.ndim != 1:
+        raise ValueError("the masks are summed into a flat uint64 vector")
+    stream = _KeyStream(bytes(seed))
+    scratch = np.empty(min(total.size, _CHUNK_WORDS), dtype=np.uint64)
+    low_bits = np.uint64(num_range - 1)
+    combine = np.subtract if subtract else np.add
+    for start in range(0, total.size, _CHUNK_WORDS):
+        part = total[start : start + _CHUNK_WORDS]
+        words = scratch[: part.size]
+        stream.words_into(words)
+        np.bitwise_and(words, low_bits, out=words)
+        combine(part, words, out=part)
+
+
 _SHAMIR_MODULE = "flwr.common.secure_aggregation.crypto.shamir"
+
+
+def _collect_masked_vectors(*args: Any) -> Any:
+    """The client's masking stage from :mod:`shared.fl.secagg_masking` (imported on use:
+    that module builds on :func:`add_mask_into`, so it imports this one)."""
+    from shared.fl.secagg_masking import collect_masked_vectors
+
+    return collect_masked_vectors(*args)
+
 
 #: (module, attribute, replacement) swapped while a secure round runs in this process.
 FLOWER_REPLACEMENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
@@ -176,6 +224,7 @@ FLOWER_REPLACEMENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     (_SHAMIR_MODULE, "create_shares", shamir.create_shares),
     (_SHAMIR_MODULE, "combine_shares", shamir.combine_shares),
     ("flwr.client.mod.secure_aggregation.secaggplus_mod", "create_shares", shamir.create_shares),
+    (CLIENT_MODULE, "_collect_masked_vectors", _collect_masked_vectors),
     (
         "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
         "combine_shares",
