@@ -43,8 +43,9 @@ class DemoConfig:
     gate_window_s: float = 1.0
     controller_interval_s: float = 0.5  # how often the retraining policy looks at the class
     # while the hub retrains, one streaming step per this many seconds: the cores go to
-    # the federated training, the timeline still shows the drifted devices' accuracy
-    training_stream_pace_s: float = 1.0
+    # the federated training (a step a second cost the devices ~0.25 of a core), the
+    # timeline still shows the drifted devices' accuracy
+    training_stream_pace_s: float = 2.0
     # "deployment" (default, the product's path: SuperLink + signed TrainCommands, each
     # device trains as a SuperNode on its own samples) or "inprocess" (a simulation
     # shortcut: run_federated in this process, fed by the local devices' sample stores)
