@@ -6,9 +6,13 @@
 The last line printed is one JSON object with at least: accuracy_secagg, accuracy_plain,
 secagg_overhead_ratio (the accuracy run: 5 local epochs), secagg_overhead_ratio_default_epochs
 (20 clients, 1 epoch), secagg_overhead_ratio_100 (100 clients, num_shares 0.2; full mode),
+secagg_ratio_fit_cpu_default_epochs / _100 and secagg_floor_ratio_cpu_default_epochs / _100
+(the same rounds in CPU seconds, and the floor the protocol's key agreement alone sets: see
+``_secagg_costs``, whose split of the extra seconds is under "secagg_costs"),
 overhead_vs_flower and overhead_vs_flower_secagg (fedfleet / stock Flower with the same
 DefaultWorkflow + LegacyContext + FedAvg, same partitions; see ``_fl_pairs`` and
-``_flower_baseline``), the raw samples of every pair, and the CPU it ran on.
+``_flower_baseline``), the raw samples of every pair, the CPU it ran on and the load average
+before and after (the machine is shared).
 
 Every ratio comes from contenders alternated and repeated in one process (``_fl_pairs``):
 the machine is shared, so only side-by-side ratios mean anything. Full mode adds a 1,000-client
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._fl_pairs import digits_partitions, fair_flower_pair, secagg_pair  # noqa: E402
+from benchmarks._secagg_costs import secagg_costs  # noqa: E402
 from shared.device_facts import detect_device_facts  # noqa: E402
 
 
@@ -206,17 +211,21 @@ def main() -> None:
     logging.disable(logging.WARNING)  # Flower logs every round at INFO on stderr
 
     started = time.perf_counter()
+    load_before = os.getloadavg()
     _warm_up()
     if args.quick:
         acc = accuracy_pair(clients=4, rounds=2, threshold=0.6, local_epochs=1)
         secagg_20 = secagg_pair(20, 1, 3)
-        secagg_100 = None
+        costs_20 = secagg_costs(20, 2)
+        secagg_100 = costs_100 = None
         vs_flower = fair_flower_pair(6, 1, 3, secagg=None, per_client=None)
         vs_flower_secagg = fair_flower_pair(6, 1, 3, secagg=1.0, per_client=None)
     else:
         acc = accuracy_pair(clients=20, rounds=20, threshold=0.6)
         secagg_20 = secagg_pair(20, 3, 5)
+        costs_20 = secagg_costs(20, 4)
         secagg_100 = secagg_pair(100, 2, 3, num_shares=0.2)
+        costs_100 = secagg_costs(100, 3, num_shares=0.2)
         vs_flower = fair_flower_pair(100, 2, 3, secagg=None, per_client=64)
         vs_flower_secagg = fair_flower_pair(100, 2, 3, secagg=0.2, per_client=64)
     print(f"accuracy: {json.dumps(acc)}", file=sys.stderr)
@@ -232,6 +241,12 @@ def main() -> None:
         "secagg_overhead_ratio": round(acc["secagg"]["round_s"] / acc["plain"]["round_s"], 3),
         "secagg_overhead_ratio_default_epochs": secagg_20["ratio_fit_round"],
         "secagg_overhead_ratio_100": secagg_100["ratio_fit_round"] if secagg_100 else None,
+        # CPU seconds of one fit round, SecAgg+ over plain, and the floor set by the protocol's
+        # key agreement alone (2 ECDH per neighbour per client): see _secagg_costs
+        "secagg_ratio_fit_cpu_default_epochs": costs_20["ratio_fit_cpu"],
+        "secagg_floor_ratio_cpu_default_epochs": costs_20["floor_ratio_cpu"],
+        "secagg_ratio_fit_cpu_100": costs_100["ratio_fit_cpu"] if costs_100 else None,
+        "secagg_floor_ratio_cpu_100": costs_100["floor_ratio_cpu"] if costs_100 else None,
         "overhead_vs_flower": vs_flower["ratio_wall"],
         "overhead_vs_flower_secagg": vs_flower_secagg["ratio_wall"],
         "pairs": {
@@ -240,12 +255,14 @@ def main() -> None:
             "vs_flower": vs_flower,
             "vs_flower_secagg": vs_flower_secagg,
         },
+        "secagg_costs": {"20_clients_1_epoch": costs_20, "100_clients_shares_0.2": costs_100},
     }
     if not args.quick:
         result["scale"] = _scale_runs(1000, 3, per_client=64)
     facts = detect_device_facts()
     result["cpu"] = {"model": facts.cpu_model, "flags": facts.isa_flags, "cores": os.cpu_count()}
     result["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
+    result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     print(json.dumps(result))
 
 
