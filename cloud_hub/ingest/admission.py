@@ -8,6 +8,7 @@ acknowledgement is held until its batch commits (see :class:`.state.IngestState`
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,6 +77,8 @@ def admit(
             assert hold is not None
             state.held_acks[id(result)] = hold
         queued = len(state.queue)
+        if admitted and queued == 1:
+            state.queued_since = time.monotonic()
         if admitted and (queued == 1 or queued >= batch_max):
             state.lock.notify_all()
         return Admitted(admission, held, result if admitted else None)

@@ -18,10 +18,11 @@ class IngestConfig:
     - ``telemetry_rate_per_s`` / ``telemetry_burst``: token bucket per device for telemetry
       only (hello/status/events/drift are never rate-limited, only bounded).
     - ``max_devices``: how many distinct devices may have messages queued at once.
-    - ``batch_max`` / ``flush_interval_s``: one DB transaction per batch, started when
-      ``flush_interval_s`` has passed since the previous one started (at once when
-      ``batch_max`` messages are queued): under load the writer commits back to back, a
-      quiet fleet costs at most one transaction per interval.
+    - ``batch_max`` / ``flush_interval_s``: one DB transaction per batch, started
+      ``flush_interval_s`` after the previous one started or after the first message
+      arrived, whichever is later (at once when ``batch_max`` messages are queued): under
+      load the writer commits back to back, a quiet fleet costs at most one transaction
+      per interval.
     - ``max_metrics``: numeric gauges kept per telemetry message.
     """
 

@@ -37,6 +37,7 @@ class IngestState:
     rejected: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    queued_since: float = float("-inf")  # monotonic: when the queue last stopped being empty
 
     @classmethod
     def for_config(cls, config: IngestConfig) -> IngestState:

@@ -1,9 +1,10 @@
 """The ingest's writer thread: drain the fair queue into a batch and commit it.
 
-A batch starts when messages are queued and ``flush_interval_s`` has passed since the
-previous batch started (at once when ``batch_max`` are queued): under load the writer goes
-from one commit straight to the next, and what arrived meanwhile is the next batch; a quiet
-fleet costs at most one transaction per interval. A batch whose commit fails is kept and
+A batch starts ``flush_interval_s`` after the previous batch started or after the queue
+stopped being empty, whichever is later (at once when ``batch_max`` are queued): under load
+the writer goes from one commit straight to the next and what arrived meanwhile is the next
+batch; a quiet fleet gathers what arrives within an interval and costs at most one
+transaction per interval. A batch whose commit fails is kept and
 written again (every write is idempotent), so a database hiccup loses nothing the queue
 accepted; a must-keep message's acknowledgement is released only after its batch commits.
 """
@@ -81,18 +82,19 @@ class BatchWriter:
             return self._drain_locked(room) if room > 0 else []
 
     def _wait_until_due(self, stop: threading.Event) -> None:
-        """Sleep (lock held, released while waiting) until the next batch is due: something
-        to write and ``flush_interval_s`` since the previous batch started, or a full batch
-        queued. :func:`.admission.admit` wakes it at the first message and at a full batch."""
-        queue, interval = self.state.queue, self.config.flush_interval_s
-        while not stop.is_set() and len(queue) < self.config.batch_max:
-            if not len(queue) and not len(self._pending):
-                self.state.lock.wait(interval)
+        """Sleep (lock held, released while waiting) until the next batch is due (see the
+        module docstring). :func:`.admission.admit` wakes it at the first message and at a
+        full batch."""
+        state, interval = self.state, self.config.flush_interval_s
+        while not stop.is_set() and len(state.queue) < self.config.batch_max:
+            if not len(state.queue) and not len(self._pending):
+                state.lock.wait(interval)
                 continue
-            left = self._last_start + interval - time.monotonic()
+            since = max(self._last_start, state.queued_since)
+            left = since + interval - time.monotonic()
             if left <= 0:
                 return
-            self.state.lock.wait(left)
+            state.lock.wait(left)
 
     def _drain_locked(self, room: int) -> list[tuple[str, Inbound]]:
         items = self.state.queue.drain(room)

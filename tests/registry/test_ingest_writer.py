@@ -1,9 +1,10 @@
-"""When the ingest's writer starts a batch: at once for the first message after a quiet
-spell, then not before ``flush_interval_s`` since the previous batch started unless a full
-batch is queued; must-keep acknowledgements only after the commit."""
+"""When the ingest's writer starts a batch: ``flush_interval_s`` after the previous batch
+started or after the first message arrived, whichever is later; at once for a full batch;
+must-keep acknowledgements only after the commit."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import pytest
 from cloud_hub.ingest.admission import admit
 from cloud_hub.ingest.config import IngestConfig
 from cloud_hub.ingest.state import IngestState
-from cloud_hub.ingest.writer import BatchWriter
+from cloud_hub.ingest.writer import BatchWriter, Listener
 from cloud_hub.registry import Registry, open_registry, reports
 from shared.messages import Event
 from shared.topics import TopicScheme
@@ -39,44 +40,89 @@ def _until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     return False
 
 
-def test_batches_start_at_once_then_at_most_once_per_interval(registry: Registry) -> None:
-    config = IngestConfig(flush_interval_s=INTERVAL, batch_max=4)
-    state = IngestState.for_config(config)
-    writer = BatchWriter(registry, state, config, clock=time.time, listeners=[])
-    stop = threading.Event()
-    thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
-    thread.start()
-    acked: list[str] = []
-    stored_at_ack: list[int] = []
+class _Writer:
+    """A :class:`BatchWriter` on its own thread, fed through :func:`admit`."""
 
-    def send(event_id: str) -> None:
+    def __init__(self, registry: Registry, config: IngestConfig, listener: Listener) -> None:
+        self.registry, self.config = registry, config
+        self.state = IngestState.for_config(config)
+        self.writer = BatchWriter(
+            registry, self.state, config, clock=time.time, listeners=[listener]
+        )
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.writer.run, args=(self.stop,), daemon=True)
+        self.acked: dict[str, float] = {}  # event id -> monotonic time of its ack
+        self.stored_at_ack: list[int] = []
+
+    def send(self, event_id: str) -> None:
         def ack() -> None:
-            with registry.session() as s:
-                stored_at_ack.append(reports.list_events(s, limit=100).total)
-            acked.append(event_id)
+            with self.registry.session() as s:
+                self.stored_at_ack.append(reports.list_events(s, limit=100).total)
+            self.acked[event_id] = time.monotonic()
 
         payload = Event(device_id="d1", event_id=event_id, kind="k").encode()
         topic = SCHEME.device("d1", "events")
-        outcome = admit(state, SCHEME, topic, payload, now=time.time(), hold=ack, batch_max=4)
+        outcome = admit(
+            self.state,
+            SCHEME,
+            topic,
+            payload,
+            now=time.time(),
+            hold=ack,
+            batch_max=self.config.batch_max,
+        )
         assert outcome.held
 
-    try:
-        send("e1")  # a quiet writer: written now, not after the interval
-        assert _until(lambda: acked == ["e1"]), acked
-        assert stored_at_ack == [1]  # acknowledged after its commit, not before
-        send("e2")  # within the interval of the previous batch: waits for it
-        time.sleep(0.5)
-        assert acked == ["e1"]
-        for i in range(3, 6):  # a full batch (4 queued) does not wait
-            send(f"e{i}")
-        assert _until(lambda: len(acked) == 5), acked
-        assert stored_at_ack[-1] == 5
-    finally:
-        stop.set()
-        with state.lock:
-            state.lock.notify_all()
-        thread.join(10)
-    assert not thread.is_alive()
+    def __enter__(self) -> _Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        with self.state.lock:
+            self.state.lock.notify_all()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_a_quiet_writer_gathers_an_interval_and_a_full_batch_goes_at_once(
+    registry: Registry,
+) -> None:
+    config = IngestConfig(flush_interval_s=1.0, batch_max=4)
+    with _Writer(registry, config, lambda _c: None) as w:
+        sent = time.monotonic()
+        w.send("e1")
+        w.send("e2")
+        assert _until(lambda: len(w.acked) == 2)
+        assert min(w.acked.values()) - sent >= 0.9  # gathered for the interval: one batch
+        assert w.stored_at_ack == [2, 2]  # acknowledged after the commit, not before
+        w.writer.config = dataclasses.replace(config, flush_interval_s=INTERVAL)
+        sent = time.monotonic()
+        for i in range(3, 7):  # a full batch (4) does not wait for the interval
+            w.send(f"e{i}")
+        assert _until(lambda: len(w.acked) == 6), w.acked
+        assert max(w.acked.values()) - sent < INTERVAL / 2
+
+
+def test_under_load_commits_follow_back_to_back(registry: Registry) -> None:
+    """A message that arrived while a slow batch was being written is written right after
+    it, not an interval after it."""
+    slow_batch = threading.Event()
+
+    def slow(_counts: object) -> None:  # runs on the writer thread after each commit
+        if not slow_batch.is_set():
+            slow_batch.set()
+            time.sleep(4.0)
+
+    with _Writer(registry, IngestConfig(flush_interval_s=3.0), slow) as w:
+        w.send("e1")
+        assert _until(slow_batch.is_set)
+        sent = time.monotonic()
+        w.send("e2")  # while the first batch's commit is still busy (for 4 s)
+        assert _until(lambda: "e2" in w.acked, timeout=15)
+        # due 3 s after it arrived, the first batch busy until ~4 s: written at ~4 s, where
+        # waiting an interval after the previous commit would take ~7 s
+        assert w.acked["e2"] - sent < 5.5, w.acked["e2"] - sent
 
 
 def test_flush_writes_what_the_stopped_writer_left(registry: Registry) -> None:
