@@ -2,24 +2,29 @@
 
 Deployment path: the hub runs ``flower-superlink`` (or connects to an existing one), agents
 run SuperNodes (:mod:`edge_agent.fl.supernode`), and :meth:`SuperLinkProcess.submit_run`
-submits fedfleet's Flower App (``cloud_hub/fl/fab``) with ``flwr run``; the ServerApp
-(:mod:`cloud_hub.fl.superlink_app`) writes ``summary.json`` when the run ends.
+submits fedfleet's Flower App (``cloud_hub/fl/fab``) through the SuperLink's Control API,
+from the hub's process (what ``flwr run`` does, without a CLI process that imports Flower
+anew); the ServerApp (:mod:`cloud_hub.fl.superlink_app`) writes ``summary.json`` when the
+run ends.
 
 TLS (the default): give the SuperLink ``ssl_certfile``/``ssl_keyfile``/``ssl_ca_certfile``
 (``flower-superlink --ssl-certfile ... --ssl-keyfile ... --ssl-ca-certfile ...``); give each
-SuperNode the CA as ``--root-certificates`` (``SuperNodeConfig.root_certificates``) and the
-``flwr`` CLI connection ``root-certificates``. The server certificate must name the address
-the SuperNodes dial (SAN, e.g. ``IP:10.0.0.5`` or ``DNS:hub.example``). Plain HTTP needs an
-explicit ``insecure=True`` (``--insecure``), meant for loopback tests only.
+SuperNode the CA as ``--root-certificates`` (``SuperNodeConfig.root_certificates``); the
+Control API client verifies the SuperLink with the same CA. The server certificate must name
+the address the SuperNodes dial (SAN, e.g. ``IP:10.0.0.5`` or ``DNS:hub.example``). Plain HTTP
+needs an explicit ``insecure=True`` (``--insecure``), meant for loopback tests only.
 
 The SuperLink always runs with ``--disable-runtime-dependency-installation``: the FAB's
-components are fedfleet's installed modules and nothing is fetched at run time. It is
-stopped with SIGINT (it ignores SIGTERM for several seconds). Its state lives in a database
-file (``:memory:`` breaks runs in Flower 1.41).
+components are fedfleet's installed modules and nothing is fetched at run time. It runs as
+:mod:`cloud_hub.fl.warm_serverapp` (Flower's SuperLink whose SuperExec forks each run's
+ServerApp from a warm process and asks for runs every 0.1 s). It is stopped with SIGINT (it
+ignores SIGTERM for several seconds). Its state lives in a database file (``:memory:``
+breaks runs in Flower 1.41).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -39,6 +44,7 @@ __all__ = [
     "FAB_DIR",
     "SuperLinkConfig",
     "SuperLinkProcess",
+    "build_fab",
     "check_run_config",
     "fab_sha256",
     "issue_superlink_tls",
@@ -46,6 +52,8 @@ __all__ = [
 ]
 
 FAB_DIR = Path(__file__).resolve().parent / "fab"
+#: How often the SuperLink's SuperExec asks for a new run (Flower's default: every 1 s).
+_RUN_POLL_INTERVAL_S = "0.1"
 
 
 def _bin(name: str) -> str:
@@ -55,25 +63,28 @@ def _bin(name: str) -> str:
     return str(path)
 
 
-def fab_sha256(fab_dir: Path = FAB_DIR) -> str:
-    """The sha256 of the FAB ``flwr run fab_dir`` submits (Flower builds it reproducibly).
-
-    Signed training orders name this hash; devices run no other FAB (R4)."""
-    import hashlib
-
+def build_fab(fab_dir: Path = FAB_DIR) -> bytes:
+    """The FAB of the Flower App in ``fab_dir``, as ``flwr run`` builds it (reproducibly)."""
     from flwr.cli.build import build_fab_from_disk
 
     try:
-        return hashlib.sha256(build_fab_from_disk(Path(fab_dir))).hexdigest()
+        fab: bytes = build_fab_from_disk(Path(fab_dir))
     except Exception as exc:  # flwr raises click/typer and OS errors alike
         raise HubConfigError(f"cannot build the Flower App in {fab_dir}: {exc}") from exc
+    return fab
+
+
+def fab_sha256(fab_dir: Path = FAB_DIR) -> str:
+    """The sha256 of the FAB :meth:`SuperLinkProcess.submit_run` submits for ``fab_dir``.
+
+    Signed training orders name this hash; devices run no other FAB (R4)."""
+    return hashlib.sha256(build_fab(fab_dir)).hexdigest()
 
 
 def issue_superlink_tls(ca_dir: Path, host: str, out_dir: Path) -> tuple[Path, Path, Path]:
     """A server certificate for ``host`` signed by the hub CA in ``ca_dir`` (the CA devices
     pinned at enrollment), written to ``out_dir``: ``(certfile, keyfile, ca_certfile)``."""
     from cloud_hub.enrollment.ca import CertificateAuthority
-    from shared.files import atomic_write
 
     ca = CertificateAuthority.load(ca_dir)
     credentials = ca.issue_server([host], days=2)
@@ -117,8 +128,12 @@ class SuperLinkConfig:
         return f"{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
+        _bin("flower-superlink")  # the same installation check
         argv = [
-            _bin("flower-superlink"),
+            sys.executable,
+            "-m",
+            "cloud_hub.fl.warm_serverapp",
+            "superlink",
             "--database",
             str(self.database),
             "--host",
@@ -178,6 +193,7 @@ class SuperLinkProcess:
             **os.environ,
             "PATH": path,
             "FLWR_HOME": str(self.workdir / "flwr-home"),
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": _RUN_POLL_INTERVAL_S,
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -197,54 +213,57 @@ class SuperLinkProcess:
     ) -> int:
         """Submit fedfleet's Flower App with ``run_config``; returns Flower's run id.
 
-        ``expected_fab_sha256``: the hash the signed training orders name; a FAB that
-        ``flwr run`` built differently (the app folder changed) raises ``TrainingError``.
+        ``expected_fab_sha256``: the hash the signed training orders name; a FAB built
+        differently (the app folder changed) raises ``TrainingError`` before it is sent.
         The training config the run names is checked first: a bad one (e.g. SecAgg+ with
         2 clients) raises ``HubConfigError`` here instead of failing inside Flower."""
         check_run_config(run_config)
-        home = self.workdir / "flwr-home"
-        home.mkdir(parents=True, exist_ok=True)
-        connection = [f'address = "{self.config.address}"']
-        if self.config.insecure:
-            connection.append("insecure = true")
-        else:
-            connection.append(f'root-certificates = "{self.config.ssl_ca_certfile}"')
-        text = '[superlink]\ndefault = "fedfleet"\n\n[superlink.fedfleet]\n' + "\n".join(connection)
-        atomic_write(home / "config.toml", (text + "\n").encode("utf-8"))  # R15
-        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        argv = [
-            _bin("flwr"),
-            "run",
-            str(fab_dir),
-            "fedfleet",
-            "--format",
-            "json",
-            "--run-config",
-            overrides,
-        ]
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=self._env(),
-            cwd=self.workdir,
-        )
-        try:
-            payload = json.loads(done.stdout[done.stdout.index("{") :])
-            run_id = int(payload["run-id"])
-        except (IndexError, KeyError, TypeError, ValueError) as exc:
+        fab = build_fab(fab_dir)
+        submitted = hashlib.sha256(fab).hexdigest()
+        if expected_fab_sha256 is not None and submitted != expected_fab_sha256:
             raise TrainingError(
-                f"flwr run failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}"
-            ) from exc
-        submitted = str(payload.get("fab-hash", ""))
-        if expected_fab_sha256 is not None and not (
-            submitted and expected_fab_sha256.startswith(submitted)
-        ):
-            raise TrainingError(
-                f"the SuperLink got FAB {submitted!r}, the orders name {expected_fab_sha256[:12]}"
+                f"the FAB in {fab_dir} is {submitted[:12]}, the orders name "
+                f"{expected_fab_sha256[:12]}"
             )
-        return run_id
+        return self._start_run(fab, submitted, run_config, timeout_s)
+
+    def _start_run(
+        self, fab: bytes, fab_hash: str, run_config: dict[str, Any], timeout_s: float
+    ) -> int:
+        """``StartRun`` on the SuperLink's Control API (TLS with the hub CA unless insecure)."""
+        from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
+        from flwr.common.config import parse_config_args
+        from flwr.common.serde import fab_to_proto, user_config_to_proto
+        from flwr.proto.control_pb2 import StartRunRequest
+        from flwr.supercore.control import ControlHttpClient
+        from flwr.supercore.fab import Fab
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        request = StartRunRequest(
+            fab=fab_to_proto(Fab(fab_hash, fab, {})),
+            override_config=user_config_to_proto(parse_config_args([overrides])),
+        )
+        scheme = "http" if self.config.insecure else "https"
+        try:
+            client = ControlHttpClient(
+                f"{scheme}://{self.config.address}",
+                interceptors=[
+                    CliClientHttpInterceptor(),
+                    RuntimeVersionHttpInterceptor(component_name="flwr CLI"),
+                ],
+                verify=True if self.config.insecure else str(self.config.ssl_ca_certfile),
+                timeout=timeout_s,
+            )
+            try:
+                response = client.StartRun(request)
+            finally:
+                client.close()
+        except Exception as exc:  # httpx, protobuf and Flower's own errors alike
+            raise TrainingError(f"the SuperLink refused the run: {exc}") from exc
+        if not response.HasField("run_id"):
+            raise TrainingError(f"the SuperLink started no run: {response}")
+        return int(response.run_id)
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGINT, then SIGKILL after ``timeout_s``."""

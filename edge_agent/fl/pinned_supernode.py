@@ -12,10 +12,12 @@ and the hash the SuperLink claims for it, equal ``--fab-sha256`` (the hash in th
 order). Any other FAB takes Flower's own refusal path: it is neither stored nor run, and the
 SuperLink gets a ``FAB_VERIFICATION_ERROR`` reply for that node, so the run fails loudly.
 
-Speed: Flower 1.41's SuperNode sleeps a fixed 3 s after every empty pull
-(``start_client_internal``), which puts up to 3 s between each SecAgg+ stage on every node.
-This entry point polls again every ``--poll-interval`` seconds (default 0.2) until a message
-arrives, so Flower's 3 s sleep is never reached. It starts
+Speed: Flower 1.41's SuperNode sleeps a fixed 3 s after every empty pull and then waits
+for the ClientApp's reply in 0.5 s sleeps (``start_client_internal``): up to 3.5 s on every
+node between each SecAgg+ stage. This entry point polls again every ``--poll-interval``
+seconds (default 0.2) until a message arrives, so Flower's 3 s sleep is never reached, and
+caps the SuperNode module's sleeps at ``REPLY_POLL_INTERVAL_S`` (0.05 s), so a reply goes
+to the SuperLink as soon as the ClientApp wrote it. It starts
 :mod:`edge_agent.fl.warm_clientapp` where Flower starts ``flower-superexec``: ClientApp
 tasks are forked from one warm process instead of each importing Flower and torch anew.
 
@@ -36,7 +38,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFAULT_POLL_INTERVAL_S", "fab_matches", "main", "pin_fab", "use_warm_clientapps"]
+from shared.flower_pulls import retry_object_pulls_sooner
+from shared.warm_superexec import WarmSuperExecLauncher
+
+__all__ = [
+    "DEFAULT_POLL_INTERVAL_S",
+    "REPLY_POLL_INTERVAL_S",
+    "fab_matches",
+    "main",
+    "pin_fab",
+    "reply_without_delay",
+    "use_warm_clientapps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,8 @@ log = logging.getLogger(__name__)
 TRUSTED_ENTITY = "fedfleet-training-order"
 # Seconds between the SuperNode's pulls while it has no message (Flower's own: 3 s).
 DEFAULT_POLL_INTERVAL_S = 0.2
+# The longest sleep of the SuperNode's own loops (it waits for a reply in 0.5 s sleeps).
+REPLY_POLL_INTERVAL_S = 0.05
 
 
 def fab_matches(content: bytes, claimed_hash: str, expected_sha256: str) -> bool:
@@ -94,22 +109,29 @@ def pin_fab(expected_sha256: str, poll_interval_s: float = DEFAULT_POLL_INTERVAL
     supernode._verify_fab = verify
 
 
-class _WarmSuperExecLauncher:
-    """Stands in for ``subprocess`` in Flower's SuperNode module: ``flower-superexec`` is
-    started as :mod:`edge_agent.fl.warm_clientapp` with the same arguments."""
+class _CappedSleepTime:
+    """Stands in for ``time`` in Flower's SuperNode module: every sleep lasts at most
+    ``cap_s`` seconds (the module only sleeps to wait for a reply or a message)."""
 
-    def __init__(self) -> None:
-        import subprocess
-
-        self._subprocess = subprocess
+    def __init__(self, cap_s: float) -> None:
+        self.cap_s = cap_s
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._subprocess, name)
+        return getattr(time, name)
 
-    def Popen(self, command: list[str], *args: Any, **kwargs: Any) -> Any:
-        if command and command[0] == "flower-superexec":
-            command = [sys.executable, "-m", "edge_agent.fl.warm_clientapp", *command[1:]]
-        return self._subprocess.Popen(command, *args, **kwargs)
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.cap_s))
+
+
+def reply_without_delay(cap_s: float = REPLY_POLL_INTERVAL_S) -> None:
+    """Make this process's SuperNode notice a ClientApp's reply within ``cap_s`` seconds
+    (Flower 1.41 looks for it every 0.5 s): one wait less per SecAgg+ stage and node."""
+    from flwr.supernode import start_client_internal as supernode
+
+    flower_time = getattr(supernode, "time", None)
+    if flower_time is not time and not isinstance(flower_time, _CappedSleepTime):
+        raise SystemExit("pinned_supernode: this Flower SuperNode does not sleep in time.sleep")
+    supernode.time = _CappedSleepTime(cap_s)  # type: ignore[assignment]
 
 
 def use_warm_clientapps() -> None:
@@ -118,7 +140,9 @@ def use_warm_clientapps() -> None:
 
     if not hasattr(supernode, "subprocess"):
         raise SystemExit("pinned_supernode: this Flower SuperNode starts no flower-superexec")
-    supernode.subprocess = _WarmSuperExecLauncher()  # type: ignore[assignment]
+    supernode.subprocess = WarmSuperExecLauncher(  # type: ignore[assignment]
+        "edge_agent.fl.warm_clientapp"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per 0.2 s pull otherwise
     pin_fab(args.fab_sha256, args.poll_interval)
+    reply_without_delay()
+    retry_object_pulls_sooner()  # a message's objects arrive just after the message
     if os.name == "posix":  # forking needs POSIX
         use_warm_clientapps()
     from flwr.supernode.cli.flower_supernode import flower_supernode

@@ -82,6 +82,7 @@ def test_superlink_tls_rules_and_argv(tmp_path: Path) -> None:
     argv = tls.argv()
     assert "--insecure" not in argv and "--ssl-certfile" in argv
     assert "--disable-runtime-dependency-installation" in argv
+    assert argv[1:4] == ["-m", "cloud_hub.fl.warm_serverapp", "superlink"]
 
 
 @pytest.mark.integration
@@ -142,3 +143,7 @@ def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
     assert summary["rounds"][1]["accuracy"] > summary["rounds"][0]["accuracy"]
     record = ModelStore(tmp_path / "models").get("deploy-test")
     assert record.lineage["engine"] == "deployment" and record.lineage["clients"] == 3
+    # the ServerApp and every ClientApp task were forked from warm processes
+    assert "flwr-serverapp task" in (tmp_path / "link" / "superlink.log").read_text()
+    for i in range(3):
+        assert "flwr-clientapp task" in (tmp_path / f"node-{i}.log").read_text()

@@ -1,0 +1,115 @@
+"""The hub's SuperLink with ServerApp runs forked from a warm process.
+
+Flower 1.41's SuperLink (subprocess isolation) starts ``flower-superexec``, which asks for a
+new run every second and starts a new ``flwr-serverapp`` process for it: that process imports
+Flower, torch and the hub's ServerApp before round 1 can start (measured ~7 s of a run's
+fixed cost on 2 busy cores).
+
+``python -m cloud_hub.fl.warm_serverapp superlink <flower-superlink arguments>`` runs
+Flower's SuperLink unchanged except that it starts this module's SuperExec
+(``... superexec <flower-superexec arguments>``) where Flower starts ``flower-superexec``:
+:mod:`shared.warm_superexec` with ServerApp runs forked from a process that imported the
+ServerApp, torch and Flower's ServerApp runner once (:func:`warm_imports`) and asks for
+runs every 0.1 s. Each run still gets its own process and Flower's own ``flwr-serverapp``
+code (token, TLS to the SuperLink's runtime API, the FAB's component); only the start-up
+cost is gone. POSIX only (fork): elsewhere the SuperLink starts Flower's own SuperExec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from shared.warm_superexec import (
+    WarmSuperExecLauncher,
+    make_forking_executor_class,
+    run_warm_superexec,
+)
+
+__all__ = [
+    "main",
+    "make_executor_class",
+    "run_superexec",
+    "run_superlink",
+    "use_warm_serverapps",
+    "warm_imports",
+]
+
+_THREADS_AT_START = {"torch": 0}  # torch's intra-op threads before the warm process set 1
+
+
+def warm_imports() -> None:
+    """Import what every ServerApp run needs, once, before any run is forked, and evaluate a
+    tiny model once (torch sets up its kernels lazily, on first use)."""
+    import flwr.superlink.cli
+    import flwr.superlink.runtime  # noqa: F401
+    import torch
+    from torch import nn
+
+    import cloud_hub.fl.server_app
+    import cloud_hub.fl.superlink_app  # noqa: F401
+    import shared.models  # noqa: F401
+
+    # one thread while warm: no OpenMP pool exists when a run forks (it would hang there)
+    _THREADS_AT_START["torch"] = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        nn.CrossEntropyLoss(reduction="sum")(model(torch.zeros(2, 4)), torch.zeros(2).long())
+
+
+def _after_fork() -> None:
+    """In a forked run: torch may use as many threads as a fresh ``flwr-serverapp``."""
+    import torch
+
+    torch.set_num_threads(max(1, _THREADS_AT_START["torch"]))
+
+
+def make_executor_class() -> type:
+    """Flower's subprocess executor with ServerApp runs forked (built here: needs Flower)."""
+    from flwr.supercore.constant import TaskType
+    from flwr.superlink.cli import flwr_serverapp
+
+    return make_forking_executor_class(TaskType.SERVER_APP, flwr_serverapp, _after_fork)
+
+
+def run_superexec(argv: list[str]) -> None:
+    """``flower-superexec argv`` with ServerApp runs forked after :func:`warm_imports`."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    warm_imports()
+    run_warm_superexec(make_executor_class(), argv)
+
+
+def use_warm_serverapps() -> None:
+    """Make this process's SuperLink start :func:`run_superexec` as its SuperExec."""
+    superlink_module = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    if not hasattr(superlink_module, "subprocess"):
+        raise SystemExit("warm_serverapp: this Flower SuperLink starts no flower-superexec")
+    superlink_module.subprocess = WarmSuperExecLauncher(  # type: ignore[attr-defined]
+        "cloud_hub.fl.warm_serverapp", "superexec"
+    )
+
+
+def run_superlink(argv: list[str]) -> None:
+    """``flower-superlink argv`` that starts :func:`run_superexec` as its SuperExec."""
+    from flwr.superlink.cli import flower_superlink
+
+    if os.name == "posix":  # forking needs POSIX
+        use_warm_serverapps()
+    sys.argv = ["flower-superlink", *argv]
+    flower_superlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in ("superlink", "superexec"):
+        raise SystemExit("usage: python -m cloud_hub.fl.warm_serverapp superlink|superexec ...")
+    (run_superlink if args[0] == "superlink" else run_superexec)(args[1:])
+
+
+if __name__ == "__main__":
+    main()

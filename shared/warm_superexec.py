@@ -1,0 +1,157 @@
+"""Flower's ``flower-superexec`` with the tasks of one type forked from a warm process.
+
+Flower 1.41 runs every task (a ClientApp message on a SuperNode, a ServerApp run on the
+SuperLink) as a new process: ``flwr-clientapp`` / ``flwr-serverapp`` import Flower, torch and
+the app again each time, seconds of CPU per task on a small machine. Both sides of fedfleet
+start this SuperExec instead (:mod:`edge_agent.fl.warm_clientapp`,
+:mod:`cloud_hub.fl.warm_serverapp`): it imports what the tasks need once, then *forks* a child
+per task that runs Flower's own entry point (``flwr-clientapp`` or ``flwr-serverapp``) with
+exactly the arguments Flower's subprocess executor would pass (the task's token included).
+Each task still runs in its own process (a crash or a leak stays in that task); only the
+start-up cost is gone. Other task types take Flower's subprocess path. The SuperExec also
+asks for tasks every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds (default here 0.1;
+Flower's default is 1.0).
+
+Flower's SuperNode and SuperLink start ``flower-superexec`` by name through their module's
+``subprocess``; :class:`WarmSuperExecLauncher` stands in for it there. POSIX only (fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "TASK_POLL_INTERVAL_S",
+    "WarmSuperExecLauncher",
+    "make_forking_executor_class",
+    "run_warm_superexec",
+]
+
+log = logging.getLogger(__name__)
+
+TASK_POLL_INTERVAL_S = "0.1"  # FLWR_SUPEREXEC_TASK_POLL_INTERVAL unless set
+
+#: A Flower console-script function (``flwr_clientapp``, ``flwr_serverapp``): reads sys.argv.
+TaskEntryPoint = Callable[[], None]
+
+
+class WarmSuperExecLauncher:
+    """Stands in for ``subprocess`` in a Flower module: ``flower-superexec`` is started as
+    ``python -m <module> <module_args>`` with the same arguments; everything else is
+    ``subprocess``."""
+
+    def __init__(self, module: str, *module_args: str) -> None:
+        import subprocess
+
+        self.command = [sys.executable, "-m", module, *module_args]
+        self._subprocess = subprocess
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._subprocess, name)
+
+    def Popen(self, command: list[str], *args: Any, **kwargs: Any) -> Any:
+        if command and command[0] == "flower-superexec":
+            command = [*self.command, *command[1:]]
+        return self._subprocess.Popen(command, *args, **kwargs)
+
+
+def _task_argv(spec: Any) -> list[str]:
+    """The command line Flower's ``SubprocessExecutor.launch`` builds for ``spec``."""
+    from flwr.supercore.constant import TASK_TYPE_TO_APPIO_API_ADDRESS_ARG, TASK_TYPE_TO_COMMAND
+
+    argv = [
+        TASK_TYPE_TO_COMMAND[spec.task_type],
+        TASK_TYPE_TO_APPIO_API_ADDRESS_ARG[spec.task_type],
+        spec.runtime_api_address,
+        "--token",
+        spec.token,
+    ]
+    if spec.insecure:
+        argv.append("--insecure")
+    elif spec.root_certificates_path is not None:
+        argv += ["--root-certificates", spec.root_certificates_path]
+    if spec.parent_pid is not None:
+        argv += ["--parent-pid", str(spec.parent_pid)]
+    if spec.runtime_dependency_install:
+        argv.append("--allow-runtime-dependency-installation")
+    return argv
+
+
+def _run_forked_task(spec: Any, entry: TaskEntryPoint, after_fork: Callable[[], None]) -> int:
+    """In the forked child: Flower's entry point for one task; its exit code."""
+    import flwr.supercore.telemetry as telemetry
+
+    telemetry.state_lock = threading.Lock()  # a lock another thread held at fork stays held
+    after_fork()
+    sys.argv = _task_argv(spec)
+    try:
+        entry()
+    except SystemExit as done:  # flwr_exit ends every task with sys.exit
+        return done.code if isinstance(done.code, int) else 1
+    return 0
+
+
+def make_forking_executor_class(
+    task_type: Any, entry: TaskEntryPoint, after_fork: Callable[[], None] = lambda: None
+) -> type:
+    """Flower's subprocess executor with ``task_type`` tasks forked from this process
+    (``entry`` runs in the child after ``after_fork``)."""
+    from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+    from flwr.supercore.superexec.executor.types import LaunchResult
+
+    class ForkingExecutor(SubprocessExecutor):  # type: ignore[misc]
+        """Flower's subprocess executor; one task type is forked from this process."""
+
+        def launch(self, spec: Any) -> Any:
+            self.reconcile()
+            if spec.task_type != task_type:
+                return super().launch(spec)
+            pid = os.fork()
+            if pid == 0:  # the child: never return into the SuperExec loop
+                code = 1
+                try:
+                    code = _run_forked_task(spec, entry, after_fork)
+                finally:
+                    os._exit(code)  # skip the parent's exit handlers and open connections
+            log.info("%s task %s forked as process %d", task_type, spec.task_id, pid)
+            return LaunchResult.accepted()
+
+        def reconcile(self) -> None:
+            """Reap finished task processes (no zombies)."""
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
+            except ChildProcessError:
+                pass
+
+    return ForkingExecutor
+
+
+def run_warm_superexec(executor_class: type, argv: list[str]) -> None:
+    """``flower-superexec argv`` with ``executor_class`` for subprocess tasks; the forked
+    tasks retry Flower's object pulls after 0.05 s (:mod:`shared.flower_pulls`) and log
+    no line per HTTP request."""
+    from flwr.supercore.cli.flower_superexec import flower_superexec
+    from flwr.supercore.constant import ExecutorType
+    from flwr.supercore.superexec import run_superexec as superexec
+
+    from shared.flower_pulls import retry_object_pulls_sooner
+
+    retry_object_pulls_sooner()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per 0.1 s poll otherwise
+    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL_S)
+    flower_get_executor = superexec.get_executor
+
+    def get_executor(executor_type: Any, *args: Any, **kwargs: Any) -> Any:
+        if executor_type == ExecutorType.SUBPROCESS:
+            return executor_class()
+        return flower_get_executor(executor_type, *args, **kwargs)
+
+    superexec.get_executor = get_executor  # Flower 1.41 looks it up at call time
+    sys.argv = ["flower-superexec", *argv]
+    flower_superexec()
