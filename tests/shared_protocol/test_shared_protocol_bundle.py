@@ -524,3 +524,12 @@ def test_rollback_order_refuses_an_older_keyring_and_names_both_bundles() -> Non
         "",
     )
     assert ordered == "d" * 12 and running == str(pol.active_bundle_id)[:12]
+
+
+def test_only_the_stale_binding_refusal_reads_back_as_one() -> None:
+    pol = policy(installed=5)
+    with pytest.raises(WrongTargetError) as other_class:
+        verify_rollback_order(_order(GOOD, 2), keyring(), replace(pol, device_class="rpi4"))
+    # another refusal of an order, even of the same class, is not re-bound
+    assert stale_rollback_binding(f"rejected: WrongTargetError: {other_class.value}") is None
+    assert stale_rollback_binding("") is None
