@@ -181,7 +181,7 @@ class AgentLimits:
     max_repairs: int = 2  # re-fetches of chunks found corrupt by verification
     max_inbox_messages: int = 10_000
     max_inbox_bytes: int = 64 * 1024 * 1024  # chunks buffered ahead of the disk writer
-    fsync_chunks: bool = True  # durable chunks survive power loss, not only kill -9
+    fsync_chunks: bool = True  # download synced at its commit point (before install)
 
     def __post_init__(self) -> None:
         for f in fields(self):

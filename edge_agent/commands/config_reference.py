@@ -84,8 +84,9 @@ _LIMITS = {
     "max_inbox_messages": "Messages buffered ahead of the disk writer.",
     "max_inbox_bytes": "Bytes buffered ahead of the disk writer.",
     "fsync_chunks": (
-        "Downloads survive power loss, not only a killed process: synced every 16 MB, when the "
-        "flow pauses and at completion; on restart every chunk on disk is re-hashed."
+        "Downloads survive power loss: synced once, before the install relies on them "
+        "(writeback started while chunks arrive); on restart every chunk on disk is re-hashed "
+        "and what a power cut lost is fetched again."
     ),
 }
 _TRAINING = {
