@@ -8,7 +8,7 @@ against what it has installed (:func:`resolve_deltas`).
 Verification takes bytes and values and returns a verdict — no files, no network, no clock
 (``now`` is a parameter so tests can jump the clock).
 
-The parts live beside this module, and every name is importable from here:
+The parts live beside this module, and their public names are importable from here too:
 ``shared.bundle_manifest`` (the manifest and its shape rules), ``shared.bundle_container``
 (the bytes: build and split), ``shared.bundle_policy`` (limits and what the device trusts),
 ``shared.rollback_order`` (the signed order that permits an older version, R5).
@@ -73,6 +73,7 @@ __all__ = [
     "artifact_info",
     "build_bundle",
     "bundle_id_of",
+    "check_manifest_shape",
     "container_prefix",
     "parse_bundle",
     "parse_manifest",
