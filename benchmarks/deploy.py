@@ -7,9 +7,17 @@
 Both contenders run the same training config (SecAgg+ on, the same per-device data, the
 same hub ServerApp). The in-process run is ``run_federated`` with ``engine="inprocess"``; the
 deployment run is a real ``flower-superlink`` over TLS and one pinned SuperNode process per
-device (:mod:`edge_agent.fl.pinned_supernode`), submitted with ``flwr run``. A round's time
-is what the hub's fit workflow measured for it (``fit_time_s``, the same code on both
-sides); the deployment side also reports the whole run from ``flwr run`` to ``summary.json``.
+device (:mod:`edge_agent.fl.pinned_supernode`), submitted through the SuperLink's Control API
+(:meth:`cloud_hub.fl.superlink.SuperLinkProcess.submit_run`). A round's time is what the
+hub's fit workflow measured for it (``fit_time_s``, the same code on both sides). The
+in-process run goes once before and once after the deployment run and its figures are the
+mean of both, so that a load change on a shared machine hits both sides alike.
+
+Whole-run figures (extra keys): ``inprocess_run_s`` (``run_federated``, call to result) and
+``deployment_run_s`` (submission to ``summary.json``: submission, ServerApp pick-up, every
+round, the summary), and ``deployment_vs_inprocess_run``. CPU seconds per run
+(``inprocess_cpu_s``: this process; ``deployment_cpu_s``: the SuperLink, the SuperNodes and
+every process they started, forked tasks included) show the cost without the machine's load.
 
 The full run then plays the lab scenario (:mod:`simulations.lab.retrain_scenario`: six
 devices on their own network namespaces enroll, train the first model over the Deployment
@@ -22,7 +30,8 @@ network namespaces; where they are missing the figures stay null with the reason
 ``lab_note``.
 
 The last line printed is one JSON object with ``inprocess_round_s``, ``deployment_round_s``,
-``deployment_vs_inprocess`` (target <= 2.0), the ``lab_*`` figures and ``cpu``.
+``deployment_vs_inprocess`` (target <= 2.0), the whole-run and CPU figures above, the
+``lab_*`` figures and ``cpu``.
 """
 
 from __future__ import annotations
@@ -87,13 +96,60 @@ def run_inprocess(root: Path) -> dict[str, Any]:
             sources.append(ArrayDataSource(d["x"], d["y"]))
     with np.load(root / "validation.npz") as d:
         validation = (d["x"], d["y"])
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = run_federated(config, sources, validation)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     rounds = [r.to_dict() for r in result.rounds]
     if any(r["status"] != "ok" for r in rounds):
         raise SystemExit(f"in-process run had a failed round: {rounds}")
-    return {"round_s": _mean_fit_s(rounds), "wall_s": round(wall, 2), "rounds": len(rounds) - 1}
+    return {
+        "round_s": _mean_fit_s(rounds),
+        "run_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "rounds": len(rounds) - 1,
+    }
+
+
+def _mean_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The in-process runs' figures averaged (each run's figures kept under ``runs``)."""
+    keys = ("round_s", "run_s", "cpu_s")
+    mean = {k: round(sum(float(r[k]) for r in runs) / len(runs), 3) for k in keys}
+    return {**mean, "rounds": runs[0]["rounds"], "runs": runs}
+
+
+#: Which part of the Deployment Engine a process is, by a word of its command line.
+_ROLES = (
+    ("warm_serverapp superexec", "serverapp"),  # the SuperLink's SuperExec and its ServerApps
+    ("warm_serverapp superlink", "superlink"),
+    ("warm_clientapp", "clientapp"),  # a SuperNode's SuperExec and its forked ClientApps
+    ("pinned_supernode", "supernode"),
+)
+
+
+def _cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds used so far by every process below this one (and the tasks they reaped),
+    by role (:data:`_ROLES`)."""
+    import psutil
+
+    totals: dict[str, float] = {}
+    for process in psutil.Process().children(recursive=True):
+        try:
+            t = process.cpu_times()
+            command = " ".join(process.cmdline())
+        except psutil.Error:  # gone meanwhile
+            continue
+        role = next((name for word, name in _ROLES if word in command), "other")
+        totals[role] = totals.get(role, 0.0) + t.user + t.system
+        totals[role] += t.children_user + t.children_system
+    return totals
+
+
+def _cpu_since(before: dict[str, float]) -> dict[str, float]:
+    now = _cpu_seconds_by_role()
+    return {role: round(now[role] - before.get(role, 0.0), 2) for role in sorted(now)}
+
+
+_IDLE_S = 3.0  # seconds of idle federation measured before the run
 
 
 def _wait_until_warm(logs: list[Path], timeout_s: float = 600.0) -> None:
@@ -115,6 +171,10 @@ def run_deployment(root: Path, devices: int) -> dict[str, Any]:
     federation = local_federation(root, devices=devices, run_id="bench")
     with federation.running() as link:
         _wait_until_warm([root / f"node-{i}.log" for i in range(devices)])
+        idle_from = _cpu_seconds_by_role()
+        time.sleep(_IDLE_S)  # what the waiting processes cost while nothing runs
+        idle = _cpu_since(idle_from)
+        cpu_started = _cpu_seconds_by_role()
         started = time.perf_counter()
         link.submit_run(
             {
@@ -127,15 +187,19 @@ def run_deployment(root: Path, devices: int) -> dict[str, Any]:
             expected_fab_sha256=federation.fab_sha256,
         )
         submitted = time.perf_counter()
-        summary = wait_for_summary(root / "results", timeout_s=900, link=link)
+        summary = wait_for_summary(root / "results", timeout_s=900, link=link, poll_s=0.05)
         done = time.perf_counter()
+        cpu = _cpu_since(cpu_started)
     rounds = summary["rounds"]
     if any(r["status"] != "ok" for r in rounds):
         raise SystemExit(f"deployment run had a failed round: {rounds}")
     return {
         "round_s": _mean_fit_s(rounds),
+        "run_s": round(done - started, 2),
         "submit_s": round(submitted - started, 2),
-        "run_s": round(done - submitted, 2),
+        "cpu_s": round(sum(cpu.values()), 2),
+        "cpu_s_by_role": cpu,
+        "idle_cpu_s_per_s_by_role": {role: round(v / _IDLE_S, 3) for role, v in idle.items()},
         "rounds": len(rounds) - 1,
         "round_fit_s": [round(r["fit_time_s"], 2) for r in rounds if r["round"] > 0],
     }
@@ -171,10 +235,13 @@ def main() -> None:
         root = Path(tmp) if args.keep is None else args.keep
         root.mkdir(parents=True, exist_ok=True)
         _write_inputs(root, devices, rounds)
-        inprocess = run_inprocess(root)
-        print(f"in-process: {inprocess}", flush=True)
+        before = run_inprocess(root)
+        print(f"in-process: {before}", flush=True)
         deployment = run_deployment(root, devices)
         print(f"deployment: {deployment}", flush=True)
+        after = run_inprocess(root)
+        print(f"in-process: {after}", flush=True)
+        inprocess = _mean_of([before, after])
         lab: dict[str, Any] = {**dict.fromkeys(LAB_KEYS), "lab_note": "not run (--quick/--no-lab)"}
         if not (args.quick or args.no_lab):
             lab = run_lab(root / "lab-scenario")
@@ -183,6 +250,11 @@ def main() -> None:
         "inprocess_round_s": inprocess["round_s"],
         "deployment_round_s": deployment["round_s"],
         "deployment_vs_inprocess": round(deployment["round_s"] / inprocess["round_s"], 3),
+        "inprocess_run_s": inprocess["run_s"],
+        "deployment_run_s": deployment["run_s"],
+        "deployment_vs_inprocess_run": round(deployment["run_s"] / inprocess["run_s"], 3),
+        "inprocess_cpu_s": inprocess["cpu_s"],
+        "deployment_cpu_s": deployment["cpu_s"],
         **lab,
         "devices": devices,
         "rounds": rounds,

@@ -8,9 +8,10 @@ start this SuperExec instead (:mod:`edge_agent.fl.warm_clientapp`,
 per task that runs Flower's own entry point (``flwr-clientapp`` or ``flwr-serverapp``) with
 exactly the arguments Flower's subprocess executor would pass (the task's token included).
 Each task still runs in its own process (a crash or a leak stays in that task); only the
-start-up cost is gone. Other task types take Flower's subprocess path. The SuperExec also
-asks for tasks every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds (default here 0.1;
-Flower's default is 1.0).
+start-up cost is gone. Other task types take Flower's subprocess path. The SuperExec asks
+for the next task 0.05 s after launching one, then ever less often up to 0.5 s while none
+comes (:class:`shared.poll_backoff.PollBackoff`; Flower asks every
+``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` = 1 s).
 
 Flower's SuperNode and SuperLink start ``flower-superexec`` by name through their module's
 ``subprocess``; :class:`WarmSuperExecLauncher` stands in for it there. POSIX only (fork).
@@ -22,11 +23,13 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from shared.poll_backoff import PollBackoff
+
 __all__ = [
-    "TASK_POLL_INTERVAL_S",
     "WarmSuperExecLauncher",
     "make_forking_executor_class",
     "run_warm_superexec",
@@ -34,7 +37,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TASK_POLL_INTERVAL_S = "0.1"  # FLWR_SUPEREXEC_TASK_POLL_INTERVAL unless set
 
 #: A Flower console-script function (``flwr_clientapp``, ``flwr_serverapp``): reads sys.argv.
 TaskEntryPoint = Callable[[], None]
@@ -96,11 +98,28 @@ def _run_forked_task(spec: Any, entry: TaskEntryPoint, after_fork: Callable[[], 
     return 0
 
 
+class _BackoffSleepTime:
+    """Stands in for ``time`` in Flower's SuperExec loop: its fixed sleep between task
+    requests becomes ``backoff``'s wait."""
+
+    def __init__(self, backoff: PollBackoff) -> None:
+        self.backoff = backoff
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, _seconds: float) -> None:
+        time.sleep(self.backoff.next_wait_s())
+
+
 def make_forking_executor_class(
-    task_type: Any, entry: TaskEntryPoint, after_fork: Callable[[], None] = lambda: None
+    task_type: Any,
+    entry: TaskEntryPoint,
+    after_fork: Callable[[], None] = lambda: None,
+    backoff: PollBackoff | None = None,
 ) -> type:
     """Flower's subprocess executor with ``task_type`` tasks forked from this process
-    (``entry`` runs in the child after ``after_fork``)."""
+    (``entry`` runs in the child after ``after_fork``); each launch tells ``backoff``."""
     from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
     from flwr.supercore.superexec.executor.types import LaunchResult
 
@@ -109,6 +128,8 @@ def make_forking_executor_class(
 
         def launch(self, spec: Any) -> Any:
             self.reconcile()
+            if backoff is not None:
+                backoff.activity()
             if spec.task_type != task_type:
                 return super().launch(spec)
             pid = os.fork()
@@ -132,10 +153,17 @@ def make_forking_executor_class(
     return ForkingExecutor
 
 
-def run_warm_superexec(executor_class: type, argv: list[str]) -> None:
-    """``flower-superexec argv`` with ``executor_class`` for subprocess tasks; the forked
-    tasks retry Flower's object pulls after 0.05 s (:mod:`shared.flower_pulls`) and log
-    no line per HTTP request."""
+def run_warm_superexec(
+    task_type: Any,
+    entry: TaskEntryPoint,
+    argv: list[str],
+    *,
+    after_fork: Callable[[], None] = lambda: None,
+) -> None:
+    """``flower-superexec argv`` with ``task_type`` tasks forked from this process (see
+    :func:`make_forking_executor_class`), asking for tasks after a :class:`PollBackoff`'s
+    waits; the forked tasks retry Flower's object pulls after 0.05 s
+    (:mod:`shared.flower_pulls`) and log no line per HTTP request."""
     from flwr.supercore.cli.flower_superexec import flower_superexec
     from flwr.supercore.constant import ExecutorType
     from flwr.supercore.superexec import run_superexec as superexec
@@ -143,8 +171,12 @@ def run_warm_superexec(executor_class: type, argv: list[str]) -> None:
     from shared.flower_pulls import retry_object_pulls_sooner
 
     retry_object_pulls_sooner()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per 0.1 s poll otherwise
-    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL_S)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
+    if getattr(superexec, "time", None) is not time:  # a Flower other than 1.41
+        raise SystemExit("warm_superexec: this Flower SuperExec does not sleep in time.sleep")
+    backoff = PollBackoff()
+    superexec.time = _BackoffSleepTime(backoff)  # type: ignore[assignment]
+    executor_class = make_forking_executor_class(task_type, entry, after_fork, backoff)
     flower_get_executor = superexec.get_executor
 
     def get_executor(executor_type: Any, *args: Any, **kwargs: Any) -> Any:

@@ -17,9 +17,9 @@ needs an explicit ``insecure=True`` (``--insecure``), meant for loopback tests o
 The SuperLink always runs with ``--disable-runtime-dependency-installation``: the FAB's
 components are fedfleet's installed modules and nothing is fetched at run time. It runs as
 :mod:`cloud_hub.fl.warm_serverapp` (Flower's SuperLink whose SuperExec forks each run's
-ServerApp from a warm process and asks for runs every 0.1 s). It is stopped with SIGINT (it
-ignores SIGTERM for several seconds). Its state lives in a database file (``:memory:``
-breaks runs in Flower 1.41).
+ServerApp from a warm process and asks for runs 0.05-0.5 s apart). It is stopped with SIGINT (it
+ignores SIGTERM for several seconds). Its state lives in Flower's in-memory state unless a
+database file is named (sqlite's ``:memory:`` breaks runs in Flower 1.41).
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ __all__ = [
 ]
 
 FAB_DIR = Path(__file__).resolve().parent / "fab"
-#: How often the SuperLink's SuperExec asks for a new run (Flower's default: every 1 s).
-_RUN_POLL_INTERVAL_S = "0.1"
+_IN_MEMORY_STATE = ":flwr-in-memory:"  # Flower's own in-memory state (not sqlite's :memory:)
 
 
 def _bin(name: str) -> str:
@@ -99,9 +98,12 @@ def issue_superlink_tls(ca_dir: Path, host: str, out_dir: Path) -> tuple[Path, P
 
 @dataclass(frozen=True)
 class SuperLinkConfig:
-    """The hub's SuperLink."""
+    """The hub's SuperLink. ``database``: a file for its state, or ``None`` (the default)
+    for Flower's in-memory state: a SuperLink serves one run and dies with it, and each of
+    its SuperNodes' pulls then costs half the CPU (measured: 0.07 instead of 0.15 CPU
+    seconds per second for three idle SuperNodes)."""
 
-    database: Path
+    database: Path | None = None
     host: str = "127.0.0.1"
     port: int = 9092
     insecure: bool = False
@@ -110,7 +112,7 @@ class SuperLinkConfig:
     ssl_ca_certfile: Path | None = None
 
     def __post_init__(self) -> None:
-        if str(self.database) == ":memory:":
+        if self.database is not None and str(self.database) == ":memory:":
             raise HubConfigError("the SuperLink database must be a file (':memory:' breaks runs)")
         if not 0 < self.port < 65536:
             raise HubConfigError("port must be a TCP port")
@@ -135,7 +137,7 @@ class SuperLinkConfig:
             "cloud_hub.fl.warm_serverapp",
             "superlink",
             "--database",
-            str(self.database),
+            _IN_MEMORY_STATE if self.database is None else str(self.database),
             "--host",
             self.host,
             "--port",
@@ -193,7 +195,6 @@ class SuperLinkProcess:
             **os.environ,
             "PATH": path,
             "FLWR_HOME": str(self.workdir / "flwr-home"),
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": _RUN_POLL_INTERVAL_S,
             "PYTHONUNBUFFERED": "1",
         }
 

@@ -10,7 +10,7 @@ Flower's SuperLink unchanged except that it starts this module's SuperExec
 (``... superexec <flower-superexec arguments>``) where Flower starts ``flower-superexec``:
 :mod:`shared.warm_superexec` with ServerApp runs forked from a process that imported the
 ServerApp, torch and Flower's ServerApp runner once (:func:`warm_imports`) and asks for
-runs every 0.1 s. Each run still gets its own process and Flower's own ``flwr-serverapp``
+runs 0.05-0.5 s apart (Flower: every 1 s). Each run still gets its own process and Flower's own ``flwr-serverapp``
 code (token, TLS to the SuperLink's runtime API, the FAB's component); only the start-up
 cost is gone. POSIX only (fork): elsewhere the SuperLink starts Flower's own SuperExec.
 """
@@ -22,15 +22,10 @@ import logging
 import os
 import sys
 
-from shared.warm_superexec import (
-    WarmSuperExecLauncher,
-    make_forking_executor_class,
-    run_warm_superexec,
-)
+from shared.warm_superexec import WarmSuperExecLauncher, run_warm_superexec
 
 __all__ = [
     "main",
-    "make_executor_class",
     "run_superexec",
     "run_superlink",
     "use_warm_serverapps",
@@ -67,21 +62,16 @@ def _after_fork() -> None:
     torch.set_num_threads(max(1, _THREADS_AT_START["torch"]))
 
 
-def make_executor_class() -> type:
-    """Flower's subprocess executor with ServerApp runs forked (built here: needs Flower)."""
-    from flwr.supercore.constant import TaskType
-    from flwr.superlink.cli import flwr_serverapp
-
-    return make_forking_executor_class(TaskType.SERVER_APP, flwr_serverapp, _after_fork)
-
-
 def run_superexec(argv: list[str]) -> None:
     """``flower-superexec argv`` with ServerApp runs forked after :func:`warm_imports`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from flwr.supercore.constant import TaskType
+    from flwr.superlink.cli import flwr_serverapp
+
     warm_imports()
-    run_warm_superexec(make_executor_class(), argv)
+    run_warm_superexec(TaskType.SERVER_APP, flwr_serverapp, argv, after_fork=_after_fork)
 
 
 def use_warm_serverapps() -> None:

@@ -222,7 +222,6 @@ class DeploymentTraining:
             cert, key, ca = issue_superlink_tls(self.ca_dir, self.superlink_host, work / "tls")
             tls = {"ssl_certfile": cert, "ssl_keyfile": key, "ssl_ca_certfile": ca}
         config = SuperLinkConfig(
-            database=work / "superlink.db",
             host=self.superlink_host,
             port=port,
             insecure=self.insecure,

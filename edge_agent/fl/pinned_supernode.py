@@ -14,8 +14,10 @@ SuperLink gets a ``FAB_VERIFICATION_ERROR`` reply for that node, so the run fail
 
 Speed: Flower 1.41's SuperNode sleeps a fixed 3 s after every empty pull and then waits
 for the ClientApp's reply in 0.5 s sleeps (``start_client_internal``): up to 3.5 s on every
-node between each SecAgg+ stage. This entry point polls again every ``--poll-interval``
-seconds (default 0.2) until a message arrives, so Flower's 3 s sleep is never reached, and
+node between each SecAgg+ stage. This entry point pulls again ``--poll-interval`` seconds
+(0.05) after a message, then ever less often up to ``--idle-poll-interval`` (0.5 s) while
+nothing arrives (:class:`shared.poll_backoff.PollBackoff`: each empty pull costs CPU on
+both ends), so Flower's 3 s sleep is never reached, and
 caps the SuperNode module's sleeps at ``REPLY_POLL_INTERVAL_S`` (0.05 s), so a reply goes
 to the SuperLink as soon as the ClientApp wrote it. It starts
 :mod:`edge_agent.fl.warm_clientapp` where Flower starts ``flower-superexec``: ClientApp
@@ -39,10 +41,12 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.flower_pulls import retry_object_pulls_sooner
+from shared.poll_backoff import PollBackoff
 from shared.warm_superexec import WarmSuperExecLauncher
 
 __all__ = [
     "DEFAULT_POLL_INTERVAL_S",
+    "IDLE_POLL_INTERVAL_S",
     "REPLY_POLL_INTERVAL_S",
     "fab_matches",
     "main",
@@ -55,8 +59,10 @@ log = logging.getLogger(__name__)
 
 # The name under which the order's hash stands in Flower's trusted-entities slot.
 TRUSTED_ENTITY = "fedfleet-training-order"
-# Seconds between the SuperNode's pulls while it has no message (Flower's own: 3 s).
-DEFAULT_POLL_INTERVAL_S = 0.2
+# Seconds before the SuperNode pulls again right after a message (Flower's own: 3 s) ...
+DEFAULT_POLL_INTERVAL_S = 0.05
+# ... growing by half per empty pull up to this while nothing arrives (shared.poll_backoff).
+IDLE_POLL_INTERVAL_S = 0.5
 # The longest sleep of the SuperNode's own loops (it waits for a reply in 0.5 s sleeps).
 REPLY_POLL_INTERVAL_S = 0.05
 
@@ -66,9 +72,11 @@ def fab_matches(content: bytes, claimed_hash: str, expected_sha256: str) -> bool
     return hashlib.sha256(content).hexdigest() == expected_sha256 == claimed_hash
 
 
-def pin_fab(expected_sha256: str, poll_interval_s: float = DEFAULT_POLL_INTERVAL_S) -> None:
+def pin_fab(expected_sha256: str, backoff: PollBackoff | None = None) -> None:
     """Make this process's Flower SuperNode accept only the FAB ``expected_sha256`` and
-    pull every ``poll_interval_s`` seconds while it has nothing to do."""
+    pull again after ``backoff``'s waits while it has nothing to do (default: 0.05 s after a
+    message, growing to :data:`IDLE_POLL_INTERVAL_S`)."""
+    waits = backoff or PollBackoff(fast_s=DEFAULT_POLL_INTERVAL_S, slow_s=IDLE_POLL_INTERVAL_S)
     from flwr.supercore.fab import Fab
     from flwr.supernode import start_client_internal as supernode
 
@@ -99,9 +107,10 @@ def pin_fab(expected_sha256: str, poll_interval_s: float = DEFAULT_POLL_INTERVAL
 
         kwargs["get_fab"] = fetch
         kwargs["trusted_entities"] = {TRUSTED_ENTITY: expected_sha256}
-        # poll here at a short interval: Flower sleeps 3 s after each empty pull
+        # poll here, soon after the last message: Flower sleeps 3 s after each empty pull
         while (run_id := original_pull(**kwargs)) is None:
-            time.sleep(poll_interval_s)
+            time.sleep(waits.next_wait_s())
+        waits.activity()
         return run_id
 
     # Flower 1.41 looks both names up in its module at call time
@@ -149,16 +158,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m edge_agent.fl.pinned_supernode")
     parser.add_argument("--fab-sha256", required=True)
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL_S)
+    parser.add_argument("--idle-poll-interval", type=float, default=IDLE_POLL_INTERVAL_S)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not re.fullmatch(r"[0-9a-f]{64}", args.fab_sha256):
         parser.error("--fab-sha256 must be 64 lowercase hex digits")
-    if not 0.01 <= args.poll_interval <= 10:
-        parser.error("--poll-interval must be in [0.01, 10] seconds")
+    if not 0.01 <= args.poll_interval <= args.idle_poll_interval <= 10:
+        parser.error("need 0.01 <= --poll-interval <= --idle-poll-interval <= 10 seconds")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per 0.2 s pull otherwise
-    pin_fab(args.fab_sha256, args.poll_interval)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per pull otherwise
+    pin_fab(args.fab_sha256, PollBackoff(fast_s=args.poll_interval, slow_s=args.idle_poll_interval))
     reply_without_delay()
     retry_object_pulls_sooner()  # a message's objects arrive just after the message
     if os.name == "posix":  # forking needs POSIX

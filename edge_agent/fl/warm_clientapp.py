@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from shared.warm_superexec import make_forking_executor_class, run_warm_superexec
+from shared.warm_superexec import run_warm_superexec
 
-__all__ = ["main", "make_executor_class", "warm_imports", "warm_torch"]
+__all__ = ["main", "warm_imports", "warm_torch"]
 
 
 def warm_imports() -> None:
@@ -55,21 +55,16 @@ def warm_torch() -> None:
         nn.CrossEntropyLoss(reduction="sum")(model(inputs), labels).item()
 
 
-def make_executor_class() -> type:
-    """Flower's subprocess executor with ClientApp tasks forked (built here: needs Flower)."""
-    from flwr.supercore.constant import TaskType
-    from flwr.supernode.cli import flwr_clientapp
-
-    return make_forking_executor_class(TaskType.CLIENT_APP, flwr_clientapp)
-
-
 def main(argv: list[str] | None = None) -> None:
     """``flower-superexec`` with ClientApp tasks forked after :func:`warm_imports`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from flwr.supercore.constant import TaskType
+    from flwr.supernode.cli import flwr_clientapp
+
     warm_imports()
-    run_warm_superexec(make_executor_class(), sys.argv[1:] if argv is None else argv)
+    run_warm_superexec(TaskType.CLIENT_APP, flwr_clientapp, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,6 @@ def local_federation(
     (root / "pinned-ca.crt").write_bytes(ca.cert_pem)
     link = SuperLinkProcess(
         SuperLinkConfig(
-            database=root / "state.db",
             port=port,
             ssl_certfile=cert,
             ssl_keyfile=key,

@@ -149,12 +149,15 @@ def test_the_waiter_stops_when_the_superlink_is_gone(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_the_pinned_supernode_polls_at_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_pinned_supernode_pulls_soon_after_a_message_and_less_often_while_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from flwr.supernode import start_client_internal as supernode
 
     from edge_agent.fl.pinned_supernode import pin_fab
+    from shared.poll_backoff import PollBackoff
 
-    answers = [None, None, None, 42]
+    answers = [None, None, None, 42, None, 43]
     seen: list[dict[str, Any]] = []
 
     def flower_pull(**kwargs: Any) -> int | None:
@@ -165,10 +168,12 @@ def test_the_pinned_supernode_polls_at_its_interval(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(supernode, "_verify_fab", supernode._verify_fab)
     sleeps: list[float] = []
     monkeypatch.setattr("edge_agent.fl.pinned_supernode.time.sleep", sleeps.append)
-    pin_fab("ab" * 32, poll_interval_s=0.05)
+    pin_fab("ab" * 32, PollBackoff(fast_s=0.05, slow_s=0.1, growth=2))
     pinned_pull: Any = supernode._pull_and_store_message  # the wrapper takes keywords only
     assert pinned_pull(get_fab=lambda h, r: None) == 42
-    assert sleeps == [0.05, 0.05, 0.05] and len(seen) == 4
+    assert sleeps == [0.05, 0.1, 0.1] and len(seen) == 4  # Flower sleeps 3 s each time
+    assert pinned_pull(get_fab=lambda h, r: None) == 43
+    assert sleeps[3:] == [0.05]  # a message arrived: soon again
     assert seen[0]["trusted_entities"] == {"fedfleet-training-order": "ab" * 32}
 
 
@@ -328,3 +333,37 @@ def test_a_fab_the_orders_do_not_name_is_refused_before_the_superlink_is_asked(
     link = _idle_link(tmp_path)  # nothing listens: asking the SuperLink would fail otherwise
     with pytest.raises(TrainingError, match="the orders name"):
         link.submit_run({"run-name": "x"}, expected_fab_sha256="ab" * 32)
+
+
+def test_the_warm_superexec_asks_soon_after_a_launch_and_less_often_while_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import subprocess_executor
+    from flwr.supercore.superexec.executor.types import ExecutionSpec
+
+    from shared.poll_backoff import PollBackoff
+    from shared.warm_superexec import _BackoffSleepTime, make_forking_executor_class
+
+    backoff = PollBackoff(fast_s=0.05, slow_s=0.2, growth=2)
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    flower_time = _BackoffSleepTime(backoff)
+    for _ in range(4):
+        flower_time.sleep(1.0)  # Flower's fixed interval between task requests
+    executor = make_forking_executor_class(TaskType.SERVER_APP, lambda: None, backoff=backoff)()
+    monkeypatch.setattr(subprocess_executor.subprocess, "Popen", lambda *a, **k: None)
+    spec = ExecutionSpec(
+        task_type=TaskType.CLIENT_APP,  # not the forked type: Flower's subprocess path
+        runtime_api_address="127.0.0.1:9",
+        token="t0k",
+        insecure=True,
+        root_certificates_path=None,
+        runtime_dependency_install=False,
+        parent_pid=None,
+        suppress_output=True,
+        task_id=1,
+    )
+    executor.launch(spec)
+    flower_time.sleep(1.0)
+    assert sleeps == [0.05, 0.1, 0.2, 0.2, 0.05]
