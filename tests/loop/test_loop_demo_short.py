@@ -27,8 +27,10 @@ def test_short_demo_recovers_accuracy_with_deltas_the_devices_received(tmp_path:
         drift_window=100,
         num_rounds=2,
         training_engine="inprocess",  # the default-suite variant: the in-process grid
-        rollout_stages=({"percent": 100.0},),
-        gate_window_s=0.5,
+        # the drifted site first, then the rest: the serving after the retraining goes on
+        # until the second stage is done
+        rollout_stages=({"labels": {"site": "plant-3"}}, {"percent": 100.0}),
+        gate_window_s=1.0,  # the second stage starts >= 1 s after the drifted site serves
         plots=False,
         quiet=True,
     )
@@ -41,6 +43,14 @@ def test_short_demo_recovers_accuracy_with_deltas_the_devices_received(tmp_path:
     # the retraining started from the champion's weights and kept the other sites' accuracy
     assert s["retrain_run"]["rounds"] == config.retrain_rounds
     assert s["healthy_accuracy_after_retrain"] > 0.9
+    # ... measured on the retrained model: every other-site device answered with it
+    other_sites = {r["device"] for r in result.timeline if not r["drifted"]}
+    answered_with_retrained = {
+        r["device"]
+        for r in result.timeline
+        if r["phase"] == "after_retrain" and r["version"] == s["retrain_run"]["version"]
+    }
+    assert other_sites <= answered_with_retrained
     assert s["retrain_run"]["start_accuracy"] == pytest.approx(
         s["retrain_run"]["champion_accuracy"]
     )
