@@ -141,6 +141,7 @@ def start_fleet(run: DemoRun) -> None:
         training_ca=hub_dir / "ca" / "ca.crt",  # R4: devices verify the SuperLink
     )
     fleet.start()
+    _import_compression()  # while the device processes start
     drifted = sum(1 for d in fleet.devices if d.drifted)
     run.say(
         f"fleet: {config.agents} devices ({drifted} at site=plant-3), "
@@ -208,8 +209,6 @@ def train_initial_model(run: DemoRun, pipeline: Any) -> Any:
         f"train: initial model, Flower + SecAgg+ ({run.config.training_engine} engine) "
         "over every device's sample store"
     )
-    if run.config.training_engine == "deployment":  # the hub only waits while devices train
-        threading.Thread(target=_warm_compression, name="warm-compression", daemon=True).start()
     first = pipeline.run(CLASS, run.fleet.device_ids, trigger="manual", reason="initial model")
     if first.state != "rolling_out" or first.rollout_id is None:
         raise HubError(f"initial training run {first.run_id}: {first.state} {first.detail}")
@@ -333,10 +332,11 @@ def _deployment_training(run: DemoRun) -> Any:
     )
 
 
-def _warm_compression() -> None:
+def _import_compression() -> None:
     """Import what the first compression imports on first use (torch's ONNX exporter and
-    the sympy it pulls in, the quantizer's pre-processing): ~3 s of CPU off the loop's path,
-    spent while the hub waits for the devices' training."""
+    the sympy it pulls in, the quantizer's pre-processing), ~3 s of CPU, while the device
+    processes start instead of after the first training. In this thread: a second thread
+    importing torch while this one does can deadlock on torch's module locks (seen)."""
     import onnxruntime.quantization.shape_inference  # noqa: F401
     import torch.fx.experimental.symbolic_shapes
     import torch.onnx.utils  # noqa: F401
