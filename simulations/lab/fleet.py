@@ -5,7 +5,9 @@ runs, each in its own host's namespace and exactly as an operator would:
 
 1. hub: ``cloud-hub enroll-init``, ``keys init``, ``broker-config`` (mTLS, ACL);
 2. broker: ``mosquitto -c broker/mosquitto.conf``;
-3. hub: ``cloud-hub serve --tls`` (its MQTT client on the broker's hub listener);
+3. hub: ``cloud-hub serve --tls`` (its MQTT client on the broker's hub listener; with
+   ``LabConfig.hub_config``, that TOML as its ``--config``: e.g. the ``[retraining]`` table
+   that starts its retraining controller);
 4. per device: ``cloud-hub enroll-token --token-file`` on the hub; the token file and the
    hub CA are copied to the device's folder; ``edge-agent install`` enrolls over HTTPS;
    ``edge-agent run --serve``.
@@ -77,6 +79,8 @@ class LabConfig:
     agent_args: tuple[str, ...] = ("--report-interval", "2")
     # devices whose link gets latency/loss from a relay in their namespace, from the start
     shaped: Mapping[str, LinkShape] = field(default_factory=dict)
+    hub_config: str = ""  # TOML for ``cloud-hub serve --config`` (empty: none)
+    hub_env: Mapping[str, str] = field(default_factory=dict)  # extra environment of serve
 
 
 @dataclass
@@ -165,7 +169,12 @@ class FleetLab:
         )
         self.wait_listening(self.plan.broker, DEVICE_MQTT_PORT)
         self.wait_listening(self.plan.broker, HUB_MQTT_PORT)
-        self.spawn(self.plan.hub, "hub", [str(self._bin / "cloud-hub"), *self._serve_args()])
+        self.spawn(
+            self.plan.hub,
+            "hub",
+            [str(self._bin / "cloud-hub"), *self._serve_args()],
+            env=self.config.hub_env,
+        )
         self.wait_listening(self.plan.hub, API_PORT)
         self.operator_token = self.hub_cli("token", "create", "--role", "operator").strip()
         self._enroll_devices()
@@ -269,7 +278,13 @@ class FleetLab:
             time.sleep(1)
 
     def spawn(
-        self, host: LabHost, name: str, argv: list[str], *, cwd: Path | None = None
+        self,
+        host: LabHost,
+        name: str,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> LabProcess:
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
@@ -279,6 +294,7 @@ class FleetLab:
                 stderr=subprocess.STDOUT,
                 cwd=cwd or self.root,
                 start_new_session=True,  # Ctrl-C reaches the lab, which stops them in order
+                env={**os.environ, **env} if env else None,
             )
         lp = LabProcess(name, host, proc, log)
         self.processes.append(lp)
@@ -318,8 +334,13 @@ class FleetLab:
 
     def _serve_args(self) -> list[str]:
         b, broker = self.broker_dir, self.plan.broker.hostname
+        config: list[str] = []
+        if self.config.hub_config:
+            path = self.root / "hub.toml"
+            path.write_text(self.config.hub_config, encoding="utf-8")
+            config = ["--config", str(path)]
         return [
-            "serve", "--tls", "--data-dir", str(self.hub_data),
+            "serve", *config, "--tls", "--data-dir", str(self.hub_data),
             "--host", self.plan.hub.address, "--port", str(API_PORT),
             "--tls-hostname", self.plan.hub.hostname,
             "--mqtt-url", f"mqtts://{broker}:{HUB_MQTT_PORT}",

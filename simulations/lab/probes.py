@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["connect_probe", "https_get_probe", "listen_probe", "timed_https_get_probe"]
+__all__ = [
+    "connect_probe",
+    "https_get_probe",
+    "listen_probe",
+    "predict_probe",
+    "timed_https_get_probe",
+]
 
 _LISTEN = """\
 import socket, sys, time
@@ -38,6 +44,19 @@ body = urllib.request.urlopen(urllib.request.Request(sys.argv[1], headers=header
 print(time.monotonic() - t if sys.argv[3] == "time" else body.decode())
 """
 
+# a device's local prediction API, fed batches of the inputs in an .npy file
+_PREDICT = """\
+import json, sys, urllib.request
+import numpy as np
+x = np.load(sys.argv[2])
+for start in range(0, len(x), 50):  # the agent takes batches of up to 64
+    body = json.dumps({"inputs": x[start:start + 50].tolist()}).encode()
+    request = urllib.request.Request(sys.argv[1].rstrip("/") + "/predict", data=body,
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).read()
+print(len(x))
+"""
+
 
 def listen_probe(address: str, port: int, timeout_s: float) -> list[str]:
     """Exits 0 once something accepts TCP on ``address:port``, 1 after ``timeout_s``."""
@@ -57,3 +76,9 @@ def https_get_probe(url: str, ca_file: str) -> list[str]:
 def timed_https_get_probe(url: str, ca_file: str) -> list[str]:
     """Prints the seconds ``GET url`` took: TCP, TLS handshake, request, answer."""
     return [sys.executable, "-c", _GET, url, ca_file, "time"]
+
+
+def predict_probe(api_url: str, inputs_npy: str) -> list[str]:
+    """Posts the inputs of ``inputs_npy`` to ``api_url``'s ``/predict`` in batches of 50;
+    prints how many it sent."""
+    return [sys.executable, "-c", _PREDICT, api_url, inputs_npy]

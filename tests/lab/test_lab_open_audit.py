@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from simulations.lab.retrain_scenario import _OpenAudit
+from simulations.lab.retrain_steps import OpenAudit
 
 _OPENS = """
 import sqlite3, sys
@@ -34,7 +34,7 @@ def test_the_audit_records_opens_under_the_devices_folder_only(tmp_path: Path) -
     devices.mkdir()
     hub.mkdir()
     np.savez(devices / "train.npz", x=np.zeros(2))
-    audit = _OpenAudit(tmp_path / "audit.log")
+    audit = OpenAudit(tmp_path / "audit.log")
     _run(audit.env(devices), devices, hub)
     assert audit.armed() == 1
     opened = [line.split("\t")[0] for line in audit.opened()]
@@ -47,7 +47,7 @@ def test_without_the_variables_nothing_is_recorded(tmp_path: Path) -> None:
     devices = tmp_path / "devices"
     devices.mkdir()
     np.savez(devices / "train.npz", x=np.zeros(2))
-    audit = _OpenAudit(tmp_path / "audit.log")
+    audit = OpenAudit(tmp_path / "audit.log")
     env = audit.env(devices)
     _run({"PYTHONPATH": env["PYTHONPATH"]}, devices, tmp_path)
     assert audit.armed() == 0 and audit.opened() == []
