@@ -15,8 +15,10 @@ certificate issued by the hub CA (``ca_dir``), the CA devices pinned at enrollme
 ``insecure=True`` (plain text, which devices refuse unless allowed locally) must be asked for.
 
 Costs: a device starts its SuperNode when the order arrives (process start-up, a few
-seconds), then every SecAgg+ stage is a SuperNode poll and a forked ClientApp task
-(``benchmarks/deploy.py`` measures a round against the in-process grid). The ServerApp
+seconds) while the hub starts the SuperLink (its ServerApp executor warms up meanwhile);
+the run is submitted through the SuperLink's Control API from this process, its ServerApp
+forked from the warm executor; then every SecAgg+ stage is a SuperNode poll and a forked
+ClientApp task (``benchmarks/deploy.py`` measures a round against the in-process grid). The ServerApp
 (``cloud_hub.fl.superlink_app``) starts from ``initial_state`` when one is given (the
 pipeline passes the champion's weights: one round after a drift can be enough), else from
 fresh weights.
@@ -127,7 +129,7 @@ class DeploymentTraining:
 
         deadline = time.monotonic() + self.timeout_s
         while not (results / "summary.json").exists():
-            if self._abort.wait(0.5):
+            if self._abort.wait(0.1):
                 raise TrainingError("deployment run aborted")
             if time.monotonic() > deadline:
                 raise TrainingError(f"no result in {results} after {self.timeout_s:.0f} s")
@@ -298,10 +300,12 @@ class DeploymentTraining:
         hints: dict[str, Any] = {"duration_s": self.timeout_s}
         if max_samples is not None:
             hints["max_samples"] = int(max_samples)
+        started = time.monotonic()
         try:
             # the devices start their SuperNodes while the SuperLink starts (both take
             # seconds; a SuperNode that comes first retries until the SuperLink listens)
             self._start_while_ordering(link, self.commands(orders, hints))
+            listening = time.monotonic()
             settings = DeploymentRunSettings(
                 config_path=work / "train.toml",
                 validation_path=work / "validation.npz",
@@ -315,8 +319,18 @@ class DeploymentTraining:
                 fab_dir=fab_dir,
                 expected_fab_sha256=fab,
             )
+            submitted = time.monotonic()
             summary = self._wait(work / "results")
-            log.info("deployment run %s: %s", run_id, summary.get("final_accuracy"))
+            log.info(
+                "deployment run %s: accuracy %s; %.1f s (SuperLink up and orders sent %.1f s, "
+                "submitted %.1f s, run %.1f s)",
+                run_id,
+                summary.get("final_accuracy"),
+                time.monotonic() - started,
+                listening - started,
+                submitted - listening,
+                time.monotonic() - submitted,
+            )
             return summary
         finally:
             try:  # the same signed orders, as stops: a device stops only its current run
