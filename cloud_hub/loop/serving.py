@@ -53,9 +53,9 @@ def retrain_controller(
     if not settings.enabled:
         log.info("retraining controller off ([retraining] enabled = false)")
         return None
-    if not settings.configured:
-        log.warning(
-            "retraining controller off: [retraining] needs device_classes and validation_file"
+    if not settings.configured:  # e.g. the demo and the fleet simulation run their own
+        log.info(
+            "retraining controller off: [retraining] names no device_classes or validation_file"
         )
         return None
     from cloud_hub.loop.config import LoopConfig

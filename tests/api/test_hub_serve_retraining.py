@@ -140,6 +140,32 @@ def test_only_the_engines_hub_runs_the_controller(hub_dir: Path, tmp_path: Path)
             hub.stop()
 
 
+@pytest.mark.parametrize(
+    ("flags", "wanted"),
+    [
+        ([], {"rollout_engine": True, "retraining": True}),
+        (["--no-retraining"], {"rollout_engine": True, "retraining": False}),
+        (["--no-engine"], {"rollout_engine": False, "retraining": True}),  # no engine: none
+    ],
+)
+def test_serve_flags_reach_the_hub(
+    flags: list[str], wanted: dict[str, bool], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloud_hub.hub
+    from cloud_hub.cli import main
+
+    built: dict[str, object] = {}
+
+    def record(config: HubConfig, **kwargs: object) -> None:
+        built.update(kwargs)
+        raise SystemExit(7)  # recorded: serve nothing
+
+    monkeypatch.setattr(cloud_hub.hub, "build_hub", record)
+    with pytest.raises(SystemExit):
+        main(["serve", "--data-dir", str(tmp_path), *flags])
+    assert built == wanted
+
+
 def _with_retraining(config: HubConfig, table: dict[str, object]) -> HubConfig:
     return dataclasses.replace(config, retraining=RetrainingConfig.from_dict(dict(table)))
 
