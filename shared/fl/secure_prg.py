@@ -26,13 +26,14 @@ client mod (agents) enter it around every secure round, so the hardening is scop
 and present in every process that runs a round (Ray actors and SuperNode ClientApp processes
 included).
 
-The same installation also swaps Flower's Shamir ``create_shares`` (client side) and
-``combine_shares`` (server side) for :mod:`shared.fl.shamir`, which produces byte-identical
-shares with faster arithmetic, and its PEM key parsers for :mod:`shared.fl.secagg_keys`,
-which parse each key once per round, and the client's masking stage for
-:mod:`shared.fl.secagg_masking`, which adds every mask into one vector in place and sends
-byte-identical masked vectors: speed changes only, the protocol, messages, shares and key
-agreement stay Flower's (:data:`FLOWER_REPLACEMENTS` lists every swapped name).
+The same installation also swaps, for speed only, Flower's Shamir ``create_shares`` (client
+side) and ``combine_shares`` (server side) for :mod:`shared.fl.shamir` (byte-identical
+shares, faster arithmetic), its PEM key parsers for :mod:`shared.fl.secagg_keys` (each key
+parsed once per round), the client's masking stage for :mod:`shared.fl.secagg_masking`
+(every mask added into one vector in place, byte-identical masked vectors) and the array
+(de)serialization of both sides for :mod:`shared.fl.npy_codec` (the same bytes, each header
+layout handled once). The protocol, messages, shares and key agreement stay Flower's
+(:data:`FLOWER_REPLACEMENTS` lists every swapped name).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from numpy.typing import NDArray
 
-from shared.fl import secagg_keys, shamir
+from shared.fl import npy_codec, secagg_keys, shamir
 
 __all__ = [
     "CLIENT_MODULE",
@@ -225,6 +226,9 @@ FLOWER_REPLACEMENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     (_SHAMIR_MODULE, "combine_shares", shamir.combine_shares),
     ("flwr.client.mod.secure_aggregation.secaggplus_mod", "create_shares", shamir.create_shares),
     (CLIENT_MODULE, "_collect_masked_vectors", _collect_masked_vectors),
+    (CLIENT_MODULE, "parameters_to_ndarrays", npy_codec.parameters_to_ndarrays),
+    (CLIENT_MODULE, "ndarray_to_bytes", npy_codec.ndarray_to_bytes),
+    (SERVER_MODULE, "bytes_to_ndarray", npy_codec.bytes_to_ndarray),
     (
         "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
         "combine_shares",
