@@ -83,6 +83,10 @@ def test_superlink_tls_rules_and_argv(tmp_path: Path) -> None:
     assert "--insecure" not in argv and "--ssl-certfile" in argv
     assert "--disable-runtime-dependency-installation" in argv
     assert argv[1:4] == ["-m", "cloud_hub.fl.warm_serverapp", "superlink"]
+    assert argv[argv.index("--database") + 1] == str(tmp_path / "s.db")
+    # no file named: Flower's in-memory state (a SuperLink serves one run), not sqlite's
+    in_memory = SuperLinkConfig(insecure=True).argv()
+    assert in_memory[in_memory.index("--database") + 1] == ":flwr-in-memory:"
 
 
 @pytest.mark.integration
