@@ -33,13 +33,10 @@ class DemoConfig:
     # recovers plant-3 but costs the other sites ~20 points; two keep both)
     num_rounds: int = 1
     retrain_rounds: int = 2
-    # canary, then the drifted site (it needs a retrained model first: the driver's serving
-    # after the retraining overlaps the last stage), then every other device
-    rollout_stages: tuple[dict[str, object], ...] = (
-        {"count": 1},
-        {"labels": {"site": "plant-3"}},
-        {"percent": 100.0},
-    )
+    # None: a canary at the drifted site, the rest of that site (it needs a retrained model
+    # first: the serving after the retraining overlaps the last stage), then every other
+    # device (simulations.demo.steps.drifted_site_first)
+    rollout_stages: tuple[dict[str, object], ...] | None = None
     gate_window_s: float = 1.0
     controller_interval_s: float = 0.5  # how often the retraining policy looks at the class
     # while the hub retrains, one streaming step per this many seconds: the cores go to

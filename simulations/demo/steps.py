@@ -30,6 +30,7 @@ __all__ = [
     "DemoRun",
     "Progress",
     "build_pipeline",
+    "drifted_site_first",
     "retrain_on_drift",
     "roll_out_initial_model",
     "rollout_finished",
@@ -164,7 +165,7 @@ def build_pipeline(run: DemoRun) -> Any:
         model_name=MODEL,
         work_dir=hub_dir / "loop",
         num_rounds=config.num_rounds,
-        rollout_stages=config.rollout_stages,
+        rollout_stages=config.rollout_stages or drifted_site_first(run.fleet),
         rollout_gate_window_s=config.gate_window_s,
         training_engine=config.training_engine,
         policy=RetrainPolicy(
@@ -198,6 +199,14 @@ def build_pipeline(run: DemoRun) -> Any:
         config=loop_config,
         deployment=run.deployment,
     )
+
+
+def drifted_site_first(fleet: DemoFleet | None) -> tuple[dict[str, object], ...]:
+    """The demo's rollout stages: a canary at the drifted site, the rest of that site, then
+    every other device."""
+    assert fleet is not None
+    canary = next(d.device_id for d in fleet.devices if d.drifted)
+    return ({"device_ids": [canary]}, {"labels": {"site": "plant-3"}}, {"percent": 100.0})
 
 
 def train_initial_model(run: DemoRun, pipeline: Any) -> Any:
