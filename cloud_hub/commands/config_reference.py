@@ -1,7 +1,8 @@
 """``cloud-hub config-reference``: the hub's TOML keys, flags and environment variables.
 
 Names, types and defaults come from :class:`cloud_hub.config.HubConfig` and
-:class:`cloud_hub.ingest.config.IngestConfig`; flags and variables from
+:class:`cloud_hub.ingest.config.IngestConfig` and
+:class:`cloud_hub.config.RetrainingConfig`; flags and variables from
 :data:`cloud_hub.commands.options.HUB_OPTIONS`; the sentences from the tables below, which
 must cover every key (``shared.config_reference`` refuses a gap). The committed
 ``docs/configuration-hub.md`` is this command's output; a test keeps them equal.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cloud_hub.commands.options import HUB_OPTIONS
-from cloud_hub.config import HubConfig
+from cloud_hub.config import HubConfig, RetrainingConfig
 from cloud_hub.errors import HubConfigError
 from cloud_hub.ingest.config import IngestConfig
 from shared.cli import document_command
@@ -69,6 +70,29 @@ _INGEST_DOCS = {
     "max_metrics": "Numeric gauges kept per telemetry message.",
     "retry_backoff_s": "Wait before retrying a batch the database refused.",
 }
+_RETRAINING_DOCS = {
+    "enabled": "Run the retraining controller (only in the hub that runs the rollout engine; "
+    "`serve --no-retraining` turns it off).",
+    "device_classes": "Device classes whose health is watched; empty: no controller.",
+    "model_name": "The model retrained and shipped.",
+    "validation_file": "The hub's labelled validation set (`.npz` with `x`, `y`): the "
+    "candidate faces the champion on it; unset: no controller.",
+    "calibration_file": "Calibration set for int8 compression; unset: the validation file.",
+    "superlink_host": "Address of this hub the devices' SuperNodes reach (the SuperLink, TLS "
+    "from the hub CA); it is signed into every training order.",
+    "train_timeout_s": "Longest a run on the devices may take before it fails.",
+    "num_rounds": "Federated rounds per retraining run (SecAgg+ in each).",
+    "tick_interval_s": "How often the controller reads the classes' health.",
+    "rollout_gate_window_s": "Gate window of the staged rollout a run creates.",
+    "require_approval": "Hold a candidate until `cloud-hub retrain --approve RUN`.",
+    "cooldown_s": "Least time between two runs of one class.",
+    "max_runs_per_day": "Runs per class per day at most.",
+    "drift_threshold": "Drift score above which a device counts as drifted.",
+    "drift_fraction": "Share of a class's devices that must drift to trigger a run.",
+    "drift_duration_s": "How long that drift must last.",
+    "schedule_interval_s": "Retrain on a schedule as well; unset: only on drift.",
+    "min_devices": "Devices a run needs (SecAgg+ needs at least three).",
+}
 _PREAMBLE = """
 The hub reads one TOML file (`cloud-hub serve --config hub.toml`); every key is optional.
 A flag beats its environment variable, which beats the file, which beats the default.
@@ -86,11 +110,12 @@ def hub_reference() -> str:
         top = rows_of(
             HubConfig,
             {**top_docs, **{r.key: r.doc for r in _MQTT_ROWS}},
-            skip=("mqtt", "ingest"),
+            skip=("mqtt", "ingest", "retraining"),
             extra=_MQTT_ROWS,
             flags={**flags, "enable_ingest": ("--no-ingest", "")},
         )
         ingest = rows_of(IngestConfig, _INGEST_DOCS)
+        retraining = rows_of(RetrainingConfig, _RETRAINING_DOCS)
     except ConfigError as exc:
         raise HubConfigError(str(exc)) from exc
     return render_reference(
@@ -99,6 +124,12 @@ def hub_reference() -> str:
         [
             ReferenceSection("", "", top),
             ReferenceSection("ingest", "Limits of the MQTT ingest (no flags).", ingest),
+            ReferenceSection(
+                "retraining",
+                "The closed loop in `cloud-hub serve`: the retraining controller, over "
+                "Flower's Deployment Engine (no flags but `--no-retraining`).",
+                retraining,
+            ),
         ],
     )
 
