@@ -81,7 +81,8 @@ class RetrainScenarioResult:
     runs: list[dict[str, Any]] = field(default_factory=list)  # cloud-hub retrain outcomes
     rounds: list[dict[str, Any]] = field(default_factory=list)  # every recorded round
     outcomes: list[LabDeviceOutcome] = field(default_factory=list)
-    terminal_events: dict[str, dict[str, int]] = field(default_factory=dict)  # rollout -> dev
+    # rollout -> device -> deployment -> terminal events the hub holds (each must be one)
+    terminal_events: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     device_bytes: dict[str, int] = field(default_factory=dict)  # retrain rollout, per device
     hub_opened: list[str] = field(default_factory=list)  # device files a hub process opened
     audit_armed: int = 0  # hub processes the open audit watched
@@ -91,13 +92,13 @@ class RetrainScenarioResult:
 
     @property
     def reports_lost(self) -> int:
-        """Outbox entries never acknowledged plus missing terminal events, over all rollouts."""
+        """Outbox entries never acknowledged plus, over all rollouts, devices without a
+        deployment and deployments without exactly one terminal event."""
         left = sum(o.outbox_left for o in self.outcomes)
         missing = sum(
-            1
+            sum(n != 1 for n in per_device.get(o.device_id, {"-": 0}).values())
             for per_device in self.terminal_events.values()
             for o in self.outcomes
-            if per_device.get(o.device_id, 0) != 1
         )
         return left + missing
 

@@ -31,6 +31,8 @@ AUDIT_SITE = Path(__file__).resolve().parent / "audit_site"  # its sitecustomize
 AUDIT_ENV = "FEDFLEET_LAB_OPEN_AUDIT"  # log file of the audit hook
 AUDIT_WATCH_ENV = "FEDFLEET_LAB_OPEN_AUDIT_UNDER"  # the folder whose opens it records
 _TERMINAL_ROLLOUT = ("failed", "aborted", "rolled_back")
+_TERMINAL_EVENTS = ("committed", "rolled_back", "failed")
+_REPORTED = ("download_started", "verified", "installed", *_TERMINAL_EVENTS)
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,8 @@ class RetrainSteps:
         registry = open_registry(f"sqlite:///{self.lab.hub_data / 'hub.db'}")
         try:
             with registry.session() as s:
-                query = select(EventRow.device_id, EventRow.kind, EventRow.data).where(
+                columns = (EventRow.device_id, EventRow.deployment_id, EventRow.kind, EventRow.data)
+                query = select(*columns).where(
                     EventRow.deployment_id.startswith(f"{rollout_id}."),
                     EventRow.kind.in_(kinds),
                 )
@@ -288,17 +291,22 @@ class RetrainSteps:
         finally:
             registry.close()
 
-    def terminal_events(self, run: dict[str, Any]) -> dict[str, int]:
-        """Per device: terminal install events the hub holds for the run's rollout."""
-        from collections import Counter
-
-        rows = self._events(str(run["rollout_id"]), ("committed", "rolled_back", "failed"))
-        return dict(Counter(device for device, _kind, _data in rows))
+    def terminal_events(self, run: dict[str, Any]) -> dict[str, dict[str, int]]:
+        """Per device and deployment of the run's rollout it reported on: the terminal install
+        events the hub holds (one each; a device offered twice, e.g. on reconnecting after a
+        cut, ends the superseded deployment with ``failed`` and the other one too)."""
+        out: dict[str, dict[str, int]] = {}
+        for device, deployment, kind, _data in self._events(str(run["rollout_id"]), _REPORTED):
+            per_deployment = out.setdefault(device, {}).setdefault(deployment, 0)
+            out[device][deployment] = per_deployment + (kind in _TERMINAL_EVENTS)
+        return out
 
     def bytes_received(self, run: dict[str, Any]) -> dict[str, int]:
         """Bytes each device says it received for the run's rollout (deltas: < full)."""
         out: dict[str, int] = {}
-        for device, _kind, data in self._events(str(run["rollout_id"]), ("download_complete",)):
+        for device, _dep, _kind, data in self._events(
+            str(run["rollout_id"]), ("download_complete",)
+        ):
             if isinstance(data, dict) and "bytes_received" in data:
                 out[device] = int(data["bytes_received"])
         return out
