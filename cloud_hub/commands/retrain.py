@@ -74,32 +74,12 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_retrain)
 
 
-def _arrays(path: Path) -> tuple[Any, Any]:
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return data["x"], data["y"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise HubConfigError(f"{path}: need an .npz with arrays x and y ({exc})") from exc
-
-
 def _device_training(args: argparse.Namespace, config: Any, keys: Any) -> Any:
-    """Training on the devices: a SuperLink here, signed orders over the hub's broker."""
-    from cloud_hub.loop.device_training import DeploymentTraining
-    from shared.topics import TopicScheme
+    """Training on the devices, as ``serve`` trains, under a one-shot connection id."""
+    from cloud_hub.loop.serving import deployment_training
 
-    ca_dir = config.data_dir / "ca"
-    if not (ca_dir / "ca.crt").exists():
-        raise HubConfigError(f"no hub CA in {ca_dir} (cloud-hub enroll-init)")
-    return DeploymentTraining(
-        mqtt=config.mqtt,
-        topics=TopicScheme(config.topic_prefix),
-        workdir=config.data_dir / "flower",
-        keys=keys,
-        ca_dir=ca_dir,
-        superlink_host=args.superlink_host,
-        timeout_s=args.timeout,
+    return deployment_training(
+        config, keys, superlink_host=args.superlink_host, timeout_s=args.timeout
     )
 
 
@@ -109,6 +89,7 @@ def _retrain(args: argparse.Namespace) -> int:
     from cloud_hub.loop.controller import RetrainController
     from cloud_hub.loop.pipeline import RetrainPipeline
     from cloud_hub.loop.policy import RetrainPolicy
+    from cloud_hub.loop.serving import labelled_set
     from cloud_hub.registry import admin, open_registry
     from cloud_hub.rollout.engine import RolloutService
 
@@ -130,8 +111,8 @@ def _retrain(args: argparse.Namespace) -> int:
         service = RolloutService(registry, registry_only, keys)
         if args.approve is None and args.validation is None:
             raise HubConfigError("--class needs --validation (the hub's validation set)")
-        validation = _arrays(args.validation) if args.validation else None
-        calibration = _arrays(args.calibration) if args.calibration else validation
+        validation = labelled_set(args.validation) if args.validation else None
+        calibration = labelled_set(args.calibration) if args.calibration else validation
         loop = LoopConfig(
             model_name=args.model,
             work_dir=config.data_dir / "loop",

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cloud_hub.config import HubConfig, RetrainingConfig
+from cloud_hub.broker_client import HubRole, hub_client_id_for
+from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubConfigError
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry
@@ -81,7 +82,13 @@ def retrain_controller(
         validation=validation,
         calibration=calibration,
         config=loop,
-        deployment=_deployment_training(config, settings, keys),
+        deployment=deployment_training(
+            config,
+            keys,
+            superlink_host=settings.superlink_host,
+            timeout_s=settings.train_timeout_s,
+            client_id=hub_client_id_for(config, HubRole.TRAINING),
+        ),
     )
     controller = RetrainController(
         pipeline, settings.device_classes, interval_s=settings.tick_interval_s
@@ -95,23 +102,32 @@ def retrain_controller(
     return controller
 
 
-def _deployment_training(config: HubConfig, settings: RetrainingConfig, keys: KeyStore) -> Any:
+def deployment_training(
+    config: HubConfig,
+    keys: KeyStore,
+    *,
+    superlink_host: str,
+    timeout_s: float,
+    client_id: str | None = None,
+) -> Any:
     """Training on the devices: a SuperLink here (TLS from the hub CA the devices pinned),
-    signed orders over the hub's broker under the hub's topic prefix."""
-    from cloud_hub.broker_client import HubRole, hub_client_id_for
+    signed orders over the hub's broker under the hub's topic prefix. ``client_id``: the
+    training connection's (``None``: a one-shot id, for a command run beside a serving hub)."""
     from cloud_hub.loop.device_training import DeploymentTraining
     from shared.topics import TopicScheme
 
     ca_dir = config.data_dir / "ca"
     if not (ca_dir / "ca.crt").exists():
-        raise HubConfigError(f"retraining needs the hub CA in {ca_dir} (cloud-hub enroll-init)")
+        raise HubConfigError(
+            f"training on the devices needs the hub CA in {ca_dir} (cloud-hub enroll-init)"
+        )
     return DeploymentTraining(
         mqtt=config.mqtt,
         topics=TopicScheme(config.topic_prefix),
         workdir=config.data_dir / "flower",
         keys=keys,
         ca_dir=ca_dir,
-        superlink_host=settings.superlink_host,
-        timeout_s=settings.train_timeout_s,
-        client_id=hub_client_id_for(config, HubRole.TRAINING),
+        superlink_host=superlink_host,
+        timeout_s=timeout_s,
+        client_id=client_id,
     )
