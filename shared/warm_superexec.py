@@ -14,11 +14,16 @@ comes (:class:`shared.poll_backoff.PollBackoff`; Flower asks every
 ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` = 1 s).
 
 Flower's SuperNode and SuperLink start ``flower-superexec`` by name through their module's
-``subprocess``; :class:`WarmSuperExecLauncher` stands in for it there. POSIX only (fork).
+``subprocess``; :func:`use_warm_superexec` puts a :class:`WarmSuperExecLauncher` there.
+``python -m shared.warm_superexec superlink MODULE <flower-superlink arguments>`` runs
+Flower's SuperLink with ``python -m MODULE`` as its SuperExec: this module imports nothing
+heavy, so the SuperLink listens as soon as Flower's own imports allow (the warm SuperExec
+imports torch and the app in its own process meanwhile). POSIX only (fork).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -31,8 +36,11 @@ from shared.poll_backoff import PollBackoff
 
 __all__ = [
     "WarmSuperExecLauncher",
+    "main",
     "make_forking_executor_class",
     "run_warm_superexec",
+    "start_superlink",
+    "use_warm_superexec",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,35 @@ class WarmSuperExecLauncher:
         if command and command[0] == "flower-superexec":
             command = [*self.command, *command[1:]]
         return self._subprocess.Popen(command, *args, **kwargs)
+
+
+def use_warm_superexec(flower_module: str, superexec_module: str, *module_args: str) -> None:
+    """Make Flower's ``flower_module`` (it starts ``flower-superexec`` through its
+    ``subprocess``) start ``python -m superexec_module module_args`` instead."""
+    module = importlib.import_module(flower_module)
+    if not hasattr(module, "subprocess"):  # a Flower other than 1.41
+        raise SystemExit(f"warm_superexec: {flower_module} starts no flower-superexec")
+    module.subprocess = WarmSuperExecLauncher(superexec_module, *module_args)  # type: ignore[attr-defined]
+
+
+def start_superlink(superexec_module: str, argv: list[str]) -> None:
+    """Flower's ``flower-superlink argv``, its SuperExec ``python -m superexec_module``."""
+    from flwr.superlink.cli import flower_superlink
+
+    if os.name == "posix":  # forking needs POSIX; elsewhere Flower's own SuperExec
+        use_warm_superexec("flwr.superlink.cli.flower_superlink", superexec_module)
+    sys.argv = ["flower-superlink", *argv]
+    flower_superlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2 or args[0] != "superlink":
+        raise SystemExit(
+            "usage: python -m shared.warm_superexec superlink SUPEREXEC_MODULE "
+            "[flower-superlink arguments]"
+        )
+    start_superlink(args[1], args[2:])
 
 
 def _task_argv(spec: Any) -> list[str]:
@@ -187,3 +224,7 @@ def run_warm_superexec(
     superexec.get_executor = get_executor  # Flower 1.41 looks it up at call time
     sys.argv = ["flower-superexec", *argv]
     flower_superexec()
+
+
+if __name__ == "__main__":
+    main()

@@ -15,8 +15,8 @@ the address the SuperNodes dial (SAN, e.g. ``IP:10.0.0.5`` or ``DNS:hub.example`
 needs an explicit ``insecure=True`` (``--insecure``), meant for loopback tests only.
 
 The SuperLink always runs with ``--disable-runtime-dependency-installation``: the FAB's
-components are fedfleet's installed modules and nothing is fetched at run time. It runs as
-:mod:`cloud_hub.fl.warm_serverapp` (Flower's SuperLink whose SuperExec forks each run's
+components are fedfleet's installed modules and nothing is fetched at run time. It runs
+with :mod:`cloud_hub.fl.warm_serverapp` as its SuperExec (which forks each run's
 ServerApp from a warm process and asks for runs 0.05-0.5 s apart). It is stopped with SIGINT (it
 ignores SIGTERM for several seconds). Its state lives in Flower's in-memory state unless a
 database file is named (sqlite's ``:memory:`` breaks runs in Flower 1.41).
@@ -134,8 +134,9 @@ class SuperLinkConfig:
         argv = [
             sys.executable,
             "-m",
-            "cloud_hub.fl.warm_serverapp",
+            "shared.warm_superexec",
             "superlink",
+            "cloud_hub.fl.warm_serverapp",
             "--database",
             _IN_MEMORY_STATE if self.database is None else str(self.database),
             "--host",

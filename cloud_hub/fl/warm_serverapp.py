@@ -1,36 +1,29 @@
-"""The hub's SuperLink with ServerApp runs forked from a warm process.
+"""The SuperExec of the hub's SuperLink, with ServerApp runs forked from a warm process.
 
 Flower 1.41's SuperLink (subprocess isolation) starts ``flower-superexec``, which asks for a
 new run every second and starts a new ``flwr-serverapp`` process for it: that process imports
 Flower, torch and the hub's ServerApp before round 1 can start (measured ~7 s of a run's
 fixed cost on 2 busy cores).
 
-``python -m cloud_hub.fl.warm_serverapp superlink <flower-superlink arguments>`` runs
-Flower's SuperLink unchanged except that it starts this module's SuperExec
-(``... superexec <flower-superexec arguments>``) where Flower starts ``flower-superexec``:
-:mod:`shared.warm_superexec` with ServerApp runs forked from a process that imported the
-ServerApp, torch and Flower's ServerApp runner once (:func:`warm_imports`) and asks for
-runs 0.05-0.5 s apart (Flower: every 1 s). Each run still gets its own process and Flower's own ``flwr-serverapp``
-code (token, TLS to the SuperLink's runtime API, the FAB's component); only the start-up
-cost is gone. POSIX only (fork): elsewhere the SuperLink starts Flower's own SuperExec.
+The hub runs Flower's SuperLink as ``python -m shared.warm_superexec superlink
+cloud_hub.fl.warm_serverapp <flower-superlink arguments>``: unchanged except that it starts
+this module (``python -m cloud_hub.fl.warm_serverapp <flower-superexec arguments>``) where
+Flower starts ``flower-superexec``: :mod:`shared.warm_superexec` with ServerApp runs forked
+from a process that imported the ServerApp, torch and Flower's ServerApp runner once
+(:func:`warm_imports`), asking for runs 0.05-0.5 s apart (Flower: every 1 s). Each run
+still gets its own process and Flower's own ``flwr-serverapp`` code (token, TLS to the
+SuperLink's runtime API, the FAB's component); only the start-up cost is gone. POSIX only
+(fork): elsewhere the SuperLink starts Flower's own SuperExec.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 import sys
 
-from shared.warm_superexec import WarmSuperExecLauncher, run_warm_superexec
+from shared.warm_superexec import run_warm_superexec
 
-__all__ = [
-    "main",
-    "run_superexec",
-    "run_superlink",
-    "use_warm_serverapps",
-    "warm_imports",
-]
+__all__ = ["main", "run_superexec", "warm_imports"]
 
 _THREADS_AT_START = {"torch": 0}  # torch's intra-op threads before the warm process set 1
 
@@ -74,31 +67,8 @@ def run_superexec(argv: list[str]) -> None:
     run_warm_superexec(TaskType.SERVER_APP, flwr_serverapp, argv, after_fork=_after_fork)
 
 
-def use_warm_serverapps() -> None:
-    """Make this process's SuperLink start :func:`run_superexec` as its SuperExec."""
-    superlink_module = importlib.import_module("flwr.superlink.cli.flower_superlink")
-    if not hasattr(superlink_module, "subprocess"):
-        raise SystemExit("warm_serverapp: this Flower SuperLink starts no flower-superexec")
-    superlink_module.subprocess = WarmSuperExecLauncher(  # type: ignore[attr-defined]
-        "cloud_hub.fl.warm_serverapp", "superexec"
-    )
-
-
-def run_superlink(argv: list[str]) -> None:
-    """``flower-superlink argv`` that starts :func:`run_superexec` as its SuperExec."""
-    from flwr.superlink.cli import flower_superlink
-
-    if os.name == "posix":  # forking needs POSIX
-        use_warm_serverapps()
-    sys.argv = ["flower-superlink", *argv]
-    flower_superlink()
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] not in ("superlink", "superexec"):
-        raise SystemExit("usage: python -m cloud_hub.fl.warm_serverapp superlink|superexec ...")
-    (run_superlink if args[0] == "superlink" else run_superexec)(args[1:])
+    run_superexec(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import Any
 
 from shared.flower_pulls import retry_object_pulls_sooner
 from shared.poll_backoff import PollBackoff
-from shared.warm_superexec import WarmSuperExecLauncher
+from shared.warm_superexec import use_warm_superexec
 
 __all__ = [
     "DEFAULT_POLL_INTERVAL_S",
@@ -145,13 +145,7 @@ def reply_without_delay(cap_s: float = REPLY_POLL_INTERVAL_S) -> None:
 
 def use_warm_clientapps() -> None:
     """Make this process's SuperNode start :mod:`edge_agent.fl.warm_clientapp`."""
-    from flwr.supernode import start_client_internal as supernode
-
-    if not hasattr(supernode, "subprocess"):
-        raise SystemExit("pinned_supernode: this Flower SuperNode starts no flower-superexec")
-    supernode.subprocess = WarmSuperExecLauncher(  # type: ignore[assignment]
-        "edge_agent.fl.warm_clientapp"
-    )
+    use_warm_superexec("flwr.supernode.start_client_internal", "edge_agent.fl.warm_clientapp")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,7 +82,7 @@ def test_superlink_tls_rules_and_argv(tmp_path: Path) -> None:
     argv = tls.argv()
     assert "--insecure" not in argv and "--ssl-certfile" in argv
     assert "--disable-runtime-dependency-installation" in argv
-    assert argv[1:4] == ["-m", "cloud_hub.fl.warm_serverapp", "superlink"]
+    assert argv[1:5] == ["-m", "shared.warm_superexec", "superlink", "cloud_hub.fl.warm_serverapp"]
     assert argv[argv.index("--database") + 1] == str(tmp_path / "s.db")
     # no file named: Flower's in-memory state (a SuperLink serves one run), not sqlite's
     in_memory = SuperLinkConfig(insecure=True).argv()

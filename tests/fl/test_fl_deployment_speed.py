@@ -284,16 +284,16 @@ def test_the_superlink_starts_the_warm_serverapp_superexec(
     import subprocess
     import sys
 
-    from cloud_hub.fl.warm_serverapp import use_warm_serverapps
+    from shared.warm_superexec import use_warm_superexec
 
     superlink_module = importlib.import_module("flwr.superlink.cli.flower_superlink")
     started: list[list[str]] = []
     monkeypatch.setattr(superlink_module, "subprocess", superlink_module.subprocess)
     monkeypatch.setattr(subprocess, "Popen", lambda argv, *a, **k: started.append(argv))
-    use_warm_serverapps()
+    use_warm_superexec("flwr.superlink.cli.flower_superlink", "cloud_hub.fl.warm_serverapp")
     superlink_module.subprocess.Popen(["flower-superexec", "--runtime-api-address", "x:1"])
     superlink_module.subprocess.Popen(["other", "--flag"])
-    warm = [sys.executable, "-m", "cloud_hub.fl.warm_serverapp", "superexec"]
+    warm = [sys.executable, "-m", "cloud_hub.fl.warm_serverapp"]
     assert started == [[*warm, "--runtime-api-address", "x:1"], ["other", "--flag"]]
 
 
