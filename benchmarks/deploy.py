@@ -113,9 +113,9 @@ def run_inprocess(root: Path) -> dict[str, Any]:
 
 #: Which part of the Deployment Engine a process is, by a word of its command line.
 _ROLES = (
-    ("warm_serverapp superexec", "serverapp"),  # the SuperLink's SuperExec and its ServerApps
-    ("warm_serverapp superlink", "superlink"),
-    ("warm_clientapp", "clientapp"),  # a SuperNode's SuperExec and its forked ClientApps
+    ("warm_superexec superlink", "superlink"),
+    ("warm_serverapp", "serverapp"),  # the SuperLink's SuperExec and the ServerApps it forked
+    ("warm_clientapp", "clientapp"),  # a SuperNode's SuperExec and the ClientApps it forked
     ("pinned_supernode", "supernode"),
 )
 
