@@ -21,6 +21,7 @@ from shared.topics import validate_device_id
 
 __all__ = [
     "MAX_LABELS",
+    "TOKEN_PREFIX",
     "EnrolledDevice",
     "TokenRecord",
     "check_redeemable",
@@ -83,6 +84,11 @@ class TokenRecord:
         return replace(self, used_at=at, used_by=device_id)
 
 
+# Enrollment tokens start with this: never with "-" (base64url can), which a command line
+# would read as an option (`edge-agent install --token -X…`), and recognisable when leaked.
+TOKEN_PREFIX = "ffe_"
+
+
 def issue_token(
     *,
     device_class: str,
@@ -97,7 +103,7 @@ def issue_token(
         _validate_id(device_id, "device id")
     if not timedelta(seconds=1) <= ttl <= MAX_TTL:
         raise HubConfigError(f"token lifetime must be between 1 s and {MAX_TTL.days} days")
-    secret = secrets.token_urlsafe(32)
+    secret = f"{TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
     record = TokenRecord(
         token_hash=hash_token(secret),
         device_class=device_class,
