@@ -33,6 +33,7 @@ from edge_agent.ota import InstalledSlot, OtaUpdater
 from edge_agent.ota.freshness import TrustUpdates
 from edge_agent.ota.health import HealthCheck
 from edge_agent.transport import InboundMessage, MqttLink, Outbox
+from edge_agent.transport.outbox import Pending
 from shared.device_facts import detect_device_facts
 from shared.errors import ConfigError, ProtocolError
 from shared.messages import (
@@ -230,12 +231,21 @@ class EdgeAgent:
     # ------------------------------------------------------------------ outbound
     def report(self, message: Message) -> None:
         """Send a device → hub message through the outbox (survives disconnects)."""
-        try:
-            contract = uplink_of(type(message))
-        except ConfigError as exc:
-            raise AgentError(str(exc)) from None
-        topic = self.topics.device(self.config.device_id, contract.channel)
-        self.link.publish(topic, message.encode(), qos=contract.qos, retain=contract.retain)
+        self.report_many([message])
+
+    def report_many(self, messages: Sequence[Message]) -> None:
+        """Send several messages through the outbox in one write: a busy device's reporter
+        (a drift window per request) must not keep the worker, which also runs the OTA
+        updater, writing one outbox transaction per message."""
+        pending = []
+        for message in messages:
+            try:
+                contract = uplink_of(type(message))
+            except ConfigError as exc:
+                raise AgentError(str(exc)) from None
+            topic = self.topics.device(self.config.device_id, contract.channel)
+            pending.append(Pending(topic, message.encode(), contract.qos, contract.retain))
+        self.link.publish_many(pending)
 
     def publish_status(self) -> None:
         self.report(self._status(online=True))
@@ -392,7 +402,6 @@ class EdgeAgent:
             if now >= p.next_at:
                 p.next_at = now + p.interval_s
                 try:
-                    for message in p.produce():
-                        self.report(message)
+                    self.report_many(list(p.produce()))
                 except Exception:
                     log.exception("reporter failed")

@@ -22,7 +22,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttSettings
 from edge_agent.errors import TransportError
-from edge_agent.transport.outbox import Outbox
+from edge_agent.transport.outbox import Outbox, Pending
 from shared.errors import ConfigError
 
 __all__ = ["InboundMessage", "MqttLink"]
@@ -162,8 +162,13 @@ class MqttLink:
     # ------------------------------------------------------------------ publish/subscribe
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a publish durably; it is sent when connected and kept until acknowledged."""
-        self.outbox.put(topic, payload, qos=qos, retain=retain)
-        self._wake.set()
+        self.publish_many([Pending(topic, payload, qos, retain)])
+
+    def publish_many(self, items: Sequence[Pending]) -> None:
+        """Queue several publishes durably, in order, in one outbox transaction."""
+        if items:
+            self.outbox.put_many(items)
+            self._wake.set()
 
     def subscribe(self, topic: str) -> None:
         with self._lock:

@@ -12,12 +12,13 @@ import contextlib
 import logging
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.errors import TransportError
 
-__all__ = ["Outbox", "OutboxEntry"]
+__all__ = ["Outbox", "OutboxEntry", "Pending"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,16 @@ class OutboxEntry:
     retain: bool
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A publish to store: topic, payload, QoS, retain."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
 class Outbox:
     """Thread-safe FIFO of pending publishes, bounded by ``max_entries`` (oldest dropped)."""
 
@@ -58,28 +69,43 @@ class Outbox:
 
     def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
         """Store one publish; a retained one replaces older pending ones on the same topic."""
+        return self.put_many([Pending(topic, payload, qos, retain)])
+
+    def put_many(self, items: Sequence[Pending]) -> int:
+        """Store several publishes in order in one transaction (one disk sync for all: a
+        reporter's batch must not cost the worker one sync per message); the last id."""
+        if not items:
+            return 0
+        last = 0
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                if retain:
-                    self._db.execute("DELETE FROM outbox WHERE topic = ? AND retain = 1", (topic,))
-                cur = self._db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)",
-                    (topic, payload, qos, int(retain)),
-                )
-                count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-                if count > self.max_entries:
-                    excess = count - self.max_entries
-                    self._db.execute(
-                        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
-                        (excess,),
+                for item in items:
+                    if item.retain:
+                        self._db.execute(
+                            "DELETE FROM outbox WHERE topic = ? AND retain = 1", (item.topic,)
+                        )
+                    cur = self._db.execute(
+                        "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)",
+                        (item.topic, item.payload, item.qos, int(item.retain)),
                     )
-                    log.warning("outbox full: dropped %d oldest reports", excess)
+                    last = int(cur.lastrowid or 0)
+                self._drop_excess()
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise TransportError(f"outbox write failed: {exc}") from exc
-            return int(cur.lastrowid or 0)
+        return last
+
+    def _drop_excess(self) -> None:
+        count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        if count > self.max_entries:
+            excess = count - self.max_entries
+            self._db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
+                (excess,),
+            )
+            log.warning("outbox full: dropped %d oldest reports", excess)
 
     def after(self, last_id: int, limit: int) -> list[OutboxEntry]:
         """Pending entries with ``id > last_id`` in order."""

@@ -18,7 +18,9 @@ import pytest
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import load_config
+from edge_agent.errors import TransportError
 from edge_agent.transport import Outbox
+from edge_agent.transport.outbox import Pending
 from shared.messages import EventKind, Hello, Telemetry
 from shared.net import free_port
 from shared.topics import TopicScheme
@@ -60,6 +62,33 @@ def test_outbox_coalesces_retained_and_is_bounded(tmp_path: Path) -> None:
         box.put("telemetry", str(i).encode())
     assert len(box) == 4
     assert [e.payload for e in box.after(0, 10)][-1] == b"4"
+
+
+def test_outbox_stores_a_batch_in_order_in_one_transaction(tmp_path: Path) -> None:
+    """A reporter's messages go in one write: in order, retained ones coalesced within the
+    batch too, bounded, and all or nothing."""
+    box = Outbox(tmp_path / "o.db", max_entries=4, durable=False)
+    last = box.put_many(
+        [
+            Pending("status", b"s1", retain=True),
+            Pending("drift", b"d1"),
+            Pending("status", b"s2", retain=True),
+            Pending("drift", b"d2"),
+        ]
+    )
+    entries = box.after(0, 10)
+    assert [(e.topic, e.payload) for e in entries] == [
+        ("drift", b"d1"),
+        ("status", b"s2"),
+        ("drift", b"d2"),
+    ]
+    assert last == entries[-1].id and box.put_many([]) == 0
+    box.put_many([Pending("drift", f"x{i}".encode()) for i in range(3)])
+    assert [e.payload for e in box.after(0, 10)] == [b"s2", b"d2", b"x0", b"x1", b"x2"][-4:]
+    before = [e.payload for e in box.after(0, 10)]
+    with pytest.raises(TransportError):  # a payload SQLite refuses: nothing of the batch stays
+        box.put_many([Pending("drift", b"y0"), Pending("drift", object())])  # type: ignore[arg-type]
+    assert [e.payload for e in box.after(0, 10)] == before
 
 
 class PrivateBroker:
