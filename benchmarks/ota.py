@@ -18,7 +18,7 @@ In one run, through the same Mosquitto (a private one on a free loopback port un
 
 "ours" runs twice per round, side by side with the same raw figure, on two fleets:
 **durable** with the product's default (``fsync_chunks``: the download is synced once, at
-its commit point before the install, with writeback started while chunks arrive) and
+its commit point before the install) and
 **none** (``fsync_chunks = false``: the download is never synced). Both fsync the installed
 slot and the state records (those are not optional); the commit point lies after
 ``download_complete``, so its cost shows in ``time_to_all_committed_s`` of each fleet

@@ -84,9 +84,8 @@ _LIMITS = {
     "max_inbox_messages": "Messages buffered ahead of the disk writer.",
     "max_inbox_bytes": "Bytes buffered ahead of the disk writer.",
     "fsync_chunks": (
-        "Downloads survive power loss: synced once, before the install relies on them "
-        "(writeback started while chunks arrive); on restart every chunk on disk is re-hashed "
-        "and what a power cut lost is fetched again."
+        "Downloads survive power loss: synced once, before the install relies on them; on "
+        "restart every chunk on disk is re-hashed and what a power cut lost is fetched again."
     ),
 }
 _TRAINING = {

@@ -1,7 +1,7 @@
 """A power cut in the middle of a download, on a real agent process over Mosquitto.
 
 Nothing of a download is synced before its commit point, so a power cut may lose any page
-written since the last writeback. The agent is killed (SIGKILL) and the losses are made by
+written before it. The agent is killed (SIGKILL) and the losses are made by
 hand on its files the way a cut leaves them (pages read as zeros, a map entry gone, a tail
 missing); the restarted agent must ask for exactly those chunks and the ones it never got,
 verify the bundle and install it.
