@@ -11,17 +11,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from cloud_hub.errors import HubConfigError, HubError, RolloutError
-from cloud_hub.registry import Registry, Session, admin, catalog, rollouts
+from cloud_hub.registry import Registry, Session, catalog, rollouts
 from cloud_hub.registry import rollout_targets as target_repo
 from cloud_hub.registry.errors import NotFoundError
 from cloud_hub.registry.records import RolloutRecord, TargetRecord
 from cloud_hub.rollout.config import RolloutConfig
-from cloud_hub.rollout.history import (
-    ENGINE_ACTOR,
-    HISTORY_ACTION,
-    HistoryEntry,
-    history_resource,
-)
+from cloud_hub.rollout.history import ENGINE_ACTOR, HistoryEntry, record_move
 from cloud_hub.rollout.state import HOLDING_STATES, RolloutPhase, RolloutState
 from cloud_hub.rollout.status import phase_of
 from cloud_hub.rollout.targets import (
@@ -110,16 +105,7 @@ def write_phase(
         **changes,
     )
     said = updated.reason if updated.reason != record.reason else ""  # only what is new
-    admin.record_audit(
-        s,
-        actor=by or ENGINE_ACTOR,
-        role="",
-        action=HISTORY_ACTION,
-        resource=history_resource(record.rollout_id),
-        status=200,
-        detail=HistoryEntry(now, by or ENGINE_ACTOR, before, phase.name, said).detail(),
-        now=now,
-    )
+    record_move(s, record.rollout_id, HistoryEntry(now, by, before, phase.name, said))
     return updated
 
 

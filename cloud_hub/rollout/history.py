@@ -19,6 +19,7 @@ __all__ = [
     "HISTORY_ACTION",
     "HistoryEntry",
     "history_resource",
+    "record_move",
     "rollout_history",
 ]
 
@@ -44,6 +45,20 @@ class HistoryEntry:
 
     def detail(self) -> dict[str, str]:
         return {"from": self.from_phase, "to": self.to_phase, "reason": self.reason}
+
+
+def record_move(s: Session, rollout_id: str, entry: HistoryEntry) -> None:
+    """Add one move to the rollout's history (an audit entry; ``by`` empty: the engine)."""
+    admin.record_audit(
+        s,
+        actor=entry.by or ENGINE_ACTOR,
+        role="",
+        action=HISTORY_ACTION,
+        resource=history_resource(rollout_id),
+        status=200,
+        detail=entry.detail(),
+        now=entry.ts,
+    )
 
 
 def rollout_history(s: Session, rollout_id: str, *, limit: int = 200) -> list[HistoryEntry]:
