@@ -313,7 +313,9 @@ class AuditEntry(Base):
     ts: Mapped[float] = mapped_column(Float, index=True)
     actor: Mapped[str] = mapped_column(String(128))
     role: Mapped[str] = mapped_column(String(16), default="")
-    action: Mapped[str] = mapped_column(String(16))  # HTTP method or CLI verb
+    action: Mapped[str] = mapped_column(
+        String(16), index=True
+    )  # HTTP method, CLI verb, rollout-move
     resource: Mapped[str] = mapped_column(Text)
     status: Mapped[int] = mapped_column(Integer)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
