@@ -238,6 +238,7 @@ class FleetIngest:
             client_id=self.settings.client_id,
             persistent=True,
             manual_ack=True,  # acknowledge after the commit (see submit)
+            stream=True,
             hooks=ConnectionHooks(
                 connected=self._on_connected,
                 refused=self._on_refused,
