@@ -143,6 +143,8 @@ def _cpu_since(before: dict[str, float]) -> dict[str, float]:
     return {role: round(now[role] - before.get(role, 0.0), 2) for role in sorted(now)}
 
 
+#: A SuperNode's ClientApp is warm: in its own process, or its forked tasks' SuperExec is up.
+_READY_LINES = ("ClientApp ready in the SuperNode's process", "Starting Flower SuperExec")
 _IDLE_S = 3.0  # seconds of idle federation measured before the run
 
 
@@ -152,7 +154,7 @@ def _wait_until_warm(logs: list[Path], timeout_s: float = 600.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         texts = [p.read_text(errors="replace") if p.exists() else "" for p in logs]
-        if all("SuperNode ID" in t and "Starting Flower SuperExec" in t for t in texts):
+        if all("SuperNode ID" in t and any(w in t for w in _READY_LINES) for t in texts):
             return
         time.sleep(0.5)
     raise SystemExit(f"SuperNodes not ready after {timeout_s:.0f} s")

@@ -19,9 +19,12 @@ node between each SecAgg+ stage. This entry point pulls again ``--poll-interval`
 nothing arrives (:class:`shared.poll_backoff.PollBackoff`: each empty pull costs CPU on
 both ends), so Flower's 3 s sleep is never reached, and
 caps the SuperNode module's sleeps at ``REPLY_POLL_INTERVAL_S`` (0.05 s), so a reply goes
-to the SuperLink as soon as the ClientApp wrote it. It starts
-:mod:`edge_agent.fl.warm_clientapp` where Flower starts ``flower-superexec``: ClientApp
-tasks are forked from one warm process instead of each importing Flower and torch anew.
+to the SuperLink as soon as the ClientApp wrote it. By default (``--clientapp in-process``)
+the SuperNode runs each message's ClientApp itself (:mod:`edge_agent.fl.inprocess_clientapp`:
+no SuperExec, no task process, no runtime-API round trips); ``--clientapp forked`` keeps
+Flower's process per task, started from :mod:`edge_agent.fl.warm_clientapp` where Flower
+starts ``flower-superexec`` (forked from one warm process instead of each importing Flower
+and torch anew).
 
 Usage (what :class:`edge_agent.fl.supernode.SuperNodeConfig` builds)::
 
@@ -40,11 +43,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.fl.inprocess_clientapp import run_clientapps_in_process
+from edge_agent.fl.warm_clientapp import warm_imports
 from shared.flower_pulls import retry_object_pulls_sooner
 from shared.poll_backoff import PollBackoff
 from shared.warm_superexec import use_warm_superexec
 
 __all__ = [
+    "CLIENTAPP_MODES",
+    "CLIENTAPP_READY_LINE",
     "DEFAULT_POLL_INTERVAL_S",
     "IDLE_POLL_INTERVAL_S",
     "REPLY_POLL_INTERVAL_S",
@@ -65,6 +72,11 @@ DEFAULT_POLL_INTERVAL_S = 0.05
 IDLE_POLL_INTERVAL_S = 0.5
 # The longest sleep of the SuperNode's own loops (it waits for a reply in 0.5 s sleeps).
 REPLY_POLL_INTERVAL_S = 0.05
+# Where a message's ClientApp runs: in the SuperNode's process (default) or a forked task.
+CLIENTAPP_MODES = ("in-process", "forked")
+# Logged once the in-process ClientApp is imported and warm (Flower logs "Starting Flower
+# SuperExec" when a forked-task SuperNode's executor is up).
+CLIENTAPP_READY_LINE = "ClientApp ready in the SuperNode's process"
 
 
 def fab_matches(content: bytes, claimed_hash: str, expected_sha256: str) -> bool:
@@ -148,11 +160,26 @@ def use_warm_clientapps() -> None:
     use_warm_superexec("flwr.supernode.start_client_internal", "edge_agent.fl.warm_clientapp")
 
 
+def _without_isolation(argv: list[str]) -> list[str]:
+    """``argv`` without a ``--isolation`` option (the ClientApp mode decides it)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--isolation":
+            skip = True
+        elif not arg.startswith("--isolation="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m edge_agent.fl.pinned_supernode")
     parser.add_argument("--fab-sha256", required=True)
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL_S)
     parser.add_argument("--idle-poll-interval", type=float, default=IDLE_POLL_INTERVAL_S)
+    parser.add_argument("--clientapp", choices=CLIENTAPP_MODES, default=CLIENTAPP_MODES[0])
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not re.fullmatch(r"[0-9a-f]{64}", args.fab_sha256):
         parser.error("--fab-sha256 must be 64 lowercase hex digits")
@@ -165,7 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     pin_fab(args.fab_sha256, PollBackoff(fast_s=args.poll_interval, slow_s=args.idle_poll_interval))
     reply_without_delay()
     retry_object_pulls_sooner()  # a message's objects arrive just after the message
-    if os.name == "posix":  # forking needs POSIX
+    if args.clientapp == "in-process":
+        run_clientapps_in_process()
+        warm_imports()  # the first message must not pay for importing torch and the app
+        log.info("%s", CLIENTAPP_READY_LINE)
+        rest = [*_without_isolation(rest), "--isolation", "process"]  # no SuperExec to start
+    elif os.name == "posix":  # forking needs POSIX
         use_warm_clientapps()
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
