@@ -1,10 +1,11 @@
 """Flower client mods fedfleet adds around its ClientApp (torch-free).
 
-- :func:`hardened_secaggplus_mod` is Flower's ``secaggplus_mod`` run inside
-  :func:`shared.fl.secure_prg.secure_mask_generator` (masks from ChaCha20, see there). It
-  refuses a round whose run config names a mask generator it cannot run
-  (:class:`MaskGeneratorRefusedError`) and reports the generator it masked with in its
-  masked-vector reply, so the hub records what ran.
+- :func:`hardened_secaggplus_mod` is fedfleet's SecAgg+ client
+  (:func:`shared.fl.secaggplus_client.secaggplus_client_mod`: Flower's client protocol and
+  messages, masks from ChaCha20, see :mod:`shared.fl.secure_prg`). It refuses a round whose
+  run config names a mask generator it cannot run (:class:`MaskGeneratorRefusedError`) and
+  reports the generator it masked with in its masked-vector reply, so the hub records what
+  ran.
 - :class:`DropoutSchedule` makes chosen clients fail at a chosen SecAgg+ stage (simulated
   device loss, for fault scenarios and tests).
 - :func:`client_mods` / :func:`compose_client_app` fix the mod order of every ClientApp
@@ -22,19 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import Context, Message
-from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.client.mod import fixedclipping_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from shared.errors import ConfigError
 from shared.fl.config_keys import NodeConfigKey, RunConfigKey, SecAggReportKey
-from shared.fl.secure_prg import (
-    CLIENT_MODULE,
-    MASK_GENERATOR,
-    mask_generator_in_use,
-    secure_mask_generator,
-)
+from shared.fl.secaggplus_client import MASKED_WITH, secaggplus_client_mod
+from shared.fl.secure_prg import MASK_GENERATOR
 
 __all__ = [
     "DropoutSchedule",
@@ -127,14 +124,12 @@ def check_mask_generator(context: Context) -> None:
 def hardened_secaggplus_mod(
     message: Message, context: Context, call_next: ClientAppCallable
 ) -> Message:
-    """Flower's ``secaggplus_mod`` with masks from fedfleet's cryptographic generator."""
+    """fedfleet's SecAgg+ client, refusing a run that asks for another mask generator."""
     check_mask_generator(context)
-    with secure_mask_generator():
-        reply = secaggplus_mod(message, context, call_next)
-        generator = mask_generator_in_use(CLIENT_MODULE)
+    reply = secaggplus_client_mod(message, context, call_next)
     configs = None if reply.has_error() else reply.content.config_records.get(RECORD_KEY_CONFIGS)
     if configs is not None and Key.MASKED_PARAMETERS in configs:
-        configs[SecAggReportKey.MASK_GENERATOR] = generator
+        configs[SecAggReportKey.MASK_GENERATOR] = MASKED_WITH
     return reply
 
 

@@ -22,7 +22,12 @@ from typing import cast
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-__all__ = ["bytes_to_private_key", "bytes_to_public_key", "forget_parsed_keys"]
+__all__ = [
+    "bytes_to_private_key",
+    "bytes_to_public_key",
+    "forget_parsed_keys",
+    "load_private_key",
+]
 
 _MAX_ENTRIES = 8192  # a bound, not a tuning knob: past it the cache starts over
 _lock = threading.Lock()
@@ -30,14 +35,19 @@ _private: dict[bytes, ec.EllipticCurvePrivateKey] = {}
 _public: dict[bytes, ec.EllipticCurvePublicKey] = {}
 
 
+def load_private_key(private_key_bytes: bytes) -> ec.EllipticCurvePrivateKey:
+    """Flower's ``bytes_to_private_key`` itself (no cache: the caller keeps the object)."""
+    return cast(
+        ec.EllipticCurvePrivateKey,
+        serialization.load_pem_private_key(data=private_key_bytes, password=None),
+    )
+
+
 def bytes_to_private_key(private_key_bytes: bytes) -> ec.EllipticCurvePrivateKey:
     """Flower's ``bytes_to_private_key``, parsing each distinct PEM once."""
     key = _private.get(private_key_bytes)
     if key is None:
-        key = cast(
-            ec.EllipticCurvePrivateKey,
-            serialization.load_pem_private_key(data=private_key_bytes, password=None),
-        )
+        key = load_private_key(private_key_bytes)
         with _lock:
             if len(_private) >= _MAX_ENTRIES:
                 _private.clear()

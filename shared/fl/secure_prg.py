@@ -21,10 +21,12 @@ How it is installed: Flower imports the function *by name* into
 use the same generator, or the masks do not cancel. :func:`secure_mask_generator` is a
 reference-counted, thread-safe context manager that swaps those module attributes (and the
 original in ``secaggplus_utils``) while at least one secure round is in progress in this
-process and restores Flower's function afterwards. fedfleet's SecAgg+ workflow (hub) and its
-client mod (agents) enter it around every secure round, so the hardening is scoped, explicit
-and present in every process that runs a round (Ray actors and SuperNode ClientApp processes
-included).
+process and restores Flower's function afterwards. fedfleet's SecAgg+ workflow (hub) enters
+it around every secure round, so the hardening is scoped and explicit. fedfleet's clients do
+not run Flower's mod any more: :mod:`shared.fl.secaggplus_client` speaks the same protocol and
+masks with :func:`add_mask_into` directly, in every process (Ray actors and SuperNode
+ClientApp processes included). The client-side swaps below serve Flower's own mod when it
+runs inside this block (the tests compare against it).
 
 The same installation also swaps, for speed only, Flower's Shamir ``create_shares`` (client
 side) and ``combine_shares`` (server side) for :mod:`shared.fl.shamir` (byte-identical
@@ -46,12 +48,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from numpy.typing import NDArray
 
 from shared.fl import npy_codec, secagg_keys, shamir
+from shared.fl.secagg_crypto import hkdf_sha256
 
 __all__ = [
     "CLIENT_MODULE",
@@ -92,7 +93,7 @@ class _KeyStream:
     """The ChaCha20 keystream under a key derived from the full seed."""
 
     def __init__(self, seed: bytes) -> None:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KDF_INFO).derive(seed)
+        key = hkdf_sha256(seed, _KDF_INFO)  # HKDF-SHA256, 32 bytes, no salt
         # A fresh key per seed, so a fixed all-zero nonce/counter block is safe.
         self._encryptor = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
 
@@ -182,13 +183,15 @@ _CHUNK_WORDS = 1 << 15  # 256 KiB of keystream per step: stays in a core's cache
 def add_mask_into(
     total: NDArray[np.uint64], seed: bytes, num_range: int, *, subtract: bool = False
 ) -> None:
-    """``total`` plus (or minus) the mask of ``seed``, modulo 2**64, in place.
+    """``total`` plus (or minus) the mask of ``seed``, modulo ``num_range``, in place.
 
     The mask is :func:`secure_pseudo_rand_gen` of ``seed`` over ``total.size`` values,
     flattened (one array or the model's arrays end to end: the same values, see there), for a
-    power-of-two ``num_range``; modulo 2**64 is modulo ``num_range`` too. The keystream is
-    read in cache-sized chunks into one scratch buffer, so adding a neighbour's mask allocates
-    nothing the size of the model.
+    power-of-two ``num_range``. Each mask value is the low bits of a keystream word, and
+    ``num_range`` divides 2**64, so the whole words are added (modulo 2**64): the result is
+    the same modulo ``num_range``, one pass cheaper. The caller reduces the sum (``& (num_range
+    - 1)``) once, after the last mask. The keystream is read in cache-sized chunks into one
+    scratch buffer, so adding a neighbour's mask allocates nothing the size of the model.
     """
     if not isinstance(seed, bytes | bytearray) or len(seed) == 0:
         raise ValueError("the mask seed must be non-empty bytes")
@@ -198,13 +201,11 @@ def add_mask_into(
         raise ValueError("the masks are summed into a flat uint64 vector")
     stream = _KeyStream(bytes(seed))
     scratch = np.empty(min(total.size, _CHUNK_WORDS), dtype=np.uint64)
-    low_bits = np.uint64(num_range - 1)
     combine = np.subtract if subtract else np.add
     for start in range(0, total.size, _CHUNK_WORDS):
         part = total[start : start + _CHUNK_WORDS]
         words = scratch[: part.size]
         stream.words_into(words)
-        np.bitwise_and(words, low_bits, out=words)
         combine(part, words, out=part)
 
 

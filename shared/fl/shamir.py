@@ -27,14 +27,14 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 
-__all__ = ["combine_shares", "create_shares"]
+__all__ = ["combine_shares", "create_shares", "create_shares_of"]
 
 _BLOCK = 16
 _INDEX_BYTES = 4
 _MASK = (1 << 128) - 1
 _MAX_SHARES = (1 << 32) - 1  # the share index is written in 4 bytes
-_SLOT_SPARE_BYTES = 4
-_SLOT_BITS = 8 * (_BLOCK + _SLOT_SPARE_BYTES)
+_SPARE_BYTES = 4
+_SLOT_BITS = 8 * (_BLOCK + _SPARE_BYTES)
 
 
 def _reduce(value: int) -> int:
@@ -96,7 +96,7 @@ def _pack(blocks: bytes) -> int:
     carries above bit 128, so one big-integer operation works on every block at once.
     """
     widened = b"".join(
-        b"\x00" * _SLOT_SPARE_BYTES + blocks[i : i + _BLOCK] for i in range(0, len(blocks), _BLOCK)
+        b"\x00" * _SPARE_BYTES + blocks[i : i + _BLOCK] for i in range(0, len(blocks), _BLOCK)
     )
     return int.from_bytes(widened, "big")
 
@@ -120,9 +120,19 @@ def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
     the padded secret is the constant term of its own random polynomial of degree
     ``threshold - 1``; share ``i`` holds each polynomial's value at ``i``.
     """
+    return create_shares_of([secret], threshold, num)[0]
+
+
+def create_shares_of(secrets_: list[bytes], threshold: int, num: int) -> list[list[bytes]]:
+    """:func:`create_shares` of each secret in ``secrets_`` (same threshold and count).
+
+    Every chunk has its own polynomial anyway, so the chunks of all the secrets are evaluated
+    in one pass (a SecAgg+ client shares its mask seed and its key at once).
+    """
     if not 1 <= threshold <= num <= _MAX_SHARES:
         raise ValueError(f"need 1 <= threshold <= num <= {_MAX_SHARES}, got {threshold}, {num}")
-    padded = _pad(bytes(secret))
+    padded_secrets = [_pad(bytes(secret)) for secret in secrets_]
+    padded = b"".join(padded_secrets)
     slots = len(padded) // _BLOCK
     low = _pack(b"\xff" * len(padded))
     spare = sum(((1 << 32) - 1) << (_SLOT_BITS * i) for i in range(slots))
@@ -133,18 +143,26 @@ def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
     ]
     coefficients.append(_pack(padded))
     slot_bytes = _SLOT_BITS // 8
-    shares = []
+    values = []
     for index in range(1, num + 1):
         value = 0
         for coefficient in coefficients:
             value = _times_index_packed(value, index, low, spare) ^ coefficient
         raw = value.to_bytes(slots * slot_bytes, "big")
-        shares.append(
-            index.to_bytes(_INDEX_BYTES, "little")
-            + b"".join(
-                raw[i + _SLOT_SPARE_BYTES : i + slot_bytes] for i in range(0, len(raw), slot_bytes)
-            )
+        values.append(
+            b"".join(raw[i + _SPARE_BYTES : i + slot_bytes] for i in range(0, len(raw), slot_bytes))
         )
+    shares: list[list[bytes]] = []
+    start = 0
+    for secret_padded in padded_secrets:
+        stop = start + len(secret_padded)
+        shares.append(
+            [
+                index.to_bytes(_INDEX_BYTES, "little") + value[start:stop]
+                for index, value in enumerate(values, start=1)
+            ]
+        )
+        start = stop
     return shares
 
 

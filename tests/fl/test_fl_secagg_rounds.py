@@ -12,7 +12,9 @@ from cloud_hub.fl import FederatedRunConfig, SecAggConfig, SecureRoundAbortedErr
 from shared.fl.mods import DropoutSchedule
 
 # The packages re-export functions under the same names, so import the modules explicitly.
-client_module = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+# fedfleet's client (shared.fl.secaggplus_client) calls Flower's factor_combine through its
+# module, the server workflow through the name it imported.
+arithmetic = importlib.import_module("flwr.common.secure_aggregation.ndarrays_arithmetic")
 server_module = importlib.import_module(
     "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
 )
@@ -38,7 +40,7 @@ class _Capture:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.client_vectors: list[list[np.ndarray]] = []
         self.server_sums: list[list[np.ndarray]] = []
-        combine, extract = client_module.factor_combine, server_module.factor_extract
+        combine, extract = arithmetic.factor_combine, server_module.factor_extract
 
         def spy_combine(factor, parameters):  # type: ignore[no-untyped-def]
             out = combine(factor, parameters)
@@ -49,7 +51,7 @@ class _Capture:
             self.server_sums.append([np.array(a, dtype=np.int64) for a in parameters])
             return extract(parameters)
 
-        monkeypatch.setattr(client_module, "factor_combine", spy_combine)
+        monkeypatch.setattr(arithmetic, "factor_combine", spy_combine)
         monkeypatch.setattr(server_module, "factor_extract", spy_extract)
 
 
