@@ -6,15 +6,21 @@ roll back to the previous slot or to the version a signed order names).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 
 from edge_agent.errors import InstallError
 from edge_agent.ota.core import UpdaterCore
 from edge_agent.ota.events import EVENT_CHUNKS_REPAIR, describe
 from edge_agent.ota.machine import Phase, Trigger, timed_out
-from edge_agent.ota.offer import corrupt_chunks, verify_command, verify_download
+from edge_agent.ota.offer import (
+    VerifiedDownload,
+    corrupt_chunks,
+    verify_command,
+    verify_download,
+)
 from edge_agent.ota.slots import InstalledSlot, SlotMeta
-from shared.bundle import RollbackOrder, VerifiedBundle, parse_rollback_order, resolve_deltas
+from shared.bundle import RollbackOrder, parse_rollback_order, resolve_deltas
 from shared.errors import BundleError
 from shared.messages import ChunkRequest, EventKind
 
@@ -136,17 +142,17 @@ class InstallSteps(UpdaterCore):
         except BundleError:
             return []  # the offer itself no longer verifies: nothing to repair against
         chunk_size = int(cmd["chunk_size"])
-        return corrupt_chunks(self.transfer.read_all(), cmd, offer.manifest, chunk_size)
+        return corrupt_chunks(self.transfer.view(), cmd, offer.manifest, chunk_size)
 
-    def _reverify(self) -> VerifiedBundle:
+    def _reverify(self) -> VerifiedDownload:
         dep = self._dep()
         if not self.transfer.complete or self.transfer.bundle_id != dep.bundle_id:
             raise InstallError("download incomplete")
-        return verify_download(self.transfer.read_all(), dep.command, self._policy(), dep.bundle_id)
+        return verify_download(self.transfer.view(), dep.command, self._policy(), dep.bundle_id)
 
-    def _full_artifacts(self, verified: VerifiedBundle) -> dict[str, bytes]:
-        """The artifacts to install; a delta bundle is applied to the active slot's files
-        (``DeltaBaseError`` if this device does not have the base it names)."""
+    def _full_artifacts(self, verified: VerifiedDownload) -> Mapping[str, bytes | memoryview]:
+        """The artifacts to install (views into the download unless a delta bundle is applied
+        to the active slot's files; ``DeltaBaseError`` if this device lacks the base)."""
         if not verified.manifest.is_delta:
             return verified.artifacts
         base: dict[str, bytes] = {}
@@ -157,9 +163,12 @@ class InstallSteps(UpdaterCore):
                     base[str(a["name"])] = (active.path / str(a["name"])).read_bytes()
                 except OSError:
                     continue
-        return resolve_deltas(verified.manifest, verified.artifacts, base)
+        wire = {name: bytes(view) for name, view in verified.artifacts.items()}
+        return resolve_deltas(verified.manifest, wire, base)
 
-    def _install(self, verified: VerifiedBundle, artifacts: dict[str, bytes]) -> None:
+    def _install(
+        self, verified: VerifiedDownload, artifacts: Mapping[str, bytes | memoryview]
+    ) -> None:
         dep = self._dep()
         assert dep.target_slot is not None
         manifest = verified.manifest

@@ -11,22 +11,22 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.config import AgentLimits
 from edge_agent.errors import InstallError
 from shared.bundle import (
     BundleManifest,
-    VerifiedBundle,
     VerifiedOffer,
     VerifyPolicy,
     container_prefix,
-    verify_bundle,
+    parse_bundle,
     verify_offer,
     verify_rollback_order,
 )
 from shared.chunks import chunk_count
-from shared.errors import ConfigError
+from shared.errors import ConfigError, HashMismatchError, MixAndMatchError
 from shared.messages import DeployCommand, RollbackCommand
 from shared.topics import TopicScheme
 
@@ -34,6 +34,7 @@ __all__ = [
     "MAX_ID_CHARS",
     "GeometryError",
     "OfferFieldError",
+    "VerifiedDownload",
     "check_geometry",
     "check_offer_ids",
     "corrupt_chunks",
@@ -125,17 +126,65 @@ def verify_command(command: Mapping[str, Any], policy: VerifyPolicy) -> Verified
     )
 
 
+@dataclass(frozen=True)
+class VerifiedDownload:
+    """A downloaded bundle that passed every check; its artifacts are views into the
+    download's bytes (no copy), valid while the caller holds them."""
+
+    offer: VerifiedOffer
+    artifacts: dict[str, memoryview]
+
+    @property
+    def manifest(self) -> BundleManifest:
+        return self.offer.manifest
+
+
+_CONTAINER_PREFIX_BYTES = 13  # b"FFBUNDLE" | u8 format | u32 header length
+
+
 def verify_download(
-    data: bytes, command: Mapping[str, Any], policy: VerifyPolicy, bundle_id: str
-) -> VerifiedBundle:
-    """Fully verify downloaded bundle bytes against the offer that announced them."""
-    return verify_bundle(
-        data, policy, expected_bundle_id=bundle_id, rollback_order=_order(command, policy)
+    data: bytes | memoryview, command: Mapping[str, Any], policy: VerifyPolicy, bundle_id: str
+) -> VerifiedDownload:
+    """Fully verify downloaded bundle bytes against the offer that announced them: the
+    checks of ``shared.bundle.verify_bundle`` (container layout, keyring and manifest
+    signatures, target, version, the offered bundle id, payload size, every artifact's
+    sha256) without copying the artifacts — a 20 MB bundle is hashed where it lies (the
+    download file's pages) instead of being copied three times into fresh memory first."""
+    view = memoryview(data).cast("B")
+    # the header is parsed by the container's own parser, from a bounded leading slice
+    head = view[: _CONTAINER_PREFIX_BYTES + policy.limits.max_header_bytes].tobytes()
+    parsed = parse_bundle(head, policy.limits)
+    payload = view[len(head) - len(parsed.payload) :]
+    offer = verify_offer(
+        parsed.manifest_envelope,
+        parsed.keyring_envelope,
+        policy,
+        rollback_order=_order(command, policy),
     )
+    if offer.bundle_id != bundle_id:
+        raise MixAndMatchError("bundle does not carry the manifest it was offered with")
+    return VerifiedDownload(offer=offer, artifacts=_verified_artifacts(offer.manifest, payload))
+
+
+def _verified_artifacts(manifest: BundleManifest, payload: memoryview) -> dict[str, memoryview]:
+    """``shared.bundle.verify_artifacts`` over a view: split ``payload`` by the manifest and
+    check every artifact's size and sha256 (as it travels: a delta's bytes for a delta)."""
+    expected = sum(a.wire_size for a in manifest.artifacts)
+    if len(payload) != expected:
+        raise HashMismatchError(f"payload is {len(payload)} bytes, manifest says {expected}")
+    out: dict[str, memoryview] = {}
+    offset = 0
+    for a in manifest.artifacts:
+        part = payload[offset : offset + a.wire_size]
+        offset += a.wire_size
+        if hashlib.sha256(part).hexdigest() != a.wire_sha256:
+            raise HashMismatchError(f"artifact {a.name!r}: sha256 mismatch")
+        out[a.name] = part
+    return out
 
 
 def corrupt_chunks(
-    data: bytes, command: Mapping[str, Any], manifest: BundleManifest, chunk_size: int
+    data: bytes | memoryview, command: Mapping[str, Any], manifest: BundleManifest, chunk_size: int
 ) -> list[int]:
     """Chunks overlapping the parts of ``data`` that differ from the (verified) offer: the
     container header, which the offer determines exactly, and every artifact whose bytes do

@@ -130,7 +130,7 @@ class SlotStore:
     def write(
         self,
         name: str,
-        artifacts: Mapping[str, bytes],
+        artifacts: Mapping[str, bytes | memoryview],
         meta: SlotMeta,
         manifest_envelope: Mapping[str, Any],
     ) -> InstalledSlot:
@@ -178,7 +178,7 @@ class SlotStore:
         return True
 
 
-def _write_durable(path: Path, data: bytes) -> None:
+def _write_durable(path: Path, data: bytes | memoryview) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()

@@ -156,6 +156,11 @@ class ChunkTransfer:
         assert self.download is not None
         return self.download.read_all()
 
+    def view(self) -> memoryview:
+        """The downloaded bytes without a copy (see :meth:`BundleDownload.view`)."""
+        assert self.download is not None
+        return self.download.view()
+
     def release(self, *, keep: str | None = None) -> None:
         """Stop listening and delete the download (unless it is of bundle ``keep``)."""
         self.stop_listening()
