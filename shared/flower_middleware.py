@@ -30,6 +30,7 @@ __all__ = [
     "CONTROL_ONLY",
     "FLEET_ONLY",
     "PathScopedMiddleware",
+    "chain_dispatches",
     "scope_superlink_middleware",
     "stack_for_path",
 ]
@@ -66,9 +67,56 @@ def stack_for_path(path: str, middleware: Sequence[Any]) -> list[Any]:
     return [m for m in middleware if _name(m) not in skipped]
 
 
+def _dispatch_function(entry: Any) -> Any | None:
+    """The ``dispatch`` of a ``BaseHTTPMiddleware`` entry (``None`` for any other kind)."""
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    cls, args, kwargs = entry
+    if not (isinstance(cls, type) and issubclass(cls, BaseHTTPMiddleware)):
+        return None
+    return cls(_never_called, *args, **kwargs).dispatch_func
+
+
+async def _never_called(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("a chained middleware's own app is never called")
+
+
+def chain_dispatches(dispatches: Sequence[Any]) -> Any:
+    """One ``dispatch`` that runs ``dispatches`` (outermost first) as nested layers would:
+    each gets the request and a ``call_next`` that runs the next one; the last one's
+    ``call_next`` is the real one. Same requests, responses and exceptions seen by each, one
+    ``BaseHTTPMiddleware`` hand-off per request instead of one per layer."""
+
+    async def dispatch(request: Any, call_next: Any) -> Any:
+        async def run(index: int, current: Any) -> Any:
+            if index == len(dispatches):
+                return await call_next(current)
+            return await dispatches[index](current, lambda nxt: run(index + 1, nxt))
+
+        return await run(0, request)
+
+    return dispatch
+
+
 def _compose(app: Any, middleware: Sequence[Any]) -> Any:
-    """``app`` wrapped in ``middleware`` (outermost first), as Starlette builds its stack."""
-    for cls, args, kwargs in reversed(list(middleware)):
+    """``app`` wrapped in ``middleware`` (outermost first), as Starlette builds its stack,
+    with each run of ``BaseHTTPMiddleware`` layers chained into one (:func:`chain_dispatches`)."""
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    layers: list[Any] = []
+    run: list[Any] = []
+    for entry in middleware:
+        dispatch = _dispatch_function(entry)
+        if dispatch is not None:
+            run.append(dispatch)
+            continue
+        if run:
+            layers.append((BaseHTTPMiddleware, (), {"dispatch": chain_dispatches(run)}))
+            run = []
+        layers.append(tuple(entry))
+    if run:
+        layers.append((BaseHTTPMiddleware, (), {"dispatch": chain_dispatches(run)}))
+    for cls, args, kwargs in reversed(layers):
         app = cls(app, *args, **kwargs)
     return app
 
