@@ -4,7 +4,7 @@
 - :mod:`.fairness` — token buckets and bounded per-device queues, drained round-robin.
 - :mod:`.batch` — fold messages into a batch; write it idempotently.
 - :mod:`.state` — what the network thread and the writer thread share (queue, counters).
-- :mod:`.admission` — admit one received message into the queue (network thread).
+- :mod:`.admission` — admit the messages of one socket read into the queue (network thread).
 - :mod:`.writer` — drain the queue into batches and commit them (writer thread).
 - :mod:`.ingest` — the paho-mqtt shell (:class:`FleetIngest`).
 """

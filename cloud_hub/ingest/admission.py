@@ -1,4 +1,5 @@
-"""Admitting one received message into the ingest's queue (paho's network thread).
+"""Admitting received messages into the ingest's queue (paho's network thread), all the
+messages of one socket read at a time.
 
 A telemetry flood is shed before decoding (the device's token is spent first), garbage is
 counted and logged sparsely, redelivered telemetry is dropped, and a must-keep message's
@@ -19,7 +20,7 @@ from shared.errors import MalformedMessageError
 from shared.messages import MAX_MESSAGE_BYTES, Telemetry
 from shared.topics import DeviceTopic, TopicScheme
 
-__all__ = ["Admitted", "admit"]
+__all__ = ["Admitted", "Received", "admit", "admit_all"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ class Admitted:
     message: Inbound | None = None
 
 
+@dataclass(frozen=True)
+class Received:
+    """One message as it came off the wire, and its held broker acknowledgement (if any)."""
+
+    topic: str
+    payload: bytes
+    hold: Callable[[], None] | None = None
+
+
 def admit(
     state: IngestState,
     scheme: TopicScheme,
@@ -45,43 +55,80 @@ def admit(
     hold: Callable[[], None] | None,
     batch_max: int,
 ) -> Admitted:
-    """Classify ``payload`` received on ``topic`` and offer it to ``state.queue``; wakes the
-    writer when the queue stops being empty or holds a full batch."""
-    parsed = _device_topic(scheme, topic)
-    if _over_telemetry_rate(state, parsed, now):
-        return Admitted(Admission.RATE_LIMITED)
-    result = classify(
-        scheme, topic, payload, received_at=now, max_bytes=MAX_MESSAGE_BYTES, parsed=parsed
-    )
+    """Classify ``payload`` received on ``topic`` and offer it to ``state.queue`` (see
+    :func:`admit_all`)."""
+    return admit_all(state, scheme, [Received(topic, payload, hold)], now=now, batch_max=batch_max)[
+        0
+    ]
+
+
+def admit_all(
+    state: IngestState,
+    scheme: TopicScheme,
+    received: list[Received],
+    *,
+    now: float,
+    batch_max: int,
+) -> list[Admitted]:
+    """Classify every message of ``received`` (in order) and offer it to ``state.queue``;
+    wakes the writer when the queue stops being empty or holds a full batch. Takes the
+    lock twice for the whole list: to spend the telemetry tokens before paying for the
+    decoding (a flood costs a topic split per message), then to queue what was decoded."""
+    parsed = [_device_topic(scheme, r.topic) for r in received]
     with state.lock:
-        state.counts["received"] += 1
-        if result is None:
-            return Admitted(None)
-        if isinstance(result, Rejected):
-            _count_rejected(state, result)
-            return Admitted(result)
-        telemetry = isinstance(result.message, Telemetry)
-        if telemetry and _redelivered(state, result):
-            state.counts["duplicates"] += 1
-            return Admitted(None)
-        admission = state.queue.offer(
-            result.device_id, result, droppable=telemetry, now=now, rate_checked=telemetry
+        over_rate = [_over_telemetry_rate(state, p, now) for p in parsed]
+    results = [
+        None
+        if over
+        else classify(
+            scheme, r.topic, r.payload, received_at=now, max_bytes=MAX_MESSAGE_BYTES, parsed=p
         )
-        admitted = admission in (Admission.ACCEPTED, Admission.EVICTED_OLDEST)
-        if admitted:
-            state.counts["accepted"] += 1
-        if admission is not Admission.ACCEPTED:
-            state.dropped[admission.value] += 1
-        held = admission is Admission.ACCEPTED and not telemetry and hold is not None
-        if held:
-            assert hold is not None
-            state.held_acks[id(result)] = hold
+        for r, p, over in zip(received, parsed, over_rate, strict=True)
+    ]
+    with state.lock:
+        was_empty = not len(state.queue)
+        admitted = [
+            Admitted(Admission.RATE_LIMITED) if over else _queue(state, result, r.hold, now)
+            for r, result, over in zip(received, results, over_rate, strict=True)
+        ]
         queued = len(state.queue)
-        if admitted and queued == 1:
-            state.queued_since = time.monotonic()
-        if admitted and (queued == 1 or queued >= batch_max):
+        if queued and (was_empty or queued >= batch_max):
             state.lock.notify_all()
-        return Admitted(admission, held, result if admitted else None)
+    return admitted
+
+
+def _queue(
+    state: IngestState,
+    result: Inbound | Rejected | None,
+    hold: Callable[[], None] | None,
+    now: float,
+) -> Admitted:
+    """Count and queue one classified message (caller holds the lock)."""
+    state.counts["received"] += 1
+    if result is None:
+        return Admitted(None)
+    if isinstance(result, Rejected):
+        _count_rejected(state, result)
+        return Admitted(result)
+    telemetry = isinstance(result.message, Telemetry)
+    if telemetry and _redelivered(state, result):
+        state.counts["duplicates"] += 1
+        return Admitted(None)
+    if not len(state.queue):
+        state.queued_since = time.monotonic()
+    admission = state.queue.offer(
+        result.device_id, result, droppable=telemetry, now=now, rate_checked=telemetry
+    )
+    admitted = admission in (Admission.ACCEPTED, Admission.EVICTED_OLDEST)
+    if admitted:
+        state.counts["accepted"] += 1
+    if admission is not Admission.ACCEPTED:
+        state.dropped[admission.value] += 1
+    held = admission is Admission.ACCEPTED and not telemetry and hold is not None
+    if held:
+        assert hold is not None
+        state.held_acks[id(result)] = hold
+    return Admitted(admission, held, result if admitted else None)
 
 
 def _device_topic(scheme: TopicScheme, topic: str) -> DeviceTopic | None:
@@ -93,15 +140,14 @@ def _device_topic(scheme: TopicScheme, topic: str) -> DeviceTopic | None:
 
 def _over_telemetry_rate(state: IngestState, parsed: DeviceTopic | None, now: float) -> bool:
     """Spend the sender's telemetry token before paying for the decode (``True``: over its
-    rate, counted as received and dropped): a flood costs a topic split per message."""
+    rate, counted as received and dropped; the caller holds the lock)."""
     if parsed is None or INGEST_CHANNELS.get(parsed.channel) is not Telemetry:
         return False
-    with state.lock:
-        if state.queue.take_token(parsed.device_id, now):
-            return False
-        state.counts["received"] += 1
-        state.dropped[Admission.RATE_LIMITED.value] += 1
-        return True
+    if state.queue.take_token(parsed.device_id, now):
+        return False
+    state.counts["received"] += 1
+    state.dropped[Admission.RATE_LIMITED.value] += 1
+    return True
 
 
 def _redelivered(state: IngestState, inbound: Inbound) -> bool:

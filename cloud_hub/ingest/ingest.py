@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from cloud_hub.broker_client import ConnectionHooks, HubRole, connect_client, create_client
 from cloud_hub.enrollment.hub_identity import DEFAULT_HUB_USER
 from cloud_hub.errors import DeliveryError
-from cloud_hub.ingest.admission import admit
+from cloud_hub.ingest.admission import Received, admit_all
 from cloud_hub.ingest.config import IngestConfig
 from cloud_hub.ingest.fairness import Admission
 from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected
@@ -182,21 +182,24 @@ class FleetIngest:
         ``on_commit`` (the broker acknowledgement) runs once the message is committed, or at
         once when it will never be (rejected, duplicate, rate limited, dropped) or is
         telemetry, which is droppable by design and would only hold broker flight slots."""
-        admitted = admit(
+        return self.submit_all([Received(topic, payload, on_commit)])[0]
+
+    def submit_all(self, received: list[Received]) -> list[Admission | Rejected | None]:
+        """:meth:`submit` for many messages at once, in order (all of one socket read)."""
+        everything = admit_all(
             self._state,
             self.scheme,
-            topic,
-            payload,
+            received,
             now=self._clock(),
-            hold=on_commit,
             batch_max=self.config.batch_max,
         )
-        if on_commit is not None and not admitted.held:
-            on_commit()
-        if admitted.message is not None:
-            for observer in self._observers:
-                observer(admitted.message)
-        return admitted.outcome
+        for r, admitted in zip(received, everything, strict=True):
+            if r.hold is not None and not admitted.held:
+                r.hold()
+            if admitted.message is not None:
+                for observer in self._observers:
+                    observer(admitted.message)
+        return [admitted.outcome for admitted in everything]
 
     # -- writing (writer thread) -------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -245,6 +248,7 @@ class FleetIngest:
                 dropped=self._on_dropped,
                 subscribed=self._on_subscribed,
                 message=self._on_message,
+                messages=self._on_messages,
             ),
         )
 
@@ -268,16 +272,25 @@ class FleetIngest:
             log.warning("ingest lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
-        ack = None
-        if msg.qos > 0:
-            mid, qos, client = msg.mid, msg.qos, self._client
+        self._on_messages([msg])
 
-            def ack() -> None:
-                client.ack(mid, qos)
-
+    def _on_messages(self, messages: list[mqtt.MQTTMessage]) -> None:
+        received = [
+            Received(m.topic, bytes(m.payload), self._ack_for(m) if m.qos else None)
+            for m in messages
+        ]
         try:
-            self.submit(msg.topic, bytes(msg.payload), on_commit=ack)
+            self.submit_all(received)
         except Exception:  # never kill paho's network thread
-            log.exception("ingest failed on %s", msg.topic)
-            if ack is not None:
-                ack()
+            log.exception("ingest failed on %d message(s)", len(received))
+            for r in received:  # acknowledging twice is harmless, never doing it is not
+                if r.hold is not None:
+                    r.hold()
+
+    def _ack_for(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
+        mid, qos, client = msg.mid, msg.qos, self._client
+
+        def ack() -> None:
+            client.ack(mid, qos)
+
+        return ack

@@ -1,4 +1,4 @@
-"""The ingest's MQTT client (:class:`cloud_hub.broker_client.StreamClient`) against a real
+"""The ingest's MQTT client (:class:`cloud_hub.broker_stream.StreamClient`) against a real
 Mosquitto (127.0.0.1:1883): it reads the socket in chunks and parses the packets itself, so
 these check what paho would otherwise guarantee — every message whole and in order across
 chunk boundaries (one larger than a chunk), properties when a message has some, both
@@ -20,7 +20,7 @@ from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_hub.broker_client import StreamClient, _frame, _varint
+from cloud_hub.broker_stream import StreamClient, _frame, _varint
 
 pytestmark = pytest.mark.integration
 
