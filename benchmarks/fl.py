@@ -245,8 +245,12 @@ def main() -> None:
         # key agreement alone (2 ECDH per neighbour per client): see _secagg_costs
         "secagg_ratio_fit_cpu_default_epochs": costs_20["ratio_fit_cpu"],
         "secagg_floor_ratio_cpu_default_epochs": costs_20["floor_ratio_cpu"],
+        "secagg_floor_with_masks_ratio_cpu_default_epochs": costs_20["floor_with_masks_ratio_cpu"],
         "secagg_ratio_fit_cpu_100": costs_100["ratio_fit_cpu"] if costs_100 else None,
         "secagg_floor_ratio_cpu_100": costs_100["floor_ratio_cpu"] if costs_100 else None,
+        "secagg_floor_with_masks_ratio_cpu_100": (
+            costs_100["floor_with_masks_ratio_cpu"] if costs_100 else None
+        ),
         "overhead_vs_flower": vs_flower["ratio_wall"],
         "overhead_vs_flower_secagg": vs_flower_secagg["ratio_wall"],
         "pairs": {

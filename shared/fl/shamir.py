@@ -201,10 +201,37 @@ def combine_shares(share_list: list[bytes]) -> bytes:
     ordered = tuple(sorted(indices))
     weight_of = dict(zip(ordered, _lagrange_at_zero(ordered), strict=True))
     weights = [weight_of[index] for index in indices]
-    padded = bytearray()
-    for start in range(_INDEX_BYTES, length, _BLOCK):
-        chunk = 0
-        for share, weight in zip(share_list, weights, strict=True):
-            chunk ^= _clmul(int.from_bytes(share[start : start + _BLOCK], "big"), weight)
-        padded += _reduce(chunk).to_bytes(_BLOCK, "big")
-    return _unpad(bytes(padded))
+    # Every chunk of a share sits in its own 256-bit slot (room for a product of two 128-bit
+    # polynomials), so one shift-and-xor per set bit of the weight multiplies all chunks at
+    # once; the products of all shares are summed first and reduced once per chunk.
+    total = 0
+    for share, weight in zip(share_list, weights, strict=True):
+        total ^= _times_packed_wide(_pack_wide(share[_INDEX_BYTES:]), weight)
+    raw = total.to_bytes((length - _INDEX_BYTES) * 2, "big")
+    padded = b"".join(
+        _reduce(int.from_bytes(raw[i : i + 2 * _BLOCK], "big")).to_bytes(_BLOCK, "big")
+        for i in range(0, len(raw), 2 * _BLOCK)
+    )
+    return _unpad(padded)
+
+
+def _pack_wide(blocks: bytes) -> int:
+    """16-byte blocks as one integer with a 256-bit slot per block (the first block highest)."""
+    return int.from_bytes(
+        b"".join(bytes(_BLOCK) + blocks[i : i + _BLOCK] for i in range(0, len(blocks), _BLOCK)),
+        "big",
+    )
+
+
+def _times_packed_wide(packed: int, weight: int) -> int:
+    """Each slot of ``packed`` times ``weight``, carry-less, unreduced (slots do not overlap)."""
+    product = 0
+    for position in _set_bits(weight):
+        product ^= packed << position
+    return product
+
+
+@lru_cache(maxsize=4096)
+def _set_bits(value: int) -> tuple[int, ...]:
+    """The positions of ``value``'s set bits (a Lagrange weight serves many owners)."""
+    return tuple(i for i in range(value.bit_length()) if value >> i & 1)
