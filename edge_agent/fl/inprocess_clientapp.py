@@ -60,8 +60,11 @@ class ClientAppRunner:
             from flwr.clientapp.client_app import LoadClientAppError
             from flwr.supercore.object_ref import load_app
 
-            reference = _client_app_reference(fab.content)
-            self._apps[fab.hash_str] = load_app(reference, LoadClientAppError)
+            try:
+                reference = _client_app_reference(fab.content)
+                self._apps[fab.hash_str] = load_app(reference, LoadClientAppError)
+            except Exception as exc:  # an import raises anything: Flower's load error
+                raise LoadClientAppError(f"cannot load the FAB's ClientApp: {exc}") from exc
         return self._apps[fab.hash_str]
 
     def run_pending(self, state: Any, store: Any) -> int:
@@ -88,12 +91,19 @@ class ClientAppRunner:
             state.finish_task(task.task_id, SubStatus.FAILED, "task input missing from state")
             return
         state.activate_task(task.task_id)
+        _set_task_identity(task.task_id, task.run_id, context.node_id)
         message_id = messages[0].metadata.message_id
         state.record_message_processing_start(message_id=message_id)
         with _heartbeats(lambda: state.acknowledge_task_heartbeat(task.task_id)):
             reply, sub_status, details = self._reply(fab, store, message_id, context)
         if reply is not None:
             _store_reply(state, store, reply)
+        log.info(
+            "ClientApp task %d of run %d ran in this process: %s",
+            task.task_id,
+            task.run_id,
+            sub_status,
+        )
         state.finish_task(task.task_id, sub_status, details)
         state.set_run_series_context(run.series_id, context)
 
@@ -117,6 +127,15 @@ class ClientAppRunner:
                 reason = "An exception was raised when attempting to load `ClientApp`"
             reply = None if message is None else Message(Error(code, reason), reply_to=message)
             return reply, SubStatus.FAILED, reason
+
+
+def _set_task_identity(task_id: int, run_id: int, node_id: int) -> None:
+    """Who is running, where Flower's messages read it (a task process sets it once)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id = task_id
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = node_id
 
 
 def _stored_message(store: Any, message_id: str) -> Any:
