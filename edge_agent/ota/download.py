@@ -3,10 +3,14 @@ chunks' claimed hashes.
 
 ``downloads/{bundle_id}/``: ``bundle.part`` (chunks written at their offsets),
 ``received.map`` (one byte per chunk), ``chunks.sha256`` (each chunk's 32-byte sha256 as its
-frame claimed it) and ``geometry.json``. A chunk's data, hash and map entry are written at
-once, without waiting for the disk; a restarted agent reopens the same directory, re-hashes
-every chunk the map lists and keeps only those whose bytes match their recorded hash (a kill
-or a power cut may have lost or torn any of the three), then asks only for what is missing.
+frame claimed it) and ``geometry.json``. A chunk's data is written as it arrives, without
+waiting for the disk; the hashes and map entries are kept in memory and written with every
+``RECORD_EVERY``-th chunk, when the last one arrives, on the updater's tick (a pause in
+the flow leaves nothing unwritten for long) and at close — one write per chunk
+instead of three, and a kill loses at most the last few entries (those chunks are fetched
+again). A restarted agent reopens the same directory, re-hashes every chunk the map lists and
+keeps only those whose bytes match their recorded hash (a kill or a power cut may have lost
+or torn any of the three), then asks only for what is missing.
 The same bundle offered again with another chunk size keeps the bytes it has: the map is
 redrawn for the new chunks.
 
@@ -37,12 +41,13 @@ from edge_agent.ota.persist import atomic_write_json
 from shared.chunks import Chunk, ChunkAssembly, ChunkFrame, chunk_count
 from shared.files import fsync_dir
 
-__all__ = ["BundleDownload", "regrid"]
+__all__ = ["RECORD_EVERY", "BundleDownload", "regrid"]
 
 log = logging.getLogger(__name__)
 
 _DIGEST = hashlib.sha256().digest_size
 _DATA, _MAP, _DIGESTS, _GEOMETRY = "bundle.part", "received.map", "chunks.sha256", "geometry.json"
+RECORD_EVERY = 16  # chunks between writes of the hashes and map entries
 
 
 class BundleDownload:
@@ -62,6 +67,11 @@ class BundleDownload:
         # whatever an earlier process wrote may still sit in the page cache: not durable yet
         self._durable = False
         self._fds: list[int] = []
+        self._data_fd = self._map_fd = self._digest_fd = -1
+        # this process's record of the chunks, written out in batches (see record)
+        self._digests, self._map = bytearray(), bytearray()
+        self._dirty: tuple[int, int] | None = None  # first and last unwritten entry
+        self._unrecorded = 0
         geometry = {"bundle_id": bundle_id, "total_size": total_size, "chunk_size": chunk_size}
         geo_path = directory / _GEOMETRY
         carried: set[int] = set()
@@ -85,10 +95,13 @@ class BundleDownload:
                 os.pwrite(self._map_fd, b"\x01", i)
             if not geo_path.exists():
                 atomic_write_json(geo_path, geometry)
+            self._digests = bytearray(os.pread(self._digest_fd, count * _DIGEST, 0))
+            self._map = bytearray(os.pread(self._map_fd, count, 0))
             # trust nothing the map says: a kill or a power cut may have lost or torn the data
-            listed = [i for i, b in enumerate(os.pread(self._map_fd, count, 0)) if b == 1]
+            listed = [i for i, b in enumerate(self._map) if b == 1]
             intact = self._intact(listed)
             for i in sorted(set(listed) - set(intact)):
+                self._map[i] = 0
                 os.pwrite(self._map_fd, b"\x00", i)
             if len(intact) < len(listed):
                 log.info(
@@ -122,7 +135,7 @@ class BundleDownload:
         """The chunks among ``listed`` whose bytes on disk match their recorded hash."""
         if not listed:
             return []
-        digests = os.pread(self._digest_fd, self.assembly.count * _DIGEST, 0)
+        digests = self._digests
         return [
             i
             for i in listed
@@ -167,19 +180,43 @@ class BundleDownload:
         )
         try:
             os.pwrite(self._data_fd, chunk.data, self.assembly.offset(index))
-            os.pwrite(self._digest_fd, digest, index * _DIGEST)
-            os.pwrite(self._map_fd, b"\x01", index)
         except OSError as exc:
             self.assembly.received.discard(index)
             raise InstallError(f"cannot write chunk {index}: {exc}") from exc
+        self._digests[index * _DIGEST : (index + 1) * _DIGEST] = digest
+        self._map[index] = 1
+        self._note(index)
+        self._unrecorded += 1
+        if self._unrecorded >= RECORD_EVERY or self.assembly.complete:
+            self.record()
         self._durable = False
         return True
+
+    def _note(self, index: int) -> None:
+        lo, hi = self._dirty or (index, index)
+        self._dirty = (min(lo, index), max(hi, index))
+
+    def record(self) -> None:
+        """Write the hashes, then the map entries, changed since the last call."""
+        if self._dirty is not None:
+            lo, hi = self._dirty
+            try:
+                os.pwrite(
+                    self._digest_fd,
+                    self._digests[lo * _DIGEST : (hi + 1) * _DIGEST],
+                    lo * _DIGEST,
+                )
+                os.pwrite(self._map_fd, self._map[lo : hi + 1], lo)
+            except OSError as exc:
+                raise InstallError(f"cannot record chunks {lo}..{hi}: {exc}") from exc
+        self._dirty, self._unrecorded = None, 0
 
     def sync(self) -> None:
         """The commit point (with ``fsync_chunks``): make every chunk on disk, its hash and
         its map entry durable, and the files' and the directory's names with them."""
         if self._durable:
             return
+        self.record()
         if self.fsync_chunks:
             try:
                 for fd in (self._data_fd, self._digest_fd, self._map_fd):
@@ -217,10 +254,15 @@ class BundleDownload:
         """Mark chunks missing again (verification found them corrupt)."""
         for i in indices:
             self.assembly.received.discard(i)
-            os.pwrite(self._map_fd, b"\x00", i)
+            self._map[i] = 0
+            self._note(i)
+        self.record()
 
     def close(self) -> None:
         """Release the file handles (nothing is synced: a reopen re-checks every chunk)."""
+        if self._map_fd >= 0:
+            with contextlib.suppress(InstallError):
+                self.record()
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

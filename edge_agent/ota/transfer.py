@@ -118,10 +118,12 @@ class ChunkTransfer:
         return fresh
 
     def tick(self) -> None:
-        """Ask for the missing chunks once the flow has stopped for a while."""
+        """Write the download's pending record; ask for the missing chunks once the flow has
+        stopped for a while."""
         dl, now = self.download, self._clock()
         if dl is None or dl.complete:
             return
+        dl.record()  # the hashes and map entries of the chunks since the last batch
         interval = self.retry_s * min(8, 2**self._idle_requests)
         if now - self._last_progress >= interval and now - self._last_request >= interval:
             self._request(dl.missing())

@@ -213,4 +213,7 @@ class OtaUpdater(CrashRecovery):
             self._abort(Trigger.TIMEOUT, f"{dep.phase.value} timed out")
             return
         if dep.phase == Phase.DOWNLOADING:
-            self.transfer.tick()
+            try:
+                self.transfer.tick()
+            except InstallError as exc:  # the download's record cannot be written
+                self._abort(Trigger.ERROR, str(exc))

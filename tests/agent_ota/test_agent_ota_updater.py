@@ -625,9 +625,10 @@ def test_crash_during_ordered_rollback_completes_after_restart(
 def test_restarted_download_keeps_only_chunks_whose_bytes_match_their_hash(
     tmp_path: Path,
 ) -> None:
-    """Data, hash and map entry of a chunk are written without waiting for the disk; after
-    a kill or power cut the reopened download re-hashes what its map lists and asks again
-    for every chunk whose bytes were lost or torn."""
+    """Data, hash and map entry of a chunk are written without waiting for the disk (the
+    hash and map entry in batches); after a kill or power cut the reopened download re-hashes
+    what its map lists and asks again for every chunk whose bytes were lost or torn, and for
+    every chunk stored after the last batch was written."""
     from edge_agent.ota.download import BundleDownload
     from shared.chunks import split_chunks
 
@@ -638,6 +639,9 @@ def test_restarted_download_keeps_only_chunks_whose_bytes_match_their_hash(
     for c in chunks[:6]:
         assert dl.store(c)
     assert not dl.store(chunks[0])  # duplicate
+    dl.record()  # as the updater's tick does
+    assert dl.store(chunks[8])  # its data is on disk, its map entry not yet
+    assert (d / "received.map").read_bytes()[8] == 0
     dl._fds = []  # a kill: no sync, no close
     part = bytearray((d / "bundle.part").read_bytes())
     part[2 * 1000 + 17] ^= 0xFF  # chunk 2 torn
