@@ -67,6 +67,9 @@ class SuperNodeConfig:
     max_retries: int | None = None
     max_wait_time_s: float | None = None
     fab_sha256: str | None = None  # R4: the only FAB this SuperNode may run
+    # where a pinned SuperNode runs each message's ClientApp: "in-process" (its own process)
+    # or "forked" (Flower's process per task); see edge_agent.fl.pinned_supernode
+    clientapp: str = "in-process"
 
     def __post_init__(self) -> None:
         if self.fab_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.fab_sha256):
@@ -82,6 +85,10 @@ class SuperNodeConfig:
             raise AgentConfigError(
                 "TLS needs root_certificates (the SuperLink's CA); set insecure=True explicitly "
                 "for a plain-text connection"
+            )
+        if self.clientapp not in ("in-process", "forked"):
+            raise AgentConfigError(
+                f"clientapp must be in-process or forked, got {self.clientapp!r}"
             )
         if self.batch_size < 1 or self.max_local_epochs < 1 or self.time_budget_s <= 0:
             raise AgentConfigError("training limits must be positive")
@@ -101,7 +108,8 @@ class SuperNodeConfig:
         if self.fab_sha256 is not None:
             _flower_bin("flower-supernode")  # the same installation check
             argv = [sys.executable, "-m", "edge_agent.fl.pinned_supernode"]
-            argv += ["--fab-sha256", self.fab_sha256, "--superlink", self.superlink]
+            argv += ["--fab-sha256", self.fab_sha256, "--clientapp", self.clientapp]
+            argv += ["--superlink", self.superlink]
         else:
             argv = [_flower_bin("flower-supernode"), "--superlink", self.superlink]
         if self.insecure:

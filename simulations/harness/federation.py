@@ -56,11 +56,13 @@ def local_federation(
     run_id: str,
     fab_dir: Path = FAB_DIR,
     node_config: NodeConfigOf | None = None,
+    clientapp: str = "in-process",
 ) -> LocalFederation:
     """Build (not start) the SuperLink and ``devices`` SuperNodes that require SecAgg+.
 
     The SuperNodes are pinned to the FAB in ``fab_dir`` (the synchronous one unless told)
-    and ordered for run ``run_id``; ``node_config(i)`` adds entries to device ``i``'s."""
+    and ordered for run ``run_id``; ``node_config(i)`` adds entries to device ``i``'s;
+    ``clientapp`` says where their ClientApps run (``SuperNodeConfig.clientapp``)."""
     port = free_port()
     ca = CertificateAuthority.load_or_create(root / "ca")
     cert, key, ca_file = issue_superlink_tls(root / "ca", "127.0.0.1", root / "tls")
@@ -83,6 +85,7 @@ def local_federation(
                 clientappio_port=free_port(),
                 root_certificates=root / "pinned-ca.crt",
                 fab_sha256=fab,
+                clientapp=clientapp,
                 extra_node_config={
                     NodeConfigKey.ORDER_RUN_ID: run_id,
                     NodeConfigKey.REQUIRE_SECURE_AGGREGATION: True,

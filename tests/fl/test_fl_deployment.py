@@ -62,6 +62,11 @@ def test_supernode_argv_and_tls_rules(tmp_path: Path) -> None:
     assert pinned[1:3] == ["-m", "edge_agent.fl.pinned_supernode"]
     assert pinned[pinned.index("--fab-sha256") + 1] == "ab" * 32
     assert "require-secure-aggregation=true" in pinned[pinned.index("--node-config") + 1]
+    assert pinned[pinned.index("--clientapp") + 1] == "in-process"  # the default
+    with pytest.raises(AgentConfigError, match="clientapp"):
+        SuperNodeConfig(
+            superlink="h:1", data_path=tmp_path, clientappio_port=1, insecure=True, clientapp="x"
+        )
     with pytest.raises(AgentConfigError, match="fab_sha256"):
         SuperNodeConfig(
             superlink="h:1", data_path=tmp_path, clientappio_port=1, insecure=True, fab_sha256="x"
@@ -118,7 +123,8 @@ def test_supervisor_restarts_a_dead_supernode_and_stops_it(tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(400)
-def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("clientapp", ["in-process", "forked"])
+def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path, clientapp: str) -> None:
     for i in range(3):
         x, y = generate_sensor_data(80, seed=3, sample_seed=10 + i)
         np.savez(tmp_path / f"device-{i}.npz", x=x, y=y)
@@ -128,7 +134,7 @@ def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
         '[training]\nmodel_name = "sensor-mlp"\nnum_clients = 3\nmin_fit_clients = 3\nnum_rounds = 1\n'
         "local_epochs = 2\n[training.secagg]\nreconstruction_threshold = 2\n"
     )
-    federation = local_federation(tmp_path, devices=3, run_id="deploy-test")
+    federation = local_federation(tmp_path, devices=3, run_id="deploy-test", clientapp=clientapp)
     with federation.running() as link:
         link.submit_run(
             {
@@ -147,7 +153,10 @@ def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path) -> None:
     assert summary["rounds"][1]["accuracy"] > summary["rounds"][0]["accuracy"]
     record = ModelStore(tmp_path / "models").get("deploy-test")
     assert record.lineage["engine"] == "deployment" and record.lineage["clients"] == 3
-    # the ServerApp and every ClientApp task were forked from warm processes
+    # the ServerApp was forked from a warm process; every ClientApp task ran where asked
     assert "flwr-serverapp task" in (tmp_path / "link" / "superlink.log").read_text()
     for i in range(3):
-        assert "flwr-clientapp task" in (tmp_path / f"node-{i}.log").read_text()
+        log = (tmp_path / f"node-{i}.log").read_text()
+        in_process = "ran in this process: completed" in log
+        assert in_process == (clientapp == "in-process")
+        assert ("flwr-clientapp task" in log) == (clientapp == "forked")
