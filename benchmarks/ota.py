@@ -16,12 +16,16 @@ In one run, through the same Mosquitto (a private one on a free loopback port un
    machine, chunk files, signature/hash verification, A/B install, ONNX smoke inference,
    commit). The offer and the agents' ``download_started`` answers come first (the hub
    publishes chunks once every agent is subscribed: ``offer_handshake_s``); from then until
-   the hub has every agent's ``download_complete`` report (every byte written to the agent's
-   download file) is the transfer → ``goodput_mb_s`` and ``goodput_ratio`` (the same span as
-   raw's: first chunk out to last byte in). ``first_downloaded_s`` is when the first agent's
-   report arrived (the spread up to ``transfer_s`` is the fleet's tail: agents that finished
-   verify and install while the others still download). ``end_to_end_ratio`` counts the offer
-   and handshake too; ``time_to_all_committed_s`` runs until every agent committed.
+   every agent has every byte written to its download file is the transfer →
+   ``goodput_mb_s`` and ``goodput_ratio``: the same span as raw's, first chunk out to last
+   byte in, so it ends when the last agent had its last byte written, by its own clock (the ``ts`` of its ``download_complete`` report; the
+   machine's clock, as raw's subscribers' ``done_at``). ``transfer_hub_s`` and
+   ``goodput_ratio_hub_observed`` end when the hub *read* the last of those reports instead:
+   they add the report's way through the agent's durable outbox (a synced SQLite commit,
+   queued here behind 50 agents' writes to one disk) and the broker, which raw's
+   subscribers do not report at all. ``first_downloaded_s``: the first agent's last byte
+   (the spread up to ``transfer_s`` is the fleet's tail). ``end_to_end_ratio`` counts the
+   offer and handshake too; ``time_to_all_committed_s`` runs until every agent committed.
 
 "ours" runs twice per round, side by side with the same raw figure, on two fleets:
 **durable** with the product's default (``fsync_chunks``: the download is synced once, at
@@ -290,11 +294,15 @@ class OursFleet:
         devices = list(result.devices.values())
         # the hub publishes the first chunk once the last device reported download_started
         fanout_start = max(p.first_seen or t0 for p in devices)
+        # when each device had its last byte written, by its own clock (the machine's, as
+        # raw's subscribers' done_at), on the hub's monotonic clock
+        wall_minus_mono = time.time() - time.monotonic()
+        done = [(p.downloaded_ts or float("inf")) - wall_minus_mono for p in devices]
         return {
-            "transfer_s": max(p.downloaded_at or float("inf") for p in devices) - fanout_start,
-            "first_downloaded_s": min(p.downloaded_at or float("inf") for p in devices)
-            - fanout_start,
-            "download_s": max(p.downloaded_at or float("inf") for p in devices) - t0,
+            "transfer_s": max(done) - fanout_start,
+            "transfer_hub_s": max(p.downloaded_at or float("inf") for p in devices) - fanout_start,
+            "first_downloaded_s": min(done) - fanout_start,
+            "download_s": max(done) - t0,
             "committed_s": max(p.finished or float("inf") for p in devices) - t0,
             "publish_s": published,
             "handshake_s": max(p.first_seen or t0 for p in devices) - t0,
@@ -355,6 +363,10 @@ def fleet_figures(
         "goodput_mb_s": round(goodput, 3),
         "goodput_ratio": round(goodput / raw_mb_s, 3),
         "goodput_ratio_vs_raw_write": round(goodput * median(raw_write_times) / mb, 3),
+        "goodput_ratio_hub_observed": round(
+            median(raw_times) / median([o["transfer_hub_s"] for o in rounds]), 3
+        ),
+        "transfer_hub_s": round(median([o["transfer_hub_s"] for o in rounds]), 3),
         "first_downloaded_s": round(median([o["first_downloaded_s"] for o in rounds]), 3),
         "paired_ratios": [
             round(r / o["transfer_s"], 3) for r, o in zip(raw_times, rounds, strict=True)
@@ -423,7 +435,8 @@ def run_rounds(
                 rounds[name].append(ours)
                 line += (
                     f" | {name} {bundle_mb / ours['transfer_s']:6.2f} MB/s (ratio "
-                    f"{raw_s / ours['transfer_s']:.2f}, first done {ours['first_downloaded_s']:.2f} s, "
+                    f"{raw_s / ours['transfer_s']:.2f}, hub saw {raw_s / ours['transfer_hub_s']:.2f}, "
+                    f"first done {ours['first_downloaded_s']:.2f} s, "
                     f"committed {ours['committed_s']:.2f} s, "
                     f"{int(ours['repairs'])} repairs)"
                 )

@@ -59,13 +59,16 @@ _EVENT_STATE: Mapping[str, DeliveryState] = {
 
 @dataclass(frozen=True)
 class DeviceProgress:
-    """One device's progress; ``first_seen``/``finished`` are hub clock times (seconds)."""
+    """One device's progress; ``first_seen``/``downloaded_at``/``finished`` are hub clock
+    times (seconds, when the hub read the report); ``downloaded_ts`` is the device's own
+    time (its clock, Unix seconds) at which its download was complete."""
 
     device_id: str
     state: DeliveryState = DeliveryState.PENDING
     detail: str = ""
     first_seen: float | None = None
     downloaded_at: float | None = None
+    downloaded_ts: float | None = None
     finished: float | None = None
     event_ids: frozenset[str] = field(default_factory=frozenset)
     history: tuple[str, ...] = ()  # event kinds in arrival order (duplicates removed)
@@ -102,6 +105,11 @@ def advance(progress: DeviceProgress, event: Event, at: float) -> DeviceProgress
             at
             if new_state is DeliveryState.DOWNLOADED and changed.downloaded_at is None
             else changed.downloaded_at
+        ),
+        downloaded_ts=(
+            event.ts
+            if new_state is DeliveryState.DOWNLOADED and changed.downloaded_ts is None
+            else changed.downloaded_ts
         ),
         finished=at if new_state in TERMINAL_STATES else None,
     )

@@ -25,10 +25,13 @@ def test_lifecycle_to_commit_with_duplicates_and_stale_events() -> None:
     assert not p.started
     p = advance(p, ev("download_started", "1"), 1.0)
     assert p.state is DeliveryState.DOWNLOADING and p.first_seen == 1.0
-    p = advance(p, ev("download_complete", "2"), 2.0)
-    assert p.downloaded_at == 2.0
+    done = ev("download_complete", "2")
+    p = advance(p, done, 2.0)
+    assert p.downloaded_at == 2.0 and p.downloaded_ts == done.ts  # hub's and device's time
     same = advance(p, ev("download_complete", "2"), 3.0)  # duplicate delivery
     assert same is p
+    again = advance(p, ev("download_complete", "2b"), 3.0)  # a repeat after a restart
+    assert again.downloaded_at == 2.0 and again.downloaded_ts == done.ts
     for i, kind in enumerate(["verified", "installed", "health_ok", "committed"]):
         p = advance(p, ev(kind, f"k{i}"), 4.0 + i)
     assert p.terminal and p.state is DeliveryState.COMMITTED and p.finished == 7.0
