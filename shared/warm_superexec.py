@@ -83,9 +83,11 @@ def start_superlink(superexec_module: str, argv: list[str]) -> None:
     """Flower's ``flower-superlink argv``, its SuperExec ``python -m superexec_module``."""
     from flwr.superlink.cli import flower_superlink
 
+    from shared.flower_long_poll import hold_pulls_until_work
     from shared.flower_middleware import scope_superlink_middleware
 
     scope_superlink_middleware()  # Fleet and runtime calls skip the Control API's layers
+    hold_pulls_until_work()  # a pull waits for the push that gives it something to pull
     if os.name == "posix":  # forking needs POSIX; elsewhere Flower's own SuperExec
         use_warm_superexec("flwr.superlink.cli.flower_superlink", superexec_module)
     sys.argv = ["flower-superlink", *argv]

@@ -3,7 +3,9 @@
 Flower 1.41's ``HttpGrid.send_and_receive`` sleeps a fixed 3 s between reply pulls, so every
 Flower round trip (SecAgg+ has five per round) ends up to 3 s after the last reply arrived.
 :class:`FastPullGrid` delegates everything to the Grid the SuperLink hands the ServerApp and
-only re-implements ``send_and_receive`` with a ``poll_s`` pause (default 0.1 s).
+only re-implements ``send_and_receive`` with a ``poll_s`` pause (default 0.1 s) after a pull
+that came back at once with nothing. A pull that brought replies, or that the SuperLink held
+until one came (:mod:`shared.flower_long_poll`), is followed by the next pull at once.
 """
 
 from __future__ import annotations
@@ -88,10 +90,12 @@ class FastPullGrid(DelegatingGrid):
         deadline = None if timeout is None else self._clock() + timeout
         replies: list[Message] = []
         while pending:
+            asked = self._clock()
             pulled = list(self._inner.pull_messages(pending))
             replies.extend(pulled)
             pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
             if not pending or (deadline is not None and self._clock() >= deadline):
                 break
-            self._sleep(self._poll_s)
+            if not pulled and self._clock() - asked < self._poll_s:
+                self._sleep(self._poll_s)  # answered at once with nothing: wait, then ask
         return replies

@@ -45,6 +45,7 @@ from typing import Any
 
 from edge_agent.fl.inprocess_clientapp import run_clientapps_in_process
 from edge_agent.fl.warm_clientapp import warm_imports
+from shared.flower_long_poll import was_held
 from shared.flower_pulls import retry_object_pulls_sooner
 from shared.poll_backoff import PollBackoff
 from shared.warm_superexec import use_warm_superexec
@@ -119,11 +120,16 @@ def pin_fab(expected_sha256: str, backoff: PollBackoff | None = None) -> None:
 
         kwargs["get_fab"] = fetch
         kwargs["trusted_entities"] = {TRUSTED_ENTITY: expected_sha256}
-        # poll here, soon after the last message: Flower sleeps 3 s after each empty pull
-        while (run_id := original_pull(**kwargs)) is None:
-            time.sleep(waits.next_wait_s())
-        waits.activity()
-        return run_id
+        # poll here, soon after the last message: Flower sleeps 3 s after each empty pull;
+        # an empty answer the SuperLink held for a while (shared.flower_long_poll) is
+        # followed by the next pull at once
+        while True:
+            asked = time.monotonic()
+            if (run_id := original_pull(**kwargs)) is not None:
+                waits.activity()
+                return run_id
+            if not was_held(time.monotonic() - asked):
+                time.sleep(waits.next_wait_s())
 
     # Flower 1.41 looks both names up in its module at call time
     supernode._pull_and_store_message = pull  # type: ignore[assignment]
