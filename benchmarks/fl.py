@@ -9,6 +9,8 @@ secagg_overhead_ratio (the accuracy run: 5 local epochs), secagg_overhead_ratio_
 secagg_ratio_fit_cpu_default_epochs / _100 and secagg_floor_ratio_cpu_default_epochs / _100
 (the same rounds in CPU seconds, and the floor the protocol's key agreement alone sets: see
 ``_secagg_costs``, whose split of the extra seconds is under "secagg_costs"),
+secagg_client_cpu_ms_per_round and secagg_client_cpu_vs_flower (one device's SecAgg+ CPU per
+round, fedfleet's client against Flower's stock secaggplus_mod: see ``_secagg_client``),
 overhead_vs_flower and overhead_vs_flower_secagg (fedfleet / stock Flower with the same
 DefaultWorkflow + LegacyContext + FedAvg, same partitions; see ``_fl_pairs`` and
 ``_flower_baseline``), the raw samples of every pair, the CPU it ran on and the load average
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._fl_pairs import digits_partitions, fair_flower_pair, secagg_pair  # noqa: E402
+from benchmarks._secagg_client import secagg_client_costs  # noqa: E402
 from benchmarks._secagg_costs import secagg_costs  # noqa: E402
 from shared.device_facts import detect_device_facts  # noqa: E402
 
@@ -217,6 +220,7 @@ def main() -> None:
         acc = accuracy_pair(clients=4, rounds=2, threshold=0.6, local_epochs=1)
         secagg_20 = secagg_pair(20, 1, 3)
         costs_20 = secagg_costs(20, 2)
+        client = secagg_client_costs(19, 5)
         secagg_100 = costs_100 = None
         vs_flower = fair_flower_pair(6, 1, 3, secagg=None, per_client=None)
         vs_flower_secagg = fair_flower_pair(6, 1, 3, secagg=1.0, per_client=None)
@@ -224,6 +228,7 @@ def main() -> None:
         acc = accuracy_pair(clients=20, rounds=20, threshold=0.6)
         secagg_20 = secagg_pair(20, 3, 5)
         costs_20 = secagg_costs(20, 4)
+        client = secagg_client_costs(19, 20)
         secagg_100 = secagg_pair(100, 2, 3, num_shares=0.2)
         costs_100 = secagg_costs(100, 3, num_shares=0.2)
         vs_flower = fair_flower_pair(100, 2, 3, secagg=None, per_client=64)
@@ -251,6 +256,10 @@ def main() -> None:
         "secagg_floor_with_masks_ratio_cpu_100": (
             costs_100["floor_with_masks_ratio_cpu"] if costs_100 else None
         ),
+        # one device's SecAgg+ CPU per round (19 neighbours, no training), fedfleet's client
+        # against Flower's stock secaggplus_mod on the same messages: see _secagg_client
+        "secagg_client_cpu_ms_per_round": client["cpu_ms_per_round"],
+        "secagg_client_cpu_vs_flower": client["ratio_fedfleet_over_flower"],
         "overhead_vs_flower": vs_flower["ratio_wall"],
         "overhead_vs_flower_secagg": vs_flower_secagg["ratio_wall"],
         "pairs": {
@@ -260,6 +269,7 @@ def main() -> None:
             "vs_flower_secagg": vs_flower_secagg,
         },
         "secagg_costs": {"20_clients_1_epoch": costs_20, "100_clients_shares_0.2": costs_100},
+        "secagg_client_costs": client,
     }
     if not args.quick:
         result["scale"] = _scale_runs(1000, 3, per_client=64)
