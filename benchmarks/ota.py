@@ -159,6 +159,15 @@ def worker_agents(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------- parent
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads); 0 where /proc is not."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Workers:
     """K worker subprocesses of one kind; closed (stdin EOF, then terminate) on exit."""
 
@@ -173,6 +182,10 @@ class Workers:
             for g in groups
             if g
         ]
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the workers have used so far (Linux /proc)."""
+        return sum(process_cpu_s(p.pid) for p in self.procs)
 
     def expect(self, word: str, timeout: float) -> list[str]:
         lines = []
@@ -209,9 +222,10 @@ def split(ids: list[str], k: int) -> list[list[str]]:
 
 def measure_raw(
     frames: list[bytes], n: int, procs: int, port: int, prefix: str, write_dir: Path | None = None
-) -> float:
+) -> tuple[float, float]:
     """Seconds from the first publish until N plain subscribers have every byte (and, with
-    ``write_dir``, have written every message into a file of their own there)."""
+    ``write_dir``, have written every message into a file of their own there), and the CPU
+    seconds the subscribers' processes used meanwhile."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -228,17 +242,19 @@ def measure_raw(
         pub.max_inflight_messages_set(32)
         pub.connect("127.0.0.1", port)
         pub.loop_start()
+        cpu0 = w.cpu_s()
         t0 = time.time()
         infos = [pub.publish(topic, f, qos=1) for f in frames]
         for info in infos:
             info.wait_for_publish(120)
         reports = [json.loads(x) for x in w.expect("DONE", 300)]
+        cpu_s = w.cpu_s() - cpu0
         pub.disconnect()
         pub.loop_stop()
     done = [t for r in reports for t in r["done_at"].values()]
     if len(done) != n:
         raise RuntimeError(f"only {len(done)}/{n} raw subscribers got every byte")
-    return max(done) - t0
+    return max(done) - t0, cpu_s
 
 
 class OursFleet:
@@ -279,16 +295,19 @@ class OursFleet:
         self.pub = self.stack.enter_context(FleetPublisher(cfg))
         workers = self.stack.enter_context(Workers("agents", split(self.ids, procs), extra))
         workers.expect("READY", 120)
+        self.workers = workers
         missing = self.pub.wait_for_devices(self.ids, timeout=60)
         if missing:
             self.stack.close()
             raise RuntimeError(f"agents never announced themselves: {missing[:5]}")
 
     def round(self, bundle: bytes) -> dict[str, float]:
+        cpu0 = self.workers.cpu_s()
         t0 = time.monotonic()
         dep = self.pub.deploy(bundle, self.ids)
         published = time.monotonic() - t0
         result = dep.wait(timeout=600)
+        cpu_s = self.workers.cpu_s() - cpu0
         if not result.all_committed:
             raise RuntimeError(f"not all agents committed: {result.summary()}")
         devices = list(result.devices.values())
@@ -307,6 +326,7 @@ class OursFleet:
             "publish_s": published,
             "handshake_s": max(p.first_seen or t0 for p in devices) - t0,
             "repairs": float(result.repairs_sent),
+            "cpu_s": cpu_s,
             "chunks": float(result.chunks_published),
         }
 
@@ -377,12 +397,15 @@ def fleet_figures(
         "time_to_all_downloaded_s": round(median([o["download_s"] for o in rounds]), 3),
         "time_to_all_committed_s": round(median([o["committed_s"] for o in rounds]), 3),
         "repairs": int(sum(o["repairs"] for o in rounds)),
+        "round_cpu_s": round(median([o["cpu_s"] for o in rounds]), 2),
     }
 
 
 def run_rounds(
     args: argparse.Namespace, keys: Any, port: int, prefix: str, chunk_size: int, work: Path
-) -> tuple[list[float], list[float], dict[str, list[dict[str, float]]], float]:
+) -> tuple[
+    list[float], list[float], dict[str, list[dict[str, float]]], float, dict[str, list[float]]
+]:
     """Each round: raw fan-out, raw + write, then both fleets (taking turns going first)."""
     from shared.bundle import bundle_id_of, parse_bundle
     from shared.chunks import encode_chunk, split_chunks
@@ -390,6 +413,7 @@ def run_rounds(
     procs = max(1, min(args.procs, args.agents))
     raw_times: list[float] = []
     raw_write_times: list[float] = []
+    raw_cpu: dict[str, list[float]] = {"raw": [], "raw_write": []}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in FLEETS}
     bundle_mb = 0.0
     with contextlib.ExitStack() as stack:
@@ -420,15 +444,18 @@ def run_rounds(
                     f"{args.repeat} round(s); load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
-            raw_s = measure_raw(frames, args.agents, procs, port, f"{prefix}-r{r}")
+            raw_s, cpu = measure_raw(frames, args.agents, procs, port, f"{prefix}-r{r}")
+            raw_cpu["raw"].append(cpu)
             raw_times.append(raw_s)
             sink = work / "raw-write"
-            raw_write_s = measure_raw(frames, args.agents, procs, port, f"{prefix}-w{r}", sink)
+            raw_write_s, cpu = measure_raw(frames, args.agents, procs, port, f"{prefix}-w{r}", sink)
+            raw_cpu["raw_write"].append(cpu)
             shutil.rmtree(sink)
             raw_write_times.append(raw_write_s)
             line = (
-                f"round {r + 1}: raw {bundle_mb / raw_s:6.2f} MB/s ({raw_s:.2f} s), "
-                f"raw+write {bundle_mb / raw_write_s:6.2f} MB/s"
+                f"round {r + 1}: raw {bundle_mb / raw_s:6.2f} MB/s ({raw_s:.2f} s, cpu "
+                f"{raw_cpu['raw'][-1]:.1f} s), raw+write {bundle_mb / raw_write_s:6.2f} MB/s "
+                f"(cpu {raw_cpu['raw_write'][-1]:.1f} s)"
             )
             for name in FLEETS if r % 2 == 0 else FLEETS[::-1]:
                 ours = fleets[name].round(bundle)
@@ -437,11 +464,11 @@ def run_rounds(
                     f" | {name} {bundle_mb / ours['transfer_s']:6.2f} MB/s (ratio "
                     f"{raw_s / ours['transfer_s']:.2f}, hub saw {raw_s / ours['transfer_hub_s']:.2f}, "
                     f"first done {ours['first_downloaded_s']:.2f} s, "
-                    f"committed {ours['committed_s']:.2f} s, "
+                    f"committed {ours['committed_s']:.2f} s, cpu {ours['cpu_s']:.1f} s, "
                     f"{int(ours['repairs'])} repairs)"
                 )
             print(line + f" | load {os.getloadavg()[0]:.1f}", flush=True)
-    return raw_times, raw_write_times, rounds, bundle_mb
+    return raw_times, raw_write_times, rounds, bundle_mb, raw_cpu
 
 
 def main() -> None:
@@ -500,7 +527,7 @@ def main() -> None:
         else:
             port = stack.enter_context(LocalMosquitto()).port
         prefix = f"bench-{new_id()[:8]}"
-        raw_times, raw_write_times, rounds, bundle_mb = run_rounds(
+        raw_times, raw_write_times, rounds, bundle_mb, raw_cpu = run_rounds(
             args, make_keys(work), port, prefix, chunk_size, work
         )
     raw_mb_s = bundle_mb / median(raw_times)
@@ -533,6 +560,11 @@ def main() -> None:
                 "raw_time_s": round(median(raw_times), 3),
                 "raw_write_mb_s": round(raw_write_mb_s, 3),
                 "raw_write_time_s": round(median(raw_write_times), 3),
+                # CPU seconds of the receivers' processes (less sensitive to a loaded
+                # machine than the times): raw's and raw + write's from first publish to
+                # last byte; a fleet's round_cpu_s from the offer until all committed
+                "raw_cpu_s": round(median(raw_cpu["raw"]), 2),
+                "raw_write_cpu_s": round(median(raw_cpu["raw_write"]), 2),
                 **durable,
                 "none": none,
                 "durable_vs_none": {
