@@ -30,6 +30,7 @@ __all__ = ["BatchWriter", "Listener"]
 log = logging.getLogger(__name__)
 
 Listener = Callable[[BatchCounts], None]
+SLOW_COMMIT_S = 1.0  # a batch slower than this is logged
 
 
 class BatchWriter:
@@ -128,9 +129,11 @@ class BatchWriter:
 
         A batch the database refuses for its content (a value intake did not foresee) is
         written message by message instead, so only the offending message is dropped."""
+        started = time.monotonic()
         try:
             with self.registry.session() as session:
                 counts = write_batch(session, batch, now=self._clock())
+                written = time.monotonic()
         except TRANSIENT_DATABASE_ERRORS as exc:
             with self.state.lock:
                 self.state.counts["write_errors"] += 1
@@ -139,6 +142,16 @@ class BatchWriter:
         except DatabaseError as exc:
             log.warning("ingest batch of %d refused (%s); writing one by one", len(batch), exc)
             return self._write_singly(batch)
+        done = time.monotonic()
+        if done - started > SLOW_COMMIT_S:  # the queue, and every held ack, waited this long
+            log.warning(
+                "ingest batch of %d (%d devices) took %.1f s: %.1f s writing, %.1f s committing",
+                len(batch),
+                len(batch.last_seen),
+                done - started,
+                written - started,
+                done - written,
+            )
         return self._account(batch, counts)
 
     def _write_singly(self, batch: IngestBatch) -> bool:

@@ -146,3 +146,32 @@ def test_flush_writes_what_the_stopped_writer_left(registry: Registry) -> None:
     assert sorted(acked) == [0, 1, 2]
     with registry.session() as s:
         assert reports.list_events(s).total == 3
+
+
+def test_a_slow_batch_is_logged_with_its_size_and_where_the_time_went(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import cloud_hub.ingest.writer as writer_module
+
+    config = IngestConfig(flush_interval_s=INTERVAL)
+    state = IngestState.for_config(config)
+    writer = BatchWriter(registry, state, config, clock=time.time, listeners=[])
+    for i in range(3):
+        payload = Event(device_id=f"d{i % 2}", event_id=f"e{i}", kind="k").encode()
+        topic = SCHEME.device(f"d{i % 2}", "events")
+        admit(state, SCHEME, topic, payload, now=time.time(), hold=None, batch_max=100)
+    writer.flush()  # as fast as it goes: not slow
+    assert "took" not in caplog.text
+    monkeypatch.setattr(writer_module, "SLOW_COMMIT_S", 0.0)
+    payload = Event(device_id="d9", event_id="e9", kind="k").encode()
+    admit(
+        state,
+        SCHEME,
+        SCHEME.device("d9", "events"),
+        payload,
+        now=time.time(),
+        hold=None,
+        batch_max=100,
+    )
+    writer.flush()
+    assert "ingest batch of 1 (1 devices) took" in caplog.text
