@@ -115,13 +115,15 @@ class StreamClient(mqtt.Client):
         return rc
 
     def _handle_packet(self, command: int, body: bytes) -> MQTTErrorCode:
-        try:
-            if command & 0xF0 == _PUBLISH and command & 0x06 in (0, 2):  # QoS 0 or 1
-                self._arrived.append(self._parse_publish(command, body))
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        publish = command & 0xF0 == _PUBLISH and command & 0x06 in (0, 2)  # QoS 0 or 1
+        if not publish:
             rc = self._hand_over()  # what arrived before this packet goes first
             if rc:
                 return rc
+        try:
+            if publish:
+                self._arrived.append(self._parse_publish(command, body))
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
             self._in_packet["command"] = command
             self._in_packet["remaining_length"] = len(body)
             self._in_packet["packet"] = bytearray(body)
