@@ -71,6 +71,33 @@ def test_replies_are_pulled_every_poll_interval_not_every_3_s() -> None:
     assert clock.sleeps == [0.1, 0.1, 0.1]  # Flower's HttpGrid sleeps 3 s here
 
 
+class _HeldRepliesGrid(_SlowRepliesGrid):
+    """A SuperLink that holds pulls (shared.flower_long_poll): each pull takes ``held_s`` and
+    brings one more reply."""
+
+    def __init__(self, ids: list[str], clock: _Clock, held_s: float) -> None:
+        super().__init__(ids, ready_after=1)
+        self.clock, self.held_s, self.given = clock, held_s, 0
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Any]:
+        self.pulls += 1
+        self.clock.now += self.held_s
+        wanted = sorted(message_ids)[: 1 if self.held_s < 0.5 else 0]
+        return [_Reply(i) for i in wanted]
+
+
+def test_after_a_reply_or_a_held_pull_the_next_pull_goes_at_once() -> None:
+    clock = _Clock()
+    replies = list(
+        _grid(_HeldRepliesGrid(["a", "b", "c"], clock, 0.02), clock).send_and_receive([])
+    )
+    assert len(replies) == 3 and clock.sleeps == []  # each pull brought one: no pause
+    clock = _Clock()
+    held = _HeldRepliesGrid(["a"], clock, 1.0)  # held 1 s, nothing came
+    assert list(_grid(held, clock).send_and_receive([], timeout=3.5)) == []
+    assert clock.sleeps == [] and held.pulls == 4
+
+
 def test_the_pull_loop_stops_at_its_timeout_with_what_arrived() -> None:
     clock = _Clock()
     inner = _SlowRepliesGrid(["a"], ready_after=10_000)
