@@ -9,6 +9,9 @@
   start, watch and restart ``flower-supernode``.
 - :mod:`edge_agent.fl.pinned_supernode` — the SuperNode entry point that runs only the FAB
   the signed order names.
+- :mod:`edge_agent.fl.inprocess_clientapp` — the SuperNode runs each message's ClientApp in
+  its own process (the default; :mod:`edge_agent.fl.warm_clientapp` forks a task process
+  per message instead).
 
 Only :mod:`edge_agent.fl.supernode` is imported here: it needs neither torch nor Flower.
 """
