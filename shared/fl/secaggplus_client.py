@@ -1,24 +1,24 @@
 """fedfleet's SecAgg+ client: Flower 1.41's client protocol, its messages, less of its overhead.
 
-Why: Flower's ``secaggplus_mod`` spends a SecAgg+ round's client time beyond the protocol's
-own key agreement on bookkeeping: its round state is rebuilt as a type-checked
-``ConfigRecord`` and parsed back at every stage, private keys are re-read from PEM for each
-neighbour, every key derivation and share encryption builds fresh ``cryptography`` objects,
-and the masking stage copies the model once per mask.
+Why: beyond the protocol's own work (two P-384 key agreements per neighbour, one mask per
+neighbour), Flower's ``secaggplus_mod`` spends a device's time on bookkeeping: its round state
+is rebuilt as a type-checked ``ConfigRecord`` and parsed back at every stage, private keys are
+re-read from PEM for each neighbour, Shamir sharing runs PyCryptodome per 16-byte chunk, and
+the masking stage makes fresh copies of the model for every mask and every sum.
 
 What: :func:`secaggplus_client_mod` runs the same four stages on the same messages (stage
 names, record keys, checks: Flower's own ``check_stage``/``check_configs``), with the same
-cryptography and data formats: P-384 key pairs as PEM, ECDH + HKDF-SHA256 shared keys,
-Fernet-sealed share messages (Flower's plaintext layout), Shamir shares in Flower's layout
-(:mod:`shared.fl.shamir`), Flower's weighting, stochastic quantization and factor, masks from
-:mod:`shared.fl.secure_prg` (the generator the hub's workflow unmasks with), the same sign
-rule and reduction, arrays in Flower's ``.npy`` bytes. Flower's server workflow therefore
-aggregates its replies unchanged, next to stock-protocol clients (the tests mix both).
-The differences are in how the work is done: state kept as Python objects between stages and
-saved as one bytes record (:mod:`shared.fl.secagg_client_state`), keys parsed once, one-shot
-HMAC key derivation and sealing (:mod:`shared.fl.secagg_crypto`), both secrets shared in one
-Shamir pass, the update quantized as one vector and every mask added into it in place.
-Secrets are dropped as soon as no later stage needs them.
+cryptography and data formats (Flower's own functions where they cost nothing extra): P-384
+key pairs as PEM, ECDH + HKDF-SHA256 shared keys, Fernet-sealed share messages in Flower's
+plaintext layout, Shamir shares in Flower's layout (:mod:`shared.fl.shamir`), Flower's
+weighting, stochastic quantization and factor, masks from :mod:`shared.fl.secure_prg` (the
+generator the hub's workflow unmasks with), the same sign rule and reduction, arrays in
+Flower's ``.npy`` bytes. Flower's server workflow therefore aggregates its replies unchanged,
+next to Flower's own client (the tests mix both). The differences are in how the work is
+done: state kept as Python objects between stages and saved as one bytes record
+(:mod:`shared.fl.secagg_client_state`), keys parsed once, both secrets shared in one Shamir
+pass, the update quantized as one vector and every mask added into it in place. Secrets are
+dropped as soon as no later stage needs them.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ from flwr.app.typing import ConfigRecordValues
 from flwr.client.mod.secure_aggregation.secaggplus_mod import check_configs, check_stage
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation import ndarrays_arithmetic, quantization
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
+    decrypt,
+    encrypt,
+    generate_shared_key,
+)
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import (
     share_keys_plaintext_concat,
@@ -50,7 +55,6 @@ from numpy.typing import NDArray
 
 from shared.fl import npy_codec, shamir
 from shared.fl.secagg_client_state import ClientRound, load_round, save_round
-from shared.fl.secagg_crypto import open_sealed, seal, shared_key
 from shared.fl.secagg_keys import bytes_to_public_key
 from shared.fl.secure_prg import MASK_GENERATOR, add_mask_into, secure_pseudo_rand_gen
 
@@ -59,7 +63,6 @@ __all__ = ["MASKED_WITH", "secaggplus_client_mod"]
 #: The mask generator this client masks with (reported to the hub with the masked vector).
 MASKED_WITH = MASK_GENERATOR
 _SEED_BYTES = 32
-_IV_BYTES = 16
 
 
 def secaggplus_client_mod(
@@ -127,16 +130,15 @@ def _share_keys(r: ClientRound, configs: ConfigRecord) -> dict[str, ConfigRecord
     r.rd_seed = os.urandom(_SEED_BYTES)
     seed_shares, key_shares = shamir.create_shares_of([r.rd_seed, r.sk1], r.threshold, r.share_num)
     own_key = r.private_key(r.sk2)
-    ivs = os.urandom(_IV_BYTES * len(r.public_keys))  # one system call for every share
     destinations, ciphertexts = [], []
     for idx, (node, (_, pk2)) in enumerate(r.public_keys.items()):
         if node == r.nid:
             r.rd_seed_shares[node], r.sk1_shares[node] = seed_shares[idx], key_shares[idx]
             continue
-        key = shared_key(own_key, bytes_to_public_key(pk2))
+        key = generate_shared_key(own_key, bytes_to_public_key(pk2))
         r.ss2[node] = key
         plaintext = share_keys_plaintext_concat(r.nid, node, seed_shares[idx], key_shares[idx])
-        ciphertexts.append(seal(key, plaintext, ivs[_IV_BYTES * idx : _IV_BYTES * (idx + 1)]))
+        ciphertexts.append(encrypt(key, plaintext))
         destinations.append(node)
     r.parsed.pop(r.sk2, None)
     r.sk2 = b""  # only this stage seals with it
@@ -151,7 +153,7 @@ def _open_neighbour_shares(r: ClientRound, configs: ConfigRecord) -> list[int]:
         raise ValueError("Not enough available neighbour clients.")
     available: list[int] = []
     for source, ciphertext in zip(sources, ciphertexts, strict=True):
-        plaintext = open_sealed(r.ss2[source], ciphertext)
+        plaintext = decrypt(r.ss2[source], ciphertext)
         actual_source, destination, seed_share, key_share = share_keys_plaintext_separate(plaintext)
         available.append(source)
         if source != actual_source:
@@ -178,7 +180,7 @@ def _collect_masked_vectors(
     )
     own_key = r.private_key(r.sk1)
     seeds = [(r.rd_seed, True)] + [
-        (shared_key(own_key, bytes_to_public_key(r.public_keys[node][0])), r.nid > node)
+        (generate_shared_key(own_key, bytes_to_public_key(r.public_keys[node][0])), r.nid > node)
         for node in available
     ]
     masked = masked_vectors(arrays, seeds, r.mod_range)

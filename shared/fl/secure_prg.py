@@ -48,11 +48,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from numpy.typing import NDArray
 
 from shared.fl import npy_codec, secagg_keys, shamir
-from shared.fl.secagg_crypto import hkdf_sha256
 
 __all__ = [
     "CLIENT_MODULE",
@@ -93,7 +94,7 @@ class _KeyStream:
     """The ChaCha20 keystream under a key derived from the full seed."""
 
     def __init__(self, seed: bytes) -> None:
-        key = hkdf_sha256(seed, _KDF_INFO)  # HKDF-SHA256, 32 bytes, no salt
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KDF_INFO).derive(seed)
         # A fresh key per seed, so a fixed all-zero nonce/counter block is safe.
         self._encryptor = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
 

@@ -4,7 +4,6 @@ and with its state read back from the context alone (a new process per message).
 
 from __future__ import annotations
 
-import base64
 import copy
 import importlib
 import os
@@ -12,9 +11,6 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
@@ -39,7 +35,6 @@ from shared.fl import secagg_client_state
 from shared.fl.config_keys import NodeConfigKey
 from shared.fl.mods import DropoutSchedule, hardened_secaggplus_mod
 from shared.fl.secagg_client_state import STATE_RECORD, ClientRound, load_round, save_round
-from shared.fl.secagg_crypto import hkdf_sha256, open_sealed, seal, shared_key
 from shared.fl.secagg_masking import FLOWER_COLLECT_MASKED_VECTORS
 from shared.fl.secaggplus_client import _collect_masked_vectors
 from shared.fl.secure_prg import CLIENT_MODULE, secure_mask_generator
@@ -49,47 +44,6 @@ arithmetic = importlib.import_module("flwr.common.secure_aggregation.ndarrays_ar
 server_module = importlib.import_module(
     "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
 )
-
-
-# -- the primitives: Flower's and cryptography's own results -------------------------------
-@pytest.mark.parametrize("info", [b"", b"fedfleet/secaggplus-mask/v1"])
-def test_hkdf_is_cryptographys_hkdf(info: bytes) -> None:
-    for material in (b"k", os.urandom(48), os.urandom(100)):
-        expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
-        assert hkdf_sha256(material, info) == expected
-
-
-def test_shared_key_is_flowers() -> None:
-    sk_a, pk_a = generate_key_pairs()
-    sk_b, pk_b = generate_key_pairs()
-    assert shared_key(sk_a, pk_b) == generate_shared_key(sk_a, pk_b) == shared_key(sk_b, pk_a)
-
-
-def test_sealed_shares_are_fernet_tokens_both_ways() -> None:
-    key = Fernet.generate_key()
-    for plaintext in (b"", b"x" * 15, b"y" * 16, os.urandom(412)):
-        iv = os.urandom(16)
-        token = seal(key, plaintext, iv, now=1_700_000_000)
-        assert token == Fernet(key)._encrypt_from_parts(plaintext, 1_700_000_000, iv)
-        assert Fernet(key).decrypt(seal(key, plaintext)) == plaintext
-        assert open_sealed(key, encrypt(key, plaintext)) == plaintext
-
-
-def test_a_tampered_or_foreign_token_is_refused_as_fernet_refuses_it() -> None:
-    key = Fernet.generate_key()
-    raw = bytearray(base64.urlsafe_b64decode(seal(key, b"share")))
-    for position in (0, 12, 30, len(raw) - 1):  # version, IV, ciphertext, HMAC
-        forged = raw.copy()
-        forged[position] ^= 1
-        token = base64.urlsafe_b64encode(bytes(forged))
-        for opener in (open_sealed, lambda k, t: Fernet(k).decrypt(t)):
-            with pytest.raises(InvalidToken):
-                opener(key, token)
-    for junk in (b"", b"not base64!", base64.urlsafe_b64encode(b"\x80" + bytes(40))):
-        with pytest.raises(InvalidToken):
-            open_sealed(key, junk)
-    with pytest.raises(InvalidToken):
-        open_sealed(Fernet.generate_key(), seal(key, b"share"))
 
 
 # -- the masking stage: byte for byte Flower's ---------------------------------------------
