@@ -237,10 +237,11 @@ class BundleDownload:
         if not size:
             return memoryview(b"")
         try:
-            mapped = mmap.mmap(self._data_fd, size, prot=mmap.PROT_READ)
+            mapped = mmap.mmap(self._data_fd, size, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
             raise InstallError(f"cannot map download: {exc}") from exc
-        mapped.madvise(mmap.MADV_SEQUENTIAL)
+        if hasattr(mmap, "MADV_SEQUENTIAL"):  # read once, front to back
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
         return memoryview(mapped)
 
     def read_all(self) -> bytes:
