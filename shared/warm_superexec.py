@@ -79,6 +79,15 @@ def use_warm_superexec(flower_module: str, superexec_module: str, *module_args: 
     module.subprocess = WarmSuperExecLauncher(superexec_module, *module_args)  # type: ignore[attr-defined]
 
 
+def _in_memory_state(argv: list[str]) -> bool:
+    """Whether ``flower-superlink argv`` keeps its state in memory (no database file)."""
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+
+    if "--database" not in argv:
+        return False  # Flower's default is a database file
+    return argv[argv.index("--database") + 1] == FLWR_IN_MEMORY_DB_NAME
+
+
 def start_superlink(superexec_module: str, argv: list[str]) -> None:
     """Flower's ``flower-superlink argv``, its SuperExec ``python -m superexec_module``."""
     from flwr.superlink.cli import flower_superlink
@@ -88,6 +97,10 @@ def start_superlink(superexec_module: str, argv: list[str]) -> None:
 
     scope_superlink_middleware()  # Fleet and runtime calls skip the Control API's layers
     hold_pulls_until_work()  # a pull waits for the push that gives it something to pull
+    if _in_memory_state(argv):  # handlers that only touch memory run without a thread hop
+        from shared.flower_inline import run_quick_handlers_inline
+
+        run_quick_handlers_inline()
     if os.name == "posix":  # forking needs POSIX; elsewhere Flower's own SuperExec
         use_warm_superexec("flwr.superlink.cli.flower_superlink", superexec_module)
     sys.argv = ["flower-superlink", *argv]
