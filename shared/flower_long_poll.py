@@ -135,8 +135,10 @@ def _wrap_push(module: Any, name: str, signal: PushSignal) -> None:
 
 def hold_pulls_until_work(
     hold_s: float = DEFAULT_HOLD_S, max_holders: int = DEFAULT_MAX_HOLDERS
-) -> PushSignal:
-    """Make this process's Flower SuperLink hold empty or incomplete pulls (module doc)."""
+) -> tuple[PushSignal, PushSignal]:
+    """Make this process's Flower SuperLink hold empty or incomplete pulls (module doc);
+    the signals of the ServerApp's pushes (they wake SuperNode pulls) and of the SuperNodes'
+    pushes (they wake ServerApp pulls)."""
     from flwr.superlink.servicer.fleet import fleet_handlers
     from flwr.superlink.servicer.runtime import runtime_handlers
 
@@ -144,8 +146,10 @@ def hold_pulls_until_work(
     for module in (fleet_handlers, runtime_handlers):
         if not all(callable(getattr(module, name, None)) for name in names):
             raise SystemExit(f"flower_long_poll: {module.__name__} lacks {names}")
-    signal = PushSignal(max_holders)
-    for module in (fleet_handlers, runtime_handlers):
+    # what the ServerApp pushes (instructions) wakes the SuperNodes' pulls; what the
+    # SuperNodes push (replies) wakes the ServerApp's pulls
+    instructions, replies = PushSignal(max_holders), PushSignal(max_holders)
+    for module, signal in ((runtime_handlers, instructions), (fleet_handlers, replies)):
         _wrap_push(module, "push_messages", signal)
         _wrap_push(module, "push_object", signal)
     fleet_pull = fleet_handlers.pull_messages
@@ -153,12 +157,12 @@ def hold_pulls_until_work(
 
     def fleet_pull_messages(request: Any, state: Any, store: Any) -> Any:
         pull = lambda: fleet_pull(request=request, state=state, store=store)  # noqa: E731
-        return held_pull(pull, store, signal, hold_s)
+        return held_pull(pull, store, instructions, hold_s)
 
     def runtime_pull_messages(request: Any, state: Any, task: Any) -> Any:
         pull = lambda: runtime_pull(request=request, state=state, task=task)  # noqa: E731
-        return held_pull(pull, state.object_store, signal, hold_s)
+        return held_pull(pull, state.object_store, replies, hold_s)
 
     fleet_handlers.pull_messages = fleet_pull_messages
     runtime_handlers.pull_messages = runtime_pull_messages
-    return signal
+    return instructions, replies

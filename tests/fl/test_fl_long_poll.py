@@ -139,18 +139,21 @@ def test_the_superlink_handlers_hold_and_every_push_wakes(monkeypatch: pytest.Mo
         for name in ("push_messages", "push_object"):
             monkeypatch.setattr(module, name, lambda *a, name=name, **k: pushes.append(name))
         monkeypatch.setattr(module, "pull_messages", lambda **kwargs: link.pull())
-    signal = hold_pulls_until_work(hold_s=5.0)
-    for module in (fleet_handlers, runtime_handlers):
+    instructions, replies = hold_pulls_until_work(hold_s=5.0)
+    for module, wakes, not_woken in (
+        (runtime_handlers, instructions, replies),  # the ServerApp's pushes wake SuperNodes
+        (fleet_handlers, replies, instructions),  # the SuperNodes' pushes wake the ServerApp
+    ):
         for name in ("push_messages", "push_object"):
-            seen = signal.count()
+            seen, other = wakes.count(), not_woken.count()
             getattr(module, name)()
-            assert signal.count() == seen + 1
+            assert (wakes.count(), not_woken.count()) == (seen + 1, other)
     assert len(pushes) == 4  # Flower's own handler still ran each time
 
     def push() -> None:
         link.objects["m"] = b"x"
         link.queue.append(("m", _tree("m")))
-        fleet_handlers.push_object()  # type: ignore[call-arg]  # the pushing handler wakes the held pull
+        runtime_handlers.push_object()  # type: ignore[call-arg]  # the ServerApp's push wakes it
 
     woke = _later(0.1, push)
     started = time.monotonic()
