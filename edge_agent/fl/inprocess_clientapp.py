@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,8 +52,9 @@ def _client_app_reference(fab_content: bytes) -> str:
 class ClientAppRunner:
     """Runs a SuperNode's pending ClientApp tasks in this process (see the module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeat_s: float = TASK_HEARTBEAT_S) -> None:
         self._apps: dict[str, Any] = {}  # FAB hash -> the ClientApp it names
+        self._heartbeat = _TaskHeartbeat(heartbeat_s)
 
     def client_app(self, fab: Any) -> Any:
         """The ClientApp the FAB names, imported once per FAB."""
@@ -94,7 +96,7 @@ class ClientAppRunner:
         _set_task_identity(task.task_id, task.run_id, context.node_id)
         message_id = messages[0].metadata.message_id
         state.record_message_processing_start(message_id=message_id)
-        with _heartbeats(lambda: state.acknowledge_task_heartbeat(task.task_id)):
+        with self._heartbeat.beating(lambda: state.acknowledge_task_heartbeat(task.task_id)):
             reply, sub_status, details = self._reply(fab, store, message_id, context)
         if reply is not None:
             _store_reply(state, store, reply)
@@ -167,22 +169,37 @@ def _store_reply(state: Any, store: Any, reply: Any) -> None:
     _insert_message(reply, state, store)
 
 
-@contextmanager
-def _heartbeats(beat: Callable[[], object], every_s: float = TASK_HEARTBEAT_S) -> Iterator[None]:
-    """Call ``beat`` every ``every_s`` seconds while the block runs."""
-    done = threading.Event()
+class _TaskHeartbeat:
+    """Calls the running task's ``beat`` every ``every_s`` seconds from one thread, started
+    on first use (a thread per task cost more than the task's own bookkeeping)."""
 
-    def loop() -> None:
-        while not done.wait(every_s):
-            beat()
+    def __init__(self, every_s: float) -> None:
+        self._every_s = every_s
+        self._beat: Callable[[], object] | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    thread = threading.Thread(target=loop, name="clientapp-task-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self._every_s)
+            with self._lock:
+                if self._beat is not None:
+                    self._beat()
+
+    @contextmanager
+    def beating(self, beat: Callable[[], object]) -> Iterator[None]:
+        with self._lock:
+            self._beat = beat
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="clientapp-task-heartbeat", daemon=True
+                )
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._beat = None
 
 
 def run_clientapps_in_process(runner: ClientAppRunner | None = None) -> ClientAppRunner:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import time
 import zipfile
 from typing import Any
 
@@ -45,6 +46,15 @@ def _train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"out": ConfigRecord(out)}), reply_to=msg)
 
 
+slow_app = ClientApp()
+
+
+@slow_app.train()
+def _slow(msg: Message, context: Context) -> Message:
+    time.sleep(0.35)  # a long local fit
+    return Message(RecordDict(), reply_to=msg)
+
+
 raising_app = ClientApp()
 
 
@@ -70,8 +80,14 @@ class _CopyingNodeState(InMemoryNodeState):  # type: ignore[misc]
     """Flower's in-memory NodeState handing out copies of the context, as a NodeState kept in
     a database does: what the ClientApp changed persists only if it is stored back."""
 
+    beats: list[int] = []
+
     def get_run_series_context(self, series_id: int) -> Context | None:
         return copy.deepcopy(super().get_run_series_context(series_id))
+
+    def acknowledge_task_heartbeat(self, task_id: int) -> bool:
+        self.beats.append(task_id)
+        return bool(super().acknowledge_task_heartbeat(task_id))
 
 
 def _node_with_message(component: str, x: int) -> tuple[Any, Any, str]:
@@ -172,3 +188,15 @@ def test_the_supernode_runs_client_apps_before_it_pushes(monkeypatch: pytest.Mon
     state, store, _ = _node_with_message(f"{__name__}:counting_app", x=3)
     supernode._push_messages(state=state, object_store=store, send=None, push_object=None)  # type: ignore[arg-type]
     assert pushed == [1]  # Flower's push step found the reply already stored
+
+
+def test_a_long_client_app_keeps_its_task_alive_and_nothing_beats_after_it() -> None:
+    state, store, _ = _node_with_message(f"{__name__}:slow_app", x=1)
+    state.beats = []
+    ClientAppRunner(heartbeat_s=0.1).run_pending(state, store)
+    (task,) = state.get_tasks()
+    assert len(state.beats) >= 2 and set(state.beats) == {task.task_id}
+    assert _task_status(state) == (Status.FINISHED, SubStatus.COMPLETED)
+    done = len(state.beats)
+    time.sleep(0.3)
+    assert len(state.beats) == done  # the task ended: no more heartbeats for it
