@@ -1,4 +1,5 @@
-"""What the devices say about themselves, written into the registry: the ingest's writers.
+"""What the devices say about themselves, written into the registry: the ingest's writers
+(hellos in :mod:`.device_hellos`).
 
 Hello and status are applied last-writer-wins by their ``ts``: an older message arriving
 late never overwrites newer state. A hello never changes an enrolled device's class or
@@ -18,8 +19,6 @@ from sqlalchemy import (
     Integer,
     String,
     bindparam,
-    delete,
-    insert,
     literal,
     or_,
     select,
@@ -28,44 +27,31 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from cloud_hub.registry import reports
 from cloud_hub.registry._row_arrays import RowArrays, is_postgresql
-from cloud_hub.registry._rows import insert_ignore, table_of
-from cloud_hub.registry.hello_identity import (
-    AcceptedIdentity,
-    StoredIdentity,
-    accept_hello_identity,
-)
-from cloud_hub.registry.tables import Device, DeviceClass, DeviceLabel
-from shared.device_facts import target_of
-from shared.messages import Hello, Status
+from cloud_hub.registry._rows import insert_ignore, portable_insert, table_of
+from cloud_hub.registry.tables import Device, DeviceClass
+from shared.messages import Status
 
 __all__ = [
+    "INSTALLED_STMT",
     "ensure_classes",
+    "ensure_devices",
+    "installed_values",
     "mark_silent_offline",
-    "record_hellos",
     "record_statuses",
     "set_online",
     "touch_devices",
 ]
 
 _T = table_of(Device)
-_IDS_PER_QUERY = 500  # well under every backend's limit of bound parameters
 
 
 def ensure_classes(session: Session, names: set[str], now: float) -> None:
     """Create the device classes in ``names`` not known yet (empty profile)."""
     rows = [{"name": n, "description": "", "profile": {}, "created_at": now} for n in names if n]
-    insert_ignore(session, table_of(DeviceClass), rows, ["name"])
-
-
-def _ensure_devices(session: Session, first_seen: Mapping[str, float]) -> None:
-    """Create the devices not known yet as stubs (class unknown until their hello)."""
-    stubs = [
-        {"device_id": d, "labels": {}, "runtimes": [], "first_seen": ts, "last_seen": ts}
-        for d, ts in first_seen.items()
-    ]
-    insert_ignore(session, _T, stubs, ["device_id"])
+    if rows:  # a handful of classes: one multi-row statement
+        insert = portable_insert(session, table_of(DeviceClass)).values(rows)
+        session.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
 
 
 _TOUCHED = RowArrays("touched", (("device_id", String()), ("ts", Float())))
@@ -97,6 +83,35 @@ def _touch_statement() -> Any:
 
 _TOUCH_STMT = _touch_statement()
 
+_NEW_IDS = RowArrays("new_devices", (("device_id", String()), ("ts", Float())))
+
+
+def _ensure_statement() -> Any:
+    """PostgreSQL: create the stubs of the devices not known yet, in one statement."""
+    stub = _stub_columns(_NEW_IDS.value("ts"))
+    stmt = postgresql.insert(_T).from_select(
+        ["device_id", *stub], select(_NEW_IDS.value("device_id"), *stub.values())
+    )
+    return stmt.on_conflict_do_nothing(index_elements=["device_id"])
+
+
+_ENSURE_STMT = _ensure_statement()
+
+
+def ensure_devices(session: Session, first_seen: Mapping[str, float]) -> None:
+    """Create the devices not known yet as stubs (class unknown until their hello)."""
+    if not first_seen:
+        return
+    if is_postgresql(session):
+        rows = ((d, float(ts)) for d, ts in first_seen.items())
+        session.execute(_ENSURE_STMT, _NEW_IDS.bind(rows))
+        return
+    stubs = [
+        {"device_id": d, "labels": {}, "runtimes": [], "first_seen": ts, "last_seen": ts}
+        for d, ts in first_seen.items()
+    ]
+    insert_ignore(session, _T, stubs, ["device_id"])
+
 
 def touch_devices(session: Session, last_seen: Mapping[str, float], *, now: float) -> None:
     """Create unknown devices as stubs and move ``last_seen`` forward (never back)."""
@@ -105,7 +120,7 @@ def touch_devices(session: Session, last_seen: Mapping[str, float], *, now: floa
     if is_postgresql(session):
         session.execute(_TOUCH_STMT, _TOUCHED.bind((d, float(ts)) for d, ts in last_seen.items()))
         return
-    _ensure_devices(session, last_seen)
+    ensure_devices(session, last_seen)
     session.execute(
         update(_T)
         .where(_T.c.device_id == bindparam("b_id"), _T.c.last_seen < bindparam("b_ts"))
@@ -135,7 +150,7 @@ def set_online(session: Session, online: Mapping[str, bool]) -> None:
     )
 
 
-def _installed_values(installed: object) -> dict[str, object]:
+def installed_values(installed: object) -> dict[str, object]:
     model = getattr(installed, "model_name", None)
     return {
         "b_model": model,
@@ -144,7 +159,7 @@ def _installed_values(installed: object) -> dict[str, object]:
     }
 
 
-_INSTALLED_STMT = (
+INSTALLED_STMT = (
     update(_T)
     .where(
         _T.c.device_id == bindparam("b_id"),
@@ -157,116 +172,6 @@ _INSTALLED_STMT = (
         status_ts=bindparam("b_ts"),
     )
 )
-
-_HELLO_STMT = (
-    update(_T)
-    .where(
-        _T.c.device_id == bindparam("b_id"),
-        or_(_T.c.hello_ts.is_(None), _T.c.hello_ts < bindparam("b_ts")),
-    )
-    .values(
-        device_class=bindparam("b_class"),
-        agent_version=bindparam("b_agent"),
-        runtimes=bindparam("b_runtimes"),
-        free_disk_bytes=bindparam("b_disk"),
-        free_mem_bytes=bindparam("b_mem"),
-        labels=bindparam("b_labels"),
-        hello_ts=bindparam("b_ts"),
-        facts=bindparam("b_facts"),
-        target=bindparam("b_target"),
-    )
-)
-
-
-def _newest_per_device(hellos: Sequence[Hello]) -> dict[str, Hello]:
-    newest: dict[str, Hello] = {}
-    for h in hellos:
-        if h.device_id not in newest or h.ts > newest[h.device_id].ts:
-            newest[h.device_id] = h
-    return newest
-
-
-def _accept_identities(
-    session: Session, newest: Mapping[str, Hello], *, now: float
-) -> tuple[dict[str, float | None], dict[str, AcceptedIdentity]]:
-    """Each device's stored hello ``ts`` and the class and labels its hello may set."""
-    hello_ts: dict[str, float | None] = {}
-    identity: dict[str, AcceptedIdentity] = {}
-    ids = list(newest)
-    for i in range(0, len(ids), _IDS_PER_QUERY):
-        rows = session.execute(
-            select(_T.c.device_id, _T.c.hello_ts, _T.c.labels, _T.c.device_class).where(
-                _T.c.device_id.in_(ids[i : i + _IDS_PER_QUERY])
-            )
-        )
-        for d, ts, labels, device_class in rows:
-            hello_ts[d] = ts
-            identity[d] = accept_hello_identity(
-                StoredIdentity(device_class, dict(labels or {})), newest[d], now=now
-            )
-    return hello_ts, identity
-
-
-def _hello_values(hello: Hello, identity: AcceptedIdentity) -> dict[str, object]:
-    return {
-        "b_id": hello.device_id,
-        "b_ts": hello.ts,
-        "b_class": identity.device_class,
-        "b_agent": hello.agent_version,
-        "b_runtimes": list(hello.runtimes),
-        "b_disk": hello.free_disk_bytes,
-        "b_mem": hello.free_mem_bytes,
-        "b_labels": identity.labels,
-        "b_facts": None if hello.facts is None else hello.facts.to_dict(),
-        "b_target": None if hello.facts is None else target_of(hello.facts),
-    }
-
-
-def _write_new_labels(session: Session, pairs: Sequence[tuple[str, str, str]]) -> None:
-    """Set ``(device_id, key, value)`` label rows, replacing the same keys."""
-    if not pairs:
-        return
-    lt = table_of(DeviceLabel)
-    session.execute(
-        delete(lt).where(lt.c.device_id == bindparam("b_id"), lt.c.key == bindparam("b_key")),
-        [{"b_id": d, "b_key": k} for d, k, _ in pairs],
-    )
-    session.execute(insert(lt), [{"device_id": d, "key": k, "value": v} for d, k, v in pairs])
-
-
-def record_hellos(session: Session, hellos: Sequence[Hello], *, now: float) -> int:
-    """Apply hellos (at most one per device), each only if newer than the stored one;
-    returns how many won. Set-based: a reconnect storm of thousands is a few statements."""
-    newest = _newest_per_device(hellos)
-    if not newest:
-        return 0
-    _ensure_devices(session, {d: now for d in newest})
-    hello_ts, identity = _accept_identities(session, newest, now=now)
-    # R6: class and labels are the enrollment's; a hello claiming others is flagged, not applied
-    ensure_classes(session, {a.device_class for a in identity.values()}, now)
-    reports.record_events(
-        session, [a.mismatch for a in identity.values() if a.mismatch is not None], now=now
-    )
-    winners = [h for h in newest.values() if (hello_ts[h.device_id] or float("-inf")) < h.ts]
-    if winners:
-        session.execute(_HELLO_STMT, [_hello_values(h, identity[h.device_id]) for h in winners])
-        _write_new_labels(
-            session,
-            [
-                (h.device_id, k, str(v))
-                for h in winners
-                for k, v in identity[h.device_id].new_labels.items()
-            ],
-        )
-    session.execute(
-        _INSTALLED_STMT,
-        [
-            {"b_id": h.device_id, "b_ts": h.ts, **_installed_values(h.installed)}
-            for h in newest.values()
-        ],
-    )
-    return len(winners)
-
 
 _STATUSES = RowArrays(
     "statuses",
@@ -312,7 +217,7 @@ def record_statuses(session: Session, statuses: Sequence[Status], *, now: float)
             (
                 s.device_id,
                 float(s.ts),
-                *_installed_values(s.installed).values(),
+                *installed_values(s.installed).values(),
                 s.ota_state,
                 s.deployment_id,
                 s.runtime,
@@ -323,10 +228,10 @@ def record_statuses(session: Session, statuses: Sequence[Status], *, now: float)
         )
         session.execute(_STATUS_STMT, {"now": now, **_STATUSES.bind(rows)})
         return
-    _ensure_devices(session, {s.device_id: now for s in statuses})
+    ensure_devices(session, {s.device_id: now for s in statuses})
     session.execute(
-        _INSTALLED_STMT,
-        [{"b_id": s.device_id, "b_ts": s.ts, **_installed_values(s.installed)} for s in statuses],
+        INSTALLED_STMT,
+        [{"b_id": s.device_id, "b_ts": s.ts, **installed_values(s.installed)} for s in statuses],
     )
     # status_ts now equals s.ts exactly where this status won: update the rest of it there
     session.execute(

@@ -1,8 +1,8 @@
 """Device repository: listing with server-side filters, targeting, and the operator's writes
 (labels, registration, removal).
 
-The ingest's writers (hello, status, online, last seen) live in :mod:`.device_uplink`; they
-are importable from here too, where the hub has always found them.
+The ingest's writers live in :mod:`.device_uplink` (status, online, last seen) and
+:mod:`.device_hellos`; they are importable from here too, where the hub has always found them.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, exists, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from cloud_hub.registry._rows import to_record
+from cloud_hub.registry._rows import existing_keys, matching_slices, to_record
+from cloud_hub.registry.device_hellos import record_hellos
 from cloud_hub.registry.device_uplink import (
     ensure_classes,
     mark_silent_offline,
-    record_hellos,
     record_statuses,
     set_online,
     touch_devices,
@@ -49,7 +49,6 @@ __all__ = [
 ]
 
 MAX_PAGE = 1000
-_IDS_PER_QUERY = 500  # well under every backend's limit of bound parameters
 SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
     "device_id": Device.device_id,
     "last_seen": Device.last_seen,
@@ -131,27 +130,16 @@ def find_device(session: Session, device_id: str) -> DeviceRecord | None:
 
 def find_devices(session: Session, device_ids: Iterable[str]) -> dict[str, DeviceRecord]:
     """The known devices among ``device_ids``, by id (a few queries however many ids)."""
-    ids = list(dict.fromkeys(device_ids))
     found: dict[str, DeviceRecord] = {}
-    for start in range(0, len(ids), _IDS_PER_QUERY):
-        part = ids[start : start + _IDS_PER_QUERY]
-        for row in session.scalars(select(Device).where(Device.device_id.in_(part))):
+    for among in matching_slices(session, Device.device_id, device_ids):
+        for row in session.scalars(select(Device).where(among)):
             found[row.device_id] = _record(row)
     return found
 
 
 def offline_among(session: Session, device_ids: Iterable[str]) -> set[str]:
     """Which of ``device_ids`` are known and offline (one column, a few queries)."""
-    ids = list(dict.fromkeys(device_ids))
-    offline: set[str] = set()
-    for start in range(0, len(ids), _IDS_PER_QUERY):
-        part = ids[start : start + _IDS_PER_QUERY]
-        offline.update(
-            session.scalars(
-                select(Device.device_id).where(Device.device_id.in_(part), Device.online.is_(False))
-            )
-        )
-    return offline
+    return existing_keys(session, Device.device_id, device_ids, Device.online.is_(False))
 
 
 def get_device(session: Session, device_id: str) -> DeviceRecord:
@@ -236,9 +224,6 @@ def delete_device(session: Session, device_id: str, *, now: float, by: str = "")
 
 
 def removed_among(session: Session, device_ids: Iterable[str]) -> set[str]:
-    """Which of ``device_ids`` an operator removed (and nobody enrolled since)."""
-    ids = list(device_ids)
-    if not ids:
-        return set()
-    found = session.scalars(select(RemovedDevice.device_id).where(RemovedDevice.device_id.in_(ids)))
-    return set(found)
+    """Which of ``device_ids`` an operator removed (and nobody enrolled since): one query
+    with one array parameter on PostgreSQL, whatever the number of ids."""
+    return existing_keys(session, RemovedDevice.device_id, device_ids)
