@@ -10,9 +10,10 @@ than the hand-off and blocks nothing for longer than the hand-off itself did.
 
 :func:`run_quick_handlers_inline` makes ``run_in_threadpool`` (where FastAPI, its dependency
 solver, Flower's protobuf route and Flower's node authentication look it up) call the
-function directly — except the pulls that :mod:`shared.flower_long_poll` may hold for up to a
-second (:data:`HOLDING_ENDPOINTS`), which keep their worker thread. Plain generator
-dependencies are entered in place likewise. Only for a SuperLink on Flower's in-memory state
+Fleet and runtime functions (:data:`QUICK_MODULES`) directly — except the pulls that
+:mod:`shared.flower_long_poll` may hold for up to a second (:data:`HOLDING_ENDPOINTS`); the
+Control API and anything else keep Flower's worker thread. Plain generator dependencies are
+entered in place. Only for a SuperLink on Flower's in-memory state
 (a database file means I/O in handlers: :func:`shared.warm_superexec.start_superlink` leaves
 threads on then).
 """
@@ -24,7 +25,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
-__all__ = ["HOLDING_ENDPOINTS", "THREADPOOL_USERS", "run_quick_handlers_inline"]
+__all__ = [
+    "HOLDING_ENDPOINTS",
+    "QUICK_MODULES",
+    "THREADPOOL_USERS",
+    "run_quick_handlers_inline",
+    "runs_in_place",
+]
 
 T = TypeVar("T")
 
@@ -44,9 +51,30 @@ THREADPOOL_USERS = (
 )
 
 
-def _holds(func: Callable[..., Any]) -> bool:
+#: Modules whose plain functions serve Fleet and runtime requests and only touch memory:
+#: their endpoints (but :data:`HOLDING_ENDPOINTS`) and dependencies run in place. Anything
+#: else — the Control API's endpoints, account and authentication plugins — keeps Flower's
+#: worker thread.
+QUICK_MODULES = frozenset(
+    {
+        "flwr.superlink.routers.fleet.router",
+        "flwr.superlink.routers.fleet.node_auth",
+        "flwr.supercore.routers.runtime.router",
+        "flwr.supercore.dependencies.runtime",
+        "flwr.supercore.dependencies.version",
+        "flwr.supercore.protobuf.translation",
+        "flwr.superlink.dependencies.linkstate",
+    }
+)
+
+
+def runs_in_place(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` (an endpoint, a dependency or Flower's node check) runs in place."""
     target = getattr(func, "func", func)  # a functools.partial around the endpoint
-    return (getattr(target, "__module__", ""), getattr(target, "__name__", "")) in HOLDING_ENDPOINTS
+    module = getattr(target, "__module__", "")
+    return module in QUICK_MODULES and (module, getattr(target, "__name__", "")) not in (
+        HOLDING_ENDPOINTS
+    )
 
 
 def run_quick_handlers_inline() -> None:
@@ -54,9 +82,9 @@ def run_quick_handlers_inline() -> None:
     from starlette.concurrency import run_in_threadpool as in_thread
 
     async def run_in_place(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if _holds(func):
-            return await in_thread(func, *args, **kwargs)
-        return func(*args, **kwargs)
+        if runs_in_place(func):
+            return func(*args, **kwargs)
+        return await in_thread(func, *args, **kwargs)
 
     @asynccontextmanager
     async def enter_in_place(cm: AbstractContextManager[T]) -> AsyncIterator[T]:

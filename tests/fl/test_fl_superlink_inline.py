@@ -35,31 +35,38 @@ def _thread_of(run: object, func: object) -> int:
     return asyncio.run(call())
 
 
+def _stand_in(module: str, name: str) -> object:
+    def stand_in() -> int:
+        return threading.get_ident()
+
+    stand_in.__module__, stand_in.__name__ = module, name  # the identity Flower's has
+    return stand_in
+
+
 @pytest.mark.usefixtures("restored")
-def test_quick_handlers_run_in_place_and_holding_pulls_keep_a_thread() -> None:
+def test_fleet_and_runtime_handlers_run_in_place_the_rest_keeps_a_thread() -> None:
     fleet_router = importlib.import_module("flwr.superlink.routers.fleet.router")
     runtime_router = importlib.import_module("flwr.supercore.routers.runtime.router")
-
+    control_router = importlib.import_module("flwr.superlink.routers.control.router")
     flower_inline.run_quick_handlers_inline()
     routing = importlib.import_module("fastapi.routing")
-
-    def quick() -> int:
-        return threading.get_ident()
-
-    def fleet_pull_messages() -> int:  # named like Flower's, but not Flower's: in place
-        return threading.get_ident()
-
-    assert _thread_of(routing.run_in_threadpool, quick) == 1
-    assert _thread_of(routing.run_in_threadpool, fleet_pull_messages) == 1
-    for held in (fleet_router.fleet_pull_messages, runtime_router.pull_messages):
-        module, name = held.__module__, held.__name__
-        assert (module, name) in flower_inline.HOLDING_ENDPOINTS
-
-        def stand_in() -> int:
-            return threading.get_ident()
-
-        stand_in.__module__, stand_in.__name__ = module, name  # the identity Flower's has
-        assert _thread_of(routing.run_in_threadpool, stand_in) == 0  # a worker thread
+    in_place = [
+        (fleet_router.__name__, fleet_router.fleet_push_object.__name__),
+        (runtime_router.__name__, "push_object"),
+        ("flwr.superlink.routers.fleet.node_auth", "authenticate_node"),
+        ("flwr.superlink.dependencies.linkstate", "get_linkstate"),
+    ]
+    threaded = [
+        (fleet_router.__name__, fleet_router.fleet_pull_messages.__name__),  # may be held
+        (runtime_router.__name__, runtime_router.pull_messages.__name__),  # may be held
+        (control_router.__name__, "list_runs"),  # the Control API: Flower's threads
+        ("flwr.superlink.dependencies.account", "get_account"),  # may call a plugin
+        (__name__, "anything_else"),
+    ]
+    for module, name in in_place:
+        assert _thread_of(routing.run_in_threadpool, _stand_in(module, name)) == 1, name
+    for module, name in threaded:
+        assert _thread_of(routing.run_in_threadpool, _stand_in(module, name)) == 0, name
 
 
 @pytest.mark.usefixtures("restored")
