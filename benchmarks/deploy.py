@@ -1,7 +1,7 @@
 """Deployment Engine benchmark: one SecAgg+ run over real SuperNodes against the in-process grid.
 
     .venv/bin/python benchmarks/deploy.py            # the pair (6 SuperNodes, 3 rounds) + the lab
-    .venv/bin/python benchmarks/deploy.py --quick    # 3 SuperNodes, 1 round (< 60 s), no lab
+    .venv/bin/python benchmarks/deploy.py --quick    # 3 SuperNodes, 1 round, 1 pair (< 60 s), no lab
     .venv/bin/python benchmarks/deploy.py --no-lab   # the pair only
 
 Both contenders run the same training config (SecAgg+ on, the same per-device data, the
@@ -9,10 +9,11 @@ same hub ServerApp). The in-process run is ``run_federated`` with ``engine="inpr
 deployment run is a real ``flower-superlink`` over TLS and one pinned SuperNode process per
 device (:mod:`edge_agent.fl.pinned_supernode`), submitted through the SuperLink's Control API
 (:meth:`cloud_hub.fl.superlink.SuperLinkProcess.submit_run`). A round's time is what the
-hub's fit workflow measured for it (``fit_time_s``, the same code on both sides). The
-in-process figures are those of a fresh process's first run (as the target was set); a
-second in-process run after the deployment run is reported too (``inprocess_warm_round_s``:
-imports and torch's first-use set-up already paid, the machine's load of later).
+hub's fit workflow measured for it (``fit_time_s``, the same code on both sides). The two
+alternate ``--pairs`` times (3; ``--quick`` 1) on one running federation: an in-process run
+in a fresh process (its first run, as the target was set), then a deployment run; the
+figures are the medians, ``pair_ratios`` each pair's ratio. A warm in-process run (imports
+and torch's first-use set-up already paid) is reported too (``inprocess_warm_round_s``).
 
 Whole-run figures (extra keys): ``inprocess_run_s`` (``run_federated``, call to result) and
 ``deployment_run_s`` (submission to ``summary.json``: submission, ServerApp pick-up, every
@@ -111,6 +112,21 @@ def run_inprocess(root: Path) -> dict[str, Any]:
     }
 
 
+def run_inprocess_fresh(root: Path) -> dict[str, Any]:
+    """:func:`run_inprocess` in a new Python process (a first run there: imports and torch's
+    first-use set-up included, as the target was set)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, __file__, "--inprocess-only", str(root)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 #: Which part of the Deployment Engine a process is, by a word of its command line.
 _ROLES = (
     ("warm_superexec superlink", "superlink"),
@@ -160,32 +176,27 @@ def _wait_until_warm(logs: list[Path], timeout_s: float = 600.0) -> None:
     raise SystemExit(f"SuperNodes not ready after {timeout_s:.0f} s")
 
 
-def run_deployment(root: Path, devices: int) -> dict[str, Any]:
+def _one_deployment_run(root: Path, link: Any, fab_sha256: str, index: int) -> dict[str, Any]:
+    """One SecAgg+ run submitted to the running federation: its figures."""
     from cloud_hub.fl.superlink import wait_for_summary
-    from simulations.harness.federation import local_federation
 
-    federation = local_federation(root, devices=devices, run_id="bench")
-    with federation.running() as link:
-        _wait_until_warm([root / f"node-{i}.log" for i in range(devices)])
-        idle_from = _cpu_seconds_by_role()
-        time.sleep(_IDLE_S)  # what the waiting processes cost while nothing runs
-        idle = _cpu_since(idle_from)
-        cpu_started = _cpu_seconds_by_role()
-        started = time.perf_counter()
-        link.submit_run(
-            {
-                "config-path": str(root / "train.toml"),
-                "validation-path": str(root / "validation.npz"),
-                "results-dir": str(root / "results"),
-                "run-name": "bench",
-                "model-name": "sensor-mlp",
-            },
-            expected_fab_sha256=federation.fab_sha256,
-        )
-        submitted = time.perf_counter()
-        summary = wait_for_summary(root / "results", timeout_s=900, link=link, poll_s=0.05)
-        done = time.perf_counter()
-        cpu = _cpu_since(cpu_started)
+    results = root / f"results-{index}"
+    cpu_started = _cpu_seconds_by_role()
+    started = time.perf_counter()
+    link.submit_run(
+        {
+            "config-path": str(root / "train.toml"),
+            "validation-path": str(root / "validation.npz"),
+            "results-dir": str(results),
+            "run-name": "bench",
+            "model-name": "sensor-mlp",
+        },
+        expected_fab_sha256=fab_sha256,
+    )
+    submitted = time.perf_counter()
+    summary = wait_for_summary(results, timeout_s=900, link=link, poll_s=0.05)
+    done = time.perf_counter()
+    cpu = _cpu_since(cpu_started)
     rounds = summary["rounds"]
     if any(r["status"] != "ok" for r in rounds):
         raise SystemExit(f"deployment run had a failed round: {rounds}")
@@ -195,9 +206,43 @@ def run_deployment(root: Path, devices: int) -> dict[str, Any]:
         "submit_s": round(submitted - started, 2),
         "cpu_s": round(sum(cpu.values()), 2),
         "cpu_s_by_role": cpu,
-        "idle_cpu_s_per_s_by_role": {role: round(v / _IDLE_S, 3) for role, v in idle.items()},
         "rounds": len(rounds) - 1,
         "round_fit_s": [round(r["fit_time_s"], 2) for r in rounds if r["round"] > 0],
+    }
+
+
+def run_pairs(root: Path, devices: int, pairs: int) -> list[dict[str, Any]]:
+    """``pairs`` times, alternated on one running federation: an in-process run in a fresh
+    process, then the same run over the Deployment Engine (the federation is started once:
+    a device's SuperNode runs long before a training order)."""
+    from simulations.harness.federation import local_federation
+
+    federation = local_federation(root, devices=devices, run_id="bench")
+    measured: list[dict[str, Any]] = []
+    with federation.running() as link:
+        _wait_until_warm([root / f"node-{i}.log" for i in range(devices)])
+        idle_from = _cpu_seconds_by_role()
+        time.sleep(_IDLE_S)  # what the waiting processes cost while nothing runs
+        idle = _cpu_since(idle_from)
+        for index in range(pairs):
+            inprocess = run_inprocess_fresh(root)
+            print(f"pair {index}: in-process {inprocess}", flush=True)
+            deployment = _one_deployment_run(root, link, federation.fab_sha256, index)
+            deployment["idle_cpu_s_per_s_by_role"] = {
+                role: round(v / _IDLE_S, 3) for role, v in idle.items()
+            }
+            print(f"pair {index}: deployment {deployment}", flush=True)
+            measured.append({"inprocess": inprocess, "deployment": deployment})
+    return measured
+
+
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each number over ``runs`` (one run's figures)."""
+    import statistics
+
+    return {
+        key: round(statistics.median(float(run[key]) for run in runs), 3)
+        for key in ("round_s", "run_s", "cpu_s")
     }
 
 
@@ -223,29 +268,37 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 SuperNodes, 1 round (< 60 s)")
     parser.add_argument("--keep", type=Path, help="work here and keep the logs (empty folder)")
     parser.add_argument("--no-lab", action="store_true", help="skip the lab scenario")
+    parser.add_argument("--pairs", type=int, help="alternated pairs (default 3; --quick 1)")
+    parser.add_argument("--inprocess-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.inprocess_only is not None:  # one fresh-process in-process run for run_pairs
+        print(json.dumps(run_inprocess(args.inprocess_only)))
+        return
     devices, rounds = (3, 1) if args.quick else (6, 3)
+    pairs = args.pairs or (1 if args.quick else 3)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedfleet-bench-deploy-") as tmp:
         root = Path(tmp) if args.keep is None else args.keep
         root.mkdir(parents=True, exist_ok=True)
         _write_inputs(root, devices, rounds)
-        before = run_inprocess(root)
-        print(f"in-process: {before}", flush=True)
-        deployment = run_deployment(root, devices)
-        print(f"deployment: {deployment}", flush=True)
+        measured = run_pairs(root, devices, pairs)
+        run_inprocess(root)  # this process's first run pays the imports and torch's set-up
         warm = run_inprocess(root)
         print(f"in-process (warm): {warm}", flush=True)
-        inprocess = {**before, "warm": warm}
         lab: dict[str, Any] = {**dict.fromkeys(LAB_KEYS), "lab_note": "not run (--quick/--no-lab)"}
         if not (args.quick or args.no_lab):
             lab = run_lab(root / "lab-scenario")
     facts = detect_device_facts()
+    inprocess = _median_of([m["inprocess"] for m in measured])
+    deployment = _median_of([m["deployment"] for m in measured])
     result: dict[str, Any] = {
         "inprocess_round_s": inprocess["round_s"],
         "deployment_round_s": deployment["round_s"],
         "deployment_vs_inprocess": round(deployment["round_s"] / inprocess["round_s"], 3),
+        "pair_ratios": [
+            round(m["deployment"]["round_s"] / m["inprocess"]["round_s"], 3) for m in measured
+        ],
         "inprocess_warm_round_s": warm["round_s"],
         "inprocess_run_s": inprocess["run_s"],
         "deployment_run_s": deployment["run_s"],
@@ -255,9 +308,9 @@ def main() -> None:
         **lab,
         "devices": devices,
         "rounds": rounds,
+        "pairs": pairs,
         "secagg": True,
-        "inprocess": inprocess,
-        "deployment": deployment,
+        "measured": measured,
         "cpu": {"model": facts.cpu_model, "flags": facts.isa_flags, "cores": os.cpu_count()},
         "load_avg": [round(v, 2) for v in os.getloadavg()],
         "benchmark_wall_s": round(time.perf_counter() - started, 1),
