@@ -51,7 +51,8 @@ RECORD_EVERY = 16  # chunks between writes of the hashes and map entries
 
 
 class BundleDownload:
-    """Chunks of one bundle being received. Not thread-safe (the updater serialises)."""
+    """Chunks of one bundle being received. Not thread-safe: its ``ChunkTransfer`` serialises
+    the network thread's intake and the worker's bookkeeping."""
 
     def __init__(
         self,
