@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.bundle_container import (
     FORMAT_VERSION,
@@ -155,16 +155,20 @@ def _model_sha256(manifest: BundleManifest) -> str:
         return ""
 
 
-def verify_artifacts(manifest: BundleManifest, payload: bytes) -> dict[str, bytes]:
+PayloadT = TypeVar("PayloadT", bytes, memoryview)
+
+
+def verify_artifacts(manifest: BundleManifest, payload: PayloadT) -> dict[str, PayloadT]:
     """Split ``payload`` by the manifest and check every artifact's size and sha256.
 
     For a delta artifact the returned bytes are the (verified) delta; pass the result through
-    :func:`resolve_deltas` to get full artifacts.
+    :func:`resolve_deltas` to get full artifacts. A memoryview payload (a mapped download)
+    gives views into it: nothing is copied.
     """
     expected = sum(a.wire_size for a in manifest.artifacts)
     if len(payload) != expected:
         raise HashMismatchError(f"payload is {len(payload)} bytes, manifest says {expected}")
-    out: dict[str, bytes] = {}
+    out: dict[str, PayloadT] = {}
     offset = 0
     for a in manifest.artifacts:
         data = payload[offset : offset + a.wire_size]

@@ -22,11 +22,12 @@ from shared.bundle import (
     VerifyPolicy,
     container_prefix,
     parse_bundle,
+    verify_artifacts,
     verify_offer,
     verify_rollback_order,
 )
 from shared.chunks import chunk_count
-from shared.errors import ConfigError, HashMismatchError, MixAndMatchError
+from shared.errors import ConfigError, MixAndMatchError
 from shared.messages import DeployCommand, RollbackCommand
 from shared.topics import TopicScheme
 
@@ -163,24 +164,7 @@ def verify_download(
     )
     if offer.bundle_id != bundle_id:
         raise MixAndMatchError("bundle does not carry the manifest it was offered with")
-    return VerifiedDownload(offer=offer, artifacts=_verified_artifacts(offer.manifest, payload))
-
-
-def _verified_artifacts(manifest: BundleManifest, payload: memoryview) -> dict[str, memoryview]:
-    """``shared.bundle.verify_artifacts`` over a view: split ``payload`` by the manifest and
-    check every artifact's size and sha256 (as it travels: a delta's bytes for a delta)."""
-    expected = sum(a.wire_size for a in manifest.artifacts)
-    if len(payload) != expected:
-        raise HashMismatchError(f"payload is {len(payload)} bytes, manifest says {expected}")
-    out: dict[str, memoryview] = {}
-    offset = 0
-    for a in manifest.artifacts:
-        part = payload[offset : offset + a.wire_size]
-        offset += a.wire_size
-        if hashlib.sha256(part).hexdigest() != a.wire_sha256:
-            raise HashMismatchError(f"artifact {a.name!r}: sha256 mismatch")
-        out[a.name] = part
-    return out
+    return VerifiedDownload(offer=offer, artifacts=verify_artifacts(offer.manifest, payload))
 
 
 def corrupt_chunks(
