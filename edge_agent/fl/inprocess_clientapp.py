@@ -101,9 +101,10 @@ class ClientAppRunner:
         if reply is not None:
             _store_reply(state, store, reply)
         log.info(
-            "ClientApp task %d of run %d ran in this process: %s",
+            "ClientApp task %d of run %d (FAB %s) ran in this process: %s",
             task.task_id,
             task.run_id,
+            fab.hash_str,
             sub_status,
         )
         state.finish_task(task.task_id, sub_status, details)

@@ -158,7 +158,7 @@ def test_a_round_without_secagg_is_refused_where_the_order_requires_it(hub: Hub)
     summary = hub.run(hub.supernode(fab=fab_sha256(), require_secagg=True), FAB_DIR, secagg=False)
 
     log = hub.node_log.read_text(errors="replace")
-    assert "Retrieved FAB" in log  # the ordered FAB was accepted over TLS ...
+    assert f"(FAB {fab_sha256()}) ran in this process" in log  # the ordered FAB ran (TLS) ...
     assert "RoundRefusedError: R4: SecAgg+ is required here and the run turned it off" in log
     assert "TLS disabled" not in hub.link.log_tail(50_000)
     assert summary["status"] == "failed"  # ... but no unmasked update was sent
