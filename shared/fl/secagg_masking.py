@@ -33,6 +33,7 @@ from flwr.common import Parameters
 from flwr.common.secure_aggregation.secaggplus_constants import Key
 from numpy.typing import NDArray
 
+from shared.fl.secagg_shares import open_neighbour_shares
 from shared.fl.secure_prg import CLIENT_MODULE, add_mask_into
 
 __all__ = ["FLOWER_COLLECT_MASKED_VECTORS", "collect_masked_vectors"]
@@ -44,28 +45,11 @@ FLOWER_COLLECT_MASKED_VECTORS = _flower._collect_masked_vectors
 
 def _store_neighbour_shares(state: Any, configs: Any) -> list[int]:
     """Decrypt the neighbours' shares into ``state``; the ids that sent one (Flower's checks)."""
-    ciphertexts = cast(list[bytes], configs[Key.CIPHERTEXT_LIST])
-    sources = cast(list[int], configs[Key.SOURCE_LIST])
-    if len(ciphertexts) + 1 < state.threshold:
-        raise ValueError("Not enough available neighbour clients.")
-    available: list[int] = []
-    for source, ciphertext in zip(sources, ciphertexts, strict=True):
-        plaintext = _flower.decrypt(state.ss2_dict[source], ciphertext)
-        actual_source, destination, seed_share, key_share = _flower.share_keys_plaintext_separate(
-            plaintext
-        )
-        available.append(source)
-        if source != actual_source:
-            raise ValueError(
-                f"Node {state.nid}: received ciphertext from {actual_source} instead of {source}."
-            )
-        if destination != state.nid:
-            raise ValueError(
-                f"Node {state.nid}: received an encrypted message"
-                f"for Node {destination} from Node {source}."
-            )
-        state.rd_seed_share_dict[source] = seed_share
-        state.sk1_share_dict[source] = key_share
+    available, seed_shares, key_shares = open_neighbour_shares(
+        state.nid, state.threshold, state.ss2_dict, configs
+    )
+    state.rd_seed_share_dict.update(seed_shares)
+    state.sk1_share_dict.update(key_shares)
     return available
 
 

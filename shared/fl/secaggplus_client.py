@@ -35,14 +35,12 @@ from flwr.client.mod.secure_aggregation.secaggplus_mod import check_configs, che
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation import ndarrays_arithmetic, quantization
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
-    decrypt,
     encrypt,
     generate_shared_key,
 )
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import (
     share_keys_plaintext_concat,
-    share_keys_plaintext_separate,
 )
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore import log
@@ -56,6 +54,7 @@ from numpy.typing import NDArray
 from shared.fl import npy_codec, shamir
 from shared.fl.secagg_client_state import ClientRound, load_round, save_round
 from shared.fl.secagg_keys import bytes_to_public_key
+from shared.fl.secagg_shares import open_neighbour_shares
 from shared.fl.secure_prg import MASK_GENERATOR, add_mask_into, secure_pseudo_rand_gen
 
 __all__ = ["MASKED_WITH", "secaggplus_client_mod"]
@@ -147,26 +146,9 @@ def _share_keys(r: ClientRound, configs: ConfigRecord) -> dict[str, ConfigRecord
 
 def _open_neighbour_shares(r: ClientRound, configs: ConfigRecord) -> list[int]:
     """Decrypt the neighbours' shares into ``r``; the ids that sent one (Flower's checks)."""
-    ciphertexts = cast(list[bytes], configs[Key.CIPHERTEXT_LIST])
-    sources = cast(list[int], configs[Key.SOURCE_LIST])
-    if len(ciphertexts) + 1 < r.threshold:
-        raise ValueError("Not enough available neighbour clients.")
-    available: list[int] = []
-    for source, ciphertext in zip(sources, ciphertexts, strict=True):
-        plaintext = decrypt(r.ss2[source], ciphertext)
-        actual_source, destination, seed_share, key_share = share_keys_plaintext_separate(plaintext)
-        available.append(source)
-        if source != actual_source:
-            raise ValueError(
-                f"Node {r.nid}: received ciphertext from {actual_source} instead of {source}."
-            )
-        if destination != r.nid:
-            raise ValueError(
-                f"Node {r.nid}: received an encrypted message"
-                f"for Node {destination} from Node {source}."
-            )
-        r.rd_seed_shares[source] = seed_share
-        r.sk1_shares[source] = key_share
+    available, seed_shares, key_shares = open_neighbour_shares(r.nid, r.threshold, r.ss2, configs)
+    r.rd_seed_shares.update(seed_shares)
+    r.sk1_shares.update(key_shares)
     return available
 
 
