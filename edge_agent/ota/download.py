@@ -51,8 +51,7 @@ RECORD_EVERY = 16  # chunks between writes of the hashes and map entries
 
 
 class BundleDownload:
-    """Chunks of one bundle being received. Not thread-safe: its ``ChunkTransfer`` serialises
-    the network thread's intake and the worker's bookkeeping."""
+    """Chunks of one bundle being received. Not thread-safe (the updater serialises)."""
 
     def __init__(
         self,
