@@ -6,8 +6,6 @@ one query on PostgreSQL too."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -16,6 +14,7 @@ from cloud_hub.registry import Registry, devices, open_registry
 from cloud_hub.registry.tables import Device, DeviceLabel, EventRow
 from shared.device_facts import DeviceFacts
 from shared.messages import Hello, InstalledModel
+from tests.registry.test_registry_uplink_batches import _statements
 
 T0 = 1_800_000_000.0
 N = 240  # devices per group: many rows per statement
@@ -104,20 +103,6 @@ def test_a_batch_of_hellos_stores_what_one_at_a_time_stores(
     assert ("0002", "rack", "2") in stored["labels"]  # type: ignore[operator]
     assert ("0000", "site", "s1") in stored["labels"]  # type: ignore[operator]
     assert ("0000", "rack", "0") not in stored["labels"]  # type: ignore[operator]
-
-
-@contextmanager
-def _statements(registry: Registry) -> Iterator[list[tuple[str, bool]]]:
-    seen: list[tuple[str, bool]] = []
-
-    def record(_c: object, _cur: object, sql: str, _p: object, _ctx: object, many: bool) -> None:
-        seen.append((sql.split(None, 1)[0].upper(), many))
-
-    sa.event.listen(registry.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(registry.engine, "before_cursor_execute", record)
 
 
 def test_hellos_and_the_removed_check_are_a_few_statements_on_postgresql(
