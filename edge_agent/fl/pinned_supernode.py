@@ -44,6 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.fl.inprocess_clientapp import run_clientapps_in_process
+from edge_agent.fl.supernode import CLIENTAPP_MODES
 from edge_agent.fl.warm_clientapp import warm_imports
 from shared.flower_long_poll import was_held
 from shared.flower_pulls import retry_object_pulls_sooner
@@ -73,8 +74,6 @@ DEFAULT_POLL_INTERVAL_S = 0.05
 IDLE_POLL_INTERVAL_S = 0.5
 # The longest sleep of the SuperNode's own loops (it waits for a reply in 0.5 s sleeps).
 REPLY_POLL_INTERVAL_S = 0.05
-# Where a message's ClientApp runs: in the SuperNode's process (default) or a forked task.
-CLIENTAPP_MODES = ("in-process", "forked")
 # Logged once the in-process ClientApp is imported and warm (Flower logs "Starting Flower
 # SuperExec" when a forked-task SuperNode's executor is up).
 CLIENTAPP_READY_LINE = "ClientApp ready in the SuperNode's process"

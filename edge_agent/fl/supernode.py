@@ -29,7 +29,7 @@ from pathlib import Path
 from edge_agent.errors import AgentConfigError
 from shared.fl.config_keys import NodeConfigKey
 
-__all__ = ["SuperNodeConfig", "SuperNodeSupervisor"]
+__all__ = ["CLIENTAPP_MODES", "SuperNodeConfig", "SuperNodeSupervisor"]
 
 
 def _flower_bin(name: str) -> str:
@@ -49,6 +49,11 @@ def _toml_value(value: str | int | float | bool) -> str:
     if any(c in value for c in "\"'\n"):
         raise AgentConfigError(f"node config value {value!r} contains quotes")
     return f'"{value}"'
+
+
+#: Where a pinned SuperNode runs a message's ClientApp: in its own process (the default) or
+#: in a task process forked per message (edge_agent.fl.pinned_supernode ``--clientapp``).
+CLIENTAPP_MODES = ("in-process", "forked")
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ class SuperNodeConfig:
                 "TLS needs root_certificates (the SuperLink's CA); set insecure=True explicitly "
                 "for a plain-text connection"
             )
-        if self.clientapp not in ("in-process", "forked"):
+        if self.clientapp not in CLIENTAPP_MODES:
             raise AgentConfigError(
                 f"clientapp must be in-process or forked, got {self.clientapp!r}"
             )
