@@ -222,8 +222,7 @@ class BrokerAccessControl:
     def sync(self, revoked: Iterable[str]) -> None:
         """Make sure every device in ``revoked`` is revoked (at hub start: the broker may
         have missed a deletion, or started from an older configuration)."""
-        for device_id in revoked:
-            self._want(device_id, True, 0.0)
+        self._want_all(dict.fromkeys(revoked, True))
 
     def pending(self) -> dict[str, bool]:
         with self._cond:
@@ -238,14 +237,21 @@ class BrokerAccessControl:
 
     def _want(self, device_id: str, revoked: bool, wait_s: float) -> bool:
         with self._cond:
-            self._pending[device_id] = revoked
+            self._want_all({device_id: revoked})
+            return self._cond.wait_for(
+                lambda: self._pending.get(device_id) != revoked, timeout=wait_s
+            )
+
+    def _want_all(self, wishes: Mapping[str, bool]) -> None:
+        """Record ``wishes`` under one lock, so the worker sees them as one batch."""
+        if not wishes:
+            return
+        with self._cond:
+            self._pending.update(wishes)
             self._cond.notify_all()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="broker-access", daemon=True)
                 self._thread.start()
-            return self._cond.wait_for(
-                lambda: self._pending.get(device_id) != revoked, timeout=wait_s
-            )
 
     def _run(self) -> None:
         failures = 0

@@ -276,6 +276,34 @@ def test_a_deletion_the_broker_missed_is_retried_until_confirmed() -> None:
         access.close()
 
 
+class _RecordingAdmin:
+    """Applies every batch at once and records each one."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, bool]] = []
+        self.settings = type("S", (), {"timeout_s": 1.0})()
+
+    def settle(self, wishes: dict[str, bool]) -> None:
+        self.batches.append(dict(wishes))
+
+
+def test_a_sync_reaches_the_broker_as_one_batch() -> None:
+    # the worker starts with the first wish: it must not see the sync's wishes one by one
+    # (a race that sent 2 admin sessions for 5 deletions about one start in seven)
+    names = [f"cam-{i}" for i in range(5)]
+    for _ in range(50):
+        admin = _RecordingAdmin()
+        access = BrokerAccessControl(admin, retry_s=(0.01,))  # type: ignore[arg-type]
+        try:
+            access.sync(names)
+            deadline = time.monotonic() + DROP_WITHIN_S
+            while access.pending() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert admin.batches == [dict.fromkeys(names, True)]
+        finally:
+            access.close()
+
+
 def test_enroll_revoke_drops_the_device_at_the_broker(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
