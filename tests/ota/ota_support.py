@@ -103,14 +103,19 @@ class ScriptedDevice:
         self._client.on_subscribe = self._on_subscribe
         self._sub_mid: int | None = None
         self._stop = threading.Event()
+        self._listening = threading.Event()  # the broker acknowledged cmd + chunks
         self._client.connect("127.0.0.1", port)
-        self._client.subscribe(
+        self._listen_mid = self._client.subscribe(
             [
                 (self.topics.device(device_id, "cmd"), 1),
                 (self.topics.device(device_id, "chunks"), 1),
             ]
-        )
+        )[1]
         self._client.loop_start()
+        # commands are not retained: one sent before the broker has the subscription is lost
+        if not self._listening.wait(5.0):
+            self.close()
+            raise TimeoutError(f"{device_id}: the broker did not acknowledge the subscription")
         self._ticker = threading.Thread(target=self._tick, daemon=True)
         self._ticker.start()
 
@@ -126,7 +131,9 @@ class ScriptedDevice:
         self._client.publish(self.topics.device(self.device_id, "events"), ev.encode(), qos=1)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, *rest: object) -> None:
-        if mid == self._sub_mid:
+        if mid == self._listen_mid:
+            self._listening.set()
+        elif mid == self._sub_mid:
             self._event("download_started")
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
