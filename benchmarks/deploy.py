@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
+from cloud_hub.fl.superlink import DEFAULT_SERVERAPP, SERVERAPP_MODES
 from shared.device_facts import detect_device_facts
 
 LAB_KEYS = (
@@ -130,6 +131,7 @@ def run_inprocess_fresh(root: Path) -> dict[str, Any]:
 #: Which part of the Deployment Engine a process is, by a word of its command line.
 _ROLES = (
     ("warm_superexec superlink", "superlink"),
+    ("inprocess_serverapp", "superlink"),  # the SuperLink with the ServerApp in a thread
     ("warm_serverapp", "serverapp"),  # the SuperLink's SuperExec and the ServerApps it forked
     ("warm_clientapp", "clientapp"),  # a SuperNode's SuperExec and the ClientApps it forked
     ("pinned_supernode", "supernode"),
@@ -211,13 +213,21 @@ def _one_deployment_run(root: Path, link: Any, fab_sha256: str, index: int) -> d
     }
 
 
-def run_pairs(root: Path, devices: int, pairs: int) -> list[dict[str, Any]]:
-    """``pairs`` times, alternated on one running federation: an in-process run in a fresh
+def run_pairs(root: Path, devices: int, pairs: int, serverapp: str) -> list[dict[str, Any]]:
+    """``pairs`` times, alternated on one running federation whose SuperLink runs the
+    ServerApp ``serverapp`` (``SuperLinkProcess(serverapp=...)``): an in-process run in a fresh
     process, then the same run over the Deployment Engine (the federation is started once:
     a device's SuperNode runs long before a training order)."""
+    import dataclasses
+
+    from cloud_hub.fl.superlink import SuperLinkProcess
     from simulations.harness.federation import local_federation
 
     federation = local_federation(root, devices=devices, run_id="bench")
+    link = SuperLinkProcess(
+        federation.link.config, workdir=federation.link.workdir, serverapp=serverapp
+    )
+    federation = dataclasses.replace(federation, link=link)
     measured: list[dict[str, Any]] = []
     with federation.running() as link:
         _wait_until_warm([root / f"node-{i}.log" for i in range(devices)])
@@ -231,7 +241,8 @@ def run_pairs(root: Path, devices: int, pairs: int) -> list[dict[str, Any]]:
             deployment["idle_cpu_s_per_s_by_role"] = {
                 role: round(v / _IDLE_S, 3) for role, v in idle.items()
             }
-            print(f"pair {index}: deployment {deployment}", flush=True)
+            deployment["serverapp"] = serverapp
+            print(f"pair {index}: deployment ({serverapp}) {deployment}", flush=True)
             measured.append({"inprocess": inprocess, "deployment": deployment})
     return measured
 
@@ -243,6 +254,34 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         key: round(statistics.median(float(run[key]) for run in runs), 3)
         for key in ("round_s", "run_s", "cpu_s")
+    }
+
+
+def _mode_figures(measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ServerApp mode's pairs: the deployment medians, the ratio to the in-process runs
+    of the same pairs, and CPU seconds per run by process role (median)."""
+    import statistics
+
+    inprocess = _median_of([m["inprocess"] for m in measured])
+    deployment = _median_of([m["deployment"] for m in measured])
+    roles = sorted({r for m in measured for r in m["deployment"]["cpu_s_by_role"]})
+    return {
+        "deployment_round_s": deployment["round_s"],
+        "deployment_vs_inprocess": round(deployment["round_s"] / inprocess["round_s"], 3),
+        "pair_ratios": [
+            round(m["deployment"]["round_s"] / m["inprocess"]["round_s"], 3) for m in measured
+        ],
+        "deployment_run_s": deployment["run_s"],
+        "deployment_cpu_s": deployment["cpu_s"],
+        "cpu_s_by_role": {
+            role: round(
+                statistics.median(
+                    m["deployment"]["cpu_s_by_role"].get(role, 0.0) for m in measured
+                ),
+                2,
+            )
+            for role in roles
+        },
     }
 
 
@@ -269,6 +308,13 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work here and keep the logs (empty folder)")
     parser.add_argument("--no-lab", action="store_true", help="skip the lab scenario")
     parser.add_argument("--pairs", type=int, help="alternated pairs (default 3; --quick 1)")
+    parser.add_argument(
+        "--serverapp",
+        choices=(*SERVERAPP_MODES, "both"),
+        default="both",
+        help="where the SuperLink runs the ServerApp (SuperLinkProcess's serverapp); both: "
+        "the pairs once per mode, the headline figures for the default mode",
+    )
     parser.add_argument("--inprocess-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inprocess_only is not None:  # one fresh-process in-process run for run_pairs
@@ -282,7 +328,13 @@ def main() -> None:
         root = Path(tmp) if args.keep is None else args.keep
         root.mkdir(parents=True, exist_ok=True)
         _write_inputs(root, devices, rounds)
-        measured = run_pairs(root, devices, pairs)
+        modes = SERVERAPP_MODES if args.serverapp == "both" else (args.serverapp,)
+        by_mode: dict[str, list[dict[str, Any]]] = {}
+        for mode in modes:  # each mode its own federation, logs and results (same inputs)
+            mode_root = root / f"serverapp-{mode}"
+            mode_root.mkdir(exist_ok=True)
+            _write_inputs(mode_root, devices, rounds)
+            by_mode[mode] = run_pairs(mode_root, devices, pairs, mode)
         run_inprocess(root)  # this process's first run pays the imports and torch's set-up
         warm = run_inprocess(root)
         print(f"in-process (warm): {warm}", flush=True)
@@ -290,6 +342,8 @@ def main() -> None:
         if not (args.quick or args.no_lab):
             lab = run_lab(root / "lab-scenario")
     facts = detect_device_facts()
+    headline = DEFAULT_SERVERAPP if DEFAULT_SERVERAPP in by_mode else modes[0]
+    measured = by_mode[headline]
     inprocess = _median_of([m["inprocess"] for m in measured])
     deployment = _median_of([m["deployment"] for m in measured])
     result: dict[str, Any] = {
@@ -305,12 +359,14 @@ def main() -> None:
         "deployment_vs_inprocess_run": round(deployment["run_s"] / inprocess["run_s"], 3),
         "inprocess_cpu_s": inprocess["cpu_s"],
         "deployment_cpu_s": deployment["cpu_s"],
+        "serverapp": headline,
+        "by_serverapp": {mode: _mode_figures(runs) for mode, runs in by_mode.items()},
         **lab,
         "devices": devices,
         "rounds": rounds,
         "pairs": pairs,
         "secagg": True,
-        "measured": measured,
+        "measured": by_mode,
         "cpu": {"model": facts.cpu_model, "flags": facts.isa_flags, "cores": os.cpu_count()},
         "load_avg": [round(v, 2) for v in os.getloadavg()],
         "benchmark_wall_s": round(time.perf_counter() - started, 1),

@@ -38,6 +38,8 @@ __all__ = [
     "WarmSuperExecLauncher",
     "main",
     "make_forking_executor_class",
+    "prepare_superlink",
+    "run_flower_superlink",
     "run_warm_superexec",
     "start_superlink",
     "use_warm_superexec",
@@ -88,10 +90,9 @@ def _in_memory_state(argv: list[str]) -> bool:
     return argv[argv.index("--database") + 1] == FLWR_IN_MEMORY_DB_NAME
 
 
-def start_superlink(superexec_module: str, argv: list[str]) -> None:
-    """Flower's ``flower-superlink argv``, its SuperExec ``python -m superexec_module``."""
-    from flwr.superlink.cli import flower_superlink
-
+def prepare_superlink(argv: list[str]) -> None:
+    """fedfleet's patches of this process's Flower SuperLink (``flower-superlink argv``):
+    scoped middleware, held pulls, and quick handlers inline on an in-memory state."""
     from shared.flower_long_poll import hold_pulls_until_work
     from shared.flower_middleware import scope_superlink_middleware
 
@@ -101,10 +102,22 @@ def start_superlink(superexec_module: str, argv: list[str]) -> None:
         from shared.flower_inline import run_quick_handlers_inline
 
         run_quick_handlers_inline()
-    if os.name == "posix":  # forking needs POSIX; elsewhere Flower's own SuperExec
-        use_warm_superexec("flwr.superlink.cli.flower_superlink", superexec_module)
+
+
+def run_flower_superlink(argv: list[str]) -> None:
+    """Flower's ``flower-superlink argv`` in this process (blocks until it stops)."""
+    from flwr.superlink.cli import flower_superlink
+
     sys.argv = ["flower-superlink", *argv]
     flower_superlink()
+
+
+def start_superlink(superexec_module: str, argv: list[str]) -> None:
+    """Flower's ``flower-superlink argv``, its SuperExec ``python -m superexec_module``."""
+    prepare_superlink(argv)
+    if os.name == "posix":  # forking needs POSIX; elsewhere Flower's own SuperExec
+        use_warm_superexec("flwr.superlink.cli.flower_superlink", superexec_module)
+    run_flower_superlink(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

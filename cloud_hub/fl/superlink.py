@@ -15,9 +15,13 @@ the address the SuperNodes dial (SAN, e.g. ``IP:10.0.0.5`` or ``DNS:hub.example`
 needs an explicit ``insecure=True`` (``--insecure``), meant for loopback tests only.
 
 The SuperLink always runs with ``--disable-runtime-dependency-installation``: the FAB's
-components are fedfleet's installed modules and nothing is fetched at run time. It runs
-with :mod:`cloud_hub.fl.warm_serverapp` as its SuperExec (which forks each run's
-ServerApp from a warm process and asks for runs 0.05-0.5 s apart). It is stopped with SIGINT (it
+components are fedfleet's installed modules and nothing is fetched at run time. Each run's
+ServerApp runs in a thread of the SuperLink process on its own LinkState
+(``SuperLinkProcess(serverapp="inprocess")``, the default:
+:mod:`cloud_hub.fl.inprocess_serverapp`), or (``"forked"``, also
+``FEDFLEET_SUPERLINK_SERVERAPP=forked``) in a process forked from the warm SuperExec
+:mod:`cloud_hub.fl.warm_serverapp`, which asks for runs 0.05-0.5 s apart and talks to the
+SuperLink's runtime API over HTTP. It is stopped with SIGINT (it
 ignores SIGTERM for several seconds). Its state lives in Flower's in-memory state unless a
 database file is named (sqlite's ``:memory:`` breaks runs in Flower 1.41).
 """
@@ -41,13 +45,17 @@ from shared.files import atomic_write
 from shared.fl.config_keys import RunConfigKey
 
 __all__ = [
+    "DEFAULT_SERVERAPP",
     "FAB_DIR",
+    "SERVERAPP_ENV",
+    "SERVERAPP_MODES",
     "SuperLinkConfig",
     "SuperLinkProcess",
     "build_fab",
     "check_run_config",
     "fab_sha256",
     "issue_superlink_tls",
+    "serverapp_mode",
     "wait_for_summary",
 ]
 
@@ -96,6 +104,29 @@ def issue_superlink_tls(ca_dir: Path, host: str, out_dir: Path) -> tuple[Path, P
     return paths
 
 
+#: Where a run's ServerApp runs: in a thread of the SuperLink process on its own LinkState
+#: (:mod:`cloud_hub.fl.inprocess_serverapp`), or as its own process forked from a warm
+#: SuperExec that talks to the SuperLink's runtime API over HTTP
+#: (:mod:`cloud_hub.fl.warm_serverapp`).
+SERVERAPP_MODES = ("inprocess", "forked")
+DEFAULT_SERVERAPP = "inprocess"
+#: The environment variable that picks the mode where the code starting the SuperLink names
+#: none (``SuperLinkProcess(serverapp=None)``), e.g. ``FEDFLEET_SUPERLINK_SERVERAPP=forked``.
+SERVERAPP_ENV = "FEDFLEET_SUPERLINK_SERVERAPP"
+
+
+def serverapp_mode(named: str | None = None) -> str:
+    """The ServerApp mode ``named``, else :data:`SERVERAPP_ENV`'s, else the default;
+    ``HubConfigError`` for one that is not in :data:`SERVERAPP_MODES`."""
+    mode = named or os.environ.get(SERVERAPP_ENV) or DEFAULT_SERVERAPP
+    if mode not in SERVERAPP_MODES:
+        raise HubConfigError(
+            f"the SuperLink's ServerApp mode must be one of {', '.join(SERVERAPP_MODES)}, "
+            f"not {mode!r}"
+        )
+    return mode
+
+
 @dataclass(frozen=True)
 class SuperLinkConfig:
     """The hub's SuperLink. ``database``: a file for its state, or ``None`` (the default)
@@ -129,14 +160,18 @@ class SuperLinkConfig:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def argv(self) -> list[str]:
+    def argv(self, serverapp: str = DEFAULT_SERVERAPP) -> list[str]:
+        """The SuperLink's command line; ``serverapp``: where it runs each run's ServerApp
+        (:data:`SERVERAPP_MODES`)."""
         _bin("flower-superlink")  # the same installation check
+        if serverapp_mode(serverapp) == "inprocess":
+            entry = ["cloud_hub.fl.inprocess_serverapp"]
+        else:
+            entry = ["shared.warm_superexec", "superlink", "cloud_hub.fl.warm_serverapp"]
         argv = [
             sys.executable,
             "-m",
-            "shared.warm_superexec",
-            "superlink",
-            "cloud_hub.fl.warm_serverapp",
+            *entry,
             "--database",
             _IN_MEMORY_STATE if self.database is None else str(self.database),
             "--host",
@@ -157,10 +192,14 @@ class SuperLinkConfig:
 
 
 class SuperLinkProcess:
-    """A ``flower-superlink`` child process of the hub."""
+    """A ``flower-superlink`` child process of the hub; ``serverapp``: where it runs each
+    run's ServerApp (:func:`serverapp_mode`: named, else the environment's, else in process)."""
 
-    def __init__(self, config: SuperLinkConfig, *, workdir: Path) -> None:
+    def __init__(
+        self, config: SuperLinkConfig, *, workdir: Path, serverapp: str | None = None
+    ) -> None:
         self.config = config
+        self.serverapp = serverapp_mode(serverapp)
         self.workdir = Path(workdir)
         self._process: subprocess.Popen[bytes] | None = None
         self._log = self.workdir / "superlink.log"
@@ -170,7 +209,7 @@ class SuperLinkProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self._log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self._process = subprocess.Popen(
-            self.config.argv(),
+            self.config.argv(self.serverapp),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,

@@ -28,9 +28,11 @@ __all__ = ["main", "run_superexec", "warm_imports"]
 _THREADS_AT_START = {"torch": 0}  # torch's intra-op threads before the warm process set 1
 
 
-def warm_imports() -> None:
+def warm_imports(*, one_thread: bool = True) -> None:
     """Import what every ServerApp run needs, once, before any run is forked, and evaluate a
-    tiny model once (torch sets up its kernels lazily, on first use)."""
+    tiny model once (torch sets up its kernels lazily, on first use). ``one_thread``: torch
+    uses one thread while warm (a process that forks runs; the in-process mode of
+    :mod:`cloud_hub.fl.inprocess_serverapp` forks none and passes ``False``)."""
     import flwr.superlink.cli
     import flwr.superlink.runtime  # noqa: F401
     import torch
@@ -42,7 +44,8 @@ def warm_imports() -> None:
 
     # one thread while warm: no OpenMP pool exists when a run forks (it would hang there)
     _THREADS_AT_START["torch"] = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if one_thread:
+        torch.set_num_threads(1)
     with torch.no_grad():
         model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
         nn.CrossEntropyLoss(reduction="sum")(model(torch.zeros(2, 4)), torch.zeros(2).long())

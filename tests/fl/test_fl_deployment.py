@@ -3,6 +3,7 @@ over TLS with a server certificate from the hub CA, the SuperNodes pinned to the
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from cloud_hub.errors import HubConfigError
 from cloud_hub.fl.model_store import ModelStore
 from cloud_hub.fl.superlink import (
     SuperLinkConfig,
+    SuperLinkProcess,
     wait_for_summary,
 )
 from edge_agent.errors import AgentConfigError
@@ -87,7 +89,18 @@ def test_superlink_tls_rules_and_argv(tmp_path: Path) -> None:
     argv = tls.argv()
     assert "--insecure" not in argv and "--ssl-certfile" in argv
     assert "--disable-runtime-dependency-installation" in argv
-    assert argv[1:5] == ["-m", "shared.warm_superexec", "superlink", "cloud_hub.fl.warm_serverapp"]
+    # the ServerApp runs in the SuperLink process unless the forked mode is asked for
+    assert argv[1:3] == ["-m", "cloud_hub.fl.inprocess_serverapp"]
+    forked = tls.argv("forked")
+    assert forked[1:5] == [
+        "-m",
+        "shared.warm_superexec",
+        "superlink",
+        "cloud_hub.fl.warm_serverapp",
+    ]
+    assert forked[5:] == argv[3:]  # the same flower-superlink arguments
+    with pytest.raises(HubConfigError, match="inprocess, forked"):
+        tls.argv("threaded")
     assert argv[argv.index("--database") + 1] == str(tmp_path / "s.db")
     # no file named: Flower's in-memory state (a SuperLink serves one run), not sqlite's
     in_memory = SuperLinkConfig(insecure=True).argv()
@@ -123,8 +136,12 @@ def test_supervisor_restarts_a_dead_supernode_and_stops_it(tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("clientapp", ["in-process", "forked"])
-def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path, clientapp: str) -> None:
+@pytest.mark.parametrize(
+    ("clientapp", "serverapp"), [("in-process", "inprocess"), ("forked", "forked")]
+)
+def test_secagg_run_on_superlink_and_three_supernodes(
+    tmp_path: Path, clientapp: str, serverapp: str
+) -> None:
     for i in range(3):
         x, y = generate_sensor_data(80, seed=3, sample_seed=10 + i)
         np.savez(tmp_path / f"device-{i}.npz", x=x, y=y)
@@ -135,6 +152,10 @@ def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path, clientapp:
         "local_epochs = 2\n[training.secagg]\nreconstruction_threshold = 2\n"
     )
     federation = local_federation(tmp_path, devices=3, run_id="deploy-test", clientapp=clientapp)
+    link = SuperLinkProcess(
+        federation.link.config, workdir=federation.link.workdir, serverapp=serverapp
+    )
+    federation = dataclasses.replace(federation, link=link)
     with federation.running() as link:
         link.submit_run(
             {
@@ -153,8 +174,11 @@ def test_secagg_run_on_superlink_and_three_supernodes(tmp_path: Path, clientapp:
     assert summary["rounds"][1]["accuracy"] > summary["rounds"][0]["accuracy"]
     record = ModelStore(tmp_path / "models").get("deploy-test")
     assert record.lineage["engine"] == "deployment" and record.lineage["clients"] == 3
-    # the ServerApp was forked from a warm process; every ClientApp task ran where asked
-    assert "flwr-serverapp task" in (tmp_path / "link" / "superlink.log").read_text()
+    # the ServerApp ran where asked (forked from a warm process, or in the SuperLink's);
+    # every ClientApp task ran where asked
+    link_log = (tmp_path / "link" / "superlink.log").read_text()
+    assert ("flwr-serverapp task" in link_log) == (serverapp == "forked")
+    assert ("runs in the SuperLink" in link_log) == (serverapp == "inprocess")
     for i in range(3):
         log = (tmp_path / f"node-{i}.log").read_text()
         in_process = "ran in this process: completed" in log
