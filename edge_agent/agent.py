@@ -2,8 +2,10 @@
 
 Threads: paho's network thread (receives, reconnects), the outbox flusher (sends), and the
 worker (everything else). Inbound messages, timer ticks and connection events are handled
-in the worker one at a time, so OTA state needs no locks; an inbound message is
-acknowledged to the broker only after it was handled.
+in the worker one at a time; an inbound message is acknowledged to the broker only after it
+was handled. The one exception is a chunk of the running download: the network thread
+writes it itself (under the download's own lock, never behind the worker's synced writes)
+and hands the worker only the download's completion.
 
 Plug-in points for the other agent packages:
 
@@ -32,6 +34,7 @@ from edge_agent.errors import AgentError
 from edge_agent.ota import InstalledSlot, OtaUpdater
 from edge_agent.ota.freshness import TrustUpdates
 from edge_agent.ota.health import HealthCheck
+from edge_agent.ota.transfer import Intake
 from edge_agent.transport import InboundMessage, MqttLink, Outbox
 from edge_agent.transport.outbox import Pending
 from shared.device_facts import detect_device_facts
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 
 Reporter = Callable[[], Iterable[Message]]
 _CONNECTED = object()
+_DOWNLOAD_LANDED = object()  # the network thread wrote a download's last chunk
 _CHUNK_FRAME_SLACK = 8 * 1024  # frame header on top of a chunk's data
 
 
@@ -300,9 +304,13 @@ class EdgeAgent:
 
     def _receive(self, message: InboundMessage) -> None:
         """paho's thread. A command is acknowledged only after it was handled (a crash makes
-        the broker deliver it again). A chunk is acknowledged at once while the inbox holds
-        less than ``max_inbox_bytes`` — the broker keeps streaming instead of waiting for
-        each chunk's disk write; a chunk lost to a crash is simply requested again."""
+        the broker deliver it again). A chunk of the running download is written here and
+        acknowledged; any other chunk is acknowledged at once while the inbox holds less
+        than ``max_inbox_bytes`` — the broker keeps streaming instead of waiting for each
+        chunk's disk write; a chunk lost to a crash is simply requested again."""
+        if self._take_chunk(message):
+            self.link.ack(message)
+            return
         early = False
         if message.topic != self._cmd_topic:
             with self._inbox_lock:
@@ -313,6 +321,30 @@ class EdgeAgent:
         if early:
             self.link.ack(message)
         self._put(_Received(message, acked=early))
+
+    def _is_chunk_topic(self, topic: str) -> bool:
+        return topic == self._repair_topic or (
+            topic.startswith(self._bundle_prefix) and topic.endswith("/chunks")
+        )
+
+    def _take_chunk(self, message: InboundMessage) -> bool:
+        """paho's thread: write a chunk of the running download without the worker; whether
+        it was taken (else it goes through the inbox, to be refused or dropped as before)."""
+        if not self._is_chunk_topic(message.topic) or len(message.payload) > (
+            self.config.limits.max_chunk_bytes + _CHUNK_FRAME_SLACK
+        ):
+            return False
+        try:
+            intake = self.updater.take_chunk(message.payload)
+        except Exception:  # the worker meets the chunk again and handles what went wrong
+            log.exception("chunk intake failed; left to the worker")
+            return False
+        if intake is Intake.COMPLETED:
+            try:  # never wait for the worker: its tick finds a completion whose hand-off
+                self._inbox.put_nowait(_DOWNLOAD_LANDED)  # did not fit
+            except queue.Full:
+                log.info("inbox full: the download's completion waits for the next tick")
+        return intake is not Intake.DEFERRED
 
     def _done(self, item: _Received) -> None:
         if item.acked:
@@ -341,9 +373,7 @@ class EdgeAgent:
                 return
             handler(cmd)
             self.publish_status()
-        elif topic == self._repair_topic or (
-            topic.startswith(self._bundle_prefix) and topic.endswith("/chunks")
-        ):
+        elif self._is_chunk_topic(topic):
             if len(payload) > limits.max_chunk_bytes + _CHUNK_FRAME_SLACK:
                 self.updater.refusals.warn(
                     "oversized-chunk",
@@ -377,6 +407,11 @@ class EdgeAgent:
             try:
                 if item is _CONNECTED:
                     self._announce()
+                elif item is _DOWNLOAD_LANDED:
+                    before = self._ota_state()
+                    self.updater.download_landed()
+                    if self._ota_state() != before:
+                        self.publish_status()
                 elif isinstance(item, _Received):
                     try:
                         self.handle(item.message)

@@ -51,7 +51,8 @@ RECORD_EVERY = 16  # chunks between writes of the hashes and map entries
 
 
 class BundleDownload:
-    """Chunks of one bundle being received. Not thread-safe (the updater serialises)."""
+    """Chunks of one bundle being received. Not thread-safe: its ``ChunkTransfer`` serialises
+    the network thread's intake and the worker's bookkeeping."""
 
     def __init__(
         self,
@@ -188,7 +189,12 @@ class BundleDownload:
         self._note(index)
         self._unrecorded += 1
         if self._unrecorded >= RECORD_EVERY or self.assembly.complete:
-            self.record()
+            try:
+                self.record()
+            except InstallError:  # not stored after all: a caller that counts stored
+                self.assembly.received.discard(index)  # chunks must not meet it as a
+                self._map[index] = 0  # duplicate next time
+                raise
         self._durable = False
         return True
 

@@ -1,6 +1,10 @@
 """The OTA shell: drives :mod:`edge_agent.ota.machine` with real files, chunks and reports.
 
-Every call comes from the agent's single worker thread, so the updater needs no locks.
+Every call comes from the agent's single worker thread, except :meth:`OtaUpdater.take_chunk`:
+the MQTT network thread writes chunks of the running download itself, meeting the worker only
+at the transfer's lock (see :mod:`~edge_agent.ota.transfer`); a chunk that completes the
+download is handed to the worker (:meth:`OtaUpdater.download_landed`), as is every chunk
+the intake does not take.
 
 Crash safety rests on three rules: each transition is persisted (atomically) before the
 side effect that follows it; a step's event goes to the outbox *before* the transition that
@@ -31,12 +35,13 @@ from edge_agent.ota.install import holds
 from edge_agent.ota.machine import Deployment, Phase, Trigger, new_deployment, timed_out
 from edge_agent.ota.offer import OfferFieldError, check_geometry, check_offer_ids, verify_command
 from edge_agent.ota.recovery import CrashRecovery
+from edge_agent.ota.transfer import Intake
 from shared.bundle import VerifiedOffer, verify_rollback_order
 from shared.chunks import parse_chunk_frame
 from shared.errors import BundleError, ProtocolError
 from shared.messages import DeployCommand, EventKind, InstalledModel, RollbackCommand
 
-__all__ = ["ActiveChanged", "Emit", "OtaStatus", "OtaUpdater"]
+__all__ = ["ActiveChanged", "Emit", "Intake", "OtaStatus", "OtaUpdater"]
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +208,35 @@ class OtaUpdater(CrashRecovery):
         if self.transfer.complete:
             self._verify_and_install()
 
+    def take_chunk(self, frame: bytes) -> Intake:
+        """The network thread's intake of a chunk frame (untrusted): a chunk of the running
+        download is written here, under the transfer's lock only (``STORED``; ``COMPLETED``
+        when it was the last: then call :meth:`download_landed` on the worker). Everything
+        else is left untouched for :meth:`handle_chunk` on the worker (``DEFERRED``), which
+        refuses or drops it as it always did."""
+        try:
+            chunk = parse_chunk_frame(frame, max_chunk_size=self.limits.max_chunk_bytes)
+        except ProtocolError:
+            return Intake.DEFERRED
+        dep = self.state.deployment
+        if dep is None or dep.phase != Phase.DOWNLOADING:
+            return Intake.DEFERRED
+        return self.transfer.take(chunk)
+
+    def download_landed(self) -> None:
+        """The worker's half of a download the network thread completed: verify, install."""
+        dep = self.state.deployment
+        if dep is not None and dep.phase == Phase.DOWNLOADING and self.transfer.complete:
+            self._verify_and_install()
+
     def tick(self) -> None:
         """Enforce deadlines and ask for missing chunks; call about once a second."""
         self.refusals.flush()
         dep, now = self.state.deployment, self._clock()
         if dep is None or dep.terminal:
+            return
+        if dep.phase == Phase.DOWNLOADING and self.transfer.complete:
+            self.download_landed()  # completed on the network thread, its hand-off lost
             return
         if timed_out(dep, now):
             self._abort(Trigger.TIMEOUT, f"{dep.phase.value} timed out")

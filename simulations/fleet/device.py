@@ -110,11 +110,20 @@ class LedgerAgent(EdgeAgent):
         self.chunks = 0
         self._on_chunk = on_chunk
         self._transfer: tuple[str, int] = ("", 0)  # deployment id, chunks handled in it
+        self._chunks_lock = threading.Lock()  # chunks arrive on paho's thread and the worker
         super().__init__(config, **kwargs)
 
     def report(self, message: Message) -> None:
         super().report(message)  # in the outbox first: the ledger never lists an unsent report
         self.ledger.record(message)
+
+    def _take_chunk(self, message: InboundMessage) -> bool:
+        """A chunk the network thread writes itself (the running download's) is watched here;
+        any other goes through :meth:`handle` on the worker."""
+        taken = super()._take_chunk(message)
+        if taken:
+            self._saw_chunk(message)
+        return taken
 
     def handle(self, message: InboundMessage) -> None:
         super().handle(message)
@@ -124,13 +133,14 @@ class LedgerAgent(EdgeAgent):
     def _saw_chunk(self, message: InboundMessage) -> None:
         """Count a chunk's bytes; after the k-th chunk of a transfer, call the hook."""
         dep = self.updater.deployment
-        self.chunk_bytes += len(message.payload)
-        self.chunks += 1
-        if dep is None or self._on_chunk is None:
-            return
-        dep_id, n = self._transfer
-        n = n + 1 if dep_id == dep.deployment_id else 1
-        self._transfer = (dep.deployment_id, n)
+        with self._chunks_lock:
+            self.chunk_bytes += len(message.payload)
+            self.chunks += 1
+            if dep is None or self._on_chunk is None:
+                return
+            dep_id, n = self._transfer
+            n = n + 1 if dep_id == dep.deployment_id else 1
+            self._transfer = (dep.deployment_id, n)
         self._on_chunk(self, n)
 
 
