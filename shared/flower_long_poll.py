@@ -17,6 +17,12 @@ changes: the same handlers build the answers, and a client that does not know ab
 holding simply finds answers later and fuller. At most ``max_holders`` pulls wait at a time
 (each holds a worker thread); the others answer at once as before.
 
+The ServerApp's side is the same whether it runs as its own process (its requests reach
+``runtime_handlers`` over HTTP) or in the SuperLink's process
+(:mod:`cloud_hub.fl.inprocess_serverapp` calls ``runtime_handlers``' functions directly,
+looked up per call): its pushes go through the wrapped handlers and wake the held SuperNode
+pulls, and its pull of replies waits on the signal of the SuperNodes' pushes.
+
 A SuperNode tells a held answer from an immediate one by how long it took
 (:func:`was_held`): after a held empty answer it asks again at once, otherwise it backs off.
 """

@@ -18,7 +18,9 @@ Flower's SuperNode and SuperLink start ``flower-superexec`` by name through thei
 ``python -m shared.warm_superexec superlink MODULE <flower-superlink arguments>`` runs
 Flower's SuperLink with ``python -m MODULE`` as its SuperExec: this module imports nothing
 heavy, so the SuperLink listens as soon as Flower's own imports allow (the warm SuperExec
-imports torch and the app in its own process meanwhile). POSIX only (fork).
+imports torch and the app in its own process meanwhile). POSIX only (fork). The same patches
+of the SuperLink (:func:`prepare_superlink`) serve a SuperLink that runs its ServerApps in
+its own process (:mod:`cloud_hub.fl.inprocess_serverapp`, no SuperExec).
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,13 +173,13 @@ def _thread_local_task_identity() -> None:
     meta._fedfleet_thread_local = True  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True)
 class RunOutcome:
     """How one run ended: Flower's sub-status and details, and the context to store."""
 
-    def __init__(self, sub_status: str, details: str, context: Any | None) -> None:
-        self.sub_status = sub_status
-        self.details = details
-        self.context = context
+    sub_status: str
+    details: str
+    context: Any | None
 
 
 def _load_and_run(grid: Any, run: Any, fab: Any, context: Any) -> Any:
@@ -239,7 +240,6 @@ class InProcessServerAppExecutor:
         self._warm_up = warm_up
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._runs: list[threading.Thread] = []
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="serverapp-executor", daemon=True)
@@ -257,30 +257,24 @@ class InProcessServerAppExecutor:
         except Exception:  # a failed warm-up costs the first run its imports, nothing else
             log.exception("warming the in-process ServerApp failed")
         while not self._stop.is_set():
-            task, token = self.acquire()
+            task = self.acquire()
             if task is None:
                 self._stop.wait(self._backoff.next_wait_s())
                 continue
             self._backoff.activity()
-            thread = threading.Thread(
-                target=self.run_task, args=(task,), name=f"serverapp-run-{task.run_id}",
-                daemon=True,
-            )  # fmt: skip
-            self._runs = [t for t in self._runs if t.is_alive()] + [thread]
-            thread.start()
-            del token  # the task's identity in the state is its id; no HTTP needs the token
+            name = f"serverapp-run-{task.run_id}"  # runs side by side, as forked ones do
+            threading.Thread(target=self.run_task, args=(task,), name=name, daemon=True).start()
 
-    def acquire(self) -> tuple[Any | None, str]:
-        """Claim the oldest pending ServerApp task, as the SuperExec's ``AcquireTask`` does."""
+    def acquire(self) -> Any | None:
+        """Claim the oldest pending ServerApp task, as the SuperExec's ``AcquireTask`` does
+        (its token is not needed: no HTTP request is made for the task)."""
         from flwr.proto.runtime_pb2 import AcquireTaskRequest
         from flwr.supercore.constant import TaskType
         from flwr.superlink.servicer.runtime import runtime_handlers
 
         request = AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP])
         response = runtime_handlers.acquire_task(request, self._state_factory.state())
-        if not response.HasField("task"):
-            return None, ""
-        return response.task, response.token
+        return response.task if response.HasField("task") else None
 
     def run_task(self, task: Any) -> RunOutcome:
         """Flower's ``run_serverapp`` for the claimed ``task``, in this thread."""
@@ -306,7 +300,6 @@ class InProcessServerAppExecutor:
             grid = LinkStateGrid(state, task)
             grid.set_run(run)
             context = _load_and_run(grid, run, fab_from_proto(inputs.fab), context)
-            run_config = dict(context.run_config)
             context.state = RecordDict()  # as flwr-serverapp: the state is not pushed back
             outcome = RunOutcome(SubStatus.COMPLETED, "", context)
         except Exception as exc:

@@ -90,7 +90,7 @@ def test_the_grids_push_wakes_a_held_supernode_pull_with_the_whole_message(
     from cloud_hub.fl.inprocess_serverapp import InProcessServerAppExecutor, LinkStateGrid
 
     link = _Link(b"not run here", {})
-    task, _ = InProcessServerAppExecutor(link.factory).acquire()
+    task = InProcessServerAppExecutor(link.factory).acquire()
     assert task is not None and task.run_id == link.run_id
     inputs = runtime_handlers.pull_task_input(PullTaskInputRequest(), link.state, task)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = task.task_id, link.run_id, 1
@@ -133,7 +133,7 @@ def test_a_fab_that_cannot_be_installed_fails_the_run_at_once_with_the_reason(
     results = tmp_path / "results"
     link = _Link(b"not a FAB", {"results-dir": str(results), "run-name": "r1"})
     executor = InProcessServerAppExecutor(link.factory)
-    task, _ = executor.acquire()
+    task = executor.acquire()
     assert task is not None
 
     started = time.monotonic()
@@ -145,7 +145,7 @@ def test_a_fab_that_cannot_be_installed_fails_the_run_at_once_with_the_reason(
     assert status.details == outcome.details and "ServerApp failed" in status.details
     summary = json.loads((results / "summary.json").read_text())
     assert summary == {"status": "failed", "run_id": "r1", "error": status.details}
-    assert executor.acquire() == (None, "")  # taken once: not handed out again
+    assert executor.acquire() is None  # taken once: not handed out again
 
 
 def test_a_fab_whose_content_is_not_the_hash_the_run_names_is_not_run(
@@ -163,7 +163,7 @@ def test_a_fab_whose_content_is_not_the_hash_the_run_names_is_not_run(
     swapped = Fab(fab_hash, b"other code", {})  # a state handing out other bytes
     monkeypatch.setattr(link.state, "get_fab", lambda _hash: swapped)
     executor = InProcessServerAppExecutor(link.factory)
-    task, _ = executor.acquire()
+    task = executor.acquire()
 
     outcome = executor.run_task(task)
 
