@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cloud_hub.ingest.intake import Inbound
 from cloud_hub.registry import Session, devices, reports
@@ -21,6 +22,7 @@ __all__ = ["BatchCounts", "IngestBatch", "write_batch"]
 
 MAX_TS = 1e11  # year 5138: beyond it a device clock is broken
 _AggKey = tuple[str, int, int, str]  # device, minute, model version, metric
+_M = TypeVar("_M")
 
 
 @dataclass
@@ -127,10 +129,19 @@ class IngestBatch:
         return kept
 
     def aggregates(self) -> list[TelemetryAggregate]:
+        """The telemetry rows, in key order (see :func:`write_batch`)."""
         return [
             TelemetryAggregate(d, m, v, name, a.count, a.sum, a.max, a.last, a.last_ts)
-            for (d, m, v, name), a in self.telemetry.items()
+            for (d, m, v, name), a in sorted(self.telemetry.items(), key=_key)
         ]
+
+
+def _key(item: tuple[_AggKey, _Acc]) -> _AggKey:
+    return item[0]
+
+
+def _by_key(messages: dict[str, _M]) -> list[_M]:
+    return [messages[key] for key in sorted(messages)]
 
 
 def write_batch(session: Session, batch: IngestBatch, *, now: float) -> BatchCounts:
@@ -140,13 +151,15 @@ def write_batch(session: Session, batch: IngestBatch, *, now: float) -> BatchCou
     full = batch
     if removed:
         batch = batch.without(removed)
-    # Order matters: rows for new devices first, then the last-writer-wins updates.
-    devices.touch_devices(session, batch.last_seen, now=now)
-    devices.record_hellos(session, list(batch.hellos.values()), now=now)
-    devices.record_statuses(session, list(batch.statuses.values()), now=now)
-    devices.set_online(session, batch.online)
-    events_new = reports.record_events(session, list(batch.events.values()), now=now)
-    drift_new = reports.record_drift(session, list(batch.drift.values()), now=now)
+    # Order matters: rows for new devices first, then the last-writer-wins updates. Rows
+    # are written in key order: several ingest processes (shared subscriptions) write the
+    # same devices' rows at once and lock them in one order, never in a deadlock.
+    devices.touch_devices(session, dict(sorted(batch.last_seen.items())), now=now)
+    devices.record_hellos(session, _by_key(batch.hellos), now=now)
+    devices.record_statuses(session, _by_key(batch.statuses), now=now)
+    devices.set_online(session, dict(sorted(batch.online.items())))
+    events_new = reports.record_events(session, _by_key(batch.events), now=now)
+    drift_new = reports.record_drift(session, _by_key(batch.drift), now=now)
     aggregates = batch.aggregates()
     reports.merge_telemetry(session, aggregates)
     return BatchCounts(
