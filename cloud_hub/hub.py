@@ -43,6 +43,13 @@ from cloud_hub.delivery.config import PublisherTuning
 from cloud_hub.enrollment.service import EnrollmentService
 from cloud_hub.errors import HubError
 from cloud_hub.ingest import FleetIngest, IngestConnection
+from cloud_hub.ingest.workers import (
+    WorkerPool,
+    WorkerSpec,
+    resolve_workers,
+    retire_sessions,
+    share_group,
+)
 from cloud_hub.keys import KeyStore
 from cloud_hub.registry import Registry, catalog, devices, open_registry
 from cloud_hub.registry.bundle_index import index_store_bundles
@@ -359,13 +366,28 @@ def _build_ingest(
     the engine when events were committed."""
     if not config.enable_ingest:
         return None
+    connection = IngestConnection(
+        endpoint=config.mqtt, client_id=hub_client_id_for(config, HubRole.INGEST)
+    )
+    workers = resolve_workers(config.ingest.workers, config.database_url)
+    retire_sessions(config.data_dir, connection, workers)
+    pool = None
+    if workers:  # telemetry through shared subscriptions in worker processes
+        spec = WorkerSpec(
+            db_url=config.database_url,
+            topic_prefix=config.topic_prefix,
+            connection=connection,
+            config=config.ingest,
+            group=share_group(config.data_dir),
+            index=0,
+        )
+        pool = WorkerPool(spec, workers)
     ingest = FleetIngest(
         registry,
         scheme=TopicScheme(config.topic_prefix),
-        mqtt_settings=IngestConnection(
-            endpoint=config.mqtt, client_id=hub_client_id_for(config, HubRole.INGEST)
-        ),
+        mqtt_settings=connection,
         config=config.ingest,
+        pool=pool,
     )
     if delivery is not None:
         publisher = delivery.publisher

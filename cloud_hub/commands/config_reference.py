@@ -69,6 +69,8 @@ _INGEST_DOCS = {
     "flush_interval_s": "Longest wait before a partial batch is written.",
     "max_metrics": "Numeric gauges kept per telemetry message.",
     "retry_backoff_s": "Wait before retrying a batch the database refused.",
+    "workers": "Processes ingesting telemetry via MQTT shared subscriptions (PostgreSQL; "
+    "-1: two on 2+ CPUs, 0: none).",
 }
 _RETRAINING_DOCS = {
     "enabled": "Run the retraining controller (only in the hub that runs the rollout engine; "

@@ -24,6 +24,10 @@ class IngestConfig:
       load the writer commits back to back, a quiet fleet costs at most one transaction
       per interval.
     - ``max_metrics``: numeric gauges kept per telemetry message.
+    - ``workers``: processes that ingest the telemetry stream through MQTT shared
+      subscriptions, each with its own connection and commits (PostgreSQL only; SQLite keeps
+      one process). ``-1``: two where the machine has two or more CPUs; ``0``: none, the
+      hub's one connection reads everything.
     """
 
     per_device_queue: int = 256
@@ -34,6 +38,7 @@ class IngestConfig:
     flush_interval_s: float = 0.1
     max_metrics: int = 64
     retry_backoff_s: float = 1.0
+    workers: int = -1
 
     def __post_init__(self) -> None:
         checks = {
@@ -45,6 +50,7 @@ class IngestConfig:
             "flush_interval_s": 0 < self.flush_interval_s <= 60,
             "max_metrics": 1 <= self.max_metrics <= 1024,
             "retry_backoff_s": 0 < self.retry_backoff_s <= 300,
+            "workers": -1 <= self.workers <= 64,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

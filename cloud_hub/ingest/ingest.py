@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -27,6 +27,7 @@ from cloud_hub.ingest.config import IngestConfig
 from cloud_hub.ingest.fairness import Admission
 from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected
 from cloud_hub.ingest.state import IngestState
+from cloud_hub.ingest.workers import TELEMETRY, WorkerPool
 from cloud_hub.ingest.writer import BatchWriter, Listener
 from cloud_hub.registry import Registry
 from shared.broker_endpoint import BrokerEndpoint
@@ -71,7 +72,12 @@ class IngestStats:
 
 
 class FleetIngest:
-    """Subscribes to every device's uplink channels and keeps the registry current."""
+    """Subscribes to every device's uplink channels and keeps the registry current.
+
+    ``channels``: the uplink channels this connection reads (default: all the ingest's),
+    through the shared subscription ``$share/shared_group/...`` when a group is given.
+    ``pool``: worker processes that take the telemetry channel over (:mod:`.workers`); this
+    connection then reads the other channels only."""
 
     def __init__(
         self,
@@ -81,8 +87,14 @@ class FleetIngest:
         mqtt_settings: IngestConnection,
         config: IngestConfig = IngestConfig(),
         clock: Callable[[], float] = time.time,
+        channels: Sequence[str] = tuple(INGEST_CHANNELS),
+        shared_group: str | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.registry = registry
+        self.pool = pool
+        self.channels = tuple(c for c in channels if pool is None or c != TELEMETRY)
+        self.shared_group = shared_group
         self.scheme = scheme
         self.settings = mqtt_settings
         self.config = config
@@ -126,6 +138,8 @@ class FleetIngest:
                 f"broker {self.settings.endpoint.url} did not accept the ingest "
                 f"({self.settings.client_id}): {self._connect_error or 'timeout'}"
             )
+        if self.pool is not None:
+            self.pool.start()
 
     def _wait_subscribed(self) -> bool:
         """Wait until the broker grants the subscriptions, or a message arrives: a resumed
@@ -147,7 +161,10 @@ class FleetIngest:
             return self._state.counts["received"]
 
     def stop(self, *, flush: bool = True) -> None:
-        """Disconnect and (by default) write what is still queued."""
+        """Stop the worker processes (each writes what it holds), disconnect and (by
+        default) write what is still queued."""
+        if self.pool is not None:
+            self.pool.stop()
         self._stop.set()
         try:
             self._client.disconnect()
@@ -254,7 +271,14 @@ class FleetIngest:
 
     def _on_connected(self, client: mqtt.Client) -> None:
         # subscribe on every connect: the broker may have lost the session
-        client.subscribe([(self.scheme.all_devices(c), 1) for c in INGEST_CHANNELS])
+        client.subscribe([(self.topic_filter(c), 1) for c in self.channels])
+        if self.pool is not None:  # a session from a run without workers still has it
+            client.unsubscribe(self.scheme.all_devices(TELEMETRY))
+
+    def topic_filter(self, channel: str) -> str:
+        """The subscription for ``channel``: every device's, shared when a group is set."""
+        topic = self.scheme.all_devices(channel)
+        return topic if self.shared_group is None else f"$share/{self.shared_group}/{topic}"
 
     def _on_refused(self, reason: str) -> None:
         self._connect_error = reason
