@@ -144,6 +144,19 @@ def _restored_sys_path() -> Iterator[None]:
         sys.path[:] = saved
 
 
+@contextmanager
+def _forgetting_app_modules(app_path: str) -> Iterator[None]:
+    """The FAB's own modules (loaded from ``app_path``) are dropped when the run ends: a later
+    FAB's module of the same name must not be this one."""
+    folder = str(Path(app_path).absolute()) + "/"
+    try:
+        yield
+    finally:
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", None) or "").startswith(folder):
+                del sys.modules[name]
+
+
 _THREAD_IDENTITY = threading.local()
 
 
@@ -208,15 +221,16 @@ def _load_and_run(grid: Any, run: Any, fab: Any, context: Any) -> Any:
     config = get_project_config(app_path)
     attr = config["tool"]["flwr"]["app"]["components"]["serverapp"]
     context.run_config = get_fused_config_from_dir(Path(app_path), run.override_config)
-    with _restored_sys_path():
-        server_app = load_app(attr, LoadServerAppError, app_path)
-    if not isinstance(server_app, ServerApp):
-        raise LoadServerAppError(f"{attr} in FAB {fab.hash_str[:12]} is not a ServerApp")
-    log.info("run %d: ServerApp %s of FAB %s runs in the SuperLink", run.run_id, attr,
-             fab.hash_str)  # fmt: skip
-    return run_server_app(
-        grid=grid, context=context, server_app_dir=app_path, loaded_server_app=server_app
-    )
+    with _forgetting_app_modules(app_path):
+        with _restored_sys_path():
+            server_app = load_app(attr, LoadServerAppError, app_path)
+        if not isinstance(server_app, ServerApp):
+            raise LoadServerAppError(f"{attr} in FAB {fab.hash_str[:12]} is not a ServerApp")
+        log.info("run %d: ServerApp %s of FAB %s runs in the SuperLink", run.run_id, attr,
+                 fab.hash_str)  # fmt: skip
+        return run_server_app(
+            grid=grid, context=context, server_app_dir=app_path, loaded_server_app=server_app
+        )
 
 
 def _fail_reason(exc: BaseException) -> str:

@@ -223,3 +223,58 @@ def test_the_superlink_runs_serverapps_in_process_unless_forked_is_asked_for(
     monkeypatch.setenv(SERVERAPP_ENV, "threads")
     with pytest.raises(HubConfigError, match="must be one of inprocess, forked"):
         SuperLinkProcess(config, workdir=tmp_path)
+
+
+QUIET_APP = """
+import json
+from pathlib import Path
+
+from flwr.serverapp import ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid, context):
+    seen = {"run": grid.run.run_id, "context_run": context.run_id, "name": context.run_config["run-name"]}
+    Path(context.run_config["results-dir"], "seen.json").write_text(json.dumps(seen))
+"""
+
+
+def test_a_run_that_ends_is_completed_its_context_stored_and_its_modules_dropped(
+    tmp_path: Path, identity: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import sys
+
+    from flwr.common.constant import Status, SubStatus
+
+    from cloud_hub.fl.inprocess_serverapp import InProcessServerAppExecutor
+    from cloud_hub.fl.superlink import FAB_DIR, build_fab
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    app_dir = tmp_path / "quiet-fab"
+    shutil.copytree(FAB_DIR, app_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = app_dir / "pyproject.toml"
+    manifest.write_text(
+        manifest.read_text().replace("cloud_hub.fl.superlink_app:app", "quiet_app:app")
+    )
+    (app_dir / "quiet_app.py").write_text(QUIET_APP)
+    link = _Link(build_fab(app_dir), {"results-dir": str(tmp_path), "run-name": "quiet"})
+    executor = InProcessServerAppExecutor(link.factory)
+    path_before = list(sys.path)
+
+    outcome = executor.run_task(executor.acquire())
+
+    status = link.run_status()
+    assert (status.status, status.sub_status, status.details) == (
+        Status.FINISHED, SubStatus.COMPLETED, ""
+    )  # fmt: skip
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen == {"run": link.run_id, "context_run": link.run_id, "name": "quiet"}
+    series = link.state.get_run_info(run_ids=[link.run_id])[0].series_id
+    stored = link.state.get_run_series_context(series)
+    assert stored is not None and stored.run_config["run-name"] == "quiet"
+    assert outcome.context is not None and stored.run_id == outcome.context.run_id
+    assert sys.path == path_before and "quiet_app" not in sys.modules  # nothing outlives it
+    assert not (tmp_path / "summary.json").exists()  # only a failed run gets one from here
