@@ -18,10 +18,13 @@ In one run, through the same Mosquitto (a private one on a free loopback port un
    publishes chunks once every agent is subscribed: ``offer_handshake_s``); from then until
    every agent has every byte written to its download file is the transfer →
    ``goodput_mb_s`` and ``goodput_ratio``: the same span as raw's, first chunk out to last
-   byte in, so it ends when the last agent had its last byte written, by its own clock (the ``ts`` of its ``download_complete`` report; the
-   machine's clock, as raw's subscribers' ``done_at``). ``transfer_hub_s`` and
-   ``goodput_ratio_hub_observed`` end when the hub *read* the last of those reports instead:
-   they add the report's way through the agent's durable outbox (a synced SQLite commit,
+   byte in, so it ends when the last agent had its last byte written, by its own clock (the
+   ``ts`` of its ``download_complete`` report, stamped where that write happened: the agent's
+   network thread, as raw's subscribers stamp ``done_at`` in their message callback, not
+   when the agent's worker got to verify it; the machine's clock, as raw's).
+   ``transfer_hub_s`` and ``goodput_ratio_hub_observed`` end when the hub *read* the last
+   of those reports instead: they add the agent's worker taking the download on, and the
+   report's way through the agent's durable outbox (a synced SQLite commit,
    queued here behind 50 agents' writes to one disk) and the broker, which raw's
    subscribers do not report at all. ``first_downloaded_s``: the first agent's last byte
    (the spread up to ``transfer_s`` is the fleet's tail). ``end_to_end_ratio`` counts the

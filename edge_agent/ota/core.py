@@ -116,6 +116,7 @@ class UpdaterCore:
         detail: str = "",
         data: dict[str, Any] | None = None,
         terminal_event: bool = True,
+        event_at: float | None = None,
         **changes: Any,
     ) -> None:
         """Apply ``trigger`` and persist. ``terminal_event=False``: the step's own event is the
@@ -131,7 +132,7 @@ class UpdaterCore:
             **changes,
         )
         if event is not None:
-            self.events.step(event, dep, detail=detail, data=data)
+            self.events.step(event, dep, detail=detail, data=data, at=event_at)
         if dep.terminal and terminal_event:
             self.events.terminal(dep)
         self._save(dep)

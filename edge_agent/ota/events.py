@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from edge_agent.ota.machine import Deployment, Phase
@@ -36,10 +37,18 @@ class DeploymentEvents:
         self._emit = emit
 
     def step(
-        self, kind: str, dep: Deployment, *, detail: str = "", data: dict[str, Any] | None = None
+        self,
+        kind: str,
+        dep: Deployment,
+        *,
+        detail: str = "",
+        data: dict[str, Any] | None = None,
+        at: float | None = None,
     ) -> None:
+        """A step's event; ``at``: when it happened, if earlier than now (a download that
+        completed on the network thread before the worker reports it)."""
         body = {"bundle_id": dep.bundle_id, "version": dep.version, "model": dep.model_name}
-        self._send(kind, dep.deployment_id, detail, {**body, **(data or {})})
+        self._send(kind, dep.deployment_id, detail, {**body, **(data or {})}, at=at)
 
     def terminal(self, dep: Deployment) -> None:
         self.step(TERMINAL_EVENT[dep.phase], dep, detail=dep.reason)
@@ -57,15 +66,20 @@ class DeploymentEvents:
         self._send(EventKind.REJECTED, deployment_id, describe(exc), data)
 
     def _send(
-        self, kind: str, deployment_id: str | None, detail: str, data: dict[str, Any]
+        self,
+        kind: str,
+        deployment_id: str | None,
+        detail: str,
+        data: dict[str, Any],
+        *,
+        at: float | None = None,
     ) -> None:
-        self._emit(
-            Event(
-                device_id=self.device_id,
-                event_id=new_id(),
-                kind=kind,
-                deployment_id=deployment_id,
-                detail=detail,
-                data=data,
-            )
+        event = Event(
+            device_id=self.device_id,
+            event_id=new_id(),
+            kind=kind,
+            deployment_id=deployment_id,
+            detail=detail,
+            data=data,
         )
+        self._emit(event if at is None else replace(event, ts=at))

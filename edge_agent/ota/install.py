@@ -66,8 +66,15 @@ class InstallSteps(UpdaterCore):
         if dep.phase == Phase.DOWNLOADING:
             # no sync here: a restart in Verifying re-hashes the chunks on disk and fetches
             # again whatever a power cut lost (Trigger.REPAIR)
+            # reported as of when its last byte was written (on the network thread, maybe a
+            # while before this worker got to it), with the bytes this process received
             received = {"bytes_received": self.transfer.bytes_received}
-            self._step(Trigger.DOWNLOAD_COMPLETE, event=EventKind.DOWNLOAD_COMPLETE, data=received)
+            self._step(
+                Trigger.DOWNLOAD_COMPLETE,
+                event=EventKind.DOWNLOAD_COMPLETE,
+                data=received,
+                event_at=self.transfer.completed_at,
+            )
         try:
             verified = self._reverify()
         except (BundleError, InstallError) as exc:

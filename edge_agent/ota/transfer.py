@@ -31,7 +31,7 @@ from edge_agent.errors import InstallError
 from edge_agent.ota.download import BundleDownload
 from shared.chunks import Chunk, ChunkFrame
 from shared.errors import ProtocolError
-from shared.messages import ChunkRequest, Message
+from shared.messages import ChunkRequest, Message, now
 from shared.topics import TopicScheme
 
 __all__ = ["ChunkTransfer", "Intake"]
@@ -80,6 +80,7 @@ class ChunkTransfer:
         # reported with the download's completion: what the device really downloaded)
         self._bytes_received = 0
         self._counted_bundle: str | None = None
+        self._completed_at: float | None = None  # when this process wrote the last chunk
         # the chunk intake's and the download bookkeeping's lock: never held across a sync,
         # a removal or a call into the MQTT link (those may wait behind the worker's disk)
         self._lock = threading.Lock()
@@ -94,6 +95,13 @@ class ChunkTransfer:
         storing: it is in the received set before its bytes are on disk)."""
         with self._lock:
             return self.download is not None and self.download.complete
+
+    @property
+    def completed_at(self) -> float | None:
+        """When this process stored the chunk that completed the download (wall clock, as
+        events are stamped); ``None`` if it found the download complete on disk."""
+        with self._lock:
+            return self._completed_at
 
     @property
     def bytes_received(self) -> int:
@@ -140,6 +148,7 @@ class ChunkTransfer:
             self._last_progress = self._clock()
             self._last_request = 0.0
             self._idle_requests = 0
+            self._completed_at = None
         if not download.complete:
             self.listen(bundle_id)
 
@@ -161,6 +170,8 @@ class ChunkTransfer:
         fresh = self.download.store(chunk)
         if fresh:
             self._bytes_received += len(chunk.data)
+            if self.download.complete:
+                self._completed_at = now()
             self._last_progress = self._clock()
             self._idle_requests = 0
         return fresh

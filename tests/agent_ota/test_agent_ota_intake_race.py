@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -149,3 +150,39 @@ def test_a_chunk_whose_record_cannot_be_written_is_left_to_the_worker_unstored(
     dep = offer.command.deployment_id
     assert harness.events(dep)[-1] == EventKind.FAILED, harness.events(dep)
     assert EventKind.DOWNLOAD_COMPLETE not in harness.events(dep)
+
+
+def test_download_complete_is_stamped_when_the_last_byte_was_written(harness: Harness) -> None:
+    """The network thread wrote the last chunk; the worker reports it later (here 0.3 s):
+    the report says when the download completed, not when the worker got to it."""
+    offer = harness.offer(1, chunk_size=256)
+    harness.updater.handle_deploy(offer.command)
+    before = time.time()
+    outcomes = [harness.updater.take_chunk(f) for f in offer.frames]
+    written = time.time()
+    assert outcomes[-1] is Intake.COMPLETED
+    time.sleep(0.3)
+    harness.updater.download_landed()
+    complete = [
+        m for m in harness.sent if isinstance(m, Event) and m.kind == EventKind.DOWNLOAD_COMPLETE
+    ]
+    assert len(complete) == 1
+    assert before <= complete[0].ts <= written
+    later = [m.ts for m in harness.sent if isinstance(m, Event) and m.kind == EventKind.VERIFIED]
+    assert later and later[0] >= written + 0.3
+
+
+def test_a_download_found_complete_on_disk_is_stamped_when_reported(harness: Harness) -> None:
+    """Nothing was written by this process (a restart found every chunk on disk): the
+    report carries the time it was made."""
+    offer = harness.offer(1, chunk_size=256)
+    harness.updater.handle_deploy(offer.command)
+    for f in offer.frames:
+        harness.updater.take_chunk(f)
+    restarted = time.time()
+    harness.restart()  # the hand-off was lost with the process: recovery finds it complete
+    complete = [
+        m for m in harness.sent if isinstance(m, Event) and m.kind == EventKind.DOWNLOAD_COMPLETE
+    ]
+    assert len(complete) == 1
+    assert complete[0].ts >= restarted and complete[0].data["bytes_received"] == 0
