@@ -7,6 +7,8 @@
 - :mod:`.admission` — admit the messages of one socket read into the queue (network thread).
 - :mod:`.writer` — drain the queue into batches and commit them (writer thread).
 - :mod:`.ingest` — the paho-mqtt shell (:class:`FleetIngest`).
+- :mod:`.workers` — telemetry over ``$share`` subscriptions in worker processes.
+- :mod:`.stats` — the counters, summed over the worker processes.
 """
 
 from cloud_hub.ingest.batch import BatchCounts, IngestBatch, write_batch

@@ -27,6 +27,7 @@ from cloud_hub.ingest.config import IngestConfig
 from cloud_hub.ingest.fairness import Admission
 from cloud_hub.ingest.intake import INGEST_CHANNELS, Inbound, Rejected
 from cloud_hub.ingest.state import IngestState
+from cloud_hub.ingest.stats import IngestStats, merged
 from cloud_hub.ingest.workers import TELEMETRY, WorkerPool
 from cloud_hub.ingest.writer import BatchWriter, Listener
 from cloud_hub.registry import Registry
@@ -50,25 +51,6 @@ class IngestConnection:
     session_expiry_s: int = 3600
     receive_maximum: int = 65535
     connect_timeout_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class IngestStats:
-    """A snapshot of the ingest counters (for ``/metrics`` and tests)."""
-
-    received: int
-    accepted: int
-    queued: int
-    written: int
-    batches: int
-    rejected: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)
-    duplicates: int = 0
-    write_errors: int = 0
-    events_new: int = 0
-    drift_new: int = 0
-    lag_p95_s: float = 0.0  # received → committed, over recent messages
-    connected: bool = False
 
 
 class FleetIngest:
@@ -114,7 +96,10 @@ class FleetIngest:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect, subscribe, and start the writer thread (raises ``DeliveryError``)."""
+        """Start the worker processes (if any), connect, subscribe, start the writer thread
+        and wait for the workers' subscriptions (raises ``DeliveryError``)."""
+        if self.pool is not None:
+            self.pool.start()  # they import and connect while this connection comes up
         self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest", daemon=True)
         self._writer.start()
         # persistent session; let the broker keep many QoS 1 messages in flight to us
@@ -139,7 +124,7 @@ class FleetIngest:
                 f"({self.settings.client_id}): {self._connect_error or 'timeout'}"
             )
         if self.pool is not None:
-            self.pool.start()
+            self.pool.wait_ready()
 
     def _wait_subscribed(self) -> bool:
         """Wait until the broker grants the subscriptions, or a message arrives: a resumed
@@ -223,6 +208,11 @@ class FleetIngest:
         self._batches.run(self._stop)
 
     def stats(self) -> IngestStats:
+        """This connection's counters, with the worker processes' added (:func:`.merged`)."""
+        own = self._own_stats()
+        return own if self.pool is None else merged(own, self.pool.stats())
+
+    def _own_stats(self) -> IngestStats:
         state = self._state
         with self._lock:
             return IngestStats(
@@ -242,10 +232,11 @@ class FleetIngest:
             )
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until everything accepted so far is written (tests, shutdown)."""
+        """Wait until everything accepted so far on this connection is written (tests,
+        shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            s = self.stats()
+            s = self._own_stats()
             if s.queued == 0 and s.written >= s.accepted - s.dropped.get("evicted_oldest", 0):
                 return True
             time.sleep(0.02)

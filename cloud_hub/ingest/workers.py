@@ -25,6 +25,7 @@ import ctypes
 import logging
 import multiprocessing as mp
 import os
+import queue
 import secrets
 import signal
 import threading
@@ -36,6 +37,7 @@ from typing import Any
 
 from cloud_hub.errors import DeliveryError
 from cloud_hub.ingest.config import IngestConfig
+from cloud_hub.ingest.stats import IngestStats
 from shared.files import atomic_write
 
 __all__ = [
@@ -56,6 +58,7 @@ _PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_S = 1.0
 STOP_GRACE_S = 10.0
 READY_TIMEOUT_S = 60.0
+REPORT_EVERY_S = 1.0
 
 
 def resolve_workers(configured: int, db_url: str) -> int:
@@ -158,9 +161,10 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def run_worker(spec: WorkerSpec, parent_pid: int, ready: Any) -> None:
+def run_worker(spec: WorkerSpec, parent_pid: int, ready: Any, reports: Any) -> None:
     """A worker process's body: ingest the group's telemetry until SIGTERM (``ready`` is set
-    once its subscription is in place)."""
+    once its subscription is in place; its counters go to ``reports`` every
+    :data:`REPORT_EVERY_S`)."""
     die_with_parent(parent_pid)
     from cloud_hub.ingest.ingest import FleetIngest, IngestConnection
     from cloud_hub.registry import open_registry
@@ -184,7 +188,8 @@ def run_worker(spec: WorkerSpec, parent_pid: int, ready: Any) -> None:
     try:
         ingest.start()
         ready.set()
-        stop.wait()
+        while not stop.wait(REPORT_EVERY_S):
+            reports.put((spec.index, ingest.stats()))
     finally:
         ingest.stop()
         registry.close()
@@ -199,20 +204,29 @@ class WorkerPool:
         self._ctx = mp.get_context("spawn")  # the hub is threaded: never fork it
         self._procs: dict[int, BaseProcess] = {}
         self._ready: dict[int, Any] = {}
+        self._reports: Any = self._ctx.Queue()
+        self._latest: dict[int, IngestStats] = {}  # each worker's last report
+        self._latest_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.restarts = 0
 
-    def start(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Start the workers; wait until each is subscribed (a group without members drops
-        what is published to it), at most ``timeout`` seconds."""
-        ready = [self._spawn(index) for index in range(self.workers)]
-        deadline = time.monotonic() + timeout
-        for index, event in enumerate(ready):
-            if not event.wait(max(0.0, deadline - time.monotonic())):
-                log.warning("ingest worker %d not subscribed after %.0f s", index, timeout)
+    def start(self) -> None:
+        """Start the workers (see :meth:`wait_ready`)."""
+        for index in range(self.workers):
+            self._spawn(index)
         self._watcher = threading.Thread(target=self._watch, name="ingest-workers", daemon=True)
         self._watcher.start()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> bool:
+        """Wait until every worker is subscribed (a group without members drops what is
+        published to it), at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for index, event in list(self._ready.items()):
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("ingest worker %d not subscribed after %.0f s", index, timeout)
+                return False
+        return True
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs.values() if p.pid is not None]
@@ -221,7 +235,7 @@ class WorkerPool:
         ready = self._ctx.Event()
         proc = self._ctx.Process(
             target=run_worker,
-            args=(self.spec.for_index(index), os.getpid(), ready),
+            args=(self.spec.for_index(index), os.getpid(), ready, self._reports),
             name=f"ingest-worker-{index}",
             daemon=True,
         )
@@ -231,8 +245,24 @@ class WorkerPool:
         log.info("ingest worker %d started (pid %s)", index, proc.pid)
         return ready
 
+    def stats(self) -> list[IngestStats]:
+        """The last counters each worker reported (they count from the worker's start)."""
+        self._read_reports()
+        with self._latest_lock:
+            return list(self._latest.values())
+
+    def _read_reports(self) -> None:
+        while True:
+            try:
+                index, stats = self._reports.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+            with self._latest_lock:
+                self._latest[index] = stats
+
     def _watch(self) -> None:
         while not self._stop.wait(0.2):
+            self._read_reports()
             for index, proc in list(self._procs.items()):
                 if proc.is_alive() or self._stop.is_set():
                     continue

@@ -127,7 +127,9 @@ def test_workers_share_the_telemetry_and_a_killed_one_gets_its_messages_back(
             pub.event("ev-1")
             assert _eventually(lambda: _stored(registry) == sent), _stored(registry)
             assert _eventually(lambda: hub.stats().events_new == 1)
-            assert hub.stats().received == 1  # telemetry went to the workers only
+            assert hub._own_stats().received == 1  # telemetry went to the workers only ...
+            # ... whose counters the hub's add up (for /metrics)
+            assert _eventually(lambda: hub.stats().received == sent + 1, 10), hub.stats()
             busy = [psutil.Process(pid).cpu_times().user for pid in pool.pids()]
             assert all(t > 0 for t in busy)
 
@@ -148,6 +150,11 @@ def test_workers_share_the_telemetry_and_a_killed_one_gets_its_messages_back(
 
 
 def test_workers_die_with_the_hub_process(pg_url: str, tmp_path: Path) -> None:
+    with LocalMosquitto() as broker:
+        _kill_the_hub_and_watch_its_workers(pg_url, tmp_path, broker.port)
+
+
+def _kill_the_hub_and_watch_its_workers(pg_url: str, tmp_path: Path, port: int) -> None:
     script = textwrap.dedent(
         f"""
         import sys, time
@@ -155,10 +162,11 @@ def test_workers_die_with_the_hub_process(pg_url: str, tmp_path: Path) -> None:
         from cloud_hub.ingest.workers import WorkerPool, WorkerSpec
         from shared.broker_endpoint import BrokerEndpoint
         if __name__ == "__main__":
-            conn = IngestConnection(endpoint=BrokerEndpoint(port=1), client_id="hub:ingest:x")
+            conn = IngestConnection(endpoint=BrokerEndpoint(port={port}), client_id="h:ingest:x")
             spec = WorkerSpec({pg_url!r}, "orphans", conn, IngestConfig(), "g", 0)
             pool = WorkerPool(spec, 2)
             pool.start()
+            assert pool.wait_ready()
             print(" ".join(map(str, pool.pids())), flush=True)
             time.sleep(600)
         """
@@ -177,6 +185,8 @@ def test_workers_die_with_the_hub_process(pg_url: str, tmp_path: Path) -> None:
         assert hub.stdout is not None
         pids = [int(p) for p in hub.stdout.readline().split()]
         assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+        time.sleep(1.0)  # running, not crashing
+        assert all(_alive(p) for p in pids)
         hub.kill()  # SIGKILL: no chance to stop its workers itself
         hub.wait(10)
         assert _eventually(lambda: not any(_alive(p) for p in pids), 15)
