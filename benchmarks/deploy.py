@@ -21,6 +21,13 @@ round, the summary), and ``deployment_vs_inprocess_run``. CPU seconds per run
 (``inprocess_cpu_s``: this process; ``deployment_cpu_s``: the SuperLink, the SuperNodes and
 every process they started, forked tasks included) show the cost without the machine's load.
 
+Where the SuperLink runs the ServerApp (``--serverapp``): ``both`` (the default) plays the
+pairs once per mode, each on its own federation — ``inprocess`` (a thread of the SuperLink
+process on its LinkState, :mod:`cloud_hub.fl.inprocess_serverapp`; the product's default) and
+``forked`` (a process forked from the warm SuperExec, over the runtime API) — and reports
+each mode's figures under ``by_serverapp`` (round, ratio to the in-process runs of the same
+pairs, CPU seconds per run by process role); the headline figures are the default mode's.
+
 The full run then plays the lab scenario (:mod:`simulations.lab.retrain_scenario`: six
 devices on their own network namespaces enroll, train the first model over the Deployment
 Engine, roll it out, one site drifts, the fleet retrains and rolls out deltas through a cut
