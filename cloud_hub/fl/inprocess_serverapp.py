@@ -52,6 +52,7 @@ from typing import Any
 from flwr.superlink.grid import HttpGrid
 
 from shared.files import atomic_write
+from shared.fl.config_keys import RunConfigKey
 from shared.poll_backoff import PollBackoff
 
 __all__ = [
@@ -65,9 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("cloud_hub.fl.inprocess_serverapp")  # also when run as __main__
-
-#: The run-config key of the folder where the hub's ServerApp writes ``summary.json``.
-RESULTS_DIR_KEY = "results-dir"
 
 
 class LinkStateRuntime:
@@ -120,13 +118,13 @@ class LinkStateGrid(HttpGrid):  # type: ignore[misc]
 def write_failed_summary(run_config: dict[str, Any], run_id: int, reason: str) -> Path | None:
     """For a fedfleet run (its run config names a results folder) whose ServerApp wrote no
     ``summary.json``: a failed one with ``reason``; the path written, else ``None``."""
-    folder = run_config.get(RESULTS_DIR_KEY)
+    folder = run_config.get(RunConfigKey.RESULTS_DIR)
     if not isinstance(folder, str) or not folder:
         return None
     path = Path(folder) / "summary.json"
     if path.exists():  # the ServerApp's own (fuller) account of the failure
         return None
-    name = run_config.get("run-name") or f"deploy-{run_id}"
+    name = run_config.get(RunConfigKey.RUN_NAME) or f"deploy-{run_id}"
     payload = {"status": "failed", "run_id": name, "error": reason}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(payload, indent=2).encode("utf-8"))
