@@ -21,12 +21,14 @@ round, the summary), and ``deployment_vs_inprocess_run``. CPU seconds per run
 (``inprocess_cpu_s``: this process; ``deployment_cpu_s``: the SuperLink, the SuperNodes and
 every process they started, forked tasks included) show the cost without the machine's load.
 
-Where the SuperLink runs the ServerApp (``--serverapp``): ``both`` (the default) plays the
-pairs once per mode, each on its own federation — ``inprocess`` (a thread of the SuperLink
-process on its LinkState, :mod:`cloud_hub.fl.inprocess_serverapp`; the product's default) and
-``forked`` (a process forked from the warm SuperExec, over the runtime API) — and reports
-each mode's figures under ``by_serverapp`` (round, ratio to the in-process runs of the same
-pairs, CPU seconds per run by process role); the headline figures are the default mode's.
+Where the SuperLink runs the ServerApp (``--serverapp``): ``both`` (the default; ``--quick``
+measures the default mode only unless told) starts one federation per mode and alternates
+the modes within each pair, so both see the same machine load — ``inprocess`` (a thread of
+the SuperLink process on its LinkState, :mod:`cloud_hub.fl.inprocess_serverapp`; the
+product's default) and ``forked`` (a process forked from the warm SuperExec, over the
+runtime API). Each mode's figures are under ``by_serverapp`` (round, ratio to the in-process
+runs of the same pairs, CPU seconds per run by process role, counted for the processes of
+that mode's federation only); the headline figures are the default mode's.
 
 The full run then plays the lab scenario (:mod:`simulations.lab.retrain_scenario`: six
 devices on their own network namespaces enroll, train the first model over the Deployment
@@ -145,9 +147,10 @@ _ROLES = (
 )
 
 
-def _cpu_seconds_by_role() -> dict[str, float]:
-    """CPU seconds used so far by every process below this one (and the tasks they reaped),
-    by role (:data:`_ROLES`)."""
+def _cpu_seconds_by_role(root: Path) -> dict[str, float]:
+    """CPU seconds used so far by every process below this one (and the tasks they reaped)
+    that belongs to the federation in ``root`` (its command line names a file there), by
+    role (:data:`_ROLES`)."""
     import psutil
 
     totals: dict[str, float] = {}
@@ -157,14 +160,16 @@ def _cpu_seconds_by_role() -> dict[str, float]:
             command = " ".join(process.cmdline())
         except psutil.Error:  # gone meanwhile
             continue
+        if f"{root}/" not in command:
+            continue  # another federation's, or this benchmark's own in-process run
         role = next((name for word, name in _ROLES if word in command), "other")
         totals[role] = totals.get(role, 0.0) + t.user + t.system
         totals[role] += t.children_user + t.children_system
     return totals
 
 
-def _cpu_since(before: dict[str, float]) -> dict[str, float]:
-    now = _cpu_seconds_by_role()
+def _cpu_since(root: Path, before: dict[str, float]) -> dict[str, float]:
+    now = _cpu_seconds_by_role(root)
     return {role: round(now[role] - before.get(role, 0.0), 2) for role in sorted(now)}
 
 
@@ -190,7 +195,7 @@ def _one_deployment_run(root: Path, link: Any, fab_sha256: str, index: int) -> d
     from cloud_hub.fl.superlink import wait_for_summary
 
     results = root / f"results-{index}"
-    cpu_started = _cpu_seconds_by_role()
+    cpu_started = _cpu_seconds_by_role(root)
     started = time.perf_counter()
     link.submit_run(
         {
@@ -205,7 +210,7 @@ def _one_deployment_run(root: Path, link: Any, fab_sha256: str, index: int) -> d
     submitted = time.perf_counter()
     summary = wait_for_summary(results, timeout_s=900, link=link, poll_s=0.05)
     done = time.perf_counter()
-    cpu = _cpu_since(cpu_started)
+    cpu = _cpu_since(root, cpu_started)
     rounds = summary["rounds"]
     if any(r["status"] != "ok" for r in rounds):
         raise SystemExit(f"deployment run had a failed round: {rounds}")
@@ -220,37 +225,44 @@ def _one_deployment_run(root: Path, link: Any, fab_sha256: str, index: int) -> d
     }
 
 
-def run_pairs(root: Path, devices: int, pairs: int, serverapp: str) -> list[dict[str, Any]]:
-    """``pairs`` times, alternated on one running federation whose SuperLink runs the
-    ServerApp ``serverapp`` (``SuperLinkProcess(serverapp=...)``): an in-process run in a fresh
-    process, then the same run over the Deployment Engine (the federation is started once:
-    a device's SuperNode runs long before a training order)."""
+def run_pairs(roots: dict[str, Path], devices: int, pairs: int) -> dict[str, list[dict[str, Any]]]:
+    """One running federation per ServerApp mode (``roots``: mode -> its folder; the
+    SuperLink runs the ServerApp as ``SuperLinkProcess(serverapp=mode)`` says), all started
+    once (a device's SuperNode runs long before a training order); then ``pairs`` times, for
+    each mode in turn: an in-process run in a fresh process, then the same run over that
+    mode's federation (the modes alternate, so both see the same machine load)."""
+    import contextlib
     import dataclasses
 
     from cloud_hub.fl.superlink import SuperLinkProcess
     from simulations.harness.federation import local_federation
 
-    federation = local_federation(root, devices=devices, run_id="bench")
-    link = SuperLinkProcess(
-        federation.link.config, workdir=federation.link.workdir, serverapp=serverapp
-    )
-    federation = dataclasses.replace(federation, link=link)
-    measured: list[dict[str, Any]] = []
-    with federation.running() as link:
-        _wait_until_warm([root / f"node-{i}.log" for i in range(devices)])
-        idle_from = _cpu_seconds_by_role()
+    measured: dict[str, list[dict[str, Any]]] = {mode: [] for mode in roots}
+    with contextlib.ExitStack() as running:
+        links, fabs = {}, {}
+        for mode, root in roots.items():
+            federation = local_federation(root, devices=devices, run_id="bench")
+            link = SuperLinkProcess(
+                federation.link.config, workdir=federation.link.workdir, serverapp=mode
+            )
+            federation = dataclasses.replace(federation, link=link)
+            links[mode] = running.enter_context(federation.running())
+            fabs[mode] = federation.fab_sha256
+        _wait_until_warm([r / f"node-{i}.log" for r in roots.values() for i in range(devices)])
+        idle_from = {mode: _cpu_seconds_by_role(root) for mode, root in roots.items()}
         time.sleep(_IDLE_S)  # what the waiting processes cost while nothing runs
-        idle = _cpu_since(idle_from)
+        idle = {mode: _cpu_since(root, idle_from[mode]) for mode, root in roots.items()}
         for index in range(pairs):
-            inprocess = run_inprocess_fresh(root)
-            print(f"pair {index}: in-process {inprocess}", flush=True)
-            deployment = _one_deployment_run(root, link, federation.fab_sha256, index)
-            deployment["idle_cpu_s_per_s_by_role"] = {
-                role: round(v / _IDLE_S, 3) for role, v in idle.items()
-            }
-            deployment["serverapp"] = serverapp
-            print(f"pair {index}: deployment ({serverapp}) {deployment}", flush=True)
-            measured.append({"inprocess": inprocess, "deployment": deployment})
+            for mode, root in roots.items():
+                inprocess = run_inprocess_fresh(root)
+                print(f"pair {index}: in-process {inprocess}", flush=True)
+                deployment = _one_deployment_run(root, links[mode], fabs[mode], index)
+                deployment["idle_cpu_s_per_s_by_role"] = {
+                    role: round(v / _IDLE_S, 3) for role, v in idle[mode].items()
+                }
+                deployment["serverapp"] = mode
+                print(f"pair {index}: deployment ({mode}) {deployment}", flush=True)
+                measured[mode].append({"inprocess": inprocess, "deployment": deployment})
     return measured
 
 
@@ -318,9 +330,9 @@ def main() -> None:
     parser.add_argument(
         "--serverapp",
         choices=(*SERVERAPP_MODES, "both"),
-        default="both",
-        help="where the SuperLink runs the ServerApp (SuperLinkProcess's serverapp); both: "
-        "the pairs once per mode, the headline figures for the default mode",
+        help="where the SuperLink runs the ServerApp (SuperLinkProcess's serverapp); both "
+        "(the default; --quick: the default mode only): the modes alternate in each pair, "
+        "the headline figures are the default mode's",
     )
     parser.add_argument("--inprocess-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -335,13 +347,13 @@ def main() -> None:
         root = Path(tmp) if args.keep is None else args.keep
         root.mkdir(parents=True, exist_ok=True)
         _write_inputs(root, devices, rounds)
-        modes = SERVERAPP_MODES if args.serverapp == "both" else (args.serverapp,)
-        by_mode: dict[str, list[dict[str, Any]]] = {}
-        for mode in modes:  # each mode its own federation, logs and results (same inputs)
-            mode_root = root / f"serverapp-{mode}"
+        wanted = args.serverapp or (DEFAULT_SERVERAPP if args.quick else "both")
+        modes = SERVERAPP_MODES if wanted == "both" else (wanted,)
+        roots = {mode: root / f"serverapp-{mode}" for mode in modes}
+        for mode_root in roots.values():  # each mode its own federation, logs and results
             mode_root.mkdir(exist_ok=True)
-            _write_inputs(mode_root, devices, rounds)
-            by_mode[mode] = run_pairs(mode_root, devices, pairs, mode)
+            _write_inputs(mode_root, devices, rounds)  # the same inputs
+        by_mode = run_pairs(roots, devices, pairs)
         run_inprocess(root)  # this process's first run pays the imports and torch's set-up
         warm = run_inprocess(root)
         print(f"in-process (warm): {warm}", flush=True)
