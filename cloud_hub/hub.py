@@ -370,7 +370,7 @@ def _build_ingest(
         endpoint=config.mqtt, client_id=hub_client_id_for(config, HubRole.INGEST)
     )
     workers = resolve_workers(config.ingest.workers, config.database_url)
-    retire_sessions(config.data_dir, connection, workers)
+    before = retire_sessions(config.data_dir, connection, workers)
     pool = None
     if workers:  # telemetry through shared subscriptions in worker processes
         spec = WorkerSpec(
@@ -381,7 +381,7 @@ def _build_ingest(
             group=share_group(config.data_dir),
             index=0,
         )
-        pool = WorkerPool(spec, workers)
+        pool = WorkerPool(spec, workers, sessions_exist=before >= workers)
     ingest = FleetIngest(
         registry,
         scheme=TopicScheme(config.topic_prefix),

@@ -12,6 +12,14 @@ have their own ACL file (``per_listener_settings true``):
 - hub ACL: the hub user may read and write everything under the prefix. Only certificates
   from the hub client CA are accepted on that listener.
 
+Shared subscriptions (``$share/GROUP/FILTER``, the hub's ingest workers): Mosquitto 2.0's
+``acl_file`` grants every SUBSCRIBE and checks read access per message at delivery against
+the message's own topic, so the hub rule above covers the hub's ``$share`` subscriptions and
+a device's ``$share`` subscription receives only what it may read directly. A device in the
+hub's own group would be assigned messages the broker then withholds from it; the group's
+name is therefore a secret of the hub (``cloud_hub.ingest.workers.share_group``), see
+``tests/security/test_security_r02_shared_subscriptions.py``.
+
 ``%u`` and not ``%c``: with ``use_username_as_clientid`` they are equal on the device
 listener anyway (R3), but ``%u`` is the identity the certificate proves. Mosquitto denies a
 ``%u``/``%c`` substitution that contains ``+``, ``#`` or ``/``, and device ids contain none.

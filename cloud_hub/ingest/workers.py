@@ -86,11 +86,12 @@ def share_group(data_dir: str | os.PathLike[str]) -> str:
     return name
 
 
-def retire_sessions(data_dir: str | os.PathLike[str], connection: Any, workers: int) -> None:
+def retire_sessions(data_dir: str | os.PathLike[str], connection: Any, workers: int) -> int:
     """End the persistent sessions of the workers a previous run had beyond ``workers``
     (their count is kept in the data directory): Mosquitto keeps assigning group messages
     to a member's session while it is away, and those would wait there, undelivered, until
-    the session expires. ``connection``: the hub's ingest connection."""
+    the session expires. ``connection``: the hub's ingest connection. Returns how many
+    workers the previous run had (their sessions hold what arrives until they are back)."""
     path = Path(data_dir) / _COUNT_FILE
     try:
         before = int(path.read_text().strip())
@@ -103,6 +104,7 @@ def retire_sessions(data_dir: str | os.PathLike[str], connection: Any, workers: 
     if before != workers and all(ended):  # else: tried again at the next start
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, f"{workers}\n".encode())
+    return before
 
 
 def _end_session(connection: Any, client_id: str) -> bool:
@@ -198,9 +200,13 @@ def run_worker(spec: WorkerSpec, parent_pid: int, ready: Any, reports: Any) -> N
 class WorkerPool:
     """Starts, watches (restarting one that exits) and stops the worker processes."""
 
-    def __init__(self, spec: WorkerSpec, workers: int) -> None:
+    def __init__(self, spec: WorkerSpec, workers: int, *, sessions_exist: bool = False) -> None:
+        """``sessions_exist``: every worker's persistent session is on the broker already
+        (a restart), so what arrives before a worker is back waits in its session and the
+        hub need not wait for the workers (:meth:`wait_ready`)."""
         self.spec = spec
         self.workers = workers
+        self.sessions_exist = sessions_exist
         self._ctx = mp.get_context("spawn")  # the hub is threaded: never fork it
         self._procs: dict[int, BaseProcess] = {}
         self._ready: dict[int, Any] = {}
@@ -220,7 +226,9 @@ class WorkerPool:
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> bool:
         """Wait until every worker is subscribed (a group without members drops what is
-        published to it), at most ``timeout`` seconds."""
+        published to it), at most ``timeout`` seconds; at once when their sessions exist."""
+        if self.sessions_exist:
+            return True
         deadline = time.monotonic() + timeout
         for index, event in list(self._ready.items()):
             if not event.wait(max(0.0, deadline - time.monotonic())):

@@ -240,11 +240,11 @@ def test_sessions_of_workers_no_longer_run_are_ended(tmp_path: Path) -> None:
         connection = IngestConnection(
             endpoint=BrokerEndpoint(port=broker.port), client_id="hub:ingest:r"
         )
-        retire_sessions(tmp_path, connection, 2)  # a run with two workers
+        assert retire_sessions(tmp_path, connection, 2) == 0  # a run with two workers
         gone = _member(broker.port, "hub:ingest:r.w1", topic, [])
         gone.disconnect()
         gone.loop_stop()
-        retire_sessions(tmp_path, connection, 1)  # the next run has one
+        assert retire_sessions(tmp_path, connection, 1) == 2  # the next run has one
         got: list[bytes] = []
         kept = _member(broker.port, "hub:ingest:r.w0", topic, got)
         pub = _Publisher(broker.port, scheme)
