@@ -152,11 +152,13 @@ class WorkerSpec:
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGTERM this process when its parent dies (Linux); exit at once if
-    the parent is already gone."""
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux); exit at once if
+    the parent is already gone. SIGKILL: a worker whose hub is gone must not linger (e.g.
+    in a commit blocked on a lock); what it had not acknowledged, the broker redelivers to
+    its successor, and telemetry it had acknowledged is droppable by design."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable", exc_info=True)
     if os.getppid() != parent_pid:
@@ -193,8 +195,15 @@ def run_worker(spec: WorkerSpec, parent_pid: int, ready: Any, reports: Any) -> N
         while not stop.wait(REPORT_EVERY_S):
             reports.put((spec.index, ingest.stats()))
     finally:
+        _exit_after(STOP_GRACE_S)  # a stop stuck in a blocked commit ends anyway
         ingest.stop()
         registry.close()
+
+
+def _exit_after(seconds: float) -> None:
+    timer = threading.Timer(seconds, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()
 
 
 class WorkerPool:
