@@ -78,6 +78,14 @@ def parse_mqtt_url(url: str) -> BrokerEndpoint:
         raise HubConfigError(str(exc)) from exc
 
 
+#: Where the hub's SuperLink runs a run's ServerApp (``[retraining] serverapp``; the first is
+#: the default): in a thread of the SuperLink process on its own LinkState
+#: (:mod:`cloud_hub.fl.inprocess_serverapp`), or as its own process forked from a warm
+#: SuperExec that talks to the SuperLink's runtime API over HTTP
+#: (:mod:`cloud_hub.fl.warm_serverapp`).
+SERVERAPP_MODES = ("inprocess", "forked")
+
+
 @dataclass(frozen=True)
 class RetrainingConfig:
     """The retraining controller of ``cloud-hub serve`` (the ``[retraining]`` table).
@@ -95,6 +103,7 @@ class RetrainingConfig:
     validation_file: Path | None = None  # hub-held labelled set (.npz: x, y)
     calibration_file: Path | None = None  # default: the validation file
     superlink_host: str = "127.0.0.1"
+    serverapp: str | None = None  # None: FEDFLEET_SUPERLINK_SERVERAPP, else in process
     train_timeout_s: float = 600.0
     num_rounds: int = 2
     tick_interval_s: float = 5.0
@@ -117,6 +126,7 @@ class RetrainingConfig:
             "min_devices": self.min_devices >= 3,  # SecAgg+ needs three peers
             "superlink_host": bool(self.superlink_host),
             "model_name": bool(self.model_name),
+            "serverapp": self.serverapp in (None, *SERVERAPP_MODES),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -82,6 +82,10 @@ _RETRAINING_DOCS = {
     "calibration_file": "Calibration set for int8 compression; unset: the validation file.",
     "superlink_host": "Address of this hub the devices' SuperNodes reach (the SuperLink, TLS "
     "from the hub CA); it is signed into every training order.",
+    "serverapp": "Where the SuperLink runs each run's ServerApp: `inprocess` (a thread of the "
+    "SuperLink process, no runtime HTTP requests: the faster) or `forked` (its own process, "
+    "forked from a warm one: a ServerApp crash cannot take the SuperLink down); unset: the "
+    "environment's `FEDFLEET_SUPERLINK_SERVERAPP`, else `inprocess`.",
     "train_timeout_s": "Longest a run on the devices may take before it fails.",
     "num_rounds": "Federated rounds per retraining run (SecAgg+ in each).",
     "tick_interval_s": "How often the controller reads the classes' health.",

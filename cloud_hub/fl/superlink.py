@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.config import SERVERAPP_MODES
 from cloud_hub.errors import HubConfigError, TrainingError
 from shared.files import atomic_write
 from shared.fl.config_keys import RunConfigKey
@@ -104,12 +105,7 @@ def issue_superlink_tls(ca_dir: Path, host: str, out_dir: Path) -> tuple[Path, P
     return paths
 
 
-#: Where a run's ServerApp runs: in a thread of the SuperLink process on its own LinkState
-#: (:mod:`cloud_hub.fl.inprocess_serverapp`), or as its own process forked from a warm
-#: SuperExec that talks to the SuperLink's runtime API over HTTP
-#: (:mod:`cloud_hub.fl.warm_serverapp`).
-SERVERAPP_MODES = ("inprocess", "forked")
-DEFAULT_SERVERAPP = "inprocess"
+DEFAULT_SERVERAPP = SERVERAPP_MODES[0]
 #: The environment variable that picks the mode where the code starting the SuperLink names
 #: none (``SuperLinkProcess(serverapp=None)``), e.g. ``FEDFLEET_SUPERLINK_SERVERAPP=forked``.
 SERVERAPP_ENV = "FEDFLEET_SUPERLINK_SERVERAPP"

@@ -102,6 +102,7 @@ class DeploymentTraining:
         insecure: bool = False,
         timeout_s: float = 600.0,
         client_id: str | None = None,
+        serverapp: str | None = None,
     ) -> None:
         if not 1 <= timeout_s <= 86_400:
             raise TrainingError("timeout_s must be in [1, 86400]")
@@ -119,6 +120,7 @@ class DeploymentTraining:
         self.insecure = insecure
         self.timeout_s = timeout_s
         self.client_id = client_id or one_shot_client_id(HubRole.TRAINING)
+        self.serverapp = serverapp
         self._abort = threading.Event()
 
     def abort(self) -> None:
@@ -229,7 +231,7 @@ class DeploymentTraining:
             insecure=self.insecure,
             **tls,
         )
-        return SuperLinkProcess(config, workdir=work / "superlink")
+        return SuperLinkProcess(config, workdir=work / "superlink", serverapp=self.serverapp)
 
     def _start_while_ordering(self, link: Any, commands: Mapping[str, TrainCommand]) -> None:
         """Start the SuperLink and send the training orders at the same time."""

@@ -86,6 +86,7 @@ def retrain_controller(
             config,
             keys,
             superlink_host=settings.superlink_host,
+            serverapp=settings.serverapp,
             timeout_s=settings.train_timeout_s,
             client_id=hub_client_id_for(config, HubRole.TRAINING),
         ),
@@ -109,10 +110,13 @@ def deployment_training(
     superlink_host: str,
     timeout_s: float,
     client_id: str | None = None,
+    serverapp: str | None = None,
 ) -> Any:
     """Training on the devices: a SuperLink here (TLS from the hub CA the devices pinned),
     signed orders over the hub's broker under the hub's topic prefix. ``client_id``: the
-    training connection's (``None``: a one-shot id, for a command run beside a serving hub)."""
+    training connection's (``None``: a one-shot id, for a command run beside a serving hub);
+    ``serverapp``: where the SuperLink runs the ServerApp (``None``: the environment's, else
+    in process — :func:`cloud_hub.fl.superlink.serverapp_mode`)."""
     from cloud_hub.loop.device_training import DeploymentTraining
     from shared.topics import TopicScheme
 
@@ -130,4 +134,5 @@ def deployment_training(
         superlink_host=superlink_host,
         timeout_s=timeout_s,
         client_id=client_id,
+        serverapp=serverapp,
     )

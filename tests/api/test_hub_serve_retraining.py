@@ -86,10 +86,13 @@ def hub_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_retraining_table_is_read_and_checked(tmp_path: Path) -> None:
     path = tmp_path / "hub.toml"
-    table = _retraining_table(Path("/srv/val.npz"), superlink_host="hub.example")
+    table = _retraining_table(
+        Path("/srv/val.npz"), superlink_host="hub.example", serverapp="forked"
+    )
     path.write_text(toml_text.dumps({"retraining": table}))
     settings = HubConfig.from_file(path).retraining
     assert settings.configured and settings.device_classes == (CLASS,)
+    assert settings.serverapp == "forked" and HubConfig().retraining.serverapp is None
     assert settings.validation_file == Path("/srv/val.npz")
     policy = settings.policy()
     assert (policy.cooldown_s, policy.max_runs_per_day, policy.require_approval) == (
@@ -105,6 +108,7 @@ def test_the_retraining_table_is_read_and_checked(tmp_path: Path) -> None:
         {"max_runs_per_day": 0},
         {"device_classes": CLASS},  # a string, not a list
         {"nonsense": 1},
+        {"serverapp": "threads"},  # not a ServerApp mode
     ):
         path.write_text(toml_text.dumps({"retraining": {**table, **bad}}))
         with pytest.raises(HubConfigError):
@@ -114,10 +118,14 @@ def test_the_retraining_table_is_read_and_checked(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_only_the_engines_hub_runs_the_controller(hub_dir: Path, tmp_path: Path) -> None:
     base = HubConfig(data_dir=hub_dir, topic_prefix=f"rt-{uuid.uuid4().hex[:8]}")
-    table = _retraining_table(hub_dir / "validation.npz")
+    table = _retraining_table(hub_dir / "validation.npz", serverapp="forked")
     config = _with_retraining(base, table)
     with build_hub(config) as hub:
         assert isinstance(hub.retraining, RetrainController) and hub.engine is not None
+        deployment = hub.retraining.pipeline.deployment
+        assert deployment is not None  # the controller trains on the devices
+        link = deployment._superlink(tmp_path / "link", 9999)
+        assert link.serverapp == "forked"  # [retraining] serverapp reaches the SuperLink
         assert hub.retraining.device_classes == (CLASS,)
         assert hub.retraining.pipeline.rollouts is hub.engine  # its rollouts are the engine's
         policy = hub.retraining.pipeline.config.policy
