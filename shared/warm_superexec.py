@@ -94,11 +94,14 @@ def _in_memory_state(argv: list[str]) -> bool:
 
 def prepare_superlink(argv: list[str]) -> None:
     """fedfleet's patches of this process's Flower SuperLink (``flower-superlink argv``):
-    scoped middleware, held pulls, and quick handlers inline on an in-memory state."""
+    scoped middleware, held pulls, SuperNode signatures verified once, and quick handlers
+    inline on an in-memory state."""
     from shared.flower_long_poll import hold_pulls_until_work
     from shared.flower_middleware import scope_superlink_middleware
+    from shared.flower_node_auth import cache_verified_signatures
 
-    scope_superlink_middleware()  # Fleet and runtime calls skip the Control API's layers
+    scope_superlink_middleware()
+    cache_verified_signatures()  # a SuperNode's signed timestamp is verified once  # Fleet and runtime calls skip the Control API's layers
     hold_pulls_until_work()  # a pull waits for the push that gives it something to pull
     if _in_memory_state(argv):  # handlers that only touch memory run without a thread hop
         from shared.flower_inline import run_quick_handlers_inline

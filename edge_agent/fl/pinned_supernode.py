@@ -47,6 +47,7 @@ from edge_agent.fl.inprocess_clientapp import run_clientapps_in_process
 from edge_agent.fl.supernode import CLIENTAPP_MODES
 from edge_agent.fl.warm_clientapp import warm_imports
 from shared.flower_long_poll import was_held
+from shared.flower_node_auth import reuse_node_signatures
 from shared.flower_pulls import retry_object_pulls_sooner
 from shared.poll_backoff import PollBackoff
 from shared.warm_superexec import use_warm_superexec
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     pin_fab(args.fab_sha256, PollBackoff(fast_s=args.poll_interval, slow_s=args.idle_poll_interval))
     reply_without_delay()
     retry_object_pulls_sooner()  # a message's objects arrive just after the message
+    reuse_node_signatures()  # one signed timestamp per second, not one per request
     if args.clientapp == "in-process":
         run_clientapps_in_process()
         warm_imports()  # the first message must not pay for importing torch and the app
