@@ -100,8 +100,8 @@ def prepare_superlink(argv: list[str]) -> None:
     from shared.flower_middleware import scope_superlink_middleware
     from shared.flower_node_auth import cache_verified_signatures
 
-    scope_superlink_middleware()
-    cache_verified_signatures()  # a SuperNode's signed timestamp is verified once  # Fleet and runtime calls skip the Control API's layers
+    scope_superlink_middleware()  # Fleet and runtime calls skip the Control API's layers
+    cache_verified_signatures()  # a SuperNode's signed timestamp is verified once
     hold_pulls_until_work()  # a pull waits for the push that gives it something to pull
     if _in_memory_state(argv):  # handlers that only touch memory run without a thread hop
         from shared.flower_inline import run_quick_handlers_inline
