@@ -39,7 +39,6 @@ arguments>`` (:class:`cloud_hub.fl.superlink.SuperLinkProcess`, ``serverapp="inp
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import sys
 import threading
@@ -51,7 +50,6 @@ from typing import Any
 
 from flwr.superlink.grid import HttpGrid
 
-from shared.files import atomic_write
 from shared.fl.config_keys import RunConfigKey
 from shared.poll_backoff import PollBackoff
 
@@ -118,17 +116,16 @@ class LinkStateGrid(HttpGrid):  # type: ignore[misc]
 def write_failed_summary(run_config: dict[str, Any], run_id: int, reason: str) -> Path | None:
     """For a fedfleet run (its run config names a results folder) whose ServerApp wrote no
     ``summary.json``: a failed one with ``reason``; the path written, else ``None``."""
+    from cloud_hub.fl import superlink_app
+
     folder = run_config.get(RunConfigKey.RESULTS_DIR)
     if not isinstance(folder, str) or not folder:
         return None
-    path = Path(folder) / "summary.json"
-    if path.exists():  # the ServerApp's own (fuller) account of the failure
+    if (Path(folder) / "summary.json").exists():  # the ServerApp's own, fuller account
         return None
-    name = run_config.get(RunConfigKey.RUN_NAME) or f"deploy-{run_id}"
-    payload = {"status": "failed", "run_id": name, "error": reason}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(payload, indent=2).encode("utf-8"))
-    return path
+    name = run_config.get(RunConfigKey.RUN_NAME)
+    label = superlink_app.run_label(name if isinstance(name, str) else None, run_id)
+    return superlink_app.write_failed_summary(Path(folder), label, reason)
 
 
 @contextmanager

@@ -209,21 +209,30 @@ def _write(path: Path, payload: Any) -> None:
     atomic_write(path, text.encode("utf-8"))  # R15
 
 
+def run_label(run_name: str | None, run_id: int) -> str:
+    """The run id a summary names: the hub's run name, else one made from Flower's run id."""
+    return run_name or f"deploy-{run_id}"
+
+
+def write_failed_summary(results_dir: Path, label: str, error: str) -> Path:
+    """``summary.json`` for the run ``label`` (:func:`run_label`) that failed with ``error``:
+    the hub's waiter reads it at once instead of sitting out its timeout."""
+    path = results_dir / "summary.json"
+    _write(path, {"status": "failed", "run_id": label, "error": error})
+    return path
+
+
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = DeploymentRunSettings.from_run_config(dict(context.run_config))
-    run_id = settings.run_name or f"deploy-{context.run_id}"
+    run_id = run_label(settings.run_name, context.run_id)
     try:
         _train(settings, run_id, grid, context)
-    except Exception as exc:
-        # whatever stops the run, the waiter reads it at once instead of sitting out its timeout
-        _write(
-            settings.results_dir / "summary.json",
-            {"status": "failed", "run_id": run_id, "error": f"{type(exc).__name__}: {exc}"},
-        )
+    except Exception as exc:  # whatever stops the run, the waiter reads it at once
+        write_failed_summary(settings.results_dir, run_id, f"{type(exc).__name__}: {exc}")
         raise
 
 

@@ -21,7 +21,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from cloud_hub.errors import HubConfigError, TrainingError
-from cloud_hub.fl.superlink_app import DeploymentRunSettings, _write
+from cloud_hub.fl.superlink_app import DeploymentRunSettings, _write, run_label
 
 __all__ = ["app"]
 
@@ -102,7 +102,7 @@ def main(grid: Grid, context: Context) -> None:
             set_weights(model, run.weights)
             loss, accuracy = evaluate_model(model, x_val, y_val)
             versions.append({"version": run.version, "accuracy": accuracy, "loss": loss})
-    run_id = settings.run_name or f"deploy-{context.run_id}"
+    run_id = run_label(settings.run_name, context.run_id)
     summary = {
         "status": "ok" if run.version >= buffers else "failed",
         "run_id": run_id,
