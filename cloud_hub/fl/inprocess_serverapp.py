@@ -316,7 +316,8 @@ class InProcessServerAppExecutor:
             outcome = RunOutcome(SubStatus.FAILED, _fail_reason(exc), None)
             write_failed_summary(run_config, task.run_id, outcome.details)
         finally:
-            heartbeat.stop()
+            if heartbeat.is_running:
+                heartbeat.stop()
             self._finish(state, task, outcome)
         return outcome
 
@@ -334,23 +335,14 @@ class InProcessServerAppExecutor:
         runtime_handlers.push_task_output(request, state, task)
 
 
-class _Heartbeat:
-    def __init__(self, sender: Any) -> None:
-        self._sender = sender
-
-    def stop(self) -> None:
-        if self._sender.is_running:
-            self._sender.stop()
-
-
-def _start_heartbeat(state: Any, task_id: int) -> _Heartbeat:
+def _start_heartbeat(state: Any, task_id: int) -> Any:
     """Flower's heartbeat sender, acknowledging ``task_id`` on ``state`` (a running task
     without heartbeats is failed by the state after 2 x 30 s)."""
     from flwr.supercore.heartbeat import HeartbeatSender
 
     sender = HeartbeatSender(lambda: bool(state.acknowledge_task_heartbeat(task_id)))
     sender.start()
-    return _Heartbeat(sender)
+    return sender
 
 
 def run_serverapps_in_process(warm_up: Callable[[], None] = lambda: None) -> None:
