@@ -60,7 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from cloud_hub.fl.superlink import DEFAULT_SERVERAPP, SERVERAPP_MODES
+from cloud_hub.config import SERVERAPP_MODES
+from cloud_hub.fl.superlink import DEFAULT_SERVERAPP
 from shared.device_facts import detect_device_facts
 
 LAB_KEYS = (

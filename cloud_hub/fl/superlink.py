@@ -49,7 +49,6 @@ __all__ = [
     "DEFAULT_SERVERAPP",
     "FAB_DIR",
     "SERVERAPP_ENV",
-    "SERVERAPP_MODES",
     "SuperLinkConfig",
     "SuperLinkProcess",
     "build_fab",
