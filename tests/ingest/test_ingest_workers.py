@@ -36,6 +36,7 @@ from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import Event, Telemetry
 from shared.topics import TopicScheme
 from simulations.harness.mosquitto import LocalMosquitto
+from simulations.harness.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -82,15 +83,6 @@ def _stored(registry: Registry) -> int:
         return int(s.scalar(select(func.coalesce(func.sum(TelemetryMinute.count), 0))) or 0)
 
 
-def _eventually(predicate: object, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @contextmanager
 def _hub_ingest(pg_url: str, port: int, scheme: TopicScheme, data: Path) -> Iterator[FleetIngest]:
     connection = IngestConnection(
@@ -125,11 +117,23 @@ def test_workers_share_the_telemetry_and_a_killed_one_gets_its_messages_back(
         try:
             sent = pub.telemetry(10)
             pub.event("ev-1")
-            assert _eventually(lambda: _stored(registry) == sent), _stored(registry)
-            assert _eventually(lambda: hub.stats().events_new == 1)
+            eventually(
+                lambda: _stored(registry) == sent,
+                30,
+                "all telemetry stored",
+                lambda: str(_stored(registry)),
+                interval=0.05,
+            )
+            eventually(lambda: hub.stats().events_new == 1, 30, "the event stored", interval=0.05)
             assert hub._own_stats().received == 1  # telemetry went to the workers only ...
             # ... whose counters the hub's add up (for /metrics)
-            assert _eventually(lambda: hub.stats().received == sent + 1, 10), hub.stats()
+            eventually(
+                lambda: hub.stats().received == sent + 1,
+                10,
+                "the workers' counts added",
+                lambda: str(hub.stats()),
+                interval=0.05,
+            )
             busy = [psutil.Process(pid).cpu_times().user for pid in pool.pids()]
             assert all(t > 0 for t in busy)
 
@@ -141,8 +145,19 @@ def test_workers_share_the_telemetry_and_a_killed_one_gets_its_messages_back(
             time.sleep(0.5)
             assert _stored(registry) < sent  # its share is held by the broker
             os.kill(victim, signal.SIGKILL)
-            assert _eventually(lambda: victim not in pool.pids() and len(pool.pids()) == 2)
-            assert _eventually(lambda: _stored(registry) == sent, 60), (_stored(registry), sent)
+            eventually(
+                lambda: victim not in pool.pids() and len(pool.pids()) == 2,
+                30,
+                "the worker restarted",
+                interval=0.05,
+            )
+            eventually(
+                lambda: _stored(registry) == sent,
+                60,
+                "the held share stored",
+                lambda: f"{_stored(registry)} of {sent}",
+                interval=0.05,
+            )
             assert pool.restarts == 1
         finally:
             pub.close()
@@ -189,7 +204,12 @@ def _kill_the_hub_and_watch_its_workers(pg_url: str, tmp_path: Path, port: int) 
         assert all(_alive(p) for p in pids)
         hub.kill()  # SIGKILL: no chance to stop its workers itself
         hub.wait(10)
-        assert _eventually(lambda: not any(_alive(p) for p in pids), 15)
+        eventually(
+            lambda: not any(_alive(p) for p in pids),
+            15,
+            "the workers gone with the hub",
+            interval=0.05,
+        )
     finally:
         if hub.poll() is None:
             hub.kill()
@@ -250,7 +270,13 @@ def test_sessions_of_workers_no_longer_run_are_ended(tmp_path: Path) -> None:
         pub = _Publisher(broker.port, scheme)
         try:
             sent = pub.telemetry(1)
-            assert _eventually(lambda: len(got) == sent, 10), (len(got), sent)
+            eventually(
+                lambda: len(got) == sent,
+                10,
+                "every message at the member",
+                lambda: f"{len(got)} of {sent}",
+                interval=0.05,
+            )
         finally:
             pub.close()
             kept.disconnect()

@@ -23,6 +23,7 @@ from cloud_hub.ingest import FleetIngest, IngestConnection
 from cloud_hub.registry import Registry, open_registry
 from shared.broker_endpoint import BrokerEndpoint
 from shared.messages import Telemetry
+from simulations.harness.polling import eventually
 from tests.identity.identity_support import MqttProbe
 from tests.security._support_identity import (
     BrokerSetup,
@@ -76,15 +77,6 @@ def _telemetry(device_id: str, seq: int) -> bytes:
     return Telemetry(device_id=device_id, seq=seq, metrics={"cpu": float(seq)}).encode()
 
 
-def _eventually(predicate: object, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_device_cannot_take_another_clients_id_or_session(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -110,7 +102,12 @@ def test_device_cannot_take_another_clients_id_or_session(
                     probes.append(attacker)
                     assert not attacker.connect()[0].is_failure
                 # the broker named both connections after the certificate, and says so
-                assert _eventually(lambda: setup.log_text().count(" as dev-a ") >= 2)
+                eventually(
+                    lambda: setup.log_text().count(" as dev-a ") >= 2,
+                    15,
+                    "the second dev-a connection",
+                    interval=0.05,
+                )
                 time.sleep(1.0)  # a takeover would have dropped the victims by now
                 assert victim.disconnects == []
                 assert ingest.stats().connected
@@ -145,7 +142,13 @@ def test_device_cannot_take_another_clients_id_or_session(
                 impostor.close()
             # The hub comes back: every queued report arrives ...
             with _ingest(registry, setup, ingest_id) as ingest:
-                assert _eventually(lambda: ingest.stats().received >= 5), ingest.stats()
+                eventually(
+                    lambda: ingest.stats().received >= 5,
+                    15,
+                    "5 messages received",
+                    lambda: str(ingest.stats()),
+                    interval=0.05,
+                )
             # ... and dev-b gets its order from its own, untouched session.
             again = _device(setup, dev_b, "dev-b", persistent=True)
             probes.append(again)
