@@ -363,24 +363,22 @@ def main() -> None:
             lab = run_lab(root / "lab-scenario")
     facts = detect_device_facts()
     headline = DEFAULT_SERVERAPP if DEFAULT_SERVERAPP in by_mode else modes[0]
-    measured = by_mode[headline]
-    inprocess = _median_of([m["inprocess"] for m in measured])
-    deployment = _median_of([m["deployment"] for m in measured])
+    by_serverapp = {mode: _mode_figures(runs) for mode, runs in by_mode.items()}
+    figures = by_serverapp[headline]
+    inprocess = _median_of([m["inprocess"] for m in by_mode[headline]])
     result: dict[str, Any] = {
         "inprocess_round_s": inprocess["round_s"],
-        "deployment_round_s": deployment["round_s"],
-        "deployment_vs_inprocess": round(deployment["round_s"] / inprocess["round_s"], 3),
-        "pair_ratios": [
-            round(m["deployment"]["round_s"] / m["inprocess"]["round_s"], 3) for m in measured
-        ],
+        "deployment_round_s": figures["deployment_round_s"],
+        "deployment_vs_inprocess": figures["deployment_vs_inprocess"],
+        "pair_ratios": figures["pair_ratios"],
         "inprocess_warm_round_s": warm["round_s"],
         "inprocess_run_s": inprocess["run_s"],
-        "deployment_run_s": deployment["run_s"],
-        "deployment_vs_inprocess_run": round(deployment["run_s"] / inprocess["run_s"], 3),
+        "deployment_run_s": figures["deployment_run_s"],
+        "deployment_vs_inprocess_run": round(figures["deployment_run_s"] / inprocess["run_s"], 3),
         "inprocess_cpu_s": inprocess["cpu_s"],
-        "deployment_cpu_s": deployment["cpu_s"],
+        "deployment_cpu_s": figures["deployment_cpu_s"],
         "serverapp": headline,
-        "by_serverapp": {mode: _mode_figures(runs) for mode, runs in by_mode.items()},
+        "by_serverapp": by_serverapp,
         **lab,
         "devices": devices,
         "rounds": rounds,
