@@ -58,6 +58,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -318,25 +319,23 @@ class Hub:
             self.kill()
             raise SystemExit(f"hub did not start; see {self.root / 'hub.log'}")
 
-    def cpu_s(self) -> float:
-        """CPU seconds of the hub process and its ingest workers (user + system)."""
+    def _summed(self, read: Callable[[psutil.Process], float]) -> float:
+        """``read`` summed over the hub process and its ingest workers (those still there)."""
         total = 0.0
         for proc in [self.ps, *self.ps.children(recursive=True)]:
             try:
-                total += sum(proc.cpu_times()[:2])
+                total += read(proc)
             except psutil.NoSuchProcess:
                 continue
         return total
 
+    def cpu_s(self) -> float:
+        """CPU seconds of the hub process and its ingest workers (user + system)."""
+        return self._summed(lambda proc: sum(proc.cpu_times()[:2]))
+
     def rss(self) -> int:
         """Resident memory of the hub process and its ingest workers."""
-        total = 0
-        for proc in [self.ps, *self.ps.children(recursive=True)]:
-            try:
-                total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
-        return total
+        return int(self._summed(lambda proc: proc.memory_info().rss))
 
     def kill(self) -> None:
         """SIGKILL: no flush, no disconnect; the broker keeps the ingest's session."""
